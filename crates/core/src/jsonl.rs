@@ -1,0 +1,256 @@
+//! The JSON Lines form of a message (selection.md, "Messages").
+//!
+//! ```json
+//! {"topic": "t", "key": "k", "headers": {"h": "v"}, "payload": {"a": 1}, "timestamp_ms": 1}
+//! ```
+//!
+//! `payload` holding a JSON object, array, number, boolean or null stands for that
+//! value's JSON text as written, with the whitespace outside strings removed and key
+//! order kept; a JSON string stands for its UTF-8 bytes (unquoted). `payload_base64`
+//! (instead of `payload`) gives raw bytes. `key` follows the same rules as `payload`
+//! (`null` meaning no key). `headers` keeps repeated names in order.
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{Headers, Message};
+
+/// Why a JSON line is not a message. The text names the field at fault and, for
+/// JSON syntax errors, the column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct MessageParseError {
+    message: String,
+}
+
+impl MessageParseError {
+    fn new(message: impl Into<String>) -> Self {
+        MessageParseError {
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<'a> {
+    topic: String,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
+    #[serde(default)]
+    headers: Option<Headers>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    timestamp_ms: Option<i64>,
+}
+
+/// A present field is `Some`, even when it holds `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+impl Message {
+    /// Parses one JSON Lines message.
+    pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
+        let parsed: Line<'_> =
+            serde_json::from_str(line).map_err(|e| MessageParseError::new(e.to_string()))?;
+        let payload = match (parsed.payload, parsed.payload_base64) {
+            (Some(_), Some(_)) => {
+                return Err(MessageParseError::new(
+                    "both `payload` and `payload_base64` are given; use one",
+                ))
+            }
+            (None, None) => {
+                return Err(MessageParseError::new(
+                    "missing field `payload` (or `payload_base64`)",
+                ))
+            }
+            (Some(raw), None) => value_bytes(raw)
+                .map_err(|e| MessageParseError::new(format!("field `payload`: {e}")))?,
+            (None, Some(text)) => base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map(Bytes::from)
+                .map_err(|e| {
+                    MessageParseError::new(format!("field `payload_base64`: invalid base64: {e}"))
+                })?,
+        };
+        let key = match parsed.key {
+            Some(raw) if raw.get() != "null" => Some(
+                value_bytes(raw)
+                    .map_err(|e| MessageParseError::new(format!("field `key`: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(Message {
+            topic: parsed.topic,
+            key,
+            headers: parsed.headers.unwrap_or_default(),
+            payload,
+            timestamp_ms: parsed.timestamp_ms,
+        })
+    }
+}
+
+/// The bytes a JSON value stands for: a string's UTF-8 bytes, or any other value's
+/// JSON text without the whitespace outside strings.
+fn value_bytes(raw: &RawValue) -> Result<Bytes, serde_json::Error> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)?;
+        Ok(Bytes::from(s))
+    } else {
+        Ok(Bytes::from(compact_json(text)))
+    }
+}
+
+/// Removes the whitespace outside strings from valid JSON text.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of header names to string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers = Headers::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value: serde_json::Value = map.next_value()?;
+                    match value {
+                        serde_json::Value::String(value) => headers.push(name, value),
+                        other => {
+                            return Err(de::Error::custom(format_args!(
+                                "header {name:?} must have a string value, not {other}"
+                            )))
+                        }
+                    }
+                }
+                Ok(headers)
+            }
+        }
+        d.deserialize_map(HeadersVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Message {
+        Message::from_json_line(line).unwrap()
+    }
+
+    fn error(line: &str) -> String {
+        Message::from_json_line(line).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn payload_object_is_compact_text_in_written_order() {
+        let m = parse(r#"{"topic":"t","payload": { "b" : [1, 2.50 , "x y\" z"], "a":null }}"#);
+        assert_eq!(&m.payload[..], br#"{"b":[1,2.50,"x y\" z"],"a":null}"#);
+    }
+
+    #[test]
+    fn payload_scalars_and_strings() {
+        assert_eq!(&parse(r#"{"topic":"t","payload":"a\nb"}"#).payload[..], b"a\nb");
+        assert_eq!(&parse(r#"{"topic":"t","payload":null}"#).payload[..], b"null");
+        assert_eq!(&parse(r#"{"topic":"t","payload":1e3}"#).payload[..], b"1e3");
+        assert_eq!(&parse(r#"{"topic":"t","payload":true}"#).payload[..], b"true");
+        assert_eq!(
+            &parse(r#"{"topic":"t","payload_base64":"AAEC/w=="}"#).payload[..],
+            [0, 1, 2, 255]
+        );
+    }
+
+    #[test]
+    fn key_headers_and_timestamp() {
+        let m = parse(
+            r#"{"topic":"t","key":"k1","headers":{"a":"1","b":"2","a":"3"},"payload":"","timestamp_ms":-5}"#,
+        );
+        assert_eq!(m.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(m.headers.len(), 3);
+        assert_eq!(m.headers.get("a"), Some("3"));
+        assert_eq!(m.timestamp_ms, Some(-5));
+        let m = parse(r#"{"topic":"t","key":null,"payload":""}"#);
+        assert_eq!(m.key, None);
+        assert!(m.headers.is_empty());
+        assert_eq!(m.timestamp_ms, None);
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        assert!(error(r#"{"payload":""}"#).contains("missing field `topic`"));
+        assert!(error(r#"{"topic":"t"}"#).contains("missing field `payload`"));
+        assert!(error(r#"{"topic":"t","payload":"","payload_base64":""}"#).contains("both"));
+        assert!(error(r#"{"topic":"t","payload":"","extra":1}"#).contains("unknown field `extra`"));
+        assert!(error(r#"{"topic":"t","payload":"","headers":{"h":1}}"#).contains("header \"h\""));
+        assert!(error(r#"{"topic":"t","payload":"","timestamp_ms":1.5}"#).contains("floating point"));
+        assert!(error(r#"{"topic":"t","payload_base64":"!!"}"#).contains("payload_base64"));
+        assert!(error(r#"{"topic":"t","payload":"#).contains("column"));
+        assert!(error("").contains("EOF"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_text_parses_to_the_same_value(value in json_value()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let line = format!(r#"{{"topic":"t","payload":{pretty}}}"#);
+            let m = parse(&line);
+            let text = std::str::from_utf8(&m.payload).unwrap();
+            proptest::prop_assert!(!text.contains('\n'));
+            if !value.is_string() {
+                let back: serde_json::Value = serde_json::from_str(text).unwrap();
+                proptest::prop_assert_eq!(back, value);
+            }
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ a-z\"\\\\]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z ]{1,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,475 @@
+//! The compiled filter set: builder, immutable matcher and the caller's scratch.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+use regex_automata::meta;
+use regex_automata::{Input, MatchKind, PatternSet};
+
+use crate::bits::Bits;
+use crate::filter::{regex_source, Filter, FilterKind};
+use crate::glob::GlobToken;
+
+/// Identifies one slot (usually one module) of a [`FilterSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(u32);
+
+impl SlotId {
+    /// The slot's index, in the order the slots were added.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Identifies one filter of a [`FilterSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FilterId(u32);
+
+/// Why a filter set could not be compiled.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot compile the topic filters: {message}")]
+pub struct BuildError {
+    message: String,
+}
+
+/// Collects filters slot by slot, then compiles them all at once.
+#[derive(Debug, Default)]
+pub struct FilterSetBuilder {
+    filters: Vec<Filter>,
+    filter_slot: Vec<u32>,
+    slot_filters: Vec<(u32, u32)>,
+}
+
+impl FilterSetBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a slot accepting a topic when it has no filter or when any of
+    /// `filters` accepts it.
+    pub fn add_slot(&mut self, filters: impl IntoIterator<Item = Filter>) -> SlotId {
+        let slot = u32::try_from(self.slot_filters.len()).expect("fewer than 2^32 slots");
+        let start = self.filters.len() as u32;
+        for filter in filters {
+            self.filters.push(filter);
+            self.filter_slot.push(slot);
+        }
+        self.slot_filters.push((start, self.filters.len() as u32));
+        SlotId(slot)
+    }
+
+    /// Compiles every filter into one immutable matcher.
+    pub fn build(self) -> Result<FilterSet, BuildError> {
+        let mut raw = SideBuilder::default();
+        let mut folded = SideBuilder::default();
+        let mut always = Vec::new();
+        for (i, filter) in self.filters.iter().enumerate() {
+            let id = i as u32;
+            let side = if filter.case_sensitive() {
+                &mut raw
+            } else {
+                &mut folded
+            };
+            let fold = |s: &str| {
+                if filter.case_sensitive() {
+                    s.to_owned()
+                } else {
+                    let mut out = String::with_capacity(s.len());
+                    crate::simple_fold_into(s, &mut out);
+                    out
+                }
+            };
+            match filter.kind() {
+                FilterKind::Exact => side.exact(fold(filter.pattern()), id),
+                FilterKind::Prefix | FilterKind::Suffix | FilterKind::Contains
+                    if filter.pattern().is_empty() =>
+                {
+                    always.push(id)
+                }
+                FilterKind::Prefix => side.literal(fold(filter.pattern()), Anchor::Prefix, id),
+                FilterKind::Suffix => side.literal(fold(filter.pattern()), Anchor::Suffix, id),
+                FilterKind::Contains => side.literal(fold(filter.pattern()), Anchor::Contains, id),
+                FilterKind::Regex => {
+                    // `(?i)` does the folding: always match against the raw topic.
+                    raw.regex(regex_source(filter.pattern(), filter.case_sensitive()), id)
+                }
+                FilterKind::Wildcard => {
+                    let glob = if filter.case_sensitive() {
+                        filter.glob()
+                    } else {
+                        filter.glob().folded()
+                    };
+                    match Shape::of(glob.tokens()) {
+                        Shape::Always => always.push(id),
+                        Shape::Exact(lit) => side.exact(lit, id),
+                        Shape::Literal(lit, anchor) => side.literal(lit, anchor, id),
+                        Shape::Other => side.regex(glob.to_regex(), id),
+                    }
+                }
+            }
+        }
+
+        let slot_count = self.slot_filters.len();
+        let mut empty_slots = Bits::with_len(slot_count);
+        let mut negated_in_slot = vec![0u32; slot_count];
+        for (slot, &(start, end)) in self.slot_filters.iter().enumerate() {
+            if start == end {
+                empty_slots.insert(slot);
+            }
+            negated_in_slot[slot] = self.filters[start as usize..end as usize]
+                .iter()
+                .filter(|f| f.negate())
+                .count() as u32;
+        }
+        let negated_slots = negated_in_slot
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(slot, &n)| (slot as u32, n))
+            .collect();
+        let raw = raw.build(&self.filters)?;
+        let folded = if folded.is_empty() {
+            None
+        } else {
+            Some(folded.build(&self.filters)?)
+        };
+        Ok(FilterSet {
+            inner: Arc::new(Inner {
+                negate: self.filters.iter().map(Filter::negate).collect(),
+                filters: self.filters,
+                filter_slot: self.filter_slot,
+                slot_filters: self.slot_filters,
+                always,
+                empty_slots,
+                negated_slots,
+                raw,
+                folded,
+            }),
+        })
+    }
+}
+
+/// What a wildcard pattern reduces to.
+enum Shape {
+    Always,
+    Exact(String),
+    Literal(String, Anchor),
+    Other,
+}
+
+impl Shape {
+    fn of(tokens: &[GlobToken]) -> Shape {
+        let lead = tokens.iter().take_while(|t| **t == GlobToken::Star).count();
+        if lead == tokens.len() {
+            return if lead == 0 {
+                Shape::Exact(String::new())
+            } else {
+                Shape::Always
+            };
+        }
+        let trail = tokens
+            .iter()
+            .rev()
+            .take_while(|t| **t == GlobToken::Star)
+            .count();
+        let mut literal = String::new();
+        for token in &tokens[lead..tokens.len() - trail] {
+            match token {
+                GlobToken::Literal(c) => literal.push(*c),
+                _ => return Shape::Other,
+            }
+        }
+        match (lead > 0, trail > 0) {
+            (false, false) => Shape::Exact(literal),
+            (false, true) => Shape::Literal(literal, Anchor::Prefix),
+            (true, false) => Shape::Literal(literal, Anchor::Suffix),
+            (true, true) => Shape::Literal(literal, Anchor::Contains),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    Prefix,
+    Suffix,
+    Contains,
+}
+
+/// The engines for one view of the topic (as given, or folded).
+#[derive(Default)]
+struct SideBuilder {
+    exact: HashMap<String, Vec<u32>>,
+    literals: Vec<String>,
+    literal_index: HashMap<String, usize>,
+    literal_filters: Vec<Vec<(u32, Anchor)>>,
+    regexes: Vec<String>,
+    regex_index: HashMap<String, usize>,
+    regex_filters: Vec<Vec<u32>>,
+}
+
+impl SideBuilder {
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.literals.is_empty() && self.regexes.is_empty()
+    }
+
+    fn exact(&mut self, pattern: String, id: u32) {
+        self.exact.entry(pattern).or_default().push(id);
+    }
+
+    fn literal(&mut self, pattern: String, anchor: Anchor, id: u32) {
+        let next = self.literals.len();
+        let index = *self.literal_index.entry(pattern.clone()).or_insert(next);
+        if index == next {
+            self.literals.push(pattern);
+            self.literal_filters.push(Vec::new());
+        }
+        self.literal_filters[index].push((id, anchor));
+    }
+
+    fn regex(&mut self, source: String, id: u32) {
+        let next = self.regexes.len();
+        let index = *self.regex_index.entry(source.clone()).or_insert(next);
+        if index == next {
+            self.regexes.push(source);
+            self.regex_filters.push(Vec::new());
+        }
+        self.regex_filters[index].push(id);
+    }
+
+    fn build(self, filters: &[Filter]) -> Result<Side, BuildError> {
+        let literals = if self.literals.is_empty() {
+            None
+        } else {
+            let ac = AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .build(&self.literals)
+                .map_err(|e| BuildError {
+                    message: format!("literal patterns: {e}"),
+                })?;
+            Some((ac, self.literal_filters))
+        };
+        let regexes = if self.regexes.is_empty() {
+            None
+        } else {
+            let re = meta::Regex::builder()
+                .configure(
+                    meta::Config::new()
+                        .match_kind(MatchKind::All)
+                        .hybrid_cache_capacity(16 << 20)
+                        .nfa_size_limit(Some(256 << 20)),
+                )
+                .build_many(&self.regexes)
+                .map_err(|e| BuildError {
+                    message: match e.pattern() {
+                        Some(p) => {
+                            let ids = &self.regex_filters[p.as_usize()];
+                            let named = ids
+                                .first()
+                                .and_then(|&f| filters.get(f as usize))
+                                .map_or_else(|| self.regexes[p.as_usize()].clone(), |f| f.to_string());
+                            format!("{named}: {e}")
+                        }
+                        None => e.to_string(),
+                    },
+                })?;
+            Some((re, self.regex_filters))
+        };
+        Ok(Side {
+            exact: self.exact,
+            literals,
+            regexes,
+        })
+    }
+}
+
+struct Side {
+    exact: HashMap<String, Vec<u32>>,
+    literals: Option<(AhoCorasick, Vec<Vec<(u32, Anchor)>>)>,
+    regexes: Option<(meta::Regex, Vec<Vec<u32>>)>,
+}
+
+impl Side {
+    fn create_cache(&self) -> SideCache {
+        SideCache {
+            regex: self.regexes.as_ref().map(|(re, _)| re.create_cache()),
+            patterns: PatternSet::new(self.regexes.as_ref().map_or(0, |(re, _)| re.pattern_len())),
+        }
+    }
+
+    #[inline]
+    fn search(&self, text: &str, cache: &mut SideCache, mut hit: impl FnMut(u32)) {
+        if let Some(ids) = self.exact.get(text) {
+            ids.iter().for_each(|&f| hit(f));
+        }
+        if let Some((ac, filters)) = &self.literals {
+            for m in ac.find_overlapping_iter(text) {
+                for &(f, anchor) in &filters[m.pattern().as_usize()] {
+                    let at = match anchor {
+                        Anchor::Prefix => m.start() == 0,
+                        Anchor::Suffix => m.end() == text.len(),
+                        Anchor::Contains => true,
+                    };
+                    if at {
+                        hit(f);
+                    }
+                }
+            }
+        }
+        if let (Some((re, filters)), Some(re_cache)) = (&self.regexes, cache.regex.as_mut()) {
+            cache.patterns.clear();
+            re.which_overlapping_matches_with(re_cache, &Input::new(text), &mut cache.patterns);
+            for p in cache.patterns.iter() {
+                filters[p.as_usize()].iter().for_each(|&f| hit(f));
+            }
+        }
+    }
+}
+
+struct SideCache {
+    regex: Option<meta::Cache>,
+    patterns: PatternSet,
+}
+
+struct Inner {
+    filters: Vec<Filter>,
+    negate: Vec<bool>,
+    filter_slot: Vec<u32>,
+    slot_filters: Vec<(u32, u32)>,
+    /// Filters whose pattern matches every topic.
+    always: Vec<u32>,
+    /// Slots without filters: they accept every topic.
+    empty_slots: Bits,
+    /// Slots with negated filters, and how many.
+    negated_slots: Vec<(u32, u32)>,
+    raw: Side,
+    folded: Option<Side>,
+}
+
+/// Every topic filter of a configuration compiled into one matcher.
+///
+/// Immutable, `Send + Sync` and cheap to clone. Matching needs a [`Cache`] from
+/// [`FilterSet::create_cache`]; keep one per thread and reuse it.
+#[derive(Clone)]
+pub struct FilterSet {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FilterSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterSet")
+            .field("slots", &self.inner.slot_filters.len())
+            .field("filters", &self.inner.filters.len())
+            .finish()
+    }
+}
+
+/// The scratch space of [`FilterSet::matches`]; it belongs to one [`FilterSet`].
+pub struct Cache {
+    pattern_hits: Bits,
+    accepted: Bits,
+    negated_hits: Vec<u32>,
+    folded_topic: String,
+    raw: SideCache,
+    folded: Option<SideCache>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+impl FilterSet {
+    /// Scratch space for [`FilterSet::matches`].
+    pub fn create_cache(&self) -> Cache {
+        let inner = &*self.inner;
+        Cache {
+            pattern_hits: Bits::with_len(inner.filters.len()),
+            accepted: Bits::with_len(inner.slot_filters.len()),
+            negated_hits: vec![0; inner.slot_filters.len()],
+            folded_topic: String::new(),
+            raw: inner.raw.create_cache(),
+            folded: inner.folded.as_ref().map(Side::create_cache),
+        }
+    }
+
+    /// Matches `topic` against every filter; the result tells which slots accept it
+    /// and which patterns matched.
+    pub fn matches<'c>(&self, topic: &str, cache: &'c mut Cache) -> Matches<'c> {
+        let inner = &*self.inner;
+        cache.pattern_hits.clear();
+        cache.accepted.copy_from(&inner.empty_slots);
+        for &(slot, _) in &inner.negated_slots {
+            cache.negated_hits[slot as usize] = 0;
+        }
+        let Cache {
+            pattern_hits,
+            accepted,
+            negated_hits,
+            folded_topic,
+            raw,
+            folded,
+        } = cache;
+        let mut hit = |f: u32| {
+            if pattern_hits.insert(f as usize) {
+                let slot = inner.filter_slot[f as usize] as usize;
+                if inner.negate[f as usize] {
+                    negated_hits[slot] += 1;
+                } else {
+                    accepted.insert(slot);
+                }
+            }
+        };
+        inner.always.iter().for_each(|&f| hit(f));
+        inner.raw.search(topic, raw, &mut hit);
+        if let (Some(side), Some(side_cache)) = (&inner.folded, folded.as_mut()) {
+            folded_topic.clear();
+            crate::simple_fold_into(topic, folded_topic);
+            side.search(folded_topic, side_cache, &mut hit);
+        }
+        for &(slot, negated) in &inner.negated_slots {
+            if negated_hits[slot as usize] < negated {
+                accepted.insert(slot as usize);
+            }
+        }
+        Matches { cache }
+    }
+
+    /// The number of slots.
+    pub fn slot_len(&self) -> usize {
+        self.inner.slot_filters.len()
+    }
+
+    /// The filters of `slot`, in the order they were added.
+    pub fn slot_filters(&self, slot: SlotId) -> impl ExactSizeIterator<Item = (FilterId, &Filter)> {
+        let (start, end) = self.inner.slot_filters[slot.index()];
+        (start..end).map(move |f| (FilterId(f), &self.inner.filters[f as usize]))
+    }
+}
+
+/// The outcome of [`FilterSet::matches`] for one topic.
+#[derive(Debug)]
+pub struct Matches<'c> {
+    cache: &'c Cache,
+}
+
+impl Matches<'_> {
+    /// Whether `slot` accepts the topic.
+    #[inline]
+    pub fn contains(&self, slot: SlotId) -> bool {
+        self.cache.accepted.contains(slot.index())
+    }
+
+    /// The slots accepting the topic, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = SlotId> + '_ {
+        self.cache.accepted.iter().map(|s| SlotId(s as u32))
+    }
+
+    /// Whether the filter's pattern matched the topic (before `negate` is applied).
+    pub fn pattern_matched(&self, filter: FilterId) -> bool {
+        self.cache.pattern_hits.contains(filter.0 as usize)
+    }
+}
