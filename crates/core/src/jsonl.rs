@@ -184,10 +184,19 @@ mod tests {
 
     #[test]
     fn payload_scalars_and_strings() {
-        assert_eq!(&parse(r#"{"topic":"t","payload":"a\nb"}"#).payload[..], b"a\nb");
-        assert_eq!(&parse(r#"{"topic":"t","payload":null}"#).payload[..], b"null");
+        assert_eq!(
+            &parse(r#"{"topic":"t","payload":"a\nb"}"#).payload[..],
+            b"a\nb"
+        );
+        assert_eq!(
+            &parse(r#"{"topic":"t","payload":null}"#).payload[..],
+            b"null"
+        );
         assert_eq!(&parse(r#"{"topic":"t","payload":1e3}"#).payload[..], b"1e3");
-        assert_eq!(&parse(r#"{"topic":"t","payload":true}"#).payload[..], b"true");
+        assert_eq!(
+            &parse(r#"{"topic":"t","payload":true}"#).payload[..],
+            b"true"
+        );
         assert_eq!(
             &parse(r#"{"topic":"t","payload_base64":"AAEC/w=="}"#).payload[..],
             [0, 1, 2, 255]
@@ -216,7 +225,9 @@ mod tests {
         assert!(error(r#"{"topic":"t","payload":"","payload_base64":""}"#).contains("both"));
         assert!(error(r#"{"topic":"t","payload":"","extra":1}"#).contains("unknown field `extra`"));
         assert!(error(r#"{"topic":"t","payload":"","headers":{"h":1}}"#).contains("header \"h\""));
-        assert!(error(r#"{"topic":"t","payload":"","timestamp_ms":1.5}"#).contains("floating point"));
+        assert!(
+            error(r#"{"topic":"t","payload":"","timestamp_ms":1.5}"#).contains("floating point")
+        );
         assert!(error(r#"{"topic":"t","payload_base64":"!!"}"#).contains("payload_base64"));
         assert!(error(r#"{"topic":"t","payload":"#).contains("column"));
         assert!(error("").contains("EOF"));

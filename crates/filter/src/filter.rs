@@ -167,12 +167,11 @@ mod tests {
     #[test]
     fn invalid_patterns_are_rejected_with_the_reason() {
         let err = Filter::new(FilterKind::Regex, "(a", true, false).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid regex \"(a\": unclosed group"
-        );
+        assert_eq!(err.to_string(), "invalid regex \"(a\": unclosed group");
         let err = Filter::new(FilterKind::Wildcard, r"a\b", true, false).unwrap_err();
-        assert!(err.to_string().starts_with("invalid wildcard \"a\\\\b\": unknown escape"));
+        assert!(err
+            .to_string()
+            .starts_with("invalid wildcard \"a\\\\b\": unknown escape"));
         // Patterns of the other kinds are plain text, brackets included.
         assert!(Filter::new(FilterKind::Exact, "(a", true, false).is_ok());
         assert!(Filter::new(FilterKind::Contains, r"\", false, true).is_ok());
@@ -181,6 +180,9 @@ mod tests {
     #[test]
     fn displays_kind_pattern_and_flags() {
         let f = Filter::new(FilterKind::Prefix, "logs.", false, true).unwrap();
-        assert_eq!(f.to_string(), "Prefix \"logs.\" (case-insensitive) (negated)");
+        assert_eq!(
+            f.to_string(),
+            "Prefix \"logs.\" (case-insensitive) (negated)"
+        );
     }
 }

@@ -119,13 +119,7 @@ mod tests {
     fn parses_escapes_and_rejects_unknown_ones() {
         assert_eq!(
             Glob::parse(r"a*\*?\\").unwrap().tokens(),
-            [
-                Literal('a'),
-                Star,
-                Literal('*'),
-                Question,
-                Literal('\\')
-            ]
+            [Literal('a'), Star, Literal('*'), Question, Literal('\\')]
         );
         let err = Glob::parse(r"ab\c").unwrap_err();
         assert_eq!((err.offset, err.escaped), (2, Some('c')));

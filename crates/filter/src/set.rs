@@ -269,7 +269,10 @@ impl SideBuilder {
                             let named = ids
                                 .first()
                                 .and_then(|&f| filters.get(f as usize))
-                                .map_or_else(|| self.regexes[p.as_usize()].clone(), |f| f.to_string());
+                                .map_or_else(
+                                    || self.regexes[p.as_usize()].clone(),
+                                    |f| f.to_string(),
+                                );
                             format!("{named}: {e}")
                         }
                         None => e.to_string(),

@@ -27,14 +27,23 @@ fn check(slots: &[Vec<Filter>], topics: &[&str], expected: Option<&[&[bool]]>) {
                 "topic {topic:?}, slot {s} with filters {slot:?}"
             );
             for (id, f) in set.slot_filters(ids[s]) {
-                assert_eq!(matches.pattern_matched(id), reference::pattern_matches(f, topic));
+                assert_eq!(
+                    matches.pattern_matched(id),
+                    reference::pattern_matches(f, topic)
+                );
             }
             if let Some(expected) = expected {
                 assert_eq!(want, expected[t][s], "expectation for {topic:?}, slot {s}");
             }
         }
         let listed: Vec<_> = matches.iter().collect();
-        assert_eq!(listed, ids.iter().copied().filter(|&id| matches.contains(id)).collect::<Vec<_>>());
+        assert_eq!(
+            listed,
+            ids.iter()
+                .copied()
+                .filter(|&id| matches.contains(id))
+                .collect::<Vec<_>>()
+        );
     }
 }
 
@@ -53,9 +62,24 @@ fn every_kind_with_case_and_negation() {
         vec![filter(Exact, "*", false, false)],
         vec![filter(Suffix, ".debug", true, true)],
         vec![],
-        vec![filter(Prefix, "x", true, true), filter(Prefix, "y", true, true)],
+        vec![
+            filter(Prefix, "x", true, true),
+            filter(Prefix, "y", true, true),
+        ],
     ];
-    let topics = ["events", "LOGS.app", "sys.critical", "An-Error", "Events.Mobile", "abc", "sensor-42", "*", "app.debug", "", "xy"];
+    let topics = [
+        "events",
+        "LOGS.app",
+        "sys.critical",
+        "An-Error",
+        "Events.Mobile",
+        "abc",
+        "sensor-42",
+        "*",
+        "app.debug",
+        "",
+        "xy",
+    ];
     #[rustfmt::skip]
     let expected: &[&[bool]] = &[
         // exact prefix suffix contains wild  ?     regex  (?i)   exact* !suffix empty !x|!y
@@ -84,7 +108,15 @@ fn unicode_simple_case_folding() {
         vec![filter(Wildcard, "*ß?", false, false)],
         vec![filter(Regex, "^é", false, false)],
     ];
-    let topics = ["\u{212A}ELVIN", "strasse.x", "ΟΔΟΣ", "odoς", "x\u{1E9E}y", "É", "straße"];
+    let topics = [
+        "\u{212A}ELVIN",
+        "strasse.x",
+        "ΟΔΟΣ",
+        "odoς",
+        "x\u{1E9E}y",
+        "É",
+        "straße",
+    ];
     check(&slots, &topics, None);
 }
 
@@ -140,7 +172,11 @@ fn pattern_for(kind: FilterKind) -> BoxedStrategy<String> {
 
 fn arb_filter() -> impl Strategy<Value = Filter> {
     kind().prop_flat_map(|kind| {
-        (pattern_for(kind), any::<bool>(), proptest::bool::weighted(0.2))
+        (
+            pattern_for(kind),
+            any::<bool>(),
+            proptest::bool::weighted(0.2),
+        )
             .prop_map(move |(p, cs, negate)| Filter::new(kind, p, cs, negate).unwrap())
     })
 }

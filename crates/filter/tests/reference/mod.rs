@@ -31,7 +31,9 @@ pub fn pattern_matches(filter: &Filter, topic: &str) -> bool {
             } else {
                 format!("(?i){pattern}")
             };
-            regex::Regex::new(&source).expect("valid regex").is_match(&text)
+            regex::Regex::new(&source)
+                .expect("valid regex")
+                .is_match(&text)
         }
     }
 }
