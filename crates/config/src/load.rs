@@ -1,0 +1,414 @@
+//! Loading a configuration from text, a file or a directory of files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::diagnostic::{ConfigError, Diagnostic, Severity};
+use crate::model::EtlPipelineConfig;
+use crate::validate::validate;
+
+/// The syntax of a configuration file, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.yaml` or `.yml`.
+    Yaml,
+    /// `.json`.
+    Json,
+}
+
+impl Format {
+    /// The format a file's extension names, if any.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// One pipeline and the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSource {
+    /// The file, when the configuration was loaded from one.
+    pub file: Option<PathBuf>,
+    /// The pipeline, defaults filled in.
+    pub pipeline: EtlPipelineConfig,
+}
+
+/// A validated configuration: pipelines in execution order (by file name, then
+/// position in the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pipelines: Vec<PipelineSource>,
+    files: usize,
+}
+
+/// A configuration that loaded, with the warnings it raised.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things that work but are probably not meant.
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Deserialize)]
+struct PipelinesFile {
+    pipelines: Vec<EtlPipelineConfig>,
+}
+
+impl Config {
+    /// Loads a configuration file, or every `.yaml`, `.yml` and `.json` file of a
+    /// directory in file-name order, and validates it all.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let mut diagnostics = Vec::new();
+        let files = if path.is_dir() {
+            list_directory(path, &mut diagnostics)?
+        } else {
+            vec![path.to_owned()]
+        };
+        let mut pipelines = Vec::new();
+        for file in &files {
+            let at_file = |message: String| Diagnostic {
+                file: Some(file.clone()),
+                ..Diagnostic::new(Severity::Error, message)
+            };
+            let Some(format) = Format::from_path(file) else {
+                diagnostics.push(at_file(
+                    "unknown configuration format: the file name must end in .yaml, .yml or .json"
+                        .into(),
+                ));
+                continue;
+            };
+            match fs::read_to_string(file) {
+                Ok(text) => pipelines.extend(parse(&text, format, Some(file), &mut diagnostics)),
+                Err(e) => diagnostics.push(at_file(format!("cannot read the file: {e}"))),
+            }
+        }
+        finish(pipelines, files.len(), diagnostics)
+    }
+
+    /// Parses and validates one configuration text; `file` names it in diagnostics.
+    pub fn from_text(
+        text: &str,
+        format: Format,
+        file: Option<&Path>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut diagnostics = Vec::new();
+        let pipelines = parse(text, format, file, &mut diagnostics);
+        finish(pipelines, 1, diagnostics)
+    }
+
+    /// The pipelines, in the order they apply.
+    pub fn pipelines(&self) -> &[PipelineSource] {
+        &self.pipelines
+    }
+
+    /// How many files the configuration was read from.
+    pub fn file_count(&self) -> usize {
+        self.files
+    }
+}
+
+fn finish(
+    pipelines: Vec<PipelineSource>,
+    files: usize,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Result<Loaded, ConfigError> {
+    diagnostics.extend(validate(&pipelines));
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return Err(ConfigError::new(diagnostics));
+    }
+    Ok(Loaded {
+        config: Config { pipelines, files },
+        warnings: diagnostics,
+    })
+}
+
+fn list_directory(
+    dir: &Path,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let fail = |message: String| {
+        ConfigError::new(vec![Diagnostic {
+            file: Some(dir.to_owned()),
+            ..Diagnostic::new(Severity::Error, message)
+        }])
+    };
+    let entries = fs::read_dir(dir).map_err(|e| fail(format!("cannot read the directory: {e}")))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| fail(format!("cannot read the directory: {e}")))?
+            .path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || path.is_dir() {
+            continue;
+        }
+        if Format::from_path(&path).is_some() {
+            files.push(path);
+        } else {
+            diagnostics.push(Diagnostic {
+                file: Some(path),
+                ..Diagnostic::new(
+                    Severity::Warning,
+                    "ignored: not a .yaml, .yml or .json file",
+                )
+            });
+        }
+    }
+    if files.is_empty() {
+        return Err(fail(
+            "no .yaml, .yml or .json configuration file in the directory".into(),
+        ));
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Parses one file's pipelines; problems go to `diagnostics`.
+fn parse(
+    text: &str,
+    format: Format,
+    file: Option<&Path>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<PipelineSource> {
+    let located = |message: String, line_column: Option<(usize, usize)>| Diagnostic {
+        file: file.map(Path::to_owned),
+        line_column,
+        ..Diagnostic::new(Severity::Error, message)
+    };
+    // First a look at the shape: one pipeline, or a `pipelines` list?
+    let shape = match format {
+        Format::Yaml => serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| yaml_error(&e)),
+        Format::Json => serde_json::from_str::<serde_json::Value>(text).map_err(|e| json_error(&e)),
+    };
+    let list_form = match shape {
+        Ok(serde_json::Value::Object(map)) => map.contains_key("pipelines"),
+        Ok(serde_json::Value::Null) => {
+            diagnostics.push(located(
+                "the file is empty; expected a pipeline or a `pipelines` list".into(),
+                None,
+            ));
+            return Vec::new();
+        }
+        Ok(_) => {
+            diagnostics.push(located(
+                "expected a pipeline object or an object with a `pipelines` list".into(),
+                None,
+            ));
+            return Vec::new();
+        }
+        Err((message, at)) => {
+            diagnostics.push(located(message, at));
+            return Vec::new();
+        }
+    };
+    let mut unknown = Vec::new();
+    let parsed = if list_form {
+        deserialize::<PipelinesFile>(text, format, &mut unknown).map(|f| f.pipelines)
+    } else {
+        deserialize::<EtlPipelineConfig>(text, format, &mut unknown).map(|p| vec![p])
+    };
+    let mut pipelines = match parsed {
+        Ok(p) => p,
+        Err((message, at)) => {
+            diagnostics.push(located(message, at));
+            return Vec::new();
+        }
+    };
+    for path in unknown {
+        diagnostics.push(unknown_field(&path, list_form, &pipelines, file));
+    }
+    if pipelines.is_empty() {
+        diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            ..located("the file defines no pipelines".into(), None)
+        });
+    }
+    for p in &mut pipelines {
+        if p.name.is_empty() {
+            p.name = p.pipeline_id.clone();
+        }
+    }
+    pipelines
+        .into_iter()
+        .map(|pipeline| PipelineSource {
+            file: file.map(Path::to_owned),
+            pipeline,
+        })
+        .collect()
+}
+
+type ParseError = (String, Option<(usize, usize)>);
+
+fn deserialize<T: DeserializeOwned>(
+    text: &str,
+    format: Format,
+    unknown: &mut Vec<String>,
+) -> Result<T, ParseError> {
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    match format {
+        Format::Yaml => {
+            serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), &mut record)
+                .map_err(|e| yaml_error(&e))
+        }
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let value =
+                serde_ignored::deserialize(&mut de, &mut record).map_err(|e| json_error(&e))?;
+            de.end().map_err(|e| json_error(&e))?;
+            Ok(value)
+        }
+    }
+}
+
+fn yaml_error(e: &serde_yaml::Error) -> ParseError {
+    let message = e.to_string();
+    // serde_yaml appends " at line L column C"; the location is reported apart.
+    let message = match message.rfind(" at line ") {
+        Some(i) if e.location().is_some() => message[..i].to_owned(),
+        _ => message,
+    };
+    (message, e.location().map(|l| (l.line(), l.column())))
+}
+
+fn json_error(e: &serde_json::Error) -> ParseError {
+    let message = e.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(i) if e.line() > 0 => message[..i].to_owned(),
+        _ => message,
+    };
+    (message, (e.line() > 0).then(|| (e.line(), e.column())))
+}
+
+const PIPELINE_FIELDS: &[&str] = &[
+    "pipeline_id",
+    "name",
+    "description",
+    "enabled",
+    "stages",
+    "global_timeout_ms",
+    "max_retries",
+    "error_handling",
+];
+const STAGE_FIELDS: &[&str] = &[
+    "priority",
+    "modules",
+    "parallel_execution",
+    "stage_timeout_ms",
+    "continue_on_error",
+];
+const MODULE_FIELDS: &[&str] = &[
+    "module_id",
+    "instance_config",
+    "topic_filters",
+    "conditional_rules",
+];
+const INSTANCE_FIELDS: &[&str] = &[
+    "memory_limit_bytes",
+    "execution_timeout_ms",
+    "max_concurrent_instances",
+    "enable_caching",
+    "cache_ttl_seconds",
+    "custom_config",
+];
+const FILTER_FIELDS: &[&str] = &["filter_type", "pattern", "case_sensitive", "negate"];
+const RULE_FIELDS: &[&str] = &[
+    "condition_type",
+    "field_path",
+    "operator",
+    "value",
+    "negate",
+];
+
+/// An error for an unknown field, placed in its pipeline, stage and module, with
+/// the closest known field name as a suggestion.
+fn unknown_field(
+    path: &str,
+    list_form: bool,
+    pipelines: &[EtlPipelineConfig],
+    file: Option<&Path>,
+) -> Diagnostic {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let name = segments.pop().unwrap_or_default();
+    let mut d = Diagnostic {
+        file: file.map(Path::to_owned),
+        ..Diagnostic::new(Severity::Error, format!("unknown field `{name}`"))
+    };
+    let mut rest = &segments[..];
+    let pipeline = if list_form {
+        if let ["pipelines", index, tail @ ..] = rest {
+            rest = tail;
+            index.parse::<usize>().ok().and_then(|i| pipelines.get(i))
+        } else {
+            d.message
+                .push_str("; a file with a `pipelines` list has no other top-level field");
+            return d;
+        }
+    } else {
+        pipelines.first()
+    };
+    d.pipeline = pipeline.map(|p| p.pipeline_id.clone());
+    let index = |s: &str| s.parse::<usize>().ok();
+    let mut candidates = PIPELINE_FIELDS;
+    let mut field = Vec::new();
+    let mut stage = None;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            "stages" if stage.is_none() && d.module.is_none() => {
+                stage =
+                    pipeline.and_then(|p| rest.get(i + 1).and_then(|s| p.stages.get(index(s)?)));
+                d.stage = stage.map(|s| s.priority);
+                candidates = STAGE_FIELDS;
+                i += 2;
+                continue;
+            }
+            "modules" if d.module.is_none() => {
+                let module =
+                    stage.and_then(|s| rest.get(i + 1).and_then(|m| s.modules.get(index(m)?)));
+                d.module = module.map(|m| m.module_id.clone());
+                candidates = MODULE_FIELDS;
+                i += 2;
+                continue;
+            }
+            "instance_config" => candidates = INSTANCE_FIELDS,
+            "topic_filters" => candidates = FILTER_FIELDS,
+            "conditional_rules" => candidates = RULE_FIELDS,
+            _ => {}
+        }
+        field.push(rest[i]);
+        i += 1;
+    }
+    field.push(name);
+    d.field = Some(field.iter().fold(String::new(), |mut out, segment| {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+        out
+    }));
+    let closest = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, c)) => d.message.push_str(&format!("; did you mean `{c}`?")),
+        None => d
+            .message
+            .push_str(&format!("; expected one of {}", candidates.join(", "))),
+    }
+    d
+}

@@ -1,0 +1,277 @@
+//! The data model of design.md, as plain serde data with documented defaults.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Defaults of the fields a configuration may leave out.
+pub mod defaults {
+    /// `enabled`: pipelines run unless switched off.
+    pub const ENABLED: bool = true;
+    /// `global_timeout_ms`: 5 seconds for a message's whole trip through a pipeline.
+    pub const GLOBAL_TIMEOUT_MS: u64 = 5_000;
+    /// `max_retries`: 3 retries under `RetryWithBackoff`.
+    pub const MAX_RETRIES: u32 = 3;
+    /// `memory_limit_bytes`: 64 MiB of linear memory per instance.
+    pub const MEMORY_LIMIT_BYTES: usize = 64 << 20;
+    /// `execution_timeout_ms`: 1 second per call.
+    pub const EXECUTION_TIMEOUT_MS: u64 = 1_000;
+    /// `max_concurrent_instances`: 10 instances of one module at once.
+    pub const MAX_CONCURRENT_INSTANCES: u32 = 10;
+    /// `enable_caching`: warm instances are kept and reused.
+    pub const ENABLE_CACHING: bool = true;
+    /// `cache_ttl_seconds`: an idle instance is kept for 5 minutes.
+    pub const CACHE_TTL_SECONDS: u64 = 300;
+    /// `case_sensitive`: topic filters compare letters exactly.
+    pub const CASE_SENSITIVE: bool = true;
+
+    pub(crate) fn enabled() -> bool {
+        ENABLED
+    }
+    pub(crate) fn global_timeout_ms() -> u64 {
+        GLOBAL_TIMEOUT_MS
+    }
+    pub(crate) fn max_retries() -> u32 {
+        MAX_RETRIES
+    }
+    pub(crate) fn memory_limit_bytes() -> usize {
+        MEMORY_LIMIT_BYTES
+    }
+    pub(crate) fn execution_timeout_ms() -> u64 {
+        EXECUTION_TIMEOUT_MS
+    }
+    pub(crate) fn max_concurrent_instances() -> u32 {
+        MAX_CONCURRENT_INSTANCES
+    }
+    pub(crate) fn enable_caching() -> bool {
+        ENABLE_CACHING
+    }
+    pub(crate) fn cache_ttl_seconds() -> u64 {
+        CACHE_TTL_SECONDS
+    }
+    pub(crate) fn case_sensitive() -> bool {
+        CASE_SENSITIVE
+    }
+}
+
+/// One pipeline: stages of modules run in ascending priority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtlPipelineConfig {
+    /// Unique across the whole configuration.
+    pub pipeline_id: String,
+    /// A human-readable name; defaults to the `pipeline_id`.
+    #[serde(default)]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Whether the pipeline runs; default `true`.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// At least one stage; priorities unique within the pipeline.
+    pub stages: Vec<EtlStage>,
+    /// Time budget of a message's trip through the pipeline; default 5000.
+    #[serde(default = "defaults::global_timeout_ms")]
+    pub global_timeout_ms: u64,
+    /// Retries under `RetryWithBackoff`; default 3.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// What a module failure does; default `StopPipeline`.
+    #[serde(default)]
+    pub error_handling: ErrorHandlingStrategy,
+}
+
+/// The modules of one priority level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtlStage {
+    /// Lower numbers run first.
+    pub priority: u32,
+    /// At least one module, run in the order listed.
+    pub modules: Vec<EtlModuleInstance>,
+    /// Whether the stage's modules run concurrently on the stage's input; default `false`.
+    #[serde(default)]
+    pub parallel_execution: bool,
+    /// Time budget of the stage; default none (the pipeline's applies).
+    #[serde(default)]
+    pub stage_timeout_ms: Option<u64>,
+    /// Whether a failed module is skipped instead of failing the stage; default `false`.
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+/// One module in a stage, with what selects it and how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtlModuleInstance {
+    /// The module's name: letters, digits, `-`, `_` and `.`, not starting with `.`.
+    pub module_id: String,
+    /// Resource limits and module configuration; every field has a default.
+    #[serde(default)]
+    pub instance_config: ModuleInstanceConfig,
+    /// Topic filters, any of which selects the module; default none (every topic).
+    #[serde(default)]
+    pub topic_filters: Vec<TopicFilter>,
+    /// Rules that must all hold; default none.
+    #[serde(default)]
+    pub conditional_rules: Vec<ConditionalRule>,
+}
+
+/// A pattern matched against the message topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicFilter {
+    /// How `pattern` is matched.
+    pub filter_type: FilterType,
+    /// The pattern.
+    pub pattern: String,
+    /// Default `true`; `false` compares under Unicode simple case folding.
+    #[serde(default = "defaults::case_sensitive")]
+    pub case_sensitive: bool,
+    /// Accept the topics the pattern does not match; default `false`.
+    #[serde(default)]
+    pub negate: bool,
+}
+
+/// The six filter types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum FilterType {
+    Exact,
+    Wildcard,
+    Regex,
+    Prefix,
+    Suffix,
+    Contains,
+}
+
+/// A comparison over something read from the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConditionalRule {
+    /// What is read.
+    pub condition_type: ConditionType,
+    /// Header name or payload path; ignored (may be left out) for size and age.
+    #[serde(default)]
+    pub field_path: String,
+    /// How it is compared.
+    pub operator: ComparisonOperator,
+    /// The JSON value compared with.
+    pub value: Value,
+    /// Holds when the comparison is false; default `false`.
+    #[serde(default)]
+    pub negate: bool,
+}
+
+/// The four condition types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum ConditionType {
+    HeaderValue,
+    PayloadField,
+    MessageSize,
+    MessageAge,
+}
+
+/// The ten comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum ComparisonOperator {
+    Equals,
+    NotEquals,
+    GreaterThan,
+    LessThan,
+    GreaterThanOrEqual,
+    LessThanOrEqual,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Matches,
+}
+
+/// Resource limits of a module and its own configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleInstanceConfig {
+    /// Linear memory cap per instance; default 64 MiB; 64 KiB to 4 GiB.
+    #[serde(default = "defaults::memory_limit_bytes")]
+    pub memory_limit_bytes: usize,
+    /// Time budget of one call; default 1000 ms.
+    #[serde(default = "defaults::execution_timeout_ms")]
+    pub execution_timeout_ms: u64,
+    /// Most instances of the module at once; default 10.
+    #[serde(default = "defaults::max_concurrent_instances")]
+    pub max_concurrent_instances: u32,
+    /// Keep warm instances for reuse; default `true`.
+    #[serde(default = "defaults::enable_caching")]
+    pub enable_caching: bool,
+    /// How long an idle instance is kept; default 300.
+    #[serde(default = "defaults::cache_ttl_seconds")]
+    pub cache_ttl_seconds: u64,
+    /// Handed to the module when it starts; default `null`.
+    #[serde(default)]
+    pub custom_config: Value,
+}
+
+impl Default for ModuleInstanceConfig {
+    fn default() -> Self {
+        ModuleInstanceConfig {
+            memory_limit_bytes: defaults::MEMORY_LIMIT_BYTES,
+            execution_timeout_ms: defaults::EXECUTION_TIMEOUT_MS,
+            max_concurrent_instances: defaults::MAX_CONCURRENT_INSTANCES,
+            enable_caching: defaults::ENABLE_CACHING,
+            cache_ttl_seconds: defaults::CACHE_TTL_SECONDS,
+            custom_config: Value::Null,
+        }
+    }
+}
+
+/// What happens when a module fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ErrorHandlingStrategy {
+    /// Halt the pipeline and pass the message on as it entered the pipeline (the default).
+    #[default]
+    StopPipeline,
+    /// Go on with the next module.
+    SkipModule,
+    /// Retry with exponential backoff, up to `max_retries` times.
+    RetryWithBackoff,
+    /// Route the message to the dead-letter output with the error.
+    SendToDeadLetter,
+}
+
+impl TopicFilter {
+    /// The filter as the filter compiler takes it, its pattern checked.
+    pub fn to_filter(&self) -> Result<rustmq_etl_filter::Filter, rustmq_etl_filter::FilterError> {
+        use rustmq_etl_filter::FilterKind;
+        let kind = match self.filter_type {
+            FilterType::Exact => FilterKind::Exact,
+            FilterType::Wildcard => FilterKind::Wildcard,
+            FilterType::Regex => FilterKind::Regex,
+            FilterType::Prefix => FilterKind::Prefix,
+            FilterType::Suffix => FilterKind::Suffix,
+            FilterType::Contains => FilterKind::Contains,
+        };
+        rustmq_etl_filter::Filter::new(kind, self.pattern.clone(), self.case_sensitive, self.negate)
+    }
+}
+
+impl ConditionalRule {
+    /// The rule as the condition evaluator takes it, checked and compiled.
+    pub fn to_rule(&self) -> Result<rustmq_etl_condition::Rule, rustmq_etl_condition::RuleError> {
+        use rustmq_etl_condition::{Operator, Rule, Subject};
+        let subject = match self.condition_type {
+            ConditionType::HeaderValue => Subject::HeaderValue(self.field_path.clone()),
+            ConditionType::PayloadField => Subject::payload_field(&self.field_path)?,
+            ConditionType::MessageSize => Subject::MessageSize,
+            ConditionType::MessageAge => Subject::MessageAge,
+        };
+        let operator = match self.operator {
+            ComparisonOperator::Equals => Operator::Equals,
+            ComparisonOperator::NotEquals => Operator::NotEquals,
+            ComparisonOperator::GreaterThan => Operator::GreaterThan,
+            ComparisonOperator::LessThan => Operator::LessThan,
+            ComparisonOperator::GreaterThanOrEqual => Operator::GreaterThanOrEqual,
+            ComparisonOperator::LessThanOrEqual => Operator::LessThanOrEqual,
+            ComparisonOperator::Contains => Operator::Contains,
+            ComparisonOperator::StartsWith => Operator::StartsWith,
+            ComparisonOperator::EndsWith => Operator::EndsWith,
+            ComparisonOperator::Matches => Operator::Matches,
+        };
+        Rule::new(subject, operator, self.value.clone(), self.negate)
+    }
+}

@@ -1,0 +1,177 @@
+//! Loading the shipped fixtures and reporting every problem of bad configurations.
+
+use std::path::{Path, PathBuf};
+
+use rustmq_etl_config::{Config, ErrorHandlingStrategy, Format, Severity};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+#[test]
+fn design_examples_load_unchanged_in_json_and_yaml() {
+    let json = Config::load(&fixtures().join("pipelines")).unwrap();
+    let yaml = Config::load(&fixtures().join("pipelines-yaml")).unwrap();
+    assert_eq!(json.config.file_count(), 2);
+    let ids: Vec<_> = json
+        .config
+        .pipelines()
+        .iter()
+        .map(|p| p.pipeline.pipeline_id.as_str())
+        .collect();
+    // Directory order is file-name order.
+    assert_eq!(
+        ids,
+        ["iot-sensor-processing", "message-enrichment-pipeline"]
+    );
+    let strip = |c: &Config| {
+        c.pipelines()
+            .iter()
+            .map(|p| p.pipeline.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&json.config), strip(&yaml.config));
+
+    let iot = &json.config.pipelines()[0].pipeline;
+    assert_eq!(iot.error_handling, ErrorHandlingStrategy::RetryWithBackoff);
+    assert!(!iot.stages[0].continue_on_error, "documented default");
+    assert_eq!(
+        iot.stages[1].modules[0].instance_config.memory_limit_bytes,
+        64 << 20
+    );
+
+    // The Exact "*" filter of the first example is legal but surprising.
+    let warnings: Vec<String> = json.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains(
+        "pipeline \"message-enrichment-pipeline\", stage 2, module \"message-formatter\", field `topic_filters[0].pattern`"
+    ));
+    assert!(warnings[0].contains("matches only a topic literally named \"*\""));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let file = fixtures().join("config-invalid/many-problems.yaml");
+    let err = Config::load(&file).unwrap_err();
+    let text: Vec<String> = err.diagnostics().iter().map(ToString::to_string).collect();
+    let has = |needle: &str| {
+        assert!(
+            text.iter().any(|t| t.contains(needle)),
+            "no diagnostic contains {needle:?} in {text:#?}"
+        )
+    };
+    has("many-problems.yaml: pipeline \"dup\", stage 0, module \"a\", field `instance_config.memroy_limit_bytes`: unknown field `memroy_limit_bytes`; did you mean `memory_limit_bytes`?");
+    has("field `instance_config.memory_limit_bytes`: 1024 bytes is less than one 64 KiB WebAssembly page");
+    has("field `instance_config.execution_timeout_ms`: a timeout of 0 ms lets nothing run");
+    has("field `instance_config.max_concurrent_instances`: must be at least 1");
+    has("field `topic_filters[0].pattern`: invalid regex \"(unclosed\": unclosed group");
+    has("field `topic_filters[1].pattern`: invalid wildcard");
+    has("warning: ");
+    has("field `conditional_rules[0]`: invalid field path \"$..x\"");
+    has("field `conditional_rules[1]`: the Matches operator needs a regex string");
+    has("can never be true");
+    has("module \"a\", field `module_id`: the module appears twice in this stage");
+    has("stage 0, field `priority`: stages 1 and 2 of the pipeline share priority 0");
+    has("stage 0, field `modules`: the stage has no modules");
+    has("field `pipeline_id`: duplicate pipeline id");
+    has("field `global_timeout_ms`: a timeout of 0 ms lets nothing run");
+    has("field `stages`: the pipeline has no stages");
+    has("module \"../escape\", field `module_id`: \"../escape\" is not a valid module id");
+    assert_eq!(err.errors().count(), 15, "{text:#?}");
+    assert!(err
+        .diagnostics()
+        .iter()
+        .all(|d| d.file.as_deref() == Some(file.as_path())));
+    assert!(err
+        .to_string()
+        .starts_with("invalid configuration (15 errors)"));
+}
+
+#[test]
+fn syntax_and_type_errors_name_line_and_column() {
+    let err = Config::from_text(
+        "pipeline_id: p\nstages:\n  - priority: high\n",
+        Format::Yaml,
+        Some(Path::new("p.yaml")),
+    )
+    .unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!(d.line_column, Some((3, 15)));
+    assert_eq!(
+        d.to_string(),
+        "error: p.yaml:3:15: stages[0].priority: invalid type: string \"high\", expected u32"
+    );
+
+    let err =
+        Config::from_text(r#"{"pipeline_id": "p", "stages": [}"#, Format::Json, None).unwrap_err();
+    assert_eq!(err.diagnostics()[0].line_column, Some((1, 33)));
+
+    let err = Config::from_text(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, topic_filters: [{filter_type: Glob, pattern: x}]}]}]",
+        Format::Yaml,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.diagnostics()[0]
+            .message
+            .contains("unknown variant `Glob`, expected one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_top_level_fields_and_empty_files() {
+    let err = Config::from_text("pipelines: []\nversion: 2\n", Format::Yaml, None).unwrap_err();
+    assert!(err.to_string().contains(
+        "unknown field `version`; a file with a `pipelines` list has no other top-level field"
+    ));
+    let err = Config::from_text("", Format::Yaml, None).unwrap_err();
+    assert!(err.to_string().contains("the file is empty"));
+    let loaded = Config::from_text("pipelines: []", Format::Yaml, None).unwrap();
+    assert_eq!(loaded.warnings[0].severity, Severity::Warning);
+    assert!(loaded.warnings[0].message.contains("defines no pipelines"));
+}
+
+#[test]
+fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = |id: &str| {
+        format!("{{pipeline_id: {id}, stages: [{{priority: 0, modules: [{{module_id: m}}]}}]}}")
+    };
+    std::fs::write(dir.path().join("20-b.yml"), one("b")).unwrap();
+    std::fs::write(
+        dir.path().join("10-a.yaml"),
+        format!("pipelines:\n  - {}\n  - {}\n", one("a1"), one("a2")),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
+    let loaded = Config::load(dir.path()).unwrap();
+    let ids: Vec<_> = loaded
+        .config
+        .pipelines()
+        .iter()
+        .map(|p| p.pipeline.pipeline_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a1", "a2", "b"]);
+    assert_eq!(
+        loaded.config.pipelines()[0].pipeline.name,
+        "a1",
+        "name defaults to the id"
+    );
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0]
+        .to_string()
+        .contains("README.md: ignored"));
+
+    let empty = tempfile::tempdir().unwrap();
+    assert!(Config::load(empty.path())
+        .unwrap_err()
+        .to_string()
+        .contains("no .yaml, .yml or .json"));
+    assert!(Config::load(&dir.path().join("missing.yaml"))
+        .unwrap_err()
+        .to_string()
+        .contains("cannot read the file"));
+}
