@@ -1,1 +1,94 @@
-fn main() {}
+//! `rustmq-etl`: the command-line tool of the rustmq-etl engine.
+//!
+//! - `validate --config PATH` checks a configuration file or directory and lists
+//!   every problem;
+//! - `explain --config PATH --input MESSAGES.jsonl [--now MS]` says, for every
+//!   message, which modules would run in which order and why the others would not,
+//!   without running any.
+
+mod explain;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rustmq-etl", version, about = "Priority-based WebAssembly ETL pipelines for message brokers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a configuration: exit 0 with a summary, or 1 with every error.
+    Validate {
+        /// A configuration file (.yaml, .yml, .json) or a directory of them.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Dry run: for each message, list the modules that would run and why the others would not.
+    Explain {
+        /// A configuration file (.yaml, .yml, .json) or a directory of them.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Messages as JSON Lines (`-` for standard input).
+        #[arg(long, value_name = "MESSAGES.jsonl")]
+        input: PathBuf,
+        /// The clock for MessageAge rules, in milliseconds since the Unix epoch
+        /// (default: the system clock, read once at start).
+        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+        now: Option<i64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { config } => validate::run(&config),
+        Command::Explain { config, input, now } => explain::run(&config, &input, now),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and compiles a configuration, printing warnings, or prints every error.
+fn load_plan(path: &std::path::Path) -> Option<(rustmq_etl_config::Config, rustmq_etl_orchestrator::Plan, usize)> {
+    let loaded = match rustmq_etl_config::Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            for d in e.diagnostics() {
+                eprintln!("{d}");
+            }
+            let errors = e.errors().count();
+            eprintln!("{}: invalid configuration: {errors} error{}", path.display(), plural(errors));
+            return None;
+        }
+    };
+    for w in &loaded.warnings {
+        eprintln!("{w}");
+    }
+    match rustmq_etl_orchestrator::Plan::build(&loaded.config) {
+        Ok(plan) => Some((loaded.config, plan, loaded.warnings.len())),
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            eprintln!("{}: invalid configuration: 1 error", path.display());
+            None
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,1 +1,34 @@
+//! The orchestrator: the crate a broker depends on.
+//!
+//! Today it owns the [`Plan`]: a validated configuration compiled into execution
+//! order (pipelines as listed, stages by ascending priority, modules as declared)
+//! with every topic filter in one [`rustmq_etl_filter::FilterSet`] and every rule
+//! in one [`rustmq_etl_condition::ConditionSet`]. [`Plan::explain`] decides, for
+//! one message and without running anything, which modules run and why the others
+//! do not — the exact rules of `selection.md`.
+//!
+//! ```
+//! use rustmq_etl_config::{Config, Format};
+//! use rustmq_etl_core::Message;
+//! use rustmq_etl_orchestrator::Plan;
+//!
+//! let yaml = r#"
+//! pipeline_id: iot
+//! stages:
+//!   - priority: 0
+//!     modules:
+//!       - module_id: validator
+//!         topic_filters: [{ filter_type: Prefix, pattern: "iot." }]
+//! "#;
+//! let config = Config::from_text(yaml, Format::Yaml, None)?.config;
+//! let plan = Plan::build(&config)?;
+//! let mut scratch = plan.create_scratch();
+//! let explanation = plan.explain(&Message::new("iot.temp", "{}"), 0, &mut scratch);
+//! assert_eq!(explanation.modules[0].module, "validator");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
 
+mod plan;
+
+pub use plan::{Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Skipped};

@@ -1,0 +1,73 @@
+//! Selection on the shipped fixtures: design.md's examples.
+
+use std::path::Path;
+
+use rustmq_etl_config::Config;
+use rustmq_etl_core::Message;
+use rustmq_etl_orchestrator::Plan;
+
+fn plan() -> Plan {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/pipelines");
+    Plan::build(&Config::load(&dir).unwrap().config).unwrap()
+}
+
+fn run(plan: &Plan, line: &str) -> (Vec<String>, Vec<String>) {
+    let message = Message::from_json_line(line).unwrap();
+    let mut scratch = plan.create_scratch();
+    let e = plan.explain(&message, 1_764_201_600_000, &mut scratch);
+    (
+        e.modules.iter().map(|m| format!("{}/{}/{}", m.pipeline, m.priority, m.module)).collect(),
+        e.skipped.iter().map(|s| format!("{}: {}", s.module, s.reason)).collect(),
+    )
+}
+
+#[test]
+fn iot_temperature_reading_in_celsius() {
+    let (modules, skipped) = run(
+        &plan(),
+        r#"{"topic": "iot.sensors.temperature", "payload": {"sensor_type": "temperature", "unit": "celsius", "reading": 21.5}}"#,
+    );
+    assert_eq!(
+        modules,
+        ["iot-sensor-processing/0/sensor-data-validator", "iot-sensor-processing/1/temperature-converter"]
+    );
+    assert_eq!(skipped.len(), 5, "{skipped:#?}");
+    assert_eq!(
+        skipped[0],
+        r#"pressure-normalizer: no topic filter accepts topic "iot.sensors.temperature": Exact "iot.sensors.pressure" does not match"#
+    );
+    assert_eq!(
+        skipped[1],
+        r#"message-validator: no topic filter accepts topic "iot.sensors.temperature": Wildcard "events.*" (case-insensitive) does not match"#
+    );
+}
+
+#[test]
+fn events_with_json_content_type_and_client_ip() {
+    let (modules, skipped) = run(
+        &plan(),
+        r#"{"topic": "Events.Web.content", "headers": {"content-type": "application/json", "client_ip": "10.0.0.1"}, "payload": {}}"#,
+    );
+    // Regex ^(events|logs)\.(mobile|web)\. is case-sensitive: geolocation is skipped.
+    assert_eq!(
+        modules,
+        ["message-enrichment-pipeline/0/message-validator", "message-enrichment-pipeline/1/content-analyzer"]
+    );
+    assert!(skipped.iter().any(|s| s.starts_with("geolocation-enricher: no topic filter accepts")));
+    assert!(skipped.iter().any(|s| s.starts_with(r#"message-formatter: no topic filter accepts topic "Events.Web.content": Exact "*" (case-insensitive) does not match"#)));
+}
+
+#[test]
+fn failing_rules_are_named() {
+    let (modules, skipped) = run(
+        &plan(),
+        r#"{"topic": "iot.sensors.pressure", "payload": {"sensor_type": "pressure", "reading": -1}}"#,
+    );
+    assert!(modules.is_empty(), "{modules:?}");
+    assert!(skipped.contains(
+        &r#"sensor-data-validator: conditional rule 1 (`payload field $.sensor_type Contains "temperature"`) does not hold: payload field $.sensor_type is "pressure""#.to_owned()
+    ));
+    assert!(skipped.contains(
+        &"pressure-normalizer: conditional rule 1 (`payload field $.reading GreaterThan 0`) does not hold: payload field $.reading is -1".to_owned()
+    ));
+}
