@@ -1,1 +1,60 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, run from anywhere in the workspace.
+//!
+//! - `cargo xtask test`: everything a contributor runs before pushing: format
+//!   check, clippy with warnings as errors, the whole test suite;
+//! - `cargo xtask bench`: every benchmark, then a table of each optimised figure
+//!   beside the baseline measured in the same run.
+//!
+//! Please add no dependencies: this crate must build in seconds on a fresh clone.
+
+mod bench;
+mod test;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <test|bench> [args]\n");
+            eprintln!("  test   fmt check, clippy -D warnings, cargo test --workspace");
+            eprintln!("  bench  cargo bench --workspace, then each figure beside its baseline");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_owned()
+}
+
+/// Runs `cargo` with `args` in the workspace root; fails if it fails.
+fn cargo(args: &[&str]) -> Result<(), String> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}

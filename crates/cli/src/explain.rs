@@ -89,12 +89,20 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
                     modules: e
                         .modules
                         .iter()
-                        .map(|m| Selected { pipeline: &m.pipeline, priority: m.priority, module: &m.module })
+                        .map(|m| Selected {
+                            pipeline: &m.pipeline,
+                            priority: m.priority,
+                            module: &m.module,
+                        })
                         .collect(),
                     skipped: e
                         .skipped
                         .iter()
-                        .map(|s| SkippedOut { pipeline: &s.pipeline, module: &s.module, reason: &s.reason })
+                        .map(|s| SkippedOut {
+                            pipeline: &s.pipeline,
+                            module: &s.module,
+                            reason: &s.reason,
+                        })
                         .collect(),
                 };
                 serde_json::to_writer(&mut out, &line)?;
@@ -102,14 +110,24 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
             Err(error) => {
                 bad_lines += 1;
                 eprintln!("error: {}:{number}: {error}", input.display());
-                serde_json::to_writer(&mut out, &LineError { line: number, error: &error })?;
+                serde_json::to_writer(
+                    &mut out,
+                    &LineError {
+                        line: number,
+                        error: &error,
+                    },
+                )?;
             }
         }
         out.write_all(b"\n")?;
     }
     out.flush()?;
     if bad_lines > 0 {
-        eprintln!("{}: {bad_lines} bad line{} (reported above and on stdout)", input.display(), crate::plural(bad_lines));
+        eprintln!(
+            "{}: {bad_lines} bad line{} (reported above and on stdout)",
+            input.display(),
+            crate::plural(bad_lines)
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rustmq-etl", version, about = "Priority-based WebAssembly ETL pipelines for message brokers")]
+#[command(
+    name = "rustmq-etl",
+    version,
+    about = "Priority-based WebAssembly ETL pipelines for message brokers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,13 @@ fn main() -> ExitCode {
 }
 
 /// Loads and compiles a configuration, printing warnings, or prints every error.
-fn load_plan(path: &std::path::Path) -> Option<(rustmq_etl_config::Config, rustmq_etl_orchestrator::Plan, usize)> {
+fn load_plan(
+    path: &std::path::Path,
+) -> Option<(
+    rustmq_etl_config::Config,
+    rustmq_etl_orchestrator::Plan,
+    usize,
+)> {
     let loaded = match rustmq_etl_config::Config::load(path) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -68,7 +78,11 @@ fn load_plan(path: &std::path::Path) -> Option<(rustmq_etl_config::Config, rustm
                 eprintln!("{d}");
             }
             let errors = e.errors().count();
-            eprintln!("{}: invalid configuration: {errors} error{}", path.display(), plural(errors));
+            eprintln!(
+                "{}: invalid configuration: {errors} error{}",
+                path.display(),
+                plural(errors)
+            );
             return None;
         }
     };

@@ -12,7 +12,11 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let pipelines = plan.pipelines();
     let enabled = pipelines.iter().filter(|p| p.config.enabled).count();
     let stages: usize = pipelines.iter().map(|p| p.stages.len()).sum();
-    let modules: usize = pipelines.iter().flat_map(|p| &p.stages).map(|s| s.modules.len()).sum();
+    let modules: usize = pipelines
+        .iter()
+        .flat_map(|p| &p.stages)
+        .map(|s| s.modules.len())
+        .sum();
     println!(
         "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {warnings} warning{}",
         path.display(),

@@ -30,12 +30,29 @@ impl Bits {
         absent
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.words.fill(0);
+    pub(crate) fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
-    pub(crate) fn copy_from(&mut self, other: &Bits) {
-        self.words.copy_from_slice(&other.words);
+    pub(crate) fn remove(&mut self, i: usize) {
+        self.words[i / 64] &= !(1 << (i % 64));
+    }
+
+    /// `self = a | b | c`, all of the same length.
+    pub(crate) fn set_union3(&mut self, a: &Bits, b: &Bits, c: &Bits) {
+        for (((w, a), b), c) in self
+            .words
+            .iter_mut()
+            .zip(&a.words)
+            .zip(&b.words)
+            .zip(&c.words)
+        {
+            *w = a | b | c;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.words.fill(0);
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {

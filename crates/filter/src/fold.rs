@@ -15,7 +15,9 @@ pub fn simple_fold(c: char) -> char {
 /// Appends `text` folded with [`simple_fold`] to `out`.
 pub fn simple_fold_into(text: &str, out: &mut String) {
     if text.is_ascii() {
-        out.extend(text.bytes().map(|b| b.to_ascii_lowercase() as char));
+        let start = out.len();
+        out.push_str(text);
+        out[start..].make_ascii_lowercase();
     } else {
         out.extend(text.chars().map(simple_fold));
     }

@@ -1,12 +1,11 @@
 //! The compiled filter set: builder, immutable matcher and the caller's scratch.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aho_corasick::AhoCorasick;
 use regex_automata::meta;
 use regex_automata::{Input, MatchKind, PatternSet};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::bits::Bits;
 use crate::filter::{regex_source, Filter, FilterKind};
@@ -114,6 +113,7 @@ impl FilterSetBuilder {
 
         let slot_count = self.slot_filters.len();
         let mut empty_slots = Bits::with_len(slot_count);
+        let mut negated_slots = Bits::with_len(slot_count);
         let mut negated_in_slot = vec![0u32; slot_count];
         for (slot, &(start, end)) in self.slot_filters.iter().enumerate() {
             if start == end {
@@ -123,13 +123,10 @@ impl FilterSetBuilder {
                 .iter()
                 .filter(|f| f.negate())
                 .count() as u32;
+            if negated_in_slot[slot] > 0 {
+                negated_slots.insert(slot);
+            }
         }
-        let negated_slots = negated_in_slot
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(slot, &n)| (slot as u32, n))
-            .collect();
         let raw = raw.build(&self.filters)?;
         let folded = if folded.is_empty() {
             None
@@ -145,6 +142,7 @@ impl FilterSetBuilder {
                 always,
                 empty_slots,
                 negated_slots,
+                negated_in_slot,
                 raw,
                 folded,
             }),
@@ -198,16 +196,46 @@ enum Anchor {
     Contains,
 }
 
+/// Distinct patterns, each with the filters that use it.
+struct Dedup<K, V = u32> {
+    patterns: Vec<K>,
+    index: HashMap<K, usize>,
+    filters: Vec<Vec<V>>,
+}
+
+impl<K, V> Default for Dedup<K, V> {
+    fn default() -> Self {
+        Dedup {
+            patterns: Vec::new(),
+            index: HashMap::default(),
+            filters: Vec::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Dedup<K, V> {
+    fn add(&mut self, pattern: K, id: V) {
+        let next = self.patterns.len();
+        let index = *self.index.entry(pattern.clone()).or_insert(next);
+        if index == next {
+            self.patterns.push(pattern);
+            self.filters.push(Vec::new());
+        }
+        self.filters[index].push(id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+}
+
 /// The engines for one view of the topic (as given, or folded).
 #[derive(Default)]
 struct SideBuilder {
-    exact: HashMap<String, Vec<u32>>,
-    literals: Vec<String>,
-    literal_index: HashMap<String, usize>,
-    literal_filters: Vec<Vec<(u32, Anchor)>>,
-    regexes: Vec<String>,
-    regex_index: HashMap<String, usize>,
-    regex_filters: Vec<Vec<u32>>,
+    exact: Dedup<String>,
+    /// Prefix, suffix and substring patterns, each filter with its anchor.
+    literals: Dedup<String, (u32, Anchor)>,
+    regexes: Dedup<String>,
 }
 
 impl SideBuilder {
@@ -216,123 +244,172 @@ impl SideBuilder {
     }
 
     fn exact(&mut self, pattern: String, id: u32) {
-        self.exact.entry(pattern).or_default().push(id);
+        self.exact.add(pattern, id);
     }
 
     fn literal(&mut self, pattern: String, anchor: Anchor, id: u32) {
-        let next = self.literals.len();
-        let index = *self.literal_index.entry(pattern.clone()).or_insert(next);
-        if index == next {
-            self.literals.push(pattern);
-            self.literal_filters.push(Vec::new());
-        }
-        self.literal_filters[index].push((id, anchor));
+        self.literals.add(pattern, (id, anchor));
     }
 
     fn regex(&mut self, source: String, id: u32) {
-        let next = self.regexes.len();
-        let index = *self.regex_index.entry(source.clone()).or_insert(next);
-        if index == next {
-            self.regexes.push(source);
-            self.regex_filters.push(Vec::new());
-        }
-        self.regex_filters[index].push(id);
+        self.regexes.add(source, id);
     }
 
     fn build(self, filters: &[Filter]) -> Result<Side, BuildError> {
-        let literals = if self.literals.is_empty() {
-            None
-        } else {
-            let ac = AhoCorasick::builder()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .build(&self.literals)
-                .map_err(|e| BuildError {
-                    message: format!("literal patterns: {e}"),
-                })?;
-            Some((ac, self.literal_filters))
-        };
         let regexes = if self.regexes.is_empty() {
             None
         } else {
-            let re = meta::Regex::builder()
+            let meta = meta::Regex::builder()
                 .configure(
                     meta::Config::new()
                         .match_kind(MatchKind::All)
                         .hybrid_cache_capacity(16 << 20)
                         .nfa_size_limit(Some(256 << 20)),
                 )
-                .build_many(&self.regexes)
+                .build_many(&self.regexes.patterns)
                 .map_err(|e| BuildError {
                     message: match e.pattern() {
                         Some(p) => {
-                            let ids = &self.regex_filters[p.as_usize()];
-                            let named = ids
-                                .first()
-                                .and_then(|&f| filters.get(f as usize))
-                                .map_or_else(
-                                    || self.regexes[p.as_usize()].clone(),
-                                    |f| f.to_string(),
-                                );
-                            format!("{named}: {e}")
+                            let first = self.regexes.filters[p.as_usize()][0];
+                            format!("{}: {e}", filters[first as usize])
                         }
                         None => e.to_string(),
                     },
                 })?;
-            Some((re, self.regex_filters))
+            Some(Regexes {
+                meta,
+                filters: self.regexes.filters,
+            })
         };
         Ok(Side {
-            exact: self.exact,
-            literals,
+            exact: self
+                .exact
+                .patterns
+                .into_iter()
+                .zip(self.exact.filters)
+                .collect(),
+            literals: Literals::build(self.literals)?,
             regexes,
         })
     }
 }
 
+/// Prefix, suffix and substring patterns in one Aho-Corasick DFA, walked byte by
+/// byte so that every pattern ending at every position is seen; a prefix counts
+/// only where it ends at its own length, a suffix only at the topic's end.
+struct Literals {
+    dfa: aho_corasick::dfa::DFA,
+    filters: Vec<Vec<(u32, Anchor)>>,
+}
+
+impl Literals {
+    fn build(patterns: Dedup<String, (u32, Anchor)>) -> Result<Option<Literals>, BuildError> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let dfa = aho_corasick::dfa::DFA::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(&patterns.patterns)
+            .map_err(|e| BuildError {
+                message: format!("literal patterns: {e}"),
+            })?;
+        Ok(Some(Literals {
+            dfa,
+            filters: patterns.filters,
+        }))
+    }
+
+    #[inline]
+    fn walk(&self, text: &[u8], hit: &mut impl FnMut(u32)) {
+        use aho_corasick::automaton::Automaton;
+        use aho_corasick::Anchored;
+        let dfa = &self.dfa;
+        let Ok(mut state) = dfa.start_state(Anchored::No) else {
+            return;
+        };
+        // Keep this loop small: the state must stay in a register.
+        for (at, &byte) in text.iter().enumerate() {
+            state = dfa.next_state(Anchored::No, state, byte);
+            if dfa.is_special(state) && dfa.is_match(state) {
+                self.report(state, at + 1, text.len(), hit);
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn report(
+        &self,
+        state: aho_corasick::automaton::StateID,
+        end: usize,
+        len: usize,
+        hit: &mut dyn FnMut(u32),
+    ) {
+        use aho_corasick::automaton::Automaton;
+        for i in 0..self.dfa.match_len(state) {
+            let pattern = self.dfa.match_pattern(state, i);
+            let starts_at_zero = self.dfa.pattern_len(pattern) == end;
+            for &(f, anchor) in &self.filters[pattern.as_usize()] {
+                let at = match anchor {
+                    Anchor::Prefix => starts_at_zero,
+                    Anchor::Suffix => end == len,
+                    Anchor::Contains => true,
+                };
+                if at {
+                    hit(f);
+                }
+            }
+        }
+    }
+}
+
+/// Every regex (and every wildcard that is not a plain literal) of a side in one
+/// automaton, searched once for all of them.
+struct Regexes {
+    meta: meta::Regex,
+    filters: Vec<Vec<u32>>,
+}
+
 struct Side {
     exact: HashMap<String, Vec<u32>>,
-    literals: Option<(AhoCorasick, Vec<Vec<(u32, Anchor)>>)>,
-    regexes: Option<(meta::Regex, Vec<Vec<u32>>)>,
+    literals: Option<Literals>,
+    regexes: Option<Regexes>,
 }
 
 impl Side {
     fn create_cache(&self) -> SideCache {
         SideCache {
-            regex: self.regexes.as_ref().map(|(re, _)| re.create_cache()),
-            patterns: PatternSet::new(self.regexes.as_ref().map_or(0, |(re, _)| re.pattern_len())),
+            meta: self.regexes.as_ref().map(|r| r.meta.create_cache()),
+            patterns: PatternSet::new(self.regexes.as_ref().map_or(0, |r| r.meta.pattern_len())),
         }
     }
 
     #[inline]
-    fn search(&self, text: &str, cache: &mut SideCache, mut hit: impl FnMut(u32)) {
+    fn search(&self, text: &str, cache: &mut SideCache, hit: &mut impl FnMut(u32)) {
         if let Some(ids) = self.exact.get(text) {
             ids.iter().for_each(|&f| hit(f));
         }
-        if let Some((ac, filters)) = &self.literals {
-            for m in ac.find_overlapping_iter(text) {
-                for &(f, anchor) in &filters[m.pattern().as_usize()] {
-                    let at = match anchor {
-                        Anchor::Prefix => m.start() == 0,
-                        Anchor::Suffix => m.end() == text.len(),
-                        Anchor::Contains => true,
-                    };
-                    if at {
-                        hit(f);
-                    }
-                }
-            }
+        if let Some(literals) = &self.literals {
+            literals.walk(text.as_bytes(), hit);
         }
-        if let (Some((re, filters)), Some(re_cache)) = (&self.regexes, cache.regex.as_mut()) {
+        if let Some(regexes) = &self.regexes {
             cache.patterns.clear();
-            re.which_overlapping_matches_with(re_cache, &Input::new(text), &mut cache.patterns);
-            for p in cache.patterns.iter() {
-                filters[p.as_usize()].iter().for_each(|&f| hit(f));
+            if let Some(meta_cache) = cache.meta.as_mut() {
+                regexes.meta.which_overlapping_matches_with(
+                    meta_cache,
+                    &Input::new(text),
+                    &mut cache.patterns,
+                );
+            }
+            let found = cache.patterns.len();
+            for p in cache.patterns.iter().take(found) {
+                regexes.filters[p.as_usize()].iter().for_each(|&f| hit(f));
             }
         }
     }
 }
 
 struct SideCache {
-    regex: Option<meta::Cache>,
+    meta: Option<meta::Cache>,
     patterns: PatternSet,
 }
 
@@ -345,8 +422,10 @@ struct Inner {
     always: Vec<u32>,
     /// Slots without filters: they accept every topic.
     empty_slots: Bits,
-    /// Slots with negated filters, and how many.
-    negated_slots: Vec<(u32, u32)>,
+    /// Slots with negated filters: they accept unless every one of those matches.
+    negated_slots: Bits,
+    /// How many negated filters each slot has.
+    negated_in_slot: Vec<u32>,
     raw: Side,
     folded: Option<Side>,
 }
@@ -373,7 +452,12 @@ impl fmt::Debug for FilterSet {
 pub struct Cache {
     pattern_hits: Bits,
     accepted: Bits,
+    /// Slots accepted by a filter that is not negated.
+    positive: Bits,
+    /// Per slot, how many of its negated filters matched (zero but for `touched`).
     negated_hits: Vec<u32>,
+    /// The slots whose `negated_hits` is not zero.
+    touched: Vec<u32>,
     folded_topic: String,
     raw: SideCache,
     folded: Option<SideCache>,
@@ -392,7 +476,9 @@ impl FilterSet {
         Cache {
             pattern_hits: Bits::with_len(inner.filters.len()),
             accepted: Bits::with_len(inner.slot_filters.len()),
+            positive: Bits::with_len(inner.slot_filters.len()),
             negated_hits: vec![0; inner.slot_filters.len()],
+            touched: Vec::new(),
             folded_topic: String::new(),
             raw: inner.raw.create_cache(),
             folded: inner.folded.as_ref().map(Side::create_cache),
@@ -404,25 +490,27 @@ impl FilterSet {
     pub fn matches<'c>(&self, topic: &str, cache: &'c mut Cache) -> Matches<'c> {
         let inner = &*self.inner;
         cache.pattern_hits.clear();
-        cache.accepted.copy_from(&inner.empty_slots);
-        for &(slot, _) in &inner.negated_slots {
-            cache.negated_hits[slot as usize] = 0;
-        }
+        cache.positive.clear();
         let Cache {
             pattern_hits,
             accepted,
+            positive,
             negated_hits,
+            touched,
             folded_topic,
             raw,
             folded,
         } = cache;
         let mut hit = |f: u32| {
             if pattern_hits.insert(f as usize) {
-                let slot = inner.filter_slot[f as usize] as usize;
+                let slot = inner.filter_slot[f as usize];
                 if inner.negate[f as usize] {
-                    negated_hits[slot] += 1;
+                    if negated_hits[slot as usize] == 0 {
+                        touched.push(slot);
+                    }
+                    negated_hits[slot as usize] += 1;
                 } else {
-                    accepted.insert(slot);
+                    positive.insert(slot as usize);
                 }
             }
         };
@@ -433,10 +521,15 @@ impl FilterSet {
             crate::simple_fold_into(topic, folded_topic);
             side.search(folded_topic, side_cache, &mut hit);
         }
-        for &(slot, negated) in &inner.negated_slots {
-            if negated_hits[slot as usize] < negated {
-                accepted.insert(slot as usize);
+        // A slot with negated filters accepts unless all of them matched (and no
+        // other filter of it accepts).
+        accepted.set_union3(&inner.empty_slots, positive, &inner.negated_slots);
+        for slot in touched.drain(..) {
+            let slot = slot as usize;
+            if negated_hits[slot] == inner.negated_in_slot[slot] && !positive.contains(slot) {
+                accepted.remove(slot);
             }
+            negated_hits[slot] = 0;
         }
         Matches { cache }
     }
@@ -464,6 +557,16 @@ impl Matches<'_> {
     #[inline]
     pub fn contains(&self, slot: SlotId) -> bool {
         self.cache.accepted.contains(slot.index())
+    }
+
+    /// How many slots accept the topic.
+    pub fn len(&self) -> usize {
+        self.cache.accepted.count()
+    }
+
+    /// Whether no slot accepts the topic.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The slots accepting the topic, in ascending order.

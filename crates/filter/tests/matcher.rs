@@ -16,20 +16,21 @@ fn check(slots: &[Vec<Filter>], topics: &[&str], expected: Option<&[&[bool]]>) {
     let mut builder = FilterSetBuilder::new();
     let ids: Vec<_> = slots.iter().map(|s| builder.add_slot(s.clone())).collect();
     let set = builder.build().unwrap();
+    let reference = reference::Reference::new(slots);
     let mut cache = set.create_cache();
     for (t, topic) in topics.iter().enumerate() {
         let matches = set.matches(topic, &mut cache);
         for (s, slot) in slots.iter().enumerate() {
-            let want = reference::accepts(slot, topic);
+            let want = reference.accepts(s, topic);
             assert_eq!(
                 matches.contains(ids[s]),
                 want,
                 "topic {topic:?}, slot {s} with filters {slot:?}"
             );
-            for (id, f) in set.slot_filters(ids[s]) {
+            for (i, (id, _)) in set.slot_filters(ids[s]).enumerate() {
                 assert_eq!(
                     matches.pattern_matched(id),
-                    reference::pattern_matches(f, topic)
+                    reference.pattern_matches(s, i, topic)
                 );
             }
             if let Some(expected) = expected {

@@ -31,4 +31,7 @@
 
 mod plan;
 
-pub use plan::{Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Skipped};
+pub use plan::{
+    Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline,
+    PlannedStage, Skipped,
+};

@@ -186,10 +186,17 @@ impl Plan {
     /// Decides for every module whether it runs for `message`, judged on the
     /// message as given (a dry run: nothing executes). `now_ms` is the clock of
     /// `MessageAge` rules.
-    pub fn explain(&self, message: &Message, now_ms: i64, scratch: &mut PlanScratch) -> Explanation {
+    pub fn explain(
+        &self,
+        message: &Message,
+        now_ms: i64,
+        scratch: &mut PlanScratch,
+    ) -> Explanation {
         let inner = &*self.inner;
         let matches = inner.filters.matches(&message.topic, &mut scratch.filters);
-        let mut context = inner.conditions.context(message, now_ms, &mut scratch.conditions);
+        let mut context = inner
+            .conditions
+            .context(message, now_ms, &mut scratch.conditions);
         let mut explanation = Explanation::default();
         for pipeline in &inner.pipelines {
             let id = &pipeline.config.pipeline_id;
@@ -201,7 +208,12 @@ impl Plan {
                         Some(self.filter_reason(module.slot, &message.topic, &matches))
                     } else {
                         context.first_failure(module.group).map(|f| {
-                            format!("conditional rule {} (`{}`) does not hold: {}", f.index + 1, f.rule, f.reason)
+                            format!(
+                                "conditional rule {} (`{}`) does not hold: {}",
+                                f.index + 1,
+                                f.rule,
+                                f.reason
+                            )
                         })
                     };
                     match reason {
@@ -223,7 +235,12 @@ impl Plan {
         explanation
     }
 
-    fn filter_reason(&self, slot: SlotId, topic: &str, matches: &rustmq_etl_filter::Matches<'_>) -> String {
+    fn filter_reason(
+        &self,
+        slot: SlotId,
+        topic: &str,
+        matches: &rustmq_etl_filter::Matches<'_>,
+    ) -> String {
         let mut reason = format!("no topic filter accepts topic {topic:?}:");
         for (i, (id, filter)) in self.inner.filters.slot_filters(slot).enumerate() {
             let verdict = if matches.pattern_matched(id) {
@@ -231,7 +248,11 @@ impl Plan {
             } else {
                 "does not match"
             };
-            let _ = write!(reason, "{} {filter} {verdict}", if i == 0 { "" } else { ";" });
+            let _ = write!(
+                reason,
+                "{} {filter} {verdict}",
+                if i == 0 { "" } else { ";" }
+            );
         }
         reason
     }

@@ -16,8 +16,14 @@ fn run(plan: &Plan, line: &str) -> (Vec<String>, Vec<String>) {
     let mut scratch = plan.create_scratch();
     let e = plan.explain(&message, 1_764_201_600_000, &mut scratch);
     (
-        e.modules.iter().map(|m| format!("{}/{}/{}", m.pipeline, m.priority, m.module)).collect(),
-        e.skipped.iter().map(|s| format!("{}: {}", s.module, s.reason)).collect(),
+        e.modules
+            .iter()
+            .map(|m| format!("{}/{}/{}", m.pipeline, m.priority, m.module))
+            .collect(),
+        e.skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.module, s.reason))
+            .collect(),
     )
 }
 
@@ -29,7 +35,10 @@ fn iot_temperature_reading_in_celsius() {
     );
     assert_eq!(
         modules,
-        ["iot-sensor-processing/0/sensor-data-validator", "iot-sensor-processing/1/temperature-converter"]
+        [
+            "iot-sensor-processing/0/sensor-data-validator",
+            "iot-sensor-processing/1/temperature-converter"
+        ]
     );
     assert_eq!(skipped.len(), 5, "{skipped:#?}");
     assert_eq!(
@@ -51,9 +60,14 @@ fn events_with_json_content_type_and_client_ip() {
     // Regex ^(events|logs)\.(mobile|web)\. is case-sensitive: geolocation is skipped.
     assert_eq!(
         modules,
-        ["message-enrichment-pipeline/0/message-validator", "message-enrichment-pipeline/1/content-analyzer"]
+        [
+            "message-enrichment-pipeline/0/message-validator",
+            "message-enrichment-pipeline/1/content-analyzer"
+        ]
     );
-    assert!(skipped.iter().any(|s| s.starts_with("geolocation-enricher: no topic filter accepts")));
+    assert!(skipped
+        .iter()
+        .any(|s| s.starts_with("geolocation-enricher: no topic filter accepts")));
     assert!(skipped.iter().any(|s| s.starts_with(r#"message-formatter: no topic filter accepts topic "Events.Web.content": Exact "*" (case-insensitive) does not match"#)));
 }
 

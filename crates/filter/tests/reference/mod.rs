@@ -1,6 +1,7 @@
 //! The obvious topic-filter semantics, one filter at a time, straight from
 //! selection.md. The optimised `FilterSet` is compared with it (tests) and measured
-//! against it (benches).
+//! against it (benches). Regexes are compiled once, in `Reference::new`; all else
+//! is done afresh for every filter and topic.
 
 use rustmq_etl_filter::{simple_fold, Filter, FilterKind, Glob, GlobToken};
 
@@ -8,9 +9,53 @@ fn fold(s: &str) -> String {
     s.chars().map(simple_fold).collect()
 }
 
+/// Filters grouped by slot, regexes compiled.
+pub struct Reference {
+    slots: Vec<Vec<(Filter, Option<regex::Regex>)>>,
+}
+
+impl Reference {
+    pub fn new(slots: &[Vec<Filter>]) -> Self {
+        let compile = |f: &Filter| {
+            (f.kind() == FilterKind::Regex).then(|| {
+                let source = if f.case_sensitive() {
+                    f.pattern().to_owned()
+                } else {
+                    format!("(?i){}", f.pattern())
+                };
+                regex::Regex::new(&source).expect("valid regex")
+            })
+        };
+        Reference {
+            slots: slots
+                .iter()
+                .map(|s| s.iter().map(|f| (f.clone(), compile(f))).collect())
+                .collect(),
+        }
+    }
+
+    /// Whether slot `slot` accepts the topic: no filters, or any filter accepts.
+    pub fn accepts(&self, slot: usize, topic: &str) -> bool {
+        let filters = &self.slots[slot];
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|(f, re)| pattern_matches(f, re.as_ref(), topic) != f.negate())
+    }
+
+    /// Whether the `index`th filter of `slot` matches, before `negate`.
+    pub fn pattern_matches(&self, slot: usize, index: usize, topic: &str) -> bool {
+        let (f, re) = &self.slots[slot][index];
+        pattern_matches(f, re.as_ref(), topic)
+    }
+}
+
 /// Whether the filter's pattern matches the topic, before `negate`.
-pub fn pattern_matches(filter: &Filter, topic: &str) -> bool {
-    let (pattern, text) = if filter.case_sensitive() || filter.kind() == FilterKind::Regex {
+fn pattern_matches(filter: &Filter, regex: Option<&regex::Regex>, topic: &str) -> bool {
+    if let Some(re) = regex {
+        return re.is_match(topic);
+    }
+    let (pattern, text) = if filter.case_sensitive() {
         (filter.pattern().to_owned(), topic.to_owned())
     } else {
         (fold(filter.pattern()), fold(topic))
@@ -48,12 +93,4 @@ fn glob_matches(tokens: &[GlobToken], text: &[char]) -> bool {
             text.first() == Some(c) && glob_matches(rest, &text[1..])
         }
     }
-}
-
-/// Whether a module with these filters accepts the topic.
-pub fn accepts(filters: &[Filter], topic: &str) -> bool {
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| pattern_matches(f, topic) != f.negate())
 }
