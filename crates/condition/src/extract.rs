@@ -135,7 +135,12 @@ impl PathTrie {
     pub(crate) fn extract(&self, payload: &[u8], out: &mut Vec<Option<Extracted>>) -> bool {
         out.clear();
         out.resize_with(self.slots, || None);
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        // JSON text is Unicode: check the whole payload once, up front, so that
+        // neither kept nor skipped strings need checking again.
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = NodeSeed {
             trie: self,
             node: 0,
@@ -275,7 +280,8 @@ struct Key<'t>(&'t [(String, usize)]);
 impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = Option<usize>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
+        // Bytes, not str: names compare as bytes, with no second UTF-8 check.
+        d.deserialize_bytes(self)
     }
 }
 
@@ -284,8 +290,16 @@ impl<'de> Visitor<'de> for Key<'_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object key")
     }
+    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Option<usize>, E> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(name, _)| name.as_bytes() == key)
+            .map(|&(_, c)| c))
+    }
+
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().find(|(name, _)| name == key).map(|&(_, c)| c))
+        self.visit_bytes(key.as_bytes())
     }
 }
 

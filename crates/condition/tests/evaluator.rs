@@ -119,6 +119,12 @@ fn selection_md_cases() {
             ),
         ],
     );
+    let mut invalid_utf8 = message(&[], "", None);
+    invalid_utf8.payload = Bytes::from_static(b"{\"a\": 1, \"b\": \"\xff\"}");
+    check(
+        &invalid_utf8,
+        &[(rule(p("$.a"), Equals, json!(1), false), false)],
+    );
     let not_json = message(&[], "{oops", None);
     check(
         &not_json,
@@ -162,11 +168,9 @@ fn payload_is_read_once_and_only_when_needed() {
         groups.iter().map(|&g| context.holds(g)).collect::<Vec<_>>(),
         [true, true, false]
     );
-    drop(context);
     assert_eq!(scratch.payload_reads(), 1);
     let mut context = set.context(&m, NOW, &mut scratch);
     assert!(context.holds(header_only));
-    drop(context);
     assert_eq!(
         scratch.payload_reads(),
         1,
