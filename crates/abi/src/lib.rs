@@ -1,0 +1,46 @@
+//! The byte encoding shared by the rustmq-etl host and its WebAssembly guests.
+//!
+//! One small `no_std` + `alloc` crate so that both sides use one tested codec.
+//! The host encodes a [message](MessageParts) into the guest's memory; the guest
+//! answers with an [outcome](Outcome): unchanged, dropped, a list of
+//! [edits](Edit), or an error. Decoding borrows from the input and never panics,
+//! whatever the bytes: every length is checked against what is left before it is
+//! used, and nothing is allocated in proportion to a length read from the input.
+//! `docs/abi.md` describes the whole contract; this crate is its byte layer.
+//!
+//! ```
+//! use rustmq_etl_abi::{decode_message, encode_message, MessageParts};
+//!
+//! let headers = [("content-type", "application/json")];
+//! let message = MessageParts {
+//!     topic: "iot.sensors.temperature",
+//!     key: Some(b"dev-1"),
+//!     headers: headers.iter().copied(),
+//!     payload: br#"{"reading": 21.5}"#,
+//!     timestamp_ms: Some(1_764_201_600_000),
+//! };
+//! let mut bytes = Vec::new();
+//! encode_message(message, &mut bytes);
+//! let view = decode_message(&bytes)?;
+//! assert_eq!(view.topic(), "iot.sensors.temperature");
+//! assert_eq!(view.header("content-type"), Some("application/json"));
+//! assert_eq!(view.payload(), br#"{"reading": 21.5}"#);
+//! # Ok::<(), rustmq_etl_abi::DecodeError>(())
+//! ```
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod error;
+mod message;
+mod outcome;
+mod reader;
+
+pub use error::DecodeError;
+pub use message::{decode_message, encode_message, HeaderIter, MessageParts, MessageView};
+pub use outcome::{decode_outcome, encode_outcome, Edit, EditIter, Outcome, OutcomeView};
+
+/// The version of the guest ABI this crate encodes: the first byte of every
+/// encoded message, and the value a guest's `rmq_abi_version` export returns.
+pub const ABI_VERSION: u8 = 1;

@@ -1,0 +1,173 @@
+//! What a guest answers.
+//!
+//! Layout (little-endian; `bytes` and `str` as in a message):
+//!
+//! ```text
+//! u8 tag: 0 unchanged, 1 drop, 2 edits, 3 error
+//! edits: u32 count, then per edit a u8 op and its operands:
+//!   1 set payload (bytes)   2 set key (bytes)   3 clear key
+//!   4 set topic (str)       5 set header (str name, str value)
+//!   6 remove header (str name)
+//! error: str message
+//! ```
+
+use alloc::vec::Vec;
+
+use crate::reader::{put_bytes, put_u32, Reader};
+use crate::DecodeError;
+
+/// One change to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit<'a> {
+    /// Replace the payload.
+    SetPayload(&'a [u8]),
+    /// Set the key.
+    SetKey(&'a [u8]),
+    /// Remove the key.
+    ClearKey,
+    /// Replace the topic.
+    SetTopic(&'a str),
+    /// Set a header: every header of that name is replaced by this one.
+    SetHeader(&'a str, &'a str),
+    /// Remove every header of that name.
+    RemoveHeader(&'a str),
+}
+
+/// A guest's answer, to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Pass the message on as it came.
+    Unchanged,
+    /// Drop the message.
+    Drop,
+    /// Apply these edits in order.
+    Edits(&'a [Edit<'a>]),
+    /// The module failed on this message.
+    Error(&'a str),
+}
+
+const UNCHANGED: u8 = 0;
+const DROP: u8 = 1;
+const EDITS: u8 = 2;
+const ERROR: u8 = 3;
+
+/// Appends the encoding of an outcome to `out`.
+///
+/// # Panics
+///
+/// If a field is 4 GiB or longer.
+pub fn encode_outcome(outcome: &Outcome<'_>, out: &mut Vec<u8>) {
+    match outcome {
+        Outcome::Unchanged => out.push(UNCHANGED),
+        Outcome::Drop => out.push(DROP),
+        Outcome::Error(message) => {
+            out.push(ERROR);
+            put_bytes(out, message.as_bytes());
+        }
+        Outcome::Edits(edits) => {
+            out.push(EDITS);
+            put_u32(out, u32::try_from(edits.len()).expect("fewer than 2^32 edits"));
+            for edit in *edits {
+                match edit {
+                    Edit::SetPayload(b) => {
+                        out.push(1);
+                        put_bytes(out, b);
+                    }
+                    Edit::SetKey(b) => {
+                        out.push(2);
+                        put_bytes(out, b);
+                    }
+                    Edit::ClearKey => out.push(3),
+                    Edit::SetTopic(t) => {
+                        out.push(4);
+                        put_bytes(out, t.as_bytes());
+                    }
+                    Edit::SetHeader(n, v) => {
+                        out.push(5);
+                        put_bytes(out, n.as_bytes());
+                        put_bytes(out, v.as_bytes());
+                    }
+                    Edit::RemoveHeader(n) => {
+                        out.push(6);
+                        put_bytes(out, n.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A decoded outcome borrowing the encoded bytes; every edit was checked.
+#[derive(Debug, Clone)]
+pub enum OutcomeView<'a> {
+    /// Pass the message on as it came.
+    Unchanged,
+    /// Drop the message.
+    Drop,
+    /// Apply these edits in order.
+    Edits(EditIter<'a>),
+    /// The module failed on this message.
+    Error(&'a str),
+}
+
+/// Decodes an outcome, checking every edit before any is returned.
+pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeView<'_>, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let tag_at = r.position();
+    let outcome = match r.u8()? {
+        UNCHANGED => OutcomeView::Unchanged,
+        DROP => OutcomeView::Drop,
+        ERROR => OutcomeView::Error(r.str()?),
+        EDITS => {
+            let count = r.u32()?;
+            let start = r.position();
+            for _ in 0..count {
+                read_edit(&mut r)?;
+            }
+            OutcomeView::Edits(EditIter {
+                reader: Reader::new(&bytes[start..r.position()]),
+                left: count,
+            })
+        }
+        tag => return Err(DecodeError::UnknownTag { at: tag_at, tag }),
+    };
+    r.end()?;
+    Ok(outcome)
+}
+
+fn read_edit<'a>(r: &mut Reader<'a>) -> Result<Edit<'a>, DecodeError> {
+    let at = r.position();
+    Ok(match r.u8()? {
+        1 => Edit::SetPayload(r.bytes()?),
+        2 => Edit::SetKey(r.bytes()?),
+        3 => Edit::ClearKey,
+        4 => Edit::SetTopic(r.str()?),
+        5 => Edit::SetHeader(r.str()?, r.str()?),
+        6 => Edit::RemoveHeader(r.str()?),
+        tag => return Err(DecodeError::UnknownTag { at, tag }),
+    })
+}
+
+/// The edits of an [`OutcomeView`], in order.
+#[derive(Debug, Clone)]
+pub struct EditIter<'a> {
+    reader: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> Iterator for EditIter<'a> {
+    type Item = Edit<'a>;
+
+    fn next(&mut self) -> Option<Edit<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The region was checked by `decode_outcome`: this cannot fail.
+        read_edit(&mut self.reader).ok()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left as usize))
+    }
+}
