@@ -3,11 +3,14 @@
 //! - `cargo xtask test`: everything a contributor runs before pushing: format
 //!   check, clippy with warnings as errors, the whole test suite;
 //! - `cargo xtask bench`: every benchmark, then a table of each optimised figure
-//!   beside the baseline measured in the same run.
+//!   beside the baseline measured in the same run;
+//! - `cargo xtask build-modules [--check]`: the sample WebAssembly modules, built
+//!   into `fixtures/modules/` (or checked against it).
 //!
 //! Please add no dependencies: this crate must build in seconds on a fresh clone.
 
 mod bench;
+mod modules;
 mod test;
 
 use std::env;
@@ -19,10 +22,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("build-modules") => modules::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|bench> [args]\n");
+            eprintln!("usage: cargo xtask <test|bench|build-modules> [args]\n");
             eprintln!("  test   fmt check, clippy -D warnings, cargo test --workspace");
             eprintln!("  bench  cargo bench --workspace, then each figure beside its baseline");
+            eprintln!("  build-modules [--check]  build fixtures/modules/*.wasm (or check them)");
             return ExitCode::from(2);
         }
     };

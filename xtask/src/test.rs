@@ -1,9 +1,27 @@
 //! `cargo xtask test`.
 
-use crate::cargo;
+use crate::{cargo, modules};
 
 pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "fmt",
+        "--all",
+        "--manifest-path",
+        "crates/modules/Cargo.toml",
+        "--",
+        "--check",
+    ])?;
+    // The committed modules must be what their sources build to. Without the
+    // wasm32 target the committed files are used as they are.
+    if modules::target_installed() {
+        modules::run(&["--check".to_owned()])?;
+    } else {
+        eprintln!(
+            "note: the {} target is not installed: not checking that fixtures/modules is fresh",
+            modules::TARGET
+        );
+    }
     cargo(&[
         "clippy",
         "--workspace",

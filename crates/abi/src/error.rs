@@ -39,12 +39,21 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Truncated { at } => write!(f, "truncated: a field starting at byte {at} runs past the end"),
-            DecodeError::TrailingBytes { at } => write!(f, "unexpected bytes after the end, from byte {at}"),
+            DecodeError::Truncated { at } => write!(
+                f,
+                "truncated: a field starting at byte {at} runs past the end"
+            ),
+            DecodeError::TrailingBytes { at } => {
+                write!(f, "unexpected bytes after the end, from byte {at}")
+            }
             DecodeError::NotUtf8 { at } => write!(f, "the string at byte {at} is not UTF-8"),
             DecodeError::UnknownTag { at, tag } => write!(f, "unknown tag {tag} at byte {at}"),
             DecodeError::Version { found } => {
-                write!(f, "encoded for ABI version {found}, this side speaks version {}", crate::ABI_VERSION)
+                write!(
+                    f,
+                    "encoded for ABI version {found}, this side speaks version {}",
+                    crate::ABI_VERSION
+                )
             }
         }
     }

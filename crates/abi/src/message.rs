@@ -61,7 +61,10 @@ where
     if let Some(key) = message.key {
         put_bytes(out, key);
     }
-    put_u32(out, u32::try_from(message.headers.len()).expect("fewer than 2^32 headers"));
+    put_u32(
+        out,
+        u32::try_from(message.headers.len()).expect("fewer than 2^32 headers"),
+    );
     for (name, value) in message.headers {
         put_bytes(out, name.as_bytes());
         put_bytes(out, value.as_bytes());
@@ -91,11 +94,22 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageView<'_>, DecodeError> {
     let flags_at = r.position();
     let flags = r.u8()?;
     if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 {
-        return Err(DecodeError::UnknownTag { at: flags_at, tag: flags });
+        return Err(DecodeError::UnknownTag {
+            at: flags_at,
+            tag: flags,
+        });
     }
-    let timestamp_ms = if flags & HAS_TIMESTAMP != 0 { Some(r.i64()?) } else { None };
+    let timestamp_ms = if flags & HAS_TIMESTAMP != 0 {
+        Some(r.i64()?)
+    } else {
+        None
+    };
     let topic = r.str()?;
-    let key = if flags & HAS_KEY != 0 { Some(r.bytes()?) } else { None };
+    let key = if flags & HAS_KEY != 0 {
+        Some(r.bytes()?)
+    } else {
+        None
+    };
     let header_count = r.u32()?;
     let headers_start = r.position();
     for _ in 0..header_count {
@@ -146,7 +160,10 @@ impl<'a> MessageView<'a> {
 
     /// The value of the last header called `name`.
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers().filter(|(n, _)| *n == name).last().map(|(_, v)| v)
+        self.headers()
+            .filter(|(n, _)| *n == name)
+            .last()
+            .map(|(_, v)| v)
     }
 }
 

@@ -66,7 +66,10 @@ pub fn encode_outcome(outcome: &Outcome<'_>, out: &mut Vec<u8>) {
         }
         Outcome::Edits(edits) => {
             out.push(EDITS);
-            put_u32(out, u32::try_from(edits.len()).expect("fewer than 2^32 edits"));
+            put_u32(
+                out,
+                u32::try_from(edits.len()).expect("fewer than 2^32 edits"),
+            );
             for edit in *edits {
                 match edit {
                     Edit::SetPayload(b) => {

@@ -4,7 +4,13 @@
 use proptest::prelude::*;
 use rustmq_etl_abi::*;
 
-type Owned = (String, Option<Vec<u8>>, Vec<(String, String)>, Vec<u8>, Option<i64>);
+type Owned = (
+    String,
+    Option<Vec<u8>>,
+    Vec<(String, String)>,
+    Vec<u8>,
+    Option<i64>,
+);
 
 fn message() -> impl Strategy<Value = Owned> {
     (
@@ -120,14 +126,32 @@ proptest! {
 fn hostile_lengths_are_rejected_without_allocating() {
     // An edit count of 2^32 - 1 with no edits behind it.
     let bytes = [2, 0xff, 0xff, 0xff, 0xff];
-    assert_eq!(decode_outcome(&bytes).unwrap_err(), DecodeError::Truncated { at: 5 });
+    assert_eq!(
+        decode_outcome(&bytes).unwrap_err(),
+        DecodeError::Truncated { at: 5 }
+    );
     // A payload length far past the end.
     let bytes = [3, 0xff, 0xff, 0xff, 0x7f, b'x'];
-    assert_eq!(decode_outcome(&bytes).unwrap_err(), DecodeError::Truncated { at: 1 });
+    assert_eq!(
+        decode_outcome(&bytes).unwrap_err(),
+        DecodeError::Truncated { at: 1 }
+    );
     // A topic that is not UTF-8.
     let bytes = [2, 1, 0, 0, 0, 4, 1, 0, 0, 0, 0xff];
-    assert_eq!(decode_outcome(&bytes).unwrap_err(), DecodeError::NotUtf8 { at: 6 });
-    assert_eq!(decode_outcome(&[9]).unwrap_err(), DecodeError::UnknownTag { at: 0, tag: 9 });
-    assert_eq!(decode_message(&[2]).unwrap_err(), DecodeError::Version { found: 2 });
-    assert_eq!(decode_message(&[1, 4]).unwrap_err(), DecodeError::UnknownTag { at: 1, tag: 4 });
+    assert_eq!(
+        decode_outcome(&bytes).unwrap_err(),
+        DecodeError::NotUtf8 { at: 6 }
+    );
+    assert_eq!(
+        decode_outcome(&[9]).unwrap_err(),
+        DecodeError::UnknownTag { at: 0, tag: 9 }
+    );
+    assert_eq!(
+        decode_message(&[2]).unwrap_err(),
+        DecodeError::Version { found: 2 }
+    );
+    assert_eq!(
+        decode_message(&[1, 4]).unwrap_err(),
+        DecodeError::UnknownTag { at: 1, tag: 4 }
+    );
 }

@@ -1,0 +1,14 @@
+//! Hostile: never returns. The engine must stop it at the call's time budget.
+use rustmq_etl_sdk::{export, Message, Outcome};
+
+fn spin(message: &Message) -> Outcome {
+    let mut n = message.payload().len() as u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+        if n == 0 && std::hint::black_box(false) {
+            return Outcome::Unchanged;
+        }
+    }
+}
+
+export!(transform = spin);

@@ -1,0 +1,54 @@
+//! Checks IoT sensor readings: the payload must be a JSON object with a string
+//! `sensor_type`, a string `unit` and a finite number `reading`, within the
+//! optional bounds of `custom_config` (`{"min_reading": -100, "max_reading":
+//! 1000}`). A valid reading gets `x-sensor-valid: true`; an invalid one fails the
+//! call with the reason (the pipeline's error strategy decides its fate).
+use rustmq_etl_sdk::{export, Message, Outcome};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    min_reading: Option<f64>,
+    max_reading: Option<f64>,
+}
+
+fn init(custom_config: &str) -> Result<Config, String> {
+    match custom_config.trim() {
+        "" | "null" => Ok(Config::default()),
+        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
+    }
+}
+
+fn check(config: &Config, payload: &[u8]) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let object = value.as_object().ok_or("payload is not a JSON object")?;
+    for field in ["sensor_type", "unit"] {
+        match object.get(field) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            Some(_) => return Err(format!("`{field}` must be a non-empty string")),
+            None => return Err(format!("`{field}` is missing")),
+        }
+    }
+    let reading = match object.get("reading") {
+        Some(v) => v.as_f64().ok_or("`reading` must be a number")?,
+        None => return Err("`reading` is missing".into()),
+    };
+    if let Some(min) = config.min_reading.filter(|&min| reading < min) {
+        return Err(format!("`reading` {reading} is below {min}"));
+    }
+    if let Some(max) = config.max_reading.filter(|&max| reading > max) {
+        return Err(format!("`reading` {reading} is above {max}"));
+    }
+    Ok(())
+}
+
+fn validate(config: &Config, message: &Message) -> Outcome {
+    match check(config, message.payload()) {
+        Ok(()) => Outcome::edit().set_header("x-sensor-valid", "true").into(),
+        Err(reason) => Outcome::error(reason),
+    }
+}
+
+export!(init = init, transform = validate);

@@ -1,0 +1,34 @@
+//! Converts temperature readings from Celsius to Fahrenheit: a JSON payload with
+//! `"unit": "celsius"` gets `reading` × 9/5 + 32 and `"unit": "fahrenheit"`; every
+//! other field is kept, in order. Other payloads pass on unchanged.
+use rustmq_etl_sdk::{export, Message, Outcome};
+use serde_json::{Map, Value};
+
+fn convert(message: &Message) -> Outcome {
+    let Ok(Value::Object(mut reading)) = serde_json::from_slice::<Value>(message.payload()) else {
+        return Outcome::Unchanged;
+    };
+    if reading.get("unit").and_then(Value::as_str) != Some("celsius") {
+        return Outcome::Unchanged;
+    }
+    let Some(celsius) = reading.get("reading").and_then(Value::as_f64) else {
+        return Outcome::error("`reading` must be a number");
+    };
+    let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
+    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999).
+    let fahrenheit = (fahrenheit * 1e9).round() / 1e9;
+    set(&mut reading, "reading", Value::from(fahrenheit));
+    set(&mut reading, "unit", Value::from("fahrenheit"));
+    match serde_json::to_vec(&reading) {
+        Ok(payload) => Outcome::edit().set_payload(payload).into(),
+        Err(e) => Outcome::error(format!("cannot write JSON: {e}")),
+    }
+}
+
+fn set(object: &mut Map<String, Value>, key: &str, value: Value) {
+    if let Some(slot) = object.get_mut(key) {
+        *slot = value;
+    }
+}
+
+export!(transform = convert);

@@ -1,0 +1,58 @@
+//! Logging from a module: the one way out of the sandbox.
+//!
+//! In WebAssembly these call the host's `rmq_etl.log` import; the engine tags each
+//! line with the module's id and rate-limits it. Natively (in tests) they print to
+//! standard error.
+
+/// Severity of a log line, as the host import receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Level {
+    /// Fine detail.
+    Debug = 0,
+    /// Normal operation.
+    Info = 1,
+    /// Something odd.
+    Warn = 2,
+    /// Something failed.
+    Error = 3,
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "rmq_etl")]
+extern "C" {
+    #[link_name = "log"]
+    fn host_log(level: i32, ptr: i32, len: i32);
+}
+
+/// Logs `message` at `level`.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    // SAFETY: the host reads `len` bytes at `ptr` from this module's memory and
+    // checks both against the memory's bounds; it keeps no reference.
+    unsafe {
+        host_log(level as i32, message.as_ptr() as i32, message.len() as i32)
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// Logs at [`Level::Debug`].
+pub fn debug(message: &str) {
+    log(Level::Debug, message)
+}
+
+/// Logs at [`Level::Info`].
+pub fn info(message: &str) {
+    log(Level::Info, message)
+}
+
+/// Logs at [`Level::Warn`].
+pub fn warn(message: &str) {
+    log(Level::Warn, message)
+}
+
+/// Logs at [`Level::Error`].
+pub fn error(message: &str) {
+    log(Level::Error, message)
+}

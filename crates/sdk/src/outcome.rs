@@ -1,0 +1,127 @@
+//! What a transform answers.
+
+use rustmq_etl_abi::Edit;
+
+/// A module's answer for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Pass the message on as it came.
+    Unchanged,
+    /// Drop the message.
+    Drop,
+    /// Apply these edits, in order.
+    Edit(Edits),
+    /// The module failed on this message; the pipeline's error strategy decides
+    /// what happens to it.
+    Error(String),
+}
+
+impl Outcome {
+    /// Starts a list of edits; finish with `.into()`.
+    pub fn edit() -> Edits {
+        Edits::default()
+    }
+
+    /// A failure with a message for the operator.
+    pub fn error(message: impl Into<String>) -> Outcome {
+        Outcome::Error(message.into())
+    }
+}
+
+/// Edits to a message, applied in order by the engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edits {
+    pub(crate) edits: Vec<OwnedEdit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OwnedEdit {
+    Payload(Vec<u8>),
+    Key(Vec<u8>),
+    ClearKey,
+    Topic(String),
+    Header(String, String),
+    RemoveHeader(String),
+}
+
+impl Edits {
+    /// Replaces the payload.
+    pub fn set_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.edits.push(OwnedEdit::Payload(payload.into()));
+        self
+    }
+
+    /// Sets the key.
+    pub fn set_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.edits.push(OwnedEdit::Key(key.into()));
+        self
+    }
+
+    /// Removes the key.
+    pub fn clear_key(mut self) -> Self {
+        self.edits.push(OwnedEdit::ClearKey);
+        self
+    }
+
+    /// Replaces the topic.
+    pub fn set_topic(mut self, topic: impl Into<String>) -> Self {
+        self.edits.push(OwnedEdit::Topic(topic.into()));
+        self
+    }
+
+    /// Sets a header, replacing every header of that name.
+    pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.edits
+            .push(OwnedEdit::Header(name.into(), value.into()));
+        self
+    }
+
+    /// Removes every header of that name.
+    pub fn remove_header(mut self, name: impl Into<String>) -> Self {
+        self.edits.push(OwnedEdit::RemoveHeader(name.into()));
+        self
+    }
+
+    /// Whether no edit was added.
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    pub(crate) fn borrowed(&self) -> Vec<Edit<'_>> {
+        self.edits
+            .iter()
+            .map(|e| match e {
+                OwnedEdit::Payload(b) => Edit::SetPayload(b),
+                OwnedEdit::Key(b) => Edit::SetKey(b),
+                OwnedEdit::ClearKey => Edit::ClearKey,
+                OwnedEdit::Topic(t) => Edit::SetTopic(t),
+                OwnedEdit::Header(n, v) => Edit::SetHeader(n, v),
+                OwnedEdit::RemoveHeader(n) => Edit::RemoveHeader(n),
+            })
+            .collect()
+    }
+}
+
+impl From<Edits> for Outcome {
+    fn from(edits: Edits) -> Outcome {
+        if edits.is_empty() {
+            Outcome::Unchanged
+        } else {
+            Outcome::Edit(edits)
+        }
+    }
+}
+
+impl Outcome {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        use rustmq_etl_abi::Outcome as Wire;
+        match self {
+            Outcome::Unchanged => rustmq_etl_abi::encode_outcome(&Wire::Unchanged, out),
+            Outcome::Drop => rustmq_etl_abi::encode_outcome(&Wire::Drop, out),
+            Outcome::Error(e) => rustmq_etl_abi::encode_outcome(&Wire::Error(e), out),
+            Outcome::Edit(edits) => {
+                rustmq_etl_abi::encode_outcome(&Wire::Edits(&edits.borrowed()), out)
+            }
+        }
+    }
+}

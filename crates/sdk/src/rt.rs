@@ -1,0 +1,97 @@
+//! The runtime behind [`export!`](crate::export): buffers shared with the host
+//! and the glue from raw pointers to the author's functions. Not public API.
+
+use std::any::Any;
+use std::cell::RefCell;
+
+use crate::{Message, Outcome};
+
+pub const ABI_VERSION: i32 = rustmq_etl_abi::ABI_VERSION as i32;
+
+thread_local! {
+    /// Where the host writes the input of the next call (see `alloc`).
+    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Where the last answer is encoded; valid until the next call.
+    static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// What the init function returned.
+    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Returns a buffer of at least `len` bytes for the host's next input. The same
+/// buffer is reused while it is large enough, so the host may cache the pointer
+/// for inputs no longer than the last `len` it asked for.
+pub fn alloc(len: i32) -> i32 {
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
+    INPUT.with(|input| {
+        let mut input = input.borrow_mut();
+        if input.len() < len {
+            input.resize(len, 0);
+        }
+        input.as_mut_ptr() as usize as i32
+    })
+}
+
+/// Packs a pointer and a length into the `i64` the ABI returns.
+fn pack(ptr: usize, len: usize) -> i64 {
+    (((ptr as u64 & 0xffff_ffff) << 32) | (len as u64 & 0xffff_ffff)) as i64
+}
+
+fn answer(write: impl FnOnce(&mut Vec<u8>)) -> i64 {
+    OUTPUT.with(|output| {
+        let mut output = output.borrow_mut();
+        output.clear();
+        write(&mut output);
+        pack(output.as_ptr() as usize, output.len())
+    })
+}
+
+/// Runs `f` over the first `len` bytes of the input buffer.
+fn with_input<R>(len: i32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let len = usize::try_from(len).ok()?;
+    INPUT.with(|input| {
+        let input = input.borrow();
+        input.get(..len).map(f)
+    })
+}
+
+/// `rmq_init`: 0 on success, or a packed pointer and length of an error message.
+pub fn init<S: 'static>(_ptr: i32, len: i32, f: impl FnOnce(&str) -> Result<S, String>) -> i64 {
+    let result = with_input(len, |bytes| match std::str::from_utf8(bytes) {
+        Ok(config) => f(config),
+        Err(_) => Err("custom_config is not UTF-8".to_owned()),
+    })
+    .unwrap_or_else(|| Err("rmq_init called without input".to_owned()));
+    match result {
+        Ok(state) => {
+            STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
+            0
+        }
+        Err(message) => answer(|out| out.extend_from_slice(message.as_bytes())),
+    }
+}
+
+/// `rmq_transform`: decodes the input, calls `f`, returns the encoded outcome.
+pub fn transform<S: 'static>(
+    _ptr: i32,
+    len: i32,
+    f: impl FnOnce(&S, &Message<'_>) -> Outcome,
+) -> i64 {
+    let outcome = STATE.with(|state| {
+        let state = state.borrow();
+        let Some(state) = state.as_ref().and_then(|s| s.downcast_ref::<S>()) else {
+            return Outcome::error("the module was called before rmq_init succeeded");
+        };
+        with_input(len, |bytes| match rustmq_etl_abi::decode_message(bytes) {
+            Ok(message) => f(state, &message),
+            Err(e) => Outcome::error(format!(
+                "the host sent a message this module cannot decode: {e}"
+            )),
+        })
+        .unwrap_or_else(|| {
+            Outcome::error("rmq_transform called with a length past the input buffer")
+        })
+    });
+    answer(|out| outcome.encode(out))
+}
