@@ -20,10 +20,12 @@
 
 mod headers;
 mod jsonl;
+mod runner;
 
 pub use bytes::Bytes;
 pub use headers::Headers;
 pub use jsonl::MessageParseError;
+pub use runner::{ModuleRunner, Transformed};
 
 /// One message as the broker hands it to the ETL engine.
 ///

@@ -1,1 +1,48 @@
-//! placeholder
+//! Runs rustmq-etl WebAssembly modules on wasmer (Cranelift).
+//!
+//! - **Registry and artifact cache**: [`Pool::load`] compiles a module once (or
+//!   loads the compiled artifact from an [`ArtifactCache`] keyed by the module's
+//!   hash and the compile settings), checks that it speaks the rustmq-etl ABI (or
+//!   the earlier single-function one) and imports nothing but `rmq_etl.log`, and
+//!   starts one instance to prove it initialises before swapping it in.
+//! - **Instances**: each has its own `Store` on one worker thread (wasmer's
+//!   `Store` is not `Send`); a [`LocalPool`] per thread keeps warm instances,
+//!   reuses them, recycles them after a number of calls, drops them when idle past
+//!   their time-to-live, and discards any that trapped, timed out, hit the memory
+//!   limit or answered garbage.
+//! - **Limits**: memory is capped by a custom `Tunables`; time by deterministic
+//!   metering whose budget is the call's milliseconds times a rate measured at
+//!   start ([`fuel_per_ms`]).
+//! - **Trust**: every pointer and length the guest returns is checked against its
+//!   memory and the output cap before anything is read.
+//!
+//! [`Pool`] implements [`rustmq_etl_core::ModuleRunner`], so the orchestrator
+//! never sees wasmer.
+//!
+//! ```no_run
+//! use rustmq_etl_core::{Message, Transformed};
+//! use rustmq_etl_pool::{ModuleConfig, Pool, PoolConfig};
+//!
+//! let pool = Pool::new(PoolConfig::default())?;
+//! pool.load_file("identity", "fixtures/modules/identity.wasm".as_ref(), ModuleConfig::default())?;
+//! let out = pool.call_blocking("identity", &Message::new("t", "payload"))?;
+//! assert_eq!(out, Transformed::Unchanged);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+mod calibrate;
+mod error;
+mod instance;
+mod limits;
+mod local;
+mod module;
+mod pool;
+mod stats;
+
+pub use calibrate::fuel_per_ms;
+pub use error::{CallError, ErrorKind, LoadError};
+pub use local::{LoadedModule, LocalPool};
+pub use module::{Abi, ArtifactCache, ModuleConfig};
+pub use pool::{LoadReport, Pool, PoolConfig};
+pub use stats::ModuleStats;

@@ -1,7 +1,11 @@
-//! Hostile: allocates without bound. The engine must stop it at its memory limit.
+//! Hostile: allocates without bound (unless the payload is `ok`). The engine must
+//! stop it at its memory limit.
 use rustmq_etl_sdk::{export, Message, Outcome};
 
-fn bomb(_message: &Message) -> Outcome {
+fn bomb(message: &Message) -> Outcome {
+    if message.payload() == b"ok" {
+        return Outcome::Unchanged;
+    }
     let mut hoard: Vec<Vec<u8>> = Vec::new();
     loop {
         // 1 MiB at a time, touched so that it is really used.

@@ -1,6 +1,6 @@
-//! Hostile: answers with a well-formed but huge outcome (a 2 MiB payload edit),
-//! inside its own memory. The host must refuse it by its output cap before
-//! copying anything.
+//! Hostile (unless the payload is `ok`, which passes unchanged): answers with a
+//! well-formed but huge outcome (a 2 MiB payload edit), inside its own memory.
+//! The host must refuse it by its output cap before copying anything.
 
 use std::cell::RefCell;
 
@@ -31,17 +31,22 @@ pub extern "C" fn rmq_init(_ptr: i32, _len: i32) -> i64 {
 }
 
 #[no_mangle]
-pub extern "C" fn rmq_transform(_ptr: i32, _len: i32) -> i64 {
+pub extern "C" fn rmq_transform(_ptr: i32, len: i32) -> i64 {
+    let ok = INPUT.with(|b| b.borrow()[..len.max(0) as usize].ends_with(&[2, 0, 0, 0, b'o', b'k']));
     OUTPUT.with(|out| {
         let mut out = out.borrow_mut();
         out.clear();
-        // tag 2 (edits), one edit: 1 = set payload, u32 length, bytes.
-        out.push(2);
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.push(1);
-        out.extend_from_slice(&(PAYLOAD as u32).to_le_bytes());
-        let len = out.len() + PAYLOAD;
-        out.resize(len, b'x');
+        if ok {
+            out.push(0); // unchanged
+        } else {
+            // tag 2 (edits), one edit: 1 = set payload, u32 length, bytes.
+            out.push(2);
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.push(1);
+            out.extend_from_slice(&(PAYLOAD as u32).to_le_bytes());
+            let len = out.len() + PAYLOAD;
+            out.resize(len, b'x');
+        }
         ((out.as_ptr() as u64) << 32 | out.len() as u64) as i64
     })
 }

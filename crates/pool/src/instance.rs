@@ -1,0 +1,473 @@
+//! One warm instance: its own `Store`, the guest's exports, and the call path
+//! that trusts nothing the guest returns.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use rustmq_etl_abi::{decode_outcome, encode_message, Edit, MessageParts, OutcomeView};
+use rustmq_etl_core::{Message, Transformed};
+use wasmer::{
+    imports, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory, RuntimeError, Store,
+    TypedFunction, Value,
+};
+
+use crate::error::{CallError, ErrorKind};
+use crate::limits;
+use crate::module::{Abi, CompiledModule, LOG_IMPORT};
+
+/// Most bytes of one guest log line; longer lines are cut.
+const MAX_LOG_LINE: usize = 4096;
+/// Most log lines one instance may write per call; the rest are counted, not written.
+const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// Longest init error message read from a guest.
+const MAX_INIT_ERROR: usize = 64 << 10;
+
+struct LogEnv {
+    module: String,
+    memory: Option<Memory>,
+    lines_this_call: u32,
+}
+
+fn host_log(mut env: FunctionEnvMut<'_, LogEnv>, level: i32, ptr: i32, len: i32) {
+    let (data, store) = env.data_and_store_mut();
+    data.lines_this_call += 1;
+    if data.lines_this_call > MAX_LOG_LINES_PER_CALL {
+        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", "module" => data.module.clone()).increment(1);
+        return;
+    }
+    let Some(memory) = &data.memory else { return };
+    let len = (len as u32 as usize).min(MAX_LOG_LINE);
+    let mut buffer = vec![0u8; len];
+    if memory
+        .view(&store)
+        .read(ptr as u32 as u64, &mut buffer)
+        .is_err()
+    {
+        log::warn!(target: "rustmq_etl::guest", "{}: log call with a buffer outside its memory", data.module);
+        return;
+    }
+    let text = String::from_utf8_lossy(&buffer);
+    let level = match level {
+        0 => log::Level::Debug,
+        1 => log::Level::Info,
+        2 => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
+}
+
+enum Exports {
+    V1 {
+        alloc: TypedFunction<i32, i32>,
+        transform: TypedFunction<(i32, i32), i64>,
+    },
+    Legacy {
+        allocate: TypedFunction<i32, i32>,
+        transform: TypedFunction<(i32, i32), i32>,
+    },
+}
+
+/// An instance ready to take calls on the thread that made it.
+pub(crate) struct WarmInstance {
+    store: Store,
+    env: FunctionEnv<LogEnv>,
+    memory: Memory,
+    exports: Exports,
+    remaining: Global,
+    exhausted: Global,
+    /// The guest's input buffer, and how many bytes it holds.
+    input: Option<(u32, u32)>,
+    pub(crate) version: u64,
+    pub(crate) calls: u64,
+    pub(crate) last_used: Instant,
+}
+
+/// Host-side scratch reused across calls on one thread.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    encoded: Vec<u8>,
+    output: Vec<u8>,
+}
+
+fn unpack(packed: i64) -> (u64, u64) {
+    let packed = packed as u64;
+    (packed >> 32, packed & 0xffff_ffff)
+}
+
+impl WarmInstance {
+    /// Instantiates the module and runs its init function with `custom_config`.
+    pub(crate) fn new(module: &CompiledModule) -> Result<WarmInstance, CallError> {
+        let id = &module.id;
+        let init_error = |message: String| CallError::new(ErrorKind::Init, id, message);
+        let mut store = Store::new(module.engine.clone());
+        let env = FunctionEnv::new(
+            &mut store,
+            LogEnv {
+                module: id.clone(),
+                memory: None,
+                lines_this_call: 0,
+            },
+        );
+        let imports = imports! {
+            LOG_IMPORT.0 => { LOG_IMPORT.1 => Function::new_typed_with_env(&mut store, &env, host_log) }
+        };
+        limits::reset_limit_hit();
+        let instance = Instance::new(&mut store, &module.module, &imports).map_err(|e| {
+            let kind = if limits::limit_hit() {
+                ErrorKind::MemoryLimit
+            } else {
+                ErrorKind::Init
+            };
+            CallError::new(kind, id, format!("cannot instantiate: {e}"))
+        })?;
+        let get_global = |name: &str| {
+            instance
+                .exports
+                .get_global(name)
+                .cloned()
+                .map_err(|e| init_error(format!("metering global {name}: {e}")))
+        };
+        let remaining = get_global("wasmer_metering_remaining_points")?;
+        let exhausted = get_global("wasmer_metering_points_exhausted")?;
+        let memory = instance
+            .exports
+            .get_memory("memory")
+            .cloned()
+            .map_err(|e| init_error(e.to_string()))?;
+        env.as_mut(&mut store).memory = Some(memory.clone());
+        let typed = |e: wasmer::ExportError| init_error(e.to_string());
+        let exports = match module.abi {
+            Abi::V1 => Exports::V1 {
+                alloc: instance
+                    .exports
+                    .get_typed_function(&store, "rmq_alloc")
+                    .map_err(typed)?,
+                transform: instance
+                    .exports
+                    .get_typed_function(&store, "rmq_transform")
+                    .map_err(typed)?,
+            },
+            Abi::Legacy => Exports::Legacy {
+                allocate: instance
+                    .exports
+                    .get_typed_function(&store, "allocate")
+                    .map_err(typed)?,
+                transform: instance
+                    .exports
+                    .get_typed_function(&store, "transform")
+                    .map_err(typed)?,
+            },
+        };
+        let mut warm = WarmInstance {
+            store,
+            env,
+            memory,
+            exports,
+            remaining,
+            exhausted,
+            input: None,
+            version: module.version,
+            calls: 0,
+            last_used: Instant::now(),
+        };
+        if module.abi == Abi::V1 {
+            let version: TypedFunction<(), i32> = instance
+                .exports
+                .get_typed_function(&warm.store, "rmq_abi_version")
+                .map_err(typed)?;
+            warm.refuel(module.fuel);
+            let found = version
+                .call(&mut warm.store)
+                .map_err(|e| warm.failure(module, e))?;
+            if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
+                return Err(init_error(format!(
+                    "speaks ABI version {found}; this host speaks version {}",
+                    rustmq_etl_abi::ABI_VERSION
+                )));
+            }
+            let init: TypedFunction<(i32, i32), i64> = instance
+                .exports
+                .get_typed_function(&warm.store, "rmq_init")
+                .map_err(typed)?;
+            let config = module.config.custom_config.as_bytes();
+            let ptr = warm.write_input(module, config)?;
+            warm.refuel(module.fuel);
+            let packed = init
+                .call(&mut warm.store, ptr as i32, config.len() as i32)
+                .map_err(|e| warm.failure(module, e))?;
+            if packed != 0 {
+                let (ptr, len) = unpack(packed);
+                let len = len.min(MAX_INIT_ERROR as u64) as usize;
+                let mut message = vec![0u8; len];
+                warm.memory
+                    .view(&warm.store)
+                    .read(ptr, &mut message)
+                    .map_err(|_| {
+                        init_error(
+                            "init failed, and its error message lies outside its memory".into(),
+                        )
+                    })?;
+                return Err(init_error(format!(
+                    "init rejected its custom_config: {}",
+                    String::from_utf8_lossy(&message)
+                )));
+            }
+        }
+        Ok(warm)
+    }
+
+    fn refuel(&mut self, fuel: u64) {
+        // Setting the cached globals directly: looking them up by name per call
+        // costs more than the call itself.
+        let _ = self.remaining.set(&mut self.store, Value::I64(fuel as i64));
+        let _ = self.exhausted.set(&mut self.store, Value::I32(0));
+    }
+
+    /// Classifies a failed guest call.
+    fn failure(&mut self, module: &CompiledModule, error: RuntimeError) -> CallError {
+        let id = &module.id;
+        let exhausted = matches!(self.exhausted.get(&mut self.store), Value::I32(n) if n != 0);
+        if exhausted {
+            return CallError::new(
+                ErrorKind::Timeout,
+                id,
+                format!(
+                    "ran past its time budget of {} ms",
+                    module.config.execution_timeout_ms
+                ),
+            );
+        }
+        if limits::limit_hit() {
+            return CallError::new(
+                ErrorKind::MemoryLimit,
+                id,
+                format!(
+                    "tried to grow its memory past its limit of {} bytes",
+                    module.config.memory_limit_bytes
+                ),
+            );
+        }
+        let cause = match error.clone().to_trap() {
+            Some(wasmer::sys::vm::TrapCode::UnreachableCodeReached) => {
+                "hit `unreachable` (a panic or abort in the guest)".to_owned()
+            }
+            Some(wasmer::sys::vm::TrapCode::StackOverflow) => "overflowed its stack".to_owned(),
+            Some(wasmer::sys::vm::TrapCode::HeapAccessOutOfBounds) => {
+                "accessed memory out of bounds (in Rust guests often a shadow-stack overflow from deep recursion)"
+                    .to_owned()
+            }
+            Some(code) => format!("trapped: {code}"),
+            None => error.message(),
+        };
+        CallError::new(ErrorKind::Trap, id, cause)
+    }
+
+    /// Writes `bytes` into the guest's input buffer, asking the guest for a
+    /// larger one when needed; returns its address.
+    fn write_input(&mut self, module: &CompiledModule, bytes: &[u8]) -> Result<u32, CallError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| {
+            CallError::new(
+                ErrorKind::InvalidOutput,
+                &module.id,
+                "the message is larger than 4 GiB",
+            )
+        })?;
+        let ptr = match self.input {
+            Some((ptr, capacity)) if capacity >= len && module.abi == Abi::V1 => ptr,
+            _ => {
+                let alloc = match &self.exports {
+                    Exports::V1 { alloc, .. } => alloc,
+                    Exports::Legacy { allocate, .. } => allocate,
+                };
+                let alloc = alloc.clone();
+                self.refuel(module.fuel);
+                limits::reset_limit_hit();
+                let ptr = alloc
+                    .call(&mut self.store, len as i32)
+                    .map_err(|e| self.failure(module, e))? as u32;
+                self.input = Some((ptr, len));
+                ptr
+            }
+        };
+        let size = self.memory.view(&self.store).data_size();
+        if ptr == 0 || u64::from(ptr) + u64::from(len) > size {
+            self.input = None;
+            return Err(CallError::new(
+                ErrorKind::InvalidOutput,
+                &module.id,
+                format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory"),
+            ));
+        }
+        self.memory
+            .view(&self.store)
+            .write(u64::from(ptr), bytes)
+            .map_err(|e| {
+                CallError::new(
+                    ErrorKind::InvalidOutput,
+                    &module.id,
+                    format!("cannot write the input: {e}"),
+                )
+            })?;
+        Ok(ptr)
+    }
+
+    /// Reads `len` guest bytes at `ptr` into `out`, after checking them against
+    /// the output cap and the memory's bounds.
+    fn read_output(
+        &self,
+        module: &CompiledModule,
+        ptr: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        let invalid =
+            |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
+        if len > module.config.max_output_bytes as u64 {
+            return Err(invalid(format!(
+                "its answer is {len} bytes, more than the {}-byte output limit",
+                module.config.max_output_bytes
+            )));
+        }
+        let view = self.memory.view(&self.store);
+        if ptr + len > view.data_size() {
+            return Err(invalid(format!(
+                "its answer ({len} bytes at {ptr:#x}) lies outside its {}-byte memory",
+                view.data_size()
+            )));
+        }
+        out.clear();
+        out.resize(len as usize, 0);
+        view.read(ptr, out)
+            .map_err(|e| invalid(format!("cannot read its answer: {e}")))
+    }
+
+    /// Runs the module on `message`.
+    pub(crate) fn call(
+        &mut self,
+        module: &CompiledModule,
+        message: &Message,
+        scratch: &mut Scratch,
+    ) -> Result<Transformed, CallError> {
+        self.calls += 1;
+        self.last_used = Instant::now();
+        self.env.as_mut(&mut self.store).lines_this_call = 0;
+        match module.abi {
+            Abi::V1 => self.call_v1(module, message, scratch),
+            Abi::Legacy => self.call_legacy(module, message, scratch),
+        }
+    }
+
+    fn call_v1(
+        &mut self,
+        module: &CompiledModule,
+        message: &Message,
+        scratch: &mut Scratch,
+    ) -> Result<Transformed, CallError> {
+        scratch.encoded.clear();
+        encode_message(
+            MessageParts {
+                topic: &message.topic,
+                key: message.key.as_deref(),
+                headers: message.headers.iter(),
+                payload: &message.payload,
+                timestamp_ms: message.timestamp_ms,
+            },
+            &mut scratch.encoded,
+        );
+        let encoded = std::mem::take(&mut scratch.encoded);
+        let written = self.write_input(module, &encoded);
+        scratch.encoded = encoded;
+        let ptr = written?;
+        let Exports::V1 { transform, .. } = &self.exports else {
+            unreachable!("call_v1 on a legacy instance")
+        };
+        let transform = transform.clone();
+        self.refuel(module.fuel);
+        limits::reset_limit_hit();
+        let packed = transform
+            .call(&mut self.store, ptr as i32, scratch.encoded.len() as i32)
+            .map_err(|e| self.failure(module, e))?;
+        let (out_ptr, out_len) = unpack(packed);
+        self.read_output(module, out_ptr, out_len, &mut scratch.output)?;
+        apply(module, message, &scratch.output)
+    }
+
+    fn call_legacy(
+        &mut self,
+        module: &CompiledModule,
+        message: &Message,
+        scratch: &mut Scratch,
+    ) -> Result<Transformed, CallError> {
+        let ptr = self.write_input(module, &message.payload)?;
+        let Exports::Legacy { transform, .. } = &self.exports else {
+            unreachable!("call_legacy on a v1 instance")
+        };
+        let transform = transform.clone();
+        self.refuel(module.fuel);
+        limits::reset_limit_hit();
+        let result = transform
+            .call(&mut self.store, ptr as i32, message.payload.len() as i32)
+            .map_err(|e| self.failure(module, e))? as u32 as u64;
+        // The earlier ABI: a little-endian i32 length, then that many bytes.
+        self.read_output(module, result, 4, &mut scratch.output)?;
+        let len = i32::from_le_bytes([
+            scratch.output[0],
+            scratch.output[1],
+            scratch.output[2],
+            scratch.output[3],
+        ]);
+        let len = u64::try_from(len).map_err(|_| {
+            CallError::new(
+                ErrorKind::InvalidOutput,
+                &module.id,
+                format!("its result length is negative ({len})"),
+            )
+        })?;
+        self.read_output(module, result + 4, len, &mut scratch.output)?;
+        let mut out = message.clone();
+        out.payload = Bytes::copy_from_slice(&scratch.output);
+        Ok(Transformed::Replaced(out))
+    }
+}
+
+/// Checks the guest's answer and applies it to (a copy of) the message.
+fn apply(
+    module: &CompiledModule,
+    message: &Message,
+    output: &[u8],
+) -> Result<Transformed, CallError> {
+    let invalid = |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
+    let outcome =
+        decode_outcome(output).map_err(|e| invalid(format!("its answer does not decode: {e}")))?;
+    match outcome {
+        OutcomeView::Unchanged => Ok(Transformed::Unchanged),
+        OutcomeView::Drop => Ok(Transformed::Dropped),
+        OutcomeView::Error(text) => Err(CallError::new(
+            ErrorKind::Guest,
+            &module.id,
+            text.to_owned(),
+        )),
+        OutcomeView::Edits(edits) => {
+            let mut out = message.clone();
+            for edit in edits {
+                match edit {
+                    Edit::SetPayload(p) => out.payload = Bytes::copy_from_slice(p),
+                    Edit::SetKey(k) => out.key = Some(Bytes::copy_from_slice(k)),
+                    Edit::ClearKey => out.key = None,
+                    Edit::SetTopic("") => return Err(invalid("it set an empty topic".to_owned())),
+                    Edit::SetTopic(t) => out.topic = t.to_owned(),
+                    Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
+                        return Err(invalid(
+                            "it named a header with the empty string".to_owned(),
+                        ))
+                    }
+                    Edit::SetHeader(name, value) => out.headers.set(name, value),
+                    Edit::RemoveHeader(name) => {
+                        out.headers.remove(name);
+                    }
+                }
+            }
+            Ok(Transformed::Replaced(out))
+        }
+    }
+}

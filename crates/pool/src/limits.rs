@@ -1,0 +1,173 @@
+//! Memory limits: a `Tunables` that caps every memory an instance creates, and
+//! records on the calling thread when a guest tried to grow past the cap, so
+//! that the trap that usually follows (an allocation failure aborts) is reported
+//! as a memory-limit error.
+
+use std::cell::Cell;
+use std::ptr::NonNull;
+
+use wasmer::sys::vm::{
+    LinearMemory, MemoryError, MemoryStyle, Trap, VMMemory, VMMemoryDefinition, VMSharedMemory,
+    VMTable, VMTableDefinition,
+};
+use wasmer::sys::{BaseTunables, Tunables};
+use wasmer::{MemoryType, Pages, TableStyle, TableType};
+
+thread_local! {
+    static LIMIT_HIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears the flag before a call.
+pub(crate) fn reset_limit_hit() {
+    LIMIT_HIT.with(|hit| hit.set(false));
+}
+
+/// Whether a guest on this thread tried to grow past its limit since the reset.
+pub(crate) fn limit_hit() -> bool {
+    LIMIT_HIT.with(Cell::get)
+}
+
+/// Caps every memory of an engine's instances at `limit`.
+pub(crate) struct LimitingTunables {
+    base: BaseTunables,
+    limit: Pages,
+}
+
+impl LimitingTunables {
+    pub(crate) fn new(limit_bytes: usize) -> Self {
+        LimitingTunables {
+            base: BaseTunables::new(),
+            limit: Pages((limit_bytes / wasmer::WASM_PAGE_SIZE) as u32),
+        }
+    }
+
+    fn capped(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
+        if ty.minimum > self.limit {
+            return Err(MemoryError::Generic(format!(
+                "the module needs {} bytes of memory to start, more than its limit of {} bytes",
+                ty.minimum.0 as u64 * wasmer::WASM_PAGE_SIZE as u64,
+                self.limit.0 as u64 * wasmer::WASM_PAGE_SIZE as u64
+            )));
+        }
+        let mut capped = *ty;
+        capped.maximum = Some(ty.maximum.map_or(self.limit, |m| m.min(self.limit)));
+        Ok(capped)
+    }
+}
+
+impl Tunables for LimitingTunables {
+    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
+        self.base.memory_style(memory)
+    }
+
+    fn table_style(&self, table: &TableType) -> TableStyle {
+        self.base.table_style(table)
+    }
+
+    fn create_host_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+    ) -> Result<VMMemory, MemoryError> {
+        let ty = self.capped(ty)?;
+        let inner = self.base.create_host_memory(&ty, style)?;
+        Ok(VMMemory::from_custom(Box::new(Limited {
+            inner,
+            limit: self.limit,
+        })
+            as Box<dyn LinearMemory + Send + Sync>))
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        let ty = self.capped(ty)?;
+        // SAFETY: forwarded unchanged from the engine, which guarantees it.
+        let inner = unsafe {
+            self.base
+                .create_vm_memory(&ty, style, vm_definition_location)?
+        };
+        Ok(VMMemory::from_custom(Box::new(Limited {
+            inner,
+            limit: self.limit,
+        })
+            as Box<dyn LinearMemory + Send + Sync>))
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        self.base.create_host_table(ty, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        // SAFETY: forwarded unchanged from the engine, which guarantees it.
+        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+    }
+}
+
+/// A memory that refuses to grow past `limit` and says so.
+#[derive(Debug)]
+struct Limited {
+    inner: VMMemory,
+    limit: Pages,
+}
+
+impl LinearMemory for Limited {
+    fn ty(&self) -> MemoryType {
+        self.inner.ty()
+    }
+
+    fn size(&self) -> Pages {
+        self.inner.size()
+    }
+
+    fn style(&self) -> MemoryStyle {
+        self.inner.style()
+    }
+
+    fn grow(&mut self, delta: Pages) -> Result<Pages, MemoryError> {
+        let current = self.inner.size();
+        if current.0 as u64 + delta.0 as u64 > self.limit.0 as u64 {
+            LIMIT_HIT.with(|hit| hit.set(true));
+            return Err(MemoryError::CouldNotGrow {
+                current,
+                attempted_delta: delta,
+            });
+        }
+        self.inner.grow(delta)
+    }
+
+    fn vmmemory(&self) -> NonNull<VMMemoryDefinition> {
+        self.inner.vmmemory()
+    }
+
+    fn try_clone(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        Err(MemoryError::Generic(
+            "a limited memory is not cloned".to_owned(),
+        ))
+    }
+
+    unsafe fn initialize_with_data(&self, start: usize, data: &[u8]) -> Result<(), Trap> {
+        // SAFETY: forwarded unchanged from the engine, which guarantees it.
+        unsafe { self.inner.initialize_with_data(start, data) }
+    }
+
+    fn copy(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        Err(MemoryError::Generic(
+            "a limited memory is not copied".to_owned(),
+        ))
+    }
+
+    fn as_shared(&self) -> Result<VMSharedMemory, MemoryError> {
+        Err(MemoryError::Generic(
+            "a limited memory is not shared".to_owned(),
+        ))
+    }
+}
