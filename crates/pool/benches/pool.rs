@@ -33,7 +33,8 @@ const EMPTY: &[u8] = &[
     0x01, 0x07, 0x01, 0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7e, // type: (i32, i32) -> i64
     0x03, 0x02, 0x01, 0x00, // function
     0x05, 0x03, 0x01, 0x00, 0x01, // memory: one page
-    0x07, 0x0e, 0x02, 0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00, 0x01, b'f', 0x00, 0x00, // exports
+    0x07, 0x0e, 0x02, 0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00, 0x01, b'f', 0x00,
+    0x00, // exports
     0x0a, 0x06, 0x01, 0x04, 0x00, 0x42, 0x00, 0x0b, // code: i64.const 0
 ];
 
@@ -50,30 +51,44 @@ fn per_call(c: &mut Criterion) {
     let message = message();
 
     let mut group = c.benchmark_group("identity_call_256B");
-    let module = LoadedModule::compile("identity", &identity, ModuleConfig::default(), rate, None).unwrap();
+    let module =
+        LoadedModule::compile("identity", &identity, ModuleConfig::default(), rate, None).unwrap();
     let mut local = LocalPool::new();
     local.call(&module, &message).unwrap();
-    group.bench_function("optimised", |b| b.iter(|| local.call(&module, black_box(&message)).unwrap()));
+    group.bench_function("optimised", |b| {
+        b.iter(|| local.call(&module, black_box(&message)).unwrap())
+    });
 
     let mut store = Store::default();
     let empty = Module::new(&store, EMPTY).unwrap();
     let instance = Instance::new(&mut store, &empty, &imports! {}).unwrap();
     let memory = instance.exports.get_memory("memory").unwrap().clone();
-    let f: TypedFunction<(i32, i32), i64> = instance.exports.get_typed_function(&store, "f").unwrap();
+    let f: TypedFunction<(i32, i32), i64> =
+        instance.exports.get_typed_function(&store, "f").unwrap();
     let payload = message.payload.clone();
     group.bench_function("baseline", |b| {
         b.iter(|| {
-            memory.view(&store).write(1024, black_box(&payload)).unwrap();
+            memory
+                .view(&store)
+                .write(1024, black_box(&payload))
+                .unwrap();
             f.call(&mut store, 1024, payload.len() as i32).unwrap()
         })
     });
     group.finish();
 
     let mut group = c.benchmark_group("pooled_vs_on_demand");
-    group.bench_function("optimised", |b| b.iter(|| local.call(&module, black_box(&message)).unwrap()));
-    let fresh = ModuleConfig { enable_caching: false, ..ModuleConfig::default() };
+    group.bench_function("optimised", |b| {
+        b.iter(|| local.call(&module, black_box(&message)).unwrap())
+    });
+    let fresh = ModuleConfig {
+        enable_caching: false,
+        ..ModuleConfig::default()
+    };
     let on_demand = LoadedModule::compile("identity-fresh", &identity, fresh, rate, None).unwrap();
-    group.bench_function("baseline", |b| b.iter(|| local.call(&on_demand, black_box(&message)).unwrap()));
+    group.bench_function("baseline", |b| {
+        b.iter(|| local.call(&on_demand, black_box(&message)).unwrap())
+    });
     group.finish();
 
     resident_memory_of_warm_instances(rate);
@@ -84,33 +99,55 @@ fn startup(c: &mut Criterion) {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let cache = ArtifactCache::new(dir.path()).unwrap();
     let load_all = |cache: Option<&ArtifactCache>| {
         for (id, wasm) in &modules {
-            black_box(LoadedModule::compile(id, wasm, ModuleConfig::default(), 1_000_000, cache).unwrap());
+            black_box(
+                LoadedModule::compile(id, wasm, ModuleConfig::default(), 1_000_000, cache).unwrap(),
+            );
         }
     };
     load_all(Some(&cache));
     let mut group = c.benchmark_group("startup_sample_modules");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function("optimised", |b| b.iter(|| load_all(Some(&cache))));
-    group.bench_function("baseline", |b| b.iter_batched(|| (), |()| load_all(None), BatchSize::PerIteration));
+    group.bench_function("baseline", |b| {
+        b.iter_batched(|| (), |()| load_all(None), BatchSize::PerIteration)
+    });
     group.finish();
 }
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 /// Prints how much resident memory 100 warm instances of a sample module take.
 fn resident_memory_of_warm_instances(rate: u64) {
     let wasm = std::fs::read(fixtures().join("message-validator.wasm")).unwrap();
-    let module = LoadedModule::compile("message-validator", &wasm, ModuleConfig::default(), rate, None).unwrap();
+    let module = LoadedModule::compile(
+        "message-validator",
+        &wasm,
+        ModuleConfig::default(),
+        rate,
+        None,
+    )
+    .unwrap();
     let mut local = LocalPool::new();
     local.warm(&module, 1).unwrap();
     let before = resident_bytes();

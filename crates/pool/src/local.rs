@@ -1,10 +1,11 @@
 //! The instances of one thread: warm instances per module, reused, recycled,
 //! evicted when idle too long, discarded after a failure.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap as HashMap;
 use rustmq_etl_core::{Message, Transformed};
 
 use crate::error::CallError;
@@ -98,16 +99,20 @@ impl LocalPool {
 
     fn slot(&mut self, module: &LoadedModule) -> &mut Slot {
         let compiled = &module.compiled;
-        let slot = self
-            .slots
-            .entry(compiled.id.clone())
-            .or_insert_with(|| Slot {
-                version: compiled.version,
-                idle: VecDeque::new(),
-                idle_ttl: compiled.config.idle_ttl,
-                creations: VecDeque::new(),
-                counters: module.counters.clone(),
-            });
+        // Look up before inserting: `entry` would need an owned key every call.
+        if !self.slots.contains_key(&compiled.id) {
+            self.slots.insert(
+                compiled.id.clone(),
+                Slot {
+                    version: compiled.version,
+                    idle: VecDeque::new(),
+                    idle_ttl: compiled.config.idle_ttl,
+                    creations: VecDeque::new(),
+                    counters: module.counters.clone(),
+                },
+            );
+        }
+        let slot = self.slots.get_mut(&compiled.id).expect("inserted above");
         if slot.version != compiled.version {
             // A new version was swapped in: its predecessor's instances go.
             slot.drop_idle(|_| false);

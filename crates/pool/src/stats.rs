@@ -16,10 +16,31 @@ const KINDS: [ErrorKind; 8] = [
     ErrorKind::ShutDown,
 ];
 
+/// Handles into the `metrics` recorder, registered once per module so that the
+/// hot path neither allocates labels nor looks keys up. (Install the recorder
+/// before loading modules: handles made earlier go to the no-op recorder.)
+struct Handles {
+    calls: metrics::Counter,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+    creations: metrics::Counter,
+    evictions: metrics::Counter,
+    discards: metrics::Counter,
+    failures: [metrics::Counter; KINDS.len()],
+    in_use: metrics::Gauge,
+    idle: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
 /// Live counters of one module, shared by the worker threads.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    module: String,
+    metrics: Handles,
     calls: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -67,8 +88,22 @@ impl ModuleStats {
 
 impl Counters {
     pub(crate) fn new(module: &str) -> Self {
+        let counter = |name: &'static str| metrics::counter!(name, "module" => module.to_owned());
+        let gauge = |name: &'static str| metrics::gauge!(name, "module" => module.to_owned());
         Counters {
-            module: module.to_owned(),
+            metrics: Handles {
+                calls: counter("rustmq_etl_pool_calls_total"),
+                hits: counter("rustmq_etl_pool_hits_total"),
+                misses: counter("rustmq_etl_pool_misses_total"),
+                creations: counter("rustmq_etl_pool_instances_created_total"),
+                evictions: counter("rustmq_etl_pool_instances_evicted_total"),
+                discards: counter("rustmq_etl_pool_instances_discarded_total"),
+                failures: KINDS.map(|kind| {
+                    metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.to_owned(), "kind" => kind.as_str())
+                }),
+                in_use: gauge("rustmq_etl_pool_instances_in_use"),
+                idle: gauge("rustmq_etl_pool_instances_idle"),
+            },
             calls: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -81,64 +116,48 @@ impl Counters {
         }
     }
 
-    fn bump(&self, counter: &AtomicU64, name: &'static str, by: u64) {
+    fn bump(counter: &AtomicU64, handle: &metrics::Counter, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
-        metrics::counter!(name, "module" => self.module.clone()).increment(by);
+        handle.increment(by);
     }
 
     pub(crate) fn call(&self, hit: bool) {
-        self.bump(&self.calls, "rustmq_etl_pool_calls_total", 1);
+        Self::bump(&self.calls, &self.metrics.calls, 1);
         if hit {
-            self.bump(&self.hits, "rustmq_etl_pool_hits_total", 1);
+            Self::bump(&self.hits, &self.metrics.hits, 1);
         } else {
-            self.bump(&self.misses, "rustmq_etl_pool_misses_total", 1);
+            Self::bump(&self.misses, &self.metrics.misses, 1);
         }
     }
 
     pub(crate) fn created(&self) {
-        self.bump(
-            &self.creations,
-            "rustmq_etl_pool_instances_created_total",
-            1,
-        );
+        Self::bump(&self.creations, &self.metrics.creations, 1);
     }
 
     pub(crate) fn evicted(&self, n: u64) {
         if n > 0 {
-            self.bump(
-                &self.evictions,
-                "rustmq_etl_pool_instances_evicted_total",
-                n,
-            );
+            Self::bump(&self.evictions, &self.metrics.evictions, n);
         }
     }
 
     pub(crate) fn discarded(&self) {
-        self.bump(
-            &self.discards,
-            "rustmq_etl_pool_instances_discarded_total",
-            1,
-        );
+        Self::bump(&self.discards, &self.metrics.discards, 1);
     }
 
     pub(crate) fn failed(&self, kind: ErrorKind) {
         if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-            self.failures[i].fetch_add(1, Ordering::Relaxed);
+            Self::bump(&self.failures[i], &self.metrics.failures[i], 1);
         }
-        metrics::counter!("rustmq_etl_pool_failures_total", "module" => self.module.clone(), "kind" => kind.as_str())
-            .increment(1);
     }
 
     pub(crate) fn in_use(&self, delta: i64) {
-        let now = self.in_use.fetch_add(delta, Ordering::Relaxed) + delta;
-        metrics::gauge!("rustmq_etl_pool_instances_in_use", "module" => self.module.clone())
-            .set(now as f64);
+        self.in_use.fetch_add(delta, Ordering::Relaxed);
+        self.metrics.in_use.increment(delta as f64);
     }
 
     pub(crate) fn idle(&self, delta: i64) {
-        let now = self.idle.fetch_add(delta, Ordering::Relaxed) + delta;
-        metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => self.module.clone())
-            .set(now as f64);
+        self.idle.fetch_add(delta, Ordering::Relaxed);
+        self.metrics.idle.increment(delta as f64);
     }
 
     pub(crate) fn snapshot(&self) -> ModuleStats {

@@ -6,24 +6,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{Message, ModuleRunner, Transformed};
-use rustmq_etl_pool::{ErrorKind, LoadError, LocalPool, LoadedModule, ModuleConfig, Pool, PoolConfig};
+use rustmq_etl_pool::{
+    ErrorKind, LoadError, LoadedModule, LocalPool, ModuleConfig, Pool, PoolConfig,
+};
 
 fn wasm(name: &str) -> Vec<u8> {
-    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"));
+    let path: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"));
     std::fs::read(path).unwrap()
 }
 
 /// A fixed metering rate keeps these tests from calibrating again and again.
 fn pool(workers: usize) -> Pool {
-    Pool::new(PoolConfig { workers, fuel_per_ms: Some(1_000_000), ..PoolConfig::default() }).unwrap()
+    Pool::new(PoolConfig {
+        workers,
+        fuel_per_ms: Some(1_000_000),
+        ..PoolConfig::default()
+    })
+    .unwrap()
 }
 
 #[test]
 fn hot_swap_serves_the_new_version_and_rejects_a_broken_one() {
     let pool = Arc::new(pool(2));
-    pool.load("m", &wasm("identity"), ModuleConfig::default()).unwrap();
+    pool.load("m", &wasm("identity"), ModuleConfig::default())
+        .unwrap();
     let message = Message::new("t", "hello");
-    assert_eq!(pool.call_blocking("m", &message), Ok(Transformed::Unchanged));
+    assert_eq!(
+        pool.call_blocking("m", &message),
+        Ok(Transformed::Unchanged)
+    );
 
     // Calls keep flowing on other threads while the module is replaced.
     let callers: Vec<_> = (0..4)
@@ -31,11 +43,15 @@ fn hot_swap_serves_the_new_version_and_rejects_a_broken_one() {
             let pool = pool.clone();
             std::thread::spawn(move || {
                 let message = Message::new("t", "hello");
-                (0..200).map(|_| pool.call_blocking("m", &message)).collect::<Vec<_>>()
+                (0..200)
+                    .map(|_| pool.call_blocking("m", &message))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
-    let report = pool.load("m", &wasm("legacy-uppercase"), ModuleConfig::default()).unwrap();
+    let report = pool
+        .load("m", &wasm("legacy-uppercase"), ModuleConfig::default())
+        .unwrap();
     assert!(report.replaced);
     for caller in callers {
         for result in caller.join().unwrap() {
@@ -52,11 +68,21 @@ fn hot_swap_serves_the_new_version_and_rejects_a_broken_one() {
 
     // A version that does not compile, or whose init refuses its configuration,
     // is rejected and the one loaded keeps serving.
-    let err = pool.load("m", b"not wasm", ModuleConfig::default()).unwrap_err();
+    let err = pool
+        .load("m", b"not wasm", ModuleConfig::default())
+        .unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }));
-    let bad_config = ModuleConfig { custom_config: "{\"unit\": \"parsecs\"}".into(), ..ModuleConfig::default() };
-    let err = pool.load("m", &wasm("pressure-normalizer"), bad_config).unwrap_err();
-    assert!(err.to_string().contains("unknown target unit \"parsecs\""), "{err}");
+    let bad_config = ModuleConfig {
+        custom_config: "{\"unit\": \"parsecs\"}".into(),
+        ..ModuleConfig::default()
+    };
+    let err = pool
+        .load("m", &wasm("pressure-normalizer"), bad_config)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown target unit \"parsecs\""),
+        "{err}"
+    );
     assert_eq!(pool.call_blocking("m", &message), Ok(upper));
 }
 
@@ -72,11 +98,23 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
     let bytes = wasm("message-formatter");
     {
         let pool = Pool::new(config.clone()).unwrap();
-        assert!(!pool.load("f", &bytes, ModuleConfig::default()).unwrap().from_cache);
+        assert!(
+            !pool
+                .load("f", &bytes, ModuleConfig::default())
+                .unwrap()
+                .from_cache
+        );
     }
     let pool = Pool::new(config.clone()).unwrap();
-    assert!(pool.load("f", &bytes, ModuleConfig::default()).unwrap().from_cache, "a restart reuses the artifact");
-    let out = pool.call_blocking("f", &Message::new("t", "{ \"a\" : 1 }")).unwrap();
+    assert!(
+        pool.load("f", &bytes, ModuleConfig::default())
+            .unwrap()
+            .from_cache,
+        "a restart reuses the artifact"
+    );
+    let out = pool
+        .call_blocking("f", &Message::new("t", "{ \"a\" : 1 }"))
+        .unwrap();
     assert!(matches!(out, Transformed::Replaced(ref m) if &m.payload[..] == b"{\"a\":1}"));
 
     // Damage every artifact: it is detected, recompiled and rewritten.
@@ -87,14 +125,26 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
         data[last] ^= 0xff;
         std::fs::write(&path, data).unwrap();
     }
-    assert!(!pool.load("f", &bytes, ModuleConfig::default()).unwrap().from_cache);
-    assert!(pool.load("f", &bytes, ModuleConfig::default()).unwrap().from_cache);
+    assert!(
+        !pool
+            .load("f", &bytes, ModuleConfig::default())
+            .unwrap()
+            .from_cache
+    );
+    assert!(
+        pool.load("f", &bytes, ModuleConfig::default())
+            .unwrap()
+            .from_cache
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_beyond_max_concurrent_instances_wait_instead_of_failing() {
     let pool = Arc::new(pool(4));
-    let config = ModuleConfig { max_concurrent_instances: 1, ..ModuleConfig::default() };
+    let config = ModuleConfig {
+        max_concurrent_instances: 1,
+        ..ModuleConfig::default()
+    };
     pool.load("slow", &wasm("hostile-slow"), config).unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -113,7 +163,10 @@ async fn callers_beyond_max_concurrent_instances_wait_instead_of_failing() {
 #[test]
 fn warm_up_creates_instances_before_the_first_call() {
     let pool = pool(2);
-    let config = ModuleConfig { warmup_instances: 2, ..ModuleConfig::default() };
+    let config = ModuleConfig {
+        warmup_instances: 2,
+        ..ModuleConfig::default()
+    };
     pool.load("w", &wasm("identity"), config).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.stats("w").unwrap().idle < 2 && Instant::now() < deadline {
@@ -134,7 +187,11 @@ fn idle_instances_are_evicted_by_the_background_cleaner() {
         ..PoolConfig::default()
     })
     .unwrap();
-    let config = ModuleConfig { idle_ttl: Duration::from_millis(50), warmup_instances: 0, ..ModuleConfig::default() };
+    let config = ModuleConfig {
+        idle_ttl: Duration::from_millis(50),
+        warmup_instances: 0,
+        ..ModuleConfig::default()
+    };
     pool.load("e", &wasm("identity"), config).unwrap();
     pool.call_blocking("e", &Message::new("t", "")).unwrap();
     assert_eq!(pool.stats("e").unwrap().idle, 1);
@@ -151,7 +208,10 @@ fn idle_instances_are_evicted_by_the_background_cleaner() {
 
 #[test]
 fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
-    let config = ModuleConfig { recycle_after_calls: 3, ..ModuleConfig::default() };
+    let config = ModuleConfig {
+        recycle_after_calls: 3,
+        ..ModuleConfig::default()
+    };
     let module = LoadedModule::compile("r", &wasm("identity"), config, 1_000_000, None).unwrap();
     let mut local = LocalPool::new();
     for _ in 0..7 {
@@ -159,23 +219,41 @@ fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
     }
     let stats = module.stats();
     // Instances served calls 1-3, 4-6 and 7: three creations, two recycled.
-    assert_eq!((stats.creations, stats.evictions, stats.hits), (3, 2, 4), "{stats:?}");
+    assert_eq!(
+        (stats.creations, stats.evictions, stats.hits),
+        (3, 2, 4),
+        "{stats:?}"
+    );
 
-    let uncached = ModuleConfig { enable_caching: false, ..ModuleConfig::default() };
+    let uncached = ModuleConfig {
+        enable_caching: false,
+        ..ModuleConfig::default()
+    };
     let module = LoadedModule::compile("u", &wasm("identity"), uncached, 1_000_000, None).unwrap();
     for _ in 0..3 {
         local.call(&module, &Message::new("t", "")).unwrap();
     }
-    assert_eq!(module.stats().creations, 3, "without caching every call gets a fresh instance");
+    assert_eq!(
+        module.stats().creations,
+        3,
+        "without caching every call gets a fresh instance"
+    );
     assert_eq!(local.idle_len("u"), 0);
 }
 
 #[test]
 fn a_memory_limit_below_what_the_module_needs_to_start_is_refused() {
     let pool = pool(1);
-    let config = ModuleConfig { memory_limit_bytes: 64 << 10, ..ModuleConfig::default() };
-    let err = pool.load("tiny", &wasm("message-validator"), config).unwrap_err();
+    let config = ModuleConfig {
+        memory_limit_bytes: 64 << 10,
+        ..ModuleConfig::default()
+    };
+    let err = pool
+        .load("tiny", &wasm("message-validator"), config)
+        .unwrap_err();
     assert!(err.to_string().contains("memory"), "{err}");
-    let err = pool.call_blocking("tiny", &Message::new("t", "")).unwrap_err();
+    let err = pool
+        .call_blocking("tiny", &Message::new("t", ""))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
