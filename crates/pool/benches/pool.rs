@@ -11,8 +11,13 @@
 //! - `startup_sample_modules`: loading every fixture module from the artifact
 //!   cache against compiling them afresh. Target: ≥ 10× faster.
 //!
+//! - `metering_overhead_spin`: 1M rounds of the calibration loop compiled with
+//!   the metering the pool uses (`optimised`, what ships) against the same loop
+//!   without metering (`baseline`): the "speed-up" below 1 is the overhead.
+//!
 //! It also prints the resident memory of 100 warm instances of a sample module
-//! (target ≤ 64 MiB).
+//! (target ≤ 64 MiB) and how long an infinite loop with a 200 ms budget runs
+//! before metering stops it.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -92,6 +97,67 @@ fn per_call(c: &mut Criterion) {
     group.finish();
 
     resident_memory_of_warm_instances(rate);
+    timeout_precision(rate);
+
+    let mut group = c.benchmark_group("metering_overhead_spin");
+    for (name, metered) in [("optimised", true), ("baseline", false)] {
+        let mut store = if metered {
+            Store::new(metered_store_engine())
+        } else {
+            Store::default()
+        };
+        let module = Module::new(&store, rustmq_etl_pool::CALIBRATION_WASM).unwrap();
+        let instance = Instance::new(&mut store, &module, &imports! {}).unwrap();
+        if metered {
+            instance
+                .exports
+                .get_global("wasmer_metering_remaining_points")
+                .unwrap()
+                .set(&mut store, wasmer::Value::I64(i64::MAX / 2))
+                .unwrap();
+        }
+        let spin: TypedFunction<i32, ()> =
+            instance.exports.get_typed_function(&store, "spin").unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| spin.call(&mut store, black_box(1_000_000)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// An engine with the same metering middleware the pool compiles with.
+fn metered_store_engine() -> wasmer::Engine {
+    use std::sync::Arc;
+    use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder};
+    let mut compiler = Cranelift::default();
+    compiler.push_middleware(Arc::new(wasmer_middlewares::Metering::new(
+        0,
+        |_: &wasmer::wasmparser::Operator| 1,
+    )));
+    EngineBuilder::new(compiler).into()
+}
+
+/// Prints how long an infinite loop runs past (or short of) a 200 ms budget.
+fn timeout_precision(rate: u64) {
+    let wasm = std::fs::read(fixtures().join("hostile-infinite-loop.wasm")).unwrap();
+    let config = ModuleConfig {
+        execution_timeout_ms: 200,
+        ..ModuleConfig::default()
+    };
+    let module = LoadedModule::compile("loop", &wasm, config, rate, None).unwrap();
+    let mut local = LocalPool::new();
+    let attack = Message::new("t", "attack");
+    let runs: Vec<String> = (0..5)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            assert!(local.call(&module, &attack).is_err());
+            format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect();
+    println!(
+        "infinite loop with a 200 ms budget stopped after: {} ({rate} points/ms)",
+        runs.join(", ")
+    );
 }
 
 fn startup(c: &mut Criterion) {

@@ -7,7 +7,7 @@ use wasmer::{imports, Instance, Module, Store, TypedFunction, Value};
 
 use crate::module;
 
-/// A loop whose body looks like ordinary guest code (a few i64 arithmetic
+/// The calibration module (public for the benches). A loop whose body looks like ordinary guest code (a few i64 arithmetic
 /// operations between branches) rather than the tightest possible loop:
 ///
 /// ```wat
@@ -18,7 +18,8 @@ use crate::module;
 ///     local.get 1  i32.const 1  i32.add  local.tee 1  local.get 0  i32.lt_u  br_if 0
 ///   end)
 /// ```
-const SPIN: &[u8] = &[
+#[doc(hidden)]
+pub const SPIN: &[u8] = &[
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
     0x01, 0x05, 0x01, 0x60, 0x01, 0x7f, 0x00, // type section: (i32) -> ()
     0x03, 0x02, 0x01, 0x00, // function section

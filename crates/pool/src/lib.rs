@@ -41,6 +41,8 @@ mod pool;
 mod stats;
 
 pub use calibrate::fuel_per_ms;
+#[doc(hidden)]
+pub use calibrate::SPIN as CALIBRATION_WASM;
 pub use error::{CallError, ErrorKind, LoadError};
 pub use local::{LoadedModule, LocalPool};
 pub use module::{Abi, ArtifactCache, ModuleConfig};
