@@ -2,9 +2,12 @@
 //! `crates/modules` for `wasm32-unknown-unknown` and copies them to
 //! `fixtures/modules/<name>.wasm`, where tests find them.
 //!
-//! The build is deterministic: source paths are remapped out of the binaries, so
-//! the same toolchain gives the same bytes on any machine. `--check` builds into
-//! a scratch directory and fails if a committed module differs (is stale).
+//! The build is deterministic: the sources are copied to one fixed directory
+//! (`STAGING`) and built there, because rustc's crate hashes — which order items
+//! in the output — depend on the absolute path of path dependencies outside the
+//! building workspace (the SDK); and source paths are remapped out of the
+//! binaries. So the same toolchain gives the same bytes wherever the repository
+//! is checked out. `--check` fails if a committed module differs (is stale).
 
 use std::env;
 use std::fs;
@@ -14,6 +17,13 @@ use std::process::Command;
 use crate::root;
 
 pub(crate) const TARGET: &str = "wasm32-unknown-unknown";
+
+/// Where the modules are built, the same on every machine.
+const STAGING: &str = "/tmp/rustmq-etl-modules-build";
+
+/// What the modules' build needs: the workspace manifest (the SDK and the ABI
+/// crate inherit fields from it), the two crates, and the modules' workspace.
+const STAGED: &[&str] = &["Cargo.toml", "crates/abi", "crates/sdk", "crates/modules"];
 
 /// Whether rustup reports the wasm32 target as installed.
 pub(crate) fn target_installed() -> bool {
@@ -41,14 +51,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         ));
     }
     let root = root();
-    let workspace = root.join("crates/modules");
-    let target_dir = workspace.join("target");
+    let staging = PathBuf::from(STAGING);
+    for part in STAGED {
+        let to = staging.join(part);
+        if to.is_dir() {
+            remove_sources(&to)?;
+        }
+        copy(&root.join(part), &to)?;
+    }
+    let workspace = staging.join("crates/modules");
+    let target_dir = staging.join("target");
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .ok_or("neither CARGO_HOME nor HOME is set")?;
     let flags = [
-        format!("--remap-path-prefix={}=/rustmq-etl", root.display()),
+        format!("--remap-path-prefix={}=/rustmq-etl", staging.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
     ]
     .join("\x1f");
@@ -69,6 +87,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let fixtures = root.join("fixtures/modules");
     fs::create_dir_all(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
     let mut stale = Vec::new();
+    // Keep the lock file the build may have updated (it is committed).
+    let lock = workspace.join("Cargo.lock");
+    if let Ok(bytes) = fs::read(&lock) {
+        if !check {
+            fs::write(root.join("crates/modules/Cargo.lock"), bytes)
+                .map_err(|e| format!("Cargo.lock: {e}"))?;
+        }
+    }
     for name in members(&workspace)? {
         let from = built.join(format!("{}.wasm", name.replace('-', "_")));
         let to = fixtures.join(format!("{name}.wasm"));
@@ -94,6 +120,32 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             stale.join("\n  ")
         ))
     }
+}
+
+/// Copies a file or a directory tree, leaving out `target` directories.
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("copying {} to {}: {e}", from.display(), to.display());
+    if from.is_dir() {
+        fs::create_dir_all(to).map_err(fail)?;
+        for entry in fs::read_dir(from).map_err(fail)? {
+            let path = entry.map_err(fail)?.path();
+            let name = path.file_name().unwrap_or_default();
+            if name != "target" {
+                copy(&path, &to.join(name))?;
+            }
+        }
+        Ok(())
+    } else {
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(fail)?;
+        }
+        fs::copy(from, to).map(drop).map_err(fail)
+    }
+}
+
+/// Removes a staged source tree (sources only: no build output lives there).
+fn remove_sources(dir: &Path) -> Result<(), String> {
+    fs::remove_dir_all(dir).map_err(|e| format!("cleaning {}: {e}", dir.display()))
 }
 
 /// The member crates listed in `crates/modules/Cargo.toml`.

@@ -1,6 +1,8 @@
 //! One warm instance: its own `Store`, the guest's exports, and the call path
 //! that trusts nothing the guest returns.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -25,13 +27,14 @@ const MAX_INIT_ERROR: usize = 64 << 10;
 struct LogEnv {
     module: String,
     memory: Option<Memory>,
-    lines_this_call: u32,
+    /// Lines written in the current call: shared with the instance, which resets
+    /// it per call without going through the store.
+    lines_this_call: Arc<AtomicU32>,
 }
 
 fn host_log(mut env: FunctionEnvMut<'_, LogEnv>, level: i32, ptr: i32, len: i32) {
     let (data, store) = env.data_and_store_mut();
-    data.lines_this_call += 1;
-    if data.lines_this_call > MAX_LOG_LINES_PER_CALL {
+    if data.lines_this_call.fetch_add(1, Ordering::Relaxed) >= MAX_LOG_LINES_PER_CALL {
         metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", "module" => data.module.clone()).increment(1);
         return;
     }
@@ -70,7 +73,7 @@ enum Exports {
 /// An instance ready to take calls on the thread that made it.
 pub(crate) struct WarmInstance {
     store: Store,
-    env: FunctionEnv<LogEnv>,
+    lines_this_call: Arc<AtomicU32>,
     memory: Memory,
     exports: Exports,
     remaining: Global,
@@ -100,12 +103,13 @@ impl WarmInstance {
         let id = &module.id;
         let init_error = |message: String| CallError::new(ErrorKind::Init, id, message);
         let mut store = Store::new(module.engine.clone());
+        let lines_this_call = Arc::new(AtomicU32::new(0));
         let env = FunctionEnv::new(
             &mut store,
             LogEnv {
                 module: id.clone(),
                 memory: None,
-                lines_this_call: 0,
+                lines_this_call: lines_this_call.clone(),
             },
         );
         let imports = imports! {
@@ -160,7 +164,7 @@ impl WarmInstance {
         };
         let mut warm = WarmInstance {
             store,
-            env,
+            lines_this_call,
             memory,
             exports,
             remaining,
@@ -217,10 +221,10 @@ impl WarmInstance {
     }
 
     fn refuel(&mut self, fuel: u64) {
-        // Setting the cached globals directly: looking them up by name per call
-        // costs more than the call itself.
+        // Setting the cached global directly: looking it up by name per call
+        // costs more than the call itself. The "exhausted" flag needs no reset:
+        // an instance that exhausted its budget is discarded, never called again.
         let _ = self.remaining.set(&mut self.store, Value::I64(fuel as i64));
-        let _ = self.exhausted.set(&mut self.store, Value::I32(0));
     }
 
     /// Classifies a failed guest call.
@@ -350,7 +354,7 @@ impl WarmInstance {
     ) -> Result<Transformed, CallError> {
         self.calls += 1;
         self.last_used = Instant::now();
-        self.env.as_mut(&mut self.store).lines_this_call = 0;
+        self.lines_this_call.store(0, Ordering::Relaxed);
         match module.abi {
             Abi::V1 => self.call_v1(module, message, scratch),
             Abi::Legacy => self.call_legacy(module, message, scratch),

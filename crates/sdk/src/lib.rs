@@ -146,24 +146,19 @@ macro_rules! export {
         $crate::__export_common!();
         #[no_mangle]
         pub extern "C" fn rmq_init(ptr: i32, len: i32) -> i64 {
-            $crate::rt::init(ptr, len, |_config: &str| Ok::<(), String>(()))
-        }
-        #[no_mangle]
-        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
-            $crate::rt::transform(ptr, len, |_state: &(), message: &$crate::Message<'_>| {
-                $transform(message)
-            })
+            $crate::rt::init(
+                ptr,
+                len,
+                |_config: &str| Ok::<(), String>(()),
+                |_state: &(), message: &$crate::Message<'_>| $transform(message),
+            )
         }
     };
     (init = $init:path, transform = $transform:path $(,)?) => {
         $crate::__export_common!();
         #[no_mangle]
         pub extern "C" fn rmq_init(ptr: i32, len: i32) -> i64 {
-            $crate::rt::init(ptr, len, $init)
-        }
-        #[no_mangle]
-        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
-            $crate::rt::transform(ptr, len, $transform)
+            $crate::rt::init(ptr, len, $init, $transform)
         }
     };
 }
@@ -179,6 +174,10 @@ macro_rules! __export_common {
         #[no_mangle]
         pub extern "C" fn rmq_alloc(len: i32) -> i32 {
             $crate::rt::alloc(len)
+        }
+        #[no_mangle]
+        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
+            $crate::rt::transform(ptr, len)
         }
     };
 }

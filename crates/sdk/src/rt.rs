@@ -1,7 +1,6 @@
 //! The runtime behind [`export!`](crate::export): buffers shared with the host
 //! and the glue from raw pointers to the author's functions. Not public API.
 
-use std::any::Any;
 use std::cell::RefCell;
 
 use crate::{Message, Outcome};
@@ -13,8 +12,10 @@ thread_local! {
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Where the last answer is encoded; valid until the next call.
     static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// What the init function returned.
-    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// The author's transform with the state its init returned, bound together
+    /// (a closure, not `dyn Any`: type ids would tie the built module's bytes to
+    /// the path it was built in).
+    static TRANSFORM: RefCell<Option<Transform>> = const { RefCell::new(None) };
 }
 
 /// Returns a buffer of at least `len` bytes for the host's next input. The same
@@ -56,8 +57,15 @@ fn with_input<R>(len: i32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     })
 }
 
+type Transform = Box<dyn Fn(&Message<'_>) -> Outcome>;
+
 /// `rmq_init`: 0 on success, or a packed pointer and length of an error message.
-pub fn init<S: 'static>(_ptr: i32, len: i32, f: impl FnOnce(&str) -> Result<S, String>) -> i64 {
+pub fn init<S: 'static>(
+    _ptr: i32,
+    len: i32,
+    f: impl FnOnce(&str) -> Result<S, String>,
+    transform: fn(&S, &Message<'_>) -> Outcome,
+) -> i64 {
     let result = with_input(len, |bytes| match std::str::from_utf8(bytes) {
         Ok(config) => f(config),
         Err(_) => Err("custom_config is not UTF-8".to_owned()),
@@ -65,26 +73,23 @@ pub fn init<S: 'static>(_ptr: i32, len: i32, f: impl FnOnce(&str) -> Result<S, S
     .unwrap_or_else(|| Err("rmq_init called without input".to_owned()));
     match result {
         Ok(state) => {
-            STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
+            let bound: Transform = Box::new(move |message| transform(&state, message));
+            TRANSFORM.with(|t| *t.borrow_mut() = Some(bound));
             0
         }
         Err(message) => answer(|out| out.extend_from_slice(message.as_bytes())),
     }
 }
 
-/// `rmq_transform`: decodes the input, calls `f`, returns the encoded outcome.
-pub fn transform<S: 'static>(
-    _ptr: i32,
-    len: i32,
-    f: impl FnOnce(&S, &Message<'_>) -> Outcome,
-) -> i64 {
-    let outcome = STATE.with(|state| {
-        let state = state.borrow();
-        let Some(state) = state.as_ref().and_then(|s| s.downcast_ref::<S>()) else {
+/// `rmq_transform`: decodes the input, calls the transform, returns the encoded outcome.
+pub fn transform(_ptr: i32, len: i32) -> i64 {
+    let outcome = TRANSFORM.with(|t| {
+        let t = t.borrow();
+        let Some(transform) = t.as_ref() else {
             return Outcome::error("the module was called before rmq_init succeeded");
         };
         with_input(len, |bytes| match rustmq_etl_abi::decode_message(bytes) {
-            Ok(message) => f(state, &message),
+            Ok(message) => transform(&message),
             Err(e) => Outcome::error(format!(
                 "the host sent a message this module cannot decode: {e}"
             )),
