@@ -94,36 +94,15 @@ impl Glob {
 
     /// An anchored regex (Rust `regex` syntax) equivalent to this pattern.
     pub(crate) fn to_regex(&self) -> String {
-        self.regex_with(|c, re| {
-            let mut literal = [0u8; 4];
-            re.push_str(&regex_syntax::escape(c.encode_utf8(&mut literal)))
-        })
-    }
-
-    /// Like [`Glob::to_regex`] with ASCII letters matching either case: for an
-    /// ASCII topic and a folded pattern this is exactly simple case folding, and
-    /// the automaton stays as small as the case-sensitive one.
-    pub(crate) fn to_ascii_case_insensitive_regex(&self) -> String {
-        self.regex_with(|c, re| {
-            if c.is_ascii_alphabetic() {
-                re.push('[');
-                re.push(c.to_ascii_lowercase());
-                re.push(c.to_ascii_uppercase());
-                re.push(']');
-            } else {
-                let mut literal = [0u8; 4];
-                re.push_str(&regex_syntax::escape(c.encode_utf8(&mut literal)))
-            }
-        })
-    }
-
-    fn regex_with(&self, mut literal: impl FnMut(char, &mut String)) -> String {
         let mut re = String::from("^");
+        let mut literal = [0u8; 4];
         for token in &self.tokens {
             match *token {
                 GlobToken::Star => re.push_str("(?s:.*)"),
                 GlobToken::Question => re.push_str("(?s:.)"),
-                GlobToken::Literal(c) => literal(c, &mut re),
+                GlobToken::Literal(c) => {
+                    re.push_str(&regex_syntax::escape(c.encode_utf8(&mut literal)))
+                }
             }
         }
         re.push('$');
@@ -152,11 +131,7 @@ mod tests {
 
     #[test]
     fn translates_to_an_anchored_regex() {
-        let glob = Glob::parse(r"logs.*.a?\*").unwrap();
-        assert_eq!(glob.to_regex(), r"^logs\.(?s:.*)\.a(?s:.)\*$");
-        assert_eq!(
-            glob.to_ascii_case_insensitive_regex(),
-            r"^[lL][oO][gG][sS]\.(?s:.*)\.[aA](?s:.)\*$"
-        );
+        let re = Glob::parse(r"logs.*.a?\*").unwrap().to_regex();
+        assert_eq!(re, r"^logs\.(?s:.*)\.a(?s:.)\*$");
     }
 }

@@ -105,14 +105,7 @@ impl FilterSetBuilder {
                         Shape::Always => always.push(id),
                         Shape::Exact(lit) => side.exact(lit, id),
                         Shape::Literal(lit, anchor) => side.literal(lit, anchor, id),
-                        Shape::Other if filter.case_sensitive() => raw.regex(glob.to_regex(), id),
-                        Shape::Other => {
-                            // Two forms: one searched with the raw topic's other
-                            // regexes when the topic is ASCII, one over the folded
-                            // topic otherwise.
-                            raw.ascii_regex(glob.to_ascii_case_insensitive_regex(), id);
-                            folded.regex(glob.to_regex(), id);
-                        }
+                        Shape::Other => side.regex(glob.to_regex(), id),
                     }
                 }
             }
@@ -242,8 +235,7 @@ struct SideBuilder {
     exact: Dedup<String>,
     /// Prefix, suffix and substring patterns, each filter with its anchor.
     literals: Dedup<String, (u32, Anchor)>,
-    /// Regex sources, each flagged when it holds only for ASCII topics.
-    regexes: Dedup<(String, bool)>,
+    regexes: Dedup<String>,
 }
 
 impl SideBuilder {
@@ -260,12 +252,7 @@ impl SideBuilder {
     }
 
     fn regex(&mut self, source: String, id: u32) {
-        self.regexes.add((source, false), id);
-    }
-
-    /// A regex whose matches count only when the topic is ASCII.
-    fn ascii_regex(&mut self, source: String, id: u32) {
-        self.regexes.add((source, true), id);
+        self.regexes.add(source, id);
     }
 
     fn build(self, filters: &[Filter]) -> Result<Side, BuildError> {
@@ -279,14 +266,7 @@ impl SideBuilder {
                         .hybrid_cache_capacity(16 << 20)
                         .nfa_size_limit(Some(256 << 20)),
                 )
-                .build_many(
-                    &self
-                        .regexes
-                        .patterns
-                        .iter()
-                        .map(|(p, _)| p.as_str())
-                        .collect::<Vec<_>>(),
-                )
+                .build_many(&self.regexes.patterns)
                 .map_err(|e| BuildError {
                     message: match e.pattern() {
                         Some(p) => {
@@ -298,12 +278,6 @@ impl SideBuilder {
                 })?;
             Some(Regexes {
                 meta,
-                ascii_only: self
-                    .regexes
-                    .patterns
-                    .iter()
-                    .map(|(_, ascii)| *ascii)
-                    .collect(),
                 filters: self.regexes.filters,
             })
         };
@@ -392,7 +366,6 @@ impl Literals {
 /// automaton, searched once for all of them.
 struct Regexes {
     meta: meta::Regex,
-    ascii_only: Vec<bool>,
     filters: Vec<Vec<u32>>,
 }
 
@@ -411,29 +384,13 @@ impl Side {
     }
 
     #[inline]
-    fn search(&self, text: &str, ascii: bool, cache: &mut SideCache, hit: &mut impl FnMut(u32)) {
-        self.search_literals(text, hit);
-        self.search_regexes(text, ascii, cache, hit);
-    }
-
-    #[inline]
-    fn search_literals(&self, text: &str, hit: &mut impl FnMut(u32)) {
+    fn search(&self, text: &str, cache: &mut SideCache, hit: &mut impl FnMut(u32)) {
         if let Some(ids) = self.exact.get(text) {
             ids.iter().for_each(|&f| hit(f));
         }
         if let Some(literals) = &self.literals {
             literals.walk(text.as_bytes(), hit);
         }
-    }
-
-    #[inline]
-    fn search_regexes(
-        &self,
-        text: &str,
-        ascii: bool,
-        cache: &mut SideCache,
-        hit: &mut impl FnMut(u32),
-    ) {
         if let Some(regexes) = &self.regexes {
             cache.patterns.clear();
             if let Some(meta_cache) = cache.meta.as_mut() {
@@ -445,9 +402,7 @@ impl Side {
             }
             let found = cache.patterns.len();
             for p in cache.patterns.iter().take(found) {
-                if ascii || !regexes.ascii_only[p.as_usize()] {
-                    regexes.filters[p.as_usize()].iter().for_each(|&f| hit(f));
-                }
+                regexes.filters[p.as_usize()].iter().for_each(|&f| hit(f));
             }
         }
     }
@@ -560,17 +515,11 @@ impl FilterSet {
             }
         };
         inner.always.iter().for_each(|&f| hit(f));
-        let ascii = topic.is_ascii();
-        inner.raw.search(topic, ascii, raw, &mut hit);
+        inner.raw.search(topic, raw, &mut hit);
         if let (Some(side), Some(side_cache)) = (&inner.folded, folded.as_mut()) {
             folded_topic.clear();
             crate::simple_fold_into(topic, folded_topic);
-            // For an ASCII topic the folded side's regexes (case-insensitive
-            // wildcards) were already searched in their ASCII form.
-            side.search_literals(folded_topic, &mut hit);
-            if !ascii {
-                side.search_regexes(folded_topic, false, side_cache, &mut hit);
-            }
+            side.search(folded_topic, side_cache, &mut hit);
         }
         // A slot with negated filters accepts unless all of them matched (and no
         // other filter of it accepts).
