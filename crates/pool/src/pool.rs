@@ -215,23 +215,8 @@ impl Pool {
             module: module.clone(),
         });
         let warmup = (config.warmup_instances as usize).min(width);
-        let report = LoadReport {
-            id: id.to_owned(),
-            replaced: false,
-            from_cache: module.compiled.from_cache,
-            abi: module.compiled.abi,
-        };
-        let replaced = {
-            let _guard = self
-                .shared
-                .load_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut modules = HashMap::clone(&self.shared.modules.load());
-            let replaced = modules.insert(id.to_owned(), entry.clone()).is_some();
-            self.shared.modules.store(Arc::new(modules));
-            replaced
-        };
+        let replaced =
+            self.update_modules(|modules| modules.insert(id.to_owned(), entry.clone()).is_some());
         for w in 0..warmup {
             self.send(
                 (entry.home + w) % workers,
@@ -241,22 +226,31 @@ impl Pool {
                 },
             );
         }
-        Ok(LoadReport { replaced, ..report })
+        Ok(LoadReport {
+            id: id.to_owned(),
+            replaced,
+            from_cache: module.compiled.from_cache,
+            abi: module.compiled.abi,
+        })
+    }
+
+    /// Changes the module map: readers see the old map or the new one, never a
+    /// half-made one, and never wait (`arc-swap`); writers take turns.
+    fn update_modules<R>(&self, change: impl FnOnce(&mut HashMap<String, Arc<Entry>>) -> R) -> R {
+        let _guard = self
+            .shared
+            .load_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut modules = HashMap::clone(&self.shared.modules.load());
+        let result = change(&mut modules);
+        self.shared.modules.store(Arc::new(modules));
+        result
     }
 
     /// Stops serving a module; its instances are dropped. Returns whether it was loaded.
     pub fn unload(&self, id: &str) -> bool {
-        let removed = {
-            let _guard = self
-                .shared
-                .load_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut modules = HashMap::clone(&self.shared.modules.load());
-            let removed = modules.remove(id).is_some();
-            self.shared.modules.store(Arc::new(modules));
-            removed
-        };
+        let removed = self.update_modules(|modules| modules.remove(id).is_some());
         if removed {
             for w in 0..self.shared.workers.len() {
                 self.send(w, Job::Forget { id: id.to_owned() });

@@ -176,6 +176,10 @@ fn warm_up_creates_instances_before_the_first_call() {
     assert_eq!((stats.creations, stats.idle), (2, 2), "{stats:?}");
     pool.call_blocking("w", &Message::new("t", "")).unwrap();
     assert_eq!(pool.stats("w").unwrap().hits, 1);
+    assert!(pool.unload("w"));
+    assert!(!pool.unload("w"));
+    let err = pool.call_blocking("w", &Message::new("t", "")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
 #[test]
