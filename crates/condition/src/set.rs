@@ -185,7 +185,6 @@ impl Context<'_> {
     /// the group holds.
     pub fn first_failure(&mut self, group: GroupId) -> Option<RuleFailure> {
         let inner = self.inner;
-        let message = self.message;
         let (start, end) = inner.groups[group.index()];
         (start as usize..end as usize).find_map(|r| {
             let subject = self.subject(r);
@@ -194,7 +193,10 @@ impl Context<'_> {
                 return None;
             }
             let reason = match subject {
-                None => format!("{} is absent", describe_absent(rule.subject(), message)),
+                None => format!(
+                    "{} is absent",
+                    describe_absent(rule.subject(), self.scratch.payload == Payload::NotJson)
+                ),
                 Some(_) if rule.negate() => {
                     "the comparison is true and the rule is negated".to_owned()
                 }
@@ -253,11 +255,11 @@ impl Context<'_> {
     }
 }
 
-fn describe_absent(subject: &Subject, message: &Message) -> String {
+/// `payload_not_json`: what reading the payload for this message found (it was
+/// read, since a payload rule asked for it).
+fn describe_absent(subject: &Subject, payload_not_json: bool) -> String {
     match subject {
-        Subject::PayloadField(path)
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&message.payload).is_err() =>
-        {
+        Subject::PayloadField(path) if payload_not_json => {
             format!("payload field {path} (the payload is not JSON), so it")
         }
         Subject::MessageAge => "the timestamp needed for message age".to_owned(),

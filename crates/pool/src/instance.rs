@@ -293,7 +293,8 @@ impl WarmInstance {
                 ptr
             }
         };
-        let size = self.memory.view(&self.store).data_size();
+        let view = self.memory.view(&self.store);
+        let size = view.data_size();
         if ptr == 0 || u64::from(ptr) + u64::from(len) > size {
             self.input = None;
             return Err(CallError::new(
@@ -302,16 +303,13 @@ impl WarmInstance {
                 format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory"),
             ));
         }
-        self.memory
-            .view(&self.store)
-            .write(u64::from(ptr), bytes)
-            .map_err(|e| {
-                CallError::new(
-                    ErrorKind::InvalidOutput,
-                    &module.id,
-                    format!("cannot write the input: {e}"),
-                )
-            })?;
+        view.write(u64::from(ptr), bytes).map_err(|e| {
+            CallError::new(
+                ErrorKind::InvalidOutput,
+                &module.id,
+                format!("cannot write the input: {e}"),
+            )
+        })?;
         Ok(ptr)
     }
 
@@ -378,10 +376,7 @@ impl WarmInstance {
             },
             &mut scratch.encoded,
         );
-        let encoded = std::mem::take(&mut scratch.encoded);
-        let written = self.write_input(module, &encoded);
-        scratch.encoded = encoded;
-        let ptr = written?;
+        let ptr = self.write_input(module, &scratch.encoded)?;
         let Exports::V1 { transform, .. } = &self.exports else {
             unreachable!("call_v1 on a legacy instance")
         };

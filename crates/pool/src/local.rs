@@ -97,11 +97,14 @@ impl LocalPool {
         Self::default()
     }
 
-    fn slot(&mut self, module: &LoadedModule) -> &mut Slot {
+    /// The slot of `module` (made on first use, emptied when a new version of
+    /// the module arrives). Takes the map alone so that callers can borrow the
+    /// scratch space beside it.
+    fn slot<'s>(slots: &'s mut HashMap<String, Slot>, module: &LoadedModule) -> &'s mut Slot {
         let compiled = &module.compiled;
         // Look up before inserting: `entry` would need an owned key every call.
-        if !self.slots.contains_key(&compiled.id) {
-            self.slots.insert(
+        if !slots.contains_key(&compiled.id) {
+            slots.insert(
                 compiled.id.clone(),
                 Slot {
                     version: compiled.version,
@@ -112,7 +115,7 @@ impl LocalPool {
                 },
             );
         }
-        let slot = self.slots.get_mut(&compiled.id).expect("inserted above");
+        let slot = slots.get_mut(&compiled.id).expect("inserted above");
         if slot.version != compiled.version {
             // A new version was swapped in: its predecessor's instances go.
             slot.drop_idle(|_| false);
@@ -153,10 +156,9 @@ impl LocalPool {
 
     /// Creates `count` instances ahead of calls (warm-up).
     pub fn warm(&mut self, module: &LoadedModule, count: usize) -> Result<(), CallError> {
-        let compiled = module.compiled.clone();
-        let slot = self.slot(module);
+        let slot = Self::slot(&mut self.slots, module);
         while slot.idle.len() < count {
-            let instance = Self::create(slot, &compiled)?;
+            let instance = Self::create(slot, &module.compiled)?;
             slot.idle.push_back(instance);
             slot.counters.idle(1);
         }
@@ -170,8 +172,8 @@ impl LocalPool {
         module: &LoadedModule,
         message: &Message,
     ) -> Result<Transformed, CallError> {
-        let compiled = module.compiled.clone();
-        let slot = self.slot(module);
+        let compiled = &module.compiled;
+        let slot = Self::slot(&mut self.slots, module);
         let reused = slot.idle.pop_back();
         slot.counters.call(reused.is_some());
         let mut instance = match reused {
@@ -179,26 +181,21 @@ impl LocalPool {
                 slot.counters.idle(-1);
                 instance
             }
-            None => Self::create(slot, &compiled)?,
+            None => Self::create(slot, compiled)?,
         };
-        let counters = slot.counters.clone();
-        counters.in_use(1);
-        let result = instance.call(&compiled, message, &mut self.scratch);
-        counters.in_use(-1);
-        let slot = self
-            .slots
-            .get_mut(&compiled.id)
-            .expect("the slot was made above");
+        slot.counters.in_use(1);
+        let result = instance.call(compiled, message, &mut self.scratch);
+        slot.counters.in_use(-1);
         match &result {
             Err(e) => {
-                counters.failed(e.kind());
+                slot.counters.failed(e.kind());
                 if e.kind().discards_instance() {
-                    counters.discarded();
+                    slot.counters.discarded();
                 } else {
-                    Self::give_back(slot, &compiled, instance);
+                    Self::give_back(slot, compiled, instance);
                 }
             }
-            Ok(_) => Self::give_back(slot, &compiled, instance),
+            Ok(_) => Self::give_back(slot, compiled, instance),
         }
         result
     }
