@@ -12,7 +12,10 @@
 //!   `regex-automata` automaton, searched once for all of them;
 //! - case-insensitive literals and wildcards are matched against the topic folded
 //!   once with Unicode simple case folding ([`simple_fold`]); case-insensitive
-//!   regexes use `(?i)`.
+//!   regexes use `(?i)`;
+//! - a topic that is its own folding (no capitals, the usual case) is searched
+//!   once by engines holding the case-sensitive and case-insensitive patterns
+//!   together.
 //!
 //! The semantics are those of `selection.md`: a slot accepts a topic when it has no
 //! filter, or when at least one of its filters accepts it; a filter accepts when its

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use regex_automata::meta;
-use regex_automata::{Input, MatchKind, PatternSet};
+use regex_automata::hybrid::dfa::OverlappingState;
+use regex_automata::nfa::thompson::{self, pikevm::PikeVM, WhichCaptures};
+use regex_automata::{hybrid, Input, MatchKind, PatternSet};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::bits::Bits;
@@ -127,6 +128,15 @@ impl FilterSetBuilder {
                 negated_slots.insert(slot);
             }
         }
+        // Most topics are their own folding (lower case): then one search of
+        // every pattern together does the work of the two sides.
+        let both = if raw.is_empty() || folded.is_empty() {
+            None
+        } else {
+            let mut both = raw.clone();
+            both.merge(&folded);
+            Some(both.build(&self.filters)?)
+        };
         let raw = raw.build(&self.filters)?;
         let folded = if folded.is_empty() {
             None
@@ -145,6 +155,7 @@ impl FilterSetBuilder {
                 negated_in_slot,
                 raw,
                 folded,
+                both,
             }),
         })
     }
@@ -197,6 +208,7 @@ enum Anchor {
 }
 
 /// Distinct patterns, each with the filters that use it.
+#[derive(Clone)]
 struct Dedup<K, V = u32> {
     patterns: Vec<K>,
     index: HashMap<K, usize>,
@@ -227,10 +239,21 @@ impl<K: Clone + Eq + std::hash::Hash, V> Dedup<K, V> {
     fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
+
+    fn merge(&mut self, other: &Self)
+    where
+        V: Copy,
+    {
+        for (pattern, ids) in other.patterns.iter().zip(&other.filters) {
+            for &id in ids {
+                self.add(pattern.clone(), id);
+            }
+        }
+    }
 }
 
 /// The engines for one view of the topic (as given, or folded).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SideBuilder {
     exact: Dedup<String>,
     /// Prefix, suffix and substring patterns, each filter with its anchor.
@@ -241,6 +264,12 @@ struct SideBuilder {
 impl SideBuilder {
     fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.literals.is_empty() && self.regexes.is_empty()
+    }
+
+    fn merge(&mut self, other: &SideBuilder) {
+        self.exact.merge(&other.exact);
+        self.literals.merge(&other.literals);
+        self.regexes.merge(&other.regexes);
     }
 
     fn exact(&mut self, pattern: String, id: u32) {
@@ -259,27 +288,7 @@ impl SideBuilder {
         let regexes = if self.regexes.is_empty() {
             None
         } else {
-            let meta = meta::Regex::builder()
-                .configure(
-                    meta::Config::new()
-                        .match_kind(MatchKind::All)
-                        .hybrid_cache_capacity(16 << 20)
-                        .nfa_size_limit(Some(256 << 20)),
-                )
-                .build_many(&self.regexes.patterns)
-                .map_err(|e| BuildError {
-                    message: match e.pattern() {
-                        Some(p) => {
-                            let first = self.regexes.filters[p.as_usize()][0];
-                            format!("{}: {e}", filters[first as usize])
-                        }
-                        None => e.to_string(),
-                    },
-                })?;
-            Some(Regexes {
-                meta,
-                filters: self.regexes.filters,
-            })
+            Some(Regexes::build(self.regexes, filters)?)
         };
         Ok(Side {
             exact: self
@@ -364,9 +373,93 @@ impl Literals {
 
 /// Every regex (and every wildcard that is not a plain literal) of a side in one
 /// automaton, searched once for all of them.
+///
+/// The lazy DFA walks the topic once and reports each pattern as it matches, so
+/// nothing proportional to the number of patterns is cleared or scanned per
+/// topic. Where it cannot go on (a Unicode word boundary next to a non-ASCII
+/// byte), the PikeVM built from the same NFA answers instead.
 struct Regexes {
-    meta: meta::Regex,
+    dfa: hybrid::dfa::DFA,
+    fallback: PikeVM,
     filters: Vec<Vec<u32>>,
+}
+
+impl Regexes {
+    fn build(patterns: Dedup<String>, filters: &[Filter]) -> Result<Regexes, BuildError> {
+        let compiler = || {
+            let mut compiler = thompson::Compiler::new();
+            compiler.configure(
+                thompson::Config::new()
+                    .which_captures(WhichCaptures::None)
+                    .nfa_size_limit(Some(256 << 20)),
+            );
+            compiler
+        };
+        let nfa = compiler()
+            .build_many(&patterns.patterns)
+            .map_err(|e| BuildError {
+                // Every pattern parsed when its filter was made, so this is a size
+                // limit: name the pattern that is too big on its own, if one is.
+                message: match patterns
+                    .patterns
+                    .iter()
+                    .position(|p| compiler().build(p).is_err())
+                {
+                    Some(p) => format!("{}: {e}", filters[patterns.filters[p][0] as usize]),
+                    None => format!("the regex and wildcard patterns together: {e}"),
+                },
+            })?;
+        let dfa = hybrid::dfa::DFA::builder()
+            .configure(
+                hybrid::dfa::Config::new()
+                    .match_kind(MatchKind::All)
+                    .unicode_word_boundary(true)
+                    .cache_capacity(16 << 20),
+            )
+            .build_from_nfa(nfa.clone())
+            .map_err(|e| BuildError {
+                message: format!("regex and wildcard patterns: {e}"),
+            })?;
+        let fallback = PikeVM::builder()
+            .configure(PikeVM::config().match_kind(MatchKind::All))
+            .build_from_nfa(nfa)
+            .map_err(|e| BuildError {
+                message: format!("regex and wildcard patterns: {e}"),
+            })?;
+        Ok(Regexes {
+            dfa,
+            fallback,
+            filters: patterns.filters,
+        })
+    }
+
+    #[inline]
+    fn search(&self, text: &str, cache: &mut RegexCache, hit: &mut impl FnMut(u32)) {
+        let input = Input::new(text);
+        let mut state = OverlappingState::start();
+        while let Ok(()) = self
+            .dfa
+            .try_search_overlapping_fwd(&mut cache.dfa, &input, &mut state)
+        {
+            match state.get_match() {
+                Some(m) => self.filters[m.pattern().as_usize()]
+                    .iter()
+                    .for_each(|&f| hit(f)),
+                None => return,
+            }
+        }
+        // The lazy DFA gave up: find every matching pattern the slow way (those
+        // already reported are reported again; hits are deduplicated).
+        cache.patterns.clear();
+        let pikevm = cache
+            .pikevm
+            .get_or_insert_with(|| self.fallback.create_cache());
+        self.fallback
+            .which_overlapping_matches(pikevm, &input, &mut cache.patterns);
+        for p in cache.patterns.iter() {
+            self.filters[p.as_usize()].iter().for_each(|&f| hit(f));
+        }
+    }
 }
 
 struct Side {
@@ -378,8 +471,11 @@ struct Side {
 impl Side {
     fn create_cache(&self) -> SideCache {
         SideCache {
-            meta: self.regexes.as_ref().map(|r| r.meta.create_cache()),
-            patterns: PatternSet::new(self.regexes.as_ref().map_or(0, |r| r.meta.pattern_len())),
+            regexes: self.regexes.as_ref().map(|r| RegexCache {
+                dfa: r.dfa.create_cache(),
+                pikevm: None,
+                patterns: PatternSet::new(r.filters.len()),
+            }),
         }
     }
 
@@ -391,25 +487,20 @@ impl Side {
         if let Some(literals) = &self.literals {
             literals.walk(text.as_bytes(), hit);
         }
-        if let Some(regexes) = &self.regexes {
-            cache.patterns.clear();
-            if let Some(meta_cache) = cache.meta.as_mut() {
-                regexes.meta.which_overlapping_matches_with(
-                    meta_cache,
-                    &Input::new(text),
-                    &mut cache.patterns,
-                );
-            }
-            let found = cache.patterns.len();
-            for p in cache.patterns.iter().take(found) {
-                regexes.filters[p.as_usize()].iter().for_each(|&f| hit(f));
-            }
+        if let (Some(regexes), Some(regex_cache)) = (&self.regexes, cache.regexes.as_mut()) {
+            regexes.search(text, regex_cache, hit);
         }
     }
 }
 
 struct SideCache {
-    meta: Option<meta::Cache>,
+    regexes: Option<RegexCache>,
+}
+
+struct RegexCache {
+    dfa: hybrid::dfa::Cache,
+    /// Made on the first fallback: most sets never need one.
+    pikevm: Option<thompson::pikevm::Cache>,
     patterns: PatternSet,
 }
 
@@ -426,8 +517,12 @@ struct Inner {
     negated_slots: Bits,
     /// How many negated filters each slot has.
     negated_in_slot: Vec<u32>,
+    /// Case-sensitive filters (and every `Regex` filter: `(?i)` folds for them).
     raw: Side,
+    /// Case-insensitive filters, searched in the folded topic.
     folded: Option<Side>,
+    /// Both of them together, for a topic that is its own folding.
+    both: Option<Side>,
 }
 
 /// Every topic filter of a configuration compiled into one matcher.
@@ -461,6 +556,7 @@ pub struct Cache {
     folded_topic: String,
     raw: SideCache,
     folded: Option<SideCache>,
+    both: Option<SideCache>,
 }
 
 impl fmt::Debug for Cache {
@@ -482,6 +578,7 @@ impl FilterSet {
             folded_topic: String::new(),
             raw: inner.raw.create_cache(),
             folded: inner.folded.as_ref().map(Side::create_cache),
+            both: inner.both.as_ref().map(Side::create_cache),
         }
     }
 
@@ -500,6 +597,7 @@ impl FilterSet {
             folded_topic,
             raw,
             folded,
+            both,
         } = cache;
         let mut hit = |f: u32| {
             if pattern_hits.insert(f as usize) {
@@ -515,11 +613,34 @@ impl FilterSet {
             }
         };
         inner.always.iter().for_each(|&f| hit(f));
-        inner.raw.search(topic, raw, &mut hit);
-        if let (Some(side), Some(side_cache)) = (&inner.folded, folded.as_mut()) {
-            folded_topic.clear();
-            crate::simple_fold_into(topic, folded_topic);
-            side.search(folded_topic, side_cache, &mut hit);
+        match inner.folded.as_ref().zip(folded.as_mut()) {
+            None => inner.raw.search(topic, raw, &mut hit),
+            Some((folded, folded_cache)) => {
+                // Most topics are their own folding; for ASCII that is known
+                // without folding.
+                let ascii = topic.is_ascii();
+                let own_folding = if ascii {
+                    !topic.bytes().any(|b| b.is_ascii_uppercase())
+                } else {
+                    folded_topic.clear();
+                    crate::simple_fold_into(topic, folded_topic);
+                    folded_topic == topic
+                };
+                match inner.both.as_ref().zip(both.as_mut()) {
+                    Some((both, both_cache)) if own_folding => {
+                        both.search(topic, both_cache, &mut hit)
+                    }
+                    _ => {
+                        if ascii && !own_folding {
+                            folded_topic.clear();
+                            crate::simple_fold_into(topic, folded_topic);
+                        }
+                        let folded_text = if own_folding { topic } else { folded_topic };
+                        inner.raw.search(topic, raw, &mut hit);
+                        folded.search(folded_text, folded_cache, &mut hit);
+                    }
+                }
+            }
         }
         // A slot with negated filters accepts unless all of them matched (and no
         // other filter of it accepts).

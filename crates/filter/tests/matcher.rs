@@ -121,6 +121,29 @@ fn unicode_simple_case_folding() {
     check(&slots, &topics, None);
 }
 
+/// A Unicode word boundary beside a non-ASCII letter is where the lazy DFA gives
+/// up and the set answers with its fallback engine.
+#[test]
+fn word_boundaries_beside_non_ascii_letters() {
+    use FilterKind::*;
+    let slots = vec![
+        vec![filter(Regex, r"\bfoo\b", true, false)],
+        vec![filter(Regex, r"é\b", false, false)],
+        vec![filter(Wildcard, "*.x", true, false)],
+        vec![filter(Regex, r"\bbar", true, true)],
+    ];
+    let topics = ["a.foo.x", "éfoo.x", "é.foo", "CAFÉ.x", "café.bar", "ébar"];
+    let expected: &[&[bool]] = &[
+        &[true, false, true, true],
+        &[false, false, true, true],
+        &[true, true, false, true],
+        &[false, true, true, true],
+        &[false, true, false, false],
+        &[false, false, false, true],
+    ];
+    check(&slots, &topics, Some(expected));
+}
+
 fn kind() -> impl Strategy<Value = FilterKind> {
     prop_oneof![
         Just(FilterKind::Exact),
@@ -165,6 +188,9 @@ fn pattern_for(kind: FilterKind) -> BoxedStrategy<String> {
             Just("σ|é".to_owned()),
             Just("".to_owned()),
             Just(r"^\w+-".to_owned()),
+            // Unicode word boundaries stop the lazy DFA at non-ASCII bytes.
+            Just(r"\bk".to_owned()),
+            Just(r"s\b".to_owned()),
         ]
         .boxed(),
         _ => text(4).boxed(),
