@@ -38,7 +38,10 @@ mod outcome;
 mod reader;
 
 pub use error::DecodeError;
-pub use message::{decode_message, encode_message, HeaderIter, MessageParts, MessageView};
+pub use message::{
+    decode_message, encode_message, encode_message_into, encoded_len, HeaderIter, MessageParts,
+    MessageView,
+};
 pub use outcome::{decode_outcome, encode_outcome, Edit, EditIter, Outcome, OutcomeView};
 
 /// The version of the guest ABI this crate encodes: the first byte of every

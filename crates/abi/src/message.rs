@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use crate::reader::{put_bytes, put_u32, Reader};
+use crate::reader::{Reader, Writer};
 use crate::{DecodeError, ABI_VERSION};
 
 const HAS_KEY: u8 = 1;
@@ -43,6 +43,42 @@ pub struct MessageParts<'a, H> {
 /// If a field is 4 GiB or longer (such a message cannot reach a wasm32 guest).
 pub fn encode_message<'a, H>(message: MessageParts<'a, H>, out: &mut Vec<u8>)
 where
+    H: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let start = out.len();
+    out.resize(start + encoded_len(&message), 0);
+    encode_message_into(message, &mut out[start..]);
+}
+
+/// The length of a message's encoding, to size the buffer for
+/// [`encode_message_into`].
+pub fn encoded_len<'a, H>(message: &MessageParts<'a, H>) -> usize
+where
+    H: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let field = |bytes: &[u8]| 4 + bytes.len();
+    2 + message.timestamp_ms.map_or(0, |_| 8)
+        + field(message.topic.as_bytes())
+        + message.key.map_or(0, field)
+        + 4
+        + message
+            .headers
+            .clone()
+            .map(|(name, value)| field(name.as_bytes()) + field(value.as_bytes()))
+            .sum::<usize>()
+        + field(message.payload)
+}
+
+/// Writes the encoding of a message into `out`, which is exactly
+/// [`encoded_len`] bytes long: the host encodes straight into a guest's memory
+/// with it.
+///
+/// # Panics
+///
+/// If `out` is not exactly [`encoded_len`] bytes long, or a field is 4 GiB or
+/// longer.
+pub fn encode_message_into<'a, H>(message: MessageParts<'a, H>, out: &mut [u8])
+where
     H: ExactSizeIterator<Item = (&'a str, &'a str)>,
 {
     let mut flags = 0;
@@ -52,24 +88,22 @@ where
     if message.timestamp_ms.is_some() {
         flags |= HAS_TIMESTAMP;
     }
-    out.push(ABI_VERSION);
-    out.push(flags);
+    let mut w = Writer::new(out);
+    w.put(&[ABI_VERSION, flags]);
     if let Some(ts) = message.timestamp_ms {
-        out.extend_from_slice(&ts.to_le_bytes());
+        w.put(&ts.to_le_bytes());
     }
-    put_bytes(out, message.topic.as_bytes());
+    w.field(message.topic.as_bytes());
     if let Some(key) = message.key {
-        put_bytes(out, key);
+        w.field(key);
     }
-    put_u32(
-        out,
-        u32::try_from(message.headers.len()).expect("fewer than 2^32 headers"),
-    );
+    w.u32(u32::try_from(message.headers.len()).expect("fewer than 2^32 headers"));
     for (name, value) in message.headers {
-        put_bytes(out, name.as_bytes());
-        put_bytes(out, value.as_bytes());
+        w.field(name.as_bytes());
+        w.field(value.as_bytes());
     }
-    put_bytes(out, message.payload);
+    w.field(message.payload);
+    w.finish();
 }
 
 /// A decoded message borrowing the encoded bytes. Every field was checked when it

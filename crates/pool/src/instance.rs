@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use rustmq_etl_abi::{decode_outcome, encode_message, Edit, MessageParts, OutcomeView};
+use rustmq_etl_abi::{
+    decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
+};
 use rustmq_etl_core::{Message, Transformed};
 use wasmer::{
     imports, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory, RuntimeError, Store,
@@ -80,15 +81,14 @@ pub(crate) struct WarmInstance {
     exhausted: Global,
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
-    pub(crate) version: u64,
     pub(crate) calls: u64,
-    pub(crate) last_used: Instant,
+    /// When the instance was last given back (coarse: milliseconds).
+    pub(crate) last_used: coarsetime::Instant,
 }
 
 /// Host-side scratch reused across calls on one thread.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    encoded: Vec<u8>,
     output: Vec<u8>,
 }
 
@@ -170,9 +170,8 @@ impl WarmInstance {
             remaining,
             exhausted,
             input: None,
-            version: module.version,
             calls: 0,
-            last_used: Instant::now(),
+            last_used: coarsetime::Instant::now_without_cache_update(),
         };
         if module.abi == Abi::V1 {
             let version: TypedFunction<(), i32> = instance
@@ -266,10 +265,20 @@ impl WarmInstance {
         CallError::new(ErrorKind::Trap, id, cause)
     }
 
-    /// Writes `bytes` into the guest's input buffer, asking the guest for a
-    /// larger one when needed; returns its address.
+    /// Writes `bytes` into the guest's input buffer; returns its address.
     fn write_input(&mut self, module: &CompiledModule, bytes: &[u8]) -> Result<u32, CallError> {
-        let len = u32::try_from(bytes.len()).map_err(|_| {
+        self.fill_input(module, bytes.len(), |buffer| buffer.copy_from_slice(bytes))
+    }
+
+    /// Lets `fill` write exactly `len` bytes into the guest's input buffer, asking
+    /// the guest for a larger buffer when needed; returns its address.
+    fn fill_input(
+        &mut self,
+        module: &CompiledModule,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u32, CallError> {
+        let len = u32::try_from(len).map_err(|_| {
             CallError::new(
                 ErrorKind::InvalidOutput,
                 &module.id,
@@ -303,13 +312,15 @@ impl WarmInstance {
                 format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory"),
             ));
         }
-        view.write(u64::from(ptr), bytes).map_err(|e| {
-            CallError::new(
-                ErrorKind::InvalidOutput,
-                &module.id,
-                format!("cannot write the input: {e}"),
-            )
-        })?;
+        // SAFETY: `data_unchecked_mut` requires that nothing else reads, writes
+        // or grows this memory while the slice lives. The memory belongs to this
+        // instance's `Store`, which `&mut self` holds exclusively on this thread;
+        // no guest code runs until `fill` has returned and the slice is gone; and
+        // no other instance can reach the memory (modules may import nothing but
+        // the logging function). A plain slice lets the host encode the message
+        // straight into the guest, with no copy through a host buffer.
+        let memory = unsafe { view.data_unchecked_mut() };
+        fill(&mut memory[ptr as usize..(ptr + len) as usize]);
         Ok(ptr)
     }
 
@@ -351,7 +362,6 @@ impl WarmInstance {
         scratch: &mut Scratch,
     ) -> Result<Transformed, CallError> {
         self.calls += 1;
-        self.last_used = Instant::now();
         self.lines_this_call.store(0, Ordering::Relaxed);
         match module.abi {
             Abi::V1 => self.call_v1(module, message, scratch),
@@ -365,18 +375,15 @@ impl WarmInstance {
         message: &Message,
         scratch: &mut Scratch,
     ) -> Result<Transformed, CallError> {
-        scratch.encoded.clear();
-        encode_message(
-            MessageParts {
-                topic: &message.topic,
-                key: message.key.as_deref(),
-                headers: message.headers.iter(),
-                payload: &message.payload,
-                timestamp_ms: message.timestamp_ms,
-            },
-            &mut scratch.encoded,
-        );
-        let ptr = self.write_input(module, &scratch.encoded)?;
+        let parts = MessageParts {
+            topic: &message.topic,
+            key: message.key.as_deref(),
+            headers: message.headers.iter(),
+            payload: &message.payload,
+            timestamp_ms: message.timestamp_ms,
+        };
+        let len = encoded_len(&parts);
+        let ptr = self.fill_input(module, len, |buffer| encode_message_into(parts, buffer))?;
         let Exports::V1 { transform, .. } = &self.exports else {
             unreachable!("call_v1 on a legacy instance")
         };
@@ -384,7 +391,7 @@ impl WarmInstance {
         self.refuel(module.fuel);
         limits::reset_limit_hit();
         let packed = transform
-            .call(&mut self.store, ptr as i32, scratch.encoded.len() as i32)
+            .call(&mut self.store, ptr as i32, len as i32)
             .map_err(|e| self.failure(module, e))?;
         let (out_ptr, out_len) = unpack(packed);
         self.read_output(module, out_ptr, out_len, &mut scratch.output)?;

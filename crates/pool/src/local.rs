@@ -11,7 +11,7 @@ use rustmq_etl_core::{Message, Transformed};
 use crate::error::CallError;
 use crate::instance::{Scratch, WarmInstance};
 use crate::module::CompiledModule;
-use crate::stats::Counters;
+use crate::stats::{Counters, Recorder};
 
 /// A compiled module version, ready to be run by a [`LocalPool`] or a
 /// [`Pool`](crate::Pool).
@@ -63,22 +63,48 @@ impl LoadedModule {
     }
 }
 
+/// The instances of one module version on one thread.
 struct Slot {
+    id: String,
     version: u64,
-    /// Idle instances, least recently used first.
-    idle: VecDeque<WarmInstance>,
+    /// Idle instances, least recently used first. Boxed: a call moves an
+    /// instance out and back, and a pointer moves faster than the instance.
+    idle: VecDeque<Box<WarmInstance>>,
     idle_ttl: Duration,
     creations: VecDeque<Instant>,
-    counters: Arc<Counters>,
+    stats: Recorder,
+    /// A newer version of the module is loaded: this slot only finishes the
+    /// calls dispatched before the swap and keeps no instance.
+    retired: bool,
 }
 
 impl Slot {
+    fn new(module: &LoadedModule) -> Slot {
+        let compiled = &module.compiled;
+        Slot {
+            id: compiled.id.clone(),
+            version: compiled.version,
+            idle: VecDeque::new(),
+            idle_ttl: compiled.config.idle_ttl,
+            creations: VecDeque::new(),
+            stats: module.counters.shard(),
+            retired: false,
+        }
+    }
+
     fn drop_idle(&mut self, keep: impl Fn(&WarmInstance) -> bool) {
         let before = self.idle.len();
         self.idle.retain(|i| keep(i));
         let dropped = (before - self.idle.len()) as u64;
-        self.counters.evicted(dropped);
-        self.counters.idle(-(dropped as i64));
+        self.stats.evicted(dropped);
+        self.stats.idle(-(dropped as i64));
+    }
+}
+
+impl Drop for Slot {
+    /// The thread's pool is going away: its instances count as evicted.
+    fn drop(&mut self) {
+        self.drop_idle(|_| false);
     }
 }
 
@@ -87,7 +113,9 @@ impl Slot {
 /// caller that owns a thread may use one directly.
 #[derive(Default)]
 pub struct LocalPool {
-    slots: HashMap<String, Slot>,
+    /// By module version: a hot swap makes a new slot, and hashing a number is
+    /// cheaper than hashing the module's name on every call.
+    slots: HashMap<u64, Slot>,
     scratch: Scratch,
 }
 
@@ -97,37 +125,35 @@ impl LocalPool {
         Self::default()
     }
 
-    /// The slot of `module` (made on first use, emptied when a new version of
-    /// the module arrives). Takes the map alone so that callers can borrow the
-    /// scratch space beside it.
-    fn slot<'s>(slots: &'s mut HashMap<String, Slot>, module: &LoadedModule) -> &'s mut Slot {
+    /// The slot of `module` (made on first use; the first use of a new version
+    /// of a module drops its predecessor's instances). Takes the map alone so
+    /// that callers can borrow the scratch space beside it.
+    fn slot<'s>(slots: &'s mut HashMap<u64, Slot>, module: &LoadedModule) -> &'s mut Slot {
         let compiled = &module.compiled;
-        // Look up before inserting: `entry` would need an owned key every call.
-        if !slots.contains_key(&compiled.id) {
-            slots.insert(
-                compiled.id.clone(),
-                Slot {
-                    version: compiled.version,
-                    idle: VecDeque::new(),
-                    idle_ttl: compiled.config.idle_ttl,
-                    creations: VecDeque::new(),
-                    counters: module.counters.clone(),
-                },
-            );
+        if !slots.contains_key(&compiled.version) {
+            let mut slot = Slot::new(module);
+            // Versions only grow: an older slot of this module was swapped out;
+            // a newer one means this call was dispatched before the swap.
+            slots.retain(|_, other| {
+                if other.id != compiled.id {
+                    return true;
+                }
+                if other.version > compiled.version {
+                    slot.retired = true;
+                    return true;
+                }
+                other.drop_idle(|_| false);
+                false
+            });
+            slots.insert(compiled.version, slot);
         }
-        let slot = slots.get_mut(&compiled.id).expect("inserted above");
-        if slot.version != compiled.version {
-            // A new version was swapped in: its predecessor's instances go.
-            slot.drop_idle(|_| false);
-            slot.version = compiled.version;
-            slot.idle_ttl = compiled.config.idle_ttl;
-            slot.counters = module.counters.clone();
-        }
-        slot
+        slots
+            .get_mut(&compiled.version)
+            .expect("the slot exists or was inserted above")
     }
 
     /// Creates an instance, waiting if this thread created too many in the last second.
-    fn create(slot: &mut Slot, compiled: &CompiledModule) -> Result<WarmInstance, CallError> {
+    fn create(slot: &mut Slot, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
         let per_second = compiled.config.max_creations_per_second.max(1) as usize;
         let now = Instant::now();
         while slot
@@ -146,10 +172,10 @@ impl LocalPool {
             slot.creations.pop_front();
         }
         slot.creations.push_back(Instant::now());
-        let instance = WarmInstance::new(compiled);
+        let instance = WarmInstance::new(compiled).map(Box::new);
         match &instance {
-            Ok(_) => slot.counters.created(),
-            Err(e) => slot.counters.failed(e.kind()),
+            Ok(_) => slot.stats.created(),
+            Err(e) => slot.stats.failed(e.kind()),
         }
         instance
     }
@@ -160,7 +186,7 @@ impl LocalPool {
         while slot.idle.len() < count {
             let instance = Self::create(slot, &module.compiled)?;
             slot.idle.push_back(instance);
-            slot.counters.idle(1);
+            slot.stats.idle(1);
         }
         Ok(())
     }
@@ -175,22 +201,22 @@ impl LocalPool {
         let compiled = &module.compiled;
         let slot = Self::slot(&mut self.slots, module);
         let reused = slot.idle.pop_back();
-        slot.counters.call(reused.is_some());
+        slot.stats.call(reused.is_some());
         let mut instance = match reused {
             Some(instance) => {
-                slot.counters.idle(-1);
+                slot.stats.idle(-1);
                 instance
             }
             None => Self::create(slot, compiled)?,
         };
-        slot.counters.in_use(1);
+        slot.stats.in_use(1);
         let result = instance.call(compiled, message, &mut self.scratch);
-        slot.counters.in_use(-1);
+        slot.stats.in_use(-1);
         match &result {
             Err(e) => {
-                slot.counters.failed(e.kind());
+                slot.stats.failed(e.kind());
                 if e.kind().discards_instance() {
-                    slot.counters.discarded();
+                    slot.stats.discarded();
                 } else {
                     Self::give_back(slot, compiled, instance);
                 }
@@ -200,37 +226,48 @@ impl LocalPool {
         result
     }
 
-    fn give_back(slot: &mut Slot, compiled: &CompiledModule, instance: WarmInstance) {
+    fn give_back(slot: &mut Slot, compiled: &CompiledModule, mut instance: Box<WarmInstance>) {
         let config = &compiled.config;
-        if config.enable_caching
-            && instance.calls < config.recycle_after_calls
-            && instance.version == slot.version
-        {
+        if config.enable_caching && !slot.retired && instance.calls < config.recycle_after_calls {
+            // A coarse clock (a few milliseconds fine) is plenty for an idle
+            // time-to-live and costs a fraction of `Instant::now`.
+            instance.last_used = coarsetime::Instant::now_without_cache_update();
             slot.idle.push_back(instance);
-            slot.counters.idle(1);
+            slot.stats.idle(1);
         } else {
-            slot.counters.evicted(1);
+            slot.stats.evicted(1);
         }
     }
 
-    /// Drops instances idle for longer than their module's time-to-live.
+    /// Drops instances idle for longer than their module's time-to-live, and
+    /// publishes each module's instance levels to the `metrics` gauges.
     pub fn evict_idle(&mut self) {
-        let now = Instant::now();
+        let now = coarsetime::Instant::now_without_cache_update();
         for slot in self.slots.values_mut() {
-            let ttl = slot.idle_ttl;
+            let ttl = coarsetime::Duration::from(slot.idle_ttl);
             slot.drop_idle(|i| now.duration_since(i.last_used) < ttl);
+            slot.stats.counters().publish_levels();
         }
+        // A slot that only finished calls for a swapped-out version is done.
+        self.slots.retain(|_, s| !(s.retired && s.idle.is_empty()));
     }
 
     /// Drops every instance of a module.
     pub fn forget(&mut self, id: &str) {
-        if let Some(mut slot) = self.slots.remove(id) {
-            slot.drop_idle(|_| false);
-        }
+        self.slots.retain(|_, slot| {
+            if slot.id == id {
+                slot.drop_idle(|_| false);
+            }
+            slot.id != id
+        });
     }
 
     /// How many idle instances this pool holds for `id`.
     pub fn idle_len(&self, id: &str) -> usize {
-        self.slots.get(id).map_or(0, |s| s.idle.len())
+        self.slots
+            .values()
+            .filter(|s| s.id == id)
+            .map(|s| s.idle.len())
+            .sum()
     }
 }

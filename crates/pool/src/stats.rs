@@ -2,6 +2,7 @@
 //! `metrics` facade.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::ErrorKind;
 
@@ -37,10 +38,19 @@ impl std::fmt::Debug for Handles {
     }
 }
 
-/// Live counters of one module, shared by the worker threads.
+/// The statistics of one module version: one [`Shard`] per thread that runs
+/// it, summed when read.
 #[derive(Debug)]
 pub(crate) struct Counters {
     metrics: Handles,
+    shards: Mutex<Vec<Arc<Shard>>>,
+}
+
+/// One thread's share of a module's statistics. Only that thread writes it, so
+/// an update is a plain load and store: no locked instruction on the call path
+/// and no cache line bouncing between worker threads. Anyone may read it.
+#[derive(Debug, Default)]
+pub(crate) struct Shard {
     calls: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -104,79 +114,134 @@ impl Counters {
                 in_use: gauge("rustmq_etl_pool_instances_in_use"),
                 idle: gauge("rustmq_etl_pool_instances_idle"),
             },
-            calls: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            creations: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            discards: AtomicU64::new(0),
-            in_use: AtomicI64::new(0),
-            idle: AtomicI64::new(0),
-            failures: Default::default(),
+            shards: Mutex::new(Vec::new()),
         }
     }
 
+    /// A new shard for one thread's use of this module.
+    pub(crate) fn shard(self: &Arc<Self>) -> Recorder {
+        let shard = Arc::new(Shard::default());
+        self.lock().push(shard.clone());
+        Recorder {
+            counters: self.clone(),
+            shard,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Shard>>> {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn snapshot(&self) -> ModuleStats {
+        let shards = self.lock();
+        let sum = |field: fn(&Shard) -> &AtomicU64| -> u64 {
+            shards
+                .iter()
+                .map(|s| field(s).load(Ordering::Relaxed))
+                .sum()
+        };
+        let level = |field: fn(&Shard) -> &AtomicI64| -> u64 {
+            shards
+                .iter()
+                .map(|s| field(s).load(Ordering::Relaxed))
+                .sum::<i64>()
+                .max(0) as u64
+        };
+        ModuleStats {
+            calls: sum(|s| &s.calls),
+            hits: sum(|s| &s.hits),
+            misses: sum(|s| &s.misses),
+            creations: sum(|s| &s.creations),
+            evictions: sum(|s| &s.evictions),
+            discards: sum(|s| &s.discards),
+            in_use: level(|s| &s.in_use),
+            idle: level(|s| &s.idle),
+            failures: KINDS
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let n = shards
+                        .iter()
+                        .map(|s| s.failures[i].load(Ordering::Relaxed))
+                        .sum();
+                    (*k, n)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+
+    /// Sets the `metrics` gauges to the module's current levels. Gauges are
+    /// published like this, on the cleaner's beat, rather than moved twice per
+    /// call; counters go to `metrics` as they happen.
+    pub(crate) fn publish_levels(&self) {
+        let stats = self.snapshot();
+        self.metrics.in_use.set(stats.in_use as f64);
+        self.metrics.idle.set(stats.idle as f64);
+    }
+}
+
+/// What one thread records into its [`Shard`] of a module's statistics.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    counters: Arc<Counters>,
+    shard: Arc<Shard>,
+}
+
+impl Recorder {
     fn bump(counter: &AtomicU64, handle: &metrics::Counter, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
+        // Single writer: a load and a store, not a locked read-modify-write.
+        counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
         handle.increment(by);
     }
 
+    fn shift(level: &AtomicI64, delta: i64) {
+        level.store(level.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     pub(crate) fn call(&self, hit: bool) {
-        Self::bump(&self.calls, &self.metrics.calls, 1);
+        let (shard, handles) = (&*self.shard, &self.counters.metrics);
+        Self::bump(&shard.calls, &handles.calls, 1);
         if hit {
-            Self::bump(&self.hits, &self.metrics.hits, 1);
+            Self::bump(&shard.hits, &handles.hits, 1);
         } else {
-            Self::bump(&self.misses, &self.metrics.misses, 1);
+            Self::bump(&shard.misses, &handles.misses, 1);
         }
     }
 
     pub(crate) fn created(&self) {
-        Self::bump(&self.creations, &self.metrics.creations, 1);
+        Self::bump(&self.shard.creations, &self.counters.metrics.creations, 1);
     }
 
     pub(crate) fn evicted(&self, n: u64) {
         if n > 0 {
-            Self::bump(&self.evictions, &self.metrics.evictions, n);
+            Self::bump(&self.shard.evictions, &self.counters.metrics.evictions, n);
         }
     }
 
     pub(crate) fn discarded(&self) {
-        Self::bump(&self.discards, &self.metrics.discards, 1);
+        Self::bump(&self.shard.discards, &self.counters.metrics.discards, 1);
     }
 
     pub(crate) fn failed(&self, kind: ErrorKind) {
         if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-            Self::bump(&self.failures[i], &self.metrics.failures[i], 1);
+            Self::bump(
+                &self.shard.failures[i],
+                &self.counters.metrics.failures[i],
+                1,
+            );
         }
     }
 
     pub(crate) fn in_use(&self, delta: i64) {
-        self.in_use.fetch_add(delta, Ordering::Relaxed);
-        self.metrics.in_use.increment(delta as f64);
+        Self::shift(&self.shard.in_use, delta);
     }
 
     pub(crate) fn idle(&self, delta: i64) {
-        self.idle.fetch_add(delta, Ordering::Relaxed);
-        self.metrics.idle.increment(delta as f64);
-    }
-
-    pub(crate) fn snapshot(&self) -> ModuleStats {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ModuleStats {
-            calls: load(&self.calls),
-            hits: load(&self.hits),
-            misses: load(&self.misses),
-            creations: load(&self.creations),
-            evictions: load(&self.evictions),
-            discards: load(&self.discards),
-            in_use: self.in_use.load(Ordering::Relaxed).max(0) as u64,
-            idle: self.idle.load(Ordering::Relaxed).max(0) as u64,
-            failures: KINDS
-                .iter()
-                .zip(&self.failures)
-                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
-        }
+        Self::shift(&self.shard.idle, delta);
     }
 }

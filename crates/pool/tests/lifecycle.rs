@@ -261,3 +261,76 @@ fn a_memory_limit_below_what_the_module_needs_to_start_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn a_thread_keeps_instances_of_the_newest_version_only() {
+    let old = LoadedModule::compile(
+        "s",
+        &wasm("identity"),
+        ModuleConfig::default(),
+        1_000_000,
+        None,
+    )
+    .unwrap();
+    let new = LoadedModule::compile(
+        "s",
+        &wasm("temperature-converter"),
+        ModuleConfig::default(),
+        1_000_000,
+        None,
+    )
+    .unwrap();
+    let mut local = LocalPool::new();
+    local.call(&old, &Message::new("t", "")).unwrap();
+    assert_eq!(local.idle_len("s"), 1);
+    // The new version's first call drops the old version's instances.
+    local.call(&new, &Message::new("t", "")).unwrap();
+    assert_eq!(local.idle_len("s"), 1);
+    assert_eq!(old.stats().evictions, 1);
+    // A call for the old version dispatched before the swap still runs, on an
+    // instance that is not kept; the new version's instance stays.
+    local.call(&old, &Message::new("t", "")).unwrap();
+    assert_eq!(local.idle_len("s"), 1);
+    assert_eq!((old.stats().creations, old.stats().evictions), (2, 2));
+    local.call(&new, &Message::new("t", "")).unwrap();
+    let stats = new.stats();
+    assert_eq!(
+        (stats.creations, stats.hits, stats.idle),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    local.forget("s");
+    assert_eq!(local.idle_len("s"), 0);
+    assert_eq!(new.stats().idle, 0);
+}
+
+#[test]
+fn statistics_add_up_across_threads() {
+    let module = LoadedModule::compile(
+        "m",
+        &wasm("identity"),
+        ModuleConfig::default(),
+        1_000_000,
+        None,
+    )
+    .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut local = LocalPool::new();
+                for _ in 0..5 {
+                    local.call(&module, &Message::new("t", "")).unwrap();
+                }
+            });
+        }
+    });
+    let stats = module.stats();
+    // Each thread made one instance and reused it four times; both threads'
+    // pools are gone, and their instances with them.
+    assert_eq!(
+        (stats.calls, stats.misses, stats.hits, stats.creations),
+        (10, 2, 8, 2),
+        "{stats:?}"
+    );
+    assert_eq!((stats.idle, stats.evictions), (0, 2), "{stats:?}");
+}
