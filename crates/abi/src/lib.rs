@@ -42,7 +42,10 @@ pub use message::{
     decode_message, encode_message, encode_message_into, encoded_len, HeaderIter, MessageParts,
     MessageView,
 };
-pub use outcome::{decode_outcome, encode_outcome, Edit, EditIter, Outcome, OutcomeView};
+pub use outcome::{
+    decode_outcome, encode_outcome, Edit, EditIter, Outcome, OutcomeView, ENCODED_DROP,
+    ENCODED_UNCHANGED,
+};
 
 /// The version of the guest ABI this crate encodes: the first byte of every
 /// encoded message, and the value a guest's `rmq_abi_version` export returns.

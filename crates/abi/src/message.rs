@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use crate::reader::{Reader, Writer};
+use crate::reader::{is_ascii, Reader, Writer};
 use crate::{DecodeError, ABI_VERSION};
 
 const HAS_KEY: u8 = 1;
@@ -147,10 +147,19 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageView<'_>, DecodeError> {
     let header_count = r.u32()?;
     let headers_start = r.position();
     for _ in 0..header_count {
-        r.str()?;
-        r.str()?;
+        r.bytes()?;
+        r.bytes()?;
     }
     let headers = &bytes[headers_start..r.position()];
+    // When the whole block, length prefixes included, is ASCII, so is every
+    // name and value in it: one pass instead of one per string.
+    if !is_ascii(headers) {
+        let mut strings = Reader::at(bytes, headers_start);
+        for _ in 0..header_count {
+            strings.str()?;
+            strings.str()?;
+        }
+    }
     let payload = r.bytes()?;
     r.end()?;
     Ok(MessageView {

@@ -48,6 +48,12 @@ pub enum Outcome<'a> {
 
 const UNCHANGED: u8 = 0;
 const DROP: u8 = 1;
+
+/// The whole encoding of [`Outcome::Unchanged`]: a guest may answer with it
+/// without encoding anything.
+pub const ENCODED_UNCHANGED: &[u8] = &[UNCHANGED];
+/// The whole encoding of [`Outcome::Drop`].
+pub const ENCODED_DROP: &[u8] = &[DROP];
 const EDITS: u8 = 2;
 const ERROR: u8 = 3;
 

@@ -155,3 +155,47 @@ fn hostile_lengths_are_rejected_without_allocating() {
         DecodeError::UnknownTag { at: 1, tag: 4 }
     );
 }
+
+/// Header blocks are checked in one pass when all ASCII; a long header (its
+/// length prefix has a high byte) or a non-ASCII one takes the string-by-string
+/// check, and a header that is not UTF-8 is refused where it starts.
+#[test]
+fn header_strings_are_checked_wherever_they_are() {
+    let long = "x".repeat(200);
+    for (name, value) in [("a", long.as_str()), ("é", "ü"), ("a", "b")] {
+        let headers = [(name, value)];
+        let mut bytes = Vec::new();
+        encode_message(
+            MessageParts {
+                topic: "t",
+                key: None,
+                headers: headers.iter().copied(),
+                payload: b"",
+                timestamp_ms: None,
+            },
+            &mut bytes,
+        );
+        let view = decode_message(&bytes).unwrap();
+        assert_eq!(view.header(name), Some(value));
+    }
+    // version, flags, topic "t", one header "a" = [0xff], empty payload.
+    let bytes = [
+        1, 0, 1, 0, 0, 0, b't', 1, 0, 0, 0, 1, 0, 0, 0, b'a', 1, 0, 0, 0, 0xff, 0, 0, 0, 0,
+    ];
+    assert_eq!(
+        decode_message(&bytes).unwrap_err(),
+        DecodeError::NotUtf8 { at: 16 }
+    );
+}
+
+#[test]
+fn the_fixed_encodings_are_what_encode_outcome_writes() {
+    for (outcome, fixed) in [
+        (Outcome::Unchanged, ENCODED_UNCHANGED),
+        (Outcome::Drop, ENCODED_DROP),
+    ] {
+        let mut bytes = Vec::new();
+        encode_outcome(&outcome, &mut bytes);
+        assert_eq!(bytes, fixed);
+    }
+}

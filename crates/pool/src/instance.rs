@@ -86,12 +86,6 @@ pub(crate) struct WarmInstance {
     pub(crate) last_used: coarsetime::Instant,
 }
 
-/// Host-side scratch reused across calls on one thread.
-#[derive(Default)]
-pub(crate) struct Scratch {
-    output: Vec<u8>,
-}
-
 fn unpack(packed: i64) -> (u64, u64) {
     let packed = packed as u64;
     (packed >> 32, packed & 0xffff_ffff)
@@ -324,15 +318,15 @@ impl WarmInstance {
         Ok(ptr)
     }
 
-    /// Reads `len` guest bytes at `ptr` into `out`, after checking them against
-    /// the output cap and the memory's bounds.
-    fn read_output(
+    /// Runs `read` over the `len` guest bytes at `ptr`, after checking them
+    /// against the output cap and the memory's bounds.
+    fn read_output<R>(
         &self,
         module: &CompiledModule,
         ptr: u64,
         len: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CallError> {
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, CallError> {
         let invalid =
             |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
         if len > module.config.max_output_bytes as u64 {
@@ -342,16 +336,18 @@ impl WarmInstance {
             )));
         }
         let view = self.memory.view(&self.store);
-        if ptr + len > view.data_size() {
+        let size = view.data_size();
+        if ptr.checked_add(len).is_none_or(|end| end > size) {
             return Err(invalid(format!(
-                "its answer ({len} bytes at {ptr:#x}) lies outside its {}-byte memory",
-                view.data_size()
+                "its answer ({len} bytes at {ptr:#x}) lies outside its {size}-byte memory"
             )));
         }
-        out.clear();
-        out.resize(len as usize, 0);
-        view.read(ptr, out)
-            .map_err(|e| invalid(format!("cannot read its answer: {e}")))
+        // SAFETY: as in `fill_input`: this thread holds the instance's `Store`
+        // (through `&self`, and no guest code runs until `read` has returned),
+        // and no other instance can reach the memory. The bounds were checked
+        // above; `read` copies what it keeps, so nothing outlives the slice.
+        let memory = unsafe { view.data_unchecked() };
+        Ok(read(&memory[ptr as usize..(ptr + len) as usize]))
     }
 
     /// Runs the module on `message`.
@@ -359,13 +355,12 @@ impl WarmInstance {
         &mut self,
         module: &CompiledModule,
         message: &Message,
-        scratch: &mut Scratch,
     ) -> Result<Transformed, CallError> {
         self.calls += 1;
         self.lines_this_call.store(0, Ordering::Relaxed);
         match module.abi {
-            Abi::V1 => self.call_v1(module, message, scratch),
-            Abi::Legacy => self.call_legacy(module, message, scratch),
+            Abi::V1 => self.call_v1(module, message),
+            Abi::Legacy => self.call_legacy(module, message),
         }
     }
 
@@ -373,7 +368,6 @@ impl WarmInstance {
         &mut self,
         module: &CompiledModule,
         message: &Message,
-        scratch: &mut Scratch,
     ) -> Result<Transformed, CallError> {
         let parts = MessageParts {
             topic: &message.topic,
@@ -394,15 +388,15 @@ impl WarmInstance {
             .call(&mut self.store, ptr as i32, len as i32)
             .map_err(|e| self.failure(module, e))?;
         let (out_ptr, out_len) = unpack(packed);
-        self.read_output(module, out_ptr, out_len, &mut scratch.output)?;
-        apply(module, message, &scratch.output)
+        self.read_output(module, out_ptr, out_len, |output| {
+            apply(module, message, output)
+        })?
     }
 
     fn call_legacy(
         &mut self,
         module: &CompiledModule,
         message: &Message,
-        scratch: &mut Scratch,
     ) -> Result<Transformed, CallError> {
         let ptr = self.write_input(module, &message.payload)?;
         let Exports::Legacy { transform, .. } = &self.exports else {
@@ -415,13 +409,9 @@ impl WarmInstance {
             .call(&mut self.store, ptr as i32, message.payload.len() as i32)
             .map_err(|e| self.failure(module, e))? as u32 as u64;
         // The earlier ABI: a little-endian i32 length, then that many bytes.
-        self.read_output(module, result, 4, &mut scratch.output)?;
-        let len = i32::from_le_bytes([
-            scratch.output[0],
-            scratch.output[1],
-            scratch.output[2],
-            scratch.output[3],
-        ]);
+        let len = self.read_output(module, result, 4, |b| {
+            i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        })?;
         let len = u64::try_from(len).map_err(|_| {
             CallError::new(
                 ErrorKind::InvalidOutput,
@@ -429,9 +419,9 @@ impl WarmInstance {
                 format!("its result length is negative ({len})"),
             )
         })?;
-        self.read_output(module, result + 4, len, &mut scratch.output)?;
+        let payload = self.read_output(module, result + 4, len, Bytes::copy_from_slice)?;
         let mut out = message.clone();
-        out.payload = Bytes::copy_from_slice(&scratch.output);
+        out.payload = payload;
         Ok(Transformed::Replaced(out))
     }
 }

@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap as HashMap;
 use rustmq_etl_core::{Message, Transformed};
 
 use crate::error::CallError;
-use crate::instance::{Scratch, WarmInstance};
+use crate::instance::WarmInstance;
 use crate::module::CompiledModule;
 use crate::stats::{Counters, Recorder};
 
@@ -116,7 +116,6 @@ pub struct LocalPool {
     /// By module version: a hot swap makes a new slot, and hashing a number is
     /// cheaper than hashing the module's name on every call.
     slots: HashMap<u64, Slot>,
-    scratch: Scratch,
 }
 
 impl LocalPool {
@@ -126,8 +125,7 @@ impl LocalPool {
     }
 
     /// The slot of `module` (made on first use; the first use of a new version
-    /// of a module drops its predecessor's instances). Takes the map alone so
-    /// that callers can borrow the scratch space beside it.
+    /// of a module drops its predecessor's instances).
     fn slot<'s>(slots: &'s mut HashMap<u64, Slot>, module: &LoadedModule) -> &'s mut Slot {
         let compiled = &module.compiled;
         if !slots.contains_key(&compiled.version) {
@@ -210,7 +208,7 @@ impl LocalPool {
             None => Self::create(slot, compiled)?,
         };
         slot.stats.in_use(1);
-        let result = instance.call(compiled, message, &mut self.scratch);
+        let result = instance.call(compiled, message);
         slot.stats.in_use(-1);
         match &result {
             Err(e) => {
