@@ -61,18 +61,22 @@ impl<'a> Reader<'a> {
     }
 
     /// A reader of `bytes` positioned at `at`.
+    #[inline]
     pub(crate) fn at(bytes: &'a [u8], at: usize) -> Self {
         Reader { bytes, at }
     }
 
+    #[inline]
     pub(crate) fn position(&self) -> usize {
         self.at
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.at == self.bytes.len()
     }
 
+    #[inline]
     pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
@@ -88,15 +92,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
@@ -105,6 +112,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `u32` length, then that many bytes.
+    #[inline]
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let at = self.at;
         let len = self.u32()? as usize;
@@ -118,6 +126,7 @@ impl<'a> Reader<'a> {
         utf8(self.bytes()?).ok_or(DecodeError::NotUtf8 { at })
     }
 
+    #[inline]
     pub(crate) fn end(&self) -> Result<(), DecodeError> {
         if self.is_empty() {
             Ok(())

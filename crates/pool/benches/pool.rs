@@ -102,7 +102,7 @@ fn per_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("metering_overhead_spin");
     for (name, metered) in [("optimised", true), ("baseline", false)] {
         let mut store = if metered {
-            Store::new(metered_store_engine())
+            Store::new(rustmq_etl_pool::calibration_engine())
         } else {
             Store::default()
         };
@@ -111,7 +111,7 @@ fn per_call(c: &mut Criterion) {
         if metered {
             instance
                 .exports
-                .get_global("wasmer_metering_remaining_points")
+                .get_global("rmq_etl_fuel")
                 .unwrap()
                 .set(&mut store, wasmer::Value::I64(i64::MAX / 2))
                 .unwrap();
@@ -123,18 +123,6 @@ fn per_call(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// An engine with the same metering middleware the pool compiles with.
-fn metered_store_engine() -> wasmer::Engine {
-    use std::sync::Arc;
-    use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder};
-    let mut compiler = Cranelift::default();
-    compiler.push_middleware(Arc::new(wasmer_middlewares::Metering::new(
-        0,
-        |_: &wasmer::wasmparser::Operator| 1,
-    )));
-    EngineBuilder::new(compiler).into()
 }
 
 /// Prints how long an infinite loop runs past (or short of) a 200 ms budget.

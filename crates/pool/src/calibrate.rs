@@ -34,11 +34,18 @@ pub const SPIN: &[u8] = &[
     0x0b, 0x0b, // end loop, end function
 ];
 
+/// The engine the calibration runs on: the pool's compiler and fuel
+/// instrumentation (public for the benches).
+#[doc(hidden)]
+pub fn calibration_engine() -> wasmer::Engine {
+    module::engine(1 << 20)
+}
+
 /// Measures metering points per millisecond: the fastest of three runs of a
 /// tight loop, so that a budget is never shorter in wall time than asked for on
 /// a quiet machine.
 pub fn fuel_per_ms() -> Result<u64, String> {
-    let engine = module::engine(1 << 20);
+    let engine = calibration_engine();
     let module = Module::new(&engine, SPIN).map_err(|e| e.to_string())?;
     let mut store = Store::new(engine);
     let instance = Instance::new(&mut store, &module, &imports! {}).map_err(|e| e.to_string())?;
@@ -48,7 +55,7 @@ pub fn fuel_per_ms() -> Result<u64, String> {
         .map_err(|e| e.to_string())?;
     let remaining = instance
         .exports
-        .get_global("wasmer_metering_remaining_points")
+        .get_global(crate::fuel::FUEL_GLOBAL)
         .map_err(|e| e.to_string())?
         .clone();
     let mut best = 0u64;
@@ -61,7 +68,7 @@ pub fn fuel_per_ms() -> Result<u64, String> {
         spin.call(&mut store, rounds).map_err(|e| e.to_string())?;
         let elapsed = started.elapsed();
         let Value::I64(left) = remaining.get(&mut store) else {
-            return Err("the metering global is not an i64".into());
+            return Err("the fuel global is not an i64".into());
         };
         let used = (start_points - left) as u64;
         let per_ms = (used as f64 / elapsed.as_secs_f64().max(1e-9) / 1000.0) as u64;

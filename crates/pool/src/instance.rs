@@ -15,6 +15,7 @@ use wasmer::{
 };
 
 use crate::error::{CallError, ErrorKind};
+use crate::fuel::FUEL_GLOBAL;
 use crate::limits;
 use crate::module::{Abi, CompiledModule, LOG_IMPORT};
 
@@ -77,8 +78,8 @@ pub(crate) struct WarmInstance {
     lines_this_call: Arc<AtomicU32>,
     memory: Memory,
     exports: Exports,
-    remaining: Global,
-    exhausted: Global,
+    /// The fuel left for the current call (see `fuel.rs`).
+    fuel: Global,
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
     pub(crate) calls: u64,
@@ -123,10 +124,9 @@ impl WarmInstance {
                 .exports
                 .get_global(name)
                 .cloned()
-                .map_err(|e| init_error(format!("metering global {name}: {e}")))
+                .map_err(|e| init_error(format!("fuel global {name}: {e}")))
         };
-        let remaining = get_global("wasmer_metering_remaining_points")?;
-        let exhausted = get_global("wasmer_metering_points_exhausted")?;
+        let fuel = get_global(FUEL_GLOBAL)?;
         let memory = instance
             .exports
             .get_memory("memory")
@@ -161,8 +161,7 @@ impl WarmInstance {
             lines_this_call,
             memory,
             exports,
-            remaining,
-            exhausted,
+            fuel,
             input: None,
             calls: 0,
             last_used: coarsetime::Instant::now_without_cache_update(),
@@ -215,15 +214,16 @@ impl WarmInstance {
 
     fn refuel(&mut self, fuel: u64) {
         // Setting the cached global directly: looking it up by name per call
-        // costs more than the call itself. The "exhausted" flag needs no reset:
-        // an instance that exhausted its budget is discarded, never called again.
-        let _ = self.remaining.set(&mut self.store, Value::I64(fuel as i64));
+        // costs more than the call itself.
+        let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
+        let _ = self.fuel.set(&mut self.store, Value::I64(fuel));
     }
 
     /// Classifies a failed guest call.
     fn failure(&mut self, module: &CompiledModule, error: RuntimeError) -> CallError {
         let id = &module.id;
-        let exhausted = matches!(self.exhausted.get(&mut self.store), Value::I32(n) if n != 0);
+        // Fuel below zero: the budget ran out and a fuel check stopped the call.
+        let exhausted = matches!(self.fuel.get(&mut self.store), Value::I64(n) if n < 0);
         if exhausted {
             return CallError::new(
                 ErrorKind::Timeout,

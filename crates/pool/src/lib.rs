@@ -11,8 +11,9 @@
 //!   their time-to-live, and discards any that trapped, timed out, hit the memory
 //!   limit or answered garbage.
 //! - **Limits**: memory is capped by a custom `Tunables`; time by deterministic
-//!   metering whose budget is the call's milliseconds times a rate measured at
-//!   start ([`fuel_per_ms`]).
+//!   fuel compiled into each module (charged per basic block, checked at loop
+//!   headers and function entries) whose budget is the call's milliseconds times
+//!   a rate measured at start ([`fuel_per_ms`]).
 //! - **Trust**: every pointer and length the guest returns is checked against its
 //!   memory and the output cap before anything is read.
 //!
@@ -33,6 +34,7 @@
 
 mod calibrate;
 mod error;
+mod fuel;
 mod instance;
 mod limits;
 mod local;
@@ -42,7 +44,7 @@ mod stats;
 
 pub use calibrate::fuel_per_ms;
 #[doc(hidden)]
-pub use calibrate::SPIN as CALIBRATION_WASM;
+pub use calibrate::{calibration_engine, SPIN as CALIBRATION_WASM};
 pub use error::{CallError, ErrorKind, LoadError};
 pub use local::{LoadedModule, LocalPool};
 pub use module::{Abi, ArtifactCache, ModuleConfig};

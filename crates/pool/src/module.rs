@@ -10,9 +10,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmer::sys::{Cranelift, EngineBuilder, NativeEngineExt};
 use wasmer::{Engine, ExternType, FunctionType, Module, Type};
-use wasmer_middlewares::Metering;
 
 use crate::error::LoadError;
+use crate::fuel::Fuel;
 use crate::limits::LimitingTunables;
 
 /// How one module runs: limits, pool sizing and its own configuration.
@@ -90,16 +90,11 @@ impl std::fmt::Debug for CompiledModule {
     }
 }
 
-/// Every operator costs one point; the pool calibrates points per millisecond.
-fn cost(_operator: &wasmer::wasmparser::Operator) -> u64 {
-    1
-}
-
-/// An engine for one module: Cranelift with its own metering middleware (one per
+/// An engine for one module: Cranelift with its own fuel middleware (one per
 /// module: the middleware remembers the module it instrumented) and the memory cap.
 pub(crate) fn engine(memory_limit_bytes: usize) -> Engine {
     let mut compiler = Cranelift::default();
-    wasmer::sys::CompilerConfig::push_middleware(&mut compiler, Arc::new(Metering::new(0, cost)));
+    wasmer::sys::CompilerConfig::push_middleware(&mut compiler, Arc::new(Fuel::default()));
     let mut engine: Engine = EngineBuilder::new(compiler).into();
     engine.set_tunables(LimitingTunables::new(memory_limit_bytes));
     engine
@@ -107,7 +102,7 @@ pub(crate) fn engine(memory_limit_bytes: usize) -> Engine {
 
 /// Bumped whenever the way modules are compiled changes (cost function,
 /// middleware, engine settings), so that old artifacts are never loaded.
-const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/metering-1-per-operator/v1";
+const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/fuel-1-per-operator/v2";
 
 /// Compiled artifacts on disk, keyed by the module bytes' hash and the compile
 /// settings, each file carrying the hash of its own content.

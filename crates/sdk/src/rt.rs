@@ -81,23 +81,33 @@ pub fn init<S: 'static>(
     }
 }
 
-/// `rmq_transform`: decodes the input, calls the transform, returns the encoded outcome.
+/// `rmq_transform`: decodes the input, calls the transform, returns the encoded
+/// outcome. Each outcome is answered where it is made: an `Outcome` is large,
+/// and moving it out through the closures costs more than the decoding.
 pub fn transform(_ptr: i32, len: i32) -> i64 {
-    let outcome = TRANSFORM.with(|t| {
+    TRANSFORM.with(|t| {
         let t = t.borrow();
         let Some(transform) = t.as_ref() else {
-            return Outcome::error("the module was called before rmq_init succeeded");
+            return respond(Outcome::error(
+                "the module was called before rmq_init succeeded",
+            ));
         };
         with_input(len, |bytes| match rustmq_etl_abi::decode_message(bytes) {
-            Ok(message) => transform(&message),
-            Err(e) => Outcome::error(format!(
+            Ok(message) => respond(transform(&message)),
+            Err(e) => respond(Outcome::error(format!(
                 "the host sent a message this module cannot decode: {e}"
-            )),
+            ))),
         })
         .unwrap_or_else(|| {
-            Outcome::error("rmq_transform called with a length past the input buffer")
+            respond(Outcome::error(
+                "rmq_transform called with a length past the input buffer",
+            ))
         })
-    });
+    })
+}
+
+#[inline]
+fn respond(outcome: Outcome) -> i64 {
     match outcome {
         // Fixed answers need no buffer: point the host at the constant.
         Outcome::Unchanged => fixed(rustmq_etl_abi::ENCODED_UNCHANGED),
