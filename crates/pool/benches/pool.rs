@@ -144,7 +144,7 @@ fn per_call(c: &mut Criterion) {
 fn interleaved(name: &str, mut optimised: impl FnMut(), mut baseline: impl FnMut()) {
     const ROUNDS: usize = 301;
     const CALLS: u32 = 2_000;
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let started = std::time::Instant::now();
         for _ in 0..CALLS {
             f();
