@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use regex_automata::hybrid::dfa::OverlappingState;
 use regex_automata::nfa::thompson::{self, pikevm::PikeVM, WhichCaptures};
 use regex_automata::{hybrid, Input, MatchKind, PatternSet};
 use rustc_hash::FxHashMap as HashMap;
@@ -435,18 +434,8 @@ impl Regexes {
 
     #[inline]
     fn search(&self, text: &str, cache: &mut RegexCache, hit: &mut impl FnMut(u32)) {
-        let input = Input::new(text);
-        let mut state = OverlappingState::start();
-        while let Ok(()) = self
-            .dfa
-            .try_search_overlapping_fwd(&mut cache.dfa, &input, &mut state)
-        {
-            match state.get_match() {
-                Some(m) => self.filters[m.pattern().as_usize()]
-                    .iter()
-                    .for_each(|&f| hit(f)),
-                None => return,
-            }
+        if self.walk(text, &mut cache.dfa, hit).is_some() {
+            return;
         }
         // The lazy DFA gave up: find every matching pattern the slow way (those
         // already reported are reported again; hits are deduplicated).
@@ -455,9 +444,57 @@ impl Regexes {
             .pikevm
             .get_or_insert_with(|| self.fallback.create_cache());
         self.fallback
-            .which_overlapping_matches(pikevm, &input, &mut cache.patterns);
+            .which_overlapping_matches(pikevm, &Input::new(text), &mut cache.patterns);
         for p in cache.patterns.iter() {
             self.filters[p.as_usize()].iter().for_each(|&f| hit(f));
+        }
+    }
+
+    /// Walks the lazy DFA over the whole topic once and reports every pattern of
+    /// every match state on the way (with `MatchKind::All` a match state holds
+    /// every pattern matching there). Only whether a pattern matches counts, not
+    /// where, so this is leaner than the crate's resumable overlapping search.
+    /// `None` when the DFA gives up (a quit byte).
+    #[inline]
+    fn walk(
+        &self,
+        text: &str,
+        cache: &mut hybrid::dfa::Cache,
+        hit: &mut impl FnMut(u32),
+    ) -> Option<()> {
+        let dfa = &self.dfa;
+        let mut state = dfa.start_state_forward(cache, &Input::new(text)).ok()?;
+        for &byte in text.as_bytes() {
+            state = dfa.next_state(cache, state, byte).ok()?;
+            if state.is_tagged() {
+                if state.is_match() {
+                    self.report(cache, state, hit);
+                } else if state.is_dead() {
+                    return Some(());
+                } else if state.is_quit() {
+                    return None;
+                }
+            }
+        }
+        state = dfa.next_eoi_state(cache, state).ok()?;
+        if state.is_match() {
+            self.report(cache, state, hit);
+        }
+        Some(())
+    }
+
+    #[inline(never)]
+    fn report(
+        &self,
+        cache: &hybrid::dfa::Cache,
+        state: hybrid::LazyStateID,
+        hit: &mut dyn FnMut(u32),
+    ) {
+        for i in 0..self.dfa.match_len(cache, state) {
+            let pattern = self.dfa.match_pattern(cache, state, i);
+            self.filters[pattern.as_usize()]
+                .iter()
+                .for_each(|&f| hit(f));
         }
     }
 }
