@@ -22,76 +22,33 @@
 //! (target ≤ 64 MiB) and how long an infinite loop with a 200 ms budget runs
 //! before metering stops it.
 
+#[path = "workload/mod.rs"]
+mod workload;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rustmq_etl_core::Message;
 use rustmq_etl_pool::{fuel_per_ms, ArtifactCache, LoadedModule, LocalPool, ModuleConfig};
 use wasmer::{imports, Instance, Module, Store, TypedFunction};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules")
-}
-
-/// `(module (memory (export "memory") 1) (func (export "f") (param i32 i32) (result i64) i64.const 0))`
-const EMPTY: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //
-    0x01, 0x07, 0x01, 0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7e, // type: (i32, i32) -> i64
-    0x03, 0x02, 0x01, 0x00, // function
-    0x05, 0x03, 0x01, 0x00, 0x01, // memory: one page
-    0x07, 0x0e, 0x02, 0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00, 0x01, b'f', 0x00,
-    0x00, // exports
-    0x0a, 0x06, 0x01, 0x04, 0x00, 0x42, 0x00, 0x0b, // code: i64.const 0
-];
-
-fn message() -> Message {
-    let mut m = Message::new("iot.sensors.temperature", vec![b'x'; 256]);
-    m.key = Some("dev-1".into());
-    m.headers.push("content-type", "application/json");
-    m
-}
+use workload::{fixtures, Floor, IdentityCall};
 
 fn per_call(c: &mut Criterion) {
     let rate = fuel_per_ms().unwrap();
-    let identity = std::fs::read(fixtures().join("identity.wasm")).unwrap();
-    let message = message();
-
+    let mut identity = IdentityCall::new(rate);
+    let mut floor = Floor::new();
     let mut group = c.benchmark_group("identity_call_256B");
-    let module =
-        LoadedModule::compile("identity", &identity, ModuleConfig::default(), rate, None).unwrap();
-    let mut local = LocalPool::new();
-    local.call(&module, &message).unwrap();
-    group.bench_function("optimised", |b| {
-        b.iter(|| local.call(&module, black_box(&message)).unwrap())
-    });
-
-    let mut store = Store::default();
-    let empty = Module::new(&store, EMPTY).unwrap();
-    let instance = Instance::new(&mut store, &empty, &imports! {}).unwrap();
-    let memory = instance.exports.get_memory("memory").unwrap().clone();
-    let f: TypedFunction<(i32, i32), i64> =
-        instance.exports.get_typed_function(&store, "f").unwrap();
-    let payload = message.payload.clone();
-    let mut floor = || {
-        memory
-            .view(&store)
-            .write(1024, black_box(&payload))
-            .unwrap();
-        f.call(&mut store, 1024, payload.len() as i32).unwrap()
-    };
-    group.bench_function("baseline", |b| b.iter(&mut floor));
+    group.bench_function("optimised", |b| b.iter(|| identity.call()));
+    group.bench_function("baseline", |b| b.iter(|| floor.call()));
     group.finish();
-    interleaved(
-        "identity_call_256B",
-        || {
-            black_box(local.call(&module, black_box(&message)).unwrap());
-        },
-        || {
-            black_box(floor());
-        },
-    );
+    interleaved("identity_call_256B", || identity.call(), || floor.call());
+    let IdentityCall {
+        module,
+        mut local,
+        message,
+    } = identity;
+    let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
 
     let mut group = c.benchmark_group("pooled_vs_on_demand");
     group.bench_function("optimised", |b| {
@@ -101,7 +58,7 @@ fn per_call(c: &mut Criterion) {
         enable_caching: false,
         ..ModuleConfig::default()
     };
-    let on_demand = LoadedModule::compile("identity-fresh", &identity, fresh, rate, None).unwrap();
+    let on_demand = LoadedModule::compile("identity-fresh", &wasm, fresh, rate, None).unwrap();
     group.bench_function("baseline", |b| {
         b.iter(|| local.call(&on_demand, black_box(&message)).unwrap())
     });
