@@ -657,7 +657,7 @@ impl FilterSet {
                 // without folding.
                 let ascii = topic.is_ascii();
                 let own_folding = if ascii {
-                    !topic.bytes().any(|b| b.is_ascii_uppercase())
+                    !has_ascii_capital(topic.as_bytes())
                 } else {
                     folded_topic.clear();
                     crate::simple_fold_into(topic, folded_topic);
@@ -704,6 +704,25 @@ impl FilterSet {
     }
 }
 
+/// Whether ASCII `bytes` hold a capital letter, eight bytes a step: a byte below
+/// 0x80 plus 0x3f reaches 0x80 exactly when it is at least `A`, plus 0x25 exactly
+/// when it is past `Z`, and neither sum carries into the next byte.
+fn has_ascii_capital(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let capitals = |word: u64| (word + 0x3f * ONES) & !(word + 0x25 * ONES) & (0x80 * ONES);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut found = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        found |= capitals(u64::from_le_bytes(word));
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    found |= capitals(u64::from_le_bytes(tail));
+    found != 0
+}
+
 /// The outcome of [`FilterSet::matches`] for one topic.
 #[derive(Debug)]
 pub struct Matches<'c> {
@@ -735,5 +754,39 @@ impl Matches<'_> {
     /// Whether the filter's pattern matched the topic (before `negate` is applied).
     pub fn pattern_matched(&self, filter: FilterId) -> bool {
         self.cache.pattern_hits.contains(filter.0 as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::has_ascii_capital;
+
+    #[test]
+    fn every_ascii_byte_at_every_position() {
+        for byte in 0u8..0x80 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        has_ascii_capital(&bytes),
+                        byte.is_ascii_uppercase(),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_obvious_check(text in "[ -~]{0,40}") {
+            prop_assert_eq!(
+                has_ascii_capital(text.as_bytes()),
+                text.bytes().any(|b| b.is_ascii_uppercase())
+            );
+        }
     }
 }
