@@ -434,11 +434,15 @@ impl Regexes {
 
     #[inline]
     fn search(&self, text: &str, cache: &mut RegexCache, hit: &mut impl FnMut(u32)) {
-        if self.walk(text, &mut cache.dfa, hit).is_some() {
-            return;
+        if self.walk(text, &mut cache.dfa, hit).is_none() {
+            self.fall_back(text, cache, hit);
         }
-        // The lazy DFA gave up: find every matching pattern the slow way (those
-        // already reported are reported again; hits are deduplicated).
+    }
+
+    /// The lazy DFA gave up: find every matching pattern the slow way (those
+    /// already reported are reported again; hits are deduplicated).
+    #[cold]
+    fn fall_back(&self, text: &str, cache: &mut RegexCache, hit: &mut impl FnMut(u32)) {
         cache.patterns.clear();
         let pikevm = cache
             .pikevm
@@ -462,21 +466,55 @@ impl Regexes {
         cache: &mut hybrid::dfa::Cache,
         hit: &mut impl FnMut(u32),
     ) -> Option<()> {
-        let dfa = &self.dfa;
-        let mut state = dfa.start_state_forward(cache, &Input::new(text)).ok()?;
+        let mut state = self.start(text, cache)?;
         for &byte in text.as_bytes() {
-            state = dfa.next_state(cache, state, byte).ok()?;
-            if state.is_tagged() {
-                if state.is_match() {
-                    self.report(cache, state, hit);
-                } else if state.is_dead() {
-                    return Some(());
-                } else if state.is_quit() {
-                    return None;
-                }
+            match self.step(cache, state, byte, hit) {
+                Step::Live(next) => state = next,
+                Step::Dead => return Some(()),
+                Step::GaveUp => return None,
             }
         }
-        state = dfa.next_eoi_state(cache, state).ok()?;
+        self.finish(cache, state, hit)
+    }
+
+    #[inline]
+    fn start(&self, text: &str, cache: &mut hybrid::dfa::Cache) -> Option<hybrid::LazyStateID> {
+        self.dfa.start_state_forward(cache, &Input::new(text)).ok()
+    }
+
+    /// One byte of the walk, reporting the patterns of a match state.
+    #[inline(always)]
+    fn step(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        state: hybrid::LazyStateID,
+        byte: u8,
+        hit: &mut impl FnMut(u32),
+    ) -> Step {
+        let Ok(state) = self.dfa.next_state(cache, state, byte) else {
+            return Step::GaveUp;
+        };
+        if state.is_tagged() {
+            if state.is_match() {
+                self.report(cache, state, hit);
+            } else if state.is_dead() {
+                return Step::Dead;
+            } else if state.is_quit() {
+                return Step::GaveUp;
+            }
+        }
+        Step::Live(state)
+    }
+
+    /// The end of the topic: matches that end there.
+    #[inline]
+    fn finish(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        state: hybrid::LazyStateID,
+        hit: &mut impl FnMut(u32),
+    ) -> Option<()> {
+        let state = self.dfa.next_eoi_state(cache, state).ok()?;
         if state.is_match() {
             self.report(cache, state, hit);
         }
@@ -497,6 +535,15 @@ impl Regexes {
                 .for_each(|&f| hit(f));
         }
     }
+}
+
+/// Where the regex walk stands after a byte.
+enum Step {
+    Live(hybrid::LazyStateID),
+    /// No pattern can match any more.
+    Dead,
+    /// The lazy DFA cannot go on (a quit byte): the fallback must answer.
+    GaveUp,
 }
 
 struct Side {
@@ -521,13 +568,65 @@ impl Side {
         if let Some(ids) = self.exact.get(text) {
             ids.iter().for_each(|&f| hit(f));
         }
-        if let Some(literals) = &self.literals {
-            literals.walk(text.as_bytes(), hit);
-        }
-        if let (Some(regexes), Some(regex_cache)) = (&self.regexes, cache.regexes.as_mut()) {
-            regexes.search(text, regex_cache, hit);
+        match (
+            &self.literals,
+            self.regexes.as_ref().zip(cache.regexes.as_mut()),
+        ) {
+            (Some(literals), Some((regexes, regex_cache))) => {
+                if !walk_both(literals, regexes, text, &mut regex_cache.dfa, hit) {
+                    regexes.fall_back(text, regex_cache, hit);
+                }
+            }
+            (Some(literals), None) => literals.walk(text.as_bytes(), hit),
+            (None, Some((regexes, regex_cache))) => regexes.search(text, regex_cache, hit),
+            (None, None) => {}
         }
     }
+}
+
+/// The literal and regex automata walked in one loop over the topic: each walk
+/// is a chain of dependent loads (state, byte class, next state), and two
+/// chains in one loop overlap where two loops would run one after the other.
+/// Returns `false` when the lazy DFA gave up (the literals are walked to the end
+/// regardless).
+#[inline]
+fn walk_both(
+    literals: &Literals,
+    regexes: &Regexes,
+    text: &str,
+    cache: &mut hybrid::dfa::Cache,
+    hit: &mut impl FnMut(u32),
+) -> bool {
+    use aho_corasick::automaton::Automaton;
+    use aho_corasick::Anchored;
+    let ac = &literals.dfa;
+    let Ok(mut literal) = ac.start_state(Anchored::No) else {
+        return regexes.walk(text, cache, hit).is_some();
+    };
+    let Some(mut regex) = regexes.start(text, cache) else {
+        literals.walk(text.as_bytes(), hit);
+        return false;
+    };
+    let bytes = text.as_bytes();
+    let mut live = true;
+    let mut gave_up = false;
+    for (at, &byte) in bytes.iter().enumerate() {
+        literal = ac.next_state(Anchored::No, literal, byte);
+        if ac.is_special(literal) && ac.is_match(literal) {
+            literals.report(literal, at + 1, bytes.len(), hit);
+        }
+        if live {
+            match regexes.step(cache, regex, byte, hit) {
+                Step::Live(next) => regex = next,
+                Step::Dead => live = false,
+                Step::GaveUp => (live, gave_up) = (false, true),
+            }
+        }
+    }
+    if live && regexes.finish(cache, regex, hit).is_none() {
+        gave_up = true;
+    }
+    !gave_up
 }
 
 struct SideCache {
