@@ -16,6 +16,11 @@ fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// A module compiled for a `LocalPool`, at the fixed metering rate below.
+fn compile(id: &str, name: &str, config: ModuleConfig) -> LoadedModule {
+    LoadedModule::compile(id, &wasm(name), config, 1_000_000, None).unwrap()
+}
+
 /// A fixed metering rate keeps these tests from calibrating again and again.
 fn pool(workers: usize) -> Pool {
     Pool::new(PoolConfig {
@@ -216,7 +221,7 @@ fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
         recycle_after_calls: 3,
         ..ModuleConfig::default()
     };
-    let module = LoadedModule::compile("r", &wasm("identity"), config, 1_000_000, None).unwrap();
+    let module = compile("r", "identity", config);
     let mut local = LocalPool::new();
     for _ in 0..7 {
         local.call(&module, &Message::new("t", "")).unwrap();
@@ -233,7 +238,7 @@ fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
         enable_caching: false,
         ..ModuleConfig::default()
     };
-    let module = LoadedModule::compile("u", &wasm("identity"), uncached, 1_000_000, None).unwrap();
+    let module = compile("u", "identity", uncached);
     for _ in 0..3 {
         local.call(&module, &Message::new("t", "")).unwrap();
     }
@@ -264,22 +269,8 @@ fn a_memory_limit_below_what_the_module_needs_to_start_is_refused() {
 
 #[test]
 fn a_thread_keeps_instances_of_the_newest_version_only() {
-    let old = LoadedModule::compile(
-        "s",
-        &wasm("identity"),
-        ModuleConfig::default(),
-        1_000_000,
-        None,
-    )
-    .unwrap();
-    let new = LoadedModule::compile(
-        "s",
-        &wasm("temperature-converter"),
-        ModuleConfig::default(),
-        1_000_000,
-        None,
-    )
-    .unwrap();
+    let old = compile("s", "identity", ModuleConfig::default());
+    let new = compile("s", "temperature-converter", ModuleConfig::default());
     let mut local = LocalPool::new();
     local.call(&old, &Message::new("t", "")).unwrap();
     assert_eq!(local.idle_len("s"), 1);
@@ -306,14 +297,7 @@ fn a_thread_keeps_instances_of_the_newest_version_only() {
 
 #[test]
 fn statistics_add_up_across_threads() {
-    let module = LoadedModule::compile(
-        "m",
-        &wasm("identity"),
-        ModuleConfig::default(),
-        1_000_000,
-        None,
-    )
-    .unwrap();
+    let module = compile("m", "identity", ModuleConfig::default());
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| {
