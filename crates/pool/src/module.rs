@@ -102,7 +102,7 @@ pub(crate) fn engine(memory_limit_bytes: usize) -> Engine {
 
 /// Bumped whenever the way modules are compiled changes (cost function,
 /// middleware, engine settings), so that old artifacts are never loaded.
-const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/fuel-1-per-operator/v2";
+const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/fuel-1-per-operator/v3";
 
 /// Compiled artifacts on disk, keyed by the module bytes' hash and the compile
 /// settings, each file carrying the hash of its own content.
