@@ -146,12 +146,13 @@ macro_rules! export {
         $crate::__export_common!();
         #[no_mangle]
         pub extern "C" fn rmq_init(ptr: i32, len: i32) -> i64 {
-            $crate::rt::init(
-                ptr,
-                len,
-                |_config: &str| Ok::<(), String>(()),
-                |_state: &(), message: &$crate::Message<'_>| $transform(message),
-            )
+            $crate::rt::init_stateless(ptr, len)
+        }
+        // Without state the transform is called directly, not through the
+        // bound closure `init` stores.
+        #[no_mangle]
+        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
+            $crate::rt::transform_stateless(ptr, len, $transform)
         }
     };
     (init = $init:path, transform = $transform:path $(,)?) => {
@@ -159,6 +160,10 @@ macro_rules! export {
         #[no_mangle]
         pub extern "C" fn rmq_init(ptr: i32, len: i32) -> i64 {
             $crate::rt::init(ptr, len, $init, $transform)
+        }
+        #[no_mangle]
+        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
+            $crate::rt::transform(ptr, len)
         }
     };
 }
@@ -174,10 +179,6 @@ macro_rules! __export_common {
         #[no_mangle]
         pub extern "C" fn rmq_alloc(len: i32) -> i32 {
             $crate::rt::alloc(len)
-        }
-        #[no_mangle]
-        pub extern "C" fn rmq_transform(ptr: i32, len: i32) -> i64 {
-            $crate::rt::transform(ptr, len)
         }
     };
 }

@@ -81,6 +81,39 @@ pub fn init<S: 'static>(
     }
 }
 
+/// `rmq_init` of a module without state: checks only that `custom_config` is
+/// UTF-8, as `init` does.
+pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
+    match with_input(len, |bytes| std::str::from_utf8(bytes).is_ok()) {
+        Some(true) => 0,
+        Some(false) => answer(|out| out.extend_from_slice(b"custom_config is not UTF-8")),
+        None => answer(|out| out.extend_from_slice(b"rmq_init called without input")),
+    }
+}
+
+/// `rmq_transform` of a module without state: `transform` is called directly.
+pub fn transform_stateless(_ptr: i32, len: i32, transform: fn(&Message<'_>) -> Outcome) -> i64 {
+    with_input(len, |bytes| decode_and(bytes, transform)).unwrap_or_else(past_the_input)
+}
+
+/// Decodes the message and answers with what `transform` makes of it.
+#[inline]
+fn decode_and(bytes: &[u8], transform: impl FnOnce(&Message<'_>) -> Outcome) -> i64 {
+    match rustmq_etl_abi::decode_message(bytes) {
+        Ok(message) => respond(transform(&message)),
+        Err(e) => respond(Outcome::error(format!(
+            "the host sent a message this module cannot decode: {e}"
+        ))),
+    }
+}
+
+#[cold]
+fn past_the_input() -> i64 {
+    respond(Outcome::error(
+        "rmq_transform called with a length past the input buffer",
+    ))
+}
+
 /// `rmq_transform`: decodes the input, calls the transform, returns the encoded
 /// outcome. Each outcome is answered where it is made: an `Outcome` is large,
 /// and moving it out through the closures costs more than the decoding.
@@ -92,17 +125,7 @@ pub fn transform(_ptr: i32, len: i32) -> i64 {
                 "the module was called before rmq_init succeeded",
             ));
         };
-        with_input(len, |bytes| match rustmq_etl_abi::decode_message(bytes) {
-            Ok(message) => respond(transform(&message)),
-            Err(e) => respond(Outcome::error(format!(
-                "the host sent a message this module cannot decode: {e}"
-            ))),
-        })
-        .unwrap_or_else(|| {
-            respond(Outcome::error(
-                "rmq_transform called with a length past the input buffer",
-            ))
-        })
+        with_input(len, |bytes| decode_and(bytes, transform)).unwrap_or_else(past_the_input)
     })
 }
 
