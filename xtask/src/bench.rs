@@ -2,17 +2,20 @@
 //! figure beside the baseline measured in the same run.
 //!
 //! A bench group that has a baseline names its functions `optimised` and
-//! `baseline`; the table reads their medians from `target/criterion`.
+//! `baseline`; the table reads their medians from `target/criterion`. Lines a
+//! bench prints about measurements in alternating rounds (robust to a noisy
+//! neighbour, which Criterion's one-side-after-the-other medians are not) are
+//! repeated under the table.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::{cargo, root};
+use crate::root;
 
 pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)?;
+    let alternating = run_keeping(&args, ALTERNATING)?;
     let dir = target_dir().join("criterion");
     let mut groups: Vec<PathBuf> = fs::read_dir(&dir)
         .map_err(|e| format!("no Criterion results in {}: {e}", dir.display()))?
@@ -43,7 +46,47 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
             show(baseline)
         );
     }
+    if !alternating.is_empty() {
+        println!("\nMeasured in alternating rounds (both sides under the same neighbours):");
+        for line in alternating {
+            println!("  {line}");
+        }
+    }
     Ok(())
+}
+
+/// What the benches print for a measurement made in alternating rounds.
+const ALTERNATING: &str = "alternating rounds";
+
+/// Runs `cargo` with `args` in the workspace root, passing its output through
+/// and keeping the lines that contain `marker`.
+fn run_keeping(args: &[&str], marker: &str) -> Result<Vec<String>, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    eprintln!("$ cargo {}", args.join(" "));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(crate::root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut kept = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| format!("reading cargo's output: {e}"))?;
+            println!("{line}");
+            if line.contains(marker) {
+                kept.push(line);
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(kept)
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
 }
 
 fn target_dir() -> PathBuf {

@@ -123,7 +123,7 @@ fn interleaved(name: &str, mut optimised: impl FnMut(), mut baseline: impl FnMut
         v[v.len() / 2]
     };
     println!(
-        "{name}, {ROUNDS} alternating rounds of {CALLS} calls: optimised {:.1} ns, baseline {:.1} ns, median ratio {:.2}",
+        "{name}, {ROUNDS} alternating rounds of {CALLS} calls: optimised {:.1} ns, baseline {:.1} ns, median ratio optimised/baseline {:.2}",
         median(&mut a),
         median(&mut b),
         median(&mut ratio)
