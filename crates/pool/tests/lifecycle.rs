@@ -318,3 +318,34 @@ fn statistics_add_up_across_threads() {
     );
     assert_eq!((stats.idle, stats.evictions), (0, 2), "{stats:?}");
 }
+
+/// The statistics reach a real `metrics` recorder (Prometheus text): counters as
+/// calls happen, instance gauges when the cleaner publishes them.
+#[test]
+fn statistics_reach_the_metrics_facade() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    // Handles are registered when the module is compiled: under this recorder.
+    let module = metrics::with_local_recorder(&recorder, || {
+        compile("metered", "identity", ModuleConfig::default())
+    });
+    let mut local = LocalPool::new();
+    for _ in 0..3 {
+        local.call(&module, &Message::new("t", "")).unwrap();
+    }
+    local.evict_idle();
+    let text = prometheus.render();
+    for line in [
+        r#"rustmq_etl_pool_calls_total{module="metered"} 3"#,
+        r#"rustmq_etl_pool_hits_total{module="metered"} 2"#,
+        r#"rustmq_etl_pool_misses_total{module="metered"} 1"#,
+        r#"rustmq_etl_pool_instances_created_total{module="metered"} 1"#,
+        r#"rustmq_etl_pool_instances_idle{module="metered"} 1"#,
+        r#"rustmq_etl_pool_instances_in_use{module="metered"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+}
