@@ -8,6 +8,7 @@
 //! building workspace (the SDK); and source paths are remapped out of the
 //! binaries. So the same toolchain gives the same bytes wherever the repository
 //! is checked out. `--check` fails if a committed module differs (is stale).
+//! Runs take turns on the staging directory through a lock file beside it.
 
 use std::env;
 use std::fs;
@@ -52,6 +53,20 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let root = root();
     let staging = PathBuf::from(STAGING);
+    // Two builds at once (two checkouts on one machine) would overwrite each
+    // other's sources in the one staging directory: take turns. The lock goes
+    // with the process, however it ends.
+    let lock_path = PathBuf::from(format!("{STAGING}.lock"));
+    let lock = fs::File::create(&lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "waiting for another build-modules run (lock {})",
+            lock_path.display()
+        );
+        lock.lock()
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    }
     for part in STAGED {
         let to = staging.join(part);
         if to.is_dir() {
