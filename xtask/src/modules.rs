@@ -57,8 +57,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // other's sources in the one staging directory: take turns. The lock goes
     // with the process, however it ends.
     let lock_path = PathBuf::from(format!("{STAGING}.lock"));
-    let lock = fs::File::create(&lock_path)
-        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let lock = fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         eprintln!(
             "waiting for another build-modules run (lock {})",
