@@ -57,6 +57,12 @@ enum Job {
     Forget {
         id: String,
     },
+    /// Start an instance of a module not yet swapped in, to prove that it
+    /// initialises, and drop it.
+    Check {
+        module: LoadedModule,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
 }
 
 struct Entry {
@@ -179,9 +185,13 @@ impl Pool {
     }
 
     /// Compiles `wasm` (or takes it from the artifact cache), starts a first
-    /// instance to prove that it initialises, and swaps it in under `id`. Calls
-    /// already dispatched finish on the version they started with. If anything
-    /// fails, the version already loaded (if any) keeps serving.
+    /// instance on a worker thread to prove that it initialises, and swaps it in
+    /// under `id`. Calls already dispatched finish on the version they started
+    /// with. If anything fails, the version already loaded (if any) keeps serving.
+    ///
+    /// Blocks the calling thread while it compiles and while the worker starts
+    /// the instance (no guest code runs on the calling thread); from async code,
+    /// call it where blocking is allowed (for example tokio's `spawn_blocking`).
     pub fn load(
         &self,
         id: &str,
@@ -195,22 +205,48 @@ impl Pool {
             self.shared.fuel_per_ms,
             self.shared.cache.as_ref(),
         )?;
-        // Instantiate and init once, here, so that a module that cannot start is
-        // refused before it replaces anything.
-        crate::instance::WarmInstance::new(&module.compiled).map_err(|e| LoadError::Init {
-            module: id.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        // Instantiate and init once, on a worker (guest code runs only there),
+        // so that a module that cannot start is refused before it replaces
+        // anything.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let home = hasher.finish() as usize % self.shared.workers.len();
+        let (reply, answer) = oneshot::channel();
+        let checked = self.send(
+            home,
+            Job::Check {
+                module: module.clone(),
+                reply,
+            },
+        );
+        let started = if checked {
+            pollster::block_on(answer).map_err(|_| "the worker stopped".to_owned())
+        } else {
+            Err("the pool is shutting down".to_owned())
+        };
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(LoadError::Init {
+                    module: id.to_owned(),
+                    message: e.message().to_owned(),
+                })
+            }
+            Err(message) => {
+                return Err(LoadError::Init {
+                    module: id.to_owned(),
+                    message,
+                })
+            }
+        }
         let config = &module.compiled.config;
         let workers = self.shared.workers.len();
         let width = (config.max_concurrent_instances.max(1) as usize).min(workers);
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
         let entry = Arc::new(Entry {
             permits: Arc::new(Semaphore::new(
                 config.max_concurrent_instances.max(1) as usize
             )),
-            home: hasher.finish() as usize % workers,
+            home,
             width,
             module: module.clone(),
         });
@@ -381,6 +417,10 @@ fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval
                         }
                     }
                     Job::Forget { id } => local.forget(&id),
+                    Job::Check { module, reply } => {
+                        let started = crate::instance::WarmInstance::new(&module.compiled);
+                        let _ = reply.send(started.map(drop));
+                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
