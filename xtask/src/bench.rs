@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::root;
+use crate::{cargo_command, root, succeeded};
 
 pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["bench", "--workspace"];
@@ -62,12 +62,8 @@ const ALTERNATING: &str = "alternating rounds";
 /// and keeping the lines that contain `marker`.
 fn run_keeping(args: &[&str], marker: &str) -> Result<Vec<String>, String> {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    eprintln!("$ cargo {}", args.join(" "));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut child = Command::new(cargo)
-        .args(args)
-        .current_dir(crate::root())
+    use std::process::Stdio;
+    let mut child = cargo_command(args)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -81,12 +77,7 @@ fn run_keeping(args: &[&str], marker: &str) -> Result<Vec<String>, String> {
             }
         }
     }
-    let status = child.wait().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(kept)
-    } else {
-        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
-    }
+    succeeded(args, child.wait()).map(|()| kept)
 }
 
 fn target_dir() -> PathBuf {

@@ -48,18 +48,29 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-/// Runs `cargo` with `args` in the workspace root; fails if it fails.
-fn cargo(args: &[&str]) -> Result<(), String> {
+/// `cargo` (the one running xtask) with `args`, in the workspace root; prints
+/// the command line first.
+fn cargo_command(args: &[&str]) -> Command {
     eprintln!("$ cargo {}", args.join(" "));
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(args)
-        .current_dir(root())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.args(args).current_dir(root());
+    command
+}
+
+/// Fails unless `cargo args` succeeded.
+fn succeeded(
+    args: &[&str],
+    status: std::io::Result<std::process::ExitStatus>,
+) -> Result<(), String> {
+    let status = status.map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
     }
+}
+
+/// Runs `cargo` with `args` in the workspace root; fails if it fails.
+fn cargo(args: &[&str]) -> Result<(), String> {
+    succeeded(args, cargo_command(args).status())
 }

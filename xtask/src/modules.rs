@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::root;
+use crate::{cargo_command, root, succeeded};
 
 pub(crate) const TARGET: &str = "wasm32-unknown-unknown";
 
@@ -84,19 +84,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
     ]
     .join("\x1f");
-    eprintln!("$ cargo build --release --target {TARGET} (in crates/modules)");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--target", TARGET])
+    let args = ["build", "--release", "--locked", "--target", TARGET];
+    let status = cargo_command(&args)
         .current_dir(&workspace)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .env_remove("RUSTFLAGS")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the modules failed ({status})"));
-    }
+        .status();
+    succeeded(&args, status)
+        .map_err(|e| format!("building the modules (in crates/modules): {e}"))?;
     let built = target_dir.join(TARGET).join("release");
     let fixtures = root.join("fixtures/modules");
     fs::create_dir_all(&fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;

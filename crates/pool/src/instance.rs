@@ -11,7 +11,7 @@ use rustmq_etl_abi::{
 use rustmq_etl_core::{Message, Transformed};
 use wasmer::{
     imports, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory, RuntimeError, Store,
-    TypedFunction, Value,
+    TypedFunction, Value, WasmTypeList,
 };
 
 use crate::error::{CallError, ErrorKind};
@@ -87,6 +87,19 @@ pub(crate) struct WarmInstance {
     pub(crate) last_used: coarsetime::Instant,
 }
 
+/// An exported function with the signature the ABI gives it.
+fn typed_export<Args: WasmTypeList, Rets: WasmTypeList>(
+    instance: &Instance,
+    store: &Store,
+    module: &str,
+    name: &str,
+) -> Result<TypedFunction<Args, Rets>, CallError> {
+    instance
+        .exports
+        .get_typed_function(store, name)
+        .map_err(|e| CallError::new(ErrorKind::Init, module, e.to_string()))
+}
+
 fn unpack(packed: i64) -> (u64, u64) {
     let packed = packed as u64;
     (packed >> 32, packed & 0xffff_ffff)
@@ -133,27 +146,14 @@ impl WarmInstance {
             .cloned()
             .map_err(|e| init_error(e.to_string()))?;
         env.as_mut(&mut store).memory = Some(memory.clone());
-        let typed = |e: wasmer::ExportError| init_error(e.to_string());
         let exports = match module.abi {
             Abi::V1 => Exports::V1 {
-                alloc: instance
-                    .exports
-                    .get_typed_function(&store, "rmq_alloc")
-                    .map_err(typed)?,
-                transform: instance
-                    .exports
-                    .get_typed_function(&store, "rmq_transform")
-                    .map_err(typed)?,
+                alloc: typed_export(&instance, &store, id, "rmq_alloc")?,
+                transform: typed_export(&instance, &store, id, "rmq_transform")?,
             },
             Abi::Legacy => Exports::Legacy {
-                allocate: instance
-                    .exports
-                    .get_typed_function(&store, "allocate")
-                    .map_err(typed)?,
-                transform: instance
-                    .exports
-                    .get_typed_function(&store, "transform")
-                    .map_err(typed)?,
+                allocate: typed_export(&instance, &store, id, "allocate")?,
+                transform: typed_export(&instance, &store, id, "transform")?,
             },
         };
         let mut warm = WarmInstance {
@@ -167,10 +167,8 @@ impl WarmInstance {
             last_used: coarsetime::Instant::now_without_cache_update(),
         };
         if module.abi == Abi::V1 {
-            let version: TypedFunction<(), i32> = instance
-                .exports
-                .get_typed_function(&warm.store, "rmq_abi_version")
-                .map_err(typed)?;
+            let version: TypedFunction<(), i32> =
+                typed_export(&instance, &warm.store, id, "rmq_abi_version")?;
             warm.refuel(module.fuel);
             let found = version
                 .call(&mut warm.store)
@@ -181,10 +179,8 @@ impl WarmInstance {
                     rustmq_etl_abi::ABI_VERSION
                 )));
             }
-            let init: TypedFunction<(i32, i32), i64> = instance
-                .exports
-                .get_typed_function(&warm.store, "rmq_init")
-                .map_err(typed)?;
+            let init: TypedFunction<(i32, i32), i64> =
+                typed_export(&instance, &warm.store, id, "rmq_init")?;
             let config = module.config.custom_config.as_bytes();
             let ptr = warm.write_input(module, config)?;
             warm.refuel(module.fuel);

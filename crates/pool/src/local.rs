@@ -66,7 +66,6 @@ impl LoadedModule {
 /// The instances of one module version on one thread.
 struct Slot {
     id: String,
-    version: u64,
     /// Idle instances, least recently used first. Boxed: a call moves an
     /// instance out and back, and a pointer moves faster than the instance.
     idle: VecDeque<Box<WarmInstance>>,
@@ -83,7 +82,6 @@ impl Slot {
         let compiled = &module.compiled;
         Slot {
             id: compiled.id.clone(),
-            version: compiled.version,
             idle: VecDeque::new(),
             idle_ttl: compiled.config.idle_ttl,
             creations: VecDeque::new(),
@@ -132,11 +130,11 @@ impl LocalPool {
             let mut slot = Slot::new(module);
             // Versions only grow: an older slot of this module was swapped out;
             // a newer one means this call was dispatched before the swap.
-            slots.retain(|_, other| {
+            slots.retain(|&version, other| {
                 if other.id != compiled.id {
                     return true;
                 }
-                if other.version > compiled.version {
+                if version > compiled.version {
                     slot.retired = true;
                     return true;
                 }

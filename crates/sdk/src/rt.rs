@@ -66,12 +66,7 @@ pub fn init<S: 'static>(
     f: impl FnOnce(&str) -> Result<S, String>,
     transform: fn(&S, &Message<'_>) -> Outcome,
 ) -> i64 {
-    let result = with_input(len, |bytes| match std::str::from_utf8(bytes) {
-        Ok(config) => f(config),
-        Err(_) => Err("custom_config is not UTF-8".to_owned()),
-    })
-    .unwrap_or_else(|| Err("rmq_init called without input".to_owned()));
-    match result {
+    match with_config(len, f) {
         Ok(state) => {
             let bound: Transform = Box::new(move |message| transform(&state, message));
             TRANSFORM.with(|t| *t.borrow_mut() = Some(bound));
@@ -84,11 +79,19 @@ pub fn init<S: 'static>(
 /// `rmq_init` of a module without state: checks only that `custom_config` is
 /// UTF-8, as `init` does.
 pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
-    match with_input(len, |bytes| std::str::from_utf8(bytes).is_ok()) {
-        Some(true) => 0,
-        Some(false) => answer(|out| out.extend_from_slice(b"custom_config is not UTF-8")),
-        None => answer(|out| out.extend_from_slice(b"rmq_init called without input")),
+    match with_config(len, |_| Ok(())) {
+        Ok(()) => 0,
+        Err(message) => answer(|out| out.extend_from_slice(message.as_bytes())),
     }
+}
+
+/// Runs the module's init over `custom_config`, the first `len` input bytes.
+fn with_config<S>(len: i32, f: impl FnOnce(&str) -> Result<S, String>) -> Result<S, String> {
+    with_input(len, |bytes| match std::str::from_utf8(bytes) {
+        Ok(config) => f(config),
+        Err(_) => Err("custom_config is not UTF-8".to_owned()),
+    })
+    .unwrap_or_else(|| Err("rmq_init called without input".to_owned()))
 }
 
 /// `rmq_transform` of a module without state: `transform` is called directly.
