@@ -23,7 +23,7 @@ mod jsonl;
 mod runner;
 
 pub use bytes::Bytes;
-pub use headers::Headers;
+pub use headers::{HeaderEdit, Headers};
 pub use jsonl::MessageParseError;
 pub use runner::{ModuleRunner, Transformed};
 
