@@ -1,80 +1,73 @@
-//! How many metering points this machine runs per millisecond, measured once, so
-//! that a time budget in milliseconds becomes a point budget.
+//! How many bytes of bulk memory work (`memory.fill`, `memory.copy`) this
+//! machine does per millisecond, measured once, so that a call's time budget
+//! becomes the allowance its bulk operations are charged against
+//! (`budget.rs`).
 
 use std::time::Instant;
 
-use wasmer::{imports, Instance, Module, Store, TypedFunction, Value};
+use wasmer::{imports, Instance, Module, Store, TypedFunction};
 
-use crate::module;
+/// The calibration module: one fill and one copy of `len` bytes in a 64 MiB
+/// memory (its text is checked against these bytes in the tests).
+#[cfg(test)]
+const BULK_WAT: &str = r#"(module
+  (type (func (param i32)))
+  (memory 1024)
+  (func (export "fill") (type 0)
+    (memory.fill (i32.const 0) (i32.const 0xa5) (local.get 0)))
+  (func (export "copy") (type 0)
+    (memory.copy (local.get 0) (i32.const 0) (local.get 0))))"#;
 
-/// The calibration module (public for the benches). A loop whose body looks like ordinary guest code (a few i64 arithmetic
-/// operations between branches) rather than the tightest possible loop:
-///
-/// ```wat
-/// (func (export "spin") (param i32) (local i32 i64)
-///   loop
-///     local.get 2  i64.const 31  i64.mul  i64.const 1  i64.add  local.set 2
-///     local.get 2  local.get 2  i64.const 33  i64.shr_u  i64.xor  local.set 2
-///     local.get 1  i32.const 1  i32.add  local.tee 1  local.get 0  i32.lt_u  br_if 0
-///   end)
-/// ```
-#[doc(hidden)]
-pub const SPIN: &[u8] = &[
+const BULK: &[u8] = &[
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
     0x01, 0x05, 0x01, 0x60, 0x01, 0x7f, 0x00, // type section: (i32) -> ()
-    0x03, 0x02, 0x01, 0x00, // function section
-    0x07, 0x08, 0x01, 0x04, b's', b'p', b'i', b'n', 0x00, 0x00, // export "spin"
-    0x0a, 0x2b, 0x01, 0x29, // code section: one body of 41 bytes
-    0x02, 0x01, 0x7f, 0x01, 0x7e, // locals: one i32, one i64
-    0x03, 0x40, // loop
-    0x20, 0x02, 0x42, 0x1f, 0x7e, 0x42, 0x01, 0x7c, 0x21, 0x02, // x = x * 31 + 1
-    0x20, 0x02, 0x20, 0x02, 0x42, 0x21, 0x88, 0x85, 0x21, 0x02, // x ^= x >> 33
-    0x20, 0x01, 0x41, 0x01, 0x6a, 0x22, 0x01, 0x20, 0x00, 0x49, 0x0d,
-    0x00, // i += 1; br_if i < n
-    0x0b, 0x0b, // end loop, end function
+    0x03, 0x03, 0x02, 0x00, 0x00, // function section: two of type 0
+    0x05, 0x04, 0x01, 0x00, 0x80, 0x08, // memory section: 1024 pages
+    0x07, 0x0f, 0x02, 0x04, b'f', b'i', b'l', b'l', 0x00, 0x00, // export "fill"
+    0x04, b'c', b'o', b'p', b'y', 0x00, 0x01, // export "copy"
+    0x0a, 0x1b, 0x02, // code section: two bodies
+    0x0c, 0x00, 0x41, 0x00, 0x41, 0xa5, 0x01, 0x20, 0x00, 0xfc, 0x0b, 0x00, 0x0b, // fill
+    0x0c, 0x00, 0x20, 0x00, 0x41, 0x00, 0x20, 0x00, 0xfc, 0x0a, 0x00, 0x00, 0x0b, // copy
 ];
 
-/// The engine the calibration runs on: the pool's compiler and fuel
-/// instrumentation (public for the benches).
-#[doc(hidden)]
-pub fn calibration_engine() -> wasmer::Engine {
-    module::engine(1 << 20)
+/// Bytes moved per run: half the memory, so that a copy fits.
+const LEN: i32 = 32 << 20;
+
+/// Measures bulk bytes per millisecond: each of fill and copy on a fresh
+/// memory (its pages touched for the first time, the slow case) three times;
+/// the fastest run of the slower operation, halved, so that a call's bulk
+/// allowance takes at most about its time budget even when the machine is
+/// busier than now.
+pub fn bulk_bytes_per_ms() -> Result<u64, String> {
+    // Plain Cranelift: the instrumented engine would want a budget armed.
+    let engine: wasmer::Engine =
+        wasmer::sys::EngineBuilder::new(wasmer::sys::Cranelift::default()).into();
+    let module = Module::new(&engine, BULK).map_err(|e| e.to_string())?;
+    let mut slowest = u64::MAX;
+    for op in ["fill", "copy"] {
+        let mut fastest = 0u64;
+        for _ in 0..3 {
+            let mut store = Store::new(engine.clone());
+            let instance =
+                Instance::new(&mut store, &module, &imports! {}).map_err(|e| e.to_string())?;
+            let run: TypedFunction<i32, ()> = instance
+                .exports
+                .get_typed_function(&store, op)
+                .map_err(|e| e.to_string())?;
+            let started = Instant::now();
+            run.call(&mut store, LEN).map_err(|e| e.to_string())?;
+            let per_ms = LEN as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1000.0;
+            fastest = fastest.max(per_ms as u64);
+        }
+        slowest = slowest.min(fastest);
+    }
+    Ok((slowest / 2).max(1))
 }
 
-/// Measures metering points per millisecond: the fastest of three runs of a
-/// tight loop, so that a budget is never shorter in wall time than asked for on
-/// a quiet machine.
-pub fn fuel_per_ms() -> Result<u64, String> {
-    let engine = calibration_engine();
-    let module = Module::new(&engine, SPIN).map_err(|e| e.to_string())?;
-    let mut store = Store::new(engine);
-    let instance = Instance::new(&mut store, &module, &imports! {}).map_err(|e| e.to_string())?;
-    let spin: TypedFunction<i32, ()> = instance
-        .exports
-        .get_typed_function(&store, "spin")
-        .map_err(|e| e.to_string())?;
-    let remaining = instance
-        .exports
-        .get_global(crate::fuel::FUEL_GLOBAL)
-        .map_err(|e| e.to_string())?
-        .clone();
-    let mut best = 0u64;
-    for rounds in [1_000_000, 10_000_000, 10_000_000, 10_000_000] {
-        let start_points = i64::MAX / 2;
-        remaining
-            .set(&mut store, Value::I64(start_points))
-            .map_err(|e| e.to_string())?;
-        let started = Instant::now();
-        spin.call(&mut store, rounds).map_err(|e| e.to_string())?;
-        let elapsed = started.elapsed();
-        let Value::I64(left) = remaining.get(&mut store) else {
-            return Err("the fuel global is not an i64".into());
-        };
-        let used = (start_points - left) as u64;
-        let per_ms = (used as f64 / elapsed.as_secs_f64().max(1e-9) / 1000.0) as u64;
-        if rounds > 1_000_000 {
-            best = best.max(per_ms);
-        }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_calibration_module_is_its_text() {
+        assert_eq!(super::BULK, wat::parse_str(super::BULK_WAT).unwrap());
     }
-    Ok(best.max(1))
 }

@@ -22,6 +22,10 @@ pub enum ErrorKind {
     NotFound,
     /// The pool is shutting down.
     ShutDown,
+    /// A [`LocalPool`](crate::LocalPool) may not create another instance of
+    /// this module yet (`max_creations_per_second`); a [`Pool`](crate::Pool)
+    /// never answers this: its worker runs the call once it may.
+    Throttled,
 }
 
 impl ErrorKind {
@@ -36,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Init => "init",
             ErrorKind::NotFound => "not_found",
             ErrorKind::ShutDown => "shut_down",
+            ErrorKind::Throttled => "throttled",
         }
     }
 
@@ -128,6 +133,15 @@ pub enum LoadError {
         /// The module's id.
         module: String,
         /// The instantiation or init failure.
+        message: String,
+    },
+    /// The module breaks a rule of the sandbox: a WebAssembly feature or an
+    /// import it may not have, a size limit, or more memory than its limit.
+    #[error("module {module:?}: refused: {message}")]
+    Refused {
+        /// The module's id.
+        module: String,
+        /// Which rule, and how it is broken.
         message: String,
     },
     /// The module's limits are unusable.

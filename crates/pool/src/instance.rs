@@ -1,23 +1,24 @@
 //! One warm instance: its own `Store`, the guest's exports, and the call path
 //! that trusts nothing the guest returns.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rustmq_etl_abi::{
     decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
 };
-use rustmq_etl_core::{Message, Transformed};
+use rustmq_etl_core::{HeaderEdit, Message, Transformed};
 use wasmer::{
-    imports, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory, RuntimeError, Store,
-    TypedFunction, Value, WasmTypeList,
+    imports, AsStoreMut, Extern, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory,
+    RuntimeError, Store, TypedFunction, Value, WasmTypeList,
 };
 
+use crate::budget::{BUDGET_GLOBAL, START_EXPORT};
 use crate::error::{CallError, ErrorKind};
-use crate::fuel::FUEL_GLOBAL;
-use crate::limits;
 use crate::module::{Abi, CompiledModule, LOG_IMPORT};
+use crate::{deadline, limits};
 
 /// Most bytes of one guest log line; longer lines are cut.
 const MAX_LOG_LINE: usize = 4096;
@@ -25,22 +26,40 @@ const MAX_LOG_LINE: usize = 4096;
 const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
+/// Most edits one answer may hold: the host's work and memory for applying an
+/// answer stay linear in its size and bounded whatever the output cap.
+pub(crate) const MAX_EDITS: usize = 65_536;
 
 struct LogEnv {
     module: String,
     memory: Option<Memory>,
+    budget: Option<Global>,
     /// Lines written in the current call: shared with the instance, which resets
     /// it per call without going through the store.
     lines_this_call: Arc<AtomicU32>,
 }
 
-fn host_log(mut env: FunctionEnvMut<'_, LogEnv>, level: i32, ptr: i32, len: i32) {
-    let (data, store) = env.data_and_store_mut();
+/// `rmq_etl.log`. A call whose time is up traps here too, so that a guest
+/// calling the host in straight-line code is stopped as in a loop.
+fn host_log(
+    mut env: FunctionEnvMut<'_, LogEnv>,
+    level: i32,
+    ptr: i32,
+    len: i32,
+) -> Result<(), RuntimeError> {
+    let (data, mut store) = env.data_and_store_mut();
+    if let Some(budget) = &data.budget {
+        if matches!(budget.get(&mut store), Value::I64(n) if n < 0) {
+            return Err(RuntimeError::new("the call's time is up"));
+        }
+    }
     if data.lines_this_call.fetch_add(1, Ordering::Relaxed) >= MAX_LOG_LINES_PER_CALL {
         metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", "module" => data.module.clone()).increment(1);
-        return;
+        return Ok(());
     }
-    let Some(memory) = &data.memory else { return };
+    let Some(memory) = &data.memory else {
+        return Ok(());
+    };
     let len = (len as u32 as usize).min(MAX_LOG_LINE);
     let mut buffer = vec![0u8; len];
     if memory
@@ -49,7 +68,7 @@ fn host_log(mut env: FunctionEnvMut<'_, LogEnv>, level: i32, ptr: i32, len: i32)
         .is_err()
     {
         log::warn!(target: "rustmq_etl::guest", "{}: log call with a buffer outside its memory", data.module);
-        return;
+        return Ok(());
     }
     let text = String::from_utf8_lossy(&buffer);
     let level = match level {
@@ -59,6 +78,7 @@ fn host_log(mut env: FunctionEnvMut<'_, LogEnv>, level: i32, ptr: i32, len: i32)
         _ => log::Level::Error,
     };
     log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
+    Ok(())
 }
 
 enum Exports {
@@ -78,8 +98,10 @@ pub(crate) struct WarmInstance {
     lines_this_call: Arc<AtomicU32>,
     memory: Memory,
     exports: Exports,
-    /// The fuel left for the current call (see `fuel.rs`).
-    fuel: Global,
+    /// The instance's budget global (`budget.rs`), by address: the host sets
+    /// it before each call, and the watchdog writes it from its own thread
+    /// when the call's time is up. The `Store` above owns it.
+    budget: NonNull<i64>,
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
     pub(crate) calls: u64,
@@ -106,7 +128,9 @@ fn unpack(packed: i64) -> (u64, u64) {
 }
 
 impl WarmInstance {
-    /// Instantiates the module and runs its init function with `custom_config`.
+    /// Instantiates the module, runs its start function (if any) and its init
+    /// function with `custom_config`, each as a call with the module's time
+    /// budget.
     pub(crate) fn new(module: &CompiledModule) -> Result<WarmInstance, CallError> {
         let id = &module.id;
         let init_error = |message: String| CallError::new(ErrorKind::Init, id, message);
@@ -117,6 +141,7 @@ impl WarmInstance {
             LogEnv {
                 module: id.clone(),
                 memory: None,
+                budget: None,
                 lines_this_call: lines_this_call.clone(),
             },
         );
@@ -124,6 +149,8 @@ impl WarmInstance {
             LOG_IMPORT.0 => { LOG_IMPORT.1 => Function::new_typed_with_env(&mut store, &env, host_log) }
         };
         limits::reset_limit_hit();
+        // No guest code runs here: the budget middleware took the start
+        // function out of the module (run below, armed).
         let instance = Instance::new(&mut store, &module.module, &imports).map_err(|e| {
             let kind = if limits::limit_hit() {
                 ErrorKind::MemoryLimit
@@ -132,20 +159,19 @@ impl WarmInstance {
             };
             CallError::new(kind, id, format!("cannot instantiate: {e}"))
         })?;
-        let get_global = |name: &str| {
-            instance
-                .exports
-                .get_global(name)
-                .cloned()
-                .map_err(|e| init_error(format!("fuel global {name}: {e}")))
-        };
-        let fuel = get_global(FUEL_GLOBAL)?;
+        let budget = instance
+            .exports
+            .get_global(BUDGET_GLOBAL)
+            .cloned()
+            .map_err(|e| init_error(format!("budget global: {e}")))?;
         let memory = instance
             .exports
             .get_memory("memory")
             .cloned()
             .map_err(|e| init_error(e.to_string()))?;
-        env.as_mut(&mut store).memory = Some(memory.clone());
+        let data = env.as_mut(&mut store);
+        data.memory = Some(memory.clone());
+        data.budget = Some(budget.clone());
         let exports = match module.abi {
             Abi::V1 => Exports::V1 {
                 alloc: typed_export(&instance, &store, id, "rmq_alloc")?,
@@ -156,23 +182,26 @@ impl WarmInstance {
                 transform: typed_export(&instance, &store, id, "transform")?,
             },
         };
+        let budget = global_address(&mut store, &budget);
         let mut warm = WarmInstance {
             store,
             lines_this_call,
             memory,
             exports,
-            fuel,
+            budget,
             input: None,
             calls: 0,
             last_used: coarsetime::Instant::now_without_cache_update(),
         };
+        if instance.exports.get_function(START_EXPORT).is_ok() {
+            let start: TypedFunction<(), ()> =
+                typed_export(&instance, &warm.store, id, START_EXPORT)?;
+            warm.guarded(module, |store| start.call(store))?;
+        }
         if module.abi == Abi::V1 {
             let version: TypedFunction<(), i32> =
                 typed_export(&instance, &warm.store, id, "rmq_abi_version")?;
-            warm.refuel(module.fuel);
-            let found = version
-                .call(&mut warm.store)
-                .map_err(|e| warm.failure(module, e))?;
+            let found = warm.guarded(module, |store| version.call(store))?;
             if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
                 return Err(init_error(format!(
                     "speaks ABI version {found}; this host speaks version {}",
@@ -183,10 +212,9 @@ impl WarmInstance {
                 typed_export(&instance, &warm.store, id, "rmq_init")?;
             let config = module.config.custom_config.as_bytes();
             let ptr = warm.write_input(module, config)?;
-            warm.refuel(module.fuel);
-            let packed = init
-                .call(&mut warm.store, ptr as i32, config.len() as i32)
-                .map_err(|e| warm.failure(module, e))?;
+            let packed = warm.guarded(module, |store| {
+                init.call(store, ptr as i32, config.len() as i32)
+            })?;
             if packed != 0 {
                 let (ptr, len) = unpack(packed);
                 let len = len.min(MAX_INIT_ERROR as u64) as usize;
@@ -208,19 +236,38 @@ impl WarmInstance {
         Ok(warm)
     }
 
-    fn refuel(&mut self, fuel: u64) {
-        // Setting the cached global directly: looking it up by name per call
-        // costs more than the call itself.
-        let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
-        let _ = self.fuel.set(&mut self.store, Value::I64(fuel));
+    /// Runs guest code as one call: sets the budget to the module's bulk
+    /// allowance, arms the watchdog with the module's time budget, and
+    /// classifies a failure.
+    fn guarded<R>(
+        &mut self,
+        module: &CompiledModule,
+        call: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
+    ) -> Result<R, CallError> {
+        let budget = self.budget.as_ptr();
+        // SAFETY: `budget` points into this instance's store (see the field);
+        // no guest code runs now and the watchdog only writes while armed.
+        unsafe { AtomicI64::from_ptr(budget) }.store(module.bulk_allowance, Ordering::Relaxed);
+        limits::reset_limit_hit();
+        let store = &mut self.store;
+        // SAFETY: the store, which owns the budget global, outlives the call.
+        let result = unsafe {
+            deadline::run_armed(budget, module.config.execution_timeout_ms, || call(store))
+        };
+        result.map_err(|e| self.failure(module, e))
+    }
+
+    fn budget_left(&self) -> i64 {
+        // SAFETY: as in `guarded`; the watchdog is not armed now.
+        unsafe { AtomicI64::from_ptr(self.budget.as_ptr()) }.load(Ordering::Relaxed)
     }
 
     /// Classifies a failed guest call.
     fn failure(&mut self, module: &CompiledModule, error: RuntimeError) -> CallError {
         let id = &module.id;
-        // Fuel below zero: the budget ran out and a fuel check stopped the call.
-        let exhausted = matches!(self.fuel.get(&mut self.store), Value::I64(n) if n < 0);
-        if exhausted {
+        // A budget below zero: the watchdog found the call out of time, or its
+        // bulk operations spent the allowance, and a check stopped it.
+        if self.budget_left() < 0 {
             return CallError::new(
                 ErrorKind::Timeout,
                 id,
@@ -249,7 +296,7 @@ impl WarmInstance {
                 "accessed memory out of bounds (in Rust guests often a shadow-stack overflow from deep recursion)"
                     .to_owned()
             }
-            Some(code) => format!("trapped: {code}"),
+            Some(code) => format!("trapped: {}", code.message()),
             None => error.message(),
         };
         CallError::new(ErrorKind::Trap, id, cause)
@@ -283,18 +330,15 @@ impl WarmInstance {
                     Exports::Legacy { allocate, .. } => allocate,
                 };
                 let alloc = alloc.clone();
-                self.refuel(module.fuel);
-                limits::reset_limit_hit();
-                let ptr = alloc
-                    .call(&mut self.store, len as i32)
-                    .map_err(|e| self.failure(module, e))? as u32;
+                let ptr = self.guarded(module, |store| alloc.call(store, len as i32))? as u32;
                 self.input = Some((ptr, len));
                 ptr
             }
         };
         let view = self.memory.view(&self.store);
         let size = view.data_size();
-        if ptr == 0 || u64::from(ptr) + u64::from(len) > size {
+        let end = u64::from(ptr) + u64::from(len);
+        if ptr == 0 || end > size {
             self.input = None;
             return Err(CallError::new(
                 ErrorKind::InvalidOutput,
@@ -310,7 +354,7 @@ impl WarmInstance {
         // the logging function). A plain slice lets the host encode the message
         // straight into the guest, with no copy through a host buffer.
         let memory = unsafe { view.data_unchecked_mut() };
-        fill(&mut memory[ptr as usize..(ptr + len) as usize]);
+        fill(&mut memory[ptr as usize..end as usize]);
         Ok(ptr)
     }
 
@@ -378,11 +422,9 @@ impl WarmInstance {
             unreachable!("call_v1 on a legacy instance")
         };
         let transform = transform.clone();
-        self.refuel(module.fuel);
-        limits::reset_limit_hit();
-        let packed = transform
-            .call(&mut self.store, ptr as i32, len as i32)
-            .map_err(|e| self.failure(module, e))?;
+        let packed = self.guarded(module, |store| {
+            transform.call(store, ptr as i32, len as i32)
+        })?;
         let (out_ptr, out_len) = unpack(packed);
         self.read_output(module, out_ptr, out_len, |output| {
             apply(module, message, output)
@@ -399,11 +441,9 @@ impl WarmInstance {
             unreachable!("call_legacy on a v1 instance")
         };
         let transform = transform.clone();
-        self.refuel(module.fuel);
-        limits::reset_limit_hit();
-        let result = transform
-            .call(&mut self.store, ptr as i32, message.payload.len() as i32)
-            .map_err(|e| self.failure(module, e))? as u32 as u64;
+        let len = message.payload.len() as i32;
+        let result =
+            self.guarded(module, |store| transform.call(store, ptr as i32, len))? as u32 as u64;
         // The earlier ABI: a little-endian i32 length, then that many bytes.
         let len = self.read_output(module, result, 4, |b| {
             i32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -440,26 +480,64 @@ fn apply(
             text.to_owned(),
         )),
         OutcomeView::Edits(edits) => {
-            let mut out = message.clone();
-            for edit in edits {
+            // Each field is set once, whatever the number of edits; headers
+            // are applied in one linear pass after every edit was checked.
+            let mut payload = None;
+            let mut key = None;
+            let mut topic = None;
+            let mut headers = false;
+            for (n, edit) in edits.clone().enumerate() {
+                if n == MAX_EDITS {
+                    return Err(invalid(format!(
+                        "its answer holds more than {MAX_EDITS} edits"
+                    )));
+                }
                 match edit {
-                    Edit::SetPayload(p) => out.payload = Bytes::copy_from_slice(p),
-                    Edit::SetKey(k) => out.key = Some(Bytes::copy_from_slice(k)),
-                    Edit::ClearKey => out.key = None,
+                    Edit::SetPayload(p) => payload = Some(p),
+                    Edit::SetKey(k) => key = Some(Some(k)),
+                    Edit::ClearKey => key = Some(None),
                     Edit::SetTopic("") => return Err(invalid("it set an empty topic".to_owned())),
-                    Edit::SetTopic(t) => out.topic = t.to_owned(),
+                    Edit::SetTopic(t) => topic = Some(t),
                     Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
                         return Err(invalid(
                             "it named a header with the empty string".to_owned(),
                         ))
                     }
-                    Edit::SetHeader(name, value) => out.headers.set(name, value),
-                    Edit::RemoveHeader(name) => {
-                        out.headers.remove(name);
-                    }
+                    Edit::SetHeader(..) | Edit::RemoveHeader(_) => headers = true,
                 }
+            }
+            let mut out = message.clone();
+            if let Some(p) = payload {
+                out.payload = Bytes::copy_from_slice(p);
+            }
+            if let Some(k) = key {
+                out.key = k.map(Bytes::copy_from_slice);
+            }
+            if let Some(t) = topic {
+                out.topic = t.to_owned();
+            }
+            if headers {
+                out.headers.apply(edits.filter_map(|edit| match edit {
+                    Edit::SetHeader(name, value) => Some(HeaderEdit::Set(name, value)),
+                    Edit::RemoveHeader(name) => Some(HeaderEdit::Remove(name)),
+                    _ => None,
+                }));
             }
             Ok(Transformed::Replaced(out))
         }
     }
+}
+
+/// The address of a global's value inside its store.
+pub(crate) fn global_address(store: &mut Store, global: &Global) -> NonNull<i64> {
+    let handle = match Extern::Global(global.clone()).to_vm_extern().unwrap_sys() {
+        wasmer::sys::vm::VMExtern::Global(handle) => handle,
+        _ => unreachable!("a global's extern is a global"),
+    };
+    // `VMGlobalDefinition` is `repr(C, align(16))` around a `repr(C)` union
+    // whose `i64` member starts at offset 0.
+    handle
+        .get(store.objects_mut().as_sys())
+        .vmglobal()
+        .cast::<i64>()
 }

@@ -32,9 +32,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admission;
+mod budget;
 mod calibrate;
+mod deadline;
 mod error;
-mod fuel;
 mod instance;
 mod limits;
 mod local;
@@ -42,11 +44,18 @@ mod module;
 mod pool;
 mod stats;
 
-pub use calibrate::fuel_per_ms;
-#[doc(hidden)]
-pub use calibrate::{calibration_engine, SPIN as CALIBRATION_WASM};
+pub use admission::{CompileLimits, TABLE_ELEMENT_BYTES};
+pub use calibrate::bulk_bytes_per_ms;
 pub use error::{CallError, ErrorKind, LoadError};
 pub use local::{LoadedModule, LocalPool};
-pub use module::{Abi, ArtifactCache, ModuleConfig};
+pub use module::{Abi, ArtifactCache, CompileSettings, ModuleConfig};
 pub use pool::{LoadReport, Pool, PoolConfig};
+
+/// The engine the pool compiles a module with (the budget instrumentation,
+/// the accepted features, `memory_limit_bytes` for a module without tables),
+/// for the benches, which call an instance directly. Not part of the API.
+#[doc(hidden)]
+pub fn instrumented_engine(memory_limit_bytes: usize) -> wasmer::Engine {
+    module::engine(&admission::Admitted::without_tables(memory_limit_bytes))
+}
 pub use stats::ModuleStats;

@@ -1,7 +1,8 @@
-//! Memory limits: a `Tunables` that caps every memory an instance creates, and
-//! records on the calling thread when a guest tried to grow past the cap, so
-//! that the trap that usually follows (an allocation failure aborts) is reported
-//! as a memory-limit error.
+//! Memory limits: a `Tunables` that caps the memory and the tables an instance
+//! creates at what admission (`admission.rs`) left them of the module's memory
+//! limit, and records on the calling thread when a guest tried to grow its
+//! memory past the cap, so that the trap that usually follows (an allocation
+//! failure aborts) is reported as a memory-limit error.
 
 use std::cell::Cell;
 use std::ptr::NonNull;
@@ -12,6 +13,8 @@ use wasmer::sys::vm::{
 };
 use wasmer::sys::{BaseTunables, Tunables};
 use wasmer::{MemoryType, Pages, TableStyle, TableType};
+
+use crate::admission::Admitted;
 
 thread_local! {
     static LIMIT_HIT: Cell<bool> = const { Cell::new(false) };
@@ -27,18 +30,27 @@ pub(crate) fn limit_hit() -> bool {
     LIMIT_HIT.with(Cell::get)
 }
 
-/// Caps every memory of an engine's instances at `limit`.
+/// Caps the memory of an engine's instances at `limit` and every table at its
+/// declared maximum, or its initial size when it declares none.
 pub(crate) struct LimitingTunables {
     base: BaseTunables,
     limit: Pages,
 }
 
 impl LimitingTunables {
-    pub(crate) fn new(limit_bytes: usize) -> Self {
+    pub(crate) fn new(admitted: &Admitted) -> Self {
         LimitingTunables {
             base: BaseTunables::new(),
-            limit: Pages((limit_bytes / wasmer::WASM_PAGE_SIZE) as u32),
+            limit: Pages(admitted.memory_pages),
         }
+    }
+
+    /// Admission counted each table at its maximum against the memory limit;
+    /// this holds it there.
+    fn capped_table(ty: &TableType) -> TableType {
+        let mut capped = *ty;
+        capped.maximum = Some(ty.maximum.unwrap_or(ty.minimum));
+        capped
     }
 
     fn capped(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
@@ -98,7 +110,7 @@ impl Tunables for LimitingTunables {
     }
 
     fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
-        self.base.create_host_table(ty, style)
+        self.base.create_host_table(&Self::capped_table(ty), style)
     }
 
     unsafe fn create_vm_table(
@@ -108,7 +120,10 @@ impl Tunables for LimitingTunables {
         vm_definition_location: NonNull<VMTableDefinition>,
     ) -> Result<VMTable, String> {
         // SAFETY: forwarded unchanged from the engine, which guarantees it.
-        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+        unsafe {
+            self.base
+                .create_vm_table(&Self::capped_table(ty), style, vm_definition_location)
+        }
     }
 }
 

@@ -22,20 +22,18 @@ pub struct LoadedModule {
 }
 
 impl LoadedModule {
-    /// Compiles `wasm` (or loads it from `cache`) and checks its ABI and imports.
-    /// `fuel_per_ms` turns the module's time budget into metering points (see
-    /// [`fuel_per_ms`](crate::fuel_per_ms)).
+    /// Checks `wasm` against the sandbox's rules, compiles it (or loads it
+    /// from the settings' cache) and checks its ABI.
     pub fn compile(
         id: &str,
         wasm: &[u8],
         config: crate::ModuleConfig,
-        fuel_per_ms: u64,
-        cache: Option<&crate::ArtifactCache>,
+        settings: &crate::CompileSettings,
     ) -> Result<LoadedModule, crate::LoadError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static VERSIONS: AtomicU64 = AtomicU64::new(1);
         let version = VERSIONS.fetch_add(1, Ordering::Relaxed);
-        let compiled = crate::module::compile(id, version, wasm, config, fuel_per_ms, cache)?;
+        let compiled = crate::module::compile(id, version, wasm, config, settings)?;
         Ok(LoadedModule {
             counters: Arc::new(Counters::new(id)),
             compiled: Arc::new(compiled),
@@ -148,8 +146,10 @@ impl LocalPool {
             .expect("the slot exists or was inserted above")
     }
 
-    /// Creates an instance, waiting if this thread created too many in the last second.
-    fn create(slot: &mut Slot, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
+    /// When this thread may next create an instance of the slot's module:
+    /// `None` for now, or the moment its oldest creation of the last second
+    /// leaves the window (`max_creations_per_second`).
+    fn creation_allowed_at_slot(slot: &mut Slot, compiled: &CompiledModule) -> Option<Instant> {
         let per_second = compiled.config.max_creations_per_second.max(1) as usize;
         let now = Instant::now();
         while slot
@@ -159,13 +159,25 @@ impl LocalPool {
         {
             slot.creations.pop_front();
         }
-        if slot.creations.len() >= per_second {
-            if let Some(oldest) = slot.creations.front() {
-                std::thread::sleep(
-                    Duration::from_secs(1).saturating_sub(now.duration_since(*oldest)),
-                );
-            }
-            slot.creations.pop_front();
+        if slot.creations.len() < per_second {
+            return None;
+        }
+        slot.creations.front().map(|t| *t + Duration::from_secs(1))
+    }
+
+    /// Creates an instance, or answers [`ErrorKind::Throttled`](crate::ErrorKind::Throttled)
+    /// if this thread created too many in the last second (it never waits).
+    fn create(slot: &mut Slot, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
+        if let Some(at) = Self::creation_allowed_at_slot(slot, compiled) {
+            return Err(CallError::new(
+                crate::ErrorKind::Throttled,
+                &compiled.id,
+                format!(
+                    "created {} instances in the last second (max_creations_per_second); the next may be created in {:?}",
+                    slot.creations.len(),
+                    at.saturating_duration_since(Instant::now())
+                ),
+            ));
         }
         slot.creations.push_back(Instant::now());
         let instance = WarmInstance::new(compiled).map(Box::new);
@@ -196,14 +208,19 @@ impl LocalPool {
     ) -> Result<Transformed, CallError> {
         let compiled = &module.compiled;
         let slot = Self::slot(&mut self.slots, module);
-        let reused = slot.idle.pop_back();
-        slot.stats.call(reused.is_some());
-        let mut instance = match reused {
+        let mut instance = match slot.idle.pop_back() {
             Some(instance) => {
+                slot.stats.call(true);
                 slot.stats.idle(-1);
                 instance
             }
-            None => Self::create(slot, compiled)?,
+            None => {
+                // A throttled call is not counted: it has not happened yet.
+                if Self::creation_allowed_at_slot(slot, compiled).is_none() {
+                    slot.stats.call(false);
+                }
+                Self::create(slot, compiled)?
+            }
         };
         slot.stats.in_use(1);
         let result = instance.call(compiled, message);
@@ -246,6 +263,13 @@ impl LocalPool {
         }
         // A slot that only finished calls for a swapped-out version is done.
         self.slots.retain(|_, s| !(s.retired && s.idle.is_empty()));
+    }
+
+    /// When this pool may next create an instance of `module`, if it may not
+    /// now (see [`ErrorKind::Throttled`](crate::ErrorKind::Throttled)).
+    pub fn creation_allowed_at(&mut self, module: &LoadedModule) -> Option<Instant> {
+        let slot = Self::slot(&mut self.slots, module);
+        Self::creation_allowed_at_slot(slot, &module.compiled)
     }
 
     /// Drops every instance of a module.

@@ -1,21 +1,24 @@
 //! The pool: worker threads that own warm instances, fed through channels, and a
 //! `Send + Sync` front that async and blocking callers share.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustmq_etl_core::{Message, ModuleRunner, Transformed};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::admission::CompileLimits;
 use crate::error::{CallError, ErrorKind, LoadError};
 use crate::local::{LoadedModule, LocalPool};
-use crate::module::{ArtifactCache, ModuleConfig};
+use crate::module::{ArtifactCache, CompileSettings, ModuleConfig};
 use crate::stats::ModuleStats;
 
 /// How the pool runs.
@@ -25,10 +28,13 @@ pub struct PoolConfig {
     /// never runs on the caller's (async runtime's) threads.
     pub workers: usize,
     /// Where compiled artifacts are cached (default: none, compile every time).
+    /// The directory must be private to this user (see [`ArtifactCache`]).
     pub artifact_cache: Option<PathBuf>,
-    /// Metering points per millisecond of budget (default: measured at start,
-    /// see `docs/abi.md`, "Time budgets").
-    pub fuel_per_ms: Option<u64>,
+    /// Bytes of bulk memory work a call may do per millisecond of its budget
+    /// (default: measured at start, see `docs/abi.md`, "Time budgets").
+    pub bulk_bytes_per_ms: Option<u64>,
+    /// Limits on the modules this pool compiles.
+    pub compile_limits: CompileLimits,
     /// How often each worker drops instances idle past their time-to-live.
     pub cleaner_interval: Duration,
 }
@@ -38,7 +44,8 @@ impl Default for PoolConfig {
         PoolConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             artifact_cache: None,
-            fuel_per_ms: None,
+            bulk_bytes_per_ms: None,
+            compile_limits: CompileLimits::default(),
             cleaner_interval: Duration::from_secs(1),
         }
     }
@@ -83,8 +90,7 @@ struct Shared {
     modules: ArcSwap<HashMap<String, Arc<Entry>>>,
     load_lock: Mutex<()>,
     workers: Vec<Worker>,
-    fuel_per_ms: u64,
-    cache: Option<ArtifactCache>,
+    settings: CompileSettings,
 }
 
 /// Runs modules on worker threads that own warm instances.
@@ -119,11 +125,11 @@ pub struct LoadReport {
 }
 
 impl Pool {
-    /// Starts the worker threads (and measures the metering rate unless given).
+    /// Starts the worker threads (and measures the bulk rate unless given).
     pub fn new(config: PoolConfig) -> Result<Pool, String> {
-        let fuel_per_ms = match config.fuel_per_ms {
-            Some(f) => f,
-            None => crate::calibrate::fuel_per_ms()?,
+        let bulk_bytes_per_ms = match config.bulk_bytes_per_ms {
+            Some(rate) => rate,
+            None => crate::calibrate::bulk_bytes_per_ms()?,
         };
         let cache = match &config.artifact_cache {
             Some(dir) => Some(
@@ -146,8 +152,11 @@ impl Pool {
             modules: ArcSwap::from_pointee(HashMap::new()),
             load_lock: Mutex::new(()),
             workers,
-            fuel_per_ms,
-            cache,
+            settings: CompileSettings {
+                limits: config.compile_limits.clone(),
+                bulk_bytes_per_ms,
+                cache,
+            },
         });
         let threads = receivers
             .into_iter()
@@ -164,9 +173,9 @@ impl Pool {
         Ok(Pool { shared, threads })
     }
 
-    /// The metering points per millisecond this pool uses.
-    pub fn fuel_per_ms(&self) -> u64 {
-        self.shared.fuel_per_ms
+    /// The bytes of bulk memory work per millisecond of budget this pool allows.
+    pub fn bulk_bytes_per_ms(&self) -> u64 {
+        self.shared.settings.bulk_bytes_per_ms
     }
 
     /// Loads a module file; see [`Pool::load`].
@@ -198,13 +207,7 @@ impl Pool {
         wasm: &[u8],
         config: ModuleConfig,
     ) -> Result<LoadReport, LoadError> {
-        let module = LoadedModule::compile(
-            id,
-            wasm,
-            config,
-            self.shared.fuel_per_ms,
-            self.shared.cache.as_ref(),
-        )?;
+        let module = LoadedModule::compile(id, wasm, config, &self.shared.settings)?;
         // Instantiate and init once, on a worker (guest code runs only there),
         // so that a module that cannot start is refused before it replaces
         // anything.
@@ -394,41 +397,153 @@ impl ModuleRunner for Pool {
     }
 }
 
-fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval: Duration) {
-    let mut local = LocalPool::new();
-    // Checked after every job: the coarse clock costs a fraction of `Instant::now`.
-    let interval_coarse = coarsetime::Duration::from(interval);
-    let mut last_clean = coarsetime::Instant::now_without_cache_update();
-    loop {
-        match jobs.recv_timeout(interval) {
-            Ok(job) => {
-                shared.workers[index].queued.fetch_sub(1, Ordering::Relaxed);
-                match job {
-                    Job::Call {
-                        module,
-                        message,
-                        reply,
-                    } => {
-                        let _ = reply.send(local.call(&module, &message));
+/// A call that may not run yet (its module's instance creations are
+/// throttled), and when it may.
+struct Deferred {
+    at: Instant,
+    order: u64,
+    job: Job,
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Deferred {}
+impl PartialOrd for Deferred {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deferred {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// One worker thread: its warm instances, and the calls it put off.
+struct WorkerState {
+    local: LocalPool,
+    deferred: BinaryHeap<Reverse<Deferred>>,
+    deferrals: u64,
+}
+
+impl WorkerState {
+    /// Runs `f` on the worker's pool; a panic in it is caught, and the pool,
+    /// whose state it may have broken half-way, is replaced by an empty one.
+    fn contain<R>(&mut self, what: &str, f: impl FnOnce(&mut LocalPool) -> R) -> Result<R, String> {
+        catch_unwind(AssertUnwindSafe(|| f(&mut self.local))).map_err(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            log::error!("rustmq-etl worker: the host panicked while {what}: {text}; the worker's instances are dropped and it goes on");
+            self.local = LocalPool::new();
+            format!("the host failed while running this module (a rustmq-etl bug; please report it): {text}")
+        })
+    }
+
+    fn run(&mut self, job: Job) {
+        match job {
+            Job::Call {
+                module,
+                message,
+                reply,
+            } => {
+                let result = self
+                    .contain("running a call", |local| local.call(&module, &message))
+                    .unwrap_or_else(|text| Err(CallError::new(ErrorKind::Trap, module.id(), text)));
+                match result {
+                    Err(e) if e.kind() == ErrorKind::Throttled => {
+                        // Run it when the module may create an instance again,
+                        // serving other modules' calls meanwhile.
+                        let at = self
+                            .local
+                            .creation_allowed_at(&module)
+                            .unwrap_or_else(Instant::now);
+                        self.deferrals += 1;
+                        self.deferred.push(Reverse(Deferred {
+                            at,
+                            order: self.deferrals,
+                            job: Job::Call {
+                                module,
+                                message,
+                                reply,
+                            },
+                        }));
                     }
-                    Job::Warm { module, count } => {
-                        if let Err(e) = local.warm(&module, count) {
-                            log::warn!("module {:?}: warm-up failed: {e}", module.id());
-                        }
-                    }
-                    Job::Forget { id } => local.forget(&id),
-                    Job::Check { module, reply } => {
-                        let started = crate::instance::WarmInstance::new(&module.compiled);
-                        let _ = reply.send(started.map(drop));
+                    result => {
+                        let _ = reply.send(result);
                     }
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Job::Warm { module, count } => {
+                match self.contain("warming up", |local| local.warm(&module, count)) {
+                    Ok(Err(e)) if e.kind() == ErrorKind::Throttled => {}
+                    Ok(Err(e)) => log::warn!("module {:?}: warm-up failed: {e}", module.id()),
+                    Ok(Ok(())) | Err(_) => {}
+                }
+            }
+            Job::Forget { id } => {
+                let _ = self.contain("dropping instances", |local| local.forget(&id));
+            }
+            Job::Check { module, reply } => {
+                let started = self
+                    .contain("starting an instance", |_| {
+                        crate::instance::WarmInstance::new(&module.compiled).map(drop)
+                    })
+                    .unwrap_or_else(|text| Err(CallError::new(ErrorKind::Init, module.id(), text)));
+                let _ = reply.send(started);
+            }
+        }
+    }
+
+    /// Runs the deferred calls that are due; returns when the next one is.
+    fn run_due(&mut self) -> Option<Instant> {
+        loop {
+            let at = self.deferred.peek()?.0.at;
+            if at > Instant::now() {
+                return Some(at);
+            }
+            let Reverse(due) = self.deferred.pop()?;
+            self.run(due.job);
+        }
+    }
+}
+
+fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval: Duration) {
+    let mut state = WorkerState {
+        local: LocalPool::new(),
+        deferred: BinaryHeap::new(),
+        deferrals: 0,
+    };
+    // Checked after every job: the coarse clock costs a fraction of `Instant::now`.
+    let interval_coarse = coarsetime::Duration::from(interval);
+    let mut last_clean = coarsetime::Instant::now_without_cache_update();
+    let mut open = true;
+    while open || !state.deferred.is_empty() {
+        let wait = match state.run_due() {
+            Some(at) => at.saturating_duration_since(Instant::now()).min(interval),
+            None => interval,
+        };
+        if open {
+            match jobs.recv_timeout(wait) {
+                Ok(job) => {
+                    shared.workers[index].queued.fetch_sub(1, Ordering::Relaxed);
+                    state.run(job);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+        } else {
+            // Shutting down: only the deferred calls are left to answer.
+            std::thread::sleep(wait);
         }
         let now = coarsetime::Instant::now_without_cache_update();
         if now.duration_since(last_clean) >= interval_coarse {
-            local.evict_idle();
+            let _ = state.contain("dropping idle instances", LocalPool::evict_idle);
             last_clean = now;
         }
     }

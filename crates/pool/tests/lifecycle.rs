@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{Message, ModuleRunner, Transformed};
 use rustmq_etl_pool::{
-    ErrorKind, LoadError, LoadedModule, LocalPool, ModuleConfig, Pool, PoolConfig,
+    CompileLimits, CompileSettings, ErrorKind, LoadError, LoadedModule, LocalPool, ModuleConfig,
+    Pool, PoolConfig,
 };
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -16,16 +17,27 @@ fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// A module compiled for a `LocalPool`, at the fixed metering rate below.
-fn compile(id: &str, name: &str, config: ModuleConfig) -> LoadedModule {
-    LoadedModule::compile(id, &wasm(name), config, 1_000_000, None).unwrap()
+/// The settings of a `LocalPool` of these tests: the fixed rate below.
+fn settings() -> CompileSettings {
+    CompileSettings {
+        limits: CompileLimits::default(),
+        bulk_bytes_per_ms: RATE,
+        cache: None,
+    }
 }
 
-/// A fixed metering rate keeps these tests from calibrating again and again.
+/// A module compiled for a `LocalPool`.
+fn compile(id: &str, name: &str, config: ModuleConfig) -> LoadedModule {
+    LoadedModule::compile(id, &wasm(name), config, &settings()).unwrap()
+}
+
+/// A fixed bulk rate keeps these tests from calibrating again and again.
+const RATE: u64 = 1_000_000;
+
 fn pool(workers: usize) -> Pool {
     Pool::new(PoolConfig {
         workers,
-        fuel_per_ms: Some(1_000_000),
+        bulk_bytes_per_ms: Some(RATE),
         ..PoolConfig::default()
     })
     .unwrap()
@@ -96,7 +108,7 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
     let dir = tempfile::tempdir().unwrap();
     let config = PoolConfig {
         workers: 1,
-        fuel_per_ms: Some(1_000_000),
+        bulk_bytes_per_ms: Some(RATE),
         artifact_cache: Some(dir.path().to_owned()),
         ..PoolConfig::default()
     };
@@ -125,6 +137,9 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
     // Damage every artifact: it is detected, recompiled and rewritten.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "artifact") {
+            continue;
+        }
         let mut data = std::fs::read(&path).unwrap();
         let last = data.len() - 1;
         data[last] ^= 0xff;
@@ -191,7 +206,7 @@ fn warm_up_creates_instances_before_the_first_call() {
 fn idle_instances_are_evicted_by_the_background_cleaner() {
     let pool = Pool::new(PoolConfig {
         workers: 1,
-        fuel_per_ms: Some(1_000_000),
+        bulk_bytes_per_ms: Some(RATE),
         cleaner_interval: Duration::from_millis(20),
         ..PoolConfig::default()
     })

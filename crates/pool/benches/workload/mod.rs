@@ -1,14 +1,16 @@
-//! What the identity-call bench and the `call_loop` example both run: the
-//! identity module through a `LocalPool`, and the floor it is measured against
-//! (a bare wasmer typed call of an empty function plus a copy of the same 256
-//! payload bytes into its memory).
+//! What the pool's benches and the `call_loop` example both run: the identity
+//! module through a `LocalPool`, and the floor it is measured against (a bare
+//! wasmer typed call of an empty function plus a copy of the same 256 payload
+//! bytes into its memory); and a `serde_json` round trip of a 256-byte message
+//! (temperature-converter's transform) called straight on an instance, compiled
+//! with the pool's instrumentation and without it.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use rustmq_etl_core::Message;
-use rustmq_etl_pool::{LoadedModule, LocalPool, ModuleConfig};
-use wasmer::{imports, Instance, Memory, Module, Store, TypedFunction};
+use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool, ModuleConfig};
+use wasmer::{imports, Function, Instance, Memory, Module, Store, TypedFunction, Value};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules")
@@ -41,15 +43,23 @@ pub struct IdentityCall {
     pub message: Message,
 }
 
+/// Compile settings with the default limits, no cache and a given bulk rate.
+pub fn settings(bulk_bytes_per_ms: u64) -> CompileSettings {
+    CompileSettings {
+        limits: Default::default(),
+        bulk_bytes_per_ms,
+        cache: None,
+    }
+}
+
 impl IdentityCall {
-    pub fn new(fuel_per_ms: u64) -> IdentityCall {
+    pub fn new(bulk_bytes_per_ms: u64) -> IdentityCall {
         let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
         let module = LoadedModule::compile(
             "identity",
             &wasm,
             ModuleConfig::default(),
-            fuel_per_ms,
-            None,
+            &settings(bulk_bytes_per_ms),
         )
         .unwrap();
         let mut call = IdentityCall {
@@ -104,5 +114,108 @@ impl Floor {
                 .call(&mut self.store, 1024, self.payload.len() as i32)
                 .unwrap(),
         );
+    }
+}
+
+/// A 256-byte JSON reading in Celsius, encoded as the guest receives it.
+pub fn encoded_reading() -> Vec<u8> {
+    let mut payload = String::from(
+        r#"{"sensor_type":"temperature","unit":"celsius","reading":21.5,"device":"dev-1","note":""#,
+    );
+    while payload.len() < 254 {
+        payload.push('x');
+    }
+    payload.push_str(r#""}"#);
+    let mut m = Message::new("iot.sensors.temperature", payload);
+    m.headers.push("content-type", "application/json");
+    let parts = rustmq_etl_abi::MessageParts {
+        topic: &m.topic,
+        key: None,
+        headers: m.headers.iter(),
+        payload: &m.payload,
+        timestamp_ms: None,
+    };
+    let mut encoded = vec![0; rustmq_etl_abi::encoded_len(&parts)];
+    rustmq_etl_abi::encode_message_into(parts, &mut encoded);
+    encoded
+}
+
+/// temperature-converter's transform on a 256-byte reading, called straight on
+/// an instance: parse the payload into a `serde_json::Value`, edit two fields,
+/// write it back. `metered` compiles it with the pool's instrumentation (the
+/// budget set high, no watchdog); otherwise with plain Cranelift.
+pub struct RoundTrip {
+    store: Store,
+    transform: TypedFunction<(i32, i32), i64>,
+    input: i32,
+    len: i32,
+}
+
+impl RoundTrip {
+    pub fn new(metered: bool) -> RoundTrip {
+        let wasm = std::fs::read(fixtures().join("temperature-converter.wasm")).unwrap();
+        let engine = if metered {
+            rustmq_etl_pool::instrumented_engine(64 << 20)
+        } else {
+            wasmer::sys::EngineBuilder::new(wasmer::sys::Cranelift::default()).into()
+        };
+        let mut store = Store::new(engine);
+        let module = Module::new(&store, wasm).unwrap();
+        let log = Function::new_typed(&mut store, |_: i32, _: i32, _: i32| {});
+        let instance = Instance::new(
+            &mut store,
+            &module,
+            &imports! { "rmq_etl" => { "log" => log } },
+        )
+        .unwrap();
+        if metered {
+            instance
+                .exports
+                .get_global("rmq_etl_budget")
+                .unwrap()
+                .set(&mut store, Value::I64(i64::MAX / 4))
+                .unwrap();
+        }
+        let alloc: TypedFunction<i32, i32> = instance
+            .exports
+            .get_typed_function(&store, "rmq_alloc")
+            .unwrap();
+        let init: TypedFunction<(i32, i32), i64> = instance
+            .exports
+            .get_typed_function(&store, "rmq_init")
+            .unwrap();
+        let memory = instance.exports.get_memory("memory").unwrap().clone();
+        let config = b"null";
+        let at = alloc.call(&mut store, config.len() as i32).unwrap();
+        memory.view(&store).write(at as u64, config).unwrap();
+        assert_eq!(init.call(&mut store, at, config.len() as i32).unwrap(), 0);
+        let encoded = encoded_reading();
+        let input = alloc.call(&mut store, encoded.len() as i32).unwrap();
+        memory.view(&store).write(input as u64, &encoded).unwrap();
+        let transform = instance
+            .exports
+            .get_typed_function(&store, "rmq_transform")
+            .unwrap();
+        let mut round_trip = RoundTrip {
+            store,
+            transform,
+            input,
+            len: encoded.len() as i32,
+        };
+        // The answer is an edit of the payload (tag 2): the whole path ran.
+        let packed = round_trip.call();
+        let view = memory.view(&round_trip.store);
+        let mut tag = [0u8];
+        view.read((packed as u64) >> 32, &mut tag).unwrap();
+        assert_eq!(tag[0], 2, "temperature-converter answered with edits");
+        round_trip
+    }
+
+    pub fn call(&mut self) -> i64 {
+        black_box(
+            self.transform
+                .call(&mut self.store, self.input, black_box(self.len))
+                .unwrap(),
+        )
     }
 }

@@ -1,0 +1,260 @@
+//! The watchdog: ends a guest call when its time is up.
+//!
+//! Every thread that runs guest code has an [`Arm`], registered with one
+//! process-wide watchdog thread. Before guest code runs, the thread arms it
+//! with the call's deadline and the address of the instance's budget global
+//! (`budget.rs`); afterwards it disarms it. The watchdog wakes every
+//! millisecond while any arm is armed, and once an armed call is past its
+//! deadline it writes [`EXPIRED`] into that global, again on every tick until
+//! the call is disarmed (a guest charging a bulk operation at the same moment
+//! may overwrite one write, not two). The guest's next check (a loop header, a
+//! function entry, a bulk operation) then traps. With no call armed for a
+//! while, the watchdog parks and costs nothing.
+//!
+//! Deadlines are counted in the watchdog's milliseconds, read from an atomic
+//! the watchdog keeps current, so arming a call reads no clock. A call armed
+//! for `n` ms is stopped after at least `n` and at most about `n + 2` ms of
+//! wall time, plus the time to its next check.
+//!
+//! Cost per call: two stores to arm, a compare-and-swap to disarm; all on the
+//! calling thread's own cache line but for the watchdog's rare visits.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use crate::budget::EXPIRED;
+
+/// How often the watchdog looks at the armed calls.
+const TICK: Duration = Duration::from_millis(1);
+/// Ticks with nothing armed before the watchdog parks.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
+/// In an arm's state: the watchdog is writing to the target right now.
+const FIRING: u64 = 1 << 63;
+
+struct Watchdog {
+    start: Instant,
+    /// Milliseconds from `start`, as of the watchdog's last tick (or a
+    /// waker's reading of the clock).
+    now_ms: AtomicU64,
+    /// The watchdog is parked (or about to): `now_ms` may be stale.
+    parked: AtomicBool,
+    arms: Mutex<Vec<Arc<Arm>>>,
+    thread: OnceLock<Thread>,
+}
+
+/// One thread's registration with the watchdog.
+pub(crate) struct Arm {
+    /// 0 when idle; otherwise the watchdog millisecond at which the armed call
+    /// is out of time, with [`FIRING`] set while the watchdog writes.
+    state: AtomicU64,
+    /// The budget global of the instance whose call is armed.
+    target: AtomicPtr<i64>,
+}
+
+fn watchdog() -> &'static Watchdog {
+    static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
+    WATCHDOG.get_or_init(|| {
+        let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
+            start: Instant::now(),
+            now_ms: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            arms: Mutex::new(Vec::new()),
+            thread: OnceLock::new(),
+        }));
+        let thread = std::thread::Builder::new()
+            .name("rustmq-etl-watchdog".to_owned())
+            .spawn(move || watchdog.run())
+            .expect("cannot start the rustmq-etl watchdog thread");
+        let _ = watchdog.thread.set(thread.thread().clone());
+        watchdog
+    })
+}
+
+impl Watchdog {
+    fn clock_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn run(&self) {
+        let mut idle_ticks = 0;
+        loop {
+            let now = self.clock_ms();
+            self.now_ms.store(now, Ordering::SeqCst);
+            if self.visit(now) {
+                idle_ticks = 0;
+            } else {
+                idle_ticks += 1;
+            }
+            if idle_ticks < IDLE_TICKS_BEFORE_PARKING {
+                std::thread::sleep(TICK);
+                continue;
+            }
+            // Park, unless a call was armed meanwhile: an arming thread either
+            // is seen here, or sees `parked` and wakes this thread.
+            self.parked.store(true, Ordering::SeqCst);
+            if !self.visit(self.clock_ms()) {
+                std::thread::park();
+            }
+            self.wake();
+            idle_ticks = 0;
+        }
+    }
+
+    /// Stops the armed calls that are out of time; returns whether any call
+    /// is armed.
+    fn visit(&self, now: u64) -> bool {
+        let mut arms = self.arms.lock().unwrap_or_else(|p| p.into_inner());
+        // An arm only the watchdog still holds belongs to a thread that ended.
+        arms.retain(|arm| Arc::strong_count(arm) > 1);
+        let mut armed = false;
+        for arm in arms.iter() {
+            let state = arm.state.load(Ordering::SeqCst);
+            if state == 0 {
+                continue;
+            }
+            armed = true;
+            if state & FIRING != 0 || now < state {
+                continue;
+            }
+            if arm
+                .state
+                .compare_exchange(state, state | FIRING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                let target = arm.target.load(Ordering::SeqCst);
+                // SAFETY: the arming thread stored `target` before the state,
+                // and `Arm::disarm` does not return (so the instance holding
+                // the global is not dropped) while `FIRING` is set. The global
+                // is 16-byte aligned (`VMGlobalDefinition`), so it can be
+                // written atomically while the guest reads it.
+                unsafe { AtomicI64::from_ptr(target) }.store(EXPIRED, Ordering::SeqCst);
+                arm.state.store(state, Ordering::SeqCst);
+            }
+        }
+        armed
+    }
+
+    /// Brings `now_ms` up to date and un-parks the watchdog.
+    fn wake(&self) {
+        self.now_ms.store(self.clock_ms(), Ordering::SeqCst);
+        self.parked.store(false, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+thread_local! {
+    static ARM: Arc<Arm> = {
+        let arm = Arc::new(Arm {
+            state: AtomicU64::new(0),
+            target: AtomicPtr::new(std::ptr::null_mut()),
+        });
+        watchdog()
+            .arms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(arm.clone());
+        arm
+    };
+}
+
+/// Runs `f` with this thread's arm armed: once `budget_ms` milliseconds have
+/// passed, the watchdog writes [`EXPIRED`] to `*target` until `f` returns.
+///
+/// # Safety
+///
+/// `target` must point to an `i64` that stays valid, and that nothing but
+/// guest code and the watchdog accesses, until this function returns (the
+/// budget global of an instance that outlives the call).
+pub(crate) unsafe fn run_armed<R>(target: *mut i64, budget_ms: u64, f: impl FnOnce() -> R) -> R {
+    ARM.with(|arm| {
+        let watchdog = watchdog();
+        if watchdog.parked.load(Ordering::SeqCst) {
+            watchdog.wake();
+        }
+        let deadline = watchdog.now_ms.load(Ordering::SeqCst) + budget_ms.max(1) + 1;
+        arm.target.store(target, Ordering::Relaxed);
+        arm.state.store(deadline & !FIRING, Ordering::SeqCst);
+        if watchdog.parked.load(Ordering::SeqCst) {
+            watchdog.wake();
+        }
+        // Disarms on the way out, a panic included.
+        let _armed = Disarm(arm);
+        f()
+    })
+}
+
+struct Disarm<'a>(&'a Arm);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        let state = &self.0.state;
+        loop {
+            let current = state.load(Ordering::SeqCst);
+            if current & FIRING == 0
+                && state
+                    .compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return;
+            }
+            // The watchdog is writing to the target: a few instructions.
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call that outlives its budget sees the expired value, soon after the
+    /// budget and not before it.
+    #[test]
+    fn the_watchdog_writes_the_target_once_the_time_is_up() {
+        let target = AtomicI64::new(1);
+        let started = Instant::now();
+        let seen = unsafe {
+            run_armed(target.as_ptr(), 20, || {
+                while target.load(Ordering::SeqCst) >= 0 {
+                    std::hint::spin_loop();
+                }
+                started.elapsed()
+            })
+        };
+        assert!(seen >= Duration::from_millis(20), "{seen:?}");
+        assert_eq!(target.load(Ordering::SeqCst), EXPIRED);
+    }
+
+    /// A call that ends in time is never written to, even long after.
+    #[test]
+    fn a_call_that_ends_in_time_is_left_alone() {
+        let target = AtomicI64::new(5);
+        unsafe { run_armed(target.as_ptr(), 5, || ()) };
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(target.load(Ordering::SeqCst), 5);
+    }
+
+    /// After parking, the watchdog wakes for the next armed call and still
+    /// gives it its whole budget.
+    #[test]
+    fn a_parked_watchdog_wakes_for_a_new_call() {
+        // Make sure the watchdog exists, then let it park.
+        unsafe { run_armed(AtomicI64::new(0).as_ptr(), 1, || ()) };
+        std::thread::sleep(TICK * (IDLE_TICKS_BEFORE_PARKING + 50));
+        let target = AtomicI64::new(1);
+        let started = Instant::now();
+        let seen = unsafe {
+            run_armed(target.as_ptr(), 10, || {
+                while target.load(Ordering::SeqCst) >= 0 {
+                    std::hint::spin_loop();
+                }
+                started.elapsed()
+            })
+        };
+        assert!(seen >= Duration::from_millis(10), "{seen:?}");
+    }
+}

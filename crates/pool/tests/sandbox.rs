@@ -1,0 +1,749 @@
+//! The sandbox against modules written to break it: small WebAssembly text
+//! modules, one per way out, each loaded and called through the pool's public
+//! API. Every case checks the error kind, that the call ended within its
+//! bound (twice its time budget plus 10 ms, `docs/abi.md`), and that the next
+//! call, of the same module and of another module on the same worker, succeeds.
+//!
+//! The pool has one worker, so "the same worker" is certain, and the cases run
+//! one at a time (they measure time).
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustmq_etl_core::{Message, Transformed};
+use rustmq_etl_pool::{ErrorKind, LoadError, ModuleConfig, Pool, PoolConfig};
+
+/// The budget of every call here.
+const BUDGET_MS: u64 = 50;
+
+/// The bound every call must end within.
+fn bound(budget_ms: u64) -> Duration {
+    Duration::from_millis(2 * budget_ms + 10)
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool = Pool::new(PoolConfig {
+            workers: 1,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let identity = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/modules/identity.wasm"
+        ))
+        .unwrap();
+        pool.load("good", &identity, ModuleConfig::default())
+            .unwrap();
+        pool
+    })
+}
+
+/// One case at a time: they measure time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn config(budget_ms: u64) -> ModuleConfig {
+    ModuleConfig {
+        execution_timeout_ms: budget_ms,
+        ..ModuleConfig::default()
+    }
+}
+
+/// A version-1 module whose transform runs `attack` when the encoded message
+/// is longer than 100 bytes and answers "unchanged" otherwise. `extra` adds
+/// module fields; the data at 16 is the encoded "unchanged" answer, the text
+/// at 32 an encoded error answer "refused".
+fn module(attack: &str, extra: &str) -> Vec<u8> {
+    module_with_memory(attack, extra, 2)
+}
+
+fn module_with_memory(attack: &str, extra: &str, pages: u32) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
+          (memory (export "memory") {pages})
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
+            (if (i32.gt_u (local.get $len) (i32.const 100))
+              (then {attack}))
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00")
+          (data (i32.const 32) "\03\07\00\00\00refused")
+          {extra})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The packed answer "error: refused" (see `module`).
+const REFUSED: &str = "(return (i64.const 0x000000200000000c))";
+
+fn attack_message() -> Message {
+    Message::new("t", vec![b'a'; 200])
+}
+
+fn calm_message() -> Message {
+    Message::new("t", "ok")
+}
+
+/// Loads `wasm` as `id`, runs the attack, and checks the kind, the bound, and
+/// that the worker and the module serve the next calls.
+fn contained(id: &str, wasm: &[u8], budget_ms: u64, kind: ErrorKind) -> rustmq_etl_pool::CallError {
+    pool().load(id, wasm, config(budget_ms)).unwrap();
+    let started = Instant::now();
+    let result = pool().call_blocking(id, &attack_message());
+    let took = started.elapsed();
+    let err = result.expect_err("the attack must fail");
+    assert_eq!(err.kind(), kind, "{id}: {err}");
+    assert!(
+        took <= bound(budget_ms),
+        "{id}: the call took {took:?}, more than 2 × {budget_ms} ms + 10 ms"
+    );
+    next_calls_succeed(id);
+    err
+}
+
+fn next_calls_succeed(id: &str) {
+    assert_eq!(
+        pool().call_blocking(id, &calm_message()),
+        Ok(Transformed::Unchanged),
+        "{id}: the module's next call"
+    );
+    assert_eq!(
+        pool().call_blocking("good", &calm_message()),
+        Ok(Transformed::Unchanged),
+        "{id}: another module's next call on the same worker"
+    );
+}
+
+// ---- time: every instruction class stops at the budget ----
+
+#[test]
+fn a_bare_loop_stops_at_its_budget() {
+    let _serial = serial();
+    let err = contained(
+        "bare-loop",
+        &module("(loop $l (br $l))", ""),
+        BUDGET_MS,
+        ErrorKind::Timeout,
+    );
+    assert!(err.message().contains("50 ms"), "{err}");
+}
+
+#[test]
+fn bulk_memory_operations_in_a_loop_stop_at_the_budget() {
+    let _serial = serial();
+    let cases = [
+        (
+            "fill-loop",
+            "(loop $l (memory.fill (i32.const 65536) (i32.const 0xa5) (i32.const 262144)) (br $l))",
+            "",
+        ),
+        (
+            "copy-loop",
+            "(loop $l (memory.copy (i32.const 65536) (i32.const 0) (i32.const 262144)) (br $l))",
+            "",
+        ),
+        (
+            "init-loop",
+            "(loop $l (memory.init $seg (i32.const 4096) (i32.const 0) (i32.const 60000)) (br $l))",
+            &format!(r#"(data $seg "{}")"#, "x".repeat(60_000)),
+        ),
+    ];
+    for (id, attack, extra) in cases {
+        contained(
+            id,
+            &module_with_memory(attack, extra, 8),
+            BUDGET_MS,
+            ErrorKind::Timeout,
+        );
+    }
+}
+
+#[test]
+fn table_operations_in_a_loop_stop_at_the_budget() {
+    let _serial = serial();
+    let table = "(table $t 10000 10000 funcref) (elem $e func $f $f $f $f) (func $f)";
+    for (id, attack) in [
+        (
+            "table-fill-loop",
+            "(loop $l (table.fill $t (i32.const 0) (ref.null func) (i32.const 10000)) (br $l))",
+        ),
+        (
+            "table-copy-loop",
+            "(loop $l (table.copy $t $t (i32.const 1) (i32.const 0) (i32.const 9999)) (br $l))",
+        ),
+        (
+            "table-init-loop",
+            "(loop $l (table.init $t $e (i32.const 0) (i32.const 0) (i32.const 4)) (br $l))",
+        ),
+        (
+            "table-grow-loop",
+            "(loop $l (drop (table.grow $t (ref.null func) (i32.const 1))) (br $l))",
+        ),
+    ] {
+        contained(id, &module(attack, table), BUDGET_MS, ErrorKind::Timeout);
+    }
+}
+
+#[test]
+fn host_calls_and_failing_growth_in_a_loop_stop_at_the_budget() {
+    let _serial = serial();
+    for (id, attack) in [
+        (
+            "log-loop",
+            "(loop $l (call $log (i32.const 0) (i32.const 32) (i32.const 8)) (br $l))",
+        ),
+        (
+            "grow-loop",
+            "(loop $l (drop (memory.grow (i32.const 100000))) (br $l))",
+        ),
+        (
+            "indirect-loop",
+            "(loop $l (call_indirect $t (i32.const 0)) (br $l))",
+        ),
+    ] {
+        let extra = "(table $t 1 1 funcref) (elem (table $t) (i32.const 0) func $nop) (func $nop)";
+        contained(id, &module(attack, extra), BUDGET_MS, ErrorKind::Timeout);
+    }
+}
+
+/// Straight-line code: no loop, no call, only bulk operations, each charged.
+#[test]
+fn straight_line_bulk_operations_stop_at_the_budget() {
+    let _serial = serial();
+    let attack = "(memory.fill (i32.const 0) (i32.const 0xa5) (i32.const 16777216))\n".repeat(3000);
+    contained(
+        "straight-fills",
+        &module_with_memory(&attack, "", 257),
+        BUDGET_MS,
+        ErrorKind::Timeout,
+    );
+}
+
+/// A call chain without loops: every function entry is checked.
+#[test]
+fn a_wide_call_tree_stops_at_the_budget() {
+    let _serial = serial();
+    // Each level calls the next twice: 2^40 calls in all.
+    let mut extra = String::from("(func $f0)");
+    for level in 1..=40 {
+        let below = level - 1;
+        extra.push_str(&format!(
+            "(func $f{level} (call $f{below}) (call $f{below}))"
+        ));
+    }
+    contained(
+        "call-tree",
+        &module("(call $f40)", &extra),
+        BUDGET_MS,
+        ErrorKind::Timeout,
+    );
+}
+
+#[test]
+fn simd_and_trapping_arithmetic_are_contained() {
+    let _serial = serial();
+    let simd = "(local.set $ptr (i32.const 0)) (loop $l (v128.store (i32.const 0) (i32x4.mul (v128.load (i32.const 0)) (v128.load (i32.const 16)))) (br $l))";
+    contained(
+        "simd-loop",
+        &module(simd, ""),
+        BUDGET_MS,
+        ErrorKind::Timeout,
+    );
+    let divide = "(drop (i64.div_s (i64.const 1) (i64.extend_i32_u (i32.sub (local.get $len) (local.get $len)))))";
+    let err = contained(
+        "divide-by-zero",
+        &module(divide, ""),
+        BUDGET_MS,
+        ErrorKind::Trap,
+    );
+    assert!(err.message().contains("divi"), "{err}");
+    // Recursion through a table: the stack overflows, the host stays.
+    let recursion = "(call_indirect $t (type $v) (i32.const 0))";
+    let extra = "(type $v (func)) (table $t 1 1 funcref) (elem (table $t) (i32.const 0) func $r) (func $r (call_indirect $t (type $v) (i32.const 0)))";
+    let err = contained(
+        "indirect-recursion",
+        &module(recursion, extra),
+        BUDGET_MS,
+        ErrorKind::Trap,
+    );
+    assert!(err.message().contains("stack"), "{err}");
+}
+
+// ---- start functions, init, instantiation ----
+
+#[test]
+fn a_start_function_or_init_that_never_ends_is_refused_within_its_budget() {
+    let _serial = serial();
+    let looping_start = module("", "(func $s (loop $l (br $l))) (start $s)");
+    let fills = "(memory.fill (i32.const 0) (i32.const 1) (i32.const 16777216))\n".repeat(3000);
+    let filling_start = module_with_memory("", &format!("(func $s {fills}) (start $s)"), 257);
+    let looping_init = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    for (id, wasm) in [
+        ("looping-start", looping_start),
+        ("filling-start", filling_start),
+        ("looping-init", looping_init),
+    ] {
+        let started = Instant::now();
+        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        let took = started.elapsed();
+        match &err {
+            LoadError::Init { message, .. } => {
+                assert!(message.contains("time budget"), "{id}: {message}")
+            }
+            other => panic!("{id}: expected an init error, got {other:?}"),
+        }
+        // Loading also compiles: the bound is on top of that, so only the
+        // worker's share is checked here, through the next call.
+        eprintln!("{id}: refused after {took:?}");
+        let started = Instant::now();
+        assert_eq!(
+            pool().call_blocking("good", &calm_message()),
+            Ok(Transformed::Unchanged)
+        );
+        assert!(started.elapsed() < bound(BUDGET_MS));
+        assert!(!pool().modules().contains(&id.to_owned()));
+    }
+}
+
+// ---- memory: everything an instance holds counts ----
+
+#[test]
+fn tables_cannot_grow_past_the_memory_limit() {
+    let _serial = serial();
+    let table = "(table $t 0 funcref)";
+    // A failed growth answers "refused"; success would answer "unchanged".
+    for (id, delta) in [("grow-wrap", "-2"), ("grow-huge", "50000000")] {
+        let attack = format!(
+            "(if (i32.eq (table.grow $t (ref.null func) (i32.const {delta})) (i32.const -1)) (then {REFUSED}))"
+        );
+        let err = contained(id, &module(&attack, table), BUDGET_MS, ErrorKind::Guest);
+        assert_eq!(err.message(), "refused");
+    }
+}
+
+#[test]
+fn declared_tables_count_against_the_memory_limit() {
+    let _serial = serial();
+    let tables: String = (0..5)
+        .map(|i| format!("(table $t{i} 10000000 funcref)"))
+        .collect();
+    let err = pool()
+        .load("big-tables", &module("", &tables), config(BUDGET_MS))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Refused { message, .. } if message.contains("tables take")),
+        "{err}"
+    );
+    // A table whose initial size alone is over the limit.
+    let err = pool()
+        .load(
+            "huge-initial-table",
+            &module("", "(table 20000000 funcref)"),
+            config(BUDGET_MS),
+        )
+        .unwrap_err();
+    assert!(matches!(&err, LoadError::Refused { .. }), "{err}");
+    // A memory whose initial size is over the limit.
+    let err = pool()
+        .load(
+            "huge-memory",
+            &module_with_memory("", "", 2000),
+            config(BUDGET_MS),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("memory limit"), "{err}");
+    // A table with no maximum may not grow at all: it counts at its size.
+    let fixed = "(table $t 10 funcref)";
+    let attack = format!(
+        "(if (i32.eq (table.grow $t (ref.null func) (i32.const 1)) (i32.const -1)) (then {REFUSED}))"
+    );
+    contained(
+        "unbounded-table",
+        &module(&attack, fixed),
+        BUDGET_MS,
+        ErrorKind::Guest,
+    );
+}
+
+#[test]
+fn memory_growth_stops_at_the_limit_and_says_so() {
+    let _serial = serial();
+    let config = ModuleConfig {
+        memory_limit_bytes: 1 << 20,
+        ..config(BUDGET_MS)
+    };
+    let attack = "(if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))";
+    pool()
+        .load("grow-past", &module(attack, ""), config)
+        .unwrap();
+    let err = pool()
+        .call_blocking("grow-past", &attack_message())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MemoryLimit, "{err}");
+    next_calls_succeed("grow-past");
+}
+
+#[test]
+fn features_beyond_the_accepted_set_are_refused_at_load() {
+    let _serial = serial();
+    // Imports other than the log function: refused before compiling.
+    for (id, import) in [
+        ("imports-global", r#"(import "env" "g" (global i32))"#),
+        ("imports-table", r#"(import "env" "t" (table 1 funcref))"#),
+        (
+            "imports-wasi",
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+        ),
+    ] {
+        let wasm =
+            wat::parse_str(format!(r#"(module {import} (memory (export "memory") 1))"#)).unwrap();
+        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::Refused { message, .. } if message.contains("may import only")),
+            "{id}: {err}"
+        );
+    }
+    let cases = [
+        ("multi-memory", "(memory $m2 1)", "multiple memories"),
+        ("shared-memory", "", "threads"),
+        ("exceptions", "(tag $e) (func (throw $e))", "exceptions"),
+        ("tail-calls", "(func $g (return_call $g))", "tail calls"),
+    ];
+    for (id, extra, says) in cases {
+        let text = if id == "shared-memory" {
+            r#"(module (memory (export "memory") 1 1 shared))"#.to_owned()
+        } else {
+            format!(r#"(module (memory (export "memory") 1) {extra})"#)
+        };
+        let wasm = wat::parse_str(&text).unwrap();
+        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        match &err {
+            LoadError::Refused { message, .. } => {
+                assert!(message.to_lowercase().contains(says), "{id}: {message}")
+            }
+            other => panic!("{id}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+// ---- the host trusts nothing ----
+
+/// With a 4 GiB memory limit, an allocator answering `0 - len` once made the
+/// host's `ptr + len` wrap and killed the worker.
+#[test]
+fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
+    let _serial = serial();
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 2)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param $n i32) (result i32)
+            (if (result i32) (i32.gt_u (local.get $n) (i32.const 100))
+              (then (i32.sub (i32.const 0) (local.get $n)))
+              (else (i32.const 1024))))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00"))"#,
+    )
+    .unwrap();
+    let config = ModuleConfig {
+        memory_limit_bytes: 4 << 30,
+        ..config(BUDGET_MS)
+    };
+    pool().load("wrapping-alloc", &wasm, config).unwrap();
+    let err = pool()
+        .call_blocking("wrapping-alloc", &attack_message())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
+    next_calls_succeed("wrapping-alloc");
+}
+
+/// An encoded answer of `count` header edits, each setting a distinct name.
+fn header_edits(count: u32) -> Vec<u8> {
+    let mut answer = vec![2u8];
+    answer.extend(count.to_le_bytes());
+    for i in 0..count {
+        let name = format!("h{i:05}");
+        answer.push(5);
+        answer.extend((name.len() as u32).to_le_bytes());
+        answer.extend(name.as_bytes());
+        answer.extend(1u32.to_le_bytes());
+        answer.push(b'v');
+    }
+    answer
+}
+
+/// A module answering `answer` (from a data segment: no guest work at all).
+fn answering(answer: &[u8]) -> Vec<u8> {
+    let data: String = answer.iter().map(|b| format!("\\{b:02x}")).collect();
+    let packed = (65536u64 << 32) | answer.len() as u64;
+    let pages = (answer.len() >> 16) as u32 + 3;
+    module_with_memory(
+        &format!("(return (i64.const {packed}))"),
+        &format!(r#"(data (i32.const 65536) "{data}")"#),
+        pages,
+    )
+}
+
+/// An answer of 40,000 header edits with distinct names is applied in one
+/// linear pass (one edit at a time, each scanning every header, it took
+/// seconds); an answer of more than 65,536 edits is refused.
+#[test]
+fn many_header_edits_cost_linear_host_work_and_are_capped() {
+    let _serial = serial();
+    pool()
+        .load(
+            "many-headers",
+            &answering(&header_edits(40_000)),
+            config(BUDGET_MS),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let out = pool()
+        .call_blocking("many-headers", &attack_message())
+        .unwrap();
+    // Printed, not asserted: this test build does not optimise the host's
+    // code; `cargo xtask bench` measures the optimised one.
+    eprintln!("40,000 header edits applied in {:?}", started.elapsed());
+    match out {
+        Transformed::Replaced(m) => {
+            assert_eq!(m.headers.len(), 40_000);
+            assert_eq!(m.headers.get("h39999"), Some("v"));
+        }
+        other => panic!("expected the edits applied, got {other:?}"),
+    }
+    next_calls_succeed("many-headers");
+    pool()
+        .load(
+            "too-many-edits",
+            &answering(&header_edits(65_537)),
+            config(BUDGET_MS),
+        )
+        .unwrap();
+    let err = pool()
+        .call_blocking("too-many-edits", &attack_message())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
+    assert!(err.message().contains("more than 65536 edits"), "{err}");
+    next_calls_succeed("too-many-edits");
+}
+
+// ---- compilation ----
+
+fn refused_at_load(id: &str, text: &str, says: &str) {
+    let wasm = wat::parse_str(text).unwrap();
+    let started = Instant::now();
+    let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+    match &err {
+        LoadError::Refused { message, .. } => assert!(message.contains(says), "{id}: {message}"),
+        other => panic!("{id}: expected a refusal, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{id}: refusing took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Each shape below took Cranelift seconds to minutes to compile, in a module
+/// of a few kilobytes; each is refused by a limit before compiling starts.
+#[test]
+fn compile_time_bombs_are_refused_before_compiling() {
+    let _serial = serial();
+    let locals = |n: usize| "(local i64)".repeat(n);
+    let bump = |i: usize| format!("(local.set {i} (i64.add (local.get {i}) (i64.const 1)))");
+    // 200 nested loops, each looping, over 200 i64 locals: 11 s.
+    let mut body = "(loop ".repeat(200);
+    body.extend((0..200).map(bump));
+    body.extend((0..200).map(|d| format!("(br_if 0 (i32.wrap_i64 (local.get {d}))))")));
+    refused_at_load(
+        "nested-loops",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func {} {body}))"#,
+            locals(200)
+        ),
+        "locals × loop depth",
+    );
+    // 10,000 ifs in a row over 1,000 locals: 11 s.
+    let body: String = (0..10_000)
+        .map(|k| {
+            let (i, j) = (k % 1000, (k * 7 + 3) % 1000);
+            format!("(if (i32.wrap_i64 (local.get {j})) (then (local.set {i} (i64.add (local.get {j}) (local.get {i})))))")
+        })
+        .collect();
+    refused_at_load(
+        "joins",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func {} {body}))"#,
+            locals(1000)
+        ),
+        "control-flow joins",
+    );
+    // A br_table of a million targets: 2.5 s.
+    let targets = "0 ".repeat(1_000_000);
+    refused_at_load(
+        "huge-br-table",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func (param i32) (block (br_table {targets} (local.get 0)))))"#
+        ),
+        "br_table",
+    );
+    refused_at_load(
+        "many-locals",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func {}))"#,
+            locals(20_000)
+        ),
+        "locals",
+    );
+    refused_at_load(
+        "deep-blocks",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func {}{}))"#,
+            "(block ".repeat(300),
+            ")".repeat(300)
+        ),
+        "nests blocks",
+    );
+    refused_at_load(
+        "long-function",
+        &format!(
+            r#"(module (memory (export "memory") 1) (func {}))"#,
+            "(nop)".repeat(300_000)
+        ),
+        "operators",
+    );
+}
+
+// ---- the artifact cache runs only what this engine compiled ----
+
+/// An artifact not written by this cache — here one compiled without the
+/// pool's instrumentation, put where the cache keeps the module's artifact,
+/// with a header of the right shape — is ignored: the module is compiled again
+/// and runs with its limits.
+#[test]
+fn a_planted_artifact_is_never_run() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cached_pool = |dir: &std::path::Path| {
+        Pool::new(PoolConfig {
+            workers: 1,
+            artifact_cache: Some(dir.to_owned()),
+            bulk_bytes_per_ms: Some(pool().bulk_bytes_per_ms()),
+            ..PoolConfig::default()
+        })
+        .unwrap()
+    };
+    let looping = module("(loop $l (br $l))", "");
+    let report = cached_pool(dir.path())
+        .load("planted", &looping, config(BUDGET_MS))
+        .unwrap();
+    assert!(!report.from_cache);
+    // Compile the same module without instrumentation and plant it.
+    let plain = wasmer::Module::new(&wasmer::Store::default(), &looping).unwrap();
+    let artifact = plain.serialize().unwrap();
+    let mut planted = b"RMQETLA2".to_vec();
+    planted.extend([0u8; 32]);
+    planted.extend(&artifact);
+    let mut found = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "artifact") {
+            std::fs::write(&path, &planted).unwrap();
+            found += 1;
+        }
+    }
+    assert_eq!(found, 1);
+    let pool = cached_pool(dir.path());
+    let report = pool.load("planted", &looping, config(BUDGET_MS)).unwrap();
+    assert!(!report.from_cache, "the planted artifact was used");
+    let started = Instant::now();
+    let err = pool
+        .call_blocking("planted", &attack_message())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() <= bound(BUDGET_MS));
+    // The cache wrote its own artifact back, and uses it from now on.
+    assert!(
+        pool.load("planted", &looping, config(BUDGET_MS))
+            .unwrap()
+            .from_cache
+    );
+}
+
+/// A cache directory, or a key, that other users may write (or read) is refused.
+#[cfg(unix)]
+#[test]
+fn a_cache_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    rustmq_etl_pool::ArtifactCache::new(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(&cache).unwrap_err();
+    assert!(err.to_string().contains("other users may write"), "{err}");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = cache.join("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(&cache).unwrap_err();
+    assert!(err.to_string().contains("read or write"), "{err}");
+    let err = Pool::new(PoolConfig {
+        artifact_cache: Some(cache),
+        bulk_bytes_per_ms: Some(1),
+        ..PoolConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.contains("must be private"), "{err}");
+}
+
+// ---- one module cannot hold up another ----
+
+/// A module that traps on every call is throttled to 20 instance creations a
+/// second; its calls wait without holding the worker, so another module's
+/// call on the same worker is served at once.
+#[test]
+fn a_throttled_module_does_not_hold_up_the_worker() {
+    let _serial = serial();
+    let config = ModuleConfig {
+        max_creations_per_second: 20,
+        ..config(BUDGET_MS)
+    };
+    pool()
+        .load("trap-always", &module("unreachable", ""), config)
+        .unwrap();
+    // 40 failing calls: each discards its instance, so each needs a new one.
+    let callers: Vec<_> = (0..40)
+        .map(|_| std::thread::spawn(|| pool().call_blocking("trap-always", &attack_message())))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(
+            pool().call_blocking("good", &calm_message()),
+            Ok(Transformed::Unchanged)
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(BUDGET_MS),
+            "another module's call waited {:?}",
+            started.elapsed()
+        );
+    }
+    for caller in callers {
+        assert_eq!(caller.join().unwrap().unwrap_err().kind(), ErrorKind::Trap);
+    }
+}
