@@ -1,19 +1,23 @@
 //! Runs rustmq-etl WebAssembly modules on wasmer (Cranelift).
 //!
-//! - **Registry and artifact cache**: [`Pool::load`] compiles a module once (or
-//!   loads the compiled artifact from an [`ArtifactCache`] keyed by the module's
-//!   hash and the compile settings), checks that it speaks the rustmq-etl ABI (or
-//!   the earlier single-function one) and imports nothing but `rmq_etl.log`, and
-//!   starts one instance to prove it initialises before swapping it in.
+//! - **Registry and artifact cache**: [`Pool::load`] checks a module against the
+//!   sandbox's rules (accepted WebAssembly features, imports: nothing but
+//!   `rmq_etl.log`, size limits: [`CompileLimits`]), compiles it once on a
+//!   thread of its own with a deadline (or loads the compiled artifact from an
+//!   [`ArtifactCache`], private and authenticated), checks that it speaks the
+//!   rustmq-etl ABI (or the earlier single-function one), and starts one
+//!   instance to prove it initialises before swapping it in.
 //! - **Instances**: each has its own `Store` on one worker thread (wasmer's
 //!   `Store` is not `Send`); a [`LocalPool`] per thread keeps warm instances,
 //!   reuses them, recycles them after a number of calls, drops them when idle past
 //!   their time-to-live, and discards any that trapped, timed out, hit the memory
 //!   limit or answered garbage.
-//! - **Limits**: memory is capped by a custom `Tunables`; time by deterministic
-//!   fuel compiled into each module (charged per basic block, checked at loop
-//!   headers and function entries) whose budget is the call's milliseconds times
-//!   a rate measured at start ([`fuel_per_ms`]).
+//! - **Limits**: memory (the linear memory and the tables together) is capped
+//!   by a custom `Tunables`; time by checks compiled into each module (at
+//!   function entries, loop headers and bulk operations) that a watchdog
+//!   thread trips when a call's time is up, and by an allowance of bulk work
+//!   per call ([`bulk_bytes_per_ms`]). `docs/abi.md`, "What the sandbox
+//!   guarantees", has the bounds.
 //! - **Trust**: every pointer and length the guest returns is checked against its
 //!   memory and the output cap before anything is read.
 //!

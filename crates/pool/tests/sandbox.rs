@@ -10,8 +10,11 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use attacks::{module, module_with_memory};
 use rustmq_etl_core::{Message, Transformed};
 use rustmq_etl_pool::{ErrorKind, LoadError, ModuleConfig, Pool, PoolConfig};
+
+mod attacks;
 
 /// The budget of every call here.
 const BUDGET_MS: u64 = 50;
@@ -51,33 +54,6 @@ fn config(budget_ms: u64) -> ModuleConfig {
         execution_timeout_ms: budget_ms,
         ..ModuleConfig::default()
     }
-}
-
-/// A version-1 module whose transform runs `attack` when the encoded message
-/// is longer than 100 bytes and answers "unchanged" otherwise. `extra` adds
-/// module fields; the data at 16 is the encoded "unchanged" answer, the text
-/// at 32 an encoded error answer "refused".
-fn module(attack: &str, extra: &str) -> Vec<u8> {
-    module_with_memory(attack, extra, 2)
-}
-
-fn module_with_memory(attack: &str, extra: &str, pages: u32) -> Vec<u8> {
-    let text = format!(
-        r#"(module
-          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
-          (memory (export "memory") {pages})
-          (func (export "rmq_abi_version") (result i32) (i32.const 1))
-          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
-          (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
-            (if (i32.gt_u (local.get $len) (i32.const 100))
-              (then {attack}))
-            (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00")
-          (data (i32.const 32) "\03\07\00\00\00refused")
-          {extra})"#
-    );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// The packed answer "error: refused" (see `module`).
@@ -124,130 +100,16 @@ fn next_calls_succeed(id: &str) {
 // ---- time: every instruction class stops at the budget ----
 
 #[test]
-fn a_bare_loop_stops_at_its_budget() {
+fn every_instruction_class_stops_at_the_budget() {
     let _serial = serial();
-    let err = contained(
-        "bare-loop",
-        &module("(loop $l (br $l))", ""),
-        BUDGET_MS,
-        ErrorKind::Timeout,
-    );
-    assert!(err.message().contains("50 ms"), "{err}");
-}
-
-#[test]
-fn bulk_memory_operations_in_a_loop_stop_at_the_budget() {
-    let _serial = serial();
-    let cases = [
-        (
-            "fill-loop",
-            "(loop $l (memory.fill (i32.const 65536) (i32.const 0xa5) (i32.const 262144)) (br $l))",
-            "",
-        ),
-        (
-            "copy-loop",
-            "(loop $l (memory.copy (i32.const 65536) (i32.const 0) (i32.const 262144)) (br $l))",
-            "",
-        ),
-        (
-            "init-loop",
-            "(loop $l (memory.init $seg (i32.const 4096) (i32.const 0) (i32.const 60000)) (br $l))",
-            &format!(r#"(data $seg "{}")"#, "x".repeat(60_000)),
-        ),
-    ];
-    for (id, attack, extra) in cases {
-        contained(
-            id,
-            &module_with_memory(attack, extra, 8),
-            BUDGET_MS,
-            ErrorKind::Timeout,
-        );
+    for attack in attacks::time_attacks() {
+        let err = contained(attack.id, &attack.wasm, BUDGET_MS, ErrorKind::Timeout);
+        assert!(err.message().contains("50 ms"), "{}: {err}", attack.id);
     }
 }
 
 #[test]
-fn table_operations_in_a_loop_stop_at_the_budget() {
-    let _serial = serial();
-    let table = "(table $t 10000 10000 funcref) (elem $e func $f $f $f $f) (func $f)";
-    for (id, attack) in [
-        (
-            "table-fill-loop",
-            "(loop $l (table.fill $t (i32.const 0) (ref.null func) (i32.const 10000)) (br $l))",
-        ),
-        (
-            "table-copy-loop",
-            "(loop $l (table.copy $t $t (i32.const 1) (i32.const 0) (i32.const 9999)) (br $l))",
-        ),
-        (
-            "table-init-loop",
-            "(loop $l (table.init $t $e (i32.const 0) (i32.const 0) (i32.const 4)) (br $l))",
-        ),
-        (
-            "table-grow-loop",
-            "(loop $l (drop (table.grow $t (ref.null func) (i32.const 1))) (br $l))",
-        ),
-    ] {
-        contained(id, &module(attack, table), BUDGET_MS, ErrorKind::Timeout);
-    }
-}
-
-#[test]
-fn host_calls_and_failing_growth_in_a_loop_stop_at_the_budget() {
-    let _serial = serial();
-    for (id, attack) in [
-        (
-            "log-loop",
-            "(loop $l (call $log (i32.const 0) (i32.const 32) (i32.const 8)) (br $l))",
-        ),
-        (
-            "grow-loop",
-            "(loop $l (drop (memory.grow (i32.const 100000))) (br $l))",
-        ),
-        (
-            "indirect-loop",
-            "(loop $l (call_indirect $t (i32.const 0)) (br $l))",
-        ),
-    ] {
-        let extra = "(table $t 1 1 funcref) (elem (table $t) (i32.const 0) func $nop) (func $nop)";
-        contained(id, &module(attack, extra), BUDGET_MS, ErrorKind::Timeout);
-    }
-}
-
-/// Straight-line code: no loop, no call, only bulk operations, each charged.
-#[test]
-fn straight_line_bulk_operations_stop_at_the_budget() {
-    let _serial = serial();
-    let attack = "(memory.fill (i32.const 0) (i32.const 0xa5) (i32.const 16777216))\n".repeat(3000);
-    contained(
-        "straight-fills",
-        &module_with_memory(&attack, "", 257),
-        BUDGET_MS,
-        ErrorKind::Timeout,
-    );
-}
-
-/// A call chain without loops: every function entry is checked.
-#[test]
-fn a_wide_call_tree_stops_at_the_budget() {
-    let _serial = serial();
-    // Each level calls the next twice: 2^40 calls in all.
-    let mut extra = String::from("(func $f0)");
-    for level in 1..=40 {
-        let below = level - 1;
-        extra.push_str(&format!(
-            "(func $f{level} (call $f{below}) (call $f{below}))"
-        ));
-    }
-    contained(
-        "call-tree",
-        &module("(call $f40)", &extra),
-        BUDGET_MS,
-        ErrorKind::Timeout,
-    );
-}
-
-#[test]
-fn simd_and_trapping_arithmetic_are_contained() {
+fn trapping_arithmetic_and_runaway_recursion_are_contained() {
     let _serial = serial();
     let simd = "(local.set $ptr (i32.const 0)) (loop $l (v128.store (i32.const 0) (i32x4.mul (v128.load (i32.const 0)) (v128.load (i32.const 16)))) (br $l))";
     contained(
