@@ -8,6 +8,7 @@
 //!   1 set payload (bytes)   2 set key (bytes)   3 clear key
 //!   4 set topic (str)       5 set header (str name, str value)
 //!   6 remove header (str name)
+//!   7 set timestamp (i64)   8 clear timestamp
 //! error: str message
 //! ```
 
@@ -31,6 +32,10 @@ pub enum Edit<'a> {
     SetHeader(&'a str, &'a str),
     /// Remove every header of that name.
     RemoveHeader(&'a str),
+    /// Set the timestamp (milliseconds since the Unix epoch).
+    SetTimestamp(i64),
+    /// Remove the timestamp.
+    ClearTimestamp,
 }
 
 /// A guest's answer, to encode.
@@ -100,6 +105,11 @@ pub fn encode_outcome(outcome: &Outcome<'_>, out: &mut Vec<u8>) {
                         out.push(6);
                         put_bytes(out, n.as_bytes());
                     }
+                    Edit::SetTimestamp(ms) => {
+                        out.push(7);
+                        out.extend_from_slice(&ms.to_le_bytes());
+                    }
+                    Edit::ClearTimestamp => out.push(8),
                 }
             }
         }
@@ -153,6 +163,8 @@ fn read_edit<'a>(r: &mut Reader<'a>) -> Result<Edit<'a>, DecodeError> {
         4 => Edit::SetTopic(r.str()?),
         5 => Edit::SetHeader(r.str()?, r.str()?),
         6 => Edit::RemoveHeader(r.str()?),
+        7 => Edit::SetTimestamp(r.i64()?),
+        8 => Edit::ClearTimestamp,
         tag => return Err(DecodeError::UnknownTag { at, tag }),
     })
 }

@@ -30,6 +30,8 @@ enum OwnedEdit {
     Topic(String),
     Header(String, String),
     Remove(String),
+    Timestamp(i64),
+    ClearTimestamp,
 }
 
 fn edit() -> impl Strategy<Value = OwnedEdit> {
@@ -40,6 +42,8 @@ fn edit() -> impl Strategy<Value = OwnedEdit> {
         ".{0,6}".prop_map(OwnedEdit::Topic),
         (".{0,4}", ".{0,4}").prop_map(|(n, v)| OwnedEdit::Header(n, v)),
         ".{0,4}".prop_map(OwnedEdit::Remove),
+        any::<i64>().prop_map(OwnedEdit::Timestamp),
+        Just(OwnedEdit::ClearTimestamp),
     ]
 }
 
@@ -51,6 +55,8 @@ fn borrow(e: &OwnedEdit) -> Edit<'_> {
         OwnedEdit::Topic(t) => Edit::SetTopic(t),
         OwnedEdit::Header(n, v) => Edit::SetHeader(n, v),
         OwnedEdit::Remove(n) => Edit::RemoveHeader(n),
+        OwnedEdit::Timestamp(ms) => Edit::SetTimestamp(*ms),
+        OwnedEdit::ClearTimestamp => Edit::ClearTimestamp,
     }
 }
 

@@ -11,16 +11,18 @@ pub mod defaults {
     pub const GLOBAL_TIMEOUT_MS: u64 = 5_000;
     /// `max_retries`: 3 retries under `RetryWithBackoff`.
     pub const MAX_RETRIES: u32 = 3;
-    /// `memory_limit_bytes`: 64 MiB of linear memory per instance.
-    pub const MEMORY_LIMIT_BYTES: usize = 64 << 20;
+    use rustmq_etl_core::defaults as module;
+
+    /// `memory_limit_bytes`: 64 MiB of memory per instance.
+    pub const MEMORY_LIMIT_BYTES: usize = module::MEMORY_LIMIT_BYTES;
     /// `execution_timeout_ms`: 1 second per call.
-    pub const EXECUTION_TIMEOUT_MS: u64 = 1_000;
+    pub const EXECUTION_TIMEOUT_MS: u64 = module::EXECUTION_TIMEOUT_MS;
     /// `max_concurrent_instances`: 10 instances of one module at once.
-    pub const MAX_CONCURRENT_INSTANCES: u32 = 10;
+    pub const MAX_CONCURRENT_INSTANCES: u32 = module::MAX_CONCURRENT_INSTANCES;
     /// `enable_caching`: warm instances are kept and reused.
-    pub const ENABLE_CACHING: bool = true;
+    pub const ENABLE_CACHING: bool = module::ENABLE_CACHING;
     /// `cache_ttl_seconds`: an idle instance is kept for 5 minutes.
-    pub const CACHE_TTL_SECONDS: u64 = 300;
+    pub const CACHE_TTL_SECONDS: u64 = module::CACHE_TTL_SECONDS;
     /// `case_sensitive`: topic filters compare letters exactly.
     pub const CASE_SENSITIVE: bool = true;
 
@@ -232,6 +234,23 @@ pub enum ErrorHandlingStrategy {
     RetryWithBackoff,
     /// Route the message to the dead-letter output with the error.
     SendToDeadLetter,
+}
+
+impl ModuleInstanceConfig {
+    /// The settings the engine runs the module with: the one conversion
+    /// from a configuration's `instance_config` (the engine's own knobs keep
+    /// their defaults). `custom_config` becomes its JSON text.
+    pub fn to_settings(&self) -> rustmq_etl_core::ModuleSettings {
+        rustmq_etl_core::ModuleSettings {
+            memory_limit_bytes: self.memory_limit_bytes,
+            execution_timeout_ms: self.execution_timeout_ms,
+            max_concurrent_instances: self.max_concurrent_instances,
+            enable_caching: self.enable_caching,
+            idle_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds),
+            custom_config: self.custom_config.to_string(),
+            ..rustmq_etl_core::ModuleSettings::default()
+        }
+    }
 }
 
 impl TopicFilter {

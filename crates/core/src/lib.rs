@@ -1,8 +1,16 @@
-//! The message type every rustmq-etl crate shares, and its JSON Lines form.
+//! What every rustmq-etl crate agrees on: the message, and the contract between
+//! the orchestrator and the engines that run modules.
 //!
-//! A [`Message`] is what a broker hands to the ETL engine: a topic, an optional
-//! key, ordered headers, a payload and an optional timestamp. Key and payload are
-//! [`bytes::Bytes`], so a message is cheap to share between pipeline stages.
+//! - A [`Message`] is what a broker hands to the ETL engine: a topic, an
+//!   optional key, ordered headers, a payload and an optional timestamp. Key
+//!   and payload are [`bytes::Bytes`], so a message is cheap to share between
+//!   pipeline stages. Its JSON Lines form: [`Message::from_json_line`].
+//! - A module occurrence ([`ModuleSpec`]: a module id with its
+//!   [`ModuleSettings`]), what a call ends in ([`Outcome`], owned [`Edit`]s,
+//!   [`Message::apply`]) or fails with ([`CallError`] of an [`ErrorKind`]).
+//! - The contract ([`Engine`], [`ModuleRunner`], [`Task`], [`CallRequest`],
+//!   [`CallReport`]): the wasmer pool implements it, and so does a plain-Rust
+//!   stand-in for tests; the orchestrator runs modules through it only.
 //!
 //! ```
 //! use rustmq_etl_core::Message;
@@ -20,12 +28,18 @@
 
 mod headers;
 mod jsonl;
+mod module;
+mod outcome;
 mod runner;
+mod waiting;
 
 pub use bytes::Bytes;
 pub use headers::{HeaderEdit, Headers};
 pub use jsonl::MessageParseError;
-pub use runner::{ModuleRunner, Transformed};
+pub use module::{defaults, ModuleSettings, ModuleSpec};
+pub use outcome::{CallError, Edit, ErrorKind, Outcome};
+pub use runner::{Busy, CallReport, CallRequest, Engine, LoadError, ModuleRunner, Step, Task};
+pub use waiting::Waiting;
 
 /// One message as the broker hands it to the ETL engine.
 ///

@@ -1,32 +1,176 @@
-//! The one trait the orchestrator runs modules through.
+//! The contract between the orchestrator and whatever runs modules: the
+//! wasmer instance pool, or a plain Rust stand-in in tests.
+//!
+//! An [`Engine`] loads modules and owns threads, each with a [`ModuleRunner`]
+//! that calls modules synchronously on that thread. The orchestrator does not
+//! hop threads per call: it hands an engine thread a [`Task`] — a batch of
+//! messages — which runs every message's whole chain of calls there, through
+//! that thread's runner. A task that must wait (a retry's backoff, a module
+//! that may not start another instance yet) says until when, and the thread
+//! serves other tasks meanwhile: no thread ever sleeps for a task.
+//!
+//! Like tower's `Service`, the request is taken by value and a dropped task
+//! must not leave work behind: an engine asks [`Task::is_cancelled`] before it
+//! runs a task, and a cancelled task is dropped unrun, releasing what it holds.
 
-use std::future::Future;
+use std::time::{Duration, Instant};
 
-use crate::Message;
+use crate::{CallError, ErrorKind, Message, ModuleSpec, Outcome};
 
-/// What a module did with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transformed {
-    /// The message goes on as it was.
-    Unchanged,
-    /// The module dropped the message.
-    Dropped,
-    /// The message as the module left it.
-    Replaced(Message),
+/// One call of a module on a message. Built with [`CallRequest::new`] and
+/// grown with setters, so that a new parameter does not break callers (as
+/// regex-automata's `Input`).
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'m> {
+    message: &'m Message,
+    deadline: Option<(Instant, ErrorKind)>,
 }
 
-/// Runs a module, named by its id, on a message: the boundary between the
-/// orchestrator and whatever executes modules (the wasmer instance pool, or a
-/// plain Rust stand-in in tests). Timeouts, retries, circuit breaking and metrics
-/// wrap this trait; they do not live inside it.
-pub trait ModuleRunner: Send + Sync {
-    /// Why a run failed; implementations give it a kind a caller can act on.
-    type Error: std::error::Error + Send + Sync + 'static;
+impl<'m> CallRequest<'m> {
+    /// A call on `message`, bounded only by the module's own time budget.
+    pub fn new(message: &'m Message) -> Self {
+        CallRequest {
+            message,
+            deadline: None,
+        }
+    }
 
-    /// Runs `module` on `message`.
-    fn run(
-        &self,
-        module: &str,
-        message: &Message,
-    ) -> impl Future<Output = Result<Transformed, Self::Error>> + Send;
+    /// The call must also end by `at`; if that, rather than the module's own
+    /// budget, stops it, it fails with `kind` (the orchestrator passes
+    /// `StageTimeout` or `PipelineTimeout`). A call whose deadline has
+    /// passed fails at once without running. A later deadline than one set
+    /// before is ignored: the tightest applies.
+    pub fn deadline(mut self, at: Instant, kind: ErrorKind) -> Self {
+        if self.deadline.is_none_or(|(earlier, _)| at < earlier) {
+            self.deadline = Some((at, kind));
+        }
+        self
+    }
+
+    /// The message the module runs on.
+    pub fn message(&self) -> &'m Message {
+        self.message
+    }
+
+    /// The deadline set with [`CallRequest::deadline`], and the kind of the
+    /// failure if it stops the call.
+    pub fn get_deadline(&self) -> Option<(Instant, ErrorKind)> {
+        self.deadline
+    }
+}
+
+/// What one call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallReport {
+    /// Its outcome, or how it failed.
+    pub result: Result<Outcome, CallError>,
+    /// The version of the module that ran (a new load is a new version).
+    pub version: u64,
+    /// How long the call waited before it started (zero on an engine
+    /// thread's own runner).
+    pub queued: Duration,
+    /// How long it ran.
+    pub ran: Duration,
+    /// How many times the module was called for it (the runner calls once;
+    /// the orchestrator counts its retries).
+    pub attempts: u32,
+}
+
+/// A runner could not start the call now: nothing ran. Call again at `until`
+/// (a module's instance creations are throttled, or it already runs as many
+/// instances as it may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy {
+    /// When the call may start.
+    pub until: Instant,
+}
+
+/// Calls modules on the thread that owns it (an engine thread's warm
+/// instances, for the wasmer pool).
+pub trait ModuleRunner {
+    /// A loaded module, as its engine hands it out.
+    type Module;
+
+    /// Runs `module` on the request's message, within the request's deadline
+    /// and the module's own budget; `Err(Busy)` if it cannot start now.
+    fn call(&mut self, module: &Self::Module, request: CallRequest<'_>)
+        -> Result<CallReport, Busy>;
+}
+
+/// What a task asks of its thread after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The task is finished; drop it.
+    Done,
+    /// Run the task again at (or after) this moment; run others meanwhile.
+    WaitUntil(Instant),
+}
+
+/// Work for an engine thread: runs with that thread's runner, perhaps in
+/// several goes.
+pub trait Task<R>: Send {
+    /// Does as much of the work as it can now.
+    fn run(&mut self, runner: &mut R) -> Step;
+
+    /// Whether nobody waits for the result any more: the engine then drops
+    /// the task without running it.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Why a module could not be loaded. Nothing was swapped in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("module {module:?}: {message}")]
+pub struct LoadError {
+    module: String,
+    message: String,
+}
+
+impl LoadError {
+    /// A load of `module` that failed for `message`.
+    pub fn new(module: impl Into<String>, message: impl Into<String>) -> Self {
+        LoadError {
+            module: module.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The module's id.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// What went wrong, for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Loads modules and runs tasks on threads that each own a runner. The
+/// wasmer pool implements it; so does a plain Rust stand-in for tests.
+pub trait Engine: Send + Sync + 'static {
+    /// A loaded module: cheap to clone, shared by every thread.
+    type Module: Clone + Send + Sync + 'static;
+    /// What calls modules on an engine thread.
+    type Runner: ModuleRunner<Module = Self::Module>;
+
+    /// Compiles `wasm` as `spec` and proves that it starts (blocks the calling
+    /// thread, never runs guest code on it). The module is not yet used by
+    /// anything: the caller decides when to swap it in.
+    fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Self::Module, LoadError>;
+
+    /// The version of a loaded module (every load is a new one).
+    fn version(module: &Self::Module) -> u64;
+
+    /// Runs `task` on one of the engine's threads. Gives the task back if the
+    /// engine is shutting down.
+    fn submit(&self, task: Box<dyn Task<Self::Runner>>) -> Result<(), Box<dyn Task<Self::Runner>>>;
+
+    /// How many threads run tasks.
+    fn threads(&self) -> usize;
+
+    /// Publishes the engine's own statistics (instances, calls) to the
+    /// `metrics` facade now, for an exporter about to render them.
+    fn publish_metrics(&self) {}
 }

@@ -32,9 +32,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rustmq_etl_core::Message;
-use rustmq_etl_pool::{
-    bulk_bytes_per_ms, ArtifactCache, CompileSettings, LoadedModule, LocalPool, ModuleConfig,
-};
+use rustmq_etl_core::{CallRequest, ModuleSettings, ModuleSpec};
+use rustmq_etl_pool::{bulk_bytes_per_ms, ArtifactCache, CompileSettings, LoadedModule, LocalPool};
 use workload::{fixtures, settings, Floor, IdentityCall, RoundTrip};
 
 fn per_call(c: &mut Criterion) {
@@ -55,17 +54,26 @@ fn per_call(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("pooled_vs_on_demand");
     group.bench_function("optimised", |b| {
-        b.iter(|| local.call(&module, black_box(&message)).unwrap())
+        b.iter(|| {
+            local
+                .call(&module, CallRequest::new(black_box(&message)))
+                .unwrap()
+        })
     });
     // No rate limit on creating instances: the bench measures what one costs.
-    let fresh = ModuleConfig {
+    let fresh = ModuleSettings {
         enable_caching: false,
         max_creations_per_second: u32::MAX,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    let on_demand = LoadedModule::compile("identity-fresh", &wasm, fresh, &settings(rate)).unwrap();
+    let fresh = ModuleSpec::new("identity-fresh").with_settings(fresh);
+    let on_demand = LoadedModule::compile(&fresh, &wasm, &settings(rate)).unwrap();
     group.bench_function("baseline", |b| {
-        b.iter(|| local.call(&on_demand, black_box(&message)).unwrap())
+        b.iter(|| {
+            local
+                .call(&on_demand, CallRequest::new(black_box(&message)))
+                .unwrap()
+        })
     });
     group.finish();
 
@@ -127,17 +135,19 @@ fn interleaved(name: &str, mut optimised: impl FnMut(), mut baseline: impl FnMut
 /// Prints how long an infinite loop runs past (or short of) a 200 ms budget.
 fn timeout_precision(rate: u64) {
     let wasm = std::fs::read(fixtures().join("hostile-infinite-loop.wasm")).unwrap();
-    let config = ModuleConfig {
+    let budget = ModuleSettings {
         execution_timeout_ms: 200,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    let module = LoadedModule::compile("loop", &wasm, config, &settings(rate)).unwrap();
+    let spec = ModuleSpec::new("loop").with_settings(budget);
+    let module = LoadedModule::compile(&spec, &wasm, &settings(rate)).unwrap();
     let mut local = LocalPool::new();
     let attack = Message::new("t", "attack");
     let runs: Vec<String> = (0..5)
         .map(|_| {
             let started = std::time::Instant::now();
-            assert!(local.call(&module, &attack).is_err());
+            let report = local.call(&module, CallRequest::new(&attack)).unwrap();
+            assert!(report.result.is_err());
             format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0)
         })
         .collect();
@@ -167,7 +177,7 @@ fn startup(c: &mut Criterion) {
     let uncached = settings(1_000_000);
     let load_all = |settings: &CompileSettings| {
         for (id, wasm) in &modules {
-            black_box(LoadedModule::compile(id, wasm, ModuleConfig::default(), settings).unwrap());
+            black_box(LoadedModule::compile(&ModuleSpec::new(id), wasm, settings).unwrap());
         }
     };
     load_all(&cached);
@@ -196,9 +206,8 @@ fn resident_bytes() -> u64 {
 fn resident_memory_of_warm_instances(rate: u64) {
     let wasm = std::fs::read(fixtures().join("message-validator.wasm")).unwrap();
     let module = LoadedModule::compile(
-        "message-validator",
+        &ModuleSpec::new("message-validator"),
         &wasm,
-        ModuleConfig::default(),
         &settings(rate),
     )
     .unwrap();

@@ -12,7 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use rustmq_etl_pool::{CompileLimits, CompileSettings, LoadedModule, ModuleConfig};
+use rustmq_etl_core::ModuleSpec;
+use rustmq_etl_pool::{CompileLimits, CompileSettings, LoadedModule};
 
 fn locals(n: usize) -> String {
     "(local i64)".repeat(n)
@@ -134,7 +135,7 @@ fn main() {
     for (name, text) in cases {
         let wasm = wat::parse_str(&text).unwrap();
         let started = Instant::now();
-        let result = LoadedModule::compile("shape", &wasm, ModuleConfig::default(), &settings);
+        let result = LoadedModule::compile(&ModuleSpec::new("shape"), &wasm, &settings);
         let took = started.elapsed();
         let verdict = match result {
             Err(rustmq_etl_pool::LoadError::Abi { .. }) => "compiled".to_owned(),

@@ -12,8 +12,8 @@ mod attacks;
 
 use std::time::{Duration, Instant};
 
-use rustmq_etl_core::Message;
-use rustmq_etl_pool::{ModuleConfig, Pool, PoolConfig};
+use rustmq_etl_core::{ErrorKind, Message, ModuleSettings, ModuleSpec};
+use rustmq_etl_pool::{Pool, PoolConfig};
 
 fn main() {
     let pool = Pool::new(PoolConfig {
@@ -30,16 +30,17 @@ fn main() {
         let bound = Duration::from_millis(2 * budget_ms + 10);
         println!("budget {budget_ms} ms (bound {bound:?}):");
         for case in attacks::time_attacks() {
-            let config = ModuleConfig {
+            let settings = ModuleSettings {
                 execution_timeout_ms: budget_ms,
-                ..ModuleConfig::default()
+                ..ModuleSettings::default()
             };
-            pool.load(case.id, &case.wasm, config).unwrap();
+            let spec = ModuleSpec::new(case.id).with_settings(settings);
+            let module = pool.load(&spec, &case.wasm).unwrap();
             let slowest = (0..5)
                 .map(|_| {
                     let started = Instant::now();
-                    let err = pool.call_blocking(case.id, &attack).unwrap_err();
-                    assert_eq!(err.kind(), rustmq_etl_pool::ErrorKind::Timeout, "{err}");
+                    let err = pool.call_blocking(&module, &attack).unwrap_err();
+                    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
                     started.elapsed()
                 })
                 .max()

@@ -161,21 +161,46 @@ thread_local! {
     };
 }
 
+/// Which deadline a call was armed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// Its own budget: `budget_ms` from now.
+    Budget,
+    /// The caller's deadline, which came first.
+    Deadline,
+}
+
 /// Runs `f` with this thread's arm armed: once `budget_ms` milliseconds have
-/// passed, the watchdog writes [`EXPIRED`] to `*target` until `f` returns.
+/// passed, or `deadline` has if it comes first, the watchdog writes
+/// [`EXPIRED`] to `*target` until `f` returns. Says which of the two it armed.
 ///
 /// # Safety
 ///
 /// `target` must point to an `i64` that stays valid, and that nothing but
 /// guest code and the watchdog accesses, until this function returns (the
 /// budget global of an instance that outlives the call).
-pub(crate) unsafe fn run_armed<R>(target: *mut i64, budget_ms: u64, f: impl FnOnce() -> R) -> R {
+pub(crate) unsafe fn run_armed<R>(
+    target: *mut i64,
+    budget_ms: u64,
+    deadline: Option<Instant>,
+    f: impl FnOnce() -> R,
+) -> (R, Armed) {
     ARM.with(|arm| {
         let watchdog = watchdog();
         if watchdog.parked.load(Ordering::SeqCst) {
             watchdog.wake();
         }
-        let deadline = watchdog.now_ms.load(Ordering::SeqCst) + budget_ms.max(1) + 1;
+        let own = watchdog.now_ms.load(Ordering::SeqCst) + budget_ms.max(1) + 1;
+        // A deadline in the watchdog's milliseconds, rounded up: the call is
+        // never stopped before it.
+        let theirs = deadline.map(|at| {
+            let since = at.saturating_duration_since(watchdog.start);
+            since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0)
+        });
+        let (deadline, armed) = match theirs {
+            Some(theirs) if theirs < own => (theirs.max(1), Armed::Deadline),
+            _ => (own, Armed::Budget),
+        };
         arm.target.store(target, Ordering::Relaxed);
         arm.state.store(deadline & !FIRING, Ordering::SeqCst);
         if watchdog.parked.load(Ordering::SeqCst) {
@@ -183,7 +208,7 @@ pub(crate) unsafe fn run_armed<R>(target: *mut i64, budget_ms: u64, f: impl FnOn
         }
         // Disarms on the way out, a panic included.
         let _armed = Disarm(arm);
-        f()
+        (f(), armed)
     })
 }
 
@@ -217,8 +242,8 @@ mod tests {
     fn the_watchdog_writes_the_target_once_the_time_is_up() {
         let target = AtomicI64::new(1);
         let started = Instant::now();
-        let seen = unsafe {
-            run_armed(target.as_ptr(), 20, || {
+        let (seen, armed) = unsafe {
+            run_armed(target.as_ptr(), 20, None, || {
                 while target.load(Ordering::SeqCst) >= 0 {
                     std::hint::spin_loop();
                 }
@@ -226,14 +251,43 @@ mod tests {
             })
         };
         assert!(seen >= Duration::from_millis(20), "{seen:?}");
+        assert_eq!(armed, Armed::Budget);
         assert_eq!(target.load(Ordering::SeqCst), EXPIRED);
+    }
+
+    /// A caller's deadline before the budget's end is the one armed, and the
+    /// call is not stopped before it.
+    #[test]
+    fn an_earlier_deadline_is_armed_instead_of_the_budget() {
+        let target = AtomicI64::new(1);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(15);
+        let (seen, armed) = unsafe {
+            run_armed(target.as_ptr(), 10_000, Some(deadline), || {
+                while target.load(Ordering::SeqCst) >= 0 {
+                    std::hint::spin_loop();
+                }
+                Instant::now()
+            })
+        };
+        assert!(seen >= deadline, "stopped {:?} early", deadline - seen);
+        assert_eq!(armed, Armed::Deadline);
+        let (_, armed) = unsafe {
+            run_armed(
+                AtomicI64::new(0).as_ptr(),
+                5,
+                Some(deadline + Duration::from_secs(60)),
+                || (),
+            )
+        };
+        assert_eq!(armed, Armed::Budget, "a later deadline is not armed");
     }
 
     /// A call that ends in time is never written to, even long after.
     #[test]
     fn a_call_that_ends_in_time_is_left_alone() {
         let target = AtomicI64::new(5);
-        unsafe { run_armed(target.as_ptr(), 5, || ()) };
+        unsafe { run_armed(target.as_ptr(), 5, None, || ()) };
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(target.load(Ordering::SeqCst), 5);
     }
@@ -243,12 +297,12 @@ mod tests {
     #[test]
     fn a_parked_watchdog_wakes_for_a_new_call() {
         // Make sure the watchdog exists, then let it park.
-        unsafe { run_armed(AtomicI64::new(0).as_ptr(), 1, || ()) };
+        unsafe { run_armed(AtomicI64::new(0).as_ptr(), 1, None, || ()) };
         std::thread::sleep(TICK * (IDLE_TICKS_BEFORE_PARKING + 50));
         let target = AtomicI64::new(1);
         let started = Instant::now();
-        let seen = unsafe {
-            run_armed(target.as_ptr(), 10, || {
+        let (seen, _) = unsafe {
+            run_armed(target.as_ptr(), 10, None, || {
                 while target.load(Ordering::SeqCst) >= 0 {
                     std::hint::spin_loop();
                 }

@@ -1,89 +1,34 @@
-//! Errors with kinds a caller can act on.
+//! Errors with kinds a caller can act on: a failed call carries the kind of
+//! `rustmq-etl-core` (execution.md's kinds); a failed load says which step.
 
-use std::fmt;
+use rustmq_etl_core::ErrorKind;
 
-/// What went wrong in a call, as a label for metrics and decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The call ran past its time budget.
-    Timeout,
-    /// The guest tried to grow its memory past the limit.
-    MemoryLimit,
-    /// The guest trapped (panic, `unreachable`, stack overflow, bad memory access, …).
-    Trap,
-    /// The guest's answer broke the ABI (out of bounds, too large, malformed).
-    InvalidOutput,
-    /// The guest answered with an error of its own for this message.
-    Guest,
-    /// The module's init function refused its configuration, or instantiation failed.
-    Init,
-    /// No module with this id is loaded.
-    NotFound,
-    /// The pool is shutting down.
-    ShutDown,
-    /// A [`LocalPool`](crate::LocalPool) may not create another instance of
-    /// this module yet (`max_creations_per_second`); a [`Pool`](crate::Pool)
-    /// never answers this: its worker runs the call once it may.
-    Throttled,
+/// Whether an instance whose call failed with `kind` must be thrown away (it
+/// may be corrupt): every kind but the guest's own error answer. (A call that
+/// never started, `unavailable` or `circuit_open`, had no instance.)
+pub(crate) fn discards_instance(kind: ErrorKind) -> bool {
+    !matches!(kind, ErrorKind::GuestError)
 }
 
-impl ErrorKind {
-    /// A stable lowercase name, used as a metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::MemoryLimit => "memory_limit",
-            ErrorKind::Trap => "trap",
-            ErrorKind::InvalidOutput => "invalid_output",
-            ErrorKind::Guest => "guest_error",
-            ErrorKind::Init => "init",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::ShutDown => "shut_down",
-            ErrorKind::Throttled => "throttled",
-        }
-    }
-
-    /// Whether the instance that failed must be thrown away (it may be corrupt).
-    pub fn discards_instance(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Timeout
-                | ErrorKind::MemoryLimit
-                | ErrorKind::Trap
-                | ErrorKind::InvalidOutput
-                | ErrorKind::Init
-        )
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A failed call: its kind, the module, and what happened.
+/// A failed call: the module, its kind and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("module {module:?}: {message}")]
+#[error("module {module:?}: {error}")]
 pub struct CallError {
-    kind: ErrorKind,
     module: String,
-    message: String,
+    error: rustmq_etl_core::CallError,
 }
 
 impl CallError {
     pub(crate) fn new(kind: ErrorKind, module: &str, message: impl Into<String>) -> Self {
         CallError {
-            kind,
             module: module.to_owned(),
-            message: message.into(),
+            error: rustmq_etl_core::CallError::new(kind, message),
         }
     }
 
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.error.kind()
     }
 
     /// The module's id.
@@ -93,7 +38,13 @@ impl CallError {
 
     /// What happened, for a person.
     pub fn message(&self) -> &str {
-        &self.message
+        self.error.message()
+    }
+}
+
+impl From<CallError> for rustmq_etl_core::CallError {
+    fn from(e: CallError) -> Self {
+        e.error
     }
 }
 
@@ -152,4 +103,22 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<LoadError> for rustmq_etl_core::LoadError {
+    fn from(e: LoadError) -> Self {
+        let module = match &e {
+            LoadError::Read { module, .. }
+            | LoadError::Compile { module, .. }
+            | LoadError::Abi { module, .. }
+            | LoadError::Refused { module, .. }
+            | LoadError::Init { module, .. }
+            | LoadError::Limits { module, .. } => module.clone(),
+        };
+        // The text without the module prefix, which core's error adds again.
+        let text = e.to_string();
+        let prefix = format!("module {module:?}: ");
+        let message = text.strip_prefix(&prefix).unwrap_or(&text).to_owned();
+        rustmq_etl_core::LoadError::new(module, message)
+    }
 }

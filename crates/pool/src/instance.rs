@@ -4,19 +4,21 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rustmq_etl_abi::{
     decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
 };
-use rustmq_etl_core::{HeaderEdit, Message, Transformed};
+use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, Outcome};
 use wasmer::{
     imports, AsStoreMut, Extern, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory,
     RuntimeError, Store, TypedFunction, Value, WasmTypeList,
 };
 
 use crate::budget::{BUDGET_GLOBAL, START_EXPORT};
-use crate::error::{CallError, ErrorKind};
+use crate::deadline::Armed;
+use crate::error::CallError;
 use crate::module::{Abi, CompiledModule, LOG_IMPORT};
 use crate::{deadline, limits};
 
@@ -119,7 +121,7 @@ fn typed_export<Args: WasmTypeList, Rets: WasmTypeList>(
     instance
         .exports
         .get_typed_function(store, name)
-        .map_err(|e| CallError::new(ErrorKind::Init, module, e.to_string()))
+        .map_err(|e| CallError::new(ErrorKind::Unavailable, module, e.to_string()))
 }
 
 fn unpack(packed: i64) -> (u64, u64) {
@@ -133,7 +135,7 @@ impl WarmInstance {
     /// budget.
     pub(crate) fn new(module: &CompiledModule) -> Result<WarmInstance, CallError> {
         let id = &module.id;
-        let init_error = |message: String| CallError::new(ErrorKind::Init, id, message);
+        let init_error = |message: String| CallError::new(ErrorKind::Unavailable, id, message);
         let mut store = Store::new(module.engine.clone());
         let lines_this_call = Arc::new(AtomicU32::new(0));
         let env = FunctionEnv::new(
@@ -155,7 +157,7 @@ impl WarmInstance {
             let kind = if limits::limit_hit() {
                 ErrorKind::MemoryLimit
             } else {
-                ErrorKind::Init
+                ErrorKind::Unavailable
             };
             CallError::new(kind, id, format!("cannot instantiate: {e}"))
         })?;
@@ -196,12 +198,12 @@ impl WarmInstance {
         if instance.exports.get_function(START_EXPORT).is_ok() {
             let start: TypedFunction<(), ()> =
                 typed_export(&instance, &warm.store, id, START_EXPORT)?;
-            warm.guarded(module, |store| start.call(store))?;
+            warm.guarded(module, None, |store| start.call(store))?;
         }
         if module.abi == Abi::V1 {
             let version: TypedFunction<(), i32> =
                 typed_export(&instance, &warm.store, id, "rmq_abi_version")?;
-            let found = warm.guarded(module, |store| version.call(store))?;
+            let found = warm.guarded(module, None, |store| version.call(store))?;
             if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
                 return Err(init_error(format!(
                     "speaks ABI version {found}; this host speaks version {}",
@@ -210,9 +212,9 @@ impl WarmInstance {
             }
             let init: TypedFunction<(i32, i32), i64> =
                 typed_export(&instance, &warm.store, id, "rmq_init")?;
-            let config = module.config.custom_config.as_bytes();
-            let ptr = warm.write_input(module, config)?;
-            let packed = warm.guarded(module, |store| {
+            let config = module.settings.custom_config.as_bytes();
+            let ptr = warm.write_input(module, None, config)?;
+            let packed = warm.guarded(module, None, |store| {
                 init.call(store, ptr as i32, config.len() as i32)
             })?;
             if packed != 0 {
@@ -237,11 +239,12 @@ impl WarmInstance {
     }
 
     /// Runs guest code as one call: sets the budget to the module's bulk
-    /// allowance, arms the watchdog with the module's time budget, and
-    /// classifies a failure.
+    /// allowance, arms the watchdog with the module's time budget (or the
+    /// caller's deadline, if earlier), and classifies a failure.
     fn guarded<R>(
         &mut self,
         module: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
         call: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
     ) -> Result<R, CallError> {
         let budget = self.budget.as_ptr();
@@ -251,10 +254,21 @@ impl WarmInstance {
         limits::reset_limit_hit();
         let store = &mut self.store;
         // SAFETY: the store, which owns the budget global, outlives the call.
-        let result = unsafe {
-            deadline::run_armed(budget, module.config.execution_timeout_ms, || call(store))
+        let (result, armed) = unsafe {
+            deadline::run_armed(
+                budget,
+                module.settings.execution_timeout_ms,
+                deadline.map(|(at, _)| at),
+                || call(store),
+            )
         };
-        result.map_err(|e| self.failure(module, e))
+        result.map_err(|e| {
+            let stopped_by = match (armed, deadline) {
+                (Armed::Deadline, Some((_, kind))) => kind,
+                _ => ErrorKind::Timeout,
+            };
+            self.failure(module, e, stopped_by)
+        })
     }
 
     fn budget_left(&self) -> i64 {
@@ -262,20 +276,27 @@ impl WarmInstance {
         unsafe { AtomicI64::from_ptr(self.budget.as_ptr()) }.load(Ordering::Relaxed)
     }
 
-    /// Classifies a failed guest call.
-    fn failure(&mut self, module: &CompiledModule, error: RuntimeError) -> CallError {
+    /// Classifies a failed guest call; `stopped_by` is the kind of the
+    /// deadline that was armed (the module's own budget: `timeout`).
+    fn failure(
+        &mut self,
+        module: &CompiledModule,
+        error: RuntimeError,
+        stopped_by: ErrorKind,
+    ) -> CallError {
         let id = &module.id;
         // A budget below zero: the watchdog found the call out of time, or its
         // bulk operations spent the allowance, and a check stopped it.
         if self.budget_left() < 0 {
-            return CallError::new(
-                ErrorKind::Timeout,
-                id,
-                format!(
+            let message = match stopped_by {
+                ErrorKind::StageTimeout => "the stage's time ran out while it ran".to_owned(),
+                ErrorKind::PipelineTimeout => "the pipeline's time ran out while it ran".to_owned(),
+                _ => format!(
                     "ran past its time budget of {} ms",
-                    module.config.execution_timeout_ms
+                    module.settings.execution_timeout_ms
                 ),
-            );
+            };
+            return CallError::new(stopped_by, id, message);
         }
         if limits::limit_hit() {
             return CallError::new(
@@ -283,7 +304,7 @@ impl WarmInstance {
                 id,
                 format!(
                     "tried to grow its memory past its limit of {} bytes",
-                    module.config.memory_limit_bytes
+                    module.settings.memory_limit_bytes
                 ),
             );
         }
@@ -303,8 +324,15 @@ impl WarmInstance {
     }
 
     /// Writes `bytes` into the guest's input buffer; returns its address.
-    fn write_input(&mut self, module: &CompiledModule, bytes: &[u8]) -> Result<u32, CallError> {
-        self.fill_input(module, bytes.len(), |buffer| buffer.copy_from_slice(bytes))
+    fn write_input(
+        &mut self,
+        module: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
+        bytes: &[u8],
+    ) -> Result<u32, CallError> {
+        self.fill_input(module, deadline, bytes.len(), |buffer| {
+            buffer.copy_from_slice(bytes)
+        })
     }
 
     /// Lets `fill` write exactly `len` bytes into the guest's input buffer, asking
@@ -312,6 +340,7 @@ impl WarmInstance {
     fn fill_input(
         &mut self,
         module: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<u32, CallError> {
@@ -330,7 +359,8 @@ impl WarmInstance {
                     Exports::Legacy { allocate, .. } => allocate,
                 };
                 let alloc = alloc.clone();
-                let ptr = self.guarded(module, |store| alloc.call(store, len as i32))? as u32;
+                let ptr =
+                    self.guarded(module, deadline, |store| alloc.call(store, len as i32))? as u32;
                 self.input = Some((ptr, len));
                 ptr
             }
@@ -369,10 +399,10 @@ impl WarmInstance {
     ) -> Result<R, CallError> {
         let invalid =
             |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
-        if len > module.config.max_output_bytes as u64 {
+        if len > module.settings.max_output_bytes as u64 {
             return Err(invalid(format!(
                 "its answer is {len} bytes, more than the {}-byte output limit",
-                module.config.max_output_bytes
+                module.settings.max_output_bytes
             )));
         }
         let view = self.memory.view(&self.store);
@@ -390,17 +420,18 @@ impl WarmInstance {
         Ok(read(&memory[ptr as usize..(ptr + len) as usize]))
     }
 
-    /// Runs the module on `message`.
+    /// Runs the module on `message`, within its budget and `deadline`.
     pub(crate) fn call(
         &mut self,
         module: &CompiledModule,
         message: &Message,
-    ) -> Result<Transformed, CallError> {
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<Outcome, CallError> {
         self.calls += 1;
         self.lines_this_call.store(0, Ordering::Relaxed);
         match module.abi {
-            Abi::V1 => self.call_v1(module, message),
-            Abi::Legacy => self.call_legacy(module, message),
+            Abi::V1 => self.call_v1(module, message, deadline),
+            Abi::Legacy => self.call_legacy(module, message, deadline),
         }
     }
 
@@ -408,7 +439,8 @@ impl WarmInstance {
         &mut self,
         module: &CompiledModule,
         message: &Message,
-    ) -> Result<Transformed, CallError> {
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<Outcome, CallError> {
         let parts = MessageParts {
             topic: &message.topic,
             key: message.key.as_deref(),
@@ -417,33 +449,35 @@ impl WarmInstance {
             timestamp_ms: message.timestamp_ms,
         };
         let len = encoded_len(&parts);
-        let ptr = self.fill_input(module, len, |buffer| encode_message_into(parts, buffer))?;
+        let ptr = self.fill_input(module, deadline, len, |buffer| {
+            encode_message_into(parts, buffer)
+        })?;
         let Exports::V1 { transform, .. } = &self.exports else {
             unreachable!("call_v1 on a legacy instance")
         };
         let transform = transform.clone();
-        let packed = self.guarded(module, |store| {
+        let packed = self.guarded(module, deadline, |store| {
             transform.call(store, ptr as i32, len as i32)
         })?;
         let (out_ptr, out_len) = unpack(packed);
-        self.read_output(module, out_ptr, out_len, |output| {
-            apply(module, message, output)
-        })?
+        self.read_output(module, out_ptr, out_len, |output| outcome(module, output))?
     }
 
     fn call_legacy(
         &mut self,
         module: &CompiledModule,
         message: &Message,
-    ) -> Result<Transformed, CallError> {
-        let ptr = self.write_input(module, &message.payload)?;
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<Outcome, CallError> {
+        let ptr = self.write_input(module, deadline, &message.payload)?;
         let Exports::Legacy { transform, .. } = &self.exports else {
             unreachable!("call_legacy on a v1 instance")
         };
         let transform = transform.clone();
         let len = message.payload.len() as i32;
-        let result =
-            self.guarded(module, |store| transform.call(store, ptr as i32, len))? as u32 as u64;
+        let result = self.guarded(module, deadline, |store| {
+            transform.call(store, ptr as i32, len)
+        })? as u32 as u64;
         // The earlier ABI: a little-endian i32 length, then that many bytes.
         let len = self.read_output(module, result, 4, |b| {
             i32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -456,76 +490,59 @@ impl WarmInstance {
             )
         })?;
         let payload = self.read_output(module, result + 4, len, Bytes::copy_from_slice)?;
-        let mut out = message.clone();
-        out.payload = payload;
-        Ok(Transformed::Replaced(out))
+        Ok(Outcome::Edited(vec![MessageEdit::SetPayload(payload)]))
     }
 }
 
-/// Checks the guest's answer and applies it to (a copy of) the message.
-fn apply(
-    module: &CompiledModule,
-    message: &Message,
-    output: &[u8],
-) -> Result<Transformed, CallError> {
+/// Checks the guest's answer and copies it out of the guest's memory: every
+/// edit is checked (an empty topic or header name, more than [`MAX_EDITS`]
+/// edits) before anything is copied.
+fn outcome(module: &CompiledModule, output: &[u8]) -> Result<Outcome, CallError> {
     let invalid = |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
     let outcome =
         decode_outcome(output).map_err(|e| invalid(format!("its answer does not decode: {e}")))?;
-    match outcome {
-        OutcomeView::Unchanged => Ok(Transformed::Unchanged),
-        OutcomeView::Drop => Ok(Transformed::Dropped),
-        OutcomeView::Error(text) => Err(CallError::new(
-            ErrorKind::Guest,
-            &module.id,
-            text.to_owned(),
-        )),
-        OutcomeView::Edits(edits) => {
-            // Each field is set once, whatever the number of edits; headers
-            // are applied in one linear pass after every edit was checked.
-            let mut payload = None;
-            let mut key = None;
-            let mut topic = None;
-            let mut headers = false;
-            for (n, edit) in edits.clone().enumerate() {
-                if n == MAX_EDITS {
-                    return Err(invalid(format!(
-                        "its answer holds more than {MAX_EDITS} edits"
-                    )));
-                }
-                match edit {
-                    Edit::SetPayload(p) => payload = Some(p),
-                    Edit::SetKey(k) => key = Some(Some(k)),
-                    Edit::ClearKey => key = Some(None),
-                    Edit::SetTopic("") => return Err(invalid("it set an empty topic".to_owned())),
-                    Edit::SetTopic(t) => topic = Some(t),
-                    Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
-                        return Err(invalid(
-                            "it named a header with the empty string".to_owned(),
-                        ))
-                    }
-                    Edit::SetHeader(..) | Edit::RemoveHeader(_) => headers = true,
-                }
+    let edits = match outcome {
+        OutcomeView::Unchanged => return Ok(Outcome::Unchanged),
+        OutcomeView::Drop => return Ok(Outcome::Dropped),
+        OutcomeView::Error(text) => {
+            return Err(CallError::new(
+                ErrorKind::GuestError,
+                &module.id,
+                text.to_owned(),
+            ))
+        }
+        OutcomeView::Edits(edits) => edits,
+    };
+    for (n, edit) in edits.clone().enumerate() {
+        if n == MAX_EDITS {
+            return Err(invalid(format!(
+                "its answer holds more than {MAX_EDITS} edits"
+            )));
+        }
+        match edit {
+            Edit::SetTopic("") => return Err(invalid("it set an empty topic".to_owned())),
+            Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
+                return Err(invalid(
+                    "it named a header with the empty string".to_owned(),
+                ))
             }
-            let mut out = message.clone();
-            if let Some(p) = payload {
-                out.payload = Bytes::copy_from_slice(p);
-            }
-            if let Some(k) = key {
-                out.key = k.map(Bytes::copy_from_slice);
-            }
-            if let Some(t) = topic {
-                out.topic = t.to_owned();
-            }
-            if headers {
-                out.headers.apply(edits.filter_map(|edit| match edit {
-                    Edit::SetHeader(name, value) => Some(HeaderEdit::Set(name, value)),
-                    Edit::RemoveHeader(name) => Some(HeaderEdit::Remove(name)),
-                    _ => None,
-                }));
-            }
-            Ok(Transformed::Replaced(out))
+            _ => {}
         }
     }
+    Ok(Outcome::Edited(
+        edits
+            .map(|edit| match edit {
+                Edit::SetPayload(p) => MessageEdit::SetPayload(Bytes::copy_from_slice(p)),
+                Edit::SetKey(k) => MessageEdit::SetKey(Bytes::copy_from_slice(k)),
+                Edit::ClearKey => MessageEdit::ClearKey,
+                Edit::SetTopic(t) => MessageEdit::SetTopic(t.to_owned()),
+                Edit::SetHeader(n, v) => MessageEdit::SetHeader(n.to_owned(), v.to_owned()),
+                Edit::RemoveHeader(n) => MessageEdit::RemoveHeader(n.to_owned()),
+                Edit::SetTimestamp(ms) => MessageEdit::SetTimestamp(ms),
+                Edit::ClearTimestamp => MessageEdit::ClearTimestamp,
+            })
+            .collect(),
+    ))
 }
 
 /// The address of a global's value inside its store.

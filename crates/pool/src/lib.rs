@@ -21,17 +21,21 @@
 //! - **Trust**: every pointer and length the guest returns is checked against its
 //!   memory and the output cap before anything is read.
 //!
-//! [`Pool`] implements [`rustmq_etl_core::ModuleRunner`], so the orchestrator
-//! never sees wasmer.
+//! [`Pool`] implements [`rustmq_etl_core::Engine`] (its workers' [`LocalPool`]s
+//! implement [`rustmq_etl_core::ModuleRunner`]), so the orchestrator never
+//! sees wasmer.
 //!
 //! ```no_run
-//! use rustmq_etl_core::{Message, Transformed};
-//! use rustmq_etl_pool::{ModuleConfig, Pool, PoolConfig};
+//! use rustmq_etl_core::{Message, ModuleSpec, Outcome};
+//! use rustmq_etl_pool::{Pool, PoolConfig};
 //!
 //! let pool = Pool::new(PoolConfig::default())?;
-//! pool.load_file("identity", "fixtures/modules/identity.wasm".as_ref(), ModuleConfig::default())?;
-//! let out = pool.call_blocking("identity", &Message::new("t", "payload"))?;
-//! assert_eq!(out, Transformed::Unchanged);
+//! let identity = pool.load_file(
+//!     &ModuleSpec::new("identity"),
+//!     "fixtures/modules/identity.wasm".as_ref(),
+//! )?;
+//! let out = pool.call_blocking(&identity, &Message::new("t", "payload"))?;
+//! assert_eq!(out, Outcome::Unchanged);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
@@ -50,10 +54,10 @@ mod stats;
 
 pub use admission::{CompileLimits, TABLE_ELEMENT_BYTES};
 pub use calibrate::bulk_bytes_per_ms;
-pub use error::{CallError, ErrorKind, LoadError};
+pub use error::{CallError, LoadError};
 pub use local::{LoadedModule, LocalPool};
-pub use module::{Abi, ArtifactCache, CompileSettings, ModuleConfig};
-pub use pool::{LoadReport, Pool, PoolConfig};
+pub use module::{Abi, ArtifactCache, CompileSettings};
+pub use pool::{Pool, PoolConfig};
 
 /// The engine the pool compiles a module with (the budget instrumentation,
 /// the accepted features, `memory_limit_bytes` for a module without tables),
@@ -62,4 +66,4 @@ pub use pool::{LoadReport, Pool, PoolConfig};
 pub fn instrumented_engine(memory_limit_bytes: usize) -> wasmer::Engine {
     module::engine(&admission::Admitted::without_tables(memory_limit_bytes))
 }
-pub use stats::ModuleStats;
+pub use stats::{ModuleStats, Statistics};

@@ -1,48 +1,63 @@
-//! The instances of one thread: warm instances per module, reused, recycled,
-//! evicted when idle too long, discarded after a failure.
+//! The instances of one thread: warm instances per module version, reused,
+//! recycled, evicted when idle too long or when nothing holds the version any
+//! more, discarded after a failure.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-use rustmq_etl_core::{Message, Transformed};
+use rustmq_etl_core::{Busy, CallReport, CallRequest, ModuleRunner, ModuleSpec};
 
-use crate::error::CallError;
+use crate::error::{discards_instance, CallError};
 use crate::instance::WarmInstance;
 use crate::module::CompiledModule;
 use crate::stats::{Counters, Recorder};
 
+/// How long a call that found its module at `max_concurrent_instances` waits
+/// before it tries again.
+const RETRY_WHEN_FULL: Duration = Duration::from_millis(1);
+
 /// A compiled module version, ready to be run by a [`LocalPool`] or a
-/// [`Pool`](crate::Pool).
+/// [`Pool`](crate::Pool). Cheap to clone; its instances live as long as a
+/// clone does.
 #[derive(Clone, Debug)]
 pub struct LoadedModule {
     pub(crate) compiled: Arc<CompiledModule>,
     pub(crate) counters: Arc<Counters>,
+    /// Calls of this version running now, on every thread.
+    running: Arc<AtomicU32>,
 }
 
 impl LoadedModule {
     /// Checks `wasm` against the sandbox's rules, compiles it (or loads it
-    /// from the settings' cache) and checks its ABI.
+    /// from the settings' cache) and checks its ABI. Nothing runs yet: the
+    /// first instance starts on the first call (or [`LocalPool::warm`]).
     pub fn compile(
-        id: &str,
+        spec: &ModuleSpec,
         wasm: &[u8],
-        config: crate::ModuleConfig,
         settings: &crate::CompileSettings,
     ) -> Result<LoadedModule, crate::LoadError> {
-        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::atomic::AtomicU64;
         static VERSIONS: AtomicU64 = AtomicU64::new(1);
         let version = VERSIONS.fetch_add(1, Ordering::Relaxed);
-        let compiled = crate::module::compile(id, version, wasm, config, settings)?;
+        let compiled = crate::module::compile(spec, version, wasm, settings)?;
         Ok(LoadedModule {
-            counters: Arc::new(Counters::new(id)),
+            counters: Arc::new(Counters::new(&spec.id)),
             compiled: Arc::new(compiled),
+            running: Arc::default(),
         })
     }
 
     /// The module's id.
     pub fn id(&self) -> &str {
         &self.compiled.id
+    }
+
+    /// This version's number: every compile makes a new one.
+    pub fn version(&self) -> u64 {
+        self.compiled.version
     }
 
     /// Which ABI the module speaks.
@@ -59,32 +74,39 @@ impl LoadedModule {
     pub fn stats(&self) -> crate::ModuleStats {
         self.counters.snapshot()
     }
+
+    /// A handle to this module's statistics that does not keep the module
+    /// (or its instances) alive.
+    pub fn statistics(&self) -> crate::Statistics {
+        crate::Statistics(self.counters.clone())
+    }
+
+    /// Publishes this module's statistics to the `metrics` facade now.
+    pub fn publish_metrics(&self) {
+        self.counters.publish();
+    }
 }
 
 /// The instances of one module version on one thread.
 struct Slot {
-    id: String,
+    /// Gone once nothing holds the version any more: the slot is dropped.
+    module: Weak<CompiledModule>,
     /// Idle instances, least recently used first. Boxed: a call moves an
     /// instance out and back, and a pointer moves faster than the instance.
     idle: VecDeque<Box<WarmInstance>>,
     idle_ttl: Duration,
     creations: VecDeque<Instant>,
     stats: Recorder,
-    /// A newer version of the module is loaded: this slot only finishes the
-    /// calls dispatched before the swap and keeps no instance.
-    retired: bool,
 }
 
 impl Slot {
     fn new(module: &LoadedModule) -> Slot {
-        let compiled = &module.compiled;
         Slot {
-            id: compiled.id.clone(),
+            module: Arc::downgrade(&module.compiled),
             idle: VecDeque::new(),
-            idle_ttl: compiled.config.idle_ttl,
+            idle_ttl: module.compiled.settings.idle_ttl,
             creations: VecDeque::new(),
             stats: module.counters.shard(),
-            retired: false,
         }
     }
 
@@ -95,12 +117,50 @@ impl Slot {
         self.stats.evicted(dropped);
         self.stats.idle(-(dropped as i64));
     }
+
+    /// When this thread may next create an instance: `None` for now, or the
+    /// moment its oldest creation of the last second leaves the window
+    /// (`max_creations_per_second`).
+    fn creation_allowed_at(&mut self, compiled: &CompiledModule, now: Instant) -> Option<Instant> {
+        let per_second = compiled.settings.max_creations_per_second.max(1) as usize;
+        while self
+            .creations
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.creations.pop_front();
+        }
+        if self.creations.len() < per_second {
+            return None;
+        }
+        self.creations.front().map(|t| *t + Duration::from_secs(1))
+    }
+
+    fn create(&mut self, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
+        self.creations.push_back(Instant::now());
+        let instance = WarmInstance::new(compiled).map(Box::new);
+        match &instance {
+            Ok(_) => self.stats.created(),
+            Err(e) => self.stats.failed(e.kind()),
+        }
+        instance
+    }
 }
 
 impl Drop for Slot {
-    /// The thread's pool is going away: its instances count as evicted.
+    /// The thread's pool, or the version, is going away: its instances count
+    /// as evicted.
     fn drop(&mut self) {
         self.drop_idle(|_| false);
+    }
+}
+
+/// Counts a running call of a module while it lives.
+struct Running<'a>(&'a AtomicU32);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -109,8 +169,7 @@ impl Drop for Slot {
 /// caller that owns a thread may use one directly.
 #[derive(Default)]
 pub struct LocalPool {
-    /// By module version: a hot swap makes a new slot, and hashing a number is
-    /// cheaper than hashing the module's name on every call.
+    /// By module version: hashing a number is cheaper than hashing a name.
     slots: HashMap<u64, Slot>,
 }
 
@@ -120,93 +179,70 @@ impl LocalPool {
         Self::default()
     }
 
-    /// The slot of `module` (made on first use; the first use of a new version
-    /// of a module drops its predecessor's instances).
     fn slot<'s>(slots: &'s mut HashMap<u64, Slot>, module: &LoadedModule) -> &'s mut Slot {
-        let compiled = &module.compiled;
-        if !slots.contains_key(&compiled.version) {
-            let mut slot = Slot::new(module);
-            // Versions only grow: an older slot of this module was swapped out;
-            // a newer one means this call was dispatched before the swap.
-            slots.retain(|&version, other| {
-                if other.id != compiled.id {
-                    return true;
-                }
-                if version > compiled.version {
-                    slot.retired = true;
-                    return true;
-                }
-                other.drop_idle(|_| false);
-                false
-            });
-            slots.insert(compiled.version, slot);
-        }
         slots
-            .get_mut(&compiled.version)
-            .expect("the slot exists or was inserted above")
+            .entry(module.compiled.version)
+            .or_insert_with(|| Slot::new(module))
     }
 
-    /// When this thread may next create an instance of the slot's module:
-    /// `None` for now, or the moment its oldest creation of the last second
-    /// leaves the window (`max_creations_per_second`).
-    fn creation_allowed_at_slot(slot: &mut Slot, compiled: &CompiledModule) -> Option<Instant> {
-        let per_second = compiled.config.max_creations_per_second.max(1) as usize;
-        let now = Instant::now();
-        while slot
-            .creations
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
-            slot.creations.pop_front();
-        }
-        if slot.creations.len() < per_second {
-            return None;
-        }
-        slot.creations.front().map(|t| *t + Duration::from_secs(1))
-    }
-
-    /// Creates an instance, or answers [`ErrorKind::Throttled`](crate::ErrorKind::Throttled)
-    /// if this thread created too many in the last second (it never waits).
-    fn create(slot: &mut Slot, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
-        if let Some(at) = Self::creation_allowed_at_slot(slot, compiled) {
-            return Err(CallError::new(
-                crate::ErrorKind::Throttled,
-                &compiled.id,
-                format!(
-                    "created {} instances in the last second (max_creations_per_second); the next may be created in {:?}",
-                    slot.creations.len(),
-                    at.saturating_duration_since(Instant::now())
-                ),
-            ));
-        }
-        slot.creations.push_back(Instant::now());
-        let instance = WarmInstance::new(compiled).map(Box::new);
-        match &instance {
-            Ok(_) => slot.stats.created(),
-            Err(e) => slot.stats.failed(e.kind()),
-        }
-        instance
-    }
-
-    /// Creates `count` instances ahead of calls (warm-up).
+    /// Creates instances until `count` are idle (warm-up); stops early, without
+    /// waiting, if this thread may not create another yet.
     pub fn warm(&mut self, module: &LoadedModule, count: usize) -> Result<(), CallError> {
         let slot = Self::slot(&mut self.slots, module);
         while slot.idle.len() < count {
-            let instance = Self::create(slot, &module.compiled)?;
+            if slot
+                .creation_allowed_at(&module.compiled, Instant::now())
+                .is_some()
+            {
+                return Ok(());
+            }
+            let instance = slot.create(&module.compiled)?;
             slot.idle.push_back(instance);
             slot.stats.idle(1);
         }
         Ok(())
     }
 
-    /// Runs `module` on `message` with a warm instance (or a new one), then gives
+    /// Runs `module` on the request's message with a warm instance (or a new
+    /// one), within the module's budget and the request's deadline, then gives
     /// the instance back, recycles it, or discards it after a failure.
+    ///
+    /// `Err(Busy)`, with nothing run, when the module already runs
+    /// `max_concurrent_instances` calls on all threads together, or when this
+    /// thread may not create another instance of it yet
+    /// (`max_creations_per_second`): never waits.
     pub fn call(
         &mut self,
         module: &LoadedModule,
-        message: &Message,
-    ) -> Result<Transformed, CallError> {
+        request: CallRequest<'_>,
+    ) -> Result<CallReport, Busy> {
+        let started = Instant::now();
         let compiled = &module.compiled;
+        let report = |result: Result<_, CallError>| CallReport {
+            result: result.map_err(Into::into),
+            version: compiled.version,
+            queued: Duration::ZERO,
+            ran: started.elapsed(),
+            attempts: 1,
+        };
+        let deadline = request.get_deadline();
+        if let Some((at, kind)) = deadline {
+            if at <= started {
+                return Ok(report(Err(CallError::new(
+                    kind,
+                    &compiled.id,
+                    "its time ran out before the call could start",
+                ))));
+            }
+        }
+        let most = compiled.settings.max_concurrent_instances.max(1);
+        if module.running.fetch_add(1, Ordering::Relaxed) >= most {
+            module.running.fetch_sub(1, Ordering::Relaxed);
+            return Err(Busy {
+                until: started + RETRY_WHEN_FULL,
+            });
+        }
+        let _running = Running(&module.running);
         let slot = Self::slot(&mut self.slots, module);
         let mut instance = match slot.idle.pop_back() {
             Some(instance) => {
@@ -215,20 +251,23 @@ impl LocalPool {
                 instance
             }
             None => {
-                // A throttled call is not counted: it has not happened yet.
-                if Self::creation_allowed_at_slot(slot, compiled).is_none() {
-                    slot.stats.call(false);
+                if let Some(until) = slot.creation_allowed_at(compiled, started) {
+                    return Err(Busy { until });
                 }
-                Self::create(slot, compiled)?
+                slot.stats.call(false);
+                match slot.create(compiled) {
+                    Ok(instance) => instance,
+                    Err(e) => return Ok(report(Err(e))),
+                }
             }
         };
         slot.stats.in_use(1);
-        let result = instance.call(compiled, message);
+        let result = instance.call(compiled, request.message(), deadline);
         slot.stats.in_use(-1);
         match &result {
             Err(e) => {
                 slot.stats.failed(e.kind());
-                if e.kind().discards_instance() {
+                if discards_instance(e.kind()) {
                     slot.stats.discarded();
                 } else {
                     Self::give_back(slot, compiled, instance);
@@ -236,12 +275,12 @@ impl LocalPool {
             }
             Ok(_) => Self::give_back(slot, compiled, instance),
         }
-        result
+        Ok(report(result))
     }
 
     fn give_back(slot: &mut Slot, compiled: &CompiledModule, mut instance: Box<WarmInstance>) {
-        let config = &compiled.config;
-        if config.enable_caching && !slot.retired && instance.calls < config.recycle_after_calls {
+        let settings = &compiled.settings;
+        if settings.enable_caching && instance.calls < settings.recycle_after_calls {
             // A coarse clock (a few milliseconds fine) is plenty for an idle
             // time-to-live and costs a fraction of `Instant::now`.
             instance.last_used = coarsetime::Instant::now_without_cache_update();
@@ -253,41 +292,39 @@ impl LocalPool {
     }
 
     /// Drops instances idle for longer than their module's time-to-live, and
-    /// publishes each module's instance levels to the `metrics` gauges.
+    /// every instance of versions nothing holds any more; publishes each
+    /// module's statistics to the `metrics` facade.
     pub fn evict_idle(&mut self) {
         let now = coarsetime::Instant::now_without_cache_update();
-        for slot in self.slots.values_mut() {
+        self.slots.retain(|_, slot| {
+            if slot.module.strong_count() == 0 {
+                slot.drop_idle(|_| false);
+                slot.stats.counters().publish();
+                return false;
+            }
             let ttl = coarsetime::Duration::from(slot.idle_ttl);
             slot.drop_idle(|i| now.duration_since(i.last_used) < ttl);
-            slot.stats.counters().publish_levels();
-        }
-        // A slot that only finished calls for a swapped-out version is done.
-        self.slots.retain(|_, s| !(s.retired && s.idle.is_empty()));
-    }
-
-    /// When this pool may next create an instance of `module`, if it may not
-    /// now (see [`ErrorKind::Throttled`](crate::ErrorKind::Throttled)).
-    pub fn creation_allowed_at(&mut self, module: &LoadedModule) -> Option<Instant> {
-        let slot = Self::slot(&mut self.slots, module);
-        Self::creation_allowed_at_slot(slot, &module.compiled)
-    }
-
-    /// Drops every instance of a module.
-    pub fn forget(&mut self, id: &str) {
-        self.slots.retain(|_, slot| {
-            if slot.id == id {
-                slot.drop_idle(|_| false);
-            }
-            slot.id != id
+            slot.stats.counters().publish();
+            true
         });
     }
 
-    /// How many idle instances this pool holds for `id`.
-    pub fn idle_len(&self, id: &str) -> usize {
+    /// How many idle instances this pool holds for `module`.
+    pub fn idle_len(&self, module: &LoadedModule) -> usize {
         self.slots
-            .values()
-            .filter(|s| s.id == id)
-            .map(|s| s.idle.len())
-            .sum()
+            .get(&module.compiled.version)
+            .map_or(0, |s| s.idle.len())
+    }
+}
+
+impl ModuleRunner for LocalPool {
+    type Module = LoadedModule;
+
+    fn call(
+        &mut self,
+        module: &LoadedModule,
+        request: CallRequest<'_>,
+    ) -> Result<CallReport, Busy> {
+        LocalPool::call(self, module, request)
     }
 }

@@ -13,53 +13,12 @@ use sha2::{Digest, Sha256};
 use wasmer::sys::{Cranelift, EngineBuilder, NativeEngineExt};
 use wasmer::{Engine, ExternType, FunctionType, Module, Type};
 
+use rustmq_etl_core::{ModuleSettings, ModuleSpec};
+
 use crate::admission::{self, Admitted, CompileLimits, Refusal};
 use crate::budget::Budget;
 use crate::error::LoadError;
 use crate::limits::LimitingTunables;
-
-/// How one module runs: limits, pool sizing and its own configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModuleConfig {
-    /// Linear memory cap per instance.
-    pub memory_limit_bytes: usize,
-    /// Time budget of one call.
-    pub execution_timeout_ms: u64,
-    /// Most instances of the module at once; callers beyond it wait.
-    pub max_concurrent_instances: u32,
-    /// Instances created when the module is loaded.
-    pub warmup_instances: u32,
-    /// Keep idle instances for reuse (`false`: a fresh instance per call).
-    pub enable_caching: bool,
-    /// How long an idle instance is kept.
-    pub idle_ttl: Duration,
-    /// Handed to the module's init function (JSON text).
-    pub custom_config: String,
-    /// The largest answer accepted from the guest.
-    pub max_output_bytes: usize,
-    /// An instance is replaced after this many calls, so that guest state (and
-    /// leaks) cannot grow for ever.
-    pub recycle_after_calls: u64,
-    /// Most instances created per second, per worker thread.
-    pub max_creations_per_second: u32,
-}
-
-impl Default for ModuleConfig {
-    fn default() -> Self {
-        ModuleConfig {
-            memory_limit_bytes: 64 << 20,
-            execution_timeout_ms: 1_000,
-            max_concurrent_instances: 10,
-            warmup_instances: 1,
-            enable_caching: true,
-            idle_ttl: Duration::from_secs(300),
-            custom_config: "null".to_owned(),
-            max_output_bytes: 16 << 20,
-            recycle_after_calls: 100_000,
-            max_creations_per_second: 1_000,
-        }
-    }
-}
 
 /// Which contract a module speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +36,7 @@ pub(crate) struct CompiledModule {
     pub(crate) engine: Engine,
     pub(crate) module: Module,
     pub(crate) abi: Abi,
-    pub(crate) config: ModuleConfig,
+    pub(crate) settings: ModuleSettings,
     /// Bytes of bulk memory work a call may do: the time budget times the
     /// calibrated rate (`calibrate.rs`).
     pub(crate) bulk_allowance: i64,
@@ -415,12 +374,12 @@ fn compile_with_deadline(
 
 /// Compiles (or loads from the cache) and checks a module's exports and imports.
 pub(crate) fn compile(
-    id: &str,
+    spec: &ModuleSpec,
     version: u64,
     wasm: &[u8],
-    config: ModuleConfig,
     settings: &CompileSettings,
 ) -> Result<CompiledModule, LoadError> {
+    let (id, config) = (spec.id.as_str(), &spec.settings);
     if config.memory_limit_bytes < wasmer::WASM_PAGE_SIZE || config.execution_timeout_ms == 0 {
         return Err(LoadError::Limits {
             module: id.to_owned(),
@@ -476,7 +435,7 @@ pub(crate) fn compile(
         )
         .unwrap_or(i64::MAX / 4)
         .min(i64::MAX / 4),
-        config,
+        settings: config.clone(),
         from_cache,
     })
 }

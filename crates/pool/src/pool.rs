@@ -1,25 +1,24 @@
 //! The pool: worker threads that own warm instances, fed through channels, and a
-//! `Send + Sync` front that async and blocking callers share.
+//! `Send + Sync` front that async and blocking callers share. It is the
+//! wasmer implementation of `rustmq_etl_core::Engine`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use rustmq_etl_core::{Message, ModuleRunner, Transformed};
-use tokio::sync::{oneshot, Semaphore};
+use rustmq_etl_core::{
+    CallRequest, Engine, ErrorKind, Message, ModuleSpec, Outcome, Step, Task, Waiting,
+};
+use tokio::sync::oneshot;
 
 use crate::admission::CompileLimits;
-use crate::error::{CallError, ErrorKind, LoadError};
+use crate::error::{CallError, LoadError};
 use crate::local::{LoadedModule, LocalPool};
-use crate::module::{ArtifactCache, CompileSettings, ModuleConfig};
-use crate::stats::ModuleStats;
+use crate::module::{ArtifactCache, CompileSettings};
+use crate::stats::Counters;
 
 /// How the pool runs.
 #[derive(Debug, Clone)]
@@ -35,7 +34,8 @@ pub struct PoolConfig {
     pub bulk_bytes_per_ms: Option<u64>,
     /// Limits on the modules this pool compiles.
     pub compile_limits: CompileLimits,
-    /// How often each worker drops instances idle past their time-to-live.
+    /// How often each worker drops instances idle past their time-to-live
+    /// (and publishes the statistics to `metrics`).
     pub cleaner_interval: Duration,
 }
 
@@ -51,34 +51,25 @@ impl Default for PoolConfig {
     }
 }
 
+type BoxedTask = Box<dyn Task<LocalPool>>;
+
 enum Job {
     Call {
         module: LoadedModule,
         message: Message,
-        reply: oneshot::Sender<Result<Transformed, CallError>>,
+        submitted: Instant,
+        reply: oneshot::Sender<Result<Outcome, CallError>>,
     },
     Warm {
         module: LoadedModule,
-        count: usize,
     },
-    Forget {
-        id: String,
-    },
-    /// Start an instance of a module not yet swapped in, to prove that it
+    /// Start an instance of a module not yet handed out, to prove that it
     /// initialises, and drop it.
     Check {
         module: LoadedModule,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
-}
-
-struct Entry {
-    module: LoadedModule,
-    permits: Arc<Semaphore>,
-    /// The workers this module may run on: `width` of them from `home` on, so
-    /// that at most `max_concurrent_instances` instances of it exist.
-    home: usize,
-    width: usize,
+    Task(BoxedTask),
 }
 
 struct Worker {
@@ -87,16 +78,16 @@ struct Worker {
 }
 
 struct Shared {
-    modules: ArcSwap<HashMap<String, Arc<Entry>>>,
-    load_lock: Mutex<()>,
     workers: Vec<Worker>,
     settings: CompileSettings,
+    /// Every module loaded, for publishing statistics.
+    loaded: Mutex<Vec<Weak<Counters>>>,
 }
 
 /// Runs modules on worker threads that own warm instances.
 ///
 /// `Send + Sync`: share it behind an `Arc`. Dropping it stops the workers (and
-/// their idle-instance cleaners) after the calls already queued.
+/// their idle-instance cleaners) after the jobs already queued.
 pub struct Pool {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -106,22 +97,12 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("workers", &self.shared.workers.len())
-            .field("modules", &self.shared.modules.load().len())
             .finish()
     }
 }
 
-/// What loading a module did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadReport {
-    /// The module's id.
-    pub id: String,
-    /// Whether an earlier version was replaced.
-    pub replaced: bool,
-    /// Whether the compiled code came from the artifact cache.
-    pub from_cache: bool,
-    /// Which ABI the module speaks.
-    pub abi: crate::Abi,
+fn unavailable(module: &str, message: &str) -> CallError {
+    CallError::new(ErrorKind::Unavailable, module, message)
 }
 
 impl Pool {
@@ -149,14 +130,13 @@ impl Pool {
             receivers.push(rx);
         }
         let shared = Arc::new(Shared {
-            modules: ArcSwap::from_pointee(HashMap::new()),
-            load_lock: Mutex::new(()),
             workers,
             settings: CompileSettings {
                 limits: config.compile_limits.clone(),
                 bulk_bytes_per_ms,
                 cache,
             },
+            loaded: Mutex::new(Vec::new()),
         });
         let threads = receivers
             .into_iter()
@@ -178,197 +158,132 @@ impl Pool {
         self.shared.settings.bulk_bytes_per_ms
     }
 
+    /// What this pool compiles modules with.
+    pub fn compile_settings(&self) -> &CompileSettings {
+        &self.shared.settings
+    }
+
     /// Loads a module file; see [`Pool::load`].
     pub fn load_file(
         &self,
-        id: &str,
+        spec: &ModuleSpec,
         path: &std::path::Path,
-        config: ModuleConfig,
-    ) -> Result<LoadReport, LoadError> {
+    ) -> Result<LoadedModule, LoadError> {
         let wasm = std::fs::read(path).map_err(|e| LoadError::Read {
-            module: id.to_owned(),
+            module: spec.id.clone(),
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        self.load(id, &wasm, config)
+        self.load(spec, &wasm)
     }
 
-    /// Compiles `wasm` (or takes it from the artifact cache), starts a first
-    /// instance on a worker thread to prove that it initialises, and swaps it in
-    /// under `id`. Calls already dispatched finish on the version they started
-    /// with. If anything fails, the version already loaded (if any) keeps serving.
+    /// Checks `wasm` against the sandbox's rules and compiles it as `spec` (or
+    /// takes it from the artifact cache), starts a first instance on a worker
+    /// thread to prove that it initialises, and starts its warm-up instances.
+    /// The module runs wherever its handle is passed: nothing is replaced
+    /// here (a hot swap is the owner's to make, by passing the new handle).
     ///
     /// Blocks the calling thread while it compiles and while the worker starts
-    /// the instance (no guest code runs on the calling thread); from async code,
-    /// call it where blocking is allowed (for example tokio's `spawn_blocking`).
-    pub fn load(
-        &self,
-        id: &str,
-        wasm: &[u8],
-        config: ModuleConfig,
-    ) -> Result<LoadReport, LoadError> {
-        let module = LoadedModule::compile(id, wasm, config, &self.shared.settings)?;
+    /// the instance (no guest code runs on the calling thread); from async
+    /// code, call it where blocking is allowed (for example tokio's
+    /// `spawn_blocking`).
+    pub fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<LoadedModule, LoadError> {
+        let module = LoadedModule::compile(spec, wasm, &self.shared.settings)?;
         // Instantiate and init once, on a worker (guest code runs only there),
-        // so that a module that cannot start is refused before it replaces
-        // anything.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let home = hasher.finish() as usize % self.shared.workers.len();
-        let (reply, answer) = oneshot::channel();
-        let checked = self.send(
-            home,
-            Job::Check {
-                module: module.clone(),
-                reply,
-            },
-        );
-        let started = if checked {
-            pollster::block_on(answer).map_err(|_| "the worker stopped".to_owned())
-        } else {
-            Err("the pool is shutting down".to_owned())
+        // so that a module that cannot start is refused before it is used.
+        let init = |message: String| LoadError::Init {
+            module: spec.id.clone(),
+            message,
         };
-        match started {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(LoadError::Init {
-                    module: id.to_owned(),
-                    message: e.message().to_owned(),
-                })
-            }
-            Err(message) => {
-                return Err(LoadError::Init {
-                    module: id.to_owned(),
-                    message,
-                })
-            }
-        }
-        let config = &module.compiled.config;
-        let workers = self.shared.workers.len();
-        let width = (config.max_concurrent_instances.max(1) as usize).min(workers);
-        let entry = Arc::new(Entry {
-            permits: Arc::new(Semaphore::new(
-                config.max_concurrent_instances.max(1) as usize
-            )),
-            home,
-            width,
+        let (reply, answer) = oneshot::channel();
+        let checker = self.least_queued();
+        let check = Job::Check {
             module: module.clone(),
-        });
-        let warmup = (config.warmup_instances as usize).min(width);
-        let replaced =
-            self.update_modules(|modules| modules.insert(id.to_owned(), entry.clone()).is_some());
-        for w in 0..warmup {
+            reply,
+        };
+        if !self.send(checker, check) {
+            return Err(init("the pool is shutting down".into()));
+        }
+        match pollster::block_on(answer) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(init(e.message().to_owned())),
+            Err(_) => return Err(init("the worker stopped".into())),
+        }
+        let workers = self.shared.workers.len();
+        for w in 0..(spec.settings.warmup_instances as usize).min(workers) {
             self.send(
-                (entry.home + w) % workers,
+                (checker + w) % workers,
                 Job::Warm {
                     module: module.clone(),
-                    count: 1,
                 },
             );
         }
-        Ok(LoadReport {
-            id: id.to_owned(),
-            replaced,
-            from_cache: module.compiled.from_cache,
-            abi: module.compiled.abi,
-        })
+        let mut loaded = self.shared.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.retain(|c| c.strong_count() > 0);
+        loaded.push(Arc::downgrade(&module.counters));
+        Ok(module)
     }
 
-    /// Changes the module map: readers see the old map or the new one, never a
-    /// half-made one, and never wait (`arc-swap`); writers take turns.
-    fn update_modules<R>(&self, change: impl FnOnce(&mut HashMap<String, Arc<Entry>>) -> R) -> R {
-        let _guard = self
-            .shared
-            .load_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut modules = HashMap::clone(&self.shared.modules.load());
-        let result = change(&mut modules);
-        self.shared.modules.store(Arc::new(modules));
-        result
-    }
-
-    /// Stops serving a module; its instances are dropped. Returns whether it was loaded.
-    pub fn unload(&self, id: &str) -> bool {
-        let removed = self.update_modules(|modules| modules.remove(id).is_some());
-        if removed {
-            for w in 0..self.shared.workers.len() {
-                self.send(w, Job::Forget { id: id.to_owned() });
-            }
-        }
-        removed
+    fn least_queued(&self) -> usize {
+        (0..self.shared.workers.len())
+            .min_by_key(|&w| self.shared.workers[w].queued.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn send(&self, worker: usize, job: Job) -> bool {
-        let w = &self.shared.workers[worker];
-        w.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = w
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .is_ok();
-        if !sent {
-            w.queued.fetch_sub(1, Ordering::Relaxed);
-        }
-        sent
+        self.try_send(worker, job).is_ok()
     }
 
-    /// Runs module `id` on `message`. Waits (without blocking a thread) while the
-    /// module already runs `max_concurrent_instances` calls.
-    pub async fn call(&self, id: &str, message: &Message) -> Result<Transformed, CallError> {
-        let entry = self.shared.modules.load().get(id).cloned().ok_or_else(|| {
-            CallError::new(ErrorKind::NotFound, id, "no module with this id is loaded")
-        })?;
-        let _permit =
-            entry.permits.acquire().await.map_err(|_| {
-                CallError::new(ErrorKind::ShutDown, id, "the pool is shutting down")
-            })?;
-        let workers = self.shared.workers.len();
-        let worker = (0..entry.width)
-            .map(|i| (entry.home + i) % workers)
-            .min_by_key(|&w| self.shared.workers[w].queued.load(Ordering::Relaxed))
-            .unwrap_or(entry.home);
+    fn try_send(&self, worker: usize, job: Job) -> Result<(), Job> {
+        let w = &self.shared.workers[worker];
+        w.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = w.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+        sent.map_err(|mpsc::SendError(job)| {
+            w.queued.fetch_sub(1, Ordering::Relaxed);
+            job
+        })
+    }
+
+    /// Runs `module` on `message` on a worker thread. Waits (without blocking
+    /// a thread) while the module runs `max_concurrent_instances` calls or may
+    /// not create another instance yet. A call whose future is dropped before
+    /// a worker takes it up does not run.
+    pub async fn call(
+        &self,
+        module: &LoadedModule,
+        message: &Message,
+    ) -> Result<Outcome, CallError> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Call {
-            module: entry.module.clone(),
+            module: module.clone(),
             message: message.clone(),
+            submitted: Instant::now(),
             reply,
         };
-        if !self.send(worker, job) {
-            return Err(CallError::new(
-                ErrorKind::ShutDown,
-                id,
-                "the pool is shutting down",
-            ));
+        if !self.send(self.least_queued(), job) {
+            return Err(unavailable(module.id(), "the pool is shutting down"));
         }
-        answer.await.map_err(|_| {
-            CallError::new(
-                ErrorKind::ShutDown,
-                id,
-                "the worker stopped before answering",
-            )
-        })?
+        answer
+            .await
+            .map_err(|_| unavailable(module.id(), "the worker stopped before answering"))?
     }
 
     /// [`Pool::call`] for callers outside an async runtime: blocks this thread.
-    pub fn call_blocking(&self, id: &str, message: &Message) -> Result<Transformed, CallError> {
-        pollster::block_on(self.call(id, message))
+    pub fn call_blocking(
+        &self,
+        module: &LoadedModule,
+        message: &Message,
+    ) -> Result<Outcome, CallError> {
+        pollster::block_on(self.call(module, message))
     }
 
-    /// Statistics of a loaded module.
-    pub fn stats(&self, id: &str) -> Option<ModuleStats> {
-        self.shared
-            .modules
-            .load()
-            .get(id)
-            .map(|e| e.module.counters.snapshot())
-    }
-
-    /// The ids of the loaded modules.
-    pub fn modules(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.shared.modules.load().keys().cloned().collect();
-        ids.sort();
-        ids
+    /// Publishes every loaded module's statistics to the `metrics` facade now
+    /// (workers also do on their cleaner's beat).
+    pub fn publish_metrics(&self) {
+        let loaded = self.shared.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        for counters in loaded.iter().filter_map(Weak::upgrade) {
+            counters.publish();
+        }
     }
 }
 
@@ -385,48 +300,43 @@ impl Drop for Pool {
     }
 }
 
-impl ModuleRunner for Pool {
-    type Error = CallError;
+impl Engine for Pool {
+    type Module = LoadedModule;
+    type Runner = LocalPool;
 
-    fn run(
+    fn load(
         &self,
-        module: &str,
-        message: &Message,
-    ) -> impl std::future::Future<Output = Result<Transformed, CallError>> + Send {
-        self.call(module, message)
+        spec: &ModuleSpec,
+        wasm: &[u8],
+    ) -> Result<LoadedModule, rustmq_etl_core::LoadError> {
+        Pool::load(self, spec, wasm).map_err(Into::into)
+    }
+
+    fn version(module: &LoadedModule) -> u64 {
+        module.version()
+    }
+
+    fn submit(&self, task: BoxedTask) -> Result<(), BoxedTask> {
+        self.try_send(self.least_queued(), Job::Task(task))
+            .map_err(|job| match job {
+                Job::Task(task) => task,
+                _ => unreachable!("a task was sent"),
+            })
+    }
+
+    fn threads(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    fn publish_metrics(&self) {
+        Pool::publish_metrics(self);
     }
 }
 
-/// A call that may not run yet (its module's instance creations are
-/// throttled), and when it may.
-struct Deferred {
-    at: Instant,
-    order: u64,
-    job: Job,
-}
-
-impl PartialEq for Deferred {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for Deferred {}
-impl PartialOrd for Deferred {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Deferred {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.order).cmp(&(other.at, other.order))
-    }
-}
-
-/// One worker thread: its warm instances, and the calls it put off.
+/// One worker thread: its warm instances, and the jobs it put off.
 struct WorkerState {
     local: LocalPool,
-    deferred: BinaryHeap<Reverse<Deferred>>,
-    deferrals: u64,
+    waiting: Waiting<Job>,
 }
 
 impl WorkerState {
@@ -450,80 +360,92 @@ impl WorkerState {
             Job::Call {
                 module,
                 message,
+                submitted,
                 reply,
             } => {
-                let result = self
-                    .contain("running a call", |local| local.call(&module, &message))
-                    .unwrap_or_else(|text| Err(CallError::new(ErrorKind::Trap, module.id(), text)));
-                match result {
-                    Err(e) if e.kind() == ErrorKind::Throttled => {
-                        // Run it when the module may create an instance again,
-                        // serving other modules' calls meanwhile.
-                        let at = self
-                            .local
-                            .creation_allowed_at(&module)
-                            .unwrap_or_else(Instant::now);
-                        self.deferrals += 1;
-                        self.deferred.push(Reverse(Deferred {
-                            at,
-                            order: self.deferrals,
-                            job: Job::Call {
-                                module,
-                                message,
-                                reply,
-                            },
-                        }));
-                    }
-                    result => {
+                if reply.is_closed() {
+                    return;
+                }
+                let called = self
+                    .contain("running a call", |local| {
+                        local.call(&module, CallRequest::new(&message))
+                    })
+                    .unwrap_or_else(|text| {
+                        Ok(rustmq_etl_core::CallReport {
+                            result: Err(rustmq_etl_core::CallError::new(ErrorKind::Trap, text)),
+                            version: module.version(),
+                            queued: submitted.elapsed(),
+                            ran: Duration::ZERO,
+                            attempts: 1,
+                        })
+                    });
+                match called {
+                    // Run it when the module may start another call, serving
+                    // other calls meanwhile.
+                    Err(busy) => self.waiting.push(
+                        busy.until,
+                        Job::Call {
+                            module,
+                            message,
+                            submitted,
+                            reply,
+                        },
+                    ),
+                    Ok(report) => {
+                        let result = report
+                            .result
+                            .map_err(|e| CallError::new(e.kind(), module.id(), e.message()));
                         let _ = reply.send(result);
                     }
                 }
             }
-            Job::Warm { module, count } => {
-                match self.contain("warming up", |local| local.warm(&module, count)) {
-                    Ok(Err(e)) if e.kind() == ErrorKind::Throttled => {}
+            Job::Warm { module } => {
+                match self.contain("warming up", |local| local.warm(&module, 1)) {
                     Ok(Err(e)) => log::warn!("module {:?}: warm-up failed: {e}", module.id()),
                     Ok(Ok(())) | Err(_) => {}
                 }
-            }
-            Job::Forget { id } => {
-                let _ = self.contain("dropping instances", |local| local.forget(&id));
             }
             Job::Check { module, reply } => {
                 let started = self
                     .contain("starting an instance", |_| {
                         crate::instance::WarmInstance::new(&module.compiled).map(drop)
                     })
-                    .unwrap_or_else(|text| Err(CallError::new(ErrorKind::Init, module.id(), text)));
+                    .unwrap_or_else(|text| Err(unavailable(module.id(), &text)));
                 let _ = reply.send(started);
+            }
+            Job::Task(mut task) => {
+                if task.is_cancelled() {
+                    return;
+                }
+                match self.contain("running a task", |local| task.run(local)) {
+                    Ok(Step::WaitUntil(at)) => self.waiting.push(at, Job::Task(task)),
+                    // A task that panicked is dropped: whoever waits for it
+                    // sees it gone.
+                    Ok(Step::Done) | Err(_) => {}
+                }
             }
         }
     }
 
-    /// Runs the deferred calls that are due; returns when the next one is.
+    /// Runs the jobs that are due; returns when the next one is.
     fn run_due(&mut self) -> Option<Instant> {
-        loop {
-            let at = self.deferred.peek()?.0.at;
-            if at > Instant::now() {
-                return Some(at);
-            }
-            let Reverse(due) = self.deferred.pop()?;
-            self.run(due.job);
+        while let Some(job) = self.waiting.pop_due(Instant::now()) {
+            self.run(job);
         }
+        self.waiting.next_due()
     }
 }
 
 fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval: Duration) {
     let mut state = WorkerState {
         local: LocalPool::new(),
-        deferred: BinaryHeap::new(),
-        deferrals: 0,
+        waiting: Waiting::new(),
     };
     // Checked after every job: the coarse clock costs a fraction of `Instant::now`.
     let interval_coarse = coarsetime::Duration::from(interval);
     let mut last_clean = coarsetime::Instant::now_without_cache_update();
     let mut open = true;
-    while open || !state.deferred.is_empty() {
+    while open || !state.waiting.is_empty() {
         let wait = match state.run_due() {
             Some(at) => at.saturating_duration_since(Instant::now()).min(interval),
             None => interval,
@@ -538,7 +460,7 @@ fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
             }
         } else {
-            // Shutting down: only the deferred calls are left to answer.
+            // Shutting down: only the jobs put off are left to run.
             std::thread::sleep(wait);
         }
         let now = coarsetime::Instant::now_without_cache_update();

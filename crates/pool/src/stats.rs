@@ -1,48 +1,27 @@
-//! Pool statistics: counters per module, read as data and mirrored to the
+//! Pool statistics: counters per module, read as data and published to the
 //! `metrics` facade.
+//!
+//! The hot path only counts, into its thread's shard; [`Counters::publish`]
+//! sums the shards and sets the `metrics` counters to their totals (and the
+//! gauges to their levels), looking the handles up each time. So recording does
+//! not depend on when the process installs its recorder: the next publish
+//! (every worker publishes on its cleaner's beat, and
+//! [`Pool::publish_metrics`](crate::Pool::publish_metrics) on demand) reaches
+//! whatever recorder is installed then.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::ErrorKind;
+use rustmq_etl_core::ErrorKind;
 
-const KINDS: [ErrorKind; 8] = [
-    ErrorKind::Timeout,
-    ErrorKind::MemoryLimit,
-    ErrorKind::Trap,
-    ErrorKind::InvalidOutput,
-    ErrorKind::Guest,
-    ErrorKind::Init,
-    ErrorKind::NotFound,
-    ErrorKind::ShutDown,
-];
-
-/// Handles into the `metrics` recorder, registered once per module so that the
-/// hot path neither allocates labels nor looks keys up. (Install the recorder
-/// before loading modules: handles made earlier go to the no-op recorder.)
-struct Handles {
-    calls: metrics::Counter,
-    hits: metrics::Counter,
-    misses: metrics::Counter,
-    creations: metrics::Counter,
-    evictions: metrics::Counter,
-    discards: metrics::Counter,
-    failures: [metrics::Counter; KINDS.len()],
-    in_use: metrics::Gauge,
-    idle: metrics::Gauge,
-}
-
-impl std::fmt::Debug for Handles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Handles")
-    }
-}
+const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 
 /// The statistics of one module version: one [`Shard`] per thread that runs
 /// it, summed when read.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    metrics: Handles,
+    /// The `module` label.
+    module: String,
     shards: Mutex<Vec<Arc<Shard>>>,
 }
 
@@ -98,22 +77,8 @@ impl ModuleStats {
 
 impl Counters {
     pub(crate) fn new(module: &str) -> Self {
-        let counter = |name: &'static str| metrics::counter!(name, "module" => module.to_owned());
-        let gauge = |name: &'static str| metrics::gauge!(name, "module" => module.to_owned());
         Counters {
-            metrics: Handles {
-                calls: counter("rustmq_etl_pool_calls_total"),
-                hits: counter("rustmq_etl_pool_hits_total"),
-                misses: counter("rustmq_etl_pool_misses_total"),
-                creations: counter("rustmq_etl_pool_instances_created_total"),
-                evictions: counter("rustmq_etl_pool_instances_evicted_total"),
-                discards: counter("rustmq_etl_pool_instances_discarded_total"),
-                failures: KINDS.map(|kind| {
-                    metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.to_owned(), "kind" => kind.as_str())
-                }),
-                in_use: gauge("rustmq_etl_pool_instances_in_use"),
-                idle: gauge("rustmq_etl_pool_instances_idle"),
-            },
+            module: module.to_owned(),
             shards: Mutex::new(Vec::new()),
         }
     }
@@ -171,13 +136,40 @@ impl Counters {
         }
     }
 
-    /// Sets the `metrics` gauges to the module's current levels. Gauges are
-    /// published like this, on the cleaner's beat, rather than moved twice per
-    /// call; counters go to `metrics` as they happen.
-    pub(crate) fn publish_levels(&self) {
+    /// Sets the `metrics` counters to this module's totals and the gauges to
+    /// its levels, under the recorder installed now.
+    pub(crate) fn publish(&self) {
         let stats = self.snapshot();
-        self.metrics.in_use.set(stats.in_use as f64);
-        self.metrics.idle.set(stats.idle as f64);
+        let module = self.module.clone();
+        let counter = |name: &'static str, value: u64| {
+            metrics::counter!(name, "module" => module.clone()).absolute(value);
+        };
+        counter("rustmq_etl_pool_calls_total", stats.calls);
+        counter("rustmq_etl_pool_hits_total", stats.hits);
+        counter("rustmq_etl_pool_misses_total", stats.misses);
+        counter("rustmq_etl_pool_instances_created_total", stats.creations);
+        counter("rustmq_etl_pool_instances_evicted_total", stats.evictions);
+        counter("rustmq_etl_pool_instances_discarded_total", stats.discards);
+        for (kind, n) in &stats.failures {
+            metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.clone(), "kind" => kind.as_str())
+                .absolute(*n);
+        }
+        metrics::gauge!("rustmq_etl_pool_instances_in_use", "module" => module.clone())
+            .set(stats.in_use as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => module)
+            .set(stats.idle as f64);
+    }
+}
+
+/// A module's statistics, apart from the module: keeping it does not keep the
+/// module or its instances alive.
+#[derive(Debug, Clone)]
+pub struct Statistics(pub(crate) Arc<Counters>);
+
+impl Statistics {
+    /// The statistics so far.
+    pub fn snapshot(&self) -> ModuleStats {
+        self.0.snapshot()
     }
 }
 
@@ -189,10 +181,9 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    fn bump(counter: &AtomicU64, handle: &metrics::Counter, by: u64) {
+    fn bump(counter: &AtomicU64, by: u64) {
         // Single writer: a load and a store, not a locked read-modify-write.
         counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
-        handle.increment(by);
     }
 
     fn shift(level: &AtomicI64, delta: i64) {
@@ -204,36 +195,26 @@ impl Recorder {
     }
 
     pub(crate) fn call(&self, hit: bool) {
-        let (shard, handles) = (&*self.shard, &self.counters.metrics);
-        Self::bump(&shard.calls, &handles.calls, 1);
-        if hit {
-            Self::bump(&shard.hits, &handles.hits, 1);
-        } else {
-            Self::bump(&shard.misses, &handles.misses, 1);
-        }
+        let shard = &*self.shard;
+        Self::bump(&shard.calls, 1);
+        Self::bump(if hit { &shard.hits } else { &shard.misses }, 1);
     }
 
     pub(crate) fn created(&self) {
-        Self::bump(&self.shard.creations, &self.counters.metrics.creations, 1);
+        Self::bump(&self.shard.creations, 1);
     }
 
     pub(crate) fn evicted(&self, n: u64) {
-        if n > 0 {
-            Self::bump(&self.shard.evictions, &self.counters.metrics.evictions, n);
-        }
+        Self::bump(&self.shard.evictions, n);
     }
 
     pub(crate) fn discarded(&self) {
-        Self::bump(&self.shard.discards, &self.counters.metrics.discards, 1);
+        Self::bump(&self.shard.discards, 1);
     }
 
     pub(crate) fn failed(&self, kind: ErrorKind) {
         if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-            Self::bump(
-                &self.shard.failures[i],
-                &self.counters.metrics.failures[i],
-                1,
-            );
+            Self::bump(&self.shard.failures[i], 1);
         }
     }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rustmq_etl_core::{Message, Transformed};
-use rustmq_etl_pool::{Abi, ErrorKind, LoadError, ModuleConfig, Pool, PoolConfig};
+use rustmq_etl_core::{ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome};
+use rustmq_etl_pool::{Abi, LoadError, LoadedModule, Pool, PoolConfig};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"))
@@ -25,8 +25,14 @@ fn pool() -> &'static Pool {
     })
 }
 
-fn load(id: &str, file: &str, config: ModuleConfig) {
-    pool().load_file(id, &fixture(file), config).unwrap();
+fn spec(id: &str, settings: ModuleSettings) -> ModuleSpec {
+    ModuleSpec::new(id).with_settings(settings)
+}
+
+fn load(id: &str, file: &str, settings: ModuleSettings) -> LoadedModule {
+    pool()
+        .load_file(&spec(id, settings), &fixture(file))
+        .unwrap()
 }
 
 fn json_message(topic: &str, payload: &str) -> Message {
@@ -35,37 +41,42 @@ fn json_message(topic: &str, payload: &str) -> Message {
     m
 }
 
-fn replaced(result: Result<Transformed, rustmq_etl_pool::CallError>) -> Message {
-    match result {
-        Ok(Transformed::Replaced(m)) => m,
+/// Calls `module` on `message` and applies its edits.
+fn replaced(module: &LoadedModule, message: &Message) -> Message {
+    match pool().call_blocking(module, message) {
+        Ok(Outcome::Edited(edits)) => {
+            let mut out = message.clone();
+            out.apply(edits);
+            out
+        }
         other => panic!("expected a changed message, got {other:?}"),
     }
 }
 
 #[test]
 fn identity_passes_messages_unchanged() {
-    load("identity", "identity", ModuleConfig::default());
+    let identity = load("identity", "identity", ModuleSettings::default());
     for _ in 0..3 {
-        let out = pool().call_blocking("identity", &json_message("t", "{}"));
-        assert_eq!(out, Ok(Transformed::Unchanged));
+        let out = pool().call_blocking(&identity, &json_message("t", "{}"));
+        assert_eq!(out, Ok(Outcome::Unchanged));
     }
-    let stats = pool().stats("identity").unwrap();
+    let stats = identity.stats();
     assert_eq!(stats.calls, 3);
     assert!(stats.hits >= 2, "{stats:?}");
 }
 
 #[test]
 fn temperature_converter_turns_celsius_into_fahrenheit() {
-    load(
+    let converter = load(
         "temperature-converter",
         "temperature-converter",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
     );
     let m = json_message(
         "iot.sensors.temperature",
         r#"{"sensor_type":"temperature","unit":"celsius","reading":21.5,"id":"a"}"#,
     );
-    let out = replaced(pool().call_blocking("temperature-converter", &m));
+    let out = replaced(&converter, &m);
     assert_eq!(
         &out.payload[..],
         br#"{"sensor_type":"temperature","unit":"fahrenheit","reading":70.7,"id":"a"}"#
@@ -73,73 +84,71 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
     assert_eq!(out.headers, m.headers, "headers untouched");
     let kelvin = json_message("t", r#"{"unit":"kelvin","reading":3}"#);
     assert_eq!(
-        pool().call_blocking("temperature-converter", &kelvin),
-        Ok(Transformed::Unchanged)
+        pool().call_blocking(&converter, &kelvin),
+        Ok(Outcome::Unchanged)
     );
 }
 
 #[test]
 fn pressure_normalizer_converts_to_the_configured_unit() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         custom_config: r#"{"unit": "kPa"}"#.into(),
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    load("pressure-normalizer", "pressure-normalizer", config);
+    let normalizer = load("pressure-normalizer", "pressure-normalizer", config);
     let m = json_message(
         "iot.sensors.pressure",
         r#"{"unit":"hPa","reading":1013.25}"#,
     );
-    let out = replaced(pool().call_blocking("pressure-normalizer", &m));
+    let out = replaced(&normalizer, &m);
     assert_eq!(&out.payload[..], br#"{"unit":"kPa","reading":101.325}"#);
     let bad = json_message("t", r#"{"unit":"furlongs","reading":1}"#);
-    let err = pool()
-        .call_blocking("pressure-normalizer", &bad)
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Guest);
+    let err = pool().call_blocking(&normalizer, &bad).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::GuestError);
     assert!(err.message().contains("unknown pressure unit \"furlongs\""));
 }
 
 #[test]
 fn message_validator_checks_required_fields() {
-    let lenient = ModuleConfig {
+    let lenient = ModuleSettings {
         custom_config: r#"{"required_fields": ["user", "action"]}"#.into(),
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    load("message-validator", "message-validator", lenient);
-    let ok = replaced(pool().call_blocking(
-        "message-validator",
+    let validator = load("message-validator", "message-validator", lenient);
+    let ok = replaced(
+        &validator,
         &json_message("events.web", r#"{"user":"u","action":"a"}"#),
-    ));
+    );
     assert_eq!(ok.headers.get("x-validation"), Some("passed"));
-    let missing = replaced(pool().call_blocking(
-        "message-validator",
-        &json_message("events.web", r#"{"user":"u"}"#),
-    ));
+    let missing = replaced(&validator, &json_message("events.web", r#"{"user":"u"}"#));
     assert_eq!(missing.headers.get("x-validation"), Some("failed"));
     assert_eq!(
         missing.headers.get("x-validation-error"),
         Some("missing required fields: action")
     );
-    let strict = ModuleConfig {
+    let strict = ModuleSettings {
         custom_config: r#"{"strict_mode": true, "required_fields": ["user"]}"#.into(),
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    load("message-validator-strict", "message-validator", strict);
+    let strict = load("message-validator-strict", "message-validator", strict);
     let err = pool()
-        .call_blocking("message-validator-strict", &json_message("e", "not json"))
+        .call_blocking(&strict, &json_message("e", "not json"))
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Guest);
+    assert_eq!(err.kind(), ErrorKind::GuestError);
     assert!(err.message().starts_with("payload is not JSON"), "{err}");
 }
 
 #[test]
 fn a_bad_custom_config_is_refused_at_load() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         custom_config: r#"{"strict": true}"#.into(),
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
     let err = pool()
-        .load_file("validator-typo", &fixture("message-validator"), config)
+        .load_file(
+            &spec("validator-typo", config),
+            &fixture("message-validator"),
+        )
         .unwrap_err();
     match err {
         LoadError::Init { message, .. } => {
@@ -147,26 +156,26 @@ fn a_bad_custom_config_is_refused_at_load() {
         }
         other => panic!("expected an init error, got {other:?}"),
     }
-    assert!(!pool().modules().contains(&"validator-typo".to_owned()));
 }
 
 #[test]
 fn geolocation_enricher_uses_the_longest_matching_network() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         custom_config: r#"{"networks": [
             {"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"},
             {"cidr": "203.0.0.0/8", "country": "AU"},
             {"cidr": "2001:db8::/32", "country": "NL", "region": "NH"}]}"#
             .into(),
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
-    load("geolocation-enricher", "geolocation-enricher", config);
-    let call = |ip: &str| {
+    let enricher = load("geolocation-enricher", "geolocation-enricher", config);
+    let message = |ip: &str| {
         let mut m = json_message("events.web.click", "{}");
         m.headers.push("client_ip", ip);
-        pool().call_blocking("geolocation-enricher", &m)
+        m
     };
-    let out = replaced(call("203.0.113.7"));
+    let call = |ip: &str| replaced(&enricher, &message(ip));
+    let out = call("203.0.113.7");
     assert_eq!(
         (
             out.headers.get("geo-country"),
@@ -174,7 +183,7 @@ fn geolocation_enricher_uses_the_longest_matching_network() {
         ),
         (Some("AU"), Some("NSW"))
     );
-    let out = replaced(call("203.1.2.3"));
+    let out = call("203.1.2.3");
     assert_eq!(
         (
             out.headers.get("geo-country"),
@@ -182,88 +191,81 @@ fn geolocation_enricher_uses_the_longest_matching_network() {
         ),
         (Some("AU"), None)
     );
-    let out = replaced(call("2001:db8::1"));
+    let out = call("2001:db8::1");
     assert_eq!(out.headers.get("geo-region"), Some("NH"));
     assert_eq!(
-        replaced(call("198.51.100.1")).headers.get("geo-country"),
+        call("198.51.100.1").headers.get("geo-country"),
         Some("unknown")
     );
-    assert_eq!(call("not an ip"), Ok(Transformed::Unchanged));
+    assert_eq!(
+        pool().call_blocking(&enricher, &message("not an ip")),
+        Ok(Outcome::Unchanged)
+    );
 }
 
 #[test]
 fn content_analyzer_and_message_formatter() {
-    load(
+    let analyzer = load(
         "content-analyzer",
         "content-analyzer",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
     );
-    let out = replaced(pool().call_blocking(
-        "content-analyzer",
-        &Message::new("t", "two words\nand more"),
-    ));
+    let out = replaced(&analyzer, &Message::new("t", "two words\nand more"));
     assert_eq!(out.headers.get("content-kind"), Some("text"));
     assert_eq!(out.headers.get("content-words"), Some("4"));
     assert_eq!(out.headers.get("content-lines"), Some("2"));
-    let out =
-        replaced(pool().call_blocking("content-analyzer", &Message::new("t", vec![0xff, 0xfe])));
+    let out = replaced(&analyzer, &Message::new("t", vec![0xff, 0xfe]));
     assert_eq!(out.headers.get("content-kind"), Some("binary"));
 
-    load(
+    let formatter = load(
         "message-formatter",
         "message-formatter",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
     );
-    let out = replaced(pool().call_blocking(
-        "message-formatter",
+    let out = replaced(
+        &formatter,
         &Message::new("t", "{ \"b\" : [1, 2] ,\n \"a\": null }"),
-    ));
+    );
     assert_eq!(&out.payload[..], br#"{"b":[1,2],"a":null}"#);
     assert_eq!(out.headers.get("content-type"), Some("application/json"));
 }
 
 #[test]
 fn sensor_data_validator_reports_bad_readings() {
-    load(
+    let validator = load(
         "sensor-data-validator",
         "sensor-data-validator",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
     );
     let ok = json_message(
         "iot.sensors.temperature",
         r#"{"sensor_type":"temperature","unit":"celsius","reading":21.5}"#,
     );
     assert_eq!(
-        replaced(pool().call_blocking("sensor-data-validator", &ok))
-            .headers
-            .get("x-sensor-valid"),
+        replaced(&validator, &ok).headers.get("x-sensor-valid"),
         Some("true")
     );
     let bad = json_message(
         "iot.sensors.temperature",
         r#"{"sensor_type":"temperature","unit":"celsius","reading":"hot"}"#,
     );
-    let err = pool()
-        .call_blocking("sensor-data-validator", &bad)
-        .unwrap_err();
+    let err = pool().call_blocking(&validator, &bad).unwrap_err();
     assert_eq!(
         (err.kind(), err.message()),
-        (ErrorKind::Guest, "`reading` must be a number")
+        (ErrorKind::GuestError, "`reading` must be a number")
     );
 }
 
 #[test]
 fn a_legacy_module_runs_unchanged_on_the_payload() {
-    let report = pool()
-        .load_file(
-            "legacy-uppercase",
-            &fixture("legacy-uppercase"),
-            ModuleConfig::default(),
-        )
-        .unwrap();
-    assert_eq!(report.abi, Abi::Legacy);
+    let legacy = load(
+        "legacy-uppercase",
+        "legacy-uppercase",
+        ModuleSettings::default(),
+    );
+    assert_eq!(legacy.abi(), Abi::Legacy);
     let m = json_message("t", "hello, legacy");
-    let out = replaced(pool().call_blocking("legacy-uppercase", &m));
+    let out = replaced(&legacy, &m);
     assert_eq!(&out.payload[..], b"HELLO, LEGACY");
     assert_eq!(out.topic, "t");
 }
@@ -272,22 +274,22 @@ fn a_legacy_module_runs_unchanged_on_the_payload() {
 /// module serves the next call (on a fresh instance).
 fn contained(
     id: &str,
-    config: ModuleConfig,
+    config: ModuleSettings,
     kind: ErrorKind,
 ) -> (rustmq_etl_pool::CallError, Duration) {
-    load(id, id, config);
+    let module = load(id, id, config);
     let started = Instant::now();
     let err = pool()
-        .call_blocking(id, &Message::new("t", "attack"))
+        .call_blocking(&module, &Message::new("t", "attack"))
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.kind(), kind, "{err}");
     assert_eq!(
-        pool().call_blocking(id, &Message::new("t", "ok")),
-        Ok(Transformed::Unchanged),
+        pool().call_blocking(&module, &Message::new("t", "ok")),
+        Ok(Outcome::Unchanged),
         "{id} after {kind}"
     );
-    let stats = pool().stats(id).unwrap();
+    let stats = module.stats();
     assert_eq!(stats.failures_of(kind), 1, "{stats:?}");
     assert!(
         stats.discards >= 1,
@@ -298,9 +300,9 @@ fn contained(
 
 #[test]
 fn an_infinite_loop_is_stopped_at_its_time_budget() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         execution_timeout_ms: 200,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
     let (err, took) = contained("hostile-infinite-loop", config, ErrorKind::Timeout);
     assert!(err.message().contains("200 ms"), "{err}");
@@ -310,9 +312,9 @@ fn an_infinite_loop_is_stopped_at_its_time_budget() {
 
 #[test]
 fn a_memory_bomb_hits_its_limit() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         memory_limit_bytes: 16 << 20,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
     let (err, _) = contained("hostile-memory-bomb", config, ErrorKind::MemoryLimit);
     assert!(err.message().contains("16777216 bytes"), "{err}");
@@ -322,7 +324,7 @@ fn a_memory_bomb_hits_its_limit() {
 fn unbounded_recursion_is_a_stack_overflow_trap() {
     let (err, _) = contained(
         "hostile-recursion",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
         ErrorKind::Trap,
     );
     assert!(err.message().contains("stack"), "{err}");
@@ -330,7 +332,7 @@ fn unbounded_recursion_is_a_stack_overflow_trap() {
 
 #[test]
 fn a_panic_is_a_trap() {
-    let (err, _) = contained("hostile-trap", ModuleConfig::default(), ErrorKind::Trap);
+    let (err, _) = contained("hostile-trap", ModuleSettings::default(), ErrorKind::Trap);
     assert!(err.message().contains("unreachable"), "{err}");
 }
 
@@ -338,7 +340,7 @@ fn a_panic_is_a_trap() {
 fn an_answer_outside_memory_is_refused() {
     let (err, _) = contained(
         "hostile-out-of-bounds",
-        ModuleConfig::default(),
+        ModuleSettings::default(),
         ErrorKind::InvalidOutput,
     );
     assert!(err.message().contains("outside its"), "{err}");
@@ -346,9 +348,9 @@ fn an_answer_outside_memory_is_refused() {
 
 #[test]
 fn an_oversized_answer_is_refused_by_the_output_cap() {
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         max_output_bytes: 1 << 20,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     };
     let (err, _) = contained("hostile-oversized-output", config, ErrorKind::InvalidOutput);
     assert!(err.message().contains("output limit"), "{err}");
@@ -356,26 +358,26 @@ fn an_oversized_answer_is_refused_by_the_output_cap() {
 
 #[test]
 fn a_slow_call_finishes_within_its_budget_and_not_beyond_it() {
-    load(
+    let slow = load(
         "hostile-slow",
         "hostile-slow",
-        ModuleConfig {
+        ModuleSettings {
             execution_timeout_ms: 5_000,
-            ..ModuleConfig::default()
+            ..ModuleSettings::default()
         },
     );
-    let out = replaced(pool().call_blocking("hostile-slow", &Message::new("t", "5")));
+    let out = replaced(&slow, &Message::new("t", "5"));
     assert!(out.headers.get("x-slow-result").is_some());
-    load(
+    let tight = load(
         "hostile-slow-tight",
         "hostile-slow",
-        ModuleConfig {
+        ModuleSettings {
             execution_timeout_ms: 5,
-            ..ModuleConfig::default()
+            ..ModuleSettings::default()
         },
     );
     let err = pool()
-        .call_blocking("hostile-slow-tight", &Message::new("t", "2000"))
+        .call_blocking(&tight, &Message::new("t", "2000"))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
@@ -383,21 +385,11 @@ fn a_slow_call_finishes_within_its_budget_and_not_beyond_it() {
 #[test]
 fn modules_that_are_not_rustmq_etl_modules_are_refused() {
     let err = pool()
-        .load(
-            "garbage",
-            b"\0asm\x01\0\0\0garbage",
-            ModuleConfig::default(),
-        )
+        .load(&ModuleSpec::new("garbage"), b"\0asm\x01\0\0\0garbage")
         .unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err:?}");
     // A valid module with no exports at all.
     let empty = b"\0asm\x01\0\0\0";
-    let err = pool()
-        .load("empty", empty, ModuleConfig::default())
-        .unwrap_err();
+    let err = pool().load(&ModuleSpec::new("empty"), empty).unwrap_err();
     assert!(err.to_string().contains("exports no `memory`"), "{err}");
-    let err = pool()
-        .call_blocking("never-loaded", &Message::new("t", ""))
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound);
 }

@@ -5,8 +5,8 @@
 //! when a guest logs a certain line (the logger is process-wide, so this test
 //! has its binary to itself).
 
-use rustmq_etl_core::{Message, Transformed};
-use rustmq_etl_pool::{ErrorKind, ModuleConfig, Pool, PoolConfig};
+use rustmq_etl_core::{ErrorKind, Message, ModuleSpec, Outcome};
+use rustmq_etl_pool::{Pool, PoolConfig};
 
 struct PanickingLogger;
 
@@ -50,9 +50,9 @@ fn a_panic_on_a_worker_is_answered_and_the_worker_goes_on() {
           (data (i32.const 32) "panic, please"))"#,
     )
     .unwrap();
-    pool.load("panics", &wasm, ModuleConfig::default()).unwrap();
+    let module = pool.load(&ModuleSpec::new("panics"), &wasm).unwrap();
     let err = pool
-        .call_blocking("panics", &Message::new("t", vec![b'a'; 200]))
+        .call_blocking(&module, &Message::new("t", vec![b'a'; 200]))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Trap, "{err}");
     assert!(
@@ -62,8 +62,8 @@ fn a_panic_on_a_worker_is_answered_and_the_worker_goes_on() {
     // The worker lives: the same module, on a fresh instance, serves again.
     for _ in 0..3 {
         assert_eq!(
-            pool.call_blocking("panics", &Message::new("t", "ok")),
-            Ok(Transformed::Unchanged)
+            pool.call_blocking(&module, &Message::new("t", "ok")),
+            Ok(Outcome::Unchanged)
         );
     }
 }

@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use attacks::{module, module_with_memory};
-use rustmq_etl_core::{Message, Transformed};
-use rustmq_etl_pool::{ErrorKind, LoadError, ModuleConfig, Pool, PoolConfig};
+use rustmq_etl_core::{ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome};
+use rustmq_etl_pool::{CallError, LoadError, LoadedModule, Pool, PoolConfig};
 
 mod attacks;
 
@@ -27,20 +27,33 @@ fn bound(budget_ms: u64) -> Duration {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let pool = Pool::new(PoolConfig {
+        Pool::new(PoolConfig {
             workers: 1,
             ..PoolConfig::default()
         })
-        .unwrap();
+        .unwrap()
+    })
+}
+
+/// A well-behaved module on the same (only) worker.
+fn good() -> &'static LoadedModule {
+    static GOOD: OnceLock<LoadedModule> = OnceLock::new();
+    GOOD.get_or_init(|| {
         let identity = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../fixtures/modules/identity.wasm"
         ))
         .unwrap();
-        pool.load("good", &identity, ModuleConfig::default())
-            .unwrap();
-        pool
+        pool().load(&ModuleSpec::new("good"), &identity).unwrap()
     })
+}
+
+fn load(id: &str, wasm: &[u8], settings: ModuleSettings) -> Result<LoadedModule, LoadError> {
+    pool().load(&ModuleSpec::new(id).with_settings(settings), wasm)
+}
+
+fn call(module: &LoadedModule, message: &Message) -> Result<Outcome, CallError> {
+    pool().call_blocking(module, message)
 }
 
 /// One case at a time: they measure time.
@@ -49,10 +62,10 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn config(budget_ms: u64) -> ModuleConfig {
-    ModuleConfig {
+fn config(budget_ms: u64) -> ModuleSettings {
+    ModuleSettings {
         execution_timeout_ms: budget_ms,
-        ..ModuleConfig::default()
+        ..ModuleSettings::default()
     }
 }
 
@@ -69,10 +82,10 @@ fn calm_message() -> Message {
 
 /// Loads `wasm` as `id`, runs the attack, and checks the kind, the bound, and
 /// that the worker and the module serve the next calls.
-fn contained(id: &str, wasm: &[u8], budget_ms: u64, kind: ErrorKind) -> rustmq_etl_pool::CallError {
-    pool().load(id, wasm, config(budget_ms)).unwrap();
+fn contained(id: &str, wasm: &[u8], budget_ms: u64, kind: ErrorKind) -> CallError {
+    let module = load(id, wasm, config(budget_ms)).unwrap();
     let started = Instant::now();
-    let result = pool().call_blocking(id, &attack_message());
+    let result = call(&module, &attack_message());
     let took = started.elapsed();
     let err = result.expect_err("the attack must fail");
     assert_eq!(err.kind(), kind, "{id}: {err}");
@@ -80,19 +93,20 @@ fn contained(id: &str, wasm: &[u8], budget_ms: u64, kind: ErrorKind) -> rustmq_e
         took <= bound(budget_ms),
         "{id}: the call took {took:?}, more than 2 × {budget_ms} ms + 10 ms"
     );
-    next_calls_succeed(id);
+    next_calls_succeed(&module);
     err
 }
 
-fn next_calls_succeed(id: &str) {
+fn next_calls_succeed(module: &LoadedModule) {
+    let id = module.id();
     assert_eq!(
-        pool().call_blocking(id, &calm_message()),
-        Ok(Transformed::Unchanged),
+        call(module, &calm_message()),
+        Ok(Outcome::Unchanged),
         "{id}: the module's next call"
     );
     assert_eq!(
-        pool().call_blocking("good", &calm_message()),
-        Ok(Transformed::Unchanged),
+        call(good(), &calm_message()),
+        Ok(Outcome::Unchanged),
         "{id}: another module's next call on the same worker"
     );
 }
@@ -161,7 +175,7 @@ fn a_start_function_or_init_that_never_ends_is_refused_within_its_budget() {
         ("looping-init", looping_init),
     ] {
         let started = Instant::now();
-        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        let err = load(id, &wasm, config(BUDGET_MS)).unwrap_err();
         let took = started.elapsed();
         match &err {
             LoadError::Init { message, .. } => {
@@ -173,12 +187,8 @@ fn a_start_function_or_init_that_never_ends_is_refused_within_its_budget() {
         // worker's share is checked here, through the next call.
         eprintln!("{id}: refused after {took:?}");
         let started = Instant::now();
-        assert_eq!(
-            pool().call_blocking("good", &calm_message()),
-            Ok(Transformed::Unchanged)
-        );
+        assert_eq!(call(good(), &calm_message()), Ok(Outcome::Unchanged));
         assert!(started.elapsed() < bound(BUDGET_MS));
-        assert!(!pool().modules().contains(&id.to_owned()));
     }
 }
 
@@ -193,7 +203,12 @@ fn tables_cannot_grow_past_the_memory_limit() {
         let attack = format!(
             "(if (i32.eq (table.grow $t (ref.null func) (i32.const {delta})) (i32.const -1)) (then {REFUSED}))"
         );
-        let err = contained(id, &module(&attack, table), BUDGET_MS, ErrorKind::Guest);
+        let err = contained(
+            id,
+            &module(&attack, table),
+            BUDGET_MS,
+            ErrorKind::GuestError,
+        );
         assert_eq!(err.message(), "refused");
     }
 }
@@ -204,30 +219,26 @@ fn declared_tables_count_against_the_memory_limit() {
     let tables: String = (0..5)
         .map(|i| format!("(table $t{i} 10000000 funcref)"))
         .collect();
-    let err = pool()
-        .load("big-tables", &module("", &tables), config(BUDGET_MS))
-        .unwrap_err();
+    let err = load("big-tables", &module("", &tables), config(BUDGET_MS)).unwrap_err();
     assert!(
         matches!(&err, LoadError::Refused { message, .. } if message.contains("tables take")),
         "{err}"
     );
     // A table whose initial size alone is over the limit.
-    let err = pool()
-        .load(
-            "huge-initial-table",
-            &module("", "(table 20000000 funcref)"),
-            config(BUDGET_MS),
-        )
-        .unwrap_err();
+    let err = load(
+        "huge-initial-table",
+        &module("", "(table 20000000 funcref)"),
+        config(BUDGET_MS),
+    )
+    .unwrap_err();
     assert!(matches!(&err, LoadError::Refused { .. }), "{err}");
     // A memory whose initial size is over the limit.
-    let err = pool()
-        .load(
-            "huge-memory",
-            &module_with_memory("", "", 2000),
-            config(BUDGET_MS),
-        )
-        .unwrap_err();
+    let err = load(
+        "huge-memory",
+        &module_with_memory("", "", 2000),
+        config(BUDGET_MS),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("memory limit"), "{err}");
     // A table with no maximum may not grow at all: it counts at its size.
     let fixed = "(table $t 10 funcref)";
@@ -238,26 +249,22 @@ fn declared_tables_count_against_the_memory_limit() {
         "unbounded-table",
         &module(&attack, fixed),
         BUDGET_MS,
-        ErrorKind::Guest,
+        ErrorKind::GuestError,
     );
 }
 
 #[test]
 fn memory_growth_stops_at_the_limit_and_says_so() {
     let _serial = serial();
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         memory_limit_bytes: 1 << 20,
         ..config(BUDGET_MS)
     };
     let attack = "(if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))";
-    pool()
-        .load("grow-past", &module(attack, ""), config)
-        .unwrap();
-    let err = pool()
-        .call_blocking("grow-past", &attack_message())
-        .unwrap_err();
+    let grow = load("grow-past", &module(attack, ""), config).unwrap();
+    let err = call(&grow, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::MemoryLimit, "{err}");
-    next_calls_succeed("grow-past");
+    next_calls_succeed(&grow);
 }
 
 #[test]
@@ -274,7 +281,7 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
     ] {
         let wasm =
             wat::parse_str(format!(r#"(module {import} (memory (export "memory") 1))"#)).unwrap();
-        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        let err = load(id, &wasm, config(BUDGET_MS)).unwrap_err();
         assert!(
             matches!(&err, LoadError::Refused { message, .. } if message.contains("may import only")),
             "{id}: {err}"
@@ -293,7 +300,7 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
             format!(r#"(module (memory (export "memory") 1) {extra})"#)
         };
         let wasm = wat::parse_str(&text).unwrap();
-        let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+        let err = load(id, &wasm, config(BUDGET_MS)).unwrap_err();
         match &err {
             LoadError::Refused { message, .. } => {
                 assert!(message.to_lowercase().contains(says), "{id}: {message}")
@@ -323,16 +330,14 @@ fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
           (data (i32.const 16) "\00"))"#,
     )
     .unwrap();
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         memory_limit_bytes: 4 << 30,
         ..config(BUDGET_MS)
     };
-    pool().load("wrapping-alloc", &wasm, config).unwrap();
-    let err = pool()
-        .call_blocking("wrapping-alloc", &attack_message())
-        .unwrap_err();
+    let wrapping = load("wrapping-alloc", &wasm, config).unwrap();
+    let err = call(&wrapping, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
-    next_calls_succeed("wrapping-alloc");
+    next_calls_succeed(&wrapping);
 }
 
 /// An encoded answer of `count` header edits, each setting a distinct name.
@@ -368,41 +373,34 @@ fn answering(answer: &[u8]) -> Vec<u8> {
 #[test]
 fn many_header_edits_cost_linear_host_work_and_are_capped() {
     let _serial = serial();
-    pool()
-        .load(
-            "many-headers",
-            &answering(&header_edits(40_000)),
-            config(BUDGET_MS),
-        )
-        .unwrap();
+    let many = load(
+        "many-headers",
+        &answering(&header_edits(40_000)),
+        config(BUDGET_MS),
+    )
+    .unwrap();
     let started = Instant::now();
-    let out = pool()
-        .call_blocking("many-headers", &attack_message())
-        .unwrap();
+    let mut out = attack_message();
+    match call(&many, &out).unwrap() {
+        Outcome::Edited(edits) => out.apply(edits),
+        other => panic!("expected the edits, got {other:?}"),
+    }
     // Printed, not asserted: this test build does not optimise the host's
     // code; `cargo xtask bench` measures the optimised one.
     eprintln!("40,000 header edits applied in {:?}", started.elapsed());
-    match out {
-        Transformed::Replaced(m) => {
-            assert_eq!(m.headers.len(), 40_000);
-            assert_eq!(m.headers.get("h39999"), Some("v"));
-        }
-        other => panic!("expected the edits applied, got {other:?}"),
-    }
-    next_calls_succeed("many-headers");
-    pool()
-        .load(
-            "too-many-edits",
-            &answering(&header_edits(65_537)),
-            config(BUDGET_MS),
-        )
-        .unwrap();
-    let err = pool()
-        .call_blocking("too-many-edits", &attack_message())
-        .unwrap_err();
+    assert_eq!(out.headers.len(), 40_000);
+    assert_eq!(out.headers.get("h39999"), Some("v"));
+    next_calls_succeed(&many);
+    let too_many = load(
+        "too-many-edits",
+        &answering(&header_edits(65_537)),
+        config(BUDGET_MS),
+    )
+    .unwrap();
+    let err = call(&too_many, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
     assert!(err.message().contains("more than 65536 edits"), "{err}");
-    next_calls_succeed("too-many-edits");
+    next_calls_succeed(&too_many);
 }
 
 // ---- compilation ----
@@ -410,7 +408,7 @@ fn many_header_edits_cost_linear_host_work_and_are_capped() {
 fn refused_at_load(id: &str, text: &str, says: &str) {
     let wasm = wat::parse_str(text).unwrap();
     let started = Instant::now();
-    let err = pool().load(id, &wasm, config(BUDGET_MS)).unwrap_err();
+    let err = load(id, &wasm, config(BUDGET_MS)).unwrap_err();
     match &err {
         LoadError::Refused { message, .. } => assert!(message.contains(says), "{id}: {message}"),
         other => panic!("{id}: expected a refusal, got {other:?}"),
@@ -512,10 +510,11 @@ fn a_planted_artifact_is_never_run() {
         .unwrap()
     };
     let looping = module("(loop $l (br $l))", "");
-    let report = cached_pool(dir.path())
-        .load("planted", &looping, config(BUDGET_MS))
+    let planted_spec = ModuleSpec::new("planted").with_settings(config(BUDGET_MS));
+    let first = cached_pool(dir.path())
+        .load(&planted_spec, &looping)
         .unwrap();
-    assert!(!report.from_cache);
+    assert!(!first.from_cache());
     // Compile the same module without instrumentation and plant it.
     let plain = wasmer::Module::new(&wasmer::Store::default(), &looping).unwrap();
     let artifact = plain.serialize().unwrap();
@@ -532,20 +531,14 @@ fn a_planted_artifact_is_never_run() {
     }
     assert_eq!(found, 1);
     let pool = cached_pool(dir.path());
-    let report = pool.load("planted", &looping, config(BUDGET_MS)).unwrap();
-    assert!(!report.from_cache, "the planted artifact was used");
+    let module = pool.load(&planted_spec, &looping).unwrap();
+    assert!(!module.from_cache(), "the planted artifact was used");
     let started = Instant::now();
-    let err = pool
-        .call_blocking("planted", &attack_message())
-        .unwrap_err();
+    let err = pool.call_blocking(&module, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(started.elapsed() <= bound(BUDGET_MS));
     // The cache wrote its own artifact back, and uses it from now on.
-    assert!(
-        pool.load("planted", &looping, config(BUDGET_MS))
-            .unwrap()
-            .from_cache
-    );
+    assert!(pool.load(&planted_spec, &looping).unwrap().from_cache());
 }
 
 /// A cache directory, or a key, that other users may write (or read) is refused.
@@ -581,24 +574,22 @@ fn a_cache_others_may_write_is_refused() {
 #[test]
 fn a_throttled_module_does_not_hold_up_the_worker() {
     let _serial = serial();
-    let config = ModuleConfig {
+    let config = ModuleSettings {
         max_creations_per_second: 20,
         ..config(BUDGET_MS)
     };
-    pool()
-        .load("trap-always", &module("unreachable", ""), config)
-        .unwrap();
+    let trapping = load("trap-always", &module("unreachable", ""), config).unwrap();
     // 40 failing calls: each discards its instance, so each needs a new one.
     let callers: Vec<_> = (0..40)
-        .map(|_| std::thread::spawn(|| pool().call_blocking("trap-always", &attack_message())))
+        .map(|_| {
+            let trapping = trapping.clone();
+            std::thread::spawn(move || call(&trapping, &attack_message()))
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..5 {
         let started = Instant::now();
-        assert_eq!(
-            pool().call_blocking("good", &calm_message()),
-            Ok(Transformed::Unchanged)
-        );
+        assert_eq!(call(good(), &calm_message()), Ok(Outcome::Unchanged));
         assert!(
             started.elapsed() < Duration::from_millis(BUDGET_MS),
             "another module's call waited {:?}",

@@ -42,6 +42,7 @@ pub(crate) enum OwnedEdit {
     Topic(String),
     Header(String, String),
     RemoveHeader(String),
+    Timestamp(Option<i64>),
 }
 
 impl Edits {
@@ -82,6 +83,18 @@ impl Edits {
         self
     }
 
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn set_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.edits.push(OwnedEdit::Timestamp(Some(timestamp_ms)));
+        self
+    }
+
+    /// Removes the timestamp.
+    pub fn clear_timestamp(mut self) -> Self {
+        self.edits.push(OwnedEdit::Timestamp(None));
+        self
+    }
+
     /// Whether no edit was added.
     pub fn is_empty(&self) -> bool {
         self.edits.is_empty()
@@ -97,6 +110,8 @@ impl Edits {
                 OwnedEdit::Topic(t) => Edit::SetTopic(t),
                 OwnedEdit::Header(n, v) => Edit::SetHeader(n, v),
                 OwnedEdit::RemoveHeader(n) => Edit::RemoveHeader(n),
+                OwnedEdit::Timestamp(Some(ms)) => Edit::SetTimestamp(*ms),
+                OwnedEdit::Timestamp(None) => Edit::ClearTimestamp,
             })
             .collect()
     }

@@ -84,6 +84,7 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
                         }
                     }
                     OwnedEdit::RemoveHeader(n) => out.headers.retain(|(h, _)| *h != n),
+                    OwnedEdit::Timestamp(ms) => out.timestamp_ms = ms,
                 }
             }
             Ok(Some(out))

@@ -8,8 +8,8 @@
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
-use rustmq_etl_core::Message;
-use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool, ModuleConfig};
+use rustmq_etl_core::{CallRequest, Message, ModuleSpec};
+use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool};
 use wasmer::{imports, Function, Instance, Memory, Module, Store, TypedFunction, Value};
 
 pub fn fixtures() -> PathBuf {
@@ -56,9 +56,8 @@ impl IdentityCall {
     pub fn new(bulk_bytes_per_ms: u64) -> IdentityCall {
         let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
         let module = LoadedModule::compile(
-            "identity",
+            &ModuleSpec::new("identity"),
             &wasm,
-            ModuleConfig::default(),
             &settings(bulk_bytes_per_ms),
         )
         .unwrap();
@@ -74,7 +73,7 @@ impl IdentityCall {
     pub fn call(&mut self) {
         black_box(
             self.local
-                .call(&self.module, black_box(&self.message))
+                .call(&self.module, CallRequest::new(black_box(&self.message)))
                 .unwrap(),
         );
     }
