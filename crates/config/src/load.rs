@@ -112,6 +112,20 @@ impl Config {
     pub fn file_count(&self) -> usize {
         self.files
     }
+
+    /// The same configuration with pipeline `pipeline_id` switched on or off
+    /// (`enabled` needs no validation); `None` if there is no such pipeline.
+    pub fn with_pipeline_enabled(&self, pipeline_id: &str, enabled: bool) -> Option<Config> {
+        let mut changed = self.clone();
+        let mut found = false;
+        for source in &mut changed.pipelines {
+            if source.pipeline.pipeline_id == pipeline_id {
+                source.pipeline.enabled = enabled;
+                found = true;
+            }
+        }
+        found.then_some(changed)
+    }
 }
 
 fn finish(

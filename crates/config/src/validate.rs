@@ -151,12 +151,17 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
                 }),
                 ..stage_place.clone()
             };
-            if ids.insert(module_config.module_id.as_str(), m).is_some()
-                && !module_config.module_id.is_empty()
-            {
+            // The same module with other settings is another occurrence
+            // (execution.md); the same module with the same settings twice
+            // in one stage is a mistake.
+            let occurrence = (
+                module_config.module_id.as_str(),
+                module_config.instance_config.to_settings(),
+            );
+            if ids.insert(occurrence, m).is_some() && !module_config.module_id.is_empty() {
                 report.error(
                     "module_id".to_owned(),
-                    "the module appears twice in this stage; a stage runs each module once",
+                    "the module appears twice in this stage with the same instance_config; a stage runs each module occurrence once",
                 );
             }
             module(report, module_config, p.global_timeout_ms);

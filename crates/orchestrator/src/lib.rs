@@ -29,9 +29,26 @@
 //! ```
 #![warn(missing_docs)]
 
+mod breaker;
+mod options;
+mod orchestrator;
 mod plan;
+mod result;
+mod run;
+mod snapshot;
+mod stats;
 
+pub use breaker::CircuitState;
+pub use options::{Backoff, BreakerSettings, Options};
+pub use orchestrator::{
+    Busy, EngineStopped, Orchestrator, ProcessOptions, ReloadError, ReloadReport,
+};
 pub use plan::{
     Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline,
     PlannedStage, Skipped,
 };
+pub use result::{
+    Disposition, FailureAction, Processed, RanOutcome, SkipReason, Trace, TraceEntry, TraceEvent,
+};
+pub use run::headers as dead_letter_headers;
+pub use snapshot::{DirectorySource, ModuleSource};

@@ -1,11 +1,13 @@
 //! The compiled execution plan and module selection.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rustmq_etl_condition::{ConditionSet, ConditionSetBuilder, GroupId};
+use rustmq_etl_condition::{ConditionSet, ConditionSetBuilder, GroupId, Subject};
 use rustmq_etl_config::{Config, EtlPipelineConfig, ModuleInstanceConfig};
-use rustmq_etl_core::Message;
+use rustmq_etl_core::{Message, ModuleSpec};
 use rustmq_etl_filter::{FilterSet, FilterSetBuilder, SlotId};
 
 /// Why a configuration cannot become a plan.
@@ -24,6 +26,12 @@ pub struct PlannedModule {
     pub module_id: String,
     /// Its resource limits and configuration.
     pub instance_config: ModuleInstanceConfig,
+    /// Which occurrence it is: an index into [`Plan::occurrences`] (the same
+    /// `module_id` with the same settings anywhere in the configuration is the
+    /// same occurrence).
+    pub occurrence: usize,
+    /// Its position among all modules of the plan, in execution order.
+    pub index: usize,
     slot: SlotId,
     group: GroupId,
 }
@@ -33,10 +41,25 @@ pub struct PlannedModule {
 pub struct PlannedStage {
     /// Lower runs first.
     pub priority: u32,
-    /// Whether the modules run concurrently on the stage's input.
+    /// Whether every module gets the stage's input (results combined in
+    /// declaration order) instead of the one before it's output.
     pub parallel_execution: bool,
+    /// The stage's time budget for one message, if it has one.
+    pub stage_timeout: Option<Duration>,
+    /// Whether a failed module is skipped.
+    pub continue_on_error: bool,
     /// The modules in declaration order.
     pub modules: Vec<PlannedModule>,
+}
+
+/// What parts of a message some rule of the plan reads: an edit to a part no
+/// rule reads does not change any module's selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    pub(crate) payload: bool,
+    pub(crate) headers: bool,
+    pub(crate) size: bool,
+    pub(crate) age: bool,
 }
 
 /// One pipeline, stages in ascending priority.
@@ -52,6 +75,9 @@ struct Inner {
     pipelines: Vec<PlannedPipeline>,
     filters: FilterSet,
     conditions: ConditionSet,
+    occurrences: Vec<ModuleSpec>,
+    modules: usize,
+    reads: Reads,
 }
 
 /// A configuration compiled for selection and execution. Immutable, `Send +
@@ -116,6 +142,9 @@ impl Plan {
         let mut filters = FilterSetBuilder::new();
         let mut conditions = ConditionSetBuilder::new();
         let mut pipelines = Vec::with_capacity(config.pipelines().len());
+        let mut occurrences: Vec<ModuleSpec> = Vec::new();
+        let mut occurrence_of: HashMap<ModuleSpec, usize> = HashMap::new();
+        let mut reads = Reads::default();
         for source in config.pipelines() {
             let p = &source.pipeline;
             let mut stages = Vec::with_capacity(p.stages.len());
@@ -137,9 +166,25 @@ impl Plan {
                         .iter()
                         .map(|r| r.to_rule().map_err(|e| error(e.to_string())))
                         .collect::<Result<Vec<_>, _>>()?;
+                    for rule in &rules {
+                        match rule.subject() {
+                            Subject::PayloadField(_) => reads.payload = true,
+                            Subject::HeaderValue(_) => reads.headers = true,
+                            Subject::MessageSize => reads.size = true,
+                            Subject::MessageAge => reads.age = true,
+                        }
+                    }
+                    let spec = ModuleSpec::new(&m.module_id)
+                        .with_settings(m.instance_config.to_settings());
+                    let occurrence = *occurrence_of.entry(spec.clone()).or_insert_with(|| {
+                        occurrences.push(spec);
+                        occurrences.len() - 1
+                    });
                     modules.push(PlannedModule {
                         module_id: m.module_id.clone(),
                         instance_config: m.instance_config.clone(),
+                        occurrence,
+                        index: 0,
                         slot: filters.add_slot(topic_filters),
                         group: conditions.add_group(rules),
                     });
@@ -147,6 +192,8 @@ impl Plan {
                 stages.push(PlannedStage {
                     priority: stage.priority,
                     parallel_execution: stage.parallel_execution,
+                    stage_timeout: stage.stage_timeout_ms.map(Duration::from_millis),
+                    continue_on_error: stage.continue_on_error,
                     modules,
                 });
             }
@@ -161,13 +208,106 @@ impl Plan {
             module: String::new(),
             message: e.to_string(),
         })?;
+        let mut modules = 0;
+        for module in pipelines
+            .iter_mut()
+            .flat_map(|p| p.stages.iter_mut())
+            .flat_map(|s| s.modules.iter_mut())
+        {
+            module.index = modules;
+            modules += 1;
+        }
         Ok(Plan {
             inner: Arc::new(Inner {
                 pipelines,
                 filters,
                 conditions: conditions.build(),
+                occurrences,
+                modules,
+                reads,
             }),
         })
+    }
+
+    /// The distinct module occurrences (a `module_id` with its settings), each
+    /// loaded once: [`PlannedModule::occurrence`] indexes this.
+    pub fn occurrences(&self) -> &[ModuleSpec] {
+        &self.inner.occurrences
+    }
+
+    /// How many modules the plan has, in all pipelines and stages.
+    pub fn module_count(&self) -> usize {
+        self.inner.modules
+    }
+
+    pub(crate) fn reads(&self) -> Reads {
+        self.inner.reads
+    }
+
+    /// Evaluates every module's topic filters on `message`'s topic, into
+    /// `out[module.index]`.
+    pub(crate) fn select_filters(&self, topic: &str, scratch: &mut PlanScratch, out: &mut [bool]) {
+        let matches = self.inner.filters.matches(topic, &mut scratch.filters);
+        for module in self.modules() {
+            out[module.index] = matches.contains(module.slot);
+        }
+    }
+
+    /// Evaluates every module's rules on `message`, into `out[module.index]`
+    /// (the payload is read at most once).
+    pub(crate) fn select_rules(
+        &self,
+        message: &Message,
+        now_ms: i64,
+        scratch: &mut PlanScratch,
+        out: &mut [bool],
+    ) {
+        let mut context = self
+            .inner
+            .conditions
+            .context(message, now_ms, &mut scratch.conditions);
+        for module in self.modules() {
+            out[module.index] = context.holds(module.group);
+        }
+    }
+
+    /// Why `module` does not run for `message` (for traces): its filters or
+    /// its first rule that does not hold.
+    pub(crate) fn why_not(
+        &self,
+        module: &PlannedModule,
+        message: &Message,
+        now_ms: i64,
+        scratch: &mut PlanScratch,
+    ) -> String {
+        let matches = self
+            .inner
+            .filters
+            .matches(&message.topic, &mut scratch.filters);
+        if !matches.contains(module.slot) {
+            return self.filter_reason(module.slot, &message.topic, &matches);
+        }
+        let mut context = self
+            .inner
+            .conditions
+            .context(message, now_ms, &mut scratch.conditions);
+        match context.first_failure(module.group) {
+            Some(f) => format!(
+                "conditional rule {} (`{}`) does not hold: {}",
+                f.index + 1,
+                f.rule,
+                f.reason
+            ),
+            None => "it runs".to_owned(),
+        }
+    }
+
+    fn modules(&self) -> impl Iterator<Item = &PlannedModule> {
+        self.inner
+            .pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter())
+            .flat_map(|s| s.modules.iter())
     }
 
     /// The pipelines in the order they apply, disabled ones included.

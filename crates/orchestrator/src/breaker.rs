@@ -1,0 +1,184 @@
+//! A circuit breaker per module occurrence (execution.md, "Circuit breaker").
+//!
+//! Closed, it counts consecutive failed calls; at `failures` it opens. Open,
+//! calls fail at once with `circuit_open` until the cool-down has passed;
+//! then exactly one call is let through as a probe (half-open): its success
+//! closes the breaker, its failure opens it again for another cool-down.
+//! Shared by every engine thread: a few atomics, no lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::Instant;
+
+use crate::options::BreakerSettings;
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A breaker's state, as metrics show it (`rustmq_etl_circuit_state`: 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once.
+    Open,
+    /// One probe call is in flight or allowed.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// The gauge's value.
+    pub fn as_number(self) -> u8 {
+        match self {
+            CircuitState::Closed => CLOSED,
+            CircuitState::Open => OPEN,
+            CircuitState::HalfOpen => HALF_OPEN,
+        }
+    }
+}
+
+/// What a breaker lets a call do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Go ahead.
+    Call,
+    /// Go ahead as the probe; report how it went with `probe = true`.
+    Probe,
+    /// Fail with `circuit_open`; the breaker stays open this long yet.
+    Refuse { reopens_in_ms: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    settings: BreakerSettings,
+    epoch: Instant,
+    state: AtomicU8,
+    consecutive: AtomicU32,
+    /// When it opened, in milliseconds since `epoch`.
+    opened_at: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
+        Breaker {
+            settings,
+            epoch: Instant::now(),
+            state: AtomicU8::new(CLOSED),
+            consecutive: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => CircuitState::Closed,
+            OPEN => CircuitState::Open,
+            _ => CircuitState::HalfOpen,
+        }
+    }
+
+    /// May a call go ahead now?
+    pub(crate) fn permit(&self, now: Instant) -> Permit {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Permit::Call,
+            _ => {
+                let cool_down = self.settings.cool_down.as_millis() as u64;
+                let open_for = self
+                    .now_ms(now)
+                    .saturating_sub(self.opened_at.load(Ordering::Acquire));
+                if open_for >= cool_down
+                    && self
+                        .probing
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    self.state.store(HALF_OPEN, Ordering::Release);
+                    Permit::Probe
+                } else {
+                    Permit::Refuse {
+                        reopens_in_ms: cool_down.saturating_sub(open_for),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A probe it let through did not happen after all (the engine could
+    /// not start the call): the next call may probe at once.
+    pub(crate) fn cancel_probe(&self) {
+        self.state.store(OPEN, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// How a call it let through went.
+    pub(crate) fn record(&self, succeeded: bool, probe: bool, now: Instant) {
+        if succeeded {
+            self.consecutive.store(0, Ordering::Release);
+            if probe || self.state.load(Ordering::Acquire) != CLOSED {
+                self.state.store(CLOSED, Ordering::Release);
+                self.probing.store(false, Ordering::Release);
+            }
+            return;
+        }
+        let failures = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        if probe || failures >= self.settings.failures.max(1) {
+            self.opened_at.store(self.now_ms(now), Ordering::Release);
+            self.state.store(OPEN, Ordering::Release);
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn opens_after_consecutive_failures_probes_once_after_the_cool_down() {
+        let breaker = Breaker::new(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_millis(100),
+        });
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(breaker.permit(t0), Permit::Call);
+            breaker.record(false, false, t0);
+        }
+        // A success in between starts the count again.
+        breaker.record(true, false, t0);
+        for _ in 0..3 {
+            assert_eq!(breaker.permit(t0), Permit::Call);
+            breaker.record(false, false, t0);
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(matches!(
+            breaker.permit(t0),
+            Permit::Refuse { reopens_in_ms: 100 }
+        ));
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(breaker.permit(later), Permit::Probe);
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        // One probe at a time.
+        assert!(matches!(breaker.permit(later), Permit::Refuse { .. }));
+        // A failed probe opens it again for a whole cool-down.
+        breaker.record(false, true, later);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(matches!(
+            breaker.permit(later + Duration::from_millis(99)),
+            Permit::Refuse { .. }
+        ));
+        let again = later + Duration::from_millis(100);
+        assert_eq!(breaker.permit(again), Permit::Probe);
+        breaker.record(true, true, again);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        assert_eq!(breaker.permit(again), Permit::Call);
+    }
+}

@@ -1,0 +1,109 @@
+//! What the embedding program may set: the dead-letter topic, retries'
+//! backoff, the circuit breaker, back-pressure and batching.
+
+use std::time::Duration;
+
+/// How the orchestrator runs. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The topic dead letters go to. Default `etl.dead-letter`.
+    pub dead_letter_topic: String,
+    /// The delays between `RetryWithBackoff` attempts.
+    pub backoff: Backoff,
+    /// Every module occurrence's circuit breaker.
+    pub breaker: BreakerSettings,
+    /// Most messages in flight at once; callers beyond it wait (or get
+    /// `Busy` from the `try_` calls). Default 4096.
+    pub max_in_flight: usize,
+    /// A batch is split into pieces of at most this many messages, each run
+    /// by one engine thread. Default 64.
+    pub chunk: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dead_letter_topic: "etl.dead-letter".to_owned(),
+            backoff: Backoff::default(),
+            breaker: BreakerSettings::default(),
+            max_in_flight: 4096,
+            chunk: 64,
+        }
+    }
+}
+
+/// Retry delays: attempt `n` (1 for the first retry) waits
+/// `min(cap, base × factor^(n−1))`, of which a random part up to half is
+/// taken off (jitter), so that retries of many messages spread out. The wait
+/// holds no thread and counts against the stage and pipeline budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Default 10 ms.
+    pub base: Duration,
+    /// Default 2.
+    pub factor: u32,
+    /// Default 1 s.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(10),
+            factor: 2,
+            cap: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry `retry` (1-based), `jitter` in `[0, 1)` taking off
+    /// up to half of it.
+    pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
+        let mut delay = self.base;
+        for _ in 1..retry {
+            delay = delay.saturating_mul(self.factor);
+            if delay >= self.cap {
+                break;
+            }
+        }
+        let delay = delay.min(self.cap);
+        delay.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+    }
+}
+
+/// When a module occurrence's breaker opens and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failed calls that open it. Default 5.
+    pub failures: u32,
+    /// How long it stays open before one probe call is let through.
+    /// Default 30 s.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_its_factor_up_to_its_cap_and_jitter_takes_off_half_at_most() {
+        let b = Backoff::default();
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            (1..=9).map(|n| ms(b.delay(n, 0.0))).collect::<Vec<_>>(),
+            [10, 20, 40, 80, 160, 320, 640, 1000, 1000]
+        );
+        assert_eq!(ms(b.delay(3, 0.999_999)), 20);
+        assert_eq!(ms(b.delay(3, 0.5)), 30);
+    }
+}

@@ -1,0 +1,369 @@
+//! The orchestrator: what a broker holds to run messages through its
+//! pipelines.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use rustmq_etl_config::Config;
+use rustmq_etl_core::{Engine, LoadError, Message, Task};
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
+
+use crate::breaker::CircuitState;
+use crate::options::Options;
+use crate::plan::Plan;
+use crate::result::Processed;
+use crate::run::{Batch, Run};
+use crate::snapshot::{build, Keep, ModuleSource, Snapshot};
+use crate::stats::{Stats, Tally};
+
+/// Runs messages through pipelines on an [`Engine`]. Cheap to clone (all
+/// clones share one configuration, engine and set of metrics); `Send + Sync`.
+pub struct Orchestrator<E: Engine> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Engine> Clone for Orchestrator<E> {
+    fn clone(&self) -> Self {
+        Orchestrator {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<E: Engine> {
+    keep: Keep<E>,
+    current: ArcSwap<Snapshot<E>>,
+    reloading: Mutex<()>,
+    versions: AtomicU64,
+    in_flight: Arc<Semaphore>,
+    seeds: AtomicU64,
+}
+
+/// A configuration that could not be put in service. The one in service
+/// keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the configuration was not applied: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ReloadError {
+    /// Every module that could not be read, compiled or started (or the
+    /// configuration's own error).
+    pub errors: Vec<LoadError>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The new configuration's version.
+    pub version: u64,
+    /// Module occurrences compiled and started anew (the others were kept).
+    pub compiled: usize,
+}
+
+/// How to process a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// Record each message's trace (off on the fast path).
+    pub trace: bool,
+}
+
+/// The orchestrator has as many messages in flight as it may
+/// ([`Options::max_in_flight`]): try again later, or use the waiting calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("busy: {in_flight} messages are in flight, the most allowed")]
+pub struct Busy {
+    /// The limit that was reached.
+    pub in_flight: usize,
+}
+
+/// Messages that could not be processed at all: the engine stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the engine stopped before it processed {count} messages")]
+pub struct EngineStopped {
+    /// How many.
+    pub count: usize,
+}
+
+impl<E: Engine> Orchestrator<E> {
+    /// Loads `config`'s modules from `source` into `engine` and puts the
+    /// configuration in service. Blocks while modules compile.
+    pub fn new(
+        engine: Arc<E>,
+        config: &Config,
+        source: impl ModuleSource + 'static,
+        options: Options,
+    ) -> Result<Self, ReloadError> {
+        let max = options.max_in_flight.max(1);
+        let keep = Keep {
+            engine,
+            source: Box::new(source),
+            options: Arc::new(options),
+            stats: Arc::new(Stats::new()),
+            breakers: Mutex::default(),
+        };
+        let (snapshot, _) =
+            build(&keep, config, 1, None).map_err(|errors| ReloadError { errors })?;
+        metrics::gauge!("rustmq_etl_config_version").set(1.0);
+        Ok(Orchestrator {
+            inner: Arc::new(Inner {
+                keep,
+                current: ArcSwap::from_pointee(snapshot),
+                reloading: Mutex::new(()),
+                versions: AtomicU64::new(1),
+                in_flight: Arc::new(Semaphore::new(max)),
+                seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            }),
+        })
+    }
+
+    /// Puts `config` in service: every message from now on runs on it, whole
+    /// (messages already running finish on the configuration they started
+    /// with). Modules whose occurrence and bytes did not change are kept;
+    /// others are read, compiled and started first, and if any cannot be, or
+    /// the configuration cannot be planned, nothing changes. Blocks while
+    /// modules compile.
+    pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self
+            .inner
+            .reloading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let previous = self.inner.current.load_full();
+        let version = self.inner.versions.load(Ordering::Relaxed) + 1;
+        let built = build(&self.inner.keep, config, version, Some(&previous));
+        let result = match built {
+            Ok((snapshot, compiled)) => {
+                self.inner.versions.store(version, Ordering::Relaxed);
+                self.inner.current.store(Arc::new(snapshot));
+                metrics::gauge!("rustmq_etl_config_version").set(version as f64);
+                Ok(ReloadReport { version, compiled })
+            }
+            Err(errors) => Err(ReloadError { errors }),
+        };
+        let outcome = if result.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        metrics::counter!("rustmq_etl_reloads_total", "result" => outcome).increment(1);
+        result
+    }
+
+    /// Switches pipeline `pipeline_id` on or off: a reload of the
+    /// configuration in service with that one change.
+    pub fn set_pipeline_enabled(
+        &self,
+        pipeline_id: &str,
+        enabled: bool,
+    ) -> Result<ReloadReport, ReloadError> {
+        let config = self.config();
+        let changed = config
+            .with_pipeline_enabled(pipeline_id, enabled)
+            .ok_or_else(|| ReloadError {
+                errors: vec![LoadError::new(
+                    "(configuration)",
+                    format!("no pipeline {pipeline_id:?}"),
+                )],
+            })?;
+        self.reload(&changed)
+    }
+
+    /// Reads every module of the configuration in service again and puts
+    /// changed ones in service (a module version swap).
+    pub fn reload_modules(&self) -> Result<ReloadReport, ReloadError> {
+        self.reload(&self.config())
+    }
+
+    /// The configuration in service.
+    pub fn config(&self) -> Config {
+        self.inner.current.load().config.clone()
+    }
+
+    /// The version of the configuration in service (1 for the first, one
+    /// more for every applied reload).
+    pub fn config_version(&self) -> u64 {
+        self.inner.current.load().version
+    }
+
+    /// The plan in service.
+    pub fn plan(&self) -> Plan {
+        self.inner.current.load().plan.clone()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<E> {
+        &self.inner.keep.engine
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.inner.keep.options
+    }
+
+    /// Processes one message.
+    pub async fn process(&self, message: Message) -> Result<Processed, EngineStopped> {
+        let mut processed = self
+            .process_batch(vec![message], ProcessOptions::default())
+            .await?;
+        Ok(processed.remove(0))
+    }
+
+    /// Processes `messages`, waiting while too many are in flight; the results
+    /// are in input order, one per message.
+    pub async fn process_batch(
+        &self,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+    ) -> Result<Vec<Processed>, EngineStopped> {
+        let max = self.inner.keep.options.max_in_flight.max(1);
+        let mut results = Vec::with_capacity(messages.len());
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let wave: Vec<Message> = messages.by_ref().take(max).collect();
+            let permits = self
+                .inner
+                .in_flight
+                .clone()
+                .acquire_many_owned(wave.len() as u32)
+                .await
+                .expect("the in-flight semaphore is never closed");
+            results.extend(self.run(wave, options, permits).await?);
+        }
+        Ok(results)
+    }
+
+    /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
+    /// running nothing, instead of waiting for room.
+    pub fn try_process_batch(
+        &self,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Processed>, EngineStopped>> + '_, Busy>
+    {
+        let max = self.inner.keep.options.max_in_flight.max(1);
+        if messages.len() > max {
+            return Err(Busy { in_flight: max });
+        }
+        let permits = match self
+            .inner
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(messages.len() as u32)
+        {
+            Ok(permits) => permits,
+            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => {
+                return Err(Busy { in_flight: max })
+            }
+        };
+        Ok(self.run(messages, options, permits))
+    }
+
+    /// [`Orchestrator::process_batch`] for callers without an async runtime:
+    /// blocks this thread until the batch is done.
+    pub fn process_batch_blocking(
+        &self,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+    ) -> Result<Vec<Processed>, EngineStopped> {
+        pollster::block_on(self.process_batch(messages, options))
+    }
+
+    /// Runs one admitted wave: splits it into batches, one engine thread each,
+    /// and gathers the answers in order.
+    async fn run(
+        &self,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+        permits: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Vec<Processed>, EngineStopped> {
+        let snapshot = self.inner.current.load_full();
+        let engine = &self.inner.keep.engine;
+        let count = messages.len();
+        let threads = engine.threads().max(1);
+        let chunk = self
+            .inner
+            .keep
+            .options
+            .chunk
+            .max(1)
+            .min(count.div_ceil(threads).max(1));
+        let submitted = Instant::now();
+        let mut answers = Vec::new();
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let runs: Vec<Run> = messages
+                .by_ref()
+                .take(chunk)
+                .map(|m| {
+                    let seed = self.inner.seeds.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+                    Run::new(m, snapshot.plan.module_count(), options.trace, seed)
+                })
+                .collect();
+            let (reply, answer) = oneshot::channel();
+            let batch = Batch {
+                tally: Tally::new(&snapshot.plan),
+                snapshot: snapshot.clone(),
+                runs,
+                submitted,
+                started: None,
+                reply: Some(reply),
+            };
+            let task: Box<dyn Task<E::Runner>> = Box::new(batch);
+            if engine.submit(task).is_err() {
+                return Err(EngineStopped { count });
+            }
+            answers.push(answer);
+        }
+        let mut results = Vec::with_capacity(count);
+        for answer in answers {
+            match answer.await {
+                Ok(processed) => results.extend(processed),
+                Err(_) => return Err(EngineStopped { count }),
+            }
+        }
+        drop(permits);
+        Ok(results)
+    }
+
+    /// Publishes every metric now (the orchestrator's and the engine's), for
+    /// an exporter about to render them; they are also published on their own
+    /// every 100 ms while messages flow.
+    pub fn publish_metrics(&self) {
+        let snapshot = self.inner.current.load();
+        snapshot.stats.publish();
+        for (spec, breaker) in snapshot.plan.occurrences().iter().zip(&snapshot.breakers) {
+            metrics::gauge!("rustmq_etl_circuit_state", "module" => spec.id.clone())
+                .set(f64::from(breaker.state().as_number()));
+        }
+        metrics::gauge!("rustmq_etl_messages_in_flight").set(
+            (self.inner.keep.options.max_in_flight.max(1)
+                - self.inner.in_flight.available_permits()) as f64,
+        );
+        self.inner.keep.engine.publish_metrics();
+    }
+
+    /// The circuit breaker state of every module occurrence in service, in
+    /// the plan's order of occurrences.
+    pub fn circuit_states(&self) -> Vec<(String, CircuitState)> {
+        let snapshot = self.inner.current.load();
+        snapshot
+            .plan
+            .occurrences()
+            .iter()
+            .zip(&snapshot.breakers)
+            .map(|(spec, breaker)| (spec.id.clone(), breaker.state()))
+            .collect()
+    }
+}
+
+/// Runs `f`, turning a panic into its text.
+pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned())
+    })
+}

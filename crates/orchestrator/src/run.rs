@@ -1,0 +1,802 @@
+//! Running messages through a configuration: execution.md, step by step.
+//!
+//! A [`Run`] is one message's journey as a resumable state machine: it
+//! advances module by module through the runner of the engine thread it is
+//! on, and when it must wait (a retry's backoff, a module that cannot start
+//! another instance yet) it says until when and keeps its place. A [`Batch`]
+//! is the engine task that runs a slice of a caller's messages, in order, and
+//! answers when the last of them has ended.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustmq_etl_config::ErrorHandlingStrategy;
+use rustmq_etl_core::{
+    CallError, CallReport, CallRequest, Edit, Engine, ErrorKind, Message, ModuleRunner, Outcome,
+    Step, Task,
+};
+use tokio::sync::oneshot;
+
+use crate::breaker::Permit;
+use crate::orchestrator::contain;
+use crate::plan::{PlanScratch, PlannedModule, PlannedPipeline, PlannedStage};
+use crate::result::{
+    Disposition, FailureAction, Processed, RanOutcome, SkipReason, Trace, TraceEntry, TraceEvent,
+};
+use crate::snapshot::Snapshot;
+use crate::stats::{CallResult, PipelineResult, Tally};
+
+/// The dead-letter headers (execution.md, "Dead letters").
+pub mod headers {
+    /// The topic the message had as it entered the failed pipeline.
+    pub const ORIGINAL_TOPIC: &str = "etl-dlq-original-topic";
+    /// The failed pipeline's `pipeline_id`.
+    pub const PIPELINE: &str = "etl-dlq-pipeline";
+    /// The failed stage's `priority`.
+    pub const STAGE: &str = "etl-dlq-stage";
+    /// The failed module's `module_id`.
+    pub const MODULE: &str = "etl-dlq-module";
+    /// The error's kind.
+    pub const ERROR_KIND: &str = "etl-dlq-error-kind";
+    /// The error's text, for people.
+    pub const ERROR: &str = "etl-dlq-error";
+    /// How many times the module was called for the message.
+    pub const ATTEMPTS: &str = "etl-dlq-attempts";
+}
+
+/// Where a message stands: which pipeline, stage and selected module.
+#[derive(Debug, Default)]
+struct Place {
+    pipeline: usize,
+    /// `None`: the pipeline has not started.
+    stage: Option<usize>,
+    /// Into `selected`; `None`: the stage has not started.
+    module: Option<usize>,
+}
+
+/// What a pipeline keeps while a message is in it.
+#[derive(Debug, Default)]
+struct InPipeline {
+    /// The message as it entered, when a failure may need it back.
+    entry: Option<Message>,
+    deadline: Option<Instant>,
+}
+
+/// What a stage keeps while a message is in it.
+#[derive(Debug, Default)]
+struct InStage {
+    started: Option<Instant>,
+    deadline: Option<Instant>,
+    /// The plan indices of the stage's modules that run, in declaration order.
+    selected: Vec<usize>,
+    /// A parallel stage: its input, each module's edits so far (in declaration
+    /// order), and whether one dropped the message.
+    input: Option<Message>,
+    edits: Vec<Vec<Edit>>,
+    dropped: bool,
+}
+
+/// The current module's retries.
+#[derive(Debug, Default)]
+struct InModule {
+    attempts: u32,
+    time: Duration,
+    /// Waiting until then before the next attempt.
+    retry_at: Option<Instant>,
+}
+
+/// Which modules run, as of the message's last change that matters.
+#[derive(Debug)]
+struct Selection {
+    filters: Vec<bool>,
+    rules: Vec<bool>,
+    /// The filters (topic) or the rules (other parts) must be evaluated again.
+    stale_filters: bool,
+    stale_rules: bool,
+}
+
+/// One message's journey.
+#[derive(Debug)]
+pub(crate) struct Run {
+    message: Message,
+    place: Place,
+    pipeline: InPipeline,
+    stage: InStage,
+    module: InModule,
+    selection: Selection,
+    trace: Option<Trace>,
+    done: Option<Disposition>,
+    /// A cheap random state for jitter.
+    seed: u64,
+}
+
+impl Run {
+    pub(crate) fn new(message: Message, modules: usize, trace: bool, seed: u64) -> Run {
+        Run {
+            message,
+            place: Place::default(),
+            pipeline: InPipeline::default(),
+            stage: InStage::default(),
+            module: InModule::default(),
+            selection: Selection {
+                filters: vec![false; modules],
+                rules: vec![false; modules],
+                stale_filters: true,
+                stale_rules: true,
+            },
+            trace: trace.then(Trace::default),
+            done: None,
+            seed: seed | 1,
+        }
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64*
+        self.seed ^= self.seed >> 12;
+        self.seed ^= self.seed << 25;
+        self.seed ^= self.seed >> 27;
+        (self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn note(&mut self, pipeline: &PlannedPipeline, priority: u32, module: &str, event: TraceEvent) {
+        if let Some(trace) = &mut self.trace {
+            trace.entries.push(TraceEntry {
+                pipeline: pipeline.config.pipeline_id.clone(),
+                priority,
+                module: module.to_owned(),
+                event,
+            });
+        }
+    }
+
+    /// Notes every module of the current pipeline from stage `from_stage` on
+    /// (and, for the whole `journey`, of every later pipeline) as skipped for
+    /// `reason` (or because its pipeline is disabled).
+    fn skip_rest<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        from_stage: usize,
+        journey: bool,
+        reason: SkipReason,
+    ) {
+        if self.trace.is_none() {
+            return;
+        }
+        let pipelines = snapshot.plan.pipelines();
+        let first = self.place.pipeline;
+        let last = if journey { pipelines.len() } else { first + 1 };
+        for (p, pipeline) in pipelines.iter().enumerate().take(last).skip(first) {
+            let from = if p == first { from_stage } else { 0 };
+            for stage in pipeline.stages.iter().skip(from) {
+                for module in &stage.modules {
+                    let reason = if pipeline.config.enabled {
+                        reason.clone()
+                    } else {
+                        SkipReason::PipelineDisabled
+                    };
+                    self.note(
+                        pipeline,
+                        stage.priority,
+                        &module.module_id,
+                        TraceEvent::Skipped(reason),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Advances the journey as far as it can go now.
+    pub(crate) fn step<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        runner: &mut E::Runner,
+        scratch: &mut PlanScratch,
+        tally: &mut Tally,
+    ) -> Option<Instant> {
+        let plan = &snapshot.plan;
+        loop {
+            if self.done.is_some() {
+                return None;
+            }
+            let Some(pipeline) = plan.pipelines().get(self.place.pipeline) else {
+                let message = std::mem::take(&mut self.message);
+                self.done = Some(Disposition::Delivered(message));
+                return None;
+            };
+            if !pipeline.config.enabled {
+                self.skip_rest(snapshot, 0, false, SkipReason::PipelineDisabled);
+                self.next_pipeline();
+                continue;
+            }
+            let stage_index = match self.place.stage {
+                Some(s) => s,
+                None => {
+                    self.start_pipeline(pipeline);
+                    tally.pipeline(self.place.pipeline, PipelineResult::Processed);
+                    0
+                }
+            };
+            let Some(stage) = pipeline.stages.get(stage_index) else {
+                tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
+                self.next_pipeline();
+                continue;
+            };
+            let k = match self.place.module {
+                Some(k) => k,
+                None => {
+                    self.start_stage(snapshot, pipeline, stage, scratch, tally);
+                    0
+                }
+            };
+            let Some(&index) = self.stage.selected.get(k) else {
+                self.end_stage(snapshot, tally);
+                continue;
+            };
+            let module = module_at(stage, index);
+            if let Some(at) = self.module.retry_at {
+                if at > Instant::now() {
+                    return Some(at);
+                }
+                self.module.retry_at = None;
+            }
+            if let Some(wait) = self.call(snapshot, runner, pipeline, stage, module, tally) {
+                return Some(wait);
+            }
+        }
+    }
+
+    fn start_pipeline(&mut self, pipeline: &PlannedPipeline) {
+        let keeps_entry = !matches!(
+            pipeline.config.error_handling,
+            ErrorHandlingStrategy::SkipModule
+        );
+        self.pipeline = InPipeline {
+            entry: keeps_entry.then(|| self.message.clone()),
+            deadline: Instant::now()
+                .checked_add(Duration::from_millis(pipeline.config.global_timeout_ms)),
+        };
+        self.place.stage = Some(0);
+        self.place.module = None;
+    }
+
+    fn next_pipeline(&mut self) {
+        self.place = Place {
+            pipeline: self.place.pipeline + 1,
+            stage: None,
+            module: None,
+        };
+        self.pipeline = InPipeline::default();
+    }
+
+    fn start_stage<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        scratch: &mut PlanScratch,
+        tally: &mut Tally,
+    ) {
+        let plan = &snapshot.plan;
+        let now = Instant::now();
+        let now_ms = if plan.reads().age {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        } else {
+            0
+        };
+        // Selection is decided on the message as it reaches the stage; only
+        // what a change can affect is evaluated again.
+        let selection = &mut self.selection;
+        if selection.stale_filters || selection.stale_rules || plan.reads().age {
+            let started = Instant::now();
+            if selection.stale_filters {
+                plan.select_filters(&self.message.topic, scratch, &mut selection.filters);
+            }
+            if selection.stale_rules || plan.reads().age {
+                plan.select_rules(&self.message, now_ms, scratch, &mut selection.rules);
+            }
+            selection.stale_filters = false;
+            selection.stale_rules = false;
+            tally.selection(started.elapsed());
+        }
+        let mut selected = std::mem::take(&mut self.stage.selected);
+        selected.clear();
+        for module in &stage.modules {
+            if self.selection.filters[module.index] && self.selection.rules[module.index] {
+                selected.push(module.index);
+            } else if self.trace.is_some() {
+                let why = plan.why_not(module, &self.message, now_ms, scratch);
+                self.note(
+                    pipeline,
+                    stage.priority,
+                    &module.module_id,
+                    TraceEvent::Skipped(SkipReason::NotSelected(why)),
+                );
+            }
+        }
+        let parallel = stage.parallel_execution && !selected.is_empty();
+        let mut edits = std::mem::take(&mut self.stage.edits);
+        edits.clear();
+        self.stage = InStage {
+            started: Some(now),
+            deadline: stage.stage_timeout.and_then(|t| now.checked_add(t)),
+            selected,
+            input: parallel.then(|| self.message.clone()),
+            edits,
+            dropped: false,
+        };
+        self.module = InModule::default();
+        self.place.module = Some(0);
+    }
+
+    fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
+        if let (Some(started), false) = (self.stage.started, self.stage.selected.is_empty()) {
+            let series = snapshot.stage_series(self.place.pipeline, self.stage_index());
+            tally.stage(series, started.elapsed());
+        }
+        if self.stage.input.is_some() {
+            self.combine();
+            if self.stage.dropped {
+                self.dropped(snapshot, tally);
+                return;
+            }
+        }
+        self.place.stage = Some(self.stage_index() + 1);
+        self.place.module = None;
+    }
+
+    fn stage_index(&self) -> usize {
+        self.place.stage.unwrap_or(0)
+    }
+
+    /// A parallel stage's results, in declaration order, on the stage's input.
+    fn combine(&mut self) {
+        if let Some(input) = self.stage.input.take() {
+            self.message = input;
+            for edits in self.stage.edits.drain(..) {
+                mark_stale(&mut self.selection, &edits);
+                self.message.apply(edits);
+            }
+        }
+    }
+
+    /// The message was dropped in the current stage: nothing after it runs,
+    /// here or in any later pipeline.
+    fn dropped<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
+        tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
+        let next_stage = self.stage_index() + 1;
+        self.skip_rest(snapshot, next_stage, false, SkipReason::Dropped);
+        self.place.pipeline += 1;
+        self.skip_rest(snapshot, 0, true, SkipReason::Dropped);
+        self.done = Some(Disposition::Dropped);
+    }
+
+    /// Calls the current module; `Some(at)` if the message must wait.
+    fn call<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        runner: &mut E::Runner,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        module: &PlannedModule,
+        tally: &mut Tally,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        // The tightest budget left, and what running out of it is called.
+        let mut deadline: Option<(Instant, ErrorKind)> = self
+            .pipeline
+            .deadline
+            .map(|at| (at, ErrorKind::PipelineTimeout));
+        if let Some(at) = self.stage.deadline {
+            if deadline.is_none_or(|(d, _)| at <= d) {
+                deadline = Some((at, ErrorKind::StageTimeout));
+            }
+        }
+        if let Some((at, kind)) = deadline {
+            if at <= now {
+                let error = CallError::new(kind, budget_spent(kind));
+                self.failed(snapshot, pipeline, stage, module, error, tally);
+                return None;
+            }
+        }
+        let breaker = &snapshot.breakers[module.occurrence];
+        let probe = match breaker.permit(now) {
+            Permit::Call => false,
+            Permit::Probe => true,
+            Permit::Refuse { reopens_in_ms } => {
+                let error = CallError::new(
+                    ErrorKind::CircuitOpen,
+                    format!("the module's circuit breaker is open for {reopens_in_ms} ms more"),
+                );
+                self.failed(snapshot, pipeline, stage, module, error, tally);
+                return None;
+            }
+        };
+        let input = self.stage.input.as_ref().unwrap_or(&self.message);
+        let mut request = CallRequest::new(input);
+        if let Some((at, kind)) = deadline {
+            request = request.deadline(at, kind);
+        }
+        let loaded = &snapshot.modules[module.occurrence];
+        let report: CallReport = match runner.call(loaded, request) {
+            Ok(report) => report,
+            Err(busy) => {
+                // Nothing ran: a probe that did not happen is given back.
+                if probe {
+                    breaker.cancel_probe();
+                }
+                return Some(busy.until);
+            }
+        };
+        self.module.attempts += report.attempts;
+        self.module.time += report.ran;
+        breaker.record(report.result.is_ok(), probe, Instant::now());
+        match report.result {
+            Ok(outcome) => {
+                let (result, ran) = match &outcome {
+                    Outcome::Unchanged => (CallResult::Unchanged, RanOutcome::Unchanged),
+                    Outcome::Dropped => (CallResult::Dropped, RanOutcome::Dropped),
+                    Outcome::Edited(edits) => (CallResult::Edited, RanOutcome::Edited(edits.len())),
+                };
+                tally.call(module.index, result, report.ran);
+                self.note(
+                    pipeline,
+                    stage.priority,
+                    &module.module_id,
+                    TraceEvent::Ran {
+                        outcome: ran,
+                        time: self.module.time,
+                        attempts: self.module.attempts,
+                        version: report.version,
+                    },
+                );
+                self.module = InModule::default();
+                self.next_module();
+                match outcome {
+                    Outcome::Unchanged => {}
+                    Outcome::Dropped if self.stage.input.is_some() => self.stage.dropped = true,
+                    Outcome::Dropped => {
+                        let k = self.place.module.unwrap_or(0);
+                        self.skip_stage_rest(pipeline, stage, k, SkipReason::Dropped);
+                        self.dropped(snapshot, tally);
+                    }
+                    Outcome::Edited(edits) if self.stage.input.is_some() => {
+                        self.stage.edits.push(edits)
+                    }
+                    Outcome::Edited(edits) => {
+                        mark_stale(&mut self.selection, &edits);
+                        self.message.apply(edits);
+                    }
+                }
+                None
+            }
+            Err(error) => {
+                tally.call(module.index, CallResult::Failed, report.ran);
+                let strategy = pipeline.config.error_handling;
+                let retries_left = self.module.attempts <= pipeline.config.max_retries;
+                if strategy == ErrorHandlingStrategy::RetryWithBackoff
+                    && error.kind().is_retryable()
+                    && retries_left
+                {
+                    tally.error(module.index, error.kind());
+                    tally.retry(module.index);
+                    let jitter = self.jitter();
+                    let mut at = Instant::now()
+                        + snapshot.options.backoff.delay(self.module.attempts, jitter);
+                    if let Some((limit, _)) = deadline {
+                        at = at.min(limit);
+                    }
+                    self.module.retry_at = Some(at);
+                    return Some(at);
+                }
+                self.failed(snapshot, pipeline, stage, module, error, tally);
+                None
+            }
+        }
+    }
+
+    fn next_module(&mut self) {
+        self.place.module = Some(self.place.module.unwrap_or(0) + 1);
+    }
+
+    /// Notes the rest of the current stage's selected modules as skipped.
+    fn skip_stage_rest(
+        &mut self,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        from: usize,
+        reason: SkipReason,
+    ) {
+        if self.trace.is_none() {
+            return;
+        }
+        let rest: Vec<usize> = self.stage.selected.iter().skip(from).copied().collect();
+        for index in rest {
+            let module = module_at(stage, index);
+            self.note(
+                pipeline,
+                stage.priority,
+                &module.module_id,
+                TraceEvent::Skipped(reason.clone()),
+            );
+        }
+    }
+
+    /// A failure that remains after retries: execution.md, "When a module
+    /// fails", rule 2 (and 3 for the timeouts).
+    fn failed<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        module: &PlannedModule,
+        error: CallError,
+        tally: &mut Tally,
+    ) {
+        let kind = error.kind();
+        let attempts = self.module.attempts;
+        tally.error(module.index, kind);
+        let strategy = pipeline.config.error_handling;
+        let skips = stage.continue_on_error || strategy == ErrorHandlingStrategy::SkipModule;
+        let action = if skips {
+            match kind {
+                ErrorKind::StageTimeout => FailureAction::EndedStage,
+                ErrorKind::PipelineTimeout => FailureAction::EndedPipeline,
+                _ => FailureAction::Skipped,
+            }
+        } else if strategy == ErrorHandlingStrategy::StopPipeline {
+            FailureAction::StoppedPipeline
+        } else {
+            FailureAction::DeadLettered
+        };
+        self.note(
+            pipeline,
+            stage.priority,
+            &module.module_id,
+            TraceEvent::Failed {
+                kind,
+                error: error.message().to_owned(),
+                attempts,
+                action,
+            },
+        );
+        self.module = InModule::default();
+        let k = self.place.module.unwrap_or(0);
+        match action {
+            FailureAction::Skipped => self.next_module(),
+            FailureAction::EndedStage => {
+                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                // The stage ends here: a parallel stage combines what it has.
+                self.place.module = Some(self.stage.selected.len());
+            }
+            FailureAction::EndedPipeline => {
+                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                let next_stage = self.stage_index() + 1;
+                self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
+                self.combine();
+                if self.stage.dropped {
+                    tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
+                    self.place.pipeline += 1;
+                    self.skip_rest(snapshot, 0, true, SkipReason::Dropped);
+                    self.done = Some(Disposition::Dropped);
+                } else {
+                    tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
+                    self.next_pipeline();
+                }
+            }
+            FailureAction::StoppedPipeline => {
+                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                let next_stage = self.stage_index() + 1;
+                self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
+                if let Some(entry) = self.pipeline.entry.take() {
+                    self.message = entry;
+                    self.selection.stale_filters = true;
+                    self.selection.stale_rules = true;
+                }
+                self.stage.input = None;
+                tally.pipeline(self.place.pipeline, PipelineResult::Stopped);
+                self.next_pipeline();
+            }
+            FailureAction::DeadLettered => {
+                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                self.module.attempts = attempts;
+                self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
+            }
+        }
+    }
+
+    /// The message as it entered the pipeline becomes a dead letter of
+    /// `module`'s `error`; nothing after it runs.
+    fn dead_letter<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        module: &PlannedModule,
+        error: &CallError,
+        tally: &mut Tally,
+    ) {
+        let next_stage = self.stage_index() + 1;
+        self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
+        let mut letter = self
+            .pipeline
+            .entry
+            .take()
+            .unwrap_or_else(|| self.message.clone());
+        let original = std::mem::replace(
+            &mut letter.topic,
+            snapshot.options.dead_letter_topic.clone(),
+        );
+        for (name, value) in [
+            (headers::ORIGINAL_TOPIC, original),
+            (headers::PIPELINE, pipeline.config.pipeline_id.clone()),
+            (headers::STAGE, stage.priority.to_string()),
+            (headers::MODULE, module.module_id.clone()),
+            (headers::ERROR_KIND, error.kind().as_str().to_owned()),
+            (headers::ERROR, error.message().to_owned()),
+            (headers::ATTEMPTS, self.module.attempts.to_string()),
+        ] {
+            letter.headers.push(name, value);
+        }
+        self.module = InModule::default();
+        tally.dead_letter(module.index, error.kind());
+        tally.pipeline(self.place.pipeline, PipelineResult::DeadLettered);
+        self.place.pipeline += 1;
+        self.skip_rest(snapshot, 0, true, SkipReason::EarlierFailure);
+        self.done = Some(Disposition::DeadLettered(letter));
+    }
+
+    /// The host panicked while running this message: it becomes a dead letter
+    /// (kind `trap`) of the module it was at, never lost.
+    fn host_failed<E: Engine>(&mut self, snapshot: &Snapshot<E>, panic: &str, tally: &mut Tally) {
+        let plan = &snapshot.plan;
+        let place = (plan.pipelines().get(self.place.pipeline), self.place.stage);
+        let error = CallError::new(
+            ErrorKind::Trap,
+            format!("the host failed while running this message (a rustmq-etl bug; please report it): {panic}"),
+        );
+        if let (Some(pipeline), Some(s)) = place {
+            if let Some(stage) = pipeline.stages.get(s) {
+                let k = self.place.module.unwrap_or(0);
+                if let Some(&index) = self.stage.selected.get(k) {
+                    let module = module_at(stage, index);
+                    // Whatever the strategy: a dead letter keeps the message.
+                    self.module = InModule::default();
+                    self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
+                    return;
+                }
+            }
+        }
+        let mut letter = self
+            .pipeline
+            .entry
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.message));
+        let original = std::mem::replace(
+            &mut letter.topic,
+            snapshot.options.dead_letter_topic.clone(),
+        );
+        letter.headers.push(headers::ORIGINAL_TOPIC, original);
+        letter
+            .headers
+            .push(headers::ERROR_KIND, ErrorKind::Trap.as_str());
+        letter.headers.push(headers::ERROR, error.message());
+        self.done = Some(Disposition::DeadLettered(letter));
+    }
+
+    pub(crate) fn finish(self) -> (Disposition, Option<Trace>) {
+        let disposition = self
+            .done
+            .unwrap_or_else(|| Disposition::Delivered(self.message));
+        (disposition, self.trace)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+}
+
+fn module_at(stage: &PlannedStage, index: usize) -> &PlannedModule {
+    stage
+        .modules
+        .iter()
+        .find(|m| m.index == index)
+        .expect("a selected module belongs to its stage")
+}
+
+fn budget_spent(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::StageTimeout => "the stage's time ran out before the module could run",
+        _ => "the pipeline's time ran out before the module could run",
+    }
+}
+
+/// Marks what `edits` change as needing a new selection.
+fn mark_stale(selection: &mut Selection, edits: &[Edit]) {
+    for edit in edits {
+        match edit {
+            Edit::SetTopic(_) => selection.stale_filters = true,
+            _ => selection.stale_rules = true,
+        }
+    }
+}
+
+/// A slice of a caller's messages, run on one engine thread.
+pub(crate) struct Batch<E: Engine> {
+    pub(crate) snapshot: Arc<Snapshot<E>>,
+    pub(crate) runs: Vec<Run>,
+    pub(crate) submitted: Instant,
+    pub(crate) started: Option<Instant>,
+    pub(crate) reply: Option<oneshot::Sender<Vec<Processed>>>,
+    pub(crate) tally: Tally,
+}
+
+thread_local! {
+    /// The selection scratch of the configuration this thread ran last.
+    static SCRATCH: std::cell::RefCell<Option<(u64, PlanScratch)>> = const { std::cell::RefCell::new(None) };
+}
+
+impl<E: Engine> Task<E::Runner> for Batch<E> {
+    fn run(&mut self, runner: &mut E::Runner) -> Step {
+        let queued = *self.started.get_or_insert_with(Instant::now) - self.submitted;
+        let snapshot = self.snapshot.clone();
+        let mut next: Option<Instant> = None;
+        SCRATCH.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let scratch = match &mut *cell {
+                Some((version, scratch)) if *version == snapshot.version => scratch,
+                other => {
+                    &mut other
+                        .insert((snapshot.version, snapshot.plan.create_scratch()))
+                        .1
+                }
+            };
+            for run in &mut self.runs {
+                if run.is_done() {
+                    continue;
+                }
+                let tally = &mut self.tally;
+                match contain(|| run.step(&snapshot, runner, scratch, tally)) {
+                    Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
+                    Ok(None) => {}
+                    Err(panic) => run.host_failed(&snapshot, &panic, &mut self.tally),
+                }
+            }
+        });
+        if let Some(at) = next {
+            return Step::WaitUntil(at);
+        }
+        for run in &self.runs {
+            if let Some(d) = &run.done {
+                self.tally.message(d);
+            }
+        }
+        snapshot.stats.add(&snapshot.table, &mut self.tally);
+        if snapshot.stats.publish_due() {
+            snapshot.stats.publish();
+        }
+        let processed = std::mem::take(&mut self.runs)
+            .into_iter()
+            .map(|run| {
+                let (disposition, mut trace) = run.finish();
+                if let Some(trace) = &mut trace {
+                    trace.queued = queued;
+                }
+                Processed {
+                    disposition,
+                    config_version: snapshot.version,
+                    trace,
+                }
+            })
+            .collect();
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(processed);
+        }
+        Step::Done
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.reply.as_ref().is_none_or(|r| r.is_closed())
+    }
+}

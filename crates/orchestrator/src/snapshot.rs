@@ -1,0 +1,174 @@
+//! One immutable version of everything a message runs on: the plan and the
+//! modules loaded for it, swapped whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rustmq_etl_config::Config;
+use rustmq_etl_core::{Engine, LoadError, ModuleSpec};
+
+use crate::breaker::Breaker;
+use crate::options::Options;
+use crate::plan::Plan;
+use crate::stats::{Stats, Table};
+
+/// Where module bytes come from: `module_id` → the module file's bytes.
+pub trait ModuleSource: Send + Sync {
+    /// The bytes of module `module_id`, or why they cannot be read.
+    fn read(&self, module_id: &str) -> Result<Vec<u8>, String>;
+}
+
+/// Modules as files `<dir>/<module_id>.wasm`.
+#[derive(Debug, Clone)]
+pub struct DirectorySource {
+    dir: std::path::PathBuf,
+}
+
+impl DirectorySource {
+    /// Modules in `dir`.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        DirectorySource { dir: dir.into() }
+    }
+}
+
+impl ModuleSource for DirectorySource {
+    fn read(&self, module_id: &str) -> Result<Vec<u8>, String> {
+        if module_id.contains(['/', '\\']) || module_id.starts_with('.') {
+            return Err(format!(
+                "module id {module_id:?} cannot name a file (no path separators or leading dots)"
+            ));
+        }
+        let path = self.dir.join(format!("{module_id}.wasm"));
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+impl<F: Fn(&str) -> Result<Vec<u8>, String> + Send + Sync> ModuleSource for F {
+    fn read(&self, module_id: &str) -> Result<Vec<u8>, String> {
+        self(module_id)
+    }
+}
+
+/// A loaded module and the bytes it was loaded from (a reload with the same
+/// occurrence and the same bytes keeps it instead of compiling again).
+pub(crate) struct Loaded<M> {
+    pub(crate) module: M,
+    pub(crate) wasm: Arc<[u8]>,
+}
+
+pub(crate) struct Snapshot<E: Engine> {
+    pub(crate) version: u64,
+    pub(crate) config: Config,
+    pub(crate) plan: Plan,
+    /// By occurrence.
+    pub(crate) modules: Vec<E::Module>,
+    pub(crate) loaded: Vec<Loaded<E::Module>>,
+    /// By occurrence.
+    pub(crate) breakers: Vec<Arc<Breaker>>,
+    pub(crate) options: Arc<Options>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) table: Table,
+    /// Where each pipeline's stages start among all stages.
+    stage_offsets: Vec<usize>,
+}
+
+impl<E: Engine> Snapshot<E> {
+    /// The stage's index among every pipeline's stages (its histogram).
+    pub(crate) fn stage_series(&self, pipeline: usize, stage: usize) -> usize {
+        self.stage_offsets[pipeline] + stage
+    }
+}
+
+/// Everything that outlives one snapshot.
+pub(crate) struct Keep<E: Engine> {
+    pub(crate) engine: Arc<E>,
+    pub(crate) source: Box<dyn ModuleSource>,
+    pub(crate) options: Arc<Options>,
+    pub(crate) stats: Arc<Stats>,
+    /// A breaker per occurrence, kept across reloads.
+    pub(crate) breakers: Mutex<HashMap<ModuleSpec, Arc<Breaker>>>,
+}
+
+/// Builds the snapshot of `config`: plans it, reads and loads every module
+/// occurrence (keeping those of `previous` whose bytes did not change), and
+/// collects every failure.
+pub(crate) fn build<E: Engine>(
+    keep: &Keep<E>,
+    config: &Config,
+    version: u64,
+    previous: Option<&Snapshot<E>>,
+) -> Result<(Snapshot<E>, usize), Vec<LoadError>> {
+    let plan =
+        Plan::build(config).map_err(|e| vec![LoadError::new("(configuration)", e.to_string())])?;
+    let mut reused_by_spec: HashMap<&ModuleSpec, &Loaded<E::Module>> = HashMap::new();
+    if let Some(previous) = previous {
+        for (spec, loaded) in previous.plan.occurrences().iter().zip(&previous.loaded) {
+            reused_by_spec.insert(spec, loaded);
+        }
+    }
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    let mut compiled = 0;
+    for spec in plan.occurrences() {
+        let wasm = match keep.source.read(&spec.id) {
+            Ok(wasm) => wasm,
+            Err(e) => {
+                errors.push(LoadError::new(&spec.id, e));
+                continue;
+            }
+        };
+        if let Some(old) = reused_by_spec.get(spec).filter(|old| *old.wasm == *wasm) {
+            loaded.push(Loaded {
+                module: old.module.clone(),
+                wasm: old.wasm.clone(),
+            });
+            continue;
+        }
+        match keep.engine.load(spec, &wasm) {
+            Ok(module) => {
+                compiled += 1;
+                loaded.push(Loaded {
+                    module,
+                    wasm: wasm.into(),
+                });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let breakers = {
+        let mut all = keep.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        plan.occurrences()
+            .iter()
+            .map(|spec| {
+                all.entry(spec.clone())
+                    .or_insert_with(|| Arc::new(Breaker::new(keep.options.breaker)))
+                    .clone()
+            })
+            .collect()
+    };
+    let mut stage_offsets = Vec::new();
+    let mut stages = 0;
+    for pipeline in plan.pipelines() {
+        stage_offsets.push(stages);
+        stages += pipeline.stages.len();
+    }
+    let table = keep.stats.table(&plan);
+    Ok((
+        Snapshot {
+            version,
+            config: config.clone(),
+            modules: loaded.iter().map(|l| l.module.clone()).collect(),
+            loaded,
+            breakers,
+            options: keep.options.clone(),
+            stats: keep.stats.clone(),
+            table,
+            stage_offsets,
+            plan,
+        },
+        compiled,
+    ))
+}

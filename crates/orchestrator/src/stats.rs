@@ -1,0 +1,440 @@
+//! The orchestrator's metrics: design.md's "Monitoring and Observability".
+//!
+//! A batch counts into a [`Tally`] of plain numbers while it runs; when it ends
+//! the tally is added to the shared totals ([`Stats`]), one atomic addition per
+//! distinct counter or histogram bucket the batch touched. [`Stats::publish`]
+//! sets the `metrics` counters to the totals and records the histogram samples
+//! gathered since the last publish, looking every handle up each time: so the
+//! figures reach whatever recorder is installed when they are published, and
+//! nothing on the per-message path touches the recorder. Totals are keyed by
+//! their labels and outlive configurations, so a reload never sets a counter
+//! back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustmq_etl_core::ErrorKind;
+
+use crate::plan::Plan;
+use crate::result::Disposition;
+
+/// Buckets of a histogram: four per power of two of nanoseconds, up to 2^40 ns
+/// (about 18 minutes); the last one takes everything longer.
+const BUCKETS: usize = 160;
+const KINDS: usize = ErrorKind::ALL.len();
+
+fn bucket(time: Duration) -> usize {
+    let ns = time.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if ns < 4 {
+        return ns as usize;
+    }
+    let power = 63 - ns.leading_zeros() as usize;
+    let quarter = ((ns >> (power - 2)) & 3) as usize;
+    (power * 4 + quarter).min(BUCKETS - 1)
+}
+
+/// A bucket's middle, in seconds: what a sample in it is published as (at
+/// most 12.5% off).
+fn bucket_seconds(index: usize) -> f64 {
+    if index < 4 {
+        return index as f64 * 1e-9;
+    }
+    let (power, quarter) = (index / 4, index % 4);
+    let low = (1u64 << power) as f64 * (1.0 + quarter as f64 / 4.0);
+    (low * (1.0 + 1.0 / 8.0)) * 1e-9
+}
+
+#[derive(Debug)]
+struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    published: Mutex<Box<[u64]>>,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            published: Mutex::new(vec![0; BUCKETS].into_boxed_slice()),
+        }
+    }
+
+    fn publish(&self, handle: metrics::Histogram) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let total = bucket.load(Ordering::Relaxed);
+            let new = total - published[i];
+            if new > 0 {
+                handle.record_many(bucket_seconds(i), new as usize);
+                published[i] = total;
+            }
+        }
+    }
+}
+
+/// Counters of one pipeline.
+#[derive(Debug)]
+struct PipelineTotals {
+    /// processed, delivered, stopped, dropped, dead_lettered
+    results: [AtomicU64; 5],
+}
+
+const PIPELINE_RESULTS: [&str; 5] = [
+    "processed",
+    "delivered",
+    "stopped",
+    "dropped",
+    "dead_lettered",
+];
+
+/// Counters of one module in one pipeline.
+#[derive(Debug)]
+struct ModuleTotals {
+    /// unchanged, edited, dropped, failed
+    outcomes: [AtomicU64; 4],
+    errors: [AtomicU64; KINDS],
+    dead_letters: [AtomicU64; KINDS],
+    retries: AtomicU64,
+    time: Histogram,
+}
+
+const MODULE_OUTCOMES: [&str; 4] = ["unchanged", "edited", "dropped", "failed"];
+
+/// The totals, keyed by labels, for as long as the orchestrator lives.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    messages: [AtomicU64; 3],
+    pipelines: Mutex<HashMap<String, Arc<PipelineTotals>>>,
+    modules: Mutex<HashMap<(String, String), Arc<ModuleTotals>>>,
+    stages: Mutex<HashMap<(String, u32), Arc<Histogram>>>,
+    selection: Histogram,
+    last_publish: Mutex<Instant>,
+}
+
+/// A configuration's view of the totals, by its own indices.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pipelines: Vec<Arc<PipelineTotals>>,
+    /// By plan module index.
+    modules: Vec<Arc<ModuleTotals>>,
+    /// By pipeline, then stage in execution order.
+    stages: Vec<Vec<Arc<Histogram>>>,
+}
+
+/// What a pipeline did with a message, for its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PipelineResult {
+    Processed = 0,
+    Delivered = 1,
+    Stopped = 2,
+    Dropped = 3,
+    DeadLettered = 4,
+}
+
+/// What a module call did, for its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallResult {
+    Unchanged = 0,
+    Edited = 1,
+    Dropped = 2,
+    Failed = 3,
+}
+
+/// One batch's counts, added to the totals when it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    messages: [u64; 3],
+    pipelines: Vec<[u64; 5]>,
+    /// By plan module index: outcomes, then errors, then dead letters by kind, then retries.
+    modules: Vec<[u64; 4 + 2 * KINDS + 1]>,
+    /// (series, bucket): series 0 is selection, 1.. modules, then stages.
+    samples: Vec<(u32, u16)>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Stats {
+            messages: Default::default(),
+            pipelines: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
+            selection: Histogram::new(),
+            last_publish: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The totals of `plan`'s pipelines, modules and stages, made where new.
+    pub(crate) fn table(&self, plan: &Plan) -> Table {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = Table {
+            pipelines: Vec::new(),
+            modules: Vec::new(),
+            stages: Vec::new(),
+        };
+        for pipeline in plan.pipelines() {
+            let id = &pipeline.config.pipeline_id;
+            table.pipelines.push(
+                pipelines
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(PipelineTotals {
+                            results: Default::default(),
+                        })
+                    })
+                    .clone(),
+            );
+            let mut by_stage = Vec::new();
+            for stage in &pipeline.stages {
+                by_stage.push(
+                    stages
+                        .entry((id.clone(), stage.priority))
+                        .or_insert_with(|| Arc::new(Histogram::new()))
+                        .clone(),
+                );
+                for module in &stage.modules {
+                    table.modules.push(
+                        modules
+                            .entry((id.clone(), module.module_id.clone()))
+                            .or_insert_with(|| {
+                                Arc::new(ModuleTotals {
+                                    outcomes: Default::default(),
+                                    errors: Default::default(),
+                                    dead_letters: Default::default(),
+                                    retries: AtomicU64::new(0),
+                                    time: Histogram::new(),
+                                })
+                            })
+                            .clone(),
+                    );
+                }
+            }
+            table.stages.push(by_stage);
+        }
+        table
+    }
+
+    /// Adds a batch's counts to the totals.
+    pub(crate) fn add(&self, table: &Table, tally: &mut Tally) {
+        let add = |counter: &AtomicU64, n: u64| {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        for (counter, n) in self.messages.iter().zip(tally.messages) {
+            add(counter, n);
+        }
+        for (totals, counts) in table.pipelines.iter().zip(&tally.pipelines) {
+            for (counter, n) in totals.results.iter().zip(counts) {
+                add(counter, *n);
+            }
+        }
+        for (totals, counts) in table.modules.iter().zip(&tally.modules) {
+            let (outcomes, rest) = counts.split_at(4);
+            let (errors, rest) = rest.split_at(KINDS);
+            let (dead_letters, retries) = rest.split_at(KINDS);
+            for (counter, n) in totals.outcomes.iter().zip(outcomes) {
+                add(counter, *n);
+            }
+            for (counter, n) in totals.errors.iter().zip(errors) {
+                add(counter, *n);
+            }
+            for (counter, n) in totals.dead_letters.iter().zip(dead_letters) {
+                add(counter, *n);
+            }
+            add(&totals.retries, retries[0]);
+        }
+        let modules = table.modules.len() as u32;
+        tally.samples.sort_unstable();
+        let mut samples = tally.samples.iter().peekable();
+        while let Some(&(series, bucket)) = samples.next() {
+            let mut n = 1;
+            while samples.next_if(|&&s| s == (series, bucket)).is_some() {
+                n += 1;
+            }
+            let histogram = match series {
+                0 => &self.selection,
+                s if s <= modules => &table.modules[s as usize - 1].time,
+                s => {
+                    let mut stage = (s - modules - 1) as usize;
+                    let mut found = None;
+                    for pipeline in &table.stages {
+                        if stage < pipeline.len() {
+                            found = Some(&*pipeline[stage]);
+                            break;
+                        }
+                        stage -= pipeline.len();
+                    }
+                    match found {
+                        Some(h) => h,
+                        None => continue,
+                    }
+                }
+            };
+            histogram.buckets[bucket as usize].fetch_add(n, Ordering::Relaxed);
+        }
+        *tally = Tally::default();
+    }
+
+    /// Whether a publish is due: at most every 100 ms from the batches.
+    pub(crate) fn publish_due(&self) -> bool {
+        match self.last_publish.try_lock() {
+            Ok(mut last) if last.elapsed() >= Duration::from_millis(100) => {
+                *last = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sets the `metrics` counters to the totals and records the histogram
+    /// samples since the last publish, under the recorder installed now.
+    pub(crate) fn publish(&self) {
+        for (counter, disposition) in
+            self.messages
+                .iter()
+                .zip(["delivered", "dropped", "dead_lettered"])
+        {
+            metrics::counter!("rustmq_etl_messages_total", "result" => disposition)
+                .absolute(counter.load(Ordering::Relaxed));
+        }
+        for (pipeline, totals) in self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            for (counter, result) in totals.results.iter().zip(PIPELINE_RESULTS) {
+                metrics::counter!("rustmq_etl_pipeline_messages_total", "pipeline" => pipeline.clone(), "result" => result)
+                    .absolute(counter.load(Ordering::Relaxed));
+            }
+        }
+        for ((pipeline, module), totals) in self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let labels = [("pipeline", pipeline.clone()), ("module", module.clone())];
+            for (counter, outcome) in totals.outcomes.iter().zip(MODULE_OUTCOMES) {
+                let mut labels = labels.to_vec();
+                labels.push(("outcome", outcome.to_owned()));
+                metrics::counter!("rustmq_etl_module_calls_total", &labels)
+                    .absolute(counter.load(Ordering::Relaxed));
+            }
+            for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+                for (name, counter) in [
+                    ("rustmq_etl_module_errors_total", &totals.errors[i]),
+                    ("rustmq_etl_dead_letters_total", &totals.dead_letters[i]),
+                ] {
+                    let n = counter.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let mut labels = labels.to_vec();
+                        labels.push(("kind", kind.as_str().to_owned()));
+                        metrics::counter!(name, &labels).absolute(n);
+                    }
+                }
+            }
+            metrics::counter!("rustmq_etl_module_retries_total", &labels)
+                .absolute(totals.retries.load(Ordering::Relaxed));
+            totals.time.publish(metrics::histogram!(
+                "rustmq_etl_module_duration_seconds",
+                &labels
+            ));
+        }
+        for ((pipeline, priority), histogram) in
+            self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            histogram.publish(metrics::histogram!(
+                "rustmq_etl_stage_duration_seconds",
+                "pipeline" => pipeline.clone(),
+                "priority" => priority.to_string()
+            ));
+        }
+        self.selection
+            .publish(metrics::histogram!("rustmq_etl_selection_duration_seconds"));
+    }
+}
+
+impl Tally {
+    /// Sized for `plan`.
+    pub(crate) fn new(plan: &Plan) -> Self {
+        Tally {
+            messages: [0; 3],
+            pipelines: vec![[0; 5]; plan.pipelines().len()],
+            modules: vec![[0; 4 + 2 * KINDS + 1]; plan.module_count()],
+            samples: Vec::new(),
+        }
+    }
+
+    pub(crate) fn message(&mut self, disposition: &Disposition) {
+        let i = match disposition {
+            Disposition::Delivered(_) => 0,
+            Disposition::Dropped => 1,
+            Disposition::DeadLettered(_) => 2,
+        };
+        self.messages[i] += 1;
+    }
+
+    pub(crate) fn pipeline(&mut self, pipeline: usize, result: PipelineResult) {
+        self.pipelines[pipeline][result as usize] += 1;
+    }
+
+    pub(crate) fn call(&mut self, module: usize, result: CallResult, time: Duration) {
+        self.modules[module][result as usize] += 1;
+        self.samples.push((module as u32 + 1, bucket(time) as u16));
+    }
+
+    pub(crate) fn error(&mut self, module: usize, kind: ErrorKind) {
+        self.modules[module][4 + kind_index(kind)] += 1;
+    }
+
+    pub(crate) fn dead_letter(&mut self, module: usize, kind: ErrorKind) {
+        self.modules[module][4 + KINDS + kind_index(kind)] += 1;
+    }
+
+    pub(crate) fn retry(&mut self, module: usize) {
+        self.modules[module][4 + 2 * KINDS] += 1;
+    }
+
+    /// A stage's time: `stage` counts the stages of every pipeline before.
+    pub(crate) fn stage(&mut self, stage: usize, time: Duration) {
+        let series = self.modules.len() + 1 + stage;
+        self.samples.push((series as u32, bucket(time) as u16));
+    }
+
+    pub(crate) fn selection(&mut self, time: Duration) {
+        self.samples.push((0, bucket(time) as u16));
+    }
+}
+
+fn kind_index(kind: ErrorKind) -> usize {
+    ErrorKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KINDS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_grow_by_quarters_of_a_power_of_two() {
+        assert_eq!(bucket(Duration::from_nanos(3)), 3);
+        assert_eq!(bucket(Duration::from_nanos(4)), 8);
+        assert_eq!(bucket(Duration::from_nanos(1024)), 40);
+        assert_eq!(bucket(Duration::from_nanos(1024 + 256)), 41);
+        assert_eq!(bucket(Duration::from_secs(100_000)), BUCKETS - 1);
+        // A sample is published within an eighth of its bucket's range.
+        for ns in [5u64, 100, 1_000, 123_456, 9_876_543_210] {
+            let published = bucket_seconds(bucket(Duration::from_nanos(ns))) * 1e9;
+            assert!(
+                (published - ns as f64).abs() <= ns as f64 * 0.25,
+                "{ns} ns published as {published}"
+            );
+        }
+    }
+}

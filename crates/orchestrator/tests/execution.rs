@@ -1,0 +1,905 @@
+//! execution.md, rule by rule, with stand-in modules (plain Rust functions
+//! behind the core contract: `rustmq-etl-testkit`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustmq_etl_config::{Config, Format};
+use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
+use rustmq_etl_orchestrator::{
+    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, FailureAction, Options,
+    Orchestrator, ProcessOptions, Processed, RanOutcome, SkipReason, TraceEvent,
+};
+use rustmq_etl_testkit::{Behaviour, StandIn};
+
+fn config(yaml: &str) -> Config {
+    Config::from_text(yaml, Format::Yaml, None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+fn no_bytes(_: &str) -> Result<Vec<u8>, String> {
+    Ok(Vec::new())
+}
+
+/// Fast retries, so that the tests do not wait long.
+fn options() -> Options {
+    Options {
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            factor: 2,
+            cap: Duration::from_millis(4),
+        },
+        ..Options::default()
+    }
+}
+
+fn start(engine: &Arc<StandIn>, yaml: &str) -> Orchestrator<StandIn> {
+    start_with(engine, yaml, options())
+}
+
+fn start_with(engine: &Arc<StandIn>, yaml: &str, options: Options) -> Orchestrator<StandIn> {
+    Orchestrator::new(engine.clone(), &config(yaml), no_bytes, options).unwrap()
+}
+
+fn traced(o: &Orchestrator<StandIn>, messages: Vec<Message>) -> Vec<Processed> {
+    o.process_batch_blocking(messages, ProcessOptions { trace: true })
+        .unwrap()
+}
+
+fn one(o: &Orchestrator<StandIn>, message: Message) -> Processed {
+    traced(o, vec![message]).remove(0)
+}
+
+fn delivered(p: &Processed) -> &Message {
+    match &p.disposition {
+        Disposition::Delivered(m) => m,
+        other => panic!("expected delivery, got {other:?}\ntrace: {:#?}", p.trace),
+    }
+}
+
+fn dead_letter(p: &Processed) -> &Message {
+    match &p.disposition {
+        Disposition::DeadLettered(m) => m,
+        other => panic!(
+            "expected a dead letter, got {other:?}\ntrace: {:#?}",
+            p.trace
+        ),
+    }
+}
+
+fn events(p: &Processed) -> Vec<(String, TraceEvent)> {
+    p.trace
+        .as_ref()
+        .expect("traced")
+        .entries
+        .iter()
+        .map(|e| (e.module.clone(), e.event.clone()))
+        .collect()
+}
+
+fn set_header(name: &'static str, value: &'static str) -> Behaviour {
+    Behaviour::ok(Outcome::Edited(vec![Edit::SetHeader(
+        name.into(),
+        value.into(),
+    )]))
+}
+
+/// A module that appends its letter to the payload.
+fn append(letter: &'static str) -> impl Fn(&Message) -> Behaviour {
+    move |m: &Message| {
+        let mut payload = m.payload.to_vec();
+        payload.extend_from_slice(letter.as_bytes());
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetPayload(Bytes::from(
+            payload,
+        ))]))
+    }
+}
+
+const SEQUENTIAL: &str = r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules: [{module_id: a}, {module_id: b}]
+  - priority: 1
+    modules: [{module_id: c}]
+"#;
+
+#[test]
+fn a_sequential_stage_passes_each_module_the_message_as_the_one_before_left_it() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", append("a"));
+    engine.module("b", append("b"));
+    engine.module("c", append("c"));
+    let o = start(&engine, SEQUENTIAL);
+    let out = one(&o, Message::new("t", ">"));
+    assert_eq!(&delivered(&out).payload[..], b">abc");
+    assert!(events(&out).iter().all(|(_, e)| matches!(
+        e,
+        TraceEvent::Ran {
+            outcome: RanOutcome::Edited(1),
+            attempts: 1,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_drop_ends_the_journey_at_once() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", |_| Behaviour::ok(Outcome::Dropped));
+    engine.module("b", append("b"));
+    engine.module("c", append("c"));
+    engine.module("later", append("!"));
+    let yaml = format!(
+        "pipelines:\n  - {}\n  - pipeline_id: q\n    stages: [{{priority: 0, modules: [{{module_id: later}}]}}]",
+        SEQUENTIAL.trim().replace('\n', "\n    ")
+    );
+    let o = start(&engine, &yaml);
+    let out = one(&o, Message::new("t", ">"));
+    assert_eq!(out.disposition, Disposition::Dropped);
+    let events = events(&out);
+    assert!(matches!(
+        events[0],
+        (
+            _,
+            TraceEvent::Ran {
+                outcome: RanOutcome::Dropped,
+                ..
+            }
+        )
+    ));
+    for (module, event) in &events[1..] {
+        assert_eq!(event, &TraceEvent::Skipped(SkipReason::Dropped), "{module}");
+    }
+    assert_eq!(
+        events.len(),
+        4,
+        "every module of every pipeline is in the trace"
+    );
+}
+
+const PARALLEL: &str = r#"
+pipeline_id: p
+error_handling: StopPipeline
+stages:
+  - priority: 0
+    parallel_execution: true
+    modules: [{module_id: a}, {module_id: b}, {module_id: c}]
+"#;
+
+#[test]
+fn a_parallel_stage_combines_results_in_declaration_order() {
+    let engine = Arc::new(StandIn::new(2));
+    // Each sees the stage's input; b's topic wins over a's (declared later);
+    // c takes longer, and its edits still come last.
+    engine.module("a", |m: &Message| {
+        assert_eq!(m.topic, "in");
+        Behaviour::ok(Outcome::Edited(vec![
+            Edit::SetTopic("from-a".into()),
+            Edit::SetHeader("a".into(), "1".into()),
+        ]))
+    });
+    engine.module("b", |m: &Message| {
+        assert_eq!(m.topic, "in");
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("from-b".into())]))
+    });
+    engine.module("c", |m: &Message| {
+        assert!(m.headers.get("a").is_none(), "c sees the stage's input");
+        set_header("a", "from-c").after(Duration::from_millis(20))
+    });
+    let o = start(&engine, PARALLEL);
+    let out = one(&o, Message::new("in", ""));
+    let m = delivered(&out);
+    assert_eq!(m.topic, "from-b");
+    assert_eq!(m.headers.get("a"), Some("from-c"));
+}
+
+#[test]
+fn a_parallel_stage_drops_when_any_module_drops_but_a_failure_is_handled_first() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", |_| Behaviour::ok(Outcome::Dropped));
+    engine.module("b", append("b"));
+    engine.module("c", append("c"));
+    let o = start(&engine, PARALLEL);
+    assert_eq!(
+        one(&o, Message::new("in", "")).disposition,
+        Disposition::Dropped
+    );
+
+    // A failure under StopPipeline: the message leaves as it entered, the
+    // drop before it notwithstanding.
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", |_| Behaviour::ok(Outcome::Dropped));
+    engine.module("b", |_| Behaviour::fail(ErrorKind::Trap, "boom"));
+    engine.module("c", append("c"));
+    let o = start(&engine, PARALLEL);
+    let out = one(&o, Message::new("in", "x"));
+    assert_eq!(&delivered(&out).payload[..], b"x");
+}
+
+#[test]
+fn pipelines_chain_and_a_new_topic_changes_what_later_filters_see() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("rename", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("renamed".into())]))
+    });
+    engine.module("on-old", |_| set_header("old", "yes"));
+    engine.module("on-new", |_| set_header("new", "yes"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    stages:
+      - priority: 0
+        modules: [{module_id: rename}]
+      - priority: 1
+        modules:
+          - {module_id: on-old, topic_filters: [{filter_type: Exact, pattern: original}]}
+          - {module_id: on-new, topic_filters: [{filter_type: Exact, pattern: renamed}]}
+  - pipeline_id: second
+    stages:
+      - priority: 0
+        modules:
+          - {module_id: on-old, topic_filters: [{filter_type: Exact, pattern: original}]}
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("original", ""));
+    let m = delivered(&out);
+    assert_eq!(m.topic, "renamed");
+    assert_eq!(m.headers.get("new"), Some("yes"));
+    assert_eq!(m.headers.get("old"), None);
+    let skipped: Vec<_> = events(&out)
+        .into_iter()
+        .filter(|(_, e)| matches!(e, TraceEvent::Skipped(SkipReason::NotSelected(_))))
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(skipped, ["on-old", "on-old"]);
+}
+
+#[test]
+fn selection_is_decided_on_the_message_as_it_reaches_the_stage() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("mark", |_| set_header("x-mark", "1"));
+    engine.module("needs-mark", |_| set_header("x-seen", "1"));
+    let yaml = r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules: [{module_id: mark}]
+  - priority: 1
+    modules:
+      - module_id: needs-mark
+        conditional_rules:
+          - {condition_type: HeaderValue, field_path: x-mark, operator: Equals, value: "1"}
+"#;
+    let o = start(&engine, yaml);
+    assert_eq!(
+        delivered(&one(&o, Message::new("t", "")))
+            .headers
+            .get("x-seen"),
+        Some("1")
+    );
+}
+
+fn flaky(fails: u32, kind: ErrorKind) -> impl Fn(&Message) -> Behaviour {
+    let calls = Arc::new(AtomicU32::new(0));
+    move |_: &Message| {
+        if calls.fetch_add(1, Ordering::SeqCst) < fails {
+            Behaviour::fail(kind, "flaky")
+        } else {
+            set_header("ok", "1")
+        }
+    }
+}
+
+const RETRIED: &str = r#"
+pipeline_id: p
+error_handling: RetryWithBackoff
+max_retries: 2
+stages:
+  - priority: 3
+    modules: [{module_id: m}]
+"#;
+
+#[test]
+fn retry_with_backoff_calls_again_and_a_later_success_is_no_failure() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", flaky(2, ErrorKind::Trap));
+    let o = start(&engine, RETRIED);
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ok"), Some("1"));
+    assert!(matches!(
+        events(&out)[0].1,
+        TraceEvent::Ran { attempts: 3, .. }
+    ));
+}
+
+#[test]
+fn retries_spent_make_a_dead_letter_with_every_header() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", |_| Behaviour::fail(ErrorKind::GuestError, "no good"));
+    let o = start(&engine, RETRIED);
+    let mut input = Message::new("in.topic", "payload");
+    input.headers.push("kept", "yes");
+    let out = one(&o, input.clone());
+    let letter = dead_letter(&out);
+    assert_eq!(letter.topic, "etl.dead-letter");
+    assert_eq!(letter.payload, input.payload);
+    let expected = [
+        ("kept", "yes"),
+        (dlq::ORIGINAL_TOPIC, "in.topic"),
+        (dlq::PIPELINE, "p"),
+        (dlq::STAGE, "3"),
+        (dlq::MODULE, "m"),
+        (dlq::ERROR_KIND, "guest_error"),
+        (dlq::ERROR, "no good"),
+        (dlq::ATTEMPTS, "3"),
+    ];
+    assert_eq!(letter.headers.iter().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn the_dead_letter_topic_is_configurable_and_holds_the_message_as_it_entered_the_pipeline() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("edit", append("!"));
+    engine.module("fail", |_| Behaviour::fail(ErrorKind::Trap, "trapped"));
+    engine.module("never", append("?"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    stages: [{priority: 0, modules: [{module_id: edit}]}]
+  - pipeline_id: second
+    error_handling: SendToDeadLetter
+    stages:
+      - priority: 0
+        modules: [{module_id: edit}, {module_id: fail}, {module_id: never}]
+  - pipeline_id: third
+    stages: [{priority: 0, modules: [{module_id: never}]}]
+"#;
+    let o = start_with(
+        &engine,
+        yaml,
+        Options {
+            dead_letter_topic: "errors".into(),
+            ..options()
+        },
+    );
+    let out = one(&o, Message::new("t", ">"));
+    let letter = dead_letter(&out);
+    assert_eq!(letter.topic, "errors");
+    // As it entered `second`: `first`'s edit kept, `second`'s undone.
+    assert_eq!(&letter.payload[..], b">!");
+    assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("1"));
+    // Nothing after it runs: the rest of `second`, and `third`.
+    let events = events(&out);
+    assert_eq!(events.len(), 5);
+    for (module, event) in &events[3..] {
+        assert_eq!(
+            (module.as_str(), event),
+            ("never", &TraceEvent::Skipped(SkipReason::EarlierFailure))
+        );
+    }
+}
+
+#[test]
+fn skip_module_and_continue_on_error_go_on_without_the_failed_module() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", append("a"));
+    engine.module("fail", |_| Behaviour::fail(ErrorKind::Trap, "boom"));
+    engine.module("c", append("c"));
+    for yaml in [
+        r#"
+pipeline_id: p
+error_handling: SkipModule
+stages:
+  - priority: 0
+    modules: [{module_id: a}, {module_id: fail}, {module_id: c}]
+"#,
+        r#"
+pipeline_id: p
+error_handling: StopPipeline
+stages:
+  - priority: 0
+    continue_on_error: true
+    modules: [{module_id: a}, {module_id: fail}, {module_id: c}]
+"#,
+    ] {
+        let o = start(&engine, yaml);
+        let out = one(&o, Message::new("t", ">"));
+        assert_eq!(&delivered(&out).payload[..], b">ac");
+        assert!(matches!(
+            &events(&out)[1],
+            (m, TraceEvent::Failed { kind: ErrorKind::Trap, action: FailureAction::Skipped, attempts: 1, .. }) if m == "fail"
+        ));
+    }
+}
+
+#[test]
+fn stop_pipeline_undoes_the_pipeline_and_the_next_pipeline_receives_the_message() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", append("a"));
+    engine.module("fail", |_| {
+        Behaviour::fail(ErrorKind::InvalidOutput, "bad answer")
+    });
+    engine.module("c", append("c"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    error_handling: StopPipeline
+    stages:
+      - priority: 0
+        modules: [{module_id: a}]
+      - priority: 1
+        modules: [{module_id: fail}]
+      - priority: 2
+        modules: [{module_id: c}]
+  - pipeline_id: second
+    stages: [{priority: 0, modules: [{module_id: c}]}]
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("t", ">"));
+    assert_eq!(&delivered(&out).payload[..], b">c");
+    let events = events(&out);
+    assert!(matches!(
+        events[1].1,
+        TraceEvent::Failed {
+            action: FailureAction::StoppedPipeline,
+            ..
+        }
+    ));
+    assert_eq!(events[2].1, TraceEvent::Skipped(SkipReason::EarlierFailure));
+}
+
+#[test]
+fn a_module_timeout_fires_at_its_budget() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    let yaml = r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+stages:
+  - priority: 0
+    modules: [{module_id: slow, instance_config: {execution_timeout_ms: 50}}]
+"#;
+    let o = start(&engine, yaml);
+    let started = Instant::now();
+    let out = one(&o, Message::new("t", ""));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        dead_letter(&out).headers.get(dlq::ERROR_KIND),
+        Some("timeout")
+    );
+}
+
+#[test]
+fn a_stage_timeout_fires_and_a_skipped_timed_out_module_ends_the_stage() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    engine.module("after", |_| set_header("after", "1"));
+    engine.module("next-stage", |_| set_header("next", "1"));
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+stages:
+  - priority: 0
+    stage_timeout_ms: 50
+    modules: [{module_id: slow}, {module_id: after}]
+  - priority: 1
+    modules: [{module_id: next-stage}]
+"#;
+    let o = start(&engine, yaml);
+    let started = Instant::now();
+    let out = one(&o, Message::new("t", ""));
+    // The module's own budget is 1000 ms: the stage's 50 ms was the tighter.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = delivered(&out);
+    assert_eq!(
+        (m.headers.get("after"), m.headers.get("next")),
+        (None, Some("1"))
+    );
+    let events = events(&out);
+    assert!(matches!(
+        events[0].1,
+        TraceEvent::Failed {
+            kind: ErrorKind::StageTimeout,
+            action: FailureAction::EndedStage,
+            ..
+        }
+    ));
+    assert_eq!(events[1].1, TraceEvent::Skipped(SkipReason::EarlierFailure));
+}
+
+#[test]
+fn a_pipeline_timeout_fires_and_under_skip_delivers_the_message_as_it_stands() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("quick", |_| set_header("quick", "1"));
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    engine.module("later", |_| set_header("later", "1"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: p
+    error_handling: SkipModule
+    global_timeout_ms: 60
+    stages:
+      - priority: 0
+        modules: [{module_id: quick}, {module_id: slow}]
+      - priority: 1
+        modules: [{module_id: later}]
+  - pipeline_id: q
+    stages: [{priority: 0, modules: [{module_id: later}]}]
+"#;
+    let o = start(&engine, yaml);
+    let started = Instant::now();
+    let out = one(&o, Message::new("t", ""));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = delivered(&out);
+    // `p` ended at its timeout with `quick`'s edit; `q` ran.
+    assert_eq!(m.headers.get("quick"), Some("1"));
+    assert_eq!(m.headers.get("later"), Some("1"));
+    let events = events(&out);
+    assert!(matches!(
+        events[1].1,
+        TraceEvent::Failed {
+            kind: ErrorKind::PipelineTimeout,
+            action: FailureAction::EndedPipeline,
+            ..
+        }
+    ));
+    assert_eq!(events[2].1, TraceEvent::Skipped(SkipReason::EarlierFailure));
+}
+
+#[test]
+fn the_wait_between_retries_counts_against_the_pipeline_budget() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", |_| Behaviour::fail(ErrorKind::Trap, "always"));
+    let yaml = r#"
+pipeline_id: p
+error_handling: RetryWithBackoff
+max_retries: 50
+global_timeout_ms: 100
+stages:
+  - priority: 0
+    modules: [{module_id: m}]
+"#;
+    let slow_retries = Options {
+        backoff: Backoff {
+            base: Duration::from_millis(40),
+            factor: 1,
+            cap: Duration::from_millis(40),
+        },
+        ..Options::default()
+    };
+    let o = start_with(&engine, yaml, slow_retries);
+    let started = Instant::now();
+    let out = one(&o, Message::new("t", ""));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let letter = dead_letter(&out);
+    assert_eq!(
+        letter.headers.get(dlq::ERROR_KIND),
+        Some("pipeline_timeout")
+    );
+    let attempts: u32 = letter.headers.get(dlq::ATTEMPTS).unwrap().parse().unwrap();
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} attempts in 100 ms of 20-40 ms waits"
+    );
+}
+
+#[test]
+fn the_circuit_breaker_opens_fails_fast_and_closes_after_a_good_probe() {
+    let engine = Arc::new(StandIn::new(1));
+    let healthy = Arc::new(AtomicU32::new(0));
+    let state = healthy.clone();
+    engine.module("m", move |_| {
+        if state.load(Ordering::SeqCst) == 1 {
+            set_header("ok", "1")
+        } else {
+            Behaviour::fail(ErrorKind::Trap, "down")
+        }
+    });
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+stages: [{priority: 0, modules: [{module_id: m}]}]
+"#;
+    let o = start_with(
+        &engine,
+        yaml,
+        Options {
+            breaker: BreakerSettings {
+                failures: 3,
+                cool_down: Duration::from_millis(100),
+            },
+            ..options()
+        },
+    );
+    let kinds = |o: &Orchestrator<StandIn>| -> Vec<ErrorKind> {
+        traced(o, (0..5).map(|_| Message::new("t", "")).collect())
+            .iter()
+            .map(|p| match &events(p)[0].1 {
+                TraceEvent::Failed { kind, .. } => *kind,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&o),
+        [
+            ErrorKind::Trap,
+            ErrorKind::Trap,
+            ErrorKind::Trap,
+            ErrorKind::CircuitOpen,
+            ErrorKind::CircuitOpen
+        ]
+    );
+    healthy.store(1, Ordering::SeqCst);
+    assert_eq!(kinds(&o)[0], ErrorKind::CircuitOpen, "still cooling down");
+    std::thread::sleep(Duration::from_millis(120));
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ok"), Some("1"), "the probe");
+    assert_eq!(
+        o.circuit_states()[0].1,
+        rustmq_etl_orchestrator::CircuitState::Closed
+    );
+}
+
+#[test]
+fn the_same_module_with_two_configurations_is_two_occurrences() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", |_| set_header("m", "1"));
+    let yaml = r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules:
+      - {module_id: m, instance_config: {custom_config: {"a": 1}}}
+      - {module_id: m, instance_config: {custom_config: {"a": 2}}}
+  - priority: 1
+    modules:
+      - {module_id: m, instance_config: {custom_config: {"a": 1}}}
+"#;
+    let o = start(&engine, yaml);
+    let plan = o.plan();
+    assert_eq!(plan.occurrences().len(), 2);
+    assert_eq!(plan.occurrences()[1].settings.custom_config, r#"{"a":2}"#);
+}
+
+#[test]
+fn results_come_in_input_order_and_every_input_is_accounted_for() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", |m: &Message| match m.payload[0] % 3 {
+        0 => Behaviour::ok(Outcome::Dropped),
+        1 => Behaviour::fail(ErrorKind::Trap, "trap"),
+        _ => {
+            Behaviour::ok(Outcome::Unchanged).after(Duration::from_micros(u64::from(m.payload[0])))
+        }
+    });
+    let yaml = r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+stages: [{priority: 0, modules: [{module_id: m}]}]
+"#;
+    let o = start(&engine, yaml);
+    let input: Vec<Message> = (0..200u8).map(|i| Message::new("t", vec![i])).collect();
+    let out = o
+        .process_batch_blocking(input.clone(), ProcessOptions::default())
+        .unwrap();
+    assert_eq!(out.len(), input.len());
+    for (i, p) in out.iter().enumerate() {
+        match (i % 3, &p.disposition) {
+            (0, Disposition::Dropped) => {}
+            (1, Disposition::DeadLettered(m)) => assert_eq!(m.payload, input[i].payload),
+            (2, Disposition::Delivered(m)) => assert_eq!(m, &input[i]),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_busy_module_makes_its_message_wait_without_failing() {
+    let engine = Arc::new(StandIn::new(1));
+    let first = Arc::new(AtomicU32::new(0));
+    engine.module("m", move |_| {
+        if first.fetch_add(1, Ordering::SeqCst) == 0 {
+            Behaviour::busy(Instant::now() + Duration::from_millis(30))
+        } else {
+            set_header("ran", "1")
+        }
+    });
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+    );
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ran"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_makes_callers_wait_or_answers_busy() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("slow", |_| {
+        Behaviour::ok(Outcome::Unchanged).after(Duration::from_millis(100))
+    });
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+        Options {
+            max_in_flight: 2,
+            ..options()
+        },
+    );
+    let first = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let busy = o.try_process_batch(vec![Message::new("t", "")], ProcessOptions::default());
+    assert!(busy.is_err(), "two in flight already");
+    // A waiting caller gets in once the first batch is done.
+    let second = o
+        .process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(first.await.unwrap().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_never_runs() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("slow", |_| {
+        Behaviour::ok(Outcome::Unchanged).after(Duration::from_millis(150))
+    });
+    engine.module("counted", |_| Behaviour::ok(Outcome::Unchanged));
+    let yaml = r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules:
+      - {module_id: slow, topic_filters: [{filter_type: Exact, pattern: slow}]}
+      - {module_id: counted, topic_filters: [{filter_type: Exact, pattern: counted}]}
+"#;
+    let o = start(&engine, yaml);
+    // The only engine thread is busy with this one...
+    let busy = {
+        let o = o.clone();
+        tokio::spawn(async move { o.process(Message::new("slow", "")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ...while this call is queued behind it, then given up.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        o.process(Message::new("counted", "")),
+    )
+    .await;
+    assert!(given_up.is_err(), "it was still queued");
+    busy.await.unwrap().unwrap();
+    // The queued batch was dropped unrun: a new call is the first to run.
+    let out = o.process(Message::new("counted", "")).await.unwrap();
+    assert!(matches!(out.disposition, Disposition::Delivered(_)));
+    // Counted through the metrics: exactly one call of `counted`.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let text = handle.render();
+    assert!(
+        text.lines().any(|l| l
+            == r#"rustmq_etl_module_calls_total{pipeline="p",module="counted",outcome="unchanged"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reload_is_atomic_and_an_invalid_one_keeps_the_old_configuration_serving() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("v1", |_| set_header("version", "1"));
+    engine.module("v2", |_| set_header("version", "2"));
+    engine.refuse("broken", "does not compile");
+    let yaml = |m: &str| {
+        format!("pipeline_id: p\nstages: [{{priority: 0, modules: [{{module_id: {m}}}]}}]")
+    };
+    let o = start(&engine, &yaml("v1"));
+    assert_eq!(o.config_version(), 1);
+    let err = o.reload(&config(&yaml("broken"))).unwrap_err();
+    assert!(err.to_string().contains("does not compile"), "{err}");
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(
+        (delivered(&out).headers.get("version"), out.config_version),
+        (Some("1"), 1)
+    );
+    let report = o.reload(&config(&yaml("v2"))).unwrap();
+    assert_eq!((report.version, report.compiled), (2, 1));
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(
+        (delivered(&out).headers.get("version"), out.config_version),
+        (Some("2"), 2)
+    );
+    // Switching a pipeline off is a reload too.
+    o.set_pipeline_enabled("p", false).unwrap();
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("version"), None);
+    assert_eq!(
+        events(&out)[0].1,
+        TraceEvent::Skipped(SkipReason::PipelineDisabled)
+    );
+    assert!(o.set_pipeline_enabled("nope", true).is_err());
+}
+
+#[test]
+fn messages_in_flight_finish_on_the_configuration_they_started_with() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("v1", |_| {
+        set_header("v", "1").after(Duration::from_millis(2))
+    });
+    engine.module("v1b", |_| set_header("w", "1"));
+    engine.module("v2", |_| set_header("v", "2"));
+    engine.module("v2b", |_| set_header("w", "2"));
+    let yaml = |a: &str, b: &str| {
+        format!(
+            "pipeline_id: p\nstages:\n  - {{priority: 0, modules: [{{module_id: {a}}}]}}\n  - {{priority: 1, modules: [{{module_id: {b}}}]}}"
+        )
+    };
+    let o = start(&engine, &yaml("v1", "v1b"));
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let o = o.clone();
+                scope.spawn(move || {
+                    let mut all = Vec::new();
+                    for _ in 0..20 {
+                        all.extend(
+                            o.process_batch_blocking(
+                                vec![Message::new("t", ""); 8],
+                                ProcessOptions::default(),
+                            )
+                            .unwrap(),
+                        );
+                    }
+                    all
+                })
+            })
+            .collect();
+        for i in 0..10 {
+            let (a, b) = if i % 2 == 0 {
+                ("v2", "v2b")
+            } else {
+                ("v1", "v1b")
+            };
+            o.reload(&config(&yaml(a, b))).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for sender in senders {
+            for p in sender.join().unwrap() {
+                let m = delivered(&p);
+                // Both stages from one configuration, never half old, half new.
+                assert_eq!(m.headers.get("v"), m.headers.get("w"), "{m:?}");
+            }
+        }
+    });
+}
