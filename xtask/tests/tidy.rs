@@ -33,3 +33,87 @@ fn every_rust_file_starts_with_a_module_doc_comment() {
         "files without a leading `//!` comment: {missing:#?}"
     );
 }
+
+/// The normal (not dev) dependencies a crate's `Cargo.toml` declares.
+fn dependencies(manifest: &Path) -> Vec<String> {
+    let text = fs::read_to_string(manifest).unwrap();
+    let mut in_dependencies = false;
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_dependencies = line == "[dependencies]";
+            continue;
+        }
+        if in_dependencies && !line.is_empty() && !line.starts_with('#') {
+            let name = line
+                .split(['=', '.'])
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The code map's dependency rules (docs/architecture.md), checked on the
+/// manifests so that the map cannot drift from the code: which workspace
+/// crates each crate may depend on, and that only the pool reaches wasmer.
+#[test]
+fn crates_depend_only_on_what_the_code_map_allows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let allowed: &[(&str, &[&str])] = &[
+        ("core", &[]),
+        ("abi", &[]),
+        ("filter", &[]),
+        ("condition", &["rustmq-etl-core"]),
+        (
+            "config",
+            &[
+                "rustmq-etl-core",
+                "rustmq-etl-filter",
+                "rustmq-etl-condition",
+            ],
+        ),
+        (
+            "orchestrator",
+            &[
+                "rustmq-etl-core",
+                "rustmq-etl-config",
+                "rustmq-etl-filter",
+                "rustmq-etl-condition",
+            ],
+        ),
+        ("pool", &["rustmq-etl-core", "rustmq-etl-abi"]),
+        ("sdk", &["rustmq-etl-abi"]),
+        ("testkit", &["rustmq-etl-core"]),
+    ];
+    let mut checked = 0;
+    for entry in fs::read_dir(root.join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = dir.join("Cargo.toml");
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !manifest.is_file() || name == "modules" || name == "cli" {
+            continue;
+        }
+        let rules = allowed
+            .iter()
+            .find(|(crate_dir, _)| *crate_dir == name)
+            .unwrap_or_else(|| panic!("crates/{name} is not in the code map's rules: add it here and to docs/architecture.md"))
+            .1;
+        for dependency in dependencies(&manifest) {
+            if dependency.starts_with("rustmq-etl") {
+                assert!(
+                    rules.contains(&dependency.as_str()),
+                    "crates/{name} depends on {dependency}, which the code map does not allow"
+                );
+            }
+            if dependency.starts_with("wasmer") {
+                assert_eq!(name, "pool", "only the pool may depend on wasmer");
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, allowed.len());
+}

@@ -326,12 +326,14 @@ impl<E: Engine> Orchestrator<E> {
         Ok(results)
     }
 
-    /// Publishes every metric now (the orchestrator's and the engine's), for
-    /// an exporter about to render them; they are also published on their own
-    /// every 100 ms while messages flow.
+    /// Publishes every metric now (the orchestrator's and the engine's) to the
+    /// `metrics` recorder installed now: an exporter calls it before it
+    /// renders (or a program every few seconds). Counters also go out on their
+    /// own every 100 ms while messages flow; the histograms' samples (times of
+    /// modules, stages and selection) only here, each sample once.
     pub fn publish_metrics(&self) {
         let snapshot = self.inner.current.load();
-        snapshot.stats.publish();
+        snapshot.stats.publish(true);
         for (spec, breaker) in snapshot.plan.occurrences().iter().zip(&snapshot.breakers) {
             metrics::gauge!("rustmq_etl_circuit_state", "module" => spec.id.clone())
                 .set(f64::from(breaker.state().as_number()));

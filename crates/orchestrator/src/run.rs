@@ -733,7 +733,7 @@ pub(crate) struct Batch<E: Engine> {
 }
 
 thread_local! {
-    /// The selection scratch of the configuration this thread ran last.
+    /// The selection scratch of the snapshot this thread ran last (by id).
     static SCRATCH: std::cell::RefCell<Option<(u64, PlanScratch)>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -745,10 +745,10 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         SCRATCH.with(|cell| {
             let mut cell = cell.borrow_mut();
             let scratch = match &mut *cell {
-                Some((version, scratch)) if *version == snapshot.version => scratch,
+                Some((id, scratch)) if *id == snapshot.id => scratch,
                 other => {
                     &mut other
-                        .insert((snapshot.version, snapshot.plan.create_scratch()))
+                        .insert((snapshot.id, snapshot.plan.create_scratch()))
                         .1
                 }
             };
@@ -774,7 +774,7 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         }
         snapshot.stats.add(&snapshot.table, &mut self.tally);
         if snapshot.stats.publish_due() {
-            snapshot.stats.publish();
+            snapshot.stats.publish(false);
         }
         let processed = std::mem::take(&mut self.runs)
             .into_iter()

@@ -57,6 +57,9 @@ pub(crate) struct Loaded<M> {
 }
 
 pub(crate) struct Snapshot<E: Engine> {
+    /// Unique in the process (per-thread caches are keyed by it); the
+    /// version is only unique per orchestrator.
+    pub(crate) id: u64,
     pub(crate) version: u64,
     pub(crate) config: Config,
     pub(crate) plan: Plan,
@@ -156,8 +159,10 @@ pub(crate) fn build<E: Engine>(
         stages += pipeline.stages.len();
     }
     let table = keep.stats.table(&plan);
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok((
         Snapshot {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version,
             config: config.clone(),
             modules: loaded.iter().map(|l| l.module.clone()).collect(),

@@ -3,12 +3,13 @@
 //! A batch counts into a [`Tally`] of plain numbers while it runs; when it ends
 //! the tally is added to the shared totals ([`Stats`]), one atomic addition per
 //! distinct counter or histogram bucket the batch touched. [`Stats::publish`]
-//! sets the `metrics` counters to the totals and records the histogram samples
-//! gathered since the last publish, looking every handle up each time: so the
-//! figures reach whatever recorder is installed when they are published, and
-//! nothing on the per-message path touches the recorder. Totals are keyed by
-//! their labels and outlive configurations, so a reload never sets a counter
-//! back.
+//! sets the `metrics` counters to the totals (batches do so every 100 ms) and,
+//! when an exporter asks (`Orchestrator::publish_metrics`), records the
+//! histogram samples gathered since the last time, looking every handle up
+//! each time: so the figures reach whatever recorder is installed when they
+//! are published, and nothing on the per-message path touches the recorder.
+//! Totals are keyed by their labels and outlive configurations, so a reload
+//! never sets a counter back.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -289,9 +290,12 @@ impl Stats {
         }
     }
 
-    /// Sets the `metrics` counters to the totals and records the histogram
-    /// samples since the last publish, under the recorder installed now.
-    pub(crate) fn publish(&self) {
+    /// Sets the `metrics` counters to the totals, and with `histograms`
+    /// records the histogram samples since the last such publish, under the
+    /// recorder installed now. (Counters can be published as often as one
+    /// likes; histogram samples go to one recorder only, so they are published
+    /// when an exporter asks, not on the batches' beat.)
+    pub(crate) fn publish(&self, histograms: bool) {
         for (counter, disposition) in
             self.messages
                 .iter()
@@ -339,10 +343,15 @@ impl Stats {
             }
             metrics::counter!("rustmq_etl_module_retries_total", &labels)
                 .absolute(totals.retries.load(Ordering::Relaxed));
-            totals.time.publish(metrics::histogram!(
-                "rustmq_etl_module_duration_seconds",
-                &labels
-            ));
+            if histograms {
+                totals.time.publish(metrics::histogram!(
+                    "rustmq_etl_module_duration_seconds",
+                    &labels
+                ));
+            }
+        }
+        if !histograms {
+            return;
         }
         for ((pipeline, priority), histogram) in
             self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter()
