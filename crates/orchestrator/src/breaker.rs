@@ -119,7 +119,11 @@ impl Breaker {
     /// How a call it let through went.
     pub(crate) fn record(&self, succeeded: bool, probe: bool, now: Instant) {
         if succeeded {
-            self.consecutive.store(0, Ordering::Release);
+            // Loads first: the common case writes nothing, so engine threads
+            // do not pass the breaker's cache line back and forth.
+            if self.consecutive.load(Ordering::Acquire) != 0 {
+                self.consecutive.store(0, Ordering::Release);
+            }
             if probe || self.state.load(Ordering::Acquire) != CLOSED {
                 self.state.store(CLOSED, Ordering::Release);
                 self.probing.store(false, Ordering::Release);

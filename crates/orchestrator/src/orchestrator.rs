@@ -297,7 +297,13 @@ impl<E: Engine> Orchestrator<E> {
                 .take(chunk)
                 .map(|m| {
                     let seed = self.inner.seeds.fetch_add(0x9e37_79b9, Ordering::Relaxed);
-                    Run::new(m, snapshot.plan.module_count(), options.trace, seed)
+                    Run::new(
+                        m,
+                        snapshot.plan.module_count(),
+                        options.trace,
+                        seed,
+                        submitted,
+                    )
                 })
                 .collect();
             let (reply, answer) = oneshot::channel();

@@ -78,6 +78,10 @@ struct Inner {
     occurrences: Vec<ModuleSpec>,
     modules: usize,
     reads: Reads,
+    /// Whether any module has topic filters, or rules: without, every module
+    /// accepts every topic (or message) and nothing needs evaluating.
+    any_filters: bool,
+    any_rules: bool,
 }
 
 /// A configuration compiled for selection and execution. Immutable, `Send +
@@ -145,6 +149,7 @@ impl Plan {
         let mut occurrences: Vec<ModuleSpec> = Vec::new();
         let mut occurrence_of: HashMap<ModuleSpec, usize> = HashMap::new();
         let mut reads = Reads::default();
+        let (mut any_filters, mut any_rules) = (false, false);
         for source in config.pipelines() {
             let p = &source.pipeline;
             let mut stages = Vec::with_capacity(p.stages.len());
@@ -166,6 +171,8 @@ impl Plan {
                         .iter()
                         .map(|r| r.to_rule().map_err(|e| error(e.to_string())))
                         .collect::<Result<Vec<_>, _>>()?;
+                    any_filters |= !topic_filters.is_empty();
+                    any_rules |= !rules.is_empty();
                     for rule in &rules {
                         match rule.subject() {
                             Subject::PayloadField(_) => reads.payload = true,
@@ -225,6 +232,8 @@ impl Plan {
                 occurrences,
                 modules,
                 reads,
+                any_filters,
+                any_rules,
             }),
         })
     }
@@ -244,30 +253,41 @@ impl Plan {
         self.inner.reads
     }
 
-    /// Evaluates every module's topic filters on `message`'s topic, into
-    /// `out[module.index]`.
-    pub(crate) fn select_filters(&self, topic: &str, scratch: &mut PlanScratch, out: &mut [bool]) {
+    /// Evaluates every module's topic filters on `topic`: `out(index, accepts)`
+    /// for every module, by its plan index.
+    pub(crate) fn select_filters(
+        &self,
+        topic: &str,
+        scratch: &mut PlanScratch,
+        mut out: impl FnMut(usize, bool),
+    ) {
+        if !self.inner.any_filters {
+            return (0..self.inner.modules).for_each(|i| out(i, true));
+        }
         let matches = self.inner.filters.matches(topic, &mut scratch.filters);
         for module in self.modules() {
-            out[module.index] = matches.contains(module.slot);
+            out(module.index, matches.contains(module.slot));
         }
     }
 
-    /// Evaluates every module's rules on `message`, into `out[module.index]`
-    /// (the payload is read at most once).
+    /// Evaluates every module's rules on `message`: `out(index, hold)` for
+    /// every module, by its plan index (the payload is read at most once).
     pub(crate) fn select_rules(
         &self,
         message: &Message,
         now_ms: i64,
         scratch: &mut PlanScratch,
-        out: &mut [bool],
+        mut out: impl FnMut(usize, bool),
     ) {
+        if !self.inner.any_rules {
+            return (0..self.inner.modules).for_each(|i| out(i, true));
+        }
         let mut context = self
             .inner
             .conditions
             .context(message, now_ms, &mut scratch.conditions);
         for module in self.modules() {
-            out[module.index] = context.holds(module.group);
+            out(module.index, context.holds(module.group));
         }
     }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustmq_etl_config::ErrorHandlingStrategy;
 use rustmq_etl_core::{
-    CallError, CallReport, CallRequest, Edit, Engine, ErrorKind, Message, ModuleRunner, Outcome,
-    Step, Task,
+    Bytes, CallError, CallReport, CallRequest, Edit, Engine, ErrorKind, Headers, Message,
+    ModuleRunner, Outcome, Step, Task,
 };
 use tokio::sync::oneshot;
 
@@ -44,34 +44,101 @@ pub mod headers {
     pub const ATTEMPTS: &str = "etl-dlq-attempts";
 }
 
-/// Where a message stands: which pipeline, stage and selected module.
+/// A set of small numbers (module positions), kept inline up to 128.
+#[derive(Debug, Clone)]
+enum Bits {
+    Inline(u128),
+    Heap(Vec<u64>),
+}
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        if len <= 128 {
+            Bits::Inline(0)
+        } else {
+            Bits::Heap(vec![0; len.div_ceil(64)])
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Bits::Inline(bits) => i < 128 && bits >> i & 1 == 1,
+            Bits::Heap(words) => words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1),
+        }
+    }
+
+    fn set(&mut self, i: usize, on: bool) {
+        match self {
+            Bits::Inline(bits) => {
+                if on {
+                    *bits |= 1 << i;
+                } else {
+                    *bits &= !(1 << i);
+                }
+            }
+            Bits::Heap(words) => {
+                let (word, bit) = (i / 64, i % 64);
+                if on {
+                    words[word] |= 1 << bit;
+                } else {
+                    words[word] &= !(1 << bit);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Bits::Inline(bits) => *bits = 0,
+            Bits::Heap(words) => words.iter_mut().for_each(|w| *w = 0),
+        }
+    }
+}
+
+/// Where a message stands: which pipeline, stage and module.
 #[derive(Debug, Default)]
 struct Place {
     pipeline: usize,
     /// `None`: the pipeline has not started.
     stage: Option<usize>,
-    /// Into `selected`; `None`: the stage has not started.
+    /// The module's position in its stage; `None`: the stage has not started.
     module: Option<usize>,
+}
+
+/// The fields of the message as it entered the pipeline that an edit since
+/// changed: the message as it entered is the current one with these put back
+/// (an undo log: a message nothing edits costs nothing to keep).
+#[derive(Debug, Default)]
+struct Saved {
+    topic: Option<String>,
+    key: Option<Option<Bytes>>,
+    headers: Option<Headers>,
+    payload: Option<Bytes>,
+    timestamp: Option<Option<i64>>,
 }
 
 /// What a pipeline keeps while a message is in it.
 #[derive(Debug, Default)]
 struct InPipeline {
-    /// The message as it entered, when a failure may need it back.
-    entry: Option<Message>,
+    /// Whether a failure may need the message as it entered.
+    keeps_entry: bool,
+    saved: Saved,
     deadline: Option<Instant>,
 }
 
 /// What a stage keeps while a message is in it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InStage {
-    started: Option<Instant>,
+    started: Instant,
     deadline: Option<Instant>,
-    /// The plan indices of the stage's modules that run, in declaration order.
-    selected: Vec<usize>,
-    /// A parallel stage: its input, each module's edits so far (in declaration
-    /// order), and whether one dropped the message.
-    input: Option<Message>,
+    /// The positions of the stage's modules that run.
+    selected: Bits,
+    /// Any module selected.
+    any: bool,
+    /// A parallel stage: every module runs on the message as it stands (the
+    /// edits wait until the stage ends), each module's edits in declaration
+    /// order, and whether one dropped the message.
+    parallel: bool,
     edits: Vec<Vec<Edit>>,
     dropped: bool,
 }
@@ -85,11 +152,12 @@ struct InModule {
     retry_at: Option<Instant>,
 }
 
-/// Which modules run, as of the message's last change that matters.
+/// Which modules run (by plan index), as of the message's last change that
+/// matters.
 #[derive(Debug)]
 struct Selection {
-    filters: Vec<bool>,
-    rules: Vec<bool>,
+    filters: Bits,
+    rules: Bits,
     /// The filters (topic) or the rules (other parts) must be evaluated again.
     stale_filters: bool,
     stale_rules: bool,
@@ -104,6 +172,9 @@ pub(crate) struct Run {
     stage: InStage,
     module: InModule,
     selection: Selection,
+    /// The latest moment the run knows of (read once per pipeline, then moved
+    /// on by each call's time): deadlines start from it.
+    clock: Instant,
     trace: Option<Trace>,
     done: Option<Disposition>,
     /// A cheap random state for jitter.
@@ -111,19 +182,34 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    pub(crate) fn new(message: Message, modules: usize, trace: bool, seed: u64) -> Run {
+    pub(crate) fn new(
+        message: Message,
+        modules: usize,
+        trace: bool,
+        seed: u64,
+        now: Instant,
+    ) -> Run {
         Run {
             message,
             place: Place::default(),
             pipeline: InPipeline::default(),
-            stage: InStage::default(),
+            stage: InStage {
+                started: now,
+                deadline: None,
+                selected: Bits::Inline(0),
+                any: false,
+                parallel: false,
+                edits: Vec::new(),
+                dropped: false,
+            },
             module: InModule::default(),
             selection: Selection {
-                filters: vec![false; modules],
-                rules: vec![false; modules],
+                filters: Bits::new(modules),
+                rules: Bits::new(modules),
                 stale_filters: true,
                 stale_rules: true,
             },
+            clock: now,
             trace: trace.then(Trace::default),
             done: None,
             seed: seed | 1,
@@ -185,7 +271,32 @@ impl Run {
         }
     }
 
-    /// Advances the journey as far as it can go now.
+    /// Notes the current stage's selected modules from position `from` on as
+    /// skipped.
+    fn skip_stage_rest(
+        &mut self,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        from: usize,
+        reason: SkipReason,
+    ) {
+        if self.trace.is_none() {
+            return;
+        }
+        for (position, module) in stage.modules.iter().enumerate().skip(from) {
+            if self.stage.selected.get(position) {
+                self.note(
+                    pipeline,
+                    stage.priority,
+                    &module.module_id,
+                    TraceEvent::Skipped(reason.clone()),
+                );
+            }
+        }
+    }
+
+    /// Advances the journey as far as it can go now; `Some(at)` when it must
+    /// wait until then.
     pub(crate) fn step<E: Engine>(
         &mut self,
         snapshot: &Snapshot<E>,
@@ -221,22 +332,27 @@ impl Run {
                 self.next_pipeline();
                 continue;
             };
-            let k = match self.place.module {
+            let mut position = match self.place.module {
                 Some(k) => k,
                 None => {
                     self.start_stage(snapshot, pipeline, stage, scratch, tally);
                     0
                 }
             };
-            let Some(&index) = self.stage.selected.get(k) else {
+            while position < stage.modules.len() && !self.stage.selected.get(position) {
+                position += 1;
+            }
+            self.place.module = Some(position);
+            let Some(module) = stage.modules.get(position) else {
                 self.end_stage(snapshot, tally);
                 continue;
             };
-            let module = module_at(stage, index);
             if let Some(at) = self.module.retry_at {
-                if at > Instant::now() {
+                let now = Instant::now();
+                if at > now {
                     return Some(at);
                 }
+                self.clock = now;
                 self.module.retry_at = None;
             }
             if let Some(wait) = self.call(snapshot, runner, pipeline, stage, module, tally) {
@@ -246,13 +362,15 @@ impl Run {
     }
 
     fn start_pipeline(&mut self, pipeline: &PlannedPipeline) {
-        let keeps_entry = !matches!(
-            pipeline.config.error_handling,
-            ErrorHandlingStrategy::SkipModule
-        );
+        self.clock = Instant::now();
         self.pipeline = InPipeline {
-            entry: keeps_entry.then(|| self.message.clone()),
-            deadline: Instant::now()
+            keeps_entry: !matches!(
+                pipeline.config.error_handling,
+                ErrorHandlingStrategy::SkipModule
+            ),
+            saved: Saved::default(),
+            deadline: self
+                .clock
                 .checked_add(Duration::from_millis(pipeline.config.global_timeout_ms)),
         };
         self.place.stage = Some(0);
@@ -277,8 +395,8 @@ impl Run {
         tally: &mut Tally,
     ) {
         let plan = &snapshot.plan;
-        let now = Instant::now();
-        let now_ms = if plan.reads().age {
+        let reads = plan.reads();
+        let now_ms = if reads.age {
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64)
@@ -288,24 +406,32 @@ impl Run {
         // Selection is decided on the message as it reaches the stage; only
         // what a change can affect is evaluated again.
         let selection = &mut self.selection;
-        if selection.stale_filters || selection.stale_rules || plan.reads().age {
+        if selection.stale_filters || selection.stale_rules || reads.age {
             let started = Instant::now();
             if selection.stale_filters {
-                plan.select_filters(&self.message.topic, scratch, &mut selection.filters);
+                let filters = &mut selection.filters;
+                plan.select_filters(&self.message.topic, scratch, |i, on| filters.set(i, on));
             }
-            if selection.stale_rules || plan.reads().age {
-                plan.select_rules(&self.message, now_ms, scratch, &mut selection.rules);
+            if selection.stale_rules || reads.age {
+                let rules = &mut selection.rules;
+                plan.select_rules(&self.message, now_ms, scratch, |i, on| rules.set(i, on));
             }
             selection.stale_filters = false;
             selection.stale_rules = false;
             tally.selection(started.elapsed());
         }
-        let mut selected = std::mem::take(&mut self.stage.selected);
+        let mut selected = std::mem::replace(&mut self.stage.selected, Bits::Inline(0));
+        if stage.modules.len() > 128 {
+            selected = Bits::new(stage.modules.len());
+        }
         selected.clear();
-        for module in &stage.modules {
-            if self.selection.filters[module.index] && self.selection.rules[module.index] {
-                selected.push(module.index);
-            } else if self.trace.is_some() {
+        let mut any = false;
+        for (position, module) in stage.modules.iter().enumerate() {
+            let runs =
+                self.selection.filters.get(module.index) && self.selection.rules.get(module.index);
+            selected.set(position, runs);
+            any |= runs;
+            if !runs && self.trace.is_some() {
                 let why = plan.why_not(module, &self.message, now_ms, scratch);
                 self.note(
                     pipeline,
@@ -315,14 +441,14 @@ impl Run {
                 );
             }
         }
-        let parallel = stage.parallel_execution && !selected.is_empty();
         let mut edits = std::mem::take(&mut self.stage.edits);
         edits.clear();
         self.stage = InStage {
-            started: Some(now),
-            deadline: stage.stage_timeout.and_then(|t| now.checked_add(t)),
+            started: self.clock,
+            deadline: stage.stage_timeout.and_then(|t| self.clock.checked_add(t)),
             selected,
-            input: parallel.then(|| self.message.clone()),
+            any,
+            parallel: stage.parallel_execution,
             edits,
             dropped: false,
         };
@@ -331,11 +457,14 @@ impl Run {
     }
 
     fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
-        if let (Some(started), false) = (self.stage.started, self.stage.selected.is_empty()) {
+        if self.stage.any {
             let series = snapshot.stage_series(self.place.pipeline, self.stage_index());
-            tally.stage(series, started.elapsed());
+            tally.stage(
+                series,
+                self.clock.saturating_duration_since(self.stage.started),
+            );
         }
-        if self.stage.input.is_some() {
+        if self.stage.parallel {
             self.combine();
             if self.stage.dropped {
                 self.dropped(snapshot, tally);
@@ -350,14 +479,68 @@ impl Run {
         self.place.stage.unwrap_or(0)
     }
 
+    /// Applies `edits` to the message, first saving what they change of the
+    /// message as it entered the pipeline (if a failure may need it back),
+    /// and marks what they change as needing a new selection.
+    fn apply(&mut self, edits: Vec<Edit>) {
+        let saved = &mut self.pipeline.saved;
+        let message = &self.message;
+        for edit in &edits {
+            match edit {
+                Edit::SetTopic(_) => self.selection.stale_filters = true,
+                _ => self.selection.stale_rules = true,
+            }
+            if !self.pipeline.keeps_entry {
+                continue;
+            }
+            match edit {
+                Edit::SetTopic(_) => {
+                    saved.topic.get_or_insert_with(|| message.topic.clone());
+                }
+                Edit::SetPayload(_) => {
+                    saved.payload.get_or_insert_with(|| message.payload.clone());
+                }
+                Edit::SetKey(_) | Edit::ClearKey => {
+                    saved.key.get_or_insert_with(|| message.key.clone());
+                }
+                Edit::SetHeader(..) | Edit::RemoveHeader(_) => {
+                    saved.headers.get_or_insert_with(|| message.headers.clone());
+                }
+                Edit::SetTimestamp(_) | Edit::ClearTimestamp => {
+                    saved.timestamp.get_or_insert(message.timestamp_ms);
+                }
+            }
+        }
+        self.message.apply(edits);
+    }
+
+    /// The message as it entered the pipeline (the current one is given up).
+    fn entry(&mut self) -> Message {
+        let mut message = std::mem::take(&mut self.message);
+        let saved = std::mem::take(&mut self.pipeline.saved);
+        if let Some(topic) = saved.topic {
+            message.topic = topic;
+        }
+        if let Some(key) = saved.key {
+            message.key = key;
+        }
+        if let Some(headers) = saved.headers {
+            message.headers = headers;
+        }
+        if let Some(payload) = saved.payload {
+            message.payload = payload;
+        }
+        if let Some(timestamp) = saved.timestamp {
+            message.timestamp_ms = timestamp;
+        }
+        message
+    }
+
     /// A parallel stage's results, in declaration order, on the stage's input.
     fn combine(&mut self) {
-        if let Some(input) = self.stage.input.take() {
-            self.message = input;
-            for edits in self.stage.edits.drain(..) {
-                mark_stale(&mut self.selection, &edits);
-                self.message.apply(edits);
-            }
+        let edits = std::mem::take(&mut self.stage.edits);
+        for module_edits in edits {
+            self.apply(module_edits);
         }
     }
 
@@ -382,7 +565,7 @@ impl Run {
         module: &PlannedModule,
         tally: &mut Tally,
     ) -> Option<Instant> {
-        let now = Instant::now();
+        let now = self.clock;
         // The tightest budget left, and what running out of it is called.
         let mut deadline: Option<(Instant, ErrorKind)> = self
             .pipeline
@@ -413,8 +596,9 @@ impl Run {
                 return None;
             }
         };
-        let input = self.stage.input.as_ref().unwrap_or(&self.message);
-        let mut request = CallRequest::new(input);
+        // A parallel stage's modules all see the message as the stage got it:
+        // their edits wait until it ends.
+        let mut request = CallRequest::new(&self.message);
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);
         }
@@ -426,12 +610,14 @@ impl Run {
                 if probe {
                     breaker.cancel_probe();
                 }
+                self.clock = busy.until;
                 return Some(busy.until);
             }
         };
+        self.clock += report.ran;
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
-        breaker.record(report.result.is_ok(), probe, Instant::now());
+        breaker.record(report.result.is_ok(), probe, self.clock);
         match report.result {
             Ok(outcome) => {
                 let (result, ran) = match &outcome {
@@ -440,34 +626,30 @@ impl Run {
                     Outcome::Edited(edits) => (CallResult::Edited, RanOutcome::Edited(edits.len())),
                 };
                 tally.call(module.index, result, report.ran);
-                self.note(
-                    pipeline,
-                    stage.priority,
-                    &module.module_id,
-                    TraceEvent::Ran {
-                        outcome: ran,
-                        time: self.module.time,
-                        attempts: self.module.attempts,
-                        version: report.version,
-                    },
-                );
+                if self.trace.is_some() {
+                    self.note(
+                        pipeline,
+                        stage.priority,
+                        &module.module_id,
+                        TraceEvent::Ran {
+                            outcome: ran,
+                            time: self.module.time,
+                            attempts: self.module.attempts,
+                            version: report.version,
+                        },
+                    );
+                }
                 self.module = InModule::default();
-                self.next_module();
+                let position = self.next_module();
                 match outcome {
                     Outcome::Unchanged => {}
-                    Outcome::Dropped if self.stage.input.is_some() => self.stage.dropped = true,
+                    Outcome::Dropped if self.stage.parallel => self.stage.dropped = true,
                     Outcome::Dropped => {
-                        let k = self.place.module.unwrap_or(0);
-                        self.skip_stage_rest(pipeline, stage, k, SkipReason::Dropped);
+                        self.skip_stage_rest(pipeline, stage, position, SkipReason::Dropped);
                         self.dropped(snapshot, tally);
                     }
-                    Outcome::Edited(edits) if self.stage.input.is_some() => {
-                        self.stage.edits.push(edits)
-                    }
-                    Outcome::Edited(edits) => {
-                        mark_stale(&mut self.selection, &edits);
-                        self.message.apply(edits);
-                    }
+                    Outcome::Edited(edits) if self.stage.parallel => self.stage.edits.push(edits),
+                    Outcome::Edited(edits) => self.apply(edits),
                 }
                 None
             }
@@ -482,8 +664,8 @@ impl Run {
                     tally.error(module.index, error.kind());
                     tally.retry(module.index);
                     let jitter = self.jitter();
-                    let mut at = Instant::now()
-                        + snapshot.options.backoff.delay(self.module.attempts, jitter);
+                    let mut at =
+                        self.clock + snapshot.options.backoff.delay(self.module.attempts, jitter);
                     if let Some((limit, _)) = deadline {
                         at = at.min(limit);
                     }
@@ -496,31 +678,11 @@ impl Run {
         }
     }
 
-    fn next_module(&mut self) {
-        self.place.module = Some(self.place.module.unwrap_or(0) + 1);
-    }
-
-    /// Notes the rest of the current stage's selected modules as skipped.
-    fn skip_stage_rest(
-        &mut self,
-        pipeline: &PlannedPipeline,
-        stage: &PlannedStage,
-        from: usize,
-        reason: SkipReason,
-    ) {
-        if self.trace.is_none() {
-            return;
-        }
-        let rest: Vec<usize> = self.stage.selected.iter().skip(from).copied().collect();
-        for index in rest {
-            let module = module_at(stage, index);
-            self.note(
-                pipeline,
-                stage.priority,
-                &module.module_id,
-                TraceEvent::Skipped(reason.clone()),
-            );
-        }
+    /// Moves to the next position in the stage; returns it.
+    fn next_module(&mut self) -> usize {
+        let next = self.place.module.unwrap_or(0) + 1;
+        self.place.module = Some(next);
+        next
     }
 
     /// A failure that remains after retries: execution.md, "When a module
@@ -562,19 +724,23 @@ impl Run {
             },
         );
         self.module = InModule::default();
-        let k = self.place.module.unwrap_or(0);
+        let position = self.place.module.unwrap_or(0);
         match action {
-            FailureAction::Skipped => self.next_module(),
+            FailureAction::Skipped => {
+                self.next_module();
+            }
             FailureAction::EndedStage => {
-                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
                 // The stage ends here: a parallel stage combines what it has.
-                self.place.module = Some(self.stage.selected.len());
+                self.place.module = Some(stage.modules.len());
             }
             FailureAction::EndedPipeline => {
-                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
                 let next_stage = self.stage_index() + 1;
                 self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
-                self.combine();
+                if self.stage.parallel {
+                    self.combine();
+                }
                 if self.stage.dropped {
                     tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
                     self.place.pipeline += 1;
@@ -586,20 +752,18 @@ impl Run {
                 }
             }
             FailureAction::StoppedPipeline => {
-                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
                 let next_stage = self.stage_index() + 1;
                 self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
-                if let Some(entry) = self.pipeline.entry.take() {
-                    self.message = entry;
-                    self.selection.stale_filters = true;
-                    self.selection.stale_rules = true;
-                }
-                self.stage.input = None;
+                self.message = self.entry();
+                self.selection.stale_filters = true;
+                self.selection.stale_rules = true;
+                self.stage.edits.clear();
                 tally.pipeline(self.place.pipeline, PipelineResult::Stopped);
                 self.next_pipeline();
             }
             FailureAction::DeadLettered => {
-                self.skip_stage_rest(pipeline, stage, k + 1, SkipReason::EarlierFailure);
+                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
                 self.module.attempts = attempts;
                 self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
             }
@@ -619,11 +783,7 @@ impl Run {
     ) {
         let next_stage = self.stage_index() + 1;
         self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
-        let mut letter = self
-            .pipeline
-            .entry
-            .take()
-            .unwrap_or_else(|| self.message.clone());
+        let mut letter = self.entry();
         let original = std::mem::replace(
             &mut letter.topic,
             snapshot.options.dead_letter_topic.clone(),
@@ -650,29 +810,25 @@ impl Run {
     /// The host panicked while running this message: it becomes a dead letter
     /// (kind `trap`) of the module it was at, never lost.
     fn host_failed<E: Engine>(&mut self, snapshot: &Snapshot<E>, panic: &str, tally: &mut Tally) {
-        let plan = &snapshot.plan;
-        let place = (plan.pipelines().get(self.place.pipeline), self.place.stage);
         let error = CallError::new(
             ErrorKind::Trap,
             format!("the host failed while running this message (a rustmq-etl bug; please report it): {panic}"),
         );
-        if let (Some(pipeline), Some(s)) = place {
-            if let Some(stage) = pipeline.stages.get(s) {
-                let k = self.place.module.unwrap_or(0);
-                if let Some(&index) = self.stage.selected.get(k) {
-                    let module = module_at(stage, index);
-                    // Whatever the strategy: a dead letter keeps the message.
-                    self.module = InModule::default();
-                    self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
-                    return;
-                }
-            }
+        let plan = &snapshot.plan;
+        let pipeline = plan.pipelines().get(self.place.pipeline);
+        let stage = pipeline
+            .zip(self.place.stage)
+            .and_then(|(p, s)| p.stages.get(s));
+        let module = stage
+            .zip(self.place.module)
+            .and_then(|(s, m)| s.modules.get(m));
+        if let (Some(pipeline), Some(stage), Some(module)) = (pipeline, stage, module) {
+            // Whatever the strategy: a dead letter keeps the message.
+            self.module = InModule::default();
+            self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
+            return;
         }
-        let mut letter = self
-            .pipeline
-            .entry
-            .take()
-            .unwrap_or_else(|| std::mem::take(&mut self.message));
+        let mut letter = self.entry();
         let original = std::mem::replace(
             &mut letter.topic,
             snapshot.options.dead_letter_topic.clone(),
@@ -697,28 +853,10 @@ impl Run {
     }
 }
 
-fn module_at(stage: &PlannedStage, index: usize) -> &PlannedModule {
-    stage
-        .modules
-        .iter()
-        .find(|m| m.index == index)
-        .expect("a selected module belongs to its stage")
-}
-
 fn budget_spent(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::StageTimeout => "the stage's time ran out before the module could run",
         _ => "the pipeline's time ran out before the module could run",
-    }
-}
-
-/// Marks what `edits` change as needing a new selection.
-fn mark_stale(selection: &mut Selection, edits: &[Edit]) {
-    for edit in edits {
-        match edit {
-            Edit::SetTopic(_) => selection.stale_filters = true,
-            _ => selection.stale_rules = true,
-        }
     }
 }
 

@@ -149,8 +149,9 @@ pub(crate) struct Tally {
     pipelines: Vec<[u64; 5]>,
     /// By plan module index: outcomes, then errors, then dead letters by kind, then retries.
     modules: Vec<[u64; 4 + 2 * KINDS + 1]>,
-    /// (series, bucket): series 0 is selection, 1.. modules, then stages.
-    samples: Vec<(u32, u16)>,
+    /// Histogram counts, `BUCKETS` per series: series 0 is selection, then
+    /// one per module, then one per stage.
+    samples: Vec<u32>,
 }
 
 impl Stats {
@@ -247,36 +248,15 @@ impl Stats {
             }
             add(&totals.retries, retries[0]);
         }
-        let modules = table.modules.len() as u32;
-        tally.samples.sort_unstable();
-        let mut samples = tally.samples.iter().peekable();
-        while let Some(&(series, bucket)) = samples.next() {
-            let mut n = 1;
-            while samples.next_if(|&&s| s == (series, bucket)).is_some() {
-                n += 1;
+        let histograms = std::iter::once(&self.selection)
+            .chain(table.modules.iter().map(|m| &m.time))
+            .chain(table.stages.iter().flatten().map(|h| &**h));
+        for (histogram, counts) in histograms.zip(tally.samples.chunks(BUCKETS)) {
+            for (bucket, n) in histogram.buckets.iter().zip(counts) {
+                add(bucket, u64::from(*n));
             }
-            let histogram = match series {
-                0 => &self.selection,
-                s if s <= modules => &table.modules[s as usize - 1].time,
-                s => {
-                    let mut stage = (s - modules - 1) as usize;
-                    let mut found = None;
-                    for pipeline in &table.stages {
-                        if stage < pipeline.len() {
-                            found = Some(&*pipeline[stage]);
-                            break;
-                        }
-                        stage -= pipeline.len();
-                    }
-                    match found {
-                        Some(h) => h,
-                        None => continue,
-                    }
-                }
-            };
-            histogram.buckets[bucket as usize].fetch_add(n, Ordering::Relaxed);
         }
-        *tally = Tally::default();
+        tally.clear();
     }
 
     /// Whether a publish is due: at most every 100 ms from the batches.
@@ -370,11 +350,27 @@ impl Stats {
 impl Tally {
     /// Sized for `plan`.
     pub(crate) fn new(plan: &Plan) -> Self {
+        let stages: usize = plan.pipelines().iter().map(|p| p.stages.len()).sum();
         Tally {
             messages: [0; 3],
             pipelines: vec![[0; 5]; plan.pipelines().len()],
             modules: vec![[0; 4 + 2 * KINDS + 1]; plan.module_count()],
-            samples: Vec::new(),
+            samples: vec![0; (1 + plan.module_count() + stages) * BUCKETS],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.messages = [0; 3];
+        self.pipelines.iter_mut().for_each(|p| *p = [0; 5]);
+        self.modules
+            .iter_mut()
+            .for_each(|m| *m = [0; 4 + 2 * KINDS + 1]);
+        self.samples.iter_mut().for_each(|n| *n = 0);
+    }
+
+    fn sample(&mut self, series: usize, time: Duration) {
+        if let Some(n) = self.samples.get_mut(series * BUCKETS + bucket(time)) {
+            *n += 1;
         }
     }
 
@@ -393,7 +389,7 @@ impl Tally {
 
     pub(crate) fn call(&mut self, module: usize, result: CallResult, time: Duration) {
         self.modules[module][result as usize] += 1;
-        self.samples.push((module as u32 + 1, bucket(time) as u16));
+        self.sample(module + 1, time);
     }
 
     pub(crate) fn error(&mut self, module: usize, kind: ErrorKind) {
@@ -410,12 +406,11 @@ impl Tally {
 
     /// A stage's time: `stage` counts the stages of every pipeline before.
     pub(crate) fn stage(&mut self, stage: usize, time: Duration) {
-        let series = self.modules.len() + 1 + stage;
-        self.samples.push((series as u32, bucket(time) as u16));
+        self.sample(self.modules.len() + 1 + stage, time);
     }
 
     pub(crate) fn selection(&mut self, time: Duration) {
-        self.samples.push((0, bucket(time) as u16));
+        self.sample(0, time);
     }
 }
 

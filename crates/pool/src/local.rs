@@ -28,6 +28,9 @@ pub struct LoadedModule {
     pub(crate) counters: Arc<Counters>,
     /// Calls of this version running now, on every thread.
     running: Arc<AtomicU32>,
+    /// Whether `running` must be kept: a pool whose threads cannot outnumber
+    /// `max_concurrent_instances` skips the two shared atomics per call.
+    pub(crate) limit_running: bool,
 }
 
 impl LoadedModule {
@@ -47,6 +50,7 @@ impl LoadedModule {
             counters: Arc::new(Counters::new(&spec.id)),
             compiled: Arc::new(compiled),
             running: Arc::default(),
+            limit_running: true,
         })
     }
 
@@ -235,14 +239,18 @@ impl LocalPool {
                 ))));
             }
         }
-        let most = compiled.settings.max_concurrent_instances.max(1);
-        if module.running.fetch_add(1, Ordering::Relaxed) >= most {
-            module.running.fetch_sub(1, Ordering::Relaxed);
-            return Err(Busy {
-                until: started + RETRY_WHEN_FULL,
-            });
-        }
-        let _running = Running(&module.running);
+        let _running = if module.limit_running {
+            let most = compiled.settings.max_concurrent_instances.max(1);
+            if module.running.fetch_add(1, Ordering::Relaxed) >= most {
+                module.running.fetch_sub(1, Ordering::Relaxed);
+                return Err(Busy {
+                    until: started + RETRY_WHEN_FULL,
+                });
+            }
+            Some(Running(&module.running))
+        } else {
+            None
+        };
         let slot = Self::slot(&mut self.slots, module);
         let mut instance = match slot.idle.pop_back() {
             Some(instance) => {

@@ -120,8 +120,16 @@
 //! [`export!`] generates the exports `docs/abi.md` specifies (`rmq_abi_version`,
 //! `rmq_alloc`, `rmq_init`, `rmq_transform`); the byte encoding is the
 //! `rustmq-etl-abi` crate, shared with the host.
+//!
+//! # Crate features
+//!
+//! - `json`: [`json::Object`], to read fields of a JSON object payload and
+//!   write a new payload with some of them changed, without parsing the
+//!   whole document into values and writing it all again.
 #![warn(missing_docs)]
 
+#[cfg(feature = "json")]
+pub mod json;
 pub mod log;
 mod outcome;
 #[doc(hidden)]

@@ -6,6 +6,7 @@
 //! field. A valid message gets `x-validation: passed`. An invalid one fails the
 //! call in strict mode, and otherwise passes on with `x-validation: failed` and
 //! the reason in `x-validation-error`.
+use rustmq_etl_sdk::json::Object;
 use rustmq_etl_sdk::{export, Message, Outcome};
 use serde::Deserialize;
 
@@ -38,17 +39,17 @@ fn problem(config: &Config, payload: &[u8]) -> Option<String> {
     if !config.schema_validation && config.required_fields.is_empty() {
         return None;
     }
-    let value: serde_json::Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
+    let object = match Object::parse(payload) {
+        Ok(object) => object,
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() => {
+            return Some("payload is not a JSON object".to_owned())
+        }
         Err(e) => return Some(format!("payload is not JSON: {e}")),
-    };
-    let Some(object) = value.as_object() else {
-        return Some("payload is not a JSON object".to_owned());
     };
     let missing: Vec<&str> = config
         .required_fields
         .iter()
-        .filter(|f| !object.contains_key(f.as_str()))
+        .filter(|f| !object.contains(f))
         .map(String::as_str)
         .collect();
     (!missing.is_empty()).then(|| format!("missing required fields: {}", missing.join(", ")))

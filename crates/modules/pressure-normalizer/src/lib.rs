@@ -2,9 +2,11 @@
 //! (`Pa`, `hPa`, `kPa`, `bar`, `mbar`, `psi`, `atm`, `mmHg`; case-insensitive) gets
 //! its `reading` in the target unit (`custom_config`: `{"unit": "hPa"}`, the
 //! default). An unknown unit fails the call; a payload without a unit passes on.
+//! The two fields are spliced into the payload (the SDK's `json::Object`):
+//! the rest of it is kept byte for byte.
+use rustmq_etl_sdk::json::Object;
 use rustmq_etl_sdk::{export, Message, Outcome};
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,25 +51,25 @@ fn init(custom_config: &str) -> Result<Target, String> {
 }
 
 fn normalize(target: &Target, message: &Message) -> Outcome {
-    let Ok(Value::Object(mut reading)) = serde_json::from_slice::<Value>(message.payload()) else {
+    let Ok(reading) = Object::parse(message.payload()) else {
         return Outcome::Unchanged;
     };
-    let Some(unit) = reading.get("unit").and_then(Value::as_str) else {
+    let Some(unit) = reading.str("unit") else {
         return Outcome::Unchanged;
     };
-    let Some((per_unit, _)) = pascals(unit) else {
+    let Some((per_unit, _)) = pascals(&unit) else {
         return Outcome::error(format!("unknown pressure unit {unit:?}"));
     };
-    let Some(value) = reading.get("reading").and_then(Value::as_f64) else {
+    let Some(value) = reading.f64("reading") else {
         return Outcome::error("`reading` must be a number");
     };
     let converted = ((value * per_unit / target.per_unit) * 1e9).round() / 1e9;
-    reading.insert("reading".into(), Value::from(converted));
-    reading.insert("unit".into(), Value::from(target.name));
-    match serde_json::to_vec(&reading) {
-        Ok(payload) => Outcome::edit().set_payload(payload).into(),
-        Err(e) => Outcome::error(format!("cannot write JSON: {e}")),
-    }
+    let payload = reading
+        .edit()
+        .set("reading", converted)
+        .set("unit", target.name)
+        .finish();
+    Outcome::edit().set_payload(payload).into()
 }
 
 export!(init = init, transform = normalize);

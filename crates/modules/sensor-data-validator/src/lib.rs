@@ -3,6 +3,7 @@
 //! optional bounds of `custom_config` (`{"min_reading": -100, "max_reading":
 //! 1000}`). A valid reading gets `x-sensor-valid: true`; an invalid one fails the
 //! call with the reason (the pipeline's error strategy decides its fate).
+use rustmq_etl_sdk::json::Object;
 use rustmq_etl_sdk::{export, Message, Outcome};
 use serde::Deserialize;
 
@@ -21,19 +22,23 @@ fn init(custom_config: &str) -> Result<Config, String> {
 }
 
 fn check(config: &Config, payload: &[u8]) -> Result<(), String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
-    let object = value.as_object().ok_or("payload is not a JSON object")?;
+    let object = Object::parse(payload).map_err(|e| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+            "payload is not a JSON object".to_owned()
+        } else {
+            format!("payload is not JSON: {e}")
+        }
+    })?;
     for field in ["sensor_type", "unit"] {
-        match object.get(field) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
-            Some(_) => return Err(format!("`{field}` must be a non-empty string")),
-            None => return Err(format!("`{field}` is missing")),
+        match (object.contains(field), object.str(field)) {
+            (_, Some(s)) if !s.is_empty() => {}
+            (true, _) => return Err(format!("`{field}` must be a non-empty string")),
+            (false, _) => return Err(format!("`{field}` is missing")),
         }
     }
-    let reading = match object.get("reading") {
-        Some(v) => v.as_f64().ok_or("`reading` must be a number")?,
-        None => return Err("`reading` is missing".into()),
+    let reading = match object.contains("reading") {
+        true => object.f64("reading").ok_or("`reading` must be a number")?,
+        false => return Err("`reading` is missing".into()),
     };
     if let Some(min) = config.min_reading.filter(|&min| reading < min) {
         return Err(format!("`reading` {reading} is below {min}"));

@@ -1,34 +1,32 @@
 //! Converts temperature readings from Celsius to Fahrenheit: a JSON payload with
 //! `"unit": "celsius"` gets `reading` × 9/5 + 32 and `"unit": "fahrenheit"`; every
-//! other field is kept, in order. Other payloads pass on unchanged.
+//! other byte of the payload is kept as it was. Other payloads pass on unchanged.
+//!
+//! Reads and edits the two fields with the SDK's `json::Object`: the payload
+//! is checked and scanned once, and the new one is the old one with two values
+//! spliced in (no document rebuilt).
+use rustmq_etl_sdk::json::Object;
 use rustmq_etl_sdk::{export, Message, Outcome};
-use serde_json::{Map, Value};
 
 fn convert(message: &Message) -> Outcome {
-    let Ok(Value::Object(mut reading)) = serde_json::from_slice::<Value>(message.payload()) else {
+    let Ok(reading) = Object::parse(message.payload()) else {
         return Outcome::Unchanged;
     };
-    if reading.get("unit").and_then(Value::as_str) != Some("celsius") {
+    if reading.str("unit").as_deref() != Some("celsius") {
         return Outcome::Unchanged;
     }
-    let Some(celsius) = reading.get("reading").and_then(Value::as_f64) else {
+    let Some(celsius) = reading.f64("reading") else {
         return Outcome::error("`reading` must be a number");
     };
     let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
     // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999).
     let fahrenheit = (fahrenheit * 1e9).round() / 1e9;
-    set(&mut reading, "reading", Value::from(fahrenheit));
-    set(&mut reading, "unit", Value::from("fahrenheit"));
-    match serde_json::to_vec(&reading) {
-        Ok(payload) => Outcome::edit().set_payload(payload).into(),
-        Err(e) => Outcome::error(format!("cannot write JSON: {e}")),
-    }
-}
-
-fn set(object: &mut Map<String, Value>, key: &str, value: Value) {
-    if let Some(slot) = object.get_mut(key) {
-        *slot = value;
-    }
+    let payload = reading
+        .edit()
+        .set("reading", fahrenheit)
+        .set("unit", "fahrenheit")
+        .finish();
+    Outcome::edit().set_payload(payload).into()
 }
 
 export!(transform = convert);

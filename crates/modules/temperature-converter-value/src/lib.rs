@@ -1,0 +1,36 @@
+//! temperature-converter as it was first written: the payload parsed into a
+//! `serde_json::Value`, two fields changed, the whole document written again.
+//! The same answers as temperature-converter (on compact JSON); kept as the
+//! baseline the orchestrator's throughput bench measures the SDK's
+//! `json::Object` against.
+use rustmq_etl_sdk::{export, Message, Outcome};
+use serde_json::{Map, Value};
+
+fn convert(message: &Message) -> Outcome {
+    let Ok(Value::Object(mut reading)) = serde_json::from_slice::<Value>(message.payload()) else {
+        return Outcome::Unchanged;
+    };
+    if reading.get("unit").and_then(Value::as_str) != Some("celsius") {
+        return Outcome::Unchanged;
+    }
+    let Some(celsius) = reading.get("reading").and_then(Value::as_f64) else {
+        return Outcome::error("`reading` must be a number");
+    };
+    let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
+    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999).
+    let fahrenheit = (fahrenheit * 1e9).round() / 1e9;
+    set(&mut reading, "reading", Value::from(fahrenheit));
+    set(&mut reading, "unit", Value::from("fahrenheit"));
+    match serde_json::to_vec(&reading) {
+        Ok(payload) => Outcome::edit().set_payload(payload).into(),
+        Err(e) => Outcome::error(format!("cannot write JSON: {e}")),
+    }
+}
+
+fn set(object: &mut Map<String, Value>, key: &str, value: Value) {
+    if let Some(slot) = object.get_mut(key) {
+        *slot = value;
+    }
+}
+
+export!(transform = convert);

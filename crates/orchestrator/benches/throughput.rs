@@ -1,0 +1,376 @@
+//! The orchestrator's throughput and latency on the real pool, both cores,
+//! 256-byte JSON messages, each beside its baseline measured in the same run:
+//!
+//! - `single module`, `3-stage pipeline` (design.md's first example),
+//!   `complex conditional` (design.md's second): messages per second from
+//!   four callers sending batches of 64, beside design.md's target;
+//! - `orchestration overhead`: three identity stages through the
+//!   orchestrator (one engine thread, batches of 64) against the same three
+//!   calls on a thread's own `LocalPool`, per message, in alternating rounds;
+//! - `async batches`: identity through the orchestrator from a tokio caller in
+//!   batches of 64 (both engine threads) against the same messages on a
+//!   thread's own `LocalPool`, per message, in alternating rounds;
+//! - `latency`: single messages sent at half the single-module rate from an
+//!   async caller; p50 and p99 of each message's time from send to answer.
+//!
+//! ```sh
+//! cargo bench -p rustmq-etl-orchestrator --bench throughput
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustmq_etl_config::{Config, Format};
+use rustmq_etl_core::{CallRequest, Message, ModuleSpec};
+use rustmq_etl_orchestrator::{
+    DirectorySource, Disposition, Options, Orchestrator, ProcessOptions,
+};
+use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool, Pool, PoolConfig};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn modules() -> DirectorySource {
+    DirectorySource::new(root().join("fixtures/modules"))
+}
+
+/// A 256-byte JSON reading in Celsius.
+fn reading(sensor: &str, unit: &str) -> Message {
+    let mut payload = format!(
+        r#"{{"sensor_type":"{sensor}","unit":"{unit}","reading":21.5,"device":"dev-17","note":""#
+    );
+    while payload.len() < 254 {
+        payload.push('x');
+    }
+    payload.push_str(r#""}"#);
+    let mut m = Message::new(format!("iot.sensors.{sensor}"), payload);
+    m.key = Some("dev-17".into());
+    m.headers.push("content-type", "application/json");
+    m
+}
+
+/// A 256-byte web event with a JSON content type and a client address.
+fn event() -> Message {
+    let mut payload = String::from(r#"{"user":"u-17","action":"view","page":"/home","body":""#);
+    while payload.len() < 254 {
+        payload.push('x');
+    }
+    payload.push_str(r#""}"#);
+    let mut m = Message::new("events.web.page", payload);
+    m.headers.push("content-type", "application/json");
+    m.headers.push("client_ip", "203.0.113.7");
+    m
+}
+
+const CHUNK: usize = 64;
+const CALLERS: usize = 4;
+
+/// Messages per second through `o` from `CALLERS` threads sending batches of
+/// 64 copies of `message` for about `time`.
+fn rate(
+    o: &Orchestrator<Pool>,
+    message: &Message,
+    time: Duration,
+    expect: &dyn Fn(&Disposition),
+) -> f64 {
+    // Warm up: instances on every engine thread.
+    for _ in 0..20 {
+        for p in o
+            .process_batch_blocking(vec![message.clone(); CHUNK], ProcessOptions::default())
+            .unwrap()
+        {
+            expect(&p.disposition);
+        }
+    }
+    let started = Instant::now();
+    let total: usize = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut sent = 0;
+                    while started.elapsed() < time {
+                        let out = o
+                            .process_batch_blocking(
+                                vec![message.clone(); CHUNK],
+                                ProcessOptions::default(),
+                            )
+                            .unwrap();
+                        sent += out.len();
+                    }
+                    sent
+                })
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn orchestrator(pool: &Arc<Pool>, yaml: &str) -> Orchestrator<Pool> {
+    let config = Config::from_text(yaml, Format::Yaml, None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    Orchestrator::new(pool.clone(), &config, modules(), Options::default()).unwrap()
+}
+
+fn throughput(pool: &Arc<Pool>) {
+    let time = Duration::from_secs(3);
+    let single = orchestrator(
+        pool,
+        "pipeline_id: single\nstages: [{priority: 0, modules: [{module_id: temperature-converter}]}]",
+    );
+    let converted = |d: &Disposition| {
+        assert!(
+            matches!(d, Disposition::Delivered(m) if m.payload.windows(10).any(|w| w == b"fahrenheit"))
+        )
+    };
+    let single_rate = rate(
+        &single,
+        &reading("temperature", "celsius"),
+        time,
+        &converted,
+    );
+    let value = orchestrator(
+        pool,
+        "pipeline_id: single\nstages: [{priority: 0, modules: [{module_id: temperature-converter-value}]}]",
+    );
+    let value_rate = rate(&value, &reading("temperature", "celsius"), time, &converted);
+    println!(
+        "throughput: single module (temperature-converter): {single_rate:.0} messages/s; baseline, the same conversion on a serde_json::Value (temperature-converter-value): {value_rate:.0} messages/s (design.md: 100,000/s; goal 1,000,000/s)"
+    );
+
+    let config = Config::load(&root().join("fixtures/pipelines/iot-sensor-processing.json"))
+        .unwrap()
+        .config;
+    let iot = Orchestrator::new(pool.clone(), &config, modules(), Options::default()).unwrap();
+    let validated = |d: &Disposition| {
+        assert!(
+            matches!(d, Disposition::Delivered(m) if m.headers.get("x-sensor-valid") == Some("true"))
+        )
+    };
+    let iot_rate = rate(&iot, &reading("temperature", "celsius"), time, &validated);
+    println!(
+        "throughput: 3-stage pipeline (design.md's first example, a temperature reading: validator, converter): {iot_rate:.0} messages/s (design.md: 50,000/s; goal 500,000/s)"
+    );
+
+    let config = Config::load(&root().join("fixtures/pipelines/message-enrichment.json"))
+        .unwrap()
+        .config;
+    let enrichment =
+        Orchestrator::new(pool.clone(), &config, modules(), Options::default()).unwrap();
+    let enriched = |d: &Disposition| {
+        assert!(
+            matches!(d, Disposition::Delivered(m) if m.headers.get("geo-country").is_some() && m.headers.get("x-validation") == Some("passed"))
+        )
+    };
+    let enrichment_rate = rate(&enrichment, &event(), time, &enriched);
+    println!(
+        "throughput: complex conditional (design.md's second example, a web event: validator, geolocation): {enrichment_rate:.0} messages/s (design.md: 25,000/s; goal 250,000/s)"
+    );
+}
+
+/// Per message: `optimised` and `baseline` in alternating rounds; prints the
+/// medians and the median ratio.
+fn alternating(
+    name: &str,
+    rounds: usize,
+    mut optimised: impl FnMut() -> f64,
+    mut baseline: impl FnMut() -> f64,
+) {
+    let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let x = optimised();
+        let y = baseline();
+        a.push(x);
+        b.push(y);
+        ratio.push(x / y);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{name}, {rounds} alternating rounds: optimised {:.1} ns, baseline {:.1} ns, median ratio optimised/baseline {:.2}",
+        median(&mut a),
+        median(&mut b),
+        median(&mut ratio)
+    );
+}
+
+fn local_identity() -> (LocalPool, LoadedModule) {
+    let wasm = std::fs::read(root().join("fixtures/modules/identity.wasm")).unwrap();
+    let settings = CompileSettings {
+        limits: Default::default(),
+        bulk_bytes_per_ms: 1_000_000,
+        cache: None,
+    };
+    let module = LoadedModule::compile(&ModuleSpec::new("identity"), &wasm, &settings).unwrap();
+    (LocalPool::new(), module)
+}
+
+/// Nanoseconds per message of `messages` calls of `calls` identity calls each.
+fn local_calls(
+    local: &mut LocalPool,
+    module: &LoadedModule,
+    message: &Message,
+    messages: usize,
+    calls: usize,
+) -> f64 {
+    let started = Instant::now();
+    for _ in 0..messages {
+        for _ in 0..calls {
+            let report = local.call(module, CallRequest::new(message)).unwrap();
+            std::hint::black_box(report);
+        }
+    }
+    started.elapsed().as_nanos() as f64 / messages as f64
+}
+
+fn overhead() {
+    let one_thread = Arc::new(
+        Pool::new(PoolConfig {
+            workers: 1,
+            ..PoolConfig::default()
+        })
+        .unwrap(),
+    );
+    let three = orchestrator(
+        &one_thread,
+        "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: identity}]}\n  - {priority: 1, modules: [{module_id: identity, instance_config: {custom_config: 1}}]}\n  - {priority: 2, modules: [{module_id: identity, instance_config: {custom_config: 2}}]}",
+    );
+    let message = reading("temperature", "celsius");
+    let (mut local, module) = local_identity();
+    const BATCHES: usize = 20;
+    alternating(
+        "orchestration overhead: 3 identity stages through the orchestrator (one engine thread kept busy by two callers) vs 3 calls on a thread's own LocalPool, per message",
+        101,
+        || {
+            // Two callers, so that the engine thread never waits for the next
+            // batch: the time per message is the engine thread's.
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| {
+                        for _ in 0..BATCHES / 2 {
+                            let batch = vec![message.clone(); CHUNK];
+                            std::hint::black_box(three.process_batch_blocking(batch, ProcessOptions::default()).unwrap());
+                        }
+                    });
+                }
+            });
+            started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
+        },
+        || local_calls(&mut local, &module, &message, BATCHES * CHUNK, 3),
+    );
+}
+
+fn async_batches(pool: &Arc<Pool>) {
+    let single = orchestrator(
+        pool,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]",
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let message = reading("temperature", "celsius");
+    let (mut local, module) = local_identity();
+    const BATCHES: usize = 40;
+    alternating(
+        "async batches of 64 (identity, both engine threads) vs the same messages on a thread's own LocalPool, per message",
+        101,
+        || {
+            let started = Instant::now();
+            runtime.block_on(async {
+                // Four batches at a time: both engine threads always have one
+                // to run while the caller prepares the next.
+                for _ in 0..BATCHES / 4 {
+                    let batch = || single.process_batch(vec![message.clone(); CHUNK], ProcessOptions::default());
+                    let (a, b, c, d) = tokio::join!(batch(), batch(), batch(), batch());
+                    std::hint::black_box((a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()));
+                }
+            });
+            started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
+        },
+        || local_calls(&mut local, &module, &message, BATCHES * CHUNK, 1),
+    );
+}
+
+fn latency(pool: &Arc<Pool>) {
+    let single = orchestrator(
+        pool,
+        "pipeline_id: single\nstages: [{priority: 0, modules: [{module_id: temperature-converter}]}]",
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let message = reading("temperature", "celsius");
+    // The most single messages per second: 64 callers, one message each at a time.
+    let max_rate = runtime.block_on(async {
+        let started = Instant::now();
+        let time = Duration::from_secs(2);
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (single, message) = (single.clone(), message.clone());
+                tokio::spawn(async move {
+                    let mut sent = 0u64;
+                    while started.elapsed() < time {
+                        single.process(message.clone()).await.unwrap();
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        total as f64 / started.elapsed().as_secs_f64()
+    });
+    let rate = max_rate / 2.0;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let count = ((rate * 3.0) as usize).max(1000);
+    let mut times: Vec<Duration> = runtime.block_on(async {
+        let mut tasks = Vec::with_capacity(count);
+        let started = Instant::now();
+        for i in 0..count {
+            // Open loop: each message leaves at its own time, answered or not.
+            let due = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+            let (single, message) = (single.clone(), message.clone());
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                single.process(message).await.unwrap();
+                sent.elapsed()
+            }));
+        }
+        let mut times = Vec::with_capacity(count);
+        for task in tasks {
+            times.push(task.await.unwrap());
+        }
+        times
+    });
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "throughput: latency of single messages (temperature-converter) at {rate:.0} messages/s, half the most single messages measured ({max_rate:.0}/s): p50 {:?}, p99 {:?} (design.md: < 1 ms; goal < 100 µs)",
+        at(0.5),
+        at(0.99)
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter, if any, is ignored.
+    let pool = Arc::new(Pool::new(PoolConfig::default()).unwrap());
+    throughput(&pool);
+    overhead();
+    async_batches(&pool);
+    latency(&pool);
+}
