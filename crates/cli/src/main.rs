@@ -4,9 +4,12 @@
 //!   every problem;
 //! - `explain --config PATH --input MESSAGES.jsonl [--now MS]` says, for every
 //!   message, which modules would run in which order and why the others would not,
-//!   without running any.
+//!   without running any;
+//! - `run --config PATH --input MESSAGES.jsonl` runs every message through the
+//!   pipelines with the real modules and writes what becomes of it.
 
 mod explain;
+mod run;
 mod validate;
 
 use std::path::PathBuf;
@@ -46,6 +49,31 @@ enum Command {
         #[arg(long, value_name = "MS", allow_negative_numbers = true)]
         now: Option<i64>,
     },
+    /// Run messages through the pipelines with the real modules: delivered
+    /// messages and dead letters out as JSON Lines, in input order, and a
+    /// summary on standard error.
+    Run {
+        /// A configuration file (.yaml, .yml, .json) or a directory of them.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Messages as JSON Lines (`-` for standard input).
+        #[arg(long, value_name = "MESSAGES.jsonl")]
+        input: PathBuf,
+        /// Where delivered messages go, as JSON Lines (default `-`: standard output).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Where dead letters go, as JSON Lines (default: with the delivered
+        /// messages; they are on the dead-letter topic).
+        #[arg(long, value_name = "FILE")]
+        dead_letter: Option<PathBuf>,
+        /// Where modules are: `<dir>/<module_id>.wasm` (default: `modules`,
+        /// else `fixtures/modules`).
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+        /// Also write each message's trace to standard error, one JSON line each.
+        #[arg(long)]
+        trace: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +81,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate::run(&config),
         Command::Explain { config, input, now } => explain::run(&config, &input, now),
+        Command::Run {
+            config,
+            input,
+            output,
+            dead_letter,
+            modules,
+            trace,
+        } => run::run(run::Args {
+            config,
+            input,
+            output,
+            dead_letter,
+            modules,
+            trace,
+        }),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,13 @@
 //! value's JSON text as written, with the whitespace outside strings removed and key
 //! order kept; a JSON string stands for its UTF-8 bytes (unquoted). `payload_base64`
 //! (instead of `payload`) gives raw bytes. `key` follows the same rules as `payload`
-//! (`null` meaning no key). `headers` keeps repeated names in order.
+//! (`null` meaning no key; `key_base64` for raw bytes). `headers` keeps repeated
+//! names in order.
+//!
+//! [`Message::to_json_line`] writes a message so that [`Message::from_json_line`]
+//! reads it back equal: a payload that is compact JSON text as `payload` (JSON
+//! stays JSON), other UTF-8 text as a JSON string, other bytes as
+//! `payload_base64`.
 
 use std::fmt;
 
@@ -42,6 +48,8 @@ struct Line<'a> {
     topic: String,
     #[serde(borrow, default, deserialize_with = "present")]
     key: Option<&'a RawValue>,
+    #[serde(default)]
+    key_base64: Option<String>,
     #[serde(default)]
     headers: Option<Headers>,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -82,10 +90,23 @@ impl Message {
                     MessageParseError::new(format!("field `payload_base64`: invalid base64: {e}"))
                 })?,
         };
-        let key = match parsed.key {
-            Some(raw) if raw.get() != "null" => Some(
+        let key = match (parsed.key, parsed.key_base64) {
+            (Some(_), Some(_)) => {
+                return Err(MessageParseError::new(
+                    "both `key` and `key_base64` are given; use one",
+                ))
+            }
+            (Some(raw), None) if raw.get() != "null" => Some(
                 value_bytes(raw)
                     .map_err(|e| MessageParseError::new(format!("field `key`: {e}")))?,
+            ),
+            (None, Some(text)) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        MessageParseError::new(format!("field `key_base64`: invalid base64: {e}"))
+                    })?,
             ),
             _ => None,
         };
@@ -97,6 +118,71 @@ impl Message {
             timestamp_ms: parsed.timestamp_ms,
         })
     }
+}
+
+impl Message {
+    /// The message as one JSON Lines line (no newline), which
+    /// [`Message::from_json_line`] reads back equal.
+    pub fn to_json_line(&self) -> String {
+        let mut out = String::with_capacity(64 + self.payload.len() * 4 / 3);
+        out.push_str("{\"topic\":");
+        push_json_string(&mut out, &self.topic);
+        if let Some(key) = &self.key {
+            push_bytes_field(&mut out, "key", key, false);
+        }
+        if !self.headers.is_empty() {
+            out.push_str(",\"headers\":{");
+            for (i, (name, value)) in self.headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json_string(&mut out, name);
+                out.push(':');
+                push_json_string(&mut out, value);
+            }
+            out.push('}');
+        }
+        push_bytes_field(&mut out, "payload", &self.payload, true);
+        if let Some(ms) = self.timestamp_ms {
+            out.push_str(",\"timestamp_ms\":");
+            out.push_str(&ms.to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    // Serializing a string to JSON does not fail.
+    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+}
+
+/// `,"name":…`: compact JSON text as itself (payload only), UTF-8 as a
+/// string, anything else as `name_base64`.
+fn push_bytes_field(out: &mut String, name: &str, bytes: &[u8], json: bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if json && is_compact_json(text) => {
+            out.push_str(&format!(",\"{name}\":"));
+            out.push_str(text);
+        }
+        Ok(text) => {
+            out.push_str(&format!(",\"{name}\":"));
+            push_json_string(out, text);
+        }
+        Err(_) => {
+            out.push_str(&format!(",\"{name}_base64\":\""));
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(bytes));
+            out.push('"');
+        }
+    }
+}
+
+/// Whether `text` is one JSON value other than a string, without whitespace
+/// outside strings: what `payload` reads back as exactly these bytes.
+fn is_compact_json(text: &str) -> bool {
+    !text.starts_with('"')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        && compact_json(text) == text
 }
 
 /// The bytes a JSON value stands for: a string's UTF-8 bytes, or any other value's
@@ -233,7 +319,33 @@ mod tests {
         assert!(error("").contains("EOF"));
     }
 
+    use proptest::strategy::Strategy as _;
+
     proptest::proptest! {
+        /// Every message written as a line reads back equal.
+        #[test]
+        fn written_lines_read_back_equal(
+            topic in ".{1,8}",
+            key in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8)),
+            headers in proptest::collection::vec(("[a-c]{1,2}", ".{0,4}"), 0..4),
+            payload in proptest::prop_oneof![
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+                json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+                json_value().prop_map(|v| serde_json::to_vec_pretty(&v).unwrap()),
+            ],
+            timestamp_ms in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let message = Message {
+                topic,
+                key: key.map(Bytes::from),
+                headers: headers.into_iter().collect(),
+                payload: Bytes::from(payload),
+                timestamp_ms,
+            };
+            let line = message.to_json_line();
+            proptest::prop_assert_eq!(Message::from_json_line(&line).unwrap(), message, "{}", line);
+        }
+
         #[test]
         fn compact_text_parses_to_the_same_value(value in json_value()) {
             let pretty = serde_json::to_string_pretty(&value).unwrap();

@@ -238,13 +238,15 @@ impl Pool {
         self.try_send(worker, job).is_ok()
     }
 
-    fn try_send(&self, worker: usize, job: Job) -> Result<(), Job> {
+    /// Hands `job` to `worker`; gives it back (boxed: it only happens while
+    /// the pool shuts down) when the worker has stopped.
+    fn try_send(&self, worker: usize, job: Job) -> Result<(), Box<Job>> {
         let w = &self.shared.workers[worker];
         w.queued.fetch_add(1, Ordering::Relaxed);
         let sent = w.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
         sent.map_err(|mpsc::SendError(job)| {
             w.queued.fetch_sub(1, Ordering::Relaxed);
-            job
+            Box::new(job)
         })
     }
 
@@ -322,7 +324,7 @@ impl Engine for Pool {
 
     fn submit(&self, task: BoxedTask) -> Result<(), BoxedTask> {
         self.try_send(self.least_queued(), Job::Task(task))
-            .map_err(|job| match job {
+            .map_err(|job| match *job {
                 Job::Task(task) => task,
                 _ => unreachable!("a task was sent"),
             })
@@ -404,9 +406,8 @@ impl WorkerState {
                 }
             }
             Job::Warm { module } => {
-                match self.contain("warming up", |local| local.warm(&module, 1)) {
-                    Ok(Err(e)) => log::warn!("module {:?}: warm-up failed: {e}", module.id()),
-                    Ok(Ok(())) | Err(_) => {}
+                if let Ok(Err(e)) = self.contain("warming up", |local| local.warm(&module, 1)) {
+                    log::warn!("module {:?}: warm-up failed: {e}", module.id());
                 }
             }
             Job::Check { module, reply } => {
