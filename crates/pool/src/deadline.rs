@@ -11,12 +11,17 @@
 //! function entry, a bulk operation) then traps. With no call armed for a
 //! while, the watchdog parks and costs nothing.
 //!
-//! Deadlines are counted in the watchdog's milliseconds, read from an atomic
-//! the watchdog keeps current, so arming a call reads no clock. A call armed
-//! for `n` ms is stopped after at least `n` and at most about `n + 2` ms of
-//! wall time, plus the time to its next check.
+//! Arming a call reads no clock. A call's own budget is armed as a length
+//! ("`n` ms from now"); the watchdog turns it into a time on its first visit,
+//! from a clock it reads after seeing the arming, so a watchdog thread that
+//! was descheduled for a while can make a call late but never cut it short. A
+//! caller's deadline is already a time and is armed as one. A call armed for
+//! `n` ms is stopped after at least `n` and at most about `n + 2` ms of wall
+//! time (one tick to be seen, one to expire), plus the time to its next check.
+//! Each arming carries a generation, so the watchdog can never stamp a later
+//! call with a reading taken for an earlier one of the same length.
 //!
-//! Cost per call: two stores to arm, a compare-and-swap to disarm; all on the
+//! Cost per call: three stores to arm, a compare-and-swap to disarm; all on the
 //! calling thread's own cache line but for the watchdog's rare visits.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
@@ -32,6 +37,13 @@ const TICK: Duration = Duration::from_millis(1);
 const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
 /// In an arm's state: the watchdog is writing to the target right now.
 const FIRING: u64 = 1 << 63;
+/// In an arm's state: the value is a budget in ms, not yet a watchdog time.
+const RELATIVE: u64 = 1 << 62;
+/// Where an arm's state keeps its generation (bumped by every arming).
+const GENERATION_SHIFT: u32 = 42;
+const GENERATION: u64 = ((1 << 20) - 1) << GENERATION_SHIFT;
+/// An arm state's value: a watchdog millisecond, or a budget if [`RELATIVE`].
+const VALUE: u64 = (1 << GENERATION_SHIFT) - 1;
 
 struct Watchdog {
     start: Instant,
@@ -46,9 +58,14 @@ struct Watchdog {
 
 /// One thread's registration with the watchdog.
 pub(crate) struct Arm {
-    /// 0 when idle; otherwise the watchdog millisecond at which the armed call
-    /// is out of time, with [`FIRING`] set while the watchdog writes.
+    /// The arming's generation, and a value: 0 when idle; otherwise the
+    /// watchdog millisecond at which the armed call is out of time, or (with
+    /// [`RELATIVE`]) its budget until the watchdog has seen it. [`FIRING`] is
+    /// set while the watchdog writes.
     state: AtomicU64,
+    /// The caller's deadline in watchdog milliseconds (`u64::MAX`: none),
+    /// which a relative budget's time may not pass.
+    deadline: AtomicU64,
     /// The budget global of the instance whose call is armed.
     target: AtomicPtr<i64>,
 }
@@ -110,12 +127,31 @@ impl Watchdog {
         arms.retain(|arm| Arc::strong_count(arm) > 1);
         let mut armed = false;
         for arm in arms.iter() {
-            let state = arm.state.load(Ordering::SeqCst);
-            if state == 0 {
+            let mut state = arm.state.load(Ordering::SeqCst);
+            if state & (VALUE | RELATIVE) == 0 {
                 continue;
             }
             armed = true;
-            if state & FIRING != 0 || now < state {
+            if state & FIRING != 0 {
+                continue;
+            }
+            if state & RELATIVE != 0 {
+                // The budget starts no earlier than this reading of the clock,
+                // taken after the arming was seen: rounded up by one.
+                let at = (self.clock_ms() + (state & VALUE) + 1)
+                    .min(arm.deadline.load(Ordering::SeqCst));
+                let stamped = (state & GENERATION) | at;
+                // Fails only if that call has ended meanwhile.
+                if arm
+                    .state
+                    .compare_exchange(state, stamped, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
+                state = stamped;
+            }
+            if now < state & VALUE {
                 continue;
             }
             if arm
@@ -150,6 +186,7 @@ thread_local! {
     static ARM: Arc<Arm> = {
         let arm = Arc::new(Arm {
             state: AtomicU64::new(0),
+            deadline: AtomicU64::new(u64::MAX),
             target: AtomicPtr::new(std::ptr::null_mut()),
         });
         watchdog()
@@ -190,6 +227,9 @@ pub(crate) unsafe fn run_armed<R>(
         if watchdog.parked.load(Ordering::SeqCst) {
             watchdog.wake();
         }
+        // Where the budget would end by the watchdog's last reading: only to
+        // tell which of the two comes first (the watchdog stamps the budget's
+        // real end, and keeps it no later than the caller's deadline).
         let own = watchdog.now_ms.load(Ordering::SeqCst) + budget_ms.max(1) + 1;
         // A deadline in the watchdog's milliseconds, rounded up: the call is
         // never stopped before it.
@@ -197,12 +237,15 @@ pub(crate) unsafe fn run_armed<R>(
             let since = at.saturating_duration_since(watchdog.start);
             since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0)
         });
-        let (deadline, armed) = match theirs {
-            Some(theirs) if theirs < own => (theirs.max(1), Armed::Deadline),
-            _ => (own, Armed::Budget),
+        let generation = (arm.state.load(Ordering::Relaxed) + (1 << GENERATION_SHIFT)) & GENERATION;
+        let (value, armed) = match theirs {
+            Some(theirs) if theirs < own => (theirs.clamp(1, VALUE), Armed::Deadline),
+            _ => (RELATIVE | budget_ms.clamp(1, VALUE >> 1), Armed::Budget),
         };
         arm.target.store(target, Ordering::Relaxed);
-        arm.state.store(deadline & !FIRING, Ordering::SeqCst);
+        arm.deadline
+            .store(theirs.unwrap_or(u64::MAX), Ordering::SeqCst);
+        arm.state.store(generation | value, Ordering::SeqCst);
         if watchdog.parked.load(Ordering::SeqCst) {
             watchdog.wake();
         }
@@ -221,7 +264,12 @@ impl Drop for Disarm<'_> {
             let current = state.load(Ordering::SeqCst);
             if current & FIRING == 0
                 && state
-                    .compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .compare_exchange(
+                        current,
+                        current & GENERATION,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
                     .is_ok()
             {
                 return;
@@ -253,6 +301,28 @@ mod tests {
         assert!(seen >= Duration::from_millis(20), "{seen:?}");
         assert_eq!(armed, Armed::Budget);
         assert_eq!(target.load(Ordering::SeqCst), EXPIRED);
+    }
+
+    /// A watchdog that fell behind (here: held up on its lock for 30 ms, as a
+    /// descheduled thread would be) makes a call late, never short: the
+    /// budget starts when the watchdog sees the call.
+    #[test]
+    fn a_late_watchdog_does_not_cut_a_call_short() {
+        unsafe { run_armed(AtomicI64::new(0).as_ptr(), 1, None, || ()) };
+        let held = watchdog().arms.lock().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let target = AtomicI64::new(1);
+        let started = Instant::now();
+        let (seen, _) = unsafe {
+            run_armed(target.as_ptr(), 20, None, || {
+                drop(held);
+                while target.load(Ordering::SeqCst) >= 0 {
+                    std::hint::spin_loop();
+                }
+                started.elapsed()
+            })
+        };
+        assert!(seen >= Duration::from_millis(20), "stopped after {seen:?}");
     }
 
     /// A caller's deadline before the budget's end is the one armed, and the
