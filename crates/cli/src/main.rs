@@ -6,16 +6,23 @@
 //!   message, which modules would run in which order and why the others would not,
 //!   without running any;
 //! - `run --config PATH --input MESSAGES.jsonl` runs every message through the
-//!   pipelines with the real modules and writes what becomes of it.
+//!   pipelines with the real modules and writes what becomes of it;
+//! - `serve --config PATH --listen ADDR` does the same over HTTP, reloading the
+//!   configuration and modules when they change.
 
 mod explain;
+mod report;
 mod run;
+mod serve;
 mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use rustmq_etl_orchestrator::{DirectorySource, Options, Orchestrator};
+use rustmq_etl_pool::{Pool, PoolConfig};
 
 #[derive(Parser)]
 #[command(
@@ -74,10 +81,42 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Serve the pipelines over HTTP (docs/serve.md): messages in, results
+    /// out, Prometheus metrics, live reload of the configuration and modules,
+    /// graceful shutdown on SIGTERM or Ctrl-C.
+    Serve {
+        /// A configuration file (.yaml, .yml, .json) or a directory of them;
+        /// watched for changes.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// The address to listen on (port 0 picks a free port; the log says
+        /// which).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where modules are: `<dir>/<module_id>.wasm` (default: `modules`,
+        /// else `fixtures/modules`); watched for changes.
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+        /// The largest request body accepted, in bytes (larger: 413).
+        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+        max_request_bytes: usize,
+        /// The most messages in one batch request (more: 413).
+        #[arg(long, value_name = "COUNT", default_value_t = 4096)]
+        max_batch: usize,
+        /// Do not watch the configuration and modules (reload with POST
+        /// /v1/reload only).
+        #[arg(long)]
+        no_watch: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Validate { config } => validate::run(&config),
         Command::Explain { config, input, now } => explain::run(&config, &input, now),
@@ -95,6 +134,21 @@ fn main() -> ExitCode {
             dead_letter,
             modules,
             trace,
+        }),
+        Command::Serve {
+            config,
+            listen,
+            modules,
+            max_request_bytes,
+            max_batch,
+            no_watch,
+        } => serve::serve(serve::Args {
+            config,
+            listen,
+            modules,
+            max_request_bytes,
+            max_batch,
+            watch: !no_watch,
         }),
     };
     match result {
@@ -138,6 +192,38 @@ fn load_plan(
             eprintln!("error: {}: {e}", path.display());
             eprintln!("{}: invalid configuration: 1 error", path.display());
             None
+        }
+    }
+}
+
+/// Starts the engine and loads `config`'s modules from `modules`, or prints
+/// every module that could not be loaded.
+fn start(
+    config: &rustmq_etl_config::Config,
+    modules: &std::path::Path,
+) -> anyhow::Result<Option<Orchestrator<Pool>>> {
+    let engine = Arc::new(
+        Pool::new(PoolConfig::default())
+            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
+    );
+    match Orchestrator::new(
+        engine,
+        config,
+        DirectorySource::new(modules),
+        Options::default(),
+    ) {
+        Ok(etl) => Ok(Some(etl)),
+        Err(e) => {
+            for error in &e.errors {
+                eprintln!("error: {error}");
+            }
+            eprintln!(
+                "cannot start: {} module{} could not be loaded from {} (--modules sets the directory; a module is <dir>/<module_id>.wasm)",
+                e.errors.len(),
+                plural(e.errors.len()),
+                modules.display()
+            );
+            Ok(None)
         }
     }
 }

@@ -7,18 +7,13 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rustmq_etl_core::Message;
-use rustmq_etl_orchestrator::{
-    DirectorySource, Disposition, FailureAction, Options, Orchestrator, ProcessOptions, Processed,
-    SkipReason, TraceEvent,
-};
-use rustmq_etl_pool::{Pool, PoolConfig};
+use rustmq_etl_orchestrator::{Disposition, FailureAction, ProcessOptions, Processed, TraceEvent};
 
-use crate::{load_plan, plural};
+use crate::{load_plan, plural, report, start};
 
 /// Messages sent to the engine at a time.
 const BATCH: usize = 256;
@@ -171,64 +166,22 @@ impl Summary {
     }
 }
 
-/// A message's trace as JSON, for `--trace`.
-fn trace_json(line: usize, processed: &Processed) -> serde_json::Value {
-    let entries: Vec<serde_json::Value> = processed
-        .trace
-        .iter()
-        .flat_map(|t| &t.entries)
-        .map(|e| {
-            let mut entry = serde_json::json!({
-                "pipeline": e.pipeline,
-                "priority": e.priority,
-                "module": e.module,
-            });
-            let event = match &e.event {
-                TraceEvent::Ran {
-                    outcome,
-                    time,
-                    attempts,
-                    version,
-                } => serde_json::json!({
-                    "ran": format!("{outcome:?}").to_lowercase(),
-                    "time_us": time.as_micros() as u64,
-                    "attempts": attempts,
-                    "version": version,
-                }),
-                TraceEvent::Skipped(reason) => serde_json::json!({
-                    "skipped": match reason {
-                        SkipReason::PipelineDisabled => "pipeline_disabled",
-                        SkipReason::NotSelected(_) => "not_selected",
-                        SkipReason::EarlierFailure => "earlier_failure",
-                        SkipReason::Dropped => "dropped",
-                    },
-                    "reason": reason.to_string(),
-                }),
-                TraceEvent::Failed {
-                    kind,
-                    error,
-                    attempts,
-                    action,
-                } => serde_json::json!({
-                    "failed": kind.as_str(),
-                    "error": error,
-                    "attempts": attempts,
-                    "action": action.as_str(),
-                }),
-            };
-            if let (Some(entry), serde_json::Value::Object(event)) = (entry.as_object_mut(), event)
-            {
-                entry.extend(event);
-            }
-            entry
-        })
-        .collect();
-    serde_json::json!({
-        "line": line,
-        "result": processed.disposition.as_str(),
-        "config_version": processed.config_version,
-        "trace": entries,
+/// A message's trace as one JSON line, for `--trace`.
+fn trace_line(line: usize, processed: &Processed) -> String {
+    #[derive(serde::Serialize)]
+    struct TraceLine<'a> {
+        line: usize,
+        result: &'static str,
+        config_version: u64,
+        trace: Vec<report::TraceEntryJson<'a>>,
+    }
+    serde_json::to_string(&TraceLine {
+        line,
+        result: processed.disposition.as_str(),
+        config_version: processed.config_version,
+        trace: report::trace_json(processed),
     })
+    .expect("a trace serialises")
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -236,29 +189,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let engine = Arc::new(
-        Pool::new(PoolConfig::default())
-            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
-    );
-    let etl = match Orchestrator::new(
-        engine,
-        &config,
-        DirectorySource::new(&modules),
-        Options::default(),
-    ) {
-        Ok(etl) => etl,
-        Err(e) => {
-            for error in &e.errors {
-                eprintln!("error: {error}");
-            }
-            eprintln!(
-                "cannot start: {} module{} could not be loaded from {} (--modules sets the directory; a module is <dir>/<module_id>.wasm)",
-                e.errors.len(),
-                plural(e.errors.len()),
-                modules.display()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(etl) = start(&config, &modules)? else {
+        return Ok(ExitCode::FAILURE);
     };
     let (reader, size): (Box<dyn Read>, Option<u64>) = if args.input == Path::new("-") {
         (Box::new(io::stdin().lock()), None)
@@ -292,6 +224,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut line = String::new();
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
+    // A line on stderr, above the progress bar if there is one.
+    let say = |text: &str| match &progress {
+        Some(bar) => bar.suspend(|| eprintln!("{text}")),
+        None => eprintln!("{text}"),
+    };
     let flush = |batch: &mut Vec<Message>,
                  lines: &mut Vec<usize>,
                  summary: &mut Summary,
@@ -307,7 +244,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         for (processed, &at) in results.iter().zip(lines.iter()) {
             summary.add(processed);
             if args.trace {
-                eprintln!("{}", trace_json(at, processed));
+                say(&trace_line(at, processed));
             }
             match &processed.disposition {
                 Disposition::Delivered(m) => writeln!(output, "{}", m.to_json_line())?,
@@ -345,7 +282,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 bad += 1;
-                eprintln!("{}:{line_number}: {e}", args.input.display());
+                say(&format!("{}:{line_number}: {e}", args.input.display()));
             }
         }
         if batch.len() == BATCH {

@@ -1,5 +1,7 @@
 //! The `rustmq-etl` binary, run as a user runs it.
 
+mod server;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -301,6 +303,8 @@ fn run_without_its_modules_says_which_and_where() {
 
 /// The README's `cargo run … rustmq-etl -- …` commands, run as written (with
 /// this test's build of the binary) from the repository root: each succeeds.
+/// `serve` is started on a free port instead of its default one, answers
+/// `/health` and `/v1/process`, and stops with exit 0 on SIGTERM.
 #[test]
 fn the_readme_commands_work_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -320,6 +324,20 @@ fn the_readme_commands_work_as_written() {
         "the main job is `run`"
     );
     for args in commands {
+        if args[0] == "serve" {
+            let args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            let server = server::Server::start_in(&root, &args);
+            assert_eq!(server.send("GET", "/health", "").0, 200);
+            let (status, body) = server.send(
+                "POST",
+                "/v1/process",
+                r#"{"topic":"sensors/temperature/room1","payload":{"temperature":20.0}}"#,
+            );
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains(r#""result":"delivered""#), "{body}");
+            assert!(server.stop().success(), "{}", server.log());
+            continue;
+        }
         let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
             .args(&args)
             .current_dir(&root)

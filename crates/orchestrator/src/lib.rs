@@ -1,6 +1,15 @@
 //! The orchestrator: the crate a broker depends on.
 //!
-//! Today it owns the [`Plan`]: a validated configuration compiled into execution
+//! An [`Orchestrator`] runs messages through the configured pipelines on an
+//! engine (the wasmer pool, or any `rustmq_etl_core::Engine`): async
+//! [`Orchestrator::process`] and [`Orchestrator::process_batch`], a non-blocking
+//! [`Orchestrator::try_process_batch`] and [`Orchestrator::process_batch_blocking`]
+//! for callers without a runtime; every message ends in one [`Processed`]
+//! (delivered, dropped or dead-lettered, with an optional [`Trace`]).
+//! [`Orchestrator::reload`] swaps configuration and modules together. The
+//! user guide is `docs/execution.md`.
+//!
+//! Underneath is the [`Plan`]: a validated configuration compiled into execution
 //! order (pipelines as listed, stages by ascending priority, modules as declared)
 //! with every topic filter in one [`rustmq_etl_filter::FilterSet`] and every rule
 //! in one [`rustmq_etl_condition::ConditionSet`]. [`Plan::explain`] decides, for

@@ -55,10 +55,15 @@ pub struct ReloadError {
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// The new configuration's version.
+    /// The version in service afterwards: a new one when something changed,
+    /// else the same.
     pub version: u64,
     /// Module occurrences compiled and started anew (the others were kept).
     pub compiled: usize,
+    /// Whether anything changed. A reload of the same configuration whose
+    /// module files all have the same bytes keeps the version in service
+    /// (file watchers often report one edit twice).
+    pub changed: bool,
 }
 
 /// How to process a batch.
@@ -121,8 +126,10 @@ impl<E: Engine> Orchestrator<E> {
     /// (messages already running finish on the configuration they started
     /// with). Modules whose occurrence and bytes did not change are kept;
     /// others are read, compiled and started first, and if any cannot be, or
-    /// the configuration cannot be planned, nothing changes. Blocks while
-    /// modules compile.
+    /// the configuration cannot be planned, nothing changes. When neither the
+    /// configuration nor any module's bytes changed, the version in service
+    /// stays (`ReloadReport::changed` is false). Blocks while modules
+    /// compile.
     pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self
             .inner
@@ -133,18 +140,27 @@ impl<E: Engine> Orchestrator<E> {
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
         let built = build(&self.inner.keep, config, version, Some(&previous));
         let result = match built {
+            Ok((snapshot, 0)) if snapshot.config == previous.config => Ok(ReloadReport {
+                version: previous.version,
+                compiled: 0,
+                changed: false,
+            }),
             Ok((snapshot, compiled)) => {
                 self.inner.versions.store(version, Ordering::Relaxed);
                 self.inner.current.store(Arc::new(snapshot));
                 metrics::gauge!("rustmq_etl_config_version").set(version as f64);
-                Ok(ReloadReport { version, compiled })
+                Ok(ReloadReport {
+                    version,
+                    compiled,
+                    changed: true,
+                })
             }
             Err(errors) => Err(ReloadError { errors }),
         };
-        let outcome = if result.is_ok() {
-            "applied"
-        } else {
-            "rejected"
+        let outcome = match &result {
+            Ok(report) if report.changed => "applied",
+            Ok(_) => "unchanged",
+            Err(_) => "rejected",
         };
         metrics::counter!("rustmq_etl_reloads_total", "result" => outcome).increment(1);
         result

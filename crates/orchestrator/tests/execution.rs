@@ -834,7 +834,17 @@ fn a_reload_is_atomic_and_an_invalid_one_keeps_the_old_configuration_serving() {
         (Some("1"), 1)
     );
     let report = o.reload(&config(&yaml("v2"))).unwrap();
-    assert_eq!((report.version, report.compiled), (2, 1));
+    assert_eq!(
+        (report.version, report.compiled, report.changed),
+        (2, 1, true)
+    );
+    // The same again: nothing changed, the version stays.
+    let report = o.reload(&config(&yaml("v2"))).unwrap();
+    assert_eq!(
+        (report.version, report.compiled, report.changed),
+        (2, 0, false)
+    );
+    assert_eq!(o.reload_modules().unwrap().version, 2);
     let out = one(&o, Message::new("t", ""));
     assert_eq!(
         (delivered(&out).headers.get("version"), out.config_version),

@@ -1,0 +1,599 @@
+//! `rustmq-etl serve`: the engine as an HTTP service, for brokers and clients
+//! that are not Rust. docs/serve.md is the API's reference; its examples are
+//! run by `tests/serve.rs`.
+//!
+//! The configuration and modules are watched: a change reloads them (a valid
+//! configuration swaps in atomically; an invalid one is reported and the old
+//! one keeps serving), as does `POST /v1/reload`. SIGTERM or Ctrl-C stops
+//! accepting connections, answers every request in flight, and exits 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use rustmq_etl_config::Config;
+use rustmq_etl_core::Message;
+use rustmq_etl_orchestrator::{Orchestrator, ProcessOptions};
+use rustmq_etl_pool::Pool;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::report::ProcessedJson;
+use crate::{load_plan, start};
+
+pub(crate) struct Args {
+    pub config: PathBuf,
+    pub listen: String,
+    pub modules: Option<PathBuf>,
+    pub max_request_bytes: usize,
+    pub max_batch: usize,
+    pub watch: bool,
+}
+
+/// The service's state, shared by every request.
+struct Service {
+    etl: Orchestrator<Pool>,
+    config_path: PathBuf,
+    modules: PathBuf,
+    metrics: PrometheusHandle,
+    max_request_bytes: usize,
+    max_batch: usize,
+    shutting_down: AtomicBool,
+    last_reload: Mutex<Option<ReloadStatus>>,
+}
+
+/// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
+#[derive(Debug, Clone, Serialize)]
+struct ReloadStatus {
+    /// `applied`, `unchanged` (nothing changed; the version stays) or
+    /// `rejected`.
+    result: &'static str,
+    /// `file_change` or `request`.
+    trigger: &'static str,
+    at_unix_ms: u64,
+    /// The configuration in service afterwards.
+    config_version: u64,
+    /// Module occurrences compiled anew (applied reloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compiled: Option<usize>,
+    /// Why it was rejected: every problem, each naming where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<String>,
+}
+
+impl Service {
+    /// Reads the configuration and modules again and puts them in service if
+    /// they are valid. Blocks while modules compile.
+    fn reload(&self, trigger: &'static str) -> ReloadStatus {
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let result = match Config::load(&self.config_path) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    log::warn!("{warning}");
+                }
+                self.etl
+                    .reload(&loaded.config)
+                    .map_err(|e| e.errors.iter().map(ToString::to_string).collect())
+            }
+            Err(e) => {
+                // The orchestrator counts the reloads it is given; a file
+                // that does not load never reaches it.
+                metrics::counter!("rustmq_etl_reloads_total", "result" => "rejected").increment(1);
+                Err(e.errors().map(ToString::to_string).collect::<Vec<_>>())
+            }
+        };
+        let status = match result {
+            Ok(report) => {
+                if report.changed {
+                    log::info!(
+                        "reload ({trigger}): configuration version {} in service ({} module{} compiled)",
+                        report.version,
+                        report.compiled,
+                        crate::plural(report.compiled)
+                    );
+                } else {
+                    log::info!(
+                        "reload ({trigger}): nothing changed; configuration version {} stays",
+                        report.version
+                    );
+                }
+                ReloadStatus {
+                    result: if report.changed {
+                        "applied"
+                    } else {
+                        "unchanged"
+                    },
+                    trigger,
+                    at_unix_ms,
+                    config_version: report.version,
+                    compiled: Some(report.compiled),
+                    errors: Vec::new(),
+                }
+            }
+            Err(errors) => {
+                for error in &errors {
+                    log::error!("reload ({trigger}): {error}");
+                }
+                log::error!(
+                    "reload ({trigger}) rejected: configuration version {} keeps serving",
+                    self.etl.config_version()
+                );
+                ReloadStatus {
+                    result: "rejected",
+                    trigger,
+                    at_unix_ms,
+                    config_version: self.etl.config_version(),
+                    compiled: None,
+                    errors,
+                }
+            }
+        };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
+        status
+    }
+}
+
+pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    let Some((config, _, _)) = load_plan(&args.config) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus recorder")?;
+    let modules = args
+        .modules
+        .clone()
+        .unwrap_or_else(crate::run::default_modules);
+    let Some(etl) = start(&config, &modules)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let service = Arc::new(Service {
+        etl,
+        config_path: args.config.clone(),
+        modules,
+        metrics,
+        max_request_bytes: args.max_request_bytes,
+        max_batch: args.max_batch,
+        shutting_down: AtomicBool::new(false),
+        last_reload: Mutex::new(None),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address: SocketAddr = listener.local_addr()?;
+        let _watcher = if args.watch {
+            Some(watch(service.clone())?)
+        } else {
+            None
+        };
+        log::info!(
+            "serving configuration version {} ({} pipeline{}, modules from {}) on http://{address}",
+            service.etl.config_version(),
+            service.etl.config().pipelines().len(),
+            crate::plural(service.etl.config().pipelines().len()),
+            service.modules.display()
+        );
+        axum::serve(listener, router(service.clone()))
+            .with_graceful_shutdown(shutdown_signal(service.clone()))
+            .await
+            .context("the server failed")?;
+        log::info!("stopped: every request in flight was answered");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/process", post(process))
+        .route("/v1/batch", post(batch))
+        .route("/v1/config", get(config))
+        .route("/v1/reload", post(reload))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(service.max_request_bytes))
+        .with_state(service)
+}
+
+/// Resolves on SIGTERM or Ctrl-C; from then on `/ready` answers 503.
+async fn shutdown_signal(service: Arc<Service>) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            log::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                log::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let which = tokio::select! {
+        () = ctrl_c => "Ctrl-C",
+        () = terminate => "SIGTERM",
+    };
+    service.shutting_down.store(true, Ordering::SeqCst);
+    log::info!("{which}: shutting down; no new connections, answering the requests in flight");
+}
+
+/// Watches the configuration and the modules directory; a change (debounced:
+/// one reload for a burst of writes) reloads them. The watcher stops when
+/// the returned value is dropped.
+fn watch(service: Arc<Service>) -> anyhow::Result<Debouncer<RecommendedWatcher>> {
+    let config = std::fs::canonicalize(&service.config_path)
+        .with_context(|| format!("cannot watch {}", service.config_path.display()))?;
+    let modules = std::fs::canonicalize(&service.modules)
+        .with_context(|| format!("cannot watch {}", service.modules.display()))?;
+    let config_is_dir = config.is_dir();
+    let relevant = {
+        let (config, modules) = (config.clone(), modules.clone());
+        move |path: &Path| {
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let in_config = if config_is_dir {
+                path.starts_with(&config) && matches!(extension, "yaml" | "yml" | "json")
+            } else {
+                path == config
+            };
+            in_config || (path.parent() == Some(&modules) && extension == "wasm")
+        }
+    };
+    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(250),
+        move |events: DebounceEventResult| match events {
+            Ok(events) => {
+                if events.iter().any(|e| relevant(&e.path)) {
+                    let _ = changed.send(());
+                }
+            }
+            Err(e) => log::warn!("watching the configuration and modules: {e}"),
+        },
+    )
+    .context("cannot watch files")?;
+    let config_watch = if config_is_dir {
+        (config.as_path(), RecursiveMode::Recursive)
+    } else {
+        // Its directory: editors replace a file by renaming another onto it.
+        (
+            config.parent().unwrap_or(Path::new("/")),
+            RecursiveMode::NonRecursive,
+        )
+    };
+    for (path, mode) in [
+        config_watch,
+        (modules.as_path(), RecursiveMode::NonRecursive),
+    ] {
+        debouncer
+            .watcher()
+            .watch(path, mode)
+            .with_context(|| format!("cannot watch {}", path.display()))?;
+    }
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            // Changes that came in while the last reload ran: one more reload
+            // covers them all.
+            while changes.try_recv().is_ok() {}
+            let service = service.clone();
+            let _ = tokio::task::spawn_blocking(move || service.reload("file_change")).await;
+        }
+    });
+    Ok(debouncer)
+}
+
+/// An error answer: a status and `{"error": "..."}`.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TraceParam {
+    #[serde(default)]
+    trace: bool,
+}
+
+fn trace_param(query: Result<Query<TraceParam>, QueryRejection>) -> Result<bool, ApiError> {
+    query.map(|q| q.trace).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query string ({}): the only parameter is trace=true|false",
+            e.body_text()
+        ))
+    })
+}
+
+/// The request body as text.
+fn body_text(service: &Service, body: &Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} bytes, the most this server accepts (serve --max-request-bytes)",
+                    service.max_request_bytes
+                ),
+            ))
+        }
+        Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not UTF-8 (at byte {}); send JSON",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a message as a JSON object (docs/serve.md)",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// The messages of a batch body: a JSON array of messages, or JSON Lines.
+/// More than `max` is refused before any is parsed.
+fn batch_messages(text: &str, max: usize) -> Result<Vec<Message>, ApiError> {
+    let too_many = |count: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the batch has {count} messages; a batch holds at most {max} (serve --max-batch)"
+            ),
+        )
+    };
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!("the batch is not a JSON array of messages: {e}"))
+        })?;
+        if items.len() > max {
+            return Err(too_many(items.len()));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                Message::from_json_line(raw.get())
+                    .map_err(|e| ApiError::bad_request(format!("message {i}: {e}")))
+            })
+            .collect()
+    } else {
+        let lines: Vec<(usize, &str)> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .collect();
+        if lines.len() > max {
+            return Err(too_many(lines.len()));
+        }
+        lines
+            .into_iter()
+            .map(|(i, line)| {
+                Message::from_json_line(line.trim())
+                    .map_err(|e| ApiError::bad_request(format!("line {}: {e}", i + 1)))
+            })
+            .collect()
+    }
+}
+
+fn engine_stopped() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped; nothing was processed",
+    )
+}
+
+/// `POST /v1/process[?trace=true]`: one message.
+async fn process(
+    State(service): State<Arc<Service>>,
+    query: Result<Query<TraceParam>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let trace = trace_param(query)?;
+    let text = body_text(&service, &body)?;
+    let message = Message::from_json_line(text.trim())
+        .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
+    let results = service
+        .etl
+        .process_batch(vec![message], ProcessOptions { trace })
+        .await
+        .map_err(|_| engine_stopped())?;
+    Ok(Json(ProcessedJson::new(&results[0], trace)).into_response())
+}
+
+#[derive(Serialize)]
+struct BatchJson<'a> {
+    results: Vec<ProcessedJson<'a>>,
+}
+
+/// `POST /v1/batch[?trace=true]`: messages in, one result each, in order.
+async fn batch(
+    State(service): State<Arc<Service>>,
+    query: Result<Query<TraceParam>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let trace = trace_param(query)?;
+    let text = body_text(&service, &body)?;
+    let messages = batch_messages(&text, service.max_batch)?;
+    let results = service
+        .etl
+        .process_batch(messages, ProcessOptions { trace })
+        .await
+        .map_err(|_| engine_stopped())?;
+    Ok(Json(BatchJson {
+        results: results
+            .iter()
+            .map(|p| ProcessedJson::new(p, trace))
+            .collect(),
+    })
+    .into_response())
+}
+
+/// `GET /v1/config`: the configuration in service and the last reload.
+async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+    let config = service.etl.config();
+    let pipelines: Vec<_> = config
+        .pipelines()
+        .iter()
+        .map(|source| {
+            let p = &source.pipeline;
+            json!({
+                "pipeline_id": p.pipeline_id,
+                "name": p.name,
+                "enabled": p.enabled,
+                "stages": p.stages.len(),
+                "modules": p.stages.iter().map(|s| s.modules.len()).sum::<usize>(),
+                "file": source.file.as_ref().map(|f| f.display().to_string()),
+            })
+        })
+        .collect();
+    let last_reload = service
+        .last_reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Json(json!({
+        "config_version": service.etl.config_version(),
+        "config_path": service.config_path.display().to_string(),
+        "modules_dir": service.modules.display().to_string(),
+        "pipelines": pipelines,
+        "last_reload": last_reload,
+    }))
+}
+
+/// `POST /v1/reload`: read the configuration and modules again now.
+async fn reload(State(service): State<Arc<Service>>) -> Response {
+    let status = match tokio::task::spawn_blocking(move || service.reload("request")).await {
+        Ok(status) => status,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the reload failed: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let code = if status.result == "rejected" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(status)).into_response()
+}
+
+/// `GET /health`: the process is up.
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /ready`: 200 while serving, 503 once shutting down.
+async fn ready(State(service): State<Arc<Service>>) -> Response {
+    if service.shutting_down.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response()
+    } else {
+        Json(json!({ "status": "ready", "config_version": service.etl.config_version() }))
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn prometheus(State(service): State<Arc<Service>>) -> Response {
+    service.etl.publish_metrics();
+    service.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        service.metrics.render(),
+    )
+        .into_response()
+}
+
+const ROUTES: &str = "POST /v1/process, POST /v1/batch, GET /v1/config, POST /v1/reload, GET /health, GET /ready, GET /metrics";
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}; the routes: {ROUTES}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not take {method}; the routes: {ROUTES}",
+            uri.path()
+        ),
+    )
+}
+
+/// Counts every answer by route and status
+/// (`rustmq_etl_http_requests_total`).
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics::counter!(
+        "rustmq_etl_http_requests_total",
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}

@@ -1,0 +1,610 @@
+//! `rustmq-etl serve`: the real binary on a loopback port, driven with real
+//! HTTP requests.
+
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use server::{copy_dir, fixtures, Server};
+
+/// docs/serve.md, run: every request in an ```http block is sent in order to
+/// a server started as the page says, and the answer is compared with the
+/// documented one (JSON as values, times ignored; text line by line). A
+/// ```yaml file=NAME block is written into the configuration directory.
+#[test]
+fn the_documented_examples_answer_as_documented() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/serve.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipelines");
+    copy_dir(&fixtures().join("pipelines"), &config);
+    let modules = fixtures().join("modules");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        modules.to_str().unwrap(),
+        "--max-batch",
+        "3",
+        "--no-watch",
+    ]);
+    let mut request: Option<(String, String, String)> = None;
+    let mut checked = 0;
+    let mut lines = doc.lines().enumerate();
+    while let Some((at, line)) = lines.next() {
+        let Some(info) = line.strip_prefix("```") else {
+            continue;
+        };
+        let block: Vec<&str> = lines
+            .by_ref()
+            .map(|(_, l)| l)
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        if let Some(name) = info.strip_prefix("yaml file=") {
+            std::fs::write(config.join(name), block.join("\n")).unwrap();
+            continue;
+        }
+        if info != "http" {
+            continue;
+        }
+        let first = block[0];
+        let blank = block
+            .iter()
+            .position(|l| l.is_empty())
+            .unwrap_or(block.len());
+        let body = block
+            .get(blank + 1..)
+            .unwrap_or(&[])
+            .join("\n")
+            .replace("<the --config path>", config.to_str().unwrap())
+            .replace("<the --modules path>", modules.to_str().unwrap());
+        if let Some(status) = first.strip_prefix("HTTP/1.1 ") {
+            let (method, path, sent) = request.take().unwrap_or_else(|| {
+                panic!("docs/serve.md:{}: a response without a request", at + 1)
+            });
+            let (code, text) = server.send(&method, &path, &sent);
+            let expected: u16 = status[..3].parse().unwrap();
+            assert_eq!(
+                code,
+                expected,
+                "docs/serve.md:{}: {method} {path} answered {code}: {text}",
+                at + 1
+            );
+            match serde_json::from_str::<Value>(&body) {
+                Ok(documented) => {
+                    let actual: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("docs/serve.md:{}: not JSON ({e}): {text}", at + 1)
+                    });
+                    if let Err(at_path) = same(&documented, &actual, "") {
+                        panic!(
+                            "docs/serve.md:{}: {method} {path}: the answer differs at {at_path}:\n{}",
+                            at + 1,
+                            serde_json::to_string_pretty(&actual).unwrap()
+                        );
+                    }
+                }
+                Err(_) => {
+                    for line in body.lines().filter(|l| *l != "...") {
+                        assert!(
+                            text.lines().any(|a| a == line),
+                            "docs/serve.md:{}: {method} {path}: no line {line:?} in\n{text}",
+                            at + 1
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        } else {
+            let (method, path) = first.split_once(' ').unwrap();
+            request = Some((method.to_owned(), path.to_owned(), body));
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} examples found in docs/serve.md"
+    );
+    assert!(server.stop().success());
+}
+
+/// `documented` and `actual` are equal JSON, except that times (`time_us`,
+/// `at_unix_ms`) only need to be numbers in both. `Err` says where they
+/// differ.
+fn same(documented: &Value, actual: &Value, path: &str) -> Result<(), String> {
+    match (documented, actual) {
+        (Value::Object(d), Value::Object(a)) => {
+            let keys: std::collections::BTreeSet<_> = d.keys().chain(a.keys()).collect();
+            for key in keys {
+                let at = format!("{path}.{key}");
+                match (d.get(key), a.get(key)) {
+                    (Some(d), Some(a)) if matches!(key.as_str(), "time_us" | "at_unix_ms") => {
+                        if !(d.is_u64() && a.is_u64()) {
+                            return Err(at);
+                        }
+                    }
+                    (Some(d), Some(a)) => same(d, a, &at)?,
+                    _ => return Err(at),
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(d), Value::Array(a)) => {
+            if d.len() != a.len() {
+                return Err(format!("{path} (length)"));
+            }
+            for (i, (d, a)) in d.iter().zip(a).enumerate() {
+                same(d, a, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (d, a) if d == a => Ok(()),
+        _ => Err(path.to_owned()),
+    }
+}
+
+/// A processing answer's message, order of modules run, and configuration
+/// version.
+fn ran(result: &Value) -> (Value, Vec<String>, u64) {
+    let order = result["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("ran").is_some())
+        .map(|e| e["module"].as_str().unwrap().to_owned())
+        .collect();
+    (
+        result["message"].clone(),
+        order,
+        result["config_version"].as_u64().unwrap(),
+    )
+}
+
+/// Replaces `path`'s contents at once (a new file renamed onto it), as an
+/// operator's deployment would: a watcher never reads half a file.
+fn replace(path: &Path, contents: impl AsRef<[u8]>) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+fn two_stages(first: &str, second: &str) -> String {
+    format!(
+        "pipeline_id: p\nstages:\n  - {{priority: 0, modules: [{{module_id: {first}}}]}}\n  - {{priority: 1, modules: [{{module_id: {second}}}]}}\n"
+    )
+}
+
+/// While clients send requests, the configuration file is rewritten (valid,
+/// then broken), and a module file is replaced: no request fails, every
+/// message comes back, and every answer is one whole configuration's.
+#[test]
+fn reloads_while_requests_flow_lose_nothing_and_never_mix_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    for m in ["message-formatter", "content-analyzer", "identity"] {
+        std::fs::copy(
+            fixtures().join(format!("modules/{m}.wasm")),
+            modules.join(format!("{m}.wasm")),
+        )
+        .unwrap();
+    }
+    // `stamp` is a module file swapped while messages flow: identity first,
+    // then legacy-uppercase.
+    std::fs::copy(
+        fixtures().join("modules/identity.wasm"),
+        modules.join("stamp.wasm"),
+    )
+    .unwrap();
+    let config = dir.path().join("etl.yaml");
+    let with_stamp = |a: &str, b: &str| {
+        format!(
+            "{}  - {{priority: 2, modules: [{{module_id: stamp}}]}}\n",
+            two_stages(a, b)
+        )
+    };
+    std::fs::write(&config, with_stamp("message-formatter", "content-analyzer")).unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        modules.to_str().unwrap(),
+    ]);
+    let stop = AtomicBool::new(false);
+    /// Stops the clients however the scope ends (a failed assertion too).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let _stop_clients = StopOnDrop(&stop);
+        let clients: Vec<_> = (0..3)
+            .map(|client| {
+                let (server, stop) = (&server, &stop);
+                scope.spawn(move || {
+                    let mut answers = Vec::new();
+                    let mut sent = 0;
+                    while (!stop.load(Ordering::Relaxed) || sent < 20) && sent < 5_000 {
+                        let batch: Vec<Value> = (0..4)
+                            .map(|i| json!({"topic": "t", "key": format!("{client}-{sent}-{i}"), "payload": "{ \"text\" : \"abc\" }"}))
+                            .collect();
+                        let (code, text) = server.send(
+                            "POST",
+                            "/v1/batch?trace=true",
+                            &serde_json::to_string(&batch).unwrap(),
+                        );
+                        assert_eq!(code, 200, "{text}");
+                        let results: Value = serde_json::from_str(&text).unwrap();
+                        let results = results["results"].as_array().unwrap().clone();
+                        assert_eq!(results.len(), 4);
+                        for (i, r) in results.iter().enumerate() {
+                            assert_eq!(
+                                r["message"]["key"],
+                                json!(format!("{client}-{sent}-{i}")),
+                                "answers in input order"
+                            );
+                        }
+                        answers.extend(results);
+                        sent += 1;
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let wait_for_version = |at_least: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, text) = server.send("GET", "/v1/config", "");
+                let config: Value = serde_json::from_str(&text).unwrap();
+                // The status of the reload is recorded just after it applies.
+                if config["last_reload"]["config_version"].as_u64() >= Some(at_least) {
+                    return config;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no reload to version {at_least}: {config}\n{}",
+                    server.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        // A valid change: the two stages swap.
+        replace(&config, with_stamp("content-analyzer", "message-formatter"));
+        let v2 = wait_for_version(2)["config_version"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // A broken change: rejected, the last good one keeps serving.
+        replace(
+            &config,
+            "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: no-such-module}]}]\n",
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rejected = loop {
+            let (_, text) = server.send("GET", "/v1/config", "");
+            let c: Value = serde_json::from_str(&text).unwrap();
+            if c["last_reload"]["result"] == "rejected" {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no rejected reload: {c}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(rejected["config_version"].as_u64().unwrap(), v2);
+        assert!(
+            rejected["last_reload"]["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("no-such-module"),
+            "{rejected}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        // The configuration is fixed (back to the one in service: nothing
+        // changes); then the module file changes: a module version swap.
+        replace(&config, with_stamp("content-analyzer", "message-formatter"));
+        std::thread::sleep(Duration::from_millis(600));
+        replace(
+            &modules.join("stamp.wasm"),
+            std::fs::read(fixtures().join("modules/legacy-uppercase.wasm")).unwrap(),
+        );
+        wait_for_version(v2 + 1);
+        assert!(
+            server.log().contains("(1 module compiled)"),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    // Every version's answers are alike: one order of modules, one stamp.
+    let mut by_version: BTreeMap<u64, (Vec<String>, String)> = BTreeMap::new();
+    for answer in &answers {
+        assert_eq!(answer["result"], "delivered", "{answer}");
+        let (message, order, version) = ran(answer);
+        assert_eq!(
+            order.len(),
+            3,
+            "every module of one configuration ran: {answer}"
+        );
+        assert_eq!(order[2], "stamp");
+        let payload = message["payload"].to_string();
+        let seen = by_version
+            .entry(version)
+            .or_insert_with(|| (order.clone(), payload.clone()));
+        assert_eq!(
+            seen,
+            &(order, payload),
+            "version {version} answered two ways"
+        );
+    }
+    let orders: Vec<_> = by_version.values().map(|(o, _)| o[0].clone()).collect();
+    assert!(
+        orders.contains(&"message-formatter".to_owned()),
+        "{by_version:?}"
+    );
+    assert!(
+        orders.contains(&"content-analyzer".to_owned()),
+        "{by_version:?}"
+    );
+    let payloads: Vec<_> = by_version.values().map(|(_, p)| p.clone()).collect();
+    assert!(payloads.iter().any(|p| p.contains("abc")), "{by_version:?}");
+    assert!(payloads.iter().any(|p| p.contains("ABC")), "{by_version:?}");
+    // The metrics agree: every message answered was counted, and the
+    // rejected reload too.
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    let delivered = metric(&metrics, "rustmq_etl_messages_total{result=\"delivered\"}");
+    assert_eq!(delivered, answers.len() as f64, "{metrics}");
+    assert!(metric(&metrics, "rustmq_etl_reloads_total{result=\"rejected\"}") >= 1.0);
+    assert_eq!(
+        metric(&metrics, "rustmq_etl_reloads_total{result=\"applied\"}"),
+        2.0
+    );
+    assert!(server.stop().success());
+}
+
+/// The value of a Prometheus series.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// SIGTERM while requests run: each is answered in full, new connections
+/// are refused, the process exits 0.
+#[test]
+fn shutdown_answers_the_requests_in_flight_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 30000, max_concurrent_instances: 4}\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+    ]);
+    // Warm up, and find how long one slow message takes.
+    let started = Instant::now();
+    let (code, _) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "20"}"#);
+    assert_eq!(code, 200);
+    let one = started.elapsed();
+    let answers = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let server = &server;
+                scope.spawn(move || {
+                    server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "200"}"#)
+                })
+            })
+            .collect();
+        // The requests are in (each takes about ten times `one`).
+        std::thread::sleep(one.max(Duration::from_millis(200)));
+        server.signal("TERM");
+        std::thread::sleep(Duration::from_millis(100));
+        let (ready, _) = server.try_send("GET", "/ready", "");
+        requests
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(ready.map(|code| (code, "ready".to_owned())))
+            .collect::<Vec<_>>()
+    });
+    for (code, text) in &answers[..3] {
+        assert_eq!(*code, 200, "{text}");
+        let answer: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(answer["result"], "delivered");
+        assert!(answer["message"]["headers"]["x-slow-result"].is_string());
+    }
+    // After the signal: no new connection is served.
+    assert!(
+        answers.len() == 3,
+        "a request after SIGTERM was answered: {answers:?}"
+    );
+    let status = server.wait();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server
+        .log()
+        .contains("every request in flight was answered"));
+}
+
+/// Bad requests get a 4xx and a JSON error that says what is wrong.
+#[test]
+fn bad_requests_get_4xx_with_a_reason() {
+    let server = Server::start(&[
+        "--config",
+        fixtures().join("pipelines").to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--max-request-bytes",
+        "1000",
+        "--max-batch",
+        "2",
+        "--no-watch",
+    ]);
+    let cases: &[(&str, &str, String, u16, &str)] = &[
+        (
+            "POST",
+            "/v1/process",
+            String::new(),
+            400,
+            "the request body is empty",
+        ),
+        (
+            "POST",
+            "/v1/process",
+            "{\"topic\": ".into(),
+            400,
+            "the message: ",
+        ),
+        (
+            "POST",
+            "/v1/process",
+            "{\"payload\": 1}".into(),
+            400,
+            "topic",
+        ),
+        (
+            "POST",
+            "/v1/process",
+            format!(
+                "{{\"topic\": \"t\", \"payload\": \"{}\"}}",
+                "x".repeat(2000)
+            ),
+            413,
+            "larger than 1000 bytes",
+        ),
+        (
+            "POST",
+            "/v1/process?trace=yes",
+            "{\"topic\": \"t\", \"payload\": 1}".into(),
+            400,
+            "trace=true|false",
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "[{\"topic\": \"t\", \"payload\": null}, {\"topic\": 7, \"payload\": null}]".into(),
+            400,
+            "message 1: ",
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "{\"topic\": \"t\", \"payload\": 1}\n\n{\"topic\": \"t\"\n".into(),
+            400,
+            "line 3: ",
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "[{\"topic\": \"t\"}, ".into(),
+            400,
+            "not a JSON array of messages",
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "[{\"topic\": \"a\"}, {\"topic\": \"b\"}, {\"topic\": \"c\"}]".into(),
+            413,
+            "at most 2",
+        ),
+        (
+            "GET",
+            "/v1/processs",
+            String::new(),
+            404,
+            "no route GET /v1/processs",
+        ),
+        (
+            "GET",
+            "/v1/process",
+            String::new(),
+            405,
+            "/v1/process does not take GET",
+        ),
+    ];
+    for (method, path, body, status, says) in cases {
+        let (code, text) = server.send(method, path, body);
+        assert_eq!(code, *status, "{method} {path}: {text}");
+        let error: Value = serde_json::from_str(&text).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(
+            error.contains(says),
+            "{method} {path}: {error:?} should say {says:?}"
+        );
+    }
+    // Bad bytes that are not UTF-8.
+    let (code, text) = server.send_bytes("POST", "/v1/process", b"{\"topic\": \"\xff\"}");
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("not UTF-8"), "{text}");
+    // None of it was processed; the server serves on.
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": ""}"#);
+    assert_eq!((code, text.contains("delivered")), (200, true), "{text}");
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    assert_eq!(
+        metric(&metrics, "rustmq_etl_messages_total{result=\"delivered\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "rustmq_etl_http_requests_total{route=\"/v1/process\",status=\"400\"}"
+        ),
+        5.0,
+        "{metrics}"
+    );
+    assert!(server.stop().success());
+}
+
+/// A server that cannot start says why and exits non-zero.
+#[test]
+fn a_server_that_cannot_start_says_why() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args([
+            "serve",
+            "--config",
+            fixtures().join("pipelines").to_str().unwrap(),
+            "--modules",
+            fixtures().join("modules").to_str().unwrap(),
+            "--listen",
+            &address,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args([
+            "serve",
+            "--config",
+            fixtures().join("pipelines").to_str().unwrap(),
+            "--modules",
+            "/nonexistent",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not be loaded from /nonexistent"),
+        "{stderr}"
+    );
+}

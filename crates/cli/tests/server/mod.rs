@@ -1,0 +1,157 @@
+//! A `rustmq-etl serve` process on a free loopback port, and an HTTP client
+//! for it.
+
+#![allow(dead_code)] // Each test binary uses its own part of it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// Copies the files of `from` into a new directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+pub struct Server {
+    child: Mutex<Child>,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `rustmq-etl serve --listen 127.0.0.1:0 ARGS` and waits until it
+    /// says where it listens.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_in(Path::new("."), args)
+    }
+
+    /// [`Server::start`] with `dir` as the working directory.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address, listening) = mpsc::channel();
+        let written = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find(" on http://") {
+                    let _ = address.send(line[at + 4..].to_owned());
+                }
+                let mut log = written.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let base = listening
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the server did not start:\n{}", log.lock().unwrap()));
+        Server {
+            child: Mutex::new(child),
+            base,
+            log,
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends a request on a new connection: the status and the body.
+    pub fn send(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.send_bytes(method, path, body.as_bytes())
+    }
+
+    pub fn send_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        self.try_send_bytes(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// Like `send`, but `None` when no answer came (refused, reset, 10 s).
+    pub fn try_send(&self, method: &str, path: &str, body: &str) -> (Option<u16>, String) {
+        match self.try_send_bytes(method, path, body.as_bytes()) {
+            Ok((code, text)) => (Some(code), text),
+            Err(e) => (None, e.to_string()),
+        }
+    }
+
+    fn try_send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, String), ureq::Error> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.base);
+        let mut response = match method {
+            "GET" => agent.get(&url).call()?,
+            "DELETE" => agent.delete(&url).call()?,
+            "POST" => agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body)?,
+            "PUT" => agent
+                .put(&url)
+                .header("content-type", "application/json")
+                .send(body)?,
+            other => panic!("no method {other} in the test client"),
+        };
+        let code = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        Ok((code, text))
+    }
+
+    /// Sends the process signal `name` (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.lock().unwrap().id().to_string();
+        let status = Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&self) -> ExitStatus {
+        self.child.lock().unwrap().wait().unwrap()
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn stop(&self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap();
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
