@@ -8,12 +8,22 @@
 //! - `run --config PATH --input MESSAGES.jsonl` runs every message through the
 //!   pipelines with the real modules and writes what becomes of it;
 //! - `serve --config PATH --listen ADDR` does the same over HTTP, reloading the
-//!   configuration and modules when they change.
+//!   configuration and modules when they change;
+//! - `test-module MODULE.wasm --input MESSAGES.jsonl` runs one module on
+//!   messages and shows what it changed in each, or how it failed;
+//! - `new-module NAME` creates a module crate on the SDK;
+//! - `bench --config PATH --input MESSAGES.jsonl` measures a configuration on
+//!   the user's messages.
 
+mod bench;
+mod diff;
 mod explain;
+mod new_module;
 mod report;
 mod run;
 mod serve;
+mod summary;
+mod test_module;
 mod validate;
 
 use std::path::PathBuf;
@@ -108,6 +118,66 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Run one module on messages and show, for each, what it changed (topic,
+    /// key, headers, payload, timestamp) or how it failed. Exit 1 if any call
+    /// failed.
+    TestModule {
+        /// The module (a .wasm file).
+        #[arg(value_name = "MODULE.wasm")]
+        module: PathBuf,
+        /// Messages as JSON Lines (`-` for standard input).
+        #[arg(long, value_name = "MESSAGES.jsonl")]
+        input: PathBuf,
+        /// The module's custom_config, as in a pipeline's instance_config (JSON).
+        #[arg(long, value_name = "JSON")]
+        module_config: Option<String>,
+        /// The time budget of each call, in milliseconds (default: a
+        /// pipeline's default execution_timeout_ms).
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        /// The instance's memory limit in bytes (default: a pipeline's default
+        /// memory_limit_bytes).
+        #[arg(long, value_name = "BYTES")]
+        memory_limit_bytes: Option<usize>,
+        /// One JSON line per message instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a module crate on the rustmq-etl SDK, with tests and sample
+    /// messages, and print how to build and try it.
+    NewModule {
+        /// The module's name (its crate name and .wasm file name).
+        name: String,
+        /// Where to create it (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The SDK crate to depend on (default: this binary's checkout's crates/sdk).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Measure a configuration on your messages: throughput, latency, and the
+    /// time per pipeline, stage and module.
+    Bench {
+        /// A configuration file (.yaml, .yml, .json) or a directory of them.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Messages as JSON Lines (`-` for standard input), sent over and over.
+        #[arg(long, value_name = "MESSAGES.jsonl")]
+        input: PathBuf,
+        /// Where modules are: `<dir>/<module_id>.wasm` (default: `modules`,
+        /// else `fixtures/modules`).
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+        /// How long the throughput phase runs.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        seconds: f64,
+        /// Messages per batch in the throughput phase.
+        #[arg(long, value_name = "COUNT", default_value_t = 64)]
+        batch: usize,
+        /// Threads sending batches (default: twice the engine's threads).
+        #[arg(long, value_name = "COUNT")]
+        callers: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -149,6 +219,39 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
+        }),
+        Command::TestModule {
+            module,
+            input,
+            module_config,
+            timeout_ms,
+            memory_limit_bytes,
+            json,
+        } => test_module::run(test_module::Args {
+            module,
+            input,
+            module_config,
+            timeout_ms,
+            memory_limit_bytes,
+            json,
+        }),
+        Command::NewModule { name, dir, sdk } => {
+            new_module::run(new_module::Args { name, dir, sdk })
+        }
+        Command::Bench {
+            config,
+            input,
+            modules,
+            seconds,
+            batch,
+            callers,
+        } => bench::run(bench::Args {
+            config,
+            input,
+            modules,
+            seconds,
+            batch,
+            callers,
         }),
     };
     match result {

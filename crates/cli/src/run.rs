@@ -2,18 +2,17 @@
 //! real modules; delivered messages and dead letters out as JSON Lines, in
 //! input order; a summary on standard error.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use rustmq_etl_core::Message;
-use rustmq_etl_orchestrator::{Disposition, FailureAction, ProcessOptions, Processed, TraceEvent};
+use rustmq_etl_orchestrator::{Disposition, ProcessOptions, Processed};
 
-use crate::{load_plan, plural, report, start};
+use crate::summary::Summary;
+use crate::{load_plan, report, start};
 
 /// Messages sent to the engine at a time.
 const BATCH: usize = 256;
@@ -45,125 +44,6 @@ fn writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
             Box::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
         }
     })
-}
-
-/// What one module did over the run.
-#[derive(Default)]
-struct ModuleSummary {
-    ran: u64,
-    skipped: u64,
-    failed: BTreeMap<&'static str, u64>,
-    retried: u64,
-    dead_lettered: u64,
-    times: Vec<Duration>,
-}
-
-#[derive(Default)]
-struct Summary {
-    /// By (pipeline, module), in first-seen order.
-    modules: Vec<((String, String), ModuleSummary)>,
-    delivered: u64,
-    dropped: u64,
-    dead_lettered: u64,
-}
-
-impl Summary {
-    fn module(&mut self, pipeline: &str, module: &str) -> &mut ModuleSummary {
-        let at = match self
-            .modules
-            .iter()
-            .position(|((p, m), _)| p == pipeline && m == module)
-        {
-            Some(at) => at,
-            None => {
-                self.modules.push((
-                    (pipeline.to_owned(), module.to_owned()),
-                    ModuleSummary::default(),
-                ));
-                self.modules.len() - 1
-            }
-        };
-        &mut self.modules[at].1
-    }
-
-    fn add(&mut self, processed: &Processed) {
-        match processed.disposition {
-            Disposition::Delivered(_) => self.delivered += 1,
-            Disposition::Dropped => self.dropped += 1,
-            Disposition::DeadLettered(_) => self.dead_lettered += 1,
-        }
-        let Some(trace) = &processed.trace else {
-            return;
-        };
-        for entry in &trace.entries {
-            let s = self.module(&entry.pipeline, &entry.module);
-            match &entry.event {
-                TraceEvent::Ran { time, attempts, .. } => {
-                    s.ran += 1;
-                    s.retried += u64::from(attempts.saturating_sub(1));
-                    s.times.push(*time);
-                }
-                TraceEvent::Skipped(_) => s.skipped += 1,
-                TraceEvent::Failed {
-                    kind,
-                    attempts,
-                    action,
-                    ..
-                } => {
-                    *s.failed.entry(kind.as_str()).or_default() += 1;
-                    s.retried += u64::from(attempts.saturating_sub(1));
-                    if *action == FailureAction::DeadLettered {
-                        s.dead_lettered += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn print(&mut self, input: u64, bad: u64) {
-        let mut err = io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "{:<28} {:<28} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}  failed by kind",
-            "pipeline", "module", "ran", "skipped", "failed", "retried", "dead", "p50", "p99"
-        );
-        for ((pipeline, module), s) in &mut self.modules {
-            s.times.sort();
-            let at = |q: f64| {
-                s.times
-                    .get(((s.times.len() as f64 * q) as usize).min(s.times.len().saturating_sub(1)))
-                    .map_or("-".to_owned(), |t| format!("{t:.1?}"))
-            };
-            let failed: u64 = s.failed.values().sum();
-            let kinds: Vec<String> = s.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            let _ = writeln!(
-                err,
-                "{pipeline:<28} {module:<28} {:>8} {:>8} {failed:>8} {:>8} {:>10} {:>10} {:>10}  {}",
-                s.ran,
-                s.skipped,
-                s.retried,
-                s.dead_lettered,
-                at(0.5),
-                at(0.99),
-                kinds.join(", ")
-            );
-        }
-        let _ = writeln!(
-            err,
-            "{input} in = {} delivered + {} dropped + {} dead-lettered{}",
-            self.delivered,
-            self.dropped,
-            self.dead_lettered,
-            if bad > 0 {
-                format!(
-                    "; {bad} bad input line{} not processed",
-                    plural(bad as usize)
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
 }
 
 /// A message's trace as one JSON line, for `--trace`.
@@ -309,7 +189,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    summary.print(input, bad);
+    summary.print(&mut io::stderr().lock(), input, bad)?;
     // Dead letters are a result; only bad input fails the run.
     Ok(if bad == 0 {
         ExitCode::SUCCESS

@@ -353,3 +353,350 @@ fn the_readme_commands_work_as_written() {
         assert!(!out.stdout.is_empty(), "{args:?} printed nothing");
     }
 }
+
+fn module(name: &str) -> String {
+    format!("{}/{name}.wasm", modules())
+}
+
+fn sample() -> String {
+    fixtures()
+        .join("messages/sample.jsonl")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// test-module shows, per message, what the module changed, field by field.
+#[test]
+fn test_module_shows_each_change() {
+    let out = run(
+        &[
+            "test-module",
+            &module("temperature-converter"),
+            "--input",
+            "-",
+        ],
+        Some(concat!(
+            r#"{"topic":"iot.sensors.temperature","payload":{"unit":"celsius","reading":21.5}}"#,
+            "\n",
+            r#"{"topic":"iot.sensors.temperature","payload":{"unit":"fahrenheit","reading":70}}"#,
+            "\n",
+        )),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("-:1: changed ("), "{stdout}");
+    assert_eq!(lines[1], "    payload    .reading: 21.5 → 70.7");
+    assert_eq!(
+        lines[2],
+        r#"    payload    .unit: "celsius" → "fahrenheit""#
+    );
+    assert!(lines[3].starts_with("-:2: unchanged ("), "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        text(&out.stderr).contains("2 messages: 1 changed, 1 unchanged, 0 dropped, 0 failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// --json: one line per message with the changes and the message as left.
+#[test]
+fn test_module_json_gives_changes_and_the_result() {
+    let out = run(
+        &[
+            "test-module",
+            &module("message-formatter"),
+            "--input",
+            "-",
+            "--json",
+            "--module-config",
+            r#"{"pretty": true}"#,
+        ],
+        Some(r#"{"topic":"t","payload":{"b":1}}"#),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["line"], 1);
+    assert_eq!(line["result"], "changed");
+    assert!(line["time_us"].is_u64());
+    assert_eq!(
+        line["changes"],
+        serde_json::json!([
+            {"field": "header_added", "name": "content-type", "value": "application/json"},
+            {"field": "json_rewritten", "from_bytes": 7, "to_bytes": 12},
+        ])
+    );
+    assert_eq!(line["message"]["payload"], "{\n  \"b\": 1\n}");
+    assert_eq!(
+        line["message"]["headers"]["content-type"],
+        "application/json"
+    );
+}
+
+/// A failing module: each failure with its kind, and exit 1.
+#[test]
+fn test_module_reports_failures_and_exits_1() {
+    let out = run(
+        &["test-module", &module("hostile-trap"), "--input", &sample()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    for line in stdout.lines() {
+        assert!(line.contains(": failed ("), "{line}");
+        assert!(line.contains("µs): trap: "), "{line}");
+    }
+    assert!(text(&out.stderr).contains("5 messages: 0 changed, 0 unchanged, 0 dropped, 5 failed"));
+}
+
+/// Bad flags, files, configuration and lines: what and where, exit 1.
+#[test]
+fn test_module_bad_input_says_what_and_where() {
+    let formatter = module("message-formatter");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["test-module", "nowhere.wasm", "--input", "-"],
+            "cannot read the module nowhere.wasm",
+        ),
+        (
+            &[
+                "test-module",
+                &formatter,
+                "--input",
+                "-",
+                "--module-config",
+                "{pretty",
+            ],
+            "--module-config is not JSON",
+        ),
+        (
+            &[
+                "test-module",
+                &formatter,
+                "--input",
+                "-",
+                "--module-config",
+                r#"{"pretty": 7}"#,
+            ],
+            "the module does not start: unavailable: init rejected its custom_config",
+        ),
+        (
+            &["test-module", &formatter, "--input", "missing.jsonl"],
+            "cannot open missing.jsonl",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run(args, Some(""));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let wat = std::env::temp_dir().join(format!("not-a-module-{}.wasm", std::process::id()));
+    std::fs::write(&wat, b"\0asm\x01\0\0\0\x01").unwrap();
+    let out = run(
+        &["test-module", wat.to_str().unwrap(), "--input", "-"],
+        Some(""),
+    );
+    std::fs::remove_file(&wat).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(wat.to_str().unwrap()),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(
+        &["test-module", &formatter, "--input", "-"],
+        Some("{\"topic\":\"t\",\"payload\":{}}\nnot json\n{\"topic\":\"t\",\"payload\":{}}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("-:2: "), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-:"))
+            .count(),
+        2
+    );
+}
+
+/// Whether rustup has the wasm32 target (building a new module needs it).
+fn has_wasm32_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            text(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-unknown-unknown")
+        })
+}
+
+/// Runs a command line printed by the tool, as a user would paste it (the
+/// tool's own name is this test's binary); cargo's build directory is the
+/// crate's own, as in a plain shell.
+fn run_printed(line: &str, dir: &Path) -> Output {
+    let mut words = line.split_whitespace();
+    let program = match words.next().unwrap() {
+        "rustmq-etl" => env!("CARGO_BIN_EXE_rustmq-etl").to_owned(),
+        other => other.to_owned(),
+    };
+    Command::new(program)
+        .args(words)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// new-module creates a crate whose tests pass, which builds with the printed
+/// command, and whose module passes test-module on its sample messages.
+#[test]
+fn new_module_builds_and_passes_test_module_as_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args(["new-module", "order-tagger", "--dir"])
+        .arg(dir.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let commands: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(commands.len(), 3, "{stdout}");
+    assert!(commands[0].starts_with("cargo build --release --target wasm32-unknown-unknown"));
+    let root = dir.path().join("order-tagger");
+    for file in ["Cargo.toml", "src/lib.rs", "messages.jsonl", ".gitignore"] {
+        assert!(root.join(file).is_file(), "{file} missing");
+    }
+
+    let tests = run_printed(commands[1], dir.path());
+    assert!(tests.status.success(), "{}", text(&tests.stderr));
+    assert!(
+        text(&tests.stdout).contains("2 passed"),
+        "{}",
+        text(&tests.stdout)
+    );
+
+    if !has_wasm32_target() {
+        eprintln!("the wasm32-unknown-unknown target is not installed: the module's WebAssembly build and test-module run were not tried");
+        return;
+    }
+    let build = run_printed(commands[0], dir.path());
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let tried = run_printed(commands[2], dir.path());
+    assert_eq!(tried.status.code(), Some(0), "{}", text(&tried.stderr));
+    let shown = text(&tried.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].contains("messages.jsonl:1: changed ("), "{shown}");
+    assert_eq!(lines[1], "    header   + x-processed-by: order-tagger");
+    assert!(shown.contains("messages.jsonl:3: dropped ("), "{shown}");
+    assert!(text(&tried.stderr).contains("3 messages: 2 changed, 0 unchanged, 1 dropped, 0 failed"));
+
+    // The same name again, or a bad one: refused, nothing written.
+    for (name, expected) in [
+        ("order-tagger", "already exists"),
+        ("Order Tagger", "is not a module name"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+            .args(["new-module", name, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// bench measures the fixtures' configuration and breaks the time down by
+/// pipeline, stage and module.
+#[test]
+fn bench_reports_throughput_latency_and_the_breakdown() {
+    let config = fixtures().join("pipelines");
+    let out = run(
+        &[
+            "bench",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            &sample(),
+            "--modules",
+            &modules(),
+            "--seconds",
+            "0.3",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let throughput = stdout
+        .lines()
+        .find(|l| l.starts_with("throughput"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let rate: f64 = throughput
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert!(rate > 0.0, "{throughput}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("one message  p50 ")),
+        "{stdout}"
+    );
+    for module in [
+        "sensor-data-validator",
+        "temperature-converter",
+        "pressure-normalizer",
+        "message-validator",
+        "geolocation-enricher",
+        "content-analyzer",
+        "message-formatter",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .filter(|l| l.contains(module) && l.ends_with('%'))
+                .count()
+                == 1,
+            "{module} has no breakdown row:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("iot-sensor-processing"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("(stage)")), "{stdout}");
+    assert!(
+        stdout.contains("2000 in = 2000 delivered + 0 dropped + 0 dead-lettered"),
+        "{stdout}"
+    );
+
+    let out = run(
+        &[
+            "bench",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            &sample(),
+            "--seconds",
+            "0",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--seconds must be a positive number"));
+}

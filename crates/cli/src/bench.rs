@@ -1,0 +1,306 @@
+//! `rustmq-etl bench`: the throughput and latency of a configuration on the
+//! user's own messages, and where the time goes, pipeline by pipeline, stage
+//! by stage, module by module.
+//!
+//! Four phases, all on the real engine: a warm-up pass; traced passes (at
+//! least [`TRACED`] messages) for the breakdown; the throughput phase, in which
+//! several callers send batches as fast as the engine answers; and the latency
+//! phase, one caller sending one message at a time.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rustmq_etl_core::{Engine as _, Message};
+use rustmq_etl_orchestrator::ProcessOptions;
+
+use crate::summary::{quantile, show, Summary};
+use crate::{load_plan, start};
+
+/// At least this many messages are traced for the breakdown.
+const TRACED: usize = 2_000;
+
+pub(crate) struct Args {
+    pub config: PathBuf,
+    pub input: PathBuf,
+    pub modules: Option<PathBuf>,
+    pub seconds: f64,
+    pub batch: usize,
+    pub callers: Option<usize>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        anyhow::bail!("--seconds must be a positive number, not {}", args.seconds);
+    }
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let Some((config, _, _)) = load_plan(&args.config) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let (messages, bad) = read_messages(&args.input)?;
+    if messages.is_empty() {
+        anyhow::bail!("{}: no messages to run", args.input.display());
+    }
+    let modules = args
+        .modules
+        .clone()
+        .unwrap_or_else(crate::run::default_modules);
+    let Some(etl) = start(&config, &modules)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let threads = etl.engine().threads();
+    let callers = args.callers.unwrap_or(threads * 2).max(1);
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "rustmq-etl bench: {} on {} message{} of {}; {threads} engine thread{}",
+        args.config.display(),
+        messages.len(),
+        crate::plural(messages.len()),
+        args.input.display(),
+        crate::plural(threads),
+    )?;
+
+    let untraced = ProcessOptions { trace: false };
+    let run = |batch: Vec<Message>, options| {
+        etl.process_batch_blocking(batch, options)
+            .context("the engine stopped")
+    };
+    // Warm-up: every module's first instances, caches, branch predictors.
+    for chunk in messages.chunks(args.batch) {
+        run(chunk.to_vec(), untraced)?;
+    }
+
+    // The breakdown, from traced passes.
+    let mut summary = Summary::default();
+    let mut traced = 0;
+    while traced < TRACED {
+        for chunk in messages.chunks(args.batch) {
+            for processed in run(chunk.to_vec(), ProcessOptions { trace: true })? {
+                summary.add(&processed);
+            }
+        }
+        traced += messages.len();
+    }
+
+    // Throughput: `callers` threads, each sending batches in turn over the
+    // messages until the time is up.
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    let batch_times: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..callers)
+            .map(|caller| {
+                let (stop, done, messages, run) = (&stop, &done, &messages, &run);
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut times = Vec::new();
+                    let mut at = caller * args.batch % messages.len();
+                    while !stop.load(Ordering::Relaxed) {
+                        let batch: Vec<Message> = messages
+                            .iter()
+                            .cycle()
+                            .skip(at)
+                            .take(args.batch)
+                            .cloned()
+                            .collect();
+                        at = (at + args.batch) % messages.len();
+                        let sent = Instant::now();
+                        run(batch, untraced)?;
+                        times.push(sent.elapsed());
+                        done.fetch_add(args.batch as u64, Ordering::Relaxed);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for worker in workers {
+            match worker.join() {
+                Ok(times) => all.extend(times?),
+                Err(_) => anyhow::bail!("a caller thread panicked"),
+            }
+        }
+        Ok(all)
+    })?;
+    let elapsed = started.elapsed();
+    let sent = done.load(Ordering::Relaxed);
+    writeln!(
+        out,
+        "throughput   {:>12} messages/s   ({sent} messages in {elapsed:.2?}; {callers} callers, batches of {})",
+        thousands(sent as f64 / elapsed.as_secs_f64()),
+        args.batch
+    )?;
+    let mut batch_times = batch_times;
+    writeln!(
+        out,
+        "batch        p50 {:>10}   p99 {:>10}   max {:>10}   (a batch of {}, under full load)",
+        show(quantile(&mut batch_times, 0.5)),
+        show(quantile(&mut batch_times, 0.99)),
+        show(quantile(&mut batch_times, 1.0)),
+        args.batch
+    )?;
+
+    // Latency: one message at a time from one caller.
+    let mut times = Vec::new();
+    let until = Instant::now() + Duration::from_secs_f64((args.seconds / 2.0).min(2.0));
+    for message in messages.iter().cycle() {
+        if Instant::now() >= until {
+            break;
+        }
+        let sent = Instant::now();
+        run(vec![message.clone()], untraced)?;
+        times.push(sent.elapsed());
+    }
+    writeln!(
+        out,
+        "one message  p50 {:>10}   p99 {:>10}   max {:>10}   (one caller, one message at a time: {} messages)",
+        show(quantile(&mut times, 0.5)),
+        show(quantile(&mut times, 0.99)),
+        show(quantile(&mut times, 1.0)),
+        times.len()
+    )?;
+
+    writeln!(out)?;
+    writeln!(
+        out,
+        "where the time goes: module call time over {traced} traced messages"
+    )?;
+    breakdown(&mut summary, &mut out)?;
+    writeln!(out)?;
+    summary.print(&mut out, traced as u64, 0)?;
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Per pipeline, per stage and per module: calls, total time and its share.
+fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
+    let total: Duration = summary.modules.iter().map(|(_, s)| s.total()).sum();
+    let share = |t: Duration| {
+        if total.is_zero() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * t.as_secs_f64() / total.as_secs_f64())
+        }
+    };
+    let (pw, mw) = summary.widths();
+    let mw = mw.max("(pipeline)".len());
+    writeln!(
+        out,
+        "{:<pw$} {:>5} {:<mw$} {:>8} {:>10} {:>10} {:>10} {:>7}",
+        "pipeline", "stage", "module", "calls", "p50", "p99", "total", "share"
+    )?;
+    let mut pipelines: Vec<&str> = Vec::new();
+    for ((pipeline, _, _), _) in &summary.modules {
+        if !pipelines.contains(&pipeline.as_str()) {
+            pipelines.push(pipeline);
+        }
+    }
+    let pipelines: Vec<String> = pipelines.into_iter().map(str::to_owned).collect();
+    for pipeline in &pipelines {
+        let sum = |summary: &Summary, stage: Option<u32>| -> (u64, Duration) {
+            summary
+                .modules
+                .iter()
+                .filter(|((p, s, _), _)| p == pipeline && stage.is_none_or(|x| x == *s))
+                .fold((0, Duration::ZERO), |(n, t), (_, m)| {
+                    (n + m.ran, t + m.total())
+                })
+        };
+        let (calls, time) = sum(summary, None);
+        writeln!(
+            out,
+            "{pipeline:<pw$} {:>5} {:<mw$} {calls:>8} {:>10} {:>10} {:>10} {:>7}",
+            "all",
+            "(pipeline)",
+            "",
+            "",
+            show(Some(time)),
+            share(time)
+        )?;
+        let mut stages: Vec<u32> = summary
+            .modules
+            .iter()
+            .filter(|((p, _, _), _)| p == pipeline)
+            .map(|((_, s, _), _)| *s)
+            .collect();
+        stages.sort_unstable();
+        stages.dedup();
+        for stage in stages {
+            let (calls, time) = sum(summary, Some(stage));
+            writeln!(
+                out,
+                "{pipeline:<pw$} {stage:>5} {:<mw$} {calls:>8} {:>10} {:>10} {:>10} {:>7}",
+                "(stage)",
+                "",
+                "",
+                show(Some(time)),
+                share(time)
+            )?;
+            for ((p, s, module), m) in &mut summary.modules {
+                if p != pipeline || *s != stage {
+                    continue;
+                }
+                let (p50, p99) = (show(m.quantile(0.5)), show(m.quantile(0.99)));
+                let time = m.total();
+                writeln!(
+                    out,
+                    "{pipeline:<pw$} {stage:>5} {module:<mw$} {:>8} {p50:>10} {p99:>10} {:>10} {:>7}",
+                    m.ran,
+                    show(Some(time)),
+                    share(time)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The messages of a JSON Lines file; bad lines are reported by number and
+/// counted.
+fn read_messages(path: &PathBuf) -> anyhow::Result<(Vec<Message>, usize)> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))
+    };
+    let (mut messages, mut bad) = (Vec::new(), 0);
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match Message::from_json_line(line.trim()) {
+            Ok(m) => messages.push(m),
+            Err(e) => {
+                bad += 1;
+                eprintln!("{}:{}: {e}", path.display(), i + 1);
+            }
+        }
+    }
+    Ok((messages, bad))
+}
+
+/// `1234567.8` as `1,234,568`.
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! `rustmq-etl test-module`: one module on messages, showing for each what it
+//! changed or how it failed — the module author's inner loop.
+//!
+//! The module runs in the same sandbox as in a pipeline (the pool's
+//! `LocalPool`, on this thread), with the settings a pipeline's
+//! `instance_config` would give it: `--module-config` is its `custom_config`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use rustmq_etl_core::{CallRequest, Message, ModuleSettings, ModuleSpec, Outcome};
+use rustmq_etl_pool::{CompileLimits, CompileSettings, LoadedModule, LocalPool};
+use serde::Serialize;
+
+use crate::diff::{describe, diff, Change};
+use crate::plural;
+
+pub(crate) struct Args {
+    pub module: PathBuf,
+    pub input: PathBuf,
+    pub module_config: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub memory_limit_bytes: Option<usize>,
+    pub json: bool,
+}
+
+/// One message's result, as `--json` writes it.
+#[derive(Serialize)]
+struct ResultJson<'a> {
+    line: usize,
+    /// `changed`, `unchanged`, `dropped` or `failed`.
+    result: &'static str,
+    time_us: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    changes: &'a [Change],
+    /// The message as the module left it (changed or unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Box<serde_json::value::RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    kind: &'a str,
+    message: &'a str,
+}
+
+#[derive(Default)]
+struct Counts {
+    changed: usize,
+    unchanged: usize,
+    dropped: usize,
+    failed: usize,
+    bad_lines: usize,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let wasm = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read the module {}", args.module.display()))?;
+    let id = args
+        .module
+        .file_stem()
+        .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned());
+    let mut settings = ModuleSettings::default();
+    if let Some(config) = args.module_config {
+        serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
+            format!("--module-config is not JSON (it is the module's custom_config): {config}")
+        })?;
+        settings.custom_config = config;
+    }
+    if let Some(ms) = args.timeout_ms {
+        settings.execution_timeout_ms = ms;
+    }
+    if let Some(bytes) = args.memory_limit_bytes {
+        settings.memory_limit_bytes = bytes;
+    }
+    let compile = CompileSettings {
+        limits: CompileLimits::default(),
+        bulk_bytes_per_ms: rustmq_etl_pool::bulk_bytes_per_ms()
+            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
+        cache: None,
+    };
+    let spec = ModuleSpec::new(&id).with_settings(settings);
+    let module = LoadedModule::compile(&spec, &wasm, &compile)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.module.display()))?;
+    let mut pool = LocalPool::new();
+    if let Err(e) = pool.warm(&module, 1) {
+        anyhow::bail!(
+            "{}: the module does not start: {}: {} (a module with an init function \
+             gets --module-config as its custom_config)",
+            args.module.display(),
+            e.kind().as_str(),
+            e.message(),
+        );
+    }
+
+    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("cannot open {}", args.input.display()))?,
+        ))
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut counts = Counts::default();
+    for (i, line) in reader.lines().enumerate() {
+        let number = i + 1;
+        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let message = match Message::from_json_line(line.trim()) {
+            Ok(message) => message,
+            Err(e) => {
+                counts.bad_lines += 1;
+                out.flush()?;
+                eprintln!("{}:{number}: {e}", args.input.display());
+                continue;
+            }
+        };
+        let report = loop {
+            match pool.call(&module, CallRequest::new(&message)) {
+                Ok(report) => break report,
+                // Instance creations are throttled after failures: wait.
+                Err(busy) => {
+                    std::thread::sleep(busy.until.saturating_duration_since(Instant::now()))
+                }
+            }
+        };
+        let time_us = report.ran.as_micros() as u64;
+        let (result, changes, after) = match &report.result {
+            Ok(Outcome::Dropped) => ("dropped", vec![], None),
+            Ok(Outcome::Unchanged) => ("unchanged", vec![], Some(message.clone())),
+            Ok(Outcome::Edited(edits)) => {
+                let mut after = message.clone();
+                after.apply(edits.iter().cloned());
+                let changes = diff(&message, &after);
+                let result = if changes.is_empty() {
+                    "unchanged"
+                } else {
+                    "changed"
+                };
+                (result, changes, Some(after))
+            }
+            Err(_) => ("failed", vec![], None),
+        };
+        match result {
+            "changed" => counts.changed += 1,
+            "unchanged" => counts.unchanged += 1,
+            "dropped" => counts.dropped += 1,
+            _ => counts.failed += 1,
+        }
+        let error = report.result.as_ref().err();
+        if args.json {
+            let json = ResultJson {
+                line: number,
+                result,
+                time_us,
+                changes: &changes,
+                message: after.as_ref().map(crate::report::message_json),
+                error: error.map(|e| ErrorJson {
+                    kind: e.kind().as_str(),
+                    message: e.message(),
+                }),
+            };
+            writeln!(out, "{}", serde_json::to_string(&json)?)?;
+        } else {
+            match error {
+                Some(e) => writeln!(
+                    out,
+                    "{}:{number}: failed ({time_us} µs): {}: {}",
+                    args.input.display(),
+                    e.kind().as_str(),
+                    e.message()
+                )?,
+                None => writeln!(
+                    out,
+                    "{}:{number}: {result} ({time_us} µs)",
+                    args.input.display()
+                )?,
+            }
+            for change in &changes {
+                writeln!(out, "    {}", describe(change))?;
+            }
+        }
+    }
+    out.flush()?;
+    let total = counts.changed + counts.unchanged + counts.dropped + counts.failed;
+    eprintln!(
+        "{}: {total} message{}: {} changed, {} unchanged, {} dropped, {} failed{}",
+        id,
+        plural(total),
+        counts.changed,
+        counts.unchanged,
+        counts.dropped,
+        counts.failed,
+        if counts.bad_lines > 0 {
+            format!(
+                "; {} bad input line{}",
+                counts.bad_lines,
+                plural(counts.bad_lines)
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(if counts.failed == 0 && counts.bad_lines == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
