@@ -4,8 +4,9 @@
 //! A bench group that has a baseline names its functions `optimised` and
 //! `baseline`; the table reads their medians from `target/criterion`. Lines a
 //! bench prints about measurements in alternating rounds (robust to a noisy
-//! neighbour, which Criterion's one-side-after-the-other medians are not) are
-//! repeated under the table.
+//! neighbour, which Criterion's one-side-after-the-other medians are not) and
+//! the orchestrator's `throughput:` lines (each with its baseline or target)
+//! are repeated under the table.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use crate::{cargo_command, root, succeeded};
 pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    let alternating = run_keeping(&args, ALTERNATING)?;
+    let kept = run_keeping(&args, &[ALTERNATING, THROUGHPUT])?;
     let dir = target_dir().join("criterion");
     let mut groups: Vec<PathBuf> = fs::read_dir(&dir)
         .map_err(|e| format!("no Criterion results in {}: {e}", dir.display()))?
@@ -46,10 +47,20 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
             show(baseline)
         );
     }
+    let (alternating, throughput): (Vec<String>, Vec<String>) =
+        kept.into_iter().partition(|l| l.contains(ALTERNATING));
     if !alternating.is_empty() {
         println!("\nMeasured in alternating rounds (both sides under the same neighbours):");
         for line in alternating {
             println!("  {line}");
+        }
+    }
+    if !throughput.is_empty() {
+        println!(
+            "\nThe orchestrator's throughput and latency (each beside its baseline or target):"
+        );
+        for line in throughput {
+            println!("  {}", line.trim_start_matches(THROUGHPUT).trim_start());
         }
     }
     Ok(())
@@ -57,10 +68,12 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
 
 /// What the benches print for a measurement made in alternating rounds.
 const ALTERNATING: &str = "alternating rounds";
+/// How the orchestrator's bench starts a line about throughput or latency.
+const THROUGHPUT: &str = "throughput:";
 
 /// Runs `cargo` with `args` in the workspace root, passing its output through
-/// and keeping the lines that contain `marker`.
-fn run_keeping(args: &[&str], marker: &str) -> Result<Vec<String>, String> {
+/// and keeping the lines that contain one of `markers`.
+fn run_keeping(args: &[&str], markers: &[&str]) -> Result<Vec<String>, String> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = cargo_command(args)
@@ -72,7 +85,7 @@ fn run_keeping(args: &[&str], marker: &str) -> Result<Vec<String>, String> {
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(|e| format!("reading cargo's output: {e}"))?;
             println!("{line}");
-            if line.contains(marker) {
+            if markers.iter().any(|m| line.contains(m)) {
                 kept.push(line);
             }
         }

@@ -41,8 +41,15 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root.
+/// The workspace root. Read from cargo's environment at run time: with a
+/// build directory shared between checkouts (CI's persistent
+/// `CARGO_TARGET_DIR`), cargo may run a binary built from another checkout,
+/// whose compile-time path is not this one.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&manifest_dir)
         .parent()
         .expect("xtask lives in the workspace root")
         .to_owned()
