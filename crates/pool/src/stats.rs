@@ -8,9 +8,17 @@
 //! (every worker publishes on its cleaner's beat, and
 //! [`Pool::publish_metrics`](crate::Pool::publish_metrics) on demand) reaches
 //! whatever recorder is installed then.
+//!
+//! Every version and every occurrence of a module (a reload, another
+//! `instance_config`) has counters of its own, but they share the `module`
+//! label. So the series of a label are published for its whole [`Family`]:
+//! the totals of the versions gone (added when their counters are dropped)
+//! plus those of the live ones, and never less than what was published
+//! before. A Prometheus counter does not go back when a module is swapped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustmq_etl_core::ErrorKind;
 
@@ -23,6 +31,115 @@ pub(crate) struct Counters {
     /// The `module` label.
     module: String,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// Everything else in this process published under the same label.
+    family: Arc<Family>,
+}
+
+/// The counters of every version and occurrence of one `module` label in the
+/// process, published together.
+#[derive(Debug, Default)]
+pub(crate) struct Family {
+    state: Mutex<FamilyState>,
+}
+
+#[derive(Debug, Default)]
+struct FamilyState {
+    live: Vec<Weak<Counters>>,
+    /// The totals of the counters dropped so far (no levels: a dropped
+    /// version has no instances).
+    retired: ModuleStats,
+    /// What was last published, so that no counter is published lower.
+    published: ModuleStats,
+}
+
+/// The process's families, by label.
+fn family(module: &str) -> Arc<Family> {
+    static FAMILIES: OnceLock<Mutex<HashMap<String, Arc<Family>>>> = OnceLock::new();
+    FAMILIES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(module.to_owned())
+        .or_default()
+        .clone()
+}
+
+impl ModuleStats {
+    /// Adds `other`'s counts (and levels) to these.
+    fn add(&mut self, other: &ModuleStats) {
+        self.calls += other.calls;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.creations += other.creations;
+        self.evictions += other.evictions;
+        self.discards += other.discards;
+        self.in_use += other.in_use;
+        self.idle += other.idle;
+        for (kind, n) in &other.failures {
+            match self.failures.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, total)) => *total += n,
+                None => self.failures.push((*kind, *n)),
+            }
+        }
+    }
+
+    /// Each count at least `floor`'s (levels are left as they are).
+    fn at_least(&mut self, floor: &ModuleStats) {
+        self.calls = self.calls.max(floor.calls);
+        self.hits = self.hits.max(floor.hits);
+        self.misses = self.misses.max(floor.misses);
+        self.creations = self.creations.max(floor.creations);
+        self.evictions = self.evictions.max(floor.evictions);
+        self.discards = self.discards.max(floor.discards);
+        for (kind, n) in &floor.failures {
+            match self.failures.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, total)) => *total = (*total).max(*n),
+                None => self.failures.push((*kind, *n)),
+            }
+        }
+    }
+}
+
+impl Family {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FamilyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes the label's series under the recorder installed now.
+    fn publish(&self, module: &str) {
+        let mut state = self.lock();
+        // Held until the lock is released: the last reference to a version
+        // must not be dropped here, as its `drop` takes this lock. A version
+        // dropped meanwhile is missing from this sum until it is retired,
+        // and `published` keeps the counters from going back.
+        let live: Vec<Arc<Counters>> = state.live.iter().filter_map(Weak::upgrade).collect();
+        let mut stats = state.retired.clone();
+        for counters in &live {
+            stats.add(&counters.snapshot());
+        }
+        stats.at_least(&state.published);
+        let module = module.to_owned();
+        let counter = |name: &'static str, value: u64| {
+            metrics::counter!(name, "module" => module.clone()).absolute(value);
+        };
+        counter("rustmq_etl_pool_calls_total", stats.calls);
+        counter("rustmq_etl_pool_hits_total", stats.hits);
+        counter("rustmq_etl_pool_misses_total", stats.misses);
+        counter("rustmq_etl_pool_instances_created_total", stats.creations);
+        counter("rustmq_etl_pool_instances_evicted_total", stats.evictions);
+        counter("rustmq_etl_pool_instances_discarded_total", stats.discards);
+        for (kind, n) in &stats.failures {
+            metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.clone(), "kind" => kind.as_str())
+                .absolute(*n);
+        }
+        metrics::gauge!("rustmq_etl_pool_instances_in_use", "module" => module.clone())
+            .set(stats.in_use as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => module)
+            .set(stats.idle as f64);
+        state.published = stats;
+        drop(state);
+        drop(live);
+    }
 }
 
 /// One thread's share of a module's statistics. Only that thread writes it, so
@@ -76,11 +193,19 @@ impl ModuleStats {
 }
 
 impl Counters {
-    pub(crate) fn new(module: &str) -> Self {
-        Counters {
+    /// The counters of a new module version, joined to its label's family.
+    pub(crate) fn new(module: &str) -> Arc<Self> {
+        let family = family(module);
+        let counters = Arc::new(Counters {
             module: module.to_owned(),
             shards: Mutex::new(Vec::new()),
-        }
+            family: family.clone(),
+        });
+        let mut state = family.lock();
+        state.live.retain(|c| c.strong_count() > 0);
+        state.live.push(Arc::downgrade(&counters));
+        drop(state);
+        counters
     }
 
     /// A new shard for one thread's use of this module.
@@ -136,28 +261,21 @@ impl Counters {
         }
     }
 
-    /// Sets the `metrics` counters to this module's totals and the gauges to
-    /// its levels, under the recorder installed now.
+    /// Sets the `metrics` counters of this module's label to its family's
+    /// totals and the gauges to their levels, under the recorder installed
+    /// now.
     pub(crate) fn publish(&self) {
-        let stats = self.snapshot();
-        let module = self.module.clone();
-        let counter = |name: &'static str, value: u64| {
-            metrics::counter!(name, "module" => module.clone()).absolute(value);
-        };
-        counter("rustmq_etl_pool_calls_total", stats.calls);
-        counter("rustmq_etl_pool_hits_total", stats.hits);
-        counter("rustmq_etl_pool_misses_total", stats.misses);
-        counter("rustmq_etl_pool_instances_created_total", stats.creations);
-        counter("rustmq_etl_pool_instances_evicted_total", stats.evictions);
-        counter("rustmq_etl_pool_instances_discarded_total", stats.discards);
-        for (kind, n) in &stats.failures {
-            metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.clone(), "kind" => kind.as_str())
-                .absolute(*n);
-        }
-        metrics::gauge!("rustmq_etl_pool_instances_in_use", "module" => module.clone())
-            .set(stats.in_use as f64);
-        metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => module)
-            .set(stats.idle as f64);
+        self.family.publish(&self.module);
+    }
+}
+
+impl Drop for Counters {
+    fn drop(&mut self) {
+        let mut last = self.snapshot();
+        (last.in_use, last.idle) = (0, 0);
+        let mut state = self.family.lock();
+        state.retired.add(&last);
+        state.live.retain(|c| c.strong_count() > 0);
     }
 }
 

@@ -394,3 +394,67 @@ fn statistics_reach_the_metrics_facade_installed_later() {
         );
     }
 }
+
+/// Every version and occurrence of a module counts under its one `module`
+/// label: a swap adds the new version's calls to the old one's, and the
+/// counters never go back, while the gauges show the live instances only.
+#[test]
+fn a_swapped_module_keeps_counting_under_its_label() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let lines = |local: &mut LocalPool| {
+        metrics::with_local_recorder(&recorder, || local.evict_idle());
+        prometheus.render()
+    };
+    let has = |text: &str, line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    };
+    let mut local = LocalPool::new();
+    let first = compile("swapped", "identity", ModuleSettings::default());
+    for _ in 0..3 {
+        call(&mut local, &first, &Message::new("t", ""));
+    }
+    let text = lines(&mut local);
+    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 3"#);
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_idle{module="swapped"} 1"#,
+    );
+
+    // A new version, and another occurrence with other settings, beside it.
+    let second = compile("swapped", "identity", ModuleSettings::default());
+    let other = compile(
+        "swapped",
+        "identity",
+        ModuleSettings {
+            execution_timeout_ms: 7,
+            ..ModuleSettings::default()
+        },
+    );
+    call(&mut local, &second, &Message::new("t", ""));
+    call(&mut local, &other, &Message::new("t", ""));
+    let text = lines(&mut local);
+    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 5"#);
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 3"#,
+    );
+
+    // The first version retired: its instance evicted, its calls kept.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(5));
+    call(&mut local, &second, &Message::new("t", ""));
+    let text = lines(&mut local);
+    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 6"#);
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 3"#,
+    );
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_in_use{module="swapped"} 0"#,
+    );
+}
