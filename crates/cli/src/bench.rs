@@ -79,6 +79,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The breakdown, from traced passes.
     let mut summary = Summary::default();
     let mut traced = 0;
+    let tracing = Instant::now();
     while traced < TRACED {
         for chunk in messages.chunks(args.batch) {
             for processed in run(chunk.to_vec(), ProcessOptions { trace: true })? {
@@ -87,6 +88,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         traced += messages.len();
     }
+    let traced_wall = tracing.elapsed();
 
     // Throughput: `callers` threads, each sending batches in turn over the
     // messages until the time is up.
@@ -173,6 +175,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         "where the time goes: module call time over {traced} traced messages"
     )?;
     breakdown(&mut summary, &mut out)?;
+    // What the module calls leave: orchestration, and waiting (a module that
+    // may not create another instance yet, a retry's backoff).
+    let calls: Duration = summary.modules.iter().map(|(_, m)| m.total()).sum();
+    writeln!(
+        out,
+        "the traced passes took {traced_wall:.1?}, one caller at a time; module calls were {:.1}% of it \
+         (the rest: orchestration, and waiting for instance creations or retries)",
+        100.0 * calls.as_secs_f64() / traced_wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    )?;
     writeln!(out)?;
     summary.print(&mut out, traced as u64, 0)?;
     Ok(if bad == 0 {

@@ -99,8 +99,19 @@ struct Slot {
     /// instance out and back, and a pointer moves faster than the instance.
     idle: VecDeque<Box<WarmInstance>>,
     idle_ttl: Duration,
-    creations: VecDeque<Instant>,
+    /// The creation throttle (a generic cell rate algorithm): the moment at
+    /// which this thread's creations are "paid up" at the allowed rate.
+    creations_paid_until: Option<Instant>,
     stats: Recorder,
+}
+
+/// The interval between creations at a module's allowed rate, and how far
+/// ahead of it a burst may run.
+fn creation_spacing(compiled: &CompiledModule) -> (Duration, Duration) {
+    let per_second = compiled.settings.max_creations_per_second.max(1);
+    let interval = Duration::from_secs(1) / per_second;
+    let burst = (per_second / 10).max(1);
+    (interval, interval * (burst - 1))
 }
 
 impl Slot {
@@ -109,7 +120,7 @@ impl Slot {
             module: Arc::downgrade(&module.compiled),
             idle: VecDeque::new(),
             idle_ttl: module.compiled.settings.idle_ttl,
-            creations: VecDeque::new(),
+            creations_paid_until: None,
             stats: module.counters.shard(),
         }
     }
@@ -123,25 +134,25 @@ impl Slot {
     }
 
     /// When this thread may next create an instance: `None` for now, or the
-    /// moment its oldest creation of the last second leaves the window
-    /// (`max_creations_per_second`).
+    /// moment it may (`max_creations_per_second`).
+    ///
+    /// Creations are spaced at the allowed rate, with a burst of a tenth of a
+    /// second's worth (at least one): a module creating instances on every call
+    /// (`enable_caching: false`, or one that keeps failing) is slowed to the
+    /// rate one interval at a time, instead of running a second's worth at
+    /// once and then waiting up to a second, which stalled every message
+    /// behind it.
     fn creation_allowed_at(&mut self, compiled: &CompiledModule, now: Instant) -> Option<Instant> {
-        let per_second = compiled.settings.max_creations_per_second.max(1) as usize;
-        while self
-            .creations
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
-            self.creations.pop_front();
-        }
-        if self.creations.len() < per_second {
-            return None;
-        }
-        self.creations.front().map(|t| *t + Duration::from_secs(1))
+        let (_, tolerance) = creation_spacing(compiled);
+        let paid = self.creations_paid_until?.max(now);
+        (paid > now + tolerance).then(|| paid - tolerance)
     }
 
     fn create(&mut self, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
-        self.creations.push_back(Instant::now());
+        let now = Instant::now();
+        let (interval, _) = creation_spacing(compiled);
+        self.creations_paid_until =
+            Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
         let instance = WarmInstance::new(compiled).map(Box::new);
         match &instance {
             Ok(_) => self.stats.created(),

@@ -205,6 +205,45 @@ fn a_local_pool_answers_busy_instead_of_waiting() {
     assert_eq!(module.stats().calls, 1, "the call put off was not counted");
 }
 
+/// A module that creates an instance for every call is spaced at its
+/// allowed rate: after a burst of a tenth of a second's worth, each call is
+/// put off by at most one interval, never by most of a second (which stalled
+/// every message queued behind it).
+#[test]
+fn throttled_creations_are_spaced_not_stalled() {
+    let throttled = ModuleSettings {
+        max_creations_per_second: 100,
+        enable_caching: false,
+        ..ModuleSettings::default()
+    };
+    let module = compile("spaced", "identity", throttled);
+    let mut local = LocalPool::new();
+    let message = Message::new("t", "");
+    let (mut ran, mut longest) = (0, Duration::ZERO);
+    let started = Instant::now();
+    while ran < 30 {
+        let asked = Instant::now();
+        match local.call(&module, CallRequest::new(&message)) {
+            Ok(_) => ran += 1,
+            Err(Busy { until }) => {
+                longest = longest.max(until.saturating_duration_since(asked));
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+    assert!(
+        longest <= Duration::from_millis(10),
+        "put off by {longest:?}"
+    );
+    // A burst of 10, then one every 10 ms: 30 calls take at least 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(module.stats().creations, 30);
+}
+
 /// A request's deadline that has passed fails the call at once with the
 /// deadline's kind, without running the module.
 #[test]
