@@ -5,7 +5,11 @@
 //! - `cargo xtask bench`: every benchmark, then a table of each optimised figure
 //!   beside the baseline measured in the same run;
 //! - `cargo xtask build-modules [--check]`: the sample WebAssembly modules, built
-//!   into `fixtures/modules/` (or checked against it).
+//!   into `fixtures/modules/` (or checked against it);
+//! - `cargo xtask soak [MESSAGES]`: a million messages (or MESSAGES) through
+//!   sample and hostile modules under every error strategy while the
+//!   configuration is reloaded (`crates/orchestrator/examples/soak.rs`); not
+//!   part of `test`.
 //!
 //! Please add no dependencies: this crate must build in seconds on a fresh clone.
 
@@ -23,11 +27,27 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("build-modules") => modules::run(&args[1..]),
+        Some("soak") => {
+            let mut run = vec![
+                "run",
+                "--release",
+                "-p",
+                "rustmq-etl-orchestrator",
+                "--example",
+                "soak",
+                "--",
+            ];
+            run.extend(args[1..].iter().map(String::as_str));
+            cargo(&run)
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|build-modules> [args]\n");
+            eprintln!("usage: cargo xtask <test|bench|build-modules|soak> [args]\n");
             eprintln!("  test   fmt check, clippy -D warnings, cargo test --workspace");
             eprintln!("  bench  cargo bench --workspace, then each figure beside its baseline");
             eprintln!("  build-modules [--check]  build fixtures/modules/*.wasm (or check them)");
+            eprintln!(
+                "  soak [MESSAGES]  1,000,000 messages through hostile modules under reloads"
+            );
             return ExitCode::from(2);
         }
     };
@@ -40,7 +60,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace root.
 /// The workspace root. Read from cargo's environment at run time: with a
 /// build directory shared between checkouts (CI's persistent
 /// `CARGO_TARGET_DIR`), cargo may run a binary built from another checkout,
