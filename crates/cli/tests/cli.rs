@@ -113,7 +113,7 @@ fn explain_reports_bad_lines_and_goes_on() {
     assert!(lines[3]["error"].as_str().unwrap().contains("invalid type"));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("error: -:2: key must be a string"),
+        stderr.contains("error: -:2: not valid JSON: key must be a string"),
         "{stderr}"
     );
     assert!(stderr.contains("-: 2 bad lines"), "{stderr}");
@@ -249,7 +249,7 @@ fn run_writes_dead_letters_apart_and_reports_bad_lines() {
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("-:2: expected ident"), "{stderr}");
+    assert!(stderr.contains("-:2: not valid JSON: expected ident"), "{stderr}");
     assert!(stderr.contains("-:4: missing field `payload`"), "{stderr}");
     assert!(
         stderr.contains(

@@ -68,8 +68,27 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 impl Message {
     /// Parses one JSON Lines message.
     pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
-        let parsed: Line<'_> =
-            serde_json::from_str(line).map_err(|e| MessageParseError::new(e.to_string()))?;
+        let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| {
+            use serde_json::error::Category;
+            let holds = match line.trim_start().as_bytes().first() {
+                Some(b'{') | None => None,
+                Some(b'[') => Some("an array"),
+                Some(b'"') => Some("a string"),
+                Some(b't' | b'f') => Some("a boolean"),
+                Some(b'n') => Some("null"),
+                Some(b'-' | b'0'..=b'9') => Some("a number"),
+                Some(_) => None,
+            };
+            match (e.classify(), holds) {
+                (Category::Syntax | Category::Eof, _) => {
+                    MessageParseError::new(format!("not valid JSON: {e}"))
+                }
+                (_, Some(holds)) => MessageParseError::new(format!(
+                    "a message is a JSON object ({{\"topic\": …, \"payload\": …}}); this line holds {holds}"
+                )),
+                _ => MessageParseError::new(e.to_string()),
+            }
+        })?;
         let payload = match (parsed.payload, parsed.payload_base64) {
             (Some(_), Some(_)) => {
                 return Err(MessageParseError::new(

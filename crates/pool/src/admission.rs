@@ -129,6 +129,17 @@ pub(crate) fn admit(
             limits.max_module_bytes
         )));
     }
+    if !wasm.starts_with(b"\0asm") {
+        let start: String = wasm
+            .iter()
+            .take(4)
+            .flat_map(|b| std::ascii::escape_default(*b))
+            .map(char::from)
+            .collect();
+        return Err(Refusal::Invalid(format!(
+            "it does not start with the WebAssembly magic bytes \"\\0asm\" but with \"{start}\" (a .wat text file must be compiled to .wasm first)"
+        )));
+    }
     if let Err(e) = Validator::new_with_features(wasm_features()).validate_all(wasm) {
         // Valid with every feature on: it uses one this host does not accept.
         return Err(
@@ -140,7 +151,14 @@ pub(crate) fn admit(
                     "uses a WebAssembly feature this host does not accept: {e} (the host accepts WebAssembly 2.0 and extended constant expressions; see docs/abi.md, \"What the sandbox guarantees\")"
                 ))
             } else {
-                Refusal::Invalid(e.to_string())
+                // On one line: the validator's messages may hold a
+                // pretty-printed list.
+                Refusal::Invalid(
+                    e.to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
             },
         );
     }
