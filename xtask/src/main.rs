@@ -9,11 +9,17 @@
 //! - `cargo xtask soak [MESSAGES]`: a million messages (or MESSAGES) through
 //!   sample and hostile modules under every error strategy while the
 //!   configuration is reloaded (`crates/orchestrator/examples/soak.rs`); not
-//!   part of `test`.
+//!   part of `test`;
+//! - `cargo xtask fuzz [SECONDS]`: each fuzz target of `crates/fuzz` for
+//!   SECONDS (default 60) on its corpus (`cargo fuzz`, nightly); not part of
+//!   `test`;
+//! - `cargo xtask load [SECONDS]`: `rustmq-etl serve` under `wrk` with reloads
+//!   and module swaps in the middle (`xtask/src/load.rs`).
 //!
 //! Please add no dependencies: this crate must build in seconds on a fresh clone.
 
 mod bench;
+mod load;
 mod modules;
 mod test;
 
@@ -27,6 +33,8 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("build-modules") => modules::run(&args[1..]),
+        Some("load") => load::run(&args[1..]),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         Some("soak") => {
             let mut run = vec![
                 "run",
@@ -41,7 +49,7 @@ fn main() -> ExitCode {
             cargo(&run)
         }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|build-modules|soak> [args]\n");
+            eprintln!("usage: cargo xtask <test|bench|build-modules|soak|fuzz|load> [args]\n");
             eprintln!("  test   fmt check, clippy -D warnings, cargo test --workspace");
             eprintln!("  bench  cargo bench --workspace, then each figure beside its baseline");
             eprintln!("  build-modules [--check]  build fixtures/modules/*.wasm (or check them)");
@@ -81,6 +89,53 @@ fn cargo_command(args: &[&str]) -> Command {
     let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     command.args(args).current_dir(root());
     command
+}
+
+/// The fuzz targets of `crates/fuzz`, in the order `xtask fuzz` runs them.
+const FUZZ_TARGETS: [&str; 6] = [
+    "config",
+    "message_line",
+    "abi_decode",
+    "filter",
+    "condition",
+    "wasm_module",
+];
+
+/// Runs every fuzz target for `seconds` on its corpus under
+/// `crates/fuzz/corpus/` (new inputs found are added there).
+fn fuzz(seconds: &str) -> Result<(), String> {
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("`cargo xtask fuzz SECONDS`: {seconds:?} is not a number"))?;
+    let time = format!("-max_total_time={seconds}");
+    for target in FUZZ_TARGETS {
+        let corpus = format!("crates/fuzz/corpus/{target}");
+        std::fs::create_dir_all(root().join(&corpus))
+            .map_err(|e| format!("cannot create {corpus}: {e}"))?;
+        // `-s none`: no sanitizer (the targets are safe Rust over the
+        // engine; wasmer's JIT code runs uninstrumented either way).
+        let args = [
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            "crates/fuzz",
+            "-s",
+            "none",
+            target,
+            &corpus,
+            "--",
+            &time,
+            "-rss_limit_mb=4096",
+        ];
+        eprintln!("$ cargo {}", args.join(" "));
+        let status = Command::new("cargo")
+            .args(args)
+            .current_dir(root())
+            .status();
+        succeeded(&args, status)?;
+    }
+    Ok(())
 }
 
 /// Fails unless `cargo args` succeeded.

@@ -94,7 +94,9 @@ fn crates_depend_only_on_what_the_code_map_allows() {
         let dir = entry.unwrap().path();
         let manifest = dir.join("Cargo.toml");
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if !manifest.is_file() || name == "modules" || name == "cli" {
+        // The binary and the fuzz targets may use every crate; the guest
+        // modules are a workspace of their own.
+        if !manifest.is_file() || ["modules", "cli", "fuzz"].contains(&name.as_str()) {
             continue;
         }
         let rules = allowed

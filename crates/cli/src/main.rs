@@ -90,6 +90,10 @@ enum Command {
         /// Also write each message's trace to standard error, one JSON line each.
         #[arg(long)]
         trace: bool,
+        /// Skip the input's lines before this one (to resume a run that was
+        /// stopped: it says where).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        start_line: usize,
     },
     /// Serve the pipelines over HTTP (docs/serve.md): messages in, results
     /// out, Prometheus metrics, live reload of the configuration and modules,
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
             dead_letter,
             modules,
             trace,
+            start_line,
         } => run::run(run::Args {
             config,
             input,
@@ -204,6 +209,7 @@ fn main() -> ExitCode {
             dead_letter,
             modules,
             trace,
+            start_line,
         }),
         Command::Serve {
             config,

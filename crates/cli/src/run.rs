@@ -6,6 +6,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use anyhow::Context as _;
 use rustmq_etl_core::Message;
@@ -24,6 +29,7 @@ pub(crate) struct Args {
     pub dead_letter: Option<PathBuf>,
     pub modules: Option<PathBuf>,
     pub trace: bool,
+    pub start_line: usize,
 }
 
 /// Where modules are when `--modules` is not given: `./modules`, then the
@@ -72,14 +78,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(etl) = start(&config, &modules)? else {
         return Ok(ExitCode::FAILURE);
     };
-    let (reader, size): (Box<dyn Read>, Option<u64>) = if args.input == Path::new("-") {
-        (Box::new(io::stdin().lock()), None)
+    let size = if args.input == Path::new("-") {
+        None
     } else {
         let file = File::open(&args.input)
             .with_context(|| format!("cannot open {}", args.input.display()))?;
-        let size = file.metadata().ok().map(|m| m.len());
-        (Box::new(file), size)
+        file.metadata().ok().map(|m| m.len())
     };
+    let stop = stop_on_signals()?;
+    let lines_in = read_lines(&args.input)?;
     let progress = io::stderr().is_terminal().then(|| {
         let bar = match size {
             Some(size) => indicatif::ProgressBar::new(size),
@@ -98,10 +105,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Some(BufWriter::new(writer(Some(path))?)),
         None => None,
     };
-    let mut reader = BufReader::new(reader);
     let mut summary = Summary::default();
-    let (mut input, mut bad, mut line_number) = (0u64, 0u64, 0usize);
-    let mut line = String::new();
+    let (mut input, mut bad) = (0u64, 0u64);
+    // The last line read; once the batch is flushed, every line up to it was
+    // processed and written (or reported bad, or blank).
+    let mut consumed = args.start_line.saturating_sub(1);
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
     // A line on stderr, above the progress bar if there is one.
@@ -138,19 +146,41 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         lines.clear();
         Ok(())
     };
+    let mut stopped_by = None;
     loop {
-        line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .with_context(|| format!("reading {}", args.input.display()))?;
-        if read == 0 {
+        let signal = stop.load(Ordering::Relaxed);
+        if signal != 0 {
+            stopped_by = Some(signal);
             break;
         }
-        line_number += 1;
+        let (line_number, read, line) = match lines_in.recv_timeout(IDLE) {
+            Ok(item) => item,
+            // Input is slow: what was read so far goes out now.
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                flush(
+                    &mut batch,
+                    &mut lines,
+                    &mut summary,
+                    &mut output,
+                    &mut dead_letters,
+                )?;
+                output.flush()?;
+                if let Some(out) = &mut dead_letters {
+                    out.flush()?;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
         if let Some(bar) = &progress {
             bar.inc(read as u64);
         }
         let text = line.trim();
+        if line_number < args.start_line {
+            continue;
+        }
+        consumed = line_number;
         if text.is_empty() {
             continue;
         }
@@ -175,6 +205,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
+    // What was read is processed: everything up to here is answered.
     flush(
         &mut batch,
         &mut lines,
@@ -190,10 +221,68 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     summary.print(&mut io::stderr().lock(), input, bad)?;
+    if let Some(signal) = stopped_by {
+        let name = if signal == SIGINT as usize {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        eprintln!(
+            "stopped by {name}: every line up to line {consumed} of {} was processed and its result written; \
+             to go on, run again with --start-line {}",
+            args.input.display(),
+            consumed + 1
+        );
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
     // Dead letters are a result; only bad input fails the run.
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How long input may be silent before the messages read so far are run.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// A flag set to the number of SIGTERM or SIGINT when one arrives: `run`
+/// finishes what it read, writes it, and says where to resume.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
+    let stop = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_usize(signal, stop.clone(), signal as usize)
+            .context("cannot install the signal handlers")?;
+    }
+    Ok(stop)
+}
+
+/// The input's lines, read on a thread of their own (so that a signal is
+/// noticed while standing input is silent): (line number, bytes, line).
+fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<(usize, usize, io::Result<String>)>> {
+    let reader: Box<dyn Read + Send> = if path == Path::new("-") {
+        Box::new(io::stdin())
+    } else {
+        Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+    };
+    let (lines, receiver) = mpsc::sync_channel(4 * BATCH);
+    std::thread::Builder::new()
+        .name("rustmq-etl-input".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(reader);
+            for number in 1.. {
+                let mut line = String::new();
+                let item = match reader.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(read) => (number, read, Ok(line)),
+                    Err(e) => (number, 0, Err(e)),
+                };
+                let failed = item.2.is_err();
+                if lines.send(item).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the input thread")?;
+    Ok(receiver)
 }

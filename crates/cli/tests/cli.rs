@@ -249,7 +249,10 @@ fn run_writes_dead_letters_apart_and_reports_bad_lines() {
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("-:2: not valid JSON: expected ident"), "{stderr}");
+    assert!(
+        stderr.contains("-:2: not valid JSON: expected ident"),
+        "{stderr}"
+    );
     assert!(stderr.contains("-:4: missing field `payload`"), "{stderr}");
     assert!(
         stderr.contains(
@@ -699,4 +702,122 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--seconds must be a positive number"));
+}
+
+/// The keys of the messages in a JSON Lines output, in order.
+fn keys(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["key"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// `run` stopped by SIGTERM mid-stream finishes what it read, writes it, says
+/// up to which line, and exits 143; a rerun from the next line does the rest:
+/// together, every message exactly once. With standard input left open and
+/// silent, what was read is run and written, and SIGTERM still stops it.
+#[test]
+fn run_stopped_by_sigterm_says_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
+    )
+    .unwrap();
+    let total = 3000;
+    let input: String = (1..=total)
+        .map(|i| format!("{{\"topic\":\"t\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n"))
+        .collect();
+    let messages = dir.path().join("in.jsonl");
+    std::fs::write(&messages, &input).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = |start: usize, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(out)
+            .args(["--start-line", &start.to_string()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(1, &output);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let at = stderr
+        .find("every line up to line ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let done: usize = stderr[at + "every line up to line ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        done > 0 && done < total,
+        "stopped at {done} of {total}: make the run slower"
+    );
+    assert!(
+        stderr.contains(&format!("run again with --start-line {}", done + 1)),
+        "{stderr}"
+    );
+    let first = keys(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(first.len(), done, "what it says it wrote is what it wrote");
+
+    let rest_path = dir.path().join("rest.jsonl");
+    let rest = run(done + 1, &rest_path).wait_with_output().unwrap();
+    assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
+    let rest = keys(&std::fs::read_to_string(&rest_path).unwrap());
+    let all: Vec<String> = first.into_iter().chain(rest).collect();
+    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    assert_eq!(all, expected, "every message exactly once, in order");
+
+    // Standard input open and silent: the lines read are run and written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            input
+                .lines()
+                .take(5)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                .as_bytes(),
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("every line up to line 5 "), "{stderr}");
+    assert_eq!(keys(&text(&out.stdout)), ["m1", "m2", "m3", "m4", "m5"]);
 }
