@@ -33,11 +33,17 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        anyhow::bail!("--seconds must be a positive number, not {}", args.seconds);
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        anyhow::bail!(
+            "--seconds must be a positive number of seconds up to a day, not {}",
+            args.seconds
+        );
     }
-    if args.batch == 0 {
-        anyhow::bail!("--batch must be at least 1");
+    if !(1..=65_536).contains(&args.batch) {
+        anyhow::bail!("--batch must be from 1 to 65536, not {}", args.batch);
+    }
+    if args.callers.is_some_and(|c| !(1..=1024).contains(&c)) {
+        anyhow::bail!("--callers must be from 1 to 1024");
     }
     let Some((config, _, _)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
@@ -180,9 +186,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let calls: Duration = summary.modules.iter().map(|(_, m)| m.total()).sum();
     writeln!(
         out,
-        "the traced passes took {traced_wall:.1?}, one caller at a time; module calls were {:.1}% of it \
-         (the rest: orchestration, and waiting for instance creations or retries)",
-        100.0 * calls.as_secs_f64() / traced_wall.as_secs_f64().max(f64::MIN_POSITIVE)
+        "the traced passes took {traced_wall:.1?} on {threads} engine thread{}; module calls that answered \
+         were {:.1}% of the threads' time (the rest: orchestration, failed calls, and waiting for \
+         instance creations or retries)",
+        crate::plural(threads),
+        100.0 * calls.as_secs_f64() / (traced_wall.as_secs_f64() * threads as f64).max(f64::MIN_POSITIVE)
     )?;
     writeln!(out)?;
     summary.print(&mut out, traced as u64, 0)?;
@@ -287,16 +295,14 @@ fn read_messages(path: &PathBuf) -> anyhow::Result<(Vec<Message>, usize)> {
         ))
     };
     let (mut messages, mut bad) = (Vec::new(), 0);
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match Message::from_json_line(line.trim()) {
-            Ok(m) => messages.push(m),
+    for line in crate::input::numbered_lines(reader) {
+        let (number, line) = line.with_context(|| format!("reading {}", path.display()))?;
+        match crate::input::parse_line(&line) {
+            Ok(Some(m)) => messages.push(m),
+            Ok(None) => {}
             Err(e) => {
                 bad += 1;
-                eprintln!("{}:{}: {e}", path.display(), i + 1);
+                eprintln!("{}:{number}: {e}", path.display());
             }
         }
     }

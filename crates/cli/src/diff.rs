@@ -1,6 +1,8 @@
 //! What a module changed in a message: topic, key, headers, payload and
 //! timestamp, field by field; a JSON payload down to the values that differ.
 
+use std::collections::HashMap;
+
 use rustmq_etl_core::Message;
 use serde::Serialize;
 use serde_json::Value;
@@ -107,15 +109,26 @@ fn headers(before: &Message, after: &Message, changes: &mut Vec<Change>) {
     if old == new {
         return;
     }
-    // A multiset difference, each side in its own order.
-    let mut unmatched = new.clone();
+    // A multiset difference, each side in its own order: linear in the
+    // headers (a module may answer with tens of thousands of edits).
+    let mut after_counts: HashMap<&(String, String), usize> = HashMap::new();
+    for pair in &new {
+        *after_counts.entry(pair).or_default() += 1;
+    }
+    let mut before_counts: HashMap<&(String, String), usize> = HashMap::new();
     let mut removed = Vec::new();
     for pair in &old {
-        match unmatched.iter().position(|p| p == pair) {
-            Some(i) => {
-                unmatched.remove(i);
-            }
-            None => removed.push(pair.clone()),
+        match after_counts.get_mut(pair) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => removed.push(pair.clone()),
+        }
+        *before_counts.entry(pair).or_default() += 1;
+    }
+    let mut unmatched = Vec::new();
+    for pair in &new {
+        match before_counts.get_mut(pair) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => unmatched.push(pair.clone()),
         }
     }
     if removed.is_empty() && unmatched.is_empty() {
@@ -197,8 +210,12 @@ pub(crate) fn describe(change: &Change) -> String {
     match change {
         Change::Topic { from, to } => format!("topic      {} → {}", quote(from), quote(to)),
         Change::Key { from, to } => format!("key        {} → {}", optional(from), optional(to)),
-        Change::HeaderAdded { name, value } => format!("header   + {name}: {value}"),
-        Change::HeaderRemoved { name, value } => format!("header   - {name}: {value}"),
+        Change::HeaderAdded { name, value } => {
+            format!("header   + {}: {}", quote(name), quote(value))
+        }
+        Change::HeaderRemoved { name, value } => {
+            format!("header   - {}: {}", quote(name), quote(value))
+        }
         Change::HeadersReordered => "headers    reordered".to_owned(),
         Change::Json { path, from, to } => {
             let path = if path.is_empty() { "(whole)" } else { path };
@@ -264,8 +281,8 @@ mod tests {
             [
                 r#"topic      "a" → "b""#,
                 r#"key        "k" → (none)"#,
-                "header   - x: 1",
-                "header   + z: 3",
+                r#"header   - "x": "1""#,
+                r#"header   + "z": "3""#,
                 "payload  - .gone: true",
                 "payload    .list[1]: 2 → 3",
                 "payload    .s.id: 1 → 2",

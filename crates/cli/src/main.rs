@@ -18,6 +18,7 @@
 mod bench;
 mod diff;
 mod explain;
+mod input;
 mod new_module;
 mod report;
 mod run;
@@ -68,7 +69,10 @@ enum Command {
     },
     /// Run messages through the pipelines with the real modules: delivered
     /// messages and dead letters out as JSON Lines, in input order, and a
-    /// summary on standard error.
+    /// summary on standard error. Exit 0 when every message was accounted
+    /// for, 1 on bad input lines (each reported, the rest processed) or when
+    /// it cannot start, 143 or 130 when stopped by SIGTERM or Ctrl-C (after
+    /// writing what it read and saying where to resume).
     Run {
         /// A configuration file (.yaml, .yml, .json) or a directory of them.
         #[arg(long, value_name = "PATH")]
@@ -90,8 +94,9 @@ enum Command {
         /// Also write each message's trace to standard error, one JSON line each.
         #[arg(long)]
         trace: bool,
-        /// Skip the input's lines before this one (to resume a run that was
-        /// stopped: it says where).
+        /// Skip the input's lines before this one, and append to --output and
+        /// --dead-letter files instead of replacing them: to resume a run that
+        /// was stopped (it says from where).
         #[arg(long, value_name = "N", default_value_t = 1)]
         start_line: usize,
     },
@@ -124,7 +129,7 @@ enum Command {
     },
     /// Run one module on messages and show, for each, what it changed (topic,
     /// key, headers, payload, timestamp) or how it failed. Exit 1 if any call
-    /// failed.
+    /// failed, a line was not a message, or the module does not load.
     TestModule {
         /// The module (a .wasm file).
         #[arg(value_name = "MODULE.wasm")]

@@ -60,7 +60,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
 
-    let shown = root.display();
+    let shown = shell_word(&root.display().to_string());
     // Cargo builds into CARGO_TARGET_DIR if the user's shell sets it.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .filter(|dir| !dir.is_empty())
@@ -71,15 +71,52 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("created {shown}: Cargo.toml, src/lib.rs (the module and its tests), messages.jsonl");
     println!();
     println!("build it (needs `rustup target add wasm32-unknown-unknown` once):");
-    println!("    cargo build --release --target wasm32-unknown-unknown --manifest-path {shown}/Cargo.toml");
+    let manifest = shell_word(&root.join("Cargo.toml").display().to_string());
+    println!(
+        "    cargo build --release --target wasm32-unknown-unknown --manifest-path {manifest}"
+    );
     println!("test it natively:");
-    println!("    cargo test --manifest-path {shown}/Cargo.toml");
+    println!("    cargo test --manifest-path {manifest}");
     println!("run it on its sample messages:");
     println!(
-        "    rustmq-etl test-module {} --input {shown}/messages.jsonl",
-        wasm.display()
+        "    {} test-module {} --input {}",
+        this_tool(),
+        shell_word(&wasm.display().to_string()),
+        shell_word(&root.join("messages.jsonl").display().to_string())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rustmq-etl` if that is this tool on the `PATH`, else this binary's path.
+fn this_tool() -> String {
+    let here = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let candidate = dir.join("rustmq-etl");
+            candidate.is_file()
+                && here
+                    .as_ref()
+                    .is_some_and(|h| candidate.canonicalize().ok().as_ref() == Some(h))
+        })
+    });
+    match here {
+        Some(path) if !on_path => shell_word(&path.display().to_string()),
+        _ => "rustmq-etl".to_owned(),
+    }
+}
+
+/// `word` as one word for a POSIX shell: as it is when it has nothing the
+/// shell would read, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// A crate name cargo accepts that is also a usable file name.
@@ -93,6 +130,71 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         anyhow::bail!(
             "{name:?} is not a module name: use lowercase letters, digits, `-` and `_`, \
              starting with a letter (at most 64 characters)"
+        );
+    }
+    // Names cargo refuses for a package, or that shadow a crate every Rust
+    // program sees.
+    const RESERVED: &[&str] = &[
+        "abstract",
+        "as",
+        "async",
+        "await",
+        "become",
+        "box",
+        "break",
+        "const",
+        "continue",
+        "crate",
+        "do",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "false",
+        "final",
+        "fn",
+        "for",
+        "gen",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "macro",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "override",
+        "priv",
+        "pub",
+        "ref",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "trait",
+        "true",
+        "try",
+        "type",
+        "typeof",
+        "unsafe",
+        "unsized",
+        "use",
+        "virtual",
+        "where",
+        "while",
+        "yield",
+        "alloc",
+        "core",
+        "std",
+        "proc_macro",
+        "test",
+    ];
+    if RESERVED.contains(&name.replace('-', "_").as_str()) {
+        anyhow::bail!(
+            "{name:?} is a Rust keyword or a built-in crate's name: choose another module name"
         );
     }
     Ok(())

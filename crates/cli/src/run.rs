@@ -6,9 +6,9 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -42,13 +42,21 @@ pub(crate) fn default_modules() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("modules"))
 }
 
-fn writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+/// Where results go: standard output, or a file (appended to when the run
+/// resumes an earlier one: `append`).
+fn writer(path: Option<&Path>, append: bool) -> anyhow::Result<Box<dyn Write>> {
     Ok(match path {
         None => Box::new(io::stdout().lock()),
         Some(p) if p == Path::new("-") => Box::new(io::stdout().lock()),
-        Some(p) => {
-            Box::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
-        }
+        Some(p) => Box::new(
+            File::options()
+                .write(true)
+                .create(true)
+                .append(append)
+                .truncate(!append)
+                .open(p)
+                .with_context(|| format!("cannot create {}", p.display()))?,
+        ),
     })
 }
 
@@ -100,9 +108,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         bar
     });
-    let mut output = BufWriter::new(writer(args.output.as_deref())?);
+    let resuming = args.start_line > 1;
+    let mut output = BufWriter::new(writer(args.output.as_deref(), resuming)?);
     let mut dead_letters = match &args.dead_letter {
-        Some(path) => Some(BufWriter::new(writer(Some(path))?)),
+        Some(path) => Some(BufWriter::new(writer(Some(path), resuming)?)),
         None => None,
     };
     let mut summary = Summary::default();
@@ -147,14 +156,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     let mut stopped_by = None;
+    let mut failed: Option<String> = None;
+    // When the oldest message of the batch arrived.
+    let mut batch_since: Option<Instant> = None;
     loop {
         let signal = stop.load(Ordering::Relaxed);
         if signal != 0 {
             stopped_by = Some(signal);
             break;
         }
-        let (line_number, read, line) = match lines_in.recv_timeout(IDLE) {
-            Ok(item) => item,
+        // Messages wait at most IDLE for their batch to fill.
+        let wait = batch_since.map_or(IDLE, |since: Instant| IDLE.saturating_sub(since.elapsed()));
+        let (line_number, read, line) = match lines_in.recv_timeout(wait) {
+            Ok(Input::Line(number, read, line)) => (number, read, Ok(line)),
+            Ok(Input::Bad(number, read, problem)) => (number, read, Err(problem)),
+            Ok(Input::Failed(e)) => {
+                failed = Some(e);
+                break;
+            }
             // Input is slow: what was read so far goes out now.
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 flush(
@@ -164,6 +183,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                     &mut output,
                     &mut dead_letters,
                 )?;
+                batch_since = None;
                 output.flush()?;
                 if let Some(out) = &mut dead_letters {
                     out.flush()?;
@@ -172,30 +192,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
         if let Some(bar) = &progress {
             bar.inc(read as u64);
         }
-        let text = line.trim();
         if line_number < args.start_line {
             continue;
         }
         consumed = line_number;
-        if text.is_empty() {
-            continue;
-        }
-        match Message::from_json_line(text) {
-            Ok(message) => {
+        let parsed = line.and_then(|line| crate::input::parse_line(&line));
+        match parsed {
+            Ok(Some(message)) => {
                 input += 1;
                 batch.push(message);
                 lines.push(line_number);
+                batch_since.get_or_insert_with(Instant::now);
             }
+            Ok(None) => {}
             Err(e) => {
                 bad += 1;
                 say(&format!("{}:{line_number}: {e}", args.input.display()));
             }
         }
-        if batch.len() == BATCH {
+        if batch.len() == BATCH || batch_since.is_some_and(|since| since.elapsed() >= IDLE) {
             flush(
                 &mut batch,
                 &mut lines,
@@ -203,6 +221,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &mut output,
                 &mut dead_letters,
             )?;
+            batch_since = None;
         }
     }
     // What was read is processed: everything up to here is answered.
@@ -221,18 +240,40 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     summary.print(&mut io::stderr().lock(), input, bad)?;
+    let resume = |why: &str| {
+        let input = args.input.display();
+        let again = if args.input == Path::new("-") {
+            format!(
+                "lines read ahead after it were not processed: to go on, send the input again from \
+                 its start with --start-line {0} (or from line {0} without it)",
+                consumed + 1
+            )
+        } else {
+            format!(
+                "to go on, run again with --start-line {} (--output and --dead-letter files are \
+                 then appended to)",
+                consumed + 1
+            )
+        };
+        eprintln!(
+            "{why}: every line up to line {consumed} of {input} was processed and its result \
+             written; {again}"
+        );
+    };
+    if let Some(problem) = failed {
+        resume(&format!(
+            "stopped: reading {}: {problem}",
+            args.input.display()
+        ));
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(signal) = stopped_by {
         let name = if signal == SIGINT as usize {
             "SIGINT"
         } else {
             "SIGTERM"
         };
-        eprintln!(
-            "stopped by {name}: every line up to line {consumed} of {} was processed and its result written; \
-             to go on, run again with --start-line {}",
-            args.input.display(),
-            consumed + 1
-        );
+        resume(&format!("stopped by {name}"));
         return Ok(ExitCode::from(128 + signal as u8));
     }
     // Dead letters are a result; only bad input fails the run.
@@ -250,16 +291,36 @@ const IDLE: Duration = Duration::from_millis(100);
 /// finishes what it read, writes it, and says where to resume.
 fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
     let stop = Arc::new(AtomicUsize::new(0));
+    // A second signal, while the first is being honoured (a slow batch, an
+    // output nobody reads), exits at once.
+    let second = Arc::new(AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {
-        signal_hook::flag::register_usize(signal, stop.clone(), signal as usize)
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, second.clone())
+            .and_then(|_| signal_hook::flag::register(signal, second.clone()))
+            .and_then(|_| signal_hook::flag::register_usize(signal, stop.clone(), signal as usize))
             .context("cannot install the signal handlers")?;
     }
     Ok(stop)
 }
 
+/// What the input thread reads.
+enum Input {
+    /// Line number, bytes read, the line.
+    Line(usize, usize, Vec<u8>),
+    /// A line too long to be a message: number, bytes read, why.
+    Bad(usize, usize, String),
+    /// The input cannot be read any further.
+    Failed(String),
+}
+
+/// The longest input line read (a message line is rarely more than a
+/// megabyte; this is serve's default request limit).
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
 /// The input's lines, read on a thread of their own (so that a signal is
-/// noticed while standing input is silent): (line number, bytes, line).
-fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<(usize, usize, io::Result<String>)>> {
+/// noticed while standing input is silent). A line longer than
+/// [`MAX_LINE_BYTES`] is passed on as bad, and reading goes on.
+fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<Input>> {
     let reader: Box<dyn Read + Send> = if path == Path::new("-") {
         Box::new(io::stdin())
     } else {
@@ -271,13 +332,25 @@ fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<(usize, usize, io::R
         .spawn(move || {
             let mut reader = BufReader::new(reader);
             for number in 1.. {
-                let mut line = String::new();
-                let item = match reader.read_line(&mut line) {
+                let mut bytes = Vec::new();
+                let item = match (&mut reader)
+                    .take(MAX_LINE_BYTES + 1)
+                    .read_until(b'\n', &mut bytes)
+                {
                     Ok(0) => break,
-                    Ok(read) => (number, read, Ok(line)),
-                    Err(e) => (number, 0, Err(e)),
+                    Ok(read) if read as u64 > MAX_LINE_BYTES && !bytes.ends_with(b"\n") => {
+                        // Skip the rest of the line.
+                        let rest = reader.skip_until(b'\n').unwrap_or(0);
+                        Input::Bad(
+                            number,
+                            read + rest,
+                            format!("the line is longer than {MAX_LINE_BYTES} bytes"),
+                        )
+                    }
+                    Ok(read) => Input::Line(number, read, bytes),
+                    Err(e) => Input::Failed(e.to_string()),
                 };
-                let failed = item.2.is_err();
+                let failed = matches!(item, Input::Failed(_));
                 if lines.send(item).is_err() || failed {
                     break;
                 }

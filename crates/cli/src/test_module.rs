@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use rustmq_etl_core::{CallRequest, Message, ModuleSettings, ModuleSpec, Outcome};
+use rustmq_etl_core::{CallRequest, ModuleSettings, ModuleSpec, Outcome};
 use rustmq_etl_pool::{CompileLimits, CompileSettings, LoadedModule, LocalPool};
 use serde::Serialize;
 
@@ -72,10 +72,19 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?;
         settings.custom_config = config;
     }
+    // The limits a pipeline's instance_config allows (docs/configuration.md).
     if let Some(ms) = args.timeout_ms {
+        if !(1..=3_600_000).contains(&ms) {
+            anyhow::bail!("--timeout-ms must be from 1 to 3600000 (an hour), not {ms}");
+        }
         settings.execution_timeout_ms = ms;
     }
     if let Some(bytes) = args.memory_limit_bytes {
+        if !(65_536..=4 << 30).contains(&bytes) {
+            anyhow::bail!(
+                "--memory-limit-bytes must be from 65536 (one WebAssembly page) to 4294967296 (4 GiB), not {bytes}"
+            );
+        }
         settings.memory_limit_bytes = bytes;
     }
     let compile = CompileSettings {
@@ -109,14 +118,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut counts = Counts::default();
-    for (i, line) in reader.lines().enumerate() {
-        let number = i + 1;
-        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let message = match Message::from_json_line(line.trim()) {
-            Ok(message) => message,
+    for line in crate::input::numbered_lines(reader) {
+        let (number, line) = line.with_context(|| format!("reading {}", args.input.display()))?;
+        let message = match crate::input::parse_line(&line) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
             Err(e) => {
                 counts.bad_lines += 1;
                 out.flush()?;

@@ -25,8 +25,9 @@ struct Row {
 
 /// Runs the binary in `dir`; the first lines of standard error, with `dir`
 /// shown as `<dir>`.
-fn run(dir: &Path, args: &[&str], stdin: &str) -> (String, String) {
+fn run(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> (String, String) {
     use std::io::Write;
+    let stdin = stdin.as_ref();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
         .args(args)
         .current_dir(dir)
@@ -35,12 +36,7 @@ fn run(dir: &Path, args: &[&str], stdin: &str) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&dir.display().to_string(), "<dir>");
     assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
@@ -48,7 +44,12 @@ fn run(dir: &Path, args: &[&str], stdin: &str) -> (String, String) {
         .status
         .code()
         .map_or("signal".to_owned(), |c| format!("exit {c}"));
-    assert_eq!(code, "exit 1", "{args:?} on {stdin:?}:\n{stderr}");
+    assert_eq!(
+        code,
+        "exit 1",
+        "{args:?} on {:?}:\n{stderr}",
+        String::from_utf8_lossy(stdin)
+    );
     let lines: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with("warning:") && !l.trim().is_empty())
@@ -169,9 +170,18 @@ fn message_lines(dir: &Path, rows: &mut Vec<Row>) {
             "an unknown field",
             "{\"topic\": \"t\", \"payload\": 1, \"paylod\": 2}",
         ),
+        ("not UTF-8", "{\"topic\": \"t\", \"payload\": \"\u{fffd}\"}"),
     ];
     for (what, line) in cases {
-        let input = format!("{line}\n{{\"topic\": \"t\", \"payload\": 1}}\n");
+        let mut input = format!("{line}\n{{\"topic\": \"t\", \"payload\": 1}}\n").into_bytes();
+        if *what == "not UTF-8" {
+            // The replacement character's bytes, made invalid.
+            let at = input
+                .windows(3)
+                .position(|w| w == "\u{fffd}".as_bytes())
+                .unwrap();
+            input.splice(at..at + 3, [0xff, 0xfe]);
+        }
         let (status, seen) = run(
             dir,
             &[

@@ -489,6 +489,28 @@ fn test_module_bad_input_says_what_and_where() {
             &["test-module", &formatter, "--input", "missing.jsonl"],
             "cannot open missing.jsonl",
         ),
+        (
+            &[
+                "test-module",
+                &formatter,
+                "--input",
+                "-",
+                "--timeout-ms",
+                "18446744073709551615",
+            ],
+            "--timeout-ms must be from 1 to 3600000",
+        ),
+        (
+            &[
+                "test-module",
+                &formatter,
+                "--input",
+                "-",
+                "--memory-limit-bytes",
+                "10",
+            ],
+            "--memory-limit-bytes must be from 65536",
+        ),
     ];
     for (args, expected) in cases {
         let out = run(args, Some(""));
@@ -603,7 +625,10 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     let shown = text(&tried.stdout);
     let lines: Vec<&str> = shown.lines().collect();
     assert!(lines[0].contains("messages.jsonl:1: changed ("), "{shown}");
-    assert_eq!(lines[1], "    header   + x-processed-by: order-tagger");
+    assert_eq!(
+        lines[1],
+        r#"    header   + "x-processed-by": "order-tagger""#
+    );
     assert!(shown.contains("messages.jsonl:3: dropped ("), "{shown}");
     assert!(text(&tried.stderr).contains("3 messages: 2 changed, 0 unchanged, 1 dropped, 0 failed"));
 
@@ -702,6 +727,26 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--seconds must be a positive number"));
+    for (flag, value, says) in [
+        ("--seconds", "1e300", "--seconds must be a positive number"),
+        ("--batch", "100000000000", "--batch must be from 1 to 65536"),
+        ("--callers", "0", "--callers must be from 1 to 1024"),
+    ] {
+        let out = run(
+            &[
+                "bench",
+                "--config",
+                config.to_str().unwrap(),
+                "--input",
+                &sample(),
+                flag,
+                value,
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
 }
 
 /// The keys of the messages in a JSON Lines output, in order.
@@ -779,11 +824,11 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     let first = keys(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(first.len(), done, "what it says it wrote is what it wrote");
 
-    let rest_path = dir.path().join("rest.jsonl");
-    let rest = run(done + 1, &rest_path).wait_with_output().unwrap();
+    // The same command from the line it names appends the rest.
+    let rest = run(done + 1, &output).wait_with_output().unwrap();
     assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
-    let rest = keys(&std::fs::read_to_string(&rest_path).unwrap());
-    let all: Vec<String> = first.into_iter().chain(rest).collect();
+    let all = keys(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(all[..done], first[..]);
     let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
     assert_eq!(all, expected, "every message exactly once, in order");
 

@@ -23,7 +23,8 @@ pub mod defaults {
     pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
     /// An instance is replaced after this many calls: 100,000.
     pub const RECYCLE_AFTER_CALLS: u64 = 100_000;
-    /// Most instances one engine thread creates per second, per module: 1000.
+    /// The instance creation rate of one engine thread, per module: 1000 a
+    /// second (after a burst of 100).
     pub const MAX_CREATIONS_PER_SECOND: u32 = 1_000;
 }
 
@@ -52,7 +53,10 @@ pub struct ModuleSettings {
     /// An instance is replaced after this many calls, so that guest state (and
     /// leaks) cannot grow for ever.
     pub recycle_after_calls: u64,
-    /// Most instances one engine thread creates per second.
+    /// The rate at which one engine thread may create instances of the
+    /// module, per second: creations are spaced at this rate after a burst
+    /// of a tenth of a second's worth (so at most rate + rate/10 in any one
+    /// second).
     pub max_creations_per_second: u32,
 }
 

@@ -230,7 +230,11 @@ pub(crate) unsafe fn run_armed<R>(
         // Where the budget would end by the watchdog's last reading: only to
         // tell which of the two comes first (the watchdog stamps the budget's
         // real end, and keeps it no later than the caller's deadline).
-        let own = watchdog.now_ms.load(Ordering::SeqCst) + budget_ms.max(1) + 1;
+        let own = watchdog
+            .now_ms
+            .load(Ordering::SeqCst)
+            .saturating_add(budget_ms.max(1))
+            .saturating_add(1);
         // A deadline in the watchdog's milliseconds, rounded up: the call is
         // never stopped before it.
         let theirs = deadline.map(|at| {

@@ -107,12 +107,14 @@ impl Family {
 
     /// Publishes the label's series under the recorder installed now.
     fn publish(&self, module: &str) {
-        let mut state = self.lock();
-        // Held until the lock is released: the last reference to a version
-        // must not be dropped here, as its `drop` takes this lock. A version
+        // Declared before the guard, so dropped after it (on an unwinding
+        // panic too): the last reference to a version must not be dropped
+        // while the lock is held, as its `drop` takes this lock. A version
         // dropped meanwhile is missing from this sum until it is retired,
         // and `published` keeps the counters from going back.
-        let live: Vec<Arc<Counters>> = state.live.iter().filter_map(Weak::upgrade).collect();
+        let live: Vec<Arc<Counters>>;
+        let mut state = self.lock();
+        live = state.live.iter().filter_map(Weak::upgrade).collect();
         let mut stats = state.retired.clone();
         for counters in &live {
             stats.add(&counters.snapshot());
@@ -137,8 +139,6 @@ impl Family {
         metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => module)
             .set(stats.idle as f64);
         state.published = stats;
-        drop(state);
-        drop(live);
     }
 }
 
