@@ -92,9 +92,10 @@ fn cargo_command(args: &[&str]) -> Command {
 }
 
 /// The fuzz targets of `crates/fuzz`, in the order `xtask fuzz` runs them.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "config",
     "message_line",
+    "request_body",
     "abi_decode",
     "filter",
     "condition",

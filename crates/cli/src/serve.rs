@@ -27,12 +27,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
 use rustmq_etl_config::Config;
-use rustmq_etl_core::Message;
+use rustmq_etl_core::{BatchError, Message};
 use rustmq_etl_orchestrator::{Orchestrator, ProcessOptions};
 use rustmq_etl_pool::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use crate::report::ProcessedJson;
 use crate::{load_plan, start};
@@ -385,46 +384,13 @@ fn body_text(service: &Service, body: &Result<Bytes, BytesRejection>) -> Result<
 /// The messages of a batch body: a JSON array of messages, or JSON Lines.
 /// More than `max` is refused before any is parsed.
 fn batch_messages(text: &str, max: usize) -> Result<Vec<Message>, ApiError> {
-    let too_many = |count: usize| {
-        ApiError::new(
+    Message::batch_from_json(text, max).map_err(|e| match e {
+        BatchError::TooMany { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the batch has {count} messages; a batch holds at most {max} (serve --max-batch)"
-            ),
-        )
-    };
-    if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-            ApiError::bad_request(format!("the batch is not a JSON array of messages: {e}"))
-        })?;
-        if items.len() > max {
-            return Err(too_many(items.len()));
-        }
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| {
-                Message::from_json_line(raw.get())
-                    .map_err(|e| ApiError::bad_request(format!("message {i}: {e}")))
-            })
-            .collect()
-    } else {
-        let lines: Vec<(usize, &str)> = text
-            .lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .collect();
-        if lines.len() > max {
-            return Err(too_many(lines.len()));
-        }
-        lines
-            .into_iter()
-            .map(|(i, line)| {
-                Message::from_json_line(line.trim())
-                    .map_err(|e| ApiError::bad_request(format!("line {}: {e}", i + 1)))
-            })
-            .collect()
-    }
+            format!("{e} (serve --max-batch)"),
+        ),
+        e => ApiError::bad_request(e.to_string()),
+    })
 }
 
 fn engine_stopped() -> ApiError {

@@ -42,6 +42,23 @@ impl MessageParseError {
     }
 }
 
+/// Why a batch of messages was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// More messages than allowed (none was parsed).
+    #[error("the batch has {count} messages; a batch holds at most {max}")]
+    TooMany {
+        /// How many the batch holds.
+        count: usize,
+        /// How many are allowed.
+        max: usize,
+    },
+    /// The batch, or one of its messages, does not parse: which and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line<'a> {
@@ -269,9 +286,74 @@ impl<'de> Deserialize<'de> for Headers {
     }
 }
 
+impl Message {
+    /// A batch of messages: a JSON array of message objects, or JSON Lines
+    /// (blank lines skipped). A batch of more than `max` messages is refused
+    /// before any is parsed; the first message that does not parse is named
+    /// (`message i` counting from 0 in an array, `line n` counting from 1).
+    pub fn batch_from_json(text: &str, max: usize) -> Result<Vec<Message>, BatchError> {
+        let too_many = |count| BatchError::TooMany { count, max };
+        if text.trim_start().starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+                BatchError::Invalid(format!("the batch is not a JSON array of messages: {e}"))
+            })?;
+            if items.len() > max {
+                return Err(too_many(items.len()));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    Message::from_json_line(raw.get())
+                        .map_err(|e| BatchError::Invalid(format!("message {i}: {e}")))
+                })
+                .collect()
+        } else {
+            let lines: Vec<(usize, &str)> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .collect();
+            if lines.len() > max {
+                return Err(too_many(lines.len()));
+            }
+            lines
+                .into_iter()
+                .map(|(i, line)| {
+                    Message::from_json_line(line.trim())
+                        .map_err(|e| BatchError::Invalid(format!("line {}: {e}", i + 1)))
+                })
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_an_array_or_json_lines_and_its_limit_comes_first() {
+        let array = r#"[{"topic":"a","payload":1}, {"topic":"b","payload":"x"}]"#;
+        let lines = "{\"topic\":\"a\",\"payload\":1}\n\n{\"topic\":\"b\",\"payload\":\"x\"}\n";
+        for text in [array, lines] {
+            let batch = Message::batch_from_json(text, 2).unwrap();
+            assert_eq!(batch, [Message::new("a", "1"), Message::new("b", "x")]);
+            assert_eq!(
+                Message::batch_from_json(text, 1),
+                Err(BatchError::TooMany { count: 2, max: 1 })
+            );
+        }
+        let bad = |text| match Message::batch_from_json(text, 9) {
+            Err(BatchError::Invalid(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(bad(r#"[{"topic":"a","payload":1}, {"topic":7}]"#).starts_with("message 1: "));
+        assert!(
+            bad("{\"topic\":\"a\",\"payload\":1}\n\nnope").starts_with("line 3: not valid JSON")
+        );
+        assert!(bad("[1,").starts_with("the batch is not a JSON array of messages"));
+    }
 
     fn parse(line: &str) -> Message {
         Message::from_json_line(line).unwrap()

@@ -35,7 +35,7 @@ mod waiting;
 
 pub use bytes::Bytes;
 pub use headers::{HeaderEdit, Headers};
-pub use jsonl::MessageParseError;
+pub use jsonl::{BatchError, MessageParseError};
 pub use module::{defaults, ModuleSettings, ModuleSpec};
 pub use outcome::{CallError, Edit, ErrorKind, Outcome};
 pub use runner::{Busy, CallReport, CallRequest, Engine, LoadError, ModuleRunner, Step, Task};
