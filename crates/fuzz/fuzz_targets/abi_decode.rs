@@ -25,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, data, "decode → encode changed the bytes");
     }
     if let Ok(message) = decode_message(data) {
-        let _ = (message.topic(), message.key(), message.payload(), message.timestamp_ms());
+        let _ = (
+            message.topic(),
+            message.key(),
+            message.payload(),
+            message.timestamp_ms(),
+        );
         assert!(message.headers().count() <= data.len());
     }
 });

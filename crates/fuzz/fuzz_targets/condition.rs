@@ -14,7 +14,16 @@ use serde_json::{json, Value};
 
 const NOW: i64 = 1_764_201_600_000;
 const NAMES: [&str; 4] = ["a", "b", "n", "content-type"];
-const PATHS: [&str; 8] = ["$.a", "$.b", "$.a.b", "$.list[0]", "$.list[1].a", "$['odd key']", "$", "$.n"];
+const PATHS: [&str; 8] = [
+    "$.a",
+    "$.b",
+    "$.a.b",
+    "$.list[0]",
+    "$.list[1].a",
+    "$['odd key']",
+    "$",
+    "$.n",
+];
 const OPERATORS: [Operator; 10] = [
     Operator::Equals,
     Operator::NotEquals,
@@ -43,7 +52,11 @@ fn value(u: &mut Unstructured<'_>, depth: u32) -> arbitrary::Result<Value> {
         2 => json!(u.int_in_range(-50i32..=50)?),
         3 => json!(f64::from(u.int_in_range(-20i32..=20)?) + 0.5),
         4 => Value::String(text(u)?),
-        5 => Value::Array((0..u.int_in_range(0..=2)?).map(|_| value(u, depth + 1)).collect::<Result<_, _>>()?),
+        5 => Value::Array(
+            (0..u.int_in_range(0..=2)?)
+                .map(|_| value(u, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
         _ => {
             let mut map = serde_json::Map::new();
             for _ in 0..u.int_in_range(0..=3)? {
@@ -81,7 +94,11 @@ fn message(u: &mut Unstructured<'_>) -> arbitrary::Result<Message> {
         Bytes::from(text(u)?)
     };
     m.key = u.arbitrary::<bool>()?.then(|| Bytes::from_static(b"k"));
-    m.timestamp_ms = if u.arbitrary()? { Some(NOW - i64::from(u.int_in_range(-1000i32..=1000)?)) } else { None };
+    m.timestamp_ms = if u.arbitrary()? {
+        Some(NOW - i64::from(u.int_in_range(-1000i32..=1000)?))
+    } else {
+        None
+    };
     Ok(m)
 }
 
@@ -98,7 +115,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut builder = ConditionSetBuilder::new();
-    let groups: Vec<_> = rules.iter().map(|r| builder.add_group([r.clone()])).collect();
+    let groups: Vec<_> = rules
+        .iter()
+        .map(|r| builder.add_group([r.clone()]))
+        .collect();
     let all = builder.add_group(rules.iter().cloned());
     let set = builder.build();
     let mut scratch = set.create_scratch();

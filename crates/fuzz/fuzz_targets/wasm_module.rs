@@ -48,7 +48,10 @@ fn log_import() -> Vec<u8> {
 fn good() -> &'static LoadedModule {
     static GOOD: OnceLock<LoadedModule> = OnceLock::new();
     GOOD.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/modules/identity.wasm");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/modules/identity.wasm"
+        );
         let wasm = std::fs::read(path).expect("the identity module");
         LoadedModule::compile(&ModuleSpec::new("identity"), &wasm, compile_settings()).unwrap()
     })
@@ -81,7 +84,10 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     LOADED.with(|n| {
         n.set(n.get() + 1);
         if n.get() % 1000 == 0 {
-            eprintln!("wasm_module: {} generated modules admitted, compiled and called", n.get());
+            eprintln!(
+                "wasm_module: {} generated modules admitted, compiled and called",
+                n.get()
+            );
         }
     });
     let message = Message::new("fuzz.topic", &b"{\"a\":1}"[..]);
@@ -99,7 +105,11 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         let report = local
             .call(good(), CallRequest::new(&message))
             .expect("the good module starts at once");
-        assert_eq!(report.result, Ok(Outcome::Unchanged), "the next good call fails");
+        assert_eq!(
+            report.result,
+            Ok(Outcome::Unchanged),
+            "the next good call fails"
+        );
         drop(module);
         // The fuzzed module's instances go with its slot.
         local.evict_idle();
