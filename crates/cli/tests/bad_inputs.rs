@@ -242,6 +242,32 @@ fn modules(dir: &Path, rows: &mut Vec<Row>) {
             "",
         ),
         (
+            "a random-number import",
+            wat(&format!(
+                r#"(module (import "wasi_snapshot_preview1" "random_get" (func (param i32 i32) (result i32))) {abi})"#
+            )),
+            "",
+        ),
+        (
+            "an environment import",
+            wat(&format!(
+                r#"(module (import "wasi_snapshot_preview1" "environ_get" (func (param i32 i32) (result i32))) {abi})"#
+            )),
+            "",
+        ),
+        (
+            "a network import",
+            wat(&format!(
+                r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32))) {abi})"#
+            )),
+            "",
+        ),
+        (
+            "an imported memory",
+            wat(r#"(module (import "env" "memory" (memory 1)))"#),
+            "",
+        ),
+        (
             "threads (a shared memory)",
             wat(r#"(module (memory (export "memory") 1 1 shared))"#),
             "",

@@ -185,9 +185,16 @@ pub(crate) fn admit(
                     let allowed = (import.module, import.name) == LOG_IMPORT
                         && matches!(import.ty, TypeRef::Func(_));
                     if !allowed {
+                        let kind = match import.ty {
+                            TypeRef::Func(_) | TypeRef::FuncExact(_) => "a function",
+                            TypeRef::Memory(_) => "a memory",
+                            TypeRef::Table(_) => "a table",
+                            TypeRef::Global(_) => "a global",
+                            TypeRef::Tag(_) => "an exception tag",
+                        };
                         return Err(rule(format!(
-                            "imports `{}.{}` ({:?}); a guest may import only `rmq_etl.log(i32, i32, i32)` — no filesystem, network, clock, randomness or environment",
-                            import.module, import.name, import.ty
+                            "imports {kind} `{}.{}`; a guest may import only the function `rmq_etl.log(i32, i32, i32)` — no filesystem, network, clock, randomness or environment",
+                            import.module, import.name
                         )));
                     }
                     imported_functions += 1;
