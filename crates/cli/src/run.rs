@@ -163,57 +163,55 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         let signal = stop.load(Ordering::Relaxed);
         if signal != 0 {
             stopped_by = Some(signal);
-            break;
         }
         // Messages wait at most IDLE for their batch to fill.
         let wait = batch_since.map_or(IDLE, |since: Instant| IDLE.saturating_sub(since.elapsed()));
-        let (line_number, read, line) = match lines_in.recv_timeout(wait) {
-            Ok(Input::Line(number, read, line)) => (number, read, Ok(line)),
-            Ok(Input::Bad(number, read, problem)) => (number, read, Err(problem)),
-            Ok(Input::Failed(e)) => {
-                failed = Some(e);
-                break;
-            }
-            // Input is slow: what was read so far goes out now.
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                flush(
-                    &mut batch,
-                    &mut lines,
-                    &mut summary,
-                    &mut output,
-                    &mut dead_letters,
-                )?;
-                batch_since = None;
-                output.flush()?;
-                if let Some(out) = &mut dead_letters {
-                    out.flush()?;
+        // Whether to end after this turn, and whether the input went quiet.
+        let (mut end, mut quiet) = (stopped_by.is_some(), false);
+        let received = if end {
+            None
+        } else {
+            match lines_in.recv_timeout(wait) {
+                Ok(Input::Line(number, read, line)) => Some((number, read, Ok(line))),
+                Ok(Input::Bad(number, read, problem)) => Some((number, read, Err(problem))),
+                Ok(Input::Failed(e)) => {
+                    failed = Some(e);
+                    end = true;
+                    None
                 }
-                continue;
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    quiet = true;
+                    None
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    end = true;
+                    None
+                }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(bar) = &progress {
-            bar.inc(read as u64);
-        }
-        if line_number < args.start_line {
-            continue;
-        }
-        consumed = line_number;
-        let parsed = line.and_then(|line| crate::input::parse_line(&line));
-        match parsed {
-            Ok(Some(message)) => {
-                input += 1;
-                batch.push(message);
-                lines.push(line_number);
-                batch_since.get_or_insert_with(Instant::now);
+        if let Some((line_number, read, line)) = received {
+            if let Some(bar) = &progress {
+                bar.inc(read as u64);
             }
-            Ok(None) => {}
-            Err(e) => {
-                bad += 1;
-                say(&format!("{}:{line_number}: {e}", args.input.display()));
+            if line_number >= args.start_line {
+                consumed = line_number;
+                match line.and_then(|line| crate::input::parse_line(&line)) {
+                    Ok(Some(message)) => {
+                        input += 1;
+                        batch.push(message);
+                        lines.push(line_number);
+                        batch_since.get_or_insert_with(Instant::now);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        bad += 1;
+                        say(&format!("{}:{line_number}: {e}", args.input.display()));
+                    }
+                }
             }
         }
-        if batch.len() == BATCH || batch_since.is_some_and(|since| since.elapsed() >= IDLE) {
+        let due = batch.len() == BATCH || batch_since.is_some_and(|since| since.elapsed() >= IDLE);
+        if end || quiet || due {
             flush(
                 &mut batch,
                 &mut lines,
@@ -223,18 +221,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
             batch_since = None;
         }
-    }
-    // What was read is processed: everything up to here is answered.
-    flush(
-        &mut batch,
-        &mut lines,
-        &mut summary,
-        &mut output,
-        &mut dead_letters,
-    )?;
-    output.flush()?;
-    if let Some(out) = &mut dead_letters {
-        out.flush()?;
+        // What was read is answered and on its way out (at the end: all of it).
+        if end || quiet {
+            output.flush()?;
+            if let Some(out) = &mut dead_letters {
+                out.flush()?;
+            }
+        }
+        if end {
+            break;
+        }
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();

@@ -393,11 +393,22 @@ fn batch_messages(text: &str, max: usize) -> Result<Vec<Message>, ApiError> {
     })
 }
 
-fn engine_stopped() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the engine stopped; nothing was processed",
-    )
+/// Runs a request's messages: one result each, in order.
+async fn run_messages(
+    service: &Service,
+    messages: Vec<Message>,
+    trace: bool,
+) -> Result<Vec<rustmq_etl_orchestrator::Processed>, ApiError> {
+    service
+        .etl
+        .process_batch(messages, ProcessOptions { trace })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine stopped; nothing was processed",
+            )
+        })
 }
 
 /// `POST /v1/process[?trace=true]`: one message.
@@ -410,11 +421,7 @@ async fn process(
     let text = body_text(&service, &body)?;
     let message = Message::from_json_line(text.trim())
         .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
-    let results = service
-        .etl
-        .process_batch(vec![message], ProcessOptions { trace })
-        .await
-        .map_err(|_| engine_stopped())?;
+    let results = run_messages(&service, vec![message], trace).await?;
     Ok(Json(ProcessedJson::new(&results[0], trace)).into_response())
 }
 
@@ -432,11 +439,7 @@ async fn batch(
     let trace = trace_param(query)?;
     let text = body_text(&service, &body)?;
     let messages = batch_messages(&text, service.max_batch)?;
-    let results = service
-        .etl
-        .process_batch(messages, ProcessOptions { trace })
-        .await
-        .map_err(|_| engine_stopped())?;
+    let results = run_messages(&service, messages, trace).await?;
     Ok(Json(BatchJson {
         results: results
             .iter()
