@@ -21,7 +21,8 @@
 //! Each arming carries a generation, so the watchdog can never stamp a later
 //! call with a reading taken for an earlier one of the same length.
 //!
-//! Cost per call: three stores to arm, a compare-and-swap to disarm; all on the
+//! Cost per call: three stores to arm (one of them ordered), a compare-and-swap
+//! to disarm; all on the
 //! calling thread's own cache line but for the watchdog's rare visits.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
@@ -247,8 +248,10 @@ pub(crate) unsafe fn run_armed<R>(
             _ => (RELATIVE | budget_ms.clamp(1, VALUE >> 1), Armed::Budget),
         };
         arm.target.store(target, Ordering::Relaxed);
+        // Like `target`: published by the state's store below, which the
+        // watchdog reads first.
         arm.deadline
-            .store(theirs.unwrap_or(u64::MAX), Ordering::SeqCst);
+            .store(theirs.unwrap_or(u64::MAX), Ordering::Relaxed);
         arm.state.store(generation | value, Ordering::SeqCst);
         if watchdog.parked.load(Ordering::SeqCst) {
             watchdog.wake();
