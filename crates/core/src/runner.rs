@@ -24,6 +24,7 @@ use crate::{CallError, ErrorKind, Message, ModuleSpec, Outcome};
 pub struct CallRequest<'m> {
     message: &'m Message,
     deadline: Option<(Instant, ErrorKind)>,
+    clock: Option<Instant>,
 }
 
 impl<'m> CallRequest<'m> {
@@ -32,18 +33,29 @@ impl<'m> CallRequest<'m> {
         CallRequest {
             message,
             deadline: None,
+            clock: None,
         }
     }
 
     /// The call must also end by `at`; if that, rather than the module's own
     /// budget, stops it, it fails with `kind` (the orchestrator passes
     /// `StageTimeout` or `PipelineTimeout`). A call whose deadline has
-    /// passed fails at once without running. A later deadline than one set
+    /// passed (by the request's clock) fails at once without running. A later deadline than one set
     /// before is ignored: the tightest applies.
     pub fn deadline(mut self, at: Instant, kind: ErrorKind) -> Self {
         if self.deadline.is_none_or(|(earlier, _)| at < earlier) {
             self.deadline = Some((at, kind));
         }
+        self
+    }
+
+    /// The caller's latest reading of the clock, taken just before the call
+    /// (typically the [`CallReport::ended`] of its previous call): the runner
+    /// counts the call's time from it and reads the clock once per call
+    /// instead of twice. Without it the runner reads its own. A clock reading
+    /// costs tens of nanoseconds, a sizeable part of a small module's call.
+    pub fn clock(mut self, now: Instant) -> Self {
+        self.clock = Some(now);
         self
     }
 
@@ -57,6 +69,11 @@ impl<'m> CallRequest<'m> {
     pub fn get_deadline(&self) -> Option<(Instant, ErrorKind)> {
         self.deadline
     }
+
+    /// The clock reading set with [`CallRequest::clock`].
+    pub fn get_clock(&self) -> Option<Instant> {
+        self.clock
+    }
 }
 
 /// What one call did.
@@ -69,8 +86,11 @@ pub struct CallReport {
     /// How long the call waited before it started (zero on an engine
     /// thread's own runner).
     pub queued: Duration,
-    /// How long it ran.
+    /// How long it ran: from the request's clock (or the runner's own
+    /// reading as it started) to `ended`.
     pub ran: Duration,
+    /// The runner's reading of the clock as the call ended.
+    pub ended: Instant,
     /// How many times the module was called for it (the runner calls once;
     /// the orchestrator counts its retries).
     pub attempts: u32,

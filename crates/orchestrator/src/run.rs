@@ -598,7 +598,7 @@ impl Run {
         };
         // A parallel stage's modules all see the message as the stage got it:
         // their edits wait until it ends.
-        let mut request = CallRequest::new(&self.message);
+        let mut request = CallRequest::new(&self.message).clock(self.clock);
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);
         }
@@ -614,7 +614,7 @@ impl Run {
                 return Some(busy.until);
             }
         };
-        self.clock += report.ran;
+        self.clock = report.ended;
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);

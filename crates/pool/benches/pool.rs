@@ -49,6 +49,7 @@ fn per_call(c: &mut Criterion) {
         module,
         mut local,
         message,
+        ..
     } = identity;
     let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
 

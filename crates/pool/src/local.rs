@@ -30,7 +30,7 @@ pub struct LoadedModule {
     running: Arc<AtomicU32>,
     /// Whether `running` must be kept: a pool whose threads cannot outnumber
     /// `max_concurrent_instances` skips the two shared atomics per call.
-    pub(crate) limit_running: bool,
+    limit_running: bool,
 }
 
 impl LoadedModule {
@@ -52,6 +52,18 @@ impl LoadedModule {
             running: Arc::default(),
             limit_running: true,
         })
+    }
+
+    /// Declares that at most `threads` threads (each with its own
+    /// [`LocalPool`]) run this module. A thread runs one call at a time, so
+    /// when `threads` is within the module's `max_concurrent_instances`, its
+    /// calls need not be counted across threads, which saves two shared
+    /// atomic operations per call. [`Pool`](crate::Pool) declares its workers;
+    /// a module compiled without a declaration is counted.
+    pub fn run_by_threads(mut self, threads: usize) -> Self {
+        self.limit_running =
+            (self.compiled.settings.max_concurrent_instances.max(1) as usize) < threads;
+        self
     }
 
     /// The module's id.
@@ -231,14 +243,18 @@ impl LocalPool {
         module: &LoadedModule,
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
-        let started = Instant::now();
+        let started = request.get_clock().unwrap_or_else(Instant::now);
         let compiled = &module.compiled;
-        let report = |result: Result<_, CallError>| CallReport {
-            result: result.map_err(Into::into),
-            version: compiled.version,
-            queued: Duration::ZERO,
-            ran: started.elapsed(),
-            attempts: 1,
+        let report = |result: Result<_, CallError>| {
+            let ended = Instant::now();
+            CallReport {
+                result: result.map_err(Into::into),
+                version: compiled.version,
+                queued: Duration::ZERO,
+                ran: ended.saturating_duration_since(started),
+                ended,
+                attempts: 1,
+            }
         };
         let deadline = request.get_deadline();
         if let Some((at, kind)) = deadline {

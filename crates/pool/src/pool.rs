@@ -188,11 +188,8 @@ impl Pool {
     /// code, call it where blocking is allowed (for example tokio's
     /// `spawn_blocking`).
     pub fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<LoadedModule, LoadError> {
-        let mut module = LoadedModule::compile(spec, wasm, &self.shared.settings)?;
-        // Each worker runs one call at a time: with no more workers than the
-        // module may run instances, nothing needs counting.
-        module.limit_running =
-            (spec.settings.max_concurrent_instances as usize) < self.shared.workers.len();
+        let module = LoadedModule::compile(spec, wasm, &self.shared.settings)?
+            .run_by_threads(self.shared.workers.len());
         // Instantiate and init once, on a worker (guest code runs only there),
         // so that a module that cannot start is refused before it is used.
         let init = |message: String| LoadError::Init {
@@ -382,6 +379,7 @@ impl WorkerState {
                             version: module.version(),
                             queued: submitted.elapsed(),
                             ran: Duration::ZERO,
+                            ended: Instant::now(),
                             attempts: 1,
                         })
                     });

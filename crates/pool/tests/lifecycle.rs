@@ -272,6 +272,34 @@ fn a_passed_deadline_fails_the_call_with_its_kind() {
     assert_eq!(module.stats().calls, 1, "the module did not run");
 }
 
+/// A request carrying the caller's clock is timed from it (the runner reads
+/// the clock once, as the call ends); the report's end is a real reading,
+/// which the next request of a chain can carry.
+#[test]
+fn a_call_is_timed_from_the_requests_clock() {
+    let module = compile("clocked", "identity", ModuleSettings::default());
+    let mut local = LocalPool::new();
+    let message = Message::new("t", "");
+    call(&mut local, &module, &message);
+    let before = Instant::now();
+    let report = call(&mut local, &module, &message);
+    assert!(report.ended >= before && report.ended <= Instant::now());
+    assert!(report.ran <= report.ended - before);
+
+    let clock = Instant::now() - Duration::from_millis(20);
+    let report = local
+        .call(&module, CallRequest::new(&message).clock(clock))
+        .unwrap();
+    assert_eq!(report.result, Ok(Outcome::Unchanged));
+    assert_eq!(report.ran, report.ended - clock);
+    assert!(report.ran >= Duration::from_millis(20), "{:?}", report.ran);
+    let next = local
+        .call(&module, CallRequest::new(&message).clock(report.ended))
+        .unwrap();
+    assert!(next.ended >= report.ended);
+    assert!(next.ran < Duration::from_millis(20), "{:?}", next.ran);
+}
+
 #[test]
 fn warm_up_creates_instances_before_the_first_call() {
     let pool = pool(2);

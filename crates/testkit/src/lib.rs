@@ -121,7 +121,7 @@ impl ModuleRunner for StandInRunner {
         module: &StandInModule,
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
-        let started = Instant::now();
+        let started = request.get_clock().unwrap_or_else(Instant::now);
         let own = (
             started + Duration::from_millis(module.spec.settings.execution_timeout_ms),
             ErrorKind::Timeout,
@@ -130,18 +130,22 @@ impl ModuleRunner for StandInRunner {
             Some((at, kind)) if at < own.0 => (at, kind),
             _ => own,
         };
-        let report = |result, ran| CallReport {
-            result,
-            version: module.version,
-            queued: Duration::ZERO,
-            ran,
-            attempts: 1,
+        let report = |result| {
+            let ended = Instant::now();
+            CallReport {
+                result,
+                version: module.version,
+                queued: Duration::ZERO,
+                ran: ended.saturating_duration_since(started),
+                ended,
+                attempts: 1,
+            }
         };
         if deadline <= started {
-            return Ok(report(
-                Err(CallError::new(kind, "the deadline passed before the call")),
-                Duration::ZERO,
-            ));
+            return Ok(report(Err(CallError::new(
+                kind,
+                "the deadline passed before the call",
+            ))));
         }
         let behaviour = (module.function)(request.message());
         if let Some(until) = behaviour.busy_until.filter(|&u| u > started) {
@@ -159,7 +163,7 @@ impl ModuleRunner for StandInRunner {
             std::thread::sleep(behaviour.takes);
             behaviour.result
         };
-        Ok(report(result, started.elapsed()))
+        Ok(report(result))
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rustmq_etl_core::{CallRequest, Message, ModuleSpec};
 use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool};
@@ -41,6 +42,9 @@ pub struct IdentityCall {
     pub module: LoadedModule,
     pub local: LocalPool,
     pub message: Message,
+    /// The end of the previous call: passed as the next request's clock, as
+    /// the orchestrator does along a message's chain.
+    clock: Instant,
 }
 
 /// Compile settings with the default limits, no cache and a given bulk rate.
@@ -60,22 +64,24 @@ impl IdentityCall {
             &wasm,
             &settings(bulk_bytes_per_ms),
         )
-        .unwrap();
+        .unwrap()
+        // As a `Pool` loads it for its workers.
+        .run_by_threads(1);
         let mut call = IdentityCall {
             module,
             local: LocalPool::new(),
             message: message(),
+            clock: Instant::now(),
         };
         call.call();
         call
     }
 
     pub fn call(&mut self) {
-        black_box(
-            self.local
-                .call(&self.module, CallRequest::new(black_box(&self.message)))
-                .unwrap(),
-        );
+        let request = CallRequest::new(black_box(&self.message)).clock(self.clock);
+        let report = self.local.call(&self.module, request).unwrap();
+        self.clock = report.ended;
+        black_box(report);
     }
 }
 
