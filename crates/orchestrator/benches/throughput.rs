@@ -10,8 +10,9 @@
 //! - `async batches`: identity through the orchestrator from a tokio caller in
 //!   batches of 64 (both engine threads) against the same messages on a
 //!   thread's own `LocalPool`, per message, in alternating rounds;
-//! - `latency`: single messages sent at half the single-module rate from an
-//!   async caller; p50 and p99 of each message's time from send to answer.
+//! - `latency`: single messages sent at half the single-message rate to an
+//!   async caller, paced by a plain thread (open loop); p50 and p99 of each
+//!   message's time from being handed over to its answer.
 //!
 //! ```sh
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput
@@ -206,7 +207,10 @@ fn local_identity() -> (LocalPool, LoadedModule) {
         bulk_bytes_per_ms: 1_000_000,
         cache: None,
     };
-    let module = LoadedModule::compile(&ModuleSpec::new("identity"), &wasm, &settings).unwrap();
+    // As the pool's workers run it: one thread, within its concurrency limit.
+    let module = LoadedModule::compile(&ModuleSpec::new("identity"), &wasm, &settings)
+        .unwrap()
+        .run_by_threads(1);
     (LocalPool::new(), module)
 }
 
@@ -219,9 +223,13 @@ fn local_calls(
     calls: usize,
 ) -> f64 {
     let started = Instant::now();
+    // Each call carries the previous call's end as its clock, as a chain does.
+    let mut clock = started;
     for _ in 0..messages {
         for _ in 0..calls {
-            let report = local.call(module, CallRequest::new(message)).unwrap();
+            let request = CallRequest::new(message).clock(clock);
+            let report = local.call(module, request).unwrap();
+            clock = report.ended;
             std::hint::black_box(report);
         }
     }
@@ -304,7 +312,6 @@ fn latency(pool: &Arc<Pool>) {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_time()
         .build()
         .unwrap();
     let message = reading("temperature", "celsius");
@@ -334,23 +341,35 @@ fn latency(pool: &Arc<Pool>) {
     let rate = max_rate / 2.0;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let count = ((rate * 3.0) as usize).max(1000);
+    // Open loop, paced by a plain thread rather than tokio's timer (whose
+    // millisecond resolution would send the messages in bursts of dozens):
+    // each message is handed to the runtime at its own time, answered or
+    // not, and timed from that moment to its answer.
+    let handle = runtime.handle().clone();
+    let tasks = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut tasks = Vec::with_capacity(count);
+                let started = Instant::now();
+                for i in 0..count {
+                    let due = started + interval.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let (single, message) = (single.clone(), message.clone());
+                    let sent = Instant::now();
+                    tasks.push(handle.spawn(async move {
+                        single.process(message).await.unwrap();
+                        sent.elapsed()
+                    }));
+                }
+                tasks
+            })
+            .join()
+            .unwrap()
+    });
     let mut times: Vec<Duration> = runtime.block_on(async {
-        let mut tasks = Vec::with_capacity(count);
-        let started = Instant::now();
-        for i in 0..count {
-            // Open loop: each message leaves at its own time, answered or not.
-            let due = started + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                tokio::time::sleep(due - now).await;
-            }
-            let (single, message) = (single.clone(), message.clone());
-            tasks.push(tokio::spawn(async move {
-                let sent = Instant::now();
-                single.process(message).await.unwrap();
-                sent.elapsed()
-            }));
-        }
         let mut times = Vec::with_capacity(count);
         for task in tasks {
             times.push(task.await.unwrap());

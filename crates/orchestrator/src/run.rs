@@ -172,8 +172,8 @@ pub(crate) struct Run {
     stage: InStage,
     module: InModule,
     selection: Selection,
-    /// The latest moment the run knows of (read once per pipeline, then moved
-    /// on by each call's time): deadlines start from it.
+    /// The latest reading of the clock the run knows of (see [`Run::step`]):
+    /// deadlines start from it.
     clock: Instant,
     trace: Option<Trace>,
     done: Option<Disposition>,
@@ -297,7 +297,27 @@ impl Run {
 
     /// Advances the journey as far as it can go now; `Some(at)` when it must
     /// wait until then.
+    ///
+    /// `clock` is the thread's latest reading of the clock (taken as its batch
+    /// started, then moved on by each call's end): the run starts from it and
+    /// leaves its own latest reading there, so that a thread running a batch
+    /// reads the clock once per call rather than once per call, stage and
+    /// pipeline.
     pub(crate) fn step<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        runner: &mut E::Runner,
+        scratch: &mut PlanScratch,
+        tally: &mut Tally,
+        clock: &mut Instant,
+    ) -> Option<Instant> {
+        self.clock = self.clock.max(*clock);
+        let wait = self.advance(snapshot, runner, scratch, tally);
+        *clock = (*clock).max(self.clock);
+        wait
+    }
+
+    fn advance<E: Engine>(
         &mut self,
         snapshot: &Snapshot<E>,
         runner: &mut E::Runner,
@@ -362,7 +382,8 @@ impl Run {
     }
 
     fn start_pipeline(&mut self, pipeline: &PlannedPipeline) {
-        self.clock = Instant::now();
+        // The pipeline's time starts at the latest reading of the clock: the
+        // end of the previous call on this thread, or the batch's start.
         self.pipeline = InPipeline {
             keeps_entry: !matches!(
                 pipeline.config.error_handling,
@@ -418,7 +439,9 @@ impl Run {
             }
             selection.stale_filters = false;
             selection.stale_rules = false;
-            tally.selection(started.elapsed());
+            let now = Instant::now();
+            tally.selection(now.saturating_duration_since(started));
+            self.clock = now;
         }
         let mut selected = std::mem::replace(&mut self.stage.selected, Bits::Inline(0));
         if stage.modules.len() > 128 {
@@ -610,7 +633,7 @@ impl Run {
                 if probe {
                     breaker.cancel_probe();
                 }
-                self.clock = busy.until;
+                // The clock moves on when the batch runs again.
                 return Some(busy.until);
             }
         };
@@ -877,7 +900,8 @@ thread_local! {
 
 impl<E: Engine> Task<E::Runner> for Batch<E> {
     fn run(&mut self, runner: &mut E::Runner) -> Step {
-        let queued = *self.started.get_or_insert_with(Instant::now) - self.submitted;
+        let mut clock = Instant::now();
+        let queued = *self.started.get_or_insert(clock) - self.submitted;
         let snapshot = self.snapshot.clone();
         let mut next: Option<Instant> = None;
         SCRATCH.with(|cell| {
@@ -895,7 +919,7 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     continue;
                 }
                 let tally = &mut self.tally;
-                match contain(|| run.step(&snapshot, runner, scratch, tally)) {
+                match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
                     Ok(None) => {}
                     Err(panic) => run.host_failed(&snapshot, &panic, &mut self.tally),
