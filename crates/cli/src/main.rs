@@ -15,6 +15,12 @@
 //! - `bench --config PATH --input MESSAGES.jsonl` measures a configuration on
 //!   the user's messages.
 
+/// mimalloc rather than the system allocator: messages are allocated by the
+/// thread that reads them and freed by the engine's threads, which glibc's
+/// allocator serves with locks and page faults (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod diff;
 mod explain;

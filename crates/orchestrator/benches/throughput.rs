@@ -16,7 +16,12 @@
 //!
 //! ```sh
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput
+//! cargo bench -p rustmq-etl-orchestrator --bench throughput -- async   # one section
 //! ```
+
+/// The allocator the `rustmq-etl` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -291,12 +296,26 @@ fn async_batches(pool: &Arc<Pool>) {
         || {
             let started = Instant::now();
             runtime.block_on(async {
-                // Four batches at a time: both engine threads always have one
-                // to run while the caller prepares the next.
-                for _ in 0..BATCHES / 4 {
-                    let batch = || single.process_batch(vec![message.clone(); CHUNK], ProcessOptions::default());
-                    let (a, b, c, d) = tokio::join!(batch(), batch(), batch(), batch());
-                    std::hint::black_box((a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()));
+                // Four batches in flight at all times: as one is answered the
+                // next is sent, so that both engine threads always have one to
+                // run while the caller prepares the next.
+                let mut in_flight = tokio::task::JoinSet::new();
+                let send = |in_flight: &mut tokio::task::JoinSet<_>| {
+                    let (single, batch) = (single.clone(), vec![message.clone(); CHUNK]);
+                    in_flight.spawn(async move {
+                        single.process_batch(batch, ProcessOptions::default()).await
+                    });
+                };
+                for _ in 0..4 {
+                    send(&mut in_flight);
+                }
+                let mut sent = 4;
+                while let Some(answer) = in_flight.join_next().await {
+                    std::hint::black_box(answer.unwrap().unwrap());
+                    if sent < BATCHES {
+                        send(&mut in_flight);
+                        sent += 1;
+                    }
                 }
             });
             started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
@@ -386,10 +405,25 @@ fn latency(pool: &Arc<Pool>) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter, if any, is ignored.
+    // `cargo bench` passes `--bench`; any other argument picks the sections
+    // whose names contain it (throughput, overhead, async, latency).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runs =
+        |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f.as_str()));
     let pool = Arc::new(Pool::new(PoolConfig::default()).unwrap());
-    throughput(&pool);
-    overhead();
-    async_batches(&pool);
-    latency(&pool);
+    if runs("throughput") {
+        throughput(&pool);
+    }
+    if runs("overhead") {
+        overhead();
+    }
+    if runs("async") {
+        async_batches(&pool);
+    }
+    if runs("latency") {
+        latency(&pool);
+    }
 }
