@@ -40,8 +40,8 @@ impl<'m> CallRequest<'m> {
     /// The call must also end by `at`; if that, rather than the module's own
     /// budget, stops it, it fails with `kind` (the orchestrator passes
     /// `StageTimeout` or `PipelineTimeout`). A call whose deadline has
-    /// passed (by the request's clock) fails at once without running. A later deadline than one set
-    /// before is ignored: the tightest applies.
+    /// passed (by the request's clock) fails at once without running. A
+    /// later deadline than one set before is ignored: the tightest applies.
     pub fn deadline(mut self, at: Instant, kind: ErrorKind) -> Self {
         if self.deadline.is_none_or(|(earlier, _)| at < earlier) {
             self.deadline = Some((at, kind));
@@ -54,6 +54,9 @@ impl<'m> CallRequest<'m> {
     /// counts the call's time from it and reads the clock once per call
     /// instead of twice. Without it the runner reads its own. A clock reading
     /// costs tens of nanoseconds, a sizeable part of a small module's call.
+    /// The reading must be recent: the call's time includes whatever the
+    /// caller did since, and a passed deadline is judged by it (the module's
+    /// own budget and the engine's throttles use the engine's own clock).
     pub fn clock(mut self, now: Instant) -> Self {
         self.clock = Some(now);
         self

@@ -300,9 +300,13 @@ impl Run {
     ///
     /// `clock` is the thread's latest reading of the clock (taken as its batch
     /// started, then moved on by each call's end): the run starts from it and
-    /// leaves its own latest reading there, so that a thread running a batch
-    /// reads the clock once per call rather than once per call, stage and
-    /// pipeline.
+    /// leaves its own latest reading there. A call is timed from the reading
+    /// before it (the previous call's end, the pipeline's start or the end of
+    /// a selection), so the thread reads the clock once per call, once per
+    /// pipeline and twice per selection; a call's time so includes the host's
+    /// work since that reading (applying the previous call's edits: well
+    /// under a microsecond), and, when a trace is kept, each call is timed
+    /// from a fresh reading.
     pub(crate) fn step<E: Engine>(
         &mut self,
         snapshot: &Snapshot<E>,
@@ -382,8 +386,9 @@ impl Run {
     }
 
     fn start_pipeline(&mut self, pipeline: &PlannedPipeline) {
-        // The pipeline's time starts at the latest reading of the clock: the
-        // end of the previous call on this thread, or the batch's start.
+        // A pipeline's time is its own (execution.md, rule 3): read afresh,
+        // not taken over from what ran before it on this thread.
+        self.clock = Instant::now();
         self.pipeline = InPipeline {
             keeps_entry: !matches!(
                 pipeline.config.error_handling,
@@ -621,6 +626,11 @@ impl Run {
         };
         // A parallel stage's modules all see the message as the stage got it:
         // their edits wait until it ends.
+        if self.trace.is_some() {
+            // Trace notes (a skipped module's reasons) cost more than a
+            // reading: a traced call's time is its own.
+            self.clock = Instant::now();
+        }
         let mut request = CallRequest::new(&self.message).clock(self.clock);
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);
@@ -637,7 +647,9 @@ impl Run {
                 return Some(busy.until);
             }
         };
-        self.clock = report.ended;
+        // A runner's reading, never taken back: a stale one would let a
+        // deadline pass unseen.
+        self.clock = self.clock.max(report.ended);
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);
@@ -922,7 +934,11 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                 match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
                     Ok(None) => {}
-                    Err(panic) => run.host_failed(&snapshot, &panic, &mut self.tally),
+                    Err(panic) => {
+                        // The panic took the run's clock with it.
+                        clock = Instant::now();
+                        run.host_failed(&snapshot, &panic, &mut self.tally)
+                    }
                 }
             }
         });

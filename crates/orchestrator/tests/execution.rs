@@ -567,6 +567,31 @@ pipelines:
     assert_eq!(events[2].1, TraceEvent::Skipped(SkipReason::EarlierFailure));
 }
 
+/// Each message's pipeline time is its own: in one batch on one engine
+/// thread, messages that each fit the pipeline's budget all do, though
+/// together they take longer than it.
+#[test]
+fn each_message_of_a_batch_has_its_own_pipeline_time() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("slow", |_| {
+        set_header("done", "1").after(Duration::from_millis(60))
+    });
+    let yaml = r#"
+pipeline_id: p
+global_timeout_ms: 100
+stages:
+  - priority: 0
+    modules: [{module_id: slow}]
+"#;
+    let o = start(&engine, yaml);
+    let out = o
+        .process_batch_blocking(vec![Message::new("t", ""); 4], ProcessOptions::default())
+        .unwrap();
+    for p in &out {
+        assert_eq!(delivered(p).headers.get("done"), Some("1"));
+    }
+}
+
 #[test]
 fn the_wait_between_retries_counts_against_the_pipeline_budget() {
     let engine = Arc::new(StandIn::new(2));

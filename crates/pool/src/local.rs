@@ -59,7 +59,9 @@ impl LoadedModule {
     /// when `threads` is within the module's `max_concurrent_instances`, its
     /// calls need not be counted across threads, which saves two shared
     /// atomic operations per call. [`Pool`](crate::Pool) declares its workers;
-    /// a module compiled without a declaration is counted.
+    /// a module compiled without a declaration is counted. The declaration
+    /// holds for every clone: a module a `Pool` loaded must not also be run on
+    /// a caller's own `LocalPool`, or its limit may be exceeded.
     pub fn run_by_threads(mut self, threads: usize) -> Self {
         self.limit_running =
             (self.compiled.settings.max_concurrent_instances.max(1) as usize) < threads;
@@ -270,8 +272,9 @@ impl LocalPool {
             let most = compiled.settings.max_concurrent_instances.max(1);
             if module.running.fetch_add(1, Ordering::Relaxed) >= most {
                 module.running.fetch_sub(1, Ordering::Relaxed);
+                // A fresh reading: the request's may be a little old.
                 return Err(Busy {
-                    until: started + RETRY_WHEN_FULL,
+                    until: Instant::now() + RETRY_WHEN_FULL,
                 });
             }
             Some(Running(&module.running))
@@ -286,7 +289,9 @@ impl LocalPool {
                 instance
             }
             None => {
-                if let Some(until) = slot.creation_allowed_at(compiled, started) {
+                // Creating an instance costs far more than a reading of the
+                // clock, and the throttle wants an exact one.
+                if let Some(until) = slot.creation_allowed_at(compiled, Instant::now()) {
                     return Err(Busy { until });
                 }
                 slot.stats.call(false);

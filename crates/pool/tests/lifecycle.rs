@@ -300,6 +300,36 @@ fn a_call_is_timed_from_the_requests_clock() {
     assert!(next.ran < Duration::from_millis(20), "{:?}", next.ran);
 }
 
+/// A module declared to run on more threads than its
+/// `max_concurrent_instances` is counted: a second thread's call while the
+/// first runs is put off (`Busy`), not run. Declared within its limit, it is
+/// not counted, and the second call runs.
+#[test]
+fn a_module_run_by_more_threads_than_its_limit_is_counted() {
+    let limited = ModuleSettings {
+        max_concurrent_instances: 1,
+        execution_timeout_ms: 300,
+        ..ModuleSettings::default()
+    };
+    for (threads, counted) in [(2, true), (1, false)] {
+        let module =
+            compile("limited", "hostile-infinite-loop", limited.clone()).run_by_threads(threads);
+        let message = Message::new("t", "");
+        let first = {
+            let (module, message) = (module.clone(), message.clone());
+            std::thread::spawn(move || call(&mut LocalPool::new(), &module, &message))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let second = LocalPool::new().call(&module, CallRequest::new(&message));
+        assert_eq!(second.is_err(), counted, "{threads} threads: {second:?}");
+        if let Ok(report) = second {
+            assert_eq!(report.result.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+        }
+        let first = first.join().unwrap();
+        assert_eq!(first.result.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    }
+}
+
 #[test]
 fn warm_up_creates_instances_before_the_first_call() {
     let pool = pool(2);

@@ -122,8 +122,10 @@ impl ModuleRunner for StandInRunner {
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
         let started = request.get_clock().unwrap_or_else(Instant::now);
+        // The module's own budget starts when it does, as the pool's watchdog
+        // counts it, not at the caller's reading.
         let own = (
-            started + Duration::from_millis(module.spec.settings.execution_timeout_ms),
+            Instant::now() + Duration::from_millis(module.spec.settings.execution_timeout_ms),
             ErrorKind::Timeout,
         );
         let (deadline, kind) = match request.get_deadline() {
