@@ -186,23 +186,27 @@ fn alternating(
     mut optimised: impl FnMut() -> f64,
     mut baseline: impl FnMut() -> f64,
 ) {
-    let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let x = optimised();
-        let y = baseline();
-        a.push(x);
-        b.push(y);
-        ratio.push(x / y);
+        a.push(optimised());
+        b.push(baseline());
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    print_medians(&format!("{name}, {rounds} alternating rounds"), a, b);
+}
+
+/// Prints the medians of `optimised` and `baseline` (nanoseconds per message,
+/// round by round) and the median of the rounds' ratios.
+fn print_medians(what: &str, optimised: Vec<f64>, baseline: Vec<f64>) {
+    let ratios = optimised
+        .iter()
+        .zip(&baseline)
+        .map(|(a, b)| a / b)
+        .collect();
     println!(
-        "{name}, {rounds} alternating rounds: optimised {:.1} ns, baseline {:.1} ns, median ratio optimised/baseline {:.2}",
-        median(&mut a),
-        median(&mut b),
-        median(&mut ratio)
+        "{what}: optimised {:.1} ns, baseline {:.1} ns, median ratio optimised/baseline {:.2}",
+        median(optimised),
+        median(baseline),
+        median(ratios)
     );
 }
 
@@ -291,12 +295,10 @@ fn overhead() {
             wall
         },
     );
-    let ratios: Vec<f64> = cpu.0.iter().zip(&cpu.1).map(|(a, b)| a / b).collect();
-    println!(
-        "orchestration overhead, the same rounds by CPU time (the engine thread's vs the baseline thread's): optimised {:.1} ns, baseline {:.1} ns, median ratio optimised/baseline {:.2}",
-        median(cpu.0),
-        median(cpu.1),
-        median(ratios)
+    print_medians(
+        "orchestration overhead, the same rounds by CPU time (the engine thread's vs the baseline thread's)",
+        cpu.0,
+        cpu.1,
     );
 }
 
