@@ -25,6 +25,7 @@
 //! to disarm; all on the
 //! calling thread's own cache line but for the watchdog's rare visits.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -183,8 +184,15 @@ impl Watchdog {
     }
 }
 
+/// A thread's arm, and the last deadline it converted to the watchdog's
+/// milliseconds (a message's calls share their pipeline's deadline).
+struct ThisThread {
+    arm: Arc<Arm>,
+    converted: Cell<Option<(Instant, u64)>>,
+}
+
 thread_local! {
-    static ARM: Arc<Arm> = {
+    static ARM: ThisThread = {
         let arm = Arc::new(Arm {
             state: AtomicU64::new(0),
             deadline: AtomicU64::new(u64::MAX),
@@ -195,7 +203,10 @@ thread_local! {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(arm.clone());
-        arm
+        ThisThread {
+            arm,
+            converted: Cell::new(None),
+        }
     };
 }
 
@@ -223,7 +234,8 @@ pub(crate) unsafe fn run_armed<R>(
     deadline: Option<Instant>,
     f: impl FnOnce() -> R,
 ) -> (R, Armed) {
-    ARM.with(|arm| {
+    ARM.with(|this| {
+        let arm = &*this.arm;
         let watchdog = watchdog();
         if watchdog.parked.load(Ordering::SeqCst) {
             watchdog.wake();
@@ -238,9 +250,15 @@ pub(crate) unsafe fn run_armed<R>(
             .saturating_add(1);
         // A deadline in the watchdog's milliseconds, rounded up: the call is
         // never stopped before it.
-        let theirs = deadline.map(|at| {
-            let since = at.saturating_duration_since(watchdog.start);
-            since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0)
+        let theirs = deadline.map(|at| match this.converted.get() {
+            Some((seen, ms)) if seen == at => ms,
+            _ => {
+                let since = at.saturating_duration_since(watchdog.start);
+                let ms =
+                    since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0);
+                this.converted.set(Some((at, ms)));
+                ms
+            }
         });
         let generation = (arm.state.load(Ordering::Relaxed) + (1 << GENERATION_SHIFT)) & GENERATION;
         let (value, armed) = match theirs {

@@ -107,8 +107,8 @@ pub(crate) struct WarmInstance {
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
     pub(crate) calls: u64,
-    /// When the instance was last given back (coarse: milliseconds).
-    pub(crate) last_used: coarsetime::Instant,
+    /// When the instance was last given back: the end of its last call.
+    pub(crate) last_used: Instant,
 }
 
 /// An exported function with the signature the ABI gives it.
@@ -193,7 +193,7 @@ impl WarmInstance {
             budget,
             input: None,
             calls: 0,
-            last_used: coarsetime::Instant::now_without_cache_update(),
+            last_used: Instant::now(),
         };
         if instance.exports.get_function(START_EXPORT).is_ok() {
             let start: TypedFunction<(), ()> =

@@ -247,25 +247,25 @@ impl LocalPool {
     ) -> Result<CallReport, Busy> {
         let started = request.get_clock().unwrap_or_else(Instant::now);
         let compiled = &module.compiled;
-        let report = |result: Result<_, CallError>| {
-            let ended = Instant::now();
-            CallReport {
-                result: result.map_err(Into::into),
-                version: compiled.version,
-                queued: Duration::ZERO,
-                ran: ended.saturating_duration_since(started),
-                ended,
-                attempts: 1,
-            }
+        let report = |result: Result<_, CallError>, ended: Instant| CallReport {
+            result: result.map_err(Into::into),
+            version: compiled.version,
+            queued: Duration::ZERO,
+            ran: ended.saturating_duration_since(started),
+            ended,
+            attempts: 1,
         };
         let deadline = request.get_deadline();
         if let Some((at, kind)) = deadline {
             if at <= started {
-                return Ok(report(Err(CallError::new(
-                    kind,
-                    &compiled.id,
-                    "its time ran out before the call could start",
-                ))));
+                return Ok(report(
+                    Err(CallError::new(
+                        kind,
+                        &compiled.id,
+                        "its time ran out before the call could start",
+                    )),
+                    Instant::now(),
+                ));
             }
         }
         let _running = if module.limit_running {
@@ -297,12 +297,14 @@ impl LocalPool {
                 slot.stats.call(false);
                 match slot.create(compiled) {
                     Ok(instance) => instance,
-                    Err(e) => return Ok(report(Err(e))),
+                    Err(e) => return Ok(report(Err(e), Instant::now())),
                 }
             }
         };
         slot.stats.in_use(1);
         let result = instance.call(compiled, request.message(), deadline);
+        // The one reading of the call: its end, and the instance's last use.
+        let ended = Instant::now();
         slot.stats.in_use(-1);
         match &result {
             Err(e) => {
@@ -310,20 +312,23 @@ impl LocalPool {
                 if discards_instance(e.kind()) {
                     slot.stats.discarded();
                 } else {
-                    Self::give_back(slot, compiled, instance);
+                    Self::give_back(slot, compiled, instance, ended);
                 }
             }
-            Ok(_) => Self::give_back(slot, compiled, instance),
+            Ok(_) => Self::give_back(slot, compiled, instance, ended),
         }
-        Ok(report(result))
+        Ok(report(result, ended))
     }
 
-    fn give_back(slot: &mut Slot, compiled: &CompiledModule, mut instance: Box<WarmInstance>) {
+    fn give_back(
+        slot: &mut Slot,
+        compiled: &CompiledModule,
+        mut instance: Box<WarmInstance>,
+        now: Instant,
+    ) {
         let settings = &compiled.settings;
         if settings.enable_caching && instance.calls < settings.recycle_after_calls {
-            // A coarse clock (a few milliseconds fine) is plenty for an idle
-            // time-to-live and costs a fraction of `Instant::now`.
-            instance.last_used = coarsetime::Instant::now_without_cache_update();
+            instance.last_used = now;
             slot.idle.push_back(instance);
             slot.stats.idle(1);
         } else {
@@ -335,15 +340,15 @@ impl LocalPool {
     /// every instance of versions nothing holds any more; publishes each
     /// module's statistics to the `metrics` facade.
     pub fn evict_idle(&mut self) {
-        let now = coarsetime::Instant::now_without_cache_update();
+        let now = Instant::now();
         self.slots.retain(|_, slot| {
             if slot.module.strong_count() == 0 {
                 slot.drop_idle(|_| false);
                 slot.stats.counters().publish();
                 return false;
             }
-            let ttl = coarsetime::Duration::from(slot.idle_ttl);
-            slot.drop_idle(|i| now.duration_since(i.last_used) < ttl);
+            let ttl = slot.idle_ttl;
+            slot.drop_idle(|i| now.saturating_duration_since(i.last_used) < ttl);
             slot.stats.counters().publish();
             true
         });
