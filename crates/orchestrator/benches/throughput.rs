@@ -6,8 +6,9 @@
 //!   four callers sending batches of 64, beside design.md's target;
 //! - `orchestration overhead`: three identity stages through the
 //!   orchestrator (one engine thread, batches of 64) against the same three
-//!   calls on a thread's own `LocalPool`, per message, in alternating rounds,
-//!   by the wall clock and by the CPU time of the thread doing the work;
+//!   module occurrences (three instances) called in turn on a thread's own
+//!   `LocalPool`, per message, in alternating rounds, by the wall clock and by
+//!   the CPU time of the thread doing the work;
 //! - `async batches`: identity through the orchestrator from a tokio caller in
 //!   batches of 64 (both engine threads) against the same messages on a
 //!   thread's own `LocalPool`, per message, in alternating rounds;
@@ -210,33 +211,43 @@ fn print_medians(what: &str, optimised: Vec<f64>, baseline: Vec<f64>) {
     );
 }
 
-fn local_identity() -> (LocalPool, LoadedModule) {
+/// `identity` loaded `occurrences` times, as a plan loads its occurrences: the
+/// first without `custom_config`, the `n`th (from 1) with `custom_config: n`.
+fn local_identity(occurrences: usize) -> (LocalPool, Vec<LoadedModule>) {
     let wasm = std::fs::read(root().join("fixtures/modules/identity.wasm")).unwrap();
     let settings = CompileSettings {
         limits: Default::default(),
         bulk_bytes_per_ms: 1_000_000,
         cache: None,
     };
-    // As the pool's workers run it: one thread, within its concurrency limit.
-    let module = LoadedModule::compile(&ModuleSpec::new("identity"), &wasm, &settings)
-        .unwrap()
-        .run_by_threads(1);
-    (LocalPool::new(), module)
+    let modules = (0..occurrences)
+        .map(|n| {
+            let mut spec = ModuleSpec::new("identity");
+            if n > 0 {
+                spec.settings.custom_config = n.to_string();
+            }
+            // As the pool's workers run it: one thread, within its concurrency limit.
+            LoadedModule::compile(&spec, &wasm, &settings)
+                .unwrap()
+                .run_by_threads(1)
+        })
+        .collect();
+    (LocalPool::new(), modules)
 }
 
-/// Nanoseconds per message of `messages` calls of `calls` identity calls each.
+/// Nanoseconds per message of `messages` messages, each called on every one of
+/// `modules` in turn.
 fn local_calls(
     local: &mut LocalPool,
-    module: &LoadedModule,
+    modules: &[LoadedModule],
     message: &Message,
     messages: usize,
-    calls: usize,
 ) -> f64 {
     let started = Instant::now();
     // Each call carries the previous call's end as its clock, as a chain does.
     let mut clock = started;
     for _ in 0..messages {
-        for _ in 0..calls {
+        for module in modules {
             let request = CallRequest::new(message).clock(clock);
             let report = local.call(module, request).unwrap();
             clock = report.ended;
@@ -259,7 +270,9 @@ fn overhead() {
         "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: identity}]}\n  - {priority: 1, modules: [{module_id: identity, instance_config: {custom_config: 1}}]}\n  - {priority: 2, modules: [{module_id: identity, instance_config: {custom_config: 2}}]}",
     );
     let message = reading("temperature", "celsius");
-    let (mut local, module) = local_identity();
+    // The same three occurrences, so that both sides switch between three
+    // instances: what is measured is the orchestration.
+    let (mut local, modules) = local_identity(3);
     const BATCHES: usize = 20;
     // Each round measured twice: by the wall clock, and by the CPU time of
     // the thread doing the work (the engine thread; the baseline's own),
@@ -267,7 +280,7 @@ fn overhead() {
     // thread was not running.
     let mut cpu = (Vec::new(), Vec::new());
     alternating(
-        "orchestration overhead: 3 identity stages through the orchestrator (one engine thread kept busy by two callers) vs 3 calls on a thread's own LocalPool, per message, wall clock",
+        "orchestration overhead: 3 identity stages through the orchestrator (one engine thread kept busy by two callers) vs the same 3 module occurrences called in turn on a thread's own LocalPool, per message, wall clock",
         101,
         || {
             // Two callers, so that the engine thread never waits for the next
@@ -290,7 +303,7 @@ fn overhead() {
         },
         || {
             let own = cpu_ns(Threads::This);
-            let wall = local_calls(&mut local, &module, &message, BATCHES * CHUNK, 3);
+            let wall = local_calls(&mut local, &modules, &message, BATCHES * CHUNK);
             cpu.1.push((cpu_ns(Threads::This) - own) as f64 / (BATCHES * CHUNK) as f64);
             wall
         },
@@ -357,7 +370,7 @@ fn async_batches(pool: &Arc<Pool>) {
         .build()
         .unwrap();
     let message = reading("temperature", "celsius");
-    let (mut local, module) = local_identity();
+    let (mut local, modules) = local_identity(1);
     const BATCHES: usize = 40;
     alternating(
         "async batches of 64 (identity, both engine threads) vs the same messages on a thread's own LocalPool, per message",
@@ -389,7 +402,7 @@ fn async_batches(pool: &Arc<Pool>) {
             });
             started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
         },
-        || local_calls(&mut local, &module, &message, BATCHES * CHUNK, 1),
+        || local_calls(&mut local, &modules, &message, BATCHES * CHUNK),
     );
 }
 
