@@ -79,8 +79,11 @@ impl<'m> CallRequest<'m> {
     }
 }
 
-/// What one call did.
+/// What one call did. Its fields are read directly; a runner builds one with
+/// [`CallReport::new`] (it is `non_exhaustive`, so that a new field does not
+/// break runners outside this workspace, such as one for another ABI).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallReport {
     /// Its outcome, or how it failed.
     pub result: Result<Outcome, CallError>,
@@ -97,6 +100,33 @@ pub struct CallReport {
     /// How many times the module was called for it (the runner calls once;
     /// the orchestrator counts its retries).
     pub attempts: u32,
+}
+
+impl CallReport {
+    /// One call of `version`, run from `started` (the request's clock, or
+    /// the runner's own reading) to `ended`, which did not wait to start.
+    pub fn new(
+        result: Result<Outcome, CallError>,
+        version: u64,
+        started: Instant,
+        ended: Instant,
+    ) -> Self {
+        CallReport {
+            result,
+            version,
+            queued: Duration::ZERO,
+            ran: ended.saturating_duration_since(started),
+            ended,
+            attempts: 1,
+        }
+    }
+
+    /// The call waited this long before it started (on another thread's
+    /// queue, say).
+    pub fn queued(mut self, queued: Duration) -> Self {
+        self.queued = queued;
+        self
+    }
 }
 
 /// A runner could not start the call now: nothing ran. Call again at `until`
@@ -196,4 +226,25 @@ pub trait Engine: Send + Sync + 'static {
     /// Publishes the engine's own statistics (instances, calls) to the
     /// `metrics` facade now, for an exporter about to render them.
     fn publish_metrics(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_runs_from_its_start_to_its_end_and_waits_only_when_told() {
+        let started = Instant::now();
+        let ended = started + Duration::from_micros(5);
+        let report = CallReport::new(Ok(Outcome::Unchanged), 7, started, ended);
+        assert_eq!(report.ran, Duration::from_micros(5));
+        assert_eq!(report.ended, ended);
+        assert_eq!((report.version, report.attempts), (7, 1));
+        assert_eq!(report.queued, Duration::ZERO);
+        let queued = report.queued(Duration::from_millis(2));
+        assert_eq!(queued.queued, Duration::from_millis(2));
+        // A start after the end (a stale reading the other way) is no time.
+        let report = CallReport::new(Ok(Outcome::Dropped), 7, ended, started);
+        assert_eq!(report.ran, Duration::ZERO);
+    }
 }

@@ -247,13 +247,8 @@ impl LocalPool {
     ) -> Result<CallReport, Busy> {
         let started = request.get_clock().unwrap_or_else(Instant::now);
         let compiled = &module.compiled;
-        let report = |result: Result<_, CallError>, ended: Instant| CallReport {
-            result: result.map_err(Into::into),
-            version: compiled.version,
-            queued: Duration::ZERO,
-            ran: ended.saturating_duration_since(started),
-            ended,
-            attempts: 1,
+        let report = |result: Result<_, CallError>, ended: Instant| {
+            CallReport::new(result.map_err(Into::into), compiled.version, started, ended)
         };
         let deadline = request.get_deadline();
         if let Some((at, kind)) = deadline {

@@ -374,14 +374,17 @@ impl WorkerState {
                         local.call(&module, CallRequest::new(&message))
                     })
                     .unwrap_or_else(|text| {
-                        Ok(rustmq_etl_core::CallReport {
-                            result: Err(rustmq_etl_core::CallError::new(ErrorKind::Trap, text)),
-                            version: module.version(),
-                            queued: submitted.elapsed(),
-                            ran: Duration::ZERO,
-                            ended: Instant::now(),
-                            attempts: 1,
-                        })
+                        let now = Instant::now();
+                        let error = rustmq_etl_core::CallError::new(ErrorKind::Trap, text);
+                        Ok(
+                            rustmq_etl_core::CallReport::new(
+                                Err(error),
+                                module.version(),
+                                now,
+                                now,
+                            )
+                            .queued(now.saturating_duration_since(submitted)),
+                        )
                     });
                 match called {
                     // Run it when the module may start another call, serving

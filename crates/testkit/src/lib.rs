@@ -132,17 +132,7 @@ impl ModuleRunner for StandInRunner {
             Some((at, kind)) if at < own.0 => (at, kind),
             _ => own,
         };
-        let report = |result| {
-            let ended = Instant::now();
-            CallReport {
-                result,
-                version: module.version,
-                queued: Duration::ZERO,
-                ran: ended.saturating_duration_since(started),
-                ended,
-                attempts: 1,
-            }
-        };
+        let report = |result| CallReport::new(result, module.version, started, Instant::now());
         if deadline <= started {
             return Ok(report(Err(CallError::new(
                 kind,
