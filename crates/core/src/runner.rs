@@ -105,6 +105,7 @@ pub struct CallReport {
 impl CallReport {
     /// One call of `version`, run from `started` (the request's clock, or
     /// the runner's own reading) to `ended`, which did not wait to start.
+    #[inline]
     pub fn new(
         result: Result<Outcome, CallError>,
         version: u64,
@@ -123,6 +124,7 @@ impl CallReport {
 
     /// The call waited this long before it started (on another thread's
     /// queue, say).
+    #[inline]
     pub fn queued(mut self, queued: Duration) -> Self {
         self.queued = queued;
         self

@@ -303,7 +303,7 @@ impl Run {
     /// leaves its own latest reading there. A call is timed from the reading
     /// before it (the previous call's end, the pipeline's start or the end of
     /// a selection), so the thread reads the clock once per call, once per
-    /// pipeline and twice per selection; a call's time so includes the host's
+    /// pipeline and once per selection; a call's time so includes the host's
     /// work since that reading (applying the previous call's edits: well
     /// under a microsecond), and, when a trace is kept, each call is timed
     /// from a fresh reading.
@@ -433,7 +433,9 @@ impl Run {
         // what a change can affect is evaluated again.
         let selection = &mut self.selection;
         if selection.stale_filters || selection.stale_rules || reads.age {
-            let started = Instant::now();
+            // Timed from the run's latest reading, as a call is (the
+            // pipeline's start, or the previous call's end).
+            let started = self.clock;
             if selection.stale_filters {
                 let filters = &mut selection.filters;
                 plan.select_filters(&self.message.topic, scratch, |i, on| filters.set(i, on));

@@ -149,10 +149,55 @@ pub(crate) struct Tally {
     pipelines: Vec<[u64; 5]>,
     /// By plan module index: outcomes, then errors, then dead letters by kind, then retries.
     modules: Vec<[u64; 4 + 2 * KINDS + 1]>,
-    /// Histogram counts, `BUCKETS` per series: series 0 is selection, then
-    /// one per module, then one per stage.
-    samples: Vec<u32>,
+    /// Histogram counts by series: series 0 is selection, then one per
+    /// module, then one per stage.
+    samples: Vec<Samples>,
 }
+
+/// One histogram's counts in a batch.
+#[derive(Debug, Clone)]
+struct Samples {
+    counts: [u32; BUCKETS],
+    /// The buckets that may hold counts: `lowest..=highest`, or none while
+    /// `lowest > highest`. A batch's samples fall in a few buckets; adding
+    /// and clearing only those spares a pass over them all.
+    lowest: u8,
+    highest: u8,
+}
+
+impl Samples {
+    const EMPTY: Samples = Samples {
+        counts: [0; BUCKETS],
+        lowest: u8::MAX,
+        highest: 0,
+    };
+
+    fn add(&mut self, time: Duration) {
+        let bucket = bucket(time).min(BUCKETS - 1);
+        self.counts[bucket] += 1;
+        // Below `BUCKETS`, which fits a byte.
+        let bucket = bucket as u8;
+        self.lowest = self.lowest.min(bucket);
+        self.highest = self.highest.max(bucket);
+    }
+
+    /// The first bucket that may hold counts, and the counts from it on
+    /// that may.
+    fn touched(&mut self) -> (usize, &mut [u32]) {
+        let (lowest, highest) = (usize::from(self.lowest), usize::from(self.highest));
+        if lowest > highest {
+            return (0, &mut []);
+        }
+        (lowest, &mut self.counts[lowest..=highest])
+    }
+
+    fn clear(&mut self) {
+        self.touched().1.fill(0);
+        (self.lowest, self.highest) = (u8::MAX, 0);
+    }
+}
+
+const _: () = assert!(BUCKETS <= 256, "a bucket's index must fit a byte");
 
 impl Stats {
     pub(crate) fn new() -> Self {
@@ -251,8 +296,9 @@ impl Stats {
         let histograms = std::iter::once(&self.selection)
             .chain(table.modules.iter().map(|m| &m.time))
             .chain(table.stages.iter().flatten().map(|h| &**h));
-        for (histogram, counts) in histograms.zip(tally.samples.chunks(BUCKETS)) {
-            for (bucket, n) in histogram.buckets.iter().zip(counts) {
+        for (histogram, samples) in histograms.zip(&mut tally.samples) {
+            let (lowest, counts) = samples.touched();
+            for (bucket, n) in histogram.buckets[lowest..].iter().zip(counts) {
                 add(bucket, u64::from(*n));
             }
         }
@@ -355,7 +401,7 @@ impl Tally {
             messages: [0; 3],
             pipelines: vec![[0; 5]; plan.pipelines().len()],
             modules: vec![[0; 4 + 2 * KINDS + 1]; plan.module_count()],
-            samples: vec![0; (1 + plan.module_count() + stages) * BUCKETS],
+            samples: vec![Samples::EMPTY; 1 + plan.module_count() + stages],
         }
     }
 
@@ -365,12 +411,12 @@ impl Tally {
         self.modules
             .iter_mut()
             .for_each(|m| *m = [0; 4 + 2 * KINDS + 1]);
-        self.samples.iter_mut().for_each(|n| *n = 0);
+        self.samples.iter_mut().for_each(Samples::clear);
     }
 
     fn sample(&mut self, series: usize, time: Duration) {
-        if let Some(n) = self.samples.get_mut(series * BUCKETS + bucket(time)) {
-            *n += 1;
+        if let Some(samples) = self.samples.get_mut(series) {
+            samples.add(time);
         }
     }
 
@@ -423,7 +469,60 @@ fn kind_index(kind: ErrorKind) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use rustmq_etl_config::{Config, Format};
+
     use super::*;
+
+    fn plan() -> Plan {
+        let yaml = "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: a}, {module_id: b}]}\n  - {priority: 1, modules: [{module_id: c}]}";
+        Plan::build(&Config::from_text(yaml, Format::Yaml, None).unwrap().config).unwrap()
+    }
+
+    proptest! {
+        /// Batches of samples added to the totals (only the touched buckets,
+        /// then cleared) leave every histogram with a plain count's totals.
+        #[test]
+        fn histogram_totals_are_the_sum_of_every_batch(
+            batches in prop::collection::vec(
+                prop::collection::vec((0usize..6, 0u64..1u64 << 42), 0..40),
+                1..6,
+            )
+        ) {
+            let plan = plan();
+            let stats = Stats::new();
+            let table = stats.table(&plan);
+            let mut tally = Tally::new(&plan);
+            let mut reference: HashMap<(usize, usize), u64> = HashMap::new();
+            // Series: 0 selection, 1..=3 the modules, 4 and 5 the stages.
+            for batch in &batches {
+                for &(series, ns) in batch {
+                    let time = Duration::from_nanos(ns);
+                    match series {
+                        0 => tally.selection(time),
+                        1..=3 => tally.call(series - 1, CallResult::Unchanged, time),
+                        _ => tally.stage(series - 4, time),
+                    }
+                    *reference.entry((series, bucket(time))).or_default() += 1;
+                }
+                stats.add(&table, &mut tally);
+                prop_assert!(tally.samples.iter().all(|s| s.counts.iter().all(|n| *n == 0)));
+            }
+            let histograms: Vec<&Histogram> = std::iter::once(&stats.selection)
+                .chain(table.modules.iter().map(|m| &m.time))
+                .chain(table.stages.iter().flatten().map(|h| &**h))
+                .collect();
+            prop_assert_eq!(histograms.len(), 6);
+            for (series, histogram) in histograms.iter().enumerate() {
+                for (i, total) in histogram.buckets.iter().enumerate() {
+                    let expected = reference.get(&(series, i)).copied().unwrap_or(0);
+                    prop_assert_eq!(total.load(Ordering::Relaxed), expected, "series {} bucket {}", series, i);
+                }
+            }
+        }
+    }
 
     #[test]
     fn buckets_grow_by_quarters_of_a_power_of_two() {
