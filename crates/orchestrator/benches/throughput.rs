@@ -11,7 +11,8 @@
 //!   the CPU time of the thread doing the work;
 //! - `async batches`: identity through the orchestrator from a tokio caller in
 //!   batches of 64 (both engine threads) against the same messages on a
-//!   thread's own `LocalPool`, per message, in alternating rounds;
+//!   thread's own `LocalPool`, per message, in alternating rounds; both sides
+//!   make their own copies of the messages in batches of 64 and drop them;
 //! - `latency`: single messages sent at half the single-message rate to an
 //!   async caller, paced by a plain thread (open loop); p50 and p99 of each
 //!   message's time from being handed over to its answer.
@@ -235,6 +236,18 @@ fn local_identity(occurrences: usize) -> (LocalPool, Vec<LoadedModule>) {
     (LocalPool::new(), modules)
 }
 
+/// How the baseline comes by its messages.
+#[derive(Clone, Copy)]
+enum Messages {
+    /// One message, called on again and again: the engine thread's side of
+    /// the orchestrator, which neither makes nor drops messages.
+    Reused,
+    /// Copies made and dropped in batches of `CHUNK`, as the orchestrator's
+    /// callers make and drop theirs: for a comparison whose other side
+    /// includes its caller.
+    Owned,
+}
+
 /// Nanoseconds per message of `messages` messages, each called on every one of
 /// `modules` in turn.
 fn local_calls(
@@ -242,16 +255,27 @@ fn local_calls(
     modules: &[LoadedModule],
     message: &Message,
     messages: usize,
+    how: Messages,
 ) -> f64 {
     let started = Instant::now();
     // Each call carries the previous call's end as its clock, as a chain does.
     let mut clock = started;
-    for _ in 0..messages {
+    let mut call = |message: &Message| {
         for module in modules {
             let request = CallRequest::new(message).clock(clock);
             let report = local.call(module, request).unwrap();
             clock = report.ended;
             std::hint::black_box(report);
+        }
+    };
+    match how {
+        Messages::Reused => (0..messages).for_each(|_| call(message)),
+        Messages::Owned => {
+            for _ in 0..messages.div_ceil(CHUNK) {
+                let batch = vec![message.clone(); CHUNK];
+                batch.iter().for_each(&mut call);
+                std::hint::black_box(batch);
+            }
         }
     }
     started.elapsed().as_nanos() as f64 / messages as f64
@@ -303,7 +327,7 @@ fn overhead() {
         },
         || {
             let own = cpu_ns(Threads::This);
-            let wall = local_calls(&mut local, &modules, &message, BATCHES * CHUNK);
+            let wall = local_calls(&mut local, &modules, &message, BATCHES * CHUNK, Messages::Reused);
             cpu.1.push((cpu_ns(Threads::This) - own) as f64 / (BATCHES * CHUNK) as f64);
             wall
         },
@@ -373,7 +397,7 @@ fn async_batches(pool: &Arc<Pool>) {
     let (mut local, modules) = local_identity(1);
     const BATCHES: usize = 40;
     alternating(
-        "async batches of 64 (identity, both engine threads) vs the same messages on a thread's own LocalPool, per message",
+        "async batches of 64 (identity, both engine threads) vs the same messages (copied and dropped in batches of 64 on both sides) on a thread's own LocalPool, per message",
         101,
         || {
             let started = Instant::now();
@@ -402,7 +426,7 @@ fn async_batches(pool: &Arc<Pool>) {
             });
             started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
         },
-        || local_calls(&mut local, &modules, &message, BATCHES * CHUNK),
+        || local_calls(&mut local, &modules, &message, BATCHES * CHUNK, Messages::Owned),
     );
 }
 
