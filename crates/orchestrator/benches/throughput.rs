@@ -271,7 +271,8 @@ fn local_calls(
     match how {
         Messages::Reused => (0..messages).for_each(|_| call(message)),
         Messages::Owned => {
-            for _ in 0..messages.div_ceil(CHUNK) {
+            assert_eq!(messages % CHUNK, 0, "whole batches only");
+            for _ in 0..messages / CHUNK {
                 let batch = vec![message.clone(); CHUNK];
                 batch.iter().for_each(&mut call);
                 std::hint::black_box(batch);

@@ -303,7 +303,8 @@ impl Run {
     /// leaves its own latest reading there. A call is timed from the reading
     /// before it (the previous call's end, the pipeline's start or the end of
     /// a selection), so the thread reads the clock once per call, once per
-    /// pipeline and once per selection; a call's time so includes the host's
+    /// pipeline and once per selection (twice after the first stage); a
+    /// call's time so includes the host's
     /// work since that reading (applying the previous call's edits: well
     /// under a microsecond), and, when a trace is kept, each call is timed
     /// from a fresh reading.
@@ -431,11 +432,17 @@ impl Run {
         };
         // Selection is decided on the message as it reaches the stage; only
         // what a change can affect is evaluated again.
+        let first_stage = self.stage_index() == 0;
         let selection = &mut self.selection;
         if selection.stale_filters || selection.stale_rules || reads.age {
-            // Timed from the run's latest reading, as a call is (the
-            // pipeline's start, or the previous call's end).
-            let started = self.clock;
+            // A pipeline's first selection is timed from the pipeline's
+            // start, read just before; a later one from a fresh reading (the
+            // host may have merged a parallel stage or noted a trace since).
+            let started = if first_stage {
+                self.clock
+            } else {
+                Instant::now()
+            };
             if selection.stale_filters {
                 let filters = &mut selection.filters;
                 plan.select_filters(&self.message.topic, scratch, |i, on| filters.set(i, on));

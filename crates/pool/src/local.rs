@@ -298,36 +298,47 @@ impl LocalPool {
         };
         slot.stats.in_use(1);
         let result = instance.call(compiled, request.message(), deadline);
-        // The one reading of the call: its end, and the instance's last use.
-        let ended = Instant::now();
+        // The call's one reading, usually: its end, and the instance's last use.
+        let mut ended = Instant::now();
         slot.stats.in_use(-1);
-        match &result {
+        let thrown_away = match &result {
+            Err(e) if discards_instance(e.kind()) => {
+                slot.stats.failed(e.kind());
+                slot.stats.discarded();
+                Some(instance)
+            }
             Err(e) => {
                 slot.stats.failed(e.kind());
-                if discards_instance(e.kind()) {
-                    slot.stats.discarded();
-                } else {
-                    Self::give_back(slot, compiled, instance, ended);
-                }
+                Self::give_back(slot, compiled, instance, ended)
             }
             Ok(_) => Self::give_back(slot, compiled, instance, ended),
+        };
+        if let Some(instance) = thrown_away {
+            // Freeing an instance (its memory, its store) is this call's cost,
+            // not the next one's: the call ends once it is done.
+            drop(instance);
+            ended = Instant::now();
         }
         Ok(report(result, ended))
     }
 
+    /// Keeps `instance` warm, stamped with its last use, or gives it back to
+    /// be dropped (caching is off, or it has served its calls).
     fn give_back(
         slot: &mut Slot,
         compiled: &CompiledModule,
         mut instance: Box<WarmInstance>,
         now: Instant,
-    ) {
+    ) -> Option<Box<WarmInstance>> {
         let settings = &compiled.settings;
         if settings.enable_caching && instance.calls < settings.recycle_after_calls {
             instance.last_used = now;
             slot.idle.push_back(instance);
             slot.stats.idle(1);
+            None
         } else {
             slot.stats.evicted(1);
+            Some(instance)
         }
     }
 
