@@ -219,6 +219,12 @@ fn modules(dir: &Path, rows: &mut Vec<Row>) {
         (func (export "rmq_alloc") (param i32) (result i32) i32.const 1024)
         (func (export "rmq_init") (param i32 i32) (result i64) i64.const 0)
         (func (export "rmq_transform") (param i32 i32) (result i64) i64.const 0)"#;
+    // A module with the ABI's exports that also imports one function.
+    let importing = |module: &str, name: &str, signature: &str| {
+        wat(&format!(
+            r#"(module (import "{module}" "{name}" (func {signature})) {abi})"#
+        ))
+    };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not WebAssembly", b"hello".to_vec(), ""),
         (
@@ -229,37 +235,43 @@ fn modules(dir: &Path, rows: &mut Vec<Row>) {
         ("no ABI exports", wat("(module)"), ""),
         (
             "a WASI import",
-            wat(&format!(
-                r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) {abi})"#
-            )),
+            importing(
+                "wasi_snapshot_preview1",
+                "fd_write",
+                "(param i32 i32 i32 i32) (result i32)",
+            ),
             "",
         ),
         (
             "a clock import",
-            wat(&format!(
-                r#"(module (import "env" "now" (func (result i64))) {abi})"#
-            )),
+            importing("env", "now", "(result i64)"),
             "",
         ),
         (
             "a random-number import",
-            wat(&format!(
-                r#"(module (import "wasi_snapshot_preview1" "random_get" (func (param i32 i32) (result i32))) {abi})"#
-            )),
+            importing(
+                "wasi_snapshot_preview1",
+                "random_get",
+                "(param i32 i32) (result i32)",
+            ),
             "",
         ),
         (
             "an environment import",
-            wat(&format!(
-                r#"(module (import "wasi_snapshot_preview1" "environ_get" (func (param i32 i32) (result i32))) {abi})"#
-            )),
+            importing(
+                "wasi_snapshot_preview1",
+                "environ_get",
+                "(param i32 i32) (result i32)",
+            ),
             "",
         ),
         (
             "a network import",
-            wat(&format!(
-                r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32))) {abi})"#
-            )),
+            importing(
+                "wasi_snapshot_preview1",
+                "sock_accept",
+                "(param i32 i32 i32) (result i32)",
+            ),
             "",
         ),
         (
