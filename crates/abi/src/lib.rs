@@ -6,6 +6,9 @@
 //! [edits](Edit), or an error. Decoding borrows from the input and never panics,
 //! whatever the bytes: every length is checked against what is left before it is
 //! used, and nothing is allocated in proportion to a length read from the input.
+//! A decoded outcome's strings are checked as it is decoded; a message's are
+//! checked when the guest reads them (see [`MessageView`]), so a guest pays only
+//! for what it reads.
 //! `docs/abi.md` describes the whole contract; this crate is its byte layer.
 //!
 //! ```
@@ -22,6 +25,7 @@
 //! let mut bytes = Vec::new();
 //! encode_message(message, &mut bytes);
 //! let view = decode_message(&bytes)?;
+//! view.check()?; // every string is UTF-8 (optional: reading checks too)
 //! assert_eq!(view.topic(), "iot.sensors.temperature");
 //! assert_eq!(view.header("content-type"), Some("application/json"));
 //! assert_eq!(view.payload(), br#"{"reading": 21.5}"#);

@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use crate::reader::{is_ascii, Reader, Writer};
+use crate::reader::{is_ascii, utf8, Reader, Writer};
 use crate::{DecodeError, ABI_VERSION};
 
 const HAS_KEY: u8 = 1;
@@ -106,19 +106,28 @@ where
     w.finish();
 }
 
-/// A decoded message borrowing the encoded bytes. Every field was checked when it
-/// was decoded.
+/// A decoded message borrowing the encoded bytes.
+///
+/// [`decode_message`] checks the structure: every length fits, nothing is left
+/// over. Whether the topic and the header strings are UTF-8 is checked when
+/// they are read (or all at once by [`MessageView::check`]), so that a guest
+/// pays only for the fields it reads. The host encodes them from Rust strings:
+/// reading one that is not UTF-8 is a broken host, and panics (in a guest: the
+/// call traps, and the host reports it).
 #[derive(Debug, Clone, Copy)]
 pub struct MessageView<'a> {
-    topic: &'a str,
+    topic: &'a [u8],
     key: Option<&'a [u8]>,
+    /// The header block, and where it starts in the message.
     headers: &'a [u8],
+    headers_at: usize,
     header_count: u32,
     payload: &'a [u8],
     timestamp_ms: Option<i64>,
 }
 
-/// Decodes an encoded message, checking every field.
+/// Decodes an encoded message, checking its structure (the strings are
+/// checked when read, see [`MessageView`]).
 pub fn decode_message(bytes: &[u8]) -> Result<MessageView<'_>, DecodeError> {
     let mut r = Reader::new(bytes);
     let version = r.u8()?;
@@ -138,44 +147,70 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageView<'_>, DecodeError> {
     } else {
         None
     };
-    let topic = r.str()?;
+    let topic = r.bytes()?;
     let key = if flags & HAS_KEY != 0 {
         Some(r.bytes()?)
     } else {
         None
     };
     let header_count = r.u32()?;
-    let headers_start = r.position();
+    let headers_at = r.position();
     for _ in 0..header_count {
         r.bytes()?;
         r.bytes()?;
     }
-    let headers = &bytes[headers_start..r.position()];
-    // When the whole block, length prefixes included, is ASCII, so is every
-    // name and value in it: one pass instead of one per string.
-    if !is_ascii(headers) {
-        let mut strings = Reader::at(bytes, headers_start);
-        for _ in 0..header_count {
-            strings.str()?;
-            strings.str()?;
-        }
-    }
+    let headers = &bytes[headers_at..r.position()];
     let payload = r.bytes()?;
     r.end()?;
     Ok(MessageView {
         topic,
         key,
         headers,
+        headers_at,
         header_count,
         payload,
         timestamp_ms,
     })
 }
 
+/// Reading a string the host did not encode from a Rust string.
+#[cold]
+#[inline(never)]
+fn not_utf8(what: &str) -> ! {
+    panic!("the host sent a {what} that is not UTF-8 (a broken host: it encodes Rust strings)")
+}
+
 impl<'a> MessageView<'a> {
-    /// The topic.
+    /// Checks that the topic and every header name and value are UTF-8, the
+    /// one thing [`decode_message`] leaves to the reading: once this returns
+    /// `Ok`, no accessor panics.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        let topic_at = if self.timestamp_ms.is_some() { 10 } else { 2 };
+        if utf8(self.topic).is_none() {
+            return Err(DecodeError::NotUtf8 { at: topic_at });
+        }
+        // When the whole block, length prefixes included, is ASCII, so is
+        // every name and value in it: one pass instead of one per string.
+        if !is_ascii(self.headers) {
+            let mut strings = Reader::new(self.headers);
+            for _ in 0..self.header_count {
+                for _ in 0..2 {
+                    let at = self.headers_at + strings.position();
+                    strings.str().map_err(|_| DecodeError::NotUtf8 { at })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The topic (checked on every call: keep it rather than ask again).
+    ///
+    /// # Panics
+    ///
+    /// If the topic is not UTF-8, which no host sends (see [`MessageView`]).
+    #[inline]
     pub fn topic(&self) -> &'a str {
-        self.topic
+        utf8(self.topic).unwrap_or_else(|| not_utf8("topic"))
     }
 
     /// The key, if any.
@@ -194,43 +229,80 @@ impl<'a> MessageView<'a> {
     }
 
     /// The headers in order (a name may repeat).
+    ///
+    /// # Panics
+    ///
+    /// When it reaches a header that is not UTF-8, which no host sends (see
+    /// [`MessageView`]).
     pub fn headers(&self) -> HeaderIter<'a> {
         HeaderIter {
-            reader: Reader::new(self.headers),
-            left: self.header_count,
+            raw: RawHeaders::new(self),
         }
     }
 
-    /// The value of the last header called `name`.
+    /// The value of the last header called `name`. Only that value's bytes
+    /// are checked: the names are compared as bytes with `name`.
+    ///
+    /// # Panics
+    ///
+    /// If that value is not UTF-8, which no host sends (see [`MessageView`]).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers()
-            .filter(|(n, _)| *n == name)
+        RawHeaders::new(self)
+            .filter(|(n, _)| *n == name.as_bytes())
             .last()
-            .map(|(_, v)| v)
+            .map(|(_, value)| utf8(value).unwrap_or_else(|| not_utf8("header value")))
+    }
+}
+
+/// The header block's names and values as bytes.
+#[derive(Clone)]
+struct RawHeaders<'a> {
+    reader: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> RawHeaders<'a> {
+    fn new(view: &MessageView<'a>) -> Self {
+        RawHeaders {
+            reader: Reader::new(view.headers),
+            left: view.header_count,
+        }
+    }
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // `decode_message` checked the block's structure: these cannot fail.
+        Some((self.reader.bytes().ok()?, self.reader.bytes().ok()?))
     }
 }
 
 /// The headers of a [`MessageView`], in order.
 #[derive(Clone)]
 pub struct HeaderIter<'a> {
-    reader: Reader<'a>,
-    left: u32,
+    raw: RawHeaders<'a>,
 }
 
 impl<'a> Iterator for HeaderIter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        // The region was checked by `decode_message`: these cannot fail.
-        Some((self.reader.str().ok()?, self.reader.str().ok()?))
+        let (name, value) = self.raw.next()?;
+        Some((
+            utf8(name).unwrap_or_else(|| not_utf8("header name")),
+            utf8(value).unwrap_or_else(|| not_utf8("header value")),
+        ))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left as usize, Some(self.left as usize))
+        (self.raw.left as usize, Some(self.raw.left as usize))
     }
 }
 

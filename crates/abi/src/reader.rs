@@ -60,12 +60,6 @@ impl<'a> Reader<'a> {
         Reader { bytes, at: 0 }
     }
 
-    /// A reader of `bytes` positioned at `at`.
-    #[inline]
-    pub(crate) fn at(bytes: &'a [u8], at: usize) -> Self {
-        Reader { bytes, at }
-    }
-
     #[inline]
     pub(crate) fn position(&self) -> usize {
         self.at

@@ -75,6 +75,7 @@ proptest! {
             &mut bytes,
         );
         let view = decode_message(&bytes).unwrap();
+        prop_assert_eq!(view.check(), Ok(()));
         prop_assert_eq!(view.topic(), topic.as_str());
         prop_assert_eq!(view.key(), key.as_deref());
         prop_assert_eq!(view.payload(), &payload[..]);
@@ -118,9 +119,15 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        // Decoding never panics; once the strings are checked, neither does
+        // reading them.
         if let Ok(view) = decode_message(&bytes) {
-            let _ = view.headers().count();
-            let _ = view.header("a");
+            let _ = (view.key(), view.payload(), view.timestamp_ms());
+            if view.check().is_ok() {
+                let _ = view.topic();
+                let _ = view.headers().count();
+                let _ = view.header("a");
+            }
         }
         if let Ok(OutcomeView::Edits(iter)) = decode_outcome(&bytes) {
             let _ = iter.count();
@@ -182,16 +189,38 @@ fn header_strings_are_checked_wherever_they_are() {
             &mut bytes,
         );
         let view = decode_message(&bytes).unwrap();
+        assert_eq!(view.check(), Ok(()));
         assert_eq!(view.header(name), Some(value));
     }
-    // version, flags, topic "t", one header "a" = [0xff], empty payload.
+    // version, flags, topic "t", one header "a" = [0xff], empty payload: the
+    // structure decodes, the check finds the value where it starts, and only
+    // reading that value panics.
     let bytes = [
         1, 0, 1, 0, 0, 0, b't', 1, 0, 0, 0, 1, 0, 0, 0, b'a', 1, 0, 0, 0, 0xff, 0, 0, 0, 0,
     ];
-    assert_eq!(
-        decode_message(&bytes).unwrap_err(),
-        DecodeError::NotUtf8 { at: 16 }
-    );
+    let view = decode_message(&bytes).unwrap();
+    assert_eq!(view.check().unwrap_err(), DecodeError::NotUtf8 { at: 16 });
+    assert_eq!(view.topic(), "t");
+    assert_eq!(view.header("b"), None, "no value is read: nothing to check");
+    let panic = std::panic::catch_unwind(|| view.header("a")).unwrap_err();
+    let text = panic.downcast_ref::<String>().unwrap();
+    assert!(text.contains("header value that is not UTF-8"), "{text}");
+    assert!(std::panic::catch_unwind(|| view.headers().count()).is_err());
+}
+
+/// A topic that is not UTF-8 is found by the check (at its length prefix,
+/// after the timestamp when there is one), and reading it panics.
+#[test]
+fn a_topic_that_is_not_utf8_is_found_by_the_check() {
+    for (flags, timestamp, at) in [(0u8, &[][..], 2), (2, &[0u8; 8][..], 10)] {
+        let mut bytes = vec![1, flags];
+        bytes.extend_from_slice(timestamp);
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0xc3, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let view = decode_message(&bytes).unwrap();
+        assert_eq!(view.check().unwrap_err(), DecodeError::NotUtf8 { at });
+        assert_eq!(view.payload(), b"");
+        assert!(std::panic::catch_unwind(|| view.topic()).is_err());
+    }
 }
 
 #[test]
