@@ -16,6 +16,8 @@ use wasmer::{
     RuntimeError, Store, TypedFunction, Value, WasmTypeList,
 };
 
+use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
+
 use crate::budget::{BUDGET_GLOBAL, START_EXPORT};
 use crate::deadline::Armed;
 use crate::error::CallError;
@@ -104,6 +106,10 @@ pub(crate) struct WarmInstance {
     /// it before each call, and the watchdog writes it from its own thread
     /// when the call's time is up. The `Store` above owns it.
     budget: NonNull<i64>,
+    /// The instance's memory as its compiled code sees it, by address: its
+    /// base and current length, which a `memory.grow` updates in place. The
+    /// `Store` above owns it.
+    memory_definition: NonNull<VMMemoryDefinition>,
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
     pub(crate) calls: u64,
@@ -185,12 +191,14 @@ impl WarmInstance {
             },
         };
         let budget = global_address(&mut store, &budget);
+        let memory_definition = memory_address(&mut store, &memory);
         let mut warm = WarmInstance {
             store,
             lines_this_call,
             memory,
             exports,
             budget,
+            memory_definition,
             input: None,
             calls: 0,
             last_used: Instant::now(),
@@ -365,8 +373,7 @@ impl WarmInstance {
                 ptr
             }
         };
-        let view = self.memory.view(&self.store);
-        let size = view.data_size();
+        let (base, size) = self.guest_memory();
         let end = u64::from(ptr) + u64::from(len);
         if ptr == 0 || end > size {
             self.input = None;
@@ -376,15 +383,17 @@ impl WarmInstance {
                 format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory"),
             ));
         }
-        // SAFETY: `data_unchecked_mut` requires that nothing else reads, writes
-        // or grows this memory while the slice lives. The memory belongs to this
-        // instance's `Store`, which `&mut self` holds exclusively on this thread;
-        // no guest code runs until `fill` has returned and the slice is gone; and
-        // no other instance can reach the memory (modules may import nothing but
-        // the logging function). A plain slice lets the host encode the message
-        // straight into the guest, with no copy through a host buffer.
-        let memory = unsafe { view.data_unchecked_mut() };
-        fill(&mut memory[ptr as usize..end as usize]);
+        // SAFETY: the `len` bytes at `ptr` lie within the memory (checked
+        // above), and nothing else reads, writes or grows it while the slice
+        // lives: the memory belongs to this instance's `Store`, which `&mut
+        // self` holds exclusively on this thread; no guest code runs until
+        // `fill` has returned and the slice is gone; and no other instance can
+        // reach the memory (modules may import nothing but the logging
+        // function). A plain slice lets the host encode the message straight
+        // into the guest, with no copy through a host buffer.
+        let memory =
+            unsafe { std::slice::from_raw_parts_mut(base.add(ptr as usize), len as usize) };
+        fill(memory);
         Ok(ptr)
     }
 
@@ -405,19 +414,29 @@ impl WarmInstance {
                 module.settings.max_output_bytes
             )));
         }
-        let view = self.memory.view(&self.store);
-        let size = view.data_size();
+        let (base, size) = self.guest_memory();
         if ptr.checked_add(len).is_none_or(|end| end > size) {
             return Err(invalid(format!(
                 "its answer ({len} bytes at {ptr:#x}) lies outside its {size}-byte memory"
             )));
         }
-        // SAFETY: as in `fill_input`: this thread holds the instance's `Store`
-        // (through `&self`, and no guest code runs until `read` has returned),
-        // and no other instance can reach the memory. The bounds were checked
-        // above; `read` copies what it keeps, so nothing outlives the slice.
-        let memory = unsafe { view.data_unchecked() };
-        Ok(read(&memory[ptr as usize..(ptr + len) as usize]))
+        // SAFETY: as in `fill_input`: the bytes lie within the memory
+        // (checked above), this thread holds the instance's `Store` (through
+        // `&self`, and no guest code runs until `read` has returned), and no
+        // other instance can reach the memory. `read` copies what it keeps, so
+        // nothing outlives the slice.
+        let memory = unsafe { std::slice::from_raw_parts(base.add(ptr as usize), len as usize) };
+        Ok(read(memory))
+    }
+
+    /// The guest memory's base address and current length in bytes.
+    #[inline]
+    fn guest_memory(&self) -> (*mut u8, u64) {
+        // SAFETY: the definition lives as long as the instance, which the
+        // `Store` in `self` keeps; only guest code on this thread (not running
+        // now) and this thread's host calls change it.
+        let definition = unsafe { self.memory_definition.as_ref() };
+        (definition.base, definition.current_length as u64)
     }
 
     /// Runs the module on `message`, within its budget and `deadline`.
@@ -546,6 +565,17 @@ fn outcome(module: &CompiledModule, output: &[u8]) -> Result<Outcome, CallError>
 }
 
 /// The address of a global's value inside its store.
+/// Where an instance's memory keeps its base and length, for its compiled
+/// code: stable for the instance's life (`VMMemoryDefinition::base` "is always
+/// valid, even if the memory grows").
+fn memory_address(store: &mut Store, memory: &Memory) -> NonNull<VMMemoryDefinition> {
+    let handle = match Extern::Memory(memory.clone()).to_vm_extern().unwrap_sys() {
+        wasmer::sys::vm::VMExtern::Memory(handle) => handle,
+        _ => unreachable!("a memory's extern is a memory"),
+    };
+    handle.get(store.objects_mut().as_sys()).vmmemory()
+}
+
 pub(crate) fn global_address(store: &mut Store, global: &Global) -> NonNull<i64> {
     let handle = match Extern::Global(global.clone()).to_vm_extern().unwrap_sys() {
         wasmer::sys::vm::VMExtern::Global(handle) => handle,
