@@ -11,7 +11,7 @@
 //! - `startup_sample_modules`: loading every fixture module from the artifact
 //!   cache against compiling them afresh. Target: ≥ 10× faster.
 //!
-//! - `metering_overhead_serde`: temperature-converter's transform (a
+//! - `metering_overhead_serde`: temperature-converter-value's transform (a
 //!   `serde_json` parse, edit and write of a 256-byte reading) compiled with the
 //!   pool's instrumentation (`optimised`, what ships) against the same module
 //!   compiled without it (`baseline`): the "speed-up" below 1 is the overhead.

@@ -2,7 +2,7 @@
 //! module through a `LocalPool`, and the floor it is measured against (a bare
 //! wasmer typed call of an empty function plus a copy of the same 256 payload
 //! bytes into its memory); and a `serde_json` round trip of a 256-byte message
-//! (temperature-converter's transform) called straight on an instance, compiled
+//! (temperature-converter-value's transform) called straight on an instance, compiled
 //! with the pool's instrumentation and without it.
 
 use std::hint::black_box;
@@ -145,9 +145,10 @@ pub fn encoded_reading() -> Vec<u8> {
     encoded
 }
 
-/// temperature-converter's transform on a 256-byte reading, called straight on
-/// an instance: parse the payload into a `serde_json::Value`, edit two fields,
-/// write it back. `metered` compiles it with the pool's instrumentation (the
+/// temperature-converter-value's transform on a 256-byte reading, called
+/// straight on an instance: parse the payload into a `serde_json::Value`, edit
+/// two fields, write it back (temperature-converter itself now splices the two
+/// fields with the SDK's `json::Object`: not this workload). `metered` compiles it with the pool's instrumentation (the
 /// budget set high, no watchdog); otherwise with plain Cranelift.
 pub struct RoundTrip {
     store: Store,
@@ -158,7 +159,7 @@ pub struct RoundTrip {
 
 impl RoundTrip {
     pub fn new(metered: bool) -> RoundTrip {
-        let wasm = std::fs::read(fixtures().join("temperature-converter.wasm")).unwrap();
+        let wasm = std::fs::read(fixtures().join("temperature-converter-value.wasm")).unwrap();
         let engine = if metered {
             rustmq_etl_pool::instrumented_engine(64 << 20)
         } else {
@@ -212,7 +213,7 @@ impl RoundTrip {
         let view = memory.view(&round_trip.store);
         let mut tag = [0u8];
         view.read((packed as u64) >> 32, &mut tag).unwrap();
-        assert_eq!(tag[0], 2, "temperature-converter answered with edits");
+        assert_eq!(tag[0], 2, "temperature-converter-value answered with edits");
         round_trip
     }
 
