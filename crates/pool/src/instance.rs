@@ -107,8 +107,9 @@ pub(crate) struct WarmInstance {
     /// when the call's time is up. The `Store` above owns it.
     budget: NonNull<i64>,
     /// The instance's memory as its compiled code sees it, by address: its
-    /// base and current length, which a `memory.grow` updates in place. The
-    /// `Store` above owns it.
+    /// base and current length, which a `memory.grow` rewrites in place (so
+    /// they are read afresh for every use, see `guest_memory`). The `Store`
+    /// above owns it.
     memory_definition: NonNull<VMMemoryDefinition>,
     /// The guest's input buffer, and how many bytes it holds.
     input: Option<(u32, u32)>,
@@ -564,10 +565,11 @@ fn outcome(module: &CompiledModule, output: &[u8]) -> Result<Outcome, CallError>
     ))
 }
 
-/// The address of a global's value inside its store.
-/// Where an instance's memory keeps its base and length, for its compiled
-/// code: stable for the instance's life (`VMMemoryDefinition::base` "is always
-/// valid, even if the memory grows").
+/// Where an instance's memory keeps its base and length for its compiled code
+/// (inside the instance's context, which the store keeps in place). The
+/// address is stable for the instance's life; what it holds is not: a
+/// `memory.grow` may move the memory and rewrite both, so they are read afresh
+/// after every guest call, never kept.
 fn memory_address(store: &mut Store, memory: &Memory) -> NonNull<VMMemoryDefinition> {
     let handle = match Extern::Memory(memory.clone()).to_vm_extern().unwrap_sys() {
         wasmer::sys::vm::VMExtern::Memory(handle) => handle,
@@ -576,6 +578,7 @@ fn memory_address(store: &mut Store, memory: &Memory) -> NonNull<VMMemoryDefinit
     handle.get(store.objects_mut().as_sys()).vmmemory()
 }
 
+/// The address of a global's value inside its store.
 pub(crate) fn global_address(store: &mut Store, global: &Global) -> NonNull<i64> {
     let handle = match Extern::Global(global.clone()).to_vm_extern().unwrap_sys() {
         wasmer::sys::vm::VMExtern::Global(handle) => handle,
