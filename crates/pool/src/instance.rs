@@ -11,12 +11,11 @@ use rustmq_etl_abi::{
     decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
 };
 use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, Outcome};
+use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
 use wasmer::{
     imports, AsStoreMut, Extern, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory,
     RuntimeError, Store, TypedFunction, Value, WasmTypeList,
 };
-
-use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
 
 use crate::budget::{BUDGET_GLOBAL, START_EXPORT};
 use crate::deadline::Armed;
