@@ -17,7 +17,7 @@ use crate::plan::Plan;
 use crate::result::Processed;
 use crate::run::{Batch, Run};
 use crate::snapshot::{build, Keep, ModuleSource, Snapshot};
-use crate::stats::{Stats, Tally};
+use crate::stats::Stats;
 
 /// Runs messages through pipelines on an [`Engine`]. Cheap to clone (all
 /// clones share one configuration, engine and set of metrics); `Send + Sync`.
@@ -324,7 +324,6 @@ impl<E: Engine> Orchestrator<E> {
                 .collect();
             let (reply, answer) = oneshot::channel();
             let batch = Batch {
-                tally: Tally::new(&snapshot.plan),
                 snapshot: snapshot.clone(),
                 runs,
                 submitted,

@@ -86,13 +86,6 @@ impl Bits {
             }
         }
     }
-
-    fn clear(&mut self) {
-        match self {
-            Bits::Inline(bits) => *bits = 0,
-            Bits::Heap(words) => words.iter_mut().for_each(|w| *w = 0),
-        }
-    }
 }
 
 /// Where a message stands: which pipeline, stage and module.
@@ -122,7 +115,9 @@ struct Saved {
 struct InPipeline {
     /// Whether a failure may need the message as it entered.
     keeps_entry: bool,
-    saved: Saved,
+    /// Made by the first edit that must save something: a run nothing edits
+    /// carries one pointer, not the log.
+    saved: Option<Box<Saved>>,
     deadline: Option<Instant>,
 }
 
@@ -131,9 +126,8 @@ struct InPipeline {
 struct InStage {
     started: Instant,
     deadline: Option<Instant>,
-    /// The positions of the stage's modules that run.
-    selected: Bits,
-    /// Any module selected.
+    /// Any module selected. Which ones is [`Selection::runs`]: selection
+    /// changes only as a stage starts.
     any: bool,
     /// A parallel stage: every module runs on the message as it stands (the
     /// edits wait until the stage ends), each module's edits in declaration
@@ -163,9 +157,20 @@ struct Selection {
     stale_rules: bool,
 }
 
+/// How a journey ended; the message it ended with (delivered or the dead
+/// letter) stays in [`Run::message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Delivered,
+    Dropped,
+    DeadLettered,
+}
+
 /// One message's journey.
 #[derive(Debug)]
 pub(crate) struct Run {
+    /// The message as it stands; once the journey has ended, what it ended
+    /// with (see [`End`]).
     message: Message,
     place: Place,
     pipeline: InPipeline,
@@ -175,10 +180,17 @@ pub(crate) struct Run {
     /// The latest reading of the clock the run knows of (see [`Run::step`]):
     /// deadlines start from it.
     clock: Instant,
-    trace: Option<Trace>,
-    done: Option<Disposition>,
+    trace: Option<Box<Trace>>,
+    done: Option<End>,
     /// A cheap random state for jitter.
     seed: u64,
+}
+
+impl Selection {
+    /// Whether `module` runs in the current stage.
+    fn runs(&self, module: &PlannedModule) -> bool {
+        self.filters.get(module.index) && self.rules.get(module.index)
+    }
 }
 
 impl Run {
@@ -196,7 +208,6 @@ impl Run {
             stage: InStage {
                 started: now,
                 deadline: None,
-                selected: Bits::Inline(0),
                 any: false,
                 parallel: false,
                 edits: Vec::new(),
@@ -210,7 +221,7 @@ impl Run {
                 stale_rules: true,
             },
             clock: now,
-            trace: trace.then(Trace::default),
+            trace: trace.then(Box::default),
             done: None,
             seed: seed | 1,
         }
@@ -283,8 +294,8 @@ impl Run {
         if self.trace.is_none() {
             return;
         }
-        for (position, module) in stage.modules.iter().enumerate().skip(from) {
-            if self.stage.selected.get(position) {
+        for module in stage.modules.iter().skip(from) {
+            if self.selection.runs(module) {
                 self.note(
                     pipeline,
                     stage.priority,
@@ -335,8 +346,7 @@ impl Run {
                 return None;
             }
             let Some(pipeline) = plan.pipelines().get(self.place.pipeline) else {
-                let message = std::mem::take(&mut self.message);
-                self.done = Some(Disposition::Delivered(message));
+                self.done = Some(End::Delivered);
                 return None;
             };
             if !pipeline.config.enabled {
@@ -364,7 +374,11 @@ impl Run {
                     0
                 }
             };
-            while position < stage.modules.len() && !self.stage.selected.get(position) {
+            while stage
+                .modules
+                .get(position)
+                .is_some_and(|module| !self.selection.runs(module))
+            {
                 position += 1;
             }
             self.place.module = Some(position);
@@ -395,7 +409,7 @@ impl Run {
                 pipeline.config.error_handling,
                 ErrorHandlingStrategy::SkipModule
             ),
-            saved: Saved::default(),
+            saved: None,
             deadline: self
                 .clock
                 .checked_add(Duration::from_millis(pipeline.config.global_timeout_ms)),
@@ -457,16 +471,9 @@ impl Run {
             tally.selection(now.saturating_duration_since(started));
             self.clock = now;
         }
-        let mut selected = std::mem::replace(&mut self.stage.selected, Bits::Inline(0));
-        if stage.modules.len() > 128 {
-            selected = Bits::new(stage.modules.len());
-        }
-        selected.clear();
         let mut any = false;
-        for (position, module) in stage.modules.iter().enumerate() {
-            let runs =
-                self.selection.filters.get(module.index) && self.selection.rules.get(module.index);
-            selected.set(position, runs);
+        for module in &stage.modules {
+            let runs = self.selection.runs(module);
             any |= runs;
             if !runs && self.trace.is_some() {
                 let why = plan.why_not(module, &self.message, now_ms, scratch);
@@ -478,17 +485,14 @@ impl Run {
                 );
             }
         }
-        let mut edits = std::mem::take(&mut self.stage.edits);
-        edits.clear();
-        self.stage = InStage {
-            started: self.clock,
-            deadline: stage.stage_timeout.and_then(|t| self.clock.checked_add(t)),
-            selected,
-            any,
-            parallel: stage.parallel_execution,
-            edits,
-            dropped: false,
-        };
+        let clock = self.clock;
+        let state = &mut self.stage;
+        state.started = clock;
+        state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
+        state.any = any;
+        state.parallel = stage.parallel_execution;
+        state.edits.clear();
+        state.dropped = false;
         self.module = InModule::default();
         self.place.module = Some(0);
     }
@@ -520,7 +524,6 @@ impl Run {
     /// message as it entered the pipeline (if a failure may need it back),
     /// and marks what they change as needing a new selection.
     fn apply(&mut self, edits: Vec<Edit>) {
-        let saved = &mut self.pipeline.saved;
         let message = &self.message;
         for edit in &edits {
             match edit {
@@ -530,6 +533,7 @@ impl Run {
             if !self.pipeline.keeps_entry {
                 continue;
             }
+            let saved = self.pipeline.saved.get_or_insert_default();
             match edit {
                 Edit::SetTopic(_) => {
                     saved.topic.get_or_insert_with(|| message.topic.clone());
@@ -554,7 +558,9 @@ impl Run {
     /// The message as it entered the pipeline (the current one is given up).
     fn entry(&mut self) -> Message {
         let mut message = std::mem::take(&mut self.message);
-        let saved = std::mem::take(&mut self.pipeline.saved);
+        let Some(saved) = self.pipeline.saved.take() else {
+            return message;
+        };
         if let Some(topic) = saved.topic {
             message.topic = topic;
         }
@@ -589,7 +595,7 @@ impl Run {
         self.skip_rest(snapshot, next_stage, false, SkipReason::Dropped);
         self.place.pipeline += 1;
         self.skip_rest(snapshot, 0, true, SkipReason::Dropped);
-        self.done = Some(Disposition::Dropped);
+        self.done = Some(End::Dropped);
     }
 
     /// Calls the current module; `Some(at)` if the message must wait.
@@ -789,7 +795,7 @@ impl Run {
                     tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
                     self.place.pipeline += 1;
                     self.skip_rest(snapshot, 0, true, SkipReason::Dropped);
-                    self.done = Some(Disposition::Dropped);
+                    self.done = Some(End::Dropped);
                 } else {
                     tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
                     self.next_pipeline();
@@ -848,7 +854,8 @@ impl Run {
         tally.pipeline(self.place.pipeline, PipelineResult::DeadLettered);
         self.place.pipeline += 1;
         self.skip_rest(snapshot, 0, true, SkipReason::EarlierFailure);
-        self.done = Some(Disposition::DeadLettered(letter));
+        self.message = letter;
+        self.done = Some(End::DeadLettered);
     }
 
     /// The host panicked while running this message: it becomes a dead letter
@@ -882,14 +889,20 @@ impl Run {
             .headers
             .push(headers::ERROR_KIND, ErrorKind::Trap.as_str());
         letter.headers.push(headers::ERROR, error.message());
-        self.done = Some(Disposition::DeadLettered(letter));
+        self.message = letter;
+        self.done = Some(End::DeadLettered);
     }
 
-    pub(crate) fn finish(self) -> (Disposition, Option<Trace>) {
-        let disposition = self
-            .done
-            .unwrap_or_else(|| Disposition::Delivered(self.message));
-        (disposition, self.trace)
+    /// What became of the message, and its trace: taken out, leaving the
+    /// run empty (a run is large: it is not moved to be finished).
+    pub(crate) fn finish(&mut self) -> (Disposition, Option<Trace>) {
+        let message = std::mem::take(&mut self.message);
+        let disposition = match self.done {
+            None | Some(End::Delivered) => Disposition::Delivered(message),
+            Some(End::Dropped) => Disposition::Dropped,
+            Some(End::DeadLettered) => Disposition::DeadLettered(message),
+        };
+        (disposition, self.trace.take().map(|trace| *trace))
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -911,12 +924,19 @@ pub(crate) struct Batch<E: Engine> {
     pub(crate) submitted: Instant,
     pub(crate) started: Option<Instant>,
     pub(crate) reply: Option<oneshot::Sender<Vec<Processed>>>,
-    pub(crate) tally: Tally,
+}
+
+/// What an engine thread keeps between batches for the snapshot it ran last.
+struct ThreadState {
+    snapshot: u64,
+    scratch: PlanScratch,
+    /// Empty between batches: a batch's counts go to the totals before the
+    /// thread runs anything else.
+    tally: Tally,
 }
 
 thread_local! {
-    /// The selection scratch of the snapshot this thread ran last (by id).
-    static SCRATCH: std::cell::RefCell<Option<(u64, PlanScratch)>> = const { std::cell::RefCell::new(None) };
+    static STATE: std::cell::RefCell<Option<ThreadState>> = const { std::cell::RefCell::new(None) };
 }
 
 impl<E: Engine> Task<E::Runner> for Batch<E> {
@@ -925,58 +945,61 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         let queued = *self.started.get_or_insert(clock) - self.submitted;
         let snapshot = self.snapshot.clone();
         let mut next: Option<Instant> = None;
-        SCRATCH.with(|cell| {
+        let mut processed = Vec::new();
+        STATE.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let scratch = match &mut *cell {
-                Some((id, scratch)) if *id == snapshot.id => scratch,
-                other => {
-                    &mut other
-                        .insert((snapshot.id, snapshot.plan.create_scratch()))
-                        .1
-                }
+            let state = match &mut *cell {
+                Some(state) if state.snapshot == snapshot.id => state,
+                other => other.insert(ThreadState {
+                    snapshot: snapshot.id,
+                    scratch: snapshot.plan.create_scratch(),
+                    tally: Tally::new(&snapshot.plan),
+                }),
             };
+            let (scratch, tally) = (&mut state.scratch, &mut state.tally);
             for run in &mut self.runs {
                 if run.is_done() {
                     continue;
                 }
-                let tally = &mut self.tally;
                 match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
                     Ok(None) => {}
                     Err(panic) => {
                         // The panic took the run's clock with it.
                         clock = Instant::now();
-                        run.host_failed(&snapshot, &panic, &mut self.tally)
+                        run.host_failed(&snapshot, &panic, tally)
                     }
                 }
             }
+            if next.is_none() {
+                processed = self
+                    .runs
+                    .iter_mut()
+                    .map(|run| {
+                        let (disposition, mut trace) = run.finish();
+                        tally.message(&disposition);
+                        if let Some(trace) = &mut trace {
+                            trace.queued = queued;
+                        }
+                        Processed {
+                            disposition,
+                            config_version: snapshot.version,
+                            trace,
+                        }
+                    })
+                    .collect();
+                self.runs = Vec::new();
+            }
+            // What this step counted, before the thread runs another batch
+            // (of this snapshot or another).
+            snapshot.stats.add(&snapshot.table, tally);
         });
         if let Some(at) = next {
             return Step::WaitUntil(at);
         }
-        for run in &self.runs {
-            if let Some(d) = &run.done {
-                self.tally.message(d);
-            }
-        }
-        snapshot.stats.add(&snapshot.table, &mut self.tally);
         if snapshot.stats.publish_due() {
             snapshot.stats.publish(false);
         }
-        let processed = std::mem::take(&mut self.runs)
-            .into_iter()
-            .map(|run| {
-                let (disposition, mut trace) = run.finish();
-                if let Some(trace) = &mut trace {
-                    trace.queued = queued;
-                }
-                Processed {
-                    disposition,
-                    config_version: snapshot.version,
-                    trace,
-                }
-            })
-            .collect();
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(processed);
         }
