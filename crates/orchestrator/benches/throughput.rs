@@ -246,6 +246,10 @@ enum Messages {
     /// callers make and drop theirs: for a comparison whose other side
     /// includes its caller.
     Owned,
+    /// Copies made in batches of `CHUNK` by another thread, handed over, and
+    /// handed back to it to be dropped: what the engine thread gets from its
+    /// callers, without the orchestration.
+    HandedOver,
 }
 
 /// Nanoseconds per message of `messages` messages, each called on every one of
@@ -278,6 +282,24 @@ fn local_calls(
                 std::hint::black_box(batch);
             }
         }
+        Messages::HandedOver => {
+            assert_eq!(messages % CHUNK, 0, "whole batches only");
+            let (to_worker, batches) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
+            let (to_dropper, done) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
+            std::thread::scope(|scope| {
+                scope.spawn(move || {
+                    for _ in 0..messages / CHUNK {
+                        to_worker.send(vec![message.clone(); CHUNK]).unwrap();
+                    }
+                });
+                scope.spawn(move || done.into_iter().for_each(drop));
+                for batch in batches {
+                    batch.iter().for_each(&mut call);
+                    to_dropper.send(batch).unwrap();
+                }
+                drop(to_dropper);
+            });
+        }
     }
     started.elapsed().as_nanos() as f64 / messages as f64
 }
@@ -303,7 +325,7 @@ fn overhead() {
     // the thread doing the work (the engine thread; the baseline's own),
     // which leaves out the callers' share of the cores and any time the
     // thread was not running.
-    let mut cpu = (Vec::new(), Vec::new());
+    let mut cpu = (Vec::new(), Vec::new(), Vec::new());
     alternating(
         "orchestration overhead: 3 identity stages through the orchestrator (one engine thread kept busy by two callers) vs the same 3 module occurrences called in turn on a thread's own LocalPool, per message, wall clock",
         101,
@@ -327,16 +349,32 @@ fn overhead() {
             started.elapsed().as_nanos() as f64 / messages
         },
         || {
+            let messages = BATCHES * CHUNK;
             let own = cpu_ns(Threads::This);
-            let wall = local_calls(&mut local, &modules, &message, BATCHES * CHUNK, Messages::Reused);
-            cpu.1.push((cpu_ns(Threads::This) - own) as f64 / (BATCHES * CHUNK) as f64);
+            let wall = local_calls(&mut local, &modules, &message, messages, Messages::Reused);
+            let reused = cpu_ns(Threads::This);
+            cpu.1.push((reused - own) as f64 / messages as f64);
+            // Not part of the wall-clock row: the same calls on messages
+            // another thread makes and drops, as the engine thread gets them.
+            local_calls(&mut local, &modules, &message, messages, Messages::HandedOver);
+            cpu.2.push((cpu_ns(Threads::This) - reused) as f64 / messages as f64);
             wall
         },
     );
     print_medians(
         "orchestration overhead, the same rounds by CPU time (the engine thread's vs the baseline thread's)",
-        cpu.0,
+        cpu.0.clone(),
+        cpu.1.clone(),
+    );
+    print_medians(
+        "  for comparison, by CPU time: the baseline's calls on messages another thread makes, hands over in batches and drops (as the engine thread gets them) vs on one reused message",
+        cpu.2.clone(),
         cpu.1,
+    );
+    print_medians(
+        "  for comparison, by CPU time: the engine thread's vs the baseline's calls on handed-over messages",
+        cpu.0,
+        cpu.2,
     );
 }
 

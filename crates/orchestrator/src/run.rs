@@ -60,10 +60,24 @@ impl Bits {
         }
     }
 
+    #[inline]
     fn get(&self, i: usize) -> bool {
         match self {
             Bits::Inline(bits) => i < 128 && bits >> i & 1 == 1,
             Bits::Heap(words) => words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1),
+        }
+    }
+
+    /// Becomes `a` and `b` (all three of one length).
+    fn set_and(&mut self, a: &Bits, b: &Bits) {
+        match (self, a, b) {
+            (Bits::Inline(bits), Bits::Inline(a), Bits::Inline(b)) => *bits = a & b,
+            (Bits::Heap(words), Bits::Heap(a), Bits::Heap(b)) => {
+                for ((word, a), b) in words.iter_mut().zip(a).zip(b) {
+                    *word = a & b;
+                }
+            }
+            _ => unreachable!("sets of one length have one representation"),
         }
     }
 
@@ -152,6 +166,8 @@ struct InModule {
 struct Selection {
     filters: Bits,
     rules: Bits,
+    /// Both: the modules that run.
+    runs: Bits,
     /// The filters (topic) or the rules (other parts) must be evaluated again.
     stale_filters: bool,
     stale_rules: bool,
@@ -188,8 +204,9 @@ pub(crate) struct Run {
 
 impl Selection {
     /// Whether `module` runs in the current stage.
+    #[inline]
     fn runs(&self, module: &PlannedModule) -> bool {
-        self.filters.get(module.index) && self.rules.get(module.index)
+        self.runs.get(module.index)
     }
 }
 
@@ -217,6 +234,7 @@ impl Run {
             selection: Selection {
                 filters: Bits::new(modules),
                 rules: Bits::new(modules),
+                runs: Bits::new(modules),
                 stale_filters: true,
                 stale_rules: true,
             },
@@ -465,6 +483,7 @@ impl Run {
                 let rules = &mut selection.rules;
                 plan.select_rules(&self.message, now_ms, scratch, |i, on| rules.set(i, on));
             }
+            selection.runs.set_and(&selection.filters, &selection.rules);
             selection.stale_filters = false;
             selection.stale_rules = false;
             let now = Instant::now();
