@@ -282,6 +282,42 @@ stages:
     );
 }
 
+#[test]
+fn selection_holds_for_more_modules_than_fit_a_machine_word_pair() {
+    // 150 modules (past the 128 kept inline): the even ones take topic
+    // `even`, the odd ones `odd`; each appends its number.
+    let engine = Arc::new(StandIn::new(2));
+    let mut yaml = String::from("pipeline_id: p\nstages:\n  - priority: 0\n    modules:\n");
+    for i in 0..150 {
+        let id = format!("m{i}");
+        engine.module(&id, move |m: &Message| {
+            let mut payload = m.payload.to_vec();
+            payload.extend_from_slice(format!("{i},").as_bytes());
+            Behaviour::ok(Outcome::Edited(vec![Edit::SetPayload(Bytes::from(
+                payload,
+            ))]))
+        });
+        let topic = if i % 2 == 0 { "even" } else { "odd" };
+        yaml.push_str(&format!(
+            "      - {{module_id: {id}, topic_filters: [{{filter_type: Exact, pattern: {topic}}}]}}\n"
+        ));
+    }
+    let o = start(&engine, &yaml);
+    for (topic, first) in [("even", 0), ("odd", 1)] {
+        let out = one(&o, Message::new(topic, ""));
+        let expected: String = (first..150).step_by(2).map(|i| format!("{i},")).collect();
+        assert_eq!(
+            std::str::from_utf8(&delivered(&out).payload).unwrap(),
+            expected
+        );
+        let skipped = events(&out)
+            .iter()
+            .filter(|(_, e)| matches!(e, TraceEvent::Skipped(SkipReason::NotSelected(_))))
+            .count();
+        assert_eq!(skipped, 75);
+    }
+}
+
 fn flaky(fails: u32, kind: ErrorKind) -> impl Fn(&Message) -> Behaviour {
     let calls = Arc::new(AtomicU32::new(0));
     move |_: &Message| {
