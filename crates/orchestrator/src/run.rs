@@ -139,6 +139,10 @@ struct InPipeline {
 #[derive(Debug)]
 struct InStage {
     started: Instant,
+    /// The run's clock less `started`, kept as the clock moves (a call's
+    /// `ran` is the distance its end moved the clock): the stage's time
+    /// without a subtraction of instants.
+    elapsed: Duration,
     deadline: Option<Instant>,
     /// Any module selected. Which ones is [`Selection::runs`]: selection
     /// changes only as a stage starts.
@@ -224,6 +228,7 @@ impl Run {
             pipeline: InPipeline::default(),
             stage: InStage {
                 started: now,
+                elapsed: Duration::ZERO,
                 deadline: None,
                 any: false,
                 parallel: false,
@@ -345,10 +350,22 @@ impl Run {
         tally: &mut Tally,
         clock: &mut Instant,
     ) -> Option<Instant> {
-        self.clock = self.clock.max(*clock);
+        self.clock_to(*clock);
         let wait = self.advance(snapshot, runner, scratch, tally);
         *clock = (*clock).max(self.clock);
         wait
+    }
+
+    /// Moves the run's clock on to `now` (never back). Inside a stage, the
+    /// time passed counts as the stage's.
+    fn clock_to(&mut self, now: Instant) {
+        if now > self.clock {
+            if self.place.module.is_some() {
+                let passed = now.saturating_duration_since(self.clock);
+                self.stage.elapsed = self.stage.elapsed.saturating_add(passed);
+            }
+            self.clock = now;
+        }
     }
 
     fn advance<E: Engine>(
@@ -409,7 +426,7 @@ impl Run {
                 if at > now {
                     return Some(at);
                 }
-                self.clock = now;
+                self.clock_to(now);
                 self.module.retry_at = None;
             }
             if let Some(wait) = self.call(snapshot, runner, pipeline, stage, module, tally) {
@@ -507,6 +524,7 @@ impl Run {
         let clock = self.clock;
         let state = &mut self.stage;
         state.started = clock;
+        state.elapsed = Duration::ZERO;
         state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
         state.any = any;
         state.parallel = stage.parallel_execution;
@@ -519,10 +537,12 @@ impl Run {
     fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
         if self.stage.any {
             let series = snapshot.stage_series(self.place.pipeline, self.stage_index());
-            tally.stage(
-                series,
+            debug_assert_eq!(
+                self.stage.elapsed,
                 self.clock.saturating_duration_since(self.stage.started),
+                "a stage's time kept as the clock moved is its clock's distance from its start"
             );
+            tally.stage(series, self.stage.elapsed);
         }
         if self.stage.parallel {
             self.combine();
@@ -663,7 +683,7 @@ impl Run {
         if self.trace.is_some() {
             // Trace notes (a skipped module's reasons) cost more than a
             // reading: a traced call's time is its own.
-            self.clock = Instant::now();
+            self.clock_to(Instant::now());
         }
         let mut request = CallRequest::new(&self.message).clock(self.clock);
         if let Some((at, kind)) = deadline {
@@ -682,8 +702,12 @@ impl Run {
             }
         };
         // A runner's reading, never taken back: a stale one would let a
-        // deadline pass unseen.
-        self.clock = self.clock.max(report.ended);
+        // deadline pass unseen. The call ran from the run's clock (its
+        // request's) to there: `ran` is how far the clock moves.
+        if report.ended > self.clock {
+            self.stage.elapsed = self.stage.elapsed.saturating_add(report.ran);
+            self.clock = report.ended;
+        }
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);
