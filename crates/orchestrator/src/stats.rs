@@ -1,7 +1,8 @@
 //! The orchestrator's metrics: design.md's "Monitoring and Observability".
 //!
-//! A batch counts into a [`Tally`] of plain numbers while it runs; when it ends
-//! the tally is added to the shared totals ([`Stats`]), one atomic addition per
+//! A batch counts into its engine thread's [`Tally`] of plain numbers while it
+//! runs; each time it stops running (it ended, or waits) the tally is added to
+//! the shared totals ([`Stats`]) and emptied, one atomic addition per
 //! distinct counter or histogram bucket the batch touched. [`Stats::publish`]
 //! sets the `metrics` counters to the totals (batches do so every 100 ms) and,
 //! when an exporter asks (`Orchestrator::publish_metrics`), records the
@@ -142,7 +143,8 @@ pub(crate) enum CallResult {
     Failed = 3,
 }
 
-/// One batch's counts, added to the totals when it ends.
+/// An engine thread's counts since its batch started running, added to the
+/// totals (and so emptied) when the batch stops running.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     messages: [u64; 3],
