@@ -362,17 +362,17 @@ fn overhead() {
         },
     );
     print_medians(
-        "orchestration overhead, the same rounds by CPU time (the engine thread's vs the baseline thread's)",
+        "orchestration overhead, the same alternating rounds by CPU time (the engine thread's vs the baseline thread's)",
         cpu.0.clone(),
         cpu.1.clone(),
     );
     print_medians(
-        "  for comparison, by CPU time: the baseline's calls on messages another thread makes, hands over in batches and drops (as the engine thread gets them) vs on one reused message",
+        "  for comparison, the same alternating rounds by CPU time: the baseline's calls on messages another thread makes, hands over in batches and drops (as the engine thread gets them) vs on one reused message",
         cpu.2.clone(),
         cpu.1,
     );
     print_medians(
-        "  for comparison, by CPU time: the engine thread's vs the baseline's calls on handed-over messages",
+        "  for comparison, the same alternating rounds by CPU time: the engine thread's vs the baseline's calls on handed-over messages",
         cpu.0,
         cpu.2,
     );
