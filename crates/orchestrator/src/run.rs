@@ -138,11 +138,14 @@ struct InPipeline {
 /// What a stage keeps while a message is in it.
 #[derive(Debug)]
 struct InStage {
-    started: Instant,
-    /// The run's clock less `started`, kept as the clock moves (a call's
-    /// `ran` is the distance its end moved the clock): the stage's time
-    /// without a subtraction of instants.
+    /// The stage's time: how far the run's clock moved since the stage
+    /// started, summed as it moves (a call's `ran` is the distance its end
+    /// moved the clock), so that no instants are subtracted.
     elapsed: Duration,
+    /// The clock as the stage started: only for debug builds' check of
+    /// `elapsed`.
+    #[cfg(debug_assertions)]
+    started: Instant,
     deadline: Option<Instant>,
     /// Any module selected. Which ones is [`Selection::runs`]: selection
     /// changes only as a stage starts.
@@ -227,8 +230,9 @@ impl Run {
             place: Place::default(),
             pipeline: InPipeline::default(),
             stage: InStage {
-                started: now,
                 elapsed: Duration::ZERO,
+                #[cfg(debug_assertions)]
+                started: now,
                 deadline: None,
                 any: false,
                 parallel: false,
@@ -523,8 +527,11 @@ impl Run {
         }
         let clock = self.clock;
         let state = &mut self.stage;
-        state.started = clock;
         state.elapsed = Duration::ZERO;
+        #[cfg(debug_assertions)]
+        {
+            state.started = clock;
+        }
         state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
         state.any = any;
         state.parallel = stage.parallel_execution;
@@ -537,7 +544,8 @@ impl Run {
     fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
         if self.stage.any {
             let series = snapshot.stage_series(self.place.pipeline, self.stage_index());
-            debug_assert_eq!(
+            #[cfg(debug_assertions)]
+            assert_eq!(
                 self.stage.elapsed,
                 self.clock.saturating_duration_since(self.stage.started),
                 "a stage's time kept as the clock moved is its clock's distance from its start"
