@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 /// A JSON object payload, checked, with where each top-level value lies.
 #[derive(Debug, Clone)]
 pub struct Object<'a> {
-    text: &'a [u8],
+    text: &'a str,
     fields: Vec<(Cow<'a, str>, Range<usize>)>,
 }
 
@@ -96,9 +96,13 @@ impl<'a> Object<'a> {
     /// Checks `payload` as one JSON object (all of it) and notes where each
     /// top-level value lies.
     pub fn parse(payload: &'a [u8]) -> Result<Object<'a>, NotAnObject> {
+        // One UTF-8 check of the whole payload, so that serde_json reads it
+        // as a `str` and checks no key or value again.
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| NotAnObject(format!("the payload is not UTF-8: {e}")))?;
         let entries: Entries<'a> =
-            serde_json::from_slice(payload).map_err(|e| NotAnObject(e.to_string()))?;
-        let base = payload.as_ptr() as usize;
+            serde_json::from_str(text).map_err(|e| NotAnObject(e.to_string()))?;
+        let base = text.as_ptr() as usize;
         let fields = entries
             .0
             .into_iter()
@@ -107,18 +111,15 @@ impl<'a> Object<'a> {
                 (key, start..start + value.get().len())
             })
             .collect();
-        Ok(Object {
-            text: payload,
-            fields,
-        })
+        Ok(Object { text, fields })
     }
 
     /// The JSON text of field `key`'s value (of its last occurrence, as JSON
     /// readers see it).
     pub fn raw(&self, key: &str) -> Option<&'a str> {
         let range = self.fields.iter().rev().find(|(k, _)| k == key)?.1.clone();
-        // The range came from a `RawValue`: valid UTF-8, on char boundaries.
-        std::str::from_utf8(&self.text[range]).ok()
+        // The range came from a `RawValue`: on char boundaries.
+        self.text.get(range)
     }
 
     /// Whether the object has field `key`.
@@ -168,7 +169,9 @@ impl<'a> Object<'a> {
     pub fn edit(&self) -> ObjectEdit<'_, 'a> {
         ObjectEdit {
             object: self,
-            values: Vec::new(),
+            // Room for a few edits, so that setting them rarely reallocates.
+            values: Vec::with_capacity(4),
+            text: Vec::with_capacity(64),
         }
     }
 }
@@ -177,24 +180,36 @@ impl<'a> Object<'a> {
 #[derive(Debug)]
 pub struct ObjectEdit<'o, 'a> {
     object: &'o Object<'a>,
-    /// New JSON text by key (`None`: remove the field), in the order set.
-    values: Vec<(String, Option<String>)>,
+    /// Each key set or removed, in the order first set: where its name and
+    /// its new JSON text (`None`: remove the field) lie in `text`.
+    values: Vec<(Range<usize>, Option<Range<usize>>)>,
+    /// The keys' names and the new values' JSON texts, one after another
+    /// (one buffer, not a `String` each).
+    text: Vec<u8>,
 }
 
 impl ObjectEdit<'_, '_> {
     /// Sets field `key` to `value` (as JSON): every occurrence of the field
     /// is replaced in place; a field the object lacks is appended.
     pub fn set(mut self, key: &str, value: impl Serialize) -> Self {
+        let start = self.text.len();
         // Serializing a value serde can express as JSON does not fail; one
         // that cannot (a map with non-string keys) becomes `null`.
-        let text = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
-        self.put(key, Some(text));
+        if serde_json::to_writer(&mut self.text, &value).is_err() {
+            self.text.truncate(start);
+            self.text.extend_from_slice(b"null");
+        }
+        let value = start..self.text.len();
+        self.put(key, Some(value));
         self
     }
 
     /// Sets field `key` to a JSON text the caller vouches for (not checked).
-    pub fn set_raw(mut self, key: &str, json: impl Into<String>) -> Self {
-        self.put(key, Some(json.into()));
+    pub fn set_raw(mut self, key: &str, json: impl AsRef<str>) -> Self {
+        let start = self.text.len();
+        self.text.extend_from_slice(json.as_ref().as_bytes());
+        let value = start..self.text.len();
+        self.put(key, Some(value));
         self
     }
 
@@ -204,41 +219,71 @@ impl ObjectEdit<'_, '_> {
         self
     }
 
-    fn put(&mut self, key: &str, value: Option<String>) {
-        match self.values.iter_mut().find(|(k, _)| k == key) {
+    fn put(&mut self, key: &str, value: Option<Range<usize>>) {
+        let text = &self.text;
+        match self
+            .values
+            .iter_mut()
+            .find(|(k, _)| &text[k.clone()] == key.as_bytes())
+        {
             Some(slot) => slot.1 = value,
-            None => self.values.push((key.to_owned(), value)),
+            None => {
+                let start = self.text.len();
+                self.text.extend_from_slice(key.as_bytes());
+                self.values.push((start..self.text.len(), value));
+            }
         }
+    }
+
+    /// The new JSON text for `key`: `None` if it is not edited, `Some(None)`
+    /// if it is removed.
+    #[inline(always)]
+    fn edited(&self, key: &str) -> Option<Option<&[u8]>> {
+        self.values
+            .iter()
+            .find(|(k, _)| &self.text[k.clone()] == key.as_bytes())
+            .map(|(_, value)| value.clone().map(|v| &self.text[v]))
     }
 
     /// The new payload: the original bytes with the changed values spliced
     /// in (a removed field takes the comma before or after it along).
     pub fn finish(self) -> Vec<u8> {
         let object = self.object;
-        let text = object.text;
-        let mut out = Vec::with_capacity(text.len() + 16 * self.values.len());
+        let text = object.text.as_bytes();
+        let mut out = Vec::with_capacity(text.len() + self.text.len() + 4 * self.values.len());
         let mut copied = 0;
-        let mut kept = 0;
+        // The last field that stays: removed fields before it go with the
+        // comma after them, those after it with the comma before them.
+        let last_kept = if self.values.iter().any(|(_, value)| value.is_none()) {
+            object
+                .fields
+                .iter()
+                .rposition(|(key, _)| !matches!(self.edited(key), Some(None)))
+        } else {
+            object.fields.len().checked_sub(1)
+        };
         for (i, (key, range)) in object.fields.iter().enumerate() {
-            let Some((_, value)) = self.values.iter().find(|(k, _)| k == key) else {
-                kept += 1;
-                continue;
-            };
-            match value {
-                Some(value) => {
+            match self.edited(key) {
+                None => {}
+                Some(Some(value)) => {
                     out.extend_from_slice(&text[copied..range.start]);
-                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(value);
                     copied = range.end;
-                    kept += 1;
                 }
-                None => {
-                    // From the field's key to the next field's key, or, for
-                    // the last field, from the previous field's value on.
+                Some(None) => {
                     let key_start = key_start(text, range.start);
-                    let (cut_from, cut_to) = match object.fields.get(i + 1) {
-                        Some((_, next)) => (key_start, self::key_start(text, next.start)),
-                        None if kept > 0 => (comma_before(text, key_start), range.end),
-                        None => (key_start, range.end),
+                    let (cut_from, cut_to) = match last_kept {
+                        // From the field's key to the next field's key.
+                        Some(last) if i < last => (
+                            key_start,
+                            self::key_start(text, object.fields[i + 1].1.start),
+                        ),
+                        // The first removed after the last kept field: from
+                        // the comma after that field's value.
+                        Some(last) if i == last + 1 => (comma_before(text, key_start), range.end),
+                        None if i == 0 => (key_start, range.end),
+                        // Later ones: on from where the one before ended.
+                        _ => (copied, range.end),
                     };
                     out.extend_from_slice(&text[copied..cut_from.max(copied)]);
                     copied = cut_to.max(copied);
@@ -247,21 +292,23 @@ impl ObjectEdit<'_, '_> {
         }
         let close = text.iter().rposition(|&b| b == b'}').unwrap_or(text.len());
         out.extend_from_slice(&text[copied..close]);
-        let mut any = kept > 0;
+        let mut any = last_kept.is_some();
         for (key, value) in &self.values {
-            let (Some(value), false) = (value, object.contains(key)) else {
+            let key = &self.text[key.clone()];
+            let (Some(value), false) = (
+                value,
+                object.fields.iter().any(|(k, _)| k.as_bytes() == key),
+            ) else {
                 continue;
             };
             if any {
                 out.push(b',');
             }
-            out.extend_from_slice(
-                serde_json::to_string(key)
-                    .unwrap_or_else(|_| "\"\"".to_owned())
-                    .as_bytes(),
-            );
+            // Keys were `&str`s, so still UTF-8, and a string always serializes.
+            let key = std::str::from_utf8(key).unwrap_or_default();
+            let _ = serde_json::to_writer(&mut out, key);
             out.push(b':');
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(&self.text[value.clone()]);
             any = true;
         }
         out.extend_from_slice(&text[close..]);
@@ -364,6 +411,16 @@ mod tests {
         assert_eq!(edited(r#"{"a":1,"b":2}"#, |e| e.remove("a")), r#"{"b":2}"#);
         assert_eq!(edited(r#"{"a":1}"#, |e| e.remove("a")), "{}");
         assert_eq!(
+            edited(r#"{"a":1, "b":2, "b":3}"#, |e| e.remove("b")),
+            r#"{"a":1}"#,
+            "a run of removed fields at the end takes the comma before it"
+        );
+        assert_eq!(
+            edited(r#"{"b":1, "b":2, "a":3}"#, |e| e.remove("b")),
+            r#"{"a":3}"#
+        );
+        assert_eq!(edited(r#"{"b":1,"b":2}"#, |e| e.remove("b")), "{}");
+        assert_eq!(
             edited(r#"{"q\"k":1,"b":2}"#, |e| e.remove("b").set("n", "x")),
             r#"{"q\"k":1,"n":"x"}"#
         );
@@ -391,6 +448,125 @@ mod tests {
             let got: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&out).unwrap();
             assert_eq!(got, expected, "{text} -> {out}");
+        }
+    }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        /// Keys from a small alphabet, so that they repeat, with characters
+        /// that need escaping.
+        fn key() -> impl Strategy<Value = String> {
+            "[ab\"\\\né]{0,2}"
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                // Binary fractions with few digits: serde_json's own float
+                // parsing (without `float_roundtrip`) reads them exactly.
+                (-1_000_000i64..1_000_000, 0..8)
+                    .prop_map(|(m, e)| Value::from(m as f64 / f64::from(1u32 << e))),
+                "[a-c\"\\\n\t/é😀]{0,8}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                    prop::collection::vec((key(), inner), 0..3)
+                        .prop_map(|v| Value::Object(v.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An object's text with repeated keys and varied spacing, and the
+        /// entries it was written from.
+        fn object() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
+            (
+                prop::collection::vec((key(), value()), 0..6),
+                prop::sample::select(vec![
+                    ("", ":", ","),
+                    (" ", " : ", " , "),
+                    ("\n  ", ": ", ",\n  "),
+                ]),
+            )
+                .prop_map(|(entries, (pad, colon, comma))| {
+                    let fields: Vec<String> = entries
+                        .iter()
+                        .map(|(k, v)| format!("{}{colon}{v}", Value::from(k.as_str())))
+                        .collect();
+                    (
+                        format!("{{{pad}{}{pad}}}{pad}", fields.join(comma)),
+                        entries,
+                    )
+                })
+        }
+
+        proptest! {
+            /// Reading agrees with a `serde_json::Value` of the same text:
+            /// each key's last value.
+            #[test]
+            fn reads_agree_with_a_value((text, entries) in object()) {
+                let object = Object::parse(text.as_bytes()).unwrap();
+                let expected: Map<String, Value> = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(object.keys().count(), entries.len());
+                for (key, want) in &expected {
+                    let raw: Value = serde_json::from_str(object.raw(key).unwrap()).unwrap();
+                    prop_assert_eq!(&raw, want);
+                    let read = object.str(key);
+                    prop_assert_eq!(read.as_deref(), want.as_str());
+                    prop_assert_eq!(object.f64(key), want.as_f64());
+                    prop_assert_eq!(object.bool(key), want.as_bool());
+                    prop_assert!(object.contains(key));
+                }
+                prop_assert_eq!(object.raw("missing key"), None);
+            }
+
+            /// Any edits give, as JSON, what the same edits to a `Value` give.
+            #[test]
+            fn edits_agree_with_a_value(
+                (text, _) in object(),
+                edits in prop::collection::vec((key(), prop::option::of(value())), 0..4),
+            ) {
+                let object = Object::parse(text.as_bytes()).unwrap();
+                let mut expected: Map<String, Value> = serde_json::from_str(&text).unwrap();
+                let mut edit = object.edit();
+                for (key, value) in edits {
+                    edit = match value {
+                        Some(value) => {
+                            expected.insert(key.clone(), value.clone());
+                            edit.set(&key, value)
+                        }
+                        None => {
+                            expected.remove(&key);
+                            edit.remove(&key)
+                        }
+                    };
+                }
+                let out = edit.finish();
+                let got: Map<String, Value> = serde_json::from_slice(&out)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
+                prop_assert_eq!(got, expected);
+            }
+
+            /// No proper prefix of an object is one.
+            #[test]
+            fn prefixes_are_refused((text, _) in object(), cut in any::<prop::sample::Index>()) {
+                let text = text.trim_end();
+                let cut = cut.index(text.len());
+                if text.is_char_boundary(cut) {
+                    prop_assert!(Object::parse(text[..cut].as_bytes()).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn non_utf8_payloads_are_refused_with_where() {
+            let error = Object::parse(b"{\"a\":\"\xff\"}").unwrap_err();
+            assert!(error.to_string().contains("UTF-8"), "{error}");
         }
     }
 }
