@@ -1,10 +1,15 @@
-//! Runs batches of 64 messages through a pipeline of `identity` stages in a
-//! loop, on a one-thread pool, for counting instructions with callgrind:
+//! Runs batches of 64 messages through a pipeline of `identity` stages (or
+//! of another sample module's) in a loop, on a one-thread pool, for counting
+//! instructions with callgrind:
 //!
 //! ```sh
 //! cargo build --release -p rustmq-etl-orchestrator --example run_loop
 //! valgrind --tool=callgrind target/release/examples/run_loop 3 200   # stages, batches
+//! valgrind --tool=callgrind target/release/examples/run_loop 1 200 temperature-converter
 //! ```
+//!
+//! A module other than `identity` gets the throughput bench's 256-byte JSON
+//! temperature reading.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let stages: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let batches: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let module = args.next().unwrap_or_else(|| "identity".to_owned());
     let pool = Arc::new(
         Pool::new(PoolConfig {
             workers: 1,
@@ -29,14 +35,18 @@ fn main() {
     let mut yaml = String::from("pipeline_id: p\nstages:\n");
     for s in 0..stages {
         yaml.push_str(&format!(
-            "  - {{priority: {s}, modules: [{{module_id: identity, instance_config: {{custom_config: {s}}}}}]}}\n"
+            "  - {{priority: {s}, modules: [{{module_id: {module}, instance_config: {{custom_config: {s}}}}}]}}\n"
         ));
     }
     let config = Config::from_text(&yaml, Format::Yaml, None).unwrap().config;
     let modules =
         DirectorySource::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules"));
     let o = Orchestrator::new(pool, &config, modules, Options::default()).unwrap();
-    let mut m = Message::new("iot.sensors.temperature", vec![b'x'; 256]);
+    let mut m = if module == "identity" {
+        Message::new("iot.sensors.temperature", vec![b'x'; 256])
+    } else {
+        Message::new("iot.sensors.temperature", reading())
+    };
     m.headers.push("content-type", "application/json");
     let started = std::time::Instant::now();
     for _ in 0..batches {
@@ -49,4 +59,16 @@ fn main() {
         "{:?} per message",
         started.elapsed() / (batches * 64).max(1) as u32
     );
+}
+
+/// A 256-byte JSON temperature reading in Celsius, as the throughput bench's.
+fn reading() -> String {
+    let mut payload = String::from(
+        r#"{"sensor_type":"temperature","unit":"celsius","reading":21.5,"device":"dev-17","note":""#,
+    );
+    while payload.len() < 254 {
+        payload.push('x');
+    }
+    payload.push_str(r#""}"#);
+    payload
 }
