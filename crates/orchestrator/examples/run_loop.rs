@@ -13,11 +13,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustmq_etl_config::{Config, Format};
 use rustmq_etl_core::Message;
-use rustmq_etl_orchestrator::{DirectorySource, Options, Orchestrator, ProcessOptions};
-use rustmq_etl_pool::{Pool, PoolConfig};
+use rustmq_etl_orchestrator::{
+    DirectorySource, Disposition, Options, Orchestrator, ProcessOptions,
+};
+use rustmq_etl_pool::{CompileLimits, Pool, PoolConfig};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -28,20 +31,33 @@ fn main() {
         Pool::new(PoolConfig {
             workers: 1,
             bulk_bytes_per_ms: Some(1_000_000),
+            // Under callgrind a larger module can take longer than the
+            // default 10 s to compile.
+            compile_limits: CompileLimits {
+                compile_timeout: Duration::from_secs(600),
+                ..CompileLimits::default()
+            },
             ..PoolConfig::default()
         })
         .unwrap(),
     );
     let mut yaml = String::from("pipeline_id: p\nstages:\n");
     for s in 0..stages {
+        // identity ignores its custom_config: a different one per stage makes
+        // each stage its own occurrence. Other modules get none.
+        let settings = match module.as_str() {
+            "identity" => format!(", instance_config: {{custom_config: {s}}}"),
+            _ => String::new(),
+        };
         yaml.push_str(&format!(
-            "  - {{priority: {s}, modules: [{{module_id: {module}, instance_config: {{custom_config: {s}}}}}]}}\n"
+            "  - {{priority: {s}, modules: [{{module_id: {module}{settings}}}]}}\n"
         ));
     }
     let config = Config::from_text(&yaml, Format::Yaml, None).unwrap().config;
     let modules =
         DirectorySource::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules"));
-    let o = Orchestrator::new(pool, &config, modules, Options::default()).unwrap();
+    let o = Orchestrator::new(pool, &config, modules, Options::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut m = if module == "identity" {
         Message::new("iot.sensors.temperature", vec![b'x'; 256])
     } else {
@@ -50,10 +66,17 @@ fn main() {
     m.headers.push("content-type", "application/json");
     let started = std::time::Instant::now();
     for _ in 0..batches {
-        std::hint::black_box(
-            o.process_batch_blocking(vec![m.clone(); 64], ProcessOptions::default())
-                .unwrap(),
-        );
+        let processed = o
+            .process_batch_blocking(vec![m.clone(); 64], ProcessOptions::default())
+            .unwrap();
+        // Counting a module that fails every message would count the wrong work.
+        if let Some(p) = processed
+            .iter()
+            .find(|p| !matches!(p.disposition, Disposition::Delivered(_)))
+        {
+            panic!("a message was not delivered: {:?}", p.disposition);
+        }
+        std::hint::black_box(processed);
     }
     eprintln!(
         "{:?} per message",
