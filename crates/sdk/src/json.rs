@@ -24,112 +24,62 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+
+use scan::Field;
+
+#[cfg(test)]
+mod reference;
+mod scan;
 
 /// A JSON object payload, checked, with where each top-level value lies.
 #[derive(Debug, Clone)]
 pub struct Object<'a> {
     text: &'a str,
-    fields: Vec<(Cow<'a, str>, Range<usize>)>,
+    fields: Vec<Field<'a>>,
 }
 
 /// Why a payload is not a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAnObject(String);
+pub struct NotAnObject {
+    reason: String,
+}
 
 impl fmt::Display for NotAnObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.reason)
     }
 }
 
 impl std::error::Error for NotAnObject {}
 
-/// A key, borrowed from the payload unless it holds escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-/// The top-level entries, in order.
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor;
-        impl<'de> Visitor<'de> for EntriesVisitor {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    entries.push((key, value));
-                }
-                Ok(Entries(entries))
-            }
-        }
-        d.deserialize_map(EntriesVisitor)
-    }
-}
-
 impl<'a> Object<'a> {
     /// Checks `payload` as one JSON object (all of it) and notes where each
     /// top-level value lies.
     pub fn parse(payload: &'a [u8]) -> Result<Object<'a>, NotAnObject> {
-        // One UTF-8 check of the whole payload, so that serde_json reads it
-        // as a `str` and checks no key or value again.
-        let text = std::str::from_utf8(payload)
-            .map_err(|e| NotAnObject(format!("the payload is not UTF-8: {e}")))?;
-        let entries: Entries<'a> =
-            serde_json::from_str(text).map_err(|e| NotAnObject(e.to_string()))?;
-        let base = text.as_ptr() as usize;
-        let fields = entries
-            .0
-            .into_iter()
-            .map(|(key, value)| {
-                let start = value.get().as_ptr() as usize - base;
-                (key, start..start + value.get().len())
-            })
-            .collect();
+        let text = std::str::from_utf8(payload).map_err(|e| NotAnObject {
+            reason: format!("the payload is not UTF-8: {e}"),
+        })?;
+        let fields = scan::object(text)?;
         Ok(Object { text, fields })
     }
 
     /// The JSON text of field `key`'s value (of its last occurrence, as JSON
     /// readers see it).
     pub fn raw(&self, key: &str) -> Option<&'a str> {
-        let range = self.fields.iter().rev().find(|(k, _)| k == key)?.1.clone();
-        // The range came from a `RawValue`: on char boundaries.
-        self.text.get(range)
+        let field = self.fields.iter().rev().find(|f| f.key == key)?;
+        // The scan's ranges end at ASCII delimiters: on char boundaries.
+        self.text.get(field.value.clone())
     }
 
     /// Whether the object has field `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.fields.iter().any(|(k, _)| k == key)
+        self.fields.iter().any(|f| f.key == key)
     }
 
     /// The keys, in order (a repeated key each time).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.fields.iter().map(|(k, _)| k.as_ref())
+        self.fields.iter().map(|f| f.key.as_ref())
     }
 
     /// Field `key` as a string, if it is one.
@@ -261,12 +211,13 @@ impl ObjectEdit<'_, '_> {
             object
                 .fields
                 .iter()
-                .rposition(|(key, _)| !matches!(self.edited(key), Some(None)))
+                .rposition(|f| !matches!(self.edited(&f.key), Some(None)))
         } else {
             object.fields.len().checked_sub(1)
         };
-        for (i, (key, range)) in object.fields.iter().enumerate() {
-            match self.edited(key) {
+        for (i, field) in object.fields.iter().enumerate() {
+            let range = &field.value;
+            match self.edited(&field.key) {
                 None => {}
                 Some(Some(value)) => {
                     out.extend_from_slice(&text[copied..range.start]);
@@ -274,17 +225,15 @@ impl ObjectEdit<'_, '_> {
                     copied = range.end;
                 }
                 Some(None) => {
-                    let key_start = key_start(text, range.start);
                     let (cut_from, cut_to) = match last_kept {
                         // From the field's key to the next field's key.
-                        Some(last) if i < last => (
-                            key_start,
-                            self::key_start(text, object.fields[i + 1].1.start),
-                        ),
+                        Some(last) if i < last => (field.key_at, object.fields[i + 1].key_at),
                         // The first removed after the last kept field: from
                         // the comma after that field's value.
-                        Some(last) if i == last + 1 => (comma_before(text, key_start), range.end),
-                        None if i == 0 => (key_start, range.end),
+                        Some(last) if i == last + 1 => {
+                            (comma_before(text, field.key_at), range.end)
+                        }
+                        None if i == 0 => (field.key_at, range.end),
                         // Later ones: on from where the one before ended.
                         _ => (copied, range.end),
                     };
@@ -298,10 +247,9 @@ impl ObjectEdit<'_, '_> {
         let mut any = last_kept.is_some();
         for (key, value) in &self.values {
             let key = &self.text[key.clone()];
-            let (Some(value), false) = (
-                value,
-                object.fields.iter().any(|(k, _)| k.as_bytes() == key),
-            ) else {
+            let (Some(value), false) =
+                (value, object.fields.iter().any(|f| f.key.as_bytes() == key))
+            else {
                 continue;
             };
             if any {
@@ -317,30 +265,6 @@ impl ObjectEdit<'_, '_> {
         out.extend_from_slice(&text[close..]);
         out
     }
-}
-
-/// Where the key of the value starting at `value_start` starts: back over
-/// the colon and whitespace to the key's opening quote.
-fn key_start(text: &[u8], value_start: usize) -> usize {
-    let colon = text[..value_start]
-        .iter()
-        .rposition(|&b| b == b':')
-        .unwrap_or(0);
-    let close_quote = text[..colon].iter().rposition(|&b| b == b'"').unwrap_or(0);
-    // The key's opening quote: the first unescaped quote before its closing one.
-    let mut i = close_quote;
-    while i > 0 {
-        i -= 1;
-        if text[i] == b'"' && !escaped(text, i) {
-            return i;
-        }
-    }
-    0
-}
-
-/// Whether the byte at `i` is escaped by an odd run of backslashes.
-fn escaped(text: &[u8], i: usize) -> bool {
-    text[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
 }
 
 /// The comma before `at` (only whitespace between).
@@ -454,7 +378,7 @@ mod tests {
         }
     }
 
-    mod generated {
+    pub(crate) mod generated {
         use super::*;
         use proptest::prelude::*;
         use serde_json::{Map, Value};
@@ -487,7 +411,7 @@ mod tests {
 
         /// An object's text with repeated keys and varied spacing, and the
         /// entries it was written from.
-        fn object() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
+        pub(crate) fn object() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
             (
                 prop::collection::vec((key(), value()), 0..6),
                 prop::sample::select(vec![
