@@ -92,13 +92,14 @@ fn cargo_command(args: &[&str]) -> Command {
 }
 
 /// The fuzz targets of `crates/fuzz`, in the order `xtask fuzz` runs them.
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "config",
     "message_line",
     "request_body",
     "abi_decode",
     "filter",
     "condition",
+    "json_object",
     "wasm_module",
 ];
 

@@ -1,0 +1,44 @@
+//! The SDK's JSON object pass (`json::Object::parse`) against the serde_json
+//! reference of `crates/sdk/src/json/reference.rs`: both refuse a text or
+//! both read the same keys in order, each key's value the same text; any
+//! disagreement is a crash. An object that parses also edits into one.
+#![no_main]
+
+#[path = "../../sdk/src/json/reference.rs"]
+mod reference;
+
+use libfuzzer_sys::fuzz_target;
+use rustmq_etl_sdk::json::Object;
+
+fuzz_target!(|data: &[u8]| {
+    let ours = Object::parse(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        assert!(ours.is_err(), "a text that is not UTF-8 parsed");
+        return;
+    };
+    match (ours, reference::fields(text)) {
+        (Ok(object), Ok(fields)) => {
+            let keys: Vec<&str> = object.keys().collect();
+            let expected: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, expected, "{text:?}");
+            for (key, range) in fields.iter().rev() {
+                // `raw` reads a key's last occurrence: the first from the end.
+                if fields.iter().rev().find(|(k, _)| k == key).map(|(_, r)| r) == Some(range) {
+                    assert_eq!(object.raw(key), Some(&text[range.clone()]), "{text:?}");
+                }
+            }
+            let edited = object
+                .edit()
+                .set("fuzz", 1)
+                .remove(expected.first().copied().unwrap_or(""))
+                .finish();
+            assert!(
+                Object::parse(&edited).is_ok(),
+                "{text:?} edited: {:?}",
+                String::from_utf8_lossy(&edited)
+            );
+        }
+        (Err(_), Err(_)) => {}
+        (ours, reference) => panic!("{text:?}: the SDK {ours:?}, serde_json {reference:?}"),
+    }
+});
