@@ -21,11 +21,13 @@ fuzz_target!(|data: &[u8]| {
             let keys: Vec<&str> = object.keys().collect();
             let expected: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(keys, expected, "{text:?}");
-            for (key, range) in fields.iter().rev() {
-                // `raw` reads a key's last occurrence: the first from the end.
-                if fields.iter().rev().find(|(k, _)| k == key).map(|(_, r)| r) == Some(range) {
-                    assert_eq!(object.raw(key), Some(&text[range.clone()]), "{text:?}");
-                }
+            for (key, _) in &fields {
+                // `raw` reads a key's last occurrence.
+                let last = fields
+                    .iter()
+                    .rfind(|(k, _)| k == key)
+                    .map(|(_, r)| r.clone());
+                assert_eq!(object.raw(key), last.map(|r| &text[r]), "{text:?}");
             }
             let edited = object
                 .edit()

@@ -147,6 +147,13 @@ impl Scan<'_> {
         Ok(())
     }
 
+    /// A key and its colon inside a nested object (decoded by no one).
+    fn member_key(&mut self) -> Result<(), Stop> {
+        self.space();
+        self.key()?;
+        self.colon()
+    }
+
     /// The rest of a string, after its opening quote; whether it holds
     /// escapes.
     fn string(&mut self) -> Result<bool, Stop> {
@@ -204,23 +211,16 @@ impl Scan<'_> {
                 Some(b't') => self.literal("true")?,
                 Some(b'f') => self.literal("false")?,
                 Some(b'n') => self.literal("null")?,
-                Some(b'[') => {
+                Some(bracket @ (b'[' | b'{')) => {
                     self.at += 1;
-                    if self.space() == Some(b']') {
+                    let in_object = bracket == b'{';
+                    if self.space() == Some(if in_object { b'}' } else { b']' }) {
                         self.at += 1;
                     } else {
-                        open.push(false);
-                        continue;
-                    }
-                }
-                Some(b'{') => {
-                    self.at += 1;
-                    if self.space() == Some(b'}') {
-                        self.at += 1;
-                    } else {
-                        open.push(true);
-                        self.key()?;
-                        self.colon()?;
+                        open.push(in_object);
+                        if in_object {
+                            self.member_key()?;
+                        }
                         continue;
                     }
                 }
@@ -236,9 +236,7 @@ impl Scan<'_> {
                     Some(b',') => {
                         self.at += 1;
                         if in_object {
-                            self.space();
-                            self.key()?;
-                            self.colon()?;
+                            self.member_key()?;
                         }
                         break;
                     }
