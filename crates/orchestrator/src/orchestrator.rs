@@ -305,6 +305,13 @@ impl<E: Engine> Orchestrator<E> {
             .max(1)
             .min(count.div_ceil(threads).max(1));
         let submitted = Instant::now();
+        // The wave's jitter seeds, one apart each: one shared atomic step
+        // per wave, not per message, for callers on several threads.
+        const SEED_STEP: u64 = 0x9e37_79b9;
+        let mut seed = self
+            .inner
+            .seeds
+            .fetch_add(SEED_STEP.wrapping_mul(count as u64), Ordering::Relaxed);
         let mut answers = Vec::new();
         let mut messages = messages.into_iter().peekable();
         while messages.peek().is_some() {
@@ -312,7 +319,7 @@ impl<E: Engine> Orchestrator<E> {
                 .by_ref()
                 .take(chunk)
                 .map(|m| {
-                    let seed = self.inner.seeds.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+                    seed = seed.wrapping_add(SEED_STEP);
                     Run::new(
                         m,
                         snapshot.plan.module_count(),
