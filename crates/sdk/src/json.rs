@@ -57,10 +57,7 @@ impl<'a> Object<'a> {
     /// Checks `payload` as one JSON object (all of it) and notes where each
     /// top-level value lies.
     pub fn parse(payload: &'a [u8]) -> Result<Object<'a>, NotAnObject> {
-        let text = std::str::from_utf8(payload).map_err(|e| NotAnObject {
-            reason: format!("the payload is not UTF-8: {e}"),
-        })?;
-        let fields = scan::object(text)?;
+        let (text, fields) = scan::object(payload)?;
         Ok(Object { text, fields })
     }
 
