@@ -212,7 +212,7 @@ impl Scan<'_> {
             }
             Err(e) => {
                 self.at += e.valid_up_to();
-                self.fail("a byte that is not UTF-8 in a string")
+                self.fail("a byte sequence that is not UTF-8 in a string")
             }
         }
     }
@@ -454,9 +454,15 @@ mod tests {
         let error = object(b"{\"a\":\"\xc3\xa9\xc3\"}").unwrap_err();
         assert_eq!(
             error.reason,
-            "a byte that is not UTF-8 in a string at byte 8"
+            "a byte sequence that is not UTF-8 in a string at byte 8"
         );
-        // A character split by the search's eight-byte steps is one run.
+        let error = object(b"{\"ok\":\"\xc3\xa9\",\"\xf0\x9f\x98\x80\xf0\x9f\":1}").unwrap_err();
+        assert_eq!(
+            error.reason,
+            "a byte sequence that is not UTF-8 in a string at byte 16"
+        );
+        // Non-ASCII characters at every offset of the search's eight-byte
+        // steps: found there, checked whole.
         for before in 0..12 {
             let text = format!("{{\"a\":\"{}\u{1f600}é\"}}", "x".repeat(before));
             agree(&text).unwrap();
@@ -627,7 +633,8 @@ mod tests {
         }
 
         /// One byte of a text close to an object replaced by any byte: most
-        /// such texts with a non-ASCII byte are not UTF-8.
+        /// such texts with a non-ASCII byte are not UTF-8 (and most are
+        /// refused by the grammar anyway: see the next test).
         #[test]
         fn agrees_with_serde_json_on_bytes(
             text in near_object(),
@@ -640,6 +647,46 @@ mod tests {
                 bytes[at] = byte;
             }
             agree_on_bytes(&bytes)?;
+        }
+
+        /// Any bytes as a string's content, as a key and as a value: where
+        /// the UTF-8 check decides.
+        #[test]
+        fn agrees_with_serde_json_on_any_string_bytes(
+            content in prop::collection::vec(
+                prop_oneof![
+                    3 => 0x80..=0xffu8,
+                    1 => prop::sample::select(vec![b'a', b' ', b'"', b'\\', 0x1f]),
+                    1 => prop::sample::select(vec!["é", "€", "😀"]).prop_map(|c| c.as_bytes()[0]),
+                ],
+                0..24,
+            ),
+        ) {
+            let value = [b"{\"k\":\"".as_slice(), &content, b"\"}"].concat();
+            agree_on_bytes(&value)?;
+            let key = [b"{\"".as_slice(), &content, b"\":1}"].concat();
+            agree_on_bytes(&key)?;
+        }
+
+        /// The eight-byte search finds what a byte-at-a-time search finds,
+        /// from any start.
+        #[test]
+        fn plain_end_is_the_first_stop(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    2 => any::<u8>(),
+                    1 => prop::sample::select(vec![b'"', b'\\', b'!', b'#', b'[', b']', 0x1f, 0x20, 0x7f, 0x80]),
+                ],
+                0..40,
+            ),
+            start in any::<prop::sample::Index>(),
+        ) {
+            let start = start.index(bytes.len() + 1);
+            let expected = bytes[start..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x80)
+                .map_or(bytes.len(), |i| start + i);
+            prop_assert_eq!(plain_end(&bytes, start), expected, "{:?} from {}", bytes, start);
         }
     }
 }
