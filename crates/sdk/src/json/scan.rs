@@ -354,14 +354,15 @@ fn plain_end(bytes: &[u8], mut at: usize) -> usize {
     // `(x - ONES * n) & !x` if the byte is below `n` (a zero byte of `x ^
     // c` is a byte equal to `c`), and a borrow can only mark bytes after a
     // true match: the lowest mark is the first match. `x`'s own high bits
-    // mark its non-ASCII bytes.
+    // mark its non-ASCII bytes, which is why the control character test
+    // needs no `& !x`.
     while let Some(chunk) = bytes.get(at..at + 8) {
         let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         let quote = x ^ (ONES * u64::from(b'"'));
         let backslash = x ^ (ONES * u64::from(b'\\'));
         let marks = ((quote.wrapping_sub(ONES) & !quote)
             | (backslash.wrapping_sub(ONES) & !backslash)
-            | (x.wrapping_sub(ONES * 0x20) & !x)
+            | x.wrapping_sub(ONES * 0x20)
             | x)
             & HIGH;
         if marks != 0 {
