@@ -13,6 +13,9 @@
 //!   batches of 64 (both engine threads) against the same messages on a
 //!   thread's own `LocalPool`, per message, in alternating rounds; both sides
 //!   make their own copies of the messages in batches of 64 and drop them;
+//!   by the wall clock, and by CPU time (the engine threads' and the caller's
+//!   together, and the engine threads' alone, against the baseline thread's),
+//!   which tells work from waiting;
 //! - `latency`: single messages sent at half the single-message rate to an
 //!   async caller, paced by a plain thread (open loop); p50 and p99 of each
 //!   message's time from being handed over to its answer.
@@ -435,11 +438,15 @@ fn async_batches(pool: &Arc<Pool>) {
     let message = reading("temperature", "celsius");
     let (mut local, modules) = local_identity(1);
     const BATCHES: usize = 40;
+    // CPU time as well, round by round: the engine threads' and the caller's
+    // (the runtime runs on this thread) against the baseline thread's.
+    let mut cpu = (Vec::new(), Vec::new(), Vec::new());
     alternating(
         "async batches of 64 (identity, both engine threads) vs the same messages (copied and dropped in batches of 64 on both sides) on a thread's own LocalPool, per message",
         101,
         || {
             let started = Instant::now();
+            let (engine, caller) = (cpu_ns(Threads::Engine), cpu_ns(Threads::This));
             runtime.block_on(async {
                 // Four batches in flight at all times: as one is answered the
                 // next is sent, so that both engine threads always have one to
@@ -463,9 +470,28 @@ fn async_batches(pool: &Arc<Pool>) {
                     }
                 }
             });
-            started.elapsed().as_nanos() as f64 / (BATCHES * CHUNK) as f64
+            let messages = (BATCHES * CHUNK) as f64;
+            cpu.0.push((cpu_ns(Threads::Engine) - engine) as f64 / messages);
+            cpu.1.push((cpu_ns(Threads::This) - caller) as f64 / messages);
+            started.elapsed().as_nanos() as f64 / messages
         },
-        || local_calls(&mut local, &modules, &message, BATCHES * CHUNK, Messages::Owned),
+        || {
+            let own = cpu_ns(Threads::This);
+            let wall = local_calls(&mut local, &modules, &message, BATCHES * CHUNK, Messages::Owned);
+            cpu.2.push((cpu_ns(Threads::This) - own) as f64 / (BATCHES * CHUNK) as f64);
+            wall
+        },
+    );
+    let both = cpu.0.iter().zip(&cpu.1).map(|(e, c)| e + c).collect();
+    print_medians(
+        "  the same alternating rounds by CPU time: the engine threads' and the caller's together vs the baseline thread's",
+        both,
+        cpu.2.clone(),
+    );
+    print_medians(
+        "  the same alternating rounds by CPU time: the engine threads' alone vs the baseline thread's",
+        cpu.0,
+        cpu.2,
     );
 }
 
