@@ -40,27 +40,16 @@ use rustmq_etl_orchestrator::{
 };
 use rustmq_etl_pool::{CompileSettings, LoadedModule, LocalPool, Pool, PoolConfig};
 
+#[path = "support/reading.rs"]
+mod reading;
+use reading::reading;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn modules() -> DirectorySource {
     DirectorySource::new(root().join("fixtures/modules"))
-}
-
-/// A 256-byte JSON reading in Celsius.
-fn reading(sensor: &str, unit: &str) -> Message {
-    let mut payload = format!(
-        r#"{{"sensor_type":"{sensor}","unit":"{unit}","reading":21.5,"device":"dev-17","note":""#
-    );
-    while payload.len() < 254 {
-        payload.push('x');
-    }
-    payload.push_str(r#""}"#);
-    let mut m = Message::new(format!("iot.sensors.{sensor}"), payload);
-    m.key = Some("dev-17".into());
-    m.headers.push("content-type", "application/json");
-    m
 }
 
 /// A 256-byte web event with a JSON content type and a client address.

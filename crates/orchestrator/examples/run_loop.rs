@@ -22,6 +22,10 @@ use rustmq_etl_orchestrator::{
 };
 use rustmq_etl_pool::{CompileLimits, Pool, PoolConfig};
 
+#[path = "../benches/support/reading.rs"]
+mod reading;
+use reading::reading;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let stages: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
@@ -58,12 +62,13 @@ fn main() {
         DirectorySource::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules"));
     let o = Orchestrator::new(pool, &config, modules, Options::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut m = if module == "identity" {
-        Message::new("iot.sensors.temperature", vec![b'x'; 256])
+    let m = if module == "identity" {
+        let mut m = Message::new("iot.sensors.temperature", vec![b'x'; 256]);
+        m.headers.push("content-type", "application/json");
+        m
     } else {
-        Message::new("iot.sensors.temperature", reading())
+        reading("temperature", "celsius")
     };
-    m.headers.push("content-type", "application/json");
     let started = std::time::Instant::now();
     for _ in 0..batches {
         let processed = o
@@ -82,16 +87,4 @@ fn main() {
         "{:?} per message",
         started.elapsed() / (batches * 64).max(1) as u32
     );
-}
-
-/// A 256-byte JSON temperature reading in Celsius, as the throughput bench's.
-fn reading() -> String {
-    let mut payload = String::from(
-        r#"{"sensor_type":"temperature","unit":"celsius","reading":21.5,"device":"dev-17","note":""#,
-    );
-    while payload.len() < 254 {
-        payload.push('x');
-    }
-    payload.push_str(r#""}"#);
-    payload
 }
