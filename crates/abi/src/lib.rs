@@ -47,8 +47,8 @@ pub use message::{
     MessageView,
 };
 pub use outcome::{
-    decode_outcome, encode_outcome, Edit, EditIter, Outcome, OutcomeView, ENCODED_DROP,
-    ENCODED_UNCHANGED,
+    decode_outcome, encode_edits, encode_outcome, Edit, EditIter, Outcome, OutcomeView,
+    ENCODED_DROP, ENCODED_UNCHANGED,
 };
 
 /// The version of the guest ABI this crate encodes: the first byte of every

@@ -75,43 +75,52 @@ pub fn encode_outcome(outcome: &Outcome<'_>, out: &mut Vec<u8>) {
             out.push(ERROR);
             put_bytes(out, message.as_bytes());
         }
-        Outcome::Edits(edits) => {
-            out.push(EDITS);
-            put_u32(
-                out,
-                u32::try_from(edits.len()).expect("fewer than 2^32 edits"),
-            );
-            for edit in *edits {
-                match edit {
-                    Edit::SetPayload(b) => {
-                        out.push(1);
-                        put_bytes(out, b);
-                    }
-                    Edit::SetKey(b) => {
-                        out.push(2);
-                        put_bytes(out, b);
-                    }
-                    Edit::ClearKey => out.push(3),
-                    Edit::SetTopic(t) => {
-                        out.push(4);
-                        put_bytes(out, t.as_bytes());
-                    }
-                    Edit::SetHeader(n, v) => {
-                        out.push(5);
-                        put_bytes(out, n.as_bytes());
-                        put_bytes(out, v.as_bytes());
-                    }
-                    Edit::RemoveHeader(n) => {
-                        out.push(6);
-                        put_bytes(out, n.as_bytes());
-                    }
-                    Edit::SetTimestamp(ms) => {
-                        out.push(7);
-                        out.extend_from_slice(&ms.to_le_bytes());
-                    }
-                    Edit::ClearTimestamp => out.push(8),
-                }
+        Outcome::Edits(edits) => encode_edits(edits.iter().copied(), out),
+    }
+}
+
+/// Appends the encoding of [`Outcome::Edits`] with these edits to `out`,
+/// from any iterator that knows its length (a guest holding its edits in
+/// another form need not collect them into a slice first).
+///
+/// # Panics
+///
+/// If a field is 4 GiB or longer, or there are 2^32 edits or more.
+pub fn encode_edits<'a>(edits: impl ExactSizeIterator<Item = Edit<'a>>, out: &mut Vec<u8>) {
+    out.push(EDITS);
+    put_u32(
+        out,
+        u32::try_from(edits.len()).expect("fewer than 2^32 edits"),
+    );
+    for edit in edits {
+        match edit {
+            Edit::SetPayload(b) => {
+                out.push(1);
+                put_bytes(out, b);
             }
+            Edit::SetKey(b) => {
+                out.push(2);
+                put_bytes(out, b);
+            }
+            Edit::ClearKey => out.push(3),
+            Edit::SetTopic(t) => {
+                out.push(4);
+                put_bytes(out, t.as_bytes());
+            }
+            Edit::SetHeader(n, v) => {
+                out.push(5);
+                put_bytes(out, n.as_bytes());
+                put_bytes(out, v.as_bytes());
+            }
+            Edit::RemoveHeader(n) => {
+                out.push(6);
+                put_bytes(out, n.as_bytes());
+            }
+            Edit::SetTimestamp(ms) => {
+                out.push(7);
+                out.extend_from_slice(&ms.to_le_bytes());
+            }
+            Edit::ClearTimestamp => out.push(8),
         }
     }
 }

@@ -31,7 +31,11 @@ impl Outcome {
 /// Edits to a message, applied in order by the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Edits {
-    pub(crate) edits: Vec<OwnedEdit>,
+    /// The first edit, held inline: most answers make one, and a module then
+    /// allocates nothing for the list.
+    first: Option<OwnedEdit>,
+    /// The others, in order.
+    rest: Vec<OwnedEdit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,74 +52,108 @@ pub(crate) enum OwnedEdit {
 impl Edits {
     /// Replaces the payload.
     pub fn set_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
-        self.edits.push(OwnedEdit::Payload(payload.into()));
+        self.push(OwnedEdit::Payload(payload.into()));
         self
     }
 
     /// Sets the key.
     pub fn set_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.edits.push(OwnedEdit::Key(key.into()));
+        self.push(OwnedEdit::Key(key.into()));
         self
     }
 
     /// Removes the key.
     pub fn clear_key(mut self) -> Self {
-        self.edits.push(OwnedEdit::ClearKey);
+        self.push(OwnedEdit::ClearKey);
         self
     }
 
     /// Replaces the topic.
     pub fn set_topic(mut self, topic: impl Into<String>) -> Self {
-        self.edits.push(OwnedEdit::Topic(topic.into()));
+        self.push(OwnedEdit::Topic(topic.into()));
         self
     }
 
     /// Sets a header, replacing every header of that name.
     pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.edits
-            .push(OwnedEdit::Header(name.into(), value.into()));
+        self.push(OwnedEdit::Header(name.into(), value.into()));
         self
     }
 
     /// Removes every header of that name.
     pub fn remove_header(mut self, name: impl Into<String>) -> Self {
-        self.edits.push(OwnedEdit::RemoveHeader(name.into()));
+        self.push(OwnedEdit::RemoveHeader(name.into()));
         self
     }
 
     /// Sets the timestamp (milliseconds since the Unix epoch).
     pub fn set_timestamp(mut self, timestamp_ms: i64) -> Self {
-        self.edits.push(OwnedEdit::Timestamp(Some(timestamp_ms)));
+        self.push(OwnedEdit::Timestamp(Some(timestamp_ms)));
         self
     }
 
     /// Removes the timestamp.
     pub fn clear_timestamp(mut self) -> Self {
-        self.edits.push(OwnedEdit::Timestamp(None));
+        self.push(OwnedEdit::Timestamp(None));
         self
     }
 
     /// Whether no edit was added.
     pub fn is_empty(&self) -> bool {
-        self.edits.is_empty()
+        self.first.is_none()
     }
 
-    pub(crate) fn borrowed(&self) -> Vec<Edit<'_>> {
-        self.edits
-            .iter()
-            .map(|e| match e {
-                OwnedEdit::Payload(b) => Edit::SetPayload(b),
-                OwnedEdit::Key(b) => Edit::SetKey(b),
-                OwnedEdit::ClearKey => Edit::ClearKey,
-                OwnedEdit::Topic(t) => Edit::SetTopic(t),
-                OwnedEdit::Header(n, v) => Edit::SetHeader(n, v),
-                OwnedEdit::RemoveHeader(n) => Edit::RemoveHeader(n),
-                OwnedEdit::Timestamp(Some(ms)) => Edit::SetTimestamp(*ms),
-                OwnedEdit::Timestamp(None) => Edit::ClearTimestamp,
-            })
-            .collect()
+    fn push(&mut self, edit: OwnedEdit) {
+        match self.first {
+            None => self.first = Some(edit),
+            Some(_) => self.rest.push(edit),
+        }
+    }
+
+    /// The edits, in order.
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &OwnedEdit> {
+        let len = self.first.iter().len() + self.rest.len();
+        Counted {
+            inner: self.first.iter().chain(&self.rest),
+            left: len,
+        }
+    }
+
+    pub(crate) fn borrowed(&self) -> impl ExactSizeIterator<Item = Edit<'_>> {
+        self.iter().map(|e| match e {
+            OwnedEdit::Payload(b) => Edit::SetPayload(b),
+            OwnedEdit::Key(b) => Edit::SetKey(b),
+            OwnedEdit::ClearKey => Edit::ClearKey,
+            OwnedEdit::Topic(t) => Edit::SetTopic(t),
+            OwnedEdit::Header(n, v) => Edit::SetHeader(n, v),
+            OwnedEdit::RemoveHeader(n) => Edit::RemoveHeader(n),
+            OwnedEdit::Timestamp(Some(ms)) => Edit::SetTimestamp(*ms),
+            OwnedEdit::Timestamp(None) => Edit::ClearTimestamp,
+        })
     }
 }
+
+/// An iterator that knows how many items are left (`Chain` does not say).
+struct Counted<I> {
+    inner: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.left -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
 impl From<Edits> for Outcome {
     fn from(edits: Edits) -> Outcome {
@@ -134,9 +172,8 @@ impl Outcome {
             Outcome::Unchanged => rustmq_etl_abi::encode_outcome(&Wire::Unchanged, out),
             Outcome::Drop => rustmq_etl_abi::encode_outcome(&Wire::Drop, out),
             Outcome::Error(e) => rustmq_etl_abi::encode_outcome(&Wire::Error(e), out),
-            Outcome::Edit(edits) => {
-                rustmq_etl_abi::encode_outcome(&Wire::Edits(&edits.borrowed()), out)
-            }
+            // Straight from the owned edits, with no slice of borrowed ones.
+            Outcome::Edit(edits) => rustmq_etl_abi::encode_edits(edits.borrowed(), out),
         }
     }
 }

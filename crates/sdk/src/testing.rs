@@ -64,7 +64,7 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
         Outcome::Drop => Ok(None),
         Outcome::Error(e) => Err(e),
         Outcome::Edit(edits) => {
-            for edit in edits.edits {
+            for edit in edits.iter().cloned() {
                 match edit {
                     OwnedEdit::Payload(p) => out.payload = p,
                     OwnedEdit::Key(k) => out.key = Some(k),
