@@ -212,9 +212,16 @@ impl ObjectEdit<'_, '_> {
         } else {
             object.fields.len().checked_sub(1)
         };
+        // Bit `v`: the key of `values[v]` occurs in the object (kept for
+        // the first 64 values; the others are looked for again below).
+        let mut found = 0u64;
         for (i, field) in object.fields.iter().enumerate() {
             let range = &field.value;
-            match self.edited(&field.key) {
+            let edited = self.find(&field.key).map(|v| {
+                found |= bit(v).unwrap_or(0);
+                self.values[v].1.clone().map(|value| &self.text[value])
+            });
+            match edited {
                 None => {}
                 Some(Some(value)) => {
                     out.extend_from_slice(&text[copied..range.start]);
@@ -242,11 +249,13 @@ impl ObjectEdit<'_, '_> {
         let close = text.iter().rposition(|&b| b == b'}').unwrap_or(text.len());
         out.extend_from_slice(&text[copied..close]);
         let mut any = last_kept.is_some();
-        for (key, value) in &self.values {
+        for (v, (key, value)) in self.values.iter().enumerate() {
             let key = &self.text[key.clone()];
-            let (Some(value), false) =
-                (value, object.fields.iter().any(|f| f.key.as_bytes() == key))
-            else {
+            let present = match bit(v) {
+                Some(bit) => found & bit != 0,
+                None => object.fields.iter().any(|f| f.key.as_bytes() == key),
+            };
+            let (Some(value), false) = (value, present) else {
                 continue;
             };
             if any {
@@ -262,6 +271,11 @@ impl ObjectEdit<'_, '_> {
         out.extend_from_slice(&text[close..]);
         out
     }
+}
+
+/// Value `v`'s bit in `ObjectEdit::finish`'s set of keys found.
+fn bit(v: usize) -> Option<u64> {
+    (v < 64).then(|| 1 << v)
 }
 
 /// The comma before `at` (only whitespace between).
@@ -348,6 +362,23 @@ mod tests {
             edited(r#"{"q\"k":1,"b":2}"#, |e| e.remove("b").set("n", "x")),
             r#"{"q\"k":1,"n":"x"}"#
         );
+    }
+
+    /// Past the 64 values whose keys `finish` remembers finding, keys are
+    /// looked for again: an existing one is still replaced in place.
+    #[test]
+    fn many_edits_find_their_fields() {
+        let out = edited(r#"{"k70":0,"a":1}"#, |mut e| {
+            for i in 0..72 {
+                e = e.set(&format!("k{i}"), i);
+            }
+            e
+        });
+        let expected = (0..72)
+            .filter(|&i| i != 70)
+            .map(|i| format!(",\"k{i}\":{i}"))
+            .collect::<String>();
+        assert_eq!(out, format!(r#"{{"k70":70,"a":1{expected}}}"#));
     }
 
     /// Every edit gives what a `serde_json::Value` round trip gives, as JSON.
