@@ -21,6 +21,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 
@@ -114,11 +115,40 @@ impl<'a> Object<'a> {
 
     /// Starts a list of changes; [`ObjectEdit::finish`] writes the new payload.
     pub fn edit(&self) -> ObjectEdit<'_, 'a> {
+        let (values, text) = SPARE.take().unwrap_or_else(|| {
+            // Room for a few edits, so that setting them rarely reallocates.
+            (Vec::with_capacity(4), Vec::with_capacity(64))
+        });
         ObjectEdit {
             object: self,
-            // Room for a few edits, so that setting them rarely reallocates.
-            values: Vec::with_capacity(4),
-            text: Vec::with_capacity(64),
+            values,
+            text,
+        }
+    }
+}
+
+thread_local! {
+    /// The buffers of the last [`ObjectEdit`] dropped, empty, for the next
+    /// one: a module edits a payload a call, and reusing them saves two
+    /// allocations and two frees a call.
+    static SPARE: Cell<Option<(Vec<EditedValue>, Vec<u8>)>> = const { Cell::new(None) };
+}
+
+/// Where a set or removed key's name and its new JSON text (`None`: remove
+/// the field) lie in [`ObjectEdit`]'s text.
+type EditedValue = (Range<usize>, Option<Range<usize>>);
+
+impl Drop for ObjectEdit<'_, '_> {
+    fn drop(&mut self) {
+        let (mut values, mut text) = (
+            std::mem::take(&mut self.values),
+            std::mem::take(&mut self.text),
+        );
+        // A buffer grown large by one payload is not kept for every later one.
+        if text.capacity() <= 4096 && values.capacity() <= 64 {
+            values.clear();
+            text.clear();
+            SPARE.set(Some((values, text)));
         }
     }
 }
@@ -127,9 +157,8 @@ impl<'a> Object<'a> {
 #[derive(Debug)]
 pub struct ObjectEdit<'o, 'a> {
     object: &'o Object<'a>,
-    /// Each key set or removed, in the order first set: where its name and
-    /// its new JSON text (`None`: remove the field) lie in `text`.
-    values: Vec<(Range<usize>, Option<Range<usize>>)>,
+    /// Each key set or removed, in the order first set.
+    values: Vec<EditedValue>,
     /// The keys' names and the new values' JSON texts, one after another
     /// (one buffer, not a `String` each).
     text: Vec<u8>,
