@@ -1,8 +1,9 @@
 //! Run a transform natively, through the same encoding the engine uses.
 
-use rustmq_etl_abi::{decode_message, encode_message, MessageParts};
+use rustmq_etl_abi::{
+    decode_message, decode_outcome, encode_message, Edit, MessageParts, OutcomeView,
+};
 
-use crate::outcome::OwnedEdit;
 use crate::{Message, Outcome};
 
 /// A message to test with.
@@ -40,8 +41,9 @@ impl TestMessage {
 /// What became of a message: `None` if dropped, `Err` if the module failed.
 pub type Result = std::result::Result<Option<TestMessage>, String>;
 
-/// Encodes `message` as the engine does, calls `transform` and applies its
-/// outcome as the engine does.
+/// Encodes `message` as the engine does, calls `transform`, encodes its
+/// outcome as a module does, and decodes and applies it as the engine does
+/// (refusing what the engine refuses: an empty topic or header name).
 pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Result {
     let mut bytes = Vec::new();
     encode_message(
@@ -58,38 +60,43 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
         &mut bytes,
     );
     let view = decode_message(&bytes).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    transform(&view).encode(&mut answer);
+    let edits = match decode_outcome(&answer) {
+        Ok(OutcomeView::Unchanged) => return Ok(Some(message.clone())),
+        Ok(OutcomeView::Drop) => return Ok(None),
+        Ok(OutcomeView::Error(e)) => return Err(e.to_owned()),
+        Ok(OutcomeView::Edits(edits)) => edits,
+        Err(e) => return Err(format!("the answer does not decode: {e}")),
+    };
     let mut out = message.clone();
-    match transform(&view) {
-        Outcome::Unchanged => Ok(Some(out)),
-        Outcome::Drop => Ok(None),
-        Outcome::Error(e) => Err(e),
-        Outcome::Edit(edits) => {
-            for edit in edits.iter().cloned() {
-                match edit {
-                    OwnedEdit::Payload(p) => out.payload = p,
-                    OwnedEdit::Key(k) => out.key = Some(k),
-                    OwnedEdit::ClearKey => out.key = None,
-                    OwnedEdit::Topic(t) => out.topic = t,
-                    OwnedEdit::Header(n, v) => {
-                        match out.headers.iter().position(|(h, _)| *h == n) {
-                            Some(first) => {
-                                out.headers[first].1 = v;
-                                let mut i = 0;
-                                out.headers.retain(|(h, _)| {
-                                    i += 1;
-                                    i - 1 == first || *h != n
-                                });
-                            }
-                            None => out.headers.push((n, v)),
-                        }
-                    }
-                    OwnedEdit::RemoveHeader(n) => out.headers.retain(|(h, _)| *h != n),
-                    OwnedEdit::Timestamp(ms) => out.timestamp_ms = ms,
-                }
+    for edit in edits {
+        match edit {
+            Edit::SetPayload(p) => out.payload = p.to_vec(),
+            Edit::SetKey(k) => out.key = Some(k.to_vec()),
+            Edit::ClearKey => out.key = None,
+            Edit::SetTopic("") => return Err("the engine refuses an empty topic".to_owned()),
+            Edit::SetTopic(t) => out.topic = t.to_owned(),
+            Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
+                return Err("the engine refuses a header named with the empty string".to_owned())
             }
-            Ok(Some(out))
+            Edit::SetHeader(n, v) => match out.headers.iter().position(|(h, _)| h == n) {
+                Some(first) => {
+                    out.headers[first].1 = v.to_owned();
+                    let mut i = 0;
+                    out.headers.retain(|(h, _)| {
+                        i += 1;
+                        i - 1 == first || h != n
+                    });
+                }
+                None => out.headers.push((n.to_owned(), v.to_owned())),
+            },
+            Edit::RemoveHeader(n) => out.headers.retain(|(h, _)| h != n),
+            Edit::SetTimestamp(ms) => out.timestamp_ms = Some(ms),
+            Edit::ClearTimestamp => out.timestamp_ms = None,
         }
     }
+    Ok(Some(out))
 }
 
 /// Like [`apply`], for a transform expected to keep the message: panics (this is
@@ -99,5 +106,47 @@ pub fn run(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessag
         Ok(Some(m)) => m,
         Ok(None) => panic!("the transform dropped the message"),
         Err(e) => panic!("the transform failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every edit arrives through the encoding and applies as the engine
+    /// applies it; what the engine refuses, `apply` refuses.
+    #[test]
+    fn edits_go_through_the_encoding_and_apply_in_order() {
+        let mut message = TestMessage::new("in", "old")
+            .header("a", "1")
+            .header("b", "2")
+            .header("a", "3");
+        message.key = Some(b"k".to_vec());
+        let out = run(
+            |_| {
+                Outcome::edit()
+                    .set_topic("out")
+                    .set_payload("new")
+                    .set_header("a", "x")
+                    .remove_header("b")
+                    .clear_key()
+                    .set_timestamp(7)
+                    .into()
+            },
+            &message,
+        );
+        assert_eq!(out.topic, "out");
+        assert_eq!(out.payload, b"new");
+        assert_eq!(out.headers, [("a".to_owned(), "x".to_owned())]);
+        assert_eq!((out.key, out.timestamp_ms), (None, Some(7)));
+        let refused = apply(|_| Outcome::edit().set_topic("").into(), &message);
+        assert_eq!(refused.unwrap_err(), "the engine refuses an empty topic");
+        let refused = apply(|_| Outcome::edit().remove_header("").into(), &message);
+        assert!(refused.unwrap_err().contains("empty string"));
+        assert_eq!(apply(|_| Outcome::Drop, &message), Ok(None));
+        assert_eq!(
+            apply(|_| Outcome::error("no"), &message),
+            Err("no".to_owned())
+        );
     }
 }
