@@ -115,7 +115,8 @@ impl<'a> Object<'a> {
 
     /// Starts a list of changes; [`ObjectEdit::finish`] writes the new payload.
     pub fn edit(&self) -> ObjectEdit<'_, 'a> {
-        let (values, text) = SPARE.take().unwrap_or_else(|| {
+        let spare = SPARE.try_with(Cell::take).ok().flatten();
+        let (values, text) = spare.unwrap_or_else(|| {
             // Room for a few edits, so that setting them rarely reallocates.
             (Vec::with_capacity(4), Vec::with_capacity(64))
         });
@@ -148,7 +149,8 @@ impl Drop for ObjectEdit<'_, '_> {
         if text.capacity() <= 4096 && values.capacity() <= 64 {
             values.clear();
             text.clear();
-            SPARE.set(Some((values, text)));
+            // (Not while the thread's locals are being destroyed.)
+            let _ = SPARE.try_with(|spare| spare.set(Some((values, text))));
         }
     }
 }
