@@ -80,19 +80,19 @@ pub fn encode_outcome(outcome: &Outcome<'_>, out: &mut Vec<u8>) {
 }
 
 /// Appends the encoding of [`Outcome::Edits`] with these edits to `out`,
-/// from any iterator that knows its length (a guest holding its edits in
-/// another form need not collect them into a slice first).
+/// from any iterator (a guest holding its edits in another form need not
+/// collect them into a slice first): the count is written once they are.
 ///
 /// # Panics
 ///
 /// If a field is 4 GiB or longer, or there are 2^32 edits or more.
-pub fn encode_edits<'a>(edits: impl ExactSizeIterator<Item = Edit<'a>>, out: &mut Vec<u8>) {
+pub fn encode_edits<'a>(edits: impl IntoIterator<Item = Edit<'a>>, out: &mut Vec<u8>) {
     out.push(EDITS);
-    put_u32(
-        out,
-        u32::try_from(edits.len()).expect("fewer than 2^32 edits"),
-    );
+    let count_at = out.len();
+    put_u32(out, 0);
+    let mut count = 0u32;
     for edit in edits {
+        count = count.checked_add(1).expect("fewer than 2^32 edits");
         match edit {
             Edit::SetPayload(b) => {
                 out.push(1);
@@ -123,6 +123,7 @@ pub fn encode_edits<'a>(edits: impl ExactSizeIterator<Item = Edit<'a>>, out: &mu
             Edit::ClearTimestamp => out.push(8),
         }
     }
+    out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
 }
 
 /// A decoded outcome borrowing the encoded bytes; every edit was checked.

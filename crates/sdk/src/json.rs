@@ -244,7 +244,9 @@ impl ObjectEdit<'_, '_> {
             object.fields.len().checked_sub(1)
         };
         // Bit `v`: the key of `values[v]` occurs in the object (kept for
-        // the first 64 values; the others are looked for again below).
+        // the first 64 values; the others are looked for again below). A
+        // flag in each value instead, with no second search, cost
+        // temperature-converter ~330 more instructions a message in wasm.
         let mut found = 0u64;
         for (i, field) in object.fields.iter().enumerate() {
             let range = &field.value;

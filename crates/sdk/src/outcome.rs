@@ -110,17 +110,9 @@ impl Edits {
         }
     }
 
-    /// The edits, in order.
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &OwnedEdit> {
-        let len = self.first.iter().len() + self.rest.len();
-        Counted {
-            inner: self.first.iter().chain(&self.rest),
-            left: len,
-        }
-    }
-
-    pub(crate) fn borrowed(&self) -> impl ExactSizeIterator<Item = Edit<'_>> {
-        self.iter().map(|e| match e {
+    /// The edits, in order, as the codec takes them.
+    pub(crate) fn borrowed(&self) -> impl Iterator<Item = Edit<'_>> {
+        self.first.iter().chain(&self.rest).map(|e| match e {
             OwnedEdit::Payload(b) => Edit::SetPayload(b),
             OwnedEdit::Key(b) => Edit::SetKey(b),
             OwnedEdit::ClearKey => Edit::ClearKey,
@@ -132,28 +124,6 @@ impl Edits {
         })
     }
 }
-
-/// An iterator that knows how many items are left (`Chain` does not say).
-struct Counted<I> {
-    inner: I,
-    left: usize,
-}
-
-impl<I: Iterator> Iterator for Counted<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.inner.next()?;
-        self.left -= 1;
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
 impl From<Edits> for Outcome {
     fn from(edits: Edits) -> Outcome {
