@@ -570,8 +570,12 @@ impl Run {
     /// Applies `edits` to the message, first saving what they change of the
     /// message as it entered the pipeline (if a failure may need it back),
     /// and marks what they change as needing a new selection.
+    ///
+    /// A field the edits replace whole (topic, payload, key) is moved into
+    /// the undo log, not copied: the edits overwrite it anyway. Headers are
+    /// edited in place, so they are copied.
     fn apply(&mut self, edits: Vec<Edit>) {
-        let message = &self.message;
+        let message = &mut self.message;
         for edit in &edits {
             match edit {
                 Edit::SetTopic(_) => self.selection.stale_filters = true,
@@ -583,13 +587,19 @@ impl Run {
             let saved = self.pipeline.saved.get_or_insert_default();
             match edit {
                 Edit::SetTopic(_) => {
-                    saved.topic.get_or_insert_with(|| message.topic.clone());
+                    saved
+                        .topic
+                        .get_or_insert_with(|| std::mem::take(&mut message.topic));
                 }
                 Edit::SetPayload(_) => {
-                    saved.payload.get_or_insert_with(|| message.payload.clone());
+                    saved
+                        .payload
+                        .get_or_insert_with(|| std::mem::take(&mut message.payload));
                 }
                 Edit::SetKey(_) | Edit::ClearKey => {
-                    saved.key.get_or_insert_with(|| message.key.clone());
+                    saved
+                        .key
+                        .get_or_insert_with(|| std::mem::take(&mut message.key));
                 }
                 Edit::SetHeader(..) | Edit::RemoveHeader(_) => {
                     saved.headers.get_or_insert_with(|| message.headers.clone());

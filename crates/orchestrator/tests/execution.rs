@@ -451,6 +451,78 @@ stages:
     }
 }
 
+/// A module that sets or clears every field of a message (twice for the
+/// payload), marking each with `n`.
+fn every_field(n: &'static str) -> impl Fn(&Message) -> Behaviour {
+    move |_: &Message| {
+        let edits = if n == "clear" {
+            vec![
+                Edit::ClearKey,
+                Edit::ClearTimestamp,
+                Edit::RemoveHeader("h".into()),
+            ]
+        } else {
+            vec![
+                Edit::SetPayload(Bytes::from(format!("first payload of {n}"))),
+                Edit::SetTopic(format!("topic-{n}")),
+                Edit::SetKey(Bytes::from(format!("key-{n}"))),
+                Edit::SetHeader("h".into(), n.into()),
+                Edit::RemoveHeader("keep".into()),
+                Edit::SetTimestamp(7),
+                Edit::SetPayload(Bytes::from(format!("payload-{n}"))),
+            ]
+        };
+        Behaviour::ok(Outcome::Edited(edits))
+    }
+}
+
+#[test]
+fn a_failed_pipeline_gives_back_every_field_as_it_entered() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", every_field("a"));
+    engine.module("b", every_field("b"));
+    engine.module("clear", every_field("clear"));
+    engine.module("fail", |_| Behaviour::fail(ErrorKind::Trap, "trapped"));
+    let mut entry = Message::new("t", "p0");
+    entry.key = Some(Bytes::from("k0"));
+    entry.timestamp_ms = Some(5);
+    entry.headers.push("keep", "1");
+    entry.headers.push("h", "0");
+    for strategy in ["StopPipeline", "SendToDeadLetter"] {
+        let yaml = format!(
+            r#"
+pipeline_id: p
+error_handling: {strategy}
+stages:
+  - priority: 0
+    modules: [{{module_id: a}}, {{module_id: b}}, {{module_id: clear}}]
+  - priority: 1
+    modules: [{{module_id: fail}}]
+"#
+        );
+        let o = start(&engine, &yaml);
+        let out = one(&o, entry.clone());
+        let got = match out.disposition {
+            Disposition::Delivered(m) => m,
+            Disposition::DeadLettered(mut letter) => {
+                // The letter is the entry, on the dead-letter topic, with its
+                // headers after the entry's.
+                assert_eq!(letter.headers.get(dlq::ORIGINAL_TOPIC), Some("t"));
+                let headers: Vec<_> = letter.headers.iter().collect();
+                let (own, added) = headers.split_at(entry.headers.len());
+                assert!(added.iter().all(|(name, _)| name.starts_with("etl-dlq-")));
+                let mut entry_headers = rustmq_etl_core::Headers::default();
+                own.iter().for_each(|(n, v)| entry_headers.push(*n, *v));
+                letter.headers = entry_headers;
+                letter.topic = entry.topic.clone();
+                letter
+            }
+            other => panic!("{strategy}: {other:?}"),
+        };
+        assert_eq!(got, entry, "{strategy}");
+    }
+}
+
 #[test]
 fn stop_pipeline_undoes_the_pipeline_and_the_next_pipeline_receives_the_message() {
     let engine = Arc::new(StandIn::new(2));
