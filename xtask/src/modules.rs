@@ -82,6 +82,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let flags = [
         format!("--remap-path-prefix={}=/rustmq-etl", staging.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+        // The engine admits wasm SIMD; the SDK's JSON reading uses it.
+        "-Ctarget-feature=+simd128".to_owned(),
     ]
     .join("\x1f");
     let args = ["build", "--release", "--locked", "--target", TARGET];

@@ -89,6 +89,66 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
     );
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// The SDK's JSON reading, as compiled into a module (where it searches
+    /// strings sixteen bytes a step with wasm SIMD): `temperature-converter`
+    /// converts a reading exactly when serde_json reads its payload, whatever
+    /// a string before the fields it reads holds and wherever it starts.
+    #[test]
+    fn temperature_converter_reads_strings_as_serde_json_does(
+        pad in 0..20usize,
+        pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "plain text ", "x", r#"\""#, r"\\", r"\n", r"\u00e9", r"\ud83d\ude00",
+                "é", "€", "😀", "\"", "\u{1}", "\u{1f}", "\u{7f}", r"\x", r"\u12",
+            ]),
+            0..24,
+        ),
+        broken_utf8 in proptest::bool::weighted(0.05),
+    ) {
+        let converter = converter();
+        let mut note = pieces.concat().into_bytes();
+        if broken_utf8 {
+            note.push(0xff);
+        }
+        let payload = [
+            format!(r#"{{"pad":"{}","note":""#, "p".repeat(pad)).as_bytes(),
+            &note,
+            br#"","unit":"celsius","reading":21.5}"#,
+        ]
+        .concat();
+        let mut message = Message::new("t", payload.clone());
+        message.headers.push("content-type", "application/json");
+        let answer = pool().call_blocking(converter, &message);
+        match serde_json::from_slice::<serde_json::Value>(&payload) {
+            Ok(mut expected) => {
+                let Ok(Outcome::Edited(edits)) = answer else {
+                    panic!("{:?}: expected a conversion, got {answer:?}", String::from_utf8_lossy(&payload));
+                };
+                message.apply(edits);
+                expected["unit"] = "fahrenheit".into();
+                expected["reading"] = 70.7.into();
+                let got: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                proptest::prop_assert_eq!(got, expected);
+            }
+            Err(_) => proptest::prop_assert_eq!(answer, Ok(Outcome::Unchanged)),
+        }
+    }
+}
+
+fn converter() -> &'static LoadedModule {
+    static CONVERTER: OnceLock<LoadedModule> = OnceLock::new();
+    CONVERTER.get_or_init(|| {
+        load(
+            "temperature-converter",
+            "temperature-converter",
+            ModuleSettings::default(),
+        )
+    })
+}
+
 #[test]
 fn pressure_normalizer_converts_to_the_configured_unit() {
     let config = ModuleSettings {

@@ -348,6 +348,29 @@ impl Scan<'_> {
 /// `\`, control character (below U+0020) or non-ASCII byte from `at`, or the
 /// end.
 fn plain_end(bytes: &[u8], mut at: usize) -> usize {
+    // Sixteen bytes at a time where the module is built with wasm's SIMD.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use core::arch::wasm32::{i8x16_bitmask, i8x16_eq, i8x16_lt, i8x16_splat, v128_or};
+        while let Some(chunk) = bytes.get(at..at + 16) {
+            let x = u128::from_le_bytes(chunk.try_into().unwrap_or_default());
+            // SAFETY: `v128` and `u128` are both 16 plain bytes.
+            let x: core::arch::wasm32::v128 = unsafe { core::mem::transmute(x) };
+            // A signed byte below 0x20 is a control character or non-ASCII.
+            let stops = v128_or(
+                v128_or(
+                    i8x16_eq(x, i8x16_splat(b'"' as i8)),
+                    i8x16_eq(x, i8x16_splat(b'\\' as i8)),
+                ),
+                i8x16_lt(x, i8x16_splat(0x20)),
+            );
+            let marks = i8x16_bitmask(stops);
+            if marks != 0 {
+                return at + marks.trailing_zeros() as usize;
+            }
+            at += 16;
+        }
+    }
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
     // Eight bytes at a time. For each test, a byte's high bit is set in
