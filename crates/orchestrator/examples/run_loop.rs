@@ -9,7 +9,12 @@
 //! ```
 //!
 //! A module other than `identity` gets the throughput bench's 256-byte JSON
-//! temperature reading.
+//! temperature reading. So does a pipeline file named instead of a module
+//! (the number of stages is then the file's):
+//!
+//! ```sh
+//! valgrind --tool=callgrind target/release/examples/run_loop 0 200 fixtures/pipelines/iot-sensor-processing.json
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,21 +50,15 @@ fn main() {
         })
         .unwrap(),
     );
-    let mut yaml = String::from("pipeline_id: p\nstages:\n");
-    for s in 0..stages {
-        // identity ignores its custom_config: a different one per stage makes
-        // each stage its own occurrence. Other modules get none.
-        let settings = match module.as_str() {
-            "identity" => format!(", instance_config: {{custom_config: {s}}}"),
-            _ => String::new(),
-        };
-        yaml.push_str(&format!(
-            "  - {{priority: {s}, modules: [{{module_id: {module}{settings}}}]}}\n"
-        ));
-    }
-    let config = Config::from_text(&yaml, Format::Yaml, None).unwrap().config;
-    let modules =
-        DirectorySource::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/modules"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let config = if module.ends_with(".json") || module.ends_with(".yaml") {
+        Config::load(&root.join(&module))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
+    } else {
+        stages_of(&module, stages)
+    };
+    let modules = DirectorySource::new(root.join("fixtures/modules"));
     let o = Orchestrator::new(pool, &config, modules, Options::default())
         .unwrap_or_else(|e| panic!("{e}"));
     let m = if module == "identity" {
@@ -87,4 +86,21 @@ fn main() {
         "{:?} per message",
         started.elapsed() / (batches * 64).max(1) as u32
     );
+}
+
+/// `stages` stages of one occurrence of `module` each.
+fn stages_of(module: &str, stages: usize) -> Config {
+    let mut yaml = String::from("pipeline_id: p\nstages:\n");
+    for s in 0..stages {
+        // identity ignores its custom_config: a different one per stage makes
+        // each stage its own occurrence. Other modules get none.
+        let settings = match module {
+            "identity" => format!(", instance_config: {{custom_config: {s}}}"),
+            _ => String::new(),
+        };
+        yaml.push_str(&format!(
+            "  - {{priority: {s}, modules: [{{module_id: {module}{settings}}}]}}\n"
+        ));
+    }
+    Config::from_text(&yaml, Format::Yaml, None).unwrap().config
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustmq_etl_condition::{ConditionSet, ConditionSetBuilder, GroupId, Subject};
 use rustmq_etl_config::{Config, EtlPipelineConfig, ModuleInstanceConfig};
-use rustmq_etl_core::{Message, ModuleSpec};
+use rustmq_etl_core::{Edit, Message, ModuleSpec};
 use rustmq_etl_filter::{FilterSet, FilterSetBuilder, SlotId};
 
 /// Why a configuration cannot become a plan.
@@ -60,6 +60,20 @@ pub(crate) struct Reads {
     pub(crate) headers: bool,
     pub(crate) size: bool,
     pub(crate) age: bool,
+}
+
+impl Reads {
+    /// Whether `edit` changes a part of the message some rule reads. A topic
+    /// is read by filters only, and the age rules are evaluated afresh at
+    /// every stage, so neither counts here.
+    pub(crate) fn affected_by(&self, edit: &Edit) -> bool {
+        match edit {
+            Edit::SetPayload(_) => self.payload || self.size,
+            Edit::SetHeader(..) | Edit::RemoveHeader(_) => self.headers || self.size,
+            Edit::SetKey(_) | Edit::ClearKey => self.size,
+            Edit::SetTopic(_) | Edit::SetTimestamp(_) | Edit::ClearTimestamp => false,
+        }
+    }
 }
 
 /// One pipeline, stages in ascending priority.

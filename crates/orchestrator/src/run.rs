@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::breaker::Permit;
 use crate::orchestrator::contain;
-use crate::plan::{PlanScratch, PlannedModule, PlannedPipeline, PlannedStage};
+use crate::plan::{PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
 use crate::result::{
     Disposition, FailureAction, Processed, RanOutcome, SkipReason, Trace, TraceEntry, TraceEvent,
 };
@@ -553,7 +553,7 @@ impl Run {
             tally.stage(series, self.stage.elapsed);
         }
         if self.stage.parallel {
-            self.combine();
+            self.combine(snapshot.plan.reads());
             if self.stage.dropped {
                 self.dropped(snapshot, tally);
                 return;
@@ -569,17 +569,18 @@ impl Run {
 
     /// Applies `edits` to the message, first saving what they change of the
     /// message as it entered the pipeline (if a failure may need it back),
-    /// and marks what they change as needing a new selection.
+    /// and marks the selection stale if they change what a filter or rule
+    /// reads (`reads`).
     ///
     /// A field the edits replace whole (topic, payload, key) is moved into
     /// the undo log, not copied: the edits overwrite it anyway. Headers are
     /// edited in place, so they are copied.
-    fn apply(&mut self, edits: Vec<Edit>) {
+    fn apply(&mut self, edits: Vec<Edit>, reads: Reads) {
         let message = &mut self.message;
         for edit in &edits {
             match edit {
                 Edit::SetTopic(_) => self.selection.stale_filters = true,
-                _ => self.selection.stale_rules = true,
+                edit => self.selection.stale_rules |= reads.affected_by(edit),
             }
             if !self.pipeline.keeps_entry {
                 continue;
@@ -637,10 +638,10 @@ impl Run {
     }
 
     /// A parallel stage's results, in declaration order, on the stage's input.
-    fn combine(&mut self) {
+    fn combine(&mut self, reads: Reads) {
         let edits = std::mem::take(&mut self.stage.edits);
         for module_edits in edits {
-            self.apply(module_edits);
+            self.apply(module_edits, reads);
         }
     }
 
@@ -760,7 +761,7 @@ impl Run {
                         self.dropped(snapshot, tally);
                     }
                     Outcome::Edited(edits) if self.stage.parallel => self.stage.edits.push(edits),
-                    Outcome::Edited(edits) => self.apply(edits),
+                    Outcome::Edited(edits) => self.apply(edits, snapshot.plan.reads()),
                 }
                 None
             }
@@ -850,7 +851,7 @@ impl Run {
                 let next_stage = self.stage_index() + 1;
                 self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
                 if self.stage.parallel {
-                    self.combine();
+                    self.combine(snapshot.plan.reads());
                 }
                 if self.stage.dropped {
                     tally.pipeline(self.place.pipeline, PipelineResult::Dropped);

@@ -282,6 +282,145 @@ stages:
     );
 }
 
+/// Every kind of edit, against the one kind of rule (or filter) that reads
+/// what it changes, alone in its plan: the later stage's selection must see
+/// the edit, whether the editing stage runs in turn or in parallel.
+#[test]
+fn a_later_selection_sees_every_kind_of_edit_its_rules_read() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let with_header = |value: &str| {
+        let mut m = Message::new("a", "");
+        m.headers.push("h", value);
+        m
+    };
+    let with_key = {
+        let mut m = Message::new("a", "");
+        m.key = Some(Bytes::from_static(b"123456"));
+        m
+    };
+    let with_timestamp = {
+        let mut m = Message::new("a", "");
+        m.timestamp_ms = Some(now);
+        m
+    };
+    let size = "{condition_type: MessageSize, field_path: '', operator: GreaterThan, value: 5}";
+    let header = "{condition_type: HeaderValue, field_path: h, operator: Equals, value: '1'}";
+    let age = "{condition_type: MessageAge, field_path: '', operator: LessThan, value: 60000}";
+    let field = "{condition_type: PayloadField, field_path: $.a, operator: Equals, value: 1}";
+    // (what the case shows, the message, the edit, the later module's
+    // selection settings, whether it runs after the edit)
+    let cases: Vec<(&str, Message, Edit, String, bool)> = vec![
+        (
+            "a new payload has the field",
+            Message::new("a", "{}"),
+            Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#)),
+            format!("conditional_rules: [{field}]"),
+            true,
+        ),
+        (
+            "a new payload lacks the field",
+            Message::new("a", r#"{"a":1}"#),
+            Edit::SetPayload(Bytes::from_static(b"{}")),
+            format!("conditional_rules: [{field}]"),
+            false,
+        ),
+        (
+            "a new payload grows the message",
+            Message::new("a", "{}"),
+            Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#)),
+            format!("conditional_rules: [{size}]"),
+            true,
+        ),
+        (
+            "a header is set",
+            Message::new("a", ""),
+            Edit::SetHeader("h".into(), "1".into()),
+            format!("conditional_rules: [{header}]"),
+            true,
+        ),
+        (
+            "a header is removed",
+            with_header("1"),
+            Edit::RemoveHeader("h".into()),
+            format!("conditional_rules: [{header}]"),
+            false,
+        ),
+        (
+            "a header grows the message",
+            Message::new("a", ""),
+            Edit::SetHeader("h".into(), "123456".into()),
+            format!("conditional_rules: [{size}]"),
+            true,
+        ),
+        (
+            "a removed header shrinks the message",
+            with_header("123456"),
+            Edit::RemoveHeader("h".into()),
+            format!("conditional_rules: [{size}]"),
+            false,
+        ),
+        (
+            "a key grows the message",
+            Message::new("a", ""),
+            Edit::SetKey(Bytes::from_static(b"123456")),
+            format!("conditional_rules: [{size}]"),
+            true,
+        ),
+        (
+            "a cleared key shrinks the message",
+            with_key,
+            Edit::ClearKey,
+            format!("conditional_rules: [{size}]"),
+            false,
+        ),
+        (
+            "a timestamp gives the message an age",
+            Message::new("a", ""),
+            Edit::SetTimestamp(now),
+            format!("conditional_rules: [{age}]"),
+            true,
+        ),
+        (
+            "a cleared timestamp takes the age away",
+            with_timestamp,
+            Edit::ClearTimestamp,
+            format!("conditional_rules: [{age}]"),
+            false,
+        ),
+        (
+            "a new topic passes the filter",
+            Message::new("a", ""),
+            Edit::SetTopic("b".into()),
+            "topic_filters: [{filter_type: Exact, pattern: b}]".to_owned(),
+            true,
+        ),
+    ];
+    for (what, message, edit, selection, runs_after) in cases {
+        for parallel in [false, true] {
+            let engine = Arc::new(StandIn::new(2));
+            let made = edit.clone();
+            engine.module("edit", move |_| {
+                Behaviour::ok(Outcome::Edited(vec![made.clone()]))
+            });
+            engine.module("other", |_| Behaviour::ok(Outcome::Unchanged));
+            engine.module("after", |_| set_header("x-after", "1"));
+            let yaml = format!(
+                "pipeline_id: p\nstages:\n  - priority: 0\n    parallel_execution: {parallel}\n    modules: [{{module_id: edit}}, {{module_id: other}}]\n  - priority: 1\n    modules:\n      - {{module_id: after, {selection}}}\n"
+            );
+            let o = start(&engine, &yaml);
+            let before = o
+                .process_batch_blocking(vec![message.clone()], ProcessOptions::default())
+                .unwrap()
+                .remove(0);
+            let ran = delivered(&before).headers.get("x-after") == Some("1");
+            assert_eq!(ran, runs_after, "{what} (parallel: {parallel})");
+        }
+    }
+}
+
 #[test]
 fn selection_holds_for_more_modules_than_fit_a_machine_word_pair() {
     // 150 modules (past the 128 kept inline): the even ones take topic
