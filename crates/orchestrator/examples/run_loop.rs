@@ -51,7 +51,10 @@ fn main() {
         .unwrap(),
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let config = if module.ends_with(".json") || module.ends_with(".yaml") {
+    let config = if [".json", ".yaml", ".yml"]
+        .iter()
+        .any(|e| module.ends_with(e))
+    {
         Config::load(&root.join(&module))
             .unwrap_or_else(|e| panic!("{e}"))
             .config

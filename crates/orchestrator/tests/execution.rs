@@ -283,8 +283,10 @@ stages:
 }
 
 /// Every kind of edit, against the one kind of rule (or filter) that reads
-/// what it changes, alone in its plan: the later stage's selection must see
-/// the edit, whether the editing stage runs in turn or in parallel.
+/// what it changes, alone in its plan: the later selection must see the
+/// edit, whether the editing stage runs in turn or in parallel, and in the
+/// next pipeline. (Age rules are evaluated afresh at every stage; their cases
+/// check that a timestamp edit is seen all the same.)
 #[test]
 fn a_later_selection_sees_every_kind_of_edit_its_rules_read() {
     let now = std::time::SystemTime::now()
@@ -310,114 +312,177 @@ fn a_later_selection_sees_every_kind_of_edit_its_rules_read() {
     let header = "{condition_type: HeaderValue, field_path: h, operator: Equals, value: '1'}";
     let age = "{condition_type: MessageAge, field_path: '', operator: LessThan, value: 60000}";
     let field = "{condition_type: PayloadField, field_path: $.a, operator: Equals, value: 1}";
-    // (what the case shows, the message, the edit, the later module's
-    // selection settings, whether it runs after the edit)
-    let cases: Vec<(&str, Message, Edit, String, bool)> = vec![
+    // (what the case shows, the message, the editing module's edits, the
+    // later module's selection settings, whether it runs after the edits)
+    let cases: Vec<(&str, Message, Vec<Edit>, String, bool)> = vec![
         (
             "a new payload has the field",
             Message::new("a", "{}"),
-            Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#)),
+            vec![Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#))],
             format!("conditional_rules: [{field}]"),
             true,
         ),
         (
             "a new payload lacks the field",
             Message::new("a", r#"{"a":1}"#),
-            Edit::SetPayload(Bytes::from_static(b"{}")),
+            vec![Edit::SetPayload(Bytes::from_static(b"{}"))],
             format!("conditional_rules: [{field}]"),
             false,
         ),
         (
+            // A later edit of what no rule reads leaves the payload's stale.
+            "a new payload, then a key",
+            Message::new("a", "{}"),
+            vec![
+                Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#)),
+                Edit::SetKey(Bytes::from_static(b"k")),
+            ],
+            format!("conditional_rules: [{field}]"),
+            true,
+        ),
+        (
             "a new payload grows the message",
             Message::new("a", "{}"),
-            Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#)),
+            vec![Edit::SetPayload(Bytes::from_static(br#"{"a":1}"#))],
             format!("conditional_rules: [{size}]"),
             true,
         ),
         (
             "a header is set",
             Message::new("a", ""),
-            Edit::SetHeader("h".into(), "1".into()),
+            vec![Edit::SetHeader("h".into(), "1".into())],
             format!("conditional_rules: [{header}]"),
             true,
         ),
         (
             "a header is removed",
             with_header("1"),
-            Edit::RemoveHeader("h".into()),
+            vec![Edit::RemoveHeader("h".into())],
             format!("conditional_rules: [{header}]"),
             false,
         ),
         (
             "a header grows the message",
             Message::new("a", ""),
-            Edit::SetHeader("h".into(), "123456".into()),
+            vec![Edit::SetHeader("h".into(), "123456".into())],
             format!("conditional_rules: [{size}]"),
             true,
         ),
         (
             "a removed header shrinks the message",
             with_header("123456"),
-            Edit::RemoveHeader("h".into()),
+            vec![Edit::RemoveHeader("h".into())],
             format!("conditional_rules: [{size}]"),
             false,
         ),
         (
             "a key grows the message",
             Message::new("a", ""),
-            Edit::SetKey(Bytes::from_static(b"123456")),
+            vec![Edit::SetKey(Bytes::from_static(b"123456"))],
             format!("conditional_rules: [{size}]"),
             true,
         ),
         (
             "a cleared key shrinks the message",
             with_key,
-            Edit::ClearKey,
+            vec![Edit::ClearKey],
             format!("conditional_rules: [{size}]"),
             false,
         ),
         (
             "a timestamp gives the message an age",
             Message::new("a", ""),
-            Edit::SetTimestamp(now),
+            vec![Edit::SetTimestamp(now)],
             format!("conditional_rules: [{age}]"),
             true,
         ),
         (
             "a cleared timestamp takes the age away",
             with_timestamp,
-            Edit::ClearTimestamp,
+            vec![Edit::ClearTimestamp],
             format!("conditional_rules: [{age}]"),
             false,
         ),
         (
             "a new topic passes the filter",
             Message::new("a", ""),
-            Edit::SetTopic("b".into()),
+            vec![Edit::SetTopic("b".into())],
             "topic_filters: [{filter_type: Exact, pattern: b}]".to_owned(),
             true,
         ),
     ];
-    for (what, message, edit, selection, runs_after) in cases {
-        for parallel in [false, true] {
+    for (what, message, edits, selection, runs_after) in cases {
+        for layout in ["in turn", "in parallel", "in the next pipeline"] {
             let engine = Arc::new(StandIn::new(2));
-            let made = edit.clone();
+            let made = edits.clone();
             engine.module("edit", move |_| {
-                Behaviour::ok(Outcome::Edited(vec![made.clone()]))
+                Behaviour::ok(Outcome::Edited(made.clone()))
             });
             engine.module("other", |_| Behaviour::ok(Outcome::Unchanged));
             engine.module("after", |_| set_header("x-after", "1"));
-            let yaml = format!(
-                "pipeline_id: p\nstages:\n  - priority: 0\n    parallel_execution: {parallel}\n    modules: [{{module_id: edit}}, {{module_id: other}}]\n  - priority: 1\n    modules:\n      - {{module_id: after, {selection}}}\n"
-            );
+            let editing = "modules: [{module_id: edit}, {module_id: other}]";
+            let after = format!("modules: [{{module_id: after, {selection}}}]");
+            let yaml = match layout {
+                "in the next pipeline" => format!(
+                    "pipelines:\n  - pipeline_id: p\n    stages: [{{priority: 0, {editing}}}]\n  - pipeline_id: q\n    stages: [{{priority: 0, {after}}}]\n"
+                ),
+                _ => format!(
+                    "pipeline_id: p\nstages:\n  - {{priority: 0, parallel_execution: {}, {editing}}}\n  - {{priority: 1, {after}}}\n",
+                    layout == "in parallel"
+                ),
+            };
             let o = start(&engine, &yaml);
-            let before = o
+            let processed = o
                 .process_batch_blocking(vec![message.clone()], ProcessOptions::default())
                 .unwrap()
                 .remove(0);
-            let ran = delivered(&before).headers.get("x-after") == Some("1");
-            assert_eq!(ran, runs_after, "{what} (parallel: {parallel})");
+            let ran = delivered(&processed).headers.get("x-after") == Some("1");
+            assert_eq!(ran, runs_after, "{what} ({layout})");
         }
+    }
+}
+
+/// How many selections the orchestrator has evaluated, by its metrics.
+fn selections(o: &Orchestrator<StandIn>) -> u64 {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let text = handle.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("rustmq_etl_selection_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no selection count in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_edit_no_rule_reads_does_not_evaluate_the_selection_again() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("mark", |_| set_header("x-mark", "1"));
+    engine.module("converter", |_| set_header("x-converted", "1"));
+    let yaml = |rule: &str| {
+        format!(
+            "pipeline_id: p\nstages:\n  - {{priority: 0, modules: [{{module_id: mark}}]}}\n  - {{priority: 1, modules: [{{module_id: converter, conditional_rules: [{rule}]}}]}}\n"
+        )
+    };
+    let payload_rule =
+        "{condition_type: PayloadField, field_path: $.unit, operator: Equals, value: celsius}";
+    let header_rule =
+        "{condition_type: HeaderValue, field_path: x-mark, operator: Equals, value: '1'}";
+    // Rules that read only the payload: the header edit leaves the first
+    // selection standing. A rule that reads headers: evaluated again.
+    for (rule, per_message) in [(payload_rule, 1), (header_rule, 2)] {
+        let o = start(&engine, &yaml(rule));
+        let out = o
+            .process_batch_blocking(
+                vec![Message::new("t", r#"{"unit":"celsius"}"#); 3],
+                ProcessOptions::default(),
+            )
+            .unwrap();
+        for p in &out {
+            assert_eq!(delivered(p).headers.get("x-converted"), Some("1"), "{rule}");
+        }
+        assert_eq!(selections(&o), 3 * per_message, "{rule}");
     }
 }
 
