@@ -1,16 +1,22 @@
 //! One pass over a JSON payload that keeps only the values some rule asks for.
 //!
-//! The paths of every `PayloadField` rule form a trie. The payload is read once by
-//! `serde_json`; members and elements off the trie are skipped without being
-//! stored, strings without escapes are kept as byte ranges into the payload, and
-//! only arrays and objects a rule compares whole are built as `Value`s. A repeated
-//! object member replaces the earlier one, as when parsing into a `Value`. If the
-//! payload is not JSON from end to end, no path has a value.
+//! The paths of every `PayloadField` rule form a trie, and the payload is read
+//! once for all of them, as selection.md says: the values found at the paths
+//! of the payload parsed as JSON. If the payload is not JSON from end to end, no
+//! path has a value.
+//!
+//! The read is `crate::skim`'s pass, which skips members and elements off the
+//! trie without storing them, keeps strings without escapes as byte ranges into
+//! the payload, and builds `Value`s only for arrays and objects a rule compares
+//! whole. Where that pass is unsure (any error, a key with an escape, a
+//! surrogate escape, deep nesting, a number near the edge of `f64`'s range) the
+//! payload is parsed into a `serde_json::Value` ([`PathTrie::extract_from_value`]),
+//! which decides.
 
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -130,32 +136,68 @@ impl PathTrie {
         self.slots
     }
 
-    /// Reads `payload` once and fills `out` (one entry per slot). Returns whether
+    /// Reads `payload` and fills `out` (one entry per slot). Returns whether
     /// the payload is JSON; if it is not, every entry is `None`.
     pub(crate) fn extract(&self, payload: &[u8], out: &mut Vec<Option<Extracted>>) -> bool {
         out.clear();
         out.resize_with(self.slots, || None);
-        // JSON text is Unicode: check the whole payload once, up front, so that
-        // neither kept nor skipped strings need checking again.
+        // JSON text is Unicode: check the whole payload once, up front.
         let Ok(text) = std::str::from_utf8(payload) else {
             return false;
         };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let seed = NodeSeed {
-            trie: self,
-            node: 0,
-            out,
-            base: payload.as_ptr() as usize,
-            len: payload.len(),
-        };
-        let is_json = seed.deserialize(&mut de).and_then(|()| de.end()).is_ok();
-        if !is_json {
-            out.iter_mut().for_each(|e| *e = None);
-        }
-        is_json
+        crate::skim::extract(self, text, out).is_ok() || self.extract_from_value(text, out)
     }
 
-    fn fill_from_value(&self, node: usize, value: &Value, out: &mut [Option<Extracted>]) {
+    /// [`PathTrie::extract`] by parsing the whole payload into a `Value`: the
+    /// slow path, and the plain reference the fast one is tested against.
+    pub(crate) fn extract_from_value(&self, text: &str, out: &mut [Option<Extracted>]) -> bool {
+        out.iter_mut().for_each(|e| *e = None);
+        match serde_json::from_str::<Value>(text) {
+            Ok(value) => {
+                self.fill_child(0, &value, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The slot of the path ending at `node`, if one does.
+    pub(crate) fn slot(&self, node: usize) -> Option<usize> {
+        self.nodes[node].slot
+    }
+
+    /// The child of `node` for the member named `key`.
+    pub(crate) fn field(&self, node: usize, key: &[u8]) -> Option<usize> {
+        self.nodes[node]
+            .fields
+            .iter()
+            .find(|(name, _)| name.as_bytes() == key)
+            .map(|&(_, c)| c)
+    }
+
+    /// The child of `node` for element `index`.
+    pub(crate) fn index(&self, node: usize, index: usize) -> Option<usize> {
+        self.nodes[node]
+            .indices
+            .iter()
+            .find(|&&(i, _)| i == index)
+            .map(|&(_, c)| c)
+    }
+
+    /// Forgets every value found at or below `node` (a repeated member
+    /// replaces the earlier one whole).
+    pub(crate) fn clear_subtree(&self, node: usize, out: &mut [Option<Extracted>]) {
+        for &slot in &self.nodes[node].subtree {
+            out[slot] = None;
+        }
+    }
+
+    pub(crate) fn fill_from_value(
+        &self,
+        node: usize,
+        value: &Value,
+        out: &mut [Option<Extracted>],
+    ) {
         let node = &self.nodes[node];
         for (name, child) in &node.fields {
             if let Some(v) = value.as_object().and_then(|o| o.get(name)) {
@@ -177,136 +219,20 @@ impl PathTrie {
     }
 }
 
-struct NodeSeed<'t, 'o> {
-    trie: &'t PathTrie,
-    node: usize,
-    out: &'o mut [Option<Extracted>],
-    base: usize,
-    len: usize,
-}
-
-impl NodeSeed<'_, '_> {
-    fn child(&mut self, node: usize) -> NodeSeed<'_, '_> {
-        for &slot in &self.trie.nodes[node].subtree {
-            self.out[slot] = None;
-        }
-        NodeSeed {
-            trie: self.trie,
-            node,
-            out: self.out,
-            base: self.base,
-            len: self.len,
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let node = &self.trie.nodes[self.node];
-        match node.slot {
-            Some(slot) => {
-                let value = d.deserialize_any(Capture {
-                    base: self.base,
-                    len: self.len,
-                })?;
-                if let Extracted::Compound(v) = &value {
-                    self.trie.fill_from_value(self.node, v, self.out);
-                }
-                self.out[slot] = Some(value);
-                Ok(())
-            }
-            None => d.deserialize_any(self),
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let fields = &self.trie.nodes[self.node].fields;
-        while let Some(child) = map.next_key_seed(Key(fields))? {
-            match child {
-                Some(child) => map.next_value_seed(self.child(child))?,
-                None => map.next_value::<IgnoredAny>().map(drop)?,
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        let indices = &self.trie.nodes[self.node].indices;
-        for i in 0.. {
-            let more = match indices.iter().find(|(n, _)| *n == i) {
-                Some(&(_, child)) => seq.next_element_seed(self.child(child))?.is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
-            };
-            if !more {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-/// Reads an object key and answers which child, if any, it names.
-struct Key<'t>(&'t [(String, usize)]);
-
-impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        // Bytes, not str: names compare as bytes, with no second UTF-8 check.
-        d.deserialize_bytes(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Option<usize>, E> {
-        Ok(self
-            .0
-            .iter()
-            .find(|(name, _)| name.as_bytes() == key)
-            .map(|&(_, c)| c))
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        self.visit_bytes(key.as_bytes())
-    }
-}
-
 /// Captures a whole value at the end of a path.
-struct Capture {
+pub(crate) struct Capture {
     base: usize,
     len: usize,
+}
+
+impl Capture {
+    /// Strings found inside `payload` are kept as ranges into it.
+    pub(crate) fn new(payload: &[u8]) -> Capture {
+        Capture {
+            base: payload.as_ptr() as usize,
+            len: payload.len(),
+        }
+    }
 }
 
 impl<'de> Visitor<'de> for Capture {

@@ -33,6 +33,7 @@ mod extract;
 mod path;
 mod rule;
 mod set;
+mod skim;
 mod value;
 
 pub use path::{JsonPath, PathError, PathSegment};
