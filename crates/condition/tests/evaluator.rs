@@ -138,6 +138,37 @@ fn selection_md_cases() {
     );
 }
 
+/// What serde_json refuses to parse into a `Value` anywhere in the payload —
+/// a number too large for an `f64`, a lone surrogate escape, nesting past its
+/// limit — makes the whole payload not JSON, even in a member no rule names.
+#[test]
+fn a_payload_serde_json_refuses_anywhere_is_not_json() {
+    let a_is_1 = rule(
+        Subject::payload_field("$.a").unwrap(),
+        Operator::Equals,
+        json!(1),
+        false,
+    );
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for payload in [
+        r#"{"a": 1, "b": 1e400}"#.to_owned(),
+        r#"{"a": 1, "b": "\ud800"}"#.to_owned(),
+        r#"{"a": 1, "b": "\udc00 and after"}"#.to_owned(),
+        format!(r#"{{"a": 1, "b": {deep}}}"#),
+    ] {
+        check(&message(&[], &payload, None), &[(a_is_1.clone(), false)]);
+    }
+    // The same members, within range, paired, nested less: JSON.
+    let shallow = format!("{}1{}", "[".repeat(90), "]".repeat(90));
+    for payload in [
+        r#"{"a": 1, "b": 1e300}"#.to_owned(),
+        r#"{"a": 1, "b": "\ud83d\ude00"}"#.to_owned(),
+        format!(r#"{{"a": 1, "b": {shallow}}}"#),
+    ] {
+        check(&message(&[], &payload, None), &[(a_is_1.clone(), true)]);
+    }
+}
+
 #[test]
 fn payload_is_read_once_and_only_when_needed() {
     use Operator::*;
