@@ -9,7 +9,8 @@
 //! trie without storing them, keeps strings without escapes as byte ranges into
 //! the payload, and builds `Value`s only for arrays and objects a rule compares
 //! whole. Where that pass is unsure (any error, a key with an escape, a
-//! surrogate escape, deep nesting, a number near the edge of `f64`'s range) the
+//! surrogate escape, deep nesting, a number near the edge of `f64`'s range,
+//! serde_json's raw-value token) the
 //! payload is parsed into a `serde_json::Value` ([`PathTrie::extract_from_value`]),
 //! which decides.
 

@@ -3,7 +3,8 @@
 //! path ends at.
 //!
 //! It answers as parsing the whole payload into a `serde_json::Value` would,
-//! or not at all: whatever it does not decide itself — a key with an escape, a
+//! or not at all: whatever it does not decide itself — a key with an escape,
+//! an object whose first key is serde_json's raw-value token, a
 //! surrogate escape (serde_json refuses one that does not pair up), nesting
 //! deeper than [`MAX_DEPTH`], a number that might not fit an `f64` — and any
 //! error make it answer [`Unsure`], and the caller parses the payload into a
@@ -23,6 +24,9 @@ pub(crate) struct Unsure;
 /// which it counts from the payload's root where a value read on its own
 /// starts a new count.
 const MAX_DEPTH: u32 = 100;
+
+/// The key by which serde_json marks a raw value (`serde_json::raw`).
+const RAW_VALUE_TOKEN: &[u8] = b"$serde_json::private::RawValue";
 
 /// Digits before a number's point that this pass takes (see `Skim::number`).
 const SURE_DIGITS: usize = 100;
@@ -171,12 +175,20 @@ impl Skim<'_, '_> {
             self.depth -= 1;
             return Ok(());
         }
+        let mut first = true;
         loop {
             if self.peek() != Some(b'"') {
                 return Err(Unsure);
             }
             let (key, escaped) = self.string()?;
             let key = &self.bytes[key];
+            // serde_json's `raw_value` feature (on in this workspace) reads an
+            // object whose first key is its private token as a raw value, not
+            // as an object: that is the `Value` parse's to decide.
+            if first && (escaped || key == RAW_VALUE_TOKEN) {
+                return Err(Unsure);
+            }
+            first = false;
             self.space();
             self.expect(b':')?;
             self.space();
@@ -637,6 +649,31 @@ mod tests {
             agree(&trie, r#"{"b": "\n", "a": "x\ty"}"#).unwrap(),
             Some(vec![Some(r#"Str("x\ty")"#.to_owned())])
         );
+    }
+
+    /// With serde_json's `raw_value` feature a `Value` reads such an object as
+    /// the raw value it holds (or refuses it): the fast pass leaves it to that
+    /// parse, wherever the object is and whether or not a path names it.
+    #[test]
+    fn serde_jsons_raw_value_token_is_its_to_read() {
+        let trie = trie(&["$.a", "$.a.x", "$", "$['$serde_json::private::RawValue']"]);
+        for text in [
+            r#"{"a":1,"b":{"$serde_json::private::RawValue":5}}"#,
+            r#"{"a":1,"b":{"$serde_json::private::RawValue":"x"}}"#,
+            r#"{"a":{"$serde_json::private::RawValue":"7"}}"#,
+            r#"{"a":{"$serde_json::private::RawValue":"{\"x\":2}"}}"#,
+            r#"{"$serde_json::private::RawValue":"1"}"#,
+            r#"{"a":1,"b":{"$serde_json::private::RawValu\u0065":"2"}}"#,
+        ] {
+            assert_eq!(agree(&trie, text).unwrap(), None, "{text}");
+        }
+        // Not the first key: an ordinary member.
+        assert!(agree(
+            &trie,
+            r#"{"a":1,"b":{"c":1,"$serde_json::private::RawValue":5}}"#
+        )
+        .unwrap()
+        .is_some());
     }
 
     #[test]
