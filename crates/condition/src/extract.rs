@@ -10,9 +10,8 @@
 //! the payload, and builds `Value`s only for arrays and objects a rule compares
 //! whole. Where that pass is unsure (any error, a key with an escape, a
 //! surrogate escape, deep nesting, a number near the edge of `f64`'s range,
-//! serde_json's raw-value token) the
-//! payload is parsed into a `serde_json::Value` ([`PathTrie::extract_from_value`]),
-//! which decides.
+//! serde_json's raw-value token), the payload is parsed into a
+//! `serde_json::Value` ([`PathTrie::extract_from_value`]), which decides.
 
 use std::fmt;
 use std::ops::Range;
