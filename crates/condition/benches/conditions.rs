@@ -8,22 +8,16 @@
 mod iot;
 #[path = "../tests/reference/mod.rs"]
 mod reference;
-use iot::{messages, rules, NOW};
+use iot::{compiled, messages, rules, NOW};
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rustmq_etl_condition::ConditionSetBuilder;
 
 fn bench(c: &mut Criterion) {
     let rules = rules();
     let messages = messages();
-    let mut builder = ConditionSetBuilder::new();
-    let groups: Vec<_> = rules
-        .iter()
-        .map(|r| builder.add_group([r.clone()]))
-        .collect();
-    let set = builder.build();
+    let (set, groups) = compiled(&rules);
     let mut scratch = set.create_scratch();
 
     // The two must agree before either is timed.

@@ -12,8 +12,6 @@ mod iot;
 
 use std::hint::black_box;
 
-use rustmq_etl_condition::ConditionSetBuilder;
-
 fn main() {
     let messages: usize = std::env::args()
         .nth(1)
@@ -21,12 +19,7 @@ fn main() {
         .unwrap_or(10_000);
     let rules = iot::rules();
     let inputs = iot::messages();
-    let mut builder = ConditionSetBuilder::new();
-    let groups: Vec<_> = rules
-        .iter()
-        .map(|r| builder.add_group([r.clone()]))
-        .collect();
-    let set = builder.build();
+    let (set, groups) = iot::compiled(&rules);
     let mut scratch = set.create_scratch();
     let mut held = 0;
     for i in 0..messages {

@@ -158,21 +158,54 @@ impl Skim<'_, '_> {
         }
     }
 
-    fn enter(&mut self) -> Result<(), Unsure> {
+    /// Steps into the array or object at the cursor; whether it is empty
+    /// (then it is passed over whole).
+    fn enter(&mut self, close: u8) -> Result<bool, Unsure> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(Unsure);
         }
         self.at += 1;
         self.space();
-        Ok(())
+        Ok(self.close(close))
+    }
+
+    /// Passes over `close` (leaving the array or object) if it is next.
+    fn close(&mut self, close: u8) -> bool {
+        if self.peek() != Some(close) {
+            return false;
+        }
+        self.at += 1;
+        self.depth -= 1;
+        true
+    }
+
+    /// After a member or element: whether another follows (a comma), or
+    /// the array or object ends (`close`).
+    fn more(&mut self, close: u8) -> Result<bool, Unsure> {
+        self.space();
+        if self.peek() == Some(b',') {
+            self.at += 1;
+            self.space();
+            Ok(true)
+        } else if self.close(close) {
+            Ok(false)
+        } else {
+            Err(Unsure)
+        }
+    }
+
+    /// A member's or element's value at trie node `child`, which replaces
+    /// whatever an earlier member of the same name left below it.
+    fn member(&mut self, child: Option<usize>) -> Result<(), Unsure> {
+        if let Some(child) = child {
+            self.trie.clear_subtree(child, self.out);
+        }
+        self.value(child)
     }
 
     fn object(&mut self, node: Option<usize>) -> Result<(), Unsure> {
-        self.enter()?;
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            self.depth -= 1;
+        if self.enter(b'}')? {
             return Ok(());
         }
         let mut first = true;
@@ -192,62 +225,29 @@ impl Skim<'_, '_> {
             self.space();
             self.expect(b':')?;
             self.space();
+            // A key with an escape would need decoding before it is looked up.
             let child = match node {
-                Some(node) => {
-                    // A key with an escape would need decoding first.
-                    if escaped {
-                        return Err(Unsure);
-                    }
-                    self.trie.field(node, key)
-                }
+                Some(_) if escaped => return Err(Unsure),
+                Some(node) => self.trie.field(node, key),
                 None => None,
             };
-            if let Some(child) = child {
-                // A repeated member replaces the earlier one whole.
-                self.trie.clear_subtree(child, self.out);
-            }
-            self.value(child)?;
-            self.space();
-            match self.peek() {
-                Some(b',') => {
-                    self.at += 1;
-                    self.space();
-                }
-                Some(b'}') => {
-                    self.at += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return Err(Unsure),
+            self.member(child)?;
+            if !self.more(b'}')? {
+                return Ok(());
             }
         }
     }
 
     fn array(&mut self, node: Option<usize>) -> Result<(), Unsure> {
-        self.enter()?;
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            self.depth -= 1;
+        if self.enter(b']')? {
             return Ok(());
         }
         for index in 0.. {
-            let child = node.and_then(|node| self.trie.index(node, index));
-            if let Some(child) = child {
-                self.trie.clear_subtree(child, self.out);
-            }
-            self.value(child)?;
-            self.space();
-            match self.peek() {
-                Some(b',') => {
-                    self.at += 1;
-                    self.space();
-                }
-                Some(b']') => break,
-                _ => return Err(Unsure),
+            self.member(node.and_then(|node| self.trie.index(node, index)))?;
+            if !self.more(b']')? {
+                break;
             }
         }
-        self.at += 1;
-        self.depth -= 1;
         Ok(())
     }
 

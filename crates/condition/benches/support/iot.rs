@@ -2,7 +2,7 @@
 //! `eval_loop` example, so that timings and instruction counts are of one
 //! workload.
 
-use rustmq_etl_condition::{Operator, Rule, Subject};
+use rustmq_etl_condition::{ConditionSet, ConditionSetBuilder, GroupId, Operator, Rule, Subject};
 use rustmq_etl_core::{Bytes, Message};
 use serde_json::json;
 
@@ -48,4 +48,14 @@ pub fn messages() -> Vec<Message> {
             }
         })
         .collect()
+}
+
+/// `rules` compiled into one set, one group per rule (one module each).
+pub fn compiled(rules: &[Rule]) -> (ConditionSet, Vec<GroupId>) {
+    let mut builder = ConditionSetBuilder::new();
+    let groups = rules
+        .iter()
+        .map(|r| builder.add_group([r.clone()]))
+        .collect();
+    (builder.build(), groups)
 }
