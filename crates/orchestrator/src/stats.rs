@@ -3,7 +3,10 @@
 //! A batch counts into its engine thread's [`Tally`] of plain numbers while it
 //! runs; each time it stops running (it ended, or waits) the tally is added to
 //! the shared totals ([`Stats`]) and emptied, one atomic addition per
-//! distinct counter or histogram bucket the batch touched. [`Stats::publish`]
+//! distinct counter or histogram bucket the batch touched. The tally notes
+//! which pipelines, modules and histograms it counted for, so adding and
+//! emptying it visit those alone and cost what the batch counted, not what
+//! the configuration holds. [`Stats::publish`]
 //! sets the `metrics` counters to the totals (batches do so every 100 ms) and,
 //! when an exporter asks (`Orchestrator::publish_metrics`), records the
 //! histogram samples gathered since the last time, looking every handle up
@@ -26,6 +29,9 @@ use crate::result::Disposition;
 /// (about 18 minutes); the last one takes everything longer.
 const BUCKETS: usize = 160;
 const KINDS: usize = ErrorKind::ALL.len();
+/// A module's counts in a [`Tally`]: outcomes, errors by kind, dead letters
+/// by kind, retries.
+const MODULE_COUNTS: usize = 4 + 2 * KINDS + 1;
 
 fn bucket(time: Duration) -> usize {
     let ns = time.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -120,8 +126,8 @@ pub(crate) struct Table {
     pipelines: Vec<Arc<PipelineTotals>>,
     /// By plan module index.
     modules: Vec<Arc<ModuleTotals>>,
-    /// By pipeline, then stage in execution order.
-    stages: Vec<Vec<Arc<Histogram>>>,
+    /// By pipeline, then stage in execution order, one after another.
+    stages: Vec<Arc<Histogram>>,
 }
 
 /// What a pipeline did with a message, for its counters.
@@ -154,6 +160,41 @@ pub(crate) struct Tally {
     /// Histogram counts by series: series 0 is selection, then one per
     /// module, then one per stage.
     samples: Vec<Samples>,
+    /// The pipelines, modules and series counted for since the tally was
+    /// last emptied, each once.
+    touched_pipelines: Marks,
+    touched_modules: Marks,
+    touched_samples: Vec<usize>,
+}
+
+/// Indices, each noted once until drained.
+#[derive(Debug, Default)]
+struct Marks {
+    marked: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl Marks {
+    fn new(len: usize) -> Marks {
+        Marks {
+            marked: vec![false; len],
+            list: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn mark(&mut self, i: usize) {
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.list.push(i);
+        }
+    }
+
+    /// The indices noted, each once, unmarked as they are taken.
+    fn drain(&mut self) -> impl Iterator<Item = usize> + '_ {
+        let Marks { marked, list } = self;
+        list.drain(..).inspect(move |&i| marked[i] = false)
+    }
 }
 
 /// One histogram's counts in a batch.
@@ -191,6 +232,10 @@ impl Samples {
             return (0, &mut []);
         }
         (lowest, &mut self.counts[lowest..=highest])
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lowest > self.highest
     }
 
     fn clear(&mut self) {
@@ -235,9 +280,8 @@ impl Stats {
                     })
                     .clone(),
             );
-            let mut by_stage = Vec::new();
             for stage in &pipeline.stages {
-                by_stage.push(
+                table.stages.push(
                     stages
                         .entry((id.clone(), stage.priority))
                         .or_insert_with(|| Arc::new(Histogram::new()))
@@ -260,27 +304,33 @@ impl Stats {
                     );
                 }
             }
-            table.stages.push(by_stage);
         }
         table
     }
 
-    /// Adds a batch's counts to the totals.
+    /// Adds a batch's counts to the totals and empties the tally.
     pub(crate) fn add(&self, table: &Table, tally: &mut Tally) {
         let add = |counter: &AtomicU64, n: u64| {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         };
-        for (counter, n) in self.messages.iter().zip(tally.messages) {
+        for (counter, n) in self
+            .messages
+            .iter()
+            .zip(std::mem::take(&mut tally.messages))
+        {
             add(counter, n);
         }
-        for (totals, counts) in table.pipelines.iter().zip(&tally.pipelines) {
-            for (counter, n) in totals.results.iter().zip(counts) {
-                add(counter, *n);
+        for p in tally.touched_pipelines.drain() {
+            let counts = std::mem::take(&mut tally.pipelines[p]);
+            for (counter, n) in table.pipelines[p].results.iter().zip(counts) {
+                add(counter, n);
             }
         }
-        for (totals, counts) in table.modules.iter().zip(&tally.modules) {
+        for m in tally.touched_modules.drain() {
+            let counts = std::mem::replace(&mut tally.modules[m], [0; MODULE_COUNTS]);
+            let totals = &table.modules[m];
             let (outcomes, rest) = counts.split_at(4);
             let (errors, rest) = rest.split_at(KINDS);
             let (dead_letters, retries) = rest.split_at(KINDS);
@@ -295,16 +345,20 @@ impl Stats {
             }
             add(&totals.retries, retries[0]);
         }
-        let histograms = std::iter::once(&self.selection)
-            .chain(table.modules.iter().map(|m| &m.time))
-            .chain(table.stages.iter().flatten().map(|h| &**h));
-        for (histogram, samples) in histograms.zip(&mut tally.samples) {
+        for series in tally.touched_samples.drain(..) {
+            // Series 0 is selection, then one per module, then one per stage.
+            let histogram = match series.checked_sub(1) {
+                None => &self.selection,
+                Some(m) if m < table.modules.len() => &table.modules[m].time,
+                Some(m) => &table.stages[m - table.modules.len()],
+            };
+            let samples = &mut tally.samples[series];
             let (lowest, counts) = samples.touched();
             for (bucket, n) in histogram.buckets[lowest..].iter().zip(counts) {
                 add(bucket, u64::from(*n));
             }
+            samples.clear();
         }
-        tally.clear();
     }
 
     /// Whether a publish is due: at most every 100 ms from the batches.
@@ -402,24 +456,29 @@ impl Tally {
         Tally {
             messages: [0; 3],
             pipelines: vec![[0; 5]; plan.pipelines().len()],
-            modules: vec![[0; 4 + 2 * KINDS + 1]; plan.module_count()],
+            modules: vec![[0; MODULE_COUNTS]; plan.module_count()],
             samples: vec![Samples::EMPTY; 1 + plan.module_count() + stages],
+            touched_pipelines: Marks::new(plan.pipelines().len()),
+            touched_modules: Marks::new(plan.module_count()),
+            touched_samples: Vec::new(),
         }
     }
 
-    fn clear(&mut self) {
-        self.messages = [0; 3];
-        self.pipelines.iter_mut().for_each(|p| *p = [0; 5]);
-        self.modules
-            .iter_mut()
-            .for_each(|m| *m = [0; 4 + 2 * KINDS + 1]);
-        self.samples.iter_mut().for_each(Samples::clear);
-    }
-
+    #[inline]
     fn sample(&mut self, series: usize, time: Duration) {
         if let Some(samples) = self.samples.get_mut(series) {
+            if samples.is_empty() {
+                self.touched_samples.push(series);
+            }
             samples.add(time);
         }
+    }
+
+    /// Module `module`'s count `i` (see [`MODULE_COUNTS`]).
+    #[inline]
+    fn module(&mut self, module: usize, i: usize) {
+        self.modules[module][i] += 1;
+        self.touched_modules.mark(module);
     }
 
     pub(crate) fn message(&mut self, disposition: &Disposition) {
@@ -431,32 +490,37 @@ impl Tally {
         self.messages[i] += 1;
     }
 
+    #[inline]
     pub(crate) fn pipeline(&mut self, pipeline: usize, result: PipelineResult) {
         self.pipelines[pipeline][result as usize] += 1;
+        self.touched_pipelines.mark(pipeline);
     }
 
+    #[inline]
     pub(crate) fn call(&mut self, module: usize, result: CallResult, time: Duration) {
-        self.modules[module][result as usize] += 1;
+        self.module(module, result as usize);
         self.sample(module + 1, time);
     }
 
     pub(crate) fn error(&mut self, module: usize, kind: ErrorKind) {
-        self.modules[module][4 + kind_index(kind)] += 1;
+        self.module(module, 4 + kind_index(kind));
     }
 
     pub(crate) fn dead_letter(&mut self, module: usize, kind: ErrorKind) {
-        self.modules[module][4 + KINDS + kind_index(kind)] += 1;
+        self.module(module, 4 + KINDS + kind_index(kind));
     }
 
     pub(crate) fn retry(&mut self, module: usize) {
-        self.modules[module][4 + 2 * KINDS] += 1;
+        self.module(module, 4 + 2 * KINDS);
     }
 
     /// A stage's time: `stage` counts the stages of every pipeline before.
+    #[inline]
     pub(crate) fn stage(&mut self, stage: usize, time: Duration) {
         self.sample(self.modules.len() + 1 + stage, time);
     }
 
+    #[inline]
     pub(crate) fn selection(&mut self, time: Duration) {
         self.sample(0, time);
     }
@@ -514,10 +578,11 @@ mod tests {
                     .samples
                     .iter()
                     .all(|s| s.counts.iter().all(|n| *n == 0) && s.lowest > s.highest));
+                prop_assert!(tally.touched_samples.is_empty());
             }
             let histograms: Vec<&Histogram> = std::iter::once(&stats.selection)
                 .chain(table.modules.iter().map(|m| &m.time))
-                .chain(table.stages.iter().flatten().map(|h| &**h))
+                .chain(table.stages.iter().map(|h| &**h))
                 .collect();
             prop_assert_eq!(histograms.len(), 6);
             for (series, histogram) in histograms.iter().enumerate() {
@@ -525,6 +590,83 @@ mod tests {
                     let expected = reference.get(&(series, i)).copied().unwrap_or(0);
                     prop_assert_eq!(total.load(Ordering::Relaxed), expected, "series {} bucket {}", series, i);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// Counts of every kind, in batches added to the totals (only the
+        /// pipelines and modules a batch counted for are visited), leave
+        /// every counter with a plain count's total and the tally empty.
+        #[test]
+        fn counter_totals_are_the_sum_of_every_batch(
+            batches in prop::collection::vec(
+                prop::collection::vec((0usize..5, 0usize..3, 0usize..ErrorKind::ALL.len()), 0..30),
+                1..6,
+            )
+        ) {
+            let plan = plan();
+            let stats = Stats::new();
+            let table = stats.table(&plan);
+            let mut tally = Tally::new(&plan);
+            // (what, index, which) → count; `what`: 0 pipeline result, 1 call
+            // outcome, 2 error, 3 dead letter, 4 retry.
+            let mut reference: HashMap<(usize, usize, usize), u64> = HashMap::new();
+            let results = [
+                PipelineResult::Processed,
+                PipelineResult::Delivered,
+                PipelineResult::Stopped,
+                PipelineResult::Dropped,
+                PipelineResult::DeadLettered,
+            ];
+            let outcomes = [CallResult::Unchanged, CallResult::Edited, CallResult::Dropped, CallResult::Failed];
+            for batch in &batches {
+                for &(what, module, k) in batch {
+                    let kind = ErrorKind::ALL[k];
+                    let key = match what {
+                        0 => {
+                            tally.pipeline(0, results[k % 5]);
+                            (0, 0, k % 5)
+                        }
+                        1 => {
+                            tally.call(module, outcomes[k % 4], Duration::from_nanos(100));
+                            (1, module, k % 4)
+                        }
+                        2 => {
+                            tally.error(module, kind);
+                            (2, module, k)
+                        }
+                        3 => {
+                            tally.dead_letter(module, kind);
+                            (3, module, k)
+                        }
+                        _ => {
+                            tally.retry(module);
+                            (4, module, 0)
+                        }
+                    };
+                    *reference.entry(key).or_default() += 1;
+                }
+                stats.add(&table, &mut tally);
+                prop_assert!(tally.pipelines.iter().flatten().all(|n| *n == 0));
+                prop_assert!(tally.modules.iter().flatten().all(|n| *n == 0));
+                prop_assert!(tally.touched_pipelines.list.is_empty() && tally.touched_modules.list.is_empty());
+                prop_assert!(!tally.touched_pipelines.marked.iter().chain(&tally.touched_modules.marked).any(|m| *m));
+                prop_assert!(tally.touched_samples.is_empty());
+            }
+            let count = |key| reference.get(&key).copied().unwrap_or(0);
+            for (i, counter) in table.pipelines[0].results.iter().enumerate() {
+                prop_assert_eq!(counter.load(Ordering::Relaxed), count((0, 0, i)), "pipeline result {}", i);
+            }
+            for (m, totals) in table.modules.iter().enumerate() {
+                for (i, counter) in totals.outcomes.iter().enumerate() {
+                    prop_assert_eq!(counter.load(Ordering::Relaxed), count((1, m, i)), "module {} outcome {}", m, i);
+                }
+                for k in 0..ErrorKind::ALL.len() {
+                    prop_assert_eq!(totals.errors[k].load(Ordering::Relaxed), count((2, m, k)), "module {} error {}", m, k);
+                    prop_assert_eq!(totals.dead_letters[k].load(Ordering::Relaxed), count((3, m, k)), "module {} dead letter {}", m, k);
+                }
+                prop_assert_eq!(totals.retries.load(Ordering::Relaxed), count((4, m, 0)), "module {} retries", m);
             }
         }
     }
