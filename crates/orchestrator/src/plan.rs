@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +84,16 @@ pub struct PlannedPipeline {
     pub config: EtlPipelineConfig,
     /// The stages in execution order.
     pub stages: Vec<PlannedStage>,
+    /// Its modules' plan indices (each pipeline's modules are numbered one
+    /// after another, stage by stage).
+    indices: Range<usize>,
+}
+
+impl PlannedPipeline {
+    /// Its modules' plan indices ([`PlannedModule::index`]).
+    pub fn module_indices(&self) -> Range<usize> {
+        self.indices.clone()
+    }
 }
 
 struct Inner {
@@ -222,6 +233,7 @@ impl Plan {
             pipelines.push(PlannedPipeline {
                 config: p.clone(),
                 stages,
+                indices: 0..0,
             });
         }
         let filters = filters.build().map_err(|e| PlanError {
@@ -230,13 +242,17 @@ impl Plan {
             message: e.to_string(),
         })?;
         let mut modules = 0;
-        for module in pipelines
-            .iter_mut()
-            .flat_map(|p| p.stages.iter_mut())
-            .flat_map(|s| s.modules.iter_mut())
-        {
-            module.index = modules;
-            modules += 1;
+        for pipeline in &mut pipelines {
+            let first = modules;
+            for module in pipeline
+                .stages
+                .iter_mut()
+                .flat_map(|s| s.modules.iter_mut())
+            {
+                module.index = modules;
+                modules += 1;
+            }
+            pipeline.indices = first..modules;
         }
         Ok(Plan {
             inner: Arc::new(Inner {

@@ -7,6 +7,7 @@
 //! is the engine task that runs a slice of a caller's messages, in order, and
 //! answers when the last of them has ended.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,6 +66,21 @@ impl Bits {
         match self {
             Bits::Inline(bits) => i < 128 && bits >> i & 1 == 1,
             Bits::Heap(words) => words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1),
+        }
+    }
+
+    /// Whether any number in `range` is in the set.
+    fn any_in(&self, range: Range<usize>) -> bool {
+        match self {
+            Bits::Inline(bits) => {
+                let (start, end) = (range.start.min(128), range.end.min(128));
+                if start >= end {
+                    return false;
+                }
+                let mask = (u128::MAX >> (128 - (end - start))) << start;
+                bits & mask != 0
+            }
+            Bits::Heap(_) => range.into_iter().any(|i| self.get(i)),
         }
     }
 
@@ -395,6 +411,12 @@ impl Run {
             }
             let stage_index = match self.place.stage {
                 Some(s) => s,
+                None if self.passes_through(snapshot, pipeline) => {
+                    tally.pipeline(self.place.pipeline, PipelineResult::Processed);
+                    tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
+                    self.next_pipeline();
+                    continue;
+                }
                 None => {
                     self.start_pipeline(pipeline);
                     tally.pipeline(self.place.pipeline, PipelineResult::Processed);
@@ -437,6 +459,28 @@ impl Run {
                 return Some(wait);
             }
         }
+    }
+
+    /// Whether `pipeline`, not started yet, would run none of its modules and
+    /// so deliver the message as it is: the selection is up to date (nothing
+    /// changed since it was decided that a filter or rule reads), no rule
+    /// reads the message's age (which changes as time passes), no trace is
+    /// kept (it would list each module skipped), and it selects none of the
+    /// pipeline's modules. Nothing in the pipeline then runs to change the
+    /// message, so every stage would find the same selection: the pipeline
+    /// counts as processed and delivered, as the full walk through its stages
+    /// would count it, without reading the clock or visiting its stages.
+    fn passes_through<E: Engine>(
+        &self,
+        snapshot: &Snapshot<E>,
+        pipeline: &PlannedPipeline,
+    ) -> bool {
+        let selection = &self.selection;
+        !selection.stale_filters
+            && !selection.stale_rules
+            && !snapshot.plan.reads().age
+            && self.trace.is_none()
+            && !selection.runs.any_in(pipeline.module_indices())
     }
 
     fn start_pipeline(&mut self, pipeline: &PlannedPipeline) {
@@ -1070,5 +1114,32 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
 
     fn is_cancelled(&self) -> bool {
         self.reply.as_ref().is_none_or(|r| r.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// `any_in` agrees with asking for each number of the range, in
+        /// sets kept inline and on the heap.
+        #[test]
+        fn any_in_agrees_with_each_number(
+            len in 1usize..300,
+            on in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            start in 0usize..310,
+            width in 0usize..140,
+        ) {
+            let mut bits = Bits::new(len);
+            for i in &on {
+                bits.set(i.index(len), true);
+            }
+            let range = start..start + width;
+            let expected = range.clone().any(|i| bits.get(i));
+            prop_assert_eq!(bits.any_in(range), expected);
+        }
     }
 }

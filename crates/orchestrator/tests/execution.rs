@@ -486,6 +486,101 @@ fn an_edit_no_rule_reads_does_not_evaluate_the_selection_again() {
     }
 }
 
+/// Every `rustmq_etl_pipeline_messages_total` and
+/// `rustmq_etl_module_calls_total` line of the orchestrator's metrics.
+fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let mut lines: Vec<String> = handle
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("rustmq_etl_pipeline_messages_total{")
+                || l.starts_with("rustmq_etl_module_calls_total{")
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_delivered() {
+    // `between` selects none of its modules for topic `t`, unless the
+    // pipeline before moves the message to topic `other`. No rule reads the
+    // header `first` sets, so a message it does not move reaches `between`
+    // with its selection standing.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("mark", |_| set_header("x-mark", "1"));
+    engine.module("move", |m: &Message| {
+        if m.payload.as_ref() == b"move" {
+            Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("other".into())]))
+        } else {
+            Behaviour::ok(Outcome::Unchanged)
+        }
+    });
+    engine.module("never-a", |_| set_header("x-never", "a"));
+    engine.module("never-b", |_| set_header("x-never", "b"));
+    engine.module("after", |_| set_header("x-after", "1"));
+    let other = "topic_filters: [{filter_type: Exact, pattern: other}]";
+    let yaml = format!(
+        "pipelines:\n\
+         - pipeline_id: first\n  stages: [{{priority: 0, modules: [{{module_id: mark}}, {{module_id: move}}]}}]\n\
+         - pipeline_id: between\n  stages:\n  - {{priority: 0, modules: [{{module_id: never-a, {other}}}]}}\n  - {{priority: 1, modules: [{{module_id: never-b, {other}}}]}}\n\
+         - pipeline_id: last\n  stages: [{{priority: 0, modules: [{{module_id: after}}]}}]\n"
+    );
+    let messages = || {
+        vec![
+            Message::new("t", "stay"),
+            Message::new("t", "move"),
+            Message::new("t", "stay"),
+        ]
+    };
+    let mut counts = Vec::new();
+    for trace in [false, true] {
+        let o = start(&engine, &yaml);
+        let out = o
+            .process_batch_blocking(messages(), ProcessOptions { trace })
+            .unwrap();
+        for (p, moved) in out.iter().zip([false, true, false]) {
+            let m = delivered(p);
+            assert_eq!(m.headers.get("x-mark"), Some("1"), "trace {trace}");
+            assert_eq!(m.headers.get("x-after"), Some("1"), "trace {trace}");
+            // The moved message meets `between`'s filters: both stages run.
+            let never = moved.then_some("b");
+            assert_eq!(m.headers.get("x-never"), never, "trace {trace}");
+        }
+        if trace {
+            let skipped = events(&out[0])
+                .iter()
+                .filter(|(_, e)| matches!(e, TraceEvent::Skipped(SkipReason::NotSelected(_))))
+                .count();
+            assert_eq!(
+                skipped, 2,
+                "`between`'s two modules, listed as not selected"
+            );
+        }
+        counts.push(pipeline_and_call_counts(&o));
+    }
+    // The same counts whether the stages of `between` were walked (a trace
+    // lists each skipped module) or passed over.
+    assert_eq!(counts[0], counts[1]);
+    for result in ["processed", "delivered"] {
+        let line = format!(
+            r#"rustmq_etl_pipeline_messages_total{{pipeline="between",result="{result}"}} 3"#
+        );
+        assert!(counts[0].contains(&line), "{line} in {:#?}", counts[0]);
+    }
+    let line =
+        r#"rustmq_etl_module_calls_total{pipeline="between",module="never-a",outcome="edited"} 1"#;
+    assert!(
+        counts[0].iter().any(|l| l == line),
+        "{line} in {:#?}",
+        counts[0]
+    );
+}
+
 #[test]
 fn selection_holds_for_more_modules_than_fit_a_machine_word_pair() {
     // 150 modules (past the 128 kept inline): the even ones take topic
