@@ -15,6 +15,15 @@
 //! ```sh
 //! valgrind --tool=callgrind target/release/examples/run_loop 0 200 fixtures/pipelines/iot-sensor-processing.json
 //! ```
+//!
+//! Two more arguments, with a module: the batch size (default 64) and a
+//! number of pipelines to add after the module's, each of two stages of
+//! modules whose topic filters the message never matches (a configuration of
+//! many pipelines, most of which a message passes through):
+//!
+//! ```sh
+//! valgrind --tool=callgrind target/release/examples/run_loop 1 2000 temperature-converter 1 29
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +45,8 @@ fn main() {
     let stages: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let batches: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let module = args.next().unwrap_or_else(|| "identity".to_owned());
+    let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
+    let extra: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let pool = Arc::new(
         Pool::new(PoolConfig {
             workers: 1,
@@ -55,11 +66,18 @@ fn main() {
         .iter()
         .any(|e| module.ends_with(e))
     {
+        assert_eq!(extra, 0, "pipelines are added to a module's pipeline only");
         Config::load(&root.join(&module))
             .unwrap_or_else(|e| panic!("{e}"))
             .config
     } else {
-        stages_of(&module, stages)
+        let mut yaml = format!("pipelines:\n- {}", stages_of(&module, stages));
+        for p in 1..=extra {
+            yaml.push_str(&passed_over(p));
+        }
+        Config::from_text(&yaml, Format::Yaml, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
     };
     let modules = DirectorySource::new(root.join("fixtures/modules"));
     let o = Orchestrator::new(pool, &config, modules, Options::default())
@@ -74,7 +92,7 @@ fn main() {
     let started = std::time::Instant::now();
     for _ in 0..batches {
         let processed = o
-            .process_batch_blocking(vec![m.clone(); 64], ProcessOptions::default())
+            .process_batch_blocking(vec![m.clone(); size], ProcessOptions::default())
             .unwrap();
         // Counting a module that fails every message would count the wrong work.
         if let Some(p) = processed
@@ -87,13 +105,14 @@ fn main() {
     }
     eprintln!(
         "{:?} per message",
-        started.elapsed() / (batches * 64).max(1) as u32
+        started.elapsed() / (batches * size).max(1) as u32
     );
 }
 
-/// `stages` stages of one occurrence of `module` each.
-fn stages_of(module: &str, stages: usize) -> Config {
-    let mut yaml = String::from("pipeline_id: p\nstages:\n");
+/// A pipeline (an entry of a `pipelines` list) of `stages` stages of one
+/// occurrence of `module` each.
+fn stages_of(module: &str, stages: usize) -> String {
+    let mut yaml = String::from("pipeline_id: p\n  stages:\n");
     for s in 0..stages {
         // identity ignores its custom_config: a different one per stage makes
         // each stage its own occurrence. Other modules get none.
@@ -105,5 +124,16 @@ fn stages_of(module: &str, stages: usize) -> Config {
             "  - {{priority: {s}, modules: [{{module_id: {module}{settings}}}]}}\n"
         ));
     }
-    Config::from_text(&yaml, Format::Yaml, None).unwrap().config
+    yaml
+}
+
+/// Pipeline `other-{p}`: two stages of sample modules whose filters take
+/// topic `other.{p}` only.
+fn passed_over(p: usize) -> String {
+    let only = format!("topic_filters: [{{filter_type: Exact, pattern: other.{p}}}]");
+    format!(
+        "- pipeline_id: other-{p}\n  stages:\n  \
+         - {{priority: 0, modules: [{{module_id: identity, {only}}}, {{module_id: pressure-normalizer, {only}}}]}}\n  \
+         - {{priority: 1, modules: [{{module_id: identity, {only}}}]}}\n"
+    )
 }
