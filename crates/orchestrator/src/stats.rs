@@ -543,7 +543,11 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        let yaml = "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: a}, {module_id: b}]}\n  - {priority: 1, modules: [{module_id: c}]}";
+        // Two pipelines, so that pipelines and stages past the first are
+        // counted too; `q`'s stages are declared out of order.
+        let yaml = "pipelines:\n\
+            - pipeline_id: p\n  stages:\n  - {priority: 0, modules: [{module_id: a}, {module_id: b}]}\n  - {priority: 1, modules: [{module_id: c}]}\n\
+            - pipeline_id: q\n  stages:\n  - {priority: 5, modules: [{module_id: e}]}\n  - {priority: 2, modules: [{module_id: d}]}\n";
         Plan::build(&Config::from_text(yaml, Format::Yaml, None).unwrap().config).unwrap()
     }
 
@@ -553,7 +557,7 @@ mod tests {
         #[test]
         fn histogram_totals_are_the_sum_of_every_batch(
             batches in prop::collection::vec(
-                prop::collection::vec((0usize..6, 0u64..1u64 << 42), 0..40),
+                prop::collection::vec((0usize..10, 0u64..1u64 << 42), 0..40),
                 1..6,
             )
         ) {
@@ -562,14 +566,14 @@ mod tests {
             let table = stats.table(&plan);
             let mut tally = Tally::new(&plan);
             let mut reference: HashMap<(usize, usize), u64> = HashMap::new();
-            // Series: 0 selection, 1..=3 the modules, 4 and 5 the stages.
+            // Series: 0 selection, 1..=5 the modules, 6..=9 the stages.
             for batch in &batches {
                 for &(series, ns) in batch {
                     let time = Duration::from_nanos(ns);
                     match series {
                         0 => tally.selection(time),
-                        1..=3 => tally.call(series - 1, CallResult::Unchanged, time),
-                        _ => tally.stage(series - 4, time),
+                        1..=5 => tally.call(series - 1, CallResult::Unchanged, time),
+                        _ => tally.stage(series - 6, time),
                     }
                     *reference.entry((series, bucket(time))).or_default() += 1;
                 }
@@ -584,7 +588,7 @@ mod tests {
                 .chain(table.modules.iter().map(|m| &m.time))
                 .chain(table.stages.iter().map(|h| &**h))
                 .collect();
-            prop_assert_eq!(histograms.len(), 6);
+            prop_assert_eq!(histograms.len(), 10);
             for (series, histogram) in histograms.iter().enumerate() {
                 for (i, total) in histogram.buckets.iter().enumerate() {
                     let expected = reference.get(&(series, i)).copied().unwrap_or(0);
@@ -601,7 +605,7 @@ mod tests {
         #[test]
         fn counter_totals_are_the_sum_of_every_batch(
             batches in prop::collection::vec(
-                prop::collection::vec((0usize..5, 0usize..3, 0usize..ErrorKind::ALL.len()), 0..30),
+                prop::collection::vec((0usize..5, 0usize..5, 0usize..ErrorKind::ALL.len()), 0..30),
                 1..6,
             )
         ) {
@@ -625,8 +629,8 @@ mod tests {
                     let kind = ErrorKind::ALL[k];
                     let key = match what {
                         0 => {
-                            tally.pipeline(0, results[k % 5]);
-                            (0, 0, k % 5)
+                            tally.pipeline(module % 2, results[k % 5]);
+                            (0, module % 2, k % 5)
                         }
                         1 => {
                             tally.call(module, outcomes[k % 4], Duration::from_nanos(100));
@@ -655,8 +659,10 @@ mod tests {
                 prop_assert!(tally.touched_samples.is_empty());
             }
             let count = |key| reference.get(&key).copied().unwrap_or(0);
-            for (i, counter) in table.pipelines[0].results.iter().enumerate() {
-                prop_assert_eq!(counter.load(Ordering::Relaxed), count((0, 0, i)), "pipeline result {}", i);
+            for (p, totals) in table.pipelines.iter().enumerate() {
+                for (i, counter) in totals.results.iter().enumerate() {
+                    prop_assert_eq!(counter.load(Ordering::Relaxed), count((0, p, i)), "pipeline {} result {}", p, i);
+                }
             }
             for (m, totals) in table.modules.iter().enumerate() {
                 for (i, counter) in totals.outcomes.iter().enumerate() {

@@ -486,8 +486,8 @@ fn an_edit_no_rule_reads_does_not_evaluate_the_selection_again() {
     }
 }
 
-/// Every `rustmq_etl_pipeline_messages_total` and
-/// `rustmq_etl_module_calls_total` line of the orchestrator's metrics.
+/// Every line of the orchestrator's metrics that counts pipelines' messages,
+/// module calls, stage times and selections.
 fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
@@ -498,6 +498,8 @@ fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
         .filter(|l| {
             l.starts_with("rustmq_etl_pipeline_messages_total{")
                 || l.starts_with("rustmq_etl_module_calls_total{")
+                || l.starts_with("rustmq_etl_stage_duration_seconds_count{")
+                || l.starts_with("rustmq_etl_selection_duration_seconds_count")
         })
         .map(str::to_owned)
         .collect();
@@ -572,8 +574,66 @@ fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_deliv
         );
         assert!(counts[0].contains(&line), "{line} in {:#?}", counts[0]);
     }
-    let line =
-        r#"rustmq_etl_module_calls_total{pipeline="between",module="never-a",outcome="edited"} 1"#;
+    for line in [
+        r#"rustmq_etl_module_calls_total{pipeline="between",module="never-a",outcome="edited"} 1"#,
+        // Only the moved message's stages in `between` ran a module.
+        r#"rustmq_etl_stage_duration_seconds_count{pipeline="between",priority="0"} 1"#,
+        r#"rustmq_etl_stage_duration_seconds_count{pipeline="between",priority="1"} 1"#,
+        r#"rustmq_etl_stage_duration_seconds_count{pipeline="last",priority="0"} 3"#,
+        // Each message's first selection, and the moved one's again.
+        "rustmq_etl_selection_duration_seconds_count 4",
+    ] {
+        assert!(
+            counts[0].iter().any(|l| l == line),
+            "{line} in {:#?}",
+            counts[0]
+        );
+    }
+}
+
+#[test]
+fn a_pipeline_of_more_modules_than_fit_a_machine_word_pair_is_passed_over_alike() {
+    // `wide`'s 140 modules (numbered 1 to 140 in the plan, past the 128 kept
+    // inline) take topic `other` only: a message sent there, or moved there
+    // by `first`, runs them; another passes `wide` over.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("move", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("other".into())]))
+    });
+    engine.module("w", |_| set_header("x-wide", "1"));
+    engine.module("after", |_| set_header("x-after", "1"));
+    let mut yaml = String::from("pipelines:\n- pipeline_id: first\n  stages: [{priority: 0, modules: [{module_id: move, topic_filters: [{filter_type: Exact, pattern: go}]}]}]\n- pipeline_id: wide\n  stages:\n  - priority: 0\n    modules:\n");
+    for i in 0..140 {
+        yaml.push_str(&format!(
+            "      - {{module_id: w, instance_config: {{custom_config: {i}}}, topic_filters: [{{filter_type: Exact, pattern: other}}]}}\n"
+        ));
+    }
+    yaml.push_str(
+        "- pipeline_id: last\n  stages: [{priority: 0, modules: [{module_id: after}]}]\n",
+    );
+    let mut counts = Vec::new();
+    for trace in [false, true] {
+        let o = start(&engine, &yaml);
+        let out = o
+            .process_batch_blocking(
+                vec![
+                    Message::new("stay", ""),
+                    Message::new("go", ""),
+                    Message::new("other", ""),
+                ],
+                ProcessOptions { trace },
+            )
+            .unwrap();
+        assert_eq!(delivered(&out[0]).headers.get("x-wide"), None);
+        assert_eq!(delivered(&out[1]).headers.get("x-wide"), Some("1"));
+        assert_eq!(delivered(&out[2]).headers.get("x-wide"), Some("1"));
+        for p in &out {
+            assert_eq!(delivered(p).headers.get("x-after"), Some("1"));
+        }
+        counts.push(pipeline_and_call_counts(&o));
+    }
+    assert_eq!(counts[0], counts[1]);
+    let line = r#"rustmq_etl_pipeline_messages_total{pipeline="wide",result="delivered"} 3"#;
     assert!(
         counts[0].iter().any(|l| l == line),
         "{line} in {:#?}",
