@@ -507,6 +507,34 @@ fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
     lines
 }
 
+/// Runs `messages` through `yaml` without a trace (pipelines that select
+/// nothing may be passed over) and with one (every stage is walked), each
+/// time on a new orchestrator, `check`ing the results; the two runs' counts
+/// (`pipeline_and_call_counts`) must be equal, and are returned.
+fn counted_alike_with_or_without_a_trace(
+    engine: &Arc<StandIn>,
+    yaml: &str,
+    messages: impl Fn() -> Vec<Message>,
+    check: impl Fn(&[Processed], bool),
+) -> Vec<String> {
+    let mut counts = Vec::new();
+    for trace in [false, true] {
+        let o = start(engine, yaml);
+        let out = o
+            .process_batch_blocking(messages(), ProcessOptions { trace })
+            .unwrap();
+        check(&out, trace);
+        counts.push(pipeline_and_call_counts(&o));
+    }
+    assert_eq!(counts[0], counts[1], "counts without and with a trace");
+    counts.remove(0)
+}
+
+/// Whether `counts` holds `line`.
+fn assert_counted(counts: &[String], line: &str) {
+    assert!(counts.iter().any(|l| l == line), "{line} in {counts:#?}");
+}
+
 #[test]
 fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_delivered() {
     // `between` selects none of its modules for topic `t`, unless the
@@ -539,12 +567,9 @@ fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_deliv
             Message::new("t", "stay"),
         ]
     };
-    let mut counts = Vec::new();
-    for trace in [false, true] {
-        let o = start(&engine, &yaml);
-        let out = o
-            .process_batch_blocking(messages(), ProcessOptions { trace })
-            .unwrap();
+    // The same counts whether the stages of `between` were walked (a trace
+    // lists each skipped module) or passed over.
+    let counts = counted_alike_with_or_without_a_trace(&engine, &yaml, messages, |out, trace| {
         for (p, moved) in out.iter().zip([false, true, false]) {
             let m = delivered(p);
             assert_eq!(m.headers.get("x-mark"), Some("1"), "trace {trace}");
@@ -563,18 +588,10 @@ fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_deliv
                 "`between`'s two modules, listed as not selected"
             );
         }
-        counts.push(pipeline_and_call_counts(&o));
-    }
-    // The same counts whether the stages of `between` were walked (a trace
-    // lists each skipped module) or passed over.
-    assert_eq!(counts[0], counts[1]);
-    for result in ["processed", "delivered"] {
-        let line = format!(
-            r#"rustmq_etl_pipeline_messages_total{{pipeline="between",result="{result}"}} 3"#
-        );
-        assert!(counts[0].contains(&line), "{line} in {:#?}", counts[0]);
-    }
+    });
     for line in [
+        r#"rustmq_etl_pipeline_messages_total{pipeline="between",result="processed"} 3"#,
+        r#"rustmq_etl_pipeline_messages_total{pipeline="between",result="delivered"} 3"#,
         r#"rustmq_etl_module_calls_total{pipeline="between",module="never-a",outcome="edited"} 1"#,
         // Only the moved message's stages in `between` ran a module.
         r#"rustmq_etl_stage_duration_seconds_count{pipeline="between",priority="0"} 1"#,
@@ -583,11 +600,7 @@ fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_deliv
         // Each message's first selection, and the moved one's again.
         "rustmq_etl_selection_duration_seconds_count 4",
     ] {
-        assert!(
-            counts[0].iter().any(|l| l == line),
-            "{line} in {:#?}",
-            counts[0]
-        );
+        assert_counted(&counts, line);
     }
 }
 
@@ -611,33 +624,24 @@ fn a_pipeline_of_more_modules_than_fit_a_machine_word_pair_is_passed_over_alike(
     yaml.push_str(
         "- pipeline_id: last\n  stages: [{priority: 0, modules: [{module_id: after}]}]\n",
     );
-    let mut counts = Vec::new();
-    for trace in [false, true] {
-        let o = start(&engine, &yaml);
-        let out = o
-            .process_batch_blocking(
-                vec![
-                    Message::new("stay", ""),
-                    Message::new("go", ""),
-                    Message::new("other", ""),
-                ],
-                ProcessOptions { trace },
-            )
-            .unwrap();
+    let messages = || {
+        vec![
+            Message::new("stay", ""),
+            Message::new("go", ""),
+            Message::new("other", ""),
+        ]
+    };
+    let counts = counted_alike_with_or_without_a_trace(&engine, &yaml, messages, |out, _| {
         assert_eq!(delivered(&out[0]).headers.get("x-wide"), None);
         assert_eq!(delivered(&out[1]).headers.get("x-wide"), Some("1"));
         assert_eq!(delivered(&out[2]).headers.get("x-wide"), Some("1"));
-        for p in &out {
+        for p in out {
             assert_eq!(delivered(p).headers.get("x-after"), Some("1"));
         }
-        counts.push(pipeline_and_call_counts(&o));
-    }
-    assert_eq!(counts[0], counts[1]);
-    let line = r#"rustmq_etl_pipeline_messages_total{pipeline="wide",result="delivered"} 3"#;
-    assert!(
-        counts[0].iter().any(|l| l == line),
-        "{line} in {:#?}",
-        counts[0]
+    });
+    assert_counted(
+        &counts,
+        r#"rustmq_etl_pipeline_messages_total{pipeline="wide",result="delivered"} 3"#,
     );
 }
 
