@@ -239,7 +239,10 @@ pub enum ErrorHandlingStrategy {
 impl ModuleInstanceConfig {
     /// The settings the engine runs the module with: the one conversion
     /// from a configuration's `instance_config` (the engine's own knobs keep
-    /// their defaults). `custom_config` becomes its JSON text.
+    /// their defaults). `custom_config` becomes its JSON text, compact and
+    /// with every object's keys in sorted order, so that equal configurations
+    /// are one occurrence with one metrics label however their keys were
+    /// written and whichever `serde_json` features the program enables.
     pub fn to_settings(&self) -> rustmq_etl_core::ModuleSettings {
         rustmq_etl_core::ModuleSettings {
             memory_limit_bytes: self.memory_limit_bytes,
@@ -247,9 +250,28 @@ impl ModuleInstanceConfig {
             max_concurrent_instances: self.max_concurrent_instances,
             enable_caching: self.enable_caching,
             idle_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds),
-            custom_config: self.custom_config.to_string(),
+            custom_config: sorted_keys(&self.custom_config).to_string(),
             ..rustmq_etl_core::ModuleSettings::default()
         }
+    }
+}
+
+/// `value` with every object's keys in sorted order (objects keep the order
+/// of their keys when `serde_json`'s `preserve_order` feature is on).
+fn sorted_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
     }
 }
 
@@ -292,5 +314,27 @@ impl ConditionalRule {
             ComparisonOperator::Matches => Operator::Matches,
         };
         Rule::new(subject, operator, self.value.clone(), self.negate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_config_becomes_compact_json_with_sorted_keys() {
+        let mut config: ModuleInstanceConfig = serde_json::from_str(
+            r#"{"custom_config": {"b": [{"z": 1, "y": null}], "a": {"d": 2, "c": "x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.to_settings().custom_config,
+            r#"{"a":{"c":"x","d":2},"b":[{"y":null,"z":1}]}"#
+        );
+        config.custom_config = Value::Null;
+        assert_eq!(
+            config.to_settings(),
+            rustmq_etl_core::ModuleSettings::default()
+        );
     }
 }
