@@ -35,6 +35,8 @@ pub(crate) const MAX_EDITS: usize = 65_536;
 
 struct LogEnv {
     module: String,
+    /// The occurrence's `settings` label, if its settings are not the defaults.
+    settings: Option<String>,
     memory: Option<Memory>,
     budget: Option<Global>,
     /// Lines written in the current call: shared with the instance, which resets
@@ -57,7 +59,9 @@ fn host_log(
         }
     }
     if data.lines_this_call.fetch_add(1, Ordering::Relaxed) >= MAX_LOG_LINES_PER_CALL {
-        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", "module" => data.module.clone()).increment(1);
+        let mut labels = vec![("module", data.module.clone())];
+        labels.extend(data.settings.clone().map(|label| ("settings", label)));
+        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", &labels).increment(1);
         return Ok(());
     }
     let Some(memory) = &data.memory else {
@@ -148,6 +152,7 @@ impl WarmInstance {
             &mut store,
             LogEnv {
                 module: id.clone(),
+                settings: module.settings.label(),
                 memory: None,
                 budget: None,
                 lines_this_call: lines_this_call.clone(),

@@ -9,9 +9,11 @@
 //! [`Pool::publish_metrics`](crate::Pool::publish_metrics) on demand) reaches
 //! whatever recorder is installed then.
 //!
-//! Every version and every occurrence of a module (a reload, another
-//! `instance_config`) has counters of its own, but they share the `module`
-//! label. So the series of a label are published for its whole [`Family`]:
+//! Every version of a module occurrence (a reload) has counters of its own,
+//! but they share the occurrence's labels: `module`, and `settings` for
+//! settings other than the defaults (`ModuleSettings::label`), which tells
+//! occurrences of one `module_id` apart. So the series of a label set are
+//! published for its whole [`Family`]:
 //! the totals of the versions gone (added when their counters are dropped)
 //! plus those of the live ones, and never less than what was published
 //! before. A Prometheus counter does not go back when a module is swapped.
@@ -20,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rustmq_etl_core::ErrorKind;
+use rustmq_etl_core::{ErrorKind, ModuleSpec};
 
 const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 
@@ -28,15 +30,19 @@ const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 /// it, summed when read.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    /// The `module` label.
-    module: String,
+    /// The labels: `module`, and `settings` unless the settings are the
+    /// defaults.
+    labels: Labels,
     shards: Mutex<Vec<Arc<Shard>>>,
     /// Everything else in this process published under the same label.
     family: Arc<Family>,
 }
 
-/// The counters of every version and occurrence of one `module` label in the
-/// process, published together.
+/// An occurrence's labels: its `module_id` and its settings' label.
+type Labels = (String, Option<String>);
+
+/// The counters of every version of one occurrence's labels in the process,
+/// published together.
 #[derive(Debug, Default)]
 pub(crate) struct Family {
     state: Mutex<FamilyState>,
@@ -52,14 +58,14 @@ struct FamilyState {
     published: ModuleStats,
 }
 
-/// The process's families, by label.
-fn family(module: &str) -> Arc<Family> {
-    static FAMILIES: OnceLock<Mutex<HashMap<String, Arc<Family>>>> = OnceLock::new();
+/// The process's families, by labels.
+fn family(labels: &Labels) -> Arc<Family> {
+    static FAMILIES: OnceLock<Mutex<HashMap<Labels, Arc<Family>>>> = OnceLock::new();
     FAMILIES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry(module.to_owned())
+        .entry(labels.clone())
         .or_default()
         .clone()
 }
@@ -105,8 +111,9 @@ impl Family {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the label's series under the recorder installed now.
-    fn publish(&self, module: &str) {
+    /// Publishes the series of `(module, settings)` under the recorder
+    /// installed now.
+    fn publish(&self, (module, settings): &Labels) {
         // Declared before the guard, so dropped after it (on an unwinding
         // panic too): the last reference to a version must not be dropped
         // while the lock is held, as its `drop` takes this lock. A version
@@ -120,9 +127,10 @@ impl Family {
             stats.add(&counters.snapshot());
         }
         stats.at_least(&state.published);
-        let module = module.to_owned();
+        let mut labels = vec![("module", module.clone())];
+        labels.extend(settings.clone().map(|label| ("settings", label)));
         let counter = |name: &'static str, value: u64| {
-            metrics::counter!(name, "module" => module.clone()).absolute(value);
+            metrics::counter!(name, &labels).absolute(value);
         };
         counter("rustmq_etl_pool_calls_total", stats.calls);
         counter("rustmq_etl_pool_hits_total", stats.hits);
@@ -131,13 +139,12 @@ impl Family {
         counter("rustmq_etl_pool_instances_evicted_total", stats.evictions);
         counter("rustmq_etl_pool_instances_discarded_total", stats.discards);
         for (kind, n) in &stats.failures {
-            metrics::counter!("rustmq_etl_pool_failures_total", "module" => module.clone(), "kind" => kind.as_str())
-                .absolute(*n);
+            let mut labels = labels.clone();
+            labels.push(("kind", kind.as_str().to_owned()));
+            metrics::counter!("rustmq_etl_pool_failures_total", &labels).absolute(*n);
         }
-        metrics::gauge!("rustmq_etl_pool_instances_in_use", "module" => module.clone())
-            .set(stats.in_use as f64);
-        metrics::gauge!("rustmq_etl_pool_instances_idle", "module" => module)
-            .set(stats.idle as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_in_use", &labels).set(stats.in_use as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_idle", &labels).set(stats.idle as f64);
         state.published = stats;
     }
 }
@@ -193,11 +200,13 @@ impl ModuleStats {
 }
 
 impl Counters {
-    /// The counters of a new module version, joined to its label's family.
-    pub(crate) fn new(module: &str) -> Arc<Self> {
-        let family = family(module);
+    /// The counters of a new version of occurrence `spec`, joined to its
+    /// labels' family.
+    pub(crate) fn new(spec: &ModuleSpec) -> Arc<Self> {
+        let labels = (spec.id.clone(), spec.settings.label());
+        let family = family(&labels);
         let counters = Arc::new(Counters {
-            module: module.to_owned(),
+            labels,
             shards: Mutex::new(Vec::new()),
             family: family.clone(),
         });
@@ -261,11 +270,11 @@ impl Counters {
         }
     }
 
-    /// Sets the `metrics` counters of this module's label to its family's
-    /// totals and the gauges to their levels, under the recorder installed
-    /// now.
+    /// Sets the `metrics` counters of this occurrence's labels to its
+    /// family's totals and the gauges to their levels, under the recorder
+    /// installed now.
     pub(crate) fn publish(&self) {
-        self.family.publish(&self.module);
+        self.family.publish(&self.labels);
     }
 }
 

@@ -492,9 +492,10 @@ fn statistics_reach_the_metrics_facade_installed_later() {
     }
 }
 
-/// Every version and occurrence of a module counts under its one `module`
-/// label: a swap adds the new version's calls to the old one's, and the
-/// counters never go back, while the gauges show the live instances only.
+/// Every version of a module occurrence counts under its labels: a swap adds
+/// the new version's calls to the old one's, and the counters never go back,
+/// while the gauges show the live instances only. Another occurrence of the
+/// same `module_id` (other settings) counts under a `settings` label of its own.
 #[test]
 fn a_swapped_module_keeps_counting_under_its_label() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -523,21 +524,30 @@ fn a_swapped_module_keeps_counting_under_its_label() {
 
     // A new version, and another occurrence with other settings, beside it.
     let second = compile("swapped", "identity", ModuleSettings::default());
-    let other = compile(
-        "swapped",
-        "identity",
-        ModuleSettings {
-            execution_timeout_ms: 7,
-            ..ModuleSettings::default()
-        },
-    );
+    let other_settings = ModuleSettings {
+        execution_timeout_ms: 7,
+        ..ModuleSettings::default()
+    };
+    let label = other_settings.label().expect("not the defaults");
+    let other = compile("swapped", "identity", other_settings);
     call(&mut local, &second, &Message::new("t", ""));
     call(&mut local, &other, &Message::new("t", ""));
+    call(&mut local, &other, &Message::new("t", ""));
     let text = lines(&mut local);
-    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 5"#);
+    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 4"#);
     has(
         &text,
-        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 3"#,
+        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 2"#,
+    );
+    has(
+        &text,
+        &format!(r#"rustmq_etl_pool_calls_total{{module="swapped",settings="{label}"}} 2"#),
+    );
+    has(
+        &text,
+        &format!(
+            r#"rustmq_etl_pool_instances_created_total{{module="swapped",settings="{label}"}} 1"#
+        ),
     );
 
     // The first version retired: its instance evicted, its calls kept.
@@ -545,13 +555,74 @@ fn a_swapped_module_keeps_counting_under_its_label() {
     std::thread::sleep(Duration::from_millis(5));
     call(&mut local, &second, &Message::new("t", ""));
     let text = lines(&mut local);
-    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 6"#);
+    has(&text, r#"rustmq_etl_pool_calls_total{module="swapped"} 5"#);
     has(
         &text,
-        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 3"#,
+        r#"rustmq_etl_pool_instances_created_total{module="swapped"} 2"#,
     );
     has(
         &text,
         r#"rustmq_etl_pool_instances_in_use{module="swapped"} 0"#,
     );
+    has(
+        &text,
+        &format!(r#"rustmq_etl_pool_calls_total{{module="swapped",settings="{label}"}} 2"#),
+    );
+}
+
+/// Log lines past the 32 a call may write are counted, per occurrence: the
+/// `module` label, and `settings` for settings other than the defaults.
+#[test]
+fn log_lines_past_the_limit_are_counted_per_occurrence() {
+    // Logs "chatter" 40 times a call.
+    let chatty = wat::parse_str(
+        r#"(module
+          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (local $n i32)
+            (loop $again
+              (call $log (i32.const 0) (i32.const 32) (i32.const 7))
+              (local.set $n (i32.add (local.get $n) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $n) (i32.const 40))))
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00")
+          (data (i32.const 32) "chatter"))"#,
+    )
+    .unwrap();
+    let other = ModuleSettings {
+        custom_config: r#"{"verbose":true}"#.to_owned(),
+        ..ModuleSettings::default()
+    };
+    let label = other.label().expect("not the defaults");
+    let plain = LoadedModule::compile(
+        &spec("chatty", ModuleSettings::default()),
+        &chatty,
+        &settings(),
+    )
+    .unwrap();
+    let configured = LoadedModule::compile(&spec("chatty", other), &chatty, &settings()).unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let mut local = LocalPool::new();
+    metrics::with_local_recorder(&recorder, || {
+        for module in [&plain, &configured, &configured] {
+            let report = call(&mut local, module, &Message::new("t", ""));
+            assert_eq!(report.result, Ok(Outcome::Unchanged));
+        }
+    });
+    let text = prometheus.render();
+    for line in [
+        r#"rustmq_etl_guest_log_lines_dropped_total{module="chatty"} 8"#.to_owned(),
+        format!(
+            r#"rustmq_etl_guest_log_lines_dropped_total{{module="chatty",settings="{label}"}} 16"#
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
 }
