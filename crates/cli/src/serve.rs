@@ -467,6 +467,23 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
             })
         })
         .collect();
+    // Each module occurrence: the `settings` label of its metric series, its
+    // breaker, and where it is used.
+    let occurrences: Vec<_> = service
+        .etl
+        .occurrences()
+        .into_iter()
+        .map(|o| {
+            json!({
+                "module_id": o.spec.id,
+                "settings": o.spec.settings.label(),
+                "circuit": o.circuit.as_str(),
+                "used_in": o.used_in.iter().map(|(pipeline, priority)| {
+                    json!({"pipeline": pipeline, "priority": priority})
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let last_reload = service
         .last_reload
         .lock()
@@ -477,6 +494,7 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
         "config_path": service.config_path.display().to_string(),
         "modules_dir": service.modules.display().to_string(),
         "pipelines": pipelines,
+        "occurrences": occurrences,
         "last_reload": last_reload,
     }))
 }

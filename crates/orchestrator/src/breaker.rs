@@ -27,6 +27,15 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    /// Its name: `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+
     /// The gauge's value.
     pub fn as_number(self) -> u8 {
         match self {

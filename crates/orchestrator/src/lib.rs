@@ -50,7 +50,7 @@ mod stats;
 pub use breaker::CircuitState;
 pub use options::{Backoff, BreakerSettings, Options};
 pub use orchestrator::{
-    Busy, EngineStopped, Orchestrator, ProcessOptions, ReloadError, ReloadReport,
+    Busy, EngineStopped, Occurrence, Orchestrator, ProcessOptions, ReloadError, ReloadReport,
 };
 pub use plan::{
     Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rustmq_etl_config::Config;
-use rustmq_etl_core::{Engine, LoadError, Message, Task};
+use rustmq_etl_core::{Engine, LoadError, Message, ModuleSpec, Task};
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::breaker::CircuitState;
@@ -363,7 +363,9 @@ impl<E: Engine> Orchestrator<E> {
         let snapshot = self.inner.current.load();
         snapshot.stats.publish(true);
         for (spec, breaker) in snapshot.plan.occurrences().iter().zip(&snapshot.breakers) {
-            metrics::gauge!("rustmq_etl_circuit_state", "module" => spec.id.clone())
+            let mut labels = vec![("module", spec.id.clone())];
+            labels.extend(spec.settings.label().map(|label| ("settings", label)));
+            metrics::gauge!("rustmq_etl_circuit_state", &labels)
                 .set(f64::from(breaker.state().as_number()));
         }
         metrics::gauge!("rustmq_etl_messages_in_flight").set(
@@ -373,18 +375,46 @@ impl<E: Engine> Orchestrator<E> {
         self.inner.keep.engine.publish_metrics();
     }
 
-    /// The circuit breaker state of every module occurrence in service, in
-    /// the plan's order of occurrences.
-    pub fn circuit_states(&self) -> Vec<(String, CircuitState)> {
+    /// Every module occurrence in service, in the plan's order of
+    /// occurrences: its `module_id` and settings (`ModuleSettings::label`
+    /// names it as the metrics do), its circuit breaker's state and the stages
+    /// that use it, all from one configuration version.
+    pub fn occurrences(&self) -> Vec<Occurrence> {
         let snapshot = self.inner.current.load();
-        snapshot
-            .plan
+        let plan = &snapshot.plan;
+        let mut occurrences: Vec<Occurrence> = plan
             .occurrences()
             .iter()
             .zip(&snapshot.breakers)
-            .map(|(spec, breaker)| (spec.id.clone(), breaker.state()))
-            .collect()
+            .map(|(spec, breaker)| Occurrence {
+                spec: spec.clone(),
+                circuit: breaker.state(),
+                used_in: Vec::new(),
+            })
+            .collect();
+        for pipeline in plan.pipelines() {
+            for stage in &pipeline.stages {
+                for module in &stage.modules {
+                    occurrences[module.occurrence]
+                        .used_in
+                        .push((pipeline.config.pipeline_id.clone(), stage.priority));
+                }
+            }
+        }
+        occurrences
     }
+}
+
+/// A module occurrence in service ([`Orchestrator::occurrences`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occurrence {
+    /// Its `module_id` and settings.
+    pub spec: ModuleSpec,
+    /// Its circuit breaker's state.
+    pub circuit: CircuitState,
+    /// The stages that use it: pipeline id and priority, in the plan's order
+    /// (a stage that lists it twice, twice).
+    pub used_in: Vec<(String, u32)>,
 }
 
 /// Runs `f`, turning a panic into its text.

@@ -96,7 +96,7 @@ const PIPELINE_RESULTS: [&str; 5] = [
     "dead_lettered",
 ];
 
-/// Counters of one module in one pipeline.
+/// Counters of one module occurrence in one pipeline.
 #[derive(Debug)]
 struct ModuleTotals {
     /// unchanged, edited, dropped, failed
@@ -114,11 +114,16 @@ const MODULE_OUTCOMES: [&str; 4] = ["unchanged", "edited", "dropped", "failed"];
 pub(crate) struct Stats {
     messages: [AtomicU64; 3],
     pipelines: Mutex<HashMap<String, Arc<PipelineTotals>>>,
-    modules: Mutex<HashMap<(String, String), Arc<ModuleTotals>>>,
+    /// By pipeline, module and the occurrence's `settings` label.
+    modules: Mutex<HashMap<ModuleKey, Arc<ModuleTotals>>>,
     stages: Mutex<HashMap<(String, u32), Arc<Histogram>>>,
     selection: Histogram,
     last_publish: Mutex<Instant>,
 }
+
+/// A module occurrence's series in a pipeline: `pipeline`, `module` and,
+/// for settings other than the defaults, `settings` (`ModuleSettings::label`).
+type ModuleKey = (String, String, Option<String>);
 
 /// A configuration's view of the totals, by its own indices.
 #[derive(Debug)]
@@ -288,9 +293,10 @@ impl Stats {
                         .clone(),
                 );
                 for module in &stage.modules {
+                    let settings = plan.occurrences()[module.occurrence].settings.label();
                     table.modules.push(
                         modules
-                            .entry((id.clone(), module.module_id.clone()))
+                            .entry((id.clone(), module.module_id.clone(), settings))
                             .or_insert_with(|| {
                                 Arc::new(ModuleTotals {
                                     outcomes: Default::default(),
@@ -397,13 +403,14 @@ impl Stats {
                     .absolute(counter.load(Ordering::Relaxed));
             }
         }
-        for ((pipeline, module), totals) in self
+        for ((pipeline, module, settings), totals) in self
             .modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            let labels = [("pipeline", pipeline.clone()), ("module", module.clone())];
+            let mut labels = vec![("pipeline", pipeline.clone()), ("module", module.clone())];
+            labels.extend(settings.clone().map(|label| ("settings", label)));
             for (counter, outcome) in totals.outcomes.iter().zip(MODULE_OUTCOMES) {
                 let mut labels = labels.to_vec();
                 labels.push(("outcome", outcome.to_owned()));

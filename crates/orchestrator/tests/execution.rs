@@ -1154,7 +1154,7 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
     let out = one(&o, Message::new("t", ""));
     assert_eq!(delivered(&out).headers.get("ok"), Some("1"), "the probe");
     assert_eq!(
-        o.circuit_states()[0].1,
+        o.occurrences()[0].circuit,
         rustmq_etl_orchestrator::CircuitState::Closed
     );
 }
@@ -1178,6 +1178,106 @@ stages:
     let plan = o.plan();
     assert_eq!(plan.occurrences().len(), 2);
     assert_eq!(plan.occurrences()[1].settings.custom_config, r#"{"a":2}"#);
+}
+
+#[test]
+fn each_occurrence_has_its_own_series_and_breaker_state() {
+    // One `module_id` three ways in one pipeline: with the default settings,
+    // and with two `custom_config`s. The module fails once the message has
+    // its header, so the first occurrence edits and the two after it fail:
+    // each of those two opens its own breaker after two failed calls and
+    // refuses the third message. Shared series would count four traps.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |m| {
+        if m.headers.get("m").is_some() {
+            Behaviour::fail(ErrorKind::Trap, "again")
+        } else {
+            set_header("m", "1")
+        }
+    });
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+stages:
+  - {priority: 0, modules: [{module_id: m}]}
+  - {priority: 1, modules: [{module_id: m, instance_config: {custom_config: {"a": 1}}}]}
+  - {priority: 2, modules: [{module_id: m, instance_config: {custom_config: {"a": 2}}}]}
+"#;
+    let o = start_with(
+        &engine,
+        yaml,
+        Options {
+            breaker: BreakerSettings {
+                failures: 2,
+                cool_down: Duration::from_secs(60),
+            },
+            ..options()
+        },
+    );
+    let plan = o.plan();
+    let labels: Vec<Option<String>> = plan
+        .occurrences()
+        .iter()
+        .map(|spec| spec.settings.label())
+        .collect();
+    let (a1, a2) = match &labels[..] {
+        [None, Some(a1), Some(a2)] => (a1.clone(), a2.clone()),
+        other => panic!("labels {other:?}"),
+    };
+    assert_ne!(a1, a2);
+    let out = o
+        .process_batch_blocking(vec![Message::new("t", ""); 3], ProcessOptions::default())
+        .unwrap();
+    for p in &out {
+        assert_eq!(delivered(p).headers.get("m"), Some("1"));
+    }
+    let states: Vec<_> = o
+        .occurrences()
+        .into_iter()
+        .map(|o| (o.spec.settings.label(), o.circuit, o.used_in))
+        .collect();
+    use rustmq_etl_orchestrator::CircuitState::{Closed, Open};
+    let used_in = |priority| vec![("p".to_owned(), priority)];
+    assert_eq!(
+        states,
+        [
+            (None, Closed, used_in(0)),
+            (Some(a1.clone()), Open, used_in(1)),
+            (Some(a2.clone()), Open, used_in(2))
+        ]
+    );
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let text = handle.render();
+    let lines: Vec<&str> = text.lines().collect();
+    for line in [
+        r#"rustmq_etl_module_calls_total{pipeline="p",module="m",outcome="edited"} 3"#.to_owned(),
+        format!(
+            r#"rustmq_etl_module_calls_total{{pipeline="p",module="m",settings="{a1}",outcome="failed"}} 2"#
+        ),
+        format!(
+            r#"rustmq_etl_module_calls_total{{pipeline="p",module="m",settings="{a2}",outcome="failed"}} 2"#
+        ),
+        format!(
+            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a1}",kind="trap"}} 2"#
+        ),
+        format!(
+            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a1}",kind="circuit_open"}} 1"#
+        ),
+        format!(
+            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a2}",kind="trap"}} 2"#
+        ),
+        format!(
+            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a2}",kind="circuit_open"}} 1"#
+        ),
+        r#"rustmq_etl_circuit_state{module="m"} 0"#.to_owned(),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a1}"}} 1"#),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a2}"}} 1"#),
+    ] {
+        assert!(lines.contains(&line.as_str()), "{line} in\n{text}");
+    }
 }
 
 #[test]
