@@ -84,8 +84,11 @@ impl ModuleSettings {
     /// `instance_config` keeps the plain `module` label), otherwise a
     /// fingerprint of every setting, 16 hex digits (FNV-1a, 64 bits, over
     /// the settings written out field by field). The same settings give the
-    /// same fingerprint in every process and every run; any other value of
-    /// any setting gives another.
+    /// same fingerprint in every process and every run; other settings give
+    /// another (barring a 64-bit hash collision, about one chance in 10^19
+    /// for two given settings). Every setting counts, the engine's own knobs
+    /// too: a release that changes one of their defaults changes the labels
+    /// of the occurrences that set none of them explicitly but others.
     pub fn label(&self) -> Option<String> {
         if *self == ModuleSettings::default() {
             return None;
@@ -147,6 +150,15 @@ impl ModuleSpec {
     pub fn with_settings(mut self, settings: ModuleSettings) -> Self {
         self.settings = settings;
         self
+    }
+
+    /// The labels of the occurrence's metric series: `module`, and
+    /// `settings` ([`ModuleSettings::label`]) unless its settings are the
+    /// defaults.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut labels = vec![("module", self.id.clone())];
+        labels.extend(self.settings.label().map(|label| ("settings", label)));
+        labels
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rustmq_etl_abi::{
     decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
 };
-use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, Outcome};
+use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, ModuleSpec, Outcome};
 use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
 use wasmer::{
     imports, AsStoreMut, Extern, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory,
@@ -35,8 +35,8 @@ pub(crate) const MAX_EDITS: usize = 65_536;
 
 struct LogEnv {
     module: String,
-    /// The occurrence's `settings` label, if its settings are not the defaults.
-    settings: Option<String>,
+    /// The occurrence's metric labels (`ModuleSpec::labels`).
+    labels: Vec<(&'static str, String)>,
     memory: Option<Memory>,
     budget: Option<Global>,
     /// Lines written in the current call: shared with the instance, which resets
@@ -59,9 +59,7 @@ fn host_log(
         }
     }
     if data.lines_this_call.fetch_add(1, Ordering::Relaxed) >= MAX_LOG_LINES_PER_CALL {
-        let mut labels = vec![("module", data.module.clone())];
-        labels.extend(data.settings.clone().map(|label| ("settings", label)));
-        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", &labels).increment(1);
+        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", &data.labels).increment(1);
         return Ok(());
     }
     let Some(memory) = &data.memory else {
@@ -152,7 +150,11 @@ impl WarmInstance {
             &mut store,
             LogEnv {
                 module: id.clone(),
-                settings: module.settings.label(),
+                labels: ModuleSpec {
+                    id: id.clone(),
+                    settings: module.settings.clone(),
+                }
+                .labels(),
                 memory: None,
                 budget: None,
                 lines_this_call: lines_this_call.clone(),

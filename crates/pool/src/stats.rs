@@ -38,8 +38,8 @@ pub(crate) struct Counters {
     family: Arc<Family>,
 }
 
-/// An occurrence's labels: its `module_id` and its settings' label.
-type Labels = (String, Option<String>);
+/// An occurrence's labels (`ModuleSpec::labels`).
+type Labels = Vec<(&'static str, String)>;
 
 /// The counters of every version of one occurrence's labels in the process,
 /// published together.
@@ -111,9 +111,8 @@ impl Family {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the series of `(module, settings)` under the recorder
-    /// installed now.
-    fn publish(&self, (module, settings): &Labels) {
+    /// Publishes the series of `labels` under the recorder installed now.
+    fn publish(&self, labels: &Labels) {
         // Declared before the guard, so dropped after it (on an unwinding
         // panic too): the last reference to a version must not be dropped
         // while the lock is held, as its `drop` takes this lock. A version
@@ -127,10 +126,8 @@ impl Family {
             stats.add(&counters.snapshot());
         }
         stats.at_least(&state.published);
-        let mut labels = vec![("module", module.clone())];
-        labels.extend(settings.clone().map(|label| ("settings", label)));
         let counter = |name: &'static str, value: u64| {
-            metrics::counter!(name, &labels).absolute(value);
+            metrics::counter!(name, labels).absolute(value);
         };
         counter("rustmq_etl_pool_calls_total", stats.calls);
         counter("rustmq_etl_pool_hits_total", stats.hits);
@@ -143,8 +140,8 @@ impl Family {
             labels.push(("kind", kind.as_str().to_owned()));
             metrics::counter!("rustmq_etl_pool_failures_total", &labels).absolute(*n);
         }
-        metrics::gauge!("rustmq_etl_pool_instances_in_use", &labels).set(stats.in_use as f64);
-        metrics::gauge!("rustmq_etl_pool_instances_idle", &labels).set(stats.idle as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_in_use", labels).set(stats.in_use as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_idle", labels).set(stats.idle as f64);
         state.published = stats;
     }
 }
@@ -203,7 +200,7 @@ impl Counters {
     /// The counters of a new version of occurrence `spec`, joined to its
     /// labels' family.
     pub(crate) fn new(spec: &ModuleSpec) -> Arc<Self> {
-        let labels = (spec.id.clone(), spec.settings.label());
+        let labels = spec.labels();
         let family = family(&labels);
         let counters = Arc::new(Counters {
             labels,
