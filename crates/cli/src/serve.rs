@@ -451,8 +451,10 @@ async fn batch(
 
 /// `GET /v1/config`: the configuration in service and the last reload.
 async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
-    let config = service.etl.config();
-    let pipelines: Vec<_> = config
+    // One version's configuration and occurrences, whatever reloads meanwhile.
+    let in_service = service.etl.in_service();
+    let pipelines: Vec<_> = in_service
+        .config
         .pipelines()
         .iter()
         .map(|source| {
@@ -469,9 +471,8 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
         .collect();
     // Each module occurrence: the `settings` label of its metric series, its
     // breaker, and where it is used.
-    let occurrences: Vec<_> = service
-        .etl
-        .occurrences()
+    let occurrences: Vec<_> = in_service
+        .occurrences
         .into_iter()
         .map(|o| {
             json!({
@@ -490,7 +491,7 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Json(json!({
-        "config_version": service.etl.config_version(),
+        "config_version": in_service.version,
         "config_path": service.config_path.display().to_string(),
         "modules_dir": service.modules.display().to_string(),
         "pipelines": pipelines,

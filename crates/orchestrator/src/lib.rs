@@ -50,7 +50,8 @@ mod stats;
 pub use breaker::CircuitState;
 pub use options::{Backoff, BreakerSettings, Options};
 pub use orchestrator::{
-    Busy, EngineStopped, Occurrence, Orchestrator, ProcessOptions, ReloadError, ReloadReport,
+    Busy, EngineStopped, InService, Occurrence, Orchestrator, ProcessOptions, ReloadError,
+    ReloadReport,
 };
 pub use plan::{
     Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline,

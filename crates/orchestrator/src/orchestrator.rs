@@ -1,6 +1,7 @@
 //! The orchestrator: what a broker holds to run messages through its
 //! pipelines.
 
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,7 @@ impl<E: Engine> Orchestrator<E> {
             options: Arc::new(options),
             stats: Arc::new(Stats::new()),
             breakers: Mutex::default(),
+            circuit_gauges: Mutex::default(),
         };
         let (snapshot, _) =
             build(&keep, config, 1, None).map_err(|errors| ReloadError { errors })?;
@@ -362,12 +364,29 @@ impl<E: Engine> Orchestrator<E> {
     pub fn publish_metrics(&self) {
         let snapshot = self.inner.current.load();
         snapshot.stats.publish(true);
-        for (spec, breaker) in snapshot.plan.occurrences().iter().zip(&snapshot.breakers) {
-            let mut labels = vec![("module", spec.id.clone())];
-            labels.extend(spec.settings.label().map(|label| ("settings", label)));
-            metrics::gauge!("rustmq_etl_circuit_state", &labels)
+        let occurrences = snapshot.plan.occurrences();
+        for (spec, breaker) in occurrences.iter().zip(&snapshot.breakers) {
+            metrics::gauge!("rustmq_etl_circuit_state", &spec.labels())
                 .set(f64::from(breaker.state().as_number()));
         }
+        // An occurrence taken out of service (a reload changed its settings or
+        // removed it) no longer has a breaker that acts: its gauge reads 0,
+        // not the last state it had (an open breaker would alert for ever).
+        let mut gauged = self
+            .inner
+            .keep
+            .circuit_gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let in_service: HashSet<&ModuleSpec> = occurrences.iter().collect();
+        gauged.retain(|spec| {
+            let keep = in_service.contains(spec);
+            if !keep {
+                metrics::gauge!("rustmq_etl_circuit_state", &spec.labels()).set(0.0);
+            }
+            keep
+        });
+        gauged.extend(occurrences.iter().cloned());
         metrics::gauge!("rustmq_etl_messages_in_flight").set(
             (self.inner.keep.options.max_in_flight.max(1)
                 - self.inner.in_flight.available_permits()) as f64,
@@ -380,29 +399,57 @@ impl<E: Engine> Orchestrator<E> {
     /// names it as the metrics do), its circuit breaker's state and the stages
     /// that use it, all from one configuration version.
     pub fn occurrences(&self) -> Vec<Occurrence> {
+        occurrences(&self.inner.current.load())
+    }
+
+    /// The configuration in service, its version and its module occurrences,
+    /// all of one version (a reload may come between separate calls of
+    /// [`Orchestrator::config`], [`Orchestrator::config_version`] and
+    /// [`Orchestrator::occurrences`]).
+    pub fn in_service(&self) -> InService {
         let snapshot = self.inner.current.load();
-        let plan = &snapshot.plan;
-        let mut occurrences: Vec<Occurrence> = plan
-            .occurrences()
-            .iter()
-            .zip(&snapshot.breakers)
-            .map(|(spec, breaker)| Occurrence {
-                spec: spec.clone(),
-                circuit: breaker.state(),
-                used_in: Vec::new(),
-            })
-            .collect();
-        for pipeline in plan.pipelines() {
-            for stage in &pipeline.stages {
-                for module in &stage.modules {
-                    occurrences[module.occurrence]
-                        .used_in
-                        .push((pipeline.config.pipeline_id.clone(), stage.priority));
-                }
+        InService {
+            version: snapshot.version,
+            config: snapshot.config.clone(),
+            occurrences: occurrences(&snapshot),
+        }
+    }
+}
+
+/// The occurrences of `snapshot`'s plan ([`Orchestrator::occurrences`]).
+fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
+    let plan = &snapshot.plan;
+    let mut occurrences: Vec<Occurrence> = plan
+        .occurrences()
+        .iter()
+        .zip(&snapshot.breakers)
+        .map(|(spec, breaker)| Occurrence {
+            spec: spec.clone(),
+            circuit: breaker.state(),
+            used_in: Vec::new(),
+        })
+        .collect();
+    for pipeline in plan.pipelines() {
+        for stage in &pipeline.stages {
+            for module in &stage.modules {
+                occurrences[module.occurrence]
+                    .used_in
+                    .push((pipeline.config.pipeline_id.clone(), stage.priority));
             }
         }
-        occurrences
     }
+    occurrences
+}
+
+/// What is in service, of one version ([`Orchestrator::in_service`]).
+#[derive(Debug, Clone)]
+pub struct InService {
+    /// The configuration's version.
+    pub version: u64,
+    /// The configuration.
+    pub config: Config,
+    /// Its module occurrences.
+    pub occurrences: Vec<Occurrence>,
 }
 
 /// A module occurrence in service ([`Orchestrator::occurrences`]).

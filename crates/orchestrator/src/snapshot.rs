@@ -1,7 +1,7 @@
 //! One immutable version of everything a message runs on: the plan and the
 //! modules loaded for it, swapped whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rustmq_etl_config::Config;
@@ -90,6 +90,8 @@ pub(crate) struct Keep<E: Engine> {
     pub(crate) stats: Arc<Stats>,
     /// A breaker per occurrence, kept across reloads.
     pub(crate) breakers: Mutex<HashMap<ModuleSpec, Arc<Breaker>>>,
+    /// The occurrences whose `rustmq_etl_circuit_state` was last published.
+    pub(crate) circuit_gauges: Mutex<HashSet<ModuleSpec>>,
 }
 
 /// Builds the snapshot of `config`: plans it, reads and loads every module

@@ -1272,12 +1272,43 @@ stages:
         format!(
             r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a2}",kind="circuit_open"}} 1"#
         ),
-        r#"rustmq_etl_circuit_state{module="m"} 0"#.to_owned(),
-        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a1}"}} 1"#),
-        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a2}"}} 1"#),
     ] {
         assert!(lines.contains(&line.as_str()), "{line} in\n{text}");
     }
+    // The breakers' gauges, exactly: one each, no unlabelled second series.
+    let gauges = |text: &str| -> Vec<String> {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("rustmq_etl_circuit_state{"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let mut expected = vec![
+        r#"rustmq_etl_circuit_state{module="m"} 0"#.to_owned(),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a1}"}} 1"#),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a2}"}} 1"#),
+    ];
+    expected.sort();
+    assert_eq!(gauges(&text), expected);
+
+    // A reload gives the last occurrence other settings: a new occurrence
+    // with a closed breaker, and the one taken out of service no longer
+    // reads open.
+    o.reload(&config(&yaml.replace(r#"{"a": 2}"#, r#"{"a": 3}"#)))
+        .unwrap();
+    let a3 = o.occurrences()[2].spec.settings.label().unwrap();
+    assert!(![&a1, &a2].contains(&&a3));
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let mut expected = vec![
+        r#"rustmq_etl_circuit_state{module="m"} 0"#.to_owned(),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a1}"}} 1"#),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a2}"}} 0"#),
+        format!(r#"rustmq_etl_circuit_state{{module="m",settings="{a3}"}} 0"#),
+    ];
+    expected.sort();
+    assert_eq!(gauges(&handle.render()), expected);
 }
 
 #[test]

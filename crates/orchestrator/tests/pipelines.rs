@@ -315,6 +315,19 @@ fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
         )),
         10
     );
+    // The pool labels the occurrence alike: its timeouts, seen from inside.
+    assert_eq!(
+        value(&format!(
+            r#"rustmq_etl_pool_failures_total{{module="hostile-infinite-loop",settings="{looping}",kind="timeout"}}"#
+        )),
+        10
+    );
+    assert!(
+        text.contains(&format!(
+            r#"rustmq_etl_circuit_state{{module="hostile-infinite-loop",settings="{looping}"}}"#
+        )),
+        "{text}"
+    );
     assert_eq!(
         value(r#"rustmq_etl_pipeline_messages_total{pipeline="bombing",result="stopped"}"#),
         10
