@@ -474,27 +474,43 @@ fn main() {
         }
     }
     let mut pool_lines = Vec::new();
-    let mut modules_seen: Vec<String> = text
+    // Each occurrence's label set (`module`, and `settings` unless its
+    // settings are the defaults), as its series print it.
+    let mut occurrences: Vec<String> = text
         .lines()
-        .filter(|l| l.starts_with("rustmq_etl_pool_instances_created_total{module=\""))
-        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+        .filter_map(|l| l.strip_prefix("rustmq_etl_pool_instances_created_total{"))
+        .filter_map(|l| l.split_once('}').map(|(labels, _)| labels.to_owned()))
         .collect();
-    modules_seen.sort();
-    for module in modules_seen {
-        let m = |name: &str| metric(&format!("{name}{{module=\"{module}\"}}"));
+    occurrences.sort();
+    occurrences.dedup();
+    if occurrences.is_empty() {
+        fail("no pool statistics were published".to_owned());
+    }
+    for labels in occurrences {
+        let m = |name: &str| {
+            let series = format!("{name}{{{labels}}} ");
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.parse::<f64>().ok());
+            value.unwrap_or_else(|| {
+                fail(format!("{series}is missing"));
+                f64::NAN
+            })
+        };
         let created = m("rustmq_etl_pool_instances_created_total");
         let evicted = m("rustmq_etl_pool_instances_evicted_total");
         let discarded = m("rustmq_etl_pool_instances_discarded_total");
         let idle = m("rustmq_etl_pool_instances_idle");
         let in_use = m("rustmq_etl_pool_instances_in_use");
         pool_lines.push(format!(
-            "  {module:<26} created {created:>7} = evicted {evicted:>6} + discarded {discarded:>7} + idle {idle:>3} + in use {in_use}"
+            "  {labels:<50} created {created:>7} = evicted {evicted:>6} + discarded {discarded:>7} + idle {idle:>3} + in use {in_use}"
         ));
         if created != evicted + discarded + idle || in_use != 0.0 {
-            fail(format!("pool statistics of {module} do not balance"));
+            fail(format!("pool statistics of {{{labels}}} do not balance"));
         }
     }
-    println!("pool instances, per module:");
+    println!("pool instances, per module occurrence:");
     for line in pool_lines {
         println!("{line}");
     }
