@@ -240,9 +240,12 @@ impl ModuleInstanceConfig {
     /// The settings the engine runs the module with: the one conversion
     /// from a configuration's `instance_config` (the engine's own knobs keep
     /// their defaults). `custom_config` becomes its JSON text, compact and
-    /// with every object's keys in sorted order, so that equal configurations
-    /// are one occurrence with one metrics label however their keys were
-    /// written and whichever `serde_json` features the program enables.
+    /// with every object's keys in sorted order. Without `serde_json`'s
+    /// `preserve_order` feature (this workspace's build) its objects are
+    /// sorted anyway; a program that turns the feature on (features are
+    /// unified across a build) would otherwise make the order the keys were
+    /// written in part of the occurrence, its metrics label and what the
+    /// module's init receives.
     pub fn to_settings(&self) -> rustmq_etl_core::ModuleSettings {
         rustmq_etl_core::ModuleSettings {
             memory_limit_bytes: self.memory_limit_bytes,
@@ -322,6 +325,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // (In this workspace's build `serde_json` sorts objects anyway: this pins
+    // the form; the sorting matters where `preserve_order` is on.)
     fn custom_config_becomes_compact_json_with_sorted_keys() {
         let mut config: ModuleInstanceConfig = serde_json::from_str(
             r#"{"custom_config": {"b": [{"z": 1, "y": null}], "a": {"d": 2, "c": "x"}}}"#,
