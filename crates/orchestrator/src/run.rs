@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::breaker::Permit;
 use crate::orchestrator::contain;
-use crate::plan::{PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
+use crate::plan::{Plan, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
 use crate::result::{
     Disposition, FailureAction, Processed, RanOutcome, SkipReason, Trace, TraceEntry, TraceEvent,
 };
@@ -46,7 +46,7 @@ pub mod headers {
 }
 
 /// A set of small numbers (module positions), kept inline up to 128.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Bits {
     Inline(u128),
     Heap(Vec<u64>),
@@ -114,6 +114,54 @@ impl Bits {
                     words[word] &= !(1 << bit);
                 }
             }
+        }
+    }
+}
+
+/// An engine thread's selection scratch space for one plan, and the
+/// filters' verdict for the last topic it evaluated: filters read the topic
+/// alone, and the messages of a batch mostly share theirs, so a message on
+/// the same topic as the one before takes the verdict as it is (a comparison
+/// and a copy, however many modules the plan has).
+pub(crate) struct Scratch {
+    plan: PlanScratch,
+    last_topic: String,
+    /// The verdict for `last_topic`; `None` until one is evaluated.
+    last_filters: Option<Bits>,
+}
+
+impl Scratch {
+    pub(crate) fn new(plan: &Plan) -> Scratch {
+        Scratch {
+            plan: plan.create_scratch(),
+            last_topic: String::new(),
+            last_filters: None,
+        }
+    }
+
+    /// Sets `filters` to the plan's filters' verdict on `topic`.
+    fn select_filters(&mut self, plan: &Plan, topic: &str, filters: &mut Bits) {
+        if let Some(last) = &self.last_filters {
+            if self.last_topic == topic {
+                filters.clone_from(last);
+                debug_assert_eq!(
+                    *filters,
+                    {
+                        let mut fresh = filters.clone();
+                        plan.select_filters(topic, &mut self.plan, |i, on| fresh.set(i, on));
+                        fresh
+                    },
+                    "the verdict kept for {topic:?} is the plan's"
+                );
+                return;
+            }
+        }
+        plan.select_filters(topic, &mut self.plan, |i, on| filters.set(i, on));
+        self.last_topic.clear();
+        self.last_topic.push_str(topic);
+        match &mut self.last_filters {
+            Some(last) => last.clone_from(filters),
+            None => self.last_filters = Some(filters.clone()),
         }
     }
 }
@@ -366,7 +414,7 @@ impl Run {
         &mut self,
         snapshot: &Snapshot<E>,
         runner: &mut E::Runner,
-        scratch: &mut PlanScratch,
+        scratch: &mut Scratch,
         tally: &mut Tally,
         clock: &mut Instant,
     ) -> Option<Instant> {
@@ -392,7 +440,7 @@ impl Run {
         &mut self,
         snapshot: &Snapshot<E>,
         runner: &mut E::Runner,
-        scratch: &mut PlanScratch,
+        scratch: &mut Scratch,
         tally: &mut Tally,
     ) -> Option<Instant> {
         let plan = &snapshot.plan;
@@ -515,7 +563,7 @@ impl Run {
         snapshot: &Snapshot<E>,
         pipeline: &PlannedPipeline,
         stage: &PlannedStage,
-        scratch: &mut PlanScratch,
+        scratch: &mut Scratch,
         tally: &mut Tally,
     ) {
         let plan = &snapshot.plan;
@@ -541,12 +589,13 @@ impl Run {
                 Instant::now()
             };
             if selection.stale_filters {
-                let filters = &mut selection.filters;
-                plan.select_filters(&self.message.topic, scratch, |i, on| filters.set(i, on));
+                scratch.select_filters(plan, &self.message.topic, &mut selection.filters);
             }
             if selection.stale_rules || reads.age {
                 let rules = &mut selection.rules;
-                plan.select_rules(&self.message, now_ms, scratch, |i, on| rules.set(i, on));
+                plan.select_rules(&self.message, now_ms, &mut scratch.plan, |i, on| {
+                    rules.set(i, on)
+                });
             }
             selection.runs.set_and(&selection.filters, &selection.rules);
             selection.stale_filters = false;
@@ -560,7 +609,7 @@ impl Run {
             let runs = self.selection.runs(module);
             any |= runs;
             if !runs && self.trace.is_some() {
-                let why = plan.why_not(module, &self.message, now_ms, scratch);
+                let why = plan.why_not(module, &self.message, now_ms, &mut scratch.plan);
                 self.note(
                     pipeline,
                     stage.priority,
@@ -1035,7 +1084,7 @@ pub(crate) struct Batch<E: Engine> {
 /// What an engine thread keeps between batches for the snapshot it ran last.
 struct ThreadState {
     snapshot: u64,
-    scratch: PlanScratch,
+    scratch: Scratch,
     /// Empty between batches: a batch's counts go to the totals before the
     /// thread runs anything else.
     tally: Tally,
@@ -1058,7 +1107,7 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                 Some(state) if state.snapshot == snapshot.id => state,
                 other => other.insert(ThreadState {
                     snapshot: snapshot.id,
-                    scratch: snapshot.plan.create_scratch(),
+                    scratch: Scratch::new(&snapshot.plan),
                     tally: Tally::new(&snapshot.plan),
                 }),
             };

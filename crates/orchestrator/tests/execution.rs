@@ -258,6 +258,58 @@ pipelines:
 }
 
 #[test]
+fn messages_of_a_batch_on_the_same_or_other_topics_are_each_selected_by_their_own() {
+    // An engine thread keeps the filters' verdict for the last topic it
+    // evaluated; a batch that goes back and forth between topics, and a
+    // message whose topic a module changes, must each be selected by the
+    // topic they have at the time. Without a trace (the fast path) and with.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("move-a-to-b", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
+    });
+    engine.module("on-a", |_| set_header("on-a", "1"));
+    engine.module("on-b", |_| set_header("on-b", "1"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    stages:
+      - priority: 0
+        modules:
+          - {module_id: on-a, topic_filters: [{filter_type: Exact, pattern: a}]}
+          - {module_id: move-a-to-b, topic_filters: [{filter_type: Exact, pattern: a}]}
+  - pipeline_id: second
+    stages:
+      - priority: 0
+        modules:
+          - {module_id: on-b, topic_filters: [{filter_type: Exact, pattern: b}]}
+"#;
+    let topics = ["a", "a", "b", "a", "c", "c", "b", "b", "a"];
+    for trace in [false, true] {
+        let o = start(&engine, yaml);
+        let out = o
+            .process_batch_blocking(
+                topics.iter().map(|t| Message::new(*t, "")).collect(),
+                ProcessOptions { trace },
+            )
+            .unwrap();
+        for (topic, p) in topics.iter().zip(&out) {
+            let m = delivered(p);
+            let seen = (
+                m.topic.as_str(),
+                m.headers.get("on-a").is_some(),
+                m.headers.get("on-b").is_some(),
+            );
+            let expected = match *topic {
+                "a" => ("b", true, true),
+                "b" => ("b", false, true),
+                _ => ("c", false, false),
+            };
+            assert_eq!(seen, expected, "a message on {topic:?} (trace: {trace})");
+        }
+    }
+}
+
+#[test]
 fn selection_is_decided_on_the_message_as_it_reaches_the_stage() {
     let engine = Arc::new(StandIn::new(2));
     engine.module("mark", |_| set_header("x-mark", "1"));
