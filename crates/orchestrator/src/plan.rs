@@ -102,6 +102,8 @@ struct Inner {
     conditions: ConditionSet,
     occurrences: Vec<ModuleSpec>,
     modules: usize,
+    /// Each module's rules, by plan index.
+    groups: Vec<GroupId>,
     reads: Reads,
     /// Whether any module has topic filters, or rules: without, every module
     /// accepts every topic (or message) and nothing needs evaluating.
@@ -254,6 +256,12 @@ impl Plan {
             }
             pipeline.indices = first..modules;
         }
+        let groups = pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter())
+            .flat_map(|s| s.modules.iter())
+            .map(|m| m.group)
+            .collect();
         Ok(Plan {
             inner: Arc::new(Inner {
                 pipelines,
@@ -261,6 +269,7 @@ impl Plan {
                 conditions: conditions.build(),
                 occurrences,
                 modules,
+                groups,
                 reads,
                 any_filters,
                 any_rules,
@@ -300,24 +309,31 @@ impl Plan {
         }
     }
 
-    /// Evaluates every module's rules on `message`: `out(index, hold)` for
-    /// every module, by its plan index (the payload is read at most once).
+    /// Whether any module has rules (without, every module's rules hold).
+    pub(crate) fn any_rules(&self) -> bool {
+        self.inner.any_rules
+    }
+
+    /// Evaluates the rules of `modules` (plan indices) on `message`:
+    /// `out(index, hold)` for each (the payload is read at most once, and
+    /// not at all unless one of their rules reads it).
     pub(crate) fn select_rules(
         &self,
         message: &Message,
         now_ms: i64,
         scratch: &mut PlanScratch,
+        modules: impl Iterator<Item = usize>,
         mut out: impl FnMut(usize, bool),
     ) {
         if !self.inner.any_rules {
-            return (0..self.inner.modules).for_each(|i| out(i, true));
+            return modules.for_each(|i| out(i, true));
         }
         let mut context = self
             .inner
             .conditions
             .context(message, now_ms, &mut scratch.conditions);
-        for module in self.modules() {
-            out(module.index, context.holds(module.group));
+        for i in modules {
+            out(i, context.holds(self.inner.groups[i]));
         }
     }
 

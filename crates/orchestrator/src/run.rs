@@ -84,6 +84,31 @@ impl Bits {
         }
     }
 
+    /// The numbers in the set, ascending.
+    fn iter(&self) -> Ones<'_> {
+        Ones {
+            rest: self.word(0),
+            bits: self,
+            word: 0,
+        }
+    }
+
+    /// Word `w` of the set (numbers `64 * w..64 * (w + 1)`); 0 past the end.
+    fn word(&self, w: usize) -> u64 {
+        match self {
+            Bits::Inline(bits) if w < 2 => (bits >> (64 * w)) as u64,
+            Bits::Inline(_) => 0,
+            Bits::Heap(words) => words.get(w).copied().unwrap_or(0),
+        }
+    }
+
+    fn words(&self) -> usize {
+        match self {
+            Bits::Inline(_) => 2,
+            Bits::Heap(words) => words.len(),
+        }
+    }
+
     /// Becomes `a` and `b` (all three of one length).
     fn set_and(&mut self, a: &Bits, b: &Bits) {
         match (self, a, b) {
@@ -163,6 +188,31 @@ impl Scratch {
             Some(last) => last.clone_from(filters),
             None => self.last_filters = Some(filters.clone()),
         }
+    }
+}
+
+/// The numbers in a [`Bits`], ascending.
+struct Ones<'b> {
+    bits: &'b Bits,
+    /// The word being read, and its bits not yet listed.
+    word: usize,
+    rest: u64,
+}
+
+impl Iterator for Ones<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.rest == 0 {
+            self.word += 1;
+            if self.word >= self.bits.words() {
+                return None;
+            }
+            self.rest = self.bits.word(self.word);
+        }
+        let bit = self.rest.trailing_zeros() as usize;
+        self.rest &= self.rest - 1;
+        Some(self.word * 64 + bit)
     }
 }
 
@@ -588,16 +638,29 @@ impl Run {
             } else {
                 Instant::now()
             };
+            // A module runs when its filters and its rules say so: its rules
+            // are evaluated only when its filters accept the topic (so a
+            // message never reads its payload for the rules of modules its
+            // topic does not reach). `rules` holds a verdict for the modules
+            // `filters` accepts; for the others it is left as it was, and
+            // new filters' verdict brings new rules' verdicts with it.
             if selection.stale_filters {
                 scratch.select_filters(plan, &self.message.topic, &mut selection.filters);
             }
-            if selection.stale_rules || reads.age {
+            if !plan.any_rules() {
+                selection.runs.clone_from(&selection.filters);
+            } else {
                 let rules = &mut selection.rules;
-                plan.select_rules(&self.message, now_ms, &mut scratch.plan, |i, on| {
-                    rules.set(i, on)
-                });
+                let modules = selection.filters.iter();
+                plan.select_rules(
+                    &self.message,
+                    now_ms,
+                    &mut scratch.plan,
+                    modules,
+                    |i, on| rules.set(i, on),
+                );
+                selection.runs.set_and(&selection.filters, &selection.rules);
             }
-            selection.runs.set_and(&selection.filters, &selection.rules);
             selection.stale_filters = false;
             selection.stale_rules = false;
             let now = Instant::now();
@@ -1189,6 +1252,21 @@ mod tests {
             let range = start..start + width;
             let expected = range.clone().any(|i| bits.get(i));
             prop_assert_eq!(bits.any_in(range), expected);
+        }
+
+        /// `iter` lists the numbers `get` says are in the set, ascending,
+        /// inline and on the heap.
+        #[test]
+        fn iter_lists_what_get_finds(
+            len in 1usize..300,
+            on in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let mut bits = Bits::new(len);
+            for i in &on {
+                bits.set(i.index(len), true);
+            }
+            let expected: Vec<usize> = (0..len).filter(|&i| bits.get(i)).collect();
+            prop_assert_eq!(bits.iter().collect::<Vec<_>>(), expected);
         }
     }
 }

@@ -310,6 +310,55 @@ pipelines:
 }
 
 #[test]
+fn a_module_the_topic_reaches_only_after_a_move_is_judged_by_its_rules_then() {
+    // Rules are evaluated only for modules whose filters accept the topic:
+    // `gated` is out for topic `a` (its rules not evaluated), and in once
+    // `move` makes the topic `b`; its payload rule must then be evaluated.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("move", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
+    });
+    engine.module("gated", |_| set_header("gated", "1"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    stages:
+      - priority: 0
+        modules: [{module_id: move, topic_filters: [{filter_type: Exact, pattern: a}]}]
+  - pipeline_id: second
+    stages:
+      - priority: 0
+        modules:
+          - module_id: gated
+            topic_filters: [{filter_type: Exact, pattern: b}]
+            conditional_rules: [{condition_type: PayloadField, field_path: $.go, operator: Equals, value: "yes"}]
+"#;
+    let cases = [
+        ("a", r#"{"go":"yes"}"#, true),
+        ("a", r#"{"go":"no"}"#, false),
+        ("b", r#"{"go":"yes"}"#, true),
+        ("c", r#"{"go":"yes"}"#, false),
+        ("a", r#"{"go":"yes"}"#, true),
+    ];
+    for trace in [false, true] {
+        let o = start(&engine, yaml);
+        let out = o
+            .process_batch_blocking(
+                cases.iter().map(|(t, p, _)| Message::new(*t, *p)).collect(),
+                ProcessOptions { trace },
+            )
+            .unwrap();
+        for ((topic, payload, runs), p) in cases.iter().zip(&out) {
+            assert_eq!(
+                delivered(p).headers.get("gated").is_some(),
+                *runs,
+                "{topic} {payload} (trace: {trace})"
+            );
+        }
+    }
+}
+
+#[test]
 fn selection_is_decided_on_the_message_as_it_reaches_the_stage() {
     let engine = Arc::new(StandIn::new(2));
     engine.module("mark", |_| set_header("x-mark", "1"));
