@@ -109,6 +109,17 @@ impl Bits {
         }
     }
 
+    /// Becomes a copy of `other` (in place when both are of one length).
+    fn copy_from(&mut self, other: &Bits) {
+        match (&mut *self, other) {
+            (Bits::Inline(bits), Bits::Inline(other)) => *bits = *other,
+            (Bits::Heap(words), Bits::Heap(other)) if words.len() == other.len() => {
+                words.copy_from_slice(other)
+            }
+            (this, other) => *this = other.clone(),
+        }
+    }
+
     /// Becomes `a` and `b` (all three of one length).
     fn set_and(&mut self, a: &Bits, b: &Bits) {
         match (self, a, b) {
@@ -151,8 +162,11 @@ impl Bits {
 pub(crate) struct Scratch {
     plan: PlanScratch,
     last_topic: String,
-    /// The verdict for `last_topic`; `None` until one is evaluated.
-    last_filters: Option<Bits>,
+    /// The verdict for `last_topic`, if `known`.
+    last_filters: Bits,
+    /// Set only once `last_topic` and `last_filters` agree (an evaluation
+    /// that panicked leaves it unset).
+    known: bool,
 }
 
 impl Scratch {
@@ -160,34 +174,32 @@ impl Scratch {
         Scratch {
             plan: plan.create_scratch(),
             last_topic: String::new(),
-            last_filters: None,
+            last_filters: Bits::new(plan.module_count()),
+            known: false,
         }
     }
 
     /// Sets `filters` to the plan's filters' verdict on `topic`.
     fn select_filters(&mut self, plan: &Plan, topic: &str, filters: &mut Bits) {
-        if let Some(last) = &self.last_filters {
-            if self.last_topic == topic {
-                filters.clone_from(last);
-                debug_assert_eq!(
-                    *filters,
-                    {
-                        let mut fresh = filters.clone();
-                        plan.select_filters(topic, &mut self.plan, |i, on| fresh.set(i, on));
-                        fresh
-                    },
-                    "the verdict kept for {topic:?} is the plan's"
-                );
-                return;
-            }
+        if self.known && self.last_topic == topic {
+            filters.copy_from(&self.last_filters);
+            debug_assert_eq!(
+                *filters,
+                {
+                    let mut fresh = filters.clone();
+                    plan.select_filters(topic, &mut self.plan, |i, on| fresh.set(i, on));
+                    fresh
+                },
+                "the verdict kept for {topic:?} is the plan's"
+            );
+            return;
         }
+        self.known = false;
         plan.select_filters(topic, &mut self.plan, |i, on| filters.set(i, on));
+        self.last_filters.copy_from(filters);
         self.last_topic.clear();
         self.last_topic.push_str(topic);
-        match &mut self.last_filters {
-            Some(last) => last.clone_from(filters),
-            None => self.last_filters = Some(filters.clone()),
-        }
+        self.known = true;
     }
 }
 
@@ -286,6 +298,9 @@ struct InModule {
 #[derive(Debug)]
 struct Selection {
     filters: Bits,
+    /// The filters' verdict before a topic change, while only the topic
+    /// changed (see `Run::start_stage`).
+    before: Bits,
     rules: Bits,
     /// Both: the modules that run.
     runs: Bits,
@@ -356,6 +371,7 @@ impl Run {
             module: InModule::default(),
             selection: Selection {
                 filters: Bits::new(modules),
+                before: Bits::new(modules),
                 rules: Bits::new(modules),
                 runs: Bits::new(modules),
                 stale_filters: true,
@@ -642,16 +658,23 @@ impl Run {
             // are evaluated only when its filters accept the topic (so a
             // message never reads its payload for the rules of modules its
             // topic does not reach). `rules` holds a verdict for the modules
-            // `filters` accepts; for the others it is left as it was, and
-            // new filters' verdict brings new rules' verdicts with it.
+            // `filters` accepts; for the others it is left as it was. When
+            // only the topic changed, the rules' verdicts stand, and only the
+            // modules the new topic newly lets in have theirs evaluated.
+            let rules_stale = selection.stale_rules || reads.age;
+            let any_rules = plan.any_rules();
             if selection.stale_filters {
+                if any_rules && !rules_stale {
+                    selection.before.copy_from(&selection.filters);
+                }
                 scratch.select_filters(plan, &self.message.topic, &mut selection.filters);
             }
-            if !plan.any_rules() {
-                selection.runs.clone_from(&selection.filters);
+            if !any_rules {
+                selection.runs.copy_from(&selection.filters);
             } else {
+                let (filters, before) = (&selection.filters, &selection.before);
                 let rules = &mut selection.rules;
-                let modules = selection.filters.iter();
+                let modules = filters.iter().filter(|&i| rules_stale || !before.get(i));
                 plan.select_rules(
                     &self.message,
                     now_ms,
@@ -1183,8 +1206,11 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
                     Ok(None) => {}
                     Err(panic) => {
-                        // The panic took the run's clock with it.
+                        // The panic took the run's clock with it, and may
+                        // have left the selection scratch half-written: start
+                        // it afresh (and the verdict kept with it).
                         clock = Instant::now();
+                        *scratch = Scratch::new(&snapshot.plan);
                         run.host_failed(&snapshot, &panic, tally)
                     }
                 }

@@ -260,15 +260,18 @@ pipelines:
 #[test]
 fn messages_of_a_batch_on_the_same_or_other_topics_are_each_selected_by_their_own() {
     // An engine thread keeps the filters' verdict for the last topic it
-    // evaluated; a batch that goes back and forth between topics, and a
-    // message whose topic a module changes, must each be selected by the
-    // topic they have at the time. Without a trace (the fast path) and with.
+    // evaluated, and a topic change re-evaluates only the rules of the
+    // modules the new topic lets in. A batch that goes back and forth between
+    // topics (and repeats them), and messages whose topic a module changes,
+    // must each be selected by the topic and payload they have at the time.
+    // Without a trace (the fast path) and with.
     let engine = Arc::new(StandIn::new(1));
-    engine.module("move-a-to-b", |_| {
+    engine.module("move-to-b", |_| {
         Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
     });
-    engine.module("on-a", |_| set_header("on-a", "1"));
-    engine.module("on-b", |_| set_header("on-b", "1"));
+    for name in ["on-a", "on-b", "on-a-or-b"] {
+        engine.module(name, move |_| set_header(name, "1"));
+    }
     let yaml = r#"
 pipelines:
   - pipeline_id: first
@@ -276,37 +279,80 @@ pipelines:
       - priority: 0
         modules:
           - {module_id: on-a, topic_filters: [{filter_type: Exact, pattern: a}]}
-          - {module_id: move-a-to-b, topic_filters: [{filter_type: Exact, pattern: a}]}
+          - module_id: move-to-b
+            topic_filters: [{filter_type: Exact, pattern: a}]
+            conditional_rules: [{condition_type: PayloadField, field_path: $.move, operator: Equals, value: "yes"}]
   - pipeline_id: second
     stages:
       - priority: 0
         modules:
           - {module_id: on-b, topic_filters: [{filter_type: Exact, pattern: b}]}
+          - module_id: on-a-or-b
+            topic_filters: [{filter_type: Regex, pattern: "^(a|b)$"}]
+            conditional_rules: [{condition_type: PayloadField, field_path: $.tag, operator: Equals, value: x}]
 "#;
-    let topics = ["a", "a", "b", "a", "c", "c", "b", "b", "a"];
+    // (topic, move, tag) -> (topic after, on-a, on-b, on-a-or-b)
+    let cases = [
+        (("a", "yes", "x"), ("b", true, true, true)),
+        (("a", "no", "x"), ("a", true, false, true)),
+        (("a", "no", "y"), ("a", true, false, false)),
+        (("a", "no", "x"), ("a", true, false, true)),
+        (("b", "yes", "x"), ("b", false, true, true)),
+        (("c", "yes", "x"), ("c", false, false, false)),
+        (("c", "no", "y"), ("c", false, false, false)),
+        (("a", "yes", "y"), ("b", true, true, false)),
+        (("b", "no", "y"), ("b", false, true, false)),
+        (("b", "no", "x"), ("b", false, true, true)),
+    ];
     for trace in [false, true] {
         let o = start(&engine, yaml);
+        let messages = cases
+            .iter()
+            .map(|((topic, go, tag), _)| {
+                Message::new(*topic, format!(r#"{{"move":"{go}","tag":"{tag}"}}"#))
+            })
+            .collect();
         let out = o
-            .process_batch_blocking(
-                topics.iter().map(|t| Message::new(*t, "")).collect(),
-                ProcessOptions { trace },
-            )
+            .process_batch_blocking(messages, ProcessOptions { trace })
             .unwrap();
-        for (topic, p) in topics.iter().zip(&out) {
+        for ((input, expected), p) in cases.iter().zip(&out) {
             let m = delivered(p);
             let seen = (
                 m.topic.as_str(),
                 m.headers.get("on-a").is_some(),
                 m.headers.get("on-b").is_some(),
+                m.headers.get("on-a-or-b").is_some(),
             );
-            let expected = match *topic {
-                "a" => ("b", true, true),
-                "b" => ("b", false, true),
-                _ => ("c", false, false),
-            };
-            assert_eq!(seen, expected, "a message on {topic:?} (trace: {trace})");
+            assert_eq!(seen, *expected, "{input:?} (trace: {trace})");
         }
     }
+}
+
+#[test]
+fn a_reload_that_changes_a_topic_s_filters_is_seen_by_the_next_message_on_it() {
+    // One engine thread: the verdict it kept for topic `t` belongs to the
+    // configuration it was evaluated on.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |_| set_header("m", "1"));
+    let yaml = |pattern: &str| {
+        format!(
+            "pipeline_id: p\nstages:\n  - {{priority: 0, modules: [{{module_id: m, topic_filters: [{{filter_type: Exact, pattern: {pattern}}}]}}]}}\n"
+        )
+    };
+    let o = start(&engine, &yaml("t"));
+    let ran = |o: &Orchestrator<StandIn>| {
+        let out = o
+            .process_batch_blocking(vec![Message::new("t", ""); 2], ProcessOptions::default())
+            .unwrap();
+        out.iter()
+            .map(|p| delivered(p).headers.get("m").is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ran(&o), [true, true]);
+    o.reload(&config(&yaml("u"))).unwrap();
+    assert_eq!(ran(&o), [false, false]);
+    o.reload(&config(&yaml("t"))).unwrap();
+    assert_eq!(ran(&o), [true, true]);
 }
 
 #[test]
@@ -355,6 +401,49 @@ pipelines:
                 "{topic} {payload} (trace: {trace})"
             );
         }
+    }
+}
+
+#[test]
+fn a_payload_edit_after_a_topic_change_has_every_rule_evaluated_again() {
+    // `tagged` is let in by both topics; the topic change keeps its rules'
+    // verdict (false: tag y), the payload edit after it must not.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("move", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
+    });
+    engine.module("retag", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetPayload(Bytes::from_static(
+            br#"{"tag":"x"}"#,
+        ))]))
+    });
+    engine.module("tagged", |_| set_header("tagged", "1"));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: first
+    stages:
+      - {priority: 0, modules: [{module_id: move, topic_filters: [{filter_type: Exact, pattern: a}]}]}
+      - {priority: 1, modules: [{module_id: retag, topic_filters: [{filter_type: Exact, pattern: b}]}]}
+  - pipeline_id: second
+    stages:
+      - priority: 0
+        modules:
+          - module_id: tagged
+            topic_filters: [{filter_type: Regex, pattern: "^(a|b)$"}]
+            conditional_rules: [{condition_type: PayloadField, field_path: $.tag, operator: Equals, value: x}]
+"#;
+    for trace in [false, true] {
+        let o = start(&engine, yaml);
+        let out = o
+            .process_batch_blocking(
+                vec![Message::new("a", r#"{"tag":"y"}"#)],
+                ProcessOptions { trace },
+            )
+            .unwrap();
+        let m = delivered(&out[0]);
+        assert_eq!(m.topic, "b");
+        assert_eq!(&m.payload[..], br#"{"tag":"x"}"#);
+        assert_eq!(m.headers.get("tagged"), Some("1"), "trace: {trace}");
     }
 }
 
