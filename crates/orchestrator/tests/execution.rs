@@ -1502,6 +1502,60 @@ stages:
 }
 
 #[test]
+fn a_host_failure_makes_a_dead_letter_and_the_next_messages_run_as_before() {
+    // A stand-in module runs in the engine thread's own code: its panic is a
+    // host failure. The message becomes a dead letter (kind `trap`) at the
+    // module it was at, whatever the strategy; the rest of the batch, on the
+    // same thread and topics, is selected and run as before.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("fragile", |m| {
+        if &m.payload[..] == b"boom" {
+            panic!("the host broke");
+        }
+        set_header("fragile", "1")
+    });
+    engine.module("after", |_| set_header("after", "1"));
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+stages:
+  - {priority: 0, modules: [{module_id: fragile, topic_filters: [{filter_type: Exact, pattern: a}]}]}
+  - {priority: 1, modules: [{module_id: after, topic_filters: [{filter_type: Exact, pattern: a}]}]}
+"#;
+    let o = start(&engine, yaml);
+    let inputs = [
+        ("a", "ok"),
+        ("a", "boom"),
+        ("a", "ok"),
+        ("b", "ok"),
+        ("a", "ok"),
+    ];
+    let out = o
+        .process_batch_blocking(
+            inputs.iter().map(|(t, p)| Message::new(*t, *p)).collect(),
+            ProcessOptions::default(),
+        )
+        .unwrap();
+    for ((topic, payload), p) in inputs.iter().zip(&out) {
+        if *payload == "boom" {
+            let letter = dead_letter(p);
+            assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("trap"));
+            assert_eq!(letter.headers.get(dlq::MODULE), Some("fragile"));
+            assert!(letter
+                .headers
+                .get(dlq::ERROR)
+                .unwrap()
+                .contains("the host broke"));
+            continue;
+        }
+        let m = delivered(p);
+        let ran = *topic == "a";
+        assert_eq!(m.headers.get("fragile").is_some(), ran, "{topic}");
+        assert_eq!(m.headers.get("after").is_some(), ran, "{topic}");
+    }
+}
+
+#[test]
 fn results_come_in_input_order_and_every_input_is_accounted_for() {
     let engine = Arc::new(StandIn::new(2));
     engine.module("m", |m: &Message| match m.payload[0] % 3 {
