@@ -86,6 +86,11 @@ fn set_header(name: &'static str, value: &'static str) -> Behaviour {
     )]))
 }
 
+/// A module's answer that moves the message to `topic`.
+fn set_topic(topic: &'static str) -> Behaviour {
+    Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic(topic.into())]))
+}
+
 /// A module that appends its letter to the payload.
 fn append(letter: &'static str) -> impl Fn(&Message) -> Behaviour {
     move |m: &Message| {
@@ -183,7 +188,7 @@ fn a_parallel_stage_combines_results_in_declaration_order() {
     });
     engine.module("b", |m: &Message| {
         assert_eq!(m.topic, "in");
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("from-b".into())]))
+        set_topic("from-b")
     });
     engine.module("c", |m: &Message| {
         assert!(m.headers.get("a").is_none(), "c sees the stage's input");
@@ -222,9 +227,7 @@ fn a_parallel_stage_drops_when_any_module_drops_but_a_failure_is_handled_first()
 #[test]
 fn pipelines_chain_and_a_new_topic_changes_what_later_filters_see() {
     let engine = Arc::new(StandIn::new(2));
-    engine.module("rename", |_| {
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("renamed".into())]))
-    });
+    engine.module("rename", |_| set_topic("renamed"));
     engine.module("on-old", |_| set_header("old", "yes"));
     engine.module("on-new", |_| set_header("new", "yes"));
     let yaml = r#"
@@ -266,9 +269,7 @@ fn messages_of_a_batch_on_the_same_or_other_topics_are_each_selected_by_their_ow
     // must each be selected by the topic and payload they have at the time.
     // Without a trace (the fast path) and with.
     let engine = Arc::new(StandIn::new(1));
-    engine.module("move-to-b", |_| {
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
-    });
+    engine.module("move-to-b", |_| set_topic("b"));
     for name in ["on-a", "on-b", "on-a-or-b"] {
         engine.module(name, move |_| set_header(name, "1"));
     }
@@ -361,9 +362,7 @@ fn a_module_the_topic_reaches_only_after_a_move_is_judged_by_its_rules_then() {
     // `gated` is out for topic `a` (its rules not evaluated), and in once
     // `move` makes the topic `b`; its payload rule must then be evaluated.
     let engine = Arc::new(StandIn::new(1));
-    engine.module("move", |_| {
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
-    });
+    engine.module("move", |_| set_topic("b"));
     engine.module("gated", |_| set_header("gated", "1"));
     let yaml = r#"
 pipelines:
@@ -409,9 +408,7 @@ fn a_payload_edit_after_a_topic_change_has_every_rule_evaluated_again() {
     // `tagged` is let in by both topics; the topic change keeps its rules'
     // verdict (false: tag y), the payload edit after it must not.
     let engine = Arc::new(StandIn::new(1));
-    engine.module("move", |_| {
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("b".into())]))
-    });
+    engine.module("move", |_| set_topic("b"));
     engine.module("retag", |_| {
         Behaviour::ok(Outcome::Edited(vec![Edit::SetPayload(Bytes::from_static(
             br#"{"tag":"x"}"#,
@@ -735,7 +732,7 @@ fn a_pipeline_that_selects_nothing_still_counts_each_message_processed_and_deliv
     engine.module("mark", |_| set_header("x-mark", "1"));
     engine.module("move", |m: &Message| {
         if m.payload.as_ref() == b"move" {
-            Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("other".into())]))
+            set_topic("other")
         } else {
             Behaviour::ok(Outcome::Unchanged)
         }
@@ -800,9 +797,7 @@ fn a_pipeline_of_more_modules_than_fit_a_machine_word_pair_is_passed_over_alike(
     // inline) take topic `other` only: a message sent there, or moved there
     // by `first`, runs them; another passes `wide` over.
     let engine = Arc::new(StandIn::new(1));
-    engine.module("move", |_| {
-        Behaviour::ok(Outcome::Edited(vec![Edit::SetTopic("other".into())]))
-    });
+    engine.module("move", |_| set_topic("other"));
     engine.module("w", |_| set_header("x-wide", "1"));
     engine.module("after", |_| set_header("x-after", "1"));
     let mut yaml = String::from("pipelines:\n- pipeline_id: first\n  stages: [{priority: 0, modules: [{module_id: move, topic_filters: [{filter_type: Exact, pattern: go}]}]}]\n- pipeline_id: wide\n  stages:\n  - priority: 0\n    modules:\n");

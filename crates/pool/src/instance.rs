@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rustmq_etl_abi::{
     decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
 };
-use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, ModuleSpec, Outcome};
+use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, Outcome};
 use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
 use wasmer::{
     imports, AsStoreMut, Extern, Function, FunctionEnv, FunctionEnvMut, Global, Instance, Memory,
@@ -150,11 +150,7 @@ impl WarmInstance {
             &mut store,
             LogEnv {
                 module: id.clone(),
-                labels: ModuleSpec {
-                    id: id.clone(),
-                    settings: module.settings.clone(),
-                }
-                .labels(),
+                labels: module.labels.clone(),
                 memory: None,
                 budget: None,
                 lines_this_call: lines_this_call.clone(),

@@ -37,6 +37,8 @@ pub(crate) struct CompiledModule {
     pub(crate) module: Module,
     pub(crate) abi: Abi,
     pub(crate) settings: ModuleSettings,
+    /// The occurrence's metric labels (`ModuleSpec::labels`), made once.
+    pub(crate) labels: Vec<(&'static str, String)>,
     /// Bytes of bulk memory work a call may do: the time budget times the
     /// calibrated rate (`calibrate.rs`).
     pub(crate) bulk_allowance: i64,
@@ -436,6 +438,7 @@ pub(crate) fn compile(
         .unwrap_or(i64::MAX / 4)
         .min(i64::MAX / 4),
         settings: config.clone(),
+        labels: spec.labels(),
         from_cache,
     })
 }

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rustmq_etl_core::{ErrorKind, ModuleSpec};
+use rustmq_etl_core::ErrorKind;
 
 const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 
@@ -197,10 +197,9 @@ impl ModuleStats {
 }
 
 impl Counters {
-    /// The counters of a new version of occurrence `spec`, joined to its
-    /// labels' family.
-    pub(crate) fn new(spec: &ModuleSpec) -> Arc<Self> {
-        let labels = spec.labels();
+    /// The counters of a new version of an occurrence with `labels`
+    /// (`ModuleSpec::labels`), joined to their family.
+    pub(crate) fn new(labels: Labels) -> Arc<Self> {
         let family = family(&labels);
         let counters = Arc::new(Counters {
             labels,

@@ -12,6 +12,8 @@ use rustmq_etl_pool::{
     CompileLimits, CompileSettings, LoadError, LoadedModule, LocalPool, Pool, PoolConfig,
 };
 
+mod attacks;
+
 fn wasm(name: &str) -> Vec<u8> {
     let path: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"));
@@ -574,24 +576,15 @@ fn a_swapped_module_keeps_counting_under_its_label() {
 /// `module` label, and `settings` for settings other than the defaults.
 #[test]
 fn log_lines_past_the_limit_are_counted_per_occurrence() {
-    // Logs "chatter" 40 times a call.
-    let chatty = wat::parse_str(
-        r#"(module
-          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
-          (memory (export "memory") 1)
-          (func (export "rmq_abi_version") (result i32) (i32.const 1))
-          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
-          (func (export "rmq_transform") (param i32 i32) (result i64) (local $n i32)
-            (loop $again
-              (call $log (i32.const 0) (i32.const 32) (i32.const 7))
-              (local.set $n (i32.add (local.get $n) (i32.const 1)))
-              (br_if $again (i32.lt_u (local.get $n) (i32.const 40))))
-            (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00")
-          (data (i32.const 32) "chatter"))"#,
-    )
-    .unwrap();
+    // Logs 40 lines a call (of a message over 100 bytes).
+    let chatty = attacks::module(
+        "(global.set $n (i32.const 0))
+         (loop $again
+           (call $log (i32.const 0) (i32.const 32) (i32.const 7))
+           (global.set $n (i32.add (global.get $n) (i32.const 1)))
+           (br_if $again (i32.lt_u (global.get $n) (i32.const 40))))",
+        "(global $n (mut i32) (i32.const 0))",
+    );
     let other = ModuleSettings {
         custom_config: r#"{"verbose":true}"#.to_owned(),
         ..ModuleSettings::default()
@@ -609,7 +602,7 @@ fn log_lines_past_the_limit_are_counted_per_occurrence() {
     let mut local = LocalPool::new();
     metrics::with_local_recorder(&recorder, || {
         for module in [&plain, &configured, &configured] {
-            let report = call(&mut local, module, &Message::new("t", ""));
+            let report = call(&mut local, module, &Message::new("t", vec![b'a'; 200]));
             assert_eq!(report.result, Ok(Outcome::Unchanged));
         }
     });
