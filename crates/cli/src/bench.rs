@@ -211,7 +211,8 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
             format!("{:.1}%", 100.0 * t.as_secs_f64() / total.as_secs_f64())
         }
     };
-    let (pw, mw) = summary.widths();
+    let labels = summary.labels();
+    let (pw, mw) = summary.widths(&labels);
     let mw = mw.max("(pipeline)".len());
     writeln!(
         out,
@@ -219,9 +220,9 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
         "pipeline", "stage", "module", "calls", "p50", "p99", "total", "share"
     )?;
     let mut pipelines: Vec<&str> = Vec::new();
-    for ((pipeline, _, _), _) in &summary.modules {
-        if !pipelines.contains(&pipeline.as_str()) {
-            pipelines.push(pipeline);
+    for (row, _) in &summary.modules {
+        if !pipelines.contains(&row.pipeline.as_str()) {
+            pipelines.push(&row.pipeline);
         }
     }
     let pipelines: Vec<String> = pipelines.into_iter().map(str::to_owned).collect();
@@ -230,7 +231,9 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
             summary
                 .modules
                 .iter()
-                .filter(|((p, s, _), _)| p == pipeline && stage.is_none_or(|x| x == *s))
+                .filter(|(row, _)| {
+                    &row.pipeline == pipeline && stage.is_none_or(|s| s == row.stage)
+                })
                 .fold((0, Duration::ZERO), |(n, t), (_, m)| {
                     (n + m.ran, t + m.total())
                 })
@@ -249,8 +252,8 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
         let mut stages: Vec<u32> = summary
             .modules
             .iter()
-            .filter(|((p, _, _), _)| p == pipeline)
-            .map(|((_, s, _), _)| *s)
+            .filter(|(row, _)| &row.pipeline == pipeline)
+            .map(|(row, _)| row.stage)
             .collect();
         stages.sort_unstable();
         stages.dedup();
@@ -265,8 +268,8 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
                 show(Some(time)),
                 share(time)
             )?;
-            for ((p, s, module), m) in &mut summary.modules {
-                if p != pipeline || *s != stage {
+            for ((row, m), module) in summary.modules.iter_mut().zip(&labels) {
+                if &row.pipeline != pipeline || row.stage != stage {
                     continue;
                 }
                 let (p50, p99) = (show(m.quantile(0.5)), show(m.quantile(0.99)));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Duration;
 
-use rustmq_etl_orchestrator::{Disposition, FailureAction, Processed, TraceEvent};
+use rustmq_etl_orchestrator::{Disposition, FailureAction, Processed, TraceEntry, TraceEvent};
 
 use crate::plural;
 
@@ -32,32 +32,69 @@ impl ModuleSummary {
     }
 }
 
+/// A row of the table: one listing of a module in a stage.
+pub(crate) struct Row {
+    pub pipeline: String,
+    pub stage: u32,
+    pub module: String,
+    /// The module's position in the plan (`TraceEntry::index`): two listings
+    /// of one module in one stage are two rows.
+    index: usize,
+}
+
 #[derive(Default)]
 pub(crate) struct Summary {
-    /// By (pipeline, stage priority, module), in first-seen order.
-    pub modules: Vec<((String, u32, String), ModuleSummary)>,
+    /// One per module listing, in first-seen order.
+    pub modules: Vec<(Row, ModuleSummary)>,
     pub delivered: u64,
     pub dropped: u64,
     pub dead_lettered: u64,
 }
 
 impl Summary {
-    fn module(&mut self, pipeline: &str, priority: u32, module: &str) -> &mut ModuleSummary {
+    fn module(&mut self, entry: &TraceEntry) -> &mut ModuleSummary {
         let at = match self
             .modules
             .iter()
-            .position(|((p, s, m), _)| p == pipeline && *s == priority && m == module)
+            .position(|(row, _)| row.index == entry.index)
         {
             Some(at) => at,
             None => {
                 self.modules.push((
-                    (pipeline.to_owned(), priority, module.to_owned()),
+                    Row {
+                        pipeline: entry.pipeline.clone(),
+                        stage: entry.priority,
+                        module: entry.module.clone(),
+                        index: entry.index,
+                    },
                     ModuleSummary::default(),
                 ));
                 self.modules.len() - 1
             }
         };
         &mut self.modules[at].1
+    }
+
+    /// Each row's module column: the module's id, and `#n` after it when its
+    /// stage lists it more than once (`n` counting its listings in the
+    /// stage's order).
+    pub(crate) fn labels(&self) -> Vec<String> {
+        let same = |a: &Row, b: &Row| {
+            a.pipeline == b.pipeline && a.stage == b.stage && a.module == b.module
+        };
+        self.modules
+            .iter()
+            .map(|(row, _)| {
+                let listings = self.modules.iter().filter(|(other, _)| same(row, other));
+                if listings.clone().count() < 2 {
+                    return row.module.clone();
+                }
+                let n = 1 + listings
+                    .filter(|(other, _)| other.index < row.index)
+                    .count();
+                format!("{}#{n}", row.module)
+            })
+            .collect()
     }
 
     /// Counts a message and, if it has a trace, what each module did.
@@ -71,7 +108,7 @@ impl Summary {
             return;
         };
         for entry in &trace.entries {
-            let s = self.module(&entry.pipeline, entry.priority, &entry.module);
+            let s = self.module(entry);
             match &entry.event {
                 TraceEvent::Ran { time, attempts, .. } => {
                     s.ran += 1;
@@ -95,19 +132,18 @@ impl Summary {
         }
     }
 
-    /// The widths of the pipeline and module columns.
-    pub(crate) fn widths(&self) -> (usize, usize) {
-        self.modules
-            .iter()
-            .fold((8, 6), |(p, m), ((pipeline, _, module), _)| {
-                (p.max(pipeline.len()), m.max(module.len()))
-            })
+    /// The widths of the pipeline and module columns, for `labels`.
+    pub(crate) fn widths(&self, labels: &[String]) -> (usize, usize) {
+        let pipeline = self.modules.iter().map(|(row, _)| row.pipeline.len());
+        let module = labels.iter().map(String::len);
+        (pipeline.fold(8, usize::max), module.fold(6, usize::max))
     }
 
     /// The table of modules, then the accounting line (`input` messages read,
     /// `bad` lines not processed).
     pub(crate) fn print(&mut self, out: &mut dyn Write, input: u64, bad: u64) -> io::Result<()> {
-        let (pw, mw) = self.widths();
+        let labels = self.labels();
+        let (pw, mw) = self.widths(&labels);
         writeln!(
             out,
             "{:<pw$} {:>5} {:<mw$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}  failed by kind",
@@ -122,7 +158,8 @@ impl Summary {
             "p50",
             "p99"
         )?;
-        for ((pipeline, stage, module), s) in &mut self.modules {
+        for ((row, s), module) in self.modules.iter_mut().zip(&labels) {
+            let (pipeline, stage) = (&row.pipeline, row.stage);
             let failed: u64 = s.failed.values().sum();
             let kinds: Vec<String> = s.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
             let (p50, p99) = (show(s.quantile(0.5)), show(s.quantile(0.99)));

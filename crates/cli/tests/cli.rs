@@ -223,6 +223,61 @@ fn run_transforms_the_sample_messages_with_the_real_modules() {
     );
 }
 
+/// `run`'s table has a row per module listing: a stage that lists one module
+/// twice (here with other settings) shows two rows, numbered in the stage's
+/// order, each with its own calls.
+#[test]
+fn run_counts_each_listing_of_a_module_in_its_own_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("twice.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: twice
+stages:
+  - priority: 0
+    modules:
+      - module_id: identity
+      - module_id: identity
+        instance_config:
+          execution_timeout_ms: 50
+  - priority: 1
+    modules:
+      - module_id: identity
+",
+    )
+    .unwrap();
+    let input = "{\"topic\":\"a.b\",\"payload\":\"x\"}\n{\"topic\":\"a.b\",\"payload\":\"y\"}\n";
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            "-",
+            "--modules",
+            &modules(),
+        ],
+        Some(input),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Module, then ran, skipped, failed: one row per listing.
+    let rows: Vec<Vec<&str>> = stderr
+        .lines()
+        .filter(|l| l.starts_with("twice "))
+        .map(|l| l.split_whitespace().take(6).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["twice", "0", "identity#1", "2", "0", "0"],
+            ["twice", "0", "identity#2", "2", "0", "0"],
+            ["twice", "1", "identity", "2", "0", "0"],
+        ],
+        "{stderr}"
+    );
+}
+
 /// Dead letters go to their own file; bad lines are reported with their line
 /// numbers, the others processed, and the run exits 1.
 #[test]

@@ -58,6 +58,11 @@ pub struct TraceEntry {
     pub priority: u32,
     /// The module's id.
     pub module: String,
+    /// The module's position among all modules of the plan that ran the
+    /// message ([`PlannedModule::index`](crate::PlannedModule::index)): tells
+    /// apart two listings of one module in one stage (with other settings, or
+    /// the same), which the other fields do not.
+    pub index: usize,
     /// What happened.
     pub event: TraceEvent,
 }

@@ -392,12 +392,19 @@ impl Run {
         (self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn note(&mut self, pipeline: &PlannedPipeline, priority: u32, module: &str, event: TraceEvent) {
+    fn note(
+        &mut self,
+        pipeline: &PlannedPipeline,
+        priority: u32,
+        module: &PlannedModule,
+        event: TraceEvent,
+    ) {
         if let Some(trace) = &mut self.trace {
             trace.entries.push(TraceEntry {
                 pipeline: pipeline.config.pipeline_id.clone(),
                 priority,
-                module: module.to_owned(),
+                module: module.module_id.clone(),
+                index: module.index,
                 event,
             });
         }
@@ -431,7 +438,7 @@ impl Run {
                     self.note(
                         pipeline,
                         stage.priority,
-                        &module.module_id,
+                        module,
                         TraceEvent::Skipped(reason),
                     );
                 }
@@ -456,7 +463,7 @@ impl Run {
                 self.note(
                     pipeline,
                     stage.priority,
-                    &module.module_id,
+                    module,
                     TraceEvent::Skipped(reason.clone()),
                 );
             }
@@ -699,7 +706,7 @@ impl Run {
                 self.note(
                     pipeline,
                     stage.priority,
-                    &module.module_id,
+                    module,
                     TraceEvent::Skipped(SkipReason::NotSelected(why)),
                 );
             }
@@ -921,7 +928,7 @@ impl Run {
                     self.note(
                         pipeline,
                         stage.priority,
-                        &module.module_id,
+                        module,
                         TraceEvent::Ran {
                             outcome: ran,
                             time: self.module.time,
@@ -1006,7 +1013,7 @@ impl Run {
         self.note(
             pipeline,
             stage.priority,
-            &module.module_id,
+            module,
             TraceEvent::Failed {
                 kind,
                 error: error.message().to_owned(),
