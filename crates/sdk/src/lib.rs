@@ -104,10 +104,11 @@
 //! ```
 //!
 //! produces `target/wasm32-unknown-unknown/release/<name>.wasm`. The engine
-//! admits WebAssembly SIMD: built with
-//! `RUSTFLAGS="-C target-feature=+simd128"`, a module's `json::Object`
-//! looks for the end of each string sixteen bytes a step instead of eight
-//! (the sample modules are built so).
+//! admits WebAssembly SIMD, and a module's `json::Object` looks for the end
+//! of each string sixteen bytes a step with it, with no build flag needed
+//! (`RUSTFLAGS="-C target-feature=+simd128"` lets the compiler use SIMD
+//! elsewhere too, and inline that search, as the sample modules are built:
+//! 1.8% fewer engine instructions a message for `temperature-converter`).
 //!
 //! ## 5. Rules of the sandbox
 //!

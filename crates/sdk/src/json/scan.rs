@@ -12,8 +12,9 @@
 //!
 //! serde_json did this job before, through a map visitor and a `RawValue` per
 //! field; this pass does the same checks without that machinery, and looks
-//! for the end of a string eight bytes at a time on every target (serde_json
-//! reads a `usize` at a time: four bytes on wasm32, where modules run). A
+//! for the end of a string sixteen bytes at a time with SIMD in WebAssembly,
+//! whatever flags the module is built with, and eight at a time natively
+//! (serde_json reads a `usize` at a time: four bytes on wasm32). A
 //! top-level key with escapes is still decoded by serde_json. The tests
 //! compare this pass with a serde_json reference on generated texts, valid
 //! and broken, and so does the `json_object` fuzz target.
@@ -348,28 +349,11 @@ impl Scan<'_> {
 /// `\`, control character (below U+0020) or non-ASCII byte from `at`, or the
 /// end.
 fn plain_end(bytes: &[u8], mut at: usize) -> usize {
-    // Sixteen bytes at a time where the module is built with wasm's SIMD.
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        use core::arch::wasm32::{i8x16_bitmask, i8x16_eq, i8x16_lt, i8x16_splat, v128_or};
-        while let Some(chunk) = bytes.get(at..at + 16) {
-            let x = u128::from_le_bytes(chunk.try_into().unwrap_or_default());
-            // SAFETY: `v128` and `u128` are both 16 plain bytes.
-            let x: core::arch::wasm32::v128 = unsafe { core::mem::transmute(x) };
-            // A signed byte below 0x20 is a control character or non-ASCII.
-            let stops = v128_or(
-                v128_or(
-                    i8x16_eq(x, i8x16_splat(b'"' as i8)),
-                    i8x16_eq(x, i8x16_splat(b'\\' as i8)),
-                ),
-                i8x16_lt(x, i8x16_splat(0x20)),
-            );
-            let marks = i8x16_bitmask(stops);
-            if marks != 0 {
-                return at + marks.trailing_zeros() as usize;
-            }
-            at += 16;
-        }
+    // Sixteen bytes at a time in WebAssembly, then eight.
+    #[cfg(target_arch = "wasm32")]
+    match sixteen_at_a_time(bytes, at) {
+        Ok(stop) => return stop,
+        Err(rest) => at = rest,
     }
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
@@ -400,6 +384,37 @@ fn plain_end(bytes: &[u8], mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// [`plain_end`] sixteen bytes a step with WebAssembly SIMD: `Ok` with the
+/// first stop, or `Err` with where fewer than sixteen bytes are left to look
+/// at. Compiled with SIMD whatever the module's build flags (the engine admits
+/// SIMD), so a module built with a plain `cargo build` gets it too; a module
+/// built with `+simd128` (as `cargo xtask build-modules` builds the samples)
+/// has it inlined.
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+fn sixteen_at_a_time(bytes: &[u8], mut at: usize) -> Result<usize, usize> {
+    use core::arch::wasm32::{i8x16_bitmask, i8x16_eq, i8x16_lt, i8x16_splat, v128, v128_or};
+    while let Some(chunk) = bytes.get(at..at + 16) {
+        let x = u128::from_le_bytes(chunk.try_into().unwrap_or_default());
+        // SAFETY: `v128` and `u128` are both 16 plain bytes.
+        let x: v128 = unsafe { core::mem::transmute(x) };
+        // A signed byte below 0x20 is a control character or non-ASCII.
+        let stops = v128_or(
+            v128_or(
+                i8x16_eq(x, i8x16_splat(b'"' as i8)),
+                i8x16_eq(x, i8x16_splat(b'\\' as i8)),
+            ),
+            i8x16_lt(x, i8x16_splat(0x20)),
+        );
+        let marks = i8x16_bitmask(stops);
+        if marks != 0 {
+            return Ok(at + marks.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    Err(at)
 }
 
 #[cfg(test)]
