@@ -50,7 +50,9 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!("usage: cargo xtask <test|bench|build-modules|soak|fuzz|load> [args]\n");
-            eprintln!("  test   fmt check, clippy -D warnings, cargo test --workspace");
+            eprintln!(
+                "  test   fmt check, clippy -D warnings, cargo test --workspace --all-features"
+            );
             eprintln!("  bench  cargo bench --workspace, then each figure beside its baseline");
             eprintln!("  build-modules [--check]  build fixtures/modules/*.wasm (or check them)");
             eprintln!(

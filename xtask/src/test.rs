@@ -22,15 +22,19 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
             modules::TARGET
         );
     }
+    // `--all-features`: the SDK's `json` (the workspace's one feature) and
+    // its tests, which compare `json::Object` with a serde_json reference;
+    // without it they were neither linted nor run.
     cargo(&[
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
     ])?;
-    let mut test = vec!["test", "--workspace"];
+    let mut test = vec!["test", "--workspace", "--all-features"];
     test.extend(extra.iter().map(String::as_str));
     cargo(&test)
 }

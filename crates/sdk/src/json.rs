@@ -546,7 +546,7 @@ mod tests {
                 let text = text.trim_end();
                 let cut = cut.index(text.len());
                 if text.is_char_boundary(cut) {
-                    prop_assert!(Object::parse(text[..cut].as_bytes()).is_err());
+                    prop_assert!(Object::parse(&text.as_bytes()[..cut]).is_err());
                 }
             }
         }

@@ -723,7 +723,7 @@ mod tests {
             let start = start.index(bytes.len() + 1);
             let expected = bytes[start..]
                 .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x80)
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
                 .map_or(bytes.len(), |i| start + i);
             prop_assert_eq!(plain_end(&bytes, start), expected, "{:?} from {}", bytes, start);
         }
