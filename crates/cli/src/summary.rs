@@ -1,7 +1,7 @@
 //! What became of a run's messages, module by module: the table `run` and
 //! `bench` print, from the messages' traces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -46,18 +46,25 @@ pub(crate) struct Row {
 pub(crate) struct Summary {
     /// One per module listing, in first-seen order.
     pub modules: Vec<(Row, ModuleSummary)>,
+    /// By `TraceEntry::index` (dense: below the plan's module count), the
+    /// row in `modules`.
+    rows: Vec<Option<usize>>,
     pub delivered: u64,
     pub dropped: u64,
     pub dead_lettered: u64,
 }
 
+/// Rows of one module in one stage share this.
+fn listing(row: &Row) -> (&str, u32, &str) {
+    (&row.pipeline, row.stage, &row.module)
+}
+
 impl Summary {
     fn module(&mut self, entry: &TraceEntry) -> &mut ModuleSummary {
-        let at = match self
-            .modules
-            .iter()
-            .position(|(row, _)| row.index == entry.index)
-        {
+        if self.rows.len() <= entry.index {
+            self.rows.resize(entry.index + 1, None);
+        }
+        let at = match self.rows[entry.index] {
             Some(at) => at,
             None => {
                 self.modules.push((
@@ -69,6 +76,7 @@ impl Summary {
                     },
                     ModuleSummary::default(),
                 ));
+                self.rows[entry.index] = Some(self.modules.len() - 1);
                 self.modules.len() - 1
             }
         };
@@ -77,22 +85,23 @@ impl Summary {
 
     /// Each row's module column: the module's id, and `#n` after it when its
     /// stage lists it more than once (`n` counting its listings in the
-    /// stage's order).
+    /// stage's order, which is the plan's).
     pub(crate) fn labels(&self) -> Vec<String> {
-        let same = |a: &Row, b: &Row| {
-            a.pipeline == b.pipeline && a.stage == b.stage && a.module == b.module
-        };
+        let mut listings: HashMap<_, Vec<usize>> = HashMap::new();
+        for (row, _) in &self.modules {
+            listings.entry(listing(row)).or_default().push(row.index);
+        }
+        for indices in listings.values_mut() {
+            indices.sort_unstable();
+        }
         self.modules
             .iter()
-            .map(|(row, _)| {
-                let listings = self.modules.iter().filter(|(other, _)| same(row, other));
-                if listings.clone().count() < 2 {
-                    return row.module.clone();
+            .map(|(row, _)| match &listings[&listing(row)][..] {
+                [_] => row.module.clone(),
+                indices => {
+                    let n = 1 + indices.partition_point(|&i| i < row.index);
+                    format!("{}#{n}", row.module)
                 }
-                let n = 1 + listings
-                    .filter(|(other, _)| other.index < row.index)
-                    .count();
-                format!("{}#{n}", row.module)
             })
             .collect()
     }
@@ -201,4 +210,58 @@ pub(crate) fn quantile(times: &mut [Duration], q: f64) -> Option<Duration> {
 /// A time for a table: `-` if none.
 pub(crate) fn show(t: Option<Duration>) -> String {
     t.map_or("-".to_owned(), |t| format!("{t:.1?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustmq_etl_orchestrator::{SkipReason, Trace};
+
+    use super::*;
+
+    /// A message that skipped every module of `listings` (pipeline, stage,
+    /// module, plan index), in that order.
+    fn traced(listings: &[(&str, u32, &str, usize)]) -> Processed {
+        let entries = listings
+            .iter()
+            .map(|&(pipeline, priority, module, index)| TraceEntry {
+                pipeline: pipeline.to_owned(),
+                priority,
+                module: module.to_owned(),
+                index,
+                event: TraceEvent::Skipped(SkipReason::PipelineDisabled),
+            })
+            .collect();
+        Processed {
+            disposition: Disposition::Dropped,
+            config_version: 1,
+            trace: Some(Trace {
+                queued: Duration::ZERO,
+                entries,
+            }),
+        }
+    }
+
+    #[test]
+    fn listings_of_one_module_in_one_stage_are_numbered_and_no_others() {
+        let mut summary = Summary::default();
+        let listings = [
+            ("p", 0, "a", 0),
+            ("p", 0, "b", 1),
+            ("p", 0, "a", 2),
+            ("p", 0, "a", 3),
+            ("p", 1, "a", 4),
+            ("q", 0, "b", 5),
+        ];
+        summary.add(&traced(&listings));
+        // Seen again, in another order: the same rows, counted twice.
+        let mut reversed = listings;
+        reversed.reverse();
+        summary.add(&traced(&reversed));
+        assert_eq!(
+            summary.labels(),
+            ["a#1", "b", "a#2", "a#3", "a", "b"],
+            "one row per listing, in first-seen order"
+        );
+        assert!(summary.modules.iter().all(|(_, s)| s.skipped == 2));
+    }
 }

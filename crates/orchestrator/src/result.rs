@@ -60,8 +60,10 @@ pub struct TraceEntry {
     pub module: String,
     /// The module's position among all modules of the plan that ran the
     /// message ([`PlannedModule::index`](crate::PlannedModule::index)): tells
-    /// apart two listings of one module in one stage (with other settings, or
-    /// the same), which the other fields do not.
+    /// apart two listings of one module in one stage (each with its own
+    /// settings), which the other fields do not. It holds within one
+    /// configuration version (`Processed::config_version`); a reload may
+    /// number the modules anew.
     pub index: usize,
     /// What happened.
     pub event: TraceEvent,
