@@ -235,20 +235,34 @@ impl<E: Engine> Orchestrator<E> {
         options: ProcessOptions,
     ) -> Result<Vec<Processed>, EngineStopped> {
         let max = self.inner.keep.options.max_in_flight.max(1);
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if messages.len() <= max {
+            // One wave, the usual case: the messages and their results are
+            // handed on as they are, not copied into another vector.
+            let permits = self.admit(messages.len()).await;
+            return self.run(messages, options, permits).await;
+        }
         let mut results = Vec::with_capacity(messages.len());
         let mut messages = messages.into_iter().peekable();
         while messages.peek().is_some() {
             let wave: Vec<Message> = messages.by_ref().take(max).collect();
-            let permits = self
-                .inner
-                .in_flight
-                .clone()
-                .acquire_many_owned(wave.len() as u32)
-                .await
-                .expect("the in-flight semaphore is never closed");
+            let permits = self.admit(wave.len()).await;
             results.extend(self.run(wave, options, permits).await?);
         }
         Ok(results)
+    }
+
+    /// Waits for room for `count` more messages in flight (at most
+    /// `max_in_flight`).
+    async fn admit(&self, count: usize) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner
+            .in_flight
+            .clone()
+            .acquire_many_owned(count as u32)
+            .await
+            .expect("the in-flight semaphore is never closed")
     }
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
@@ -345,13 +359,18 @@ impl<E: Engine> Orchestrator<E> {
             }
             answers.push(answer);
         }
-        let mut results = Vec::with_capacity(count);
-        for answer in answers {
-            match answer.await {
-                Ok(processed) => results.extend(processed),
-                Err(_) => return Err(EngineStopped { count }),
+        let stopped = |_| EngineStopped { count };
+        let results = if answers.len() == 1 {
+            // One batch (a single message, a wave on one engine thread): its
+            // answers are the results, not copied into another vector.
+            answers.swap_remove(0).await.map_err(stopped)?
+        } else {
+            let mut results = Vec::with_capacity(count);
+            for answer in answers {
+                results.extend(answer.await.map_err(stopped)?);
             }
-        }
+            results
+        };
         drop(permits);
         Ok(results)
     }

@@ -1600,6 +1600,53 @@ fn a_busy_module_makes_its_message_wait_without_failing() {
     assert_eq!(delivered(&out).headers.get("ran"), Some("1"));
 }
 
+/// A batch is answered in input order however it is cut: into waves of at
+/// most `max_in_flight` messages, each into pieces of `chunk` run by two
+/// engine threads (a batch within one wave and one piece included).
+#[test]
+fn every_cut_of_a_batch_answers_in_input_order() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("a", append("a"));
+    for (max_in_flight, chunk, count) in [
+        (5, 2, 13),
+        (5, 2, 5),
+        (64, 64, 13),
+        (64, 3, 64),
+        (1, 1, 4),
+        (64, 64, 0),
+    ] {
+        let o = start_with(
+            &engine,
+            "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
+            Options {
+                max_in_flight,
+                chunk,
+                ..options()
+            },
+        );
+        let messages = (0..count)
+            .map(|i| Message::new(format!("t{i}"), format!("{i}:")))
+            .collect();
+        let out = o
+            .process_batch_blocking(messages, ProcessOptions::default())
+            .unwrap();
+        let got: Vec<(String, Vec<u8>)> = out
+            .iter()
+            .map(|p| {
+                let m = delivered(p);
+                (m.topic.to_string(), m.payload.to_vec())
+            })
+            .collect();
+        let expected: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|i| (format!("t{i}"), format!("{i}:a").into_bytes()))
+            .collect();
+        assert_eq!(
+            got, expected,
+            "max_in_flight {max_in_flight}, chunk {chunk}, {count} messages"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_pressure_makes_callers_wait_or_answers_busy() {
     let engine = Arc::new(StandIn::new(1));
