@@ -1601,20 +1601,28 @@ fn a_busy_module_makes_its_message_wait_without_failing() {
 }
 
 /// A batch is answered in input order however it is cut: into waves of at
-/// most `max_in_flight` messages, each into pieces of `chunk` run by two
-/// engine threads (a batch within one wave and one piece included).
+/// most `max_in_flight` messages, each into pieces of at most `chunk` (and
+/// of at most its share of the engine threads) run by one or two engine
+/// threads. Included: a batch within one wave run as one piece, of one
+/// message and of 64; several waves of one piece each; pieces of 64.
 #[test]
 fn every_cut_of_a_batch_answers_in_input_order() {
-    let engine = Arc::new(StandIn::new(2));
-    engine.module("a", append("a"));
-    for (max_in_flight, chunk, count) in [
-        (5, 2, 13),
-        (5, 2, 5),
-        (64, 64, 13),
-        (64, 3, 64),
-        (1, 1, 4),
-        (64, 64, 0),
+    for (threads, max_in_flight, chunk, count) in [
+        (2, 5, 2, 13),
+        (2, 5, 2, 5),
+        (2, 64, 64, 13),
+        (2, 64, 3, 64),
+        (2, 1, 1, 4),
+        (2, 64, 64, 1),
+        (2, 256, 64, 200),
+        (2, 64, 64, 0),
+        (1, 64, 64, 13),
+        (1, 64, 64, 64),
+        (1, 5, 64, 13),
+        (1, 256, 64, 200),
     ] {
+        let engine = Arc::new(StandIn::new(threads));
+        engine.module("a", append("a"));
         let o = start_with(
             &engine,
             "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
@@ -1642,7 +1650,7 @@ fn every_cut_of_a_batch_answers_in_input_order() {
             .collect();
         assert_eq!(
             got, expected,
-            "max_in_flight {max_in_flight}, chunk {chunk}, {count} messages"
+            "{threads} threads, max_in_flight {max_in_flight}, chunk {chunk}, {count} messages"
         );
     }
 }
