@@ -156,6 +156,30 @@ fn modules() -> String {
     fixtures().join("modules").to_str().unwrap().to_owned()
 }
 
+/// `run` of the configuration at `config` with the sample modules on `input`
+/// from stdin, with `extra` arguments.
+fn run_on_stdin(config: &Path, extra: &[&str], input: &str) -> Output {
+    let modules = modules();
+    let mut args = vec![
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        "-",
+        "--modules",
+        &modules,
+    ];
+    args.extend(extra);
+    run(&args, Some(input))
+}
+
+/// `yaml` written to a configuration file in `dir`.
+fn write_config(dir: &Path, yaml: &str) -> PathBuf {
+    let config = dir.join("pipeline.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
 /// `run` on design.md's examples: the delivered messages, field by field, in
 /// input order, and the accounting line.
 #[test]
@@ -195,18 +219,7 @@ fn run_transforms_the_sample_messages_with_the_real_modules() {
 
     // `run`'s output is `run`'s input: a second run over it changes only what
     // the modules change again (the readings are already converted).
-    let again = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            "-",
-            "--modules",
-            &modules(),
-        ],
-        Some(&text(&out.stdout)),
-    );
+    let again = run_on_stdin(&config, &[], &text(&out.stdout));
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     let first: Vec<rustmq_etl_core::Message> = lines
         .iter()
@@ -229,10 +242,7 @@ fn run_transforms_the_sample_messages_with_the_real_modules() {
 #[test]
 fn run_counts_each_listing_of_a_module_in_its_own_row() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("twice.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: twice
+    let yaml = "pipeline_id: twice
 stages:
   - priority: 0
     modules:
@@ -243,22 +253,9 @@ stages:
   - priority: 1
     modules:
       - module_id: identity
-",
-    )
-    .unwrap();
+";
     let input = "{\"topic\":\"a.b\",\"payload\":\"x\"}\n{\"topic\":\"a.b\",\"payload\":\"y\"}\n";
-    let out = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            "-",
-            "--modules",
-            &modules(),
-        ],
-        Some(input),
-    );
+    let out = run_on_stdin(&write_config(dir.path(), yaml), &[], input);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     // Module, then ran, skipped, failed: one row per listing.
@@ -283,28 +280,13 @@ stages:
 #[test]
 fn run_writes_dead_letters_apart_and_reports_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: trap}]}]}]\n",
-    )
-    .unwrap();
+    let yaml = "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: trap}]}]}]\n";
     let dead = dir.path().join("dead.jsonl");
     let input = "{\"topic\":\"trap\",\"payload\":\"attack\"}\nnot json\n{\"topic\":\"ok\",\"payload\":\"fine\"}\n{\"topic\":\"t\"}\n";
-    let out = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            "-",
-            "--modules",
-            &modules(),
-            "--dead-letter",
-            dead.to_str().unwrap(),
-            "--trace",
-        ],
-        Some(input),
+    let out = run_on_stdin(
+        &write_config(dir.path(), yaml),
+        &["--dead-letter", dead.to_str().unwrap(), "--trace"],
+        input,
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

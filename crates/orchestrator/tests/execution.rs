@@ -1437,27 +1437,20 @@ stages:
     metrics::with_local_recorder(&recorder, || o.publish_metrics());
     let text = handle.render();
     let lines: Vec<&str> = text.lines().collect();
-    for line in [
+    // The plain occurrence edited three messages; each configured one failed
+    // twice (traps) and was refused once by its open breaker.
+    let mut expected = vec![
         r#"rustmq_etl_module_calls_total{pipeline="p",module="m",outcome="edited"} 3"#.to_owned(),
-        format!(
-            r#"rustmq_etl_module_calls_total{{pipeline="p",module="m",settings="{a1}",outcome="failed"}} 2"#
-        ),
-        format!(
-            r#"rustmq_etl_module_calls_total{{pipeline="p",module="m",settings="{a2}",outcome="failed"}} 2"#
-        ),
-        format!(
-            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a1}",kind="trap"}} 2"#
-        ),
-        format!(
-            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a1}",kind="circuit_open"}} 1"#
-        ),
-        format!(
-            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a2}",kind="trap"}} 2"#
-        ),
-        format!(
-            r#"rustmq_etl_module_errors_total{{pipeline="p",module="m",settings="{a2}",kind="circuit_open"}} 1"#
-        ),
-    ] {
+    ];
+    for settings in [&a1, &a2] {
+        let labels = format!(r#"pipeline="p",module="m",settings="{settings}""#);
+        expected.extend([
+            format!(r#"rustmq_etl_module_calls_total{{{labels},outcome="failed"}} 2"#),
+            format!(r#"rustmq_etl_module_errors_total{{{labels},kind="trap"}} 2"#),
+            format!(r#"rustmq_etl_module_errors_total{{{labels},kind="circuit_open"}} 1"#),
+        ]);
+    }
+    for line in expected {
         assert!(lines.contains(&line.as_str()), "{line} in\n{text}");
     }
     // The breakers' gauges, exactly: one each, no unlabelled second series.
