@@ -199,6 +199,9 @@ impl<'a> Iterator for EditIter<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.left as usize))
+        // Every edit left was checked by `decode_outcome`, so each one reads.
+        (self.left as usize, Some(self.left as usize))
     }
 }
+
+impl ExactSizeIterator for EditIter<'_> {}

@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-/// Up to this many edits, [`Headers::apply`] applies them one by one: faster
+/// Up to this many edits, [`Headers::apply`] (and
+/// [`Message::apply`](crate::Message::apply)) applies them one by one: faster
 /// than building an index for a handful.
-const FEW_EDITS: usize = 8;
+pub(crate) const FEW_EDITS: usize = 8;
 
 /// One change to a message's headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +43,22 @@ impl Headers {
     }
 
     /// Sets `name` to `value`: replaces every header of that name by one at the
-    /// position of the first, or appends it if there was none.
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+    /// position of the first, or appends it if there was none. A `String`
+    /// given is kept, not copied.
+    pub fn set(&mut self, name: impl AsRef<str> + Into<String>, value: impl Into<String>) {
         let value = value.into();
-        match self.0.iter().position(|(n, _)| n == name) {
+        let position = self.0.iter().position(|(n, _)| n == name.as_ref());
+        match position {
             Some(first) => {
                 self.0[first].1 = value;
                 let mut index = 0;
+                let name = name.as_ref();
                 self.0.retain(|(n, _)| {
                     index += 1;
                     index - 1 == first || n != name
                 });
             }
-            None => self.0.push((name.to_owned(), value)),
+            None => self.0.push((name.into(), value)),
         }
     }
 

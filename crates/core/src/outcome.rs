@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::headers::FEW_EDITS;
 use crate::{HeaderEdit, Message};
 
 /// One change a module makes to the message it was given.
@@ -42,8 +43,12 @@ pub enum Outcome {
 impl Message {
     /// Applies `edits` in order. Each field is set once however many edits
     /// name it; header edits are applied in one pass linear in the headers
-    /// and the edits ([`Headers::apply`](crate::Headers::apply)).
+    /// and the edits ([`Headers::apply`](crate::Headers::apply)), or, when
+    /// `edits` are known to be a handful, one by one, the headers keeping the
+    /// strings the edits own.
     pub fn apply(&mut self, edits: impl IntoIterator<Item = Edit>) {
+        let edits = edits.into_iter();
+        let few = edits.size_hint().1.is_some_and(|n| n <= FEW_EDITS);
         let mut headers = Vec::new();
         for edit in edits {
             match edit {
@@ -53,6 +58,10 @@ impl Message {
                 Edit::SetTopic(topic) => self.topic = topic,
                 Edit::SetTimestamp(ms) => self.timestamp_ms = Some(ms),
                 Edit::ClearTimestamp => self.timestamp_ms = None,
+                Edit::SetHeader(name, value) if few => self.headers.set(name, value),
+                Edit::RemoveHeader(name) if few => {
+                    self.headers.remove(&name);
+                }
                 Edit::SetHeader(name, value) => headers.push((name, Some(value))),
                 Edit::RemoveHeader(name) => headers.push((name, None)),
             }
@@ -168,7 +177,65 @@ impl CallError {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// One edit at a time, each as plainly as it reads.
+    fn reference(mut m: Message, edits: &[Edit]) -> Message {
+        for edit in edits.iter().cloned() {
+            match edit {
+                Edit::SetPayload(payload) => m.payload = payload,
+                Edit::SetKey(key) => m.key = Some(key),
+                Edit::ClearKey => m.key = None,
+                Edit::SetTopic(topic) => m.topic = topic,
+                Edit::SetTimestamp(ms) => m.timestamp_ms = Some(ms),
+                Edit::ClearTimestamp => m.timestamp_ms = None,
+                Edit::SetHeader(name, value) => m.headers.set(name.as_str(), value.as_str()),
+                Edit::RemoveHeader(name) => {
+                    m.headers.remove(&name);
+                }
+            }
+        }
+        m
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let name = (0u8..4).prop_map(|n| format!("h{n}"));
+        prop_oneof![
+            (0u8..3).prop_map(|p| Edit::SetPayload(Bytes::from(vec![p]))),
+            (0u8..3).prop_map(|k| Edit::SetKey(Bytes::from(vec![k]))),
+            Just(Edit::ClearKey),
+            (0u8..3).prop_map(|t| Edit::SetTopic(format!("t{t}"))),
+            (0i64..3).prop_map(Edit::SetTimestamp),
+            Just(Edit::ClearTimestamp),
+            (name.clone(), 0u8..3).prop_map(|(n, v)| Edit::SetHeader(n, format!("v{v}"))),
+            name.prop_map(Edit::RemoveHeader),
+        ]
+    }
+
+    proptest! {
+        // A list of a known handful of edits takes the one-by-one path, a
+        // longer one or one of unknown length the headers' one pass.
+        #[test]
+        fn apply_agrees_with_one_edit_at_a_time(
+            start in proptest::collection::vec((0u8..4, 0u8..3), 0..6),
+            edits in proptest::collection::vec(edit(), 0..20),
+        ) {
+            let mut m = Message::new("t", "p");
+            for (n, v) in start {
+                m.headers.push(format!("h{n}"), format!("v{v}"));
+            }
+            let expected = reference(m.clone(), &edits);
+            let mut known = m.clone();
+            known.apply(edits.clone());
+            prop_assert_eq!(&known, &expected);
+            let mut unknown = m;
+            let mut each = edits.into_iter();
+            unknown.apply(std::iter::from_fn(move || each.next()));
+            prop_assert_eq!(unknown, expected);
+        }
+    }
 
     #[test]
     fn edits_apply_in_order_and_each_field_once() {

@@ -482,7 +482,9 @@ impl WarmInstance {
             transform.call(store, ptr as i32, len as i32)
         })?;
         let (out_ptr, out_len) = unpack(packed);
-        self.read_output(module, out_ptr, out_len, |output| outcome(module, output))?
+        self.read_output(module, out_ptr, out_len, |output| {
+            outcome(&module.id, output)
+        })?
     }
 
     fn call_legacy(
@@ -516,11 +518,13 @@ impl WarmInstance {
     }
 }
 
-/// Checks the guest's answer and copies it out of the guest's memory: every
-/// edit is checked (an empty topic or header name, more than [`MAX_EDITS`]
-/// edits) before anything is copied.
-fn outcome(module: &CompiledModule, output: &[u8]) -> Result<Outcome, CallError> {
-    let invalid = |message: String| CallError::new(ErrorKind::InvalidOutput, &module.id, message);
+/// Checks the guest's answer and copies it out of the guest's memory: the
+/// answer is decoded whole (every edit read) before anything is copied, and
+/// the number of edits (at most [`MAX_EDITS`]) is checked first; an edit the
+/// host refuses (an empty topic or header name) drops the copies of the ones
+/// before it, which the output limit bounds.
+fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
+    let invalid = |message: String| CallError::new(ErrorKind::InvalidOutput, module, message);
     let outcome =
         decode_outcome(output).map_err(|e| invalid(format!("its answer does not decode: {e}")))?;
     let edits = match outcome {
@@ -529,42 +533,37 @@ fn outcome(module: &CompiledModule, output: &[u8]) -> Result<Outcome, CallError>
         OutcomeView::Error(text) => {
             return Err(CallError::new(
                 ErrorKind::GuestError,
-                &module.id,
+                module,
                 text.to_owned(),
             ))
         }
         OutcomeView::Edits(edits) => edits,
     };
-    for (n, edit) in edits.clone().enumerate() {
-        if n == MAX_EDITS {
-            return Err(invalid(format!(
-                "its answer holds more than {MAX_EDITS} edits"
-            )));
-        }
-        match edit {
+    if edits.len() > MAX_EDITS {
+        return Err(invalid(format!(
+            "its answer holds more than {MAX_EDITS} edits"
+        )));
+    }
+    let mut copied = Vec::with_capacity(edits.len());
+    for edit in edits {
+        copied.push(match edit {
             Edit::SetTopic("") => return Err(invalid("it set an empty topic".to_owned())),
             Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
                 return Err(invalid(
                     "it named a header with the empty string".to_owned(),
                 ))
             }
-            _ => {}
-        }
+            Edit::SetPayload(p) => MessageEdit::SetPayload(Bytes::copy_from_slice(p)),
+            Edit::SetKey(k) => MessageEdit::SetKey(Bytes::copy_from_slice(k)),
+            Edit::ClearKey => MessageEdit::ClearKey,
+            Edit::SetTopic(t) => MessageEdit::SetTopic(t.to_owned()),
+            Edit::SetHeader(n, v) => MessageEdit::SetHeader(n.to_owned(), v.to_owned()),
+            Edit::RemoveHeader(n) => MessageEdit::RemoveHeader(n.to_owned()),
+            Edit::SetTimestamp(ms) => MessageEdit::SetTimestamp(ms),
+            Edit::ClearTimestamp => MessageEdit::ClearTimestamp,
+        });
     }
-    Ok(Outcome::Edited(
-        edits
-            .map(|edit| match edit {
-                Edit::SetPayload(p) => MessageEdit::SetPayload(Bytes::copy_from_slice(p)),
-                Edit::SetKey(k) => MessageEdit::SetKey(Bytes::copy_from_slice(k)),
-                Edit::ClearKey => MessageEdit::ClearKey,
-                Edit::SetTopic(t) => MessageEdit::SetTopic(t.to_owned()),
-                Edit::SetHeader(n, v) => MessageEdit::SetHeader(n.to_owned(), v.to_owned()),
-                Edit::RemoveHeader(n) => MessageEdit::RemoveHeader(n.to_owned()),
-                Edit::SetTimestamp(ms) => MessageEdit::SetTimestamp(ms),
-                Edit::ClearTimestamp => MessageEdit::ClearTimestamp,
-            })
-            .collect(),
-    ))
+    Ok(Outcome::Edited(copied))
 }
 
 /// Where an instance's memory keeps its base and length for its compiled code
@@ -592,4 +591,79 @@ pub(crate) fn global_address(store: &mut Store, global: &Global) -> NonNull<i64>
         .get(store.objects_mut().as_sys())
         .vmglobal()
         .cast::<i64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use rustmq_etl_abi::{encode_outcome, Outcome as Answer};
+
+    use super::*;
+
+    fn answer(answer: Answer<'_>) -> Result<Outcome, CallError> {
+        let mut bytes = Vec::new();
+        encode_outcome(&answer, &mut bytes);
+        outcome("m", &bytes)
+    }
+
+    fn refused(result: Result<Outcome, CallError>) -> (ErrorKind, String) {
+        let error = result.expect_err("refused");
+        (error.kind(), error.message().to_owned())
+    }
+
+    #[test]
+    fn edits_are_copied_out_in_order() {
+        let edits = [
+            Edit::SetPayload(b"p"),
+            Edit::SetHeader("a", "1"),
+            Edit::RemoveHeader("b"),
+            Edit::SetTopic("t"),
+            Edit::SetKey(b"k"),
+            Edit::ClearKey,
+            Edit::SetTimestamp(-7),
+            Edit::ClearTimestamp,
+        ];
+        assert_eq!(
+            answer(Answer::Edits(&edits)).unwrap(),
+            Outcome::Edited(vec![
+                MessageEdit::SetPayload(Bytes::from_static(b"p")),
+                MessageEdit::SetHeader("a".into(), "1".into()),
+                MessageEdit::RemoveHeader("b".into()),
+                MessageEdit::SetTopic("t".into()),
+                MessageEdit::SetKey(Bytes::from_static(b"k")),
+                MessageEdit::ClearKey,
+                MessageEdit::SetTimestamp(-7),
+                MessageEdit::ClearTimestamp,
+            ])
+        );
+        assert_eq!(answer(Answer::Edits(&[])).unwrap(), Outcome::Edited(vec![]));
+        assert_eq!(answer(Answer::Unchanged).unwrap(), Outcome::Unchanged);
+        assert_eq!(answer(Answer::Drop).unwrap(), Outcome::Dropped);
+    }
+
+    #[test]
+    fn what_the_host_refuses_is_invalid_output_wherever_it_is() {
+        for bad in [
+            Edit::SetTopic(""),
+            Edit::SetHeader("", "v"),
+            Edit::RemoveHeader(""),
+        ] {
+            for at in 0..3 {
+                let mut edits = vec![Edit::SetPayload(b"p"); 2];
+                edits.insert(at, bad);
+                let (kind, message) = refused(answer(Answer::Edits(&edits)));
+                assert_eq!(kind, ErrorKind::InvalidOutput, "{bad:?} at {at}");
+                assert!(message.contains("empty"), "{bad:?} at {at}: {message}");
+            }
+        }
+        let too_many = vec![Edit::ClearKey; MAX_EDITS + 1];
+        let (kind, message) = refused(answer(Answer::Edits(&too_many)));
+        assert_eq!(kind, ErrorKind::InvalidOutput);
+        assert!(message.contains("more than 65536 edits"), "{message}");
+        assert!(answer(Answer::Edits(&too_many[1..])).is_ok());
+        let (kind, message) = refused(outcome("m", &[2, 1, 0, 0, 0, 9]));
+        assert_eq!(kind, ErrorKind::InvalidOutput);
+        assert!(message.contains("does not decode"), "{message}");
+        let (kind, message) = refused(answer(Answer::Error("no")));
+        assert_eq!((kind, message.as_str()), (ErrorKind::GuestError, "no"));
+    }
 }
