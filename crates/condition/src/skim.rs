@@ -676,6 +676,28 @@ mod tests {
         .is_some());
     }
 
+    proptest! {
+        // Long runs, so that both step widths (eight bytes, one) meet stops
+        // at every offset.
+        #[test]
+        fn plain_end_agrees_with_a_byte_loop(
+            text in prop::collection::vec(
+                prop_oneof![
+                    8 => prop::sample::select(b"ab ~\x7f".to_vec()),
+                    1 => prop::sample::select(b"\"\\\x00\x1f\x20\x80\xe9\xff".to_vec()),
+                ],
+                0..80,
+            ),
+            start in any::<prop::sample::Index>(),
+        ) {
+            let start = start.index(text.len() + 1);
+            let by_byte = (start..text.len())
+                .find(|&i| matches!(text[i], b'"' | b'\\' | 0..=0x1f))
+                .unwrap_or(text.len());
+            prop_assert_eq!(plain_end(&text, start), by_byte);
+        }
+    }
+
     #[test]
     fn plain_end_stops_where_a_byte_loop_does() {
         let text = "abcdefgh\u{e9}ijklmnop\"q\\r\u{1}s".as_bytes();
