@@ -110,6 +110,7 @@ impl Bits {
     }
 
     /// Becomes a copy of `other` (in place when both are of one length).
+    #[inline]
     fn copy_from(&mut self, other: &Bits) {
         match (&mut *self, other) {
             (Bits::Inline(bits), Bits::Inline(other)) => *bits = *other,
