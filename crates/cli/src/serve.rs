@@ -24,8 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
 use rustmq_etl_orchestrator::{Orchestrator, ProcessOptions};
@@ -248,10 +247,16 @@ async fn shutdown_signal(service: Arc<Service>) {
     log::info!("{which}: shutting down; no new connections, answering the requests in flight");
 }
 
+/// How long the files must be quiet after a change before they are
+/// reloaded: a burst of writes is one reload.
+const QUIET_BEFORE_RELOAD: Duration = Duration::from_millis(250);
+
 /// Watches the configuration and the modules directory; a change (debounced:
-/// one reload for a burst of writes) reloads them. The watcher stops when
+/// one reload, [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes)
+/// reloads them. Reading a file is not a change: inotify reports every open,
+/// and a reload's own reads must not start the next. The watcher stops when
 /// the returned value is dropped.
-fn watch(service: Arc<Service>) -> anyhow::Result<Debouncer<RecommendedWatcher>> {
+fn watch(service: Arc<Service>) -> anyhow::Result<RecommendedWatcher> {
     let config = std::fs::canonicalize(&service.config_path)
         .with_context(|| format!("cannot watch {}", service.config_path.display()))?;
     let modules = std::fs::canonicalize(&service.modules)
@@ -270,18 +275,17 @@ fn watch(service: Arc<Service>) -> anyhow::Result<Debouncer<RecommendedWatcher>>
         }
     };
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer = new_debouncer(
-        Duration::from_millis(250),
-        move |events: DebounceEventResult| match events {
-            Ok(events) => {
-                if events.iter().any(|e| relevant(&e.path)) {
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+            Ok(event) => {
+                if event.paths.iter().any(|path| relevant(path)) {
                     let _ = changed.send(());
                 }
             }
             Err(e) => log::warn!("watching the configuration and modules: {e}"),
-        },
-    )
-    .context("cannot watch files")?;
+        })
+        .context("cannot watch files")?;
     let config_watch = if config_is_dir {
         (config.as_path(), RecursiveMode::Recursive)
     } else {
@@ -295,21 +299,26 @@ fn watch(service: Arc<Service>) -> anyhow::Result<Debouncer<RecommendedWatcher>>
         config_watch,
         (modules.as_path(), RecursiveMode::NonRecursive),
     ] {
-        debouncer
-            .watcher()
+        watcher
             .watch(path, mode)
             .with_context(|| format!("cannot watch {}", path.display()))?;
     }
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            // Changes that came in while the last reload ran: one more reload
-            // covers them all.
-            while changes.try_recv().is_ok() {}
+            // Until the files have been quiet for a while; changes that come
+            // in while the reload runs bring one more reload after it.
+            loop {
+                match tokio::time::timeout(QUIET_BEFORE_RELOAD, changes.recv()).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
+            }
             let service = service.clone();
             let _ = tokio::task::spawn_blocking(move || service.reload("file_change")).await;
         }
     });
-    Ok(debouncer)
+    Ok(watcher)
 }
 
 /// An error answer: a status and `{"error": "..."}`.
