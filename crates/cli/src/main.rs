@@ -103,7 +103,7 @@ enum Command {
         /// Skip the input's lines before this one, and append to --output and
         /// --dead-letter files instead of replacing them: to resume a run that
         /// was stopped (it says from where).
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = line_number)]
         start_line: usize,
     },
     /// Serve the pipelines over HTTP (docs/serve.md): messages in, results
@@ -193,6 +193,15 @@ enum Command {
         #[arg(long, value_name = "COUNT")]
         callers: Option<usize>,
     },
+}
+
+/// A line number (from 1) given on the command line.
+fn line_number(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("lines are numbered from 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a line number: {e}")),
+    }
 }
 
 fn main() -> ExitCode {

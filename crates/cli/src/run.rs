@@ -78,7 +78,58 @@ fn trace_line(line: usize, processed: &Processed) -> String {
     .expect("a trace serialises")
 }
 
+/// Whether `a` and `b` name one file: the same file if both exist, else the
+/// same name in the same directory.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        (Err(_), Err(_)) => {
+            let place = |p: &Path| {
+                let dir = match p.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                Some((std::fs::canonicalize(dir).ok()?, p.file_name()?.to_owned()))
+            };
+            place(a).is_some_and(|a| Some(a) == place(b))
+        }
+        _ => false,
+    }
+}
+
+/// Refuses an output that would destroy the input or the other output:
+/// each output file is replaced as the run starts.
+fn check_paths(args: &Args) -> anyhow::Result<()> {
+    let file = |p: &Option<PathBuf>| p.clone().filter(|p| p != Path::new("-"));
+    let (output, dead_letter) = (file(&args.output), file(&args.dead_letter));
+    let input = file(&Some(args.input.clone()));
+    for (flag, path) in [("--output", &output), ("--dead-letter", &dead_letter)] {
+        if let (Some(path), Some(input)) = (path, &input) {
+            if same_file(path, input) {
+                anyhow::bail!(
+                    "{flag} {} is the input file: it would be emptied before it is read; \
+                     write the results to another file",
+                    path.display()
+                );
+            }
+        }
+    }
+    if let (Some(output), Some(dead_letter)) = (&output, &dead_letter) {
+        if same_file(output, dead_letter) {
+            anyhow::bail!(
+                "--output and --dead-letter are one file ({}): one would overwrite the other; \
+                 give them different files, or leave out --dead-letter to write the dead \
+                 letters with the delivered messages",
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_paths(&args)?;
     let Some((config, _, _)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -119,6 +170,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The last line read; once the batch is flushed, every line up to it was
     // processed and written (or reported bad, or blank).
     let mut consumed = args.start_line.saturating_sub(1);
+    // The input's last line seen (skipped ones included).
+    let mut last_line = 0;
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
     // A line on stderr, above the progress bar if there is one.
@@ -193,6 +246,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(bar) = &progress {
                 bar.inc(read as u64);
             }
+            last_line = line_number;
             if line_number >= args.start_line {
                 consumed = line_number;
                 match line.and_then(|line| crate::input::parse_line(&line)) {
@@ -271,6 +325,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         resume(&format!("stopped by {name}"));
         return Ok(ExitCode::from(128 + signal as u8));
+    }
+    if args.start_line > last_line + 1 {
+        eprintln!(
+            "note: {} has {last_line} line{}, all before --start-line {}: nothing was processed",
+            args.input.display(),
+            if last_line == 1 { "" } else { "s" },
+            args.start_line
+        );
     }
     // Dead letters are a result; only bad input fails the run.
     Ok(if bad == 0 {

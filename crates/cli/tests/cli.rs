@@ -322,6 +322,93 @@ fn run_writes_dead_letters_apart_and_reports_bad_lines() {
     assert_eq!(trace["trace"][0]["action"], "dead_lettered");
 }
 
+/// An output file that is the input, or the other output, is refused before
+/// anything is opened for writing: nothing is emptied or overwritten.
+#[test]
+fn run_refuses_to_write_over_its_input_or_its_other_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures().join("pipelines");
+    let input = dir.path().join("in.jsonl");
+    let lines = "{\"topic\":\"t\",\"payload\":\"p\"}\n";
+    std::fs::write(&input, lines).unwrap();
+    let modules = modules();
+    let run_with = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--modules",
+            &modules,
+        ];
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    // The input by another name, as --output or as --dead-letter.
+    for flag in ["--output", "--dead-letter"] {
+        let (code, stderr) = run_with(&[flag, "./in.jsonl"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} ./in.jsonl is the input file")),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read_to_string(&input).unwrap(), lines);
+    }
+    // One new file twice, by two names; then one existing file twice.
+    for (output, dead) in [("out.jsonl", "./out.jsonl"), ("in2.jsonl", "in2.jsonl")] {
+        std::fs::write(dir.path().join("in2.jsonl"), "kept\n").unwrap();
+        let (code, stderr) = run_with(&["--output", output, "--dead-letter", dead]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--output and --dead-letter are one file"),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("out.jsonl").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("in2.jsonl")).unwrap(),
+            "kept\n"
+        );
+    }
+    // Standard output twice is one stream: allowed.
+    let (code, stderr) = run_with(&["--output", "-", "--dead-letter", "-"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `--start-line` past the input's end is said (a wrong file, or a run
+/// resumed twice); line 0 is refused.
+#[test]
+fn run_says_when_start_line_skips_the_whole_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+    );
+    let lines = "{\"topic\":\"t\",\"payload\":\"p\"}\n{\"topic\":\"t\",\"payload\":\"q\"}\n";
+    // Line 3 of two: all was done before; nothing to say.
+    for (start, note) in [
+        ("3", None),
+        ("5", Some("has 2 lines, all before --start-line 5")),
+    ] {
+        let out = run_on_stdin(&config, &["--start-line", start], lines);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("0 in = 0 delivered"), "{stderr}");
+        assert_eq!(stderr.contains("note:"), note.is_some(), "{stderr}");
+        if let Some(note) = note {
+            assert!(stderr.contains(note), "{stderr}");
+        }
+    }
+    let out = run_on_stdin(&config, &["--start-line", "0"], lines);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("lines are numbered from 1"));
+}
+
 /// A module that is not there stops the run before anything is read.
 #[test]
 fn run_without_its_modules_says_which_and_where() {
