@@ -66,10 +66,21 @@ impl Config {
     /// directory in file-name order, and validates it all.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let mut diagnostics = Vec::new();
-        let files = if path.is_dir() {
-            list_directory(path, &mut diagnostics)?
-        } else {
-            vec![path.to_owned()]
+        let files = match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => list_directory(path, &mut diagnostics)?,
+            Ok(_) => vec![path.to_owned()],
+            Err(e) => {
+                return Err(ConfigError::new(vec![Diagnostic {
+                    file: Some(path.to_owned()),
+                    ..Diagnostic::new(
+                        Severity::Error,
+                        format!(
+                            "cannot read the configuration: {e} (give a .yaml, .yml or .json \
+                             file, or a directory of them)"
+                        ),
+                    )
+                }]))
+            }
         };
         let mut pipelines = Vec::new();
         for file in &files {

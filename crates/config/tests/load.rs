@@ -134,6 +134,22 @@ fn unknown_top_level_fields_and_empty_files() {
 }
 
 #[test]
+fn a_path_that_is_not_there_is_said_to_be_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["pipeline", "pipeline.yaml"] {
+        let path = dir.path().join(name);
+        let err = Config::load(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot read the configuration: No such file or directory"),
+            "{text}"
+        );
+        assert!(!text.contains("unknown configuration format"), "{text}");
+        assert_eq!(err.diagnostics()[0].file.as_deref(), Some(path.as_path()));
+    }
+}
+
+#[test]
 fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
     let dir = tempfile::tempdir().unwrap();
     let one = |id: &str| {
@@ -170,8 +186,4 @@ fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
         .unwrap_err()
         .to_string()
         .contains("no .yaml, .yml or .json"));
-    assert!(Config::load(&dir.path().join("missing.yaml"))
-        .unwrap_err()
-        .to_string()
-        .contains("cannot read the file"));
 }
