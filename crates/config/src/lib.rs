@@ -33,6 +33,7 @@
 mod diagnostic;
 mod load;
 mod model;
+mod types;
 mod validate;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};

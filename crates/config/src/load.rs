@@ -214,7 +214,7 @@ fn parse(
         Format::Yaml => serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| yaml_error(&e)),
         Format::Json => serde_json::from_str::<serde_json::Value>(text).map_err(|e| json_error(&e)),
     };
-    let list_form = match shape {
+    let list_form = match &shape {
         Ok(serde_json::Value::Object(map)) => map.contains_key("pipelines"),
         Ok(serde_json::Value::Null) => {
             diagnostics.push(located(
@@ -231,7 +231,7 @@ fn parse(
             return Vec::new();
         }
         Err((message, at)) => {
-            diagnostics.push(located(message, at));
+            diagnostics.push(located(message.clone(), *at));
             return Vec::new();
         }
     };
@@ -244,7 +244,33 @@ fn parse(
     let mut pipelines = match parsed {
         Ok(p) => p,
         Err((message, at)) => {
-            diagnostics.push(located(message, at));
+            // The reading stopped at the first wrong field: every other one
+            // is found by reading each on its own. The first, found among
+            // them by its text, comes first with its line and column and its
+            // path; if it is not among them, it is reported alone, as the
+            // reader said it.
+            let all = match &shape {
+                Ok(document) => crate::types::type_errors(document, list_form),
+                Err(_) => Vec::new(),
+            };
+            let text = |(path, error): &(String, String)| match path.as_str() {
+                "" => error.clone(),
+                path => format!("{path}: {error}"),
+            };
+            let first = all
+                .iter()
+                .position(|e| text(e) == message || e.1 == message);
+            let Some(first) = first else {
+                diagnostics.push(located(message, at));
+                return Vec::new();
+            };
+            // With its path (serde_json's own text has none).
+            diagnostics.push(located(text(&all[first]), at));
+            for (i, error) in all.iter().enumerate() {
+                if i != first {
+                    diagnostics.push(located(text(error), None));
+                }
+            }
             return Vec::new();
         }
     };
@@ -313,7 +339,7 @@ fn json_error(e: &serde_json::Error) -> ParseError {
     (message, (e.line() > 0).then(|| (e.line(), e.column())))
 }
 
-const PIPELINE_FIELDS: &[&str] = &[
+pub(crate) const PIPELINE_FIELDS: &[&str] = &[
     "pipeline_id",
     "name",
     "description",
@@ -323,20 +349,20 @@ const PIPELINE_FIELDS: &[&str] = &[
     "max_retries",
     "error_handling",
 ];
-const STAGE_FIELDS: &[&str] = &[
+pub(crate) const STAGE_FIELDS: &[&str] = &[
     "priority",
     "modules",
     "parallel_execution",
     "stage_timeout_ms",
     "continue_on_error",
 ];
-const MODULE_FIELDS: &[&str] = &[
+pub(crate) const MODULE_FIELDS: &[&str] = &[
     "module_id",
     "instance_config",
     "topic_filters",
     "conditional_rules",
 ];
-const INSTANCE_FIELDS: &[&str] = &[
+pub(crate) const INSTANCE_FIELDS: &[&str] = &[
     "memory_limit_bytes",
     "execution_timeout_ms",
     "max_concurrent_instances",
@@ -344,8 +370,8 @@ const INSTANCE_FIELDS: &[&str] = &[
     "cache_ttl_seconds",
     "custom_config",
 ];
-const FILTER_FIELDS: &[&str] = &["filter_type", "pattern", "case_sensitive", "negate"];
-const RULE_FIELDS: &[&str] = &[
+pub(crate) const FILTER_FIELDS: &[&str] = &["filter_type", "pattern", "case_sensitive", "negate"];
+pub(crate) const RULE_FIELDS: &[&str] = &[
     "condition_type",
     "field_path",
     "operator",

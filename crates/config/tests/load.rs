@@ -120,6 +120,73 @@ fn syntax_and_type_errors_name_line_and_column() {
     );
 }
 
+/// A wrong type does not hide the next: every field of the wrong type and
+/// every missing one is listed, in both formats; the one the reader stopped
+/// at keeps its line and column.
+#[test]
+fn every_type_error_is_reported_at_once() {
+    let yaml = "\
+pipelines:
+  - pipeline_id: a
+    stages: [{priority: 0, modules: [{module_id: m}]}]
+  - pipeline_id: b
+    error_handling: SendToDeadLeter
+    max_retries: three
+    stages:
+      - priority: 0
+        stage_timeout_ms: -5
+        modules:
+          - module_id: m
+            instance_config: {memory_limit_bytes: lots, custom_config: [1]}
+            topic_filters: [{filter_type: Glob, pattern: x}, {pattern: y}]
+            conditional_rules: [{condition_type: PayloadField, operator: Equal, value: 1}]
+      - priority: high
+        modules: [{module_idd: x}]
+      - modules: oops
+";
+    // The one the reader stopped at first, then the others in the model's
+    // order.
+    let expected = [
+        "pipelines[1].error_handling: unknown variant `SendToDeadLeter`",
+        "pipelines[1].max_retries: invalid type: string \"three\", expected u32",
+        "pipelines[1].stages[0].stage_timeout_ms: invalid value: integer `-5`, expected u64",
+        "pipelines[1].stages[0].modules[0].instance_config.memory_limit_bytes: invalid type: string \"lots\", expected usize",
+        "pipelines[1].stages[0].modules[0].topic_filters[0].filter_type: unknown variant `Glob`",
+        "pipelines[1].stages[0].modules[0].topic_filters[1]: missing field `filter_type`",
+        "pipelines[1].stages[0].modules[0].conditional_rules[0].operator: unknown variant `Equal`",
+        "pipelines[1].stages[1].priority: invalid type: string \"high\", expected u32",
+        "pipelines[1].stages[1].modules[0]: missing field `module_id`",
+        "pipelines[1].stages[2]: missing field `priority`",
+        "pipelines[1].stages[2].modules: invalid type: string \"oops\", expected a sequence",
+    ];
+    let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+    let json = serde_json::to_string_pretty(&value).unwrap();
+    for (text, format) in [(yaml.to_owned(), Format::Yaml), (json, Format::Json)] {
+        let err = Config::from_text(&text, format, None).unwrap_err();
+        let messages: Vec<&str> = err
+            .diagnostics()
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(messages.len(), expected.len(), "{format:?}: {messages:#?}");
+        for (message, expected) in messages.iter().zip(expected) {
+            assert!(
+                message.starts_with(expected),
+                "{format:?}: {message} / {expected}"
+            );
+        }
+        // The reader stopped at the strategy (the first wrong field in the
+        // text): it alone has a place in the text.
+        let placed: Vec<bool> = err
+            .diagnostics()
+            .iter()
+            .map(|d| d.line_column.is_some())
+            .collect();
+        assert!(placed[0], "{format:?}");
+        assert!(!placed[1..].contains(&true), "{format:?}");
+    }
+}
+
 #[test]
 fn unknown_top_level_fields_and_empty_files() {
     let err = Config::from_text("pipelines: []\nversion: 2\n", Format::Yaml, None).unwrap_err();
