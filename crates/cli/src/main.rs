@@ -161,7 +161,9 @@ enum Command {
     /// Create a module crate on the rustmq-etl SDK, with tests and sample
     /// messages, and print how to build and try it.
     NewModule {
-        /// The module's name (its crate name and .wasm file name).
+        /// The module's name: its crate's name, and the `module_id` it is
+        /// used by (copied to `<modules dir>/NAME.wasm`; Cargo builds it as
+        /// NAME with `_` for `-`).
         name: String,
         /// Where to create it (default: the current directory).
         #[arg(long, value_name = "DIR")]

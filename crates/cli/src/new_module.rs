@@ -84,6 +84,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         shell_word(&wasm.display().to_string()),
         shell_word(&root.join("messages.jsonl").display().to_string())
     );
+    // Cargo names the file after the crate with `_` for `-`; a pipeline
+    // finds a module as <modules dir>/<module_id>.wasm.
+    println!(
+        "use it in a pipeline as `module_id: {0}`: the engine loads <modules dir>/{0}.wasm \
+         (`--modules`, default ./modules), so copy it there, e.g.:",
+        args.name
+    );
+    println!(
+        "    cp {} modules/{}.wasm",
+        shell_word(&wasm.display().to_string()),
+        args.name
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -727,7 +727,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         .filter(|l| l.starts_with("    "))
         .map(str::trim)
         .collect();
-    assert_eq!(commands.len(), 3, "{stdout}");
+    assert_eq!(commands.len(), 4, "{stdout}");
     assert!(commands[0].starts_with("cargo build --release --target wasm32-unknown-unknown"));
     let root = dir.path().join("order-tagger");
     for file in ["Cargo.toml", "src/lib.rs", "messages.jsonl", ".gitignore"] {
@@ -759,6 +759,26 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     );
     assert!(shown.contains("messages.jsonl:3: dropped ("), "{shown}");
     assert!(text(&tried.stderr).contains("3 messages: 2 changed, 0 unchanged, 1 dropped, 0 failed"));
+    // Into a pipeline by the printed copy, under its module id.
+    std::fs::create_dir(dir.path().join("modules")).unwrap();
+    let copied = run_printed(commands[3], dir.path());
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: order-tagger}]}]\n",
+    );
+    let ran = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args(["run", "--config", config.to_str().unwrap(), "--input"])
+        .arg(root.join("messages.jsonl"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    assert!(
+        text(&ran.stderr).contains("3 in = 2 delivered + 1 dropped + 0 dead-lettered"),
+        "{}",
+        text(&ran.stderr)
+    );
 
     // The same name again, or a bad one: refused, nothing written.
     for (name, expected) in [

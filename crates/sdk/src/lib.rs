@@ -103,7 +103,11 @@
 //! cargo build --release --target wasm32-unknown-unknown
 //! ```
 //!
-//! produces `target/wasm32-unknown-unknown/release/<name>.wasm`. The engine
+//! produces `target/wasm32-unknown-unknown/release/<name>.wasm` (Cargo writes
+//! a `-` of the crate's name as `_`). The engine loads a pipeline's module as
+//! `<modules directory>/<module_id>.wasm`: copy the file there under the
+//! module id the pipeline gives it (`rustmq-etl new-module` prints the
+//! command). The engine
 //! admits WebAssembly SIMD, and a module's `json::Object` looks for the end
 //! of each string sixteen bytes a step with it, with no build flag needed
 //! (`RUSTFLAGS="-C target-feature=+simd128"` lets the compiler use SIMD
