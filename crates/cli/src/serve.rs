@@ -346,7 +346,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The query string of the message endpoints: a misspelt parameter is an
+/// error, not silently no trace.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TraceParam {
     #[serde(default)]
     trace: bool,

@@ -546,6 +546,13 @@ fn bad_requests_get_4xx_with_a_reason() {
         ),
         (
             "POST",
+            "/v1/batch?traces=true",
+            "{\"topic\": \"t\", \"payload\": 1}".into(),
+            400,
+            "unknown field `traces`",
+        ),
+        (
+            "POST",
             "/v1/batch",
             "[{\"topic\": \"t\", \"payload\": null}, {\"topic\": 7, \"payload\": null}]".into(),
             400,
