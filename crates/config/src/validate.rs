@@ -118,9 +118,10 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
             report.error(
                 "priority".to_owned(),
                 format!(
-                    "stages {} and {} of the pipeline share priority {}; priorities must be unique",
-                    first + 1,
-                    index + 1,
+                    "the pipeline's {} and {} stages (in the file's order) share priority {}; \
+                     priorities must be unique",
+                    ordinal(first + 1),
+                    ordinal(index + 1),
                     stage.priority
                 ),
             );
@@ -306,6 +307,36 @@ fn check_timeout_at(report: &mut Report<'_>, field: Option<String>, ms: u64) {
         report.error(
             field,
             format!("{ms} ms is more than the limit of one hour ({MAX_TIMEOUT_MS} ms)"),
+        );
+    }
+}
+
+/// `n` as an English ordinal: 1st, 2nd, 3rd, 4th, 11th, 21st.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ordinals() {
+        let words: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112]
+            .into_iter()
+            .map(super::ordinal)
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
+                "101st", "111th", "112th"
+            ]
         );
     }
 }

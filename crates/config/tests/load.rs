@@ -71,7 +71,7 @@ fn every_problem_is_reported_at_once() {
     has("field `conditional_rules[1]`: the Matches operator needs a regex string");
     has("can never be true");
     has("module \"a\", field `module_id`: the module appears twice in this stage");
-    has("stage 0, field `priority`: stages 1 and 2 of the pipeline share priority 0");
+    has("stage 0, field `priority`: the pipeline's 1st and 2nd stages (in the file's order) share priority 0");
     has("stage 0, field `modules`: the stage has no modules");
     has("field `pipeline_id`: duplicate pipeline id");
     has("field `global_timeout_ms`: a timeout of 0 ms lets nothing run");
