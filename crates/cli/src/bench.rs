@@ -203,6 +203,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Per pipeline, per stage and per module: calls, total time and its share.
 fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
+    summary.in_plan_order();
     let total: Duration = summary.modules.iter().map(|(_, s)| s.total()).sum();
     let share = |t: Duration| {
         if total.is_zero() {

@@ -44,7 +44,8 @@ pub(crate) struct Row {
 
 #[derive(Default)]
 pub(crate) struct Summary {
-    /// One per module listing, in first-seen order.
+    /// One per module listing, in first-seen order until
+    /// [`Summary::in_plan_order`].
     pub modules: Vec<(Row, ModuleSummary)>,
     /// By `TraceEntry::index` (dense: below the plan's module count), the
     /// row in `modules`.
@@ -81,6 +82,16 @@ impl Summary {
             }
         };
         &mut self.modules[at].1
+    }
+
+    /// Puts the rows in the configuration's order (the plan's: pipelines in
+    /// order, stages by priority, modules as listed), whatever order the
+    /// messages met the modules in.
+    pub(crate) fn in_plan_order(&mut self) {
+        self.modules.sort_by_key(|(row, _)| row.index);
+        for (at, (row, _)) in self.modules.iter().enumerate() {
+            self.rows[row.index] = Some(at);
+        }
     }
 
     /// Each row's module column: the module's id, and `#n` after it when its
@@ -148,9 +159,11 @@ impl Summary {
         (pipeline.fold(8, usize::max), module.fold(6, usize::max))
     }
 
-    /// The table of modules, then the accounting line (`input` messages read,
-    /// `bad` lines not processed).
+    /// The table of modules, a row per listing in the configuration's order,
+    /// then the accounting line (`input` messages read, `bad` lines not
+    /// processed).
     pub(crate) fn print(&mut self, out: &mut dyn Write, input: u64, bad: u64) -> io::Result<()> {
+        self.in_plan_order();
         let labels = self.labels();
         let (pw, mw) = self.widths(&labels);
         writeln!(
@@ -263,5 +276,28 @@ mod tests {
             "one row per listing, in first-seen order"
         );
         assert!(summary.modules.iter().all(|(_, s)| s.skipped == 2));
+    }
+
+    #[test]
+    fn rows_go_in_the_configurations_order_and_keep_counting() {
+        let listings = [
+            ("p", 0, "a", 0),
+            ("p", 0, "b", 1),
+            ("p", 0, "a", 2),
+            ("p", 1, "a", 3),
+            ("q", 0, "b", 4),
+        ];
+        let mut summary = Summary::default();
+        let scrambled = [3, 0, 4, 2, 1].map(|i| listings[i]);
+        summary.add(&traced(&scrambled));
+        assert_eq!(summary.labels(), ["a", "a#1", "b", "a#2", "b"]);
+        summary.in_plan_order();
+        assert_eq!(summary.labels(), ["a#1", "b", "a#2", "a", "b"]);
+        let indices: Vec<usize> = summary.modules.iter().map(|(row, _)| row.index).collect();
+        assert_eq!(indices, [0, 1, 2, 3, 4]);
+        // Counted into the right rows after the sort.
+        summary.add(&traced(&listings[..2]));
+        let skipped: Vec<u64> = summary.modules.iter().map(|(_, s)| s.skipped).collect();
+        assert_eq!(skipped, [2, 2, 1, 1, 1]);
     }
 }
