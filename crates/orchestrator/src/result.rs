@@ -40,7 +40,8 @@ pub struct Processed {
     pub trace: Option<Trace>,
 }
 
-/// A message's trace: every module of every pipeline, in execution order.
+/// A message's trace: every module of every pipeline, in the plan's order
+/// (pipelines in order, stages by priority, modules as listed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trace {
     /// How long the message waited for an engine thread.

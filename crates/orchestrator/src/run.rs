@@ -1151,7 +1151,14 @@ impl Run {
             Some(End::Dropped) => Disposition::Dropped,
             Some(End::DeadLettered) => Disposition::DeadLettered(message),
         };
-        (disposition, self.trace.take().map(|trace| *trace))
+        let trace = self.trace.take().map(|mut trace| {
+            // A stage notes the modules it does not select as it starts, before
+            // those it runs: the plan's order (one entry per module) is the
+            // order a reader expects.
+            trace.entries.sort_by_key(|entry| entry.index);
+            *trace
+        });
+        (disposition, trace)
     }
 
     pub(crate) fn is_done(&self) -> bool {

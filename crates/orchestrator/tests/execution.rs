@@ -1824,3 +1824,51 @@ fn messages_in_flight_finish_on_the_configuration_they_started_with() {
         }
     });
 }
+
+/// A trace lists the modules in the configuration's order (pipelines in
+/// order, stages by priority, modules as listed), one entry each, whether
+/// they ran, were not selected or were skipped after a drop; in sequential
+/// and parallel stages.
+#[test]
+fn a_trace_lists_the_modules_in_the_configurations_order() {
+    let engine = Arc::new(StandIn::new(1));
+    for name in ["a", "b", "c", "d", "e", "f", "g"] {
+        engine.module(name, move |_| set_header(name, "1"));
+    }
+    engine.module("drop-on-x", |m| {
+        if m.headers.get("x").is_some() {
+            Behaviour::ok(Outcome::Dropped)
+        } else {
+            Behaviour::ok(Outcome::Unchanged)
+        }
+    });
+    let not_here = "topic_filters: [{filter_type: Exact, pattern: elsewhere}]";
+    let yaml = format!(
+        r#"
+pipelines:
+  - pipeline_id: one
+    stages:
+      - priority: 0
+        modules: [{{module_id: a}}, {{module_id: b, {not_here}}}, {{module_id: c}}]
+      - priority: 1
+        parallel_execution: true
+        modules: [{{module_id: d, {not_here}}}, {{module_id: e}}, {{module_id: f, {not_here}}}]
+  - pipeline_id: two
+    stages:
+      - priority: 0
+        modules: [{{module_id: drop-on-x}}, {{module_id: g}}]
+"#
+    );
+    let o = start(&engine, &yaml);
+    let plan = ["a", "b", "c", "d", "e", "f", "drop-on-x", "g"];
+    let mut dropped = Message::new("t", "");
+    dropped.headers.push("x", "1");
+    for message in [Message::new("t", ""), dropped] {
+        let out = one(&o, message);
+        let entries = &out.trace.as_ref().expect("traced").entries;
+        let modules: Vec<&str> = entries.iter().map(|e| e.module.as_str()).collect();
+        assert_eq!(modules, plan, "{entries:#?}");
+        let indices: Vec<usize> = entries.iter().map(|e| e.index).collect();
+        assert_eq!(indices, (0..plan.len()).collect::<Vec<_>>());
+    }
+}
