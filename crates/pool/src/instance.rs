@@ -3,7 +3,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -42,6 +42,10 @@ struct LogEnv {
     /// Lines written in the current call: shared with the instance, which resets
     /// it per call without going through the store.
     lines_this_call: Arc<AtomicU32>,
+    /// The last error-level line of the current call (emptied by its first
+    /// line): a trap's error quotes it, as the SDK logs a panic's message
+    /// there before the guest aborts.
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 /// `rmq_etl.log`. A call whose time is up traps here too, so that a guest
@@ -58,9 +62,20 @@ fn host_log(
             return Err(RuntimeError::new("the call's time is up"));
         }
     }
-    if data.lines_this_call.fetch_add(1, Ordering::Relaxed) >= MAX_LOG_LINES_PER_CALL {
+    let before = data.lines_this_call.fetch_add(1, Ordering::Relaxed);
+    if before == 0 {
+        // A new call's first line: an error line of an earlier call is not
+        // this call's.
+        lock(&data.last_error).take();
+    }
+    let written = before < MAX_LOG_LINES_PER_CALL;
+    // Past the limit an error line is still kept for a trap to quote.
+    let error = level >= 3;
+    if !written {
         metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", &data.labels).increment(1);
-        return Ok(());
+        if !error {
+            return Ok(());
+        }
     }
     let Some(memory) = &data.memory else {
         return Ok(());
@@ -76,6 +91,12 @@ fn host_log(
         return Ok(());
     }
     let text = String::from_utf8_lossy(&buffer);
+    if error {
+        *lock(&data.last_error) = Some(text.clone().into_owned());
+    }
+    if !written {
+        return Ok(());
+    }
     let level = match level {
         0 => log::Level::Debug,
         1 => log::Level::Info,
@@ -84,6 +105,14 @@ fn host_log(
     };
     log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
     Ok(())
+}
+
+/// `mutex`, whether or not a thread panicked holding it (it holds a line of
+/// text, whole either way).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 enum Exports {
@@ -101,6 +130,8 @@ enum Exports {
 pub(crate) struct WarmInstance {
     store: Store,
     lines_this_call: Arc<AtomicU32>,
+    /// Shared with the log import (`LogEnv::last_error`).
+    last_error: Arc<Mutex<Option<String>>>,
     memory: Memory,
     exports: Exports,
     /// The instance's budget global (`budget.rs`), by address: the host sets
@@ -146,6 +177,7 @@ impl WarmInstance {
         let init_error = |message: String| CallError::new(ErrorKind::Unavailable, id, message);
         let mut store = Store::new(module.engine.clone());
         let lines_this_call = Arc::new(AtomicU32::new(0));
+        let last_error = Arc::new(Mutex::new(None));
         let env = FunctionEnv::new(
             &mut store,
             LogEnv {
@@ -154,6 +186,7 @@ impl WarmInstance {
                 memory: None,
                 budget: None,
                 lines_this_call: lines_this_call.clone(),
+                last_error: last_error.clone(),
             },
         );
         let imports = imports! {
@@ -198,6 +231,7 @@ impl WarmInstance {
         let mut warm = WarmInstance {
             store,
             lines_this_call,
+            last_error,
             memory,
             exports,
             budget,
@@ -330,6 +364,17 @@ impl WarmInstance {
             }
             Some(code) => format!("trapped: {}", code.message()),
             None => error.message(),
+        };
+        // What the guest said last before it trapped, if it said it in this
+        // call at error level (a Rust guest's panic message, by the SDK).
+        let said = if self.lines_this_call.load(Ordering::Relaxed) > 0 {
+            lock(&self.last_error).take()
+        } else {
+            None
+        };
+        let cause = match said {
+            Some(line) => format!("{cause}; its last error log line: {line}"),
+            None => cause,
         };
         CallError::new(ErrorKind::Trap, id, cause)
     }

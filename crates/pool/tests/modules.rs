@@ -391,9 +391,20 @@ fn unbounded_recursion_is_a_stack_overflow_trap() {
 }
 
 #[test]
-fn a_panic_is_a_trap() {
+fn a_panic_is_a_trap_that_says_what_panicked() {
     let (err, _) = contained("hostile-trap", ModuleSettings::default(), ErrorKind::Trap);
     assert!(err.message().contains("unreachable"), "{err}");
+    // The SDK logs the panic's place and message; the trap quotes it
+    // ("attack" is 6 bytes: index 16).
+    assert!(
+        err.message()
+            .contains("its last error log line: panicked at hostile-trap/src/lib.rs:11: "),
+        "{err}"
+    );
+    assert!(
+        err.message().ends_with(": deliberate panic: index 16 of 3"),
+        "{err}"
+    );
 }
 
 #[test]

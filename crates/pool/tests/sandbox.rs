@@ -610,3 +610,54 @@ fn a_throttled_module_does_not_hold_up_the_worker() {
         assert_eq!(caller.join().unwrap().unwrap_err().kind(), ErrorKind::Trap);
     }
 }
+
+/// A trap's error quotes the module's last error-level log line of the same
+/// call (the SDK logs a panic's message there before the module aborts), and
+/// never a line of an earlier call.
+#[test]
+fn a_trap_quotes_the_error_line_logged_in_its_own_call() {
+    let _serial = serial();
+    // By the encoded message's length: logs an error and answers; logs an
+    // info line and traps; traps without a word; logs an error and traps.
+    let wat = r#"(module
+      (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
+      (memory (export "memory") 2)
+      (func (export "rmq_abi_version") (result i32) (i32.const 1))
+      (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+      (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
+        (if (i32.gt_u (local.get $len) (i32.const 550))
+          (then (call $log (i32.const 3) (i32.const 80) (i32.const 6)) (unreachable)))
+        (if (i32.gt_u (local.get $len) (i32.const 450))
+          (then (unreachable)))
+        (if (i32.gt_u (local.get $len) (i32.const 350))
+          (then (call $log (i32.const 1) (i32.const 96) (i32.const 7)) (unreachable)))
+        (if (i32.gt_u (local.get $len) (i32.const 150))
+          (then (call $log (i32.const 3) (i32.const 64) (i32.const 5))))
+        (i64.const 0x0000001000000001))
+      (data (i32.const 16) "\00")
+      (data (i32.const 64) "first")
+      (data (i32.const 80) "second")
+      (data (i32.const 96) "chatter"))"#;
+    let module = load(
+        "logs-then-traps",
+        &wat::parse_str(wat).unwrap(),
+        config(BUDGET_MS),
+    )
+    .unwrap();
+    let sized = |n: usize| Message::new("t", vec![b'x'; n]);
+    let quoted = |n: usize| {
+        let err = call(&module, &sized(n)).expect_err("a trap");
+        assert_eq!(err.kind(), ErrorKind::Trap, "{err}");
+        err.message()
+            .split_once("; its last error log line: ")
+            .map(|(_, line)| line.to_owned())
+    };
+    // An error line, then (same instance) a trap after an info line only.
+    assert_eq!(call(&module, &sized(200)), Ok(Outcome::Unchanged));
+    assert_eq!(quoted(400), None);
+    // An error line, then a trap without a word.
+    assert_eq!(call(&module, &sized(200)), Ok(Outcome::Unchanged));
+    assert_eq!(quoted(500), None);
+    assert_eq!(quoted(600).as_deref(), Some("second"));
+}

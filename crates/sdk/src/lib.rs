@@ -120,7 +120,9 @@
 //! only way out is [`log`]. Each instance has a memory limit and every call a
 //! time budget (`instance_config` in the pipeline). A panic, a trap, running out
 //! of memory or time fails that call only; the engine discards the instance and
-//! starts a fresh one. Instances are reused between calls, so a module may keep
+//! starts a fresh one. A panic's place and message are logged at error level
+//! before the module aborts, and the engine's `trap` error quotes that line
+//! (`hit unreachable …; its last error log line: panicked at src/lib.rs:11: …`). Instances are reused between calls, so a module may keep
 //! caches in its state, but must not rely on seeing every message: the engine runs
 //! several instances at once and recycles them.
 //!

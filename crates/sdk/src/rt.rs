@@ -66,6 +66,7 @@ pub fn init<S: 'static>(
     f: impl FnOnce(&str) -> Result<S, String>,
     transform: fn(&S, &Message<'_>) -> Outcome,
 ) -> i64 {
+    report_panics();
     match with_config(len, f) {
         Ok(state) => {
             let bound: Transform = Box::new(move |message| transform(&state, message));
@@ -79,6 +80,7 @@ pub fn init<S: 'static>(
 /// `rmq_init` of a module without state: checks only that `custom_config` is
 /// UTF-8, as `init` does.
 pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
+    report_panics();
     match with_config(len, |_| Ok(())) {
         Ok(()) => 0,
         Err(message) => answer(|out| out.extend_from_slice(message.as_bytes())),
@@ -86,6 +88,24 @@ pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
 }
 
 /// Runs the module's init over `custom_config`, the first `len` input bytes.
+/// In WebAssembly, a panic's message and place are logged at error level
+/// before the module aborts, and the engine's `trap` error quotes that line
+/// (the standard hook writes to a standard error that goes nowhere there).
+/// Natively, tests keep the standard hook.
+fn report_panics() {
+    #[cfg(target_arch = "wasm32")]
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload_as_str()
+            .unwrap_or("(a panic without a message)");
+        let text = match info.location() {
+            Some(at) => format!("panicked at {}:{}: {message}", at.file(), at.line()),
+            None => format!("panicked: {message}"),
+        };
+        crate::log::error(&text);
+    }));
+}
+
 fn with_config<S>(len: i32, f: impl FnOnce(&str) -> Result<S, String>) -> Result<S, String> {
     with_input(len, |bytes| match std::str::from_utf8(bytes) {
         Ok(config) => f(config),
