@@ -59,6 +59,11 @@ enum Command {
         /// A configuration file (.yaml, .yml, .json) or a directory of them.
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
+        /// Also load every module the configuration names from this
+        /// directory (`<dir>/<module_id>.wasm`), compiled and started with its
+        /// settings as `run` and `serve` would, and list each that fails.
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
     },
     /// Dry run: for each message, list the modules that would run and why the others would not.
     Explain {
@@ -214,7 +219,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Validate { config } => validate::run(&config),
+        Command::Validate { config, modules } => validate::run(&config, modules.as_deref()),
         Command::Explain { config, input, now } => explain::run(&config, &input, now),
         Command::Run {
             config,
@@ -333,6 +338,15 @@ fn start(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
+    load_modules(config, modules, false)
+}
+
+/// [`start`]; `validating`: only to check that every module loads.
+fn load_modules(
+    config: &rustmq_etl_config::Config,
+    modules: &std::path::Path,
+    validating: bool,
+) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     let engine = Arc::new(
         Pool::new(PoolConfig::default())
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
@@ -349,7 +363,8 @@ fn start(
                 eprintln!("error: {error}");
             }
             eprintln!(
-                "cannot start: {} module{} could not be loaded from {} (--modules sets the directory; a module is <dir>/<module_id>.wasm)",
+                "{}{} module{} could not be loaded from {} (--modules sets the directory; a module is <dir>/<module_id>.wasm)",
+                if validating { "" } else { "cannot start: " },
                 e.errors.len(),
                 plural(e.errors.len()),
                 modules.display()

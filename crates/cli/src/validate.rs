@@ -3,12 +3,19 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::{load_plan, plural};
+use crate::{load_modules, load_plan, plural};
 
-pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     let Some((config, plan, warnings)) = load_plan(path) else {
         return Ok(ExitCode::FAILURE);
     };
+    // The modules too, if asked: loaded as `run` loads them (each failure
+    // listed), then let go.
+    if let Some(dir) = modules_dir {
+        if load_modules(&config, dir, true)?.is_none() {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let pipelines = plan.pipelines();
     let enabled = pipelines.iter().filter(|p| p.config.enabled).count();
     let stages: usize = pipelines.iter().map(|p| p.stages.len()).sum();
@@ -17,8 +24,12 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .flat_map(|p| &p.stages)
         .map(|s| s.modules.len())
         .sum();
+    let loaded = match modules_dir {
+        Some(dir) => format!(", every module loaded from {}", dir.display()),
+        None => String::new(),
+    };
     println!(
-        "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {warnings} warning{}",
+        "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {warnings} warning{}{loaded}",
         path.display(),
         pipelines.len(),
         plural(pipelines.len()),

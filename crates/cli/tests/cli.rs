@@ -72,6 +72,66 @@ fn validate_lists_every_error_and_exits_1() {
     assert!(out.stdout.is_empty());
 }
 
+/// `validate --modules` loads every module as `run` would: each one missing
+/// or broken is named, and the configuration is not called valid.
+#[test]
+fn validate_with_modules_loads_each_and_names_those_that_fail() {
+    let config = fixtures().join("pipelines");
+    let out = run(
+        &[
+            "validate",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("every module loaded from"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Two of the seven: one broken, the others missing.
+    let dir = tempfile::tempdir().unwrap();
+    for m in ["identity", "temperature-converter"] {
+        std::fs::copy(
+            fixtures().join(format!("modules/{m}.wasm")),
+            dir.path().join(format!("{m}.wasm")),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("sensor-data-validator.wasm"), "garbage").unwrap();
+    let out = run(
+        &[
+            "validate",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("module \"sensor-data-validator\": does not compile"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("cannot read")).count(),
+        5,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("6 modules could not be loaded from"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot start"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn explain_reports_bad_lines_and_goes_on() {
     let config = fixtures().join("pipelines");
