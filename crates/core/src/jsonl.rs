@@ -83,8 +83,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 impl Message {
-    /// Parses one JSON Lines message.
+    /// Parses one JSON Lines message. A byte-order mark before it (as some
+    /// editors write at the start of a file) is skipped.
     pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
+        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
         let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| {
             use serde_json::error::Category;
             let holds = match line.trim_start().as_bytes().first() {
@@ -331,6 +333,17 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_before_a_line_is_skipped() {
+        let line = r#"{"topic":"t","payload":"p"}"#;
+        assert_eq!(
+            Message::from_json_line(&format!("\u{feff}{line}")).unwrap(),
+            Message::from_json_line(line).unwrap()
+        );
+        // Only before the line: inside it, it is what it always was.
+        assert!(Message::from_json_line(r#"{"topic":"t","payload":"p"}\u{feff}"#).is_err());
+    }
 
     #[test]
     fn a_batch_is_an_array_or_json_lines_and_its_limit_comes_first() {
