@@ -243,23 +243,25 @@ fn parse(
     };
     let mut pipelines = match parsed {
         Ok(p) => p,
-        Err((message, at)) => {
+        Err(((message, at), stopped_at)) => {
             // The reading stopped at the first wrong field: every other one
             // is found by reading each on its own. The first, found among
-            // them by its text, comes first with its line and column and its
-            // path; if it is not among them, it is reported alone, as the
-            // reader said it.
+            // them by its path, comes first with its line and column; if it
+            // is not among them, it is reported alone, as the reader said it.
             let all = match &shape {
-                Ok(document) => crate::types::type_errors(document, list_form),
+                Ok(document) => {
+                    crate::types::type_errors(document, list_form, format == Format::Yaml)
+                }
                 Err(_) => Vec::new(),
             };
             let text = |(path, error): &(String, String)| match path.as_str() {
                 "" => error.clone(),
                 path => format!("{path}: {error}"),
             };
+            // (serde_yaml's text names the path too; serde_json's does not.)
             let first = all
                 .iter()
-                .position(|e| text(e) == message || e.1 == message);
+                .position(|e| e.0 == stopped_at && (text(e) == message || e.1 == message));
             let Some(first) = first else {
                 diagnostics.push(located(message, at));
                 return Vec::new();
@@ -299,22 +301,35 @@ fn parse(
 
 type ParseError = (String, Option<(usize, usize)>);
 
+/// Where the typed reading stopped: the error, and the path of the field it
+/// stopped at (`stages[0].priority`; empty: the document itself, or not a
+/// field's value at all).
+type Stopped = (ParseError, String);
+
 fn deserialize<T: DeserializeOwned>(
     text: &str,
     format: Format,
     unknown: &mut Vec<String>,
-) -> Result<T, ParseError> {
+) -> Result<T, Stopped> {
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let path = |path: &serde_path_to_error::Path| match path.to_string().as_str() {
+        "." => String::new(),
+        path => path.to_owned(),
+    };
     match format {
-        Format::Yaml => {
-            serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), &mut record)
-                .map_err(|e| yaml_error(&e))
-        }
+        Format::Yaml => serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+            serde_yaml::Deserializer::from_str(text),
+            &mut record,
+        ))
+        .map_err(|e| (yaml_error(e.inner()), path(e.path()))),
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
-            let value =
-                serde_ignored::deserialize(&mut de, &mut record).map_err(|e| json_error(&e))?;
-            de.end().map_err(|e| json_error(&e))?;
+            let value = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+                &mut de,
+                &mut record,
+            ))
+            .map_err(|e| (json_error(e.inner()), path(e.path())))?;
+            de.end().map_err(|e| (json_error(&e), String::new()))?;
             Ok(value)
         }
     }

@@ -18,11 +18,29 @@ use crate::model::{
 /// A field's path (empty: the document's root) and what is wrong with it.
 pub(crate) type TypeError = (String, String);
 
-/// How one field's value is read.
-type Check = fn(&Value) -> Result<(), String>;
+/// How one field's value is read; `yaml`: as serde_yaml reads it.
+type Check = fn(&Value, bool) -> Result<(), String>;
 
-fn check<T: DeserializeOwned>(value: &Value) -> Result<(), String> {
+fn check<T: DeserializeOwned>(value: &Value, _yaml: bool) -> Result<(), String> {
     T::deserialize(value).map(drop).map_err(|e| e.to_string())
+}
+
+/// A string field. serde_yaml reads any scalar as a string (`pipeline_id:
+/// 2024` is the id "2024", `name: null` the name "null"), where the
+/// document's values hold a number, a boolean or null.
+fn string(value: &Value, yaml: bool) -> Result<(), String> {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) if yaml => Ok(()),
+        value => check::<String>(value, yaml),
+    }
+}
+
+/// An optional string field: null is none, in either format.
+fn optional_string(value: &Value, yaml: bool) -> Result<(), String> {
+    match value {
+        Value::Null => Ok(()),
+        value => string(value, yaml),
+    }
 }
 
 /// The fields of a level read as plain values, and the fields it requires.
@@ -33,9 +51,9 @@ struct Level {
 
 const PIPELINE: Level = Level {
     fields: &[
-        ("pipeline_id", check::<String>),
-        ("name", check::<String>),
-        ("description", check::<Option<String>>),
+        ("pipeline_id", string),
+        ("name", string),
+        ("description", optional_string),
         ("enabled", check::<bool>),
         ("global_timeout_ms", check::<u64>),
         ("max_retries", check::<u32>),
@@ -55,7 +73,7 @@ const STAGE: Level = Level {
 };
 
 const MODULE: Level = Level {
-    fields: &[("module_id", check::<String>)],
+    fields: &[("module_id", string)],
     required: &["module_id"],
 };
 
@@ -73,7 +91,7 @@ const INSTANCE: Level = Level {
 const FILTER: Level = Level {
     fields: &[
         ("filter_type", check::<FilterType>),
-        ("pattern", check::<String>),
+        ("pattern", string),
         ("case_sensitive", check::<bool>),
         ("negate", check::<bool>),
     ],
@@ -83,7 +101,7 @@ const FILTER: Level = Level {
 const RULE: Level = Level {
     fields: &[
         ("condition_type", check::<ConditionType>),
-        ("field_path", check::<String>),
+        ("field_path", string),
         ("operator", check::<ComparisonOperator>),
         ("value", check::<Value>),
         ("negate", check::<bool>),
@@ -93,14 +111,24 @@ const RULE: Level = Level {
 
 /// Every type error and missing field of `document`: one pipeline, or (in
 /// `list_form`) an object with a `pipelines` list.
-pub(crate) fn type_errors(document: &Value, list_form: bool) -> Vec<TypeError> {
-    let mut out = Vec::new();
+/// `yaml`: the document was YAML (see [`string`]).
+pub(crate) fn type_errors(document: &Value, list_form: bool, yaml: bool) -> Vec<TypeError> {
+    let mut walk = Walk {
+        yaml,
+        out: Vec::new(),
+    };
     if list_form {
-        each::<EtlPipelineConfig>(document.get("pipelines"), "pipelines", &mut out, pipeline);
+        walk.each::<EtlPipelineConfig>(document.get("pipelines"), "pipelines", Walk::pipeline);
     } else {
-        pipeline(document, "", &mut out);
+        walk.pipeline(document, "");
     }
-    out
+    walk.out
+}
+
+/// The errors found so far, and how the document was read.
+struct Walk {
+    yaml: bool,
+    out: Vec<TypeError>,
 }
 
 fn at(path: &str, name: &str) -> String {
@@ -111,95 +139,100 @@ fn at(path: &str, name: &str) -> String {
     }
 }
 
-/// The elements of the list at `path` (absent: nothing), each read by `read`;
-/// a value that is not a list is read as a list of `T`.
-fn each<T: DeserializeOwned>(
-    list: Option<&Value>,
-    path: &str,
-    out: &mut Vec<TypeError>,
-    read: fn(&Value, &str, &mut Vec<TypeError>),
-) {
-    match list {
-        None => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                read(item, &format!("{path}[{i}]"), out);
+impl Walk {
+    fn error(&mut self, path: &str, error: String) {
+        self.out.push((path.to_owned(), error));
+    }
+
+    /// The elements of the list at `path` (absent: nothing), each read by
+    /// `read`; a value that is not a list is read as a list of `T`.
+    fn each<T: DeserializeOwned>(
+        &mut self,
+        list: Option<&Value>,
+        path: &str,
+        read: fn(&mut Walk, &Value, &str),
+    ) {
+        match list {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    read(self, item, &format!("{path}[{i}]"));
+                }
+            }
+            Some(other) => {
+                if let Err(e) = check::<Vec<T>>(other, self.yaml) {
+                    self.error(path, e);
+                }
             }
         }
-        Some(other) => {
-            if let Err(e) = check::<Vec<T>>(other) {
-                out.push((path.to_owned(), e));
+    }
+
+    /// Reads `value` as an object of `level`'s fields; `T` words the error
+    /// for a value that is not an object. Returns the object, to read its
+    /// lists.
+    fn level<'v, T: DeserializeOwned>(
+        &mut self,
+        value: &'v Value,
+        path: &str,
+        level: &Level,
+    ) -> Option<&'v serde_json::Map<String, Value>> {
+        let Value::Object(object) = value else {
+            if let Err(e) = check::<T>(value, self.yaml) {
+                self.error(path, e);
+            }
+            return None;
+        };
+        for name in level.required {
+            if !object.contains_key(*name) {
+                self.error(path, format!("missing field `{name}`"));
             }
         }
-    }
-}
-
-/// Reads `value` as an object of `level`'s fields; `T` words the error for a
-/// value that is not an object. Returns the object, to read its lists.
-fn level<'v, T: DeserializeOwned>(
-    value: &'v Value,
-    path: &str,
-    level: &Level,
-    out: &mut Vec<TypeError>,
-) -> Option<&'v serde_json::Map<String, Value>> {
-    let Value::Object(object) = value else {
-        if let Err(e) = check::<T>(value) {
-            out.push((path.to_owned(), e));
+        for (name, read) in level.fields {
+            if let Some(Err(e)) = object.get(*name).map(|v| read(v, self.yaml)) {
+                self.error(&at(path, name), e);
+            }
         }
-        return None;
-    };
-    for name in level.required {
-        if !object.contains_key(*name) {
-            out.push((path.to_owned(), format!("missing field `{name}`")));
+        Some(object)
+    }
+
+    fn pipeline(&mut self, value: &Value, path: &str) {
+        if let Some(object) = self.level::<EtlPipelineConfig>(value, path, &PIPELINE) {
+            self.each::<EtlStage>(object.get("stages"), &at(path, "stages"), Walk::stage);
         }
     }
-    for (name, read) in level.fields {
-        if let Some(Err(e)) = object.get(*name).map(read) {
-            out.push((at(path, name), e));
+
+    fn stage(&mut self, value: &Value, path: &str) {
+        if let Some(object) = self.level::<EtlStage>(value, path, &STAGE) {
+            self.each::<EtlModuleInstance>(
+                object.get("modules"),
+                &at(path, "modules"),
+                Walk::module,
+            );
         }
     }
-    Some(object)
-}
 
-fn pipeline(value: &Value, path: &str, out: &mut Vec<TypeError>) {
-    if let Some(object) = level::<EtlPipelineConfig>(value, path, &PIPELINE, out) {
-        each::<EtlStage>(object.get("stages"), &at(path, "stages"), out, stage);
+    fn module(&mut self, value: &Value, path: &str) {
+        let Some(object) = self.level::<EtlModuleInstance>(value, path, &MODULE) else {
+            return;
+        };
+        if let Some(instance) = object.get("instance_config") {
+            self.level::<ModuleInstanceConfig>(instance, &at(path, "instance_config"), &INSTANCE);
+        }
+        self.each::<TopicFilter>(
+            object.get("topic_filters"),
+            &at(path, "topic_filters"),
+            |walk, value, path| {
+                walk.level::<TopicFilter>(value, path, &FILTER);
+            },
+        );
+        self.each::<ConditionalRule>(
+            object.get("conditional_rules"),
+            &at(path, "conditional_rules"),
+            |walk, value, path| {
+                walk.level::<ConditionalRule>(value, path, &RULE);
+            },
+        );
     }
-}
-
-fn stage(value: &Value, path: &str, out: &mut Vec<TypeError>) {
-    if let Some(object) = level::<EtlStage>(value, path, &STAGE, out) {
-        each::<EtlModuleInstance>(object.get("modules"), &at(path, "modules"), out, module);
-    }
-}
-
-fn module(value: &Value, path: &str, out: &mut Vec<TypeError>) {
-    let Some(object) = level::<EtlModuleInstance>(value, path, &MODULE, out) else {
-        return;
-    };
-    if let Some(instance) = object.get("instance_config") {
-        level::<ModuleInstanceConfig>(instance, &at(path, "instance_config"), &INSTANCE, out);
-    }
-    each::<TopicFilter>(
-        object.get("topic_filters"),
-        &at(path, "topic_filters"),
-        out,
-        filter,
-    );
-    each::<ConditionalRule>(
-        object.get("conditional_rules"),
-        &at(path, "conditional_rules"),
-        out,
-        rule,
-    );
-}
-
-fn filter(value: &Value, path: &str, out: &mut Vec<TypeError>) {
-    level::<TopicFilter>(value, path, &FILTER, out);
-}
-
-fn rule(value: &Value, path: &str, out: &mut Vec<TypeError>) {
-    level::<ConditionalRule>(value, path, &RULE, out);
 }
 
 #[cfg(test)]

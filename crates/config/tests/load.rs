@@ -187,6 +187,59 @@ pipelines:
     }
 }
 
+/// YAML reads any scalar as a string (`pipeline_id: 2024` is "2024"): such
+/// fields are not type errors when another field is one.
+#[test]
+fn yaml_scalars_that_read_as_strings_are_not_listed() {
+    let yaml = "pipeline_id: 2024\nname: null\nstages:\n  - priority: high\n    modules:\n      - module_id: 42\n        topic_filters: [{filter_type: Exact, pattern: 404}]\n";
+    let err = Config::from_text(yaml, Format::Yaml, None).unwrap_err();
+    let messages: Vec<&str> = err
+        .diagnostics()
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        ["stages[0].priority: invalid type: string \"high\", expected u32"]
+    );
+    // Fixed, it loads with those strings.
+    let loaded = Config::from_text(&yaml.replace("high", "0"), Format::Yaml, None).unwrap();
+    let pipeline = &loaded.config.pipelines()[0].pipeline;
+    assert_eq!(
+        (pipeline.pipeline_id.as_str(), pipeline.name.as_str()),
+        ("2024", "null")
+    );
+    assert_eq!(pipeline.stages[0].modules[0].module_id, "42");
+}
+
+/// Two fields with the same error text: the line and column go to the one
+/// the reader stopped at (the first in the text), found by its path.
+#[test]
+fn the_place_goes_to_the_field_the_reader_stopped_at() {
+    let json =
+        r#"{"pipeline_id": "p", "stages": [{"priority": "x", "modules": []}], "max_retries": "x"}"#;
+    let err = Config::from_text(json, Format::Json, None).unwrap_err();
+    let placed: Vec<(&str, bool)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.message.as_str(), d.line_column.is_some()))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            (
+                "stages[0].priority: invalid type: string \"x\", expected u32",
+                true
+            ),
+            (
+                "max_retries: invalid type: string \"x\", expected u32",
+                false
+            ),
+        ]
+    );
+    assert_eq!(err.diagnostics()[0].line_column, Some((1, 48)));
+}
+
 #[test]
 fn unknown_top_level_fields_and_empty_files() {
     let err = Config::from_text("pipelines: []\nversion: 2\n", Format::Yaml, None).unwrap_err();
