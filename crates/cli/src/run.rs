@@ -78,12 +78,38 @@ fn trace_line(line: usize, processed: &Processed) -> String {
     .expect("a trace serialises")
 }
 
-/// Whether `a` and `b` name one file: the same file if both exist, else the
-/// same name in the same directory.
+/// Where a file argument of `run` leads: `-` is standard input or output
+/// (`/dev/stdin`, `/dev/stdout`: a file when the shell redirected it), and
+/// symbolic links are followed, dangling ones too (writing through one
+/// creates its target).
+fn destination(path: &Path, dash: &str) -> PathBuf {
+    let mut path = if path == Path::new("-") {
+        PathBuf::from(dash)
+    } else {
+        path.to_owned()
+    };
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    path
+}
+
+/// Whether `a` and `b` lead to one regular file: the same one if both are
+/// there, else the same name in the same directory. Devices, pipes and
+/// terminals (`/dev/null`, a pipe to another program) are never one file
+/// here: writing to them twice destroys nothing.
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        (Ok(a), Ok(b)) => a.is_file() && (a.dev(), a.ino()) == (b.dev(), b.ino()),
         (Err(_), Err(_)) => {
             let place = |p: &Path| {
                 let dir = match p.parent() {
@@ -99,29 +125,44 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Refuses an output that would destroy the input or the other output:
-/// each output file is replaced as the run starts.
+/// each output file is replaced as the run starts. Both outputs on standard
+/// output are one stream, and allowed.
 fn check_paths(args: &Args) -> anyhow::Result<()> {
-    let file = |p: &Option<PathBuf>| p.clone().filter(|p| p != Path::new("-"));
-    let (output, dead_letter) = (file(&args.output), file(&args.dead_letter));
-    let input = file(&Some(args.input.clone()));
-    for (flag, path) in [("--output", &output), ("--dead-letter", &dead_letter)] {
-        if let (Some(path), Some(input)) = (path, &input) {
-            if same_file(path, input) {
-                anyhow::bail!(
-                    "{flag} {} is the input file: it would be emptied before it is read; \
-                     write the results to another file",
-                    path.display()
-                );
-            }
+    let shown = |p: &Option<PathBuf>| p.as_deref().unwrap_or(Path::new("-")).display().to_string();
+    let output = destination(
+        args.output.as_deref().unwrap_or(Path::new("-")),
+        "/dev/stdout",
+    );
+    let dead_letter = args
+        .dead_letter
+        .as_deref()
+        .map(|p| destination(p, "/dev/stdout"));
+    let input = destination(&args.input, "/dev/stdin");
+    let outputs = [
+        ("--output", shown(&args.output), Some(&output)),
+        (
+            "--dead-letter",
+            shown(&args.dead_letter),
+            dead_letter.as_ref(),
+        ),
+    ];
+    for (flag, name, path) in &outputs {
+        if path.is_some_and(|path| same_file(path, &input)) {
+            anyhow::bail!(
+                "{flag} {name} is the input file: it would be emptied before it is read; \
+                 write the results to another file"
+            );
         }
     }
-    if let (Some(output), Some(dead_letter)) = (&output, &dead_letter) {
-        if same_file(output, dead_letter) {
+    let both_stdout = args.dead_letter.as_deref() == Some(Path::new("-"))
+        && args.output.as_deref().is_none_or(|o| o == Path::new("-"));
+    if let Some(dead_letter) = &dead_letter {
+        if !both_stdout && same_file(&output, dead_letter) {
             anyhow::bail!(
                 "--output and --dead-letter are one file ({}): one would overwrite the other; \
                  give them different files, or leave out --dead-letter to write the dead \
                  letters with the delivered messages",
-                output.display()
+                shown(&args.dead_letter)
             );
         }
     }

@@ -435,9 +435,39 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
             "kept\n"
         );
     }
-    // Standard output twice is one stream: allowed.
-    let (code, stderr) = run_with(&["--output", "-", "--dead-letter", "-"]);
-    assert_eq!(code, Some(0), "{stderr}");
+    // Standard output twice is one stream, /dev/null twice destroys nothing:
+    // allowed.
+    for both in ["-", "/dev/null"] {
+        let (code, stderr) = run_with(&["--output", both, "--dead-letter", both]);
+        assert_eq!(code, Some(0), "{both}: {stderr}");
+    }
+    // A dangling link to the other output's file (writing through it would
+    // create that file).
+    std::os::unix::fs::symlink("out.jsonl", dir.path().join("link.jsonl")).unwrap();
+    let (code, stderr) = run_with(&["--output", "out.jsonl", "--dead-letter", "link.jsonl"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("are one file"), "{stderr}");
+    // Standard input redirected from the output file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules,
+        ])
+        .args(["--input", "-", "--output", "in.jsonl"])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--output in.jsonl is the input file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), lines);
 }
 
 /// `--start-line` past the input's end is said (a wrong file, or a run
