@@ -251,9 +251,13 @@ async fn shutdown_signal(service: Arc<Service>) {
 /// reloaded: a burst of writes is one reload.
 const QUIET_BEFORE_RELOAD: Duration = Duration::from_millis(250);
 
+/// The longest a change waits for quiet: files that never stop changing are
+/// still reloaded this long after the first change.
+const LONGEST_WAIT_BEFORE_RELOAD: Duration = Duration::from_secs(1);
+
 /// Watches the configuration and the modules directory; a change (debounced:
-/// one reload, [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes)
-/// reloads them. Reading a file is not a change: inotify reports every open,
+/// one reload, [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes,
+/// at most [`LONGEST_WAIT_BEFORE_RELOAD`] after its first) reloads them. Reading a file is not a change: inotify reports every open,
 /// and a reload's own reads must not start the next. The watcher stops when
 /// the returned value is dropped.
 fn watch(service: Arc<Service>) -> anyhow::Result<RecommendedWatcher> {
@@ -305,10 +309,16 @@ fn watch(service: Arc<Service>) -> anyhow::Result<RecommendedWatcher> {
     }
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            // Until the files have been quiet for a while; changes that come
-            // in while the reload runs bring one more reload after it.
+            // Until the files have been quiet for a while, or changing for
+            // too long; changes that come in while the reload runs bring one
+            // more reload after it.
+            let first = tokio::time::Instant::now();
             loop {
-                match tokio::time::timeout(QUIET_BEFORE_RELOAD, changes.recv()).await {
+                let left = LONGEST_WAIT_BEFORE_RELOAD.saturating_sub(first.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(QUIET_BEFORE_RELOAD.min(left), changes.recv()).await {
                     Ok(Some(())) => {}
                     Ok(None) => return,
                     Err(_quiet) => break,
