@@ -88,9 +88,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // finds a module as <modules dir>/<module_id>.wasm.
     println!(
         "use it in a pipeline as `module_id: {0}`: the engine loads <modules dir>/{0}.wasm \
-         (`--modules`, default ./modules), so copy it there, e.g.:",
+         (the directory `--modules` names; without it, ./modules if there is one), so copy \
+         it there, e.g.:",
         args.name
     );
+    println!("    mkdir -p modules");
     println!(
         "    cp {} modules/{}.wasm",
         shell_word(&wasm.display().to_string()),

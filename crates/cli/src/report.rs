@@ -81,8 +81,8 @@ enum EventJson<'a> {
     },
 }
 
-/// A message's trace: one object per module of every pipeline, in execution
-/// order (empty when no trace was recorded).
+/// A message's trace: one object per module of every pipeline, in the
+/// configuration's order (empty when no trace was recorded).
 pub(crate) fn trace_json(processed: &Processed) -> Vec<TraceEntryJson<'_>> {
     let Some(trace) = &processed.trace else {
         return Vec::new();

@@ -817,7 +817,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         .filter(|l| l.starts_with("    "))
         .map(str::trim)
         .collect();
-    assert_eq!(commands.len(), 4, "{stdout}");
+    assert_eq!(commands.len(), 5, "{stdout}");
     assert!(commands[0].starts_with("cargo build --release --target wasm32-unknown-unknown"));
     let root = dir.path().join("order-tagger");
     for file in ["Cargo.toml", "src/lib.rs", "messages.jsonl", ".gitignore"] {
@@ -849,10 +849,11 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     );
     assert!(shown.contains("messages.jsonl:3: dropped ("), "{shown}");
     assert!(text(&tried.stderr).contains("3 messages: 2 changed, 0 unchanged, 1 dropped, 0 failed"));
-    // Into a pipeline by the printed copy, under its module id.
-    std::fs::create_dir(dir.path().join("modules")).unwrap();
-    let copied = run_printed(commands[3], dir.path());
-    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    // Into a pipeline by the printed commands, under its module id.
+    for command in &commands[3..] {
+        let done = run_printed(command, dir.path());
+        assert!(done.status.success(), "{command}: {}", text(&done.stderr));
+    }
     let config = write_config(
         dir.path(),
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: order-tagger}]}]\n",

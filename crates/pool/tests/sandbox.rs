@@ -618,7 +618,8 @@ fn a_throttled_module_does_not_hold_up_the_worker() {
 fn a_trap_quotes_the_error_line_logged_in_its_own_call() {
     let _serial = serial();
     // By the encoded message's length: logs an error and answers; logs an
-    // info line and traps; traps without a word; logs an error and traps.
+    // info line and traps; traps without a word; logs an error and traps;
+    // logs 40 info lines (past the 32 a call may write), an error, and traps.
     let wat = r#"(module
       (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
       (memory (export "memory") 2)
@@ -626,6 +627,16 @@ fn a_trap_quotes_the_error_line_logged_in_its_own_call() {
       (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
       (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
       (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
+        (local $i i32)
+        (if (i32.gt_u (local.get $len) (i32.const 650))
+          (then
+            (block $done (loop $more
+              (br_if $done (i32.ge_u (local.get $i) (i32.const 40)))
+              (call $log (i32.const 1) (i32.const 96) (i32.const 7))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $more)))
+            (call $log (i32.const 3) (i32.const 112) (i32.const 4))
+            (unreachable)))
         (if (i32.gt_u (local.get $len) (i32.const 550))
           (then (call $log (i32.const 3) (i32.const 80) (i32.const 6)) (unreachable)))
         (if (i32.gt_u (local.get $len) (i32.const 450))
@@ -638,7 +649,8 @@ fn a_trap_quotes_the_error_line_logged_in_its_own_call() {
       (data (i32.const 16) "\00")
       (data (i32.const 64) "first")
       (data (i32.const 80) "second")
-      (data (i32.const 96) "chatter"))"#;
+      (data (i32.const 96) "chatter")
+      (data (i32.const 112) "last"))"#;
     let module = load(
         "logs-then-traps",
         &wat::parse_str(wat).unwrap(),
@@ -660,4 +672,6 @@ fn a_trap_quotes_the_error_line_logged_in_its_own_call() {
     assert_eq!(call(&module, &sized(200)), Ok(Outcome::Unchanged));
     assert_eq!(quoted(500), None);
     assert_eq!(quoted(600).as_deref(), Some("second"));
+    // Past the per-call limit of lines written, an error line is still kept.
+    assert_eq!(quoted(700).as_deref(), Some("last"));
 }
