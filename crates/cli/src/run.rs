@@ -371,7 +371,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "note: {} has {last_line} line{}, all before --start-line {}: nothing was processed",
             args.input.display(),
-            if last_line == 1 { "" } else { "s" },
+            crate::plural(last_line),
             args.start_line
         );
     }

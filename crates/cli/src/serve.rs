@@ -257,8 +257,9 @@ const LONGEST_WAIT_BEFORE_RELOAD: Duration = Duration::from_secs(1);
 
 /// Watches the configuration and the modules directory; a change (debounced:
 /// one reload, [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes,
-/// at most [`LONGEST_WAIT_BEFORE_RELOAD`] after its first) reloads them. Reading a file is not a change: inotify reports every open,
-/// and a reload's own reads must not start the next. The watcher stops when
+/// at most [`LONGEST_WAIT_BEFORE_RELOAD`] after its first) reloads them.
+/// Reading a file is not a change: inotify reports every open, and a
+/// reload's own reads must not start the next. The watcher stops when
 /// the returned value is dropped.
 fn watch(service: Arc<Service>) -> anyhow::Result<RecommendedWatcher> {
     let config = std::fs::canonicalize(&service.config_path)
