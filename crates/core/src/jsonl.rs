@@ -82,6 +82,40 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// Standard base64 (with `=` padding), or what is wrong with it in words
+/// (offsets count bytes of the trimmed text, from 0).
+fn from_base64(text: &str) -> Result<Bytes, String> {
+    use base64::DecodeError;
+    let text = text.trim();
+    let symbol = |byte: u8| match byte {
+        b' '..=b'~' => format!("`{}`", byte as char),
+        byte => format!("byte 0x{byte:02x}"),
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Bytes::from)
+        .map_err(|e| match e {
+            DecodeError::InvalidByte(at, b'=') => format!(
+                "invalid base64: `=` at offset {at}, which pads only the end of the text"
+            ),
+            DecodeError::InvalidByte(at, byte) => format!(
+                "invalid base64: {} at offset {at} is not a base64 character (A-Z, a-z, 0-9, +, /)",
+                symbol(byte)
+            ),
+            DecodeError::InvalidLength(_) => format!(
+                "invalid base64: {} characters is not a length base64 text can have (4 per 3 bytes, `=`-padded)",
+                text.len()
+            ),
+            DecodeError::InvalidLastSymbol(at, byte) => format!(
+                "invalid base64: {} at offset {at} ends the text with bits that encode nothing (truncated or corrupt?)",
+                symbol(byte)
+            ),
+            DecodeError::InvalidPadding => {
+                "invalid base64: the `=` padding at the end is missing or wrong".to_owned()
+            }
+        })
+}
+
 impl Message {
     /// Parses one JSON Lines message. A byte-order mark before it (as some
     /// editors write at the start of a file) is skipped.
@@ -121,12 +155,8 @@ impl Message {
             }
             (Some(raw), None) => value_bytes(raw)
                 .map_err(|e| MessageParseError::new(format!("field `payload`: {e}")))?,
-            (None, Some(text)) => base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .map(Bytes::from)
-                .map_err(|e| {
-                    MessageParseError::new(format!("field `payload_base64`: invalid base64: {e}"))
-                })?,
+            (None, Some(text)) => from_base64(&text)
+                .map_err(|e| MessageParseError::new(format!("field `payload_base64`: {e}")))?,
         };
         let key = match (parsed.key, parsed.key_base64) {
             (Some(_), Some(_)) => {
@@ -139,12 +169,8 @@ impl Message {
                     .map_err(|e| MessageParseError::new(format!("field `key`: {e}")))?,
             ),
             (None, Some(text)) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .map(Bytes::from)
-                    .map_err(|e| {
-                        MessageParseError::new(format!("field `key_base64`: invalid base64: {e}"))
-                    })?,
+                from_base64(&text)
+                    .map_err(|e| MessageParseError::new(format!("field `key_base64`: {e}")))?,
             ),
             _ => None,
         };
@@ -333,6 +359,29 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_base64_is_said_in_words() {
+        let said = |text: &str| from_base64(text).unwrap_err();
+        assert_eq!(
+            from_base64(" AAEC/w== ").unwrap(),
+            Bytes::from_static(&[0, 1, 2, 255])
+        );
+        assert_eq!(
+            said("%AAA"),
+            "invalid base64: `%` at offset 0 is not a base64 character (A-Z, a-z, 0-9, +, /)"
+        );
+        assert!(said("A\u{1}AA").contains("byte 0x01 at offset 1"));
+        assert!(said("AA=A").contains("`=` at offset 2, which pads only the end"));
+        assert!(said("AAAAA").contains("5 characters is not a length"));
+        assert!(said("AB==").contains("`B` at offset 1 ends the text with bits"));
+        assert!(said("AA").contains("padding at the end is missing or wrong"));
+        let line = r#"{"topic":"t","payload_base64":"%"}"#;
+        assert!(Message::from_json_line(line)
+            .unwrap_err()
+            .to_string()
+            .starts_with("field `payload_base64`: invalid base64: `%` at offset 0"));
+    }
 
     #[test]
     fn a_byte_order_mark_before_a_line_is_skipped() {
