@@ -296,13 +296,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and compiles a configuration, printing warnings, or prints every error.
+/// Loads and compiles a configuration, printing warnings (and returning
+/// them), or prints every error.
 fn load_plan(
     path: &std::path::Path,
 ) -> Option<(
     rustmq_etl_config::Config,
     rustmq_etl_orchestrator::Plan,
-    usize,
+    Vec<String>,
 )> {
     let loaded = match rustmq_etl_config::Config::load(path) {
         Ok(loaded) => loaded,
@@ -319,11 +320,12 @@ fn load_plan(
             return None;
         }
     };
-    for w in &loaded.warnings {
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    for w in &warnings {
         eprintln!("{w}");
     }
     match rustmq_etl_orchestrator::Plan::build(&loaded.config) {
-        Ok(plan) => Some((loaded.config, plan, loaded.warnings.len())),
+        Ok(plan) => Some((loaded.config, plan, warnings)),
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
             eprintln!("{}: invalid configuration: 1 error", path.display());

@@ -54,6 +54,9 @@ struct Service {
     max_batch: usize,
     shutting_down: AtomicBool,
     last_reload: Mutex<Option<ReloadStatus>>,
+    /// The configuration's warnings as last logged: a reload logs them again
+    /// only if they changed.
+    warnings: Mutex<Vec<String>>,
 }
 
 /// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
@@ -84,9 +87,16 @@ impl Service {
             .map_or(0, |d| d.as_millis() as u64);
         let result = match Config::load(&self.config_path) {
             Ok(loaded) => {
-                for warning in &loaded.warnings {
-                    log::warn!("{warning}");
+                let warnings: Vec<String> =
+                    loaded.warnings.iter().map(ToString::to_string).collect();
+                let mut logged = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+                if *logged != warnings {
+                    for warning in &warnings {
+                        log::warn!("{warning}");
+                    }
+                    *logged = warnings;
                 }
+                drop(logged);
                 self.etl
                     .reload(&loaded.config)
                     .map_err(|e| e.errors.iter().map(ToString::to_string).collect())
@@ -150,7 +160,7 @@ impl Service {
 }
 
 pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let Some((config, _, _)) = load_plan(&args.config) else {
+    let Some((config, _, warnings)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };
     let metrics = PrometheusBuilder::new()
@@ -172,6 +182,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         max_batch: args.max_batch,
         shutting_down: AtomicBool::new(false),
         last_reload: Mutex::new(None),
+        warnings: Mutex::new(warnings),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,7 +29,7 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
         None => String::new(),
     };
     println!(
-        "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {warnings} warning{}{loaded}",
+        "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {} warning{}{loaded}",
         path.display(),
         pipelines.len(),
         plural(pipelines.len()),
@@ -37,7 +37,8 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
         plural(modules),
         config.file_count(),
         plural(config.file_count()),
-        plural(warnings),
+        warnings.len(),
+        plural(warnings.len()),
     );
     Ok(ExitCode::SUCCESS)
 }

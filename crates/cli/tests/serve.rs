@@ -383,7 +383,9 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
     let module = modules.join("identity.wasm");
     std::fs::copy(fixtures().join("modules/identity.wasm"), &module).unwrap();
     let config = dir.path().join("etl.yaml");
-    let pipeline = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    // With a warning: logged as the server starts, not again by reloads that
+    // find the same.
+    let pipeline = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity, topic_filters: [{filter_type: Exact, pattern: \"*\"}]}]}]\n";
     std::fs::write(&config, pipeline).unwrap();
     let server = Server::start(&[
         "--config",
@@ -430,6 +432,12 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
     }
     let [_, unchanged, _] = reloads();
     assert!(unchanged >= 2.0, "{unchanged} reloads: {}", server.log());
+    let log = server.log();
+    assert_eq!(
+        log.matches("matches only a topic literally named").count(),
+        1,
+        "{log}"
+    );
     assert!(server.stop().success());
 }
 
