@@ -281,8 +281,40 @@ struct InStage {
     /// edits wait until the stage ends), each module's edits in declaration
     /// order, and whether one dropped the message.
     parallel: bool,
-    edits: Vec<Vec<Edit>>,
+    edits: StageEdits,
     dropped: bool,
+}
+
+/// A parallel stage's edits, each module's in declaration order: the first
+/// module's kept inline, so that a stage in which one module edits (the
+/// usual case) allocates no list.
+#[derive(Debug, Default)]
+struct StageEdits {
+    first: Option<Vec<Edit>>,
+    rest: Vec<Vec<Edit>>,
+}
+
+impl StageEdits {
+    fn push(&mut self, edits: Vec<Edit>) {
+        if self.first.is_none() {
+            self.first = Some(edits);
+        } else {
+            self.rest.push(edits);
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.first.is_some() {
+            self.first = None;
+            self.rest.clear();
+        }
+    }
+
+    /// The edits, in the order pushed; empties the list.
+    fn take(&mut self) -> impl Iterator<Item = Vec<Edit>> {
+        let (first, rest) = (self.first.take(), std::mem::take(&mut self.rest));
+        first.into_iter().chain(rest)
+    }
 }
 
 /// The current module's retries.
@@ -366,7 +398,7 @@ impl Run {
                 deadline: None,
                 any: false,
                 parallel: false,
-                edits: Vec::new(),
+                edits: StageEdits::default(),
                 dropped: false,
             },
             module: InModule::default(),
@@ -826,8 +858,7 @@ impl Run {
 
     /// A parallel stage's results, in declaration order, on the stage's input.
     fn combine(&mut self, reads: Reads) {
-        let edits = std::mem::take(&mut self.stage.edits);
-        for module_edits in edits {
+        for module_edits in self.stage.edits.take() {
             self.apply(module_edits, reads);
         }
     }
