@@ -141,11 +141,18 @@ impl PathTrie {
     pub(crate) fn extract(&self, payload: &[u8], out: &mut Vec<Option<Extracted>>) -> bool {
         out.clear();
         out.resize_with(self.slots, || None);
-        // JSON text is Unicode: check the whole payload once, up front.
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return false;
-        };
-        crate::skim::extract(self, text, out).is_ok() || self.extract_from_value(text, out)
+        // JSON text is Unicode: the fast pass checks what it reads; the
+        // slow one, the whole payload first.
+        if crate::skim::extract(self, payload, out).is_ok() {
+            return true;
+        }
+        match std::str::from_utf8(payload) {
+            Ok(text) => self.extract_from_value(text, out),
+            Err(_) => {
+                out.iter_mut().for_each(|e| *e = None);
+                false
+            }
+        }
     }
 
     /// [`PathTrie::extract`] by parsing the whole payload into a `Value`: the

@@ -35,15 +35,19 @@ const SURE_DIGITS: usize = 100;
 /// [`SURE_DIGITS`] digits before the point, below `f64::MAX`'s 1.8e308.
 const SURE_EXPONENT: u32 = 200;
 
-/// Fills `out` (emptied, one entry per slot, by the caller) from `text`.
+/// Fills `out` (emptied, one entry per slot, by the caller) from `payload`.
+/// UTF-8 is checked inside strings only, run by run of non-ASCII bytes: the
+/// grammar admits no other byte outside them (so a payload this pass takes is
+/// UTF-8 from end to end), and a character's bytes are all non-ASCII (so a
+/// run holds whole characters). Checking the whole payload first cost 131
+/// engine instructions a message for design.md's first pipeline.
 pub(crate) fn extract(
     trie: &PathTrie,
-    text: &str,
+    payload: &[u8],
     out: &mut [Option<Extracted>],
 ) -> Result<(), Unsure> {
     let mut skim = Skim {
-        text,
-        bytes: text.as_bytes(),
+        bytes: payload,
         at: 0,
         depth: 0,
         trie,
@@ -60,7 +64,6 @@ pub(crate) fn extract(
 }
 
 struct Skim<'a, 'o> {
-    text: &'a str,
     bytes: &'a [u8],
     at: usize,
     depth: u32,
@@ -128,7 +131,8 @@ impl Skim<'_, '_> {
                 self.number()?;
                 // At most 18 digits: an `i64`, as serde_json reads it (but
                 // `-0`, which it reads as a float).
-                let text = &self.text[start..self.at];
+                // A number's bytes are ASCII.
+                let text = std::str::from_utf8(&self.bytes[start..self.at]).map_err(|_| Unsure)?;
                 if text.len() <= 18
                     && text != "-0"
                     && text.bytes().all(|b| b == b'-' || b.is_ascii_digit())
@@ -140,7 +144,7 @@ impl Skim<'_, '_> {
             }
             _ => self.skip()?,
         }
-        let mut de = serde_json::Deserializer::from_str(&self.text[start..self.at]);
+        let mut de = serde_json::Deserializer::from_slice(&self.bytes[start..self.at]);
         serde::Deserializer::deserialize_any(&mut de, Capture::new(self.bytes)).map_err(|_| Unsure)
     }
 
@@ -252,8 +256,8 @@ impl Skim<'_, '_> {
     }
 
     /// A string at the cursor: where its bytes between the quotes are
-    /// (escapes as written), and whether it has escapes. The payload is UTF-8
-    /// already.
+    /// (escapes as written), and whether it has escapes; its runs of non-ASCII
+    /// bytes checked as UTF-8.
     fn string(&mut self) -> Result<(Range<usize>, bool), Unsure> {
         self.at += 1;
         let start = self.at;
@@ -268,6 +272,12 @@ impl Skim<'_, '_> {
                 b'\\' => {
                     escaped = true;
                     self.escape()?;
+                }
+                b if !b.is_ascii() => {
+                    let rest = &self.bytes[self.at..];
+                    let run = rest.iter().position(u8::is_ascii).unwrap_or(rest.len());
+                    std::str::from_utf8(&rest[..run]).map_err(|_| Unsure)?;
+                    self.at += run;
                 }
                 // A control character.
                 _ => return Err(Unsure),
@@ -363,8 +373,9 @@ impl Skim<'_, '_> {
     }
 }
 
-/// The first position at or after `at` holding a quote, a backslash or a
-/// control character (or the end), eight bytes a step.
+/// The first position at or after `at` holding a quote, a backslash, a
+/// control character or a byte that is not ASCII (or the end), eight bytes a
+/// step.
 fn plain_end(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -372,11 +383,13 @@ fn plain_end(bytes: &[u8], mut at: usize) -> usize {
         let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let quote = x ^ (ONES * u64::from(b'"'));
         let backslash = x ^ (ONES * u64::from(b'\\'));
-        // A byte below 0x20, a quote or a backslash sets its high bit here
-        // (bytes at or above 0x80 never do: `!x` clears their high bit).
+        // A byte below 0x20, a quote or a backslash sets its high bit in the
+        // first three terms (bytes at or above 0x80 never do: `!x` clears
+        // their high bit), and a byte at or above 0x80 its own.
         let stops = (x.wrapping_sub(ONES * 0x20) & !x)
             | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | x;
         if stops & HIGHS != 0 {
             // The lowest byte marked is a stop (a borrow only ever marks
             // bytes above a true one).
@@ -385,7 +398,7 @@ fn plain_end(bytes: &[u8], mut at: usize) -> usize {
         at += 8;
     }
     while let Some(&b) = bytes.get(at) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
+        if b == b'"' || b == b'\\' || b < 0x20 || !b.is_ascii() {
             break;
         }
         at += 1;
@@ -427,7 +440,7 @@ mod tests {
     fn agree(trie: &PathTrie, text: &str) -> Result<Option<Vec<Option<String>>>, TestCaseError> {
         let mut fast = vec![None; trie.slot_len()];
         let mut slow = vec![None; trie.slot_len()];
-        let taken = extract(trie, text, &mut fast).is_ok();
+        let taken = extract(trie, text.as_bytes(), &mut fast).is_ok();
         let is_json = trie.extract_from_value(text, &mut slow);
         if !taken {
             return Ok(None);
@@ -570,6 +583,74 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Payloads that are not all UTF-8 (bytes put anywhere, inside
+        /// strings or not: lone continuation bytes, a lead byte without its
+        /// continuation, bytes never in UTF-8, and whole characters) are read
+        /// as the reference reads them: not JSON unless the whole payload is
+        /// UTF-8 and serde_json reads it, then the same values.
+        #[test]
+        fn bytes_that_are_not_utf8_agree_with_the_reference(
+            value in json_value(false),
+            inserts in prop::collection::vec(
+                (any::<prop::sample::Index>(), prop::sample::select(vec![
+                    &b"\x80"[..], b"\xbf", b"\xc3", b"\xe9", b"\xff", b"\xed\xa0\x80",
+                    b"\xc3\xa9", b"\xf0\x90\x80\x80",
+                ])),
+                1..3,
+            ),
+            paths in prop::sample::subsequence(PATHS.to_vec(), 1..5),
+        ) {
+            let mut payload = value.to_string().into_bytes();
+            for (at, bytes) in inserts {
+                let at = at.index(payload.len() + 1);
+                payload.splice(at..at, bytes.iter().copied());
+            }
+            let trie = trie(&paths);
+            let mut fast = Vec::new();
+            let read = trie.extract(&payload, &mut fast);
+            let mut slow = vec![None; trie.slot_len()];
+            let reference = std::str::from_utf8(&payload)
+                .is_ok_and(|text| trie.extract_from_value(text, &mut slow));
+            prop_assert_eq!(read, reference, "payload {:?}", payload);
+            let shown = |out: &[Option<Extracted>]| -> Vec<Option<String>> {
+                out.iter()
+                    .map(|e| e.as_ref().map(|e| format!("{:?}", e.as_ref(&payload))))
+                    .collect()
+            };
+            prop_assert_eq!(shown(&fast), shown(&slow), "payload {:?}", payload);
+        }
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_no_json() {
+        let trie = trie(&["$.a", "$.b"]);
+        let mut out = Vec::new();
+        for bad in [
+            &b"{\"a\": \"x\xc3y\"}"[..],
+            b"{\"a\": \"\xed\xa0\x80\"}",
+            b"{\"a\": \"\xff\"}",
+            b"{\"a\": 1}\xff",
+            b"{\"a\": \"ok\", \"b\": \"\x80\"}",
+        ] {
+            assert!(!trie.extract(bad, &mut out), "{bad:?}");
+            assert!(out.iter().all(Option::is_none), "{bad:?}");
+        }
+        let good = "{\"a\": \"\u{e9}t\u{e9}\", \"b\": \"\u{10000}\"}";
+        assert!(trie.extract(good.as_bytes(), &mut out));
+        assert!(
+            extract(&trie, good.as_bytes(), &mut out).is_ok(),
+            "the fast pass takes it"
+        );
+        let values: Vec<String> = out
+            .iter()
+            .map(|e| format!("{:?}", e.as_ref().unwrap().as_ref(good.as_bytes())))
+            .collect();
+        assert_eq!(values, ["Str(\"\u{e9}t\u{e9}\")", "Str(\"\u{10000}\")"]);
+    }
+
     #[test]
     fn nesting_past_the_fast_pass_is_serde_jsons_to_decide() {
         let trie = trie(&["$[0]", "$.a"]);
@@ -692,7 +773,7 @@ mod tests {
         ) {
             let start = start.index(text.len() + 1);
             let by_byte = (start..text.len())
-                .find(|&i| matches!(text[i], b'"' | b'\\' | 0..=0x1f))
+                .find(|&i| matches!(text[i], b'"' | b'\\' | 0..=0x1f | 0x80..))
                 .unwrap_or(text.len());
             prop_assert_eq!(plain_end(&text, start), by_byte);
         }
@@ -703,7 +784,7 @@ mod tests {
         let text = "abcdefgh\u{e9}ijklmnop\"q\\r\u{1}s".as_bytes();
         for start in 0..text.len() {
             let by_byte = (start..text.len())
-                .find(|&i| matches!(text[i], b'"' | b'\\' | 0..=0x1f))
+                .find(|&i| matches!(text[i], b'"' | b'\\' | 0..=0x1f | 0x80..))
                 .unwrap_or(text.len());
             assert_eq!(plain_end(text, start), by_byte, "from {start}");
         }
