@@ -438,6 +438,24 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
         1,
         "{log}"
     );
+    // Another warning (the same filter in another stage): logged.
+    replace(&config, pipeline.replace("priority: 0", "priority: 1"));
+    let waiting = Instant::now();
+    while reloads()[0] == 0.0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "no reload applied: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("matches only a topic literally named").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("stage 1, module \"identity\""), "{log}");
     assert!(server.stop().success());
 }
 

@@ -42,7 +42,8 @@ impl Extracted {
             Extracted::Null => JsonRef::Null,
             Extracted::Bool(b) => JsonRef::Bool(*b),
             Extracted::Num(n) => JsonRef::Num(*n),
-            // The span was a `&str` borrowed from this payload: valid UTF-8.
+            // The span lies in this payload, between a string's quotes, and
+            // was checked as UTF-8 (by the skim, or by serde_json).
             Extracted::Span(r) => {
                 JsonRef::Str(std::str::from_utf8(&payload[r.clone()]).unwrap_or(""))
             }

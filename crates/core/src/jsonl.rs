@@ -96,7 +96,8 @@ fn from_base64(text: &str) -> Result<Bytes, String> {
         .map(Bytes::from)
         .map_err(|e| match e {
             DecodeError::InvalidByte(at, b'=') => format!(
-                "invalid base64: `=` at offset {at}, which pads only the end of the text"
+                "invalid base64: the `=` at offset {at} is out of place (padding comes only at \
+                 the end, one or two of them, to make the length a multiple of 4)"
             ),
             DecodeError::InvalidByte(at, byte) => format!(
                 "invalid base64: {} at offset {at} is not a base64 character (A-Z, a-z, 0-9, +, /)",
@@ -372,7 +373,10 @@ mod tests {
             "invalid base64: `%` at offset 0 is not a base64 character (A-Z, a-z, 0-9, +, /)"
         );
         assert!(said("A\u{1}AA").contains("byte 0x01 at offset 1"));
-        assert!(said("AA=A").contains("`=` at offset 2, which pads only the end"));
+        assert!(said("AA=A").contains("the `=` at offset 2 is out of place"));
+        // Padding too long, at the end: the same words (no group needs it).
+        assert!(said("AAAA=").contains("the `=` at offset 4 is out of place"));
+        assert!(said("AA===").contains("is out of place"));
         assert!(said("AAAAA").contains("5 characters is not a length"));
         assert!(said("AB==").contains("`B` at offset 1 ends the text with bits"));
         assert!(said("AA").contains("padding at the end is missing or wrong"));
