@@ -88,10 +88,20 @@ fn message(u: &mut Unstructured<'_>) -> arbitrary::Result<Message> {
     for _ in 0..u.int_in_range(0..=3)? {
         m.headers.push(*u.choose(&NAMES)?, text(u)?);
     }
-    m.payload = if u.arbitrary()? {
-        Bytes::from(value(u, 0)?.to_string())
-    } else {
-        Bytes::from(text(u)?)
+    m.payload = match u.int_in_range(0..=3)? {
+        0 | 1 => Bytes::from(value(u, 0)?.to_string()),
+        // JSON with bytes that may not be UTF-8 put in: the engine checks
+        // a payload's UTF-8 as it reads its strings.
+        2 => {
+            let mut bytes = value(u, 0)?.to_string().into_bytes();
+            for _ in 0..u.int_in_range(1..=2)? {
+                let at = u.int_in_range(0..=bytes.len())?;
+                let byte: u8 = u.arbitrary()?;
+                bytes.insert(at, byte);
+            }
+            Bytes::from(bytes)
+        }
+        _ => Bytes::from(text(u)?),
     };
     m.key = u.arbitrary::<bool>()?.then(|| Bytes::from_static(b"k"));
     m.timestamp_ms = if u.arbitrary()? {
