@@ -77,16 +77,19 @@ fn validate_lists_every_error_and_exits_1() {
 #[test]
 fn validate_with_modules_loads_each_and_names_those_that_fail() {
     let config = fixtures().join("pipelines");
-    let out = run(
-        &[
-            "validate",
-            "--config",
-            config.to_str().unwrap(),
-            "--modules",
-            &modules(),
-        ],
-        None,
-    );
+    let validate = |modules: &str| {
+        run(
+            &[
+                "validate",
+                "--config",
+                config.to_str().unwrap(),
+                "--modules",
+                modules,
+            ],
+            None,
+        )
+    };
+    let out = validate(&modules());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("every module loaded from"),
@@ -103,16 +106,7 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
         .unwrap();
     }
     std::fs::write(dir.path().join("sensor-data-validator.wasm"), "garbage").unwrap();
-    let out = run(
-        &[
-            "validate",
-            "--config",
-            config.to_str().unwrap(),
-            "--modules",
-            dir.path().to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = validate(dir.path().to_str().unwrap());
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
