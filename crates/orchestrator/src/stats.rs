@@ -34,7 +34,14 @@ const KINDS: usize = ErrorKind::ALL.len();
 const MODULE_COUNTS: usize = 4 + 2 * KINDS + 1;
 
 fn bucket(time: Duration) -> usize {
-    let ns = time.as_nanos().min(u128::from(u64::MAX)) as u64;
+    // Nanoseconds in a `u64`, not `as_nanos`'s `u128`: a sample at least
+    // 2^30 s long (far past the last bucket's 2^40 ns) goes to the last bucket
+    // at once, and below that the product cannot overflow.
+    let secs = time.as_secs();
+    if secs >= 1 << 30 {
+        return BUCKETS - 1;
+    }
+    let ns = secs * 1_000_000_000 + u64::from(time.subsec_nanos());
     if ns < 4 {
         return ns as usize;
     }
@@ -206,50 +213,43 @@ impl Marks {
 #[derive(Debug, Clone)]
 struct Samples {
     counts: [u32; BUCKETS],
-    /// The buckets that may hold counts: `lowest..=highest`, or none while
-    /// `lowest > highest`. A batch's samples fall in a few buckets; adding
-    /// and clearing only those spares a pass over them all.
-    lowest: u8,
-    highest: u8,
+    /// The buckets that hold counts, a bit each. A batch's samples fall in a
+    /// few buckets; adding and clearing only those spares a pass over them all.
+    touched: [u64; TOUCHED_WORDS],
 }
+
+const TOUCHED_WORDS: usize = BUCKETS.div_ceil(64);
 
 impl Samples {
     const EMPTY: Samples = Samples {
         counts: [0; BUCKETS],
-        lowest: u8::MAX,
-        highest: 0,
+        touched: [0; TOUCHED_WORDS],
     };
 
+    #[inline]
     fn add(&mut self, time: Duration) {
         let bucket = bucket(time);
         self.counts[bucket] += 1;
-        // Below `BUCKETS`, which fits a byte.
-        let bucket = bucket as u8;
-        self.lowest = self.lowest.min(bucket);
-        self.highest = self.highest.max(bucket);
-    }
-
-    /// The first bucket that may hold counts, and the counts from it on
-    /// that may.
-    fn touched(&mut self) -> (usize, &mut [u32]) {
-        let (lowest, highest) = (usize::from(self.lowest), usize::from(self.highest));
-        if lowest > highest {
-            return (0, &mut []);
-        }
-        (lowest, &mut self.counts[lowest..=highest])
+        self.touched[bucket / 64] |= 1 << (bucket % 64);
     }
 
     fn is_empty(&self) -> bool {
-        self.lowest > self.highest
+        self.touched == [0; TOUCHED_WORDS]
     }
 
-    fn clear(&mut self) {
-        self.touched().1.fill(0);
-        (self.lowest, self.highest) = (u8::MAX, 0);
+    /// Gives `each` every bucket that holds counts, with its count, in
+    /// order; leaves the samples empty.
+    fn drain(&mut self, mut each: impl FnMut(usize, u32)) {
+        for (w, word) in self.touched.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let bucket = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                each(bucket, std::mem::take(&mut self.counts[bucket]));
+            }
+        }
     }
 }
-
-const _: () = assert!(BUCKETS <= 256, "a bucket's index must fit a byte");
 
 impl Stats {
     pub(crate) fn new() -> Self {
@@ -358,12 +358,7 @@ impl Stats {
                 Some(m) if m < table.modules.len() => &table.modules[m].time,
                 Some(m) => &table.stages[m - table.modules.len()],
             };
-            let samples = &mut tally.samples[series];
-            let (lowest, counts) = samples.touched();
-            for (bucket, n) in histogram.buckets[lowest..].iter().zip(counts) {
-                add(bucket, u64::from(*n));
-            }
-            samples.clear();
+            tally.samples[series].drain(|bucket, n| add(&histogram.buckets[bucket], u64::from(n)));
         }
     }
 
@@ -588,7 +583,7 @@ mod tests {
                 prop_assert!(tally
                     .samples
                     .iter()
-                    .all(|s| s.counts.iter().all(|n| *n == 0) && s.lowest > s.highest));
+                    .all(|s| s.counts.iter().all(|n| *n == 0) && s.is_empty()));
                 prop_assert!(tally.touched_samples.is_empty());
             }
             let histograms: Vec<&Histogram> = std::iter::once(&stats.selection)
@@ -681,6 +676,28 @@ mod tests {
                 }
                 prop_assert_eq!(totals.retries.load(Ordering::Relaxed), count((4, m, 0)), "module {} retries", m);
             }
+        }
+    }
+
+    /// `bucket` as first written: from the whole `u128` of nanoseconds.
+    fn reference_bucket(time: Duration) -> usize {
+        let ns = time.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if ns < 4 {
+            return ns as usize;
+        }
+        let power = 63 - ns.leading_zeros() as usize;
+        let quarter = ((ns >> (power - 2)) & 3) as usize;
+        (power * 4 + quarter).min(BUCKETS - 1)
+    }
+
+    proptest! {
+        #[test]
+        fn bucket_agrees_with_the_reference(
+            secs in prop_oneof![0u64..4, 0u64..2_000, 1u64 << 29..1u64 << 31, any::<u64>()],
+            nanos in prop_oneof![0u32..8, 0u32..1_000_000_000],
+        ) {
+            let time = Duration::new(secs, nanos);
+            prop_assert_eq!(bucket(time), reference_bucket(time));
         }
     }
 
