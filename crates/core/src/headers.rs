@@ -127,6 +127,12 @@ impl Headers {
         self.0.len() != before
     }
 
+    /// Keeps the first `len` headers and removes the rest (nothing if there
+    /// are `len` or fewer).
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
     /// The headers in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))

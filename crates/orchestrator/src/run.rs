@@ -246,9 +246,47 @@ struct Place {
 struct Saved {
     topic: Option<String>,
     key: Option<Option<Bytes>>,
-    headers: Option<Headers>,
+    headers: Option<SavedHeaders>,
     payload: Option<Bytes>,
     timestamp: Option<Option<i64>>,
+}
+
+/// The headers as they entered, kept by the first header edit.
+#[derive(Debug)]
+enum SavedHeaders {
+    /// The entry's headers are still the first this many, unchanged: every
+    /// header edit so far named a header the entry did not have, so it only
+    /// added headers after them or changed or removed those it added (the
+    /// usual case, a module adding a header of its own, copies nothing).
+    Prefix(usize),
+    /// The entry's headers, copied before an edit that changes them.
+    Copy(Headers),
+}
+
+impl SavedHeaders {
+    /// Keeps what `headers` must be given back as, before an edit of the
+    /// header `name` is applied to them.
+    fn before_edit(saved: &mut Option<SavedHeaders>, headers: &Headers, name: &str) {
+        let entry = match saved {
+            None => headers.len(),
+            Some(SavedHeaders::Prefix(entry)) => *entry,
+            Some(SavedHeaders::Copy(_)) => return,
+        };
+        let own = headers.iter().take(entry);
+        *saved = Some(if own.clone().any(|(n, _)| n == name) {
+            SavedHeaders::Copy(own.collect())
+        } else {
+            SavedHeaders::Prefix(entry)
+        });
+    }
+
+    /// `headers` as they entered.
+    fn restore(self, headers: &mut Headers) {
+        match self {
+            SavedHeaders::Prefix(entry) => headers.truncate(entry),
+            SavedHeaders::Copy(entry) => *headers = entry,
+        }
+    }
 }
 
 /// What a pipeline keeps while a message is in it.
@@ -793,7 +831,8 @@ impl Run {
     ///
     /// A field the edits replace whole (topic, payload, key) is moved into
     /// the undo log, not copied: the edits overwrite it anyway. Headers are
-    /// edited in place, so they are copied.
+    /// edited in place: they are copied only when an edit names a header the
+    /// message entered with (see [`SavedHeaders`]).
     fn apply(&mut self, edits: Vec<Edit>, reads: Reads) {
         let message = &mut self.message;
         for edit in &edits {
@@ -821,8 +860,8 @@ impl Run {
                         .key
                         .get_or_insert_with(|| std::mem::take(&mut message.key));
                 }
-                Edit::SetHeader(..) | Edit::RemoveHeader(_) => {
-                    saved.headers.get_or_insert_with(|| message.headers.clone());
+                Edit::SetHeader(name, _) | Edit::RemoveHeader(name) => {
+                    SavedHeaders::before_edit(&mut saved.headers, &message.headers, name);
                 }
                 Edit::SetTimestamp(_) | Edit::ClearTimestamp => {
                     saved.timestamp.get_or_insert(message.timestamp_ms);
@@ -845,7 +884,7 @@ impl Run {
             message.key = key;
         }
         if let Some(headers) = saved.headers {
-            message.headers = headers;
+            headers.restore(&mut message.headers);
         }
         if let Some(payload) = saved.payload {
             message.payload = payload;

@@ -1872,3 +1872,58 @@ pipelines:
         assert_eq!(indices, (0..plan.len()).collect::<Vec<_>>());
     }
 }
+
+mod undo {
+    use std::sync::Mutex;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn header_edit() -> impl Strategy<Value = Edit> {
+        let name = prop::sample::select(vec!["a", "b", "c", "d"]);
+        prop_oneof![
+            (name.clone(), "[0-9]").prop_map(|(n, v)| Edit::SetHeader(n.into(), v)),
+            name.prop_map(|n| Edit::RemoveHeader(n.into())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the header edits before a failure (names the message
+        /// entered with or not, in a parallel stage or in turn), a stopped
+        /// pipeline gives back the headers exactly as they entered: the undo
+        /// log copies them, or keeps how many were the entry's.
+        #[test]
+        fn a_stopped_pipeline_gives_back_the_headers_whatever_was_edited(
+            entry in prop::collection::vec((prop::sample::select(vec!["a", "b", "c"]), "[x-z]"), 0..4),
+            edits in prop::collection::vec(prop::collection::vec(header_edit(), 0..4), 3),
+        ) {
+            let engine = Arc::new(StandIn::new(1));
+            let answers = Arc::new(Mutex::new(edits));
+            for (i, name) in ["e0", "e1", "e2"].into_iter().enumerate() {
+                let answers = answers.clone();
+                engine.module(name, move |_| {
+                    Behaviour::ok(Outcome::Edited(answers.lock().unwrap()[i].clone()))
+                });
+            }
+            engine.module("fail", |_| Behaviour::fail(ErrorKind::Trap, "trapped"));
+            let o = start(
+                &engine,
+                r#"
+pipeline_id: p
+error_handling: StopPipeline
+stages:
+  - {priority: 0, parallel_execution: true, modules: [{module_id: e0}, {module_id: e1}]}
+  - {priority: 1, modules: [{module_id: e2}]}
+  - {priority: 2, modules: [{module_id: fail}]}
+"#,
+            );
+            let mut message = Message::new("t", "p");
+            entry.iter().for_each(|(n, v)| message.headers.push(*n, v.clone()));
+            let out = one(&o, message.clone());
+            prop_assert_eq!(delivered(&out), &message);
+        }
+    }
+}
