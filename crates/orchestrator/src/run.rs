@@ -251,7 +251,13 @@ struct Saved {
     timestamp: Option<Option<i64>>,
 }
 
-/// The headers as they entered, kept by the first header edit.
+/// What gives back the headers as they entered: their count, or a copy.
+///
+/// `Prefix` relies on the first headers staying the entry's, which
+/// `Message::apply` keeps for edits of other names; it could break only if
+/// applying an answer panicked halfway (the bulk header path takes the
+/// vector apart), which nothing but a failed allocation, an abort, could make
+/// it do.
 #[derive(Debug)]
 enum SavedHeaders {
     /// The entry's headers are still the first this many, unchanged: every
@@ -263,17 +269,32 @@ enum SavedHeaders {
     Copy(Headers),
 }
 
+/// Up to this many header edits in one answer, each name is looked for among
+/// the entry's headers; more, and the entry's headers are copied, so that the
+/// host's work for an answer stays linear in the headers and the edits
+/// (an untrusted module may answer thousands of edits).
+const FEW_HEADER_EDITS: usize = 8;
+
 impl SavedHeaders {
-    /// Keeps what `headers` must be given back as, before an edit of the
-    /// header `name` is applied to them.
-    fn before_edit(saved: &mut Option<SavedHeaders>, headers: &Headers, name: &str) {
+    /// Keeps what `headers` must be given back as, before an answer's header
+    /// edits, naming `names` (at least one), are applied to them. All of an
+    /// answer's edits are checked against the headers before any is applied;
+    /// the entry's first headers are the same then as after any edit of
+    /// another name, so the order of the answer's edits does not matter.
+    fn before_edits<'e>(
+        saved: &mut Option<SavedHeaders>,
+        headers: &Headers,
+        mut names: impl Iterator<Item = &'e str> + Clone,
+    ) {
         let entry = match saved {
             None => headers.len(),
             Some(SavedHeaders::Prefix(entry)) => *entry,
             Some(SavedHeaders::Copy(_)) => return,
         };
         let own = headers.iter().take(entry);
-        *saved = Some(if own.clone().any(|(n, _)| n == name) {
+        let many = names.clone().nth(FEW_HEADER_EDITS).is_some();
+        let changes_own = many || names.any(|name| own.clone().any(|(n, _)| n == name));
+        *saved = Some(if changes_own {
             SavedHeaders::Copy(own.collect())
         } else {
             SavedHeaders::Prefix(entry)
@@ -835,6 +856,7 @@ impl Run {
     /// message entered with (see [`SavedHeaders`]).
     fn apply(&mut self, edits: Vec<Edit>, reads: Reads) {
         let message = &mut self.message;
+        let mut header_edits = false;
         for edit in &edits {
             match edit {
                 Edit::SetTopic(_) => self.selection.stale_filters = true,
@@ -860,13 +882,19 @@ impl Run {
                         .key
                         .get_or_insert_with(|| std::mem::take(&mut message.key));
                 }
-                Edit::SetHeader(name, _) | Edit::RemoveHeader(name) => {
-                    SavedHeaders::before_edit(&mut saved.headers, &message.headers, name);
-                }
+                // All of the answer's at once, below.
+                Edit::SetHeader(..) | Edit::RemoveHeader(_) => header_edits = true,
                 Edit::SetTimestamp(_) | Edit::ClearTimestamp => {
                     saved.timestamp.get_or_insert(message.timestamp_ms);
                 }
             }
+        }
+        if let (true, Some(saved)) = (header_edits, &mut self.pipeline.saved) {
+            let names = edits.iter().filter_map(|edit| match edit {
+                Edit::SetHeader(name, _) | Edit::RemoveHeader(name) => Some(name.as_str()),
+                _ => None,
+            });
+            SavedHeaders::before_edits(&mut saved.headers, &message.headers, names);
         }
         self.message.apply(edits);
     }
@@ -1379,5 +1407,35 @@ mod tests {
             let expected: Vec<usize> = (0..len).filter(|&i| bits.get(i)).collect();
             prop_assert_eq!(bits.iter().collect::<Vec<_>>(), expected);
         }
+    }
+
+    /// An answer of more than a few header edits copies the entry's headers
+    /// in one pass instead of looking for each name among them (with
+    /// thousands of headers and edits, that took seconds), even when no
+    /// name is the entry's; a few are looked for, and copy nothing unless
+    /// one names an entry header.
+    #[test]
+    fn many_header_edits_copy_the_entry_headers_instead_of_searching_them() {
+        let entry: Headers = (0..1000).map(|i| (format!("h{i}"), "v")).collect();
+        let names = |n: usize| (0..n).map(|i| format!("new{i}")).collect::<Vec<_>>();
+        let before = |names: &[String], saved: Option<SavedHeaders>| {
+            let mut saved = saved;
+            SavedHeaders::before_edits(&mut saved, &entry, names.iter().map(String::as_str));
+            saved
+        };
+        let few = names(FEW_HEADER_EDITS);
+        assert!(matches!(
+            before(&few, None),
+            Some(SavedHeaders::Prefix(1000))
+        ));
+        let many = names(FEW_HEADER_EDITS + 1);
+        assert!(matches!(before(&many, None), Some(SavedHeaders::Copy(h)) if h == entry));
+        // Headers added since the entry are not copied.
+        assert!(matches!(
+            before(&many, Some(SavedHeaders::Prefix(10))),
+            Some(SavedHeaders::Copy(h)) if h.len() == 10 && h.iter().eq(entry.iter().take(10))
+        ));
+        let own = vec!["new0".to_owned(), "h999".to_owned()];
+        assert!(matches!(before(&own, None), Some(SavedHeaders::Copy(h)) if h == entry));
     }
 }

@@ -1880,50 +1880,94 @@ mod undo {
 
     use super::*;
 
-    fn header_edit() -> impl Strategy<Value = Edit> {
-        let name = prop::sample::select(vec!["a", "b", "c", "d"]);
+    /// Header edits of names the message may have entered with (and one
+    /// that differs from one of them only in case), mixed with edits of
+    /// other fields, so that an answer of few header edits may still take
+    /// the bulk path of more than eight edits.
+    fn edit() -> impl Strategy<Value = Edit> {
+        let name = prop::sample::select(vec!["a", "A", "b", "c", "d"]);
         prop_oneof![
-            (name.clone(), "[0-9]").prop_map(|(n, v)| Edit::SetHeader(n.into(), v)),
-            name.prop_map(|n| Edit::RemoveHeader(n.into())),
+            4 => (name.clone(), "[0-9]").prop_map(|(n, v)| Edit::SetHeader(n.into(), v)),
+            2 => name.prop_map(|n| Edit::RemoveHeader(n.into())),
+            1 => "[a-z]{1,3}".prop_map(Edit::SetTopic),
+            1 => "[0-9]".prop_map(|k| Edit::SetKey(Bytes::from(k))),
+            1 => (0i64..9).prop_map(Edit::SetTimestamp),
+        ]
+    }
+
+    fn answer() -> impl Strategy<Value = Vec<Edit>> {
+        prop_oneof![
+            3 => prop::collection::vec(edit(), 0..4),
+            1 => prop::collection::vec(edit(), 0..20),
         ]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Whatever the header edits before a failure (names the message
-        /// entered with or not, in a parallel stage or in turn), a stopped
-        /// pipeline gives back the headers exactly as they entered: the undo
-        /// log copies them, or keeps how many were the entry's.
+        /// Whatever the edits before a failure (headers the message entered
+        /// the pipeline with or not, few or many in one answer, in a parallel
+        /// stage or in turn, after an earlier pipeline added its own), a
+        /// stopped pipeline gives back the message exactly as it entered, and
+        /// a dead letter holds it with the dead-letter headers after its own:
+        /// the undo log copies the headers, or keeps how many were the
+        /// entry's.
         #[test]
-        fn a_stopped_pipeline_gives_back_the_headers_whatever_was_edited(
+        fn a_failed_pipeline_gives_back_the_headers_whatever_was_edited(
             entry in prop::collection::vec((prop::sample::select(vec!["a", "b", "c"]), "[x-z]"), 0..4),
-            edits in prop::collection::vec(prop::collection::vec(header_edit(), 0..4), 3),
+            before in answer(),
+            edits in prop::collection::vec(answer(), 3),
+            to_dead_letter in any::<bool>(),
         ) {
             let engine = Arc::new(StandIn::new(1));
-            let answers = Arc::new(Mutex::new(edits));
+            let answers = Arc::new(Mutex::new((before.clone(), edits)));
+            engine.module("before", {
+                let answers = answers.clone();
+                move |_| Behaviour::ok(Outcome::Edited(answers.lock().unwrap().0.clone()))
+            });
             for (i, name) in ["e0", "e1", "e2"].into_iter().enumerate() {
                 let answers = answers.clone();
                 engine.module(name, move |_| {
-                    Behaviour::ok(Outcome::Edited(answers.lock().unwrap()[i].clone()))
+                    Behaviour::ok(Outcome::Edited(answers.lock().unwrap().1[i].clone()))
                 });
             }
             engine.module("fail", |_| Behaviour::fail(ErrorKind::Trap, "trapped"));
+            let strategy = if to_dead_letter { "SendToDeadLetter" } else { "StopPipeline" };
             let o = start(
                 &engine,
-                r#"
-pipeline_id: p
-error_handling: StopPipeline
-stages:
-  - {priority: 0, parallel_execution: true, modules: [{module_id: e0}, {module_id: e1}]}
-  - {priority: 1, modules: [{module_id: e2}]}
-  - {priority: 2, modules: [{module_id: fail}]}
-"#,
+                &format!(
+                    r#"
+pipelines:
+  - pipeline_id: first
+    stages: [{{priority: 0, modules: [{{module_id: before}}]}}]
+  - pipeline_id: p
+    error_handling: {strategy}
+    stages:
+      - {{priority: 0, parallel_execution: true, modules: [{{module_id: e0}}, {{module_id: e1}}]}}
+      - {{priority: 1, modules: [{{module_id: e2}}]}}
+      - {{priority: 2, modules: [{{module_id: fail}}]}}
+"#
+                ),
             );
             let mut message = Message::new("t", "p");
             entry.iter().for_each(|(n, v)| message.headers.push(*n, v.clone()));
             let out = one(&o, message.clone());
-            prop_assert_eq!(delivered(&out), &message);
+            // The message as it entered `p`: after `first`.
+            message.apply(before);
+            if to_dead_letter {
+                let letter = dead_letter(&out);
+                let headers: Vec<_> = letter.headers.iter().collect();
+                let own: Vec<_> = message.headers.iter().collect();
+                prop_assert!(headers.len() >= own.len());
+                let (kept, added) = headers.split_at(own.len());
+                prop_assert_eq!(kept, &own[..]);
+                prop_assert!(added.iter().all(|(name, _)| name.starts_with("etl-dlq-")), "{:?}", added);
+                prop_assert_eq!(&letter.payload, &message.payload);
+                prop_assert_eq!(&letter.key, &message.key);
+                prop_assert_eq!(letter.timestamp_ms, message.timestamp_ms);
+            } else {
+                prop_assert_eq!(delivered(&out), &message);
+            }
         }
     }
 }
