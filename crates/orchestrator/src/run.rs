@@ -64,7 +64,7 @@ impl Bits {
     #[inline]
     fn get(&self, i: usize) -> bool {
         match self {
-            Bits::Inline(bits) => i < 128 && bits >> i & 1 == 1,
+            Bits::Inline(bits) => i < 128 && (*bits >> (i & 64)) as u64 >> (i & 63) & 1 == 1,
             Bits::Heap(words) => words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1),
         }
     }

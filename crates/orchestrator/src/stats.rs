@@ -33,6 +33,7 @@ const KINDS: usize = ErrorKind::ALL.len();
 /// by kind, retries.
 const MODULE_COUNTS: usize = 4 + 2 * KINDS + 1;
 
+#[inline]
 fn bucket(time: Duration) -> usize {
     // Nanoseconds in a `u64`, not `as_nanos`'s `u128`: a sample at least
     // 2^30 s long (far past the last bucket's 2^40 ns) goes to the last bucket
