@@ -93,6 +93,7 @@ impl Breaker {
     }
 
     /// May a call go ahead now?
+    #[inline]
     pub(crate) fn permit(&self, now: Instant) -> Permit {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Permit::Call,
@@ -126,6 +127,7 @@ impl Breaker {
     }
 
     /// How a call it let through went.
+    #[inline]
     pub(crate) fn record(&self, succeeded: bool, probe: bool, now: Instant) {
         if succeeded {
             // Loads first: the common case writes nothing, so engine threads

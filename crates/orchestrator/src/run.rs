@@ -362,6 +362,7 @@ impl StageEdits {
         }
     }
 
+    #[inline]
     fn clear(&mut self) {
         if self.first.is_some() {
             self.first = None;
