@@ -1419,8 +1419,7 @@ mod tests {
     fn many_header_edits_copy_the_entry_headers_instead_of_searching_them() {
         let entry: Headers = (0..1000).map(|i| (format!("h{i}"), "v")).collect();
         let names = |n: usize| (0..n).map(|i| format!("new{i}")).collect::<Vec<_>>();
-        let before = |names: &[String], saved: Option<SavedHeaders>| {
-            let mut saved = saved;
+        let before = |names: &[String], mut saved: Option<SavedHeaders>| {
             SavedHeaders::before_edits(&mut saved, &entry, names.iter().map(String::as_str));
             saved
         };
