@@ -54,12 +54,14 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error: ",
             Severity::Warning => "warning: ",
         })?;
-        if let Some(file) = &self.file {
-            write!(f, "{}", file.display())?;
-            if let Some((line, column)) = self.line_column {
-                write!(f, ":{line}:{column}")?;
+        match (&self.file, self.line_column) {
+            (Some(file), Some((line, column))) => {
+                write!(f, "{}:{line}:{column}: ", file.display())?
             }
-            f.write_str(": ")?;
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            // Text given without a file name (`Config::from_text`).
+            (None, Some((line, column))) => write!(f, "line {line}, column {column}: ")?,
+            (None, None) => {}
         }
         let mut place = Vec::new();
         if let Some(p) = &self.pipeline {

@@ -105,6 +105,14 @@ fn syntax_and_type_errors_name_line_and_column() {
     let err =
         Config::from_text(r#"{"pipeline_id": "p", "stages": [}"#, Format::Json, None).unwrap_err();
     assert_eq!(err.diagnostics()[0].line_column, Some((1, 33)));
+    // Text without a file name still says where.
+    assert!(
+        err.diagnostics()[0]
+            .to_string()
+            .starts_with("error: line 1, column 33: "),
+        "{}",
+        err.diagnostics()[0]
+    );
 
     let err = Config::from_text(
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, topic_filters: [{filter_type: Glob, pattern: x}]}]}]",

@@ -322,6 +322,8 @@ impl Message {
     /// (`message i` counting from 0 in an array, `line n` counting from 1).
     pub fn batch_from_json(text: &str, max: usize) -> Result<Vec<Message>, BatchError> {
         let too_many = |count| BatchError::TooMany { count, max };
+        // A byte-order mark before the batch is skipped, as before a line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('[') {
             let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
                 BatchError::Invalid(format!("the batch is not a JSON array of messages: {e}"))
@@ -396,6 +398,14 @@ mod tests {
         );
         // Only before the line: inside it, it is what it always was.
         assert!(Message::from_json_line(r#"{"topic":"t","payload":"p"}\u{feff}"#).is_err());
+        // And before a batch, an array as JSON Lines.
+        for batch in [format!("[{line},{line}]"), format!("{line}\n{line}\n")] {
+            assert_eq!(
+                Message::batch_from_json(&format!("\u{feff}{batch}"), 10).unwrap(),
+                Message::batch_from_json(&batch, 10).unwrap(),
+                "{batch}"
+            );
+        }
     }
 
     #[test]
