@@ -174,9 +174,11 @@ pub trait Task<R>: Send {
     }
 }
 
-/// Why a module could not be loaded. Nothing was swapped in.
+/// Why a module could not be loaded (or, made with
+/// [`LoadError::configuration`], why the configuration itself could not be
+/// put in service). Nothing was swapped in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("module {module:?}: {message}")]
+#[error("{}", self.describe())]
 pub struct LoadError {
     module: String,
     message: String,
@@ -191,9 +193,22 @@ impl LoadError {
         }
     }
 
-    /// The module's id.
+    /// An error of the configuration as a whole, of no one module.
+    pub fn configuration(message: impl Into<String>) -> Self {
+        LoadError::new("", message)
+    }
+
+    /// The module's id; empty for an error of the configuration as a whole.
     pub fn module(&self) -> &str {
         &self.module
+    }
+
+    fn describe(&self) -> String {
+        if self.module.is_empty() {
+            self.message.clone()
+        } else {
+            format!("module {:?}: {}", self.module, self.message)
+        }
     }
 
     /// What went wrong, for a person.
@@ -233,6 +248,14 @@ pub trait Engine: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_error_names_its_module_unless_it_is_the_configurations() {
+        assert_eq!(LoadError::new("m", "bad").to_string(), r#"module "m": bad"#);
+        let whole = LoadError::configuration(r#"no pipeline "x""#);
+        assert_eq!(whole.to_string(), r#"no pipeline "x""#);
+        assert_eq!(whole.module(), "");
+    }
 
     #[test]
     fn a_report_runs_from_its_start_to_its_end_and_waits_only_when_told() {

@@ -62,3 +62,8 @@ pub use result::{
 };
 pub use run::headers as dead_letter_headers;
 pub use snapshot::{DirectorySource, ModuleSource};
+
+/// The types an embedding program handles with the orchestrator's, so that
+/// it needs no other of this project's crates but an engine's.
+pub use rustmq_etl_config::{Config, ConfigError, Format, Loaded};
+pub use rustmq_etl_core::{Bytes, Edit, Engine, ErrorKind, Headers, LoadError, Message, Outcome};

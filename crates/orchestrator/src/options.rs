@@ -13,10 +13,13 @@ pub struct Options {
     /// Every module occurrence's circuit breaker.
     pub breaker: BreakerSettings,
     /// Most messages in flight at once; callers beyond it wait (or get
-    /// `Busy` from the `try_` calls). Default 4096.
+    /// `Busy` from the `try_` calls). A message is in flight until the
+    /// engine is done with it, even if its caller gave up. Default 4096; 0
+    /// counts as 1, and more than 2^32 − 1 (`usize::MAX` for "no limit") as
+    /// 2^32 − 1.
     pub max_in_flight: usize,
     /// A batch is split into pieces of at most this many messages, each run
-    /// by one engine thread. Default 64.
+    /// by one engine thread. Default 64; 0 counts as 1.
     pub chunk: usize,
 }
 
@@ -68,7 +71,9 @@ impl Backoff {
             }
         }
         let delay = delay.min(self.cap);
-        delay.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+        // Up to half taken off (a product that cannot overflow, even for a
+        // delay of `Duration::MAX`).
+        delay.saturating_sub(delay.mul_f64(jitter.clamp(0.0, 1.0) / 2.0))
     }
 }
 
@@ -105,5 +110,12 @@ mod tests {
         );
         assert_eq!(ms(b.delay(3, 0.999_999)), 20);
         assert_eq!(ms(b.delay(3, 0.5)), 30);
+        // No cap at all: the longest delays do not overflow.
+        let uncapped = Backoff {
+            cap: Duration::MAX,
+            ..b
+        };
+        assert_eq!(uncapped.delay(100, 0.0), Duration::MAX);
+        assert!(uncapped.delay(100, 0.999) >= Duration::MAX / 2);
     }
 }

@@ -26,6 +26,18 @@ pub struct Orchestrator<E: Engine> {
     inner: Arc<Inner<E>>,
 }
 
+impl<E: Engine> std::fmt::Debug for Orchestrator<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snapshot = self.inner.current.load();
+        f.debug_struct("Orchestrator")
+            .field("config_version", &snapshot.version)
+            .field("pipelines", &snapshot.plan.pipelines().len())
+            .field("module_occurrences", &snapshot.plan.module_count())
+            .field("options", &self.inner.keep.options)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<E: Engine> Clone for Orchestrator<E> {
     fn clone(&self) -> Self {
         Orchestrator {
@@ -39,9 +51,22 @@ struct Inner<E: Engine> {
     current: ArcSwap<Snapshot<E>>,
     reloading: Mutex<()>,
     versions: AtomicU64,
+    /// One permit a message in flight; a batch holds its messages' permits
+    /// until the engine is done with it (or drops it unrun), whatever
+    /// became of the caller's future.
     in_flight: Arc<Semaphore>,
+    /// The most messages in flight ([`Options::max_in_flight`], within the
+    /// semaphore's range).
+    max_in_flight: usize,
     seeds: AtomicU64,
+    /// Reloads so far by result, in [`RELOAD_RESULTS`]' order: published
+    /// with every [`Orchestrator::publish_metrics`], so that a recorder
+    /// installed after them still gets them.
+    reloads: [AtomicU64; 3],
 }
+
+/// The `result` label of `rustmq_etl_reloads_total`.
+const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "rejected"];
 
 /// A configuration that could not be put in service. The one in service
 /// keeps serving.
@@ -74,13 +99,43 @@ pub struct ProcessOptions {
     pub trace: bool,
 }
 
-/// The orchestrator has as many messages in flight as it may
-/// ([`Options::max_in_flight`]): try again later, or use the waiting calls.
+/// A batch [`Orchestrator::try_process_batch`] did not take: there is no
+/// room for it among the messages in flight ([`Options::max_in_flight`]) now
+/// (try again later, or use the waiting calls), or, if
+/// [`Busy::never_fits`], there never will be: the batch is larger than the
+/// limit ([`Orchestrator::process_batch`] runs such a batch in waves).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("busy: {in_flight} messages are in flight, the most allowed")]
+#[error("{}", self.describe())]
 pub struct Busy {
-    /// The limit that was reached.
+    /// The messages in the batch.
+    pub batch: usize,
+    /// The messages in flight as it was refused.
     pub in_flight: usize,
+    /// The most that may be in flight.
+    pub limit: usize,
+}
+
+impl Busy {
+    /// Whether the batch is larger than the limit: it is refused whatever is
+    /// in flight.
+    pub fn never_fits(&self) -> bool {
+        self.batch > self.limit
+    }
+
+    fn describe(&self) -> String {
+        if self.never_fits() {
+            format!(
+                "a batch of {} messages never fits: at most {} may be in flight at once \
+                 (process_batch runs it in waves; or send it in pieces of at most {})",
+                self.batch, self.limit, self.limit
+            )
+        } else {
+            format!(
+                "busy: {} of at most {} messages are in flight, no room for {} more",
+                self.in_flight, self.limit, self.batch
+            )
+        }
+    }
 }
 
 /// Messages that could not be processed at all: the engine stopped.
@@ -100,7 +155,9 @@ impl<E: Engine> Orchestrator<E> {
         source: impl ModuleSource + 'static,
         options: Options,
     ) -> Result<Self, ReloadError> {
-        let max = options.max_in_flight.max(1);
+        let max = options
+            .max_in_flight
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let keep = Keep {
             engine,
             source: Box::new(source),
@@ -119,7 +176,9 @@ impl<E: Engine> Orchestrator<E> {
                 reloading: Mutex::new(()),
                 versions: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max)),
+                max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+                reloads: Default::default(),
             }),
         })
     }
@@ -160,11 +219,13 @@ impl<E: Engine> Orchestrator<E> {
             Err(errors) => Err(ReloadError { errors }),
         };
         let outcome = match &result {
-            Ok(report) if report.changed => "applied",
-            Ok(_) => "unchanged",
-            Err(_) => "rejected",
+            Ok(report) if report.changed => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
         };
-        metrics::counter!("rustmq_etl_reloads_total", "result" => outcome).increment(1);
+        let total = self.inner.reloads[outcome].fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
+            .absolute(total);
         result
     }
 
@@ -179,10 +240,9 @@ impl<E: Engine> Orchestrator<E> {
         let changed = config
             .with_pipeline_enabled(pipeline_id, enabled)
             .ok_or_else(|| ReloadError {
-                errors: vec![LoadError::new(
-                    "(configuration)",
-                    format!("no pipeline {pipeline_id:?}"),
-                )],
+                errors: vec![LoadError::configuration(format!(
+                    "no pipeline {pipeline_id:?}"
+                ))],
             })?;
         self.reload(&changed)
     }
@@ -234,7 +294,7 @@ impl<E: Engine> Orchestrator<E> {
         messages: Vec<Message>,
         options: ProcessOptions,
     ) -> Result<Vec<Processed>, EngineStopped> {
-        let max = self.inner.keep.options.max_in_flight.max(1);
+        let max = self.inner.max_in_flight;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -273,9 +333,14 @@ impl<E: Engine> Orchestrator<E> {
         options: ProcessOptions,
     ) -> Result<impl std::future::Future<Output = Result<Vec<Processed>, EngineStopped>> + '_, Busy>
     {
-        let max = self.inner.keep.options.max_in_flight.max(1);
+        let max = self.inner.max_in_flight;
+        let busy = || Busy {
+            batch: messages.len(),
+            in_flight: max - self.inner.in_flight.available_permits().min(max),
+            limit: max,
+        };
         if messages.len() > max {
-            return Err(Busy { in_flight: max });
+            return Err(busy());
         }
         let permits = match self
             .inner
@@ -284,9 +349,7 @@ impl<E: Engine> Orchestrator<E> {
             .try_acquire_many_owned(messages.len() as u32)
         {
             Ok(permits) => permits,
-            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => {
-                return Err(Busy { in_flight: max })
-            }
+            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => return Err(busy()),
         };
         Ok(self.run(messages, options, permits))
     }
@@ -307,7 +370,7 @@ impl<E: Engine> Orchestrator<E> {
         &self,
         messages: Vec<Message>,
         options: ProcessOptions,
-        permits: tokio::sync::OwnedSemaphorePermit,
+        mut permits: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Vec<Processed>, EngineStopped> {
         let snapshot = self.inner.current.load_full();
         let engine = &self.inner.keep.engine;
@@ -346,12 +409,18 @@ impl<E: Engine> Orchestrator<E> {
                 })
                 .collect();
             let (reply, answer) = oneshot::channel();
+            // The batch's messages' permits go with it, given back when the
+            // engine is done with it (or drops it unrun), not when this
+            // future is: a caller that gives up does not stop messages
+            // already running, and they stay counted as in flight.
+            let permits = permits.split(runs.len());
             let batch = Batch {
                 snapshot: snapshot.clone(),
                 runs,
                 submitted,
                 started: None,
                 reply: Some(reply),
+                permits,
             };
             let task: Box<dyn Task<E::Runner>> = Box::new(batch);
             if engine.submit(task).is_err() {
@@ -371,7 +440,6 @@ impl<E: Engine> Orchestrator<E> {
             }
             results
         };
-        drop(permits);
         Ok(results)
     }
 
@@ -383,6 +451,11 @@ impl<E: Engine> Orchestrator<E> {
     pub fn publish_metrics(&self) {
         let snapshot = self.inner.current.load();
         snapshot.stats.publish(true);
+        metrics::gauge!("rustmq_etl_config_version").set(snapshot.version as f64);
+        for (result, count) in RELOAD_RESULTS.iter().zip(&self.inner.reloads) {
+            metrics::counter!("rustmq_etl_reloads_total", "result" => *result)
+                .absolute(count.load(Ordering::Relaxed));
+        }
         let occurrences = snapshot.plan.occurrences();
         for (spec, breaker) in occurrences.iter().zip(&snapshot.breakers) {
             metrics::gauge!("rustmq_etl_circuit_state", &spec.labels())
@@ -406,10 +479,9 @@ impl<E: Engine> Orchestrator<E> {
             keep
         });
         gauged.extend(occurrences.iter().cloned());
-        metrics::gauge!("rustmq_etl_messages_in_flight").set(
-            (self.inner.keep.options.max_in_flight.max(1)
-                - self.inner.in_flight.available_permits()) as f64,
-        );
+        let max = self.inner.max_in_flight;
+        metrics::gauge!("rustmq_etl_messages_in_flight")
+            .set((max - self.inner.in_flight.available_permits().min(max)) as f64);
         self.inner.keep.engine.publish_metrics();
     }
 

@@ -1062,8 +1062,13 @@ impl Run {
                     tally.error(module.index, error.kind());
                     tally.retry(module.index);
                     let jitter = self.jitter();
-                    let mut at =
-                        self.clock + snapshot.options.backoff.delay(self.module.attempts, jitter);
+                    let delay = snapshot.options.backoff.delay(self.module.attempts, jitter);
+                    // A delay past what an `Instant` can hold (an uncapped
+                    // backoff) waits as long as one can: the deadline ends it.
+                    let mut at = self
+                        .clock
+                        .checked_add(delay)
+                        .unwrap_or_else(|| self.clock + Duration::from_secs(u64::from(u32::MAX)));
                     if let Some((limit, _)) = deadline {
                         at = at.min(limit);
                     }
@@ -1279,6 +1284,9 @@ pub(crate) struct Batch<E: Engine> {
     pub(crate) submitted: Instant,
     pub(crate) started: Option<Instant>,
     pub(crate) reply: Option<oneshot::Sender<Vec<Processed>>>,
+    /// Its messages' places among those in flight, given back as it answers
+    /// (or when the engine drops it unrun).
+    pub(crate) permits: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What an engine thread keeps between batches for the snapshot it ran last.
@@ -1301,6 +1309,7 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         let snapshot = self.snapshot.clone();
         let mut next: Option<Instant> = None;
         let mut processed = Vec::new();
+        let mut cancelled = false;
         STATE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let state = match &mut *cell {
@@ -1312,9 +1321,16 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                 }),
             };
             let (scratch, tally) = (&mut state.scratch, &mut state.tally);
+            let reply = &self.reply;
             for run in &mut self.runs {
                 if run.is_done() {
                     continue;
+                }
+                if reply.as_ref().is_none_or(|r| r.is_closed()) {
+                    // Nobody waits for the answer any more: the messages not
+                    // yet done do not run on (their permits go back below).
+                    cancelled = true;
+                    break;
                 }
                 match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
@@ -1329,7 +1345,9 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     }
                 }
             }
-            if next.is_none() {
+            if cancelled {
+                next = None;
+            } else if next.is_none() {
                 processed = self
                     .runs
                     .iter_mut()
@@ -1358,6 +1376,9 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         if snapshot.stats.publish_due() {
             snapshot.stats.publish(false);
         }
+        // Room for more before the answer, so that a caller answered can
+        // send its next batch at once.
+        drop(self.permits.take());
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(processed);
         }

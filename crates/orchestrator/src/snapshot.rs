@@ -103,8 +103,7 @@ pub(crate) fn build<E: Engine>(
     version: u64,
     previous: Option<&Snapshot<E>>,
 ) -> Result<(Snapshot<E>, usize), Vec<LoadError>> {
-    let plan =
-        Plan::build(config).map_err(|e| vec![LoadError::new("(configuration)", e.to_string())])?;
+    let plan = Plan::build(config).map_err(|e| vec![LoadError::configuration(e.to_string())])?;
     let mut reused_by_spec: HashMap<&ModuleSpec, &Loaded<E::Module>> = HashMap::new();
     if let Some(previous) = previous {
         for (spec, loaded) in previous.plan.occurrences().iter().zip(&previous.loaded) {

@@ -1,7 +1,7 @@
 //! execution.md, rule by rule, with stand-in modules (plain Rust functions
 //! behind the core contract: `rustmq-etl-testkit`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1679,6 +1679,152 @@ async fn back_pressure_makes_callers_wait_or_answers_busy() {
         .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(first.await.unwrap().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_frees_no_room_while_its_messages_run_and_stops_the_rest() {
+    let engine = Arc::new(StandIn::new(1));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    engine.module("slow", move |_| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Behaviour::ok(Outcome::Unchanged).after(Duration::from_millis(150))
+    });
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+        Options {
+            max_in_flight: 2,
+            ..options()
+        },
+    );
+    // Two messages, one engine batch; the caller gives up while the first runs.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(30),
+        o.process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default()),
+    )
+    .await;
+    assert!(given_up.is_err(), "the first message was still running");
+    // Both messages still hold their room: the first runs, the second is not
+    // known yet not to.
+    let busy = o
+        .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+        .err()
+        .expect("no room while the given-up messages hold theirs");
+    assert_eq!(
+        (busy.batch, busy.in_flight, busy.limit, busy.never_fits()),
+        (1, 2, 2, false)
+    );
+    assert!(busy.to_string().contains("2 of at most 2"), "{busy}");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    assert!(
+        handle.render().contains("rustmq_etl_messages_in_flight 2"),
+        "{}",
+        handle.render()
+    );
+    // Once the first call ends, the batch stops: the second message never
+    // runs, and the room comes back.
+    let waited = Instant::now();
+    let out = loop {
+        match o.try_process_batch(vec![Message::new("u", "")], ProcessOptions::default()) {
+            Ok(future) => break future.await.unwrap(),
+            Err(busy) => {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(10),
+                    "still busy: {busy}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    assert!(matches!(out[0].disposition, Disposition::Delivered(_)));
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "the given-up batch's first message and the new one ran; its second did not"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_limit_never_fits_the_non_blocking_call() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
+        Options {
+            max_in_flight: 2,
+            ..options()
+        },
+    );
+    let busy = o
+        .try_process_batch(vec![Message::new("t", ""); 3], ProcessOptions::default())
+        .err()
+        .expect("three never fit in two");
+    assert_eq!((busy.batch, busy.in_flight, busy.limit), (3, 0, 2));
+    assert!(busy.never_fits());
+    assert!(busy.to_string().contains("never fits"), "{busy}");
+    // The waiting call runs it, in waves.
+    let out = o
+        .process_batch(vec![Message::new("t", ""); 3], ProcessOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 3);
+}
+
+#[test]
+fn no_limit_is_the_semaphores_most() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
+        Options {
+            max_in_flight: usize::MAX,
+            ..options()
+        },
+    );
+    let out = o
+        .process_batch_blocking(vec![Message::new("t", ""); 3], ProcessOptions::default())
+        .unwrap();
+    assert_eq!(out.len(), 3);
+}
+
+#[test]
+fn reloads_before_the_recorder_is_installed_are_published_after() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
+    );
+    // No recorder is installed while these happen.
+    assert_eq!(o.set_pipeline_enabled("p", false).unwrap().version, 2);
+    assert!(!o.reload(&o.config()).unwrap().changed);
+    let missing = config("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: b}]}]");
+    assert!(o.reload(&missing).is_err());
+    let unknown = o.set_pipeline_enabled("q", true).unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        r#"the configuration was not applied: no pipeline "q""#
+    );
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let text = handle.render();
+    for series in [
+        "rustmq_etl_config_version 2",
+        r#"rustmq_etl_reloads_total{result="applied"} 1"#,
+        r#"rustmq_etl_reloads_total{result="unchanged"} 1"#,
+        r#"rustmq_etl_reloads_total{result="rejected"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
