@@ -2,7 +2,7 @@
 //! that trusts nothing the guest returns.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -35,8 +35,8 @@ pub(crate) const MAX_EDITS: usize = 65_536;
 
 struct LogEnv {
     module: String,
-    /// The occurrence's metric labels (`ModuleSpec::labels`).
-    labels: Vec<(&'static str, String)>,
+    /// Lines past the limit, counted for the module version's statistics.
+    lines_dropped: Arc<AtomicU64>,
     memory: Option<Memory>,
     budget: Option<Global>,
     /// Lines written in the current call: shared with the instance, which resets
@@ -72,7 +72,7 @@ fn host_log(
     // Past the limit an error line is still kept for a trap to quote.
     let error = level >= 3;
     if !written {
-        metrics::counter!("rustmq_etl_guest_log_lines_dropped_total", &data.labels).increment(1);
+        data.lines_dropped.fetch_add(1, Ordering::Relaxed);
         if !error {
             return Ok(());
         }
@@ -182,7 +182,7 @@ impl WarmInstance {
             &mut store,
             LogEnv {
                 module: id.clone(),
-                labels: module.labels.clone(),
+                lines_dropped: module.log_lines_dropped.clone(),
                 memory: None,
                 budget: None,
                 lines_this_call: lines_this_call.clone(),

@@ -47,7 +47,7 @@ impl LoadedModule {
         let version = VERSIONS.fetch_add(1, Ordering::Relaxed);
         let compiled = crate::module::compile(spec, version, wasm, settings)?;
         Ok(LoadedModule {
-            counters: Counters::new(compiled.labels.clone()),
+            counters: Counters::new(compiled.labels.clone(), compiled.log_lines_dropped.clone()),
             compiled: Arc::new(compiled),
             running: Arc::default(),
             limit_running: true,

@@ -43,6 +43,9 @@ pub(crate) struct CompiledModule {
     /// calibrated rate (`calibrate.rs`).
     pub(crate) bulk_allowance: i64,
     pub(crate) from_cache: bool,
+    /// Guest log lines past the per-call limit, by every instance of this
+    /// version (on any thread; a rare path, so one shared counter).
+    pub(crate) log_lines_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for CompiledModule {
@@ -440,6 +443,7 @@ pub(crate) fn compile(
         settings: config.clone(),
         labels: spec.labels(),
         from_cache,
+        log_lines_dropped: Arc::default(),
     })
 }
 

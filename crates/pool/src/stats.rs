@@ -34,6 +34,8 @@ pub(crate) struct Counters {
     /// defaults.
     labels: Labels,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// Guest log lines past the per-call limit (counted by the instances).
+    log_lines_dropped: Arc<AtomicU64>,
     /// Everything else in this process published under the same label.
     family: Arc<Family>,
 }
@@ -79,6 +81,7 @@ impl ModuleStats {
         self.creations += other.creations;
         self.evictions += other.evictions;
         self.discards += other.discards;
+        self.log_lines_dropped += other.log_lines_dropped;
         self.in_use += other.in_use;
         self.idle += other.idle;
         for (kind, n) in &other.failures {
@@ -97,6 +100,7 @@ impl ModuleStats {
         self.creations = self.creations.max(floor.creations);
         self.evictions = self.evictions.max(floor.evictions);
         self.discards = self.discards.max(floor.discards);
+        self.log_lines_dropped = self.log_lines_dropped.max(floor.log_lines_dropped);
         for (kind, n) in &floor.failures {
             match self.failures.iter_mut().find(|(k, _)| k == kind) {
                 Some((_, total)) => *total = (*total).max(*n),
@@ -135,6 +139,10 @@ impl Family {
         counter("rustmq_etl_pool_instances_created_total", stats.creations);
         counter("rustmq_etl_pool_instances_evicted_total", stats.evictions);
         counter("rustmq_etl_pool_instances_discarded_total", stats.discards);
+        counter(
+            "rustmq_etl_guest_log_lines_dropped_total",
+            stats.log_lines_dropped,
+        );
         for (kind, n) in &stats.failures {
             let mut labels = labels.clone();
             labels.push(("kind", kind.as_str().to_owned()));
@@ -184,6 +192,8 @@ pub struct ModuleStats {
     pub idle: u64,
     /// Failed calls by kind.
     pub failures: Vec<(ErrorKind, u64)>,
+    /// Guest log lines dropped past the per-call limit.
+    pub log_lines_dropped: u64,
 }
 
 impl ModuleStats {
@@ -199,11 +209,12 @@ impl ModuleStats {
 impl Counters {
     /// The counters of a new version of an occurrence with `labels`
     /// (`ModuleSpec::labels`), joined to their family.
-    pub(crate) fn new(labels: Labels) -> Arc<Self> {
+    pub(crate) fn new(labels: Labels, log_lines_dropped: Arc<AtomicU64>) -> Arc<Self> {
         let family = family(&labels);
         let counters = Arc::new(Counters {
             labels,
             shards: Mutex::new(Vec::new()),
+            log_lines_dropped,
             family: family.clone(),
         });
         let mut state = family.lock();
@@ -263,6 +274,7 @@ impl Counters {
                 })
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            log_lines_dropped: self.log_lines_dropped.load(Ordering::Relaxed),
         }
     }
 

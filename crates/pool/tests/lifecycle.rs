@@ -573,7 +573,9 @@ fn a_swapped_module_keeps_counting_under_its_label() {
 }
 
 /// Log lines past the 32 a call may write are counted, per occurrence: the
-/// `module` label, and `settings` for settings other than the defaults.
+/// `module` label, and `settings` for settings other than the defaults; kept
+/// with the module's statistics, so that a recorder installed after the calls
+/// still gets them.
 #[test]
 fn log_lines_past_the_limit_are_counted_per_occurrence() {
     // Logs 40 lines a call (of a message over 100 bytes).
@@ -597,14 +599,24 @@ fn log_lines_past_the_limit_are_counted_per_occurrence() {
     )
     .unwrap();
     let configured = LoadedModule::compile(&spec("chatty", other), &chatty, &settings()).unwrap();
+    let mut local = LocalPool::new();
+    for module in [&plain, &configured, &configured] {
+        let report = call(&mut local, module, &Message::new("t", vec![b'a'; 200]));
+        assert_eq!(report.result, Ok(Outcome::Unchanged));
+    }
+    assert_eq!(
+        (
+            plain.stats().log_lines_dropped,
+            configured.stats().log_lines_dropped
+        ),
+        (8, 16)
+    );
+    // The recorder comes after the calls.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();
-    let mut local = LocalPool::new();
     metrics::with_local_recorder(&recorder, || {
-        for module in [&plain, &configured, &configured] {
-            let report = call(&mut local, module, &Message::new("t", vec![b'a'; 200]));
-            assert_eq!(report.result, Ok(Outcome::Unchanged));
-        }
+        plain.publish_metrics();
+        configured.publish_metrics();
     });
     let text = prometheus.render();
     for line in [
