@@ -326,13 +326,18 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
-    /// running nothing, instead of waiting for room.
+    /// running nothing, instead of waiting for room. The room is taken as it
+    /// answers; the batch runs when the future is first polled (the future
+    /// owns what it needs: it may be spawned), and dropping the future unpolled
+    /// gives the room back.
     pub fn try_process_batch(
         &self,
         messages: Vec<Message>,
         options: ProcessOptions,
-    ) -> Result<impl std::future::Future<Output = Result<Vec<Processed>, EngineStopped>> + '_, Busy>
-    {
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<Processed>, EngineStopped>> + Send + 'static,
+        Busy,
+    > {
         let max = self.inner.max_in_flight;
         let busy = || Busy {
             batch: messages.len(),
@@ -351,7 +356,8 @@ impl<E: Engine> Orchestrator<E> {
             Ok(permits) => permits,
             Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => return Err(busy()),
         };
-        Ok(self.run(messages, options, permits))
+        let this = self.clone();
+        Ok(async move { this.run(messages, options, permits).await })
     }
 
     /// [`Orchestrator::process_batch`] for callers without an async runtime:

@@ -1772,6 +1772,12 @@ async fn a_batch_larger_than_the_limit_never_fits_the_non_blocking_call() {
         .await
         .unwrap();
     assert_eq!(out.len(), 3);
+    // A batch that fits: the non-blocking call's future owns what it needs
+    // and may be spawned.
+    let taken = o
+        .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+        .unwrap();
+    assert_eq!(tokio::spawn(taken).await.unwrap().unwrap().len(), 2);
 }
 
 #[test]
