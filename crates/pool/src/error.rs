@@ -10,6 +10,27 @@ pub(crate) fn discards_instance(kind: ErrorKind) -> bool {
     !matches!(kind, ErrorKind::GuestError)
 }
 
+/// Why a [`Pool`](crate::Pool) could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Measuring the bulk memory rate failed (`PoolConfig::bulk_bytes_per_ms`
+    /// was not given).
+    #[error("cannot measure the bulk memory rate: {0}")]
+    Calibration(String),
+    /// The artifact cache's directory cannot be used.
+    #[error("artifact cache {dir}: {message}")]
+    ArtifactCache {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The operating system would not start a worker thread.
+    #[error("cannot start a worker thread: {0}")]
+    Thread(String),
+}
+
 /// A failed call: the module, its kind and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("module {module:?}: {error}")]

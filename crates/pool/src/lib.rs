@@ -54,7 +54,7 @@ mod stats;
 
 pub use admission::{CompileLimits, TABLE_ELEMENT_BYTES};
 pub use calibrate::bulk_bytes_per_ms;
-pub use error::{CallError, LoadError};
+pub use error::{CallError, LoadError, StartError};
 pub use local::{LoadedModule, LocalPool};
 pub use module::{Abi, ArtifactCache, CompileSettings};
 pub use pool::{Pool, PoolConfig};

@@ -15,7 +15,7 @@ use rustmq_etl_core::{
 use tokio::sync::oneshot;
 
 use crate::admission::CompileLimits;
-use crate::error::{CallError, LoadError};
+use crate::error::{CallError, LoadError, StartError};
 use crate::local::{LoadedModule, LocalPool};
 use crate::module::{ArtifactCache, CompileSettings};
 use crate::stats::Counters;
@@ -107,15 +107,17 @@ fn unavailable(module: &str, message: &str) -> CallError {
 
 impl Pool {
     /// Starts the worker threads (and measures the bulk rate unless given).
-    pub fn new(config: PoolConfig) -> Result<Pool, String> {
+    pub fn new(config: PoolConfig) -> Result<Pool, StartError> {
         let bulk_bytes_per_ms = match config.bulk_bytes_per_ms {
             Some(rate) => rate,
-            None => crate::calibrate::bulk_bytes_per_ms()?,
+            None => crate::calibrate::bulk_bytes_per_ms().map_err(StartError::Calibration)?,
         };
         let cache = match &config.artifact_cache {
             Some(dir) => Some(
-                ArtifactCache::new(dir)
-                    .map_err(|e| format!("artifact cache {}: {e}", dir.display()))?,
+                ArtifactCache::new(dir).map_err(|e| StartError::ArtifactCache {
+                    dir: dir.clone(),
+                    message: e.to_string(),
+                })?,
             ),
             None => None,
         };
@@ -147,7 +149,7 @@ impl Pool {
                 std::thread::Builder::new()
                     .name(format!("rustmq-etl-wasm-{i}"))
                     .spawn(move || worker(i, rx, shared, interval))
-                    .map_err(|e| format!("cannot start a worker thread: {e}"))
+                    .map_err(|e| StartError::Thread(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Pool { shared, threads })
