@@ -13,10 +13,11 @@ pub struct Options {
     /// Every module occurrence's circuit breaker.
     pub breaker: BreakerSettings,
     /// Most messages in flight at once; callers beyond it wait (or get
-    /// `Busy` from the `try_` calls). A message is in flight until the
-    /// engine is done with it, even if its caller gave up. Default 4096; 0
-    /// counts as 1, and more than 2^32 − 1 (`usize::MAX` for "no limit") as
-    /// 2^32 − 1.
+    /// `Busy` from the `try_` calls). Messages are in flight until the
+    /// engine is done with the engine batch they are in (at most `chunk`),
+    /// even if their caller gave up. Default 4096; 0 counts as 1, and more
+    /// than tokio's semaphore holds (`usize::MAX` for "no limit") as its most
+    /// (2^32 − 1 on 64-bit targets, 2^29 − 1 on 32-bit ones).
     pub max_in_flight: usize,
     /// A batch is split into pieces of at most this many messages, each run
     /// by one engine thread. Default 64; 0 counts as 1.
@@ -62,18 +63,24 @@ impl Default for Backoff {
 impl Backoff {
     /// The wait before retry `retry` (1-based), `jitter` in `[0, 1)` taking off
     /// up to half of it.
+    /// A jitter outside `[0, 1]` counts as the nearest end, NaN as 0.
     pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
-        let mut delay = self.base;
-        for _ in 1..retry {
-            delay = delay.saturating_mul(self.factor);
-            if delay >= self.cap {
-                break;
-            }
-        }
-        let delay = delay.min(self.cap);
+        // base × factor^(retry − 1), past what a `Duration` holds counted as
+        // `Duration::MAX` (a factor of 0 or 1, or a zero base, never grows).
+        let grown = match self.factor.checked_pow(retry.saturating_sub(1)) {
+            _ if self.base.is_zero() => Duration::ZERO,
+            Some(times) => self.base.checked_mul(times).unwrap_or(Duration::MAX),
+            None => Duration::MAX,
+        };
+        let delay = grown.min(self.cap);
+        let jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
         // Up to half taken off (a product that cannot overflow, even for a
         // delay of `Duration::MAX`).
-        delay.saturating_sub(delay.mul_f64(jitter.clamp(0.0, 1.0) / 2.0))
+        delay.saturating_sub(delay.mul_f64(jitter / 2.0))
     }
 }
 
@@ -117,5 +124,17 @@ mod tests {
         };
         assert_eq!(uncapped.delay(100, 0.0), Duration::MAX);
         assert!(uncapped.delay(100, 0.999) >= Duration::MAX / 2);
+        assert_eq!(uncapped.delay(u32::MAX, 0.0), Duration::MAX);
+        // Factors that do not grow, at once whatever the retry; odd jitters.
+        let flat = Backoff { factor: 1, ..b };
+        assert_eq!(flat.delay(u32::MAX, 0.0), b.base);
+        let zero = Backoff { factor: 0, ..b };
+        assert_eq!(
+            (zero.delay(1, 0.0), zero.delay(2, 0.0)),
+            (b.base, Duration::ZERO)
+        );
+        assert_eq!(b.delay(1, f64::NAN), b.base);
+        assert_eq!(b.delay(1, -3.0), b.base);
+        assert_eq!(b.delay(1, 7.0), b.base / 2);
     }
 }

@@ -63,6 +63,10 @@ struct Inner<E: Engine> {
     /// with every [`Orchestrator::publish_metrics`], so that a recorder
     /// installed after them still gets them.
     reloads: [AtomicU64; 3],
+    /// Held while the snapshot in service is swapped and the version gauge
+    /// set, and while `publish_metrics` sets it: a publish never sets the
+    /// gauge back to a version a reload just replaced.
+    version_gauge: Mutex<()>,
 }
 
 /// The `result` label of `rustmq_etl_reloads_total`.
@@ -179,6 +183,7 @@ impl<E: Engine> Orchestrator<E> {
                 max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 reloads: Default::default(),
+                version_gauge: Mutex::new(()),
             }),
         })
     }
@@ -192,11 +197,7 @@ impl<E: Engine> Orchestrator<E> {
     /// stays (`ReloadReport::changed` is false). Blocks while modules
     /// compile.
     pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
-        let _one_at_a_time = self
-            .inner
-            .reloading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = lock(&self.inner.reloading);
         let previous = self.inner.current.load_full();
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
         let built = build(&self.inner.keep, config, version, Some(&previous));
@@ -208,6 +209,7 @@ impl<E: Engine> Orchestrator<E> {
             }),
             Ok((snapshot, compiled)) => {
                 self.inner.versions.store(version, Ordering::Relaxed);
+                let _gauge = lock(&self.inner.version_gauge);
                 self.inner.current.store(Arc::new(snapshot));
                 metrics::gauge!("rustmq_etl_config_version").set(version as f64);
                 Ok(ReloadReport {
@@ -341,7 +343,7 @@ impl<E: Engine> Orchestrator<E> {
         let max = self.inner.max_in_flight;
         let busy = || Busy {
             batch: messages.len(),
-            in_flight: max - self.inner.in_flight.available_permits().min(max),
+            in_flight: self.in_flight(),
             limit: max,
         };
         if messages.len() > max {
@@ -419,7 +421,11 @@ impl<E: Engine> Orchestrator<E> {
             // engine is done with it (or drops it unrun), not when this
             // future is: a caller that gives up does not stop messages
             // already running, and they stay counted as in flight.
-            let permits = permits.split(runs.len());
+            let permits = Some(
+                permits
+                    .split(runs.len())
+                    .expect("a wave's batches together hold its permits"),
+            );
             let batch = Batch {
                 snapshot: snapshot.clone(),
                 runs,
@@ -434,6 +440,7 @@ impl<E: Engine> Orchestrator<E> {
             }
             answers.push(answer);
         }
+        debug_assert_eq!(permits.num_permits(), 0, "every permit went with a batch");
         let stopped = |_| EngineStopped { count };
         let results = if answers.len() == 1 {
             // One batch (a single message, a wave on one engine thread): its
@@ -457,7 +464,11 @@ impl<E: Engine> Orchestrator<E> {
     pub fn publish_metrics(&self) {
         let snapshot = self.inner.current.load();
         snapshot.stats.publish(true);
-        metrics::gauge!("rustmq_etl_config_version").set(snapshot.version as f64);
+        {
+            let _gauge = lock(&self.inner.version_gauge);
+            let version = self.inner.current.load().version;
+            metrics::gauge!("rustmq_etl_config_version").set(version as f64);
+        }
         for (result, count) in RELOAD_RESULTS.iter().zip(&self.inner.reloads) {
             metrics::counter!("rustmq_etl_reloads_total", "result" => *result)
                 .absolute(count.load(Ordering::Relaxed));
@@ -470,12 +481,7 @@ impl<E: Engine> Orchestrator<E> {
         // An occurrence taken out of service (a reload changed its settings or
         // removed it) no longer has a breaker that acts: its gauge reads 0,
         // not the last state it had (an open breaker would alert for ever).
-        let mut gauged = self
-            .inner
-            .keep
-            .circuit_gauges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut gauged = lock(&self.inner.keep.circuit_gauges);
         let in_service: HashSet<&ModuleSpec> = occurrences.iter().collect();
         gauged.retain(|spec| {
             let keep = in_service.contains(spec);
@@ -485,10 +491,14 @@ impl<E: Engine> Orchestrator<E> {
             keep
         });
         gauged.extend(occurrences.iter().cloned());
-        let max = self.inner.max_in_flight;
-        metrics::gauge!("rustmq_etl_messages_in_flight")
-            .set((max - self.inner.in_flight.available_permits().min(max)) as f64);
+        metrics::gauge!("rustmq_etl_messages_in_flight").set(self.in_flight() as f64);
         self.inner.keep.engine.publish_metrics();
+    }
+
+    /// Messages in flight now.
+    fn in_flight(&self) -> usize {
+        let max = self.inner.max_in_flight;
+        max - self.inner.in_flight.available_permits().min(max)
     }
 
     /// Every module occurrence in service, in the plan's order of
@@ -570,4 +580,10 @@ pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_owned())
     })
+}
+
+/// `mutex` locked, whether or not a thread panicked holding it (what it
+/// guards stays consistent: each holder writes whole values).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -409,6 +409,8 @@ enum End {
     Delivered,
     Dropped,
     DeadLettered,
+    /// Never started: its caller was gone by then (see [`Batch`]).
+    Abandoned,
 }
 
 /// One message's journey.
@@ -1254,6 +1256,9 @@ impl Run {
             None | Some(End::Delivered) => Disposition::Delivered(message),
             Some(End::Dropped) => Disposition::Dropped,
             Some(End::DeadLettered) => Disposition::DeadLettered(message),
+            Some(End::Abandoned) => {
+                unreachable!("a batch finishes only the runs it did not abandon")
+            }
         };
         let trace = self.trace.take().map(|mut trace| {
             // A stage notes the modules it does not select as it starts, before
@@ -1267,6 +1272,17 @@ impl Run {
 
     pub(crate) fn is_done(&self) -> bool {
         self.done.is_some()
+    }
+
+    /// Whether the run has begun its journey (entered or passed a pipeline).
+    fn is_started(&self) -> bool {
+        self.place.pipeline > 0 || self.place.stage.is_some()
+    }
+
+    /// Gives up a run not started: it ends as nothing and counts nowhere.
+    fn abandon(&mut self) {
+        debug_assert!(!self.is_started());
+        self.done = Some(End::Abandoned);
     }
 }
 
@@ -1309,7 +1325,6 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         let snapshot = self.snapshot.clone();
         let mut next: Option<Instant> = None;
         let mut processed = Vec::new();
-        let mut cancelled = false;
         STATE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let state = match &mut *cell {
@@ -1326,11 +1341,13 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                 if run.is_done() {
                     continue;
                 }
-                if reply.as_ref().is_none_or(|r| r.is_closed()) {
-                    // Nobody waits for the answer any more: the messages not
-                    // yet done do not run on (their permits go back below).
-                    cancelled = true;
-                    break;
+                if !run.is_started() && caller_gone(reply) {
+                    // Nobody waits for the answer any more: a message not
+                    // started does not start. One started runs to its end
+                    // (and is counted), as the metrics of what it did so far
+                    // expect.
+                    run.abandon();
+                    continue;
                 }
                 match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
@@ -1345,9 +1362,8 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     }
                 }
             }
-            if cancelled {
-                next = None;
-            } else if next.is_none() {
+            if next.is_none() {
+                self.runs.retain(|run| run.done != Some(End::Abandoned));
                 processed = self
                     .runs
                     .iter_mut()
@@ -1386,8 +1402,13 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.reply.as_ref().is_none_or(|r| r.is_closed())
+        caller_gone(&self.reply)
     }
+}
+
+/// Whether nobody waits for a batch's answer any more.
+fn caller_gone(reply: &Option<oneshot::Sender<Vec<Processed>>>) -> bool {
+    reply.as_ref().is_none_or(|r| r.is_closed())
 }
 
 #[cfg(test)]

@@ -1683,49 +1683,69 @@ async fn back_pressure_makes_callers_wait_or_answers_busy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_frees_no_room_while_its_messages_run_and_stops_the_rest() {
-    let engine = Arc::new(StandIn::new(1));
+    // One engine thread (the wave is one batch) and two (two batches, the
+    // wave's permits split between them).
+    for threads in [1, 2] {
+        gives_up(threads).await;
+    }
+}
+
+/// Two messages an engine thread, `threads` threads: the caller gives up
+/// while each thread runs its first message.
+async fn gives_up(threads: usize) {
+    let engine = Arc::new(StandIn::new(threads));
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     engine.module("slow", move |_| {
         counted.fetch_add(1, Ordering::Relaxed);
         Behaviour::ok(Outcome::Unchanged).after(Duration::from_millis(150))
     });
+    let limit = 2 * threads;
     let o = start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
         Options {
-            max_in_flight: 2,
+            max_in_flight: limit,
+            chunk: 2,
             ..options()
         },
     );
-    // Two messages, one engine batch; the caller gives up while the first runs.
     let given_up = tokio::time::timeout(
         Duration::from_millis(30),
-        o.process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default()),
+        o.process_batch(
+            vec![Message::new("t", ""); limit],
+            ProcessOptions::default(),
+        ),
     )
     .await;
-    assert!(given_up.is_err(), "the first message was still running");
-    // Both messages still hold their room: the first runs, the second is not
-    // known yet not to.
+    assert!(given_up.is_err(), "the first messages were still running");
+    // Every message still holds its room: the first of each batch runs, the
+    // second is not known yet not to.
     let busy = o
         .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
         .err()
         .expect("no room while the given-up messages hold theirs");
     assert_eq!(
         (busy.batch, busy.in_flight, busy.limit, busy.never_fits()),
-        (1, 2, 2, false)
+        (1, limit, limit, false),
+        "{threads} threads"
     );
-    assert!(busy.to_string().contains("2 of at most 2"), "{busy}");
+    assert!(
+        busy.to_string()
+            .contains(&format!("{limit} of at most {limit}")),
+        "{busy}"
+    );
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let in_flight = format!("rustmq_etl_messages_in_flight {limit}");
     assert!(
-        handle.render().contains("rustmq_etl_messages_in_flight 2"),
+        handle.render().lines().any(|l| l == in_flight),
         "{}",
         handle.render()
     );
-    // Once the first call ends, the batch stops: the second message never
-    // runs, and the room comes back.
+    // Once the first calls end, the batches stop: their second messages
+    // never start, and the room comes back.
     let waited = Instant::now();
     let out = loop {
         match o.try_process_batch(vec![Message::new("u", "")], ProcessOptions::default()) {
@@ -1742,8 +1762,20 @@ async fn a_caller_that_gives_up_frees_no_room_while_its_messages_run_and_stops_t
     assert!(matches!(out[0].disposition, Disposition::Delivered(_)));
     assert_eq!(
         calls.load(Ordering::Relaxed),
-        2,
-        "the given-up batch's first message and the new one ran; its second did not"
+        threads + 1,
+        "each given-up batch's first message and the new one ran; the second ones did not"
+    );
+    // The messages that ran count, whether or not anyone took their result;
+    // those that never started count nowhere.
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let delivered = format!(
+        r#"rustmq_etl_messages_total{{result="delivered"}} {}"#,
+        threads + 1
+    );
+    assert!(
+        handle.render().lines().any(|l| l == delivered),
+        "{delivered} missing from:\n{}",
+        handle.render()
     );
 }
 
