@@ -110,6 +110,7 @@ pub struct ProcessOptions {
 /// limit ([`Orchestrator::process_batch`] runs such a batch in waves).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
+#[non_exhaustive]
 pub struct Busy {
     /// The messages in the batch.
     pub batch: usize,

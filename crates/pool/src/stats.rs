@@ -170,8 +170,10 @@ pub(crate) struct Shard {
     failures: [AtomicU64; KINDS.len()],
 }
 
-/// A snapshot of one module's pool statistics.
+/// A snapshot of one module's pool statistics (`non_exhaustive`: read its
+/// fields; more may come).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModuleStats {
     /// Calls made.
     pub calls: u64,
