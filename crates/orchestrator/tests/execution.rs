@@ -1781,16 +1781,10 @@ async fn gives_up(threads: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_the_limit_never_fits_the_non_blocking_call() {
-    let engine = Arc::new(StandIn::new(1));
-    engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
-    let o = start_with(
-        &engine,
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
-        Options {
-            max_in_flight: 2,
-            ..options()
-        },
-    );
+    let o = one_passing_module(Options {
+        max_in_flight: 2,
+        ..options()
+    });
     let busy = o
         .try_process_batch(vec![Message::new("t", ""); 3], ProcessOptions::default())
         .err()
@@ -1812,18 +1806,24 @@ async fn a_batch_larger_than_the_limit_never_fits_the_non_blocking_call() {
     assert_eq!(tokio::spawn(taken).await.unwrap().unwrap().len(), 2);
 }
 
-#[test]
-fn no_limit_is_the_semaphores_most() {
+/// Pipeline `p` of one stage of module `a`, which answers unchanged, on one
+/// engine thread.
+fn one_passing_module(options: Options) -> Orchestrator<StandIn> {
     let engine = Arc::new(StandIn::new(1));
     engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
-    let o = start_with(
+    start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
-        Options {
-            max_in_flight: usize::MAX,
-            ..options()
-        },
-    );
+        options,
+    )
+}
+
+#[test]
+fn no_limit_is_the_semaphores_most() {
+    let o = one_passing_module(Options {
+        max_in_flight: usize::MAX,
+        ..options()
+    });
     let out = o
         .process_batch_blocking(vec![Message::new("t", ""); 3], ProcessOptions::default())
         .unwrap();
@@ -1832,12 +1832,7 @@ fn no_limit_is_the_semaphores_most() {
 
 #[test]
 fn reloads_before_the_recorder_is_installed_are_published_after() {
-    let engine = Arc::new(StandIn::new(1));
-    engine.module("a", |_| Behaviour::ok(Outcome::Unchanged));
-    let o = start(
-        &engine,
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
-    );
+    let o = one_passing_module(options());
     // No recorder is installed while these happen.
     assert_eq!(o.set_pipeline_enabled("p", false).unwrap().version, 2);
     assert!(!o.reload(&o.config()).unwrap().changed);
