@@ -38,7 +38,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use rustmq_etl_orchestrator::{DirectorySource, Options, Orchestrator};
+use rustmq_etl_orchestrator::{DirectorySource, LoadStep, Options, Orchestrator};
 use rustmq_etl_pool::{Pool, PoolConfig};
 
 #[derive(Parser)]
@@ -364,12 +364,19 @@ fn load_modules(
             for error in &e.errors {
                 eprintln!("error: {error}");
             }
+            // Where the files are looked for helps only when one was not read.
+            let unread = e.errors.iter().any(|e| e.step() == LoadStep::Read);
             eprintln!(
-                "{}{} module{} could not be loaded from {} (--modules sets the directory; a module is <dir>/<module_id>.wasm)",
+                "{}{} module{} could not be loaded from {}{}",
                 if validating { "" } else { "cannot start: " },
                 e.errors.len(),
                 plural(e.errors.len()),
-                modules.display()
+                modules.display(),
+                if unread {
+                    " (--modules sets the directory; a module is <dir>/<module_id>.wasm)"
+                } else {
+                    ""
+                }
             );
             Ok(None)
         }

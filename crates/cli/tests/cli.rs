@@ -122,8 +122,26 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
         stderr.contains("6 modules could not be loaded from"),
         "{stderr}"
     );
+    // Missing files: where they are looked for is said.
+    assert!(stderr.contains("--modules sets the directory"), "{stderr}");
     assert!(!stderr.contains("cannot start"), "{stderr}");
     assert!(out.stdout.is_empty());
+    // Every file there but one that does not compile: nothing about where
+    // the files are looked for, which would mislead.
+    for entry in std::fs::read_dir(modules()).unwrap() {
+        let path = entry.unwrap().path();
+        let target = dir.path().join(path.file_name().unwrap());
+        if !target.exists() {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+    let out = validate(dir.path().to_str().unwrap());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("1 module could not be loaded from"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--modules sets the directory"), "{stderr}");
 }
 
 #[test]

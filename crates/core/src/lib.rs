@@ -38,7 +38,9 @@ pub use headers::{HeaderEdit, Headers};
 pub use jsonl::{BatchError, MessageParseError};
 pub use module::{defaults, ModuleSettings, ModuleSpec};
 pub use outcome::{CallError, Edit, ErrorKind, Outcome};
-pub use runner::{Busy, CallReport, CallRequest, Engine, LoadError, ModuleRunner, Step, Task};
+pub use runner::{
+    Busy, CallReport, CallRequest, Engine, LoadError, LoadStep, ModuleRunner, Step, Task,
+};
 pub use waiting::Waiting;
 
 /// One message as the broker hands it to the ETL engine.

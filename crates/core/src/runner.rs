@@ -176,18 +176,39 @@ pub trait Task<R>: Send {
 
 /// Why a module could not be loaded (or, made with
 /// [`LoadError::configuration`], why the configuration itself could not be
-/// put in service). Nothing was swapped in.
+/// put in service), and at which [`LoadStep`]. Nothing was swapped in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct LoadError {
+    step: LoadStep,
     module: String,
     message: String,
 }
 
+/// Where putting a module in service failed: what a program may act on (a
+/// file not there yet can be waited for; a module that does not compile must
+/// be replaced; one that does not start may want other settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadStep {
+    /// The configuration as a whole, of no one module (it does not plan, or
+    /// names no such pipeline).
+    Configuration,
+    /// Reading the module's bytes.
+    Read,
+    /// The bytes are not a module this engine runs: not WebAssembly, refused
+    /// by the sandbox, not of the ABI, or with unusable limits.
+    Compile,
+    /// A first instance could not be started or initialised (its init may
+    /// have rejected its `custom_config`).
+    Start,
+}
+
 impl LoadError {
-    /// A load of `module` that failed for `message`.
-    pub fn new(module: impl Into<String>, message: impl Into<String>) -> Self {
+    /// `module` failed at `step` for `message`.
+    pub fn new(step: LoadStep, module: impl Into<String>, message: impl Into<String>) -> Self {
         LoadError {
+            step,
             module: module.into(),
             message: message.into(),
         }
@@ -195,7 +216,12 @@ impl LoadError {
 
     /// An error of the configuration as a whole, of no one module.
     pub fn configuration(message: impl Into<String>) -> Self {
-        LoadError::new("", message)
+        LoadError::new(LoadStep::Configuration, "", message)
+    }
+
+    /// Where it failed.
+    pub fn step(&self) -> LoadStep {
+        self.step
     }
 
     /// The module's id; empty for an error of the configuration as a whole.
@@ -251,10 +277,15 @@ mod tests {
 
     #[test]
     fn a_load_error_names_its_module_unless_it_is_the_configurations() {
-        assert_eq!(LoadError::new("m", "bad").to_string(), r#"module "m": bad"#);
+        let error = LoadError::new(LoadStep::Compile, "m", "bad");
+        assert_eq!(error.to_string(), r#"module "m": bad"#);
+        assert_eq!(error.step(), LoadStep::Compile);
         let whole = LoadError::configuration(r#"no pipeline "x""#);
         assert_eq!(whole.to_string(), r#"no pipeline "x""#);
-        assert_eq!(whole.module(), "");
+        assert_eq!(
+            (whole.module(), whole.step()),
+            ("", LoadStep::Configuration)
+        );
     }
 
     #[test]

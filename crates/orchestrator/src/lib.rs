@@ -66,4 +66,6 @@ pub use snapshot::{DirectorySource, ModuleSource};
 /// The types an embedding program handles with the orchestrator's, so that
 /// it needs no other of this project's crates but an engine's.
 pub use rustmq_etl_config::{Config, ConfigError, Format, Loaded};
-pub use rustmq_etl_core::{Bytes, Edit, Engine, ErrorKind, Headers, LoadError, Message, Outcome};
+pub use rustmq_etl_core::{
+    Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, Outcome,
+};

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rustmq_etl_config::Config;
-use rustmq_etl_core::{Engine, LoadError, ModuleSpec};
+use rustmq_etl_core::{Engine, LoadError, LoadStep, ModuleSpec};
 
 use crate::breaker::Breaker;
 use crate::options::Options;
@@ -117,7 +117,7 @@ pub(crate) fn build<E: Engine>(
         let wasm = match keep.source.read(&spec.id) {
             Ok(wasm) => wasm,
             Err(e) => {
-                errors.push(LoadError::new(&spec.id, e));
+                errors.push(LoadError::new(LoadStep::Read, &spec.id, e));
                 continue;
             }
         };

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rustmq_etl_config::{Config, Format};
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, DirectorySource, Disposition, Options, Orchestrator,
-    ProcessOptions, Processed, TraceEvent,
+    dead_letter_headers as dlq, DirectorySource, Disposition, LoadStep, ModuleSource, Options,
+    Orchestrator, ProcessOptions, Processed, TraceEvent,
 };
 use rustmq_etl_pool::{Pool, PoolConfig};
 
@@ -413,4 +413,57 @@ fn reloads_while_messages_flow_lose_nothing_and_never_mix_configurations() {
             }
         }
     });
+}
+
+/// A configuration that cannot be put in service says, for each module, the
+/// step it failed at: its bytes could not be read, are not a module, or the
+/// module would not start (its init rejected its `custom_config`).
+#[test]
+fn a_rejected_configuration_names_the_step_each_module_failed_at() {
+    let source = |id: &str| match id {
+        "not-there" => Err("no such file".to_owned()),
+        "not-wasm" => Ok(b"this is not WebAssembly".to_vec()),
+        other => modules().read(other),
+    };
+    let config = |yaml: &str| {
+        Config::from_text(yaml, Format::Yaml, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
+    };
+    let o = Orchestrator::new(
+        pool(),
+        &config("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]"),
+        source,
+        Options::default(),
+    )
+    .unwrap();
+    let bad = config(
+        r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules:
+      - module_id: not-there
+      - module_id: not-wasm
+      - module_id: message-formatter
+        instance_config: {custom_config: {pretty: "yes"}}
+"#,
+    );
+    let err = o.reload(&bad).unwrap_err();
+    let mut steps: Vec<(String, LoadStep)> = err
+        .errors
+        .iter()
+        .map(|e| (e.module().to_owned(), e.step()))
+        .collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        steps,
+        [
+            ("message-formatter".to_owned(), LoadStep::Start),
+            ("not-there".to_owned(), LoadStep::Read),
+            ("not-wasm".to_owned(), LoadStep::Compile),
+        ],
+        "{err}"
+    );
+    assert_eq!(o.config_version(), 1, "the old configuration keeps serving");
 }

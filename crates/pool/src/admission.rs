@@ -136,8 +136,15 @@ pub(crate) fn admit(
             .flat_map(|b| std::ascii::escape_default(*b))
             .map(char::from)
             .collect();
+        let hint = if wasm.starts_with(b"\x7fELF") || wasm.starts_with(b"MZ") {
+            " (a native program or library: build the module with `--target wasm32-unknown-unknown`)"
+        } else if wasm.trim_ascii_start().starts_with(b"(module") {
+            " (a .wat text file must be compiled to .wasm first)"
+        } else {
+            ""
+        };
         return Err(Refusal::Invalid(format!(
-            "it does not start with the WebAssembly magic bytes \"\\0asm\" but with \"{start}\" (a .wat text file must be compiled to .wasm first)"
+            "it does not start with the WebAssembly magic bytes \"\\0asm\" but with \"{start}\"{hint}"
         )));
     }
     if let Err(e) = Validator::new_with_features(wasm_features()).validate_all(wasm) {

@@ -128,18 +128,19 @@ pub enum LoadError {
 
 impl From<LoadError> for rustmq_etl_core::LoadError {
     fn from(e: LoadError) -> Self {
-        let module = match &e {
-            LoadError::Read { module, .. }
-            | LoadError::Compile { module, .. }
+        use rustmq_etl_core::LoadStep;
+        let (step, module) = match &e {
+            LoadError::Read { module, .. } => (LoadStep::Read, module.clone()),
+            LoadError::Compile { module, .. }
             | LoadError::Abi { module, .. }
             | LoadError::Refused { module, .. }
-            | LoadError::Init { module, .. }
-            | LoadError::Limits { module, .. } => module.clone(),
+            | LoadError::Limits { module, .. } => (LoadStep::Compile, module.clone()),
+            LoadError::Init { module, .. } => (LoadStep::Start, module.clone()),
         };
         // The text without the module prefix, which core's error adds again.
         let text = e.to_string();
         let prefix = format!("module {module:?}: ");
         let message = text.strip_prefix(&prefix).unwrap_or(&text).to_owned();
-        rustmq_etl_core::LoadError::new(module, message)
+        rustmq_etl_core::LoadError::new(step, module, message)
     }
 }

@@ -463,4 +463,22 @@ fn modules_that_are_not_rustmq_etl_modules_are_refused() {
     let empty = b"\0asm\x01\0\0\0";
     let err = pool().load(&ModuleSpec::new("empty"), empty).unwrap_err();
     assert!(err.to_string().contains("exports no `memory`"), "{err}");
+    // Not WebAssembly at all: a hint for the usual mistakes, none otherwise.
+    for (bytes, hint) in [
+        (
+            &b"\x7fELF\x02\x01\x01\0"[..],
+            Some("--target wasm32-unknown-unknown"),
+        ),
+        (b"MZ\x90\0", Some("--target wasm32-unknown-unknown")),
+        (b"  (module (func))", Some("a .wat text file")),
+        (b"hello", None),
+    ] {
+        let err = pool().load(&ModuleSpec::new("m"), bytes).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("magic bytes"), "{text}");
+        match hint {
+            Some(hint) => assert!(text.contains(hint), "{text}"),
+            None => assert!(text.ends_with("but with \"hell\""), "{text}"),
+        }
+    }
 }

@@ -27,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{
-    Busy, CallError, CallReport, CallRequest, Engine, ErrorKind, LoadError, Message, ModuleRunner,
-    ModuleSpec, Outcome, Step, Task, Waiting,
+    Busy, CallError, CallReport, CallRequest, Engine, ErrorKind, LoadError, LoadStep, Message,
+    ModuleRunner, ModuleSpec, Outcome, Step, Task, Waiting,
 };
 
 /// What a stand-in module does on one call.
@@ -216,8 +216,8 @@ impl StandIn {
             .insert(id.to_owned(), Ok(Arc::new(function)));
     }
 
-    /// Makes loading module `id` fail with `message` (as a module that does
-    /// not compile or initialise).
+    /// Makes loading module `id` fail with `message`, as a module that does
+    /// not start (`LoadStep::Start`).
     pub fn refuse(&self, id: &str, message: &str) {
         self.functions
             .lock()
@@ -271,8 +271,12 @@ impl Engine for StandIn {
                 function: function.clone(),
                 calls: Arc::default(),
             }),
-            Some(Err(message)) => Err(LoadError::new(&spec.id, message.clone())),
-            None => Err(LoadError::new(&spec.id, "no such stand-in module")),
+            Some(Err(message)) => Err(LoadError::new(LoadStep::Start, &spec.id, message.clone())),
+            None => Err(LoadError::new(
+                LoadStep::Read,
+                &spec.id,
+                "no such stand-in module",
+            )),
         }
     }
 
