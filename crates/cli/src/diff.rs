@@ -16,8 +16,8 @@ pub(crate) enum Change {
         to: String,
     },
     Key {
-        from: Option<String>,
-        to: Option<String>,
+        from: Option<Shown>,
+        to: Option<Shown>,
     },
     /// A header present after and not before (counting repeats).
     HeaderAdded {
@@ -48,8 +48,8 @@ pub(crate) enum Change {
     },
     /// A payload that is not JSON before or after.
     Payload {
-        from: String,
-        to: String,
+        from: Shown,
+        to: Shown,
     },
     Timestamp {
         from: Option<i64>,
@@ -193,20 +193,45 @@ fn field_path(path: &str, name: &str) -> String {
     }
 }
 
-/// Bytes for a person: the text if UTF-8, else hexadecimal.
-fn bytes_text(bytes: &[u8]) -> String {
+/// Bytes as shown: their text if UTF-8, else their hexadecimal digits, told
+/// apart (in JSON a string or `{"hex": …}`; for a person a quoted text or
+/// unquoted `0x…` digits), so that the bytes `ff 00` never read as the text
+/// "0xff00".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Shown {
+    Text(String),
+    Hex { hex: String },
+}
+
+fn bytes_text(bytes: &[u8]) -> Shown {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("0x{hex}")
+        Ok(text) => Shown::Text(text.to_owned()),
+        Err(_) => Shown::Hex {
+            hex: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        },
+    }
+}
+
+impl Shown {
+    /// For a person: the text quoted (cut at 120 characters), or the bytes
+    /// as `0x…` digits unquoted, with their count.
+    fn show(&self) -> String {
+        match self {
+            Shown::Text(text) => short(text),
+            Shown::Hex { hex } => {
+                let bytes = hex.len() / 2;
+                let cut = hex.get(..240).unwrap_or(hex);
+                let more = if cut.len() < hex.len() { "…" } else { "" };
+                format!("0x{cut}{more} ({bytes} bytes, not UTF-8)")
+            }
         }
     }
 }
 
 /// One change as a line for a person.
 pub(crate) fn describe(change: &Change) -> String {
-    let optional = |v: &Option<String>| v.as_ref().map_or("(none)".to_owned(), |s| quote(s));
+    let optional = |v: &Option<Shown>| v.as_ref().map_or("(none)".to_owned(), Shown::show);
     match change {
         Change::Topic { from, to } => format!("topic      {} → {}", quote(from), quote(to)),
         Change::Key { from, to } => format!("key        {} → {}", optional(from), optional(to)),
@@ -232,7 +257,7 @@ pub(crate) fn describe(change: &Change) -> String {
         } => {
             format!("payload    the same JSON value, written anew: {from_bytes} → {to_bytes} bytes")
         }
-        Change::Payload { from, to } => format!("payload    {} → {}", short(from), short(to)),
+        Change::Payload { from, to } => format!("payload    {} → {}", from.show(), to.show()),
         Change::Timestamp { from, to } => {
             let ms = |v: &Option<i64>| v.map_or("(none)".to_owned(), |ms| ms.to_string());
             format!("timestamp  {} → {}", ms(from), ms(to))
@@ -314,9 +339,32 @@ mod tests {
         assert_eq!(
             diff(&before, &after),
             vec![Change::Payload {
-                from: "hello".into(),
-                to: "0xff00".into()
+                from: Shown::Text("hello".into()),
+                to: Shown::Hex { hex: "ff00".into() }
             }]
+        );
+        assert_eq!(
+            describe(&diff(&before, &after)[0]),
+            r#"payload    "hello" → 0xff00 (2 bytes, not UTF-8)"#
+        );
+        // The text "0xff00" is not the bytes ff 00, for a person or in JSON.
+        let mut text = before.clone();
+        text.key = Some(b"0xff00".to_vec().into());
+        let mut bytes = before.clone();
+        bytes.key = Some(vec![0xff, 0x00].into());
+        let (text, bytes) = (&diff(&before, &text)[0], &diff(&before, &bytes)[0]);
+        assert_eq!(describe(text), r#"key        (none) → "0xff00""#);
+        assert_eq!(
+            describe(bytes),
+            "key        (none) → 0xff00 (2 bytes, not UTF-8)"
+        );
+        assert_eq!(
+            serde_json::to_value(text).unwrap(),
+            serde_json::json!({"field": "key", "to": "0xff00", "from": null})
+        );
+        assert_eq!(
+            serde_json::to_value(bytes).unwrap(),
+            serde_json::json!({"field": "key", "to": {"hex": "ff00"}, "from": null})
         );
     }
 

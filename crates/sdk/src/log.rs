@@ -1,8 +1,14 @@
 //! Logging from a module: the one way out of the sandbox.
 //!
 //! In WebAssembly these call the host's `rmq_etl.log` import; the engine tags each
-//! line with the module's id and rate-limits it. Natively (in tests) they print to
-//! standard error.
+//! line with the module's id and writes it to its own log (target
+//! `rustmq_etl::guest`), at most 32 lines a call (the rest are counted in the
+//! metric `rustmq_etl_guest_log_lines_dropped_total`; an error line past the
+//! limit is still kept for a trap's message to quote). `rustmq-etl
+//! test-module` shows every level; `run` shows warnings and errors and `serve`
+//! info and up, unless `RUST_LOG` says otherwise
+//! (`RUST_LOG=warn,rustmq_etl::guest=debug`). Natively (in tests) they print
+//! to standard error.
 
 /// Severity of a log line, as the host import receives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

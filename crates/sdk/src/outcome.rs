@@ -12,7 +12,12 @@ pub enum Outcome {
     /// Apply these edits, in order.
     Edit(Edits),
     /// The module failed on this message; the pipeline's error strategy decides
-    /// what happens to it.
+    /// what happens to it. Every error counts towards the module's circuit
+    /// breaker (by default 5 in a row, retries included, stop the module for
+    /// 30 s for every message): a module that rejects bad input as a matter of
+    /// course is best in a pipeline that skips it (`SkipModule` or
+    /// `continue_on_error`), or should pass such input on unchanged and say
+    /// so in a header.
     Error(String),
 }
 
