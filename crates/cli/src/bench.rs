@@ -30,6 +30,8 @@ pub(crate) struct Args {
     pub seconds: f64,
     pub batch: usize,
     pub callers: Option<usize>,
+    /// The orchestrator's options (its circuit breaker).
+    pub options: rustmq_etl_orchestrator::Options,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -56,7 +58,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules)? else {
+    let Some(etl) = start(&config, &modules, args.options.clone())? else {
         return Ok(ExitCode::FAILURE);
     };
     let threads = etl.engine().threads();

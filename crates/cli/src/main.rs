@@ -37,8 +37,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use rustmq_etl_orchestrator::{DirectorySource, LoadStep, Options, Orchestrator};
+use clap::{Args, Parser, Subcommand};
+use rustmq_etl_orchestrator::{BreakerSettings, DirectorySource, LoadStep, Options, Orchestrator};
 use rustmq_etl_pool::{Pool, PoolConfig};
 
 #[derive(Parser)]
@@ -110,6 +110,8 @@ enum Command {
         /// was stopped (it says from where).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = line_number)]
         start_line: usize,
+        #[command(flatten)]
+        breaker: Breaker,
     },
     /// Serve the pipelines over HTTP (docs/serve.md): messages in, results
     /// out, Prometheus metrics, live reload of the configuration and modules,
@@ -128,15 +130,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
         /// The largest request body accepted, in bytes (larger: 413).
-        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one)]
         max_request_bytes: usize,
         /// The most messages in one batch request (more: 413).
-        #[arg(long, value_name = "COUNT", default_value_t = 4096)]
+        #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one)]
         max_batch: usize,
         /// Do not watch the configuration and modules (reload with POST
         /// /v1/reload only).
         #[arg(long)]
         no_watch: bool,
+        #[command(flatten)]
+        breaker: Breaker,
     },
     /// Run one module on messages and show, for each, what it changed (topic,
     /// key, headers, payload, timestamp) or how it failed, and every line it
@@ -200,7 +204,46 @@ enum Command {
         /// Threads sending batches (default: twice the engine's threads).
         #[arg(long, value_name = "COUNT")]
         callers: Option<usize>,
+        #[command(flatten)]
+        breaker: Breaker,
     },
+}
+
+/// Every module occurrence's circuit breaker (docs/execution.md, "Circuit
+/// breaker").
+#[derive(Args, Debug, Clone, Copy)]
+struct Breaker {
+    /// Consecutive failed calls of a module (retries and its own error
+    /// answers included) that open its circuit breaker: then every message
+    /// reaching it fails `circuit_open` until the cool-down ends.
+    #[arg(long = "breaker-failures", value_name = "N", default_value_t = BreakerSettings::default().failures, value_parser = clap::value_parser!(u32).range(1..))]
+    failures: u32,
+    /// How long an open breaker refuses calls before it lets one probe call
+    /// through, in milliseconds.
+    #[arg(long = "breaker-cool-down-ms", value_name = "MS", default_value_t = BreakerSettings::default().cool_down.as_millis() as u64)]
+    cool_down_ms: u64,
+}
+
+impl Breaker {
+    /// The orchestrator's options with this breaker.
+    fn options(self) -> Options {
+        Options {
+            breaker: BreakerSettings {
+                failures: self.failures,
+                cool_down: std::time::Duration::from_millis(self.cool_down_ms),
+            },
+            ..Options::default()
+        }
+    }
+}
+
+/// A count that must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A line number (from 1) given on the command line.
@@ -232,6 +275,7 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
+            breaker,
         } => run::run(run::Args {
             config,
             input,
@@ -240,6 +284,7 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
+            options: breaker.options(),
         }),
         Command::Serve {
             config,
@@ -248,6 +293,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             no_watch,
+            breaker,
         } => serve::serve(serve::Args {
             config,
             listen,
@@ -255,6 +301,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
+            options: breaker.options(),
         }),
         Command::TestModule {
             module,
@@ -281,6 +328,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
+            breaker,
         } => bench::run(bench::Args {
             config,
             input,
@@ -288,6 +336,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
+            options: breaker.options(),
         }),
     };
     match result {
@@ -342,8 +391,9 @@ fn load_plan(
 fn start(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
+    options: Options,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
-    load_modules(config, modules, false)
+    load_modules(config, modules, false, options)
 }
 
 /// [`start`]; `validating`: only to check that every module loads.
@@ -351,17 +401,13 @@ fn load_modules(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
     validating: bool,
+    options: Options,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     let engine = Arc::new(
         Pool::new(PoolConfig::default())
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
     );
-    match Orchestrator::new(
-        engine,
-        config,
-        DirectorySource::new(modules),
-        Options::default(),
-    ) {
+    match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
         Ok(etl) => Ok(Some(etl)),
         Err(e) => {
             for error in &e.errors {

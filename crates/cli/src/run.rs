@@ -30,6 +30,8 @@ pub(crate) struct Args {
     pub modules: Option<PathBuf>,
     pub trace: bool,
     pub start_line: usize,
+    /// The orchestrator's options (its circuit breaker).
+    pub options: rustmq_etl_orchestrator::Options,
 }
 
 /// Where modules are when `--modules` is not given: `./modules`, then the
@@ -128,6 +130,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// each output file is replaced as the run starts. Both outputs on standard
 /// output are one stream, and allowed.
 fn check_paths(args: &Args) -> anyhow::Result<()> {
+    // Before any output is replaced: an input that cannot be read as lines.
+    if args.input.is_dir() {
+        anyhow::bail!(
+            "--input {} is a directory: give a file of JSON Lines (or - for standard input)",
+            args.input.display()
+        );
+    }
     let shown = |p: &Option<PathBuf>| p.as_deref().unwrap_or(Path::new("-")).display().to_string();
     let output = destination(
         args.output.as_deref().unwrap_or(Path::new("-")),
@@ -175,7 +184,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let Some(etl) = start(&config, &modules)? else {
+    let Some(etl) = start(&config, &modules, args.options.clone())? else {
         return Ok(ExitCode::FAILURE);
     };
     let size = if args.input == Path::new("-") {

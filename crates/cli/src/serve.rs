@@ -42,6 +42,8 @@ pub(crate) struct Args {
     pub max_request_bytes: usize,
     pub max_batch: usize,
     pub watch: bool,
+    /// The orchestrator's options (its circuit breaker).
+    pub options: rustmq_etl_orchestrator::Options,
 }
 
 /// The service's state, shared by every request.
@@ -170,7 +172,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules)? else {
+    let Some(etl) = start(&config, &modules, args.options.clone())? else {
         return Ok(ExitCode::FAILURE);
     };
     let service = Arc::new(Service {

@@ -12,7 +12,14 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
     // The modules too, if asked: loaded as `run` loads them (each failure
     // listed), then let go.
     if let Some(dir) = modules_dir {
-        if load_modules(&config, dir, true)?.is_none() {
+        if load_modules(
+            &config,
+            dir,
+            true,
+            rustmq_etl_orchestrator::Options::default(),
+        )?
+        .is_none()
+        {
             return Ok(ExitCode::FAILURE);
         }
     }

@@ -482,6 +482,77 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     assert_eq!(std::fs::read_to_string(&input).unwrap(), lines);
 }
 
+/// The circuit breaker is the operator's to set (`--breaker-failures`,
+/// `--breaker-cool-down-ms`); counts that must be positive are refused at
+/// once (exit 2), and a directory as the input before any output is touched.
+#[test]
+fn the_breaker_is_settable_and_impossible_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+    );
+    let input = "{\"topic\":\"t\",\"payload\":\"p\"}\n".repeat(10);
+    // Every call traps: three in a row open a breaker of 3 (a call or two
+    // more may trap on the other engine thread before it sees the breaker
+    // open) and the rest meet it open; a breaker of 100 never opens.
+    for (failures, opens) in [("3", true), ("100", false)] {
+        let out = run_on_stdin(&config, &["--breaker-failures", failures], &input);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(
+            stderr.contains("circuit_open"),
+            opens,
+            "--breaker-failures {failures}: {stderr}"
+        );
+        assert_eq!(stderr.contains("trap 10"), !opens, "{stderr}");
+        assert!(stderr.contains("10 in = 10 delivered"), "{stderr}");
+    }
+    let refused = |args: &[&str]| {
+        let out = run(args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let config = config.to_str().unwrap();
+    refused(&[
+        "run",
+        "--config",
+        config,
+        "--input",
+        "-",
+        "--breaker-failures",
+        "0",
+    ]);
+    refused(&["serve", "--config", config, "--max-batch", "0"]);
+    refused(&["serve", "--config", config, "--max-request-bytes", "0"]);
+    // A directory as the input: refused, the output left as it was.
+    let output = dir.path().join("out.jsonl");
+    std::fs::write(&output, "kept\n").unwrap();
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config,
+            "--input",
+            dir.path().to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
+}
+
 /// `--start-line` past the input's end is said (a wrong file, or a run
 /// resumed twice); line 0 is refused.
 #[test]
