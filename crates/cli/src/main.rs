@@ -195,7 +195,9 @@ enum Command {
         /// else `fixtures/modules`).
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
-        /// How long the throughput phase runs.
+        /// How long the throughput phase runs (the traced passes before it,
+        /// for the breakdown, run 2,000 messages however long they take:
+        /// long with modules that time out).
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
         seconds: f64,
         /// Messages per batch in the throughput phase.

@@ -215,6 +215,22 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Some(BufWriter::new(writer(Some(path), resuming)?)),
         None => None,
     };
+    // What a failed write names: the file, or standard output.
+    let named = |path: Option<&Path>| match path {
+        None => "standard output".to_owned(),
+        Some(path) if path == Path::new("-") => "standard output".to_owned(),
+        Some(path) => path.display().to_string(),
+    };
+    let (output_name, dead_letter_name) = (
+        format!(
+            "writing delivered messages to {}",
+            named(args.output.as_deref())
+        ),
+        format!(
+            "writing dead letters to {}",
+            named(args.dead_letter.as_deref())
+        ),
+    );
     let mut summary = Summary::default();
     let (mut input, mut bad) = (0u64, 0u64);
     // The last line read; once the batch is flushed, every line up to it was
@@ -247,10 +263,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 say(&trace_line(at, processed));
             }
             match &processed.disposition {
-                Disposition::Delivered(m) => writeln!(output, "{}", m.to_json_line())?,
+                Disposition::Delivered(m) => {
+                    writeln!(output, "{}", m.to_json_line()).context(output_name.clone())?
+                }
                 Disposition::DeadLettered(m) => match dead_letters {
-                    Some(out) => writeln!(out, "{}", m.to_json_line())?,
-                    None => writeln!(output, "{}", m.to_json_line())?,
+                    Some(out) => {
+                        writeln!(out, "{}", m.to_json_line()).context(dead_letter_name.clone())?
+                    }
+                    None => {
+                        writeln!(output, "{}", m.to_json_line()).context(output_name.clone())?
+                    }
                 },
                 Disposition::Dropped => {}
             }
@@ -327,9 +349,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         // What was read is answered and on its way out (at the end: all of it).
         if end || quiet {
-            output.flush()?;
+            output.flush().context(output_name.clone())?;
             if let Some(out) = &mut dead_letters {
-                out.flush()?;
+                out.flush().context(dead_letter_name.clone())?;
             }
         }
         if end {

@@ -1034,6 +1034,40 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
         stdout.contains("2000 in = 2000 delivered + 0 dropped + 0 dead-lettered"),
         "{stdout}"
     );
+    assert!(
+        !stdout.contains("module failure"),
+        "nothing failed:\n{stdout}"
+    );
+    // A module that fails every call: the figure says what it measured.
+    let dir = tempfile::tempdir().unwrap();
+    let failing = write_config(
+        dir.path(),
+        "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+    );
+    let out = run(
+        &[
+            "bench",
+            "--config",
+            failing.to_str().unwrap(),
+            "--input",
+            &sample(),
+            "--modules",
+            &modules(),
+            "--seconds",
+            "0.3",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    let note = stdout
+        .lines()
+        .find(|l| l.starts_with("note"))
+        .unwrap_or_else(|| panic!("no note:\n{stdout}"));
+    assert!(
+        note.contains("module failures in the 2000 traced messages")
+            && note.contains("refused by an open circuit breaker"),
+        "{note}"
+    );
 
     let out = run(
         &[
