@@ -553,6 +553,32 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
 }
 
+/// A write that fails names the output it was for.
+#[test]
+fn a_failed_write_names_its_output() {
+    let config = fixtures().join("pipelines");
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            &sample(),
+            "--modules",
+            &modules(),
+            "--output",
+            "/dev/full",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: writing delivered messages to /dev/full: No space left on device"),
+        "{stderr}"
+    );
+}
+
 /// `--start-line` past the input's end is said (a wrong file, or a run
 /// resumed twice); line 0 is refused.
 #[test]
