@@ -98,9 +98,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.module.display()))?;
     let mut pool = LocalPool::new();
     if let Err(e) = pool.warm(&module, 1) {
+        // Its init rejected its custom_config (not a trap or a timeout).
+        let hint = if e.message().contains("rejected its custom_config") {
+            " (its init function gets --module-config as its custom_config)"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "{}: the module does not start: {}: {} (a module with an init function \
-             gets --module-config as its custom_config)",
+            "{}: the module does not start: {}: {}{hint}",
             args.module.display(),
             e.kind().as_str(),
             e.message(),
