@@ -130,10 +130,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
         /// The largest request body accepted, in bytes (larger: 413).
-        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one)]
+        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one::<usize>)]
         max_request_bytes: usize,
         /// The most messages in one batch request (more: 413).
-        #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one)]
+        #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one::<usize>)]
         max_batch: usize,
         /// Do not watch the configuration and modules (reload with POST
         /// /v1/reload only).
@@ -218,7 +218,7 @@ struct Breaker {
     /// Consecutive failed calls of a module (retries and its own error
     /// answers included) that open its circuit breaker: then every message
     /// reaching it fails `circuit_open` until the cool-down ends.
-    #[arg(long = "breaker-failures", value_name = "N", default_value_t = BreakerSettings::default().failures, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "breaker-failures", value_name = "N", default_value_t = BreakerSettings::default().failures, value_parser = at_least_one::<u32>)]
     failures: u32,
     /// How long an open breaker refuses calls before it lets one probe call
     /// through, in milliseconds.
@@ -240,9 +240,13 @@ impl Breaker {
 }
 
 /// A count that must be at least 1.
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
+fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    match text.parse::<T>() {
+        Ok(n) if n < T::from(1) => Err("must be at least 1".to_owned()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }

@@ -264,15 +264,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             match &processed.disposition {
                 Disposition::Delivered(m) => {
-                    writeln!(output, "{}", m.to_json_line()).context(output_name.clone())?
+                    writeln!(output, "{}", m.to_json_line()).with_context(|| output_name.clone())?
                 }
                 Disposition::DeadLettered(m) => match dead_letters {
-                    Some(out) => {
-                        writeln!(out, "{}", m.to_json_line()).context(dead_letter_name.clone())?
-                    }
-                    None => {
-                        writeln!(output, "{}", m.to_json_line()).context(output_name.clone())?
-                    }
+                    Some(out) => writeln!(out, "{}", m.to_json_line())
+                        .with_context(|| dead_letter_name.clone())?,
+                    None => writeln!(output, "{}", m.to_json_line())
+                        .with_context(|| output_name.clone())?,
                 },
                 Disposition::Dropped => {}
             }
@@ -349,9 +347,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         // What was read is answered and on its way out (at the end: all of it).
         if end || quiet {
-            output.flush().context(output_name.clone())?;
+            output.flush().with_context(|| output_name.clone())?;
             if let Some(out) = &mut dead_letters {
-                out.flush().context(dead_letter_name.clone())?;
+                out.flush().with_context(|| dead_letter_name.clone())?;
             }
         }
         if end {

@@ -200,6 +200,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(out, "    {}", describe(change))?;
             }
         }
+        // Out now: the next call's log lines (on standard error) come after
+        // this message's result, not before all of them.
+        out.flush()?;
     }
     out.flush()?;
     let total = counts.changed + counts.unchanged + counts.dropped + counts.failed;

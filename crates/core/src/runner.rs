@@ -196,8 +196,9 @@ pub enum LoadStep {
     Configuration,
     /// Reading the module's bytes.
     Read,
-    /// The bytes are not a module this engine runs: not WebAssembly, refused
-    /// by the sandbox, not of the ABI, or with unusable limits.
+    /// The bytes are not a module this engine runs as configured: not
+    /// WebAssembly, refused by the sandbox's rules (which include starting
+    /// within its memory limit), not of the ABI, or with unusable limits.
     Compile,
     /// A first instance could not be started or initialised (its init may
     /// have rejected its `custom_config`).

@@ -136,9 +136,23 @@ pub(crate) fn admit(
             .flat_map(|b| std::ascii::escape_default(*b))
             .map(char::from)
             .collect();
-        let hint = if wasm.starts_with(b"\x7fELF") || wasm.starts_with(b"MZ") {
+        // ELF, PE and Mach-O (either byte order, 32 and 64 bits, universal).
+        const NATIVE: [&[u8]; 7] = [
+            b"\x7fELF",
+            b"MZ",
+            b"\xcf\xfa\xed\xfe",
+            b"\xce\xfa\xed\xfe",
+            b"\xfe\xed\xfa\xcf",
+            b"\xfe\xed\xfa\xce",
+            b"\xca\xfe\xba\xbe",
+        ];
+        let text = wasm.trim_ascii_start();
+        let hint = if NATIVE.iter().any(|magic| wasm.starts_with(magic)) {
             " (a native program or library: build the module with `--target wasm32-unknown-unknown`)"
-        } else if wasm.trim_ascii_start().starts_with(b"(module") {
+        } else if [&b"(module"[..], b";;", b"(;"]
+            .iter()
+            .any(|start| text.starts_with(start))
+        {
             " (a .wat text file must be compiled to .wasm first)"
         } else {
             ""

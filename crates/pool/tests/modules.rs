@@ -470,6 +470,11 @@ fn modules_that_are_not_rustmq_etl_modules_are_refused() {
             Some("--target wasm32-unknown-unknown"),
         ),
         (b"MZ\x90\0", Some("--target wasm32-unknown-unknown")),
+        (
+            b"\xcf\xfa\xed\xfe\x07",
+            Some("--target wasm32-unknown-unknown"),
+        ),
+        (b";; a comment\n(module)", Some("a .wat text file")),
         (b"  (module (func))", Some("a .wat text file")),
         (b"hello", None),
     ] {

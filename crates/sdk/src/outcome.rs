@@ -14,10 +14,10 @@ pub enum Outcome {
     /// The module failed on this message; the pipeline's error strategy decides
     /// what happens to it. Every error counts towards the module's circuit
     /// breaker (by default 5 in a row, retries included, stop the module for
-    /// 30 s for every message): a module that rejects bad input as a matter of
-    /// course is best in a pipeline that skips it (`SkipModule` or
-    /// `continue_on_error`), or should pass such input on unchanged and say
-    /// so in a header.
+    /// 30 s for every message; under `SkipModule` the messages go on without
+    /// the module): a module that meets bad input as a matter of course should
+    /// answer it without an error, unchanged with a header saying why, or
+    /// dropped.
     Error(String),
 }
 
