@@ -13,6 +13,8 @@ fn fixtures() -> PathBuf {
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
         .args(args)
+        // The tool's own log levels, whatever the shell running the tests sets.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -551,6 +553,39 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         text(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
+}
+
+/// test-module shows every line a module logs, debug and info included.
+#[test]
+fn test_module_shows_every_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("chatty.wasm");
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
+          (memory (export "memory") 2)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64)
+            (call $log (i32.const 0) (i32.const 64) (i32.const 10))
+            (call $log (i32.const 1) (i32.const 80) (i32.const 9))
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00")
+          (data (i32.const 64) "a debug li")
+          (data (i32.const 80) "an info l"))"#,
+    )
+    .unwrap();
+    std::fs::write(&module, wasm).unwrap();
+    let out = run(
+        &["test-module", module.to_str().unwrap(), "--input", "-"],
+        Some("{\"topic\":\"t\",\"payload\":\"p\"}\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for line in ["chatty: a debug li", "chatty: an info l"] {
+        assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
+    }
 }
 
 /// A write that fails names the output it was for.
