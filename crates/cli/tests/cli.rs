@@ -247,6 +247,24 @@ fn run_on_stdin(config: &Path, extra: &[&str], input: &str) -> Output {
     run(&args, Some(input))
 }
 
+/// `run` of the shipped pipelines and modules on the sample messages, with
+/// `extra` arguments.
+fn run_samples(extra: &[&str]) -> Output {
+    let config = fixtures().join("pipelines");
+    let (input, modules) = (sample(), modules());
+    let mut args = vec![
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        &input,
+        "--modules",
+        &modules,
+    ];
+    args.extend(extra);
+    run(&args, None)
+}
+
 /// `yaml` written to a configuration file in `dir`.
 fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let config = dir.join("pipeline.yaml");
@@ -258,20 +276,7 @@ fn write_config(dir: &Path, yaml: &str) -> PathBuf {
 /// input order, and the accounting line.
 #[test]
 fn run_transforms_the_sample_messages_with_the_real_modules() {
-    let config = fixtures().join("pipelines");
-    let input = fixtures().join("messages/sample.jsonl");
-    let out = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--modules",
-            &modules(),
-        ],
-        None,
-    );
+    let out = run_samples(&[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
@@ -293,7 +298,7 @@ fn run_transforms_the_sample_messages_with_the_real_modules() {
 
     // `run`'s output is `run`'s input: a second run over it changes only what
     // the modules change again (the readings are already converted).
-    let again = run_on_stdin(&config, &[], &text(&out.stdout));
+    let again = run_on_stdin(&fixtures().join("pipelines"), &[], &text(&out.stdout));
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     let first: Vec<rustmq_etl_core::Message> = lines
         .iter()
@@ -591,21 +596,7 @@ fn test_module_shows_every_log_level() {
 /// A write that fails names the output it was for.
 #[test]
 fn a_failed_write_names_its_output() {
-    let config = fixtures().join("pipelines");
-    let out = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            &sample(),
-            "--modules",
-            &modules(),
-            "--output",
-            "/dev/full",
-        ],
-        None,
-    );
+    let out = run_samples(&["--output", "/dev/full"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
@@ -1038,21 +1029,25 @@ fn new_module_builds_and_passes_test_module_as_generated() {
 /// pipeline, stage and module.
 #[test]
 fn bench_reports_throughput_latency_and_the_breakdown() {
+    // bench of `config` on the sample messages for 0.3 s.
+    let bench = |config: &Path| {
+        run(
+            &[
+                "bench",
+                "--config",
+                config.to_str().unwrap(),
+                "--input",
+                &sample(),
+                "--modules",
+                &modules(),
+                "--seconds",
+                "0.3",
+            ],
+            None,
+        )
+    };
     let config = fixtures().join("pipelines");
-    let out = run(
-        &[
-            "bench",
-            "--config",
-            config.to_str().unwrap(),
-            "--input",
-            &sample(),
-            "--modules",
-            &modules(),
-            "--seconds",
-            "0.3",
-        ],
-        None,
-    );
+    let out = bench(&config);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let throughput = stdout
@@ -1105,21 +1100,7 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
         dir.path(),
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
     );
-    let out = run(
-        &[
-            "bench",
-            "--config",
-            failing.to_str().unwrap(),
-            "--input",
-            &sample(),
-            "--modules",
-            &modules(),
-            "--seconds",
-            "0.3",
-        ],
-        None,
-    );
-    let stdout = text(&out.stdout);
+    let stdout = text(&bench(&failing).stdout);
     let note = stdout
         .lines()
         .find(|l| l.starts_with("note"))
