@@ -1029,25 +1029,25 @@ fn new_module_builds_and_passes_test_module_as_generated() {
 /// pipeline, stage and module.
 #[test]
 fn bench_reports_throughput_latency_and_the_breakdown() {
-    // bench of `config` on the sample messages for 0.3 s.
-    let bench = |config: &Path| {
-        run(
-            &[
-                "bench",
-                "--config",
-                config.to_str().unwrap(),
-                "--input",
-                &sample(),
-                "--modules",
-                &modules(),
-                "--seconds",
-                "0.3",
-            ],
-            None,
-        )
+    // bench of `config` on the sample messages for 0.3 s, with `extra`.
+    let bench = |config: &Path, extra: &[&str]| {
+        let (config, input, modules) = (config.to_str().unwrap(), sample(), modules());
+        let mut args = vec![
+            "bench",
+            "--config",
+            config,
+            "--input",
+            &input,
+            "--modules",
+            &modules,
+            "--seconds",
+            "0.3",
+        ];
+        args.extend(extra);
+        run(&args, None)
     };
     let config = fixtures().join("pipelines");
-    let out = bench(&config);
+    let out = bench(&config, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let throughput = stdout
@@ -1100,15 +1100,24 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
         dir.path(),
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
     );
-    let stdout = text(&bench(&failing).stdout);
-    let note = stdout
-        .lines()
-        .find(|l| l.starts_with("note"))
-        .unwrap_or_else(|| panic!("no note:\n{stdout}"));
+    let note = |extra: &[&str]| {
+        let stdout = text(&bench(&failing, extra).stdout);
+        let note = stdout.lines().find(|l| l.starts_with("note"));
+        note.unwrap_or_else(|| panic!("no note:\n{stdout}"))
+            .to_owned()
+    };
+    let opened = note(&[]);
     assert!(
-        note.contains("module failures in the 2000 traced messages")
-            && note.contains("refused by an open circuit breaker"),
-        "{note}"
+        opened.contains("module failures in the 2000 traced messages")
+            && opened.contains("refused by an open circuit breaker")
+            && !opened.contains("(0 refused"),
+        "{opened}"
+    );
+    // A breaker that never opens (bench takes the breaker flags too).
+    let never = note(&["--breaker-failures", "4294967295"]);
+    assert!(
+        never.contains("(0 refused by an open circuit breaker"),
+        "{never}"
     );
 
     let out = run(
