@@ -428,6 +428,12 @@ pub(crate) struct Run {
     /// deadlines start from it.
     clock: Instant,
     trace: Option<Box<Trace>>,
+    /// The failure of the current module's attempt before, once it is to be
+    /// retried: if the retry then fails otherwise (the breaker opened
+    /// meanwhile, the stage's or the pipeline's time ran out), its text quotes
+    /// this one, the cause. Kept here, not with the module's retries, so that
+    /// moving from module to module costs nothing more.
+    retried: Option<Box<CallError>>,
     done: Option<End>,
     /// A cheap random state for jitter.
     seed: u64,
@@ -474,6 +480,7 @@ impl Run {
             },
             clock: now,
             trace: trace.then(Box::default),
+            retried: None,
             done: None,
             seed: seed | 1,
         }
@@ -1026,6 +1033,10 @@ impl Run {
                     Outcome::Edited(edits) => (CallResult::Edited, RanOutcome::Edited(edits.len())),
                 };
                 tally.call(module.index, result, report.ran);
+                if self.module.attempts > 1 {
+                    // A retry that succeeded: what failed before is no cause.
+                    self.retried = None;
+                }
                 if self.trace.is_some() {
                     self.note(
                         pipeline,
@@ -1075,6 +1086,7 @@ impl Run {
                         at = at.min(limit);
                     }
                     self.module.retry_at = Some(at);
+                    self.retried = Some(Box::new(error));
                     return Some(at);
                 }
                 self.failed(snapshot, pipeline, stage, module, error, tally);
@@ -1102,6 +1114,19 @@ impl Run {
         tally: &mut Tally,
     ) {
         let kind = error.kind();
+        // A retry refused or cut short: its text says what failed before.
+        let error = match self.retried.take() {
+            Some(earlier) if earlier.kind() != kind => CallError::new(
+                kind,
+                format!(
+                    "{}; the attempt before failed: {}: {}",
+                    error.message(),
+                    earlier.kind().as_str(),
+                    earlier.message()
+                ),
+            ),
+            _ => error,
+        };
         let attempts = self.module.attempts;
         tally.error(module.index, kind);
         let strategy = pipeline.config.error_handling;

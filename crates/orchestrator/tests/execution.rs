@@ -1365,6 +1365,45 @@ stages:
     assert_eq!(plan.occurrences()[1].settings.custom_config, r#"{"a":2}"#);
 }
 
+/// A retry the breaker refuses fails with `circuit_open`, and its text says
+/// what failed before (the cause); retries spent on one kind keep its text.
+#[test]
+fn a_retry_refused_by_the_breaker_says_what_failed_before() {
+    let refused = |error: &str| {
+        error.starts_with("the module's circuit breaker is open")
+            && error.ends_with("; the attempt before failed: guest_error: reading must be a number")
+    };
+    let spent = |error: &str| error == "reading must be a number";
+    let cases: [(u32, &str, &dyn Fn(&str) -> bool); 2] =
+        [(2, "circuit_open", &refused), (100, "guest_error", &spent)];
+    for (failures, kind, expected) in cases {
+        let engine = Arc::new(StandIn::new(1));
+        engine.module("bad", |_| {
+            Behaviour::fail(ErrorKind::GuestError, "reading must be a number")
+        });
+        let o = start_with(
+            &engine,
+            "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 3\nstages: [{priority: 0, modules: [{module_id: bad}]}]",
+            Options {
+                breaker: BreakerSettings {
+                    failures,
+                    cool_down: Duration::from_secs(60),
+                },
+                ..options()
+            },
+        );
+        let out = o
+            .process_batch_blocking(vec![Message::new("t", "")], ProcessOptions::default())
+            .unwrap();
+        let Disposition::DeadLettered(letter) = &out[0].disposition else {
+            panic!("{:?}", out[0].disposition)
+        };
+        assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some(kind));
+        let error = letter.headers.get(dlq::ERROR).unwrap();
+        assert!(expected(error), "{error}");
+    }
+}
+
 #[test]
 fn each_occurrence_has_its_own_series_and_breaker_state() {
     // One `module_id` three ways in one pipeline: with the default settings,
