@@ -217,9 +217,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // What a failed write names: the file, or standard output.
     let named = |path: Option<&Path>| match path {
-        None => "standard output".to_owned(),
-        Some(path) if path == Path::new("-") => "standard output".to_owned(),
-        Some(path) => path.display().to_string(),
+        Some(path) if path != Path::new("-") => path.display().to_string(),
+        _ => "standard output".to_owned(),
     };
     let (output_name, dead_letter_name) = (
         format!(

@@ -67,10 +67,13 @@ impl Backoff {
     pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
         // base × factor^(retry − 1), past what a `Duration` holds counted as
         // `Duration::MAX` (a factor of 0 or 1, or a zero base, never grows).
-        let grown = match self.factor.checked_pow(retry.saturating_sub(1)) {
-            _ if self.base.is_zero() => Duration::ZERO,
-            Some(times) => self.base.checked_mul(times).unwrap_or(Duration::MAX),
-            None => Duration::MAX,
+        let grown = if self.base.is_zero() {
+            Duration::ZERO
+        } else {
+            self.factor
+                .checked_pow(retry.saturating_sub(1))
+                .and_then(|times| self.base.checked_mul(times))
+                .unwrap_or(Duration::MAX)
         };
         let delay = grown.min(self.cap);
         let jitter = if jitter.is_nan() {
