@@ -19,7 +19,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn every_rust_file_starts_with_a_module_doc_comment() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("..");
     let mut files = Vec::new();
     rust_files(&root.join("crates"), &mut files);
     rust_files(&root.join("xtask"), &mut files);
@@ -62,7 +63,8 @@ fn dependencies(manifest: &Path) -> Vec<String> {
 /// crates each crate may depend on, and that only the pool reaches wasmer.
 #[test]
 fn crates_depend_only_on_what_the_code_map_allows() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("..");
     let allowed: &[(&str, &[&str])] = &[
         ("core", &[]),
         ("abi", &[]),

@@ -178,7 +178,7 @@ enum Command {
         /// Where to create it (default: the current directory).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// The SDK crate to depend on (default: this binary's checkout's crates/sdk).
+        /// The SDK crate to depend on (default: the crates/sdk of the checkout this binary was built from, else of the checkout holding the current directory).
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },

@@ -17,6 +17,32 @@ pub(crate) struct Args {
 /// checkout, which is how the tool is installed today (no crates.io release).
 const BUILT_WITH_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
 
+/// The SDK when `--sdk` is not given: the checkout this binary was built
+/// from, else the checkout the current directory is in (the binary was built
+/// elsewhere and copied, or its checkout moved), else the first, to be named
+/// in the error.
+fn default_sdk() -> PathBuf {
+    find_sdk(
+        Path::new(BUILT_WITH_SDK),
+        std::env::current_dir().ok().as_deref(),
+    )
+}
+
+fn find_sdk(built: &Path, cwd: Option<&Path>) -> PathBuf {
+    if built.join("Cargo.toml").is_file() {
+        return built.to_owned();
+    }
+    let is_sdk = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|text| text.contains("name = \"rustmq-etl-sdk\""))
+    };
+    cwd.into_iter()
+        .flat_map(Path::ancestors)
+        .map(|dir| dir.join("crates/sdk"))
+        .find(|dir| is_sdk(dir))
+        .unwrap_or_else(|| built.to_owned())
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_name(&args.name)?;
     let parent = args.dir.unwrap_or_else(|| PathBuf::from("."));
@@ -28,7 +54,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let sdk_given = args.sdk.is_some();
-    let sdk = args.sdk.unwrap_or_else(|| PathBuf::from(BUILT_WITH_SDK));
+    let sdk = args.sdk.unwrap_or_else(default_sdk);
     let sdk = sdk
         .canonicalize()
         .ok()
@@ -38,8 +64,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 format!("--sdk {}: no crate there", sdk.display())
             } else {
                 format!(
-                    "the rustmq-etl SDK is not at {} (where this binary was built): \
-                     pass --sdk PATH, the crates/sdk directory of a rustmq-etl checkout",
+                    "the rustmq-etl SDK is neither at {} (where this binary was built) nor in \
+                     a checkout holding the current directory: pass --sdk PATH, the crates/sdk \
+                     directory of a rustmq-etl checkout",
                     sdk.display()
                 )
             }
@@ -294,3 +321,40 @@ const MESSAGES: &str = r#"{"topic":"orders.created","key":"order-1","payload":{"
 {"topic":"orders.created","headers":{"x-processed-by":"upstream"},"payload":{"id":2,"total":7}}
 {"topic":"orders.cancelled","payload":""}
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::find_sdk;
+
+    /// A binary whose build checkout is gone finds the SDK of the checkout
+    /// it is run in, from any directory inside it, and only a crate that is
+    /// the SDK; outside any checkout it names where it was built.
+    #[test]
+    fn the_sdk_is_found_where_built_else_in_the_checkout_run_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = dir.path().join("checkout");
+        let sdk = checkout.join("crates/sdk");
+        let deep = checkout.join("crates/cli/src");
+        std::fs::create_dir_all(&sdk).unwrap();
+        std::fs::create_dir_all(&deep).unwrap();
+        let gone = dir.path().join("gone/crates/sdk");
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(other.join("crates/sdk")).unwrap();
+        std::fs::write(
+            other.join("crates/sdk/Cargo.toml"),
+            "[package]\nname = \"other\"\n",
+        )
+        .unwrap();
+
+        std::fs::write(
+            sdk.join("Cargo.toml"),
+            "[package]\nname = \"rustmq-etl-sdk\"\n",
+        )
+        .unwrap();
+        assert_eq!(find_sdk(&gone, Some(&deep)), sdk);
+        assert_eq!(find_sdk(&gone, Some(&checkout)), sdk);
+        assert_eq!(find_sdk(&gone, Some(&other)), gone);
+        assert_eq!(find_sdk(&gone, None), gone);
+        assert_eq!(find_sdk(&sdk, Some(&other)), sdk);
+    }
+}

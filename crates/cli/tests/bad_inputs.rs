@@ -446,7 +446,8 @@ fn the_table_of_bad_inputs_is_what_the_tool_answers() {
     requests(&mut rows);
     let generated = table(&rows);
 
-    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reliability.md");
+    let doc = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../docs/reliability.md");
     let text = std::fs::read_to_string(&doc).unwrap();
     let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
         panic!("docs/reliability.md lacks the markers {BEGIN} … {END}");

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../fixtures")
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
@@ -663,7 +664,8 @@ fn run_without_its_modules_says_which_and_where() {
 /// `/health` and `/v1/process`, and stops with exit 0 on SIGTERM.
 #[test]
 fn the_readme_commands_work_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let commands: Vec<Vec<String>> = readme
         .lines()

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use rustmq_etl_config::{Config, ErrorHandlingStrategy, Format, Severity};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../fixtures")
 }
 
 #[test]

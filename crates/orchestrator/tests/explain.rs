@@ -1,13 +1,14 @@
 //! Selection on the shipped fixtures: design.md's examples.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use rustmq_etl_config::Config;
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::Plan;
 
 fn plan() -> Plan {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/pipelines");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../fixtures/pipelines");
     Plan::build(&Config::load(&dir).unwrap().config).unwrap()
 }
 

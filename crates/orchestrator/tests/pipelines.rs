@@ -3,7 +3,7 @@
 //! real hostile modules; a mixed run whose accounting and metrics agree; and
 //! reloads while messages flow.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use rustmq_etl_orchestrator::{
 use rustmq_etl_pool::{Pool, PoolConfig};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../..")
 }
 
 /// One pool for the file: calibrating and starting workers once.

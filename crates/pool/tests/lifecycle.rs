@@ -1,7 +1,7 @@
 //! Loading, versions, the artifact cache, waiting callers, warm-up, recycling,
 //! idle eviction and statistics, with real modules.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ mod attacks;
 
 fn wasm(name: &str) -> Vec<u8> {
     let path: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"));
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join(format!("../../fixtures/modules/{name}.wasm"));
     std::fs::read(path).unwrap()
 }
 

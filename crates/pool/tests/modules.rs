@@ -2,7 +2,7 @@
 //! modules do to messages, and every hostile module contained with the right
 //! error kind while the next call on the same module succeeds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,8 @@ use rustmq_etl_core::{ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome};
 use rustmq_etl_pool::{Abi, LoadError, LoadedModule, Pool, PoolConfig};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/modules/{name}.wasm"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join(format!("../../fixtures/modules/{name}.wasm"))
 }
 
 /// One pool for the whole file: calibrating and starting workers once.

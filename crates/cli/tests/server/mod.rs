@@ -10,7 +10,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../fixtures")
 }
 
 /// Copies the files of `from` into a new directory `to`.
