@@ -126,26 +126,39 @@ impl Breaker {
         self.probing.store(false, Ordering::Release);
     }
 
-    /// How a call it let through went.
+    /// How a call it let through went. Only a call let through while the
+    /// breaker was closed counts towards opening it, and once it is open only
+    /// its probe decides: a call that began before it opened and ends after
+    /// neither closes it (execution.md: only the probe's success does) nor
+    /// starts its cool-down again.
     #[inline]
     pub(crate) fn record(&self, succeeded: bool, probe: bool, now: Instant) {
+        if probe {
+            if succeeded {
+                self.consecutive.store(0, Ordering::Release);
+                self.state.store(CLOSED, Ordering::Release);
+            } else {
+                self.opened_at.store(self.now_ms(now), Ordering::Release);
+                self.state.store(OPEN, Ordering::Release);
+            }
+            self.probing.store(false, Ordering::Release);
+            return;
+        }
+        // Loads first: the common case writes nothing, so engine threads do
+        // not pass the breaker's cache line back and forth.
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            return;
+        }
         if succeeded {
-            // Loads first: the common case writes nothing, so engine threads
-            // do not pass the breaker's cache line back and forth.
             if self.consecutive.load(Ordering::Acquire) != 0 {
                 self.consecutive.store(0, Ordering::Release);
-            }
-            if probe || self.state.load(Ordering::Acquire) != CLOSED {
-                self.state.store(CLOSED, Ordering::Release);
-                self.probing.store(false, Ordering::Release);
             }
             return;
         }
         let failures = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
-        if probe || failures >= self.settings.failures.max(1) {
+        if failures >= self.settings.failures.max(1) {
             self.opened_at.store(self.now_ms(now), Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
-            self.probing.store(false, Ordering::Release);
         }
     }
 }
@@ -195,5 +208,46 @@ mod tests {
         breaker.record(true, true, again);
         assert_eq!(breaker.state(), CircuitState::Closed);
         assert_eq!(breaker.permit(again), Permit::Call);
+    }
+
+    /// A call let through before the breaker opened that ends while it is
+    /// open or half-open changes nothing: only the probe closes or reopens
+    /// it, and the cool-down runs from the opening.
+    #[test]
+    fn a_late_call_neither_closes_nor_reopens_it() {
+        let breaker = Breaker::new(BreakerSettings {
+            failures: 2,
+            cool_down: Duration::from_millis(100),
+        });
+        let t0 = Instant::now();
+        // Three calls let through while closed; two fail and open it.
+        for _ in 0..3 {
+            assert_eq!(breaker.permit(t0), Permit::Call);
+        }
+        breaker.record(false, false, t0);
+        breaker.record(false, false, t0);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        // The third ends later, successful: still open, cool-down unchanged.
+        let t50 = t0 + Duration::from_millis(50);
+        breaker.record(true, false, t50);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert_eq!(breaker.permit(t50), Permit::Refuse { reopens_in_ms: 50 });
+        // A late failure does not start the cool-down again.
+        breaker.record(false, false, t50);
+        let t100 = t0 + Duration::from_millis(100);
+        assert_eq!(breaker.permit(t100), Permit::Probe);
+        // While the probe is out, late results change nothing either.
+        breaker.record(true, false, t100);
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        breaker.record(false, false, t100);
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        assert!(matches!(breaker.permit(t100), Permit::Refuse { .. }));
+        // The probe's success closes it and the count starts afresh.
+        breaker.record(true, true, t100);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        breaker.record(false, false, t100);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        breaker.record(false, false, t100);
+        assert_eq!(breaker.state(), CircuitState::Open);
     }
 }
