@@ -74,7 +74,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::plural(threads),
     )?;
 
-    let untraced = ProcessOptions { trace: false };
+    let untraced = ProcessOptions::default();
     let run = |batch: Vec<Message>, options| {
         etl.process_batch_blocking(batch, options)
             .context("the engine stopped")
@@ -90,7 +90,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tracing = Instant::now();
     while traced < TRACED {
         for chunk in messages.chunks(args.batch) {
-            for processed in run(chunk.to_vec(), ProcessOptions { trace: true })? {
+            for processed in run(chunk.to_vec(), ProcessOptions::default().trace(true))? {
                 summary.add(&processed);
             }
         }

@@ -110,8 +110,15 @@ enum Command {
         /// was stopped (it says from where).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = line_number)]
         start_line: usize,
+        /// Run messages on both engine threads at once, and others while one
+        /// waits for a retry's delay: faster, but which messages meet a
+        /// circuit breaker that earlier ones opened then depends on timing.
+        /// Without it each message runs to its end before the next starts,
+        /// in input order, and the same input gives the same output.
+        #[arg(long)]
+        concurrent: bool,
         #[command(flatten)]
-        breaker: Breaker,
+        engine: Engine,
     },
     /// Serve the pipelines over HTTP (docs/serve.md): messages in, results
     /// out, Prometheus metrics, live reload of the configuration and modules,
@@ -140,7 +147,7 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
         #[command(flatten)]
-        breaker: Breaker,
+        engine: Engine,
     },
     /// Run one module on messages and show, for each, what it changed (topic,
     /// key, headers, payload, timestamp) or how it failed, and every line it
@@ -207,14 +214,17 @@ enum Command {
         #[arg(long, value_name = "COUNT")]
         callers: Option<usize>,
         #[command(flatten)]
-        breaker: Breaker,
+        engine: Engine,
     },
 }
 
-/// Every module occurrence's circuit breaker (docs/execution.md, "Circuit
-/// breaker").
-#[derive(Args, Debug, Clone, Copy)]
-struct Breaker {
+/// The engine's settings a command line may change (docs/execution.md): the
+/// dead-letter topic and every module occurrence's circuit breaker.
+#[derive(Args, Debug, Clone)]
+struct Engine {
+    /// The topic dead letters are put on.
+    #[arg(long, value_name = "TOPIC", default_value_t = Options::default().dead_letter_topic, value_parser = not_empty)]
+    dead_letter_topic: String,
     /// Consecutive failed calls of a module (retries and its own error
     /// answers included) that open its circuit breaker: then every message
     /// reaching it fails `circuit_open` until the cool-down ends.
@@ -226,16 +236,26 @@ struct Breaker {
     cool_down_ms: u64,
 }
 
-impl Breaker {
-    /// The orchestrator's options with this breaker.
+impl Engine {
+    /// The orchestrator's options with these settings.
     fn options(self) -> Options {
         Options {
+            dead_letter_topic: self.dead_letter_topic,
             breaker: BreakerSettings {
                 failures: self.failures,
                 cool_down: std::time::Duration::from_millis(self.cool_down_ms),
             },
             ..Options::default()
         }
+    }
+}
+
+/// A text that may not be empty (a topic).
+fn not_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(text.to_owned())
     }
 }
 
@@ -281,7 +301,8 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
-            breaker,
+            concurrent,
+            engine,
         } => run::run(run::Args {
             config,
             input,
@@ -290,7 +311,8 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
-            options: breaker.options(),
+            in_order: !concurrent,
+            options: engine.options(),
         }),
         Command::Serve {
             config,
@@ -299,7 +321,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             no_watch,
-            breaker,
+            engine,
         } => serve::serve(serve::Args {
             config,
             listen,
@@ -307,7 +329,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
-            options: breaker.options(),
+            options: engine.options(),
         }),
         Command::TestModule {
             module,
@@ -334,7 +356,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
-            breaker,
+            engine,
         } => bench::run(bench::Args {
             config,
             input,
@@ -342,7 +364,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
-            options: breaker.options(),
+            options: engine.options(),
         }),
     };
     match result {

@@ -30,7 +30,10 @@ pub(crate) struct Args {
     pub modules: Option<PathBuf>,
     pub trace: bool,
     pub start_line: usize,
-    /// The orchestrator's options (its circuit breaker).
+    /// Each message to its end before the next starts
+    /// ([`ProcessOptions::in_order`]).
+    pub in_order: bool,
+    /// The orchestrator's options (its dead-letter topic, circuit breaker).
     pub options: rustmq_etl_orchestrator::Options,
 }
 
@@ -254,7 +257,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(());
         }
         let results = etl
-            .process_batch_blocking(std::mem::take(batch), ProcessOptions { trace: true })
+            .process_batch_blocking(
+                std::mem::take(batch),
+                ProcessOptions::default()
+                    .trace(true)
+                    .in_order(args.in_order),
+            )
             .context("the engine stopped")?;
         for (processed, &at) in results.iter().zip(lines.iter()) {
             summary.add(processed);

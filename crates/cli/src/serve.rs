@@ -437,7 +437,7 @@ async fn run_messages(
 ) -> Result<Vec<rustmq_etl_orchestrator::Processed>, ApiError> {
     service
         .etl
-        .process_batch(messages, ProcessOptions { trace })
+        .process_batch(messages, ProcessOptions::default().trace(trace))
         .await
         .map_err(|_| {
             ApiError::new(

@@ -490,9 +490,11 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     assert_eq!(std::fs::read_to_string(&input).unwrap(), lines);
 }
 
-/// The circuit breaker is the operator's to set (`--breaker-failures`,
-/// `--breaker-cool-down-ms`); counts that must be positive are refused at
-/// once (exit 2), and a directory as the input before any output is touched.
+/// The circuit breaker and the dead-letter topic are the operator's to set
+/// (`--breaker-failures`, `--breaker-cool-down-ms`, `--dead-letter-topic`);
+/// messages meet the breaker in input order unless `--concurrent`; counts
+/// that must be positive are refused at once (exit 2), and a directory as
+/// the input before any output is touched.
 #[test]
 fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,21 +503,56 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
     );
     let input = "{\"topic\":\"t\",\"payload\":\"p\"}\n".repeat(10);
-    // Every call traps: three in a row open a breaker of 3 (a call or two
-    // more may trap on the other engine thread before it sees the breaker
-    // open) and the rest meet it open; a breaker of 100 never opens.
-    for (failures, opens) in [("3", true), ("100", false)] {
+    // Every call traps: the first three open a breaker of 3 and the other
+    // seven meet it open, in input order; a breaker of 100 never opens.
+    for (failures, kinds) in [("3", "circuit_open 7, trap 3"), ("100", "trap 10")] {
         let out = run_on_stdin(&config, &["--breaker-failures", failures], &input);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert_eq!(
-            stderr.contains("circuit_open"),
-            opens,
+        assert!(
+            stderr.contains(kinds),
             "--breaker-failures {failures}: {stderr}"
         );
-        assert_eq!(stderr.contains("trap 10"), !opens, "{stderr}");
         assert!(stderr.contains("10 in = 10 delivered"), "{stderr}");
     }
+    // Dead letters, on the topic given, in input order with their kinds.
+    std::fs::create_dir(dir.path().join("dead")).unwrap();
+    let dead = write_config(
+        &dir.path().join("dead"),
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+    );
+    let out = run_on_stdin(
+        &dead,
+        &["--breaker-failures", "3", "--dead-letter-topic", "ops.dlq"],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let letters: Vec<(String, String)> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            let letter: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                letter["topic"].as_str().unwrap().to_owned(),
+                letter["headers"]["etl-dlq-error-kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut expected = vec![("ops.dlq".to_owned(), "trap".to_owned()); 3];
+    expected.extend(vec![("ops.dlq".to_owned(), "circuit_open".to_owned()); 7]);
+    assert_eq!(letters, expected);
+    // `--concurrent` runs them too, and accounts for every one.
+    let out = run_on_stdin(
+        &config,
+        &["--breaker-failures", "3", "--concurrent"],
+        &input,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("10 in = 10 delivered"), "{stderr}");
+    assert!(stderr.contains("circuit_open"), "{stderr}");
     let refused = |args: &[&str]| {
         let out = run(args, None);
         assert_eq!(
@@ -534,6 +571,15 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         "-",
         "--breaker-failures",
         "0",
+    ]);
+    refused(&[
+        "run",
+        "--config",
+        config,
+        "--input",
+        "-",
+        "--dead-letter-topic",
+        "",
     ]);
     refused(&["serve", "--config", config, "--max-batch", "0"]);
     refused(&["serve", "--config", config, "--max-request-bytes", "0"]);

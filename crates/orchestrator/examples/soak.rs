@@ -328,14 +328,13 @@ fn main() {
                 let to = (from + BATCH).min(total);
                 let inputs: Vec<(Message, bool)> = (from..to).map(message).collect();
                 let batch: Vec<Message> = inputs.iter().map(|(m, _)| m.clone()).collect();
-                let answers =
-                    match etl.process_batch_blocking(batch, ProcessOptions { trace: false }) {
-                        Ok(answers) => answers,
-                        Err(e) => {
-                            fail(format!("batch at {from}: {e:?}"));
-                            break;
-                        }
-                    };
+                let answers = match etl.process_batch_blocking(batch, ProcessOptions::default()) {
+                    Ok(answers) => answers,
+                    Err(e) => {
+                        fail(format!("batch at {from}: {e:?}"));
+                        break;
+                    }
+                };
                 if answers.len() != inputs.len() {
                     fail(format!(
                         "batch at {from}: {} answers to {} messages",

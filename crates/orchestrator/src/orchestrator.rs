@@ -96,11 +96,44 @@ pub struct ReloadReport {
     pub changed: bool,
 }
 
-/// How to process a batch.
+/// How to process a batch: `ProcessOptions::default()` (no trace, messages
+/// at once), then the builder methods. Fields may be added without breaking
+/// callers.
+///
+/// ```
+/// use rustmq_etl_orchestrator::ProcessOptions;
+///
+/// let options = ProcessOptions::default().trace(true).in_order(true);
+/// assert!(options.trace && options.in_order);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProcessOptions {
     /// Record each message's trace (off on the fast path).
     pub trace: bool,
+    /// Run the batch's messages one after another in input order, each to
+    /// its end before the next starts, on one engine thread. What a message
+    /// meets that earlier ones left behind (a circuit breaker their failures
+    /// opened) is then that of input order, the same on every run of the
+    /// same input. Off, the batch is spread over the engine threads and a
+    /// message waiting for a retry's delay lets the next ones run: faster,
+    /// and which messages meet an open breaker depends on timing. A wave
+    /// cut by `max_in_flight` stays in order: waves run one after another.
+    pub in_order: bool,
+}
+
+impl ProcessOptions {
+    /// Sets [`ProcessOptions::trace`].
+    pub fn trace(mut self, trace: bool) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Sets [`ProcessOptions::in_order`].
+    pub fn in_order(mut self, in_order: bool) -> Self {
+        self.in_order = in_order;
+        self
+    }
 }
 
 /// A batch [`Orchestrator::try_process_batch`] did not take: there is no
@@ -373,8 +406,8 @@ impl<E: Engine> Orchestrator<E> {
         pollster::block_on(self.process_batch(messages, options))
     }
 
-    /// Runs one admitted wave: splits it into batches, one engine thread each,
-    /// and gathers the answers in order.
+    /// Runs one admitted wave: splits it into batches, one engine thread each
+    /// (one batch if it is to run in order), and gathers the answers in order.
     async fn run(
         &self,
         messages: Vec<Message>,
@@ -385,13 +418,16 @@ impl<E: Engine> Orchestrator<E> {
         let engine = &self.inner.keep.engine;
         let count = messages.len();
         let threads = engine.threads().max(1);
-        let chunk = self
-            .inner
-            .keep
-            .options
-            .chunk
-            .max(1)
-            .min(count.div_ceil(threads).max(1));
+        let chunk = if options.in_order {
+            count
+        } else {
+            self.inner
+                .keep
+                .options
+                .chunk
+                .max(1)
+                .min(count.div_ceil(threads).max(1))
+        };
         let submitted = Instant::now();
         // The wave's jitter seeds, one apart each: one shared atomic step
         // per wave, not per message, for callers on several threads.
@@ -434,6 +470,7 @@ impl<E: Engine> Orchestrator<E> {
                 started: None,
                 reply: Some(reply),
                 permits,
+                in_order: options.in_order,
             };
             let task: Box<dyn Task<E::Runner>> = Box::new(batch);
             if engine.submit(task).is_err() {

@@ -1328,6 +1328,9 @@ pub(crate) struct Batch<E: Engine> {
     /// Its messages' places among those in flight, given back as it answers
     /// (or when the engine drops it unrun).
     pub(crate) permits: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Each message to its end before the next starts
+    /// ([`crate::ProcessOptions::in_order`]).
+    pub(crate) in_order: bool,
 }
 
 /// What an engine thread keeps between batches for the snapshot it ran last.
@@ -1375,6 +1378,12 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     continue;
                 }
                 match contain(|| run.step(&snapshot, runner, scratch, tally, &mut clock)) {
+                    Ok(Some(at)) if self.in_order => {
+                        // It waits (a retry's delay): the next message starts
+                        // only after it has ended.
+                        next = Some(at);
+                        break;
+                    }
                     Ok(Some(at)) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
                     Ok(None) => {}
                     Err(panic) => {

@@ -44,7 +44,7 @@ fn start_with(engine: &Arc<StandIn>, yaml: &str, options: Options) -> Orchestrat
 }
 
 fn traced(o: &Orchestrator<StandIn>, messages: Vec<Message>) -> Vec<Processed> {
-    o.process_batch_blocking(messages, ProcessOptions { trace: true })
+    o.process_batch_blocking(messages, ProcessOptions::default().trace(true))
         .unwrap()
 }
 
@@ -314,7 +314,7 @@ pipelines:
             })
             .collect();
         let out = o
-            .process_batch_blocking(messages, ProcessOptions { trace })
+            .process_batch_blocking(messages, ProcessOptions::default().trace(trace))
             .unwrap();
         for ((input, expected), p) in cases.iter().zip(&out) {
             let m = delivered(p);
@@ -390,7 +390,7 @@ pipelines:
         let out = o
             .process_batch_blocking(
                 cases.iter().map(|(t, p, _)| Message::new(*t, *p)).collect(),
-                ProcessOptions { trace },
+                ProcessOptions::default().trace(trace),
             )
             .unwrap();
         for ((topic, payload, runs), p) in cases.iter().zip(&out) {
@@ -434,7 +434,7 @@ pipelines:
         let out = o
             .process_batch_blocking(
                 vec![Message::new("a", r#"{"tag":"y"}"#)],
-                ProcessOptions { trace },
+                ProcessOptions::default().trace(trace),
             )
             .unwrap();
         let m = delivered(&out[0]);
@@ -708,7 +708,7 @@ fn counted_alike_with_or_without_a_trace(
     for trace in [false, true] {
         let o = start(engine, yaml);
         let out = o
-            .process_batch_blocking(messages(), ProcessOptions { trace })
+            .process_batch_blocking(messages(), ProcessOptions::default().trace(trace))
             .unwrap();
         check(&out, trace);
         counts.push(pipeline_and_call_counts(&o));
@@ -1342,6 +1342,50 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
         o.occurrences()[0].circuit,
         rustmq_etl_orchestrator::CircuitState::Closed
     );
+}
+
+/// In order, a batch's messages meet the breaker as input order has it:
+/// the first message's retries open it (their waits let no later message
+/// run), and every later one is refused, on two engine threads, every time.
+#[test]
+fn in_order_a_batch_meets_the_breaker_as_its_input_order_has_it() {
+    for _ in 0..20 {
+        let engine = Arc::new(StandIn::new(2));
+        engine.module("m", |m: &Message| {
+            if &m.payload[..] == b"bad" {
+                Behaviour::fail(ErrorKind::GuestError, "bad")
+            } else {
+                set_header("ok", "1")
+            }
+        });
+        let o = start_with(
+            &engine,
+            "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 2\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+            Options {
+                breaker: BreakerSettings {
+                    failures: 3,
+                    cool_down: Duration::from_secs(60),
+                },
+                ..options()
+            },
+        );
+        let mut messages = vec![Message::new("t", "bad")];
+        messages.extend((0..9).map(|_| Message::new("t", "good")));
+        let out = o
+            .process_batch_blocking(messages, ProcessOptions::default().in_order(true))
+            .unwrap();
+        let letters: Vec<(&str, &str)> = out
+            .iter()
+            .map(|p| {
+                let letter = dead_letter(p);
+                let header = |name| letter.headers.get(name).unwrap();
+                (header(dlq::ERROR_KIND), header(dlq::ATTEMPTS))
+            })
+            .collect();
+        let mut expected = vec![("guest_error", "3")];
+        expected.extend([("circuit_open", "0"); 9]);
+        assert_eq!(letters, expected);
+    }
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn sample_messages() -> Vec<Message> {
 }
 
 fn run(o: &Orchestrator<Pool>, messages: Vec<Message>) -> Vec<Processed> {
-    o.process_batch_blocking(messages, ProcessOptions { trace: true })
+    o.process_batch_blocking(messages, ProcessOptions::default().trace(true))
         .unwrap()
 }
 
@@ -377,7 +377,7 @@ fn reloads_while_messages_flow_lose_nothing_and_never_mix_configurations() {
                     for _ in 0..30 {
                         let batch = vec![Message::new("t", "{ \"a\" : 1 }"); 8];
                         all.extend(
-                            o.process_batch_blocking(batch, ProcessOptions { trace: true })
+                            o.process_batch_blocking(batch, ProcessOptions::default().trace(true))
                                 .unwrap(),
                         );
                     }
