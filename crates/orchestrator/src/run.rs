@@ -328,9 +328,7 @@ struct InStage {
     /// started, summed as it moves (a call's `ran` is the distance its end
     /// moved the clock), so that no instants are subtracted.
     elapsed: Duration,
-    /// The clock as the stage started: only for debug builds' check of
-    /// `elapsed`.
-    #[cfg(debug_assertions)]
+    /// The clock as the stage started.
     started: Instant,
     deadline: Option<Instant>,
     /// Any module selected. Which ones is [`Selection::runs`]: selection
@@ -342,6 +340,27 @@ struct InStage {
     parallel: bool,
     edits: StageEdits,
     dropped: bool,
+    /// A parallel stage's longest module: its modules run one after another
+    /// but are timed as if they ran at once (see [`Run::call`]), so the stage
+    /// takes as long as this of the pipeline's time.
+    longest: Duration,
+    /// In a parallel stage, when the current module's first attempt began:
+    /// the end of the one before (the clock moves on only as modules run).
+    module_started: Instant,
+    /// A parallel stage's first failure (in declaration order) that ends the
+    /// message's pipeline: acted on once every module of the stage has ended.
+    ending: Option<Box<Ending>>,
+}
+
+/// A failure in a parallel stage that ends the pipeline, kept until the
+/// stage's modules have all ended.
+#[derive(Debug)]
+struct Ending {
+    action: FailureAction,
+    /// The failed module's position in its stage.
+    position: usize,
+    error: CallError,
+    attempts: u32,
 }
 
 /// A parallel stage's edits, each module's in declaration order: the first
@@ -461,13 +480,15 @@ impl Run {
             pipeline: InPipeline::default(),
             stage: InStage {
                 elapsed: Duration::ZERO,
-                #[cfg(debug_assertions)]
                 started: now,
                 deadline: None,
                 any: false,
                 parallel: false,
                 edits: StageEdits::default(),
                 dropped: false,
+                longest: Duration::ZERO,
+                module_started: now,
+                ending: None,
             },
             module: InModule::default(),
             selection: Selection {
@@ -816,15 +837,15 @@ impl Run {
         let clock = self.clock;
         let state = &mut self.stage;
         state.elapsed = Duration::ZERO;
-        #[cfg(debug_assertions)]
-        {
-            state.started = clock;
-        }
+        state.started = clock;
         state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
         state.any = any;
         state.parallel = stage.parallel_execution;
         state.edits.clear();
         state.dropped = false;
+        state.longest = Duration::ZERO;
+        state.module_started = clock;
+        state.ending = None;
         self.module = InModule::default();
         self.place.module = Some(0);
     }
@@ -841,6 +862,32 @@ impl Run {
             tally.stage(series, self.stage.elapsed);
         }
         if self.stage.parallel {
+            // The stage took as long as its longest module of the pipeline's
+            // time; the rest of the real time it took is given back.
+            let took = self.clock.saturating_duration_since(self.stage.started);
+            let extra = took.saturating_sub(self.stage.longest);
+            if let Some(deadline) = self.pipeline.deadline {
+                self.pipeline.deadline = Some(deadline.checked_add(extra).unwrap_or(deadline));
+            }
+            // Failures first, in declaration order, before anything is
+            // combined: the first that ends the pipeline decides.
+            if let Some(ending) = self.stage.ending.take() {
+                let pipeline = &snapshot.plan.pipelines()[self.place.pipeline];
+                let stage = &pipeline.stages[self.stage_index()];
+                let module = &stage.modules[ending.position];
+                let Ending {
+                    action,
+                    error,
+                    attempts,
+                    ..
+                } = *ending;
+                self.module.attempts = attempts;
+                let all = stage.modules.len();
+                self.end_pipeline(
+                    snapshot, pipeline, stage, module, action, all, &error, tally,
+                );
+                return;
+            }
             self.combine(snapshot.plan.reads());
             if self.stage.dropped {
                 self.dropped(snapshot, tally);
@@ -962,12 +1009,25 @@ impl Run {
         tally: &mut Tally,
     ) -> Option<Instant> {
         let now = self.clock;
+        // A parallel stage's modules run one after another, each timed as if
+        // they had all started with the stage: a module's budgets are those
+        // the stage had as it started, however long the modules before it
+        // took (`lag`).
+        let (mut pipeline_deadline, mut stage_deadline) =
+            (self.pipeline.deadline, self.stage.deadline);
+        if self.stage.parallel {
+            let lag = self
+                .stage
+                .module_started
+                .saturating_duration_since(self.stage.started);
+            let later = |at: Instant| at.checked_add(lag).unwrap_or(at);
+            pipeline_deadline = pipeline_deadline.map(later);
+            stage_deadline = stage_deadline.map(later);
+        }
         // The tightest budget left, and what running out of it is called.
-        let mut deadline: Option<(Instant, ErrorKind)> = self
-            .pipeline
-            .deadline
-            .map(|at| (at, ErrorKind::PipelineTimeout));
-        if let Some(at) = self.stage.deadline {
+        let mut deadline: Option<(Instant, ErrorKind)> =
+            pipeline_deadline.map(|at| (at, ErrorKind::PipelineTimeout));
+        if let Some(at) = stage_deadline {
             if deadline.is_none_or(|(d, _)| at <= d) {
                 deadline = Some((at, ErrorKind::StageTimeout));
             }
@@ -1095,8 +1155,18 @@ impl Run {
         }
     }
 
-    /// Moves to the next position in the stage; returns it.
+    /// Moves to the next position in the stage; returns it. In a parallel
+    /// stage, the module that ended counts towards the stage's longest and
+    /// the next one starts now.
+    #[inline]
     fn next_module(&mut self) -> usize {
+        if self.stage.parallel {
+            let took = self
+                .clock
+                .saturating_duration_since(self.stage.module_started);
+            self.stage.longest = self.stage.longest.max(took);
+            self.stage.module_started = self.clock;
+        }
         let next = self.place.module.unwrap_or(0) + 1;
         self.place.module = Some(next);
         next
@@ -1153,36 +1223,69 @@ impl Run {
                 action,
             },
         );
-        self.module = InModule::default();
         let position = self.place.module.unwrap_or(0);
         match action {
             FailureAction::Skipped => {
+                self.module = InModule::default();
+                self.next_module();
+            }
+            // The stage's other modules run all the same, as if at once with
+            // this one; one ending the pipeline is acted on as the stage ends.
+            _ if self.stage.parallel => {
+                if action != FailureAction::EndedStage && self.stage.ending.is_none() {
+                    self.stage.ending = Some(Box::new(Ending {
+                        action,
+                        position,
+                        error,
+                        attempts,
+                    }));
+                }
+                self.module = InModule::default();
                 self.next_module();
             }
             FailureAction::EndedStage => {
+                self.module = InModule::default();
                 self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
-                // The stage ends here: a parallel stage combines what it has.
                 self.place.module = Some(stage.modules.len());
             }
+            _ => {
+                let rest = position + 1;
+                self.end_pipeline(
+                    snapshot, pipeline, stage, module, action, rest, &error, tally,
+                );
+            }
+        }
+    }
+
+    /// A failure of `module` (its attempts in `self.module`) ends the
+    /// message's pipeline by `action`; the stage's selected modules from
+    /// position `rest` on are noted as skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn end_pipeline<E: Engine>(
+        &mut self,
+        snapshot: &Snapshot<E>,
+        pipeline: &PlannedPipeline,
+        stage: &PlannedStage,
+        module: &PlannedModule,
+        action: FailureAction,
+        rest: usize,
+        error: &CallError,
+        tally: &mut Tally,
+    ) {
+        self.skip_stage_rest(pipeline, stage, rest, SkipReason::EarlierFailure);
+        match action {
             FailureAction::EndedPipeline => {
-                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
+                // Delivered as it stands: a parallel stage's results are not
+                // combined (its failures are handled before anything is).
+                self.module = InModule::default();
                 let next_stage = self.stage_index() + 1;
                 self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
-                if self.stage.parallel {
-                    self.combine(snapshot.plan.reads());
-                }
-                if self.stage.dropped {
-                    tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
-                    self.place.pipeline += 1;
-                    self.skip_rest(snapshot, 0, true, SkipReason::Dropped);
-                    self.done = Some(End::Dropped);
-                } else {
-                    tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
-                    self.next_pipeline();
-                }
+                self.stage.edits.clear();
+                tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
+                self.next_pipeline();
             }
             FailureAction::StoppedPipeline => {
-                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
+                self.module = InModule::default();
                 let next_stage = self.stage_index() + 1;
                 self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
                 self.message = self.entry();
@@ -1193,9 +1296,10 @@ impl Run {
                 self.next_pipeline();
             }
             FailureAction::DeadLettered => {
-                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
-                self.module.attempts = attempts;
-                self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
+                self.dead_letter(snapshot, pipeline, stage, module, error, tally);
+            }
+            FailureAction::Skipped | FailureAction::EndedStage => {
+                unreachable!("{action:?} does not end the pipeline")
             }
         }
     }

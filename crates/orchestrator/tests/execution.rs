@@ -224,6 +224,193 @@ fn a_parallel_stage_drops_when_any_module_drops_but_a_failure_is_handled_first()
     assert_eq!(&delivered(&out).payload[..], b"x");
 }
 
+/// A module that counts its calls and answers `behaviour`.
+fn counted(
+    calls: &Arc<AtomicUsize>,
+    behaviour: impl Fn(&Message) -> Behaviour + Send + Sync + 'static,
+) -> impl Fn(&Message) -> Behaviour + Send + Sync + 'static {
+    let calls = calls.clone();
+    move |m: &Message| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        behaviour(m)
+    }
+}
+
+/// In a parallel stage every selected module runs, whatever an earlier
+/// declared one did; then the failures are handled in declaration order
+/// (the first decides the dead letter) before anything is combined.
+#[test]
+fn a_parallel_stage_runs_every_module_before_a_failure_is_acted_on() {
+    for (strategy, stopped) in [("StopPipeline", true), ("SendToDeadLetter", false)] {
+        let engine = Arc::new(StandIn::new(2));
+        let calls = Arc::new(AtomicUsize::new(0));
+        engine.module(
+            "a",
+            counted(&calls, |_| {
+                Behaviour::fail(ErrorKind::GuestError, "a says no")
+            }),
+        );
+        engine.module("b", counted(&calls, append("b")));
+        engine.module(
+            "c",
+            counted(&calls, |_| Behaviour::fail(ErrorKind::Trap, "c trapped")),
+        );
+        let o = start(&engine, &PARALLEL.replace("StopPipeline", strategy));
+        let out = one(&o, Message::new("in", "x"));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "{strategy}: every module ran"
+        );
+        let action = if stopped {
+            assert_eq!(&delivered(&out).payload[..], b"x", "{strategy}");
+            FailureAction::StoppedPipeline
+        } else {
+            let letter = dead_letter(&out);
+            assert_eq!(&letter.payload[..], b"x");
+            assert_eq!(letter.headers.get(dlq::MODULE), Some("a"));
+            assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("guest_error"));
+            FailureAction::DeadLettered
+        };
+        let events = events(&out);
+        assert!(
+            matches!(&events[0].1, TraceEvent::Failed { kind: ErrorKind::GuestError, action: a, .. } if *a == action),
+            "{strategy}: {events:?}"
+        );
+        assert!(
+            matches!(&events[1].1, TraceEvent::Ran { .. }),
+            "{strategy}: {events:?}"
+        );
+        assert!(
+            matches!(&events[2].1, TraceEvent::Failed { kind: ErrorKind::Trap, action: a, .. } if *a == action),
+            "{strategy}: {events:?}"
+        );
+    }
+}
+
+/// A parallel stage's modules are timed as if they ran at once: each has the
+/// budgets the stage had as it started, and the stage takes its longest
+/// module's time of the pipeline's, though they run one after another.
+#[test]
+fn a_parallel_stage_times_its_modules_as_if_they_ran_at_once() {
+    let engine = Arc::new(StandIn::new(2));
+    // Each sets its own header (they all see the stage's input).
+    for name in ["a", "b", "c", "d"] {
+        engine.module(name, move |_| {
+            set_header(name, "1").after(Duration::from_millis(60))
+        });
+    }
+    engine.module("late", move |m| {
+        append("!")(m).after(Duration::from_millis(60))
+    });
+    engine.module("stuck", |_| {
+        set_header("never", "1").after(Duration::from_secs(5))
+    });
+    // Four modules of 60 ms in a stage of 200 ms, then one more of 60 ms in a
+    // pipeline of 300 ms: 300 ms of real time, 120 of the pipeline's.
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+global_timeout_ms: 300
+stages:
+  - priority: 0
+    parallel_execution: true
+    stage_timeout_ms: 200
+    modules: [{module_id: a}, {module_id: b}, {module_id: c}, {module_id: d}]
+  - priority: 1
+    modules: [{module_id: late}]
+"#;
+    let o = start(&engine, yaml);
+    let started = Instant::now();
+    let out = one(&o, Message::new("in", ""));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let m = delivered(&out);
+    assert_eq!(&m.payload[..], b"!", "{:?}", out.trace);
+    let names: Vec<&str> = m.headers.iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["a", "b", "c", "d"], "{:?}", out.trace);
+
+    // A module past the stage's budget fails `stage_timeout` when the
+    // budget, counted from the stage's start, runs out; the others' edits
+    // are combined.
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+stages:
+  - priority: 0
+    parallel_execution: true
+    stage_timeout_ms: 200
+    modules: [{module_id: a}, {module_id: stuck}, {module_id: b}]
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("in", ""));
+    let names: Vec<&str> = delivered(&out)
+        .headers
+        .iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names, ["a", "b"], "{:?}", out.trace);
+    let events = events(&out);
+    assert!(
+        matches!(
+            &events[1].1,
+            TraceEvent::Failed {
+                kind: ErrorKind::StageTimeout,
+                action: FailureAction::EndedStage,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    assert!(matches!(&events[2].1, TraceEvent::Ran { .. }), "{events:?}");
+}
+
+/// A pipeline timeout in a parallel stage under SkipModule ends the pipeline
+/// with the message as it stood when the stage began: the failure is handled
+/// before anything is combined, so the stage's edits and drops are not.
+#[test]
+fn a_pipeline_timeout_in_a_parallel_stage_delivers_the_stage_s_input() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("edit", append("!"));
+    engine.module("drop", |_| Behaviour::ok(Outcome::Dropped));
+    engine.module("stuck", |_| {
+        set_header("never", "1").after(Duration::from_secs(5))
+    });
+    engine.module("after", append("?"));
+    let yaml = r#"
+pipeline_id: p
+error_handling: SkipModule
+global_timeout_ms: 100
+stages:
+  - priority: 0
+    parallel_execution: true
+    modules: [{module_id: edit}, {module_id: drop}, {module_id: stuck}]
+  - priority: 1
+    modules: [{module_id: after}]
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("in", "x"));
+    assert_eq!(&delivered(&out).payload[..], b"x", "{:?}", out.trace);
+    let events = events(&out);
+    assert!(
+        matches!(
+            &events[2].1,
+            TraceEvent::Failed {
+                kind: ErrorKind::PipelineTimeout,
+                action: FailureAction::EndedPipeline,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            &events[3].1,
+            TraceEvent::Skipped(SkipReason::EarlierFailure)
+        ),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn pipelines_chain_and_a_new_topic_changes_what_later_filters_see() {
     let engine = Arc::new(StandIn::new(2));

@@ -236,6 +236,33 @@ fn hostile_modules_meet_every_strategy_and_timeout() {
     );
 }
 
+/// A parallel stage with the real modules: the trap declared first makes the
+/// dead letter, and the formatter declared after it still runs (every module
+/// of a parallel stage runs before a failure is acted on).
+#[test]
+fn a_trap_in_a_parallel_stage_is_acted_on_after_every_module_ran() {
+    let o = from_yaml(
+        r#"
+pipeline_id: parallel
+error_handling: SendToDeadLetter
+stages:
+  - priority: 4
+    parallel_execution: true
+    modules: [{module_id: hostile-trap}, {module_id: message-formatter}]
+"#,
+    );
+    let input = Message::new("events.web.click", r#"{"user":"u-1"}"#);
+    let out = run(&o, vec![input.clone()]);
+    assert_eq!(ran(&out[0]), ["message-formatter"]);
+    let Disposition::DeadLettered(letter) = &out[0].disposition else {
+        panic!("{:?}", out[0].disposition)
+    };
+    assert_eq!(letter.payload, input.payload);
+    assert_eq!(letter.headers.get(dlq::MODULE), Some("hostile-trap"));
+    assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("trap"));
+    assert_eq!(letter.headers.get(dlq::STAGE), Some("4"));
+}
+
 /// Every input accounted for exactly once, and the metrics say the same.
 #[test]
 fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
