@@ -563,24 +563,9 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         );
     };
     let config = config.to_str().unwrap();
-    refused(&[
-        "run",
-        "--config",
-        config,
-        "--input",
-        "-",
-        "--breaker-failures",
-        "0",
-    ]);
-    refused(&[
-        "run",
-        "--config",
-        config,
-        "--input",
-        "-",
-        "--dead-letter-topic",
-        "",
-    ]);
+    for [flag, value] in [["--breaker-failures", "0"], ["--dead-letter-topic", ""]] {
+        refused(&["run", "--config", config, "--input", "-", flag, value]);
+    }
     refused(&["serve", "--config", config, "--max-batch", "0"]);
     refused(&["serve", "--config", config, "--max-request-bytes", "0"]);
     // A directory as the input: refused, the output left as it was.

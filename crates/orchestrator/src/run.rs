@@ -1273,35 +1273,29 @@ impl Run {
         tally: &mut Tally,
     ) {
         self.skip_stage_rest(pipeline, stage, rest, SkipReason::EarlierFailure);
-        match action {
-            FailureAction::EndedPipeline => {
-                // Delivered as it stands: a parallel stage's results are not
-                // combined (its failures are handled before anything is).
-                self.module = InModule::default();
-                let next_stage = self.stage_index() + 1;
-                self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
-                self.stage.edits.clear();
-                tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
-                self.next_pipeline();
-            }
+        if action == FailureAction::DeadLettered {
+            self.dead_letter(snapshot, pipeline, stage, module, error, tally);
+            return;
+        }
+        self.module = InModule::default();
+        let next_stage = self.stage_index() + 1;
+        self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
+        // Whatever a parallel stage did is not combined: its failures are
+        // handled before anything is.
+        self.stage.edits.clear();
+        let result = match action {
+            // Delivered as it stands.
+            FailureAction::EndedPipeline => PipelineResult::Delivered,
             FailureAction::StoppedPipeline => {
-                self.module = InModule::default();
-                let next_stage = self.stage_index() + 1;
-                self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
                 self.message = self.entry();
                 self.selection.stale_filters = true;
                 self.selection.stale_rules = true;
-                self.stage.edits.clear();
-                tally.pipeline(self.place.pipeline, PipelineResult::Stopped);
-                self.next_pipeline();
+                PipelineResult::Stopped
             }
-            FailureAction::DeadLettered => {
-                self.dead_letter(snapshot, pipeline, stage, module, error, tally);
-            }
-            FailureAction::Skipped | FailureAction::EndedStage => {
-                unreachable!("{action:?} does not end the pipeline")
-            }
-        }
+            _ => unreachable!("{action:?} does not end the pipeline"),
+        };
+        tally.pipeline(self.place.pipeline, result);
+        self.next_pipeline();
     }
 
     /// The message as it entered the pipeline becomes a dead letter of
