@@ -52,6 +52,11 @@ pub(crate) struct TraceEntryJson<'a> {
     module: &'a str,
     #[serde(flatten)]
     event: EventJson<'a>,
+    /// The module's circuit breaker as the message met it (`closed`,
+    /// `half_open` for the probe, `open` for a refusal); absent when the
+    /// module was not called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +99,7 @@ pub(crate) fn trace_json(processed: &Processed) -> Vec<TraceEntryJson<'_>> {
             pipeline: &e.pipeline,
             priority: e.priority,
             module: &e.module,
+            circuit: e.circuit.map(|c| c.as_str()),
             event: match &e.event {
                 TraceEvent::Ran {
                     outcome,

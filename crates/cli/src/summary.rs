@@ -242,6 +242,7 @@ mod tests {
                 module: module.to_owned(),
                 index,
                 event: TraceEvent::Skipped(SkipReason::PipelineDisabled),
+                circuit: None,
             })
             .collect();
         Processed {

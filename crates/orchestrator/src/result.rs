@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rustmq_etl_core::{ErrorKind, Message};
 
+use crate::breaker::CircuitState;
+
 /// The end of one message's journey: exactly one of these (execution.md,
 /// "Accounting").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,11 @@ pub struct TraceEntry {
     pub index: usize,
     /// What happened.
     pub event: TraceEvent,
+    /// The module's circuit breaker as the message met it: `Closed` for a
+    /// call let through, `HalfOpen` for the probe after a cool-down, `Open`
+    /// for a call refused (`circuit_open`); none for a module not called
+    /// (skipped, or its budget spent before the call).
+    pub circuit: Option<CircuitState>,
 }
 
 /// What happened to one module for one message.

@@ -18,7 +18,7 @@ use rustmq_etl_core::{
 };
 use tokio::sync::oneshot;
 
-use crate::breaker::Permit;
+use crate::breaker::{CircuitState, Permit};
 use crate::orchestrator::contain;
 use crate::plan::{Plan, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
 use crate::result::{
@@ -401,6 +401,8 @@ impl StageEdits {
 struct InModule {
     attempts: u32,
     time: Duration,
+    /// Its circuit breaker as its last attempt met it (none: not called).
+    circuit: Option<CircuitState>,
     /// Waiting until then before the next attempt.
     retry_at: Option<Instant>,
 }
@@ -515,6 +517,8 @@ impl Run {
         (self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Notes what `module` did (for a call or a refusal, with its breaker's
+    /// state as the call met it: the current module's).
     fn note(
         &mut self,
         pipeline: &PlannedPipeline,
@@ -523,12 +527,17 @@ impl Run {
         event: TraceEvent,
     ) {
         if let Some(trace) = &mut self.trace {
+            let circuit = match event {
+                TraceEvent::Skipped(_) => None,
+                TraceEvent::Ran { .. } | TraceEvent::Failed { .. } => self.module.circuit,
+            };
             trace.entries.push(TraceEntry {
                 pipeline: pipeline.config.pipeline_id.clone(),
                 priority,
                 module: module.module_id.clone(),
                 index: module.index,
                 event,
+                circuit,
             });
         }
     }
@@ -1041,9 +1050,16 @@ impl Run {
         }
         let breaker = &snapshot.breakers[module.occurrence];
         let probe = match breaker.permit(now) {
-            Permit::Call => false,
-            Permit::Probe => true,
+            Permit::Call => {
+                self.module.circuit = Some(CircuitState::Closed);
+                false
+            }
+            Permit::Probe => {
+                self.module.circuit = Some(CircuitState::HalfOpen);
+                true
+            }
             Permit::Refuse { reopens_in_ms } => {
+                self.module.circuit = Some(CircuitState::Open);
                 let error = CallError::new(
                     ErrorKind::CircuitOpen,
                     format!("the module's circuit breaker is open for {reopens_in_ms} ms more"),

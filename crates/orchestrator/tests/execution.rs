@@ -1501,30 +1501,45 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
             ..options()
         },
     );
-    let kinds = |o: &Orchestrator<StandIn>| -> Vec<ErrorKind> {
+    use rustmq_etl_orchestrator::CircuitState::{Closed, HalfOpen, Open};
+    // Each message's failure kind, and the breaker as its trace says it met it.
+    let kinds = |o: &Orchestrator<StandIn>| -> Vec<(ErrorKind, _)> {
         traced(o, (0..5).map(|_| Message::new("t", "")).collect())
             .iter()
-            .map(|p| match &events(p)[0].1 {
-                TraceEvent::Failed { kind, .. } => *kind,
-                other => panic!("{other:?}"),
+            .map(|p| {
+                let entry = &p.trace.as_ref().unwrap().entries[0];
+                match &entry.event {
+                    TraceEvent::Failed { kind, .. } => (*kind, entry.circuit),
+                    other => panic!("{other:?}"),
+                }
             })
             .collect()
     };
     assert_eq!(
         kinds(&o),
         [
-            ErrorKind::Trap,
-            ErrorKind::Trap,
-            ErrorKind::Trap,
-            ErrorKind::CircuitOpen,
-            ErrorKind::CircuitOpen
+            (ErrorKind::Trap, Some(Closed)),
+            (ErrorKind::Trap, Some(Closed)),
+            (ErrorKind::Trap, Some(Closed)),
+            (ErrorKind::CircuitOpen, Some(Open)),
+            (ErrorKind::CircuitOpen, Some(Open))
         ]
     );
     healthy.store(1, Ordering::SeqCst);
-    assert_eq!(kinds(&o)[0], ErrorKind::CircuitOpen, "still cooling down");
+    assert_eq!(
+        kinds(&o)[0],
+        (ErrorKind::CircuitOpen, Some(Open)),
+        "still cooling down"
+    );
     std::thread::sleep(Duration::from_millis(120));
     let out = one(&o, Message::new("t", ""));
     assert_eq!(delivered(&out).headers.get("ok"), Some("1"), "the probe");
+    assert_eq!(
+        out.trace.as_ref().unwrap().entries[0].circuit,
+        Some(HalfOpen)
+    );
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(out.trace.as_ref().unwrap().entries[0].circuit, Some(Closed));
     assert_eq!(
         o.occurrences()[0].circuit,
         rustmq_etl_orchestrator::CircuitState::Closed
