@@ -70,10 +70,11 @@ pub struct TraceEntry {
     pub index: usize,
     /// What happened.
     pub event: TraceEvent,
-    /// The module's circuit breaker as the message met it: `Closed` for a
-    /// call let through, `HalfOpen` for the probe after a cool-down, `Open`
-    /// for a call refused (`circuit_open`); none for a module not called
-    /// (skipped, or its budget spent before the call).
+    /// The module's circuit breaker as the message's last call of it met it:
+    /// `Closed` for a call let through, `HalfOpen` for the probe after a
+    /// cool-down, `Open` for a call refused (`circuit_open`); none for a
+    /// module never called for the message (skipped, or its budget spent
+    /// before its first call).
     pub circuit: Option<CircuitState>,
 }
 
@@ -146,6 +147,10 @@ pub enum FailureAction {
     StoppedPipeline,
     /// The message became a dead letter.
     DeadLettered,
+    /// Nothing: in its parallel stage, the failure of a module declared
+    /// before it had already ended the pipeline (failures are handled in
+    /// declaration order, and the first that ends the pipeline decides).
+    EarlierFailure,
 }
 
 impl fmt::Display for SkipReason {
@@ -168,6 +173,7 @@ impl FailureAction {
             FailureAction::EndedPipeline => "ended_pipeline",
             FailureAction::StoppedPipeline => "stopped_pipeline",
             FailureAction::DeadLettered => "dead_lettered",
+            FailureAction::EarlierFailure => "earlier_failure",
         }
     }
 }

@@ -328,7 +328,9 @@ struct InStage {
     /// started, summed as it moves (a call's `ran` is the distance its end
     /// moved the clock), so that no instants are subtracted.
     elapsed: Duration,
-    /// The clock as the stage started.
+    /// The clock as the stage started: only for debug builds' check of
+    /// `elapsed`.
+    #[cfg(debug_assertions)]
     started: Instant,
     deadline: Option<Instant>,
     /// Any module selected. Which ones is [`Selection::runs`]: selection
@@ -340,13 +342,6 @@ struct InStage {
     parallel: bool,
     edits: StageEdits,
     dropped: bool,
-    /// A parallel stage's longest module: its modules run one after another
-    /// but are timed as if they ran at once (see [`Run::call`]), so the stage
-    /// takes as long as this of the pipeline's time.
-    longest: Duration,
-    /// In a parallel stage, when the current module's first attempt began:
-    /// the end of the one before (the clock moves on only as modules run).
-    module_started: Instant,
     /// A parallel stage's first failure (in declaration order) that ends the
     /// message's pipeline: acted on once every module of the stage has ended.
     ending: Option<Box<Ending>>,
@@ -403,6 +398,10 @@ struct InModule {
     time: Duration,
     /// Its circuit breaker as its last attempt met it (none: not called).
     circuit: Option<CircuitState>,
+    /// A probe call let through and not yet reported to the breaker: a host
+    /// panic in between gives it back, or the breaker would wait for it for
+    /// ever.
+    probe_out: bool,
     /// Waiting until then before the next attempt.
     retry_at: Option<Instant>,
 }
@@ -482,14 +481,13 @@ impl Run {
             pipeline: InPipeline::default(),
             stage: InStage {
                 elapsed: Duration::ZERO,
+                #[cfg(debug_assertions)]
                 started: now,
                 deadline: None,
                 any: false,
                 parallel: false,
                 edits: StageEdits::default(),
                 dropped: false,
-                longest: Duration::ZERO,
-                module_started: now,
                 ending: None,
             },
             module: InModule::default(),
@@ -846,14 +844,15 @@ impl Run {
         let clock = self.clock;
         let state = &mut self.stage;
         state.elapsed = Duration::ZERO;
-        state.started = clock;
+        #[cfg(debug_assertions)]
+        {
+            state.started = clock;
+        }
         state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
         state.any = any;
         state.parallel = stage.parallel_execution;
         state.edits.clear();
         state.dropped = false;
-        state.longest = Duration::ZERO;
-        state.module_started = clock;
         state.ending = None;
         self.module = InModule::default();
         self.place.module = Some(0);
@@ -871,13 +870,6 @@ impl Run {
             tally.stage(series, self.stage.elapsed);
         }
         if self.stage.parallel {
-            // The stage took as long as its longest module of the pipeline's
-            // time; the rest of the real time it took is given back.
-            let took = self.clock.saturating_duration_since(self.stage.started);
-            let extra = took.saturating_sub(self.stage.longest);
-            if let Some(deadline) = self.pipeline.deadline {
-                self.pipeline.deadline = Some(deadline.checked_add(extra).unwrap_or(deadline));
-            }
             // Failures first, in declaration order, before anything is
             // combined: the first that ends the pipeline decides.
             if let Some(ending) = self.stage.ending.take() {
@@ -1018,25 +1010,12 @@ impl Run {
         tally: &mut Tally,
     ) -> Option<Instant> {
         let now = self.clock;
-        // A parallel stage's modules run one after another, each timed as if
-        // they had all started with the stage: a module's budgets are those
-        // the stage had as it started, however long the modules before it
-        // took (`lag`).
-        let (mut pipeline_deadline, mut stage_deadline) =
-            (self.pipeline.deadline, self.stage.deadline);
-        if self.stage.parallel {
-            let lag = self
-                .stage
-                .module_started
-                .saturating_duration_since(self.stage.started);
-            let later = |at: Instant| at.checked_add(lag).unwrap_or(at);
-            pipeline_deadline = pipeline_deadline.map(later);
-            stage_deadline = stage_deadline.map(later);
-        }
         // The tightest budget left, and what running out of it is called.
-        let mut deadline: Option<(Instant, ErrorKind)> =
-            pipeline_deadline.map(|at| (at, ErrorKind::PipelineTimeout));
-        if let Some(at) = stage_deadline {
+        let mut deadline: Option<(Instant, ErrorKind)> = self
+            .pipeline
+            .deadline
+            .map(|at| (at, ErrorKind::PipelineTimeout));
+        if let Some(at) = self.stage.deadline {
             if deadline.is_none_or(|(d, _)| at <= d) {
                 deadline = Some((at, ErrorKind::StageTimeout));
             }
@@ -1056,6 +1035,7 @@ impl Run {
             }
             Permit::Probe => {
                 self.module.circuit = Some(CircuitState::HalfOpen);
+                self.module.probe_out = true;
                 true
             }
             Permit::Refuse { reopens_in_ms } => {
@@ -1086,6 +1066,9 @@ impl Run {
                 // Nothing ran: a probe that did not happen is given back.
                 if probe {
                     breaker.cancel_probe();
+                    self.module.probe_out = false;
+                    // Not met after all: the next attempt meets it anew.
+                    self.module.circuit = None;
                 }
                 // The clock moves on when the batch runs again.
                 return Some(busy.until);
@@ -1101,6 +1084,7 @@ impl Run {
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);
+        self.module.probe_out = false;
         match report.result {
             Ok(outcome) => {
                 let (result, ran) = match &outcome {
@@ -1171,18 +1155,8 @@ impl Run {
         }
     }
 
-    /// Moves to the next position in the stage; returns it. In a parallel
-    /// stage, the module that ended counts towards the stage's longest and
-    /// the next one starts now.
-    #[inline]
+    /// Moves to the next position in the stage; returns it.
     fn next_module(&mut self) -> usize {
-        if self.stage.parallel {
-            let took = self
-                .clock
-                .saturating_duration_since(self.stage.module_started);
-            self.stage.longest = self.stage.longest.max(took);
-            self.stage.module_started = self.clock;
-        }
         let next = self.place.module.unwrap_or(0) + 1;
         self.place.module = Some(next);
         next
@@ -1217,7 +1191,9 @@ impl Run {
         tally.error(module.index, kind);
         let strategy = pipeline.config.error_handling;
         let skips = stage.continue_on_error || strategy == ErrorHandlingStrategy::SkipModule;
-        let action = if skips {
+        let action = if self.stage.parallel && self.stage.ending.is_some() {
+            FailureAction::EarlierFailure
+        } else if skips {
             match kind {
                 ErrorKind::StageTimeout => FailureAction::EndedStage,
                 ErrorKind::PipelineTimeout => FailureAction::EndedPipeline,
@@ -1245,10 +1221,16 @@ impl Run {
                 self.module = InModule::default();
                 self.next_module();
             }
-            // The stage's other modules run all the same, as if at once with
-            // this one; one ending the pipeline is acted on as the stage ends.
+            // The stage's other modules run all the same; the first failure
+            // that ends the pipeline is acted on as the stage ends.
             _ if self.stage.parallel => {
-                if action != FailureAction::EndedStage && self.stage.ending.is_none() {
+                let ends = matches!(
+                    action,
+                    FailureAction::EndedPipeline
+                        | FailureAction::StoppedPipeline
+                        | FailureAction::DeadLettered
+                );
+                if ends {
                     self.stage.ending = Some(Box::new(Ending {
                         action,
                         position,
@@ -1368,6 +1350,9 @@ impl Run {
             .zip(self.place.module)
             .and_then(|(s, m)| s.modules.get(m));
         if let (Some(pipeline), Some(stage), Some(module)) = (pipeline, stage, module) {
+            if self.module.probe_out {
+                snapshot.breakers[module.occurrence].cancel_probe();
+            }
             // Whatever the strategy: a dead letter keeps the message.
             self.module = InModule::default();
             self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
@@ -1549,8 +1534,15 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         Step::Done
     }
 
+    /// Whether the engine may drop the batch unrun: its caller is gone and
+    /// none of its messages is under way (one started runs to its end and is
+    /// counted, though it waits, as the metrics of what it did so far expect).
     fn is_cancelled(&self) -> bool {
         caller_gone(&self.reply)
+            && !self
+                .runs
+                .iter()
+                .any(|run| run.is_started() && !run.is_done())
     }
 }
 
