@@ -104,9 +104,9 @@ impl Service {
                     .map_err(|e| e.errors.iter().map(ToString::to_string).collect())
             }
             Err(e) => {
-                // The orchestrator counts the reloads it is given; a file
-                // that does not load never reaches it.
-                metrics::counter!("rustmq_etl_reloads_total", "result" => "rejected").increment(1);
+                // A file that does not load never reaches the orchestrator:
+                // counted with the rejections it counts itself.
+                self.etl.reload_rejected();
                 Err(e.errors().map(ToString::to_string).collect::<Vec<_>>())
             }
         };

@@ -529,6 +529,40 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
         .contains("every request in flight was answered"));
 }
 
+/// A configuration that does not load and one whose module does not are
+/// both rejected reloads, counted in one series (the one was counted apart
+/// and the larger of the two counts published).
+#[test]
+fn every_rejected_reload_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etl.yaml");
+    let good = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    std::fs::write(&config, good).unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let rejected = |body: &str| {
+        std::fs::write(&config, body).unwrap();
+        let (code, text) = server.send("POST", "/v1/reload", "");
+        assert_eq!(code, 422, "{text}");
+    };
+    rejected("pipeline_id: [\n");
+    rejected(&good.replace("identity", "no-such-module"));
+    rejected("pipeline_id: [\n");
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    assert_eq!(
+        metric(&metrics, "rustmq_etl_reloads_total{result=\"rejected\"}"),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "rustmq_etl_config_version"), 1.0);
+    assert!(server.stop().success());
+}
+
 /// Bad requests get a 4xx and a JSON error that says what is wrong.
 #[test]
 fn bad_requests_get_4xx_with_a_reason() {

@@ -254,15 +254,27 @@ impl<E: Engine> Orchestrator<E> {
             }
             Err(errors) => Err(ReloadError { errors }),
         };
-        let outcome = match &result {
+        self.count_reload(match &result {
             Ok(report) if report.changed => 0,
             Ok(_) => 1,
             Err(_) => 2,
-        };
+        });
+        result
+    }
+
+    /// Counts a reload the embedding program rejected before it reached the
+    /// orchestrator — a configuration file that did not load, say — among
+    /// the rejected ones (`rustmq_etl_reloads_total{result="rejected"}`), so
+    /// that one count holds every rejection (the series is published from
+    /// this count, not added to).
+    pub fn reload_rejected(&self) {
+        self.count_reload(2);
+    }
+
+    fn count_reload(&self, outcome: usize) {
         let total = self.inner.reloads[outcome].fetch_add(1, Ordering::Relaxed) + 1;
         metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
             .absolute(total);
-        result
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the

@@ -858,8 +858,11 @@ impl Run {
         self.place.module = Some(0);
     }
 
-    fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
+    /// The current stage's time goes to its histogram, once, however the
+    /// stage ended: in turn, or by a drop, a stop or a dead letter.
+    fn stage_ended<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
         if self.stage.any {
+            self.stage.any = false;
             let series = snapshot.stage_series(self.place.pipeline, self.stage_index());
             #[cfg(debug_assertions)]
             assert_eq!(
@@ -869,6 +872,10 @@ impl Run {
             );
             tally.stage(series, self.stage.elapsed);
         }
+    }
+
+    fn end_stage<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
+        self.stage_ended(snapshot, tally);
         if self.stage.parallel {
             // Failures first, in declaration order, before anything is
             // combined: the first that ends the pipeline decides.
@@ -991,6 +998,7 @@ impl Run {
     /// The message was dropped in the current stage: nothing after it runs,
     /// here or in any later pipeline.
     fn dropped<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
+        self.stage_ended(snapshot, tally);
         tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
         let next_stage = self.stage_index() + 1;
         self.skip_rest(snapshot, next_stage, false, SkipReason::Dropped);
@@ -1271,6 +1279,7 @@ impl Run {
         tally: &mut Tally,
     ) {
         self.skip_stage_rest(pipeline, stage, rest, SkipReason::EarlierFailure);
+        self.stage_ended(snapshot, tally);
         if action == FailureAction::DeadLettered {
             self.dead_letter(snapshot, pipeline, stage, module, error, tally);
             return;
@@ -1307,6 +1316,7 @@ impl Run {
         error: &CallError,
         tally: &mut Tally,
     ) {
+        self.stage_ended(snapshot, tally);
         let next_stage = self.stage_index() + 1;
         self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);
         let mut letter = self.entry();

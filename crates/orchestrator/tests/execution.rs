@@ -871,6 +871,43 @@ fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
     lines
 }
 
+/// A stage's time is recorded however the stage ends for a message: in
+/// turn, by a drop, by a stopped pipeline or by a dead letter (after its
+/// retries' waits), each once.
+#[test]
+fn a_stage_s_time_is_recorded_however_it_ends() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |m: &Message| match &m.payload[..] {
+        b"drop" => Behaviour::ok(Outcome::Dropped),
+        b"fail" => Behaviour::fail(ErrorKind::Trap, "no"),
+        _ => Behaviour::ok(Outcome::Unchanged),
+    });
+    for (strategy, parallel) in [
+        ("StopPipeline", false),
+        ("RetryWithBackoff", false),
+        ("StopPipeline", true),
+        ("SendToDeadLetter", true),
+    ] {
+        let yaml = format!(
+            "pipeline_id: p\nerror_handling: {strategy}\nmax_retries: 1\nstages: [{{priority: 0, parallel_execution: {parallel}, modules: [{{module_id: m}}]}}]"
+        );
+        let o = start(&engine, &yaml);
+        let messages = ["ok", "drop", "fail"]
+            .map(|p| Message::new("t", p))
+            .to_vec();
+        o.process_batch_blocking(messages, ProcessOptions::default())
+            .unwrap();
+        let counts = pipeline_and_call_counts(&o);
+        assert!(
+            counts.contains(
+                &r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="0"} 3"#
+                    .to_owned()
+            ),
+            "{strategy}, parallel {parallel}: {counts:#?}"
+        );
+    }
+}
+
 /// Runs `messages` through `yaml` without a trace (pipelines that select
 /// nothing may be passed over) and with one (every stage is walked), each
 /// time on a new orchestrator, `check`ing the results; the two runs' counts
