@@ -52,6 +52,8 @@ struct Service {
     config_path: PathBuf,
     modules: PathBuf,
     metrics: PrometheusHandle,
+    /// The process's CPU time, memory, threads and files (`process_*`).
+    process: metrics_process::Collector,
     max_request_bytes: usize,
     max_batch: usize,
     shutting_down: AtomicBool,
@@ -180,6 +182,11 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         config_path: args.config.clone(),
         modules,
         metrics,
+        process: {
+            let process = metrics_process::Collector::default();
+            process.describe();
+            process
+        },
         max_request_bytes: args.max_request_bytes,
         max_batch: args.max_batch,
         shutting_down: AtomicBool::new(false),
@@ -578,6 +585,7 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
 /// `GET /metrics`: Prometheus text.
 async fn prometheus(State(service): State<Arc<Service>>) -> Response {
     service.etl.publish_metrics();
+    service.process.collect();
     service.metrics.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -696,6 +696,15 @@ fn bad_requests_get_4xx_with_a_reason() {
         5.0,
         "{metrics}"
     );
+    // The process's own CPU time and memory (design.md's system metrics).
+    assert!(
+        metric(&metrics, "process_cpu_seconds_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "process_resident_memory_bytes") > 1e6,
+        "{metrics}"
+    );
     assert!(server.stop().success());
 }
 

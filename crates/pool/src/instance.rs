@@ -487,6 +487,11 @@ impl WarmInstance {
         (definition.base, definition.current_length as u64)
     }
 
+    /// The instance's linear memory now, in bytes.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.guest_memory().1
+    }
+
     /// Runs the module on `message`, within its budget and `deadline`.
     pub(crate) fn call(
         &mut self,

@@ -47,7 +47,14 @@ impl LoadedModule {
         let version = VERSIONS.fetch_add(1, Ordering::Relaxed);
         let compiled = crate::module::compile(spec, version, wasm, settings)?;
         Ok(LoadedModule {
-            counters: Counters::new(compiled.labels.clone(), compiled.log_lines_dropped.clone()),
+            counters: Counters::new(
+                compiled.labels.clone(),
+                crate::stats::Limits {
+                    instances: compiled.settings.max_concurrent_instances,
+                    memory_bytes: compiled.settings.memory_limit_bytes,
+                },
+                compiled.log_lines_dropped.clone(),
+            ),
             compiled: Arc::new(compiled),
             running: Arc::default(),
             limit_running: true,
@@ -350,11 +357,18 @@ impl LocalPool {
         self.slots.retain(|_, slot| {
             if slot.module.strong_count() == 0 {
                 slot.drop_idle(|_| false);
+                slot.stats.memory(0, 0);
                 slot.stats.counters().publish();
                 return false;
             }
             let ttl = slot.idle_ttl;
             slot.drop_idle(|i| now.saturating_duration_since(i.last_used) < ttl);
+            // Between calls every instance of this thread is idle.
+            let sizes = slot.idle.iter().map(|i| i.memory_bytes());
+            let (all, largest) = sizes.fold((0, 0), |(all, largest), size| {
+                (all + size, largest.max(size))
+            });
+            slot.stats.memory(all, largest);
             slot.stats.counters().publish();
             true
         });

@@ -33,6 +33,8 @@ pub(crate) struct Counters {
     /// The labels: `module`, and `settings` unless the settings are the
     /// defaults.
     labels: Labels,
+    /// The occurrence's limits, published beside its levels.
+    limits: Limits,
     shards: Mutex<Vec<Arc<Shard>>>,
     /// Guest log lines past the per-call limit (counted by the instances).
     log_lines_dropped: Arc<AtomicU64>,
@@ -42,6 +44,17 @@ pub(crate) struct Counters {
 
 /// An occurrence's labels (`ModuleSpec::labels`).
 type Labels = Vec<(&'static str, String)>;
+
+/// An occurrence's limits (its `instance_config`), published as gauges so
+/// that the levels can be read against them (pool exhaustion, memory near
+/// its cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    /// `max_concurrent_instances`.
+    pub(crate) instances: u32,
+    /// `memory_limit_bytes`, per instance.
+    pub(crate) memory_bytes: usize,
+}
 
 /// The counters of every version of one occurrence's labels in the process,
 /// published together.
@@ -84,6 +97,8 @@ impl ModuleStats {
         self.log_lines_dropped += other.log_lines_dropped;
         self.in_use += other.in_use;
         self.idle += other.idle;
+        self.memory_bytes += other.memory_bytes;
+        self.largest_memory_bytes = self.largest_memory_bytes.max(other.largest_memory_bytes);
         for (kind, n) in &other.failures {
             match self.failures.iter_mut().find(|(k, _)| k == kind) {
                 Some((_, total)) => *total += n,
@@ -115,8 +130,9 @@ impl Family {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the series of `labels` under the recorder installed now.
-    fn publish(&self, labels: &Labels) {
+    /// Publishes the series of `labels` (with `limits`) under the recorder
+    /// installed now.
+    fn publish(&self, labels: &Labels, limits: Limits) {
         // Declared before the guard, so dropped after it (on an unwinding
         // panic too): the last reference to a version must not be dropped
         // while the lock is held, as its `drop` takes this lock. A version
@@ -150,6 +166,12 @@ impl Family {
         }
         metrics::gauge!("rustmq_etl_pool_instances_in_use", labels).set(stats.in_use as f64);
         metrics::gauge!("rustmq_etl_pool_instances_idle", labels).set(stats.idle as f64);
+        metrics::gauge!("rustmq_etl_pool_instances_limit", labels).set(f64::from(limits.instances));
+        metrics::gauge!("rustmq_etl_pool_memory_bytes", labels).set(stats.memory_bytes as f64);
+        metrics::gauge!("rustmq_etl_pool_instance_memory_max_bytes", labels)
+            .set(stats.largest_memory_bytes as f64);
+        metrics::gauge!("rustmq_etl_pool_instance_memory_limit_bytes", labels)
+            .set(limits.memory_bytes as f64);
         state.published = stats;
     }
 }
@@ -167,6 +189,10 @@ pub(crate) struct Shard {
     discards: AtomicU64,
     in_use: AtomicI64,
     idle: AtomicI64,
+    /// The linear memory of the thread's instances, all and the largest, as
+    /// of its last look (set, not counted).
+    memory_bytes: AtomicU64,
+    largest_memory_bytes: AtomicU64,
     failures: [AtomicU64; KINDS.len()],
 }
 
@@ -196,6 +222,11 @@ pub struct ModuleStats {
     pub failures: Vec<(ErrorKind, u64)>,
     /// Guest log lines dropped past the per-call limit.
     pub log_lines_dropped: u64,
+    /// The linear memory of the module's instances, in bytes, as of each
+    /// pool thread's last look (between calls, every cleaning interval).
+    pub memory_bytes: u64,
+    /// The largest instance's linear memory, in bytes, as of the same looks.
+    pub largest_memory_bytes: u64,
 }
 
 impl ModuleStats {
@@ -211,10 +242,15 @@ impl ModuleStats {
 impl Counters {
     /// The counters of a new version of an occurrence with `labels`
     /// (`ModuleSpec::labels`), joined to their family.
-    pub(crate) fn new(labels: Labels, log_lines_dropped: Arc<AtomicU64>) -> Arc<Self> {
+    pub(crate) fn new(
+        labels: Labels,
+        limits: Limits,
+        log_lines_dropped: Arc<AtomicU64>,
+    ) -> Arc<Self> {
         let family = family(&labels);
         let counters = Arc::new(Counters {
             labels,
+            limits,
             shards: Mutex::new(Vec::new()),
             log_lines_dropped,
             family: family.clone(),
@@ -277,6 +313,12 @@ impl Counters {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             log_lines_dropped: self.log_lines_dropped.load(Ordering::Relaxed),
+            memory_bytes: sum(|s| &s.memory_bytes),
+            largest_memory_bytes: shards
+                .iter()
+                .map(|s| s.largest_memory_bytes.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -284,7 +326,7 @@ impl Counters {
     /// family's totals and the gauges to their levels, under the recorder
     /// installed now.
     pub(crate) fn publish(&self) {
-        self.family.publish(&self.labels);
+        self.family.publish(&self.labels, self.limits);
     }
 }
 
@@ -292,6 +334,7 @@ impl Drop for Counters {
     fn drop(&mut self) {
         let mut last = self.snapshot();
         (last.in_use, last.idle) = (0, 0);
+        (last.memory_bytes, last.largest_memory_bytes) = (0, 0);
         let mut state = self.family.lock();
         state.retired.add(&last);
         state.live.retain(|c| c.strong_count() > 0);
@@ -361,5 +404,13 @@ impl Recorder {
 
     pub(crate) fn idle(&self, delta: i64) {
         Self::shift(&self.shard.idle, delta);
+    }
+
+    /// The linear memory of this thread's instances now: all and the largest.
+    pub(crate) fn memory(&self, all: u64, largest: u64) {
+        self.shard.memory_bytes.store(all, Ordering::Relaxed);
+        self.shard
+            .largest_memory_bytes
+            .store(largest, Ordering::Relaxed);
     }
 }

@@ -493,6 +493,39 @@ fn statistics_reach_the_metrics_facade_installed_later() {
             "{line:?} missing from:\n{text}"
         );
     }
+    // Memory: the one instance's linear memory (whole wasm pages), beside
+    // the limits it is held to.
+    let stats = module.statistics().snapshot();
+    assert!(
+        stats.memory_bytes > 0 && stats.memory_bytes % 65_536 == 0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.largest_memory_bytes, stats.memory_bytes);
+    let defaults = ModuleSettings::default();
+    assert!(stats.memory_bytes <= defaults.memory_limit_bytes as u64);
+    for line in [
+        format!(
+            r#"rustmq_etl_pool_memory_bytes{{module="metered"}} {}"#,
+            stats.memory_bytes
+        ),
+        format!(
+            r#"rustmq_etl_pool_instance_memory_max_bytes{{module="metered"}} {}"#,
+            stats.memory_bytes
+        ),
+        format!(
+            r#"rustmq_etl_pool_instance_memory_limit_bytes{{module="metered"}} {}"#,
+            defaults.memory_limit_bytes
+        ),
+        format!(
+            r#"rustmq_etl_pool_instances_limit{{module="metered"}} {}"#,
+            defaults.max_concurrent_instances
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
 }
 
 /// Every version of a module occurrence counts under its labels: a swap adds
