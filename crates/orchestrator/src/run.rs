@@ -319,6 +319,8 @@ struct InPipeline {
     /// carries one pointer, not the log.
     saved: Option<Box<Saved>>,
     deadline: Option<Instant>,
+    /// When the message entered it (the clock read then).
+    started: Option<Instant>,
 }
 
 /// What a stage keeps while a message is in it.
@@ -675,7 +677,7 @@ impl Run {
                 }
             };
             let Some(stage) = pipeline.stages.get(stage_index) else {
-                tally.pipeline(self.place.pipeline, PipelineResult::Delivered);
+                self.pipeline_ended(PipelineResult::Delivered, tally);
                 self.next_pipeline();
                 continue;
             };
@@ -747,9 +749,21 @@ impl Run {
             deadline: self
                 .clock
                 .checked_add(Duration::from_millis(pipeline.config.global_timeout_ms)),
+            started: Some(self.clock),
         };
         self.place.stage = Some(0);
         self.place.module = None;
+    }
+
+    /// The message leaves the current pipeline with `result`: counted, and
+    /// the pipeline's time recorded.
+    #[inline]
+    fn pipeline_ended(&mut self, result: PipelineResult, tally: &mut Tally) {
+        tally.pipeline(self.place.pipeline, result);
+        if let Some(started) = self.pipeline.started.take() {
+            let time = self.clock.saturating_duration_since(started);
+            tally.pipeline_time(self.place.pipeline, time);
+        }
     }
 
     fn next_pipeline(&mut self) {
@@ -860,6 +874,7 @@ impl Run {
 
     /// The current stage's time goes to its histogram, once, however the
     /// stage ended: in turn, or by a drop, a stop or a dead letter.
+    #[inline(always)]
     fn stage_ended<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
         if self.stage.any {
             self.stage.any = false;
@@ -999,7 +1014,7 @@ impl Run {
     /// here or in any later pipeline.
     fn dropped<E: Engine>(&mut self, snapshot: &Snapshot<E>, tally: &mut Tally) {
         self.stage_ended(snapshot, tally);
-        tally.pipeline(self.place.pipeline, PipelineResult::Dropped);
+        self.pipeline_ended(PipelineResult::Dropped, tally);
         let next_stage = self.stage_index() + 1;
         self.skip_rest(snapshot, next_stage, false, SkipReason::Dropped);
         self.place.pipeline += 1;
@@ -1301,7 +1316,7 @@ impl Run {
             }
             _ => unreachable!("{action:?} does not end the pipeline"),
         };
-        tally.pipeline(self.place.pipeline, result);
+        self.pipeline_ended(result, tally);
         self.next_pipeline();
     }
 
@@ -1337,7 +1352,7 @@ impl Run {
         }
         self.module = InModule::default();
         tally.dead_letter(module.index, error.kind());
-        tally.pipeline(self.place.pipeline, PipelineResult::DeadLettered);
+        self.pipeline_ended(PipelineResult::DeadLettered, tally);
         self.place.pipeline += 1;
         self.skip_rest(snapshot, 0, true, SkipReason::EarlierFailure);
         self.message = letter;

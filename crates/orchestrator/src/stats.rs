@@ -94,6 +94,8 @@ impl Histogram {
 struct PipelineTotals {
     /// processed, delivered, stopped, dropped, dead_lettered
     results: [AtomicU64; 5],
+    /// Time per message that ran in it.
+    time: Histogram,
 }
 
 const PIPELINE_RESULTS: [&str; 5] = [
@@ -171,7 +173,7 @@ pub(crate) struct Tally {
     /// By plan module index: outcomes, then errors, then dead letters by kind, then retries.
     modules: Vec<[u64; 4 + 2 * KINDS + 1]>,
     /// Histogram counts by series: series 0 is selection, then one per
-    /// module, then one per stage.
+    /// module, then one per stage, then one per pipeline.
     samples: Vec<Samples>,
     /// The pipelines, modules and series counted for since the tally was
     /// last emptied, each once.
@@ -282,6 +284,7 @@ impl Stats {
                     .or_insert_with(|| {
                         Arc::new(PipelineTotals {
                             results: Default::default(),
+                            time: Histogram::new(),
                         })
                     })
                     .clone(),
@@ -353,11 +356,14 @@ impl Stats {
             add(&totals.retries, retries[0]);
         }
         for series in tally.touched_samples.drain(..) {
-            // Series 0 is selection, then one per module, then one per stage.
+            // Series 0 is selection, then one per module, then one per
+            // stage, then one per pipeline.
+            let (modules, stages) = (table.modules.len(), table.stages.len());
             let histogram = match series.checked_sub(1) {
                 None => &self.selection,
-                Some(m) if m < table.modules.len() => &table.modules[m].time,
-                Some(m) => &table.stages[m - table.modules.len()],
+                Some(m) if m < modules => &table.modules[m].time,
+                Some(s) if s < modules + stages => &table.stages[s - modules],
+                Some(p) => &table.pipelines[p - modules - stages].time,
             };
             tally.samples[series].drain(|bucket, n| add(&histogram.buckets[bucket], u64::from(n)));
         }
@@ -438,6 +444,17 @@ impl Stats {
         if !histograms {
             return;
         }
+        for (pipeline, totals) in self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            totals.time.publish(metrics::histogram!(
+                "rustmq_etl_pipeline_duration_seconds",
+                "pipeline" => pipeline.clone()
+            ));
+        }
         for ((pipeline, priority), histogram) in
             self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter()
         {
@@ -460,7 +477,10 @@ impl Tally {
             messages: [0; 3],
             pipelines: vec![[0; 5]; plan.pipelines().len()],
             modules: vec![[0; MODULE_COUNTS]; plan.module_count()],
-            samples: vec![Samples::EMPTY; 1 + plan.module_count() + stages],
+            samples: vec![
+                Samples::EMPTY;
+                1 + plan.module_count() + stages + plan.pipelines().len()
+            ],
             touched_pipelines: Marks::new(plan.pipelines().len()),
             touched_modules: Marks::new(plan.module_count()),
             touched_samples: Vec::new(),
@@ -521,6 +541,13 @@ impl Tally {
     #[inline]
     pub(crate) fn stage(&mut self, stage: usize, time: Duration) {
         self.sample(self.modules.len() + 1 + stage, time);
+    }
+
+    /// A message's time in pipeline `pipeline` (the last series).
+    #[inline]
+    pub(crate) fn pipeline_time(&mut self, pipeline: usize, time: Duration) {
+        let series = self.samples.len() - self.pipelines.len() + pipeline;
+        self.sample(series, time);
     }
 
     #[inline]

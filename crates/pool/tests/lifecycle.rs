@@ -497,7 +497,7 @@ fn statistics_reach_the_metrics_facade_installed_later() {
     // the limits it is held to.
     let stats = module.statistics().snapshot();
     assert!(
-        stats.memory_bytes > 0 && stats.memory_bytes % 65_536 == 0,
+        stats.memory_bytes > 0 && stats.memory_bytes.is_multiple_of(65_536),
         "{stats:?}"
     );
     assert_eq!(stats.largest_memory_bytes, stats.memory_bytes);
