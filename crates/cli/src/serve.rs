@@ -61,6 +61,8 @@ struct Service {
     /// The configuration's warnings as last logged: a reload logs them again
     /// only if they changed.
     warnings: Mutex<Vec<String>>,
+    /// Held by a reload from its reading of the files to its swap.
+    reloading: Mutex<()>,
 }
 
 /// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
@@ -86,6 +88,10 @@ impl Service {
     /// Reads the configuration and modules again and puts them in service if
     /// they are valid. Blocks while modules compile.
     fn reload(&self, trigger: &'static str) -> ReloadStatus {
+        // One reload at a time, from reading the files to the swap: two at
+        // once (the watcher's and a request's) could otherwise put the
+        // older reading in service after the newer.
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -192,6 +198,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         shutting_down: AtomicBool::new(false),
         last_reload: Mutex::new(None),
         warnings: Mutex::new(warnings),
+        reloading: Mutex::new(()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
