@@ -136,7 +136,7 @@ pub(crate) fn build<E: Engine>(
                     wasm: wasm.into(),
                 });
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(with_listing(&plan, spec, e)),
         }
     }
     if !errors.is_empty() {
@@ -177,4 +177,38 @@ pub(crate) fn build<E: Engine>(
         },
         compiled,
     ))
+}
+
+/// `error` of occurrence `spec`, saying where the configuration first lists
+/// it (and, for settings other than the defaults, their metric label): two
+/// occurrences of one module with other `custom_config`s are then told
+/// apart.
+fn with_listing(plan: &Plan, spec: &ModuleSpec, error: LoadError) -> LoadError {
+    let Some(occurrence) = plan.occurrences().iter().position(|s| s == spec) else {
+        return error;
+    };
+    let listing = plan.pipelines().iter().find_map(|pipeline| {
+        pipeline.stages.iter().find_map(|stage| {
+            stage
+                .modules
+                .iter()
+                .any(|m| m.occurrence == occurrence)
+                .then_some((pipeline.config.pipeline_id.as_str(), stage.priority))
+        })
+    });
+    let Some((pipeline, priority)) = listing else {
+        return error;
+    };
+    let settings = spec
+        .settings
+        .label()
+        .map_or(String::new(), |label| format!(", settings {label}"));
+    LoadError::new(
+        error.step(),
+        error.module(),
+        format!(
+            "{} (as listed in pipeline {pipeline:?}, stage {priority}{settings})",
+            error.message()
+        ),
+    )
 }
