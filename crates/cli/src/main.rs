@@ -110,7 +110,7 @@ enum Command {
         /// was stopped (it says from where).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = line_number)]
         start_line: usize,
-        /// Run messages on both engine threads at once, and others while one
+        /// Run messages on all engine threads at once, and others while one
         /// waits for a retry's delay: faster, but which messages meet a
         /// circuit breaker that earlier ones opened then depends on timing.
         /// Without it each message runs to its end before the next starts,

@@ -321,6 +321,11 @@ struct InPipeline {
     deadline: Option<Instant>,
     /// When the message entered it (the clock read then).
     started: Option<Instant>,
+    /// Whether a stage of it selected any module for the message: only then
+    /// is the pipeline's time recorded (a pipeline that runs nothing is
+    /// passed over or walked through depending on what came before; its
+    /// near-zero time is no sample either way).
+    selected: bool,
 }
 
 /// What a stage keeps while a message is in it.
@@ -750,6 +755,7 @@ impl Run {
                 .clock
                 .checked_add(Duration::from_millis(pipeline.config.global_timeout_ms)),
             started: Some(self.clock),
+            selected: false,
         };
         self.place.stage = Some(0);
         self.place.module = None;
@@ -760,7 +766,7 @@ impl Run {
     #[inline]
     fn pipeline_ended(&mut self, result: PipelineResult, tally: &mut Tally) {
         tally.pipeline(self.place.pipeline, result);
-        if let Some(started) = self.pipeline.started.take() {
+        if let (Some(started), true) = (self.pipeline.started.take(), self.pipeline.selected) {
             let time = self.clock.saturating_duration_since(started);
             tally.pipeline_time(self.place.pipeline, time);
         }
@@ -864,6 +870,7 @@ impl Run {
         }
         state.deadline = stage.stage_timeout.and_then(|t| clock.checked_add(t));
         state.any = any;
+        self.pipeline.selected |= any;
         state.parallel = stage.parallel_execution;
         state.edits.clear();
         state.dropped = false;
@@ -1382,6 +1389,12 @@ impl Run {
             self.module = InModule::default();
             self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
             return;
+        }
+        // Between modules (a selection, a stage's end): the pipeline it was
+        // in, if any, ends with the dead letter.
+        if self.place.stage.is_some() {
+            self.stage_ended(snapshot, tally);
+            self.pipeline_ended(PipelineResult::DeadLettered, tally);
         }
         let mut letter = self.entry();
         let original = std::mem::replace(

@@ -179,36 +179,44 @@ pub(crate) fn build<E: Engine>(
     ))
 }
 
-/// `error` of occurrence `spec`, saying where the configuration first lists
-/// it (and, for settings other than the defaults, their metric label): two
+/// `error` of occurrence `spec`, saying where the configuration lists it
+/// (and, for settings other than the defaults, their metric label): two
 /// occurrences of one module with other `custom_config`s are then told
 /// apart.
 fn with_listing(plan: &Plan, spec: &ModuleSpec, error: LoadError) -> LoadError {
     let Some(occurrence) = plan.occurrences().iter().position(|s| s == spec) else {
         return error;
     };
-    let listing = plan.pipelines().iter().find_map(|pipeline| {
-        pipeline.stages.iter().find_map(|stage| {
-            stage
-                .modules
+    let listings: Vec<String> = plan
+        .pipelines()
+        .iter()
+        .flat_map(|pipeline| {
+            pipeline
+                .stages
                 .iter()
-                .any(|m| m.occurrence == occurrence)
-                .then_some((pipeline.config.pipeline_id.as_str(), stage.priority))
+                .filter(|stage| stage.modules.iter().any(|m| m.occurrence == occurrence))
+                .map(move |stage| {
+                    format!(
+                        "pipeline {:?}, stage {}",
+                        pipeline.config.pipeline_id, stage.priority
+                    )
+                })
         })
-    });
-    let Some((pipeline, priority)) = listing else {
+        .collect();
+    if listings.is_empty() {
         return error;
-    };
+    }
     let settings = spec
         .settings
         .label()
-        .map_or(String::new(), |label| format!(", settings {label}"));
+        .map_or(String::new(), |label| format!("; settings {label}"));
     LoadError::new(
         error.step(),
         error.module(),
         format!(
-            "{} (as listed in pipeline {pipeline:?}, stage {priority}{settings})",
-            error.message()
+            "{} (as listed in {}{settings})",
+            error.message(),
+            listings.join("; ")
         ),
     )
 }

@@ -913,6 +913,46 @@ fn a_stage_s_time_is_recorded_however_it_ends() {
     }
 }
 
+/// A pipeline's time is a sample only for messages it selected a module for:
+/// one that selects none records none, whether it is walked (the first of a
+/// journey, or traced) or passed over (a later one).
+#[test]
+fn a_pipeline_that_selects_nothing_records_no_time() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |_| Behaviour::ok(Outcome::Unchanged));
+    let yaml = r#"
+pipelines:
+  - pipeline_id: a
+    stages: [{priority: 0, modules: [{module_id: m, topic_filters: [{filter_type: Exact, pattern: x}]}]}]
+  - pipeline_id: b
+    stages: [{priority: 0, modules: [{module_id: m, topic_filters: [{filter_type: Exact, pattern: x}]}]}]
+  - pipeline_id: c
+    stages: [{priority: 0, modules: [{module_id: m}]}]
+"#;
+    for trace in [false, true] {
+        let o = start(&engine, yaml);
+        let messages = vec![Message::new("t", ""); 3];
+        o.process_batch_blocking(messages, ProcessOptions::default().trace(trace))
+            .unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || o.publish_metrics());
+        let text = handle.render();
+        let count = |pipeline: &str| {
+            let series =
+                format!(r#"rustmq_etl_pipeline_duration_seconds_count{{pipeline="{pipeline}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            [count("a"), count("b"), count("c")],
+            [0, 0, 3],
+            "trace {trace}:\n{text}"
+        );
+    }
+}
+
 /// Runs `messages` through `yaml` without a trace (pipelines that select
 /// nothing may be passed over) and with one (every stage is walked), each
 /// time on a new orchestrator, `check`ing the results; the two runs' counts

@@ -188,6 +188,7 @@ impl Drop for Slot {
     /// as evicted.
     fn drop(&mut self) {
         self.drop_idle(|_| false);
+        self.stats.memory(0, 0);
     }
 }
 
