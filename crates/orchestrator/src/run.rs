@@ -1140,18 +1140,21 @@ impl Run {
                         },
                     );
                 }
-                self.module = InModule::default();
-                let position = self.next_module();
+                let next = self.place.module.unwrap_or(0) + 1;
                 match outcome {
                     Outcome::Unchanged => {}
                     Outcome::Dropped if self.stage.parallel => self.stage.dropped = true,
                     Outcome::Dropped => {
-                        self.skip_stage_rest(pipeline, stage, position, SkipReason::Dropped);
+                        self.skip_stage_rest(pipeline, stage, next, SkipReason::Dropped);
                         self.dropped(snapshot, tally);
                     }
                     Outcome::Edited(edits) if self.stage.parallel => self.stage.edits.push(edits),
+                    // Applied while this module is the current one: a host
+                    // failure applying its answer is blamed on it.
                     Outcome::Edited(edits) => self.apply(edits, snapshot.plan.reads()),
                 }
+                self.module = InModule::default();
+                self.next_module();
                 None
             }
             Err(error) => {
