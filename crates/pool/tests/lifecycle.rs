@@ -526,6 +526,10 @@ fn statistics_reach_the_metrics_facade_installed_later() {
             "{line:?} missing from:\n{text}"
         );
     }
+    // The thread's pool gone (its instances with it), its memory is too.
+    drop(local);
+    let stats = module.statistics().snapshot();
+    assert_eq!((stats.memory_bytes, stats.largest_memory_bytes), (0, 0));
 }
 
 /// Every version of a module occurrence counts under its labels: a swap adds
