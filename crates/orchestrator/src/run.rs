@@ -1114,7 +1114,9 @@ impl Run {
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);
-        self.module.probe_out = false;
+        if probe {
+            self.module.probe_out = false;
+        }
         match report.result {
             Ok(outcome) => {
                 let (result, ran) = match &outcome {
@@ -1249,31 +1251,29 @@ impl Run {
             },
         );
         let position = self.place.module.unwrap_or(0);
-        match action {
-            FailureAction::Skipped => {
-                self.module = InModule::default();
-                self.next_module();
-            }
-            // The stage's other modules run all the same; the first failure
-            // that ends the pipeline is acted on as the stage ends.
-            _ if self.stage.parallel => {
-                let ends = matches!(
+        // Skipped, the stage goes on; so does a parallel stage whatever the
+        // failure: its other modules run all the same, and the first failure
+        // that ends the pipeline is acted on as the stage ends.
+        if action == FailureAction::Skipped || self.stage.parallel {
+            let ends = matches!(
+                action,
+                FailureAction::EndedPipeline
+                    | FailureAction::StoppedPipeline
+                    | FailureAction::DeadLettered
+            );
+            if ends {
+                self.stage.ending = Some(Box::new(Ending {
                     action,
-                    FailureAction::EndedPipeline
-                        | FailureAction::StoppedPipeline
-                        | FailureAction::DeadLettered
-                );
-                if ends {
-                    self.stage.ending = Some(Box::new(Ending {
-                        action,
-                        position,
-                        error,
-                        attempts,
-                    }));
-                }
-                self.module = InModule::default();
-                self.next_module();
+                    position,
+                    error,
+                    attempts,
+                }));
             }
+            self.module = InModule::default();
+            self.next_module();
+            return;
+        }
+        match action {
             FailureAction::EndedStage => {
                 self.module = InModule::default();
                 self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
@@ -1304,11 +1304,11 @@ impl Run {
         tally: &mut Tally,
     ) {
         self.skip_stage_rest(pipeline, stage, rest, SkipReason::EarlierFailure);
-        self.stage_ended(snapshot, tally);
         if action == FailureAction::DeadLettered {
             self.dead_letter(snapshot, pipeline, stage, module, error, tally);
             return;
         }
+        self.stage_ended(snapshot, tally);
         self.module = InModule::default();
         let next_stage = self.stage_index() + 1;
         self.skip_rest(snapshot, next_stage, false, SkipReason::EarlierFailure);

@@ -113,7 +113,7 @@ pub(crate) fn build<E: Engine>(
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     let mut compiled = 0;
-    for spec in plan.occurrences() {
+    for (occurrence, spec) in plan.occurrences().iter().enumerate() {
         let wasm = match keep.source.read(&spec.id) {
             Ok(wasm) => wasm,
             Err(e) => {
@@ -136,7 +136,7 @@ pub(crate) fn build<E: Engine>(
                     wasm: wasm.into(),
                 });
             }
-            Err(e) => errors.push(with_listing(&plan, spec, e)),
+            Err(e) => errors.push(with_listing(&plan, occurrence, e)),
         }
     }
     if !errors.is_empty() {
@@ -179,14 +179,11 @@ pub(crate) fn build<E: Engine>(
     ))
 }
 
-/// `error` of occurrence `spec`, saying where the configuration lists it
+/// `error` of `occurrence`, saying where the configuration lists it
 /// (and, for settings other than the defaults, their metric label): two
 /// occurrences of one module with other `custom_config`s are then told
 /// apart.
-fn with_listing(plan: &Plan, spec: &ModuleSpec, error: LoadError) -> LoadError {
-    let Some(occurrence) = plan.occurrences().iter().position(|s| s == spec) else {
-        return error;
-    };
+fn with_listing(plan: &Plan, occurrence: usize, error: LoadError) -> LoadError {
     let listings: Vec<String> = plan
         .pipelines()
         .iter()
@@ -206,7 +203,7 @@ fn with_listing(plan: &Plan, spec: &ModuleSpec, error: LoadError) -> LoadError {
     if listings.is_empty() {
         return error;
     }
-    let settings = spec
+    let settings = plan.occurrences()[occurrence]
         .settings
         .label()
         .map_or(String::new(), |label| format!("; settings {label}"));

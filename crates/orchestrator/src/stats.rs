@@ -404,6 +404,12 @@ impl Stats {
                 metrics::counter!("rustmq_etl_pipeline_messages_total", "pipeline" => pipeline.clone(), "result" => result)
                     .absolute(counter.load(Ordering::Relaxed));
             }
+            if histograms {
+                totals.time.publish(metrics::histogram!(
+                    "rustmq_etl_pipeline_duration_seconds",
+                    "pipeline" => pipeline.clone()
+                ));
+            }
         }
         for ((pipeline, module, settings), totals) in self
             .modules
@@ -443,17 +449,6 @@ impl Stats {
         }
         if !histograms {
             return;
-        }
-        for (pipeline, totals) in self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            totals.time.publish(metrics::histogram!(
-                "rustmq_etl_pipeline_duration_seconds",
-                "pipeline" => pipeline.clone()
-            ));
         }
         for ((pipeline, priority), histogram) in
             self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter()

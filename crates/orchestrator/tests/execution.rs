@@ -808,10 +808,7 @@ fn a_later_selection_sees_every_kind_of_edit_its_rules_read() {
 
 /// How many selections the orchestrator has evaluated, by its metrics.
 fn selections(o: &Orchestrator<StandIn>) -> u64 {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || o.publish_metrics());
-    let text = handle.render();
+    let text = scraped(o);
     text.lines()
         .find_map(|l| l.strip_prefix("rustmq_etl_selection_duration_seconds_count "))
         .unwrap_or_else(|| panic!("no selection count in\n{text}"))
@@ -850,14 +847,19 @@ fn an_edit_no_rule_reads_does_not_evaluate_the_selection_again() {
     }
 }
 
-/// Every line of the orchestrator's metrics that counts pipelines' messages,
-/// module calls, stage times and selections.
-fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
+/// The orchestrator's metrics in Prometheus text, published to a recorder
+/// of their own.
+fn scraped(o: &Orchestrator<StandIn>) -> String {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || o.publish_metrics());
-    let mut lines: Vec<String> = handle
-        .render()
+    handle.render()
+}
+
+/// Every line of the orchestrator's metrics that counts pipelines' messages,
+/// module calls, stage times and selections.
+fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
+    let mut lines: Vec<String> = scraped(o)
         .lines()
         .filter(|l| {
             l.starts_with("rustmq_etl_pipeline_messages_total{")
@@ -897,10 +899,7 @@ fn a_stage_s_time_is_recorded_however_it_ends() {
             .to_vec();
         o.process_batch_blocking(messages, ProcessOptions::default())
             .unwrap();
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || o.publish_metrics());
-        let text = handle.render();
+        let text = scraped(&o);
         for line in [
             r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="0"} 3"#,
             r#"rustmq_etl_pipeline_duration_seconds_count{pipeline="p"} 3"#,
@@ -934,10 +933,7 @@ pipelines:
         let messages = vec![Message::new("t", ""); 3];
         o.process_batch_blocking(messages, ProcessOptions::default().trace(trace))
             .unwrap();
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || o.publish_metrics());
-        let text = handle.render();
+        let text = scraped(&o);
         let count = |pipeline: &str| {
             let series =
                 format!(r#"rustmq_etl_pipeline_duration_seconds_count{{pipeline="{pipeline}"}} "#);
@@ -2129,10 +2125,7 @@ async fn a_message_waiting_for_a_retry_runs_to_its_end_after_its_caller_gave_up(
     // Its result is counted once the batch has ended.
     let waited = Instant::now();
     loop {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || o.publish_metrics());
-        let text = handle.render();
+        let text = scraped(&o);
         if text
             .lines()
             .any(|l| l == r#"rustmq_etl_messages_total{result="delivered"} 1"#)
@@ -2306,10 +2299,7 @@ fn reloads_before_the_recorder_is_installed_are_published_after() {
         unknown.to_string(),
         r#"the configuration was not applied: no pipeline "q""#
     );
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || o.publish_metrics());
-    let text = handle.render();
+    let text = scraped(&o);
     for series in [
         "rustmq_etl_config_version 2",
         r#"rustmq_etl_reloads_total{result="applied"} 1"#,
@@ -2357,10 +2347,7 @@ stages:
     let out = o.process(Message::new("counted", "")).await.unwrap();
     assert!(matches!(out.disposition, Disposition::Delivered(_)));
     // Counted through the metrics: exactly one call of `counted`.
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || o.publish_metrics());
-    let text = handle.render();
+    let text = scraped(&o);
     assert!(
         text.lines().any(|l| l
             == r#"rustmq_etl_module_calls_total{pipeline="p",module="counted",outcome="unchanged"} 1"#),
