@@ -415,7 +415,10 @@ fn load_plan(
 }
 
 /// Starts the engine and loads `config`'s modules from `modules`, or prints
-/// every module that could not be loaded.
+/// every module that could not be compiled or started. A module whose file
+/// is not there does not stop the start: it is named in a warning, and its
+/// calls fail `unavailable` (execution.md), handled by its pipeline's error
+/// strategy.
 fn start(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
@@ -424,40 +427,75 @@ fn start(
     load_modules(config, modules, false, options)
 }
 
-/// [`start`]; `validating`: only to check that every module loads.
+/// Where modules are looked for, said when one was not read.
+const MODULES_HINT: &str = "--modules sets the directory; a module is <dir>/<module_id>.wasm";
+
+/// [`start`]; `validating`: only to check that every module loads (one that
+/// is not there is then an error too).
 fn load_modules(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
     validating: bool,
     options: Options,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
+    // A directory that is not there is a mistake in the command, not a
+    // module that is missing: nothing would run.
+    if !modules.is_dir() {
+        eprintln!(
+            "error: {}: no such directory of modules ({MODULES_HINT})",
+            modules.display()
+        );
+        if !validating {
+            eprintln!("cannot start: no modules");
+        }
+        return Ok(None);
+    }
     let engine = Arc::new(
         Pool::new(PoolConfig::default())
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
     );
-    match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
-        Ok(etl) => Ok(Some(etl)),
-        Err(e) => {
-            for error in &e.errors {
-                eprintln!("error: {error}");
+    let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
+        Ok(etl) => {
+            let unavailable = etl.unavailable();
+            if unavailable.is_empty() {
+                return Ok(Some(etl));
             }
-            // Where the files are looked for helps only when one was not read.
-            let unread = e.errors.iter().any(|e| e.step() == LoadStep::Read);
-            eprintln!(
-                "{}{} module{} could not be loaded from {}{}",
-                if validating { "" } else { "cannot start: " },
-                e.errors.len(),
-                plural(e.errors.len()),
-                modules.display(),
-                if unread {
-                    " (--modules sets the directory; a module is <dir>/<module_id>.wasm)"
-                } else {
-                    ""
+            if !validating {
+                for error in &unavailable {
+                    eprintln!("warning: {error}");
                 }
-            );
-            Ok(None)
+                eprintln!(
+                    "warning: {} module{} could not be read from {} ({MODULES_HINT}): every call of {} \
+                     fails `unavailable`, handled by its pipeline's error strategy",
+                    unavailable.len(),
+                    plural(unavailable.len()),
+                    modules.display(),
+                    if unavailable.len() == 1 { "it" } else { "them" },
+                );
+                return Ok(Some(etl));
+            }
+            unavailable
         }
+        Err(e) => e.errors,
+    };
+    for error in &errors {
+        eprintln!("error: {error}");
     }
+    // Where the files are looked for helps only when one was not read.
+    let unread = errors.iter().any(|e| e.step() == LoadStep::Read);
+    eprintln!(
+        "{}{} module{} could not be loaded from {}{}",
+        if validating { "" } else { "cannot start: " },
+        errors.len(),
+        plural(errors.len()),
+        modules.display(),
+        if unread {
+            format!(" ({MODULES_HINT})")
+        } else {
+            String::new()
+        }
+    );
+    Ok(None)
 }
 
 fn plural(n: usize) -> &'static str {

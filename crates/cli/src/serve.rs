@@ -82,6 +82,10 @@ struct ReloadStatus {
     /// Why it was rejected: every problem, each naming where.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<String>,
+    /// Modules in service whose file could not be read: their calls fail
+    /// `unavailable` (applied and unchanged reloads).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unavailable: Vec<String>,
 }
 
 impl Service {
@@ -120,6 +124,9 @@ impl Service {
         };
         let status = match result {
             Ok(report) => {
+                for missing in &report.unavailable {
+                    log::warn!("reload ({trigger}): {missing}; its calls fail `unavailable`");
+                }
                 if report.changed {
                     log::info!(
                         "reload ({trigger}): configuration version {} in service ({} module{} compiled)",
@@ -144,6 +151,7 @@ impl Service {
                     config_version: report.version,
                     compiled: Some(report.compiled),
                     errors: Vec::new(),
+                    unavailable: report.unavailable.iter().map(ToString::to_string).collect(),
                 }
             }
             Err(errors) => {
@@ -161,6 +169,7 @@ impl Service {
                     config_version: self.etl.config_version(),
                     compiled: None,
                     errors,
+                    unavailable: Vec::new(),
                 }
             }
         };
@@ -525,14 +534,18 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
         .occurrences
         .into_iter()
         .map(|o| {
-            json!({
+            let mut occurrence = json!({
                 "module_id": o.spec.id,
                 "settings": o.spec.settings.label(),
                 "circuit": o.circuit.as_str(),
                 "used_in": o.used_in.iter().map(|(pipeline, priority)| {
                     json!({"pipeline": pipeline, "priority": priority})
                 }).collect::<Vec<_>>(),
-            })
+            });
+            if let Some(why) = o.unavailable {
+                occurrence["unavailable"] = json!(why);
+            }
+            occurrence
         })
         .collect();
     let last_reload = service

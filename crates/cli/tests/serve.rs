@@ -746,7 +746,7 @@ fn a_server_that_cannot_start_says_why() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("could not be loaded from /nonexistent"),
+        stderr.contains("/nonexistent: no such directory of modules"),
         "{stderr}"
     );
 }

@@ -94,6 +94,10 @@ pub struct ReloadReport {
     /// module files all have the same bytes keeps the version in service
     /// (file watchers often report one edit twice).
     pub changed: bool,
+    /// The modules in service whose file could not be read, each saying
+    /// where it is listed: their calls fail `unavailable` until a reload
+    /// finds them ([`Orchestrator::unavailable`]).
+    pub unavailable: Vec<LoadError>,
 }
 
 /// How to process a batch: `ProcessOptions::default()` (no trace, messages
@@ -236,12 +240,21 @@ impl<E: Engine> Orchestrator<E> {
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
         let built = build(&self.inner.keep, config, version, Some(&previous));
         let result = match built {
-            Ok((snapshot, 0)) if snapshot.config == previous.config => Ok(ReloadReport {
-                version: previous.version,
-                compiled: 0,
-                changed: false,
-            }),
+            Ok((snapshot, 0))
+                if snapshot.config == previous.config
+                    && snapshot
+                        .unavailable_occurrences()
+                        .eq(previous.unavailable_occurrences()) =>
+            {
+                Ok(ReloadReport {
+                    version: previous.version,
+                    compiled: 0,
+                    changed: false,
+                    unavailable: previous.unavailable_errors(),
+                })
+            }
             Ok((snapshot, compiled)) => {
+                let unavailable = snapshot.unavailable_errors();
                 self.inner.versions.store(version, Ordering::Relaxed);
                 let _gauge = lock(&self.inner.version_gauge);
                 self.inner.current.store(Arc::new(snapshot));
@@ -250,6 +263,7 @@ impl<E: Engine> Orchestrator<E> {
                     version,
                     compiled,
                     changed: true,
+                    unavailable,
                 })
             }
             Err(errors) => Err(ReloadError { errors }),
@@ -299,6 +313,15 @@ impl<E: Engine> Orchestrator<E> {
     /// changed ones in service (a module version swap).
     pub fn reload_modules(&self) -> Result<ReloadReport, ReloadError> {
         self.reload(&self.config())
+    }
+
+    /// The modules of the configuration in service whose file could not be
+    /// read, each saying where it is listed (empty when every one loaded).
+    /// Their calls fail `unavailable` (execution.md) and are handled by
+    /// their pipeline's error strategy; a reload that finds the file puts
+    /// the module in service.
+    pub fn unavailable(&self) -> Vec<LoadError> {
+        self.inner.current.load().unavailable_errors()
     }
 
     /// The configuration in service.
@@ -519,6 +542,8 @@ impl<E: Engine> Orchestrator<E> {
             let version = self.inner.current.load().version;
             metrics::gauge!("rustmq_etl_config_version").set(version as f64);
         }
+        // Module occurrences in service whose calls fail `unavailable`.
+        metrics::gauge!("rustmq_etl_modules_unavailable").set(snapshot.unavailable.len() as f64);
         for (result, count) in RELOAD_RESULTS.iter().zip(&self.inner.reloads) {
             metrics::counter!("rustmq_etl_reloads_total", "result" => *result)
                 .absolute(count.load(Ordering::Relaxed));
@@ -580,10 +605,12 @@ fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
         .occurrences()
         .iter()
         .zip(&snapshot.breakers)
-        .map(|(spec, breaker)| Occurrence {
+        .zip(&snapshot.modules)
+        .map(|((spec, breaker), module)| Occurrence {
             spec: spec.clone(),
             circuit: breaker.state(),
             used_in: Vec::new(),
+            unavailable: module.as_ref().err().map(|why| why.to_string()),
         })
         .collect();
     for pipeline in plan.pipelines() {
@@ -619,6 +646,9 @@ pub struct Occurrence {
     /// The stages that use it: pipeline id and priority, in the plan's order
     /// (a stage that lists it twice, twice).
     pub used_in: Vec<(String, u32)>,
+    /// Why its calls fail `unavailable`, if they do (its file could not be
+    /// read).
+    pub unavailable: Option<String>,
 }
 
 /// Runs `f`, turning a panic into its text.

@@ -1089,20 +1089,28 @@ impl Run {
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);
         }
-        let loaded = &snapshot.modules[module.occurrence];
-        let report: CallReport = match runner.call(loaded, request) {
-            Ok(report) => report,
-            Err(busy) => {
-                // Nothing ran: a probe that did not happen is given back.
-                if probe {
-                    breaker.cancel_probe();
-                    self.module.probe_out = false;
-                    // Not met after all: the next attempt meets it anew.
-                    self.module.circuit = None;
+        let report: CallReport = match &snapshot.modules[module.occurrence] {
+            Ok(loaded) => match runner.call(loaded, request) {
+                Ok(report) => report,
+                Err(busy) => {
+                    // Nothing ran: a probe that did not happen is given back.
+                    if probe {
+                        breaker.cancel_probe();
+                        self.module.probe_out = false;
+                        // Not met after all: the next attempt meets it anew.
+                        self.module.circuit = None;
+                    }
+                    // The clock moves on when the batch runs again.
+                    return Some(busy.until);
                 }
-                // The clock moves on when the batch runs again.
-                return Some(busy.until);
-            }
+            },
+            // Its file was not found: a failed call that took no time.
+            Err(why) => CallReport::new(
+                Err(CallError::new(ErrorKind::Unavailable, why.as_ref())),
+                0,
+                self.clock,
+                self.clock,
+            ),
         };
         // A runner's reading, never taken back: a stale one would let a
         // deadline pass unseen. The call ran from the run's clock (its

@@ -63,9 +63,14 @@ pub(crate) struct Snapshot<E: Engine> {
     pub(crate) version: u64,
     pub(crate) config: Config,
     pub(crate) plan: Plan,
-    /// By occurrence.
-    pub(crate) modules: Vec<E::Module>,
-    pub(crate) loaded: Vec<Loaded<E::Module>>,
+    /// By occurrence: the loaded module, or why its calls fail
+    /// `unavailable` (its file could not be read).
+    pub(crate) modules: Vec<Result<E::Module, Arc<str>>>,
+    /// By occurrence; `None` where the module is unavailable.
+    pub(crate) loaded: Vec<Option<Loaded<E::Module>>>,
+    /// The occurrences whose file could not be read, each saying where it is
+    /// listed, in the plan's order of occurrences.
+    pub(crate) unavailable: Vec<(usize, LoadError)>,
     /// By occurrence.
     pub(crate) breakers: Vec<Arc<Breaker>>,
     pub(crate) options: Arc<Options>,
@@ -79,6 +84,18 @@ impl<E: Engine> Snapshot<E> {
     /// The stage's index among every pipeline's stages (its histogram).
     pub(crate) fn stage_series(&self, pipeline: usize, stage: usize) -> usize {
         self.stage_offsets[pipeline] + stage
+    }
+
+    /// The specs of the unavailable occurrences, in order.
+    pub(crate) fn unavailable_occurrences(&self) -> impl Iterator<Item = &ModuleSpec> {
+        self.unavailable
+            .iter()
+            .map(|(occurrence, _)| &self.plan.occurrences()[*occurrence])
+    }
+
+    /// Why each unavailable occurrence is, where it is listed.
+    pub(crate) fn unavailable_errors(&self) -> Vec<LoadError> {
+        self.unavailable.iter().map(|(_, e)| e.clone()).collect()
     }
 }
 
@@ -96,7 +113,13 @@ pub(crate) struct Keep<E: Engine> {
 
 /// Builds the snapshot of `config`: plans it, reads and loads every module
 /// occurrence (keeping those of `previous` whose bytes did not change), and
-/// collects every failure.
+/// collects every failure to compile or start. A module whose file cannot be
+/// read is no such failure when there is no `previous` version (nothing else
+/// could serve) or it was unavailable there too: its occurrence is
+/// unavailable (execution.md: a module not found), each call of it fails
+/// `unavailable`, and the snapshot lists it. A reload never takes a module
+/// out of service, nor puts a new one in, without its file: that is a
+/// failure, and the version in service keeps serving.
 pub(crate) fn build<E: Engine>(
     keep: &Keep<E>,
     config: &Config,
@@ -107,40 +130,58 @@ pub(crate) fn build<E: Engine>(
     let mut reused_by_spec: HashMap<&ModuleSpec, &Loaded<E::Module>> = HashMap::new();
     if let Some(previous) = previous {
         for (spec, loaded) in previous.plan.occurrences().iter().zip(&previous.loaded) {
-            reused_by_spec.insert(spec, loaded);
+            if let Some(loaded) = loaded {
+                reused_by_spec.insert(spec, loaded);
+            }
         }
     }
     let mut loaded = Vec::new();
-    let mut errors = Vec::new();
+    let mut modules = Vec::new();
+    let mut failed = Vec::new();
+    let mut unavailable = Vec::new();
     let mut compiled = 0;
     for (occurrence, spec) in plan.occurrences().iter().enumerate() {
         let wasm = match keep.source.read(&spec.id) {
             Ok(wasm) => wasm,
             Err(e) => {
-                errors.push(LoadError::new(LoadStep::Read, &spec.id, e));
+                modules.push(Err(Arc::from(format!("the module was not loaded: {e}"))));
+                let error = LoadError::new(LoadStep::Read, &spec.id, e);
+                let error = (occurrence, with_listing(&plan, occurrence, error));
+                if previous.is_none_or(|p| p.unavailable_occurrences().any(|s| s == spec)) {
+                    unavailable.push(error);
+                } else {
+                    failed.push(error);
+                }
+                loaded.push(None);
                 continue;
             }
         };
         if let Some(old) = reused_by_spec.get(spec).filter(|old| *old.wasm == *wasm) {
-            loaded.push(Loaded {
+            modules.push(Ok(old.module.clone()));
+            loaded.push(Some(Loaded {
                 module: old.module.clone(),
                 wasm: old.wasm.clone(),
-            });
+            }));
             continue;
         }
         match keep.engine.load(spec, &wasm) {
             Ok(module) => {
                 compiled += 1;
-                loaded.push(Loaded {
+                modules.push(Ok(module.clone()));
+                loaded.push(Some(Loaded {
                     module,
                     wasm: wasm.into(),
-                });
+                }));
             }
-            Err(e) => errors.push(with_listing(&plan, occurrence, e)),
+            Err(e) => failed.push((occurrence, with_listing(&plan, occurrence, e))),
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if !failed.is_empty() {
+        // Every problem, the unread modules too, in the plan's order.
+        let mut all: Vec<(usize, LoadError)> = unavailable;
+        all.extend(failed);
+        all.sort_by_key(|(occurrence, _)| *occurrence);
+        return Err(all.into_iter().map(|(_, e)| e).collect());
     }
     let breakers = {
         let mut all = keep.breakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,8 +207,9 @@ pub(crate) fn build<E: Engine>(
             id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version,
             config: config.clone(),
-            modules: loaded.iter().map(|l| l.module.clone()).collect(),
+            modules,
             loaded,
+            unavailable,
             breakers,
             options: keep.options.clone(),
             stats: keep.stats.clone(),

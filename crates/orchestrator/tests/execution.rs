@@ -2600,3 +2600,135 @@ pipelines:
         }
     }
 }
+
+/// execution.md: `unavailable` is the kind of a call of a module "not
+/// loaded, not found". A module whose file cannot be read does not stop the
+/// orchestrator: each call of it fails `unavailable`, handled by the
+/// pipeline's strategy, and a reload that finds the file puts it in service.
+#[test]
+fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", |m| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetHeader(
+            "a".into(),
+            m.topic.to_string(),
+        )]))
+    });
+    engine.module("late", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetHeader(
+            "late".into(),
+            "ran".into(),
+        )]))
+    });
+    let there = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source = {
+        let there = there.clone();
+        move |id: &str| {
+            if id == "late" && !there.load(Ordering::SeqCst) {
+                Err(format!(
+                    "cannot read modules/{id}.wasm: No such file or directory"
+                ))
+            } else {
+                Ok(Vec::new())
+            }
+        }
+    };
+    let yaml = |strategy: &str| {
+        format!(
+            "pipeline_id: p\nerror_handling: {strategy}\nmax_retries: 2\n\
+             stages: [{{priority: 0, modules: [{{module_id: a}}]}}, \
+             {{priority: 1, modules: [{{module_id: late}}]}}]"
+        )
+    };
+    // Five failures below: the breaker stays closed for the last part.
+    let mut options = options();
+    options.breaker.failures = 100;
+    let o = Orchestrator::new(
+        engine.clone(),
+        &config(&yaml("SendToDeadLetter")),
+        source,
+        options,
+    )
+    .unwrap();
+    let unavailable = o.unavailable();
+    assert_eq!(unavailable.len(), 1);
+    assert_eq!(unavailable[0].module(), "late");
+    assert_eq!(unavailable[0].step(), rustmq_etl_core::LoadStep::Read);
+    assert!(
+        unavailable[0]
+            .message()
+            .contains(r#"as listed in pipeline "p", stage 1"#),
+        "{}",
+        unavailable[0]
+    );
+    let occurrences = o.occurrences();
+    assert_eq!(occurrences[0].unavailable, None);
+    assert!(occurrences[1]
+        .unavailable
+        .as_deref()
+        .unwrap()
+        .contains("No such file"));
+    assert!(scraped(&o)
+        .lines()
+        .any(|l| l == "rustmq_etl_modules_unavailable 1"));
+
+    // A dead letter of the entry, naming the kind; the module before ran.
+    let out = one(&o, Message::new("t", "x"));
+    let letter = dead_letter(&out);
+    assert_eq!(
+        letter.headers.get("a"),
+        None,
+        "the entry, not the edited message"
+    );
+    assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("unavailable"));
+    assert_eq!(letter.headers.get(dlq::MODULE), Some("late"));
+    assert_eq!(letter.headers.get(dlq::STAGE), Some("1"));
+    assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("1"));
+    assert!(letter
+        .headers
+        .get(dlq::ERROR)
+        .unwrap()
+        .contains("No such file"));
+
+    // Retryable, as every kind but the timeouts and the breaker's.
+    o.reload(&config(&yaml("RetryWithBackoff"))).unwrap();
+    let out = one(&o, Message::new("t", "x"));
+    assert_eq!(dead_letter(&out).headers.get(dlq::ATTEMPTS), Some("3"));
+
+    // Skipped: the message goes on as it was before the module.
+    let report = o.reload(&config(&yaml("SkipModule"))).unwrap();
+    assert_eq!(report.unavailable.len(), 1);
+    let out = one(&o, Message::new("t", "x"));
+    assert_eq!(delivered(&out).headers.get("a"), Some("t"));
+    assert!(matches!(
+        &events(&out)[1],
+        (m, TraceEvent::Failed { kind: ErrorKind::Unavailable, action: FailureAction::Skipped, .. })
+            if m == "late"
+    ));
+
+    // A reload never makes a module unavailable: one more without its file
+    // is refused, and the version in service keeps serving.
+    let more = "pipeline_id: p\nerror_handling: SkipModule\nstages: [\
+        {priority: 0, modules: [{module_id: a}]}, {priority: 1, modules: [{module_id: late}]}, \
+        {priority: 2, modules: [{module_id: late, instance_config: {custom_config: {x: 1}}}]}]";
+    let refused = o.reload(&config(more)).unwrap_err();
+    // Every problem is listed: the one in service too.
+    assert_eq!(refused.errors.len(), 2, "{refused}");
+    assert!(refused.errors[1].message().contains("stage 2"), "{refused}");
+    assert_eq!(o.config().pipelines()[0].pipeline.stages.len(), 2);
+    // The same configuration with the file still missing changes nothing;
+    // with the file there, the module is in service.
+    assert!(!o.reload(&o.config()).unwrap().changed);
+    there.store(true, Ordering::SeqCst);
+    let report = o.reload(&o.config()).unwrap();
+    assert!(
+        report.changed && report.unavailable.is_empty(),
+        "{report:?}"
+    );
+    assert!(o.unavailable().is_empty());
+    let out = one(&o, Message::new("t", "x"));
+    assert_eq!(delivered(&out).headers.get("late"), Some("ran"));
+    assert!(scraped(&o)
+        .lines()
+        .any(|l| l == "rustmq_etl_modules_unavailable 0"));
+}

@@ -418,8 +418,9 @@ fn reloads_while_messages_flow_lose_nothing_and_never_mix_configurations() {
                 o.set_pipeline_enabled("p", false).unwrap();
                 o.set_pipeline_enabled("p", true).unwrap();
             }
-            // A broken configuration is refused while messages flow.
-            assert!(o.reload(&config("pipeline_id: q\nstages: [{priority: 0, modules: [{module_id: no-such-module}]}]")).is_err());
+            // A broken configuration (a module whose init rejects its
+            // settings) is refused while messages flow.
+            assert!(o.reload(&config("pipeline_id: q\nstages: [{priority: 0, modules: [{module_id: message-formatter, instance_config: {custom_config: {pretty: \"yes\"}}}]}]")).is_err());
             std::thread::sleep(Duration::from_millis(10));
         }
         for sender in senders {
