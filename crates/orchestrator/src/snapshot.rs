@@ -183,14 +183,28 @@ pub(crate) fn build<E: Engine>(
         all.sort_by_key(|(occurrence, _)| *occurrence);
         return Err(all.into_iter().map(|(_, e)| e).collect());
     }
+    // A module found at last starts with a closed breaker: the failures of
+    // its absence say nothing of it. (A module swapped for new bytes keeps
+    // its breaker: docs/execution.md.)
+    let found: Vec<&ModuleSpec> = previous.map_or_else(Vec::new, |p| {
+        p.unavailable_occurrences()
+            .filter(|spec| {
+                !unavailable
+                    .iter()
+                    .any(|(o, _)| plan.occurrences()[*o] == **spec)
+            })
+            .collect()
+    });
     let breakers = {
         let mut all = keep.breakers.lock().unwrap_or_else(|p| p.into_inner());
         plan.occurrences()
             .iter()
             .map(|spec| {
-                all.entry(spec.clone())
-                    .or_insert_with(|| Arc::new(Breaker::new(keep.options.breaker)))
-                    .clone()
+                let closed = || Arc::new(Breaker::new(keep.options.breaker));
+                if found.contains(&spec) {
+                    all.insert(spec.clone(), closed());
+                }
+                all.entry(spec.clone()).or_insert_with(closed).clone()
             })
             .collect()
     };

@@ -2640,14 +2640,13 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
              {{priority: 1, modules: [{{module_id: late}}]}}]"
         )
     };
-    // Five failures below: the breaker stays closed for the last part.
-    let mut options = options();
-    options.breaker.failures = 100;
+    // The failures below open the breaker (5 by default); the module found
+    // at last starts with a closed one.
     let o = Orchestrator::new(
         engine.clone(),
         &config(&yaml("SendToDeadLetter")),
         source,
-        options,
+        options(),
     )
     .unwrap();
     let unavailable = o.unavailable();
@@ -2719,6 +2718,10 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
     // The same configuration with the file still missing changes nothing;
     // with the file there, the module is in service.
     assert!(!o.reload(&o.config()).unwrap().changed);
+    assert_eq!(
+        o.occurrences()[1].circuit,
+        rustmq_etl_orchestrator::CircuitState::Open
+    );
     there.store(true, Ordering::SeqCst);
     let report = o.reload(&o.config()).unwrap();
     assert!(
@@ -2726,6 +2729,10 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
         "{report:?}"
     );
     assert!(o.unavailable().is_empty());
+    assert_eq!(
+        o.occurrences()[1].circuit,
+        rustmq_etl_orchestrator::CircuitState::Closed
+    );
     let out = one(&o, Message::new("t", "x"));
     assert_eq!(delivered(&out).headers.get("late"), Some("ran"));
     assert!(scraped(&o)
