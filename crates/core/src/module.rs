@@ -56,7 +56,8 @@ pub struct ModuleSettings {
     /// The rate at which one engine thread may create instances of the
     /// module, per second: creations are spaced at this rate after a burst
     /// of a tenth of a second's worth (so at most rate + rate/10 in any one
-    /// second).
+    /// second). Not applied with `enable_caching: false`, whose every call
+    /// creates its instance.
     pub max_creations_per_second: u32,
 }
 

@@ -158,12 +158,21 @@ impl Slot {
     /// moment it may (`max_creations_per_second`).
     ///
     /// Creations are spaced at the allowed rate, with a burst of a tenth of a
-    /// second's worth (at least one): a module creating instances on every call
-    /// (`enable_caching: false`, or one that keeps failing) is slowed to the
-    /// rate one interval at a time, instead of running a second's worth at
-    /// once and then waiting up to a second, which stalled every message
-    /// behind it.
+    /// second's worth (at least one): a module that keeps failing (each
+    /// failure discards its instance) is slowed to the rate one interval at a
+    /// time, instead of running a second's worth at once and then waiting up
+    /// to a second, which stalled every message behind it.
+    ///
+    /// A module without caching (`enable_caching: false`) is not throttled:
+    /// a fresh instance per call is what it asked for, part of each call's
+    /// cost like a slow module's running time, and bounded with it by the
+    /// call's budget; the throttle would only cap its throughput (at the
+    /// default rate, to 1,000 calls a second per thread with the thread
+    /// mostly idle).
     fn creation_allowed_at(&mut self, compiled: &CompiledModule, now: Instant) -> Option<Instant> {
+        if !compiled.settings.enable_caching {
+            return None;
+        }
         let (_, tolerance) = creation_spacing(compiled);
         let paid = self.creations_paid_until?.max(now);
         (paid > now + tolerance).then(|| paid - tolerance)

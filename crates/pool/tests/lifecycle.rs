@@ -180,15 +180,15 @@ async fn callers_beyond_max_concurrent_instances_wait_instead_of_failing() {
 }
 
 /// On a thread's own `LocalPool`, a module at its limit answers `Busy` at
-/// once: nothing waits, nothing runs.
+/// once: nothing waits, nothing runs. (A trap discards the instance: the
+/// next call needs a new one.)
 #[test]
 fn a_local_pool_answers_busy_instead_of_waiting() {
     let throttled = ModuleSettings {
         max_creations_per_second: 1,
-        enable_caching: false,
         ..ModuleSettings::default()
     };
-    let module = compile("busy", "identity", throttled);
+    let module = compile("busy", "hostile-trap", throttled);
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
     call(&mut local, &module, &message);
@@ -216,10 +216,9 @@ fn a_local_pool_answers_busy_instead_of_waiting() {
 fn throttled_creations_are_spaced_not_stalled() {
     let throttled = ModuleSettings {
         max_creations_per_second: 100,
-        enable_caching: false,
         ..ModuleSettings::default()
     };
-    let module = compile("spaced", "identity", throttled);
+    let module = compile("spaced", "hostile-trap", throttled);
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
     let (mut ran, mut longest) = (0, Duration::ZERO);
@@ -245,6 +244,31 @@ fn throttled_creations_are_spaced_not_stalled() {
         started.elapsed()
     );
     assert_eq!(module.stats().creations, 30);
+}
+
+/// A module without caching creates an instance for every call, which is
+/// what it asked for: the creation throttle does not put its calls off.
+#[test]
+fn a_module_without_caching_is_not_throttled() {
+    let uncached = ModuleSettings {
+        max_creations_per_second: 1,
+        enable_caching: false,
+        ..ModuleSettings::default()
+    };
+    let module = compile("uncached", "identity", uncached);
+    let mut local = LocalPool::new();
+    let message = Message::new("t", "");
+    for _ in 0..5 {
+        assert_eq!(
+            call(&mut local, &module, &message).result,
+            Ok(Outcome::Unchanged)
+        );
+    }
+    assert_eq!(
+        module.stats().creations,
+        5,
+        "a fresh instance for every call"
+    );
 }
 
 /// A request's deadline that has passed fails the call at once with the
