@@ -442,11 +442,16 @@ fn load_modules(
     // module that is missing: nothing would run.
     if !modules.is_dir() {
         eprintln!(
-            "error: {}: no such directory of modules ({MODULES_HINT})",
-            modules.display()
+            "error: {}: {} ({MODULES_HINT})",
+            modules.display(),
+            if modules.exists() {
+                "not a directory"
+            } else {
+                "no such directory of modules"
+            }
         );
         if !validating {
-            eprintln!("cannot start: no modules");
+            eprintln!("cannot start: no directory of modules");
         }
         return Ok(None);
     }
@@ -464,13 +469,21 @@ fn load_modules(
                 for error in &unavailable {
                     eprintln!("warning: {error}");
                 }
+                // By file: one module listed with two settings is one file.
+                let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
+                files.sort_unstable();
+                files.dedup();
                 eprintln!(
-                    "warning: {} module{} could not be read from {} ({MODULES_HINT}): every call of {} \
-                     fails `unavailable`, handled by its pipeline's error strategy",
-                    unavailable.len(),
-                    plural(unavailable.len()),
+                    "warning: {} module file{} could not be read from {} ({MODULES_HINT}): \
+                     each call of {} fails `unavailable`, handled by its pipeline's error strategy",
+                    files.len(),
+                    plural(files.len()),
                     modules.display(),
-                    if unavailable.len() == 1 { "it" } else { "them" },
+                    files
+                        .iter()
+                        .map(|id| format!("{id:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 return Ok(Some(etl));
             }

@@ -123,7 +123,7 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 module could not be read from"),
+        stderr.contains("1 module file could not be read from"),
         "{stderr}"
     );
     assert!(
@@ -765,7 +765,7 @@ fn run_without_its_modules_says_which_and_where() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("sensor-data-validator.wasm"), "{stderr}");
     assert!(
-        stderr.contains("7 modules could not be read from")
+        stderr.contains("7 module files could not be read from")
             && stderr.contains("--modules sets the directory"),
         "{stderr}"
     );

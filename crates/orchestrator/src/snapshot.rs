@@ -93,6 +93,14 @@ impl<E: Engine> Snapshot<E> {
             .map(|(occurrence, _)| &self.plan.occurrences()[*occurrence])
     }
 
+    /// The breaker of `spec` if it is an unavailable occurrence here.
+    fn unavailable_breaker(&self, spec: &ModuleSpec) -> Option<Arc<Breaker>> {
+        self.unavailable
+            .iter()
+            .find(|(occurrence, _)| self.plan.occurrences()[*occurrence] == *spec)
+            .map(|(occurrence, _)| self.breakers[*occurrence].clone())
+    }
+
     /// Why each unavailable occurrence is, where it is listed.
     pub(crate) fn unavailable_errors(&self) -> Vec<LoadError> {
         self.unavailable.iter().map(|(_, e)| e.clone()).collect()
@@ -145,12 +153,16 @@ pub(crate) fn build<E: Engine>(
             Ok(wasm) => wasm,
             Err(e) => {
                 modules.push(Err(Arc::from(format!("the module was not loaded: {e}"))));
-                let error = LoadError::new(LoadStep::Read, &spec.id, e);
-                let error = (occurrence, with_listing(&plan, occurrence, error));
                 if previous.is_none_or(|p| p.unavailable_occurrences().any(|s| s == spec)) {
-                    unavailable.push(error);
+                    let error = LoadError::new(LoadStep::Read, &spec.id, e);
+                    unavailable.push((occurrence, with_listing(&plan, occurrence, error)));
                 } else {
-                    failed.push(error);
+                    let error = LoadError::new(
+                        LoadStep::Read,
+                        &spec.id,
+                        format!("{e}; a reload does not put a module in service without its file"),
+                    );
+                    failed.push((occurrence, with_listing(&plan, occurrence, error)));
                 }
                 loaded.push(None);
                 continue;
@@ -177,34 +189,34 @@ pub(crate) fn build<E: Engine>(
         }
     }
     if !failed.is_empty() {
-        // Every problem, the unread modules too, in the plan's order.
-        let mut all: Vec<(usize, LoadError)> = unavailable;
-        all.extend(failed);
+        // What stops this version. At start, the unread modules too (each
+        // one to mend before it runs); on a reload, those already
+        // unavailable in service are no cause.
+        let mut all = failed;
+        if previous.is_none() {
+            all.extend(unavailable);
+        }
         all.sort_by_key(|(occurrence, _)| *occurrence);
         return Err(all.into_iter().map(|(_, e)| e).collect());
     }
-    // A module found at last starts with a closed breaker: the failures of
-    // its absence say nothing of it. (A module swapped for new bytes keeps
-    // its breaker: docs/execution.md.)
-    let found: Vec<&ModuleSpec> = previous.map_or_else(Vec::new, |p| {
-        p.unavailable_occurrences()
-            .filter(|spec| {
-                !unavailable
-                    .iter()
-                    .any(|(o, _)| plan.occurrences()[*o] == **spec)
-            })
-            .collect()
-    });
+    // An unavailable occurrence's breaker is kept by the snapshots while it
+    // stays unavailable, never among the breakers kept across reloads: the
+    // module, once found, starts with a closed breaker (the failures of its
+    // absence say nothing of it). A module swapped for new bytes keeps its
+    // breaker (docs/execution.md).
     let breakers = {
         let mut all = keep.breakers.lock().unwrap_or_else(|p| p.into_inner());
         plan.occurrences()
             .iter()
-            .map(|spec| {
+            .zip(&modules)
+            .map(|(spec, module)| {
                 let closed = || Arc::new(Breaker::new(keep.options.breaker));
-                if found.contains(&spec) {
-                    all.insert(spec.clone(), closed());
+                match module {
+                    Ok(_) => all.entry(spec.clone()).or_insert_with(closed).clone(),
+                    Err(_) => previous
+                        .and_then(|p| p.unavailable_breaker(spec))
+                        .unwrap_or_else(closed),
                 }
-                all.entry(spec.clone()).or_insert_with(closed).clone()
             })
             .collect()
     };
