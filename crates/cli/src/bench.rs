@@ -32,6 +32,8 @@ pub(crate) struct Args {
     pub callers: Option<usize>,
     /// The orchestrator's options (its circuit breaker).
     pub options: rustmq_etl_orchestrator::Options,
+    /// Where compiled modules are kept between runs.
+    pub artifact_cache: crate::Cache,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -58,7 +60,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules, args.options.clone())? else {
+    let Some(etl) = start(
+        &config,
+        &modules,
+        args.options.clone(),
+        &args.artifact_cache,
+    )?
+    else {
         return Ok(ExitCode::FAILURE);
     };
     let threads = etl.engine().threads();

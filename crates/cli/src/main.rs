@@ -234,9 +234,79 @@ struct Engine {
     /// through, in milliseconds.
     #[arg(long = "breaker-cool-down-ms", value_name = "MS", default_value_t = BreakerSettings::default().cool_down.as_millis() as u64)]
     cool_down_ms: u64,
+    /// Keep compiled modules in this directory between runs, so that a
+    /// module whose bytes did not change starts without compiling (default:
+    /// $XDG_CACHE_HOME/rustmq-etl, else ~/.cache/rustmq-etl). It must be
+    /// private to you: it is created with mode 0700, and one that others may
+    /// write is refused.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_artifact_cache")]
+    artifact_cache: Option<PathBuf>,
+    /// Compile every module afresh and keep nothing.
+    #[arg(long)]
+    no_artifact_cache: bool,
+}
+
+/// Where compiled modules are kept between runs (docs/abi.md, "The artifact
+/// cache").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cache {
+    /// The user's cache directory, if there is one that can be used (else
+    /// a warning, and nothing is kept).
+    Default,
+    /// This directory; one that cannot be used stops the start.
+    At(PathBuf),
+    /// None.
+    Off,
+}
+
+impl Cache {
+    /// `$XDG_CACHE_HOME/rustmq-etl`, else `$HOME/.cache/rustmq-etl` (absolute
+    /// paths only, as the XDG specification asks).
+    fn default_dir() -> Option<PathBuf> {
+        let absolute = |name: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        absolute("XDG_CACHE_HOME")
+            .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+            .map(|dir| dir.join("rustmq-etl"))
+    }
+
+    /// The directory to give the pool, warning about a default one that
+    /// cannot be used.
+    fn dir(&self) -> Option<PathBuf> {
+        match self {
+            Cache::Off => None,
+            Cache::At(dir) => Some(dir.clone()),
+            Cache::Default => {
+                Cache::default_dir().filter(|dir| match rustmq_etl_pool::ArtifactCache::new(dir) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        eprintln!(
+                            "warning: the artifact cache {} cannot be used ({e}): every module is \
+                             compiled afresh (--artifact-cache DIR names another, \
+                             --no-artifact-cache keeps none)",
+                            dir.display()
+                        );
+                        false
+                    }
+                })
+            }
+        }
+    }
 }
 
 impl Engine {
+    /// Where compiled modules are kept.
+    fn cache(&self) -> Cache {
+        match (&self.artifact_cache, self.no_artifact_cache) {
+            (_, true) => Cache::Off,
+            (Some(dir), false) => Cache::At(dir.clone()),
+            (None, false) => Cache::Default,
+        }
+    }
+
     /// The orchestrator's options with these settings.
     fn options(self) -> Options {
         Options {
@@ -312,6 +382,7 @@ fn main() -> ExitCode {
             trace,
             start_line,
             in_order: !concurrent,
+            artifact_cache: engine.cache(),
             options: engine.options(),
         }),
         Command::Serve {
@@ -329,6 +400,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
+            artifact_cache: engine.cache(),
             options: engine.options(),
         }),
         Command::TestModule {
@@ -364,6 +436,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
+            artifact_cache: engine.cache(),
             options: engine.options(),
         }),
     };
@@ -423,8 +496,9 @@ fn start(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
     options: Options,
+    cache: &Cache,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
-    load_modules(config, modules, false, options)
+    load_modules(config, modules, false, options, cache)
 }
 
 /// Where modules are looked for, said when one was not read.
@@ -437,6 +511,7 @@ fn load_modules(
     modules: &std::path::Path,
     validating: bool,
     options: Options,
+    cache: &Cache,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     // A directory that is not there is a mistake in the command, not a
     // module that is missing: nothing would run.
@@ -456,8 +531,11 @@ fn load_modules(
         return Ok(None);
     }
     let engine = Arc::new(
-        Pool::new(PoolConfig::default())
-            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
+        Pool::new(PoolConfig {
+            artifact_cache: cache.dir(),
+            ..PoolConfig::default()
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
     );
     let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
         Ok(etl) => {

@@ -35,6 +35,8 @@ pub(crate) struct Args {
     pub in_order: bool,
     /// The orchestrator's options (its dead-letter topic, circuit breaker).
     pub options: rustmq_etl_orchestrator::Options,
+    /// Where compiled modules are kept between runs.
+    pub artifact_cache: crate::Cache,
 }
 
 /// Where modules are when `--modules` is not given: `./modules`, then the
@@ -187,7 +189,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let Some(etl) = start(&config, &modules, args.options.clone())? else {
+    let Some(etl) = start(
+        &config,
+        &modules,
+        args.options.clone(),
+        &args.artifact_cache,
+    )?
+    else {
         return Ok(ExitCode::FAILURE);
     };
     let size = if args.input == Path::new("-") {

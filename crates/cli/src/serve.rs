@@ -44,6 +44,8 @@ pub(crate) struct Args {
     pub watch: bool,
     /// The orchestrator's options (its circuit breaker).
     pub options: rustmq_etl_orchestrator::Options,
+    /// Where compiled modules are kept between runs.
+    pub artifact_cache: crate::Cache,
 }
 
 /// The service's state, shared by every request.
@@ -189,7 +191,13 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules, args.options.clone())? else {
+    let Some(etl) = start(
+        &config,
+        &modules,
+        args.options.clone(),
+        &args.artifact_cache,
+    )?
+    else {
         return Ok(ExitCode::FAILURE);
     };
     let service = Arc::new(Service {

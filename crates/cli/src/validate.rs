@@ -17,6 +17,7 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
             dir,
             true,
             rustmq_etl_orchestrator::Options::default(),
+            &crate::Cache::Default,
         )?
         .is_none()
         {

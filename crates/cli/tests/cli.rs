@@ -152,6 +152,99 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
     assert!(out.stdout.is_empty());
 }
 
+/// Compiled modules are kept between runs (docs/abi.md, "The artifact
+/// cache"): in `--artifact-cache DIR`, made private to the user; by default
+/// in `$XDG_CACHE_HOME/rustmq-etl`, and a default one that cannot be used is
+/// only a warning, while a named one stops the start.
+#[test]
+fn compiled_modules_are_kept_in_a_private_artifact_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures().join("pipelines");
+    let input = fixtures().join("messages/sample.jsonl");
+    let modules = modules();
+    let run_with = |xdg: &Path, cache: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules,
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend_from_slice(cache);
+        Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+            .args(&args)
+            .env("XDG_CACHE_HOME", xdg)
+            .output()
+            .unwrap()
+    };
+    let artifacts = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .path()
+                            .extension()
+                            .is_some_and(|x| x == "artifact")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let named = dir.path().join("named");
+    let first = run_with(dir.path(), &["--artifact-cache", named.to_str().unwrap()]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    // The seven modules of the fixtures, and the key that authenticates them.
+    assert_eq!(artifacts(&named), 7);
+    assert!(named.join("key").is_file());
+    let mode = std::fs::metadata(&named).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // From the cache: the same answers.
+    let second = run_with(dir.path(), &["--artifact-cache", named.to_str().unwrap()]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert_eq!(second.stdout, first.stdout);
+    assert!(
+        !dir.path().join("rustmq-etl").exists(),
+        "only the named one"
+    );
+
+    // The default, under $XDG_CACHE_HOME; none with --no-artifact-cache.
+    let xdg = dir.path().join("xdg");
+    let none = run_with(&xdg, &["--no-artifact-cache"]);
+    assert_eq!(none.status.code(), Some(0), "{}", text(&none.stderr));
+    assert!(!xdg.exists());
+    let default = run_with(&xdg, &[]);
+    assert_eq!(default.status.code(), Some(0), "{}", text(&default.stderr));
+    assert_eq!(artifacts(&xdg.join("rustmq-etl")), 7);
+    assert_eq!(default.stdout, first.stdout);
+
+    // A cache others may write: the default is only a warning...
+    std::fs::set_permissions(
+        xdg.join("rustmq-etl"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let open = run_with(&xdg, &[]);
+    let stderr = text(&open.stderr);
+    assert_eq!(open.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: the artifact cache") && stderr.contains("compiled afresh"),
+        "{stderr}"
+    );
+    assert_eq!(open.stdout, first.stdout);
+    // ...a named one stops the start, naming it.
+    let xdg_cache = xdg.join("rustmq-etl");
+    let refused = run_with(&xdg, &["--artifact-cache", xdg_cache.to_str().unwrap()]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(xdg_cache.to_str().unwrap()), "{stderr}");
+    assert!(refused.stdout.is_empty());
+}
+
 /// `validate --modules` loads every module as `run` would: each one missing
 /// or broken is named, and the configuration is not called valid.
 #[test]
