@@ -1,0 +1,522 @@
+//! The orchestrator against a plain reference of execution.md, on generated
+//! configurations, module behaviours and batches of messages.
+//!
+//! The reference below is written from execution.md alone, the simplest way:
+//! whole messages cloned at every pipeline's entry, a parallel stage's
+//! results gathered in a vector and combined afterwards, a breaker as a
+//! counter. It decides selection with the filter and condition reference
+//! implementations (selection.md), at each stage's entry. The orchestrator
+//! runs the same configuration on stand-in modules (the same behaviours)
+//! with its batch in input order, so that what a message meets that earlier
+//! ones left (an open breaker) is that of input order. Out of scope: the
+//! timeouts and the breaker's cool-down (real time), and the error's text
+//! for people (`etl-dlq-error`), which is the engine's own.
+
+#[path = "../../condition/tests/reference/mod.rs"]
+mod condition_reference;
+#[path = "../../filter/tests/reference/mod.rs"]
+mod filter_reference;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use rustmq_etl_config::{
+    ComparisonOperator, ConditionType, ConditionalRule, Config, ErrorHandlingStrategy,
+    EtlModuleInstance, EtlPipelineConfig, EtlStage, FilterType, Format, ModuleInstanceConfig,
+    TopicFilter,
+};
+use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
+use rustmq_etl_orchestrator::{
+    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, Options, Orchestrator,
+    ProcessOptions,
+};
+use rustmq_etl_testkit::{Behaviour, StandIn};
+use serde_json::json;
+
+const MODULES: usize = 6;
+const DEAD_LETTER_TOPIC: &str = "dlq";
+
+/// What a module does with a message, the same in the reference and on the
+/// stand-in.
+#[derive(Debug, Clone, Copy)]
+enum Does {
+    Nothing,
+    SetHeader(&'static str, &'static str),
+    SetTopic(&'static str),
+    SetPayload(&'static str),
+    /// A header and the topic in one answer.
+    Two(&'static str, &'static str),
+    Drop,
+    Fail(ErrorKind),
+    /// Fails (trap) the first this many times it is called for a message,
+    /// then answers as `Nothing`.
+    FailFirst(u32),
+    /// Fails with this kind when header `h` is "1", else drops when the
+    /// topic is "B", else sets header `k`.
+    Depends(ErrorKind),
+}
+
+/// The calls so far of each module for each message (`id` header).
+type Calls = Arc<Mutex<HashMap<(String, usize), u32>>>;
+
+fn id_of(message: &Message) -> String {
+    message.headers.get("id").unwrap_or("").to_owned()
+}
+
+impl Does {
+    /// The answer of module `module` called on `message`, counting the call.
+    fn answer(self, module: usize, message: &Message, calls: &Calls) -> Result<Outcome, ErrorKind> {
+        let call = {
+            let mut calls = calls.lock().unwrap();
+            let n = calls.entry((id_of(message), module)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let edit = |edits: Vec<Edit>| Ok(Outcome::Edited(edits));
+        match self {
+            Does::Nothing => Ok(Outcome::Unchanged),
+            Does::SetHeader(name, value) => edit(vec![Edit::SetHeader(name.into(), value.into())]),
+            Does::SetTopic(topic) => edit(vec![Edit::SetTopic(topic.into())]),
+            Does::SetPayload(payload) => edit(vec![Edit::SetPayload(Bytes::from_static(
+                payload.as_bytes(),
+            ))]),
+            Does::Two(value, topic) => edit(vec![
+                Edit::SetHeader("h".into(), value.into()),
+                Edit::SetTopic(topic.into()),
+            ]),
+            Does::Drop => Ok(Outcome::Dropped),
+            Does::Fail(kind) => Err(kind),
+            Does::FailFirst(n) if call <= n => Err(ErrorKind::Trap),
+            Does::FailFirst(_) => Ok(Outcome::Unchanged),
+            Does::Depends(kind) if message.headers.get("h") == Some("1") => Err(kind),
+            Does::Depends(_) if message.topic == "B" => Ok(Outcome::Dropped),
+            Does::Depends(_) => edit(vec![Edit::SetHeader("k".into(), format!("m{module}"))]),
+        }
+    }
+}
+
+fn does() -> impl Strategy<Value = Does> {
+    let kind = prop::sample::select(vec![
+        ErrorKind::Trap,
+        ErrorKind::GuestError,
+        ErrorKind::InvalidOutput,
+        ErrorKind::MemoryLimit,
+        ErrorKind::Timeout,
+        ErrorKind::Unavailable,
+    ]);
+    let value = prop::sample::select(vec!["1", "2"]);
+    let topic = prop::sample::select(vec!["a", "a.b", "B", "c"]);
+    prop_oneof![
+        2 => Just(Does::Nothing),
+        2 => (prop::sample::select(vec!["h", "k"]), value.clone()).prop_map(|(n, v)| Does::SetHeader(n, v)),
+        2 => topic.clone().prop_map(Does::SetTopic),
+        1 => prop::sample::select(vec!["x", "y"]).prop_map(Does::SetPayload),
+        1 => (value, topic).prop_map(|(v, t)| Does::Two(v, t)),
+        1 => Just(Does::Drop),
+        2 => kind.clone().prop_map(Does::Fail),
+        2 => (1u32..4).prop_map(Does::FailFirst),
+        2 => kind.prop_map(Does::Depends),
+    ]
+}
+
+fn topic_filter() -> impl Strategy<Value = TopicFilter> {
+    (
+        prop::sample::select(vec![FilterType::Exact, FilterType::Prefix]),
+        prop::sample::select(vec!["a", "B", "c"]),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(filter_type, pattern, negate)| TopicFilter {
+            filter_type,
+            pattern: pattern.to_owned(),
+            case_sensitive: true,
+            negate,
+        })
+}
+
+fn rule() -> impl Strategy<Value = ConditionalRule> {
+    (prop::sample::select(vec!["1", "2"]), any::<bool>()).prop_map(|(value, negate)| {
+        ConditionalRule {
+            condition_type: ConditionType::HeaderValue,
+            field_path: "h".to_owned(),
+            operator: ComparisonOperator::Equals,
+            value: json!(value),
+            negate,
+        }
+    })
+}
+
+fn module(m: usize) -> impl Strategy<Value = EtlModuleInstance> {
+    (
+        prop::collection::vec(topic_filter(), 0..2),
+        prop::collection::vec(rule(), 0..2),
+    )
+        .prop_map(
+            move |(topic_filters, conditional_rules)| EtlModuleInstance {
+                module_id: format!("m{m}"),
+                instance_config: ModuleInstanceConfig::default(),
+                topic_filters,
+                conditional_rules,
+            },
+        )
+}
+
+fn pipeline(index: usize) -> impl Strategy<Value = EtlPipelineConfig> {
+    let stages = prop::collection::btree_set(0u32..6, 1..4).prop_flat_map(|priorities| {
+        priorities
+            .into_iter()
+            .rev() // declared out of order
+            .map(|priority| {
+                // A module at most once in a stage (a configuration rule).
+                let modules = prop::sample::subsequence((0..MODULES).collect::<Vec<_>>(), 1..4)
+                    .prop_shuffle()
+                    .prop_flat_map(|ids| ids.into_iter().map(module).collect::<Vec<_>>());
+                (modules, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
+                    move |(modules, parallel, continue_on_error)| EtlStage {
+                        priority,
+                        modules,
+                        parallel_execution: parallel,
+                        stage_timeout_ms: None,
+                        continue_on_error,
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let strategy = prop::sample::select(vec![
+        ErrorHandlingStrategy::StopPipeline,
+        ErrorHandlingStrategy::SkipModule,
+        ErrorHandlingStrategy::RetryWithBackoff,
+        ErrorHandlingStrategy::SendToDeadLetter,
+    ]);
+    (stages, prop::bool::weighted(0.9), strategy, 0u32..3).prop_map(
+        move |(stages, enabled, error_handling, max_retries)| EtlPipelineConfig {
+            pipeline_id: format!("p{index}"),
+            name: String::new(),
+            description: None,
+            enabled,
+            stages,
+            global_timeout_ms: 60_000,
+            max_retries,
+            error_handling,
+        },
+    )
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        prop::sample::select(vec!["a", "a.b", "B", "c"]),
+        prop::option::of(prop::sample::select(vec!["1", "2"])),
+    )
+        .prop_map(|(topic, h)| {
+            let mut m = Message::new(topic, "p");
+            if let Some(h) = h {
+                m.headers.push("h", h);
+            }
+            m
+        })
+}
+
+/// What became of a message, by the reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    Delivered(Message),
+    Dropped,
+    DeadLettered(Message),
+}
+
+/// execution.md, plainly.
+struct Reference<'a> {
+    config: &'a Config,
+    does: &'a [Does],
+    calls: Calls,
+    breaker_failures: u32,
+    /// Per module (one occurrence each): consecutive failed calls, open.
+    breakers: HashMap<String, (u32, bool)>,
+}
+
+/// How a module's turn ended.
+enum Turn {
+    Answered(Outcome),
+    /// The failure that remains after retries, and the calls made.
+    Failed(ErrorKind, u32),
+}
+
+/// What a failure that remains does (execution.md, "When a module fails", 2).
+enum Handling {
+    Skip,
+    Stop,
+    DeadLetter,
+}
+
+impl Reference<'_> {
+    fn selected(&self, module: &EtlModuleInstance, message: &Message) -> bool {
+        let filters: Vec<_> = module
+            .topic_filters
+            .iter()
+            .map(|f| f.to_filter().unwrap())
+            .collect();
+        filter_reference::Reference::new(&[filters]).accepts(0, &message.topic)
+            && module
+                .conditional_rules
+                .iter()
+                .all(|r| condition_reference::holds(&r.to_rule().unwrap(), message, 0))
+    }
+
+    /// One call, through the module's breaker.
+    fn call(&mut self, module: &str, message: &Message) -> Result<Outcome, ErrorKind> {
+        let limit = self.breaker_failures;
+        let breaker = self.breakers.entry(module.to_owned()).or_insert((0, false));
+        if breaker.1 {
+            return Err(ErrorKind::CircuitOpen);
+        }
+        let index: usize = module[1..].parse().unwrap();
+        let result = self.does[index].answer(index, message, &self.calls);
+        let breaker = self.breakers.get_mut(module).unwrap();
+        match result {
+            Ok(_) => breaker.0 = 0,
+            Err(_) => {
+                breaker.0 += 1;
+                if breaker.0 >= limit {
+                    breaker.1 = true;
+                }
+            }
+        }
+        result
+    }
+
+    /// A module's turn: its calls, retried as `RetryWithBackoff` says.
+    fn turn(&mut self, pipeline: &EtlPipelineConfig, module: &str, message: &Message) -> Turn {
+        let mut called = 0;
+        loop {
+            let result = self.call(module, message);
+            let refused = result == Err(ErrorKind::CircuitOpen);
+            if !refused {
+                called += 1;
+            }
+            match result {
+                Ok(outcome) => return Turn::Answered(outcome),
+                Err(kind) => {
+                    let retryable = !matches!(
+                        kind,
+                        ErrorKind::StageTimeout
+                            | ErrorKind::PipelineTimeout
+                            | ErrorKind::CircuitOpen
+                    );
+                    if pipeline.error_handling == ErrorHandlingStrategy::RetryWithBackoff
+                        && retryable
+                        && called <= pipeline.max_retries
+                    {
+                        continue;
+                    }
+                    return Turn::Failed(kind, called);
+                }
+            }
+        }
+    }
+
+    fn handling(pipeline: &EtlPipelineConfig, stage: &EtlStage) -> Handling {
+        if stage.continue_on_error || pipeline.error_handling == ErrorHandlingStrategy::SkipModule {
+            Handling::Skip
+        } else if pipeline.error_handling == ErrorHandlingStrategy::StopPipeline {
+            Handling::Stop
+        } else {
+            Handling::DeadLetter
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        entry: &Message,
+        pipeline: &EtlPipelineConfig,
+        stage: &EtlStage,
+        module: &str,
+        kind: ErrorKind,
+        attempts: u32,
+    ) -> End {
+        let mut letter = entry.clone();
+        letter.topic = DEAD_LETTER_TOPIC.to_owned();
+        for (name, value) in [
+            (dlq::ORIGINAL_TOPIC, entry.topic.clone()),
+            (dlq::PIPELINE, pipeline.pipeline_id.clone()),
+            (dlq::STAGE, stage.priority.to_string()),
+            (dlq::MODULE, module.to_owned()),
+            (dlq::ERROR_KIND, kind.as_str().to_owned()),
+            (dlq::ERROR, String::new()),
+            (dlq::ATTEMPTS, attempts.to_string()),
+        ] {
+            letter.headers.push(name, value);
+        }
+        End::DeadLettered(letter)
+    }
+
+    /// A message's whole journey.
+    fn run(&mut self, mut message: Message) -> End {
+        let config = self.config;
+        'pipelines: for source in config.pipelines() {
+            let pipeline = &source.pipeline;
+            if !pipeline.enabled {
+                continue;
+            }
+            let entry = message.clone();
+            let mut stages: Vec<&EtlStage> = pipeline.stages.iter().collect();
+            stages.sort_by_key(|s| s.priority);
+            for stage in stages {
+                // Selection on the message as it reaches the stage.
+                let selected: Vec<&EtlModuleInstance> = stage
+                    .modules
+                    .iter()
+                    .filter(|m| self.selected(m, &message))
+                    .collect();
+                if stage.parallel_execution {
+                    let input = message.clone();
+                    let turns: Vec<(&str, Turn)> = selected
+                        .iter()
+                        .map(|m| {
+                            (
+                                m.module_id.as_str(),
+                                self.turn(pipeline, &m.module_id, &input),
+                            )
+                        })
+                        .collect();
+                    // Failures first, in declaration order.
+                    for (module, turn) in &turns {
+                        if let Turn::Failed(kind, attempts) = turn {
+                            match Self::handling(pipeline, stage) {
+                                Handling::Skip => {}
+                                Handling::Stop => {
+                                    message = entry;
+                                    continue 'pipelines;
+                                }
+                                Handling::DeadLetter => {
+                                    return self.dead_letter(
+                                        &entry, pipeline, stage, module, *kind, *attempts,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    let mut dropped = false;
+                    for (_, turn) in turns {
+                        match turn {
+                            Turn::Answered(Outcome::Edited(edits)) => message.apply(edits),
+                            Turn::Answered(Outcome::Dropped) => dropped = true,
+                            _ => {}
+                        }
+                    }
+                    if dropped {
+                        return End::Dropped;
+                    }
+                } else {
+                    for m in selected {
+                        match self.turn(pipeline, &m.module_id, &message) {
+                            Turn::Answered(Outcome::Unchanged) => {}
+                            Turn::Answered(Outcome::Edited(edits)) => message.apply(edits),
+                            Turn::Answered(Outcome::Dropped) => return End::Dropped,
+                            Turn::Failed(kind, attempts) => match Self::handling(pipeline, stage) {
+                                Handling::Skip => {}
+                                Handling::Stop => {
+                                    message = entry;
+                                    continue 'pipelines;
+                                }
+                                Handling::DeadLetter => {
+                                    return self.dead_letter(
+                                        &entry,
+                                        pipeline,
+                                        stage,
+                                        &m.module_id,
+                                        kind,
+                                        attempts,
+                                    );
+                                }
+                            },
+                        }
+                    }
+                }
+            }
+        }
+        End::Delivered(message)
+    }
+}
+
+/// The stand-in engine with every module doing what `does` says.
+fn engine(does: &[Does], calls: &Calls) -> Arc<StandIn> {
+    let engine = Arc::new(StandIn::new(1));
+    for (index, what) in does.iter().copied().enumerate() {
+        let calls = calls.clone();
+        engine.module(&format!("m{index}"), move |message| {
+            match what.answer(index, message, &calls) {
+                Ok(outcome) => Behaviour::ok(outcome),
+                Err(kind) => Behaviour::fail(kind, "as generated"),
+            }
+        });
+    }
+    engine
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn the_orchestrator_does_what_execution_md_says(
+        pipelines in prop::collection::vec(0usize..1, 1..4).prop_flat_map(|n| {
+            (0..n.len()).map(pipeline).collect::<Vec<_>>()
+        }),
+        does in prop::collection::vec(does(), MODULES),
+        messages in prop::collection::vec(message(), 1..6),
+        breaker_failures in 1u32..6,
+    ) {
+        let text = serde_json::to_string(&json!({ "pipelines": pipelines })).unwrap();
+        let config = Config::from_text(&text, Format::Json, None).unwrap().config;
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut m)| {
+                m.headers.push("id", i.to_string());
+                m
+            })
+            .collect();
+
+        let mut reference = Reference {
+            config: &config,
+            does: &does,
+            calls: Calls::default(),
+            breaker_failures,
+            breakers: HashMap::new(),
+        };
+        let expected: Vec<End> = messages.iter().cloned().map(|m| reference.run(m)).collect();
+
+        let options = Options {
+            dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
+            // Retries at once: the waits are real time, and out of scope.
+            backoff: Backoff { base: Duration::ZERO, factor: 2, cap: Duration::ZERO },
+            breaker: BreakerSettings { failures: breaker_failures, cool_down: Duration::from_secs(3600) },
+            ..Options::default()
+        };
+        let calls = Calls::default();
+        let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options)
+            .unwrap();
+        let got: Vec<End> = o
+            .process_batch_blocking(messages.clone(), ProcessOptions::default().in_order(true))
+            .unwrap()
+            .into_iter()
+            .map(|p| match p.disposition {
+                Disposition::Delivered(m) => End::Delivered(m),
+                Disposition::Dropped => End::Dropped,
+                Disposition::DeadLettered(mut letter) => {
+                    // The text for people is the engine's own.
+                    letter.headers.set(dlq::ERROR, "");
+                    End::DeadLettered(letter)
+                }
+            })
+            .collect();
+        for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
+            prop_assert_eq!(
+                got, expected,
+                "message {} of {:?}\nconfiguration: {}\nmodules: {:?}",
+                i, messages, text, does
+            );
+        }
+    }
+}
