@@ -8,9 +8,13 @@
 //! implementations (selection.md), at each stage's entry. The orchestrator
 //! runs the same configuration on stand-in modules (the same behaviours)
 //! with its batch in input order, so that what a message meets that earlier
-//! ones left (an open breaker) is that of input order. Out of scope: the
-//! timeouts and the breaker's cool-down (real time), and the error's text
-//! for people (`etl-dlq-error`), which is the engine's own.
+//! ones left (an open breaker) is that of input order. Each message's end
+//! (delivered, dropped, dead letter with its headers) and trace (for every
+//! module listed: ran with its outcome and attempts, skipped, or failed with
+//! its kind, attempts and the strategy's action) must be the reference's.
+//! Out of scope: the timeouts and the breaker's cool-down (real time), and
+//! what is the engine's own: the texts for people (`etl-dlq-error`, why a
+//! module was skipped).
 
 #[path = "../../condition/tests/reference/mod.rs"]
 mod condition_reference;
@@ -29,8 +33,8 @@ use rustmq_etl_config::{
 };
 use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, Options, Orchestrator,
-    ProcessOptions,
+    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, FailureAction, Options,
+    Orchestrator, ProcessOptions, RanOutcome, TraceEvent,
 };
 use rustmq_etl_testkit::{Behaviour, StandIn};
 use serde_json::json;
@@ -226,6 +230,19 @@ enum End {
     DeadLettered(Message),
 }
 
+/// A trace entry, by the reference: execution.md's "ran (outcome,
+/// attempts), skipped, or failed (kind, attempts, and what the strategy
+/// did)" (why a module was skipped, and the texts, are the engine's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Noted {
+    Ran(RanOutcome, u32),
+    Skipped,
+    Failed(ErrorKind, u32, FailureAction),
+}
+
+/// A module listing: pipeline index, stage priority, position in the stage.
+type Listing = (usize, u32, usize);
+
 /// execution.md, plainly.
 struct Reference<'a> {
     config: &'a Config,
@@ -234,11 +251,14 @@ struct Reference<'a> {
     breaker_failures: u32,
     /// Per module (one occurrence each): consecutive failed calls, open.
     breakers: HashMap<String, (u32, bool)>,
+    /// The current message's trace: what happened at each listing reached.
+    noted: HashMap<Listing, Noted>,
 }
 
 /// How a module's turn ended.
 enum Turn {
-    Answered(Outcome),
+    /// What it answered, and the calls made.
+    Answered(Outcome, u32),
     /// The failure that remains after retries, and the calls made.
     Failed(ErrorKind, u32),
 }
@@ -296,7 +316,7 @@ impl Reference<'_> {
                 called += 1;
             }
             match result {
-                Ok(outcome) => return Turn::Answered(outcome),
+                Ok(outcome) => return Turn::Answered(outcome, called),
                 Err(kind) => {
                     let retryable = !matches!(
                         kind,
@@ -316,6 +336,16 @@ impl Reference<'_> {
         }
     }
 
+    /// Notes a turn that answered.
+    fn ran(&mut self, at: Listing, outcome: &Outcome, attempts: u32) {
+        let outcome = match outcome {
+            Outcome::Unchanged => RanOutcome::Unchanged,
+            Outcome::Dropped => RanOutcome::Dropped,
+            Outcome::Edited(edits) => RanOutcome::Edited(edits.len()),
+        };
+        self.noted.insert(at, Noted::Ran(outcome, attempts));
+    }
+
     fn handling(pipeline: &EtlPipelineConfig, stage: &EtlStage) -> Handling {
         if stage.continue_on_error || pipeline.error_handling == ErrorHandlingStrategy::SkipModule {
             Handling::Skip
@@ -324,6 +354,36 @@ impl Reference<'_> {
         } else {
             Handling::DeadLetter
         }
+    }
+
+    /// Notes a failure and what its handling does.
+    fn failed(&mut self, at: Listing, kind: ErrorKind, attempts: u32, handling: &Handling) {
+        let action = match handling {
+            Handling::Skip => FailureAction::Skipped,
+            Handling::Stop => FailureAction::StoppedPipeline,
+            Handling::DeadLetter => FailureAction::DeadLettered,
+        };
+        self.noted.insert(at, Noted::Failed(kind, attempts, action));
+    }
+
+    /// The trace of the message just run: every listing in the
+    /// configuration's order, skipped where nothing was noted.
+    fn trace(&mut self) -> Vec<Noted> {
+        let mut trace = Vec::new();
+        for (p, source) in self.config.pipelines().iter().enumerate() {
+            let mut stages: Vec<&EtlStage> = source.pipeline.stages.iter().collect();
+            stages.sort_by_key(|s| s.priority);
+            for stage in stages {
+                for position in 0..stage.modules.len() {
+                    trace.push(
+                        self.noted
+                            .remove(&(p, stage.priority, position))
+                            .unwrap_or(Noted::Skipped),
+                    );
+                }
+            }
+        }
+        trace
     }
 
     fn dead_letter(
@@ -351,10 +411,15 @@ impl Reference<'_> {
         End::DeadLettered(letter)
     }
 
-    /// A message's whole journey.
-    fn run(&mut self, mut message: Message) -> End {
+    /// A message's whole journey, and its trace.
+    fn run(&mut self, message: Message) -> (End, Vec<Noted>) {
+        let end = self.journey(message);
+        (end, self.trace())
+    }
+
+    fn journey(&mut self, mut message: Message) -> End {
         let config = self.config;
-        'pipelines: for source in config.pipelines() {
+        'pipelines: for (p, source) in config.pipelines().iter().enumerate() {
             let pipeline = &source.pipeline;
             if !pipeline.enabled {
                 continue;
@@ -364,44 +429,62 @@ impl Reference<'_> {
             stages.sort_by_key(|s| s.priority);
             for stage in stages {
                 // Selection on the message as it reaches the stage.
-                let selected: Vec<&EtlModuleInstance> = stage
+                let selected: Vec<(usize, &EtlModuleInstance)> = stage
                     .modules
                     .iter()
-                    .filter(|m| self.selected(m, &message))
+                    .enumerate()
+                    .filter(|(_, m)| self.selected(m, &message))
                     .collect();
+                let handling = Self::handling(pipeline, stage);
                 if stage.parallel_execution {
                     let input = message.clone();
-                    let turns: Vec<(&str, Turn)> = selected
+                    let turns: Vec<(usize, &str, Turn)> = selected
                         .iter()
-                        .map(|m| {
-                            (
-                                m.module_id.as_str(),
-                                self.turn(pipeline, &m.module_id, &input),
-                            )
+                        .map(|(position, m)| {
+                            let turn = self.turn(pipeline, &m.module_id, &input);
+                            (*position, m.module_id.as_str(), turn)
                         })
                         .collect();
-                    // Failures first, in declaration order.
-                    for (module, turn) in &turns {
-                        if let Turn::Failed(kind, attempts) = turn {
-                            match Self::handling(pipeline, stage) {
-                                Handling::Skip => {}
-                                Handling::Stop => {
-                                    message = entry;
-                                    continue 'pipelines;
-                                }
-                                Handling::DeadLetter => {
-                                    return self.dead_letter(
-                                        &entry, pipeline, stage, module, *kind, *attempts,
-                                    );
+                    // Failures first, in declaration order; the first that
+                    // ends the pipeline decides.
+                    let mut ending: Option<End> = None;
+                    let mut stopped = false;
+                    for (position, module, turn) in &turns {
+                        let at = (p, stage.priority, *position);
+                        match turn {
+                            Turn::Answered(outcome, attempts) => self.ran(at, outcome, *attempts),
+                            Turn::Failed(kind, attempts) if ending.is_some() || stopped => {
+                                self.noted.insert(
+                                    at,
+                                    Noted::Failed(*kind, *attempts, FailureAction::EarlierFailure),
+                                );
+                            }
+                            Turn::Failed(kind, attempts) => {
+                                self.failed(at, *kind, *attempts, &handling);
+                                match handling {
+                                    Handling::Skip => {}
+                                    Handling::Stop => stopped = true,
+                                    Handling::DeadLetter => {
+                                        ending = Some(self.dead_letter(
+                                            &entry, pipeline, stage, module, *kind, *attempts,
+                                        ));
+                                    }
                                 }
                             }
                         }
                     }
+                    if let Some(end) = ending {
+                        return end;
+                    }
+                    if stopped {
+                        message = entry;
+                        continue 'pipelines;
+                    }
                     let mut dropped = false;
-                    for (_, turn) in turns {
+                    for (_, _, turn) in turns {
                         match turn {
-                            Turn::Answered(Outcome::Edited(edits)) => message.apply(edits),
-                            Turn::Answered(Outcome::Dropped) => dropped = true,
+                            Turn::Answered(Outcome::Edited(edits), _) => message.apply(edits),
+                            Turn::Answered(Outcome::Dropped, _) => dropped = true,
                             _ => {}
                         }
                     }
@@ -409,28 +492,37 @@ impl Reference<'_> {
                         return End::Dropped;
                     }
                 } else {
-                    for m in selected {
+                    for (position, m) in selected {
+                        let at = (p, stage.priority, position);
                         match self.turn(pipeline, &m.module_id, &message) {
-                            Turn::Answered(Outcome::Unchanged) => {}
-                            Turn::Answered(Outcome::Edited(edits)) => message.apply(edits),
-                            Turn::Answered(Outcome::Dropped) => return End::Dropped,
-                            Turn::Failed(kind, attempts) => match Self::handling(pipeline, stage) {
-                                Handling::Skip => {}
-                                Handling::Stop => {
-                                    message = entry;
-                                    continue 'pipelines;
+                            Turn::Answered(outcome, attempts) => {
+                                self.ran(at, &outcome, attempts);
+                                match outcome {
+                                    Outcome::Unchanged => {}
+                                    Outcome::Edited(edits) => message.apply(edits),
+                                    Outcome::Dropped => return End::Dropped,
                                 }
-                                Handling::DeadLetter => {
-                                    return self.dead_letter(
-                                        &entry,
-                                        pipeline,
-                                        stage,
-                                        &m.module_id,
-                                        kind,
-                                        attempts,
-                                    );
+                            }
+                            Turn::Failed(kind, attempts) => {
+                                self.failed(at, kind, attempts, &handling);
+                                match handling {
+                                    Handling::Skip => {}
+                                    Handling::Stop => {
+                                        message = entry;
+                                        continue 'pipelines;
+                                    }
+                                    Handling::DeadLetter => {
+                                        return self.dead_letter(
+                                            &entry,
+                                            pipeline,
+                                            stage,
+                                            &m.module_id,
+                                            kind,
+                                            attempts,
+                                        );
+                                    }
                                 }
-                            },
+                            }
                         }
                     }
                 }
@@ -484,8 +576,10 @@ proptest! {
             calls: Calls::default(),
             breaker_failures,
             breakers: HashMap::new(),
+            noted: HashMap::new(),
         };
-        let expected: Vec<End> = messages.iter().cloned().map(|m| reference.run(m)).collect();
+        let expected: Vec<(End, Vec<Noted>)> =
+            messages.iter().cloned().map(|m| reference.run(m)).collect();
 
         let options = Options {
             dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
@@ -497,18 +591,37 @@ proptest! {
         let calls = Calls::default();
         let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options)
             .unwrap();
-        let got: Vec<End> = o
-            .process_batch_blocking(messages.clone(), ProcessOptions::default().in_order(true))
+        let got: Vec<(End, Vec<Noted>)> = o
+            .process_batch_blocking(
+                messages.clone(),
+                ProcessOptions::default().in_order(true).trace(true),
+            )
             .unwrap()
             .into_iter()
-            .map(|p| match p.disposition {
-                Disposition::Delivered(m) => End::Delivered(m),
-                Disposition::Dropped => End::Dropped,
-                Disposition::DeadLettered(mut letter) => {
-                    // The text for people is the engine's own.
-                    letter.headers.set(dlq::ERROR, "");
-                    End::DeadLettered(letter)
-                }
+            .map(|p| {
+                let trace = p
+                    .trace
+                    .expect("traced")
+                    .entries
+                    .into_iter()
+                    .map(|e| match e.event {
+                        TraceEvent::Ran { outcome, attempts, .. } => Noted::Ran(outcome, attempts),
+                        TraceEvent::Skipped(_) => Noted::Skipped,
+                        TraceEvent::Failed { kind, attempts, action, .. } => {
+                            Noted::Failed(kind, attempts, action)
+                        }
+                    })
+                    .collect();
+                let end = match p.disposition {
+                    Disposition::Delivered(m) => End::Delivered(m),
+                    Disposition::Dropped => End::Dropped,
+                    Disposition::DeadLettered(mut letter) => {
+                        // The text for people is the engine's own.
+                        letter.headers.set(dlq::ERROR, "");
+                        End::DeadLettered(letter)
+                    }
+                };
+                (end, trace)
             })
             .collect();
         for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
