@@ -171,8 +171,12 @@ fn unpack(packed: i64) -> (u64, u64) {
 impl WarmInstance {
     /// Instantiates the module, runs its start function (if any) and its init
     /// function with `custom_config`, each as a call with the module's time
-    /// budget.
-    pub(crate) fn new(module: &CompiledModule) -> Result<WarmInstance, CallError> {
+    /// budget and within `deadline` (the call it is made for: its stage's or
+    /// pipeline's), which ends them with the deadline's kind.
+    pub(crate) fn new(
+        module: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<WarmInstance, CallError> {
         let id = &module.id;
         let init_error = |message: String| CallError::new(ErrorKind::Unavailable, id, message);
         let mut store = Store::new(module.engine.clone());
@@ -243,12 +247,12 @@ impl WarmInstance {
         if instance.exports.get_function(START_EXPORT).is_ok() {
             let start: TypedFunction<(), ()> =
                 typed_export(&instance, &warm.store, id, START_EXPORT)?;
-            warm.guarded(module, None, |store| start.call(store))?;
+            warm.guarded(module, deadline, |store| start.call(store))?;
         }
         if module.abi == Abi::V1 {
             let version: TypedFunction<(), i32> =
                 typed_export(&instance, &warm.store, id, "rmq_abi_version")?;
-            let found = warm.guarded(module, None, |store| version.call(store))?;
+            let found = warm.guarded(module, deadline, |store| version.call(store))?;
             if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
                 return Err(init_error(format!(
                     "speaks ABI version {found}; this host speaks version {}",
@@ -258,8 +262,8 @@ impl WarmInstance {
             let init: TypedFunction<(i32, i32), i64> =
                 typed_export(&instance, &warm.store, id, "rmq_init")?;
             let config = module.settings.custom_config.as_bytes();
-            let ptr = warm.write_input(module, None, config)?;
-            let packed = warm.guarded(module, None, |store| {
+            let ptr = warm.write_input(module, deadline, config)?;
+            let packed = warm.guarded(module, deadline, |store| {
                 init.call(store, ptr as i32, config.len() as i32)
             })?;
             if packed != 0 {

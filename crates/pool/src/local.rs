@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-use rustmq_etl_core::{Busy, CallReport, CallRequest, ModuleRunner, ModuleSpec};
+use rustmq_etl_core::{Busy, CallReport, CallRequest, ErrorKind, ModuleRunner, ModuleSpec};
 
 use crate::error::{discards_instance, CallError};
 use crate::instance::WarmInstance;
@@ -165,10 +165,10 @@ impl Slot {
     ///
     /// A module without caching (`enable_caching: false`) is not throttled:
     /// a fresh instance per call is what it asked for, part of each call's
-    /// cost like a slow module's running time, and bounded with it by the
-    /// call's budget; the throttle would only cap its throughput (at the
-    /// default rate, to 1,000 calls a second per thread with the thread
-    /// mostly idle).
+    /// cost like a slow module's running time (its start and init bounded by
+    /// the module's budget and the call's deadline); the throttle would only
+    /// cap its throughput (at the default rate, to 1,000 calls a second per
+    /// thread with the thread mostly idle).
     fn creation_allowed_at(&mut self, compiled: &CompiledModule, now: Instant) -> Option<Instant> {
         if !compiled.settings.enable_caching {
             return None;
@@ -178,12 +178,16 @@ impl Slot {
         (paid > now + tolerance).then(|| paid - tolerance)
     }
 
-    fn create(&mut self, compiled: &CompiledModule) -> Result<Box<WarmInstance>, CallError> {
+    fn create(
+        &mut self,
+        compiled: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<Box<WarmInstance>, CallError> {
         let now = Instant::now();
         let (interval, _) = creation_spacing(compiled);
         self.creations_paid_until =
             Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
-        let instance = WarmInstance::new(compiled).map(Box::new);
+        let instance = WarmInstance::new(compiled, deadline).map(Box::new);
         match &instance {
             Ok(_) => self.stats.created(),
             Err(e) => self.stats.failed(e.kind()),
@@ -242,7 +246,7 @@ impl LocalPool {
             {
                 return Ok(());
             }
-            let instance = slot.create(&module.compiled)?;
+            let instance = slot.create(&module.compiled, None)?;
             slot.idle.push_back(instance);
             slot.stats.idle(1);
         }
@@ -307,7 +311,9 @@ impl LocalPool {
                     return Err(Busy { until });
                 }
                 slot.stats.call(false);
-                match slot.create(compiled) {
+                // Within the call's deadline: a slow start or init may not
+                // take the stage's or pipeline's time past it.
+                match slot.create(compiled, deadline) {
                     Ok(instance) => instance,
                     Err(e) => return Ok(report(Err(e), Instant::now())),
                 }

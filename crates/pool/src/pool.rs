@@ -416,7 +416,7 @@ impl WorkerState {
             Job::Check { module, reply } => {
                 let started = self
                     .contain("starting an instance", |_| {
-                        crate::instance::WarmInstance::new(&module.compiled).map(drop)
+                        crate::instance::WarmInstance::new(&module.compiled, None).map(drop)
                     })
                     .unwrap_or_else(|text| Err(unavailable(module.id(), &text)));
                 let _ = reply.send(started);

@@ -271,6 +271,53 @@ fn a_module_without_caching_is_not_throttled() {
     );
 }
 
+/// Making an instance for a call (here every call: no caching) runs the
+/// module's init within the call's deadline: an init slower than what the
+/// stage or pipeline has left fails the call with the deadline's kind, not
+/// after its own, longer budget.
+#[test]
+fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
+    // An init that counts down from 300 million: far longer than the
+    // deadline below, far shorter than the module's own budget.
+    let slow_init = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64)
+            (local $n i32)
+            (local.set $n (i32.const 300000000))
+            (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+              (br_if $l (local.get $n)))
+            (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    let uncached = ModuleSettings {
+        enable_caching: false,
+        execution_timeout_ms: 60_000,
+        ..ModuleSettings::default()
+    };
+    // Loading proves it starts (within its own budget).
+    let module =
+        LoadedModule::compile(&spec("slow-init", uncached), &slow_init, &settings()).unwrap();
+    let mut local = LocalPool::new();
+    let message = Message::new("t", "");
+    let report = local
+        .call(
+            &module,
+            CallRequest::new(&message).deadline(
+                Instant::now() + Duration::from_millis(5),
+                ErrorKind::StageTimeout,
+            ),
+        )
+        .expect("no throttle without caching");
+    assert_eq!(
+        report.result.map_err(|e| e.kind()),
+        Err(ErrorKind::StageTimeout)
+    );
+}
+
 /// A request's deadline that has passed fails the call at once with the
 /// deadline's kind, without running the module.
 #[test]
