@@ -273,6 +273,28 @@ impl Cache {
             .map(|dir| dir.join("rustmq-etl"))
     }
 
+    /// The engine, with this cache.
+    fn pool(&self) -> anyhow::Result<Pool> {
+        let start = |artifact_cache| {
+            Pool::new(PoolConfig {
+                artifact_cache,
+                ..PoolConfig::default()
+            })
+        };
+        match start(self.dir()) {
+            // The default one checked above, but spoilt since: warned about,
+            // and none kept.
+            Err(e @ rustmq_etl_pool::StartError::ArtifactCache { .. })
+                if *self == Cache::Default =>
+            {
+                eprintln!("warning: {e}: every module is compiled afresh");
+                start(None)
+            }
+            started => started,
+        }
+        .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))
+    }
+
     /// The directory to give the pool, warning about a default one that
     /// cannot be used.
     fn dir(&self) -> Option<PathBuf> {
@@ -530,13 +552,7 @@ fn load_modules(
         }
         return Ok(None);
     }
-    let engine = Arc::new(
-        Pool::new(PoolConfig {
-            artifact_cache: cache.dir(),
-            ..PoolConfig::default()
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?,
-    );
+    let engine = Arc::new(cache.pool()?);
     let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
         Ok(etl) => {
             let unavailable = etl.unavailable();

@@ -114,7 +114,11 @@ impl ArtifactCache {
         let dir = dir.into();
         private::create_dir(&dir)?;
         private::check(&dir, private::Kind::Dir)?;
-        let key = read_or_make_key(&dir.join(KEY_FILE))?;
+        // Files are found by name again at every load and store: no one
+        // else may be able to replace the directory on the way to it.
+        private::check_ancestors(&dir)?;
+        let key = read_or_make_key(&dir)?;
+        remove_stale_temporaries(&dir);
         Ok(ArtifactCache { dir, key })
     }
 
@@ -145,7 +149,14 @@ impl ArtifactCache {
 
     fn load(&self, wasm: &[u8], engine: &Engine) -> Option<Module> {
         let (path, module_hash) = self.path(wasm);
-        let bytes = fs::read(&path).ok()?;
+        let bytes = match private::read_artifact(&path, max_artifact_bytes(wasm)) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("artifact cache: {e}; recompiling");
+                return None;
+            }
+        };
         let authentic = bytes
             .split_at_checked(MAGIC.len() + 32)
             .filter(|(header, _)| &header[..MAGIC.len()] == MAGIC)
@@ -188,37 +199,72 @@ impl ArtifactCache {
     }
 }
 
+/// The largest artifact read back for a module of `wasm`'s size: native code
+/// is a few times the size of its WebAssembly (the shipped modules' artifacts
+/// are 2–5 times), so anything far larger was not written by this cache.
+fn max_artifact_bytes(wasm: &[u8]) -> u64 {
+    (wasm.len() as u64)
+        .saturating_mul(64)
+        .saturating_add(16 << 20)
+}
+
+/// Removes temporary files that a store killed half-way left, an hour or
+/// more old (a store under way now is younger).
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age >= Duration::from_secs(3600));
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn target() -> String {
     wasmer::sys::Target::default().triple().to_string()
 }
 
-/// The cache's key: read if it exists (and is private), made otherwise.
-fn read_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    let bad = |message: String| std::io::Error::other(message);
-    loop {
-        match private::create_file(path) {
-            Ok(mut file) => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| bad(format!("no randomness: {e}")))?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-                return Ok(key);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                private::check(path, private::Kind::Secret)?;
-                let bytes = fs::read(path)?;
-                // Another process may be writing it right now.
-                if bytes.len() < 32 {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-                return bytes[..]
-                    .try_into()
-                    .map_err(|_| bad(format!("{} is not a cache key", path.display())));
-            }
+/// The cache's key in `dir`: read if it exists (and is private), made
+/// otherwise. A new key is written whole to a temporary file and linked into
+/// place, so that no one ever reads a key half-written (a run killed while
+/// writing it leaves only a temporary file).
+fn read_or_make_key(dir: &Path) -> std::io::Result<[u8; 32]> {
+    let path = dir.join(KEY_FILE);
+    if fs::symlink_metadata(&path).is_err() {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| std::io::Error::other(format!("no randomness: {e}")))?;
+        let (tmp, mut file) = tempfile_in(dir)?;
+        let written = file
+            .write_all(&key)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::hard_link(&tmp, &path));
+        let _ = fs::remove_file(&tmp);
+        match written {
+            Ok(()) => return Ok(key),
+            // Another process made it first: read theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
+    private::check(&path, private::Kind::Secret)?;
+    let bytes = fs::read(&path)?;
+    bytes[..].try_into().map_err(|_| {
+        std::io::Error::other(format!(
+            "{} is not a cache key ({} bytes, not 32): remove it (the artifacts it \
+             signed are then compiled afresh)",
+            path.display(),
+            bytes.len()
+        ))
+    })
 }
 
 /// Files only this user may touch.
@@ -263,7 +309,9 @@ mod private {
             Kind::Dir => 0o022,
             Kind::Secret => 0o077,
         };
-        let problem = if meta.uid() != me {
+        let problem = if meta.file_type().is_symlink() {
+            Some("is a symbolic link".to_owned())
+        } else if meta.uid() != me {
             Some(format!(
                 "belongs to user {}, not to this user ({me})",
                 meta.uid()
@@ -279,7 +327,11 @@ mod private {
                 }
             ))
         } else if (kind == Kind::Dir) != meta.is_dir() {
-            Some("is not a directory of its own".to_owned())
+            Some(if kind == Kind::Dir {
+                "is not a directory".to_owned()
+            } else {
+                "is not a file".to_owned()
+            })
         } else {
             None
         };
@@ -292,6 +344,102 @@ mod private {
                 ),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// Refuses a directory whose ancestors someone else could rename or
+    /// replace: each must belong to this user or to root, and one that
+    /// others may write must be sticky (as `/tmp` is: there, only an entry's
+    /// owner may rename it).
+    #[cfg(unix)]
+    pub(super) fn check_ancestors(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        for ancestor in fs::canonicalize(parent)?.ancestors() {
+            let meta = fs::metadata(ancestor)?;
+            let owner_ok = meta.uid() == me || meta.uid() == 0;
+            let sticky = meta.mode() & 0o1000 != 0;
+            let writable_by_others = meta.mode() & 0o022 != 0;
+            if !owner_ok || (writable_by_others && !sticky) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} lies in {}, which {}: they could replace the cache; \
+                         the artifact cache holds native code and must be private",
+                        dir.display(),
+                        ancestor.display(),
+                        if owner_ok {
+                            format!(
+                                "others may write (mode {:o}, not sticky)",
+                                meta.mode() & 0o7777
+                            )
+                        } else {
+                            format!("belongs to user {}", meta.uid())
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifact at `path`: `None` if there is none; an error if what is
+    /// there is not a regular file of this user's of at most `max` bytes
+    /// (opened without following a link or waiting on a pipe, so that no
+    /// file planted there can make the engine hang or read without end).
+    #[cfg(unix)]
+    pub(super) fn read_artifact(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            }
+        };
+        let meta = file.metadata()?;
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me || meta.len() > max {
+            return Err(std::io::Error::other(format!(
+                "{} is not an artifact of this cache (not a regular file of this user's of \
+                 at most {max} bytes)",
+                path.display()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(max).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn check_ancestors(_: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn read_artifact(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        match fs::File::open(path) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(max).read_to_end(&mut bytes)?;
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -580,6 +580,76 @@ fn a_cache_others_may_write_is_refused() {
     assert!(err.to_string().contains("must be private"), "{err}");
 }
 
+/// What may lie in the cache's place cannot make the engine hang, read
+/// without end or take another's directory: a key cut short (a run killed
+/// while writing it, by an older version) is an error that says what to do,
+/// not a wait for ever; a pipe or a link where an artifact belongs is set
+/// aside and replaced; a cache in a directory others may write (and that is
+/// not sticky, as `/tmp` is) is refused, since they could swap it.
+#[cfg(unix)]
+#[test]
+fn nothing_in_the_caches_place_can_hang_or_swap_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    rustmq_etl_pool::ArtifactCache::new(&cache).unwrap();
+    std::fs::write(cache.join("key"), b"").unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(&cache).unwrap_err();
+    assert!(
+        err.to_string().contains("is not a cache key (0 bytes"),
+        "{err}"
+    );
+    std::fs::remove_file(cache.join("key")).unwrap();
+
+    let cached_pool = || {
+        Pool::new(PoolConfig {
+            workers: 1,
+            artifact_cache: Some(cache.clone()),
+            bulk_bytes_per_ms: Some(1_000_000),
+            ..PoolConfig::default()
+        })
+        .unwrap()
+    };
+    let identity = module("", "");
+    let spec = ModuleSpec::new("kept");
+    assert!(!cached_pool().load(&spec, &identity).unwrap().from_cache());
+    let artifact = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "artifact"))
+        .unwrap();
+    for planted in ["fifo", "link"] {
+        std::fs::remove_file(&artifact).unwrap();
+        if planted == "fifo" {
+            let path = std::ffi::CString::new(artifact.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; `mkfifo` only creates the file.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &artifact).unwrap();
+        }
+        let pool = cached_pool();
+        let module = pool.load(&spec, &identity).unwrap();
+        assert!(!module.from_cache(), "{planted}");
+        assert_eq!(
+            pool.call_blocking(&module, &calm_message()),
+            Ok(Outcome::Unchanged)
+        );
+        assert!(
+            std::fs::symlink_metadata(&artifact).unwrap().is_file(),
+            "{planted} replaced"
+        );
+        assert!(cached_pool().load(&spec, &identity).unwrap().from_cache());
+    }
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(open.join("cache")).unwrap_err();
+    assert!(err.to_string().contains("not sticky"), "{err}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    rustmq_etl_pool::ArtifactCache::new(open.join("cache")).unwrap();
+}
+
 // ---- one module cannot hold up another ----
 
 /// A module that traps on every call is throttled to 20 instance creations a
