@@ -30,10 +30,8 @@ pub(crate) struct Args {
     pub seconds: f64,
     pub batch: usize,
     pub callers: Option<usize>,
-    /// The orchestrator's options (its circuit breaker).
-    pub options: rustmq_etl_orchestrator::Options,
-    /// Where compiled modules are kept between runs.
-    pub artifact_cache: crate::Cache,
+    /// The engine's settings from the command line.
+    pub engine: crate::Settings,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -60,13 +58,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(
-        &config,
-        &modules,
-        args.options.clone(),
-        &args.artifact_cache,
-    )?
-    else {
+    let Some(etl) = start(&config, &modules, &args.engine)? else {
         return Ok(ExitCode::FAILURE);
     };
     let threads = etl.engine().threads();

@@ -319,13 +319,26 @@ impl Cache {
     }
 }
 
+/// The engine's settings a command gives [`start`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The orchestrator's options (its dead-letter topic, circuit breaker).
+    pub options: Options,
+    /// Where compiled modules are kept between runs.
+    pub cache: Cache,
+}
+
 impl Engine {
-    /// Where compiled modules are kept.
-    fn cache(&self) -> Cache {
-        match (&self.artifact_cache, self.no_artifact_cache) {
+    /// The settings of these flags.
+    fn settings(self) -> Settings {
+        let cache = match (&self.artifact_cache, self.no_artifact_cache) {
             (_, true) => Cache::Off,
             (Some(dir), false) => Cache::At(dir.clone()),
             (None, false) => Cache::Default,
+        };
+        Settings {
+            options: self.options(),
+            cache,
         }
     }
 
@@ -404,8 +417,7 @@ fn main() -> ExitCode {
             trace,
             start_line,
             in_order: !concurrent,
-            artifact_cache: engine.cache(),
-            options: engine.options(),
+            engine: engine.settings(),
         }),
         Command::Serve {
             config,
@@ -422,8 +434,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
-            artifact_cache: engine.cache(),
-            options: engine.options(),
+            engine: engine.settings(),
         }),
         Command::TestModule {
             module,
@@ -458,8 +469,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
-            artifact_cache: engine.cache(),
-            options: engine.options(),
+            engine: engine.settings(),
         }),
     };
     match result {
@@ -517,10 +527,15 @@ fn load_plan(
 fn start(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
-    options: Options,
-    cache: &Cache,
+    settings: &Settings,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
-    load_modules(config, modules, false, options, cache)
+    load_modules(
+        config,
+        modules,
+        false,
+        settings.options.clone(),
+        &settings.cache,
+    )
 }
 
 /// Where modules are looked for, said when one was not read.

@@ -33,10 +33,8 @@ pub(crate) struct Args {
     /// Each message to its end before the next starts
     /// ([`ProcessOptions::in_order`]).
     pub in_order: bool,
-    /// The orchestrator's options (its dead-letter topic, circuit breaker).
-    pub options: rustmq_etl_orchestrator::Options,
-    /// Where compiled modules are kept between runs.
-    pub artifact_cache: crate::Cache,
+    /// The engine's settings from the command line.
+    pub engine: crate::Settings,
 }
 
 /// Where modules are when `--modules` is not given: `./modules`, then the
@@ -189,13 +187,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let Some(etl) = start(
-        &config,
-        &modules,
-        args.options.clone(),
-        &args.artifact_cache,
-    )?
-    else {
+    let Some(etl) = start(&config, &modules, &args.engine)? else {
         return Ok(ExitCode::FAILURE);
     };
     let size = if args.input == Path::new("-") {

@@ -42,10 +42,8 @@ pub(crate) struct Args {
     pub max_request_bytes: usize,
     pub max_batch: usize,
     pub watch: bool,
-    /// The orchestrator's options (its circuit breaker).
-    pub options: rustmq_etl_orchestrator::Options,
-    /// Where compiled modules are kept between runs.
-    pub artifact_cache: crate::Cache,
+    /// The engine's settings from the command line.
+    pub engine: crate::Settings,
 }
 
 /// The service's state, shared by every request.
@@ -191,13 +189,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(
-        &config,
-        &modules,
-        args.options.clone(),
-        &args.artifact_cache,
-    )?
-    else {
+    let Some(etl) = start(&config, &modules, &args.engine)? else {
         return Ok(ExitCode::FAILURE);
     };
     let service = Arc::new(Service {
