@@ -261,6 +261,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 std::mem::take(batch),
                 ProcessOptions::default()
                     .trace(true)
+                    // The summary counts skipped modules; only --trace
+                    // shows why.
+                    .skip_reasons(args.trace)
                     .in_order(args.in_order),
             )
             .context("the engine stopped")?;

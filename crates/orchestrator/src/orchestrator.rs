@@ -108,13 +108,20 @@ pub struct ReloadReport {
 /// use rustmq_etl_orchestrator::ProcessOptions;
 ///
 /// let options = ProcessOptions::default().trace(true).in_order(true);
-/// assert!(options.trace && options.in_order);
+/// assert!(options.trace && options.in_order && options.skip_reasons);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProcessOptions {
     /// Record each message's trace (off on the fast path).
     pub trace: bool,
+    /// In a trace, say why each module not selected was not: which filters
+    /// did not accept the topic, which rule did not hold (on by default).
+    /// Off, [`SkipReason::NotSelected`](crate::SkipReason::NotSelected)'s
+    /// text is empty: for a caller that counts what ran and what was skipped
+    /// (`rustmq-etl run`'s summary), the texts would cost more than the rest
+    /// of the trace.
+    pub skip_reasons: bool,
     /// Run the batch's messages one after another in input order, each to
     /// its end before the next starts, on one engine thread. What a message
     /// meets that earlier ones left behind (a circuit breaker their failures
@@ -126,7 +133,23 @@ pub struct ProcessOptions {
     pub in_order: bool,
 }
 
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            trace: false,
+            skip_reasons: true,
+            in_order: false,
+        }
+    }
+}
+
 impl ProcessOptions {
+    /// Sets [`ProcessOptions::skip_reasons`].
+    pub fn skip_reasons(mut self, skip_reasons: bool) -> Self {
+        self.skip_reasons = skip_reasons;
+        self
+    }
+
     /// Sets [`ProcessOptions::trace`].
     pub fn trace(mut self, trace: bool) -> Self {
         self.trace = trace;
@@ -483,6 +506,7 @@ impl<E: Engine> Orchestrator<E> {
                         m,
                         snapshot.plan.module_count(),
                         options.trace,
+                        options.skip_reasons,
                         seed,
                         submitted,
                     )

@@ -124,7 +124,9 @@ pub enum RanOutcome {
 pub enum SkipReason {
     /// Its pipeline is disabled.
     PipelineDisabled,
-    /// Its filters or rules do not select the message (the text says which).
+    /// Its filters or rules do not select the message (the text says which;
+    /// empty when [`ProcessOptions::skip_reasons`](crate::ProcessOptions::skip_reasons)
+    /// is off).
     NotSelected(String),
     /// An earlier failure ended the pipeline (or the message's journey), or its
     /// stage, before it.

@@ -455,6 +455,9 @@ pub(crate) struct Run {
     /// deadlines start from it.
     clock: Instant,
     trace: Option<Box<Trace>>,
+    /// Whether the trace says why a module was not selected
+    /// ([`crate::ProcessOptions::skip_reasons`]).
+    skip_reasons: bool,
     /// The failure of the current module's attempt before, once it is to be
     /// retried: if the retry then fails otherwise (the breaker opened
     /// meanwhile, the stage's or the pipeline's time ran out), its text quotes
@@ -479,6 +482,7 @@ impl Run {
         message: Message,
         modules: usize,
         trace: bool,
+        skip_reasons: bool,
         seed: u64,
         now: Instant,
     ) -> Run {
@@ -508,6 +512,7 @@ impl Run {
             },
             clock: now,
             trace: trace.then(Box::default),
+            skip_reasons,
             retried: None,
             done: None,
             seed: seed | 1,
@@ -852,7 +857,11 @@ impl Run {
             let runs = self.selection.runs(module);
             any |= runs;
             if !runs && self.trace.is_some() {
-                let why = plan.why_not(module, &self.message, now_ms, &mut scratch.plan);
+                let why = if self.skip_reasons {
+                    plan.why_not(module, &self.message, now_ms, &mut scratch.plan)
+                } else {
+                    String::new()
+                };
                 self.note(
                     pipeline,
                     stage.priority,

@@ -435,6 +435,33 @@ pipelines:
         .map(|(m, _)| m)
         .collect();
     assert_eq!(skipped, ["on-old", "on-old"]);
+    // Why, by default; with `skip_reasons(false)`, the same events without
+    // the texts (what `rustmq-etl run`'s summary needs).
+    let reasons = |out: &Processed| -> Vec<String> {
+        events(out)
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                TraceEvent::Skipped(SkipReason::NotSelected(why)) => Some(why),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        reasons(&out)
+            .iter()
+            .all(|why| why.contains("no topic filter accepts topic \"renamed\"")),
+        "{:?}",
+        reasons(&out)
+    );
+    let brief = o
+        .process_batch_blocking(
+            vec![Message::new("original", "")],
+            ProcessOptions::default().trace(true).skip_reasons(false),
+        )
+        .unwrap()
+        .remove(0);
+    assert_eq!(reasons(&brief), ["", ""]);
+    assert_eq!(brief.disposition, out.disposition);
 }
 
 #[test]
