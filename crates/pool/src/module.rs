@@ -664,3 +664,62 @@ fn check_abi(module: &Module) -> Result<Abi, String> {
         missing.join(", ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of the item starting at `start` in `source`, to its closing
+    /// brace at the start of a line.
+    fn item<'a>(source: &'a str, start: &str) -> &'a str {
+        let from = source.find(start).expect("the item is there");
+        let to = source[from..].find("\n}\n").expect("the item ends") + from;
+        &source[from..to]
+    }
+
+    /// A tripwire for the artifact cache: artifacts compiled by an earlier
+    /// build are kept apart only by `COMPILE_SETTINGS`, bumped by hand. The
+    /// code that decides what compiled modules look like (the budget
+    /// middleware, the tunables' memory and table styles, the features, the
+    /// engine) and the wasmer version are fingerprinted here: when this
+    /// fails, compiling may have changed: bump `COMPILE_SETTINGS` if it did,
+    /// then record the new fingerprint.
+    #[test]
+    fn compile_settings_are_bumped_when_compiling_changes() {
+        let module = include_str!("module.rs");
+        let sources = [
+            include_str!("budget.rs"),
+            include_str!("limits.rs"),
+            item(include_str!("admission.rs"), "pub(crate) fn features()"),
+            item(module, "pub(crate) fn engine("),
+        ];
+        let fingerprint = sources.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, text| {
+            text.bytes().chain([0]).fold(hash, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        });
+        let lock = include_str!("../../../Cargo.lock");
+        let wasmer = lock
+            .split("\n[[package]]\n")
+            .find(|p| p.starts_with("name = \"wasmer\"\n"))
+            .and_then(|p| p.lines().nth(1))
+            .and_then(|l| l.strip_prefix("version = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .expect("wasmer in Cargo.lock");
+        assert!(
+            COMPILE_SETTINGS.starts_with(&format!("wasmer-{wasmer}/")),
+            "wasmer is {wasmer} now: bump COMPILE_SETTINGS ({COMPILE_SETTINGS})"
+        );
+        // The settings and the fingerprint of the code they were bumped for.
+        const RECORDED: (&str, u64) = (
+            "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v4",
+            8_925_162_108_599_106_912,
+        );
+        assert_eq!(
+            (COMPILE_SETTINGS, fingerprint),
+            RECORDED,
+            "the code that decides how modules compile changed: if compiled modules change, \
+             bump COMPILE_SETTINGS; then record both here"
+        );
+    }
+}
