@@ -187,7 +187,19 @@ impl Slot {
         let (interval, _) = creation_spacing(compiled);
         self.creations_paid_until =
             Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
-        let instance = WarmInstance::new(compiled, deadline).map(Box::new);
+        let instance = WarmInstance::new(compiled, deadline)
+            .map(Box::new)
+            .map_err(|e| match e.kind() {
+                // Say what ran out of time: not the call, its instance's start.
+                ErrorKind::Timeout | ErrorKind::StageTimeout | ErrorKind::PipelineTimeout => {
+                    CallError::new(
+                        e.kind(),
+                        e.module(),
+                        format!("starting its instance: {}", e.message()),
+                    )
+                }
+                _ => e,
+            });
         match &instance {
             Ok(_) => self.stats.created(),
             Err(e) => self.stats.failed(e.kind()),
@@ -311,12 +323,33 @@ impl LocalPool {
                     return Err(Busy { until });
                 }
                 slot.stats.call(false);
-                // Within the call's deadline: a slow start or init may not
-                // take the stage's or pipeline's time past it.
-                match slot.create(compiled, deadline) {
+                // Without caching the instance is made for this call alone:
+                // part of the call, within its deadline. A cached module's
+                // instance outlives the call: it starts within the module's
+                // own budget, and if the call's deadline passed meanwhile the
+                // call fails with the deadline's kind and the instance is kept
+                // for the next one (an init slower than a stage's budget would
+                // otherwise be cut off and never kept, every time).
+                let creation_deadline = (!compiled.settings.enable_caching)
+                    .then_some(deadline)
+                    .flatten();
+                let instance = match slot.create(compiled, creation_deadline) {
                     Ok(instance) => instance,
                     Err(e) => return Ok(report(Err(e), Instant::now())),
+                };
+                if let Some((at, kind)) = deadline {
+                    let now = Instant::now();
+                    if at <= now {
+                        drop(Self::give_back(slot, compiled, instance, now));
+                        let error = CallError::new(
+                            kind,
+                            &compiled.id,
+                            "its time ran out while its instance started",
+                        );
+                        return Ok(report(Err(error), now));
+                    }
                 }
+                instance
             }
         };
         slot.stats.in_use(1);

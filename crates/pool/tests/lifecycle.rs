@@ -271,10 +271,12 @@ fn a_module_without_caching_is_not_throttled() {
     );
 }
 
-/// Making an instance for a call (here every call: no caching) runs the
-/// module's init within the call's deadline: an init slower than what the
-/// stage or pipeline has left fails the call with the deadline's kind, not
-/// after its own, longer budget.
+/// Making an instance for a call never holds the message past its deadline
+/// nor loses the instance: without caching (an instance for every call) the
+/// init runs within the call's deadline and an init slower than what the
+/// stage or pipeline has left fails the call with the deadline's kind; with
+/// caching the init runs to its end within the module's own budget, the call
+/// fails with the deadline's kind, and the instance serves the next call.
 #[test]
 fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
     // An init that counts down from 300 million: far longer than the
@@ -290,7 +292,9 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
             (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1)))
               (br_if $l (local.get $n)))
             (i64.const 0))
-          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0)))"#,
+          (func (export "rmq_transform") (param i32 i32) (result i64)
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00"))"#,
     )
     .unwrap();
     let uncached = ModuleSettings {
@@ -298,9 +302,12 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
         execution_timeout_ms: 60_000,
         ..ModuleSettings::default()
     };
-    // Loading proves it starts (within its own budget).
-    let module =
-        LoadedModule::compile(&spec("slow-init", uncached), &slow_init, &settings()).unwrap();
+    let module = LoadedModule::compile(
+        &spec("slow-init", uncached.clone()),
+        &slow_init,
+        &settings(),
+    )
+    .unwrap();
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
     let report = local
@@ -312,10 +319,43 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
             ),
         )
         .expect("no throttle without caching");
+    let error = report.result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::StageTimeout);
+    assert!(error.message().contains("starting its instance"), "{error}");
     assert_eq!(
-        report.result.map_err(|e| e.kind()),
-        Err(ErrorKind::StageTimeout)
+        module.stats().creations,
+        0,
+        "a start cut off makes no instance"
     );
+
+    let cached = ModuleSettings {
+        enable_caching: true,
+        ..uncached
+    };
+    let module =
+        LoadedModule::compile(&spec("slow-init-cached", cached), &slow_init, &settings()).unwrap();
+    let report = local
+        .call(
+            &module,
+            CallRequest::new(&message).deadline(
+                Instant::now() + Duration::from_millis(5),
+                ErrorKind::PipelineTimeout,
+            ),
+        )
+        .unwrap();
+    let error = report.result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PipelineTimeout);
+    assert!(
+        error.message().contains("while its instance started"),
+        "{error}"
+    );
+    // Kept: the next call runs on it, without starting another.
+    let creations = module.stats().creations;
+    assert_eq!(
+        call(&mut local, &module, &message).result,
+        Ok(Outcome::Unchanged)
+    );
+    assert_eq!(module.stats().creations, creations);
 }
 
 /// A request's deadline that has passed fails the call at once with the
