@@ -273,7 +273,8 @@ impl Cache {
             .map(|dir| dir.join("rustmq-etl"))
     }
 
-    /// The engine, with this cache.
+    /// The engine, with this cache. A default cache that cannot be used is
+    /// a warning, and none is kept; a named one stops the start.
     fn pool(&self) -> anyhow::Result<Pool> {
         let start = |artifact_cache| {
             Pool::new(PoolConfig {
@@ -281,41 +282,26 @@ impl Cache {
                 ..PoolConfig::default()
             })
         };
-        match start(self.dir()) {
-            // The default one checked above, but spoilt since: warned about,
-            // and none kept.
-            Err(e @ rustmq_etl_pool::StartError::ArtifactCache { .. })
+        let dir = match self {
+            Cache::Off => None,
+            Cache::At(dir) => Some(dir.clone()),
+            Cache::Default => Cache::default_dir(),
+        };
+        match start(dir) {
+            Err(rustmq_etl_pool::StartError::ArtifactCache { dir, message })
                 if *self == Cache::Default =>
             {
-                eprintln!("warning: {e}: every module is compiled afresh");
+                eprintln!(
+                    "warning: the artifact cache {} cannot be used ({message}): every module is \
+                     compiled afresh (--artifact-cache DIR names another, --no-artifact-cache \
+                     keeps none)",
+                    dir.display()
+                );
                 start(None)
             }
             started => started,
         }
         .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))
-    }
-
-    /// The directory to give the pool, warning about a default one that
-    /// cannot be used.
-    fn dir(&self) -> Option<PathBuf> {
-        match self {
-            Cache::Off => None,
-            Cache::At(dir) => Some(dir.clone()),
-            Cache::Default => {
-                Cache::default_dir().filter(|dir| match rustmq_etl_pool::ArtifactCache::new(dir) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        eprintln!(
-                            "warning: the artifact cache {} cannot be used ({e}): every module is \
-                             compiled afresh (--artifact-cache DIR names another, \
-                             --no-artifact-cache keeps none)",
-                            dir.display()
-                        );
-                        false
-                    }
-                })
-            }
-        }
     }
 }
 

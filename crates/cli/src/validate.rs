@@ -17,7 +17,8 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
             dir,
             true,
             rustmq_etl_orchestrator::Options::default(),
-            &crate::Cache::Default,
+            // A check leaves nothing behind.
+            &crate::Cache::Off,
         )?
         .is_none()
         {

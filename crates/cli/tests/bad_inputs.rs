@@ -8,7 +8,7 @@
 mod server;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use server::{fixtures, Server};
 
@@ -28,7 +28,7 @@ struct Row {
 fn run(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> (String, String) {
     use std::io::Write;
     let stdin = stdin.as_ref();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let mut child = server::tool()
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::piped())

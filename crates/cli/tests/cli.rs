@@ -12,7 +12,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let mut child = server::tool()
         .args(args)
         // The tool's own log levels, whatever the shell running the tests sets.
         .env_remove("RUST_LOG")
@@ -174,7 +174,7 @@ fn compiled_modules_are_kept_in_a_private_artifact_cache() {
             input.to_str().unwrap(),
         ];
         args.extend_from_slice(cache);
-        Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        server::tool()
             .args(&args)
             .env("XDG_CACHE_HOME", xdg)
             .output()
@@ -593,7 +593,7 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
             &modules,
         ];
         args.extend(extra);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        let out = server::tool()
             .args(&args)
             .current_dir(dir.path())
             .output()
@@ -638,7 +638,7 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("are one file"), "{stderr}");
     // Standard input redirected from the output file.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let out = server::tool()
         .args([
             "run",
             "--config",
@@ -902,7 +902,7 @@ fn the_readme_commands_work_as_written() {
             assert!(server.stop().success(), "{}", server.log());
             continue;
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        let out = server::tool()
             .args(&args)
             .current_dir(&root)
             .stdin(Stdio::null())
@@ -1147,7 +1147,7 @@ fn run_printed(line: &str, dir: &Path) -> Output {
 #[test]
 fn new_module_builds_and_passes_test_module_as_generated() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let out = server::tool()
         .args(["new-module", "order-tagger", "--dir"])
         .arg(dir.path())
         .env_remove("CARGO_TARGET_DIR")
@@ -1201,7 +1201,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         dir.path(),
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: order-tagger}]}]\n",
     );
-    let ran = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let ran = server::tool()
         .args(["run", "--config", config.to_str().unwrap(), "--input"])
         .arg(root.join("messages.jsonl"))
         .current_dir(dir.path())
@@ -1219,7 +1219,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         ("order-tagger", "already exists"),
         ("Order Tagger", "is not a module name"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        let out = server::tool()
             .args(["new-module", name, "--dir"])
             .arg(dir.path())
             .output()
@@ -1397,7 +1397,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     std::fs::write(&messages, &input).unwrap();
     let output = dir.path().join("out.jsonl");
     let run = |start: usize, out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        server::tool()
             .args(["run", "--config"])
             .arg(&config)
             .args(["--modules", &modules(), "--input"])
@@ -1448,7 +1448,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     assert_eq!(all, expected, "every message exactly once, in order");
 
     // Standard input open and silent: the lines read are run and written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let mut child = server::tool()
         .args(["run", "--config"])
         .arg(&config)
         .args(["--modules", &modules(), "--input", "-"])

@@ -713,7 +713,7 @@ fn bad_requests_get_4xx_with_a_reason() {
 fn a_server_that_cannot_start_says_why() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let out = server::tool()
         .args([
             "serve",
             "--config",
@@ -731,7 +731,7 @@ fn a_server_that_cannot_start_says_why() {
         stderr.contains(&format!("cannot listen on {address}")),
         "{stderr}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+    let out = server::tool()
         .args([
             "serve",
             "--config",

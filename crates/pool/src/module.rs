@@ -114,11 +114,13 @@ impl ArtifactCache {
         let dir = dir.into();
         private::create_dir(&dir)?;
         private::check(&dir, private::Kind::Dir)?;
-        // Files are found by name again at every load and store: no one
-        // else may be able to replace the directory on the way to it.
+        // Files are found by name again at every load and store, on the
+        // path checked here (links resolved): no one else may be able to
+        // replace the directory on the way to it.
+        let dir = fs::canonicalize(&dir)?;
         private::check_ancestors(&dir)?;
-        let key = read_or_make_key(&dir)?;
         remove_stale_temporaries(&dir);
+        let key = read_or_make_key(&dir)?;
         Ok(ArtifactCache { dir, key })
     }
 
@@ -462,18 +464,24 @@ mod private {
     }
 }
 
-/// A new file in `dir` with a unique name.
+/// A new file in `dir` with a name no other process uses: random, since
+/// process ids repeat (a container's first process is always 1) and a run
+/// killed half-way leaves its file behind.
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-    use std::sync::atomic::AtomicU64;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = dir.join(name);
-    let file = private::create_file(&path)?;
-    Ok((path, file))
+    let mut attempts = 0;
+    loop {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random)
+            .map_err(|e| std::io::Error::other(format!("no randomness: {e}")))?;
+        let path = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(random)));
+        match private::create_file(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Compilations that ran past their deadline and still run: their thread

@@ -641,6 +641,27 @@ fn nothing_in_the_caches_place_can_hang_or_swap_it() {
         assert!(cached_pool().load(&spec, &identity).unwrap().from_cache());
     }
 
+    // What a store killed half-way left is removed once an hour old.
+    let old = cache.join(".tmp-old");
+    let young = cache.join(".tmp-young");
+    for path in [&old, &young] {
+        std::fs::write(path, b"half").unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    rustmq_etl_pool::ArtifactCache::new(&cache).unwrap();
+    assert!(!old.exists() && young.exists());
+
+    // A link in the cache's place is called one.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&cache, &link).unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(&link).unwrap_err();
+    assert!(err.to_string().contains("is a symbolic link"), "{err}");
+
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();

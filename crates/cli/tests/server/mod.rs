@@ -9,6 +9,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+/// The tool, as the tests run it: its artifact cache (by default in the
+/// user's `~/.cache`) in the build's own temporary directory, so that the
+/// tests neither fill nor depend on the cache of whoever runs them.
+pub fn tool() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"));
+    command.env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests-cache"),
+    );
+    command
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../../fixtures")
@@ -38,7 +50,7 @@ impl Server {
 
     /// [`Server::start`] with `dir` as the working directory.
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"))
+        let mut child = tool()
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .current_dir(dir)
