@@ -10,11 +10,22 @@
 //! with its batch in input order, so that what a message meets that earlier
 //! ones left (an open breaker) is that of input order. Each message's end
 //! (delivered, dropped, dead letter with its headers) and trace (for every
-//! module listed: ran with its outcome and attempts, skipped, or failed with
-//! its kind, attempts and the strategy's action) must be the reference's.
-//! Out of scope: the timeouts and the breaker's cool-down (real time), and
-//! what is the engine's own: the texts for people (`etl-dlq-error`, why a
-//! module was skipped).
+//! module listed: ran with its outcome and attempts, skipped and why, or
+//! failed with its kind, attempts and the strategy's action; and the breaker
+//! as the call met it) must be the reference's. Out of scope: the timeouts
+//! and the breaker's cool-down and probe (real time), and what is the
+//! engine's own: the texts for people (`etl-dlq-error`, why a module was not
+//! selected). Applying one answer's edits is core's `Message::apply` (the
+//! ABI's rule, not execution.md's).
+//!
+//! Readings of execution.md encoded here (the engine's, documented in
+//! docs/execution.md): a call the breaker refuses is a failure of kind
+//! `circuit_open` handled by the strategy (its trace entry says so, with the
+//! breaker `open`), not a skip; `etl-dlq-attempts` and a trace entry's
+//! attempts count the calls of the failed module's turn at that listing; a
+//! failure that is not retried under `RetryWithBackoff` (`circuit_open`)
+//! makes a dead letter, as retries spent do; a module not selected is noted
+//! so as its stage is reached, even if the stage then ends early.
 
 #[path = "../../condition/tests/reference/mod.rs"]
 mod condition_reference;
@@ -33,8 +44,8 @@ use rustmq_etl_config::{
 };
 use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, FailureAction, Options,
-    Orchestrator, ProcessOptions, RanOutcome, TraceEvent,
+    dead_letter_headers as dlq, Backoff, BreakerSettings, CircuitState, Disposition, FailureAction,
+    Options, Orchestrator, ProcessOptions, RanOutcome, SkipReason, TraceEvent,
 };
 use rustmq_etl_testkit::{Behaviour, StandIn};
 use serde_json::json;
@@ -151,15 +162,21 @@ fn rule() -> impl Strategy<Value = ConditionalRule> {
     })
 }
 
+/// Module `m`, sometimes with other settings: another occurrence of the
+/// same module, with a breaker of its own.
 fn module(m: usize) -> impl Strategy<Value = EtlModuleInstance> {
     (
         prop::collection::vec(topic_filter(), 0..2),
         prop::collection::vec(rule(), 0..2),
+        prop::bool::weighted(0.25),
     )
         .prop_map(
-            move |(topic_filters, conditional_rules)| EtlModuleInstance {
+            move |(topic_filters, conditional_rules, other)| EtlModuleInstance {
                 module_id: format!("m{m}"),
-                instance_config: ModuleInstanceConfig::default(),
+                instance_config: ModuleInstanceConfig {
+                    custom_config: if other { json!({"v": 1}) } else { json!(null) },
+                    ..ModuleInstanceConfig::default()
+                },
                 topic_filters,
                 conditional_rules,
             },
@@ -236,8 +253,31 @@ enum End {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Noted {
     Ran(RanOutcome, u32),
-    Skipped,
+    Skipped(Why),
     Failed(ErrorKind, u32, FailureAction),
+}
+
+/// Why a module did not run (execution.md: "selection, circuit, an earlier
+/// failure"; and a drop, which ends the journey).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Disabled,
+    NotSelected,
+    EarlierFailure,
+    Dropped,
+}
+
+impl Noted {
+    /// The breaker as the message's last call of the module met it: closed
+    /// for a call let through, open for a refusal, none if never called.
+    fn circuit(&self) -> Option<CircuitState> {
+        match self {
+            Noted::Ran(..) => Some(CircuitState::Closed),
+            Noted::Failed(ErrorKind::CircuitOpen, ..) => Some(CircuitState::Open),
+            Noted::Failed(..) => Some(CircuitState::Closed),
+            Noted::Skipped(_) => None,
+        }
+    }
 }
 
 /// A module listing: pipeline index, stage priority, position in the stage.
@@ -249,10 +289,13 @@ struct Reference<'a> {
     does: &'a [Does],
     calls: Calls,
     breaker_failures: u32,
-    /// Per module (one occurrence each): consecutive failed calls, open.
+    /// Per occurrence (module and settings): consecutive failed calls, open.
     breakers: HashMap<String, (u32, bool)>,
     /// The current message's trace: what happened at each listing reached.
     noted: HashMap<Listing, Noted>,
+    /// How the current message's journey ended early: why every listing
+    /// not reached was skipped.
+    ended_by: Option<Why>,
 }
 
 /// How a module's turn ended.
@@ -284,16 +327,27 @@ impl Reference<'_> {
                 .all(|r| condition_reference::holds(&r.to_rule().unwrap(), message, 0))
     }
 
-    /// One call, through the module's breaker.
-    fn call(&mut self, module: &str, message: &Message) -> Result<Outcome, ErrorKind> {
+    /// One call, through the occurrence's breaker.
+    fn call(
+        &mut self,
+        module: &EtlModuleInstance,
+        message: &Message,
+    ) -> Result<Outcome, ErrorKind> {
         let limit = self.breaker_failures;
-        let breaker = self.breakers.entry(module.to_owned()).or_insert((0, false));
+        let occurrence = format!(
+            "{}/{}",
+            module.module_id, module.instance_config.custom_config
+        );
+        let breaker = self
+            .breakers
+            .entry(occurrence.clone())
+            .or_insert((0, false));
         if breaker.1 {
             return Err(ErrorKind::CircuitOpen);
         }
-        let index: usize = module[1..].parse().unwrap();
+        let index: usize = module.module_id[1..].parse().unwrap();
         let result = self.does[index].answer(index, message, &self.calls);
-        let breaker = self.breakers.get_mut(module).unwrap();
+        let breaker = self.breakers.get_mut(&occurrence).unwrap();
         match result {
             Ok(_) => breaker.0 = 0,
             Err(_) => {
@@ -307,7 +361,12 @@ impl Reference<'_> {
     }
 
     /// A module's turn: its calls, retried as `RetryWithBackoff` says.
-    fn turn(&mut self, pipeline: &EtlPipelineConfig, module: &str, message: &Message) -> Turn {
+    fn turn(
+        &mut self,
+        pipeline: &EtlPipelineConfig,
+        module: &EtlModuleInstance,
+        message: &Message,
+    ) -> Turn {
         let mut called = 0;
         loop {
             let result = self.call(module, message);
@@ -366,20 +425,45 @@ impl Reference<'_> {
         self.noted.insert(at, Noted::Failed(kind, attempts, action));
     }
 
+    /// Notes the listings of `stage` from `from` on that were selected and
+    /// not reached as skipped for `why`.
+    fn skip_rest_of_stage(&mut self, p: usize, stage: &EtlStage, from: usize, why: Why) {
+        for position in from..stage.modules.len() {
+            self.noted
+                .entry((p, stage.priority, position))
+                .or_insert(Noted::Skipped(why));
+        }
+    }
+
+    /// `pipeline` stopped in `stage`: what it did not reach is skipped for
+    /// an earlier failure.
+    fn stop(&mut self, p: usize, pipeline: &EtlPipelineConfig, stage: &EtlStage) {
+        for later in pipeline
+            .stages
+            .iter()
+            .filter(|s| s.priority >= stage.priority)
+        {
+            self.skip_rest_of_stage(p, later, 0, Why::EarlierFailure);
+        }
+    }
+
     /// The trace of the message just run: every listing in the
-    /// configuration's order, skipped where nothing was noted.
+    /// configuration's order; one not reached was skipped because its
+    /// pipeline is disabled, or for what ended the journey.
     fn trace(&mut self) -> Vec<Noted> {
         let mut trace = Vec::new();
+        let ended_by = self.ended_by.take();
         for (p, source) in self.config.pipelines().iter().enumerate() {
             let mut stages: Vec<&EtlStage> = source.pipeline.stages.iter().collect();
             stages.sort_by_key(|s| s.priority);
             for stage in stages {
                 for position in 0..stage.modules.len() {
-                    trace.push(
-                        self.noted
-                            .remove(&(p, stage.priority, position))
-                            .unwrap_or(Noted::Skipped),
-                    );
+                    let noted = self.noted.remove(&(p, stage.priority, position));
+                    trace.push(match noted {
+                        Some(noted) => noted,
+                        None if !source.pipeline.enabled => Noted::Skipped(Why::Disabled),
+                        None => Noted::Skipped(ended_by.expect("reached, or after an end")),
+                    });
                 }
             }
         }
@@ -435,13 +519,21 @@ impl Reference<'_> {
                     .enumerate()
                     .filter(|(_, m)| self.selected(m, &message))
                     .collect();
+                for position in 0..stage.modules.len() {
+                    if !selected.iter().any(|(p, _)| *p == position) {
+                        self.noted.insert(
+                            (p, stage.priority, position),
+                            Noted::Skipped(Why::NotSelected),
+                        );
+                    }
+                }
                 let handling = Self::handling(pipeline, stage);
                 if stage.parallel_execution {
                     let input = message.clone();
                     let turns: Vec<(usize, &str, Turn)> = selected
                         .iter()
                         .map(|(position, m)| {
-                            let turn = self.turn(pipeline, &m.module_id, &input);
+                            let turn = self.turn(pipeline, m, &input);
                             (*position, m.module_id.as_str(), turn)
                         })
                         .collect();
@@ -474,9 +566,11 @@ impl Reference<'_> {
                         }
                     }
                     if let Some(end) = ending {
+                        self.ended_by = Some(Why::EarlierFailure);
                         return end;
                     }
                     if stopped {
+                        self.stop(p, pipeline, stage);
                         message = entry;
                         continue 'pipelines;
                     }
@@ -489,18 +583,23 @@ impl Reference<'_> {
                         }
                     }
                     if dropped {
+                        self.ended_by = Some(Why::Dropped);
                         return End::Dropped;
                     }
                 } else {
                     for (position, m) in selected {
                         let at = (p, stage.priority, position);
-                        match self.turn(pipeline, &m.module_id, &message) {
+                        match self.turn(pipeline, m, &message) {
                             Turn::Answered(outcome, attempts) => {
                                 self.ran(at, &outcome, attempts);
                                 match outcome {
                                     Outcome::Unchanged => {}
                                     Outcome::Edited(edits) => message.apply(edits),
-                                    Outcome::Dropped => return End::Dropped,
+                                    Outcome::Dropped => {
+                                        self.skip_rest_of_stage(p, stage, position, Why::Dropped);
+                                        self.ended_by = Some(Why::Dropped);
+                                        return End::Dropped;
+                                    }
                                 }
                             }
                             Turn::Failed(kind, attempts) => {
@@ -508,10 +607,18 @@ impl Reference<'_> {
                                 match handling {
                                     Handling::Skip => {}
                                     Handling::Stop => {
+                                        self.stop(p, pipeline, stage);
                                         message = entry;
                                         continue 'pipelines;
                                     }
                                     Handling::DeadLetter => {
+                                        self.skip_rest_of_stage(
+                                            p,
+                                            stage,
+                                            position,
+                                            Why::EarlierFailure,
+                                        );
+                                        self.ended_by = Some(Why::EarlierFailure);
                                         return self.dead_letter(
                                             &entry,
                                             pipeline,
@@ -552,9 +659,7 @@ proptest! {
 
     #[test]
     fn the_orchestrator_does_what_execution_md_says(
-        pipelines in prop::collection::vec(0usize..1, 1..4).prop_flat_map(|n| {
-            (0..n.len()).map(pipeline).collect::<Vec<_>>()
-        }),
+        pipelines in (1usize..4).prop_flat_map(|n| (0..n).map(pipeline).collect::<Vec<_>>()),
         does in prop::collection::vec(does(), MODULES),
         messages in prop::collection::vec(message(), 1..6),
         breaker_failures in 1u32..6,
@@ -577,9 +682,16 @@ proptest! {
             breaker_failures,
             breakers: HashMap::new(),
             noted: HashMap::new(),
+            ended_by: None,
         };
-        let expected: Vec<(End, Vec<Noted>)> =
-            messages.iter().cloned().map(|m| reference.run(m)).collect();
+        let expected: Vec<(End, Vec<(Noted, Option<CircuitState>)>)> = messages
+            .iter()
+            .cloned()
+            .map(|m| {
+                let (end, trace) = reference.run(m);
+                (end, trace.into_iter().map(|n| { let c = n.circuit(); (n, c) }).collect())
+            })
+            .collect();
 
         let options = Options {
             dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
@@ -591,7 +703,7 @@ proptest! {
         let calls = Calls::default();
         let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options)
             .unwrap();
-        let got: Vec<(End, Vec<Noted>)> = o
+        let got: Vec<(End, Vec<(Noted, Option<CircuitState>)>)> = o
             .process_batch_blocking(
                 messages.clone(),
                 ProcessOptions::default().in_order(true).trace(true),
@@ -604,12 +716,22 @@ proptest! {
                     .expect("traced")
                     .entries
                     .into_iter()
-                    .map(|e| match e.event {
-                        TraceEvent::Ran { outcome, attempts, .. } => Noted::Ran(outcome, attempts),
-                        TraceEvent::Skipped(_) => Noted::Skipped,
-                        TraceEvent::Failed { kind, attempts, action, .. } => {
-                            Noted::Failed(kind, attempts, action)
-                        }
+                    .map(|e| {
+                        let noted = match e.event {
+                            TraceEvent::Ran { outcome, attempts, .. } => {
+                                Noted::Ran(outcome, attempts)
+                            }
+                            TraceEvent::Skipped(why) => Noted::Skipped(match why {
+                                SkipReason::PipelineDisabled => Why::Disabled,
+                                SkipReason::NotSelected(_) => Why::NotSelected,
+                                SkipReason::EarlierFailure => Why::EarlierFailure,
+                                SkipReason::Dropped => Why::Dropped,
+                            }),
+                            TraceEvent::Failed { kind, attempts, action, .. } => {
+                                Noted::Failed(kind, attempts, action)
+                            }
+                        };
+                        (noted, e.circuit)
                     })
                     .collect();
                 let end = match p.disposition {
@@ -624,6 +746,7 @@ proptest! {
                 (end, trace)
             })
             .collect();
+        prop_assert_eq!(got.len(), expected.len());
         for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
             prop_assert_eq!(
                 got, expected,
