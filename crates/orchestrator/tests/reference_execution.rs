@@ -280,6 +280,9 @@ impl Noted {
     }
 }
 
+/// A message's end and its trace, each entry with the breaker it met.
+type Journey = (End, Vec<(Noted, Option<CircuitState>)>);
+
 /// A module listing: pipeline index, stage priority, position in the stage.
 type Listing = (usize, u32, usize);
 
@@ -684,7 +687,7 @@ proptest! {
             noted: HashMap::new(),
             ended_by: None,
         };
-        let expected: Vec<(End, Vec<(Noted, Option<CircuitState>)>)> = messages
+        let expected: Vec<Journey> = messages
             .iter()
             .cloned()
             .map(|m| {
@@ -703,7 +706,7 @@ proptest! {
         let calls = Calls::default();
         let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options)
             .unwrap();
-        let got: Vec<(End, Vec<(Noted, Option<CircuitState>)>)> = o
+        let got: Vec<Journey> = o
             .process_batch_blocking(
                 messages.clone(),
                 ProcessOptions::default().in_order(true).trace(true),
