@@ -31,7 +31,7 @@ pub(crate) struct Args {
     pub batch: usize,
     pub callers: Option<usize>,
     /// The engine's settings from the command line.
-    pub engine: crate::Settings,
+    pub settings: crate::Settings,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -58,7 +58,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules, &args.engine)? else {
+    let Some(etl) = start(&config, &modules, &args.settings)? else {
         return Ok(ExitCode::FAILURE);
     };
     let threads = etl.engine().threads();

@@ -403,7 +403,7 @@ fn main() -> ExitCode {
             trace,
             start_line,
             in_order: !concurrent,
-            engine: engine.settings(),
+            settings: engine.settings(),
         }),
         Command::Serve {
             config,
@@ -420,7 +420,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             max_batch,
             watch: !no_watch,
-            engine: engine.settings(),
+            settings: engine.settings(),
         }),
         Command::TestModule {
             module,
@@ -455,7 +455,7 @@ fn main() -> ExitCode {
             seconds,
             batch,
             callers,
-            engine: engine.settings(),
+            settings: engine.settings(),
         }),
     };
     match result {

@@ -34,7 +34,7 @@ pub(crate) struct Args {
     /// ([`ProcessOptions::in_order`]).
     pub in_order: bool,
     /// The engine's settings from the command line.
-    pub engine: crate::Settings,
+    pub settings: crate::Settings,
 }
 
 /// Where modules are when `--modules` is not given: `./modules`, then the
@@ -187,7 +187,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let Some(etl) = start(&config, &modules, &args.engine)? else {
+    let Some(etl) = start(&config, &modules, &args.settings)? else {
         return Ok(ExitCode::FAILURE);
     };
     let size = if args.input == Path::new("-") {

@@ -43,7 +43,7 @@ pub(crate) struct Args {
     pub max_batch: usize,
     pub watch: bool,
     /// The engine's settings from the command line.
-    pub engine: crate::Settings,
+    pub settings: crate::Settings,
 }
 
 /// The service's state, shared by every request.
@@ -189,7 +189,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules, &args.engine)? else {
+    let Some(etl) = start(&config, &modules, &args.settings)? else {
         return Ok(ExitCode::FAILURE);
     };
     let service = Arc::new(Service {

@@ -2776,3 +2776,35 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
         .lines()
         .any(|l| l == "rustmq_etl_modules_unavailable 0"));
 }
+
+/// A module found by a reload of the same configuration starts with a closed
+/// breaker, whatever its absence opened.
+#[test]
+fn a_module_found_by_reloading_the_same_configuration_starts_closed() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("late", |_| Behaviour::ok(Outcome::Unchanged));
+    let there = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source = {
+        let there = there.clone();
+        move |_: &str| {
+            if there.load(Ordering::SeqCst) {
+                Ok(Vec::new())
+            } else {
+                Err("cannot read modules/late.wasm: No such file or directory".to_owned())
+            }
+        }
+    };
+    let yaml = "pipeline_id: p\nerror_handling: SendToDeadLetter\n\
+                stages: [{priority: 0, modules: [{module_id: late}]}]";
+    let o = Orchestrator::new(engine, &config(yaml), source, options()).unwrap();
+    for _ in 0..5 {
+        dead_letter(&one(&o, Message::new("t", "x")));
+    }
+    use rustmq_etl_orchestrator::CircuitState;
+    assert_eq!(o.occurrences()[0].circuit, CircuitState::Open);
+    there.store(true, Ordering::SeqCst);
+    let report = o.reload(&o.config()).unwrap();
+    assert!(report.changed && report.compiled == 1, "{report:?}");
+    assert_eq!(o.occurrences()[0].circuit, CircuitState::Closed);
+    delivered(&one(&o, Message::new("t", "x")));
+}
