@@ -90,7 +90,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tracing = Instant::now();
     while traced < TRACED {
         for chunk in messages.chunks(args.batch) {
-            for processed in run(chunk.to_vec(), ProcessOptions::default().trace(true))? {
+            // Counts only: no texts of why a module was not selected.
+            let counting = ProcessOptions::default().trace(true).skip_reasons(false);
+            for processed in run(chunk.to_vec(), counting)? {
                 summary.add(&processed);
             }
         }
