@@ -1099,7 +1099,7 @@ impl Run {
             request = request.deadline(at, kind);
         }
         let report: CallReport = match &snapshot.modules[module.occurrence] {
-            Ok(loaded) => match runner.call(loaded, request) {
+            Ok(loaded) => match runner.call(&loaded.module, request) {
                 Ok(report) => report,
                 Err(busy) => {
                     // Nothing ran: a probe that did not happen is given back.

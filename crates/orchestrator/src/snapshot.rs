@@ -65,11 +65,9 @@ pub(crate) struct Snapshot<E: Engine> {
     pub(crate) plan: Plan,
     /// By occurrence: the loaded module, or why its calls fail
     /// `unavailable` (its file could not be read).
-    pub(crate) modules: Vec<Result<E::Module, Arc<str>>>,
-    /// By occurrence; `None` where the module is unavailable.
-    pub(crate) loaded: Vec<Option<Loaded<E::Module>>>,
-    /// The occurrences whose file could not be read, each saying where it is
-    /// listed, in the plan's order of occurrences.
+    pub(crate) modules: Vec<Result<Loaded<E::Module>, Arc<str>>>,
+    /// The occurrences whose file could not be read, each with the error
+    /// that says where it is listed, in the plan's order of occurrences.
     pub(crate) unavailable: Vec<(usize, LoadError)>,
     /// By occurrence.
     pub(crate) breakers: Vec<Arc<Breaker>>,
@@ -137,13 +135,12 @@ pub(crate) fn build<E: Engine>(
     let plan = Plan::build(config).map_err(|e| vec![LoadError::configuration(e.to_string())])?;
     let mut reused_by_spec: HashMap<&ModuleSpec, &Loaded<E::Module>> = HashMap::new();
     if let Some(previous) = previous {
-        for (spec, loaded) in previous.plan.occurrences().iter().zip(&previous.loaded) {
-            if let Some(loaded) = loaded {
+        for (spec, module) in previous.plan.occurrences().iter().zip(&previous.modules) {
+            if let Ok(loaded) = module {
                 reused_by_spec.insert(spec, loaded);
             }
         }
     }
-    let mut loaded = Vec::new();
     let mut modules = Vec::new();
     let mut failed = Vec::new();
     let mut unavailable = Vec::new();
@@ -164,13 +161,11 @@ pub(crate) fn build<E: Engine>(
                     );
                     failed.push((occurrence, with_listing(&plan, occurrence, error)));
                 }
-                loaded.push(None);
                 continue;
             }
         };
         if let Some(old) = reused_by_spec.get(spec).filter(|old| *old.wasm == *wasm) {
-            modules.push(Ok(old.module.clone()));
-            loaded.push(Some(Loaded {
+            modules.push(Ok(Loaded {
                 module: old.module.clone(),
                 wasm: old.wasm.clone(),
             }));
@@ -179,8 +174,7 @@ pub(crate) fn build<E: Engine>(
         match keep.engine.load(spec, &wasm) {
             Ok(module) => {
                 compiled += 1;
-                modules.push(Ok(module.clone()));
-                loaded.push(Some(Loaded {
+                modules.push(Ok(Loaded {
                     module,
                     wasm: wasm.into(),
                 }));
@@ -234,7 +228,6 @@ pub(crate) fn build<E: Engine>(
             version,
             config: config.clone(),
             modules,
-            loaded,
             unavailable,
             breakers,
             options: keep.options.clone(),
