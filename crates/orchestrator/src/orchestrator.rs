@@ -101,8 +101,8 @@ pub struct ReloadReport {
     pub unavailable: Vec<LoadError>,
 }
 
-/// How to process a batch: `ProcessOptions::default()` (no trace, messages
-/// at once), then the builder methods. Fields may be added without breaking
+/// How to process a batch: `ProcessOptions::default()` (no trace — skip
+/// reasons in it once traced — messages at once), then the builder methods. Fields may be added without breaking
 /// callers.
 ///
 /// ```

@@ -333,23 +333,31 @@ impl LocalPool {
                 let creation_deadline = (!compiled.settings.enable_caching)
                     .then_some(deadline)
                     .flatten();
-                let instance = match slot.create(compiled, creation_deadline) {
-                    Ok(instance) => instance,
-                    Err(e) => return Ok(report(Err(e), Instant::now())),
-                };
-                if let Some((at, kind)) = deadline {
-                    let now = Instant::now();
-                    if at <= now {
-                        drop(Self::give_back(slot, compiled, instance, now));
-                        let error = CallError::new(
-                            kind,
-                            &compiled.id,
-                            "its time ran out while its instance started",
-                        );
-                        return Ok(report(Err(error), now));
+                let created = slot.create(compiled, creation_deadline);
+                // A deadline that passed while the instance started decides
+                // the call's kind, however the start ended: the stage or
+                // pipeline ran out either way.
+                let passed = deadline.filter(|(at, _)| *at <= Instant::now());
+                match (created, passed) {
+                    (Ok(instance), None) => instance,
+                    (Err(e), None) => return Ok(report(Err(e), Instant::now())),
+                    (created, Some((_, kind))) => {
+                        let why = match created {
+                            Ok(instance) => {
+                                drop(Self::give_back(slot, compiled, instance, Instant::now()));
+                                "its time ran out while its instance started".to_owned()
+                            }
+                            Err(e) => format!(
+                                "its time ran out while its instance started, which then \
+                                 failed: {}",
+                                e.message()
+                            ),
+                        };
+                        slot.stats.failed(kind);
+                        let error = CallError::new(kind, &compiled.id, why);
+                        return Ok(report(Err(error), Instant::now()));
                     }
                 }
-                instance
             }
         };
         slot.stats.in_use(1);

@@ -118,6 +118,7 @@ impl ArtifactCache {
         // path checked here (links resolved): no one else may be able to
         // replace the directory on the way to it.
         let dir = fs::canonicalize(&dir)?;
+        private::check(&dir, private::Kind::Dir)?;
         private::check_ancestors(&dir)?;
         remove_stale_temporaries(&dir);
         let key = read_or_make_key(&dir)?;
@@ -185,12 +186,18 @@ impl ArtifactCache {
             let artifact = module.serialize().map_err(|e| e.to_string())?;
             let (path, module_hash) = self.path(wasm);
             let tag = self.tag(&module_hash, &artifact).finalize().into_bytes();
-            let mut tmp = tempfile_in(&self.dir).map_err(|e| e.to_string())?;
-            tmp.1.write_all(MAGIC).map_err(|e| e.to_string())?;
-            tmp.1.write_all(&tag).map_err(|e| e.to_string())?;
-            tmp.1.write_all(&artifact).map_err(|e| e.to_string())?;
-            tmp.1.sync_all().map_err(|e| e.to_string())?;
-            fs::rename(&tmp.0, &path).map_err(|e| e.to_string())
+            let (tmp, mut file) = tempfile_in(&self.dir).map_err(|e| e.to_string())?;
+            let written = file
+                .write_all(MAGIC)
+                .and_then(|()| file.write_all(&tag))
+                .and_then(|()| file.write_all(&artifact))
+                .and_then(|()| file.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path));
+            if written.is_err() {
+                // A full disk, say: leave nothing half-written behind.
+                let _ = fs::remove_file(&tmp);
+            }
+            written.map_err(|e| e.to_string())
         })();
         if let Err(e) = result {
             log::warn!(

@@ -271,12 +271,13 @@ fn a_module_without_caching_is_not_throttled() {
     );
 }
 
-/// Making an instance for a call never holds the message past its deadline
-/// nor loses the instance: without caching (an instance for every call) the
-/// init runs within the call's deadline and an init slower than what the
-/// stage or pipeline has left fails the call with the deadline's kind; with
-/// caching the init runs to its end within the module's own budget, the call
-/// fails with the deadline's kind, and the instance serves the next call.
+/// An instance made for a call meets the call's deadline: without caching
+/// (an instance for every call) the init runs within the deadline, and an
+/// init slower than what the stage or pipeline has left fails the call with
+/// the deadline's kind; with caching the init runs to its end within the
+/// module's own budget (holding that one message past its deadline), the
+/// call fails with the deadline's kind, counted as such, and the instance
+/// serves the next call.
 #[test]
 fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
     // An init that counts down from 300 million: far longer than the
@@ -348,6 +349,11 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
     assert!(
         error.message().contains("while its instance started"),
         "{error}"
+    );
+    assert_eq!(
+        module.stats().failures,
+        [(ErrorKind::PipelineTimeout, 1)],
+        "counted as failed"
     );
     // Kept: the next call runs on it, without starting another.
     let creations = module.stats().creations;
