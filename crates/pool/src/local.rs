@@ -183,10 +183,14 @@ impl Slot {
         compiled: &CompiledModule,
         deadline: Option<(Instant, ErrorKind)>,
     ) -> Result<Box<WarmInstance>, CallError> {
-        let now = Instant::now();
-        let (interval, _) = creation_spacing(compiled);
-        self.creations_paid_until =
-            Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
+        // Paid for at the throttle's rate (a module without caching is not
+        // throttled: see `creation_allowed_at`).
+        if compiled.settings.enable_caching {
+            let now = Instant::now();
+            let (interval, _) = creation_spacing(compiled);
+            self.creations_paid_until =
+                Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
+        }
         let instance = WarmInstance::new(compiled, deadline)
             .map(Box::new)
             .map_err(|e| match e.kind() {
