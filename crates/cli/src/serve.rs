@@ -397,18 +397,30 @@ impl IntoResponse for ApiError {
 /// error, not silently no trace.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TraceParam {
+struct Params {
+    /// Each result with its trace.
     #[serde(default)]
     trace: bool,
+    /// The batch's messages one after another, each to its end
+    /// (`ProcessOptions::in_order`).
+    #[serde(default)]
+    in_order: bool,
 }
 
-fn trace_param(query: Result<Query<TraceParam>, QueryRejection>) -> Result<bool, ApiError> {
-    query.map(|q| q.trace).map_err(|e| {
-        ApiError::bad_request(format!(
-            "bad query string ({}): the only parameter is trace=true|false",
-            e.body_text()
-        ))
-    })
+fn params(query: Result<Query<Params>, QueryRejection>) -> Result<ProcessOptions, ApiError> {
+    query
+        .map(|q| {
+            ProcessOptions::default()
+                .trace(q.trace)
+                .in_order(q.in_order)
+        })
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "bad query string ({}): the parameters are trace=true|false and \
+                 in_order=true|false",
+                e.body_text()
+            ))
+        })
 }
 
 /// The request body as text.
@@ -456,11 +468,11 @@ fn batch_messages(text: &str, max: usize) -> Result<Vec<Message>, ApiError> {
 async fn run_messages(
     service: &Service,
     messages: Vec<Message>,
-    trace: bool,
+    options: ProcessOptions,
 ) -> Result<Vec<rustmq_etl_orchestrator::Processed>, ApiError> {
     service
         .etl
-        .process_batch(messages, ProcessOptions::default().trace(trace))
+        .process_batch(messages, options)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -473,15 +485,15 @@ async fn run_messages(
 /// `POST /v1/process[?trace=true]`: one message.
 async fn process(
     State(service): State<Arc<Service>>,
-    query: Result<Query<TraceParam>, QueryRejection>,
+    query: Result<Query<Params>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let trace = trace_param(query)?;
+    let options = params(query)?;
     let text = body_text(&service, &body)?;
     let message = Message::from_json_line(text.trim())
         .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
-    let results = run_messages(&service, vec![message], trace).await?;
-    Ok(Json(ProcessedJson::new(&results[0], trace)).into_response())
+    let results = run_messages(&service, vec![message], options).await?;
+    Ok(Json(ProcessedJson::new(&results[0], options.trace)).into_response())
 }
 
 #[derive(Serialize)]
@@ -489,20 +501,21 @@ struct BatchJson<'a> {
     results: Vec<ProcessedJson<'a>>,
 }
 
-/// `POST /v1/batch[?trace=true]`: messages in, one result each, in order.
+/// `POST /v1/batch[?trace=true][&in_order=true]`: messages in, one result
+/// each, in order.
 async fn batch(
     State(service): State<Arc<Service>>,
-    query: Result<Query<TraceParam>, QueryRejection>,
+    query: Result<Query<Params>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let trace = trace_param(query)?;
+    let options = params(query)?;
     let text = body_text(&service, &body)?;
     let messages = batch_messages(&text, service.max_batch)?;
-    let results = run_messages(&service, messages, trace).await?;
+    let results = run_messages(&service, messages, options).await?;
     Ok(Json(BatchJson {
         results: results
             .iter()
-            .map(|p| ProcessedJson::new(p, trace))
+            .map(|p| ProcessedJson::new(p, options.trace))
             .collect(),
     })
     .into_response())

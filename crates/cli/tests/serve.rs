@@ -750,3 +750,57 @@ fn a_server_that_cannot_start_says_why() {
         "{stderr}"
     );
 }
+
+/// `POST /v1/batch?in_order=true` runs the batch's messages one after another,
+/// each to its end: which of them meet the breaker their predecessors opened
+/// is that of input order, the same on every request.
+#[test]
+fn a_batch_in_order_meets_the_breaker_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\n\
+         stages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        dir.path().join("p.yaml").to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--breaker-failures",
+        "2",
+        "--no-watch",
+    ]);
+    let batch: String = (0..6)
+        .map(|i| format!("{{\"topic\": \"t\", \"payload\": \"m{i}\"}}\n"))
+        .collect();
+    let (status, body) = server.send("POST", "/v1/batch?in_order=true", &batch);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["result"], "dead_lettered", "{r}");
+            r["message"]["headers"]["etl-dlq-error-kind"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "trap",
+            "trap",
+            "circuit_open",
+            "circuit_open",
+            "circuit_open",
+            "circuit_open"
+        ]
+    );
+    let (status, body) = server.send("POST", "/v1/batch?in_order=maybe", &batch);
+    assert_eq!(status, 400);
+    assert!(body.contains("in_order=true|false"), "{body}");
+}
