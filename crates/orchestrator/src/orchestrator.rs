@@ -569,19 +569,31 @@ impl<E: Engine> Orchestrator<E> {
                 .absolute(count.load(Ordering::Relaxed));
         }
         let occurrences = snapshot.plan.occurrences();
-        for (spec, breaker) in occurrences.iter().zip(&snapshot.breakers) {
-            metrics::gauge!("rustmq_etl_circuit_state", &spec.labels())
+        for ((spec, breaker), module) in occurrences
+            .iter()
+            .zip(&snapshot.breakers)
+            .zip(&snapshot.modules)
+        {
+            let labels = spec.labels();
+            metrics::gauge!("rustmq_etl_circuit_state", &labels)
                 .set(f64::from(breaker.state().as_number()));
+            metrics::gauge!("rustmq_etl_module_unavailable", &labels).set(if module.is_err() {
+                1.0
+            } else {
+                0.0
+            });
         }
         // An occurrence taken out of service (a reload changed its settings or
-        // removed it) no longer has a breaker that acts: its gauge reads 0,
+        // removed it) no longer has a breaker that acts: its gauges read 0,
         // not the last state it had (an open breaker would alert for ever).
         let mut gauged = lock(&self.inner.keep.circuit_gauges);
         let in_service: HashSet<&ModuleSpec> = occurrences.iter().collect();
         gauged.retain(|spec| {
             let keep = in_service.contains(spec);
             if !keep {
-                metrics::gauge!("rustmq_etl_circuit_state", &spec.labels()).set(0.0);
+                let labels = spec.labels();
+                metrics::gauge!("rustmq_etl_circuit_state", &labels).set(0.0);
+                metrics::gauge!("rustmq_etl_module_unavailable", &labels).set(0.0);
             }
             keep
         });

@@ -2694,9 +2694,17 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
         .as_deref()
         .unwrap()
         .contains("No such file"));
-    assert!(scraped(&o)
-        .lines()
-        .any(|l| l == "rustmq_etl_modules_unavailable 1"));
+    let text = scraped(&o);
+    for series in [
+        "rustmq_etl_modules_unavailable 1",
+        r#"rustmq_etl_module_unavailable{module="late"} 1"#,
+        r#"rustmq_etl_module_unavailable{module="a"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
 
     // A dead letter of the entry, naming the kind; the module before ran.
     let out = one(&o, Message::new("t", "x"));
@@ -2772,9 +2780,16 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
     );
     let out = one(&o, Message::new("t", "x"));
     assert_eq!(delivered(&out).headers.get("late"), Some("ran"));
-    assert!(scraped(&o)
-        .lines()
-        .any(|l| l == "rustmq_etl_modules_unavailable 0"));
+    let text = scraped(&o);
+    for series in [
+        "rustmq_etl_modules_unavailable 0",
+        r#"rustmq_etl_module_unavailable{module="late"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
 }
 
 /// A module found by a reload of the same configuration starts with a closed
