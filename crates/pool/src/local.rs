@@ -327,40 +327,9 @@ impl LocalPool {
                     return Err(Busy { until });
                 }
                 slot.stats.call(false);
-                // Without caching the instance is made for this call alone:
-                // part of the call, within its deadline. A cached module's
-                // instance outlives the call: it starts within the module's
-                // own budget, and if the call's deadline passed meanwhile the
-                // call fails with the deadline's kind and the instance is kept
-                // for the next one (an init slower than a stage's budget would
-                // otherwise be cut off and never kept, every time).
-                let creation_deadline = (!compiled.settings.enable_caching)
-                    .then_some(deadline)
-                    .flatten();
-                let created = slot.create(compiled, creation_deadline);
-                // A deadline that passed while the instance started decides
-                // the call's kind, however the start ended: the stage or
-                // pipeline ran out either way.
-                let passed = deadline.filter(|(at, _)| *at <= Instant::now());
-                match (created, passed) {
-                    (Ok(instance), None) => instance,
-                    (Err(e), None) => return Ok(report(Err(e), Instant::now())),
-                    (created, Some((_, kind))) => {
-                        let why = match created {
-                            Ok(instance) => {
-                                drop(Self::give_back(slot, compiled, instance, Instant::now()));
-                                "its time ran out while its instance started".to_owned()
-                            }
-                            Err(e) => format!(
-                                "its time ran out while its instance started, which then \
-                                 failed: {}",
-                                e.message()
-                            ),
-                        };
-                        slot.stats.failed(kind);
-                        let error = CallError::new(kind, &compiled.id, why);
-                        return Ok(report(Err(error), Instant::now()));
-                    }
+                match Self::start_for_call(slot, compiled, deadline) {
+                    Ok(instance) => instance,
+                    Err(e) => return Ok(report(Err(e), Instant::now())),
                 }
             }
         };
@@ -388,6 +357,42 @@ impl LocalPool {
             ended = Instant::now();
         }
         Ok(report(result, ended))
+    }
+
+    /// An instance for a call with `deadline`. Without caching it is made
+    /// for this call alone: part of the call, within its deadline. A cached
+    /// module's instance outlives the call: it starts within the module's
+    /// own budget, and if the call's deadline passed meanwhile the call fails
+    /// with the deadline's kind and the instance is kept for the next one (an
+    /// init slower than a stage's budget would otherwise be cut off and never
+    /// kept, every time). A deadline that passed while the instance started
+    /// decides the call's kind however the start ended. A failed start is
+    /// counted by `Slot::create`; a late one here.
+    fn start_for_call(
+        slot: &mut Slot,
+        compiled: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
+    ) -> Result<Box<WarmInstance>, CallError> {
+        let creation_deadline = (!compiled.settings.enable_caching)
+            .then_some(deadline)
+            .flatten();
+        let created = slot.create(compiled, creation_deadline);
+        let Some((_, kind)) = deadline.filter(|(at, _)| *at <= Instant::now()) else {
+            return created;
+        };
+        let why = match created {
+            Ok(instance) => {
+                drop(Self::give_back(slot, compiled, instance, Instant::now()));
+                slot.stats.failed(kind);
+                "its time ran out while its instance started".to_owned()
+            }
+            Err(e) if e.kind() == kind => return Err(e),
+            Err(e) => format!(
+                "its time ran out while its instance started, which then failed: {}",
+                e.message()
+            ),
+        };
+        Err(CallError::new(kind, &compiled.id, why))
     }
 
     /// Keeps `instance` warm, stamped with its last use, or gives it back to

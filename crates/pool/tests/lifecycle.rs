@@ -328,6 +328,11 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
         0,
         "a start cut off makes no instance"
     );
+    assert_eq!(
+        module.stats().failures,
+        [(ErrorKind::StageTimeout, 1)],
+        "counted once"
+    );
 
     let cached = ModuleSettings {
         enable_caching: true,
