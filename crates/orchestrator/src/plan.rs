@@ -33,6 +33,11 @@ pub struct PlannedModule {
     pub occurrence: usize,
     /// Its position among all modules of the plan, in execution order.
     pub index: usize,
+    /// Whether its occurrence is listed elsewhere in the plan too: only then
+    /// can a message call it at more than one listing, and only then are its
+    /// calls for a message counted across listings (a dead letter's
+    /// `etl-dlq-attempts`).
+    pub(crate) listed_again: bool,
     slot: SlotId,
     group: GroupId,
 }
@@ -219,6 +224,7 @@ impl Plan {
                         instance_config: m.instance_config.clone(),
                         occurrence,
                         index: 0,
+                        listed_again: false,
                         slot: filters.add_slot(topic_filters),
                         group: conditions.add_group(rules),
                     });
@@ -243,6 +249,14 @@ impl Plan {
             module: String::new(),
             message: e.to_string(),
         })?;
+        let mut listings = vec![0_usize; occurrences.len()];
+        for module in pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter())
+            .flat_map(|s| s.modules.iter())
+        {
+            listings[module.occurrence] += 1;
+        }
         let mut modules = 0;
         for pipeline in &mut pipelines {
             let first = modules;
@@ -252,6 +266,7 @@ impl Plan {
                 .flat_map(|s| s.modules.iter_mut())
             {
                 module.index = modules;
+                module.listed_again = listings[module.occurrence] > 1;
                 modules += 1;
             }
             pipeline.indices = first..modules;

@@ -16,6 +16,7 @@ use rustmq_etl_core::{
     Bytes, CallError, CallReport, CallRequest, Edit, Engine, ErrorKind, Headers, Message,
     ModuleRunner, Outcome, Step, Task,
 };
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::breaker::{CircuitState, Permit};
@@ -464,6 +465,12 @@ pub(crate) struct Run {
     /// this one, the cause. Kept here, not with the module's retries, so that
     /// moving from module to module costs nothing more.
     retried: Option<Box<CallError>>,
+    /// The calls made for this message so far of each occurrence listed more
+    /// than once (see [`PlannedModule::listed_again`]), by occurrence: what a
+    /// dead letter's `etl-dlq-attempts` counts ("how many times M was called
+    /// for this message"). Two kept inline: a message allocates nothing for
+    /// the usual repeat, a module shared by two pipelines.
+    calls: SmallVec<[(usize, u32); 2]>,
     done: Option<End>,
     /// A cheap random state for jitter.
     seed: u64,
@@ -514,6 +521,7 @@ impl Run {
             trace: trace.then(Box::default),
             skip_reasons,
             retried: None,
+            calls: SmallVec::new(),
             done: None,
             seed: seed | 1,
         }
@@ -1172,6 +1180,7 @@ impl Run {
                     // failure applying its answer is blamed on it.
                     Outcome::Edited(edits) => self.apply(edits, snapshot.plan.reads()),
                 }
+                self.count_calls(module);
                 self.module = InModule::default();
                 self.next_module();
                 None
@@ -1207,6 +1216,34 @@ impl Run {
         }
     }
 
+    /// The current listing of `module` has ended (its attempts in
+    /// `self.module`): its calls are counted for the message if its
+    /// occurrence may be called at another listing too.
+    #[inline]
+    fn count_calls(&mut self, module: &PlannedModule) {
+        if !module.listed_again || self.module.attempts == 0 {
+            return;
+        }
+        match self.calls.iter_mut().find(|(o, _)| *o == module.occurrence) {
+            Some((_, n)) => *n = n.saturating_add(self.module.attempts),
+            None => self.calls.push((module.occurrence, self.module.attempts)),
+        }
+    }
+
+    /// How many times `module`'s occurrence was called for this message: at
+    /// every listing whose calls have ended (counted by
+    /// [`Run::count_calls`]), or, for an occurrence listed once, at the
+    /// current one.
+    fn calls_for_message(&self, module: &PlannedModule) -> u32 {
+        if !module.listed_again {
+            return self.module.attempts;
+        }
+        self.calls
+            .iter()
+            .find(|(o, _)| *o == module.occurrence)
+            .map_or(0, |(_, n)| *n)
+    }
+
     /// Moves to the next position in the stage; returns it.
     fn next_module(&mut self) -> usize {
         let next = self.place.module.unwrap_or(0) + 1;
@@ -1240,6 +1277,7 @@ impl Run {
             _ => error,
         };
         let attempts = self.module.attempts;
+        self.count_calls(module);
         tally.error(module.index, kind);
         let strategy = pipeline.config.error_handling;
         let skips = stage.continue_on_error || strategy == ErrorHandlingStrategy::SkipModule;
@@ -1373,7 +1411,10 @@ impl Run {
             (headers::MODULE, module.module_id.clone()),
             (headers::ERROR_KIND, error.kind().as_str().to_owned()),
             (headers::ERROR, error.message().to_owned()),
-            (headers::ATTEMPTS, self.module.attempts.to_string()),
+            (
+                headers::ATTEMPTS,
+                self.calls_for_message(module).to_string(),
+            ),
         ] {
             letter.headers.push(name, value);
         }

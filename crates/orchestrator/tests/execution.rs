@@ -1248,6 +1248,52 @@ pipelines:
     }
 }
 
+/// execution.md: `etl-dlq-attempts` is "how many times M was called for this
+/// message": M's calls at every listing of it count, in an earlier pipeline
+/// whose work was undone and in an earlier stage that skipped it alike; a
+/// listing of the same `module_id` with other settings is another module.
+#[test]
+fn a_dead_letters_attempts_count_every_call_of_the_module_for_the_message() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("fail", |_| {
+        Behaviour::fail(ErrorKind::GuestError, "no good")
+    });
+    let yaml = r#"
+pipelines:
+  - pipeline_id: stops
+    error_handling: StopPipeline
+    stages: [{priority: 0, modules: [{module_id: fail}]}]
+  - pipeline_id: other-settings
+    error_handling: SkipModule
+    stages:
+      - priority: 0
+        modules: [{module_id: fail, instance_config: {custom_config: {other: true}}}]
+  - pipeline_id: retries
+    error_handling: RetryWithBackoff
+    max_retries: 1
+    stages:
+      - {priority: 0, continue_on_error: true, modules: [{module_id: fail}]}
+      - {priority: 1, parallel_execution: true, modules: [{module_id: fail}]}
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("t", ""));
+    let letter = dead_letter(&out);
+    assert_eq!(letter.headers.get(dlq::PIPELINE), Some("retries"));
+    assert_eq!(letter.headers.get(dlq::STAGE), Some("1"));
+    // 1 (stops) + 2 (retries, stage 0) + 2 (retries, stage 1); not the
+    // other settings' call.
+    assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("5"));
+    // The trace counts each listing's own.
+    let attempts: Vec<u32> = events(&out)
+        .iter()
+        .map(|(_, event)| match event {
+            TraceEvent::Failed { attempts, .. } => *attempts,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(attempts, [1, 1, 2, 2]);
+}
+
 #[test]
 fn skip_module_and_continue_on_error_go_on_without_the_failed_module() {
     let engine = Arc::new(StandIn::new(2));

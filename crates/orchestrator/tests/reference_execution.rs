@@ -21,8 +21,11 @@
 //! Readings of execution.md encoded here (the engine's, documented in
 //! docs/execution.md): a call the breaker refuses is a failure of kind
 //! `circuit_open` handled by the strategy (its trace entry says so, with the
-//! breaker `open`), not a skip; `etl-dlq-attempts` and a trace entry's
-//! attempts count the calls of the failed module's turn at that listing; a
+//! breaker `open`), not a skip; a trace entry's attempts count the calls
+//! of the module's turn at that listing, and `etl-dlq-attempts` every call
+//! of the failed occurrence for the message ("how many times M was called
+//! for this message": at every listing, in every pipeline, undone ones too;
+//! a refusal is no call); a
 //! failure that is not retried under `RetryWithBackoff` (`circuit_open`)
 //! makes a dead letter, as retries spent do; a module not selected is noted
 //! so as its stage is reached, even if the stage then ends early.
@@ -294,6 +297,8 @@ struct Reference<'a> {
     breaker_failures: u32,
     /// Per occurrence (module and settings): consecutive failed calls, open.
     breakers: HashMap<String, (u32, bool)>,
+    /// Per occurrence: the calls made for the current message.
+    called: HashMap<String, u32>,
     /// The current message's trace: what happened at each listing reached.
     noted: HashMap<Listing, Noted>,
     /// How the current message's journey ended early: why every listing
@@ -330,6 +335,14 @@ impl Reference<'_> {
                 .all(|r| condition_reference::holds(&r.to_rule().unwrap(), message, 0))
     }
 
+    /// The occurrence (module and settings) a listing runs.
+    fn occurrence(module: &EtlModuleInstance) -> String {
+        format!(
+            "{}/{}",
+            module.module_id, module.instance_config.custom_config
+        )
+    }
+
     /// One call, through the occurrence's breaker.
     fn call(
         &mut self,
@@ -337,10 +350,7 @@ impl Reference<'_> {
         message: &Message,
     ) -> Result<Outcome, ErrorKind> {
         let limit = self.breaker_failures;
-        let occurrence = format!(
-            "{}/{}",
-            module.module_id, module.instance_config.custom_config
-        );
+        let occurrence = Self::occurrence(module);
         let breaker = self
             .breakers
             .entry(occurrence.clone())
@@ -348,6 +358,7 @@ impl Reference<'_> {
         if breaker.1 {
             return Err(ErrorKind::CircuitOpen);
         }
+        *self.called.entry(occurrence.clone()).or_default() += 1;
         let index: usize = module.module_id[1..].parse().unwrap();
         let result = self.does[index].answer(index, message, &self.calls);
         let breaker = self.breakers.get_mut(&occurrence).unwrap();
@@ -478,20 +489,20 @@ impl Reference<'_> {
         entry: &Message,
         pipeline: &EtlPipelineConfig,
         stage: &EtlStage,
-        module: &str,
+        module: &EtlModuleInstance,
         kind: ErrorKind,
-        attempts: u32,
     ) -> End {
+        let attempts = self.called.get(&Self::occurrence(module)).copied();
         let mut letter = entry.clone();
         letter.topic = DEAD_LETTER_TOPIC.to_owned();
         for (name, value) in [
             (dlq::ORIGINAL_TOPIC, entry.topic.clone()),
             (dlq::PIPELINE, pipeline.pipeline_id.clone()),
             (dlq::STAGE, stage.priority.to_string()),
-            (dlq::MODULE, module.to_owned()),
+            (dlq::MODULE, module.module_id.clone()),
             (dlq::ERROR_KIND, kind.as_str().to_owned()),
             (dlq::ERROR, String::new()),
-            (dlq::ATTEMPTS, attempts.to_string()),
+            (dlq::ATTEMPTS, attempts.unwrap_or(0).to_string()),
         ] {
             letter.headers.push(name, value);
         }
@@ -500,6 +511,7 @@ impl Reference<'_> {
 
     /// A message's whole journey, and its trace.
     fn run(&mut self, message: Message) -> (End, Vec<Noted>) {
+        self.called.clear();
         let end = self.journey(message);
         (end, self.trace())
     }
@@ -533,11 +545,11 @@ impl Reference<'_> {
                 let handling = Self::handling(pipeline, stage);
                 if stage.parallel_execution {
                     let input = message.clone();
-                    let turns: Vec<(usize, &str, Turn)> = selected
+                    let turns: Vec<(usize, &EtlModuleInstance, Turn)> = selected
                         .iter()
                         .map(|(position, m)| {
                             let turn = self.turn(pipeline, m, &input);
-                            (*position, m.module_id.as_str(), turn)
+                            (*position, *m, turn)
                         })
                         .collect();
                     // Failures first, in declaration order; the first that
@@ -560,9 +572,10 @@ impl Reference<'_> {
                                     Handling::Skip => {}
                                     Handling::Stop => stopped = true,
                                     Handling::DeadLetter => {
-                                        ending = Some(self.dead_letter(
-                                            &entry, pipeline, stage, module, *kind, *attempts,
-                                        ));
+                                        ending =
+                                            Some(self.dead_letter(
+                                                &entry, pipeline, stage, module, *kind,
+                                            ));
                                     }
                                 }
                             }
@@ -622,14 +635,7 @@ impl Reference<'_> {
                                             Why::EarlierFailure,
                                         );
                                         self.ended_by = Some(Why::EarlierFailure);
-                                        return self.dead_letter(
-                                            &entry,
-                                            pipeline,
-                                            stage,
-                                            &m.module_id,
-                                            kind,
-                                            attempts,
-                                        );
+                                        return self.dead_letter(&entry, pipeline, stage, m, kind);
                                     }
                                 }
                             }
@@ -684,6 +690,7 @@ proptest! {
             calls: Calls::default(),
             breaker_failures,
             breakers: HashMap::new(),
+            called: HashMap::new(),
             noted: HashMap::new(),
             ended_by: None,
         };
