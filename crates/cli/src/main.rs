@@ -568,12 +568,18 @@ fn load_modules(
                 let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
                 files.sort_unstable();
                 files.dedup();
+                let unread = unavailable.iter().any(|e| e.step() == LoadStep::Read);
                 eprintln!(
-                    "warning: {} module file{} could not be read from {} ({MODULES_HINT}): \
+                    "warning: {} module{} could not be loaded from {}{}: \
                      each call of {} fails `unavailable`, handled by its pipeline's error strategy",
                     files.len(),
                     plural(files.len()),
                     modules.display(),
+                    if unread {
+                        format!(" ({MODULES_HINT})")
+                    } else {
+                        String::new()
+                    },
                     files
                         .iter()
                         .map(|id| format!("{id:?}"))

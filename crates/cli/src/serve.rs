@@ -82,7 +82,7 @@ struct ReloadStatus {
     /// Why it was rejected: every problem, each naming where.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<String>,
-    /// Modules in service whose file could not be read: their calls fail
+    /// Modules in service that could not be loaded: their calls fail
     /// `unavailable` (applied and unchanged reloads).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unavailable: Vec<String>,

@@ -123,7 +123,7 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 module file could not be read from"),
+        stderr.contains("1 module could not be loaded from"),
         "{stderr}"
     );
     assert!(
@@ -150,6 +150,63 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no such directory of modules"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// A module that does not compile is not loaded: as for one not found, its
+/// calls fail `unavailable` (execution.md: "not loaded, not found") and the
+/// run goes on with a warning saying why; `validate --modules` calls it an
+/// error.
+#[test]
+fn run_warns_of_a_module_that_does_not_compile_and_fails_its_calls_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    std::fs::write(modules.join("broken.wasm"), b"not a module").unwrap();
+    let config = dir.path().join("p.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\n\
+         stages: [{priority: 0, modules: [{module_id: broken}]}]\n",
+    )
+    .unwrap();
+    let (config, modules) = (config.to_str().unwrap(), modules.to_str().unwrap());
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config,
+            "--modules",
+            modules,
+            "--input",
+            "-",
+        ],
+        Some("{\"topic\":\"t\",\"payload\":\"1\"}\n"),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(r#"warning: module "broken": "#)
+            && stderr.contains(r#"(as listed in pipeline "p", stage 0)"#)
+            && stderr.contains("1 module could not be loaded from")
+            && !stderr.contains("--modules sets the directory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 in = 0 delivered + 0 dropped + 1 dead-lettered"),
+        "{stderr}"
+    );
+    let letter: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(letter["headers"]["etl-dlq-error-kind"], "unavailable");
+    let why = letter["headers"]["etl-dlq-error"].as_str().unwrap();
+    assert!(why.starts_with("the module was not loaded: "), "{why}");
+
+    let out = run(
+        &["validate", "--config", config, "--modules", modules],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(r#"error: module "broken": "#), "{stderr}");
 }
 
 /// Compiled modules are kept between runs (docs/abi.md, "The artifact
@@ -858,7 +915,7 @@ fn run_without_its_modules_says_which_and_where() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("sensor-data-validator.wasm"), "{stderr}");
     assert!(
-        stderr.contains("7 module files could not be read from")
+        stderr.contains("7 modules could not be loaded from")
             && stderr.contains("--modules sets the directory"),
         "{stderr}"
     );

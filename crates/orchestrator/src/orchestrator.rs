@@ -95,9 +95,10 @@ pub struct ReloadReport {
     /// module files all have the same bytes keeps the version in service
     /// (file watchers often report one edit twice).
     pub changed: bool,
-    /// The modules in service whose file could not be read, each saying
-    /// where it is listed: their calls fail `unavailable` until a reload
-    /// finds them ([`Orchestrator::unavailable`]).
+    /// The modules in service that could not be loaded (read, compiled or
+    /// started), each saying where it is listed and why: their calls fail
+    /// `unavailable` until a reload loads them
+    /// ([`Orchestrator::unavailable`]).
     pub unavailable: Vec<LoadError>,
 }
 
@@ -214,7 +215,10 @@ pub struct EngineStopped {
 
 impl<E: Engine> Orchestrator<E> {
     /// Loads `config`'s modules from `source` into `engine` and puts the
-    /// configuration in service. Blocks while modules compile.
+    /// configuration in service. Blocks while modules compile. Fails only
+    /// if the configuration does not plan: a module that cannot be read,
+    /// compiled or started is unavailable instead (see
+    /// [`Orchestrator::unavailable`]; nothing else could serve).
     pub fn new(
         engine: Arc<E>,
         config: &Config,
@@ -264,14 +268,20 @@ impl<E: Engine> Orchestrator<E> {
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
         let built = build(&self.inner.keep, config, version, Some(&previous));
         let result = match built {
-            // (The same occurrences are unavailable then: one found would
-            // have been compiled, one lost refuses the reload.)
-            Ok((snapshot, 0)) if snapshot.config == previous.config => Ok(ReloadReport {
-                version: previous.version,
-                compiled: 0,
-                changed: false,
-                unavailable: previous.unavailable_errors(),
-            }),
+            // (The same occurrences are unavailable then: one loaded would
+            // have been compiled, one lost refuses the reload. Why one does
+            // not load may have changed: its new bytes fail otherwise.)
+            Ok((snapshot, 0))
+                if snapshot.config == previous.config
+                    && snapshot.unavailable_errors() == previous.unavailable_errors() =>
+            {
+                Ok(ReloadReport {
+                    version: previous.version,
+                    compiled: 0,
+                    changed: false,
+                    unavailable: previous.unavailable_errors(),
+                })
+            }
             Ok((snapshot, compiled)) => {
                 let unavailable = snapshot.unavailable_errors();
                 self.inner.versions.store(version, Ordering::Relaxed);
@@ -334,11 +344,12 @@ impl<E: Engine> Orchestrator<E> {
         self.reload(&self.config())
     }
 
-    /// The modules of the configuration in service whose file could not be
-    /// read, each saying where it is listed (empty when every one loaded).
-    /// Their calls fail `unavailable` (execution.md) and are handled by
-    /// their pipeline's error strategy; a reload that finds the file puts
-    /// the module in service.
+    /// The modules of the configuration in service that could not be loaded
+    /// as it started — the file not read, not compiled or not started
+    /// ([`LoadError::step`]) — each saying where it is listed and why (empty
+    /// when every one loaded). Their calls fail `unavailable` (execution.md:
+    /// a module "not loaded, not found") and are handled by their pipeline's
+    /// error strategy; a reload that loads the module puts it in service.
     pub fn unavailable(&self) -> Vec<LoadError> {
         self.inner.current.load().unavailable_errors()
     }
@@ -679,8 +690,8 @@ pub struct Occurrence {
     /// The stages that use it: pipeline id and priority, in the plan's order
     /// (a stage that lists it twice, twice).
     pub used_in: Vec<(String, u32)>,
-    /// Why its calls fail `unavailable`, if they do (its file could not be
-    /// read).
+    /// Why its calls fail `unavailable`, if they do (it could not be read,
+    /// compiled or started).
     pub unavailable: Option<String>,
 }
 

@@ -64,10 +64,10 @@ pub(crate) struct Snapshot<E: Engine> {
     pub(crate) config: Config,
     pub(crate) plan: Plan,
     /// By occurrence: the loaded module, or why its calls fail
-    /// `unavailable` (its file could not be read).
+    /// `unavailable` (it could not be loaded: read, compiled or started).
     pub(crate) modules: Vec<Result<Loaded<E::Module>, Arc<str>>>,
-    /// The occurrences whose file could not be read, each with the error
-    /// that says where it is listed, in the plan's order of occurrences.
+    /// The occurrences that could not be loaded, each with the error that
+    /// says where it is listed, in the plan's order of occurrences.
     pub(crate) unavailable: Vec<(usize, LoadError)>,
     /// By occurrence.
     pub(crate) breakers: Vec<Arc<Breaker>>,
@@ -119,13 +119,14 @@ pub(crate) struct Keep<E: Engine> {
 
 /// Builds the snapshot of `config`: plans it, reads and loads every module
 /// occurrence (keeping those of `previous` whose bytes did not change), and
-/// collects every failure to compile or start. A module whose file cannot be
-/// read is no such failure when there is no `previous` version (nothing else
-/// could serve) or it was unavailable there too: its occurrence is
-/// unavailable (execution.md: a module not found), each call of it fails
-/// `unavailable`, and the snapshot lists it. A reload never takes a module
-/// out of service, nor puts a new one in, without its file: that is a
-/// failure, and the version in service keeps serving.
+/// collects every failure to read, compile or start one. Such a failure
+/// stops nothing when there is no `previous` version (nothing else could
+/// serve) or the occurrence was unavailable there too: the occurrence is
+/// unavailable (execution.md: a module "not loaded, not found"), each call
+/// of it fails `unavailable`, and the snapshot lists it with its error. A
+/// reload never takes a module out of service, nor puts a new one in, that
+/// does not load: that is a failure, and the version in service keeps
+/// serving.
 pub(crate) fn build<E: Engine>(
     keep: &Keep<E>,
     config: &Config,
@@ -146,21 +147,31 @@ pub(crate) fn build<E: Engine>(
     let mut unavailable = Vec::new();
     let mut compiled = 0;
     for (occurrence, spec) in plan.occurrences().iter().enumerate() {
+        // An occurrence that does not load: unavailable at start or if it
+        // already is, else the reload's failure.
+        let mut not_loaded = |error: LoadError| {
+            modules.push(Err(Arc::from(format!(
+                "the module was not loaded: {}",
+                error.message()
+            ))));
+            if previous.is_none_or(|p| p.unavailable_occurrences().any(|s| s == spec)) {
+                unavailable.push((occurrence, with_listing(&plan, occurrence, error)));
+            } else {
+                let error = LoadError::new(
+                    error.step(),
+                    error.module(),
+                    format!(
+                        "{}; a reload does not put a module in service that does not load",
+                        error.message()
+                    ),
+                );
+                failed.push((occurrence, with_listing(&plan, occurrence, error)));
+            }
+        };
         let wasm = match keep.source.read(&spec.id) {
             Ok(wasm) => wasm,
             Err(e) => {
-                modules.push(Err(Arc::from(format!("the module was not loaded: {e}"))));
-                if previous.is_none_or(|p| p.unavailable_occurrences().any(|s| s == spec)) {
-                    let error = LoadError::new(LoadStep::Read, &spec.id, e);
-                    unavailable.push((occurrence, with_listing(&plan, occurrence, error)));
-                } else {
-                    let error = LoadError::new(
-                        LoadStep::Read,
-                        &spec.id,
-                        format!("{e}; a reload does not put a module in service without its file"),
-                    );
-                    failed.push((occurrence, with_listing(&plan, occurrence, error)));
-                }
+                not_loaded(LoadError::new(LoadStep::Read, &spec.id, e));
                 continue;
             }
         };
@@ -179,19 +190,13 @@ pub(crate) fn build<E: Engine>(
                     wasm: wasm.into(),
                 }));
             }
-            Err(e) => failed.push((occurrence, with_listing(&plan, occurrence, e))),
+            Err(e) => not_loaded(e),
         }
     }
     if !failed.is_empty() {
-        // What stops this version. At start, the unread modules too (each
-        // one to mend before it runs); on a reload, those already
-        // unavailable in service are no cause.
-        let mut all = failed;
-        if previous.is_none() {
-            all.extend(unavailable);
-        }
-        all.sort_by_key(|(occurrence, _)| *occurrence);
-        return Err(all.into_iter().map(|(_, e)| e).collect());
+        // What stops a reload; those already unavailable in service are no
+        // cause.
+        return Err(failed.into_iter().map(|(_, e)| e).collect());
     }
     // An unavailable occurrence's breaker is kept by the snapshots while it
     // stays unavailable, never among the breakers kept across reloads: the

@@ -2674,6 +2674,70 @@ pipelines:
     }
 }
 
+/// A module that does not load as the orchestrator starts (here its start
+/// fails: it may reject its `custom_config`; one that does not compile is
+/// the same) is not loaded: unavailable, like one not found (execution.md:
+/// "not loaded, not found"). A reload that still cannot load it keeps it so
+/// and applies the rest; one that loads it puts it in service.
+#[test]
+fn a_module_that_does_not_start_is_unavailable_until_a_reload_loads_it() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", append("a"));
+    engine.refuse("bad", "custom_config rejected");
+    let yaml = |retries: u32| {
+        format!(
+            "pipeline_id: p\nerror_handling: SkipModule\nmax_retries: {retries}\n\
+             stages: [{{priority: 0, modules: [{{module_id: bad}}, {{module_id: a}}]}}]"
+        )
+    };
+    let o = start(&engine, &yaml(3));
+    let unavailable = o.unavailable();
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    assert_eq!(unavailable[0].module(), "bad");
+    assert_eq!(unavailable[0].step(), rustmq_etl_core::LoadStep::Start);
+    assert!(
+        unavailable[0]
+            .message()
+            .starts_with("custom_config rejected (as listed in"),
+        "{}",
+        unavailable[0]
+    );
+    let out = one(&o, Message::new("t", ">"));
+    assert_eq!(&delivered(&out).payload[..], b">a");
+    match &events(&out)[0] {
+        (
+            m,
+            TraceEvent::Failed {
+                kind,
+                error,
+                action,
+                ..
+            },
+        ) if m == "bad" => {
+            assert_eq!(*kind, ErrorKind::Unavailable);
+            assert_eq!(*action, FailureAction::Skipped);
+            assert_eq!(error, "the module was not loaded: custom_config rejected");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Still not loading: it stays unavailable and the rest applies.
+    let report = o.reload(&config(&yaml(1))).unwrap();
+    assert!(report.changed);
+    assert_eq!(report.unavailable.len(), 1, "{report:?}");
+    assert_eq!(o.config().pipelines()[0].pipeline.max_retries, 1);
+
+    // Loading: in service.
+    engine.module("bad", append("b"));
+    let report = o.reload_modules().unwrap();
+    assert_eq!((report.changed, report.compiled), (true, 1));
+    assert!(o.unavailable().is_empty());
+    assert_eq!(
+        &delivered(&one(&o, Message::new("t", ">"))).payload[..],
+        b">ba"
+    );
+}
+
 /// execution.md: `unavailable` is the kind of a call of a module "not
 /// loaded, not found". A module whose file cannot be read does not stop the
 /// orchestrator: each call of it fails `unavailable`, handled by the
@@ -2796,7 +2860,7 @@ fn a_module_not_found_fails_its_calls_unavailable_until_a_reload_finds_it() {
     assert_eq!(refused.errors.len(), 1, "{refused}");
     assert!(
         refused.errors[0].message().contains(
-            "a reload does not put a module in service without its file \
+            "a reload does not put a module in service that does not load \
              (as listed in pipeline \"p\", stage 2; settings"
         ),
         "{refused}"
