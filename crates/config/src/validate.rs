@@ -265,7 +265,11 @@ fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, global_tim
             field("execution_timeout_ms"),
             c.execution_timeout_ms,
         );
-    } else if c.execution_timeout_ms > global_timeout_ms {
+    } else if c.execution_timeout_ms > global_timeout_ms
+        // Left at its default, it is no one's choice to warn of: a pipeline
+        // whose global timeout is below a second would warn of every module.
+        && c.execution_timeout_ms != crate::model::defaults::EXECUTION_TIMEOUT_MS
+    {
         report.warning(
             field("execution_timeout_ms"),
             format!(

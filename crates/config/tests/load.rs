@@ -316,3 +316,24 @@ fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
         .to_string()
         .contains("no .yaml, .yml or .json"));
 }
+
+/// A call timeout longer than its pipeline's global timeout never fires: a
+/// warning, but not for one left at its default (a pipeline with a global
+/// timeout under a second would warn of every module).
+#[test]
+fn a_call_timeout_past_the_pipelines_is_a_warning_unless_it_is_the_default() {
+    let yaml =
+        "pipeline_id: p\nglobal_timeout_ms: 500\nstages:\n  - priority: 0\n    modules:\n      \
+                - module_id: set\n        instance_config: {execution_timeout_ms: 800}\n      \
+                - module_id: default\n";
+    let loaded = Config::from_text(yaml, Format::Yaml, None).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(r#"module "set""#)
+            && warnings[0].contains(
+                "the call timeout (800 ms) exceeds the pipeline's global timeout (500 ms)"
+            ),
+        "{warnings:#?}"
+    );
+}

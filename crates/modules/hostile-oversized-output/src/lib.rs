@@ -1,6 +1,6 @@
 //! Hostile (unless the payload is `ok`, which passes unchanged): answers with a
 //! well-formed but huge outcome (a 2 MiB payload edit), inside its own memory.
-//! The host must refuse it by its output cap before copying anything.
+//! An output cap below that (tests: 1 MiB; default 16 MiB) refuses it uncopied.
 
 use std::cell::RefCell;
 
