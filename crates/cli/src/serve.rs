@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
@@ -178,11 +178,26 @@ impl Service {
     }
 }
 
+/// The buckets of the duration histograms (`rustmq_etl_*_duration_seconds`),
+/// in seconds: 1 µs to 10 s, 1-2.5-5 a decade (a module call takes
+/// microseconds, a pipeline up to its global timeout). Without them the
+/// exporter renders summaries, whose quantiles cannot be aggregated and
+/// fall to 0 a minute after traffic stops.
+const DURATION_BUCKETS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let Some((config, _, warnings)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };
     let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_duration_seconds".to_owned()),
+            DURATION_BUCKETS,
+        )
+        .context("cannot set the Prometheus buckets")?
         .install_recorder()
         .context("cannot install the Prometheus recorder")?;
     let modules = args

@@ -361,6 +361,26 @@ fn reloads_while_requests_flow_lose_nothing_and_never_mix_configurations() {
     let (_, metrics) = server.send("GET", "/metrics", "");
     let delivered = metric(&metrics, "rustmq_etl_messages_total{result=\"delivered\"}");
     assert_eq!(delivered, answers.len() as f64, "{metrics}");
+    // The durations are histograms (execution.md's table), not summaries:
+    // every pipeline's messages are in its `+Inf` bucket.
+    assert!(
+        metrics.contains("# TYPE rustmq_etl_pipeline_duration_seconds histogram")
+            && !metrics.contains(" summary"),
+        "{metrics}"
+    );
+    let ran = metric(
+        &metrics,
+        "rustmq_etl_pipeline_messages_total{pipeline=\"p\",result=\"processed\"}",
+    );
+    assert!(ran > 0.0, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "rustmq_etl_pipeline_duration_seconds_bucket{pipeline=\"p\",le=\"+Inf\"}"
+        ),
+        ran,
+        "{metrics}"
+    );
     assert_eq!(
         metric(&metrics, "rustmq_etl_reloads_total{result=\"rejected\"}"),
         1.0
