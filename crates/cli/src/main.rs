@@ -36,6 +36,7 @@ mod validate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rustmq_etl_orchestrator::{BreakerSettings, DirectorySource, LoadStep, Options, Orchestrator};
@@ -142,6 +143,23 @@ enum Command {
         /// The most messages in one batch request (more: 413).
         #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one::<usize>)]
         max_batch: usize,
+        /// The most client connections open at once; more wait to be
+        /// accepted.
+        #[arg(long, value_name = "COUNT", default_value_t = 1024, value_parser = at_least_one::<usize>)]
+        max_connections: usize,
+        /// How long a client has to send a request's head (from connecting,
+        /// or from the answer before), in milliseconds; then its connection
+        /// is closed.
+        #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = at_least_one::<u64>)]
+        head_timeout_ms: u64,
+        /// How long a client has to send a request's body once its head is
+        /// in, in milliseconds (later: 408).
+        #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = at_least_one::<u64>)]
+        body_timeout_ms: u64,
+        /// How long a shutdown waits for the requests in flight before it
+        /// closes their connections, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+        shutdown_grace_seconds: u64,
         /// Do not watch the configuration and modules (reload with POST
         /// /v1/reload only).
         #[arg(long)]
@@ -411,6 +429,10 @@ fn main() -> ExitCode {
             modules,
             max_request_bytes,
             max_batch,
+            max_connections,
+            head_timeout_ms,
+            body_timeout_ms,
+            shutdown_grace_seconds,
             no_watch,
             engine,
         } => serve::serve(serve::Args {
@@ -419,6 +441,10 @@ fn main() -> ExitCode {
             modules,
             max_request_bytes,
             max_batch,
+            max_connections,
+            head_timeout: Duration::from_millis(head_timeout_ms),
+            body_timeout: Duration::from_millis(body_timeout_ms),
+            shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
             watch: !no_watch,
             settings: engine.settings(),
         }),

@@ -41,6 +41,10 @@ pub(crate) struct Args {
     pub modules: Option<PathBuf>,
     pub max_request_bytes: usize,
     pub max_batch: usize,
+    pub max_connections: usize,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub watch: bool,
     /// The engine's settings from the command line.
     pub settings: crate::Settings,
@@ -56,6 +60,7 @@ struct Service {
     process: metrics_process::Collector,
     max_request_bytes: usize,
     max_batch: usize,
+    body_timeout: Duration,
     shutting_down: AtomicBool,
     last_reload: Mutex<Option<ReloadStatus>>,
     /// The configuration's warnings as last logged: a reload logs them again
@@ -219,6 +224,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         },
         max_request_bytes: args.max_request_bytes,
         max_batch: args.max_batch,
+        body_timeout: args.body_timeout,
         shutting_down: AtomicBool::new(false),
         last_reload: Mutex::new(None),
         warnings: Mutex::new(warnings),
@@ -245,14 +251,88 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             crate::plural(service.etl.config().pipelines().len()),
             service.modules.display()
         );
-        axum::serve(listener, router(service.clone()))
-            .with_graceful_shutdown(shutdown_signal(service.clone()))
-            .await
-            .context("the server failed")?;
-        log::info!("stopped: every request in flight was answered");
+        let open = serve_connections(
+            listener,
+            router(service.clone()),
+            args.max_connections,
+            args.head_timeout,
+            shutdown_signal(service.clone()),
+            args.shutdown_grace,
+        )
+        .await;
+        if open == 0 {
+            log::info!("stopped: every request in flight was answered");
+        } else {
+            log::warn!(
+                "stopped after {} s with {open} connection{} still open: \
+                 any request on {} was not answered",
+                args.shutdown_grace.as_secs(),
+                crate::plural(open),
+                if open == 1 { "it" } else { "them" }
+            );
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves HTTP/1.1 connections on `listener` with `router`, at most
+/// `max_connections` at once (more wait in the listen queue), each closed if
+/// its client sends no request head within `head_timeout` (a client that
+/// sends nothing, or a byte at a time, holds no connection), until
+/// `shutdown` resolves; then stops accepting and lets the requests in flight
+/// finish for up to `grace`. Returns the connections still open then (0:
+/// every request in flight was answered).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    head_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> usize {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let room = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = room.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    log::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(head_timeout)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(router.clone()),
+            );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away, or sends no request in time, ends its
+            // connection: nothing to report.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let open = connections.count();
+    match tokio::time::timeout(grace, connections.shutdown()).await {
+        Ok(()) => 0,
+        Err(_) => open.max(1),
+    }
 }
 
 fn router(service: Arc<Service>) -> Router {
@@ -266,6 +346,7 @@ fn router(service: Arc<Service>) -> Router {
         .route("/metrics", get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(service.clone(), read_body))
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(service.max_request_bytes))
         .with_state(service)
@@ -417,25 +498,101 @@ struct Params {
     #[serde(default)]
     trace: bool,
     /// The batch's messages one after another, each to its end
-    /// (`ProcessOptions::in_order`).
-    #[serde(default)]
-    in_order: bool,
+    /// (`ProcessOptions::in_order`): `/v1/batch` only.
+    in_order: Option<bool>,
 }
 
-fn params(query: Result<Query<Params>, QueryRejection>) -> Result<ProcessOptions, ApiError> {
-    query
-        .map(|q| {
-            ProcessOptions::default()
-                .trace(q.trace)
-                .in_order(q.in_order)
-        })
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "bad query string ({}): the parameters are trace=true|false and \
-                 in_order=true|false",
-                e.body_text()
+/// The options of a request to `/v1/batch` (`batch`) or `/v1/process`.
+fn params(
+    query: Result<Query<Params>, QueryRejection>,
+    batch: bool,
+) -> Result<ProcessOptions, ApiError> {
+    let allowed = if batch {
+        "trace=true|false and in_order=true|false"
+    } else {
+        "trace=true|false (in_order is for POST /v1/batch)"
+    };
+    let q = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query string ({}): the parameters are {allowed}",
+            e.body_text()
+        ))
+    })?;
+    if !batch && q.in_order.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "bad query string (in_order): the parameters are {allowed}"
+        )));
+    }
+    Ok(ProcessOptions::default()
+        .trace(q.trace)
+        .in_order(q.in_order.unwrap_or(false)))
+}
+
+/// Refuses query parameters where none are taken, and reads a request's
+/// whole body before its handler runs: one announced
+/// larger than the server accepts is refused at once (413, without waiting
+/// for it), and one that does not arrive within `serve --body-timeout-ms`
+/// is 408.
+async fn read_body(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    // Parameters where none are taken are a mistake, not ignored.
+    let path = request.uri().path();
+    if matches!(
+        path,
+        "/v1/config" | "/v1/reload" | "/health" | "/ready" | "/metrics"
+    ) {
+        if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
+            return ApiError::bad_request(format!(
+                "{} {path} takes no query parameters (got ?{query})",
+                request.method()
             ))
-        })
+            .into_response();
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {} bytes, the most this server accepts (serve --max-request-bytes)",
+                service.max_request_bytes
+            ),
+        )
+        .into_response()
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > service.max_request_bytes as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, service.max_request_bytes);
+    match tokio::time::timeout(service.body_timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (serve --body-timeout-ms)",
+                service.body_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            // Over the limit without a length announced (chunked), or the
+            // client went away.
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+                    .into_response()
+            }
+        }
+    }
 }
 
 /// The request body as text.
@@ -503,7 +660,7 @@ async fn process(
     query: Result<Query<Params>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let options = params(query)?;
+    let options = params(query, false)?;
     let text = body_text(&service, &body)?;
     let message = Message::from_json_line(text.trim())
         .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
@@ -523,7 +680,7 @@ async fn batch(
     query: Result<Query<Params>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let options = params(query)?;
+    let options = params(query, true)?;
     let text = body_text(&service, &body)?;
     let messages = batch_messages(&text, service.max_batch)?;
     let results = run_messages(&service, messages, options).await?;

@@ -549,6 +549,125 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
         .contains("every request in flight was answered"));
 }
 
+/// Sends `request` on a new connection and reads until the server closes it
+/// or the head of its answer is in: the status, or `None` when the server
+/// closed the connection without answering. Waits 20 s at most (then
+/// fails: the server held the connection).
+fn raw(address: &str, request: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) => panic!("no answer and the connection is still open: {e}"),
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&answer);
+    head.split(' ').nth(1).and_then(|code| code.parse().ok())
+}
+
+/// Slow and stalled clients hold nothing for long (docs/serve.md,
+/// "Limits"): a connection whose request head does not come within
+/// `--head-timeout-ms` is closed; a body announced larger than
+/// `--max-request-bytes` is 413 at once, one sent in chunks past it too; a
+/// body that stops coming is 408 after `--body-timeout-ms`; parameters
+/// where none are taken are 400. A shutdown waits `--shutdown-grace-seconds`
+/// at most for the requests in flight, and says so when it gives up.
+#[test]
+fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000}\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--max-request-bytes",
+        "1000",
+        "--head-timeout-ms",
+        "300",
+        "--body-timeout-ms",
+        "300",
+        "--shutdown-grace-seconds",
+        "1",
+    ]);
+    let address = server.address();
+    // A head that never ends, and no request at all: closed unanswered.
+    assert_eq!(
+        raw(address, b"POST /v1/process HTTP/1.1\r\nHost: x\r\n"),
+        None
+    );
+    assert_eq!(raw(address, b""), None);
+    // A body announced too large: refused before it is sent.
+    let announced = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n";
+    assert_eq!(raw(address, announced), Some(413));
+    // Chunks past the limit.
+    let mut chunked =
+        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n".to_vec();
+    chunked.extend_from_slice(&[b' '; 2000]);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(raw(address, &chunked), Some(413));
+    // A body that stops halfway.
+    let halfway = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"topic\": ";
+    assert_eq!(raw(address, halfway), Some(408));
+    // Parameters where none are taken.
+    let (code, text) = server.send("GET", "/health?verbose=1", "");
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("GET /health takes no query parameters"),
+        "{text}"
+    );
+    let (code, text) = server.send(
+        "POST",
+        "/v1/process?in_order=true",
+        r#"{"topic": "t", "payload": "1"}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("in_order is for POST /v1/batch"), "{text}");
+    // The server still serves.
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200, "{text}");
+
+    // A request that outlasts the grace: the shutdown does not wait for it.
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            server.try_send(
+                "POST",
+                "/v1/process",
+                r#"{"topic": "t", "payload": "1000000"}"#,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        server.signal("TERM");
+        let status = server.wait();
+        assert!(status.success(), "{status:?}\n{}", server.log());
+        let (code, _) = slow.join().unwrap();
+        assert_eq!(code, None, "the slow request was not answered");
+    });
+    assert!(
+        server
+            .log()
+            .contains("stopped after 1 s with 1 connection still open"),
+        "{}",
+        server.log()
+    );
+}
+
 /// A configuration that does not load and one whose module does not are
 /// both rejected reloads, counted in one series (the one was counted apart
 /// and the larger of the two counts published).

@@ -84,6 +84,12 @@ impl Server {
         }
     }
 
+    /// Where it listens: `127.0.0.1:PORT`.
+    #[allow(dead_code)] // (not every test binary using this module needs it)
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
