@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustmq_etl_core::Message;
+use rustmq_etl_core::{Excerpt, Message};
 
 use crate::extract::{Extracted, PathTrie};
 use crate::rule::{Rule, Subject};
@@ -269,7 +269,7 @@ fn describe_absent(subject: &Subject, payload_not_json: bool) -> String {
 
 fn describe(subject: value::Subject<'_>) -> String {
     match subject {
-        value::Subject::Header(h) => format!("{h:?}"),
+        value::Subject::Header(h) => Excerpt(h).to_string(),
         value::Subject::Num(Num::Int(n)) | value::Subject::Json(JsonRef::Num(Num::Int(n))) => {
             n.to_string()
         }
@@ -278,7 +278,15 @@ fn describe(subject: value::Subject<'_>) -> String {
         }
         value::Subject::Json(JsonRef::Null) => "null".to_owned(),
         value::Subject::Json(JsonRef::Bool(b)) => b.to_string(),
-        value::Subject::Json(JsonRef::Str(s)) => format!("{s:?}"),
-        value::Subject::Json(JsonRef::Compound(v)) => v.to_string(),
+        value::Subject::Json(JsonRef::Str(s)) => Excerpt(&s).to_string(),
+        // JSON text, not a string: quoted only when cut.
+        value::Subject::Json(JsonRef::Compound(v)) => {
+            let text = v.to_string();
+            if text.chars().nth(Excerpt::MAX_CHARS).is_none() {
+                text
+            } else {
+                Excerpt(&text).to_string()
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod excerpt;
 mod headers;
 mod jsonl;
 mod module;
@@ -34,6 +35,7 @@ mod runner;
 mod waiting;
 
 pub use bytes::Bytes;
+pub use excerpt::Excerpt;
 pub use headers::{HeaderEdit, Headers};
 pub use jsonl::{BatchError, MessageParseError};
 pub use module::{defaults, ModuleSettings, ModuleSpec};

@@ -462,7 +462,10 @@ impl Plan {
         topic: &str,
         matches: &rustmq_etl_filter::Matches<'_>,
     ) -> String {
-        let mut reason = format!("no topic filter accepts topic {topic:?}:");
+        let mut reason = format!(
+            "no topic filter accepts topic {}:",
+            rustmq_etl_core::Excerpt(topic)
+        );
         for (i, (id, filter)) in self.inner.filters.slot_filters(slot).enumerate() {
             let verdict = if matches.pattern_matched(id) {
                 "matches, and the filter is negated"

@@ -86,3 +86,28 @@ fn failing_rules_are_named() {
         &"pressure-normalizer: conditional rule 1 (`payload field $.reading GreaterThan 0`) does not hold: payload field $.reading is -1".to_owned()
     ));
 }
+
+/// A reason quotes what it found in the message, cut to a hundred
+/// characters: a trace names why each module was not selected, and one
+/// long topic, header or payload value must not be copied into each.
+#[test]
+fn reasons_quote_long_values_cut_short() {
+    let topic = format!("iot.{}", "t".repeat(10_000));
+    let line = serde_json::json!({
+        "topic": topic,
+        "headers": {"content-type": "x".repeat(10_000)},
+        "payload": {"sensor_type": "s".repeat(10_000), "unit": vec!["u"; 2_000]},
+    })
+    .to_string();
+    let (_, skipped) = run(&plan(), &line);
+    assert!(!skipped.is_empty());
+    for reason in &skipped {
+        assert!(reason.len() < 1_000, "{reason}");
+    }
+    assert!(
+        skipped
+            .iter()
+            .any(|r| r.contains(&format!("topic \"iot.{}\"… (10004 bytes)", "t".repeat(96)))),
+        "{skipped:#?}"
+    );
+}
