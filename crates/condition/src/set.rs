@@ -278,7 +278,7 @@ fn describe(subject: value::Subject<'_>) -> String {
         }
         value::Subject::Json(JsonRef::Null) => "null".to_owned(),
         value::Subject::Json(JsonRef::Bool(b)) => b.to_string(),
-        value::Subject::Json(JsonRef::Str(s)) => Excerpt(&s).to_string(),
+        value::Subject::Json(JsonRef::Str(s)) => Excerpt(s).to_string(),
         // JSON text, not a string: quoted only when cut.
         value::Subject::Json(JsonRef::Compound(v)) => {
             let text = v.to_string();
