@@ -195,7 +195,11 @@ impl Context<'_> {
             let reason = match subject {
                 None => format!(
                     "{} is absent",
-                    describe_absent(rule.subject(), self.scratch.payload == Payload::NotJson)
+                    describe_absent(
+                        rule.subject(),
+                        (self.scratch.payload == Payload::NotJson)
+                            .then_some(&self.message.payload[..])
+                    )
                 ),
                 Some(_) if rule.negate() => {
                     "the comparison is true and the rule is negated".to_owned()
@@ -255,12 +259,26 @@ impl Context<'_> {
     }
 }
 
-/// `payload_not_json`: what reading the payload for this message found (it was
-/// read, since a payload rule asked for it).
-fn describe_absent(subject: &Subject, payload_not_json: bool) -> String {
+/// `not_json`: the payload, if reading it for this message found it not JSON
+/// (it was read, since a payload rule asked for it). Why it is not is read
+/// again here (texts for people only): JSON by RFC 8259 may still be too
+/// deep or hold too large a number for serde_json, whose reading the rules
+/// follow (docs/selection.md).
+fn describe_absent(subject: &Subject, not_json: Option<&[u8]>) -> String {
     match subject {
-        Subject::PayloadField(path) if payload_not_json => {
-            format!("payload field {path} (the payload is not JSON), so it")
+        Subject::PayloadField(path) if not_json.is_some() => {
+            let payload = not_json.unwrap_or_default();
+            let why = match std::str::from_utf8(payload) {
+                Err(e) => format!("not UTF-8 at byte {}", e.valid_up_to()),
+                Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                    Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                        format!("nested deeper than 128 levels: {e}")
+                    }
+                    Err(e) => e.to_string(),
+                    Ok(_) => "unreadable".to_owned(),
+                },
+            };
+            format!("payload field {path} (the payload is not JSON: {why}), so it")
         }
         Subject::MessageAge => "the timestamp needed for message age".to_owned(),
         other => other.to_string(),

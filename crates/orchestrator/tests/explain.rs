@@ -111,3 +111,32 @@ fn reasons_quote_long_values_cut_short() {
         "{skipped:#?}"
     );
 }
+
+/// Payload rules read the payload as serde_json does: JSON nested deeper
+/// than 128 levels or holding a number past f64's range is "not JSON" to
+/// them (RFC 8259 lets a reader set such limits), so no field is found and
+/// the rules do not hold; the reason says which limit it was.
+#[test]
+fn a_payload_past_serde_jsons_limits_is_not_json_and_the_reason_says_why() {
+    let reading = |pad: &str| {
+        format!(
+            r#"{{"topic": "iot.sensors.temperature", "payload": {{"sensor_type": "temperature", "unit": "celsius", "reading": 1, "pad": {pad}}}}}"#
+        )
+    };
+    let (modules, _) = run(&plan(), &reading("1e300"));
+    assert_eq!(modules.len(), 2, "{modules:?}");
+    for (pad, why) in [
+        (
+            "1e400".to_owned(),
+            "the payload is not JSON: number out of range",
+        ),
+        (
+            format!("{}{}", "[".repeat(130), "]".repeat(130)),
+            "the payload is not JSON: nested deeper than 128 levels",
+        ),
+    ] {
+        let (modules, skipped) = run(&plan(), &reading(&pad));
+        assert!(modules.is_empty(), "{modules:?}");
+        assert!(skipped.iter().any(|r| r.contains(why)), "{skipped:#?}");
+    }
+}
