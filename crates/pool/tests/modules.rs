@@ -88,6 +88,29 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
         pool().call_blocking(&converter, &kelvin),
         Ok(Outcome::Unchanged)
     );
+    // Large readings convert without overflow in the rounding; one past
+    // the largest number in °F is an error, not `null`.
+    let large = json_message("t", r#"{"unit":"celsius","reading":1e300}"#);
+    assert_eq!(
+        &replaced(&converter, &large).payload[..],
+        br#"{"unit":"fahrenheit","reading":1.8e+300}"#
+    );
+    for module in ["temperature-converter", "temperature-converter-value"] {
+        let converter = load(module, module, ModuleSettings::default());
+        let huge = json_message(
+            "t",
+            r#"{"unit":"celsius","reading":1.7976931348623157e308}"#,
+        );
+        let err = pool().call_blocking(&converter, &huge).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.message()),
+            (
+                ErrorKind::GuestError,
+                "1.7976931348623157e308 °C is past the largest number in °F"
+            ),
+            "{module}"
+        );
+    }
 }
 
 proptest::proptest! {

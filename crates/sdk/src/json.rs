@@ -168,7 +168,9 @@ pub struct ObjectEdit<'o, 'a> {
 
 impl ObjectEdit<'_, '_> {
     /// Sets field `key` to `value` (as JSON): every occurrence of the field
-    /// is replaced in place; a field the object lacks is appended.
+    /// is replaced in place; a field the object lacks is appended. A float
+    /// that is not finite (NaN, ±∞) is written `null`, as `serde_json`
+    /// writes it (JSON has no such number): check `is_finite` first.
     pub fn set(mut self, key: &str, value: impl Serialize) -> Self {
         let start = self.text.len();
         // Serializing a value serde can express as JSON does not fail; one

@@ -17,8 +17,17 @@ fn convert(message: &Message) -> Outcome {
         return Outcome::error("`reading` must be a number");
     };
     let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
-    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999).
-    let fahrenheit = (fahrenheit * 1e9).round() / 1e9;
+    if !fahrenheit.is_finite() {
+        // JSON has no infinity: writing one would give `null`.
+        return Outcome::error(format!("{celsius:e} °C is past the largest number in °F"));
+    }
+    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999);
+    // a number this large has no fraction to round (and × 1e9 would overflow).
+    let fahrenheit = if fahrenheit.abs() < 1e15 {
+        (fahrenheit * 1e9).round() / 1e9
+    } else {
+        fahrenheit
+    };
     set(&mut reading, "reading", Value::from(fahrenheit));
     set(&mut reading, "unit", Value::from("fahrenheit"));
     match serde_json::to_vec(&reading) {

@@ -19,14 +19,28 @@ fn convert(message: &Message) -> Outcome {
         return Outcome::error("`reading` must be a number");
     };
     let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
-    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999).
-    let fahrenheit = (fahrenheit * 1e9).round() / 1e9;
+    if !fahrenheit.is_finite() {
+        // JSON has no infinity: writing one would give `null`.
+        return past_the_largest(celsius);
+    }
+    // Round away binary noise (21.5 °C is 70.7 °F, not 70.69999999999999);
+    // a number this large has no fraction to round (and × 1e9 would overflow).
+    let fahrenheit = if fahrenheit.abs() < 1e15 {
+        (fahrenheit * 1e9).round() / 1e9
+    } else {
+        fahrenheit
+    };
     let payload = reading
         .edit()
         .set("reading", fahrenheit)
         .set("unit", "fahrenheit")
         .finish();
     Outcome::edit().set_payload(payload).into()
+}
+
+#[cold]
+fn past_the_largest(celsius: f64) -> Outcome {
+    Outcome::error(format!("{celsius:e} °C is past the largest number in °F"))
 }
 
 export!(transform = convert);
