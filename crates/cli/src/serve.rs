@@ -548,6 +548,21 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
             .into_response();
         }
     }
+    // A compressed body would read as bytes that are not UTF-8.
+    if let Some(encoding) = request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .filter(|e| e.as_bytes() != b"identity")
+    {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the request body is encoded ({}); send it uncompressed",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ),
+        )
+        .into_response();
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -596,7 +611,11 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
 }
 
 /// The request body as text.
-fn body_text(service: &Service, body: &Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+fn body_text(
+    service: &Service,
+    body: &Result<Bytes, BytesRejection>,
+    expected: &str,
+) -> Result<String, ApiError> {
     let bytes = match body {
         Ok(bytes) => bytes,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -617,9 +636,9 @@ fn body_text(service: &Service, body: &Result<Bytes, BytesRejection>) -> Result<
         ))
     })?;
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "the request body is empty; send a message as a JSON object (docs/serve.md)",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "the request body is empty; send {expected} (docs/serve.md)"
+        )));
     }
     Ok(text.to_owned())
 }
@@ -661,8 +680,15 @@ async fn process(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let options = params(query, false)?;
-    let text = body_text(&service, &body)?;
-    let message = Message::from_json_line(text.trim())
+    let text = body_text(&service, &body, "a message as a JSON object")?;
+    let text = text.trim();
+    if text.starts_with('[') {
+        return Err(ApiError::bad_request(
+            "POST /v1/process takes one message, a JSON object; send an array of messages to \
+             POST /v1/batch",
+        ));
+    }
+    let message = Message::from_json_line(text)
         .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
     let results = run_messages(&service, vec![message], options).await?;
     Ok(Json(ProcessedJson::new(&results[0], options.trace)).into_response())
@@ -681,7 +707,11 @@ async fn batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let options = params(query, true)?;
-    let text = body_text(&service, &body)?;
+    let text = body_text(
+        &service,
+        &body,
+        "messages as a JSON array of objects or as JSON Lines",
+    )?;
     let messages = batch_messages(&text, service.max_batch)?;
     let results = run_messages(&service, messages, options).await?;
     Ok(Json(BatchJson {

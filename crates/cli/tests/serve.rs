@@ -639,6 +639,22 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     );
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("in_order is for POST /v1/batch"), "{text}");
+    // A compressed body, an array to /v1/process, an empty batch: each told
+    // what to send instead.
+    let gzip = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b";
+    assert_eq!(raw(address, gzip), Some(415));
+    let (code, text) = server.send("POST", "/v1/process", r#"[{"topic": "t"}]"#);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("send an array of messages to POST /v1/batch"),
+        "{text}"
+    );
+    let (code, text) = server.send("POST", "/v1/batch", " ");
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("send messages as a JSON array of objects or as JSON Lines"),
+        "{text}"
+    );
     // The server still serves.
     let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
     assert_eq!(code, 200, "{text}");

@@ -129,6 +129,12 @@ pub(crate) fn admit(
             limits.max_module_bytes
         )));
     }
+    if wasm.is_empty() {
+        return Err(Refusal::Invalid(
+            "the file is empty (a module being written? a reload once it is complete picks it up)"
+                .to_owned(),
+        ));
+    }
     if !wasm.starts_with(b"\0asm") {
         let start: String = wasm
             .iter()

@@ -510,4 +510,6 @@ fn modules_that_are_not_rustmq_etl_modules_are_refused() {
             None => assert!(text.ends_with("but with \"hell\""), "{text}"),
         }
     }
+    let err = pool().load(&ModuleSpec::new("m"), b"").unwrap_err();
+    assert!(err.to_string().contains("the file is empty"), "{err}");
 }
