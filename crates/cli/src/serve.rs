@@ -278,8 +278,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Serves HTTP/1.1 connections on `listener` with `router`, at most
 /// `max_connections` at once (more wait in the listen queue), each closed if
-/// its client sends no request head within `head_timeout` (a client that
-/// sends nothing, or a byte at a time, holds no connection), until
+/// its client sends no request head within `head_timeout` of connecting or
+/// of the answer before (a client that sends nothing, or a byte at a time,
+/// or keeps a connection idle, holds none), until
 /// `shutdown` resolves; then stops accepting and lets the requests in flight
 /// finish for up to `grace`. Returns the connections still open then (0:
 /// every request in flight was answered).
@@ -328,10 +329,10 @@ async fn serve_connections(
         });
     }
     drop(listener);
-    let open = connections.count();
     match tokio::time::timeout(grace, connections.shutdown()).await {
         Ok(()) => 0,
-        Err(_) => open.max(1),
+        // Each connection still open holds its permit.
+        Err(_) => max_connections - room.available_permits(),
     }
 }
 
