@@ -487,23 +487,33 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
-/// SIGTERM while requests run: each is answered in full, new connections
-/// are refused, the process exits 0.
-#[test]
-fn shutdown_answers_the_requests_in_flight_and_exits_0() {
+/// A server of one pipeline of `hostile-slow` (a minute's budget; the
+/// payload says how many million rounds it spins), started with `args` too.
+fn slow_server(args: &[&str]) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("slow.yaml");
     std::fs::write(
         &config,
-        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 30000, max_concurrent_instances: 4}\n",
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000, max_concurrent_instances: 4}\n",
     )
     .unwrap();
-    let server = Server::start(&[
+    let modules = fixtures().join("modules");
+    let mut all = vec![
         "--config",
         config.to_str().unwrap(),
         "--modules",
-        fixtures().join("modules").to_str().unwrap(),
-    ]);
+        modules.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let server = Server::start(&all);
+    (dir, server)
+}
+
+/// SIGTERM while requests run: each is answered in full, new connections
+/// are refused, the process exits 0.
+#[test]
+fn shutdown_answers_the_requests_in_flight_and_exits_0() {
+    let (_dir, server) = slow_server(&[]);
     // Warm up, and find how long one slow message takes.
     let started = Instant::now();
     let (code, _) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "20"}"#);
@@ -585,18 +595,7 @@ fn raw(address: &str, request: &[u8]) -> Option<u16> {
 /// at most for the requests in flight, and says so when it gives up.
 #[test]
 fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("slow.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000}\n",
-    )
-    .unwrap();
-    let server = Server::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--modules",
-        fixtures().join("modules").to_str().unwrap(),
+    let (_dir, server) = slow_server(&[
         "--max-request-bytes",
         "1000",
         "--head-timeout-ms",
