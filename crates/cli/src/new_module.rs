@@ -280,7 +280,7 @@ const LIB_RS: &str = r##"//! {{NAME}}: a rustmq-etl module.
 //!
 //! It tags every message with the header `x-processed-by: {{NAME}}` and drops
 //! messages whose payload is empty. Replace `transform` with your own; the
-//! SDK's documentation (`cargo doc -p rustmq-etl-sdk --open` in a rustmq-etl
+//! SDK's documentation (`cargo doc -p rustmq-etl-sdk --features json --open` in a rustmq-etl
 //! checkout) shows edits, configuration (`custom_config`) and the
 //! `json` feature for editing one field of a JSON payload.
 

@@ -90,13 +90,32 @@ impl<'a> Object<'a> {
         serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
     }
 
-    /// Field `key` as a number, if it is one.
+    /// Field `key` as a number, if it is one. A number set back from an `f64`
+    /// is written as a float (`7` becomes `7.0`): read an integer field with
+    /// [`Object::i64`] to keep it an integer.
     pub fn f64(&self, key: &str) -> Option<f64> {
         let raw = self.raw(key)?;
         if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
             return None;
         }
         raw.parse().ok()
+    }
+
+    /// Field `key` as an integer, if it is one written as such (`7`, `-3`;
+    /// not `7.0` or `7e0`) within `i64`'s range: set back with
+    /// [`ObjectEdit::set`], it stays an integer.
+    ///
+    /// ```
+    /// use rustmq_etl_sdk::json::Object;
+    ///
+    /// let order = Object::parse(br#"{"total": 7, "rate": 2.5}"#).unwrap();
+    /// assert_eq!(order.i64("total"), Some(7));
+    /// assert_eq!(order.i64("rate"), None);
+    /// let total = order.i64("total").unwrap() * 2;
+    /// assert_eq!(order.edit().set("total", total).finish(), br#"{"total": 14, "rate": 2.5}"#);
+    /// ```
+    pub fn i64(&self, key: &str) -> Option<i64> {
+        self.raw(key)?.parse().ok()
     }
 
     /// Field `key` as a boolean, if it is one.

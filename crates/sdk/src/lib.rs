@@ -9,6 +9,10 @@
 //!
 //! ## 1. A crate
 //!
+//! `rustmq-etl new-module NAME` writes this for you, with the SDK's path from
+//! wherever the crate is. By hand, in a directory at the top of a rustmq-etl
+//! checkout (the SDK's `path` below is from there):
+//!
 //! ```toml
 //! [package]
 //! name = "redact-email"
@@ -18,10 +22,14 @@
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
+//! # With `features = ["json"]` for `json::Object` (below).
 //! rustmq-etl-sdk = { path = "../crates/sdk" }
 //!
+//! # A workspace of its own: not a member of the checkout's.
+//! [workspace]
+//!
 //! [profile.release]
-//! opt-level = "s"
+//! opt-level = 3
 //! lto = true
 //! codegen-units = 1
 //! panic = "abort"
@@ -134,7 +142,7 @@
 //!
 //! # Crate features
 //!
-//! - `json`: [`json::Object`], to read fields of a JSON object payload and
+//! - `json`: `json::Object`, to read fields of a JSON object payload and
 //!   write a new payload with some of them changed, without parsing the
 //!   whole document into values and writing it all again.
 #![warn(missing_docs)]
