@@ -412,6 +412,8 @@ struct InModule {
     probe_out: bool,
     /// Waiting until then before the next attempt.
     retry_at: Option<Instant>,
+    /// Its calls are counted for the message ([`Run::count_calls`]).
+    counted: bool,
 }
 
 /// Which modules run (by plan index), as of the message's last change that
@@ -929,6 +931,8 @@ impl Run {
                     ..
                 } = *ending;
                 self.module.attempts = attempts;
+                // Counted as it failed (`Run::failed`), if it is counted.
+                self.module.counted = module.listed_again;
                 let all = stage.modules.len();
                 self.end_pipeline(
                     snapshot, pipeline, stage, module, action, all, &error, tally,
@@ -1221,9 +1225,10 @@ impl Run {
     /// occurrence may be called at another listing too.
     #[inline]
     fn count_calls(&mut self, module: &PlannedModule) {
-        if !module.listed_again || self.module.attempts == 0 {
+        if !module.listed_again || self.module.attempts == 0 || self.module.counted {
             return;
         }
+        self.module.counted = true;
         match self.calls.iter_mut().find(|(o, _)| *o == module.occurrence) {
             Some((_, n)) => *n = n.saturating_add(self.module.attempts),
             None => self.calls.push((module.occurrence, self.module.attempts)),
@@ -1232,16 +1237,21 @@ impl Run {
 
     /// How many times `module`'s occurrence was called for this message: at
     /// every listing whose calls have ended (counted by
-    /// [`Run::count_calls`]), or, for an occurrence listed once, at the
-    /// current one.
+    /// [`Run::count_calls`]) and the current one's if not yet counted.
     fn calls_for_message(&self, module: &PlannedModule) -> u32 {
+        let current = if self.module.counted {
+            0
+        } else {
+            self.module.attempts
+        };
         if !module.listed_again {
-            return self.module.attempts;
+            return current;
         }
         self.calls
             .iter()
             .find(|(o, _)| *o == module.occurrence)
             .map_or(0, |(_, n)| *n)
+            + current
     }
 
     /// Moves to the next position in the stage; returns it.
@@ -1445,9 +1455,11 @@ impl Run {
         if let (Some(pipeline), Some(stage), Some(module)) = (pipeline, stage, module) {
             if self.module.probe_out {
                 snapshot.breakers[module.occurrence].cancel_probe();
+                self.module.probe_out = false;
             }
-            // Whatever the strategy: a dead letter keeps the message.
-            self.module = InModule::default();
+            // Whatever the strategy: a dead letter keeps the message, and
+            // counts the module's calls so far (the dead letter starts its
+            // next listing afresh).
             self.dead_letter(snapshot, pipeline, stage, module, &error, tally);
             return;
         }
