@@ -97,6 +97,13 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
     );
     for module in ["temperature-converter", "temperature-converter-value"] {
         let converter = load(module, module, ModuleSettings::default());
+        // Its product with 9 would overflow; the result does not.
+        let near = json_message("t", r#"{"unit":"celsius","reading":5e307}"#);
+        assert_eq!(
+            &replaced(&converter, &near).payload[..],
+            br#"{"unit":"fahrenheit","reading":9e+307}"#,
+            "{module}"
+        );
         let huge = json_message(
             "t",
             r#"{"unit":"celsius","reading":1.7976931348623157e308}"#,

@@ -18,7 +18,11 @@ fn convert(message: &Message) -> Outcome {
     let Some(celsius) = reading.f64("reading") else {
         return Outcome::error("`reading` must be a number");
     };
-    let fahrenheit = celsius * 9.0 / 5.0 + 32.0;
+    let mut fahrenheit = celsius * 9.0 / 5.0 + 32.0;
+    if fahrenheit.is_infinite() {
+        // The product alone may have overflowed (5e307 °C is 9e307 °F).
+        fahrenheit = celsius / 5.0 * 9.0 + 32.0;
+    }
     if !fahrenheit.is_finite() {
         // JSON has no infinity: writing one would give `null`.
         return past_the_largest(celsius);
