@@ -156,6 +156,11 @@ enum Command {
         /// in, in milliseconds (later: 408).
         #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = at_least_one::<u64>)]
         body_timeout_ms: u64,
+        /// How long a client has to take an answer, in milliseconds: a write
+        /// to a client that stops reading fails after this, closing its
+        /// connection.
+        #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = at_least_one::<u64>)]
+        write_timeout_ms: u64,
         /// How long a shutdown waits for the requests in flight before it
         /// closes their connections, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 25)]
@@ -432,6 +437,7 @@ fn main() -> ExitCode {
             max_connections,
             head_timeout_ms,
             body_timeout_ms,
+            write_timeout_ms,
             shutdown_grace_seconds,
             no_watch,
             engine,
@@ -444,6 +450,7 @@ fn main() -> ExitCode {
             max_connections,
             head_timeout: Duration::from_millis(head_timeout_ms),
             body_timeout: Duration::from_millis(body_timeout_ms),
+            write_timeout: Duration::from_millis(write_timeout_ms),
             shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
             watch: !no_watch,
             settings: engine.settings(),

@@ -44,6 +44,7 @@ pub(crate) struct Args {
     pub max_connections: usize,
     pub head_timeout: Duration,
     pub body_timeout: Duration,
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub watch: bool,
     /// The engine's settings from the command line.
@@ -62,6 +63,8 @@ struct Service {
     max_batch: usize,
     body_timeout: Duration,
     shutting_down: AtomicBool,
+    /// When the shutdown began: its grace counts from then.
+    shutdown_began: std::sync::OnceLock<std::time::Instant>,
     last_reload: Mutex<Option<ReloadStatus>>,
     /// The configuration's warnings as last logged: a reload logs them again
     /// only if they changed.
@@ -226,6 +229,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         max_batch: args.max_batch,
         body_timeout: args.body_timeout,
         shutting_down: AtomicBool::new(false),
+        shutdown_began: std::sync::OnceLock::new(),
         last_reload: Mutex::new(None),
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
@@ -254,10 +258,13 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         let open = serve_connections(
             listener,
             router(service.clone()),
-            args.max_connections,
-            args.head_timeout,
+            Limits {
+                max_connections: args.max_connections,
+                head_timeout: args.head_timeout,
+                write_timeout: args.write_timeout,
+                grace: args.shutdown_grace,
+            },
             shutdown_signal(service.clone()),
-            args.shutdown_grace,
         )
         .await;
         if open == 0 {
@@ -273,25 +280,62 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
+    // The engine's threads finish the calls they run (one whose caller gave
+    // up included): within what is left of the grace, or the process ends
+    // without them.
+    let left = args.shutdown_grace.saturating_sub(
+        service
+            .shutdown_began
+            .get()
+            .map_or(Duration::ZERO, |began| began.elapsed()),
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime.shutdown_timeout(left);
+        drop(service);
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(left).is_err() {
+        log::warn!(
+            "a module call was still running when the shutdown's {} s were up: \
+             exiting without waiting for it",
+            args.shutdown_grace.as_secs()
+        );
+        std::process::exit(0);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves HTTP/1.1 connections on `listener` with `router`, at most
-/// `max_connections` at once (more wait in the listen queue), each closed if
-/// its client sends no request head within `head_timeout` of connecting or
-/// of the answer before (a client that sends nothing, or a byte at a time,
-/// or keeps a connection idle, holds none), until
-/// `shutdown` resolves; then stops accepting and lets the requests in flight
-/// finish for up to `grace`. Returns the connections still open then (0:
-/// every request in flight was answered).
+/// What no client may exceed (`serve`'s flags).
+struct Limits {
+    /// Connections open at once (more wait in the listen queue).
+    max_connections: usize,
+    /// From connecting, or from the answer before, to a whole request head:
+    /// a client that sends nothing, a byte at a time, or keeps a connection
+    /// idle, holds none.
+    head_timeout: Duration,
+    /// For each write of an answer: a client that stops reading holds none.
+    write_timeout: Duration,
+    /// How long a shutdown waits for the requests in flight.
+    grace: Duration,
+}
+
+/// Serves HTTP/1.1 connections on `listener` with `router` within `limits`
+/// until `shutdown` resolves; then stops accepting and lets the requests in
+/// flight finish for up to `limits.grace`. Returns the connections still
+/// open then (0: every request in flight was answered).
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     router: Router,
-    max_connections: usize,
-    head_timeout: Duration,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
-    grace: Duration,
 ) -> usize {
+    let Limits {
+        max_connections,
+        head_timeout,
+        write_timeout,
+        grace,
+    } = limits;
     use hyper_util::rt::{TokioIo, TokioTimer};
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     let room = Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -317,7 +361,11 @@ async fn serve_connections(
             .timer(TokioTimer::new())
             .header_read_timeout(head_timeout)
             .serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new({
+                    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                    stream.set_write_timeout(Some(write_timeout));
+                    Box::pin(stream)
+                }),
                 hyper_util::service::TowerToHyperService::new(router.clone()),
             );
         let connection = connections.watch(connection);
@@ -377,6 +425,7 @@ async fn shutdown_signal(service: Arc<Service>) {
         () = terminate => "SIGTERM",
     };
     service.shutting_down.store(true, Ordering::SeqCst);
+    let _ = service.shutdown_began.set(std::time::Instant::now());
     log::info!("{which}: shutting down; no new connections, answering the requests in flight");
 }
 
@@ -529,18 +578,17 @@ fn params(
         .in_order(q.in_order.unwrap_or(false)))
 }
 
-/// Refuses query parameters where none are taken, and reads a request's
+/// Refuses query parameters on a reload, and reads a request's
 /// whole body before its handler runs: one announced
 /// larger than the server accepts is refused at once (413, without waiting
 /// for it), and one that does not arrive within `serve --body-timeout-ms`
 /// is 408.
 async fn read_body(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
-    // Parameters where none are taken are a mistake, not ignored.
+    // A reload takes no parameters: one given is a mistake (a `dry_run`,
+    // say), not ignored. (Reading routes ignore them, as probes and
+    // scrapers may add some.)
     let path = request.uri().path();
-    if matches!(
-        path,
-        "/v1/config" | "/v1/reload" | "/health" | "/ready" | "/metrics"
-    ) {
+    if path == "/v1/reload" {
         if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
             return ApiError::bad_request(format!(
                 "{} {path} takes no query parameters (got ?{query})",
@@ -553,7 +601,7 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
     if let Some(encoding) = request
         .headers()
         .get(header::CONTENT_ENCODING)
-        .filter(|e| e.as_bytes() != b"identity")
+        .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

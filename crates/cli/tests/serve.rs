@@ -487,14 +487,15 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
-/// A server of one pipeline of `hostile-slow` (a minute's budget; the
-/// payload says how many million rounds it spins), started with `args` too.
+/// A server of one pipeline of `hostile-slow` (a minute's budget for the
+/// call and two for the pipeline; the payload says how many million rounds
+/// it spins), started with `args` too.
 fn slow_server(args: &[&str]) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("slow.yaml");
     std::fs::write(
         &config,
-        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000, max_concurrent_instances: 4}\n",
+        "pipeline_id: slow\nglobal_timeout_ms: 120000\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000, max_concurrent_instances: 4}\n",
     )
     .unwrap();
     let modules = fixtures().join("modules");
@@ -586,13 +587,16 @@ fn raw(address: &str, request: &[u8]) -> Option<u16> {
     head.split(' ').nth(1).and_then(|code| code.parse().ok())
 }
 
-/// Slow and stalled clients hold nothing for long (docs/serve.md,
-/// "Limits"): a connection whose request head does not come within
+/// Slow and stalled clients hold nothing for long (docs/serve.md, the flags
+/// and "Errors"): a connection whose request head does not come within
 /// `--head-timeout-ms` is closed; a body announced larger than
 /// `--max-request-bytes` is 413 at once, one sent in chunks past it too; a
-/// body that stops coming is 408 after `--body-timeout-ms`; parameters
-/// where none are taken are 400. A shutdown waits `--shutdown-grace-seconds`
-/// at most for the requests in flight, and says so when it gives up.
+/// body that stops coming is 408 after `--body-timeout-ms`; a client that
+/// stops reading its answers loses its connection after
+/// `--write-timeout-ms` (here the only one: `--max-connections 1`);
+/// parameters on a reload are 400. A shutdown waits
+/// `--shutdown-grace-seconds` at most for the requests in flight, and for
+/// the module calls running, and says so when it gives up.
 #[test]
 fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     let (_dir, server) = slow_server(&[
@@ -624,13 +628,29 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     // A body that stops halfway.
     let halfway = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"topic\": ";
     assert_eq!(raw(address, halfway), Some(408));
-    // Parameters where none are taken.
-    let (code, text) = server.send("GET", "/health?verbose=1", "");
+    // A client that sends requests and never reads the answers: its
+    // connection (the only one of another server) is closed once a write
+    // waits too long, and the next client is served.
+    {
+        use std::io::Write;
+        let (_dir, one) = slow_server(&["--max-connections", "1", "--write-timeout-ms", "300"]);
+        let mut greedy = std::net::TcpStream::connect(one.address()).unwrap();
+        let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+        // The server stops reading once its writes block: what it has not
+        // taken by then may fail to send, which is the point.
+        let _ = greedy.write_all(&request);
+        let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(raw(one.address(), health), Some(200));
+    }
+    // Parameters on a reload (a misspelt dry run must not reload); reading
+    // routes ignore them.
+    let (code, text) = server.send("POST", "/v1/reload?dry_run=true", "");
     assert_eq!(code, 400, "{text}");
     assert!(
-        text.contains("GET /health takes no query parameters"),
+        text.contains("POST /v1/reload takes no query parameters"),
         "{text}"
     );
+    assert_eq!(server.send("GET", "/health?probe=1", "").0, 200);
     let (code, text) = server.send(
         "POST",
         "/v1/process?in_order=true",
@@ -658,7 +678,8 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
     assert_eq!(code, 200, "{text}");
 
-    // A request that outlasts the grace: the shutdown does not wait for it.
+    // A request that outlasts the grace (its call would run for its whole
+    // minute): the shutdown waits for neither the answer nor the call.
     std::thread::scope(|scope| {
         let slow = scope.spawn(|| {
             server.try_send(
@@ -667,19 +688,35 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
                 r#"{"topic": "t", "payload": "1000000"}"#,
             )
         });
-        std::thread::sleep(Duration::from_millis(500));
+        // Until the message is in the engine.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server
+            .send("GET", "/metrics", "")
+            .1
+            .contains("rustmq_etl_messages_in_flight 1")
+        {
+            assert!(Instant::now() < deadline, "the slow request never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let signalled = Instant::now();
         server.signal("TERM");
         let status = server.wait();
         assert!(status.success(), "{status:?}\n{}", server.log());
+        // Far below the call's minute: the grace and no more (a bound of
+        // behaviour, not of speed).
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log()
+        );
         let (code, _) = slow.join().unwrap();
         assert_eq!(code, None, "the slow request was not answered");
     });
+    let log = server.log();
     assert!(
-        server
-            .log()
-            .contains("stopped after 1 s with 1 connection still open"),
-        "{}",
-        server.log()
+        log.contains("stopped after 1 s with 1 connection still open")
+            && log.contains("a module call was still running when the shutdown's 1 s were up"),
+        "{log}"
     );
 }
 

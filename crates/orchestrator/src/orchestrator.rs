@@ -269,11 +269,14 @@ impl<E: Engine> Orchestrator<E> {
         let built = build(&self.inner.keep, config, version, Some(&previous));
         let result = match built {
             // (The same occurrences are unavailable then: one loaded would
-            // have been compiled, one lost refuses the reload. Why one does
-            // not load may have changed: its new bytes fail otherwise.)
+            // have been compiled, one lost refuses the reload. Its new bytes
+            // may fail at another step; a text that varies from one try to
+            // the next makes no new version.)
             Ok((snapshot, 0))
                 if snapshot.config == previous.config
-                    && snapshot.unavailable_errors() == previous.unavailable_errors() =>
+                    && snapshot
+                        .unavailable_steps()
+                        .eq(previous.unavailable_steps()) =>
             {
                 Ok(ReloadReport {
                     version: previous.version,
