@@ -66,6 +66,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .file_stem()
         .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned());
     let mut settings = ModuleSettings::default();
+    let settings_config = args.module_config.clone();
     if let Some(config) = args.module_config {
         serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
             format!("--module-config is not JSON (it is the module's custom_config): {config}")
@@ -99,10 +100,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut pool = LocalPool::new();
     if let Err(e) = pool.warm(&module, 1) {
         // Its init rejected its custom_config (not a trap or a timeout).
-        let hint = if e.message().contains("rejected its custom_config") {
-            " (its init function gets --module-config as its custom_config)"
-        } else {
-            ""
+        let hint = match (
+            e.message().contains("rejected its custom_config"),
+            &settings_config,
+        ) {
+            (true, Some(_)) => " (its init function gets --module-config as its custom_config)",
+            (true, None) => {
+                " (its init function got null: give its custom_config with --module-config)"
+            }
+            (false, _) => "",
         };
         anyhow::bail!(
             "{}: the module does not start: {}: {}{hint}",
