@@ -141,6 +141,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
+        let dropped_before = module.stats().log_lines_dropped;
         let report = loop {
             match pool.call(&module, CallRequest::new(&message)) {
                 Ok(report) => break report,
@@ -205,6 +206,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             for change in &changes {
                 writeln!(out, "    {}", describe(change))?;
             }
+        }
+        let dropped = module.stats().log_lines_dropped - dropped_before;
+        if dropped > 0 {
+            // On standard error, with the lines that were written.
+            out.flush()?;
+            eprintln!(
+                "{}:{number}: {dropped} more log line{} not shown: a call logs at most {} lines",
+                args.input.display(),
+                crate::plural(dropped as usize),
+                rustmq_etl_pool::MAX_LOG_LINES_PER_CALL
+            );
         }
         // Out now: the next call's log lines (on standard error) come after
         // this message's result, not before all of them.

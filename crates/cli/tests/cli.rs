@@ -819,7 +819,8 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
 }
 
-/// test-module shows every line a module logs, debug and info included.
+/// test-module shows every line a module logs, debug and info included, and
+/// says how many more a call logged past the limit of 32 (not shown).
 #[test]
 fn test_module_shows_every_log_level() {
     let dir = tempfile::tempdir().unwrap();
@@ -832,8 +833,14 @@ fn test_module_shows_every_log_level() {
           (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
           (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
           (func (export "rmq_transform") (param i32 i32) (result i64)
+            (local $n i32)
             (call $log (i32.const 0) (i32.const 64) (i32.const 10))
             (call $log (i32.const 1) (i32.const 80) (i32.const 9))
+            ;; 38 more: 40 in all, 8 past the limit.
+            (loop $more
+              (call $log (i32.const 1) (i32.const 80) (i32.const 9))
+              (local.set $n (i32.add (local.get $n) (i32.const 1)))
+              (br_if $more (i32.lt_u (local.get $n) (i32.const 38))))
             (i64.const 0x0000001000000001))
           (data (i32.const 16) "\00")
           (data (i32.const 64) "a debug li")
@@ -847,7 +854,11 @@ fn test_module_shows_every_log_level() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    for line in ["chatty: a debug li", "chatty: an info l"] {
+    for line in [
+        "chatty: a debug li",
+        "chatty: an info l",
+        "-:1: 8 more log lines not shown: a call logs at most 32 lines",
+    ] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
     }
 }

@@ -26,7 +26,7 @@ use crate::{deadline, limits};
 /// Most bytes of one guest log line; longer lines are cut.
 const MAX_LOG_LINE: usize = 4096;
 /// Most log lines one instance may write per call; the rest are counted, not written.
-const MAX_LOG_LINES_PER_CALL: u32 = 32;
+pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
 /// Most edits one answer may hold: the host's work and memory for applying an

@@ -55,6 +55,7 @@ mod stats;
 pub use admission::{CompileLimits, TABLE_ELEMENT_BYTES};
 pub use calibrate::bulk_bytes_per_ms;
 pub use error::{CallError, LoadError, StartError};
+pub use instance::MAX_LOG_LINES_PER_CALL;
 pub use local::{LoadedModule, LocalPool};
 pub use module::{Abi, ArtifactCache, CompileSettings};
 pub use pool::{Pool, PoolConfig};
