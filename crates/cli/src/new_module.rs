@@ -115,7 +115,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // finds a module as <modules dir>/<module_id>.wasm.
     println!(
         "use it in a pipeline as `module_id: {0}`: the engine loads <modules dir>/{0}.wasm \
-         (the directory `--modules` names; without it, ./modules if there is one), so copy \
+         (the directory `--modules` names; without it, ./modules, else ./fixtures/modules), so copy \
          it there, e.g.:",
         args.name
     );
