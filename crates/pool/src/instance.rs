@@ -585,11 +585,17 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Unchanged => return Ok(Outcome::Unchanged),
         OutcomeView::Drop => return Ok(Outcome::Dropped),
         OutcomeView::Error(text) => {
+            // An error with no text still says what it is.
+            let text = if text.trim().is_empty() {
+                "the module answered an error without a text"
+            } else {
+                text
+            };
             return Err(CallError::new(
                 ErrorKind::GuestError,
                 module,
                 text.to_owned(),
-            ))
+            ));
         }
         OutcomeView::Edits(edits) => edits,
     };
@@ -719,5 +725,7 @@ mod tests {
         assert!(message.contains("does not decode"), "{message}");
         let (kind, message) = refused(answer(Answer::Error("no")));
         assert_eq!((kind, message.as_str()), (ErrorKind::GuestError, "no"));
+        let (_, message) = refused(answer(Answer::Error(" ")));
+        assert_eq!(message, "the module answered an error without a text");
     }
 }
