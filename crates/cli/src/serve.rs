@@ -289,6 +289,8 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             .get()
             .map_or(Duration::ZERO, |began| began.elapsed()),
     );
+    // Messages in the engine now: their module calls run on unless waited for.
+    let running = service.etl.in_flight();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         runtime.shutdown_timeout(left);
@@ -296,11 +298,15 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         let _ = done.send(());
     });
     if finished.recv_timeout(left).is_err() {
-        log::warn!(
-            "a module call was still running when the shutdown's {} s were up: \
-             exiting without waiting for it",
-            args.shutdown_grace.as_secs()
-        );
+        if running > 0 {
+            log::warn!(
+                "{running} message{} still running in the engine when the shutdown's {} s \
+                 were up: exiting without waiting for {}",
+                crate::plural(running),
+                args.shutdown_grace.as_secs(),
+                if running == 1 { "it" } else { "them" }
+            );
+        }
         std::process::exit(0);
     }
     Ok(ExitCode::SUCCESS)
@@ -588,7 +594,7 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
     // say), not ignored. (Reading routes ignore them, as probes and
     // scrapers may add some.)
     let path = request.uri().path();
-    if path == "/v1/reload" {
+    if path == "/v1/reload" && request.method() == Method::POST {
         if let Some(query) = request.uri().query().filter(|q| !q.is_empty()) {
             return ApiError::bad_request(format!(
                 "{} {path} takes no query parameters (got ?{query})",

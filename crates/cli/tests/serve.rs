@@ -715,7 +715,8 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     let log = server.log();
     assert!(
         log.contains("stopped after 1 s with 1 connection still open")
-            && log.contains("a module call was still running when the shutdown's 1 s were up"),
+            && log
+                .contains("1 message still running in the engine when the shutdown's 1 s were up"),
         "{log}"
     );
 }

@@ -269,14 +269,12 @@ impl<E: Engine> Orchestrator<E> {
         let built = build(&self.inner.keep, config, version, Some(&previous));
         let result = match built {
             // (The same occurrences are unavailable then: one loaded would
-            // have been compiled, one lost refuses the reload. Its new bytes
-            // may fail at another step; a text that varies from one try to
-            // the next makes no new version.)
+            // have been compiled, one lost refuses the reload. Why one does
+            // not load may have changed: new bytes that fail otherwise make
+            // a new version, so that its calls say the new reason.)
             Ok((snapshot, 0))
                 if snapshot.config == previous.config
-                    && snapshot
-                        .unavailable_steps()
-                        .eq(previous.unavailable_steps()) =>
+                    && snapshot.unavailable_errors() == previous.unavailable_errors() =>
             {
                 Ok(ReloadReport {
                     version: previous.version,
@@ -616,8 +614,9 @@ impl<E: Engine> Orchestrator<E> {
         self.inner.keep.engine.publish_metrics();
     }
 
-    /// Messages in flight now.
-    fn in_flight(&self) -> usize {
+    /// Messages in flight now: admitted, and their engine batch not done
+    /// (`Options::max_in_flight` at most).
+    pub fn in_flight(&self) -> usize {
         let max = self.inner.max_in_flight;
         max - self.inner.in_flight.available_permits().min(max)
     }

@@ -414,6 +414,8 @@ struct InModule {
     retry_at: Option<Instant>,
     /// Its calls are counted for the message ([`Run::count_calls`]).
     counted: bool,
+    /// A call is under way: a host failure during it counts it.
+    calling: bool,
 }
 
 /// Which modules run (by plan index), as of the message's last change that
@@ -1110,10 +1112,12 @@ impl Run {
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);
         }
+        self.module.calling = true;
         let report: CallReport = match &snapshot.modules[module.occurrence] {
             Ok(loaded) => match runner.call(&loaded.module, request) {
                 Ok(report) => report,
                 Err(busy) => {
+                    self.module.calling = false;
                     // Nothing ran: a probe that did not happen is given back.
                     if probe {
                         breaker.cancel_probe();
@@ -1140,6 +1144,7 @@ impl Run {
             self.stage.elapsed = self.stage.elapsed.saturating_add(report.ran);
             self.clock = report.ended;
         }
+        self.module.calling = false;
         self.module.attempts += report.attempts;
         self.module.time += report.ran;
         breaker.record(report.result.is_ok(), probe, self.clock);
@@ -1456,6 +1461,10 @@ impl Run {
             if self.module.probe_out {
                 snapshot.breakers[module.occurrence].cancel_probe();
                 self.module.probe_out = false;
+            }
+            // The host failed during a call of it: that call counts.
+            if std::mem::take(&mut self.module.calling) {
+                self.module.attempts += 1;
             }
             // Whatever the strategy: a dead letter keeps the message, and
             // counts the module's calls so far (the dead letter starts its

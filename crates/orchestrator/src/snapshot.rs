@@ -99,13 +99,6 @@ impl<E: Engine> Snapshot<E> {
             .map(|(occurrence, _)| self.breakers[*occurrence].clone())
     }
 
-    /// Each unavailable occurrence with the step it failed at.
-    pub(crate) fn unavailable_steps(&self) -> impl Iterator<Item = (usize, LoadStep)> + '_ {
-        self.unavailable
-            .iter()
-            .map(|(occurrence, error)| (*occurrence, error.step()))
-    }
-
     /// Why each unavailable occurrence is, where it is listed.
     pub(crate) fn unavailable_errors(&self) -> Vec<LoadError> {
         self.unavailable.iter().map(|(_, e)| e.clone()).collect()

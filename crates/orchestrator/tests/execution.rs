@@ -2009,6 +2009,8 @@ stages:
             let letter = dead_letter(p);
             assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("trap"));
             assert_eq!(letter.headers.get(dlq::MODULE), Some("fragile"));
+            // The call the host failed in counts.
+            assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("1"));
             assert!(letter
                 .headers
                 .get(dlq::ERROR)
@@ -2726,6 +2728,23 @@ fn a_module_that_does_not_start_is_unavailable_until_a_reload_loads_it() {
     assert!(report.changed);
     assert_eq!(report.unavailable.len(), 1, "{report:?}");
     assert_eq!(o.config().pipelines()[0].pipeline.max_retries, 1);
+    // The same configuration, the module failing for another reason: a new
+    // version, whose calls say the new reason.
+    engine.refuse("bad", "another reason");
+    let report = o.reload(&config(&yaml(1))).unwrap();
+    assert!(report.changed, "{report:?}");
+    assert!(
+        report.unavailable[0]
+            .message()
+            .starts_with("another reason"),
+        "{report:?}"
+    );
+    match &events(&one(&o, Message::new("t", ">")))[0].1 {
+        TraceEvent::Failed { error, .. } => {
+            assert_eq!(error, "the module was not loaded: another reason")
+        }
+        other => panic!("{other:?}"),
+    }
 
     // Loading: in service.
     engine.module("bad", append("b"));
