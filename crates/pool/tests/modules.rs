@@ -113,7 +113,7 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
             (err.kind(), err.message()),
             (
                 ErrorKind::GuestError,
-                "1.7976931348623157e308 °C is past the largest number in °F"
+                "`reading` in °C is past the largest number in °F"
             ),
             "{module}"
         );
