@@ -62,6 +62,11 @@ struct Service {
     max_request_bytes: usize,
     max_batch: usize,
     body_timeout: Duration,
+    /// `Keep-Alive: timeout=…` for every answer: a second less than the
+    /// head timeout that closes an idle kept-alive connection, so that a
+    /// client reading the hint does not send on a connection being closed
+    /// (none when the head timeout is under two seconds).
+    keep_alive: Option<axum::http::HeaderValue>,
     shutting_down: AtomicBool,
     /// When the shutdown began: its grace counts from then.
     shutdown_began: std::sync::OnceLock<std::time::Instant>,
@@ -228,6 +233,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         max_request_bytes: args.max_request_bytes,
         max_batch: args.max_batch,
         body_timeout: args.body_timeout,
+        keep_alive: (args.head_timeout.as_secs() >= 2)
+            .then(|| format!("timeout={}", args.head_timeout.as_secs() - 1))
+            .and_then(|hint| axum::http::HeaderValue::from_str(&hint).ok()),
         shutting_down: AtomicBool::new(false),
         shutdown_began: std::sync::OnceLock::new(),
         last_reload: Mutex::new(None),
@@ -403,6 +411,10 @@ fn router(service: Arc<Service>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(service.clone(), read_body))
         .layer(middleware::from_fn(count_requests))
+        .layer(middleware::map_response_with_state(
+            service.clone(),
+            keep_alive_hint,
+        ))
         .layer(DefaultBodyLimit::max(service.max_request_bytes))
         .with_state(service)
 }
@@ -905,6 +917,17 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// Counts every answer by route and status
 /// (`rustmq_etl_http_requests_total`).
+/// Adds the service's `Keep-Alive` hint to an answer.
+async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Response) -> Response {
+    if let Some(hint) = &service.keep_alive {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_static("keep-alive"),
+            hint.clone(),
+        );
+    }
+    response
+}
+
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()

@@ -515,6 +515,11 @@ fn slow_server(args: &[&str]) -> (tempfile::TempDir, Server) {
 #[test]
 fn shutdown_answers_the_requests_in_flight_and_exits_0() {
     let (_dir, server) = slow_server(&[]);
+    // Answers say how long an idle kept-alive connection lives: a second
+    // less than the head timeout (10 s by default) that closes it.
+    let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = raw_head(server.address(), health).to_ascii_lowercase();
+    assert!(head.contains("\r\nkeep-alive: timeout=9\r\n"), "{head}");
     // Warm up, and find how long one slow message takes.
     let started = Instant::now();
     let (code, _) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "20"}"#);
@@ -565,6 +570,13 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
 /// closed the connection without answering. Waits 20 s at most (then
 /// fails: the server held the connection).
 fn raw(address: &str, request: &[u8]) -> Option<u16> {
+    let head = raw_head(address, request);
+    head.split(' ').nth(1).and_then(|code| code.parse().ok())
+}
+
+/// [`raw`]'s answer head as text (empty when the server closed the
+/// connection without answering).
+fn raw_head(address: &str, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
@@ -583,8 +595,7 @@ fn raw(address: &str, request: &[u8]) -> Option<u16> {
             break;
         }
     }
-    let head = String::from_utf8_lossy(&answer);
-    head.split(' ').nth(1).and_then(|code| code.parse().ok())
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Slow and stalled clients hold nothing for long (docs/serve.md, the flags
@@ -610,6 +621,13 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
         "1",
     ]);
     let address = server.address();
+    // Under two seconds of head timeout, no keep-alive hint.
+    let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = raw_head(address, health).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("keep-alive"),
+        "{head}"
+    );
     // A head that never ends, and no request at all: closed unanswered.
     assert_eq!(
         raw(address, b"POST /v1/process HTTP/1.1\r\nHost: x\r\n"),
