@@ -149,6 +149,7 @@ impl ConditionSet {
             message,
             now_ms,
             scratch,
+            why_not_json: None,
         }
     }
 
@@ -171,6 +172,9 @@ pub struct Context<'a> {
     message: &'a Message,
     now_ms: i64,
     scratch: &'a mut Scratch,
+    /// Why the payload is not JSON, once a reason has needed it (read again
+    /// once per message, not once per rule).
+    why_not_json: Option<String>,
 }
 
 impl Context<'_> {
@@ -193,14 +197,17 @@ impl Context<'_> {
                 return None;
             }
             let reason = match subject {
-                None => format!(
-                    "{} is absent",
-                    describe_absent(
-                        rule.subject(),
-                        (self.scratch.payload == Payload::NotJson)
-                            .then_some(&self.message.payload[..])
-                    )
-                ),
+                None => {
+                    let not_json = matches!(rule.subject(), Subject::PayloadField(_))
+                        && self.scratch.payload == Payload::NotJson;
+                    let payload = &self.message.payload;
+                    let why = not_json.then(|| {
+                        self.why_not_json
+                            .get_or_insert_with(|| why_not_json(payload))
+                            .as_str()
+                    });
+                    format!("{} is absent", describe_absent(rule.subject(), why))
+                }
                 Some(_) if rule.negate() => {
                     "the comparison is true and the rule is negated".to_owned()
                 }
@@ -259,25 +266,28 @@ impl Context<'_> {
     }
 }
 
-/// `not_json`: the payload, if reading it for this message found it not JSON
-/// (it was read, since a payload rule asked for it). Why it is not is read
-/// again here (texts for people only): JSON by RFC 8259 may still be too
-/// deep or hold too large a number for serde_json, whose reading the rules
-/// follow (docs/selection.md).
-fn describe_absent(subject: &Subject, not_json: Option<&[u8]>) -> String {
+/// Why `payload`, found not JSON, is not (read again: texts for people
+/// only). JSON by RFC 8259 may still be too deep or hold too large a number
+/// for serde_json, whose reading the rules follow (docs/selection.md).
+fn why_not_json(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Err(e) => format!("not UTF-8 at byte {}", e.valid_up_to()),
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                format!("nested deeper than 128 levels: {e}")
+            }
+            Err(e) => e.to_string(),
+            Ok(_) => "unreadable".to_owned(),
+        },
+    }
+}
+
+/// `not_json`: why the payload is not JSON, if reading it for this message
+/// found it not JSON (it was read, since a payload rule asked for it).
+fn describe_absent(subject: &Subject, not_json: Option<&str>) -> String {
     match subject {
         Subject::PayloadField(path) if not_json.is_some() => {
-            let payload = not_json.unwrap_or_default();
-            let why = match std::str::from_utf8(payload) {
-                Err(e) => format!("not UTF-8 at byte {}", e.valid_up_to()),
-                Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
-                    Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
-                        format!("nested deeper than 128 levels: {e}")
-                    }
-                    Err(e) => e.to_string(),
-                    Ok(_) => "unreadable".to_owned(),
-                },
-            };
+            let why = not_json.unwrap_or_default();
             format!("payload field {path} (the payload is not JSON: {why}), so it")
         }
         Subject::MessageAge => "the timestamp needed for message age".to_owned(),
