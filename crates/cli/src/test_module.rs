@@ -58,6 +58,20 @@ struct Counts {
     bad_lines: usize,
 }
 
+/// Says on standard error (with the lines that were written) how many log
+/// lines `module` wrote past the limit since its count read `before`, in
+/// the `what` (its start or a call) at `place`.
+fn dropped_log_lines(module: &LoadedModule, before: u64, place: &str, what: &str) {
+    let dropped = module.stats().log_lines_dropped - before;
+    if dropped > 0 {
+        eprintln!(
+            "{place}: {dropped} more log line{} not shown: a {what} logs at most {} lines",
+            crate::plural(dropped as usize),
+            rustmq_etl_pool::MAX_LOG_LINES_PER_CALL
+        );
+    }
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read the module {}", args.module.display()))?;
@@ -98,7 +112,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let module = LoadedModule::compile(&spec, &wasm, &compile)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.module.display()))?;
     let mut pool = LocalPool::new();
-    if let Err(e) = pool.warm(&module, 1) {
+    let warmed = pool.warm(&module, 1);
+    // Its start's log lines past the limit, if any (shown before its error).
+    dropped_log_lines(&module, 0, &args.module.display().to_string(), "start");
+    if let Err(e) = warmed {
         // Its init rejected its custom_config (not a trap or a timeout).
         let hint = match (
             e.message().contains("rejected its custom_config"),
@@ -207,17 +224,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(out, "    {}", describe(change))?;
             }
         }
-        let dropped = module.stats().log_lines_dropped - dropped_before;
-        if dropped > 0 {
-            // On standard error, with the lines that were written.
-            out.flush()?;
-            eprintln!(
-                "{}:{number}: {dropped} more log line{} not shown: a call logs at most {} lines",
-                args.input.display(),
-                crate::plural(dropped as usize),
-                rustmq_etl_pool::MAX_LOG_LINES_PER_CALL
-            );
-        }
+        out.flush()?;
+        dropped_log_lines(
+            &module,
+            dropped_before,
+            &format!("{}:{number}", args.input.display()),
+            "call",
+        );
         // Out now: the next call's log lines (on standard error) come after
         // this message's result, not before all of them.
         out.flush()?;

@@ -820,7 +820,8 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
 }
 
 /// test-module shows every line a module logs, debug and info included, and
-/// says how many more a call logged past the limit of 32 (not shown).
+/// says how many more its start or a call logged past the limit of 32 (not
+/// shown).
 #[test]
 fn test_module_shows_every_log_level() {
     let dir = tempfile::tempdir().unwrap();
@@ -831,7 +832,14 @@ fn test_module_shows_every_log_level() {
           (memory (export "memory") 2)
           (func (export "rmq_abi_version") (result i32) (i32.const 1))
           (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_init") (param i32 i32) (result i64)
+            (local $n i32)
+            ;; 35 lines as it starts: 3 past the limit.
+            (loop $more
+              (call $log (i32.const 1) (i32.const 80) (i32.const 9))
+              (local.set $n (i32.add (local.get $n) (i32.const 1)))
+              (br_if $more (i32.lt_u (local.get $n) (i32.const 35))))
+            (i64.const 0))
           (func (export "rmq_transform") (param i32 i32) (result i64)
             (local $n i32)
             (call $log (i32.const 0) (i32.const 64) (i32.const 10))
@@ -858,6 +866,7 @@ fn test_module_shows_every_log_level() {
         "chatty: a debug li",
         "chatty: an info l",
         "-:1: 8 more log lines not shown: a call logs at most 32 lines",
+        "chatty.wasm: 3 more log lines not shown: a start logs at most 32 lines",
     ] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
     }
