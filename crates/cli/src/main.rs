@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rustmq_etl_orchestrator::{BreakerSettings, DirectorySource, LoadStep, Options, Orchestrator};
+use rustmq_etl_orchestrator::{
+    BreakerSettings, DirectorySource, LoadError, LoadStep, Options, Orchestrator,
+};
 use rustmq_etl_pool::{Pool, PoolConfig};
 
 #[derive(Parser)]
@@ -601,18 +603,12 @@ fn load_modules(
                 let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
                 files.sort_unstable();
                 files.dedup();
-                let unread = unavailable.iter().any(|e| e.step() == LoadStep::Read);
                 eprintln!(
-                    "warning: {} module{} could not be loaded from {}{}: \
+                    "warning: {} module{} could not be loaded from {}: \
                      each call of {} fails `unavailable`, handled by its pipeline's error strategy",
                     files.len(),
                     plural(files.len()),
-                    modules.display(),
-                    if unread {
-                        format!(" ({MODULES_HINT})")
-                    } else {
-                        String::new()
-                    },
+                    modules_named(modules, &unavailable),
                     files
                         .iter()
                         .map(|id| format!("{id:?}"))
@@ -628,21 +624,24 @@ fn load_modules(
     for error in &errors {
         eprintln!("error: {error}");
     }
-    // Where the files are looked for helps only when one was not read.
-    let unread = errors.iter().any(|e| e.step() == LoadStep::Read);
     eprintln!(
-        "{}{} module{} could not be loaded from {}{}",
+        "{}{} module{} could not be loaded from {}",
         if validating { "" } else { "cannot start: " },
         errors.len(),
         plural(errors.len()),
-        modules.display(),
-        if unread {
-            format!(" ({MODULES_HINT})")
-        } else {
-            String::new()
-        }
+        modules_named(modules, &errors),
     );
     Ok(None)
+}
+
+/// The modules directory, with where the files are looked for when one of
+/// `errors` is a file not read (only then does that help).
+fn modules_named(modules: &std::path::Path, errors: &[LoadError]) -> String {
+    if errors.iter().any(|e| e.step() == LoadStep::Read) {
+        format!("{} ({MODULES_HINT})", modules.display())
+    } else {
+        modules.display().to_string()
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -630,22 +630,12 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         )
         .into_response();
     }
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than {} bytes, the most this server accepts (serve --max-request-bytes)",
-                service.max_request_bytes
-            ),
-        )
-        .into_response()
-    };
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if announced.is_some_and(|n| n > service.max_request_bytes as u64) {
-        return too_large();
+        return too_large(&service).into_response();
     }
     let (parts, body) = request.into_parts();
     let read = axum::body::to_bytes(body, service.max_request_bytes);
@@ -668,13 +658,24 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
             let over = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if over {
-                too_large()
+                too_large(&service).into_response()
             } else {
                 ApiError::bad_request(format!("the request body could not be read: {e}"))
                     .into_response()
             }
         }
     }
+}
+
+/// 413: a body past `--max-request-bytes`.
+fn too_large(service: &Service) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than {} bytes, the most this server accepts (serve --max-request-bytes)",
+            service.max_request_bytes
+        ),
+    )
 }
 
 /// The request body as text.
@@ -685,15 +686,7 @@ fn body_text(
 ) -> Result<String, ApiError> {
     let bytes = match body {
         Ok(bytes) => bytes,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} bytes, the most this server accepts (serve --max-request-bytes)",
-                    service.max_request_bytes
-                ),
-            ))
-        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(service)),
         Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
     };
     let text = std::str::from_utf8(bytes).map_err(|e| {

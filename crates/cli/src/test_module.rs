@@ -80,7 +80,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .file_stem()
         .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned());
     let mut settings = ModuleSettings::default();
-    let settings_config = args.module_config.clone();
+    let configured = args.module_config.is_some();
     if let Some(config) = args.module_config {
         serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
             format!("--module-config is not JSON (it is the module's custom_config): {config}")
@@ -119,10 +119,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Its init rejected its custom_config (not a trap or a timeout).
         let hint = match (
             e.message().contains("rejected its custom_config"),
-            &settings_config,
+            configured,
         ) {
-            (true, Some(_)) => " (its init function gets --module-config as its custom_config)",
-            (true, None) => {
+            (true, true) => " (its init function gets --module-config as its custom_config)",
+            (true, false) => {
                 " (its init function got null: give its custom_config with --module-config)"
             }
             (false, _) => "",
@@ -224,6 +224,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(out, "    {}", describe(change))?;
             }
         }
+        // Out now: the next call's log lines (on standard error) come after
+        // this message's result, not before all of them.
         out.flush()?;
         dropped_log_lines(
             &module,
@@ -231,9 +233,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             &format!("{}:{number}", args.input.display()),
             "call",
         );
-        // Out now: the next call's log lines (on standard error) come after
-        // this message's result, not before all of them.
-        out.flush()?;
     }
     out.flush()?;
     let total = counts.changed + counts.unchanged + counts.dropped + counts.failed;
