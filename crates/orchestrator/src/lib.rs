@@ -9,6 +9,63 @@
 //! [`Orchestrator::reload`] swaps configuration and modules together. The
 //! user guide is `docs/execution.md`.
 //!
+//! A broker's whole use of it, on the shipped `legacy-uppercase` module:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use rustmq_etl_orchestrator::{
+//!     Config, DirectorySource, Disposition, Format, Message, Options, Orchestrator,
+//!     ProcessOptions,
+//! };
+//! use rustmq_etl_pool::{Pool, PoolConfig};
+//!
+//! # let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/modules");
+//! // Usually `Config::load(path)`: a file or a directory of YAML or JSON.
+//! let yaml = r#"
+//! pipeline_id: shout
+//! stages:
+//!   - priority: 0
+//!     modules:
+//!       - module_id: legacy-uppercase
+//!         topic_filters: [{ filter_type: Prefix, pattern: "orders." }]
+//! "#;
+//! let config = Config::from_text(yaml, Format::Yaml, None)?.config;
+//! // The wasmer engine: one thread per core, each with its own instances.
+//! let engine = Arc::new(Pool::new(PoolConfig::default())?);
+//! // `modules` is a directory of `<module_id>.wasm` files.
+//! let etl = Orchestrator::new(engine, &config, DirectorySource::new(modules), Options::default())?;
+//!
+//! let messages = vec![
+//!     Message::new("orders.eu", "two pears"),
+//!     Message::new("audit", "left alone"),
+//! ];
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! // One result per message, in input order; `process_batch_blocking` without a runtime.
+//! let results = runtime.block_on(etl.process_batch(messages, ProcessOptions::default()))?;
+//! let mut delivered = Vec::new();
+//! for result in results {
+//!     match result.disposition {
+//!         Disposition::Delivered(message) => delivered.push(message), // produce it
+//!         Disposition::Dropped => {}                                   // a module dropped it
+//!         Disposition::DeadLettered(letter) => panic!("{:?}", letter.headers), // produce to letter.topic
+//!     }
+//! }
+//! assert_eq!(delivered[0].payload, "TWO PEARS");
+//! assert_eq!(delivered[1].payload, "left alone"); // no module selected it
+//!
+//! // A new configuration takes effect atomically: messages in flight finish
+//! // on the version they started on. One that does not plan, or a module that
+//! // does not compile or start, is an error and the version in service stays.
+//! let yaml = yaml.replace("orders.", "audit");
+//! let report = etl.reload(&Config::from_text(&yaml, Format::Yaml, None)?.config)?;
+//! assert!(report.changed);
+//! let audit = Message::new("audit", "now loud");
+//! let results = etl.process_batch_blocking(vec![audit], ProcessOptions::default())?;
+//! assert_eq!(results[0].config_version, report.version);
+//! assert!(matches!(&results[0].disposition, Disposition::Delivered(m) if m.payload == "NOW LOUD"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Underneath is the [`Plan`]: a validated configuration compiled into execution
 //! order (pipelines as listed, stages by ascending priority, modules as declared)
 //! with every topic filter in one [`rustmq_etl_filter::FilterSet`] and every rule
