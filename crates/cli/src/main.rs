@@ -42,7 +42,7 @@ use clap::{Args, Parser, Subcommand};
 use rustmq_etl_orchestrator::{
     BreakerSettings, DirectorySource, LoadError, LoadStep, Options, Orchestrator,
 };
-use rustmq_etl_pool::{Pool, PoolConfig};
+use rustmq_etl_pool::{ArtifactCache, Pool, PoolConfig};
 
 #[derive(Parser)]
 #[command(
@@ -266,6 +266,11 @@ struct Engine {
     /// write is refused.
     #[arg(long, value_name = "DIR", conflicts_with = "no_artifact_cache")]
     artifact_cache: Option<PathBuf>,
+    /// The most the artifact cache keeps, in MiB: storing a compiled module
+    /// past it removes the ones used the longest ago (a new module version
+    /// is a new artifact, so the cache would otherwise grow with every one).
+    #[arg(long, value_name = "MIB", default_value_t = ArtifactCache::DEFAULT_MAX_BYTES >> 20, conflicts_with = "no_artifact_cache")]
+    artifact_cache_max_mib: u64,
     /// Compile every module afresh and keep nothing.
     #[arg(long)]
     no_artifact_cache: bool,
@@ -276,10 +281,11 @@ struct Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cache {
     /// The user's cache directory, if there is one that can be used (else
-    /// a warning, and nothing is kept).
-    Default,
-    /// This directory; one that cannot be used stops the start.
-    At(PathBuf),
+    /// a warning, and nothing is kept), kept within this many bytes.
+    Default(u64),
+    /// This directory, kept within this many bytes; one that cannot be used
+    /// stops the start.
+    At(PathBuf, u64),
     /// None.
     Off,
 }
@@ -301,20 +307,21 @@ impl Cache {
     /// The engine, with this cache. A default cache that cannot be used is
     /// a warning, and none is kept; a named one stops the start.
     fn pool(&self) -> anyhow::Result<Pool> {
+        let (dir, artifact_cache_max_bytes) = match self {
+            Cache::Off => (None, 0),
+            Cache::At(dir, max_bytes) => (Some(dir.clone()), *max_bytes),
+            Cache::Default(max_bytes) => (Cache::default_dir(), *max_bytes),
+        };
         let start = |artifact_cache| {
             Pool::new(PoolConfig {
                 artifact_cache,
+                artifact_cache_max_bytes,
                 ..PoolConfig::default()
             })
         };
-        let dir = match self {
-            Cache::Off => None,
-            Cache::At(dir) => Some(dir.clone()),
-            Cache::Default => Cache::default_dir(),
-        };
         match start(dir) {
             Err(rustmq_etl_pool::StartError::ArtifactCache { dir, message })
-                if *self == Cache::Default =>
+                if matches!(self, Cache::Default(_)) =>
             {
                 eprintln!(
                     "warning: the artifact cache {} cannot be used ({message}): every module is \
@@ -344,13 +351,18 @@ impl Engine {
     fn settings(self) -> Settings {
         let cache = match (&self.artifact_cache, self.no_artifact_cache) {
             (_, true) => Cache::Off,
-            (Some(dir), false) => Cache::At(dir.clone()),
-            (None, false) => Cache::Default,
+            (Some(dir), false) => Cache::At(dir.clone(), self.artifact_cache_max_bytes()),
+            (None, false) => Cache::Default(self.artifact_cache_max_bytes()),
         };
         Settings {
             options: self.options(),
             cache,
         }
+    }
+
+    /// `--artifact-cache-max-mib` in bytes.
+    fn artifact_cache_max_bytes(&self) -> u64 {
+        self.artifact_cache_max_mib.saturating_mul(1 << 20)
     }
 
     /// The orchestrator's options with these settings.

@@ -268,6 +268,22 @@ fn compiled_modules_are_kept_in_a_private_artifact_cache() {
         !dir.path().join("rustmq-etl").exists(),
         "only the named one"
     );
+    // Kept within --artifact-cache-max-mib: at 0, each artifact stored
+    // removes the others, and the one just stored stays.
+    let small = dir.path().join("small");
+    let cache = ["--artifact-cache", small.to_str().unwrap()];
+    let kept_small = run_with(
+        dir.path(),
+        &[&cache[..], &["--artifact-cache-max-mib", "0"]].concat(),
+    );
+    assert_eq!(
+        kept_small.status.code(),
+        Some(0),
+        "{}",
+        text(&kept_small.stderr)
+    );
+    assert_eq!(kept_small.stdout, first.stdout);
+    assert_eq!(artifacts(&small), 1);
 
     // The default, under $XDG_CACHE_HOME; none with --no-artifact-cache.
     let xdg = dir.path().join("xdg");

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -89,10 +89,17 @@ const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/budget-checks/wasm2+exten
 ///   settings, the target, the module's hash and the artifact; one that does
 ///   not verify (written by another program, another engine build, another
 ///   machine's cache, or damaged) is ignored and replaced.
+///
+/// A new module version is a new artifact, so the cache is kept within a
+/// size ([`ArtifactCache::DEFAULT_MAX_BYTES`], or
+/// [`ArtifactCache::max_bytes`]): storing an artifact that takes it past its
+/// size removes the artifacts used the longest ago (loading one counts as a
+/// use: it refreshes the file's modification time), never the one just stored.
 #[derive(Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
     key: [u8; 32],
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for ArtifactCache {
@@ -108,6 +115,10 @@ const KEY_FILE: &str = "key";
 type Tag = Hmac<Sha256>;
 
 impl ArtifactCache {
+    /// The artifacts a cache keeps at most unless told otherwise: 1 GiB, some
+    /// two thousand of the shipped sample modules' (about 0.5 MiB each).
+    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
     /// A cache in `dir` (created if missing, private to this user). Fails if
     /// the directory or its key may be written (or the key read) by other users.
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
@@ -122,7 +133,17 @@ impl ArtifactCache {
         private::check_ancestors(&dir)?;
         remove_stale_temporaries(&dir);
         let key = read_or_make_key(&dir)?;
-        Ok(ArtifactCache { dir, key })
+        Ok(ArtifactCache {
+            dir,
+            key,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        })
+    }
+
+    /// The same cache, kept within `bytes` of artifacts.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 
     fn path(&self, wasm: &[u8]) -> (PathBuf, [u8; 32]) {
@@ -182,7 +203,7 @@ impl ArtifactCache {
     }
 
     fn store(&self, wasm: &[u8], module: &Module) {
-        let result = (|| -> Result<(), String> {
+        let result = (|| -> Result<PathBuf, String> {
             let artifact = module.serialize().map_err(|e| e.to_string())?;
             let (path, module_hash) = self.path(wasm);
             let tag = self.tag(&module_hash, &artifact).finalize().into_bytes();
@@ -197,14 +218,64 @@ impl ArtifactCache {
                 // A full disk, say: leave nothing half-written behind.
                 let _ = fs::remove_file(&tmp);
             }
-            written.map_err(|e| e.to_string())
+            written.map_err(|e| e.to_string())?;
+            Ok(path)
         })();
-        if let Err(e) = result {
-            log::warn!(
+        match result {
+            Ok(stored) => self.keep_within_size(&stored),
+            Err(e) => log::warn!(
                 "artifact cache: cannot store an artifact in {}: {e}",
                 self.dir.display()
-            );
+            ),
         }
+    }
+
+    /// Removes the artifacts used the longest ago (by modification time,
+    /// which a load refreshes) until those left take at most `max_bytes`;
+    /// never `stored`, the one just written. Another process loading one
+    /// removed meanwhile finds it gone and compiles the module.
+    fn keep_within_size(&self, stored: &Path) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut total = 0u64;
+        let mut others: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // `DirEntry::metadata` does not follow a link.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if !meta.is_file() || path.extension().is_none_or(|e| e != "artifact") {
+                continue;
+            }
+            total = total.saturating_add(meta.len());
+            if path != stored {
+                let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                others.push((used, meta.len(), path));
+            }
+        }
+        if total <= self.max_bytes {
+            return;
+        }
+        others.sort();
+        let (mut removed, mut freed) = (0usize, 0u64);
+        for (_, len, path) in others {
+            if total <= self.max_bytes {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed += 1;
+                freed += len;
+            }
+        }
+        log::info!(
+            "artifact cache: removed the {removed} artifact(s) used the longest ago ({freed} \
+             bytes) to keep {} within {} bytes",
+            self.dir.display(),
+            self.max_bytes
+        );
     }
 }
 
@@ -287,6 +358,13 @@ mod private {
         Dir,
         /// Nobody else may read or write it.
         Secret,
+    }
+
+    /// Marks an artifact as just used, for the cache's size limit: its
+    /// modification time is now (best effort: a file system that refuses
+    /// leaves it to be removed earlier than it might).
+    fn used(file: &fs::File) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 
     #[cfg(unix)]
@@ -429,7 +507,8 @@ mod private {
             )));
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(max).read_to_end(&mut bytes)?;
+        (&file).take(max).read_to_end(&mut bytes)?;
+        used(&file);
         Ok(Some(bytes))
     }
 
@@ -444,7 +523,8 @@ mod private {
         match fs::File::open(path) {
             Ok(file) => {
                 let mut bytes = Vec::new();
-                file.take(max).read_to_end(&mut bytes)?;
+                (&file).take(max).read_to_end(&mut bytes)?;
+                used(&file);
                 Ok(Some(bytes))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -29,6 +29,10 @@ pub struct PoolConfig {
     /// Where compiled artifacts are cached (default: none, compile every time).
     /// The directory must be private to this user (see [`ArtifactCache`]).
     pub artifact_cache: Option<PathBuf>,
+    /// The most bytes of artifacts the cache keeps: past it, storing one
+    /// removes those used the longest ago (default
+    /// [`ArtifactCache::DEFAULT_MAX_BYTES`], 1 GiB).
+    pub artifact_cache_max_bytes: u64,
     /// Bytes of bulk memory work a call may do per millisecond of its budget
     /// (default: measured at start, see `docs/abi.md`, "Time budgets").
     pub bulk_bytes_per_ms: Option<u64>,
@@ -44,6 +48,7 @@ impl Default for PoolConfig {
         PoolConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             artifact_cache: None,
+            artifact_cache_max_bytes: ArtifactCache::DEFAULT_MAX_BYTES,
             bulk_bytes_per_ms: None,
             compile_limits: CompileLimits::default(),
             cleaner_interval: Duration::from_secs(1),
@@ -114,10 +119,12 @@ impl Pool {
         };
         let cache = match &config.artifact_cache {
             Some(dir) => Some(
-                ArtifactCache::new(dir).map_err(|e| StartError::ArtifactCache {
-                    dir: dir.clone(),
-                    message: e.to_string(),
-                })?,
+                ArtifactCache::new(dir)
+                    .map_err(|e| StartError::ArtifactCache {
+                        dir: dir.clone(),
+                        message: e.to_string(),
+                    })?
+                    .max_bytes(config.artifact_cache_max_bytes),
             ),
             None => None,
         };

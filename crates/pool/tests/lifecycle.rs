@@ -153,6 +153,88 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
     assert!(pool.load(&formatter, &bytes).unwrap().from_cache());
 }
 
+/// A new module version is a new artifact: the cache keeps within its size
+/// by removing, as it stores one, the artifacts used the longest ago (a load
+/// counts as a use), never the one it just stored.
+#[test]
+fn the_artifact_cache_keeps_within_its_size_removing_what_was_used_longest_ago() {
+    use std::collections::BTreeSet;
+    use std::time::SystemTime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = || -> BTreeSet<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "artifact"))
+            .collect()
+    };
+    let config = |max_bytes| PoolConfig {
+        workers: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        artifact_cache: Some(dir.path().to_owned()),
+        artifact_cache_max_bytes: max_bytes,
+        ..PoolConfig::default()
+    };
+    // Four versions of `identity`, told apart by a custom section (`v0` to
+    // `v3`): four artifacts of one size.
+    let version = |n: u8| {
+        let mut bytes = wasm("identity");
+        bytes.extend([0, 3, 2, b'v', b'0' + n]);
+        bytes
+    };
+    let load = |pool: &Pool, n: u8| {
+        pool.load(&ModuleSpec::new("identity"), &version(n))
+            .unwrap()
+            .from_cache()
+    };
+    // Each version's artifact, stored by a cache with room for all.
+    let mut files = Vec::new();
+    {
+        let pool = Pool::new(config(u64::MAX)).unwrap();
+        for n in 0..4 {
+            let before = artifacts();
+            assert!(!load(&pool, n));
+            let new: Vec<PathBuf> = artifacts().difference(&before).cloned().collect();
+            assert_eq!(new.len(), 1, "version {n} stored one artifact");
+            files.push(new[0].clone());
+        }
+    }
+    let size = std::fs::metadata(&files[0]).unwrap().len();
+    assert!(files
+        .iter()
+        .all(|f| std::fs::metadata(f).unwrap().len() == size));
+    let [a, b, c, d] = <[PathBuf; 4]>::try_from(files).unwrap();
+    std::fs::remove_file(&d).unwrap();
+    // A used three hours ago, B two, C one.
+    for (path, hours) in [(&a, 3), (&b, 2), (&c, 1)] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600 * hours))
+            .unwrap();
+    }
+
+    // Room for three. Loading A makes it the one used last: storing D then
+    // removes B, and storing B again removes C.
+    let pool = Pool::new(config(3 * size)).unwrap();
+    assert!(load(&pool, 0), "A is loaded from the cache");
+    assert_eq!(artifacts().len(), 3, "a load removes nothing");
+    assert!(!load(&pool, 3), "D is compiled and stored");
+    assert_eq!(
+        artifacts(),
+        BTreeSet::from([a.clone(), c.clone(), d.clone()])
+    );
+    assert!(!load(&pool, 1), "B was removed: compiled again");
+    assert_eq!(artifacts(), BTreeSet::from([a, b, d]));
+
+    // A cache smaller than any artifact keeps the one it just stored.
+    let pool = Pool::new(config(1)).unwrap();
+    assert!(!load(&pool, 2));
+    assert_eq!(artifacts(), BTreeSet::from([c]));
+}
+
 /// Calls beyond `max_concurrent_instances` wait (their worker serves other
 /// calls meanwhile) instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
