@@ -31,9 +31,16 @@
 //! "#;
 //! let config = Config::from_text(yaml, Format::Yaml, None)?.config;
 //! // The wasmer engine: one thread per core, each with its own instances.
+//! // (`PoolConfig::artifact_cache` keeps compiled modules between starts.)
 //! let engine = Arc::new(Pool::new(PoolConfig::default())?);
 //! // `modules` is a directory of `<module_id>.wasm` files.
 //! let etl = Orchestrator::new(engine, &config, DirectorySource::new(modules), Options::default())?;
+//! // A module that could not be loaded does not stop the start: its calls
+//! // fail `unavailable`, handled by its pipeline's strategy, until a reload
+//! // loads it. Say so, or refuse to start.
+//! for error in etl.unavailable() {
+//!     eprintln!("warning: {error}");
+//! }
 //!
 //! let messages = vec![
 //!     Message::new("orders.eu", "two pears"),

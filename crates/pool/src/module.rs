@@ -232,8 +232,10 @@ impl ArtifactCache {
 
     /// Removes the artifacts used the longest ago (by modification time,
     /// which a load refreshes) until those left take at most `max_bytes`;
-    /// never `stored`, the one just written. Another process loading one
-    /// removed meanwhile finds it gone and compiles the module.
+    /// never `stored`, the one just written. Only files named as
+    /// [`ArtifactCache::path`] names them count: nothing else in the
+    /// directory is removed. Another process loading one removed meanwhile
+    /// finds it gone and compiles the module.
     fn keep_within_size(&self, stored: &Path) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -241,14 +243,17 @@ impl ArtifactCache {
         let mut total = 0u64;
         let mut others: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
         for entry in entries.flatten() {
-            let path = entry.path();
+            if !is_artifact_name(&entry.file_name()) {
+                continue;
+            }
             // `DirEntry::metadata` does not follow a link.
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            if !meta.is_file() || path.extension().is_none_or(|e| e != "artifact") {
+            if !meta.is_file() {
                 continue;
             }
+            let path = entry.path();
             total = total.saturating_add(meta.len());
             if path != stored {
                 let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -264,19 +269,39 @@ impl ArtifactCache {
             if total <= self.max_bytes {
                 break;
             }
-            if fs::remove_file(&path).is_ok() {
-                total -= len;
-                removed += 1;
-                freed += len;
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    removed += 1;
+                    freed += len;
+                }
+                // Another process sharing the cache removed it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    log::warn!("artifact cache: cannot remove {}: {e}", path.display());
+                    continue;
+                }
             }
+            total -= len;
         }
-        log::info!(
-            "artifact cache: removed the {removed} artifact(s) used the longest ago ({freed} \
-             bytes) to keep {} within {} bytes",
-            self.dir.display(),
-            self.max_bytes
-        );
+        if removed > 0 {
+            log::info!(
+                "artifact cache: removed the {removed} artifact(s) used the longest ago \
+                 ({freed} bytes) to keep {} within {} bytes",
+                self.dir.display(),
+                self.max_bytes
+            );
+        }
     }
+}
+
+/// Whether `name` is one [`ArtifactCache::path`] makes: 64 lower-case
+/// hexadecimal digits and `.artifact`.
+fn is_artifact_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_suffix(".artifact"))
+        .is_some_and(|hash| {
+            hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
 }
 
 /// The largest artifact read back for a module of `wasm`'s size: native code
@@ -779,6 +804,30 @@ mod tests {
     /// engine) and the wasmer version are fingerprinted here: when this
     /// fails, compiling may have changed: bump `COMPILE_SETTINGS` if it did,
     /// then record the new fingerprint.
+    /// The names `keep_within_size` may remove are those `path` makes.
+    #[test]
+    fn artifact_names_are_those_the_cache_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path()).unwrap();
+        for wasm in [&b""[..], b"\0asm", &[7; 1000]] {
+            let (path, _) = cache.path(wasm);
+            assert!(is_artifact_name(path.file_name().unwrap()), "{path:?}");
+        }
+        let hex = "0123456789abcdef".repeat(4);
+        for name in [
+            "key".to_owned(),
+            ".tmp-0123456789abcdef".to_owned(),
+            "firmware.artifact".to_owned(),
+            format!("{}.artifact", hex.to_uppercase()),
+            format!("{}.artifact", &hex[1..]),
+            format!("{hex}0.artifact"),
+            format!("{hex}.artifact.bak"),
+            hex.clone(),
+        ] {
+            assert!(!is_artifact_name(name.as_ref()), "{name}");
+        }
+    }
+
     #[test]
     fn compile_settings_are_bumped_when_compiling_changes() {
         let module = include_str!("module.rs");

@@ -235,6 +235,48 @@ fn the_artifact_cache_keeps_within_its_size_removing_what_was_used_longest_ago()
     assert_eq!(artifacts(), BTreeSet::from([c]));
 }
 
+/// Keeping within its size removes only what the cache names itself: an
+/// `*.artifact` of someone else's, a link or a directory under an artifact's
+/// name are left alone (the directory may be one the user named).
+#[test]
+fn the_artifact_cache_removes_only_its_own_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let named = |c: char| {
+        dir.path()
+            .join(format!("{}.artifact", c.to_string().repeat(64)))
+    };
+    let own_old = named('a');
+    std::fs::write(&own_old, b"an artifact of an earlier module version").unwrap();
+    let foreign = dir.path().join("firmware.artifact");
+    std::fs::write(&foreign, b"the user's own file").unwrap();
+    let upper = dir.path().join(format!("{}.artifact", "A".repeat(64)));
+    std::fs::write(&upper, b"not a name the cache makes").unwrap();
+    let target = outside.path().join("elsewhere");
+    std::fs::write(&target, b"a file a link points to").unwrap();
+    std::os::unix::fs::symlink(&target, named('b')).unwrap();
+    std::fs::create_dir(named('c')).unwrap();
+
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        artifact_cache: Some(dir.path().to_owned()),
+        artifact_cache_max_bytes: 1,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    assert!(!pool
+        .load(&ModuleSpec::new("identity"), &wasm("identity"))
+        .unwrap()
+        .from_cache());
+    assert!(!own_old.exists(), "the cache's own old artifact is removed");
+    for kept in [&foreign, &upper, &target] {
+        assert!(kept.is_file(), "{} is left alone", kept.display());
+    }
+    assert!(std::fs::symlink_metadata(named('b')).unwrap().is_symlink());
+    assert!(named('c').is_dir());
+}
+
 /// Calls beyond `max_concurrent_instances` wait (their worker serves other
 /// calls meanwhile) instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
