@@ -45,37 +45,10 @@ fn per_call(c: &mut Criterion) {
     group.bench_function("baseline", |b| b.iter(|| floor.call()));
     group.finish();
     interleaved("identity_call_256B", || identity.call(), || floor.call());
-    let IdentityCall {
-        module,
-        mut local,
-        message,
-        ..
-    } = identity;
-    let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
-
     let mut group = c.benchmark_group("pooled_vs_on_demand");
-    group.bench_function("optimised", |b| {
-        b.iter(|| {
-            local
-                .call(&module, CallRequest::new(black_box(&message)))
-                .unwrap()
-        })
-    });
-    // No rate limit on creating instances: the bench measures what one costs.
-    let fresh = ModuleSettings {
-        enable_caching: false,
-        max_creations_per_second: u32::MAX,
-        ..ModuleSettings::default()
-    };
-    let fresh = ModuleSpec::new("identity-fresh").with_settings(fresh);
-    let on_demand = LoadedModule::compile(&fresh, &wasm, &settings(rate)).unwrap();
-    group.bench_function("baseline", |b| {
-        b.iter(|| {
-            local
-                .call(&on_demand, CallRequest::new(black_box(&message)))
-                .unwrap()
-        })
-    });
+    group.bench_function("optimised", |b| b.iter(|| identity.call()));
+    let mut fresh = IdentityCall::fresh(rate);
+    group.bench_function("baseline", |b| b.iter(|| fresh.call()));
     group.finish();
 
     resident_memory_of_warm_instances(rate);

@@ -1,6 +1,8 @@
 //! Runs the work of a pool bench in a loop, for counting instructions, which
 //! unlike times do not depend on what else the machine is doing: the identity
-//! call of `identity_call_256B` (`pool`) or its floor (`floor`), and the
+//! call of `identity_call_256B` (`pool`) or its floor (`floor`), the same call
+//! on an instance made for it alone (`fresh`, as for a module without
+//! caching), and the
 //! `serde_json` round trip of `metering_overhead_serde` compiled with the
 //! pool's instrumentation (`metered`) or without (`unmetered`):
 //!
@@ -8,6 +10,7 @@
 //! cargo build --release -p rustmq-etl-pool --example call_loop
 //! valgrind --tool=callgrind target/release/examples/call_loop pool 100000
 //! valgrind --tool=callgrind target/release/examples/call_loop floor 100000
+//! valgrind --tool=callgrind target/release/examples/call_loop fresh 2000
 //! valgrind --tool=callgrind target/release/examples/call_loop metered 20000
 //! valgrind --tool=callgrind target/release/examples/call_loop unmetered 20000
 //! ```
@@ -27,6 +30,10 @@ fn main() {
             let mut identity = workload::IdentityCall::new(1_000_000);
             Box::new(move || identity.call())
         }
+        "fresh" => {
+            let mut fresh = workload::IdentityCall::fresh(1_000_000);
+            Box::new(move || fresh.call())
+        }
         "floor" => {
             let mut floor = workload::Floor::new();
             Box::new(move || floor.call())
@@ -38,7 +45,7 @@ fn main() {
             })
         }
         _ => {
-            eprintln!("usage: call_loop pool|floor|metered|unmetered [CALLS]");
+            eprintln!("usage: call_loop pool|fresh|floor|metered|unmetered [CALLS]");
             std::process::exit(2);
         }
     };

@@ -58,15 +58,30 @@ pub fn settings(bulk_bytes_per_ms: u64) -> CompileSettings {
 
 impl IdentityCall {
     pub fn new(bulk_bytes_per_ms: u64) -> IdentityCall {
-        let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
-        let module = LoadedModule::compile(
-            &ModuleSpec::new("identity"),
-            &wasm,
-            &settings(bulk_bytes_per_ms),
+        Self::with_spec(ModuleSpec::new("identity"), bulk_bytes_per_ms)
+    }
+
+    /// The same call on an instance made for it alone (`enable_caching:
+    /// false`), creation not rate-limited: what a call of an uncached module
+    /// costs.
+    pub fn fresh(bulk_bytes_per_ms: u64) -> IdentityCall {
+        let fresh = rustmq_etl_core::ModuleSettings {
+            enable_caching: false,
+            max_creations_per_second: u32::MAX,
+            ..Default::default()
+        };
+        Self::with_spec(
+            ModuleSpec::new("identity-fresh").with_settings(fresh),
+            bulk_bytes_per_ms,
         )
-        .unwrap()
-        // As a `Pool` loads it for its workers.
-        .run_by_threads(1);
+    }
+
+    fn with_spec(spec: ModuleSpec, bulk_bytes_per_ms: u64) -> IdentityCall {
+        let wasm = std::fs::read(fixtures().join("identity.wasm")).unwrap();
+        let module = LoadedModule::compile(&spec, &wasm, &settings(bulk_bytes_per_ms))
+            .unwrap()
+            // As a `Pool` loads it for its workers.
+            .run_by_threads(1);
         let mut call = IdentityCall {
             module,
             local: LocalPool::new(),
