@@ -48,6 +48,8 @@ mod error;
 mod instance;
 mod limits;
 mod local;
+#[cfg(target_os = "linux")]
+mod memory;
 mod module;
 mod pool;
 mod stats;

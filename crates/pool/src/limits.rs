@@ -2,10 +2,14 @@
 //! creates at what admission (`admission.rs`) left them of the module's memory
 //! limit, and records on the calling thread when a guest tried to grow its
 //! memory past the cap, so that the trap that usually follows (an allocation
-//! failure aborts) is reported as a memory-limit error.
+//! failure aborts) is reported as a memory-limit error. On Linux an
+//! instance's memory reuses the address space of the module's instances
+//! dropped before it (`memory.rs`).
 
 use std::cell::Cell;
 use std::ptr::NonNull;
+#[cfg(target_os = "linux")]
+use std::sync::Arc;
 
 use wasmer::sys::vm::{
     LinearMemory, MemoryError, MemoryStyle, Trap, VMMemory, VMMemoryDefinition, VMSharedMemory,
@@ -15,6 +19,8 @@ use wasmer::sys::{BaseTunables, Tunables};
 use wasmer::{MemoryType, Pages, TableStyle, TableType};
 
 use crate::admission::Admitted;
+#[cfg(target_os = "linux")]
+use crate::memory::{ReusedMemory, Spares};
 
 thread_local! {
     static LIMIT_HIT: Cell<bool> = const { Cell::new(false) };
@@ -30,11 +36,24 @@ pub(crate) fn limit_hit() -> bool {
     LIMIT_HIT.with(Cell::get)
 }
 
+/// Whether growing a memory of `current` pages by `delta` would pass
+/// `limit`: if so, it is noted for [`limit_hit`].
+pub(crate) fn refuses_growth(current: Pages, delta: Pages, limit: Pages) -> bool {
+    let past = current.0 as u64 + delta.0 as u64 > limit.0 as u64;
+    if past {
+        LIMIT_HIT.with(|hit| hit.set(true));
+    }
+    past
+}
+
 /// Caps the memory of an engine's instances at `limit` and every table at its
 /// declared maximum, or its initial size when it declares none.
 pub(crate) struct LimitingTunables {
     base: BaseTunables,
     limit: Pages,
+    /// The reservations of this engine's (module's) dropped instances.
+    #[cfg(target_os = "linux")]
+    spares: Arc<Spares>,
 }
 
 impl LimitingTunables {
@@ -42,6 +61,8 @@ impl LimitingTunables {
         LimitingTunables {
             base: BaseTunables::new(),
             limit: Pages(admitted.memory_pages),
+            #[cfg(target_os = "linux")]
+            spares: Arc::default(),
         }
     }
 
@@ -97,6 +118,17 @@ impl Tunables for LimitingTunables {
         vm_definition_location: NonNull<VMMemoryDefinition>,
     ) -> Result<VMMemory, MemoryError> {
         let ty = self.capped(ty)?;
+        #[cfg(target_os = "linux")]
+        if matches!(style, MemoryStyle::Static) && !ty.shared {
+            // SAFETY: the engine guarantees the location, for the memory's
+            // instance's life.
+            let memory = unsafe {
+                ReusedMemory::new(ty, self.limit, vm_definition_location, self.spares.clone())?
+            };
+            return Ok(VMMemory::from_custom(
+                Box::new(memory) as Box<dyn LinearMemory + Send + Sync>
+            ));
+        }
         // SAFETY: forwarded unchanged from the engine, which guarantees it.
         let inner = unsafe {
             self.base
@@ -149,8 +181,7 @@ impl LinearMemory for Limited {
 
     fn grow(&mut self, delta: Pages) -> Result<Pages, MemoryError> {
         let current = self.inner.size();
-        if current.0 as u64 + delta.0 as u64 > self.limit.0 as u64 {
-            LIMIT_HIT.with(|hit| hit.set(true));
+        if refuses_growth(current, delta, self.limit) {
             return Err(MemoryError::CouldNotGrow {
                 current,
                 attempted_delta: delta,

@@ -277,6 +277,69 @@ fn memory_growth_stops_at_the_limit_and_says_so() {
     next_calls_succeed(&grow);
 }
 
+/// An instance made for each call (no caching) starts as a new one would,
+/// whatever the instance before it did, although its memory reuses that
+/// instance's address space (`memory.rs`): its memory is the module's
+/// initial size, the data segments are as written, every other byte is zero
+/// (in the initial pages and in a page the instance before grew into), and a
+/// page past the initial size faults.
+#[test]
+fn an_instance_never_sees_what_the_instance_before_it_left_in_memory() {
+    let _serial = serial();
+    // Every call checks what it finds, then leaves marks everywhere it can:
+    // over a data segment, in its initial page, and in a page it grows into.
+    // A message of more than 100 bytes reads that grown page first: it must
+    // trap, the memory being one page again.
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
+            (if (i32.gt_u (local.get $len) (i32.const 100))
+              (then (drop (i32.load (i32.const 65636)))))
+            (if (i32.ne (memory.size) (i32.const 1))
+              (then (return (i64.const 0x0000002000000009))))
+            (if (i32.ne (i32.load (i32.const 20)) (i32.const 0x07070707))
+              (then (return (i64.const 0x0000003000000009))))
+            (if (i32.ne (i32.load (i32.const 60000)) (i32.const 0))
+              (then (return (i64.const 0x000000400000000a))))
+            (i32.store (i32.const 20) (i32.const 0x41414141))
+            (i32.store (i32.const 60000) (i32.const 0x41414141))
+            (if (i32.ne (memory.grow (i32.const 1)) (i32.const 1))
+              (then unreachable))
+            (if (i32.ne (i32.load (i32.const 65636)) (i32.const 0))
+              (then (return (i64.const 0x000000400000000a))))
+            (i32.store (i32.const 65636) (i32.const 0x42424242))
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00")
+          (data (i32.const 20) "\07\07\07\07")
+          (data (i32.const 32) "\03\04\00\00\00size")
+          (data (i32.const 48) "\03\04\00\00\00data")
+          (data (i32.const 64) "\03\05\00\00\00dirty"))"#,
+    )
+    .unwrap();
+    let fresh = ModuleSettings {
+        enable_caching: false,
+        max_creations_per_second: u32::MAX,
+        ..config(BUDGET_MS)
+    };
+    let module = load("fresh-each-call", &wasm, fresh).unwrap();
+    for round in 0..4 {
+        for call_number in 0..3 {
+            assert_eq!(
+                call(&module, &calm_message()),
+                Ok(Outcome::Unchanged),
+                "round {round}, call {call_number}: the instance found the memory as a new one's"
+            );
+        }
+        let err = call(&module, &attack_message()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Trap, "round {round}: {err}");
+    }
+    next_calls_succeed(&module);
+}
+
 #[test]
 fn features_beyond_the_accepted_set_are_refused_at_load() {
     let _serial = serial();
