@@ -51,7 +51,7 @@ pub(crate) fn refuses_growth(current: Pages, delta: Pages, limit: Pages) -> bool
 pub(crate) struct LimitingTunables {
     base: BaseTunables,
     limit: Pages,
-    /// The reservations of this engine's (module's) dropped instances.
+    /// The reservations of dropped instances (the process's).
     #[cfg(target_os = "linux")]
     spares: Arc<Spares>,
 }
@@ -62,7 +62,7 @@ impl LimitingTunables {
             base: BaseTunables::new(),
             limit: Pages(admitted.memory_pages),
             #[cfg(target_os = "linux")]
-            spares: Arc::default(),
+            spares: Spares::global(),
         }
     }
 

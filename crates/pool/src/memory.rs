@@ -10,34 +10,48 @@
 //! instance per call) that is most of a call's cost, in the kernel (mapping,
 //! unmapping and freeing page tables: `docs/performance.md`).
 //!
-//! Here a dropped instance's reservation is emptied instead and kept for the
-//! module's next instance: `madvise(MADV_DONTNEED)` over everything the
-//! instance could reach (every page of a private anonymous mapping reads as
-//! zero afterwards, as in a new mapping), and the pages it grew into made
-//! inaccessible again. The next instance gets a reservation exactly like a
-//! new one: zero bytes, accessible up to the module's minimum, faulting past
-//! it. A reservation the kernel refuses to empty is unmapped, never reused.
+//! Here, when an instance's store is dropped, its memory's reservation is
+//! emptied instead and kept for the next instance (of any module):
+//! `madvise(MADV_DONTNEED)` over everything the instance could reach (every
+//! page of a private anonymous mapping reads as zero afterwards, as in a new
+//! mapping), and the pages past the module's initial size made inaccessible
+//! again. The next instance gets a reservation like a new one: zero bytes,
+//! accessible up to its module's minimum, faulting past it. A reservation the
+//! kernel refuses to empty, or whose protection it ever failed to change (a
+//! failed `mprotect` may have changed part of its range), is unmapped, never
+//! reused. The reservation is mapped as wasmer maps its own (no
+//! `MAP_NORESERVE`): commit accounting sees a guest's memory as before, and a
+//! spare keeps the charge of its initial pages until it is used again.
+//!
+//! The memory is dropped with the store's other objects, before the
+//! instance's own `Drop`s have run: nothing may read or write guest memory
+//! from a `Drop` (the host's log function's environment does not), since the
+//! reservation may already serve another thread's instance.
 
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmer::sys::vm::{LinearMemory, MemoryError, MemoryStyle, VMMemoryDefinition};
 use wasmer::{MemoryType, Pages};
 
 use crate::limits::refuses_growth;
 
-/// Emptied reservations a module keeps for its next instances, at most: an
-/// instance per call needs one at a time per thread; a few more cover
-/// instances dropped together (eviction, a swap).
-const KEPT: usize = 8;
+/// Emptied reservations the process keeps for its next instances, at most
+/// (8 GiB of address space each, of the 128 TiB a process has): an instance
+/// per call needs one at a time per worker thread; more cover instances
+/// dropped together (eviction, a swap).
+const KEPT: usize = 32;
 
 /// Address space from `mmap`: `len` bytes at `base`, the first `accessible`
-/// readable and writable, the rest not accessible at all.
+/// readable and writable, the rest not accessible at all — unless `sound` is
+/// false: a change of protection failed, and the kernel may have made it for
+/// part of the range.
 #[derive(Debug)]
 struct Reservation {
     base: NonNull<u8>,
     len: usize,
     accessible: usize,
+    sound: bool,
 }
 
 // SAFETY: a range of this process's address space, owned by one memory (or
@@ -60,7 +74,7 @@ impl Reservation {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -74,6 +88,7 @@ impl Reservation {
             base: NonNull::new(base.cast()).expect("mmap does not answer null"),
             len,
             accessible: 0,
+            sound: true,
         };
         reservation.make_accessible(accessible)?;
         Ok(reservation)
@@ -90,16 +105,7 @@ impl Reservation {
                 self.len
             )));
         }
-        // SAFETY: the range lies within this reservation, which only its
-        // owner changes.
-        let made = unsafe {
-            libc::mprotect(
-                self.base.as_ptr().add(self.accessible).cast(),
-                bytes - self.accessible,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if made != 0 {
+        if !self.protect(self.accessible, bytes, libc::PROT_READ | libc::PROT_WRITE) {
             return Err(os_error(format!(
                 "cannot make {bytes} bytes of memory accessible"
             )));
@@ -108,32 +114,60 @@ impl Reservation {
         Ok(())
     }
 
+    /// Leaves only the first `bytes` accessible (fewer than are). False if
+    /// the kernel refuses.
+    fn make_inaccessible_from(&mut self, bytes: usize) -> bool {
+        if bytes >= self.accessible {
+            return true;
+        }
+        let made = self.protect(bytes, self.accessible, libc::PROT_NONE);
+        if made {
+            self.accessible = bytes;
+        }
+        made
+    }
+
+    /// Gives bytes `from..to` the protection `prot`. A failure leaves the
+    /// reservation unsound: the kernel may have changed part of the range.
+    fn protect(&mut self, from: usize, to: usize, prot: libc::c_int) -> bool {
+        debug_assert!(from < to && to <= self.len);
+        // SAFETY: the range lies within this reservation, which only its
+        // owner changes.
+        let made =
+            unsafe { libc::mprotect(self.base.as_ptr().add(from).cast(), to - from, prot) } == 0;
+        self.sound &= made;
+        made
+    }
+
     /// The reservation emptied for another instance: every page zero, the
     /// first `keep` bytes accessible (no more than were), the rest not. None
-    /// if the kernel refuses (it is then unmapped).
+    /// if the kernel refuses, or ever refused it a change of protection (it
+    /// is then unmapped).
     fn emptied(mut self, keep: usize) -> Option<Reservation> {
-        let base = self.base.as_ptr();
-        // SAFETY: the ranges lie within this reservation, which no instance
-        // uses any more (its memory was dropped).
-        unsafe {
-            if self.accessible > 0
-                && libc::madvise(base.cast(), self.accessible, libc::MADV_DONTNEED) != 0
-            {
-                return None;
-            }
-            if self.accessible > keep {
-                if libc::mprotect(
-                    base.add(keep).cast(),
-                    self.accessible - keep,
-                    libc::PROT_NONE,
-                ) != 0
-                {
-                    return None;
-                }
-                self.accessible = keep;
-            }
+        if !self.sound {
+            return None;
         }
-        Some(self)
+        // SAFETY: the range lies within this reservation, which no instance
+        // uses any more (its memory was dropped).
+        let emptied = self.accessible == 0
+            || unsafe {
+                libc::madvise(
+                    self.base.as_ptr().cast(),
+                    self.accessible,
+                    libc::MADV_DONTNEED,
+                )
+            } == 0;
+        (emptied && self.make_inaccessible_from(keep)).then_some(self)
+    }
+
+    /// Fits an emptied reservation to a memory starting at `bytes`: those
+    /// accessible, the rest not. False if the kernel refuses.
+    fn fit(&mut self, bytes: usize) -> bool {
+        if bytes > self.accessible {
+            self.make_accessible(bytes).is_ok()
+        } else {
+            self.make_inaccessible_from(bytes)
+        }
     }
 }
 
@@ -146,11 +180,17 @@ impl Drop for Reservation {
     }
 }
 
-/// One module's emptied reservations, for its next instances.
+/// Emptied reservations, for the next instances.
 #[derive(Debug, Default)]
 pub(crate) struct Spares(Mutex<Vec<Reservation>>);
 
 impl Spares {
+    /// The process's, which every engine's memories share.
+    pub(crate) fn global() -> Arc<Spares> {
+        static GLOBAL: OnceLock<Arc<Spares>> = OnceLock::new();
+        GLOBAL.get_or_init(Arc::default).clone()
+    }
+
     fn take(&self) -> Option<Reservation> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
@@ -163,8 +203,8 @@ impl Spares {
     }
 }
 
-/// An instance's memory in a reservation that goes back to the module's
-/// spares, emptied, when the instance is dropped.
+/// An instance's memory in a reservation that goes back to the spares,
+/// emptied, when the instance's store is dropped.
 #[derive(Debug)]
 pub(crate) struct ReusedMemory {
     reservation: Option<Reservation>,
@@ -183,13 +223,15 @@ pub(crate) struct ReusedMemory {
 // that owns this memory and is written only through `&mut self` (growing),
 // as wasmer's own memories write theirs.
 unsafe impl Send for ReusedMemory {}
-// SAFETY: `&ReusedMemory` writes nothing.
+// SAFETY: `&ReusedMemory` changes nothing of its own. Guest memory written
+// through the definition (`initialize_with_data` takes `&self`) is ordered
+// by the engine, as for wasmer's own memories.
 unsafe impl Sync for ReusedMemory {}
 
 impl ReusedMemory {
     /// A memory of type `ty` (already capped) in the static style, its
-    /// definition written at `definition`, in a spare reservation of the
-    /// module's if it has one.
+    /// definition written at `definition`, in a spare reservation if there
+    /// is one.
     ///
     /// # Safety
     /// `definition` must point to the instance's `VMMemoryDefinition` for
@@ -211,12 +253,13 @@ impl ReusedMemory {
                 max_allowed: MemoryStyle::static_bound(),
             });
         }
-        let reservation = match spares.take() {
-            Some(mut spare) if spare.len == len && spare.accessible <= minimum => {
-                spare.make_accessible(minimum)?;
-                spare
-            }
-            _ => Reservation::new(len, minimum)?,
+        let spare = spares
+            .take()
+            .filter(|spare| spare.len == len)
+            .and_then(|mut spare| spare.fit(minimum).then_some(spare));
+        let reservation = match spare {
+            Some(spare) => spare,
+            None => Reservation::new(len, minimum)?,
         };
         let mut memory = ReusedMemory {
             reservation: Some(reservation),
@@ -318,5 +361,157 @@ impl Drop for ReusedMemory {
                 self.spares.keep(emptied);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = wasmer::WASM_PAGE_SIZE;
+
+    /// A memory of `minimum` pages (at most 16) on `spares`, its definition
+    /// in a box of its own, as an instance's would be in its `VMContext`.
+    fn memory(minimum: u32, spares: &Arc<Spares>) -> (ReusedMemory, Box<VMMemoryDefinition>) {
+        let mut definition = Box::new(VMMemoryDefinition {
+            base: std::ptr::null_mut(),
+            current_length: 0,
+        });
+        let ty = MemoryType::new(minimum, Some(16), false);
+        // SAFETY: the box outlives the memory in every test below.
+        let memory = unsafe {
+            ReusedMemory::new(
+                ty,
+                Pages(16),
+                NonNull::from(&mut *definition),
+                spares.clone(),
+            )
+        }
+        .unwrap();
+        (memory, definition)
+    }
+
+    /// The protection of the mappings of this process overlapping `len`
+    /// bytes at `base`, with their ranges relative to `base` (neighbours of
+    /// one protection together: the kernel keeps a range that was writable
+    /// apart from one never written, for its commit accounting).
+    fn mappings(base: *const u8, len: usize) -> Vec<(usize, usize, String)> {
+        let (base, end) = (base as usize, base as usize + len);
+        let mut ranges: Vec<(usize, usize, String)> = Vec::new();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let overlapping = maps.lines().filter_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            let (from, to) = range.split_once('-')?;
+            let from = usize::from_str_radix(from, 16).ok()?;
+            let to = usize::from_str_radix(to, 16).ok()?;
+            (from < end && to > base).then(|| {
+                (
+                    from.max(base) - base,
+                    to.min(end) - base,
+                    rest[..4].to_owned(),
+                )
+            })
+        });
+        for (from, to, perms) in overlapping {
+            match ranges.last_mut() {
+                Some(last) if last.1 == from && last.2 == perms => last.1 = to,
+                _ => ranges.push((from, to, perms)),
+            }
+        }
+        ranges
+    }
+
+    /// Whether `bytes` bytes at `base` are all zero.
+    fn zeros(base: *const u8, bytes: usize) -> bool {
+        // SAFETY: the tests read only what their memory has accessible.
+        unsafe { std::slice::from_raw_parts(base, bytes) }
+            .iter()
+            .all(|&b| b == 0)
+    }
+
+    #[test]
+    fn a_dropped_memory_serves_the_next_emptied_with_its_growth_inaccessible() {
+        let spares = Arc::new(Spares::default());
+        let (mut first, definition) = memory(2, &spares);
+        let base = definition.base;
+        assert_eq!(definition.current_length, 2 * PAGE);
+        assert_eq!(first.grow(Pages(3)).unwrap(), Pages(2));
+        assert_eq!(definition.current_length, 5 * PAGE);
+        // SAFETY: five pages are accessible now.
+        unsafe { std::ptr::write_bytes(base, 0xa5, 5 * PAGE) };
+        let len = first.reservation().len;
+        drop(first);
+        drop(definition);
+
+        let (mut second, definition) = memory(2, &spares);
+        assert_eq!(definition.base, base, "the reservation is reused");
+        assert_eq!(definition.current_length, 2 * PAGE);
+        assert_eq!(second.size(), Pages(2));
+        assert!(zeros(base, 2 * PAGE), "the pages left accessible are zero");
+        assert_eq!(
+            mappings(base, len),
+            vec![
+                (0, 2 * PAGE, "rw-p".to_owned()),
+                (2 * PAGE, len, "---p".to_owned())
+            ],
+            "accessible up to the minimum, not past it"
+        );
+        assert_eq!(second.grow(Pages(3)).unwrap(), Pages(2));
+        assert!(zeros(base, 5 * PAGE), "the pages grown into again are zero");
+    }
+
+    #[test]
+    fn a_spare_fits_a_memory_of_another_minimum() {
+        let spares = Arc::new(Spares::default());
+        let (larger, definition) = memory(4, &spares);
+        let (base, len) = (definition.base, larger.reservation().len);
+        drop(larger);
+        let (smaller, definition) = memory(1, &spares);
+        assert_eq!(definition.base, base);
+        assert_eq!(
+            mappings(base, len),
+            vec![(0, PAGE, "rw-p".to_owned()), (PAGE, len, "---p".to_owned())]
+        );
+        drop(smaller);
+        let (_larger, definition) = memory(6, &spares);
+        assert_eq!(definition.base, base);
+        assert_eq!(
+            mappings(base, len),
+            vec![
+                (0, 6 * PAGE, "rw-p".to_owned()),
+                (6 * PAGE, len, "---p".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn growth_is_refused_past_the_maximum_and_the_limit() {
+        let spares = Arc::new(Spares::default());
+        let (mut memory, definition) = memory(2, &spares);
+        crate::limits::reset_limit_hit();
+        assert!(memory.grow(Pages(15)).is_err(), "past the limit of 16");
+        assert!(crate::limits::limit_hit());
+        assert_eq!(memory.grow(Pages(0)).unwrap(), Pages(2));
+        assert_eq!(memory.grow(Pages(14)).unwrap(), Pages(2));
+        assert_eq!(definition.current_length, 16 * PAGE);
+        assert_eq!(memory.ty().minimum, Pages(16));
+    }
+
+    #[test]
+    fn at_most_kept_spares_and_never_an_unsound_one() {
+        let spares = Arc::new(Spares::default());
+        let memories: Vec<_> = (0..KEPT + 3).map(|_| memory(1, &spares)).collect();
+        drop(memories);
+        assert_eq!(spares.0.lock().unwrap().len(), KEPT);
+
+        let spares = Arc::new(Spares::default());
+        let (mut memory, _definition) = memory(1, &spares);
+        // As after a failed `mprotect`.
+        memory.reservation.as_mut().unwrap().sound = false;
+        drop(memory);
+        assert!(
+            spares.0.lock().unwrap().is_empty(),
+            "an unsound reservation is unmapped"
+        );
     }
 }

@@ -281,37 +281,48 @@ fn memory_growth_stops_at_the_limit_and_says_so() {
 /// whatever the instance before it did, although its memory reuses that
 /// instance's address space (`memory.rs`): its memory is the module's
 /// initial size, the data segments are as written, every other byte is zero
-/// (in the initial pages and in a page the instance before grew into), and a
-/// page past the initial size faults.
+/// (in the initial pages and in the pages the instance before grew into), and
+/// the pages past the initial size fault.
 #[test]
 fn an_instance_never_sees_what_the_instance_before_it_left_in_memory() {
     let _serial = serial();
-    // Every call checks what it finds, then leaves marks everywhere it can:
-    // over a data segment, in its initial page, and in a page it grows into.
-    // A message of more than 100 bytes reads that grown page first: it must
-    // trap, the memory being one page again.
+    // Every call checks what it finds, then writes over everything it can:
+    // its two initial pages (but for the data and the message the host
+    // wrote, below 2048) and three pages it grows into. A message of more
+    // than 100 bytes first reads the last byte of the last of those: it must
+    // trap, the memory being two pages again.
     let wasm = wat::parse_str(
         r#"(module
-          (memory (export "memory") 1)
+          (memory (export "memory") 2)
           (func (export "rmq_abi_version") (result i32) (i32.const 1))
           (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
           (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          ;; Whether every byte from $at to $end is zero.
+          (func $zero (param $at i32) (param $end i32) (result i32)
+            (block $done
+              (loop $next
+                (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+                (if (i64.ne (i64.load (local.get $at)) (i64.const 0))
+                  (then (return (i32.const 0))))
+                (local.set $at (i32.add (local.get $at) (i32.const 8)))
+                (br $next)))
+            (i32.const 1))
           (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
             (if (i32.gt_u (local.get $len) (i32.const 100))
-              (then (drop (i32.load (i32.const 65636)))))
-            (if (i32.ne (memory.size) (i32.const 1))
+              (then (drop (i32.load8_u (i32.const 327679)))))
+            (if (i32.ne (memory.size) (i32.const 2))
               (then (return (i64.const 0x0000002000000009))))
             (if (i32.ne (i32.load (i32.const 20)) (i32.const 0x07070707))
               (then (return (i64.const 0x0000003000000009))))
-            (if (i32.ne (i32.load (i32.const 60000)) (i32.const 0))
+            (if (i32.eqz (call $zero (i32.const 2048) (i32.const 131072)))
               (then (return (i64.const 0x000000400000000a))))
             (i32.store (i32.const 20) (i32.const 0x41414141))
-            (i32.store (i32.const 60000) (i32.const 0x41414141))
-            (if (i32.ne (memory.grow (i32.const 1)) (i32.const 1))
+            (memory.fill (i32.const 2048) (i32.const 0xa5) (i32.const 129024))
+            (if (i32.ne (memory.grow (i32.const 3)) (i32.const 2))
               (then unreachable))
-            (if (i32.ne (i32.load (i32.const 65636)) (i32.const 0))
+            (if (i32.eqz (call $zero (i32.const 131072) (i32.const 327680)))
               (then (return (i64.const 0x000000400000000a))))
-            (i32.store (i32.const 65636) (i32.const 0x42424242))
+            (memory.fill (i32.const 131072) (i32.const 0xa5) (i32.const 196608))
             (i64.const 0x0000001000000001))
           (data (i32.const 16) "\00")
           (data (i32.const 20) "\07\07\07\07")
