@@ -3,8 +3,8 @@
 //! limit, and records on the calling thread when a guest tried to grow its
 //! memory past the cap, so that the trap that usually follows (an allocation
 //! failure aborts) is reported as a memory-limit error. On Linux an
-//! instance's memory reuses the address space of the module's instances
-//! dropped before it (`memory.rs`).
+//! instance's memory reuses the address space of an instance dropped before
+//! it (`memory.rs`).
 
 use std::cell::Cell;
 use std::ptr::NonNull;

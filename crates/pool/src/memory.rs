@@ -1,5 +1,5 @@
-//! Linear memories whose address space is reused across a module's
-//! instances (Linux).
+//! Linear memories whose address space is reused from one instance to the
+//! next (Linux).
 //!
 //! Under wasmer's static memory style an instance's memory is a reservation
 //! of 8 GiB of address space (4 GiB a 32-bit index reaches, then a 4 GiB
@@ -20,8 +20,12 @@
 //! kernel refuses to empty, or whose protection it ever failed to change (a
 //! failed `mprotect` may have changed part of its range), is unmapped, never
 //! reused. The reservation is mapped as wasmer maps its own (no
-//! `MAP_NORESERVE`): commit accounting sees a guest's memory as before, and a
-//! spare keeps the charge of its initial pages until it is used again.
+//! `MAP_NORESERVE`), so commit accounting charges a guest's memory as it
+//! grows, as before; but the kernel does not give the charge back when pages
+//! are made inaccessible again, so a spare holds the charge of every page it
+//! ever had accessible (it matters under `vm.overcommit_memory=2`). A
+//! reservation that grew past [`KEPT_BYTES`] is therefore unmapped rather
+//! than kept: the spares hold at most [`KEPT`] × [`KEPT_BYTES`] of charge.
 //!
 //! The memory is dropped with the store's other objects, before the
 //! instance's own `Drop`s have run: nothing may read or write guest memory
@@ -41,6 +45,11 @@ use crate::limits::refuses_growth;
 /// per call needs one at a time per worker thread; more cover instances
 /// dropped together (eviction, a swap).
 const KEPT: usize = 32;
+
+/// A reservation that had more than this accessible is unmapped rather than
+/// kept: emptying it would cost more, and a spare holds the commit charge of
+/// all it had accessible.
+const KEPT_BYTES: usize = 16 << 20;
 
 /// Address space from `mmap`: `len` bytes at `base`, the first `accessible`
 /// readable and writable, the rest not accessible at all — unless `sound` is
@@ -141,10 +150,10 @@ impl Reservation {
 
     /// The reservation emptied for another instance: every page zero, the
     /// first `keep` bytes accessible (no more than were), the rest not. None
-    /// if the kernel refuses, or ever refused it a change of protection (it
-    /// is then unmapped).
+    /// if the kernel refuses, or ever refused it a change of protection, or
+    /// if more than [`KEPT_BYTES`] are accessible (it is then unmapped).
     fn emptied(mut self, keep: usize) -> Option<Reservation> {
-        if !self.sound {
+        if !self.sound || self.accessible > KEPT_BYTES {
             return None;
         }
         // SAFETY: the range lies within this reservation, which no instance
@@ -463,25 +472,29 @@ mod tests {
     #[test]
     fn a_spare_fits_a_memory_of_another_minimum() {
         let spares = Arc::new(Spares::default());
-        let (larger, definition) = memory(4, &spares);
-        let (base, len) = (definition.base, larger.reservation().len);
-        drop(larger);
-        let (smaller, definition) = memory(1, &spares);
-        assert_eq!(definition.base, base);
-        assert_eq!(
-            mappings(base, len),
-            vec![(0, PAGE, "rw-p".to_owned()), (PAGE, len, "---p".to_owned())]
-        );
-        drop(smaller);
-        let (_larger, definition) = memory(6, &spares);
-        assert_eq!(definition.base, base);
-        assert_eq!(
-            mappings(base, len),
-            vec![
-                (0, 6 * PAGE, "rw-p".to_owned()),
-                (6 * PAGE, len, "---p".to_owned())
-            ]
-        );
+        let len = {
+            let (larger, definition) = memory(4, &spares);
+            // SAFETY: four pages are accessible.
+            unsafe { std::ptr::write_bytes(definition.base, 0xa5, 4 * PAGE) };
+            larger.reservation().len
+        };
+        for minimum in [1, 6, 0, 3] {
+            let (memory, definition) = memory(minimum, &spares);
+            let base = definition.base;
+            let bytes = minimum as usize * PAGE;
+            assert_eq!(definition.current_length, bytes);
+            assert!(zeros(base, bytes), "minimum {minimum}: zero");
+            let expected: Vec<_> = [(0, bytes, "rw-p"), (bytes, len, "---p")]
+                .into_iter()
+                .filter(|(from, to, _)| from < to)
+                .map(|(from, to, perms)| (from, to, perms.to_owned()))
+                .collect();
+            assert_eq!(mappings(base, len), expected, "minimum {minimum}");
+            // SAFETY: `bytes` are accessible.
+            unsafe { std::ptr::write_bytes(base, 0xa5, bytes) };
+            drop(memory);
+            assert_eq!(spares.0.lock().unwrap().len(), 1, "minimum {minimum}: kept");
+        }
     }
 
     #[test]
@@ -512,6 +525,28 @@ mod tests {
         assert!(
             spares.0.lock().unwrap().is_empty(),
             "an unsound reservation is unmapped"
+        );
+
+        let ty = MemoryType::new(1, Some(1024), false);
+        let mut definition = VMMemoryDefinition {
+            base: std::ptr::null_mut(),
+            current_length: 0,
+        };
+        // SAFETY: `definition` outlives the memory.
+        let mut large = unsafe {
+            ReusedMemory::new(
+                ty,
+                Pages(1024),
+                NonNull::from(&mut definition),
+                spares.clone(),
+            )
+        }
+        .unwrap();
+        large.grow(Pages((KEPT_BYTES / PAGE) as u32)).unwrap();
+        drop(large);
+        assert!(
+            spares.0.lock().unwrap().is_empty(),
+            "a reservation that grew past KEPT_BYTES is unmapped"
         );
     }
 }
