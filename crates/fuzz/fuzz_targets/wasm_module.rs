@@ -61,42 +61,13 @@ fn good() -> &'static LoadedModule {
 }
 
 /// A module without caching whose every call checks that its memory is as a
-/// new instance's: two pages, zero but for its data (below 1024) and the
-/// message the host wrote (at 1024, below 2048), and three pages grown into
-/// zero too. It answers "unchanged", or an error saying what it found.
+/// new instance's (the sandbox tests' `fresh_instance.wat`): it answers
+/// "unchanged", or an error saying what it found.
 fn canary() -> &'static LoadedModule {
     static CANARY: OnceLock<LoadedModule> = OnceLock::new();
     CANARY.get_or_init(|| {
-        let wasm = wat::parse_str(
-            r#"(module
-              (memory (export "memory") 2)
-              (func (export "rmq_abi_version") (result i32) (i32.const 1))
-              (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-              (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
-              (func $zero (param $at i32) (param $end i32) (result i32)
-                (block $done
-                  (loop $next
-                    (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
-                    (if (i64.ne (i64.load (local.get $at)) (i64.const 0))
-                      (then (return (i32.const 0))))
-                    (local.set $at (i32.add (local.get $at) (i32.const 8)))
-                    (br $next)))
-                (i32.const 1))
-              (func (export "rmq_transform") (param i32 i32) (result i64)
-                (if (i32.ne (memory.size) (i32.const 2))
-                  (then (return (i64.const 0x0000002000000009))))
-                (if (i32.eqz (call $zero (i32.const 2048) (i32.const 131072)))
-                  (then (return (i64.const 0x000000400000000a))))
-                (if (i32.ne (memory.grow (i32.const 3)) (i32.const 2))
-                  (then unreachable))
-                (if (i32.eqz (call $zero (i32.const 131072) (i32.const 327680)))
-                  (then (return (i64.const 0x000000400000000a))))
-                (i64.const 0x0000001000000001))
-              (data (i32.const 16) "\00")
-              (data (i32.const 32) "\03\04\00\00\00size")
-              (data (i32.const 64) "\03\05\00\00\00dirty"))"#,
-        )
-        .unwrap();
+        let wasm =
+            wat::parse_str(include_str!("../../pool/tests/attacks/fresh_instance.wat")).unwrap();
         let fresh = ModuleSettings {
             enable_caching: false,
             max_creations_per_second: u32::MAX,

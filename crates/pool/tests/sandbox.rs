@@ -293,48 +293,7 @@ fn an_instance_never_sees_what_the_instance_before_it_left_in_memory() {
     // the message's length: the first byte of the first, the last of each):
     // it must trap, the memory being two pages again. (That the address space
     // is reused at all, `memory.rs`'s unit tests show.)
-    let wasm = wat::parse_str(
-        r#"(module
-          (memory (export "memory") 2)
-          (func (export "rmq_abi_version") (result i32) (i32.const 1))
-          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
-          ;; Whether every byte from $at to $end is zero.
-          (func $zero (param $at i32) (param $end i32) (result i32)
-            (block $done
-              (loop $next
-                (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
-                (if (i64.ne (i64.load (local.get $at)) (i64.const 0))
-                  (then (return (i32.const 0))))
-                (local.set $at (i32.add (local.get $at) (i32.const 8)))
-                (br $next)))
-            (i32.const 1))
-          (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
-            (if (i32.gt_u (local.get $len) (i32.const 100))
-              (then (drop (i32.load8_u
-                (i32.add (i32.const 131072)
-                  (i32.mul (i32.and (local.get $len) (i32.const 3)) (i32.const 65535)))))))
-            (if (i32.ne (memory.size) (i32.const 2))
-              (then (return (i64.const 0x0000002000000009))))
-            (if (i32.ne (i32.load (i32.const 20)) (i32.const 0x07070707))
-              (then (return (i64.const 0x0000003000000009))))
-            (if (i32.eqz (call $zero (i32.const 2048) (i32.const 131072)))
-              (then (return (i64.const 0x000000400000000a))))
-            (i32.store (i32.const 20) (i32.const 0x41414141))
-            (memory.fill (i32.const 2048) (i32.const 0xa5) (i32.const 129024))
-            (if (i32.ne (memory.grow (i32.const 3)) (i32.const 2))
-              (then unreachable))
-            (if (i32.eqz (call $zero (i32.const 131072) (i32.const 327680)))
-              (then (return (i64.const 0x000000400000000a))))
-            (memory.fill (i32.const 131072) (i32.const 0xa5) (i32.const 196608))
-            (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00")
-          (data (i32.const 20) "\07\07\07\07")
-          (data (i32.const 32) "\03\04\00\00\00size")
-          (data (i32.const 48) "\03\04\00\00\00data")
-          (data (i32.const 64) "\03\05\00\00\00dirty"))"#,
-    )
-    .unwrap();
+    let wasm = wat::parse_str(include_str!("attacks/fresh_instance.wat")).unwrap();
     let fresh = ModuleSettings {
         enable_caching: false,
         max_creations_per_second: u32::MAX,
