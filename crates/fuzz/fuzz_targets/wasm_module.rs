@@ -124,24 +124,20 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 "a call took {took:?} with a {BUDGET_MS} ms budget"
             );
         }
-        let report = local
-            .call(good(), CallRequest::new(&message))
-            .expect("the good module starts at once");
-        assert_eq!(
-            report.result,
-            Ok(Outcome::Unchanged),
-            "the next good call fails"
-        );
+        let answers_unchanged = |local: &mut LocalPool, module: &LoadedModule, failure: &str| {
+            let report = local
+                .call(module, CallRequest::new(&message))
+                .expect("a module of these starts at once");
+            assert_eq!(report.result, Ok(Outcome::Unchanged), "{failure}");
+        };
+        answers_unchanged(&mut local, good(), "the next good call fails");
         drop(module);
         // The fuzzed module's instances go with its slot.
         local.evict_idle();
-        let report = local
-            .call(canary(), CallRequest::new(&message))
-            .expect("the canary starts at once");
-        assert_eq!(
-            report.result,
-            Ok(Outcome::Unchanged),
-            "a new instance found memory an earlier one left"
+        answers_unchanged(
+            &mut local,
+            canary(),
+            "a new instance found memory an earlier one left",
         );
     });
     Ok(())
