@@ -263,7 +263,19 @@ impl<E: Engine> Orchestrator<E> {
     /// stays (`ReloadReport::changed` is false). Blocks while modules
     /// compile.
     pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
-        let _one_at_a_time = lock(&self.inner.reloading);
+        let one_at_a_time = lock(&self.inner.reloading);
+        self.put_in_service(config, &one_at_a_time)
+    }
+
+    /// [`Orchestrator::reload`]'s work, for a caller holding the reload lock
+    /// (`_one_at_a_time`): a change made to the configuration in service is
+    /// read and put in service under one lock, so that no other reload can
+    /// come between and be undone.
+    fn put_in_service(
+        &self,
+        config: &Config,
+        _one_at_a_time: &std::sync::MutexGuard<'_, ()>,
+    ) -> Result<ReloadReport, ReloadError> {
         let previous = self.inner.current.load_full();
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
         let built = build(&self.inner.keep, config, version, Some(&previous));
@@ -322,27 +334,33 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
-    /// configuration in service with that one change.
+    /// configuration in service with that one change. The configuration is
+    /// read under the reload lock: a reload running meanwhile is kept, not
+    /// undone, and two switches made at once both hold.
     pub fn set_pipeline_enabled(
         &self,
         pipeline_id: &str,
         enabled: bool,
     ) -> Result<ReloadReport, ReloadError> {
-        let config = self.config();
-        let changed = config
+        let one_at_a_time = lock(&self.inner.reloading);
+        let changed = self
+            .config()
             .with_pipeline_enabled(pipeline_id, enabled)
             .ok_or_else(|| ReloadError {
                 errors: vec![LoadError::configuration(format!(
                     "no pipeline {pipeline_id:?}"
                 ))],
             })?;
-        self.reload(&changed)
+        self.put_in_service(&changed, &one_at_a_time)
     }
 
     /// Reads every module of the configuration in service again and puts
-    /// changed ones in service (a module version swap).
+    /// changed ones in service (a module version swap). The configuration is
+    /// read under the reload lock, as in
+    /// [`Orchestrator::set_pipeline_enabled`].
     pub fn reload_modules(&self) -> Result<ReloadReport, ReloadError> {
-        self.reload(&self.config())
+        let one_at_a_time = lock(&self.inner.reloading);
+        self.put_in_service(&self.config(), &one_at_a_time)
     }
 
     /// The modules of the configuration in service that could not be loaded

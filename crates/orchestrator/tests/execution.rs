@@ -2476,6 +2476,59 @@ fn a_reload_is_atomic_and_an_invalid_one_keeps_the_old_configuration_serving() {
     assert!(o.set_pipeline_enabled("nope", true).is_err());
 }
 
+/// A switch or a module reload made while another reload compiles waits
+/// for it and changes the configuration that reload put in service: neither
+/// undoes the other.
+#[test]
+fn a_pipeline_switched_during_a_reload_keeps_that_reload() {
+    use std::sync::{mpsc, Mutex};
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("old", |_| set_header("version", "old"));
+    engine.module("new", |_| set_header("version", "new"));
+    engine.module("other", |_| set_header("other", "ran"));
+    // Reading module `new` the first time waits until the test lets it go.
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let (reading, read) = mpsc::channel::<()>();
+    let reading = Mutex::new(reading);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let source = move |module: &str| {
+        if module == "new" && first.swap(false, Ordering::SeqCst) {
+            reading.lock().unwrap().send(()).unwrap();
+            released.lock().unwrap().recv().unwrap();
+        }
+        Ok(Vec::new())
+    };
+    let yaml = |m: &str| {
+        format!(
+            "pipelines:\n\
+             - pipeline_id: p\n  stages: [{{priority: 0, modules: [{{module_id: {m}}}]}}]\n\
+             - pipeline_id: q\n  stages: [{{priority: 0, modules: [{{module_id: other}}]}}]"
+        )
+    };
+    let o = Orchestrator::new(engine.clone(), &config(&yaml("old")), source, options()).unwrap();
+    std::thread::scope(|scope| {
+        let reload = scope.spawn(|| o.reload(&config(&yaml("new"))).unwrap());
+        // The reload is reading `new`: switch `q` off meanwhile.
+        read.recv().unwrap();
+        let switch = scope.spawn(|| o.set_pipeline_enabled("q", false).unwrap());
+        let modules = scope.spawn(|| o.reload_modules().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        release.send(()).unwrap();
+        assert_eq!(reload.join().unwrap().version, 2);
+        switch.join().unwrap();
+        modules.join().unwrap();
+    });
+    let out = one(&o, Message::new("t", ""));
+    let message = delivered(&out);
+    assert_eq!(
+        (message.headers.get("version"), message.headers.get("other")),
+        (Some("new"), None),
+        "the reload's module in service and q switched off"
+    );
+    assert_eq!(o.config_version(), 3, "the reload, then the switch");
+}
+
 #[test]
 fn messages_in_flight_finish_on_the_configuration_they_started_with() {
     let engine = Arc::new(StandIn::new(2));
