@@ -7,7 +7,7 @@
 //! Shared by every engine thread: a few atomics, no lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::options::BreakerSettings;
 
@@ -81,7 +81,7 @@ impl Breaker {
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+        millis(now.saturating_duration_since(self.epoch))
     }
 
     pub(crate) fn state(&self) -> CircuitState {
@@ -98,7 +98,7 @@ impl Breaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Permit::Call,
             _ => {
-                let cool_down = self.settings.cool_down.as_millis() as u64;
+                let cool_down = millis(self.settings.cool_down);
                 let open_for = self
                     .now_ms(now)
                     .saturating_sub(self.opened_at.load(Ordering::Acquire));
@@ -161,6 +161,12 @@ impl Breaker {
             self.state.store(OPEN, Ordering::Release);
         }
     }
+}
+
+/// `duration` in whole milliseconds, `u64::MAX` past it (a cool-down of
+/// [`Duration::MAX`] is for ever, not cut to what fits).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -249,5 +255,27 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Closed);
         breaker.record(false, false, t100);
         assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    /// A cool-down longer than `u64::MAX` milliseconds keeps the breaker
+    /// open for ever (it was cut to the milliseconds that fit: 384 ms for
+    /// this one).
+    #[test]
+    fn a_cool_down_past_what_fits_in_milliseconds_is_for_ever() {
+        for cool_down in [Duration::from_secs(18_446_744_073_709_552), Duration::MAX] {
+            let breaker = Breaker::new(BreakerSettings {
+                failures: 1,
+                cool_down,
+            });
+            let t0 = Instant::now();
+            breaker.record(false, false, t0);
+            assert_eq!(breaker.state(), CircuitState::Open);
+            let later = t0 + Duration::from_secs(3600);
+            assert!(
+                matches!(breaker.permit(later), Permit::Refuse { reopens_in_ms } if reopens_in_ms > u64::MAX / 2),
+                "{cool_down:?}: {:?}",
+                breaker.permit(later)
+            );
+        }
     }
 }

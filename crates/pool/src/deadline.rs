@@ -254,8 +254,10 @@ pub(crate) unsafe fn run_armed<R>(
             Some((seen, ms)) if seen == at => ms,
             _ => {
                 let since = at.saturating_duration_since(watchdog.start);
-                let ms =
-                    since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0);
+                // (Saturating: a deadline past `u64::MAX` ms is none.)
+                let ms = u64::try_from(since.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(u64::from(since.subsec_nanos() % 1_000_000 != 0));
                 this.converted.set(Some((at, ms)));
                 ms
             }
@@ -376,6 +378,15 @@ mod tests {
             )
         };
         assert_eq!(armed, Armed::Budget, "a later deadline is not armed");
+        // Nor one past `u64::MAX` ms (it was cut to the milliseconds that
+        // fit: here, one as soon as the deadline above).
+        let far = deadline + Duration::from_millis(u64::MAX) + Duration::from_millis(2);
+        let (_, armed) = unsafe { run_armed(AtomicI64::new(0).as_ptr(), 10_000, Some(far), || ()) };
+        assert_eq!(
+            armed,
+            Armed::Budget,
+            "a deadline past u64::MAX ms is not armed"
+        );
     }
 
     /// A call that ends in time is never written to, even long after.
