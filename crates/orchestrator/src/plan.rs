@@ -133,8 +133,13 @@ impl std::fmt::Debug for Plan {
     }
 }
 
-/// Per-thread scratch space for selection.
+/// Per-thread scratch space for selection. It belongs to the plan that made
+/// it; [`Plan::explain`] given another plan's (kept across a reload, say)
+/// replaces it with one of its own.
 pub struct PlanScratch {
+    /// The plan it belongs to (held weakly, so that no other plan can take
+    /// its address while this scratch is kept).
+    plan: std::sync::Weak<Inner>,
     filters: rustmq_etl_filter::Cache,
     conditions: rustmq_etl_condition::Scratch,
 }
@@ -399,6 +404,7 @@ impl Plan {
     /// Scratch space for [`Plan::explain`]; keep one per thread.
     pub fn create_scratch(&self) -> PlanScratch {
         PlanScratch {
+            plan: Arc::downgrade(&self.inner),
             filters: self.inner.filters.create_cache(),
             conditions: self.inner.conditions.create_scratch(),
         }
@@ -413,6 +419,9 @@ impl Plan {
         now_ms: i64,
         scratch: &mut PlanScratch,
     ) -> Explanation {
+        if !std::ptr::eq(scratch.plan.as_ptr(), Arc::as_ptr(&self.inner)) {
+            *scratch = self.create_scratch();
+        }
         let inner = &*self.inner;
         let matches = inner.filters.matches(&message.topic, &mut scratch.filters);
         let mut context = inner

@@ -140,3 +140,44 @@ fn a_payload_past_serde_jsons_limits_is_not_json_and_the_reason_says_why() {
         assert!(skipped.iter().any(|r| r.contains(why)), "{skipped:#?}");
     }
 }
+
+/// A scratch kept across plans (one per thread, kept over a reload) gives
+/// each plan's own answer (it indexed the other plan's tables: a panic, or a
+/// wrong answer).
+#[test]
+fn a_scratch_from_another_plan_gives_this_plans_answer() {
+    let build = |yaml: &str| {
+        Plan::build(
+            &Config::from_text(yaml, rustmq_etl_config::Format::Yaml, None)
+                .unwrap()
+                .config,
+        )
+        .unwrap()
+    };
+    let one = build("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]");
+    let negated = |pattern: &str| {
+        format!(
+            "{{module_id: {pattern}, topic_filters: [{{filter_type: Prefix, pattern: {pattern}., negate: true}}]}}"
+        )
+    };
+    let three = build(&format!(
+        "pipeline_id: p\nstages: [{{priority: 0, modules: [{}, {}, {}]}}]",
+        negated("a"),
+        negated("b"),
+        negated("c")
+    ));
+    let shipped = plan();
+    let messages = [
+        Message::new("iot.sensors.temperature", r#"{"unit": "celsius"}"#),
+        Message::new("c.d", ""),
+        Message::new("web.events", r#"{"content_type": "application/json"}"#),
+    ];
+    let mut kept = one.create_scratch();
+    for plan in [&one, &three, &shipped, &one, &shipped, &three] {
+        for message in &messages {
+            let fresh = plan.explain(message, 0, &mut plan.create_scratch());
+            let reused = plan.explain(message, 0, &mut kept);
+            assert_eq!(reused, fresh, "{:?}", message.topic);
+        }
+    }
+}
