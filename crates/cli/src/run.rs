@@ -49,20 +49,85 @@ pub(crate) fn default_modules() -> PathBuf {
 
 /// Where results go: standard output, or a file (appended to when the run
 /// resumes an earlier one: `append`).
-fn writer(path: Option<&Path>, append: bool) -> anyhow::Result<Box<dyn Write>> {
-    Ok(match path {
-        None => Box::new(io::stdout().lock()),
-        Some(p) if p == Path::new("-") => Box::new(io::stdout().lock()),
-        Some(p) => Box::new(
-            File::options()
-                .write(true)
-                .create(true)
-                .append(append)
-                .truncate(!append)
-                .open(p)
-                .with_context(|| format!("cannot create {}", p.display()))?,
-        ),
-    })
+/// Where results go: a file or standard output, buffered. A commit writes out
+/// what is buffered and notes the file's length, so that after a write that
+/// fails the file can be cut back to its last commit: no half line is left
+/// for a resumed run to append to.
+struct Sink {
+    /// What a failed write names: "writing delivered messages to FILE".
+    what: String,
+    out: BufWriter<Box<dyn Write>>,
+    /// A regular file (a handle of its own, to cut back) and its length
+    /// after the last commit; none for standard output, a pipe or a device.
+    file: Option<(File, u64)>,
+}
+
+impl Sink {
+    fn open(path: Option<&Path>, append: bool, what: &str) -> anyhow::Result<Sink> {
+        let named = match path {
+            Some(path) if path != Path::new("-") => path.display().to_string(),
+            _ => "standard output".to_owned(),
+        };
+        let (out, file): (Box<dyn Write>, _) = match path {
+            Some(p) if p != Path::new("-") => {
+                let file = File::options()
+                    .write(true)
+                    .create(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                let regular = file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .and_then(|m| Some((file.try_clone().ok()?, m.len())));
+                (Box::new(file), regular)
+            }
+            _ => (Box::new(io::stdout().lock()), None),
+        };
+        Ok(Sink {
+            what: format!("writing {what} to {named}"),
+            out: BufWriter::new(out),
+            file,
+        })
+    }
+
+    fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        writeln!(self.out, "{text}").with_context(|| self.what.clone())
+    }
+
+    /// Writes out what is buffered and notes how long the file now is.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        self.out.flush().with_context(|| self.what.clone())?;
+        if let Some((file, length)) = &mut self.file {
+            *length = file
+                .metadata()
+                .with_context(|| format!("{}: reading its length", self.what))?
+                .len();
+        }
+        Ok(())
+    }
+
+    /// After a write failed: drops what is buffered and cuts the file back
+    /// to its length at the last commit; what could not be done, if anything.
+    fn abandon(self) -> Option<String> {
+        // (A BufWriter dropped would try to write its buffer once more.)
+        let (out, _unwritten) = self.out.into_parts();
+        drop(out);
+        let (file, length) = self.file?;
+        let now = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if now == length {
+            return None;
+        }
+        file.set_len(length).err().map(|e| {
+            format!(
+                "{}: bytes past byte {length} are an incomplete result and could not be cut \
+                 off ({e}): remove them before going on",
+                self.what
+            )
+        })
+    }
 }
 
 /// A message's trace as one JSON line, for `--trace`.
@@ -213,31 +278,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar
     });
     let resuming = args.start_line > 1;
-    let mut output = BufWriter::new(writer(args.output.as_deref(), resuming)?);
+    let mut output = Sink::open(args.output.as_deref(), resuming, "delivered messages")?;
     let mut dead_letters = match &args.dead_letter {
-        Some(path) => Some(BufWriter::new(writer(Some(path), resuming)?)),
+        Some(path) => Some(Sink::open(Some(path), resuming, "dead letters")?),
         None => None,
     };
-    // What a failed write names: the file, or standard output.
-    let named = |path: Option<&Path>| match path {
-        Some(path) if path != Path::new("-") => path.display().to_string(),
-        _ => "standard output".to_owned(),
-    };
-    let (output_name, dead_letter_name) = (
-        format!(
-            "writing delivered messages to {}",
-            named(args.output.as_deref())
-        ),
-        format!(
-            "writing dead letters to {}",
-            named(args.dead_letter.as_deref())
-        ),
-    );
     let mut summary = Summary::default();
     let (mut input, mut bad) = (0u64, 0u64);
-    // The last line read; once the batch is flushed, every line up to it was
-    // processed and written (or reported bad, or blank).
+    // The last line read; once the batch is committed, every line up to it
+    // was processed and written (or reported bad, or blank).
     let mut consumed = args.start_line.saturating_sub(1);
+    // As of the last commit: the last line, the messages and the bad lines.
+    let mut committed = (consumed, 0u64, 0u64);
     // The input's last line seen (skipped ones included).
     let mut last_line = 0;
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
@@ -247,14 +299,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(bar) => bar.suspend(|| eprintln!("{text}")),
         None => eprintln!("{text}"),
     };
+    // Runs the batch and writes its results (not yet committed).
     let flush = |batch: &mut Vec<Message>,
                  lines: &mut Vec<usize>,
-                 summary: &mut Summary,
-                 output: &mut BufWriter<Box<dyn Write>>,
-                 dead_letters: &mut Option<BufWriter<Box<dyn Write>>>|
-     -> anyhow::Result<()> {
+                 output: &mut Sink,
+                 dead_letters: &mut Option<Sink>|
+     -> anyhow::Result<Vec<Processed>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let results = etl
             .process_batch_blocking(
@@ -268,28 +320,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .context("the engine stopped")?;
         for (processed, &at) in results.iter().zip(lines.iter()) {
-            summary.add(processed);
             if args.trace {
                 say(&trace_line(at, processed));
             }
             match &processed.disposition {
-                Disposition::Delivered(m) => {
-                    writeln!(output, "{}", m.to_json_line()).with_context(|| output_name.clone())?
-                }
+                Disposition::Delivered(m) => output.line(&m.to_json_line())?,
                 Disposition::DeadLettered(m) => match dead_letters {
-                    Some(out) => writeln!(out, "{}", m.to_json_line())
-                        .with_context(|| dead_letter_name.clone())?,
-                    None => writeln!(output, "{}", m.to_json_line())
-                        .with_context(|| output_name.clone())?,
+                    Some(out) => out.line(&m.to_json_line())?,
+                    None => output.line(&m.to_json_line())?,
                 },
                 Disposition::Dropped => {}
             }
         }
         lines.clear();
-        Ok(())
+        Ok(results)
     };
     let mut stopped_by = None;
     let mut failed: Option<String> = None;
+    // A write that failed: the results since the last commit are not out.
+    let mut write_failed: Option<anyhow::Error> = None;
     // When the oldest message of the batch arrived.
     let mut batch_since: Option<Instant> = None;
     loop {
@@ -346,21 +395,26 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let due = batch.len() == BATCH || batch_since.is_some_and(|since| since.elapsed() >= IDLE);
         if end || quiet || due {
-            flush(
-                &mut batch,
-                &mut lines,
-                &mut summary,
-                &mut output,
-                &mut dead_letters,
-            )?;
-            batch_since = None;
-        }
-        // What was read is answered and on its way out (at the end: all of it).
-        if end || quiet {
-            output.flush().with_context(|| output_name.clone())?;
-            if let Some(out) = &mut dead_letters {
-                out.flush().with_context(|| dead_letter_name.clone())?;
+            // What was read is answered and out; only then is it counted.
+            let written =
+                flush(&mut batch, &mut lines, &mut output, &mut dead_letters).and_then(|results| {
+                    output.commit()?;
+                    if let Some(out) = &mut dead_letters {
+                        out.commit()?;
+                    }
+                    Ok(results)
+                });
+            match written {
+                Ok(results) => {
+                    results.iter().for_each(|processed| summary.add(processed));
+                    committed = (consumed, input, bad);
+                }
+                Err(e) => {
+                    write_failed = Some(e);
+                    end = true;
+                }
             }
+            batch_since = None;
         }
         if end {
             break;
@@ -369,6 +423,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
+    let (consumed, input, bad) = committed;
+    // After a failed write, the files are cut back to their last commit.
+    let cut = write_failed.as_ref().map(|_| {
+        [Some(output), dead_letters]
+            .into_iter()
+            .flatten()
+            .filter_map(Sink::abandon)
+            .collect::<Vec<_>>()
+    });
     summary.print(&mut io::stderr().lock(), input, bad)?;
     let resume = |why: &str| {
         let input = args.input.display();
@@ -390,6 +453,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
              written; {again}"
         );
     };
+    if let Some(e) = write_failed {
+        resume(&format!(
+            "stopped: {e:#} (the results after the last line written are not counted above)"
+        ));
+        for problem in cut.into_iter().flatten() {
+            eprintln!("warning: {problem}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(problem) = failed {
         resume(&format!(
             "stopped: reading {}: {problem}",

@@ -1469,6 +1469,114 @@ fn keys(output: &str) -> Vec<String> {
         .collect()
 }
 
+/// A write that fails (the file-size limit here, as a full disk would) stops
+/// `run` with the summary of what was written and where to resume; the file
+/// is cut back to its last whole result, so that the resumed run appends the
+/// rest: together, every message exactly once. An output that cannot be
+/// written at all says so the same way.
+#[test]
+fn run_stopped_by_a_failed_write_says_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("identity.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+    )
+    .unwrap();
+    let total = 3000;
+    let input: String = (1..=total)
+        .map(|i| format!("{{\"topic\":\"t\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n"))
+        .collect();
+    let messages = dir.path().join("in.jsonl");
+    std::fs::write(&messages, &input).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = |start: usize, limit: Option<&str>| {
+        // The limit in 512- or 1024-byte blocks (as the shell counts), far
+        // below the whole output; the signal it raises ignored, so that the
+        // write fails instead.
+        let limit = limit.map_or(String::new(), |l| format!("ulimit -f {l}; trap '' XFSZ; "));
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{limit}exec \"$@\""))
+            .arg("sh")
+            .arg(server::tool().get_program())
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(&output)
+            .args(["--start-line", &start.to_string()])
+            .output()
+            .unwrap()
+    };
+    let out = run(1, Some("40"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stopped: writing delivered messages to {}: ",
+            output.display()
+        )),
+        "{stderr}"
+    );
+    let at = stderr
+        .find("every line up to line ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let done: usize = stderr[at + "every line up to line ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(done > 0 && done < total, "stopped at {done}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{done} in = {done} delivered + 0 dropped + 0 dead-lettered"
+        )),
+        "the summary counts what was written: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("run again with --start-line {}", done + 1)),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert!(written.ends_with('\n'), "no half line left");
+    assert_eq!(
+        keys(&written).len(),
+        done,
+        "what it says it wrote is what it wrote"
+    );
+
+    let rest = run(done + 1, None);
+    assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
+    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        keys(&std::fs::read_to_string(&output).unwrap()),
+        expected,
+        "every message exactly once, in order"
+    );
+
+    // A device that takes nothing.
+    let out = server::tool()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .args(["--output", "/dev/full"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped: writing delivered messages to /dev/full: ")
+            && stderr.contains("0 in = 0 delivered + 0 dropped + 0 dead-lettered")
+            && stderr.contains("every line up to line 0 of")
+            && stderr.contains("run again with --start-line 1"),
+        "{stderr}"
+    );
+}
+
 /// `run` stopped by SIGTERM mid-stream finishes what it read, writes it, says
 /// up to which line, and exits 143; a rerun from the next line does the rest:
 /// together, every message exactly once. With standard input left open and
