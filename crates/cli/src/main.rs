@@ -32,6 +32,7 @@ mod serve;
 mod summary;
 mod test_module;
 mod validate;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -412,7 +413,11 @@ fn line_number(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Serve { .. } => "info",
+        // The file watcher's own notes are not the operator's (its one
+        // warning is for a watch it lost track of as a watched directory
+        // went, a ConfigMap's previous version for one); what it reports
+        // goes through `watch.rs`, which logs it.
+        Command::Serve { .. } => "info,notify=error",
         // A module author trying a module sees every line it logs.
         Command::TestModule { .. } => "warn,rustmq_etl::guest=debug",
         _ => "warn",

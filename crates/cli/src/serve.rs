@@ -8,7 +8,7 @@
 //! accepting connections, answers every request in flight, and exits 0.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
 use rustmq_etl_orchestrator::{Orchestrator, ProcessOptions};
@@ -252,7 +251,14 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address: SocketAddr = listener.local_addr()?;
         let _watcher = if args.watch {
-            Some(watch(service.clone())?)
+            let reloader = service.clone();
+            Some(crate::watch::watch(
+                &service.config_path,
+                &service.modules,
+                move || {
+                    reloader.reload("file_change");
+                },
+            )?)
         } else {
             None
         };
@@ -445,91 +451,6 @@ async fn shutdown_signal(service: Arc<Service>) {
     service.shutting_down.store(true, Ordering::SeqCst);
     let _ = service.shutdown_began.set(std::time::Instant::now());
     log::info!("{which}: shutting down; no new connections, answering the requests in flight");
-}
-
-/// How long the files must be quiet after a change before they are
-/// reloaded: a burst of writes is one reload.
-const QUIET_BEFORE_RELOAD: Duration = Duration::from_millis(250);
-
-/// The longest a change waits for quiet: files that never stop changing are
-/// still reloaded this long after the first change.
-const LONGEST_WAIT_BEFORE_RELOAD: Duration = Duration::from_secs(1);
-
-/// Watches the configuration and the modules directory; a change (debounced:
-/// one reload, [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes,
-/// at most [`LONGEST_WAIT_BEFORE_RELOAD`] after its first) reloads them.
-/// Reading a file is not a change: inotify reports every open, and a
-/// reload's own reads must not start the next. The watcher stops when
-/// the returned value is dropped.
-fn watch(service: Arc<Service>) -> anyhow::Result<RecommendedWatcher> {
-    let config = std::fs::canonicalize(&service.config_path)
-        .with_context(|| format!("cannot watch {}", service.config_path.display()))?;
-    let modules = std::fs::canonicalize(&service.modules)
-        .with_context(|| format!("cannot watch {}", service.modules.display()))?;
-    let config_is_dir = config.is_dir();
-    let relevant = {
-        let (config, modules) = (config.clone(), modules.clone());
-        move |path: &Path| {
-            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let in_config = if config_is_dir {
-                path.starts_with(&config) && matches!(extension, "yaml" | "yml" | "json")
-            } else {
-                path == config
-            };
-            in_config || (path.parent() == Some(&modules) && extension == "wasm")
-        }
-    };
-    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
-            Ok(event) => {
-                if event.paths.iter().any(|path| relevant(path)) {
-                    let _ = changed.send(());
-                }
-            }
-            Err(e) => log::warn!("watching the configuration and modules: {e}"),
-        })
-        .context("cannot watch files")?;
-    let config_watch = if config_is_dir {
-        (config.as_path(), RecursiveMode::Recursive)
-    } else {
-        // Its directory: editors replace a file by renaming another onto it.
-        (
-            config.parent().unwrap_or(Path::new("/")),
-            RecursiveMode::NonRecursive,
-        )
-    };
-    for (path, mode) in [
-        config_watch,
-        (modules.as_path(), RecursiveMode::NonRecursive),
-    ] {
-        watcher
-            .watch(path, mode)
-            .with_context(|| format!("cannot watch {}", path.display()))?;
-    }
-    tokio::spawn(async move {
-        while changes.recv().await.is_some() {
-            // Until the files have been quiet for a while, or changing for
-            // too long; changes that come in while the reload runs bring one
-            // more reload after it.
-            let first = tokio::time::Instant::now();
-            loop {
-                let left = LONGEST_WAIT_BEFORE_RELOAD.saturating_sub(first.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                match tokio::time::timeout(QUIET_BEFORE_RELOAD.min(left), changes.recv()).await {
-                    Ok(Some(())) => {}
-                    Ok(None) => return,
-                    Err(_quiet) => break,
-                }
-            }
-            let service = service.clone();
-            let _ = tokio::task::spawn_blocking(move || service.reload("file_change")).await;
-        }
-    });
-    Ok(watcher)
 }
 
 /// An error answer: a status and `{"error": "..."}`.

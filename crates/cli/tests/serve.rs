@@ -392,6 +392,99 @@ fn reloads_while_requests_flow_lose_nothing_and_never_mix_configurations() {
     assert!(server.stop().success());
 }
 
+/// Paths through symlinks that are swapped, as Kubernetes updates a mounted
+/// ConfigMap (`etl.yaml -> ..data/etl.yaml`, `..data` replaced by a link to a
+/// new directory) and as a release directory is switched (`current -> r2`):
+/// every swap reloads, the second and later ones too.
+#[test]
+fn swapped_symlinks_on_the_watched_paths_reload_every_time() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let cm = dir.path().join("cm");
+    let pipeline = |id: &str| {
+        format!("pipeline_id: {id}\nstages: [{{priority: 0, modules: [{{module_id: m}}]}}]\n")
+    };
+    // A new version of the ConfigMap: its directory, then `..data` swapped.
+    let publish = |version: usize| {
+        let data = format!("..v{version}");
+        std::fs::create_dir_all(cm.join(&data)).unwrap();
+        std::fs::write(
+            cm.join(&data).join("etl.yaml"),
+            pipeline(&format!("p{version}")),
+        )
+        .unwrap();
+        symlink(&data, cm.join("..data_tmp")).unwrap();
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+        if version > 1 {
+            std::fs::remove_dir_all(cm.join(format!("..v{}", version - 1))).unwrap();
+        }
+    };
+    publish(1);
+    symlink("..data/etl.yaml", cm.join("etl.yaml")).unwrap();
+    // Two releases of module `m`: one leaves the payload as it is, the other
+    // upper-cases it.
+    let sw = dir.path().join("sw");
+    for (release, module) in [("r1", "identity"), ("r2", "legacy-uppercase")] {
+        std::fs::create_dir_all(sw.join(release)).unwrap();
+        std::fs::copy(
+            fixtures().join(format!("modules/{module}.wasm")),
+            sw.join(release).join("m.wasm"),
+        )
+        .unwrap();
+    }
+    let switch = |release: &str| {
+        symlink(release, sw.join("current_tmp")).unwrap();
+        std::fs::rename(sw.join("current_tmp"), sw.join("current")).unwrap();
+    };
+    switch("r1");
+    let server = Server::start(&[
+        "--config",
+        cm.join("etl.yaml").to_str().unwrap(),
+        "--modules",
+        sw.join("current").to_str().unwrap(),
+    ]);
+    // What serves: the pipeline's id and the module's answer.
+    let serving = || {
+        let (code, body) = server.send(
+            "POST",
+            "/v1/process?trace=true",
+            r#"{"topic": "t", "payload": "abc"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            answer["trace"][0]["pipeline"].as_str().unwrap().to_owned(),
+            answer["message"]["payload"].as_str().unwrap().to_owned(),
+        )
+    };
+    let until = |expected: (&str, &str)| {
+        let waiting = Instant::now();
+        while serving() != (expected.0.to_owned(), expected.1.to_owned()) {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "still {:?}, not {expected:?}: {}",
+                serving(),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(("p1", "abc"));
+    for version in 2..=4 {
+        publish(version);
+        until((&format!("p{version}"), "abc"));
+    }
+    switch("r2");
+    until(("p4", "ABC"));
+    switch("r1");
+    until(("p4", "abc"));
+    publish(5);
+    until(("p5", "abc"));
+    let log = server.log();
+    assert!(!log.contains("WARN"), "{log}");
+    assert!(server.stop().success());
+}
+
 /// Reading the watched files is not changing them (inotify reports every
 /// open, a reload's own reads included): only a write reloads, and once; and
 /// files that never stop changing are still reloaded (at most a second after
