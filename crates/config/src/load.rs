@@ -173,7 +173,18 @@ fn list_directory(
         let hidden = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden || path.is_dir() {
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            diagnostics.push(Diagnostic {
+                file: Some(path),
+                ..Diagnostic::new(
+                    Severity::Warning,
+                    "ignored: a directory (the configuration files are those in the directory \
+                     given, not below it)",
+                )
+            });
             continue;
         }
         if Format::from_path(&path).is_some() {
@@ -204,6 +215,9 @@ fn parse(
     file: Option<&Path>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<PipelineSource> {
+    // A UTF-8 byte-order mark (some Windows editors write one) is not text:
+    // neither parser takes it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let located = |message: String, line_column: Option<(usize, usize)>| Diagnostic {
         file: file.map(Path::to_owned),
         line_column,

@@ -292,6 +292,12 @@ fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
     .unwrap();
     std::fs::write(dir.path().join("README.md"), "notes").unwrap();
     std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
+    // A directory below is not read (a warning says so); a hidden one, as
+    // Kubernetes' `..data` of a mounted ConfigMap, not even that.
+    std::fs::create_dir_all(dir.path().join("more")).unwrap();
+    std::fs::write(dir.path().join("more/c.yaml"), one("c")).unwrap();
+    std::fs::create_dir_all(dir.path().join("..data")).unwrap();
+    std::fs::write(dir.path().join("..data/b.yml"), one("b")).unwrap();
     let loaded = Config::load(dir.path()).unwrap();
     let ids: Vec<_> = loaded
         .config
@@ -305,10 +311,16 @@ fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
         "a1",
         "name defaults to the id"
     );
-    assert_eq!(loaded.warnings.len(), 1);
-    assert!(loaded.warnings[0]
-        .to_string()
-        .contains("README.md: ignored"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("README.md: ignored: not a .yaml"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("more: ignored: a directory"),
+        "{warnings:?}"
+    );
 
     let empty = tempfile::tempdir().unwrap();
     assert!(Config::load(empty.path())
@@ -336,4 +348,26 @@ fn a_call_timeout_past_the_pipelines_is_a_warning_unless_it_is_the_default() {
             ),
         "{warnings:#?}"
     );
+}
+
+/// A UTF-8 byte-order mark at a file's start (some Windows editors write
+/// one) is not read as text, in either format.
+#[test]
+fn a_byte_order_mark_is_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "a.json",
+            r#"{"pipeline_id": "a", "stages": [{"priority": 0, "modules": [{"module_id": "m"}]}]}"#,
+        ),
+        (
+            "b.yaml",
+            "pipeline_id: b\nstages: [{priority: 0, modules: [{module_id: m}]}]\n",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
+        let loaded = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.config.pipelines().len(), 1, "{name}");
+    }
 }
