@@ -325,8 +325,8 @@ fn read_messages(path: &PathBuf) -> anyhow::Result<(Vec<Message>, usize)> {
     };
     let (mut messages, mut bad) = (Vec::new(), 0);
     for line in crate::input::numbered_lines(reader) {
-        let (number, line) = line.with_context(|| format!("reading {}", path.display()))?;
-        match crate::input::parse_line(&line) {
+        let (number, _, line) = line.with_context(|| format!("reading {}", path.display()))?;
+        match line.and_then(|line| crate::input::parse_line(&line)) {
             Ok(Some(m)) => messages.push(m),
             Ok(None) => {}
             Err(e) => {

@@ -1,13 +1,12 @@
 //! `rustmq-etl explain`: selection for every message of a JSON Lines file.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use rustmq_etl_core::Message;
 use serde::Serialize;
 
 use crate::load_plan;
@@ -57,30 +56,19 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
     } else {
         Box::new(File::open(input).with_context(|| format!("cannot open {}", input.display()))?)
     };
-    let mut reader = BufReader::new(reader);
     let stdout = io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut scratch = plan.create_scratch();
     let mut bad_lines = 0usize;
-    let mut buffer = Vec::new();
-    let mut number = 0;
-    loop {
-        buffer.clear();
-        let read = reader
-            .read_until(b'\n', &mut buffer)
-            .with_context(|| format!("cannot read {}", input.display()))?;
-        if read == 0 {
-            break;
-        }
-        number += 1;
-        let bytes = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+    for line in crate::input::numbered_lines(BufReader::new(reader)) {
+        let (number, _, line) = line.with_context(|| format!("cannot read {}", input.display()))?;
+        // (A blank line is none.)
+        let Some(parsed) = line
+            .and_then(|line| crate::input::parse_line(&line))
+            .transpose()
+        else {
             continue;
-        }
-        let parsed = std::str::from_utf8(bytes)
-            .map_err(|e| format!("the line is not UTF-8: {e}"))
-            .and_then(|text| Message::from_json_line(text).map_err(|e| e.to_string()));
+        };
         match parsed {
             Ok(message) => {
                 let e = plan.explain(&message, now_ms, &mut scratch);

@@ -1,7 +1,7 @@
 //! Reading JSON Lines messages: one line at a time, as bytes, so that a line
 //! that is not UTF-8 is one bad line rather than the end of the input.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use rustmq_etl_core::Message;
 
@@ -18,12 +18,52 @@ pub(crate) fn parse_line(bytes: &[u8]) -> Result<Option<Message>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The lines of `reader`, numbered from 1, without their line ends.
+/// The longest input line read (a message line is rarely more than a
+/// megabyte; this is serve's default request limit).
+pub(crate) const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// The lines of `reader`, numbered from 1: each one's number, the bytes read
+/// for it (its line end included) and the line without its line end — or,
+/// for a line longer than [`MAX_LINE_BYTES`], why it is not read (the rest
+/// of it is skipped, and reading goes on). Every command that reads JSON
+/// Lines reads them so.
 pub(crate) fn numbered_lines(
-    reader: impl BufRead,
-) -> impl Iterator<Item = std::io::Result<(usize, Vec<u8>)>> {
-    reader
-        .split(b'\n')
-        .enumerate()
-        .map(|(i, line)| line.map(|line| (i + 1, line)))
+    mut reader: impl BufRead,
+) -> impl Iterator<Item = std::io::Result<(usize, usize, Result<Vec<u8>, String>)>> {
+    let mut number = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        let read = match (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut bytes)
+        {
+            Ok(0) => return None,
+            Ok(read) => read,
+            Err(e) => {
+                failed = true;
+                return Some(Err(e));
+            }
+        };
+        number += 1;
+        if read as u64 > MAX_LINE_BYTES && !bytes.ends_with(b"\n") {
+            // Skip the rest of the line.
+            let rest = match reader.skip_until(b'\n') {
+                Ok(rest) => rest,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            };
+            let why = format!("the line is longer than {MAX_LINE_BYTES} bytes");
+            return Some(Ok((number, read + rest, Err(why))));
+        }
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+        }
+        Some(Ok((number, read, Ok(bytes))))
+    })
 }

@@ -3,7 +3,7 @@
 //! input order; a summary on standard error.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -523,13 +523,9 @@ enum Input {
     Failed(String),
 }
 
-/// The longest input line read (a message line is rarely more than a
-/// megabyte; this is serve's default request limit).
-const MAX_LINE_BYTES: u64 = 16 << 20;
-
 /// The input's lines, read on a thread of their own (so that a signal is
 /// noticed while standing input is silent). A line longer than
-/// [`MAX_LINE_BYTES`] is passed on as bad, and reading goes on.
+/// [`crate::input::MAX_LINE_BYTES`] is passed on as bad, and reading goes on.
 fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<Input>> {
     let reader: Box<dyn Read + Send> = if path == Path::new("-") {
         Box::new(io::stdin())
@@ -540,28 +536,13 @@ fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<Input>> {
     std::thread::Builder::new()
         .name("rustmq-etl-input".into())
         .spawn(move || {
-            let mut reader = BufReader::new(reader);
-            for number in 1.. {
-                let mut bytes = Vec::new();
-                let item = match (&mut reader)
-                    .take(MAX_LINE_BYTES + 1)
-                    .read_until(b'\n', &mut bytes)
-                {
-                    Ok(0) => break,
-                    Ok(read) if read as u64 > MAX_LINE_BYTES && !bytes.ends_with(b"\n") => {
-                        // Skip the rest of the line.
-                        let rest = reader.skip_until(b'\n').unwrap_or(0);
-                        Input::Bad(
-                            number,
-                            read + rest,
-                            format!("the line is longer than {MAX_LINE_BYTES} bytes"),
-                        )
-                    }
-                    Ok(read) => Input::Line(number, read, bytes),
+            for line in crate::input::numbered_lines(BufReader::new(reader)) {
+                let item = match line {
+                    Ok((number, read, Ok(line))) => Input::Line(number, read, line),
+                    Ok((number, read, Err(why))) => Input::Bad(number, read, why),
                     Err(e) => Input::Failed(e.to_string()),
                 };
-                let failed = matches!(item, Input::Failed(_));
-                if lines.send(item).is_err() || failed {
+                if lines.send(item).is_err() {
                     break;
                 }
             }

@@ -147,8 +147,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut counts = Counts::default();
     for line in crate::input::numbered_lines(reader) {
-        let (number, line) = line.with_context(|| format!("reading {}", args.input.display()))?;
-        let message = match crate::input::parse_line(&line) {
+        let (number, _, line) =
+            line.with_context(|| format!("reading {}", args.input.display()))?;
+        let message = match line.and_then(|line| crate::input::parse_line(&line)) {
             Ok(Some(message)) => message,
             Ok(None) => continue,
             Err(e) => {

@@ -441,6 +441,70 @@ fn explain_reports_bad_lines_and_goes_on() {
     assert!(stderr.contains("-: 2 bad lines"), "{stderr}");
 }
 
+/// Every command that reads JSON Lines reads them alike: a line past 16 MiB
+/// is a bad line (named, the others read on), a line that is not UTF-8 is
+/// worded the same.
+#[test]
+fn run_explain_bench_and_test_module_read_lines_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"topic": "t", "payload": "a"}"#;
+    let mut input = format!("{good}\n{{\"topic\": \"t\", \"payload\": \"");
+    input.push_str(&"x".repeat(16 << 20));
+    input.push_str(&format!("\"}}\n{good}\n"));
+    let mut bytes = input.into_bytes();
+    bytes.extend_from_slice(b"\xff\n");
+    let messages = dir.path().join("in.jsonl");
+    std::fs::write(&messages, bytes).unwrap();
+    let config = fixtures().join("pipelines");
+    let module = fixtures().join("modules/identity.wasm");
+    let (config, messages, module) = (
+        config.to_str().unwrap(),
+        messages.to_str().unwrap(),
+        module.to_str().unwrap(),
+    );
+    let modules = modules();
+    for args in [
+        &[
+            "run",
+            "--config",
+            config,
+            "--modules",
+            &modules,
+            "--input",
+            messages,
+        ][..],
+        &["explain", "--config", config, "--input", messages],
+        &["test-module", module, "--input", messages],
+        &[
+            "bench",
+            "--config",
+            config,
+            "--modules",
+            &modules,
+            "--input",
+            messages,
+            "--seconds",
+            "1",
+        ],
+    ] {
+        let out = run(args, None);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{messages}:2: the line is longer than 16777216 bytes"
+            )),
+            "{}: {stderr}",
+            args[0]
+        );
+        assert!(
+            stderr.contains(&format!("{messages}:4: the line is not UTF-8 (at byte 0)")),
+            "{}: {stderr}",
+            args[0]
+        );
+        assert!(!stderr.contains(":3:"), "{}: {stderr}", args[0]);
+    }
+}
+
 #[test]
 fn explain_with_an_invalid_configuration_fails_before_reading() {
     let config = fixtures().join("config-invalid/many-problems.yaml");
