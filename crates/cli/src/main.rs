@@ -401,6 +401,22 @@ where
     }
 }
 
+/// After a first SIGTERM or Ctrl-C (SIGINT), which the command honours in its
+/// own time (finishing what it started), a second one ends the process at
+/// once, with status 128 + the signal's number (143, 130).
+pub(crate) fn exit_on_a_second_signal() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let second = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // In this order: the first signal finds the flag unset, then sets it.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, second.clone())
+            .and_then(|_| signal_hook::flag::register(signal, second.clone()))
+            .context("cannot install the signal handlers")?;
+    }
+    Ok(())
+}
+
 /// A line number (from 1) given on the command line.
 fn line_number(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

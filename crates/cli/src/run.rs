@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -503,11 +503,9 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
     let stop = Arc::new(AtomicUsize::new(0));
     // A second signal, while the first is being honoured (a slow batch, an
     // output nobody reads), exits at once.
-    let second = Arc::new(AtomicBool::new(false));
+    crate::exit_on_a_second_signal()?;
     for signal in [SIGTERM, SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, second.clone())
-            .and_then(|_| signal_hook::flag::register(signal, second.clone()))
-            .and_then(|_| signal_hook::flag::register_usize(signal, stop.clone(), signal as usize))
+        signal_hook::flag::register_usize(signal, stop.clone(), signal as usize)
             .context("cannot install the signal handlers")?;
     }
     Ok(stop)

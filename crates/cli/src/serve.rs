@@ -241,6 +241,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
     });
+    // The first signal is a graceful shutdown (below); a second ends the
+    // process at once.
+    crate::exit_on_a_second_signal()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -658,6 +658,33 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
         .contains("every request in flight was answered"));
 }
 
+/// A second signal during the shutdown's grace ends the process at once: the
+/// request still running is not answered, the status is 128 + the signal.
+#[test]
+fn a_second_signal_ends_a_shutdown_at_once() {
+    let (_dir, server) = slow_server(&[]);
+    let (code, _) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200);
+    let (answer, status) = std::thread::scope(|scope| {
+        // Thousands of million rounds: far longer than the test.
+        let request = scope.spawn(|| {
+            server.try_send(
+                "POST",
+                "/v1/process",
+                r#"{"topic": "t", "payload": "50000"}"#,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        server.signal("TERM");
+        std::thread::sleep(Duration::from_millis(300));
+        server.signal("INT");
+        let status = server.wait();
+        (request.join().unwrap(), status)
+    });
+    assert_eq!(status.code(), Some(130), "{}", server.log());
+    assert_eq!(answer.0, None, "answered: {answer:?}");
+}
+
 /// Sends `request` on a new connection and reads until the server closes it
 /// or the head of its answer is in: the status, or `None` when the server
 /// closed the connection without answering. Waits 20 s at most (then
