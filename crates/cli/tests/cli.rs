@@ -959,7 +959,8 @@ fn a_failed_write_names_its_output() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("error: writing delivered messages to /dev/full: No space left on device"),
+        stderr
+            .contains("stopped: writing delivered messages to /dev/full: No space left on device"),
         "{stderr}"
     );
 }
