@@ -652,7 +652,8 @@ async fn run_messages(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the engine stopped; nothing was processed",
+                "the engine gave no answer: it stopped, or failed while running the messages \
+                 (see the log); some may have run",
             )
         })
 }

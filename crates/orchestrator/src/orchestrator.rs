@@ -205,11 +205,21 @@ impl Busy {
     }
 }
 
-/// Messages that could not be processed at all: the engine stopped.
+/// The engine gave no answer for a call's messages: it stopped (its threads
+/// ended), or it failed while running them — a panic outside what the
+/// engine contains, which its log then reports (the pool's: `the host
+/// panicked while running a task`). Some of them may have run, and been
+/// counted in the metrics; none of their results is known. With the pool
+/// (`rustmq_etl_pool::Pool`), which cannot stop while the orchestrator holds
+/// it, only such a failure brings it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the engine stopped before it processed {count} messages")]
+#[error(
+    "the engine gave no answer for {count} messages: it stopped, or failed while running them \
+     (see its log); some may have run"
+)]
 pub struct EngineStopped {
-    /// How many.
+    /// How many messages of the call (of its wave, for a batch run in
+    /// waves: the results of the waves before are not returned either).
     pub count: usize,
 }
 

@@ -1642,14 +1642,21 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
         if let Some(at) = next {
             return Step::WaitUntil(at);
         }
-        if snapshot.stats.publish_due() {
-            snapshot.stats.publish(false);
-        }
         // Room for more before the answer, so that a caller answered can
         // send its next batch at once.
         drop(self.permits.take());
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(processed);
+        }
+        // After the answer, and contained: the embedding program's metrics
+        // recorder failing loses no answer.
+        if snapshot.stats.publish_due() {
+            if let Err(panic) = contain(|| snapshot.stats.publish(false)) {
+                log::error!(
+                    "rustmq-etl: publishing the metrics panicked (in the metrics recorder?): \
+                     {panic}; the messages were answered, the metrics may be behind"
+                );
+            }
         }
         Step::Done
     }
