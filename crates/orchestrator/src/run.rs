@@ -882,6 +882,11 @@ impl Run {
                 );
             }
         }
+        if self.trace.is_some() {
+            // The notes above (a skipped module's reasons: its filters run
+            // again) are not the stage's time: its budget starts after them.
+            self.clock = self.clock.max(Instant::now());
+        }
         let clock = self.clock;
         let state = &mut self.stage;
         state.elapsed = Duration::ZERO;
@@ -1062,6 +1067,15 @@ impl Run {
         module: &PlannedModule,
         tally: &mut Tally,
     ) -> Option<Instant> {
+        if self.trace.is_some() {
+            // Trace notes (a skipped module's reasons) cost more than a
+            // reading: a traced call's time is its own, and its budget is
+            // judged by the clock as it is called (judged by the reading
+            // before the notes, a budget spent meanwhile would be the
+            // runner's to find: a call, an attempt and a breaker failure
+            // that an untraced run does not have).
+            self.clock_to(Instant::now());
+        }
         let now = self.clock;
         // The tightest budget left, and what running out of it is called.
         let mut deadline: Option<(Instant, ErrorKind)> = self
@@ -1103,11 +1117,6 @@ impl Run {
         };
         // A parallel stage's modules all see the message as the stage got it:
         // their edits wait until it ends.
-        if self.trace.is_some() {
-            // Trace notes (a skipped module's reasons) cost more than a
-            // reading: a traced call's time is its own.
-            self.clock_to(Instant::now());
-        }
         let mut request = CallRequest::new(&self.message).clock(self.clock);
         if let Some((at, kind)) = deadline {
             request = request.deadline(at, kind);

@@ -2476,6 +2476,53 @@ fn a_reload_is_atomic_and_an_invalid_one_keeps_the_old_configuration_serving() {
     assert!(o.set_pipeline_enabled("nope", true).is_err());
 }
 
+/// A trace's notes (each skipped module's reasons: its filters run again)
+/// take time that is not the stage's: a traced message meets the same
+/// budget an untraced one does. Here the notes on 100 skipped modules, each
+/// quoting a 256 KiB topic, take far longer than the stage's 1 ms.
+#[test]
+fn a_traces_notes_do_not_spend_the_stages_budget() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("runs", |_| set_header("ran", "yes"));
+    let skipped: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                "{{module_id: skipped{i}, topic_filters: [{{filter_type: Regex, pattern: b}}]}}"
+            )
+        })
+        .collect();
+    let o = start(
+        &engine,
+        &format!(
+            "pipeline_id: p\nstages: [{{priority: 0, stage_timeout_ms: 1, modules: [{}, {{module_id: runs}}]}}]",
+            skipped.join(", ")
+        ),
+    );
+    let topic = "a".repeat(256 << 10);
+    for trace in [false, true] {
+        let out = o
+            .process_batch_blocking(
+                vec![Message::new(topic.as_str(), "")],
+                ProcessOptions::default().trace(trace),
+            )
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            delivered(&out).headers.get("ran"),
+            Some("yes"),
+            "traced: {trace}"
+        );
+        if trace {
+            let events = events(&out);
+            assert!(
+                matches!(events[100].1, TraceEvent::Ran { attempts: 1, .. }),
+                "{:?}",
+                events[100]
+            );
+        }
+    }
+}
+
 /// A switch or a module reload made while another reload compiles waits
 /// for it and changes the configuration that reload put in service: neither
 /// undoes the other.
