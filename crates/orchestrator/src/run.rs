@@ -1482,7 +1482,8 @@ impl Run {
             return;
         }
         // Between modules (a selection, a stage's end): the pipeline it was
-        // in, if any, ends with the dead letter.
+        // in, if any, ends with the dead letter, which names the pipeline and
+        // the stage it was at (there is no module, nor calls, to name).
         if self.place.stage.is_some() {
             self.stage_ended(snapshot, tally);
             self.pipeline_ended(PipelineResult::DeadLettered, tally);
@@ -1493,6 +1494,16 @@ impl Run {
             snapshot.options.dead_letter_topic.clone(),
         );
         letter.headers.push(headers::ORIGINAL_TOPIC, original);
+        if let Some(pipeline) = pipeline {
+            letter
+                .headers
+                .push(headers::PIPELINE, pipeline.config.pipeline_id.as_str());
+            if let Some(stage) = stage {
+                letter
+                    .headers
+                    .push(headers::STAGE, stage.priority.to_string());
+            }
+        }
         letter
             .headers
             .push(headers::ERROR_KIND, ErrorKind::Trap.as_str());
