@@ -129,7 +129,21 @@ pub use snapshot::{DirectorySource, ModuleSource};
 
 /// The types an embedding program handles with the orchestrator's, so that
 /// it needs no other of this project's crates but an engine's.
-pub use rustmq_etl_config::{Config, ConfigError, Format, Loaded};
-pub use rustmq_etl_core::{
-    Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, Outcome,
+pub use rustmq_etl_config::{
+    Config, ConfigError, Diagnostic, Format, Loaded, PipelineSource, Severity,
 };
+pub use rustmq_etl_core::{
+    Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, ModuleSettings,
+    ModuleSpec, Outcome,
+};
+
+/// The configuration model whole (`rustmq-etl-config`): what a plan's
+/// pipelines, stages and modules hold ([`PlannedPipeline::config`],
+/// [`PlannedModule::instance_config`]).
+pub use rustmq_etl_config as config;
+
+/// The contract between the orchestrator and the engine that runs modules
+/// (`rustmq-etl-core`): what an engine implements ([`Engine`],
+/// `ModuleRunner`, `Task`, `Step`, `CallRequest`, `CallReport`, `CallError`),
+/// a stand-in for tests included.
+pub use rustmq_etl_core as engine;

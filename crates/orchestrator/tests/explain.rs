@@ -181,3 +181,32 @@ fn a_scratch_from_another_plan_gives_this_plans_answer() {
         }
     }
 }
+
+/// What the orchestrator's API names is reachable through it alone: a
+/// warning's severity, a planned pipeline's strategy, a module's settings
+/// (an embedding program needs no other of this project's crates).
+#[test]
+fn the_api_names_nothing_an_embedder_cannot_reach_through_it() {
+    use rustmq_etl_orchestrator::config::ErrorHandlingStrategy;
+    use rustmq_etl_orchestrator::{Config as Loadable, Format as TextFormat, Severity};
+    let loaded = Loadable::from_text(
+        "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: \
+         [{module_id: m, topic_filters: [{filter_type: Exact, pattern: \"*\"}]}]}]",
+        TextFormat::Yaml,
+        None,
+    )
+    .unwrap();
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.severity == Severity::Warning));
+    let plan = Plan::build(&loaded.config).unwrap();
+    assert_eq!(
+        plan.pipelines()[0].config.error_handling,
+        ErrorHandlingStrategy::SkipModule
+    );
+    let settings: &rustmq_etl_orchestrator::ModuleSettings = &plan.occurrences()[0].settings;
+    assert!(settings.enable_caching);
+    fn is_a_step(_: rustmq_etl_orchestrator::engine::Step) {}
+    is_a_step(rustmq_etl_orchestrator::engine::Step::Done);
+}
