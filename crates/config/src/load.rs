@@ -272,10 +272,15 @@ fn parse(
                 "" => error.clone(),
                 path => format!("{path}: {error}"),
             };
-            // (serde_yaml's text names the path too; serde_json's does not.)
-            let first = all
-                .iter()
-                .position(|e| e.0 == stopped_at && (text(e) == message || e.1 == message));
+            // The first is the one at the field the reading stopped at (a
+            // field's value has one type error; serde_yaml words some
+            // differently — "invalid type" for "invalid value", "unit value"
+            // for "null" — and names the path, serde_json does not); the
+            // document itself, by its text.
+            let first = all.iter().position(|e| {
+                e.0 == stopped_at
+                    && (!stopped_at.is_empty() || text(e) == message || e.1 == message)
+            });
             let Some(first) = first else {
                 diagnostics.push(located(message, at));
                 return Vec::new();

@@ -196,6 +196,46 @@ pipelines:
     }
 }
 
+/// Whatever the first wrong value is, every type error is reported, in YAML
+/// as in JSON (serde_yaml words some errors otherwise than the per-field
+/// check: only the first was reported for these). (A YAML number past every
+/// JSON number stops the reading of the document itself: that error alone
+/// is reported, naming its field and place.)
+#[test]
+fn every_type_error_is_reported_whatever_the_first_one() {
+    for first in [
+        "global_timeout_ms: -5",
+        "global_timeout_ms: null",
+        "error_handling: 5",
+        "global_timeout_ms: 1.5",
+        "global_timeout_ms: text",
+    ] {
+        let yaml = format!(
+            "pipeline_id: p\n{first}\nmax_retries: \"three\"\nstages:\n  - priority: high\n    modules: [{{module_id: m}}]\n"
+        );
+        let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let json = serde_json::to_string(&value).unwrap();
+        for (text, format) in [(yaml.as_str(), Format::Yaml), (json.as_str(), Format::Json)] {
+            let err = Config::from_text(text, format, None).unwrap_err();
+            let messages: Vec<&str> = err
+                .diagnostics()
+                .iter()
+                .map(|d| d.message.as_str())
+                .collect();
+            assert_eq!(messages.len(), 3, "{first} ({format:?}): {messages:#?}");
+            let field = first.split(':').next().unwrap();
+            assert!(
+                messages[0].starts_with(field),
+                "{first} ({format:?}): {messages:#?}"
+            );
+            assert!(
+                err.diagnostics()[0].line_column.is_some(),
+                "{first} ({format:?})"
+            );
+        }
+    }
+}
+
 /// YAML reads any scalar as a string (`pipeline_id: 2024` is "2024"): such
 /// fields are not type errors when another field is one.
 #[test]
