@@ -112,18 +112,30 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         shell_word(&root.join("messages.jsonl").display().to_string())
     );
     // Cargo names the file after the crate with `_` for `-`; a pipeline
-    // finds a module as <modules dir>/<module_id>.wasm.
+    // finds a module as <modules dir>/<module_id>.wasm. The directory is the
+    // crate's own: a ./modules made here would change where `run` looks by
+    // default (./modules, else ./fixtures/modules: a checkout's samples).
+    let modules = root.join("modules");
+    let modules_shown = shell_word(&modules.display().to_string());
     println!(
         "use it in a pipeline as `module_id: {0}`: the engine loads <modules dir>/{0}.wasm \
-         (the directory `--modules` names; without it, ./modules, else ./fixtures/modules), so copy \
-         it there, e.g.:",
+         from the directory `--modules` names, so copy it into one, e.g.:",
         args.name
     );
-    println!("    mkdir -p modules");
+    println!("    mkdir -p {modules_shown}");
     println!(
-        "    cp {} modules/{}.wasm",
+        "    cp {} {}",
         shell_word(&wasm.display().to_string()),
-        args.name
+        shell_word(
+            &modules
+                .join(format!("{}.wasm", args.name))
+                .display()
+                .to_string()
+        )
+    );
+    println!(
+        "    {} run --config YOUR_PIPELINES --modules {modules_shown} --input YOUR_MESSAGES.jsonl",
+        this_tool()
     );
     Ok(ExitCode::SUCCESS)
 }

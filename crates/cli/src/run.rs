@@ -47,9 +47,8 @@ pub(crate) fn default_modules() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("modules"))
 }
 
-/// Where results go: standard output, or a file (appended to when the run
-/// resumes an earlier one: `append`).
-/// Where results go: a file or standard output, buffered. A commit writes out
+/// Where results go: a file or standard output, buffered (a file is
+/// appended to when the run resumes an earlier one). A commit writes out
 /// what is buffered and notes the file's length, so that after a write that
 /// fails the file can be cut back to its last commit: no half line is left
 /// for a resumed run to append to.

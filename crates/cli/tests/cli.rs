@@ -1318,7 +1318,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         .filter(|l| l.starts_with("    "))
         .map(str::trim)
         .collect();
-    assert_eq!(commands.len(), 5, "{stdout}");
+    assert_eq!(commands.len(), 6, "{stdout}");
     assert!(commands[0].starts_with("cargo build --release --target wasm32-unknown-unknown"));
     let root = dir.path().join("order-tagger");
     for file in ["Cargo.toml", "src/lib.rs", "messages.jsonl", ".gitignore"] {
@@ -1350,21 +1350,24 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     );
     assert!(shown.contains("messages.jsonl:3: dropped ("), "{shown}");
     assert!(text(&tried.stderr).contains("3 messages: 2 changed, 0 unchanged, 1 dropped, 0 failed"));
-    // Into a pipeline by the printed commands, under its module id.
-    for command in &commands[3..] {
+    // Into a pipeline by the printed commands, under its module id, in a
+    // directory of the crate's own (no ./modules made where it was run).
+    for command in &commands[3..5] {
         let done = run_printed(command, dir.path());
         assert!(done.status.success(), "{command}: {}", text(&done.stderr));
     }
+    assert!(!dir.path().join("modules").exists());
     let config = write_config(
         dir.path(),
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: order-tagger}]}]\n",
     );
-    let ran = server::tool()
-        .args(["run", "--config", config.to_str().unwrap(), "--input"])
-        .arg(root.join("messages.jsonl"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let run_command = commands[5]
+        .replace("YOUR_PIPELINES", config.to_str().unwrap())
+        .replace(
+            "YOUR_MESSAGES.jsonl",
+            root.join("messages.jsonl").to_str().unwrap(),
+        );
+    let ran = run_printed(&run_command, dir.path());
     assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
     assert!(
         text(&ran.stderr).contains("3 in = 2 delivered + 1 dropped + 0 dead-lettered"),
