@@ -159,41 +159,15 @@ impl Summary {
         (pipeline.fold(8, usize::max), module.fold(6, usize::max))
     }
 
-    /// The table of modules, a row per listing in the configuration's order,
-    /// then the accounting line (`input` messages read, `bad` lines not
-    /// processed).
+    /// The table of modules, a row per listing in the configuration's order
+    /// (none when no message was run), then the accounting line (`input`
+    /// messages read, `bad` lines not processed).
     pub(crate) fn print(&mut self, out: &mut dyn Write, input: u64, bad: u64) -> io::Result<()> {
         self.in_plan_order();
         let labels = self.labels();
         let (pw, mw) = self.widths(&labels);
-        writeln!(
-            out,
-            "{:<pw$} {:>5} {:<mw$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}  failed by kind",
-            "pipeline",
-            "stage",
-            "module",
-            "ran",
-            "skipped",
-            "failed",
-            "retried",
-            "dead",
-            "p50",
-            "p99"
-        )?;
-        for ((row, s), module) in self.modules.iter_mut().zip(&labels) {
-            let (pipeline, stage) = (&row.pipeline, row.stage);
-            let failed: u64 = s.failed.values().sum();
-            let kinds: Vec<String> = s.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            let (p50, p99) = (show(s.quantile(0.5)), show(s.quantile(0.99)));
-            let row = format!(
-                "{pipeline:<pw$} {stage:>5} {module:<mw$} {:>8} {:>8} {failed:>8} {:>8} {:>8} {p50:>10} {p99:>10}  {}",
-                s.ran,
-                s.skipped,
-                s.retried,
-                s.dead_lettered,
-                kinds.join(", ")
-            );
-            writeln!(out, "{}", row.trim_end())?;
+        if !self.modules.is_empty() {
+            self.print_table(out, &labels, pw, mw)?;
         }
         writeln!(
             out,
@@ -210,6 +184,45 @@ impl Summary {
                 String::new()
             }
         )
+    }
+
+    fn print_table(
+        &mut self,
+        out: &mut dyn Write,
+        labels: &[String],
+        pw: usize,
+        mw: usize,
+    ) -> io::Result<()> {
+        writeln!(
+            out,
+            "{:<pw$} {:>5} {:<mw$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}  failed by kind",
+            "pipeline",
+            "stage",
+            "module",
+            "ran",
+            "skipped",
+            "failed",
+            "retried",
+            "dead",
+            "p50",
+            "p99"
+        )?;
+        for ((row, s), module) in self.modules.iter_mut().zip(labels) {
+            let (pipeline, stage) = (&row.pipeline, row.stage);
+            let failed: u64 = s.failed.values().sum();
+            let kinds: Vec<String> = s.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let (p50, p99) = (show(s.quantile(0.5)), show(s.quantile(0.99)));
+            let row = format!(
+                "{pipeline:<pw$} {stage:>5} {module:<mw$} {:>8} {:>8} {failed:>8} {:>8} {:>8} {p50:>10} {p99:>10}  {}",
+                s.ran,
+                s.skipped,
+                s.retried,
+                s.dead_lettered,
+                kinds.join(", ")
+            );
+            writeln!(out, "{}", row.trim_end())?;
+        }
+        Ok(())
     }
 }
 
@@ -300,5 +313,24 @@ mod tests {
         summary.add(&traced(&listings[..2]));
         let skipped: Vec<u64> = summary.modules.iter().map(|(_, s)| s.skipped).collect();
         assert_eq!(skipped, [2, 2, 1, 1, 1]);
+    }
+
+    /// With no message run, no table: the accounting line alone (a header
+    /// over no rows said nothing).
+    #[test]
+    fn no_messages_print_the_accounting_line_alone() {
+        let mut out = Vec::new();
+        Summary::default().print(&mut out, 0, 2).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 in = 0 delivered + 0 dropped + 0 dead-lettered; 2 bad input lines not processed\n"
+        );
+        let mut out = Vec::new();
+        let mut summary = Summary::default();
+        summary.add(&traced(&[("p", 0, "a", 0)]));
+        summary.print(&mut out, 1, 0).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("pipeline stage module"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }
