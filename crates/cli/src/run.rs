@@ -48,64 +48,67 @@ pub(crate) fn default_modules() -> PathBuf {
 }
 
 /// Where results go: a file or standard output, buffered (a file is
-/// appended to when the run resumes an earlier one). A commit writes out
-/// what is buffered and notes the file's length, so that after a write that
-/// fails the file can be cut back to its last commit: no half line is left
-/// for a resumed run to append to.
+/// appended to when the run resumes an earlier one). What is written is
+/// committed batch by batch ([`commit`]): after a write that fails, a
+/// regular file (standard output redirected to one included) is cut back to
+/// its last commit, so that no half line or half batch is left for a resumed
+/// run to append to.
 struct Sink {
     /// What a failed write names: "writing delivered messages to FILE".
     what: String,
     out: BufWriter<Box<dyn Write>>,
+    /// Standard output (written out after the files: it cannot be taken
+    /// back unless it is a regular file).
+    stdout: bool,
     /// A regular file (a handle of its own, to cut back) and its length
-    /// after the last commit; none for standard output, a pipe or a device.
+    /// at the last commit; none for a pipe, a terminal or a device.
     file: Option<(File, u64)>,
+    /// Lines written since the last commit.
+    uncommitted: bool,
 }
 
 impl Sink {
     fn open(path: Option<&Path>, append: bool, what: &str) -> anyhow::Result<Sink> {
-        let named = match path {
-            Some(path) if path != Path::new("-") => path.display().to_string(),
-            _ => "standard output".to_owned(),
-        };
-        let (out, file): (Box<dyn Write>, _) = match path {
-            Some(p) if p != Path::new("-") => {
-                let file = File::options()
-                    .write(true)
-                    .create(true)
-                    .append(append)
-                    .truncate(!append)
-                    .open(p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
-                let regular = file
-                    .metadata()
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .and_then(|m| Some((file.try_clone().ok()?, m.len())));
-                (Box::new(file), regular)
-            }
-            _ => (Box::new(io::stdout().lock()), None),
-        };
+        let (out, handle, named, stdout): (Box<dyn Write>, _, _, _) =
+            match path.filter(|p| *p != Path::new("-")) {
+                Some(p) => {
+                    let file = File::options()
+                        .write(true)
+                        .create(true)
+                        .append(append)
+                        .truncate(!append)
+                        .open(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
+                    let handle = file.try_clone().ok();
+                    (Box::new(file), handle, p.display().to_string(), false)
+                }
+                None => {
+                    use std::os::fd::AsFd as _;
+                    let handle = io::stdout()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .ok()
+                        .map(File::from);
+                    let out = Box::new(io::stdout().lock());
+                    (out, handle, "standard output".to_owned(), true)
+                }
+            };
+        let file = handle.and_then(|file| {
+            let metadata = file.metadata().ok().filter(|m| m.is_file())?;
+            Some((file, metadata.len()))
+        });
         Ok(Sink {
             what: format!("writing {what} to {named}"),
             out: BufWriter::new(out),
+            stdout,
             file,
+            uncommitted: false,
         })
     }
 
     fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        self.uncommitted = true;
         writeln!(self.out, "{text}").with_context(|| self.what.clone())
-    }
-
-    /// Writes out what is buffered and notes how long the file now is.
-    fn commit(&mut self) -> anyhow::Result<()> {
-        self.out.flush().with_context(|| self.what.clone())?;
-        if let Some((file, length)) = &mut self.file {
-            *length = file
-                .metadata()
-                .with_context(|| format!("{}: reading its length", self.what))?
-                .len();
-        }
-        Ok(())
     }
 
     /// After a write failed: drops what is buffered and cuts the file back
@@ -114,7 +117,15 @@ impl Sink {
         // (A BufWriter dropped would try to write its buffer once more.)
         let (out, _unwritten) = self.out.into_parts();
         drop(out);
-        let (file, length) = self.file?;
+        let Some((file, length)) = self.file else {
+            return self.uncommitted.then(|| {
+                format!(
+                    "{}: results after the line named below may be out already (at most a \
+                     batch of 256, the last perhaps in part): they cannot be taken back",
+                    self.what
+                )
+            });
+        };
         let now = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
         if now == length {
             return None;
@@ -127,6 +138,27 @@ impl Sink {
             )
         })
     }
+}
+
+/// Writes out every sink's buffer — the files first, standard output last —
+/// and only then notes their lengths: a batch is committed in all of them
+/// or in none (one written out and another failing is cut back with it).
+fn commit(sinks: [Option<&mut Sink>; 2]) -> anyhow::Result<()> {
+    let mut sinks: Vec<&mut Sink> = sinks.into_iter().flatten().collect();
+    sinks.sort_by_key(|sink| sink.stdout);
+    for sink in &mut sinks {
+        sink.out.flush().with_context(|| sink.what.clone())?;
+    }
+    for sink in sinks {
+        if let Some((file, length)) = &mut sink.file {
+            *length = file
+                .metadata()
+                .with_context(|| format!("{}: reading its length", sink.what))?
+                .len();
+        }
+        sink.uncommitted = false;
+    }
+    Ok(())
 }
 
 /// A message's trace as one JSON line, for `--trace`.
@@ -278,9 +310,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let resuming = args.start_line > 1;
     let mut output = Sink::open(args.output.as_deref(), resuming, "delivered messages")?;
+    // Dead letters to standard output as the delivered messages are: one
+    // sink, whose lines keep their input order.
+    let both_stdout = args.dead_letter.as_deref() == Some(Path::new("-"))
+        && args.output.as_deref().is_none_or(|o| o == Path::new("-"));
     let mut dead_letters = match &args.dead_letter {
-        Some(path) => Some(Sink::open(Some(path), resuming, "dead letters")?),
-        None => None,
+        Some(path) if !both_stdout => Some(Sink::open(Some(path), resuming, "dead letters")?),
+        _ => None,
     };
     let mut summary = Summary::default();
     let (mut input, mut bad) = (0u64, 0u64);
@@ -397,10 +433,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             // What was read is answered and out; only then is it counted.
             let written =
                 flush(&mut batch, &mut lines, &mut output, &mut dead_letters).and_then(|results| {
-                    output.commit()?;
-                    if let Some(out) = &mut dead_letters {
-                        out.commit()?;
-                    }
+                    commit([Some(&mut output), dead_letters.as_mut()])?;
                     Ok(results)
                 });
             match written {

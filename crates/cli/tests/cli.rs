@@ -1625,6 +1625,36 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
         "every message exactly once, in order"
     );
 
+    // Standard output redirected to a file is cut back the same way.
+    let redirected = dir.path().join("stdout.jsonl");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 40; trap '' XFSZ; exec \"$@\" > \"$OUT\"")
+        .arg("sh")
+        .arg(server::tool().get_program())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .env("OUT", &redirected)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped: writing delivered messages to standard output: "),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(&redirected).unwrap();
+    assert!(written.ends_with('\n'), "no half line left");
+    assert!(
+        stderr.contains(&format!(
+            "every line up to line {} of",
+            keys(&written).len()
+        )),
+        "{stderr}"
+    );
+
     // A device that takes nothing.
     let out = server::tool()
         .args(["run", "--config"])
@@ -1643,6 +1673,65 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
             && stderr.contains("run again with --start-line 1"),
         "{stderr}"
     );
+}
+
+/// With dead letters written apart, a batch is committed to both outputs or
+/// to neither: the dead letters failing (here at once: `/dev/full`) after the
+/// delivered messages of their batch were written out takes those back too,
+/// so that the resumed run writes every message once.
+#[test]
+fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("half.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
+         [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
+    )
+    .unwrap();
+    // One dead letter, in the fourth batch of 256.
+    let total = 3000;
+    let input: String = (1..=total)
+        .map(|i| {
+            let topic = if i == 1000 { "bad" } else { "t" };
+            format!("{{\"topic\":\"{topic}\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n")
+        })
+        .collect();
+    let messages = dir.path().join("in.jsonl");
+    std::fs::write(&messages, &input).unwrap();
+    let (output, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
+    let run = |start: usize, dead: &Path| {
+        server::tool()
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(&output)
+            .arg("--dead-letter")
+            .arg(dead)
+            .args(["--start-line", &start.to_string()])
+            .output()
+            .unwrap()
+    };
+    let out = run(1, Path::new("/dev/full"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped: writing dead letters to /dev/full")
+            && stderr.contains("every line up to line 768 of")
+            && stderr.contains("768 in = 768 delivered + 0 dropped + 0 dead-lettered"),
+        "{stderr}"
+    );
+    let read = |path: &Path| keys(&std::fs::read_to_string(path).unwrap());
+    assert_eq!(read(&output).len(), 768, "the fourth batch taken back");
+    let rest = run(769, &dead);
+    assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
+    let mut all = read(&output);
+    all.extend(read(&dead));
+    all.sort_by_key(|k| k[1..].parse::<usize>().unwrap());
+    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    assert_eq!(all, expected, "every message exactly once");
 }
 
 /// `run` stopped by SIGTERM mid-stream finishes what it read, writes it, says
