@@ -417,6 +417,14 @@ pub(crate) fn exit_on_a_second_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mutex` locked, whether or not a thread panicked holding it (what each
+/// guards is written whole).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A line number (from 1) given on the command line.
 fn line_number(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

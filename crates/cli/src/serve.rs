@@ -107,7 +107,7 @@ impl Service {
         // One reload at a time, from reading the files to the swap: two at
         // once (the watcher's and a request's) could otherwise put the
         // older reading in service after the newer.
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = crate::lock(&self.reloading);
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -115,7 +115,7 @@ impl Service {
             Ok(loaded) => {
                 let warnings: Vec<String> =
                     loaded.warnings.iter().map(ToString::to_string).collect();
-                let mut logged = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+                let mut logged = crate::lock(&self.warnings);
                 if *logged != warnings {
                     for warning in &warnings {
                         log::warn!("{warning}");
@@ -185,7 +185,7 @@ impl Service {
                 }
             }
         };
-        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
+        *crate::lock(&self.last_reload) = Some(status.clone());
         status
     }
 }
@@ -748,11 +748,7 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
             occurrence
         })
         .collect();
-    let last_reload = service
-        .last_reload
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let last_reload = crate::lock(&service.last_reload).clone();
     Json(json!({
         "config_version": in_service.version,
         "config_path": service.config_path.display().to_string(),

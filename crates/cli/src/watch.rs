@@ -1,12 +1,16 @@
 //! `serve`'s watch of its configuration and modules: a change reloads them.
 //!
 //! What is watched is where the paths lead (symlinks followed) and also the
-//! directories they were given in, where a symlink on the way may be
-//! swapped for one to another target: how Kubernetes updates a mounted
-//! ConfigMap (`etl.yaml -> ..data/etl.yaml`, `..data -> ..2026_12_03_…`
-//! replaced), or how a release directory is switched (`current -> r2`). A
-//! change anywhere watched that leaves the paths leading elsewhere is a
-//! change too, and from then on the new targets are watched.
+//! directories whose entries decide where they lead — the one holding each
+//! given path and each symlink met on the way — where a link may be swapped
+//! for one to another target: how Kubernetes updates a mounted ConfigMap
+//! (`etl.yaml -> ..data/etl.yaml`, `..data -> ..2026_12_03_…` replaced), or
+//! how a release directory is switched (`current -> r2`). A change anywhere
+//! watched that leaves the paths leading elsewhere, or that removes or makes
+//! a target directory, is a change too, after which the targets are watched
+//! anew.
+//! Every place is watched by its resolved path: the kernel watches a
+//! directory, not a name.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,6 +47,11 @@ struct Resolved {
     /// In a configuration directory: where each configuration file leads.
     config_files: Vec<PathBuf>,
     modules: PathBuf,
+    /// Where each module file leads.
+    module_files: Vec<PathBuf>,
+    /// The directories, resolved, whose entries decide where the given
+    /// paths lead.
+    deciding: Vec<PathBuf>,
 }
 
 fn is_config_file(path: &Path) -> bool {
@@ -52,6 +61,53 @@ fn is_config_file(path: &Path) -> bool {
     )
 }
 
+fn is_module_file(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("wasm")
+}
+
+/// Adds to `dirs` the directories, resolved, whose entries decide where
+/// `path` leads: the one holding it, and the one holding each symlink met on
+/// the way (and, the same way, on the way to each link's target).
+fn deciding_dirs(path: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
+    // (Past this, the kernel would not follow the links either.)
+    if depth > 40 {
+        return;
+    }
+    let mut prefix = PathBuf::new();
+    for component in path.components() {
+        prefix.push(component);
+        let link = prefix
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if !link {
+            continue;
+        }
+        let holder = prefix.parent().unwrap_or(Path::new("/")).to_path_buf();
+        dirs.extend(std::fs::canonicalize(&holder).ok());
+        if let Ok(target) = std::fs::read_link(&prefix) {
+            deciding_dirs(&holder.join(target), depth + 1, dirs);
+        }
+    }
+    if let Some(parent) = path.parent() {
+        dirs.extend(std::fs::canonicalize(parent).ok());
+    }
+}
+
+/// Where each entry of `dir` that `wanted` says is one leads (sorted).
+fn targets(dir: &Path, wanted: fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot watch {}", dir.display()))?;
+    let mut targets: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| wanted(path))
+        // (One removed meanwhile is simply not there.)
+        .filter_map(|path| std::fs::canonicalize(path).ok())
+        .collect();
+    targets.sort();
+    Ok(targets)
+}
+
 impl Given {
     fn resolve(&self) -> anyhow::Result<Resolved> {
         let canonical = |path: &Path| {
@@ -59,48 +115,49 @@ impl Given {
         };
         let config = canonical(&self.config)?;
         let config_is_dir = config.is_dir();
-        let mut config_files = Vec::new();
-        if config_is_dir {
-            let entries = std::fs::read_dir(&config)
-                .with_context(|| format!("cannot watch {}", config.display()))?;
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if is_config_file(&path) {
-                    // (One removed meanwhile is simply not there.)
-                    config_files.extend(std::fs::canonicalize(&path).ok());
-                }
-            }
-            config_files.sort();
-        }
+        let config_files = if config_is_dir {
+            targets(&config, is_config_file)?
+        } else {
+            Vec::new()
+        };
+        let modules = canonical(&self.modules)?;
+        let module_files = targets(&modules, is_module_file)?;
+        let mut deciding = Vec::new();
+        deciding_dirs(&self.config, 0, &mut deciding);
+        deciding_dirs(&self.modules, 0, &mut deciding);
+        deciding.sort();
+        deciding.dedup();
         Ok(Resolved {
             config,
             config_is_dir,
             config_files,
-            modules: canonical(&self.modules)?,
+            modules,
+            module_files,
+            deciding,
         })
     }
+}
 
-    /// What to watch for `resolved`: its targets, and the directories the
-    /// given paths are in. A directory watched recursively covers what is
-    /// below it.
-    fn places(&self, resolved: &Resolved) -> Vec<(PathBuf, RecursiveMode)> {
+impl Resolved {
+    /// What to watch, every place by its resolved path: the targets, the
+    /// directories deciding where the paths lead, and the directories of
+    /// files a configuration or modules directory links to. A directory
+    /// watched recursively covers what is below it.
+    fn places(&self) -> Vec<(PathBuf, RecursiveMode)> {
         let parent = |path: &Path| path.parent().map(Path::to_path_buf);
         let mut places = Vec::new();
-        if resolved.config_is_dir {
-            places.push((resolved.config.clone(), RecursiveMode::Recursive));
-            // Configuration files that lead out of the directory.
-            for file in &resolved.config_files {
-                if !file.starts_with(&resolved.config) {
-                    places.extend(parent(file).map(|p| (p, RecursiveMode::NonRecursive)));
-                }
-            }
+        if self.config_is_dir {
+            places.push((self.config.clone(), RecursiveMode::Recursive));
         } else {
             // Its directory: editors replace a file by renaming another onto it.
-            places.extend(parent(&resolved.config).map(|p| (p, RecursiveMode::NonRecursive)));
+            places.extend(parent(&self.config).map(|p| (p, RecursiveMode::NonRecursive)));
         }
-        places.push((resolved.modules.clone(), RecursiveMode::NonRecursive));
-        for given in [&self.config, &self.modules] {
-            places.extend(parent(given).map(|p| (p, RecursiveMode::NonRecursive)));
+        places.push((self.modules.clone(), RecursiveMode::NonRecursive));
+        for file in self.config_files.iter().chain(&self.module_files) {
+            places.extend(parent(file).map(|p| (p, RecursiveMode::NonRecursive)));
+        }
+        for dir in &self.deciding {
+            places.push((dir.clone(), RecursiveMode::NonRecursive));
         }
         // One watch a directory, recursive if any wants it; none below a
         // recursive one.
@@ -117,21 +174,33 @@ impl Given {
         places.retain(|(path, _)| !recursive.iter().any(|r| path != r && path.starts_with(r)));
         places
     }
-}
 
-impl Resolved {
     /// Whether a change at `path` (not a read) is one to the configuration
-    /// or to a module.
+    /// or to a module, or to the directory of either itself (removed, made
+    /// anew).
     fn concerns(&self, path: &Path) -> bool {
-        let in_config = if self.config_is_dir {
-            (path.starts_with(&self.config) && is_config_file(path))
-                || self.config_files.iter().any(|file| file == path)
-        } else {
-            path == self.config
+        let direct = |path: &Path| {
+            if path == self.config || path == self.modules {
+                return true;
+            }
+            let in_config = if self.config_is_dir {
+                (path.starts_with(&self.config) && is_config_file(path))
+                    || self.config_files.iter().any(|file| file == path)
+            } else {
+                path == self.config
+            };
+            in_config
+                || (path.parent() == Some(&self.modules) && is_module_file(path))
+                || self.module_files.iter().any(|file| file == path)
         };
-        in_config
-            || (path.parent() == Some(&self.modules)
-                && path.extension().and_then(|e| e.to_str()) == Some("wasm"))
+        // An event inside a directory reached through a link (a recursive
+        // watch follows them) may name it by the link.
+        direct(path)
+            || path
+                .parent()
+                .and_then(|parent| std::fs::canonicalize(parent).ok())
+                .zip(path.file_name())
+                .is_some_and(|(parent, name)| direct(&parent.join(name)))
     }
 }
 
@@ -152,17 +221,22 @@ pub(crate) fn watch(
         config: absolute(config)?,
         modules: absolute(modules)?,
     };
-    let resolved = Arc::new(Mutex::new(given.resolve()?));
+    let first = given.resolve()?;
+    let places = first.places();
+    // Where the paths lead as last seen; none while they lead nowhere (then
+    // only their coming back is a change, not every event).
+    let resolved = Arc::new(Mutex::new(Some(first)));
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = {
         let (given, resolved) = (given.clone(), resolved.clone());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
             Ok(event) => {
-                let known = lock(&resolved).clone();
-                if event.paths.iter().any(|path| known.concerns(path))
-                    || given.resolve().ok().as_ref() != Some(&known)
-                {
+                let known = crate::lock(&resolved).clone();
+                let concerns = known
+                    .as_ref()
+                    .is_some_and(|known| event.paths.iter().any(|path| known.concerns(path)));
+                if concerns || given.resolve().ok() != known {
                     let _ = changed.send(());
                 }
             }
@@ -171,16 +245,14 @@ pub(crate) fn watch(
         .context("cannot watch files")?
     };
     let watcher = Arc::new(Mutex::new(watcher));
-    let places = given.places(&lock(&resolved));
     for (path, mode) in &places {
-        lock(&watcher)
+        crate::lock(&watcher)
             .watch(path, *mode)
             .with_context(|| format!("cannot watch {}", path.display()))?;
     }
     let weak = Arc::downgrade(&watcher);
     let reload = Arc::new(reload);
     tokio::spawn(async move {
-        let mut places = places;
         while changes.recv().await.is_some() {
             // Until the files have been quiet for a while, or changing for
             // too long; changes that come in while the reload runs bring one
@@ -203,33 +275,31 @@ pub(crate) fn watch(
                 weak.clone(),
                 reload.clone(),
             );
-            let follow = move |places: Vec<(PathBuf, RecursiveMode)>| {
+            let follow = move || {
                 // Where the paths lead now is watched before the reload reads
                 // it, so that no change after the reading goes unseen.
-                if let Ok(now) = given.resolve() {
-                    let new = given.places(&now);
-                    *lock(&resolved) = now;
-                    if let Some(watcher) = weak.upgrade() {
-                        rewatch(&mut lock(&watcher), &places, &new);
-                    }
-                    reload();
-                    return new;
+                // Watched anew even where the paths are the same: a directory
+                // removed and made again at its path is another.
+                let now = given.resolve().ok();
+                let before = std::mem::replace(&mut *crate::lock(&resolved), now.clone());
+                if let (Some(now), Some(watcher)) = (&now, weak.upgrade()) {
+                    let old = before.map(|b| b.places()).unwrap_or_default();
+                    rewatch(&mut crate::lock(&watcher), &old, &now.places());
                 }
                 reload();
-                places
             };
-            match tokio::task::spawn_blocking(move || follow(places.clone())).await {
-                Ok(now) => places = now,
-                Err(_) => return,
+            if tokio::task::spawn_blocking(follow).await.is_err() {
+                return;
             }
         }
     });
     Ok(Watch { _watcher: watcher })
 }
 
-/// Stops watching the places `old` has and `new` has not, and watches those
-/// `new` adds (a place that cannot be watched is logged: a reload through
-/// `POST /v1/reload` still reads it).
+/// Stops watching the places `old` has and `new` has not, and watches every
+/// place of `new`, those kept too: a directory made again at the same path
+/// is another, watched anew (a place that cannot be watched is logged: a
+/// reload through `POST /v1/reload` still reads it).
 fn rewatch(
     watcher: &mut RecommendedWatcher,
     old: &[(PathBuf, RecursiveMode)],
@@ -242,7 +312,7 @@ fn rewatch(
             let _ = watcher.unwatch(&place.0);
         }
     }
-    for (path, mode) in new.iter().filter(|place| !old.contains(place)) {
+    for (path, mode) in new {
         if let Err(e) = watcher.watch(path, *mode) {
             log::warn!(
                 "cannot watch {}: {e}; its changes reload nothing until another change is seen \
@@ -253,19 +323,12 @@ fn rewatch(
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A ConfigMap's layout: the file given leads through `..data` into a
-    /// dated directory; both directories are watched, the given one for the
-    /// swap of `..data`.
+    /// dated directory; that one and the one holding the links are watched.
     #[test]
     fn a_file_through_a_symlinked_directory_is_watched_where_it_is_and_where_it_was_given() {
         let dir = tempfile::tempdir().unwrap();
@@ -285,10 +348,14 @@ mod tests {
         assert_eq!(resolved.config, cm.join("..v1/etl.yaml"));
         assert_eq!(resolved.modules, root.join("sw/r1"));
         assert!(resolved.concerns(&cm.join("..v1/etl.yaml")));
+        assert!(
+            resolved.concerns(&cm.join("..data/etl.yaml")),
+            "named by the link"
+        );
         assert!(resolved.concerns(&root.join("sw/r1/m.wasm")));
         assert!(!resolved.concerns(&cm.join("..v1/other.yaml")));
         assert!(!resolved.concerns(&root.join("sw/r1/m.txt")));
-        let places: Vec<PathBuf> = given.places(&resolved).into_iter().map(|p| p.0).collect();
+        let places: Vec<PathBuf> = resolved.places().into_iter().map(|p| p.0).collect();
         assert_eq!(
             places,
             [
@@ -308,9 +375,8 @@ mod tests {
         assert_eq!(now.config, cm.join("..v2/etl.yaml"));
     }
 
-    /// A configuration directory is watched recursively, with its parent for
-    /// a swap of the directory itself; its files' targets are known, so that
-    /// a swap of where they lead is a change.
+    /// A configuration directory is watched recursively; its files' targets
+    /// are known, so that a swap of where they lead is a change.
     #[test]
     fn a_directory_is_watched_recursively_and_knows_where_its_files_lead() {
         let dir = tempfile::tempdir().unwrap();
@@ -336,12 +402,45 @@ mod tests {
         assert!(resolved.concerns(&cm.join("..v1/a.yaml")));
         assert!(!resolved.concerns(&root.join("c.json")));
         assert_eq!(
-            given.places(&resolved),
+            resolved.places(),
             [
                 (root.clone(), RecursiveMode::NonRecursive),
                 (cm.clone(), RecursiveMode::Recursive),
                 (root.join("modules"), RecursiveMode::NonRecursive),
             ]
         );
+    }
+
+    /// Paths given through `..` or through a symlinked directory are
+    /// watched by the directories they lead to (one name each), and a link
+    /// in the middle of a path decides too: its directory is watched.
+    #[test]
+    fn paths_through_dots_and_links_are_watched_by_where_they_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("conf")).unwrap();
+        std::fs::create_dir_all(root.join("x")).unwrap();
+        std::fs::write(root.join("conf/etl.yaml"), "").unwrap();
+        std::fs::create_dir_all(root.join("srv/r1/modules")).unwrap();
+        std::os::unix::fs::symlink("r1", root.join("srv/current")).unwrap();
+        let given = Given {
+            config: root.join("x/../conf/etl.yaml"),
+            modules: root.join("srv/current/modules"),
+        };
+        let resolved = given.resolve().unwrap();
+        assert!(resolved.concerns(&root.join("conf/etl.yaml")));
+        let places: Vec<PathBuf> = resolved.places().into_iter().map(|p| p.0).collect();
+        assert_eq!(
+            places,
+            [
+                root.join("conf"),
+                root.join("srv"),
+                root.join("srv/r1"),
+                root.join("srv/r1/modules"),
+            ]
+        );
+        // The modules directory removed or made anew at its path (seen in
+        // its parent, a deciding directory): a change.
+        assert!(resolved.concerns(&root.join("srv/r1/modules")));
     }
 }

@@ -485,6 +485,76 @@ fn swapped_symlinks_on_the_watched_paths_reload_every_time() {
     assert!(server.stop().success());
 }
 
+/// A configuration given through `..`, a modules directory given through a
+/// link in the middle of its path (`srv/current/modules`), that directory
+/// removed and made anew: each change is seen, and so are those after it.
+#[test]
+fn paths_through_dots_links_and_directories_made_anew_are_watched() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("x")).unwrap();
+    let config = dir.path().join("etl.yaml");
+    let pipeline = |id: &str| {
+        format!("pipeline_id: {id}\nstages: [{{priority: 0, modules: [{{module_id: m}}]}}]\n")
+    };
+    replace(&config, pipeline("p1"));
+    let srv = dir.path().join("srv");
+    let module = |name: &str| fixtures().join(format!("modules/{name}.wasm"));
+    for (release, name) in [("r1", "identity"), ("r2", "legacy-uppercase")] {
+        std::fs::create_dir_all(srv.join(release).join("modules")).unwrap();
+        std::fs::copy(module(name), srv.join(release).join("modules/m.wasm")).unwrap();
+    }
+    symlink("r1", srv.join("current")).unwrap();
+    let server = Server::start(&[
+        "--config",
+        dir.path().join("x/../etl.yaml").to_str().unwrap(),
+        "--modules",
+        srv.join("current/modules").to_str().unwrap(),
+    ]);
+    let serving = || {
+        let (code, body) = server.send(
+            "POST",
+            "/v1/process?trace=true",
+            r#"{"topic": "t", "payload": "abc"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            answer["trace"][0]["pipeline"].as_str().unwrap().to_owned(),
+            answer["message"]["payload"].as_str().unwrap().to_owned(),
+        )
+    };
+    let until = |expected: (&str, &str)| {
+        let waiting = Instant::now();
+        while serving() != (expected.0.to_owned(), expected.1.to_owned()) {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "still {:?}, not {expected:?}: {}",
+                serving(),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(("p1", "abc"));
+    replace(&config, pipeline("p2"));
+    until(("p2", "abc"));
+    symlink("r2", srv.join("current_tmp")).unwrap();
+    std::fs::rename(srv.join("current_tmp"), srv.join("current")).unwrap();
+    until(("p2", "ABC"));
+    // The release's modules directory removed and made anew.
+    std::fs::remove_dir_all(srv.join("r2/modules")).unwrap();
+    std::fs::create_dir(srv.join("r2/modules")).unwrap();
+    std::fs::copy(module("identity"), srv.join("r2/modules/m.wasm")).unwrap();
+    until(("p2", "abc"));
+    replace(
+        &srv.join("r2/modules/m.wasm"),
+        std::fs::read(module("legacy-uppercase")).unwrap(),
+    );
+    until(("p2", "ABC"));
+    assert!(server.stop().success());
+}
+
 /// Reading the watched files is not changing them (inotify reports every
 /// open, a reload's own reads included): only a write reloads, and once; and
 /// files that never stop changing are still reloaded (at most a second after

@@ -39,6 +39,8 @@ pub struct Server {
     child: Mutex<Child>,
     base: String,
     log: Arc<Mutex<String>>,
+    /// The thread reading the log, until the process's standard error ends.
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -63,7 +65,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let (address, listening) = mpsc::channel();
         let written = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(at) = line.find(" on http://") {
@@ -81,6 +83,7 @@ impl Server {
             child: Mutex::new(child),
             base,
             log,
+            reader: Mutex::new(Some(reader)),
         }
     }
 
@@ -153,9 +156,13 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, and for its log to be read to the end.
     pub fn wait(&self) -> ExitStatus {
-        self.child.lock().unwrap().wait().unwrap()
+        let status = self.child.lock().unwrap().wait().unwrap();
+        if let Some(reader) = self.reader.lock().unwrap().take() {
+            let _ = reader.join();
+        }
+        status
     }
 
     /// SIGTERM, then waits for the process to exit.
