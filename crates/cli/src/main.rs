@@ -403,15 +403,27 @@ where
 
 /// After a first SIGTERM or Ctrl-C (SIGINT), which the command honours in its
 /// own time (finishing what it started), a second one ends the process at
-/// once, with status 128 + the signal's number (143, 130).
+/// once, with status 128 + the signal's number (143, 130). For a command
+/// that notes the first signal through signal-hook from the start (`run`).
 pub(crate) fn exit_on_a_second_signal() -> anyhow::Result<()> {
+    exit_on_signals(false)
+}
+
+/// From now on, SIGTERM or Ctrl-C ends the process at once (status 143 or
+/// 130): for a command that has just begun honouring a first one (`serve`,
+/// whose first is tokio's to see).
+pub(crate) fn exit_on_the_next_signal() -> anyhow::Result<()> {
+    exit_on_signals(true)
+}
+
+fn exit_on_signals(now: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let second = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(now));
     for signal in [SIGTERM, SIGINT] {
-        // In this order: the first signal finds the flag unset, then sets it.
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, second.clone())
-            .and_then(|_| signal_hook::flag::register(signal, second.clone()))
+        // In this order: a first signal finds the flag unset, then sets it.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, armed.clone())
+            .and_then(|_| signal_hook::flag::register(signal, armed.clone()))
             .context("cannot install the signal handlers")?;
     }
     Ok(())

@@ -241,9 +241,6 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
     });
-    // The first signal is a graceful shutdown (below); a second ends the
-    // process at once.
-    crate::exit_on_a_second_signal()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -454,6 +451,12 @@ async fn shutdown_signal(service: Arc<Service>) {
     service.shutting_down.store(true, Ordering::SeqCst);
     let _ = service.shutdown_began.set(std::time::Instant::now());
     log::info!("{which}: shutting down; no new connections, answering the requests in flight");
+    // A second signal ends the process at once. (Armed only now: armed from
+    // the start, a signal before tokio listened would have been taken for
+    // the first and not honoured.)
+    if let Err(e) = crate::exit_on_the_next_signal() {
+        log::warn!("{e:#}: a second signal will not end the process at once");
+    }
 }
 
 /// An error answer: a status and `{"error": "..."}`.

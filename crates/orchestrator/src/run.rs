@@ -1494,7 +1494,9 @@ impl Run {
             snapshot.options.dead_letter_topic.clone(),
         );
         letter.headers.push(headers::ORIGINAL_TOPIC, original);
-        if let Some(pipeline) = pipeline {
+        // (Only a pipeline it entered: between pipelines, the next one's
+        // index is no place it was at.)
+        if let Some(pipeline) = pipeline.filter(|_| self.place.stage.is_some()) {
             letter
                 .headers
                 .push(headers::PIPELINE, pipeline.config.pipeline_id.as_str());
