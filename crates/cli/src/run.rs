@@ -389,10 +389,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             None
         } else {
             match lines_in.recv_timeout(wait) {
-                Ok(Input::Line(number, read, line)) => Some((number, read, Ok(line))),
-                Ok(Input::Bad(number, read, problem)) => Some((number, read, Err(problem))),
-                Ok(Input::Failed(e)) => {
-                    failed = Some(e);
+                Ok(Ok(line)) => Some(line),
+                Ok(Err(e)) => {
+                    failed = Some(e.to_string());
                     end = true;
                     None
                 }
@@ -543,15 +542,10 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
     Ok(stop)
 }
 
-/// What the input thread reads.
-enum Input {
-    /// Line number, bytes read, the line.
-    Line(usize, usize, Vec<u8>),
-    /// A line too long to be a message: number, bytes read, why.
-    Bad(usize, usize, String),
-    /// The input cannot be read any further.
-    Failed(String),
-}
+/// What the input thread reads: a line of [`crate::input::numbered_lines`]
+/// (its number, the bytes read, the line or why it is not read), or why the
+/// input cannot be read any further.
+type Input = io::Result<(usize, usize, Result<Vec<u8>, String>)>;
 
 /// The input's lines, read on a thread of their own (so that a signal is
 /// noticed while standing input is silent). A line longer than
@@ -567,12 +561,7 @@ fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<Input>> {
         .name("rustmq-etl-input".into())
         .spawn(move || {
             for line in crate::input::numbered_lines(BufReader::new(reader)) {
-                let item = match line {
-                    Ok((number, read, Ok(line))) => Input::Line(number, read, line),
-                    Ok((number, read, Err(why))) => Input::Bad(number, read, why),
-                    Err(e) => Input::Failed(e.to_string()),
-                };
-                if lines.send(item).is_err() {
+                if lines.send(line).is_err() {
                     break;
                 }
             }
