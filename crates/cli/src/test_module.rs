@@ -82,10 +82,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut settings = ModuleSettings::default();
     let configured = args.module_config.is_some();
     if let Some(config) = args.module_config {
-        serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
-            format!("--module-config is not JSON (it is the module's custom_config): {config}")
-        })?;
-        settings.custom_config = config;
+        let custom_config =
+            serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
+                format!("--module-config is not JSON (it is the module's custom_config): {config}")
+            })?;
+        // The text a pipeline's module receives for this value (compact,
+        // keys sorted, numbers as the engine writes them): the same here.
+        settings.custom_config = rustmq_etl_config::ModuleInstanceConfig {
+            custom_config,
+            ..Default::default()
+        }
+        .to_settings()
+        .custom_config;
     }
     // The limits a pipeline's instance_config allows (docs/configuration.md).
     if let Some(ms) = args.timeout_ms {

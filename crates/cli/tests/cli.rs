@@ -1122,6 +1122,46 @@ fn test_module_shows_each_change() {
     );
 }
 
+/// test-module hands init the text a pipeline's module gets for the same
+/// custom_config (written anew: keys sorted, compact, numbers as the engine
+/// writes them), not the command line's text; here an init that refuses
+/// whatever it gets, quoting it.
+#[test]
+fn test_module_hands_init_the_config_as_a_pipeline_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("quote.wasm");
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param $p i32) (param $l i32) (result i64)
+            (i64.or
+              (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+              (i64.extend_i32_u (local.get $l))))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    std::fs::write(&module, wasm).unwrap();
+    let out = run(
+        &[
+            "test-module",
+            module.to_str().unwrap(),
+            "--input",
+            "-",
+            "--module-config",
+            r#"{ "b": 1e2, "a": [1, 2], "b": 3 }"#,
+        ],
+        Some(""),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"init rejected its custom_config: {"a":[1,2],"b":3}"#),
+        "{stderr}"
+    );
+}
+
 /// --json: one line per message with the changes and the message as left.
 #[test]
 fn test_module_json_gives_changes_and_the_result() {
