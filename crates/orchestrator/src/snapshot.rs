@@ -39,7 +39,26 @@ impl ModuleSource for DirectorySource {
             ));
         }
         let path = self.dir.join(format!("{module_id}.wasm"));
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        std::fs::read(&path).map_err(|e| {
+            // Cargo names a build after its crate with `_` for `-`: the
+            // likeliest file misnamed.
+            let built = self
+                .dir
+                .join(format!("{}.wasm", module_id.replace('-', "_")));
+            let hint = if e.kind() == std::io::ErrorKind::NotFound
+                && module_id.contains('-')
+                && built.is_file()
+            {
+                format!(
+                    " ({} is there: Cargo names a build after its crate with `_` for `-`; a \
+                     module is <module_id>.wasm, so copy it as {module_id}.wasm)",
+                    built.display()
+                )
+            } else {
+                String::new()
+            };
+            format!("cannot read {}: {e}{hint}", path.display())
+        })
     }
 }
 
@@ -282,4 +301,26 @@ fn with_listing(plan: &Plan, occurrence: usize, error: LoadError) -> LoadError {
             listings.join("; ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module not found beside a file Cargo named for it (`_` for `-`)
+    /// says so: the likeliest mistake of a module author.
+    #[test]
+    fn a_module_not_found_beside_its_cargo_named_build_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("price_converter.wasm"), b"").unwrap();
+        let source = DirectorySource::new(dir.path());
+        let error = source.read("price-converter").unwrap_err();
+        assert!(
+            error.contains("price_converter.wasm is there")
+                && error.contains("copy it as price-converter.wasm"),
+            "{error}"
+        );
+        let error = source.read("other-module").unwrap_err();
+        assert!(!error.contains("is there"), "{error}");
+    }
 }
