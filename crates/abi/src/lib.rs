@@ -54,3 +54,11 @@ pub use outcome::{
 /// The version of the guest ABI this crate encodes: the first byte of every
 /// encoded message, and the value a guest's `rmq_abi_version` export returns.
 pub const ABI_VERSION: u8 = 1;
+
+/// Most edits one answer may hold (the host refuses an answer with more:
+/// its work and memory for applying an answer stay linear in its size and
+/// bounded whatever the output cap).
+pub const MAX_EDITS: usize = 65_536;
+
+/// What the host makes of an error answer without a text.
+pub const ERROR_WITHOUT_TEXT: &str = "the module answered an error without a text";

@@ -29,9 +29,7 @@ const MAX_LOG_LINE: usize = 4096;
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
-/// Most edits one answer may hold: the host's work and memory for applying an
-/// answer stay linear in its size and bounded whatever the output cap.
-pub(crate) const MAX_EDITS: usize = 65_536;
+use rustmq_etl_abi::MAX_EDITS;
 
 struct LogEnv {
     module: String,
@@ -587,7 +585,7 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Error(text) => {
             // An error with no text still says what it is.
             let text = if text.trim().is_empty() {
-                "the module answered an error without a text"
+                rustmq_etl_abi::ERROR_WITHOUT_TEXT
             } else {
                 text
             };

@@ -42,8 +42,13 @@ impl TestMessage {
 pub type Result = std::result::Result<Option<TestMessage>, String>;
 
 /// Encodes `message` as the engine does, calls `transform`, encodes its
-/// outcome as a module does, and decodes and applies it as the engine does
-/// (refusing what the engine refuses: an empty topic or header name).
+/// outcome as a module does, and decodes and applies it as the engine does:
+/// an answer of more than [`MAX_EDITS`](rustmq_etl_abi::MAX_EDITS) edits, an
+/// empty topic or header name are refused, an error without a text gets the
+/// engine's. Not checked here (natively, nothing is limited): a module's
+/// output cap (`max_output_bytes`, 16 MiB by default), its memory limit and
+/// time budget, and imports the engine refuses (a clock, randomness: see
+/// `test-module` for the real engine).
 pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Result {
     let mut bytes = Vec::new();
     encode_message(
@@ -65,7 +70,16 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
     let edits = match decode_outcome(&answer) {
         Ok(OutcomeView::Unchanged) => return Ok(Some(message.clone())),
         Ok(OutcomeView::Drop) => return Ok(None),
+        Ok(OutcomeView::Error(e)) if e.trim().is_empty() => {
+            return Err(rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned())
+        }
         Ok(OutcomeView::Error(e)) => return Err(e.to_owned()),
+        Ok(OutcomeView::Edits(edits)) if edits.len() > rustmq_etl_abi::MAX_EDITS => {
+            return Err(format!(
+                "the engine refuses an answer of more than {} edits",
+                rustmq_etl_abi::MAX_EDITS
+            ))
+        }
         Ok(OutcomeView::Edits(edits)) => edits,
         Err(e) => return Err(format!("the answer does not decode: {e}")),
     };
@@ -148,5 +162,22 @@ mod tests {
             apply(|_| Outcome::error("no"), &message),
             Err("no".to_owned())
         );
+        assert_eq!(
+            apply(|_| Outcome::error(""), &message),
+            Err(rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned())
+        );
+        let many = |count: usize| {
+            move |_: &Message<'_>| {
+                let mut edit = Outcome::edit();
+                for _ in 0..count {
+                    edit = edit.set_header("h", "v");
+                }
+                Outcome::from(edit)
+            }
+        };
+        assert!(apply(many(rustmq_etl_abi::MAX_EDITS), &message).is_ok());
+        assert!(apply(many(rustmq_etl_abi::MAX_EDITS + 1), &message)
+            .unwrap_err()
+            .contains("more than 65536 edits"));
     }
 }
