@@ -1160,6 +1160,30 @@ fn test_module_hands_init_the_config_as_a_pipeline_does() {
         stderr.contains(r#"init rejected its custom_config: {"a":[1,2],"b":3}"#),
         "{stderr}"
     );
+    // An init refusing with an empty text still says something.
+    let silent = dir.path().join("silent.wasm");
+    std::fs::write(
+        &silent,
+        wat::parse_str(
+            r#"(module
+              (memory (export "memory") 1)
+              (func (export "rmq_abi_version") (result i32) (i32.const 1))
+              (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+              (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0x0000040000000000))
+              (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0)))"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = run(
+        &["test-module", silent.to_str().unwrap(), "--input", "-"],
+        Some(""),
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("init rejected its custom_config: (its init gave no reason)"),
+        "{stderr}"
+    );
 }
 
 /// --json: one line per message with the changes and the message as left.

@@ -276,9 +276,14 @@ impl WarmInstance {
                             "init failed, and its error message lies outside its memory".into(),
                         )
                     })?;
+                let text = String::from_utf8_lossy(&message);
+                let text = if text.trim().is_empty() {
+                    "(its init gave no reason)"
+                } else {
+                    &text
+                };
                 return Err(init_error(format!(
-                    "init rejected its custom_config: {}",
-                    String::from_utf8_lossy(&message)
+                    "init rejected its custom_config: {text}"
                 )));
             }
         }
