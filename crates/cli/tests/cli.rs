@@ -1589,6 +1589,40 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     }
 }
 
+/// The line `run`'s stop message says every line up to was processed and
+/// written.
+fn resumes_after(stderr: &str) -> usize {
+    let at = stderr
+        .find("every line up to line ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    stderr[at + "every line up to line ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
+/// gives each number; its path and its text.
+fn keyed_messages(
+    dir: &Path,
+    total: usize,
+    topic: impl Fn(usize) -> &'static str,
+) -> (PathBuf, String) {
+    let input: String = (1..=total)
+        .map(|i| {
+            format!(
+                "{{\"topic\":\"{}\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n",
+                topic(i)
+            )
+        })
+        .collect();
+    let messages = dir.join("in.jsonl");
+    std::fs::write(&messages, &input).unwrap();
+    (messages, input)
+}
+
 /// The keys of the messages in a JSON Lines output, in order.
 fn keys(output: &str) -> Vec<String> {
     output
@@ -1616,11 +1650,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     )
     .unwrap();
     let total = 3000;
-    let input: String = (1..=total)
-        .map(|i| format!("{{\"topic\":\"t\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n"))
-        .collect();
-    let messages = dir.path().join("in.jsonl");
-    std::fs::write(&messages, &input).unwrap();
+    let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
     let run = |start: usize, limit: Option<&str>| {
         // The limit in 512- or 1024-byte blocks (as the shell counts), far
@@ -1652,15 +1682,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
         )),
         "{stderr}"
     );
-    let at = stderr
-        .find("every line up to line ")
-        .unwrap_or_else(|| panic!("{stderr}"));
-    let done: usize = stderr[at + "every line up to line ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let done = resumes_after(&stderr);
     assert!(done > 0 && done < total, "stopped at {done}: {stderr}");
     assert!(
         stderr.contains(&format!(
@@ -1755,14 +1777,7 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
     .unwrap();
     // One dead letter, in the fourth batch of 256.
     let total = 3000;
-    let input: String = (1..=total)
-        .map(|i| {
-            let topic = if i == 1000 { "bad" } else { "t" };
-            format!("{{\"topic\":\"{topic}\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n")
-        })
-        .collect();
-    let messages = dir.path().join("in.jsonl");
-    std::fs::write(&messages, &input).unwrap();
+    let (messages, _) = keyed_messages(dir.path(), total, |i| if i == 1000 { "bad" } else { "t" });
     let (output, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
     let run = |start: usize, dead: &Path| {
         server::tool()
@@ -1812,11 +1827,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     )
     .unwrap();
     let total = 3000;
-    let input: String = (1..=total)
-        .map(|i| format!("{{\"topic\":\"t\",\"key\":\"m{i}\",\"payload\":\"1\"}}\n"))
-        .collect();
-    let messages = dir.path().join("in.jsonl");
-    std::fs::write(&messages, &input).unwrap();
+    let (messages, input) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
     let run = |start: usize, out: &Path| {
         server::tool()
@@ -1841,15 +1852,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     let out = child.wait_with_output().unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
-    let at = stderr
-        .find("every line up to line ")
-        .unwrap_or_else(|| panic!("{stderr}"));
-    let done: usize = stderr[at + "every line up to line ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let done = resumes_after(&stderr);
     assert!(
         done > 0 && done < total,
         "stopped at {done} of {total}: make the run slower"

@@ -392,6 +392,34 @@ fn reloads_while_requests_flow_lose_nothing_and_never_mix_configurations() {
     assert!(server.stop().success());
 }
 
+/// Waits (10 s at most) until `server` serves `expected`: the first
+/// pipeline's id in a message's trace and the payload it answers for "abc".
+fn serves(server: &Server, expected: (&str, &str)) {
+    let serving = || {
+        let (code, body) = server.send(
+            "POST",
+            "/v1/process?trace=true",
+            r#"{"topic": "t", "payload": "abc"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            answer["trace"][0]["pipeline"].as_str().unwrap().to_owned(),
+            answer["message"]["payload"].as_str().unwrap().to_owned(),
+        )
+    };
+    let waiting = Instant::now();
+    while serving() != (expected.0.to_owned(), expected.1.to_owned()) {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "still {:?}, not {expected:?}: {}",
+            serving(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Paths through symlinks that are swapped, as Kubernetes updates a mounted
 /// ConfigMap (`etl.yaml -> ..data/etl.yaml`, `..data` replaced by a link to a
 /// new directory) and as a release directory is switched (`current -> r2`):
@@ -443,32 +471,7 @@ fn swapped_symlinks_on_the_watched_paths_reload_every_time() {
         "--modules",
         sw.join("current").to_str().unwrap(),
     ]);
-    // What serves: the pipeline's id and the module's answer.
-    let serving = || {
-        let (code, body) = server.send(
-            "POST",
-            "/v1/process?trace=true",
-            r#"{"topic": "t", "payload": "abc"}"#,
-        );
-        assert_eq!(code, 200, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        (
-            answer["trace"][0]["pipeline"].as_str().unwrap().to_owned(),
-            answer["message"]["payload"].as_str().unwrap().to_owned(),
-        )
-    };
-    let until = |expected: (&str, &str)| {
-        let waiting = Instant::now();
-        while serving() != (expected.0.to_owned(), expected.1.to_owned()) {
-            assert!(
-                waiting.elapsed() < Duration::from_secs(10),
-                "still {:?}, not {expected:?}: {}",
-                serving(),
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let until = |expected: (&str, &str)| serves(&server, expected);
     until(("p1", "abc"));
     for version in 2..=4 {
         publish(version);
@@ -511,31 +514,7 @@ fn paths_through_dots_links_and_directories_made_anew_are_watched() {
         "--modules",
         srv.join("current/modules").to_str().unwrap(),
     ]);
-    let serving = || {
-        let (code, body) = server.send(
-            "POST",
-            "/v1/process?trace=true",
-            r#"{"topic": "t", "payload": "abc"}"#,
-        );
-        assert_eq!(code, 200, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        (
-            answer["trace"][0]["pipeline"].as_str().unwrap().to_owned(),
-            answer["message"]["payload"].as_str().unwrap().to_owned(),
-        )
-    };
-    let until = |expected: (&str, &str)| {
-        let waiting = Instant::now();
-        while serving() != (expected.0.to_owned(), expected.1.to_owned()) {
-            assert!(
-                waiting.elapsed() < Duration::from_secs(10),
-                "still {:?}, not {expected:?}: {}",
-                serving(),
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let until = |expected: (&str, &str)| serves(&server, expected);
     until(("p1", "abc"));
     replace(&config, pipeline("p2"));
     until(("p2", "abc"));
