@@ -37,6 +37,15 @@ pub(crate) struct Args {
     pub settings: crate::Settings,
 }
 
+impl Args {
+    /// Whether dead letters go to standard output as the delivered messages
+    /// do (`--dead-letter -` without `--output`, or with `--output -`).
+    fn both_to_stdout(&self) -> bool {
+        self.dead_letter.as_deref() == Some(Path::new("-"))
+            && self.output.as_deref().is_none_or(|o| o == Path::new("-"))
+    }
+}
+
 /// Where modules are when `--modules` is not given: `./modules`, then the
 /// repository's `fixtures/modules`.
 pub(crate) fn default_modules() -> PathBuf {
@@ -262,10 +271,8 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    let both_stdout = args.dead_letter.as_deref() == Some(Path::new("-"))
-        && args.output.as_deref().is_none_or(|o| o == Path::new("-"));
     if let Some(dead_letter) = &dead_letter {
-        if !both_stdout && same_file(&output, dead_letter) {
+        if !args.both_to_stdout() && same_file(&output, dead_letter) {
             anyhow::bail!(
                 "--output and --dead-letter are one file ({}): one would overwrite the other; \
                  give them different files, or leave out --dead-letter to write the dead \
@@ -312,10 +319,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut output = Sink::open(args.output.as_deref(), resuming, "delivered messages")?;
     // Dead letters to standard output as the delivered messages are: one
     // sink, whose lines keep their input order.
-    let both_stdout = args.dead_letter.as_deref() == Some(Path::new("-"))
-        && args.output.as_deref().is_none_or(|o| o == Path::new("-"));
     let mut dead_letters = match &args.dead_letter {
-        Some(path) if !both_stdout => Some(Sink::open(Some(path), resuming, "dead letters")?),
+        Some(path) if !args.both_to_stdout() => {
+            Some(Sink::open(Some(path), resuming, "dead letters")?)
+        }
         _ => None,
     };
     let mut summary = Summary::default();

@@ -1761,6 +1761,38 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     );
 }
 
+/// Dead letters sent to standard output with the delivered messages come in
+/// input order among them, each on a line of its own.
+#[test]
+fn dead_letters_to_standard_output_keep_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("half.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
+         [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
+    )
+    .unwrap();
+    let (messages, _) = keyed_messages(dir.path(), 600, |i| if i % 3 == 0 { "bad" } else { "t" });
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules(),
+            "--input",
+            messages.to_str().unwrap(),
+            "--dead-letter",
+            "-",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: Vec<String> = (1..=600).map(|i| format!("m{i}")).collect();
+    assert_eq!(keys(&text(&out.stdout)), expected);
+}
+
 /// With dead letters written apart, a batch is committed to both outputs or
 /// to neither: the dead letters failing (here at once: `/dev/full`) after the
 /// delivered messages of their batch were written out takes those back too,
