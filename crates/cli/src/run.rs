@@ -3,7 +3,7 @@
 //! input order; a summary on standard error.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,116 +56,130 @@ pub(crate) fn default_modules() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("modules"))
 }
 
-/// Where results go: a file or standard output, buffered (a file is
-/// appended to when the run resumes an earlier one). What is written is
-/// committed batch by batch ([`commit`]): after a write that fails, a
+/// Where results go: a file or standard output (a file is appended to when
+/// the run resumes an earlier one). A batch's lines are kept until it is
+/// committed ([`commit`]), then written whole; after a write that fails, a
 /// regular file (standard output redirected to one included) is cut back to
 /// its last commit, so that no half line or half batch is left for a resumed
 /// run to append to.
 struct Sink {
     /// What a failed write names: "writing delivered messages to FILE".
     what: String,
-    out: BufWriter<Box<dyn Write>>,
-    /// Standard output (written out after the files: it cannot be taken
-    /// back unless it is a regular file).
+    /// Where the lines go: the file, or standard output's descriptor itself
+    /// (not Rust's buffered `stdout`, whose buffer would outlive a cut and be
+    /// written after it as the process ends).
+    out: File,
+    /// The lines of the batch not yet committed.
+    pending: Vec<u8>,
+    /// Standard output (written after the files at a commit: it cannot be
+    /// taken back unless it is a regular file).
     stdout: bool,
-    /// A regular file (a handle of its own, to cut back) and its length
-    /// at the last commit; none for a pipe, a terminal or a device.
-    file: Option<(File, u64)>,
-    /// Lines written since the last commit.
-    uncommitted: bool,
+    /// A regular file's length at the last commit; none for a pipe, a
+    /// terminal or a device.
+    committed: Option<u64>,
+    /// Whether the last commit's write began (bytes may be out past it).
+    writing: bool,
 }
 
 impl Sink {
     fn open(path: Option<&Path>, append: bool, what: &str) -> anyhow::Result<Sink> {
-        let (out, handle, named, stdout): (Box<dyn Write>, _, _, _) =
-            match path.filter(|p| *p != Path::new("-")) {
-                Some(p) => {
-                    let file = File::options()
-                        .write(true)
-                        .create(true)
-                        .append(append)
-                        .truncate(!append)
-                        .open(p)
-                        .with_context(|| format!("cannot create {}", p.display()))?;
-                    let handle = file.try_clone().ok();
-                    (Box::new(file), handle, p.display().to_string(), false)
-                }
-                None => {
-                    use std::os::fd::AsFd as _;
-                    let handle = io::stdout()
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .ok()
-                        .map(File::from);
-                    let out = Box::new(io::stdout().lock());
-                    (out, handle, "standard output".to_owned(), true)
-                }
-            };
-        let file = handle.and_then(|file| {
-            let metadata = file.metadata().ok().filter(|m| m.is_file())?;
-            Some((file, metadata.len()))
-        });
+        let (out, named, stdout) = match path.filter(|p| *p != Path::new("-")) {
+            Some(p) => {
+                let file = File::options()
+                    .write(true)
+                    .create(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                (file, p.display().to_string(), false)
+            }
+            None => {
+                use std::os::fd::AsFd as _;
+                let out = io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(File::from)
+                    .context("cannot write to standard output")?;
+                (out, "standard output".to_owned(), true)
+            }
+        };
+        let committed = out.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         Ok(Sink {
             what: format!("writing {what} to {named}"),
-            out: BufWriter::new(out),
+            out,
+            pending: Vec::new(),
             stdout,
-            file,
-            uncommitted: false,
+            committed,
+            writing: false,
         })
     }
 
-    fn line(&mut self, text: &str) -> anyhow::Result<()> {
-        self.uncommitted = true;
-        writeln!(self.out, "{text}").with_context(|| self.what.clone())
+    fn line(&mut self, text: &str) {
+        self.pending.extend_from_slice(text.as_bytes());
+        self.pending.push(b'\n');
     }
 
-    /// After a write failed: drops what is buffered and cuts the file back
-    /// to its length at the last commit; what could not be done, if anything.
-    fn abandon(self) -> Option<String> {
-        // (A BufWriter dropped would try to write its buffer once more.)
-        let (out, _unwritten) = self.out.into_parts();
-        drop(out);
-        let Some((file, length)) = self.file else {
-            return self.uncommitted.then(|| {
+    /// Whether this is standard output redirected to a regular file.
+    fn stdout_to_a_file(&self) -> bool {
+        self.stdout && self.committed.is_some()
+    }
+
+    /// After a write failed: cuts the file back to its length at the last
+    /// commit, its position with it (a descriptor shared with standard error,
+    /// `2>&1`, writes on from there); what could not be done, if anything.
+    fn abandon(mut self) -> Option<String> {
+        let Some(length) = self.committed else {
+            return self.writing.then(|| {
                 format!(
-                    "{}: results after the line named below may be out already (at most a \
+                    "{}: results after the line named above may be out already (at most a \
                      batch of 256, the last perhaps in part): they cannot be taken back",
                     self.what
                 )
             });
         };
-        let now = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        use std::io::Seek as _;
+        let now = self.out.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
         if now == length {
             return None;
         }
-        file.set_len(length).err().map(|e| {
-            format!(
-                "{}: bytes past byte {length} are an incomplete result and could not be cut \
-                 off ({e}): remove them before going on",
-                self.what
-            )
-        })
+        self.out
+            .set_len(length)
+            .and_then(|()| self.out.seek(io::SeekFrom::Start(length)).map(drop))
+            .err()
+            .map(|e| {
+                format!(
+                    "{}: bytes past byte {length} are an incomplete result and could not be cut \
+                     off ({e}): remove them before going on",
+                    self.what
+                )
+            })
     }
 }
 
-/// Writes out every sink's buffer — the files first, standard output last —
-/// and only then notes their lengths: a batch is committed in all of them
-/// or in none (one written out and another failing is cut back with it).
+/// Writes every sink's pending lines — the files first, standard output
+/// last — and only then notes their lengths: a batch is committed in all of
+/// them or in none (one written and another failing is cut back with it).
 fn commit(sinks: [Option<&mut Sink>; 2]) -> anyhow::Result<()> {
     let mut sinks: Vec<&mut Sink> = sinks.into_iter().flatten().collect();
     sinks.sort_by_key(|sink| sink.stdout);
     for sink in &mut sinks {
-        sink.out.flush().with_context(|| sink.what.clone())?;
+        sink.writing = !sink.pending.is_empty();
+        sink.out
+            .write_all(&sink.pending)
+            .with_context(|| sink.what.clone())?;
     }
     for sink in sinks {
-        if let Some((file, length)) = &mut sink.file {
-            *length = file
-                .metadata()
-                .with_context(|| format!("{}: reading its length", sink.what))?
-                .len();
+        if sink.committed.is_some() {
+            sink.committed = Some(
+                sink.out
+                    .metadata()
+                    .with_context(|| format!("{}: reading its length", sink.what))?
+                    .len(),
+            );
         }
-        sink.uncommitted = false;
+        sink.pending.clear();
+        sink.writing = false;
     }
     Ok(())
 }
@@ -366,10 +380,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 say(&trace_line(at, processed));
             }
             match &processed.disposition {
-                Disposition::Delivered(m) => output.line(&m.to_json_line())?,
+                Disposition::Delivered(m) => output.line(&m.to_json_line()),
                 Disposition::DeadLettered(m) => match dead_letters {
-                    Some(out) => out.line(&m.to_json_line())?,
-                    None => output.line(&m.to_json_line())?,
+                    Some(out) => out.line(&m.to_json_line()),
+                    None => output.line(&m.to_json_line()),
                 },
                 Disposition::Dropped => {}
             }
@@ -462,6 +476,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let (consumed, input, bad) = committed;
+    // `>` again would empty what this run wrote.
+    let append_stdout = if output.stdout_to_a_file() {
+        "; standard output is a file: append to it with >>, not >"
+    } else {
+        ""
+    };
     // After a failed write, the files are cut back to their last commit.
     let cut = write_failed.as_ref().map(|_| {
         [Some(output), dead_letters]
@@ -476,13 +496,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         let again = if args.input == Path::new("-") {
             format!(
                 "lines read ahead after it were not processed: to go on, send the input again from \
-                 its start with --start-line {0} (or from line {0} without it)",
+                 its start with --start-line {0} (or from line {0} without it){append_stdout}",
                 consumed + 1
             )
         } else {
             format!(
                 "to go on, run again with --start-line {} (--output and --dead-letter files are \
-                 then appended to)",
+                 then appended to{append_stdout})",
                 consumed + 1
             )
         };

@@ -1711,34 +1711,49 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
         "every message exactly once, in order"
     );
 
-    // Standard output redirected to a file is cut back the same way.
+    // Standard output appended to a file (`>>`) is cut back the same way,
+    // and the resumed run, appending again, writes the rest once.
     let redirected = dir.path().join("stdout.jsonl");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 40; trap '' XFSZ; exec \"$@\" > \"$OUT\"")
-        .arg("sh")
-        .arg(server::tool().get_program())
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
-        .env("OUT", &redirected)
-        .output()
-        .unwrap();
+    std::fs::write(&redirected, "{\"topic\":\"t\",\"key\":\"m0\"}\n").unwrap();
+    let appending = |start: usize, limit: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{limit}exec \"$@\" >> \"$OUT\""))
+            .arg("sh")
+            .arg(server::tool().get_program())
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .args(["--start-line", &start.to_string()])
+            .env("OUT", &redirected)
+            .output()
+            .unwrap()
+    };
+    let out = appending(1, "ulimit -f 40; trap '' XFSZ; ");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("stopped: writing delivered messages to standard output: "),
+        stderr.contains("stopped: writing delivered messages to standard output: ")
+            && stderr.contains("append to it with >>"),
         "{stderr}"
     );
+    let done = resumes_after(&stderr);
     let written = std::fs::read_to_string(&redirected).unwrap();
     assert!(written.ends_with('\n'), "no half line left");
-    assert!(
-        stderr.contains(&format!(
-            "every line up to line {} of",
-            keys(&written).len()
-        )),
-        "{stderr}"
+    let expected: Vec<String> = (0..=done).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        keys(&written),
+        expected,
+        "what was there, then what it says it wrote"
+    );
+    let rest = appending(done + 1, "");
+    assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
+    let expected: Vec<String> = (0..=total).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        keys(&std::fs::read_to_string(&redirected).unwrap()),
+        expected,
+        "every message exactly once"
     );
 
     // A device that takes nothing.
