@@ -109,6 +109,23 @@ fn targets(dir: &Path, wanted: fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>
 }
 
 impl Given {
+    /// While a given path leads nowhere: the deepest directory on it that
+    /// exists, and those deciding where it leads, for each path.
+    fn reachable(&self) -> Vec<(PathBuf, RecursiveMode)> {
+        let mut dirs = Vec::new();
+        for given in [&self.config, &self.modules] {
+            if let Some(there) = given.ancestors().find(|a| a.is_dir()) {
+                dirs.extend(std::fs::canonicalize(there).ok());
+                deciding_dirs(there, 0, &mut dirs);
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        dirs.into_iter()
+            .map(|dir| (dir, RecursiveMode::NonRecursive))
+            .collect()
+    }
+
     fn resolve(&self) -> anyhow::Result<Resolved> {
         let canonical = |path: &Path| {
             std::fs::canonicalize(path).with_context(|| format!("cannot watch {}", path.display()))
@@ -183,12 +200,9 @@ impl Resolved {
             if path == self.config || path == self.modules {
                 return true;
             }
-            let in_config = if self.config_is_dir {
-                (path.starts_with(&self.config) && is_config_file(path))
-                    || self.config_files.iter().any(|file| file == path)
-            } else {
-                path == self.config
-            };
+            let in_config = self.config_is_dir
+                && ((path.starts_with(&self.config) && is_config_file(path))
+                    || self.config_files.iter().any(|file| file == path));
             in_config
                 || (path.parent() == Some(&self.modules) && is_module_file(path))
                 || self.module_files.iter().any(|file| file == path)
@@ -222,7 +236,7 @@ pub(crate) fn watch(
         modules: absolute(modules)?,
     };
     let first = given.resolve()?;
-    let places = first.places();
+    let mut places = first.places();
     // Where the paths lead as last seen; none while they lead nowhere (then
     // only their coming back is a change, not every event).
     let resolved = Arc::new(Mutex::new(Some(first)));
@@ -231,12 +245,23 @@ pub(crate) fn watch(
         let (given, resolved) = (given.clone(), resolved.clone());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+            // Events were lost (the kernel's queue overflowed): anything may
+            // have changed.
+            Ok(event) if event.need_rescan() => {
+                let _ = changed.send(());
+            }
             Ok(event) => {
                 let known = crate::lock(&resolved).clone();
                 let concerns = known
                     .as_ref()
                     .is_some_and(|known| event.paths.iter().any(|path| known.concerns(path)));
-                if concerns || given.resolve().ok() != known {
+                // Writing to some other file leads nowhere else: only a change
+                // of names can (no resolving for every write to a log here).
+                let renames = !matches!(
+                    event.kind,
+                    EventKind::Modify(notify::event::ModifyKind::Data(_))
+                );
+                if concerns || (renames && given.resolve().ok() != known) {
                     let _ = changed.send(());
                 }
             }
@@ -245,11 +270,9 @@ pub(crate) fn watch(
         .context("cannot watch files")?
     };
     let watcher = Arc::new(Mutex::new(watcher));
-    for (path, mode) in &places {
-        crate::lock(&watcher)
-            .watch(path, *mode)
-            .with_context(|| format!("cannot watch {}", path.display()))?;
-    }
+    // (A place that cannot be watched — a directory on the way that may be
+    // passed but not read — is a warning, as later.)
+    rewatch(&mut crate::lock(&watcher), &[], &places);
     let weak = Arc::downgrade(&watcher);
     let reload = Arc::new(reload);
     tokio::spawn(async move {
@@ -275,21 +298,28 @@ pub(crate) fn watch(
                 weak.clone(),
                 reload.clone(),
             );
+            let old = std::mem::take(&mut places);
             let follow = move || {
                 // Where the paths lead now is watched before the reload reads
-                // it, so that no change after the reading goes unseen.
-                // Watched anew even where the paths are the same: a directory
-                // removed and made again at its path is another.
+                // it, so that no change after the reading goes unseen;
+                // watched anew even where the paths are the same (a directory
+                // removed and made again at its path is another). While they
+                // lead nowhere, the deepest directories they reach are
+                // watched, for their coming back.
                 let now = given.resolve().ok();
-                let before = std::mem::replace(&mut *crate::lock(&resolved), now.clone());
-                if let (Some(now), Some(watcher)) = (&now, weak.upgrade()) {
-                    let old = before.map(|b| b.places()).unwrap_or_default();
-                    rewatch(&mut crate::lock(&watcher), &old, &now.places());
+                let new = now
+                    .as_ref()
+                    .map_or_else(|| given.reachable(), Resolved::places);
+                *crate::lock(&resolved) = now;
+                if let Some(watcher) = weak.upgrade() {
+                    rewatch(&mut crate::lock(&watcher), &old, &new);
                 }
                 reload();
+                new
             };
-            if tokio::task::spawn_blocking(follow).await.is_err() {
-                return;
+            match tokio::task::spawn_blocking(follow).await {
+                Ok(new) => places = new,
+                Err(_) => return,
             }
         }
     });

@@ -1603,6 +1603,19 @@ fn resumes_after(stderr: &str) -> usize {
         .unwrap()
 }
 
+/// `DIR/half.yaml`: a pipeline that makes a dead letter of every message on
+/// topic `bad` (`hostile-trap` traps) and delivers the others untouched.
+fn bad_topic_dead_letters(dir: &Path) -> PathBuf {
+    let config = dir.join("half.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
+         [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
+    )
+    .unwrap();
+    config
+}
+
 /// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
 /// gives each number; its path and its text.
 fn keyed_messages(
@@ -1781,13 +1794,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
 #[test]
 fn dead_letters_to_standard_output_keep_input_order() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("half.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
-         [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
-    )
-    .unwrap();
+    let config = bad_topic_dead_letters(dir.path());
     let (messages, _) = keyed_messages(dir.path(), 600, |i| if i % 3 == 0 { "bad" } else { "t" });
     let out = run(
         &[
@@ -1815,13 +1822,7 @@ fn dead_letters_to_standard_output_keep_input_order() {
 #[test]
 fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("half.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
-         [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
-    )
-    .unwrap();
+    let config = bad_topic_dead_letters(dir.path());
     // One dead letter, in the fourth batch of 256.
     let total = 3000;
     let (messages, _) = keyed_messages(dir.path(), total, |i| if i == 1000 { "bad" } else { "t" });

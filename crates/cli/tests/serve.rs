@@ -531,6 +531,20 @@ fn paths_through_dots_links_and_directories_made_anew_are_watched() {
         std::fs::read(module("legacy-uppercase")).unwrap(),
     );
     until(("p2", "ABC"));
+    replace(
+        &srv.join("r2/modules/m.wasm"),
+        std::fs::read(module("identity")).unwrap(),
+    );
+    until(("p2", "abc"));
+    // Switched to a release whose modules directory is not there yet: the
+    // paths lead nowhere for a while; its coming is seen.
+    std::fs::create_dir(srv.join("r3")).unwrap();
+    symlink("r3", srv.join("current_tmp")).unwrap();
+    std::fs::rename(srv.join("current_tmp"), srv.join("current")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::create_dir(srv.join("r3/modules")).unwrap();
+    std::fs::copy(module("legacy-uppercase"), srv.join("r3/modules/m.wasm")).unwrap();
+    until(("p2", "ABC"));
     assert!(server.stop().success());
 }
 
