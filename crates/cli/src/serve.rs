@@ -262,6 +262,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
+        let shutdown = shutdown_signal(service.clone())?;
         log::info!(
             "serving configuration version {} ({} pipeline{}, modules from {}) on http://{address}",
             service.etl.config_version(),
@@ -278,7 +279,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
                 write_timeout: args.write_timeout,
                 grace: args.shutdown_grace,
             },
-            shutdown_signal(service.clone()),
+            shutdown,
         )
         .await;
         if open == 0 {
@@ -425,38 +426,28 @@ fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-/// Resolves on SIGTERM or Ctrl-C; from then on `/ready` answers 503.
-async fn shutdown_signal(service: Arc<Service>) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            log::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
+/// Listens for SIGTERM and Ctrl-C from now on (before the server says it
+/// serves: a signal then is honoured, not lost); the future resolves on the
+/// first, and from then on `/ready` answers 503.
+fn shutdown_signal(service: Arc<Service>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    Ok(async move {
+        let which = tokio::select! {
+            _ = interrupt.recv() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        service.shutting_down.store(true, Ordering::SeqCst);
+        let _ = service.shutdown_began.set(std::time::Instant::now());
+        log::info!("{which}: shutting down; no new connections, answering the requests in flight");
+        // A second signal ends the process at once. (Armed only now: armed
+        // from the start, a signal before tokio listened would have been
+        // taken for the first and not honoured.)
+        if let Err(e) = crate::exit_on_the_next_signal() {
+            log::warn!("{e:#}: a second signal will not end the process at once");
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                log::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let which = tokio::select! {
-        () = ctrl_c => "Ctrl-C",
-        () = terminate => "SIGTERM",
-    };
-    service.shutting_down.store(true, Ordering::SeqCst);
-    let _ = service.shutdown_began.set(std::time::Instant::now());
-    log::info!("{which}: shutting down; no new connections, answering the requests in flight");
-    // A second signal ends the process at once. (Armed only now: armed from
-    // the start, a signal before tokio listened would have been taken for
-    // the first and not honoured.)
-    if let Err(e) = crate::exit_on_the_next_signal() {
-        log::warn!("{e:#}: a second signal will not end the process at once");
-    }
+    })
 }
 
 /// An error answer: a status and `{"error": "..."}`.

@@ -721,6 +721,22 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
         .contains("every request in flight was answered"));
 }
 
+/// A SIGTERM as soon as the server says where it serves is a graceful
+/// shutdown: it listens for signals before it says so.
+#[test]
+fn a_signal_as_soon_as_it_serves_is_a_graceful_shutdown() {
+    for _ in 0..5 {
+        let (_dir, server) = slow_server(&[]);
+        let status = server.stop();
+        assert!(status.success(), "{status:?}: {}", server.log());
+        assert!(
+            server.log().contains("SIGTERM: shutting down"),
+            "{}",
+            server.log()
+        );
+    }
+}
+
 /// A second signal during the shutdown's grace ends the process at once: the
 /// request still running is not answered, the status is 128 + the signal.
 #[test]
