@@ -71,8 +71,7 @@ struct Sink {
     out: File,
     /// The lines of the batch not yet committed.
     pending: Vec<u8>,
-    /// Standard output (written after the files at a commit: it cannot be
-    /// taken back unless it is a regular file).
+    /// Standard output (told apart in the stop line's advice).
     stdout: bool,
     /// A regular file's length at the last commit; none for a pipe, a
     /// terminal or a device.
@@ -157,12 +156,13 @@ impl Sink {
     }
 }
 
-/// Writes every sink's pending lines — the files first, standard output
-/// last — and only then notes their lengths: a batch is committed in all of
+/// Writes every sink's pending lines — those that can be cut back first,
+/// a pipe or a device last — and only then notes their lengths: a batch is committed in all of
 /// them or in none (one written and another failing is cut back with it).
 fn commit(sinks: [Option<&mut Sink>; 2]) -> anyhow::Result<()> {
     let mut sinks: Vec<&mut Sink> = sinks.into_iter().flatten().collect();
-    sinks.sort_by_key(|sink| sink.stdout);
+    // (What cannot be cut back goes last: a pipe, a device.)
+    sinks.sort_by_key(|sink| sink.committed.is_none());
     for sink in &mut sinks {
         sink.writing = !sink.pending.is_empty();
         sink.out
@@ -477,11 +477,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (consumed, input, bad) = committed;
     // `>` again would empty what this run wrote.
-    let append_stdout = if output.stdout_to_a_file() {
-        "; standard output is a file: append to it with >>, not >"
-    } else {
-        ""
-    };
+    let append_stdout =
+        if output.stdout_to_a_file() || dead_letters.as_ref().is_some_and(Sink::stdout_to_a_file) {
+            "; standard output is a file: append to it with >>, not >"
+        } else {
+            ""
+        };
     // After a failed write, the files are cut back to their last commit.
     let cut = write_failed.as_ref().map(|_| {
         [Some(output), dead_letters]
