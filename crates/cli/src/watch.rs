@@ -261,7 +261,10 @@ pub(crate) fn watch(
                     event.kind,
                     EventKind::Modify(notify::event::ModifyKind::Data(_))
                 );
-                if concerns || (renames && given.resolve().ok() != known) {
+                // While they lead nowhere, a directory made on the way may be
+                // one level of several: follow it down (the places reachable
+                // are worked out again).
+                if concerns || (renames && (known.is_none() || given.resolve().ok() != known)) {
                     let _ = changed.send(());
                 }
             }

@@ -545,6 +545,18 @@ fn paths_through_dots_links_and_directories_made_anew_are_watched() {
     std::fs::create_dir(srv.join("r3/modules")).unwrap();
     std::fs::copy(module("legacy-uppercase"), srv.join("r3/modules/m.wasm")).unwrap();
     until(("p2", "ABC"));
+    // Switched to a release not there at all, made one level at a time.
+    symlink("r4", srv.join("current_tmp")).unwrap();
+    std::fs::rename(srv.join("current_tmp"), srv.join("current")).unwrap();
+    // (Meanwhile the reload is refused: r3's module keeps serving.)
+    std::thread::sleep(Duration::from_millis(600));
+    until(("p2", "ABC"));
+    std::fs::create_dir(srv.join("r4")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::create_dir(srv.join("r4/modules")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::copy(module("identity"), srv.join("r4/modules/m.wasm")).unwrap();
+    until(("p2", "abc"));
     assert!(server.stop().success());
 }
 
