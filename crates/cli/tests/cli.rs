@@ -1603,17 +1603,14 @@ fn resumes_after(stderr: &str) -> usize {
         .unwrap()
 }
 
-/// `DIR/half.yaml`: a pipeline that makes a dead letter of every message on
+/// `DIR/pipeline.yaml`: a pipeline that makes a dead letter of every message on
 /// topic `bad` (`hostile-trap` traps) and delivers the others untouched.
 fn bad_topic_dead_letters(dir: &Path) -> PathBuf {
-    let config = dir.join("half.yaml");
-    std::fs::write(
-        &config,
+    write_config(
+        dir,
         "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: \
          [{module_id: hostile-trap, topic_filters: [{filter_type: Exact, pattern: bad}]}]}]\n",
     )
-    .unwrap();
-    config
 }
 
 /// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
@@ -1656,12 +1653,10 @@ fn keys(output: &str) -> Vec<String> {
 #[test]
 fn run_stopped_by_a_failed_write_says_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("identity.yaml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        dir.path(),
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    )
-    .unwrap();
+    );
     let total = 3000;
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
@@ -1868,12 +1863,10 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
 #[test]
 fn run_stopped_by_sigterm_says_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("slow.yaml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        dir.path(),
         "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
-    )
-    .unwrap();
+    );
     let total = 3000;
     let (messages, input) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
