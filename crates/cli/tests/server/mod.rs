@@ -98,6 +98,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once `ready` holds for it, or as it stands after 30 s: a line
+    /// the server wrote before an answer may still be on its way through
+    /// the pipe when the answer comes.
+    #[allow(dead_code)] // (not every test binary using this module needs it)
+    pub fn log_once(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if ready(&log) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a request on a new connection: the status and the body.
     pub fn send(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         self.send_bytes(method, path, body.as_bytes())
