@@ -331,7 +331,7 @@ fn read_messages(path: &PathBuf) -> anyhow::Result<(Vec<Message>, usize)> {
             Ok(None) => {}
             Err(e) => {
                 bad += 1;
-                eprintln!("{}:{number}: {e}", path.display());
+                say!("{}:{number}: {e}", path.display());
             }
         }
     }

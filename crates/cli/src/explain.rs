@@ -97,7 +97,7 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
             }
             Err(error) => {
                 bad_lines += 1;
-                eprintln!("error: {}:{number}: {error}", input.display());
+                say!("error: {}:{number}: {error}", input.display());
                 serde_json::to_writer(
                     &mut out,
                     &LineError {
@@ -111,7 +111,7 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
     }
     out.flush()?;
     if bad_lines > 0 {
-        eprintln!(
+        say!(
             "{}: {bad_lines} bad line{} (reported above and on stdout)",
             input.display(),
             crate::plural(bad_lines)

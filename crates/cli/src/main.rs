@@ -21,6 +21,16 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `eprintln!` that does not panic when standard error cannot be written
+/// (a full disk behind `2>`, a closed pipe): what cannot be said is lost,
+/// and the exit code still tells how the command ended.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod diff;
 mod explain;
@@ -324,7 +334,7 @@ impl Cache {
             Err(rustmq_etl_pool::StartError::ArtifactCache { dir, message })
                 if matches!(self, Cache::Default(_)) =>
             {
-                eprintln!(
+                say!(
                     "warning: the artifact cache {} cannot be used ({message}): every module is \
                      compiled afresh (--artifact-cache DIR names another, --no-artifact-cache \
                      keeps none)",
@@ -549,7 +559,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -568,10 +578,10 @@ fn load_plan(
         Ok(loaded) => loaded,
         Err(e) => {
             for d in e.diagnostics() {
-                eprintln!("{d}");
+                say!("{d}");
             }
             let errors = e.errors().count();
-            eprintln!(
+            say!(
                 "{}: invalid configuration: {errors} error{}",
                 path.display(),
                 plural(errors)
@@ -581,13 +591,13 @@ fn load_plan(
     };
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     for w in &warnings {
-        eprintln!("{w}");
+        say!("{w}");
     }
     match rustmq_etl_orchestrator::Plan::build(&loaded.config) {
         Ok(plan) => Some((loaded.config, plan, warnings)),
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            eprintln!("{}: invalid configuration: 1 error", path.display());
+            say!("error: {}: {e}", path.display());
+            say!("{}: invalid configuration: 1 error", path.display());
             None
         }
     }
@@ -627,7 +637,7 @@ fn load_modules(
     // A directory that is not there is a mistake in the command, not a
     // module that is missing: nothing would run.
     if !modules.is_dir() {
-        eprintln!(
+        say!(
             "error: {}: {} ({MODULES_HINT})",
             modules.display(),
             if modules.exists() {
@@ -637,7 +647,7 @@ fn load_modules(
             }
         );
         if !validating {
-            eprintln!("cannot start: no directory of modules");
+            say!("cannot start: no directory of modules");
         }
         return Ok(None);
     }
@@ -650,13 +660,13 @@ fn load_modules(
             }
             if !validating {
                 for error in &unavailable {
-                    eprintln!("warning: {error}");
+                    say!("warning: {error}");
                 }
                 // By file: one module listed with two settings is one file.
                 let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
                 files.sort_unstable();
                 files.dedup();
-                eprintln!(
+                say!(
                     "warning: {} module{} could not be loaded from {}: \
                      each call of {} fails `unavailable`, handled by its pipeline's error strategy",
                     files.len(),
@@ -675,9 +685,9 @@ fn load_modules(
         Err(e) => e.errors,
     };
     for error in &errors {
-        eprintln!("error: {error}");
+        say!("error: {error}");
     }
-    eprintln!(
+    say!(
         "{}{} module{} could not be loaded from {}",
         if validating { "" } else { "cannot start: " },
         errors.len(),

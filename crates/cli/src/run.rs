@@ -351,9 +351,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
     // A line on stderr, above the progress bar if there is one.
-    let say = |text: &str| match &progress {
-        Some(bar) => bar.suspend(|| eprintln!("{text}")),
-        None => eprintln!("{text}"),
+    let above_the_bar = |text: &str| match &progress {
+        Some(bar) => bar.suspend(|| say!("{text}")),
+        None => say!("{text}"),
     };
     // Runs the batch and writes its results (not yet committed).
     let flush = |batch: &mut Vec<Message>,
@@ -377,7 +377,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("the engine stopped")?;
         for (processed, &at) in results.iter().zip(lines.iter()) {
             if args.trace {
-                say(&trace_line(at, processed));
+                above_the_bar(&trace_line(at, processed));
             }
             match &processed.disposition {
                 Disposition::Delivered(m) => output.line(&m.to_json_line()),
@@ -443,7 +443,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Ok(None) => {}
                     Err(e) => {
                         bad += 1;
-                        say(&format!("{}:{line_number}: {e}", args.input.display()));
+                        above_the_bar(&format!("{}:{line_number}: {e}", args.input.display()));
                     }
                 }
             }
@@ -491,7 +491,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             .filter_map(Sink::abandon)
             .collect::<Vec<_>>()
     });
-    summary.print(&mut io::stderr().lock(), input, bad)?;
     let resume = |why: &str| {
         let input = args.input.display();
         let again = if args.input == Path::new("-") {
@@ -507,20 +506,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 consumed + 1
             )
         };
-        eprintln!(
+        say!(
             "{why}: every line up to line {consumed} of {input} was processed and its result \
              written; {again}"
         );
     };
+    // Standard error may be the file that is full (`> f 2>&1`): the stop
+    // line goes first, into the room the cut made, and the table after it.
     if let Some(e) = write_failed {
         resume(&format!(
-            "stopped: {e:#} (the results after the last line written are not counted above)"
+            "stopped: {e:#} (the results after the last line written are not counted below)"
         ));
         for problem in cut.into_iter().flatten() {
-            eprintln!("warning: {problem}");
+            say!("warning: {problem}");
         }
+        print_summary(&mut summary, input, bad);
         return Ok(ExitCode::FAILURE);
     }
+    print_summary(&mut summary, input, bad);
     if let Some(problem) = failed {
         resume(&format!(
             "stopped: reading {}: {problem}",
@@ -538,7 +541,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(128 + signal as u8));
     }
     if args.start_line > last_line + 1 {
-        eprintln!(
+        say!(
             "note: {} has {last_line} line{}, all before --start-line {}: nothing was processed",
             args.input.display(),
             crate::plural(last_line),
@@ -551,6 +554,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The summary on standard error; if it cannot be written there, it is lost
+/// (nowhere else to say so) and the exit code still tells.
+fn print_summary(summary: &mut Summary, input: u64, bad: u64) {
+    let _ = summary.print(&mut io::stderr().lock(), input, bad);
 }
 
 /// How long input may be silent before the messages read so far are run.

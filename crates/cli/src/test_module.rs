@@ -64,7 +64,7 @@ struct Counts {
 fn dropped_log_lines(module: &LoadedModule, before: u64, place: &str, what: &str) {
     let dropped = module.stats().log_lines_dropped - before;
     if dropped > 0 {
-        eprintln!(
+        say!(
             "{place}: {dropped} more log line{} not shown: a {what} logs at most {} lines",
             crate::plural(dropped as usize),
             rustmq_etl_pool::MAX_LOG_LINES_PER_CALL
@@ -163,7 +163,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 counts.bad_lines += 1;
                 out.flush()?;
-                eprintln!("{}:{number}: {e}", args.input.display());
+                say!("{}:{number}: {e}", args.input.display());
                 continue;
             }
         };
@@ -245,7 +245,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     let total = counts.changed + counts.unchanged + counts.dropped + counts.failed;
-    eprintln!(
+    say!(
         "{}: {total} message{}: {} changed, {} unchanged, {} dropped, {} failed{}",
         id,
         plural(total),

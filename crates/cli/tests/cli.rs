@@ -1784,6 +1784,44 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     );
 }
 
+/// Standard output and standard error both the file that fills (`> f 2>&1`):
+/// the run does not panic writing to standard error; the stop line comes
+/// first, into the room the cut made, after the whole results it counts.
+#[test]
+fn a_full_file_behind_both_outputs_still_gets_the_stop_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+    );
+    let (messages, _) = keyed_messages(dir.path(), 3000, |_| "t");
+    let both = dir.path().join("both.txt");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 40; trap '' XFSZ; exec \"$@\" > \"$OUT\" 2>&1")
+        .arg("sh")
+        .arg(server::tool().get_program())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .env("OUT", &both)
+        .output()
+        .unwrap();
+    let written = std::fs::read_to_string(&both).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{written}");
+    let stop = written
+        .find("stopped: writing delivered messages to standard output: ")
+        .unwrap_or_else(|| panic!("no stop line: {written}"));
+    let done = resumes_after(&written[stop..]);
+    assert!(
+        written[stop..].contains(&format!("run again with --start-line {}", done + 1)),
+        "{written}"
+    );
+    let expected: Vec<String> = (1..=done).map(|i| format!("m{i}")).collect();
+    assert_eq!(keys(&written[..stop]), expected, "whole results before it");
+}
+
 /// Dead letters sent to standard output with the delivered messages come in
 /// input order among them, each on a line of its own.
 #[test]
