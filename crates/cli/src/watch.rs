@@ -12,6 +12,7 @@
 //! Every place is watched by its resolved path: the kernel watches a
 //! directory, not a name.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,7 +69,15 @@ fn is_module_file(path: &Path) -> bool {
 /// Adds to `dirs` the directories, resolved, whose entries decide where
 /// `path` leads: the one holding it, and the one holding each symlink met on
 /// the way (and, the same way, on the way to each link's target).
-fn deciding_dirs(path: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
+fn deciding_dirs(path: &Path, dirs: &mut Vec<PathBuf>) {
+    follow_links(path, 0, dirs, &mut HashSet::new());
+}
+
+/// [`deciding_dirs`], each link followed once: `seen` holds the links
+/// followed (their resolved directory and name). Without it, a link met again
+/// under another name (`a -> .`, then `a/a/a/…/file`) was followed again on
+/// each way to it, in time exponential in the path's length.
+fn follow_links(path: &Path, depth: usize, dirs: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) {
     // (Past this, the kernel would not follow the links either.)
     if depth > 40 {
         return;
@@ -83,9 +92,15 @@ fn deciding_dirs(path: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
             continue;
         }
         let holder = prefix.parent().unwrap_or(Path::new("/")).to_path_buf();
-        dirs.extend(std::fs::canonicalize(&holder).ok());
+        let resolved = std::fs::canonicalize(&holder).ok();
+        let name = prefix.file_name().unwrap_or_default();
+        let key = resolved.as_deref().unwrap_or(&holder).join(name);
+        dirs.extend(resolved);
+        if !seen.insert(key) {
+            continue;
+        }
         if let Ok(target) = std::fs::read_link(&prefix) {
-            deciding_dirs(&holder.join(target), depth + 1, dirs);
+            follow_links(&holder.join(target), depth + 1, dirs, seen);
         }
     }
     if let Some(parent) = path.parent() {
@@ -116,7 +131,7 @@ impl Given {
         for given in [&self.config, &self.modules] {
             if let Some(there) = given.ancestors().find(|a| a.is_dir()) {
                 dirs.extend(std::fs::canonicalize(there).ok());
-                deciding_dirs(there, 0, &mut dirs);
+                deciding_dirs(there, &mut dirs);
             }
         }
         dirs.sort();
@@ -140,8 +155,8 @@ impl Given {
         let modules = canonical(&self.modules)?;
         let module_files = targets(&modules, is_module_file)?;
         let mut deciding = Vec::new();
-        deciding_dirs(&self.config, 0, &mut deciding);
-        deciding_dirs(&self.modules, 0, &mut deciding);
+        deciding_dirs(&self.config, &mut deciding);
+        deciding_dirs(&self.modules, &mut deciding);
         deciding.sort();
         deciding.dedup();
         Ok(Resolved {
@@ -475,5 +490,37 @@ mod tests {
         // The modules directory removed or made anew at its path (seen in
         // its parent, a deciding directory): a change.
         assert!(resolved.concerns(&root.join("srv/r1/modules")));
+    }
+
+    /// A link met again and again on one path (`a -> .`, the path
+    /// `a/a/…/a/etl.yaml`) is followed once. (Each
+    /// way to it followed anew took time doubling with each `a`: this test
+    /// did not finish.)
+    #[test]
+    fn a_link_met_many_times_on_a_path_is_followed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("etl.yaml"), "").unwrap();
+        std::os::unix::fs::symlink(".", root.join("a")).unwrap();
+        let config = (0..36).fold(root.clone(), |path, _| path.join("a"));
+        let mut dirs = Vec::new();
+        deciding_dirs(&config.join("etl.yaml"), &mut dirs);
+        dirs.sort();
+        dirs.dedup();
+        // (The one holding the link's target, `.`, decides too.)
+        let above = root.parent().unwrap().to_path_buf();
+        assert_eq!(dirs, [above.clone(), root.clone()]);
+        let given = Given {
+            config: config.join("etl.yaml"),
+            modules: config,
+        };
+        let places: Vec<PathBuf> = given
+            .resolve()
+            .unwrap()
+            .places()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(places, [above, root]);
     }
 }
