@@ -1,7 +1,7 @@
 //! execution.md, rule by rule, with stand-in modules (plain Rust functions
 //! behind the core contract: `rustmq-etl-testkit`).
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -2227,9 +2227,24 @@ async fn gives_up(threads: usize) {
     let engine = Arc::new(StandIn::new(threads));
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
+    // The calls run until the test has looked (a fixed time was not always
+    // enough under load), or at most 10 s.
+    let release = Arc::new(AtomicBool::new(false));
+    /// Lets the calls end however the test ends (a failed assertion too).
+    struct Release(Arc<AtomicBool>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let release_calls = Release(release.clone());
     engine.module("slow", move |_| {
         counted.fetch_add(1, Ordering::Relaxed);
-        Behaviour::ok(Outcome::Unchanged).after(Duration::from_millis(150))
+        let started = Instant::now();
+        while !release.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Behaviour::ok(Outcome::Unchanged)
     });
     let limit = 2 * threads;
     let o = start_with(
@@ -2275,6 +2290,7 @@ async fn gives_up(threads: usize) {
         "{}",
         handle.render()
     );
+    drop(release_calls);
     // Once the first calls end, the batches stop: their second messages
     // never start, and the room comes back.
     let waited = Instant::now();
