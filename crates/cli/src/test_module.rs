@@ -83,9 +83,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let configured = args.module_config.is_some();
     if let Some(config) = args.module_config {
         let custom_config =
-            serde_json::from_str::<serde_json::Value>(&config).with_context(|| {
-                format!("--module-config is not JSON (it is the module's custom_config): {config}")
-            })?;
+            rustmq_etl_config::ModuleInstanceConfig::custom_config_from_json(&config)
+                .with_context(|| {
+                    format!(
+                        "--module-config is not a custom_config (JSON, each key once in an \
+                         object): {config}"
+                    )
+                })?;
         // The text a pipeline's module receives for this value (compact,
         // keys sorted, numbers as the engine writes them): the same here.
         settings.custom_config = rustmq_etl_config::ModuleInstanceConfig {

@@ -1255,7 +1255,18 @@ fn test_module_bad_input_says_what_and_where() {
                 "--module-config",
                 "{pretty",
             ],
-            "--module-config is not JSON",
+            "--module-config is not a custom_config (JSON, each key once in an object): {pretty",
+        ),
+        (
+            &[
+                "test-module",
+                &formatter,
+                "--input",
+                "-",
+                "--module-config",
+                r#"{"pretty": true, "pretty": false}"#,
+            ],
+            "the key `pretty` is given twice in one object",
         ),
         (
             &[

@@ -282,6 +282,11 @@ fn parse(
                     && (!stopped_at.is_empty() || text(e) == message || e.1 == message)
             });
             let Some(first) = first else {
+                // (serde_yaml's text names the field; serde_json's does not.)
+                let message = match format {
+                    Format::Json if !stopped_at.is_empty() => format!("{stopped_at}: {message}"),
+                    _ => message,
+                };
                 diagnostics.push(located(message, at));
                 return Vec::new();
             };

@@ -153,7 +153,9 @@ pub struct ConditionalRule {
     pub field_path: String,
     /// How it is compared.
     pub operator: ComparisonOperator,
-    /// The JSON value compared with.
+    /// The JSON value compared with (a key twice in one of its objects is
+    /// an error).
+    #[serde(deserialize_with = "unique_keys::deserialize")]
     pub value: Value,
     /// Holds when the comparison is false; default `false`.
     #[serde(default)]
@@ -204,8 +206,9 @@ pub struct ModuleInstanceConfig {
     /// How long an idle instance is kept; default 300.
     #[serde(default = "defaults::cache_ttl_seconds")]
     pub cache_ttl_seconds: u64,
-    /// Handed to the module when it starts; default `null`.
-    #[serde(default)]
+    /// Handed to the module when it starts; default `null`. A key twice in
+    /// one of its objects is an error (the readers would keep the last).
+    #[serde(default, deserialize_with = "unique_keys::deserialize")]
     pub custom_config: Value,
 }
 
@@ -237,6 +240,15 @@ pub enum ErrorHandlingStrategy {
 }
 
 impl ModuleInstanceConfig {
+    /// A `custom_config` from its JSON text, read as a configuration file's
+    /// is: a key twice in one object is an error.
+    pub fn custom_config_from_json(text: &str) -> Result<Value, serde_json::Error> {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let value = unique_keys::deserialize(&mut reader)?;
+        reader.end()?;
+        Ok(value)
+    }
+
     /// The settings the engine runs the module with: the one conversion
     /// from a configuration's `instance_config` (the engine's own knobs keep
     /// their defaults). `custom_config` becomes its JSON text, compact and
@@ -320,6 +332,112 @@ impl ConditionalRule {
     }
 }
 
+/// Any value (`custom_config`, a rule's `value`), as `serde_json::Value`
+/// reads it, except that a key twice in one object is an error: serde_yaml
+/// and serde_json keep the last, silently, where a configuration's author
+/// meant one of the two.
+mod unique_keys {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+
+    struct UniqueKeys;
+
+    impl<'de> DeserializeSeed<'de> for UniqueKeys {
+        type Value = Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UniqueKeys {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+            match (i64::try_from(v), u64::try_from(v)) {
+                (Ok(v), _) => Ok(Value::from(v)),
+                (_, Ok(v)) => Ok(Value::from(v)),
+                _ => Err(E::custom(format!("the number {v} is out of range"))),
+            }
+        }
+
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+            u64::try_from(v)
+                .map(Value::from)
+                .map_err(|_| E::custom(format!("the number {v} is out of range")))
+        }
+
+        /// Not finite (YAML's `.inf`, `.nan`): `null`, as `Value` reads it.
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(value) = seq.next_element_seed(UniqueKeys)? {
+                values.push(value);
+            }
+            Ok(Value::Array(values))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    return Err(de::Error::custom(format!(
+                        "the key `{key}` is given twice in one object"
+                    )));
+                }
+                let value = map.next_value_seed(UniqueKeys)?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +445,34 @@ mod tests {
     #[test]
     // (In this workspace's build `serde_json` sorts objects anyway: this pins
     // the form; the sorting matters where `preserve_order` is on.)
+    fn a_key_twice_in_a_custom_config_object_is_an_error_at_any_depth() {
+        let error = ModuleInstanceConfig::custom_config_from_json(r#"{"a": [{"b": 1, "b": 2}]}"#)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("the key `b` is given twice"),
+            "{error}"
+        );
+        let yaml = "custom_config: {a: 1, c: {a: 2}, b: [1, {x: .inf}]}";
+        let config: ModuleInstanceConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(
+            config.custom_config,
+            serde_json::json!({"a": 1, "c": {"a": 2}, "b": [1, {"x": null}]}),
+            "the same key in two objects is two keys; .inf is null, as Value reads it"
+        );
+        let error = serde_yaml::from_str::<ModuleInstanceConfig>("custom_config: {a: 1, a: 1}")
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("the key `a` is given twice"),
+            "{error}"
+        );
+        assert_eq!(
+            ModuleInstanceConfig::custom_config_from_json("18446744073709551615 ").unwrap(),
+            serde_json::json!(u64::MAX)
+        );
+        assert!(ModuleInstanceConfig::custom_config_from_json("{} x").is_err());
+    }
+
+    #[test]
     fn custom_config_becomes_compact_json_with_sorted_keys() {
         let mut config: ModuleInstanceConfig = serde_json::from_str(
             r#"{"custom_config": {"b": [{"z": 1, "y": null}], "a": {"d": 2, "c": "x"}}}"#,

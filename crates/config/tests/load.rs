@@ -129,6 +129,36 @@ fn syntax_and_type_errors_name_line_and_column() {
     );
 }
 
+/// A key given twice in a `custom_config` object (the readers would keep
+/// the last) is an error naming the key, the field and the place, in both
+/// formats.
+#[test]
+fn a_key_twice_in_a_custom_config_is_an_error_with_its_place() {
+    let yaml = "\
+pipeline_id: p
+stages:
+  - priority: 0
+    modules:
+      - module_id: m
+        instance_config:
+          custom_config: {rates: {eur: 1, usd: 2, eur: 3}}
+";
+    let json = r#"{"pipeline_id": "p", "stages": [{"priority": 0, "modules": [
+        {"module_id": "m", "instance_config": {"custom_config": {"rates": {"eur": 1, "usd": 2, "eur": 3}}}}]}]}"#;
+    for (text, format, line) in [(yaml, Format::Yaml, 7), (json, Format::Json, 2)] {
+        let err = Config::from_text(text, format, None).unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert!(
+            d.message
+                .starts_with("stages[0].modules[0].instance_config.custom_config")
+                && d.message
+                    .ends_with("the key `eur` is given twice in one object"),
+            "{format:?}: {err}"
+        );
+        assert_eq!(d.line_column.map(|l| l.0), Some(line), "{format:?}: {err}");
+    }
+}
+
 /// A wrong type does not hide the next: every field of the wrong type and
 /// every missing one is listed, in both formats; the one the reader stopped
 /// at keeps its line and column.
