@@ -156,6 +156,9 @@ impl Sink {
     }
 }
 
+/// The most room a sink keeps for the next batch's output between batches.
+const KEEP_PENDING: usize = 1 << 20;
+
 /// Writes every sink's pending lines — those that can be cut back first,
 /// a pipe or a device last — and only then notes their lengths: a batch is committed in all of
 /// them or in none (one written and another failing is cut back with it).
@@ -179,6 +182,8 @@ fn commit(sinks: [Option<&mut Sink>; 2]) -> anyhow::Result<()> {
             );
         }
         sink.pending.clear();
+        // A batch of large messages does not keep its room for ever.
+        sink.pending.shrink_to(KEEP_PENDING);
         sink.writing = false;
     }
     Ok(())
