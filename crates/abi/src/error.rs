@@ -29,6 +29,12 @@ pub enum DecodeError {
         /// The tag.
         tag: u8,
     },
+    /// An answer announces more edits than [`MAX_EDITS`](crate::MAX_EDITS)
+    /// (refused before any is read).
+    TooManyEdits {
+        /// The number announced.
+        count: u32,
+    },
     /// A message encoded for another ABI version.
     Version {
         /// The version found.
@@ -48,6 +54,11 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::NotUtf8 { at } => write!(f, "the string at byte {at} is not UTF-8"),
             DecodeError::UnknownTag { at, tag } => write!(f, "unknown tag {tag} at byte {at}"),
+            DecodeError::TooManyEdits { count } => write!(
+                f,
+                "it announces {count} edits, more than the {} an answer may hold",
+                crate::MAX_EDITS
+            ),
             DecodeError::Version { found } => {
                 write!(
                     f,

@@ -149,6 +149,11 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeView<'_>, DecodeError> {
         ERROR => OutcomeView::Error(r.str()?),
         EDITS => {
             let count = r.u32()?;
+            // (Checked first: decoding millions of one-byte edits is the
+            // host's work, outside the module's time budget.)
+            if count as usize > crate::MAX_EDITS {
+                return Err(DecodeError::TooManyEdits { count });
+            }
             let start = r.position();
             for _ in 0..count {
                 read_edit(&mut r)?;

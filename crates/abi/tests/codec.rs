@@ -137,8 +137,14 @@ proptest! {
 
 #[test]
 fn hostile_lengths_are_rejected_without_allocating() {
-    // An edit count of 2^32 - 1 with no edits behind it.
+    // An edit count of 2^32 - 1 with no edits behind it: refused by the
+    // count, before any edit is read; one within the limit, by the bytes.
     let bytes = [2, 0xff, 0xff, 0xff, 0xff];
+    assert_eq!(
+        decode_outcome(&bytes).unwrap_err(),
+        DecodeError::TooManyEdits { count: u32::MAX }
+    );
+    let bytes = [&[2][..], &(rustmq_etl_abi::MAX_EDITS as u32).to_le_bytes()].concat();
     assert_eq!(
         decode_outcome(&bytes).unwrap_err(),
         DecodeError::Truncated { at: 5 }

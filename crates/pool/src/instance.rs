@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rustmq_etl_abi::{
-    decode_outcome, encode_message_into, encoded_len, Edit, MessageParts, OutcomeView,
+    decode_outcome, encode_message_into, encoded_len, DecodeError, Edit, MessageParts, OutcomeView,
 };
 use rustmq_etl_core::{Edit as MessageEdit, ErrorKind, Message, Outcome};
 use wasmer::sys::vm::{LinearMemory, VMMemoryDefinition};
@@ -581,13 +581,18 @@ impl WarmInstance {
 
 /// Checks the guest's answer and copies it out of the guest's memory: the
 /// answer is decoded whole (every edit read) before anything is copied, and
-/// the number of edits (at most [`MAX_EDITS`]) is checked first; an edit the
+/// the number of edits it announces (at most [`MAX_EDITS`]) is checked before
+/// any is read; an edit the
 /// host refuses (an empty topic or header name) drops the copies of the ones
 /// before it, which the output limit bounds.
 fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
     let invalid = |message: String| CallError::new(ErrorKind::InvalidOutput, module, message);
-    let outcome =
-        decode_outcome(output).map_err(|e| invalid(format!("its answer does not decode: {e}")))?;
+    let outcome = decode_outcome(output).map_err(|e| match e {
+        DecodeError::TooManyEdits { .. } => {
+            invalid(format!("its answer holds more than {MAX_EDITS} edits"))
+        }
+        e => invalid(format!("its answer does not decode: {e}")),
+    })?;
     let edits = match outcome {
         OutcomeView::Unchanged => return Ok(Outcome::Unchanged),
         OutcomeView::Drop => return Ok(Outcome::Dropped),
@@ -606,11 +611,6 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         }
         OutcomeView::Edits(edits) => edits,
     };
-    if edits.len() > MAX_EDITS {
-        return Err(invalid(format!(
-            "its answer holds more than {MAX_EDITS} edits"
-        )));
-    }
     let mut copied = Vec::with_capacity(edits.len());
     for edit in edits {
         copied.push(match edit {
@@ -727,6 +727,12 @@ mod tests {
         assert_eq!(kind, ErrorKind::InvalidOutput);
         assert!(message.contains("more than 65536 edits"), "{message}");
         assert!(answer(Answer::Edits(&too_many[1..])).is_ok());
+        // Refused by its announced count, before any edit is read: 16 million
+        // announced, one there.
+        let announced = [&[2][..], &16_000_000u32.to_le_bytes(), &[3]].concat();
+        let (kind, message) = refused(outcome("m", &announced));
+        assert_eq!(kind, ErrorKind::InvalidOutput);
+        assert!(message.contains("more than 65536 edits"), "{message}");
         let (kind, message) = refused(outcome("m", &[2, 1, 0, 0, 0, 9]));
         assert_eq!(kind, ErrorKind::InvalidOutput);
         assert!(message.contains("does not decode"), "{message}");

@@ -74,7 +74,7 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
             return Err(rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned())
         }
         Ok(OutcomeView::Error(e)) => return Err(e.to_owned()),
-        Ok(OutcomeView::Edits(edits)) if edits.len() > rustmq_etl_abi::MAX_EDITS => {
+        Err(rustmq_etl_abi::DecodeError::TooManyEdits { .. }) => {
             return Err(format!(
                 "the engine refuses an answer of more than {} edits",
                 rustmq_etl_abi::MAX_EDITS
