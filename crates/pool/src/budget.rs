@@ -1,7 +1,7 @@
 //! The compile-time instrumentation that lets the host stop a guest call.
 //!
 //! The middleware adds one `i64` global to every module, the **budget**, which
-//! the host sets before each call to the bytes of bulk work the call may do (its
+//! the host sets before each call to the bytes one bulk operation may move (its
 //! time budget times a measured rate, see `calibrate.rs`), and which the
 //! watchdog (`deadline.rs`) sets below zero once the call's time is up. The
 //! compiled code checks that the budget is not negative
@@ -9,16 +9,18 @@
 //! - at the entry of every function (so recursion and call chains are checked),
 //! - at the header of every loop (so every loop iteration is checked),
 //! - before every bulk operation (`memory.fill`, `memory.copy`, `memory.init`,
-//!   `table.fill`, `table.copy`, `table.init`), after charging the
-//!   operation's length to the budget, and before `memory.grow` and
-//!   `table.grow`,
+//!   `table.fill`, `table.copy`, `table.init`, and `table.grow`, which fills
+//!   its new elements at once), against the operation's length: one that
+//!   costs more than the budget holds is refused,
+//! - and before `memory.grow`,
 //!
 //! and traps (`unreachable`) when it is. Between two checks a function runs
 //! loop-free code without calls or bulk operations, whose length the admission
 //! limits bound (`admission.rs`), so a call stops soon after its deadline; and
-//! the bulk work admitted before the deadline is at most the budget's bytes,
-//! which the calibrated rate makes about one time budget's worth. Nothing is
-//! charged for ordinary operators: the checks are a load, a compare and a branch.
+//! one bulk operation admitted before the deadline is at most the budget's
+//! bytes, which the calibrated rate makes about one time budget's worth.
+//! Nothing is charged for ordinary operators: the checks are a load, a compare
+//! and a branch.
 //!
 //! A module's start function would run inside instantiation, where no call is
 //! armed; the middleware removes it from the module and exports it as
@@ -53,6 +55,10 @@ pub(crate) const TABLE_ELEMENT_COST_SHIFT: i64 = 5;
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
     globals: Mutex<Option<Globals>>,
+    /// The most each table (by index) can ever grow: its maximum, as the
+    /// host caps it (`limits.rs`: its initial size if it declares none),
+    /// less its initial size.
+    table_growth: Mutex<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +78,14 @@ impl ModuleMiddleware for Budget {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .expect("wasmer transforms the module info before it compiles functions");
+        let table_growth = self
+            .table_growth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Box::new(FunctionBudget {
             globals,
+            table_growth,
             at_entry: true,
         })
     }
@@ -109,6 +121,11 @@ impl ModuleMiddleware for Budget {
             info.exports
                 .insert(START_EXPORT.to_owned(), ExportIndex::Function(start));
         }
+        *self.table_growth.lock().unwrap_or_else(|p| p.into_inner()) = info
+            .tables
+            .values()
+            .map(|t| t.maximum.unwrap_or(t.minimum).saturating_sub(t.minimum))
+            .collect();
         *globals = Some(Globals {
             budget: budget.as_u32(),
             scratch: scratch.as_u32(),
@@ -127,6 +144,8 @@ impl ModuleMiddleware for Budget {
 #[derive(Debug)]
 struct FunctionBudget {
     globals: Globals,
+    /// See [`Budget::table_growth`].
+    table_growth: Vec<u32>,
     /// Nothing of the body has been seen yet.
     at_entry: bool,
 }
@@ -148,10 +167,48 @@ impl FunctionBudget {
         ]);
     }
 
-    /// With a length on top of the stack: `budget -= len << shift`, then check,
-    /// leaving the length where it was.
-    fn charge_length<'a>(&self, shift: i64, state: &mut MiddlewareReaderState<'a>) {
+    /// With a length on top of the stack: `if budget < len << shift { budget
+    /// -= len << shift; unreachable }`, leaving the length where it was.
+    ///
+    /// An operation is refused when it alone costs more than the budget
+    /// holds (or the budget is negative: the call's time is up); one that
+    /// fits costs nothing afterwards, so that a guest's bulk work is bounded
+    /// by the call's time, which the watchdog measures, and each operation by
+    /// one allowance — not the call's whole bulk work by one allowance at a
+    /// rate measured on memory touched for the first time, which refused
+    /// copies in warm memory at a fiftieth of the time budget. A refusal
+    /// leaves the budget negative, so that the host tells it from a trap.
+    ///
+    /// With `at_most`, the length is counted as at most that (a table's
+    /// growth: what it cannot add fails at once, the guest seeing -1).
+    fn charge_length<'a>(
+        &self,
+        shift: i64,
+        at_most: Option<u32>,
+        state: &mut MiddlewareReaderState<'a>,
+    ) {
         let Globals { budget, scratch } = self.globals;
+        let cost = |state: &mut MiddlewareReaderState<'a>| {
+            let length = [
+                Operator::GlobalGet {
+                    global_index: scratch,
+                },
+                Operator::I64ExtendI32U,
+            ];
+            state.extend(length.clone());
+            if let Some(at_most) = at_most {
+                // select(length, at_most, length < at_most)
+                let at_most = Operator::I64Const {
+                    value: i64::from(at_most),
+                };
+                state.push_operator(at_most.clone());
+                state.extend(length);
+                state.extend([at_most, Operator::I64LtU, Operator::Select]);
+            }
+            if shift != 0 {
+                state.extend([Operator::I64Const { value: shift }, Operator::I64Shl]);
+            }
+        };
         state.extend([
             Operator::GlobalSet {
                 global_index: scratch,
@@ -159,24 +216,29 @@ impl FunctionBudget {
             Operator::GlobalGet {
                 global_index: budget,
             },
-            Operator::GlobalGet {
-                global_index: scratch,
-            },
-            Operator::I64ExtendI32U,
         ]);
-        if shift != 0 {
-            state.extend([Operator::I64Const { value: shift }, Operator::I64Shl]);
-        }
+        cost(state);
+        state.extend([
+            Operator::I64LtS,
+            Operator::If {
+                blockty: BlockType::Empty,
+            },
+            Operator::GlobalGet {
+                global_index: budget,
+            },
+        ]);
+        cost(state);
         state.extend([
             Operator::I64Sub,
             Operator::GlobalSet {
                 global_index: budget,
             },
+            Operator::Unreachable,
+            Operator::End,
+            Operator::GlobalGet {
+                global_index: scratch,
+            },
         ]);
-        self.check(state);
-        state.push_operator(Operator::GlobalGet {
-            global_index: scratch,
-        });
     }
 }
 
@@ -212,19 +274,26 @@ impl<'a> FunctionMiddleware<'a> for FunctionBudget {
             Operator::MemoryFill { .. }
             | Operator::MemoryCopy { .. }
             | Operator::MemoryInit { .. } => {
-                self.charge_length(0, state);
+                self.charge_length(0, None, state);
                 state.push_operator(operator);
             }
             Operator::TableFill { .. }
             | Operator::TableCopy { .. }
             | Operator::TableInit { .. } => {
-                self.charge_length(TABLE_ELEMENT_COST_SHIFT, state);
+                self.charge_length(TABLE_ELEMENT_COST_SHIFT, None, state);
                 state.push_operator(operator);
             }
-            // Growth is not charged: a request beyond the cap fails at once
-            // (the guest sees -1), and what succeeds is bounded by the cap,
-            // which growth never gives back.
-            Operator::MemoryGrow { .. } | Operator::TableGrow { .. } => {
+            // A table grows at once, element by element (wasmer's tables are
+            // vectors): charged as a fill of the new elements it can have.
+            Operator::TableGrow { table } => {
+                let at_most = self.table_growth.get(table as usize).copied().unwrap_or(0);
+                self.charge_length(TABLE_ELEMENT_COST_SHIFT, Some(at_most), state);
+                state.push_operator(operator);
+            }
+            // Memory growth is not charged: its pages are reserved already
+            // and touched only when used; a request beyond the cap fails at
+            // once (the guest sees -1).
+            Operator::MemoryGrow { .. } => {
                 self.check(state);
                 state.push_operator(operator);
             }
@@ -308,17 +377,25 @@ mod tests {
         assert!(err.message().contains("unreachable"), "{err}");
     }
 
-    /// A bulk operation the budget cannot pay for is refused before it runs,
-    /// and the budget stays negative for every later check.
+    /// A bulk operation that costs more than the budget holds is refused
+    /// before it runs, and the budget is left negative for every later check;
+    /// one that fits costs nothing afterwards (the call's time bounds the
+    /// rest). A table element costs 32 bytes, and so does each new one of a
+    /// `table.grow`.
     #[test]
-    fn bulk_operations_are_charged_by_length_and_refused_beyond_the_budget() {
+    fn bulk_operations_beyond_the_budget_are_refused_before_they_run() {
         let wat = r#"(module
             (memory 1)
-            (table $t 100 funcref)
+            (table $t 100 1000 funcref)
+            (table $fixed 5 funcref)
             (func (export "fill") (param i32)
               (memory.fill (i32.const 0) (i32.const 7) (local.get 0)))
             (func (export "tfill") (param i32)
               (table.fill $t (i32.const 0) (ref.null func) (local.get 0)))
+            (func (export "tgrow") (param i32) (result i32)
+              (table.grow $t (ref.null func) (local.get 0)))
+            (func (export "tgrow_fixed") (param i32) (result i32)
+              (table.grow $fixed (ref.null func) (local.get 0)))
             (func (export "peek") (result i32) (i32.load8_u (i32.const 0))))"#;
         let (mut store, instance, budget) = instantiate(wat);
         let fill: TypedFunction<i32, ()> =
@@ -327,24 +404,43 @@ mod tests {
             .exports
             .get_typed_function(&store, "tfill")
             .unwrap();
+        let tgrow: TypedFunction<i32, i32> = instance
+            .exports
+            .get_typed_function(&store, "tgrow")
+            .unwrap();
         let peek: TypedFunction<(), i32> =
             instance.exports.get_typed_function(&store, "peek").unwrap();
         budget.set(&mut store, Value::I64(1000)).unwrap();
-        fill.call(&mut store, 600).unwrap();
-        assert_eq!(budget_left(&mut store, &budget), 400);
+        for _ in 0..5 {
+            fill.call(&mut store, 1000).unwrap();
+            tfill.call(&mut store, 1000 >> 5).unwrap();
+            assert_eq!(budget_left(&mut store, &budget), 1000);
+        }
         assert_eq!(peek.call(&mut store).unwrap(), 7);
-        tfill.call(&mut store, 10).unwrap();
-        assert_eq!(budget_left(&mut store, &budget), 400 - (10 << 5));
-        // 600 bytes against the 80 left: refused before anything is written.
+        assert_eq!(tgrow.call(&mut store, 31).unwrap(), 100, "grown");
+        // A growth past what the table can have is counted as what it can
+        // have: here nothing (no maximum: it keeps its size), so the guest
+        // sees the growth fail, as in any engine.
+        let tgrow_fixed: TypedFunction<i32, i32> = instance
+            .exports
+            .get_typed_function(&store, "tgrow_fixed")
+            .unwrap();
+        assert_eq!(tgrow_fixed.call(&mut store, -1).unwrap(), -1);
+        assert_eq!(budget_left(&mut store, &budget), 1000);
+        let err = tgrow.call(&mut store, 32).unwrap_err();
+        assert!(err.message().contains("unreachable"), "{err}");
+        assert_eq!(budget_left(&mut store, &budget), 1000 - (32 << 5));
+        // 600 bytes against a budget of 80: refused before anything is written.
         budget.set(&mut store, Value::I64(80)).unwrap();
         fill.call(&mut store, 0).unwrap();
         let err = fill.call(&mut store, 600).unwrap_err();
         assert!(err.message().contains("unreachable"), "{err}");
         assert_eq!(budget_left(&mut store, &budget), 80 - 600);
-        assert!(
-            peek.call(&mut store).is_err(),
-            "negative: every entry stops"
-        );
+        assert_eq!(peek.call(&mut store).unwrap_err().message(), "unreachable");
+        // The watchdog's mark: every operation refused, even an empty one.
+        budget.set(&mut store, Value::I64(super::EXPIRED)).unwrap();
+        assert!(fill.call(&mut store, 0).is_err());
+        assert!(tgrow.call(&mut store, 0).is_err());
     }
 
     /// A start function does not run at instantiation: it is exported for the

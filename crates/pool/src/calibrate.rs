@@ -1,6 +1,6 @@
 //! How many bytes of bulk memory work (`memory.fill`, `memory.copy`) this
 //! machine does per millisecond, measured once, so that a call's time budget
-//! becomes the allowance its bulk operations are charged against
+//! becomes the allowance each of its bulk operations is weighed against
 //! (`budget.rs`).
 
 use std::time::Instant;

@@ -341,8 +341,8 @@ impl WarmInstance {
         stopped_by: ErrorKind,
     ) -> CallError {
         let id = &module.id;
-        // A budget below zero: the watchdog found the call out of time, or its
-        // bulk operations spent the allowance, and a check stopped it.
+        // A budget below zero: the watchdog found the call out of time, or a
+        // bulk operation cost more than the allowance, and a check stopped it.
         if self.budget_left() < 0 {
             let message = match stopped_by {
                 ErrorKind::StageTimeout => "the stage's time ran out while it ran".to_owned(),

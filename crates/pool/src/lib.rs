@@ -15,8 +15,8 @@
 //! - **Limits**: memory (the linear memory and the tables together) is capped
 //!   by a custom `Tunables`; time by checks compiled into each module (at
 //!   function entries, loop headers and bulk operations) that a watchdog
-//!   thread trips when a call's time is up, and by an allowance of bulk work
-//!   per call ([`bulk_bytes_per_ms`]). `docs/abi.md`, "What the sandbox
+//!   thread trips when a call's time is up, and by an allowance that bounds
+//!   each bulk operation ([`bulk_bytes_per_ms`]). `docs/abi.md`, "What the sandbox
 //!   guarantees", has the bounds.
 //! - **Trust**: every pointer and length the guest returns is checked against its
 //!   memory and the output cap before anything is read.

@@ -39,8 +39,8 @@ pub(crate) struct CompiledModule {
     pub(crate) settings: ModuleSettings,
     /// The occurrence's metric labels (`ModuleSpec::labels`), made once.
     pub(crate) labels: Vec<(&'static str, String)>,
-    /// Bytes of bulk memory work a call may do: the time budget times the
-    /// calibrated rate (`calibrate.rs`).
+    /// Bytes one bulk operation of a call may move: the time budget times
+    /// the calibrated rate (`calibrate.rs`).
     pub(crate) bulk_allowance: i64,
     pub(crate) from_cache: bool,
     /// Guest log lines past the per-call limit, by every instance of this
@@ -73,7 +73,7 @@ pub(crate) fn engine(admitted: &Admitted) -> Engine {
 
 /// Bumped whenever the way modules are compiled changes (instrumentation,
 /// features, engine settings), so that old artifacts are never loaded.
-const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v4";
+const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v5";
 
 /// Compiled artifacts on disk, keyed by the module bytes' hash and the compile
 /// settings, each authenticated with a key only this cache's owner can read.
@@ -856,8 +856,8 @@ mod tests {
         );
         // The settings and the fingerprint of the code they were bumped for.
         const RECORDED: (&str, u64) = (
-            "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v4",
-            3_665_247_501_680_375_624,
+            "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v5",
+            10_904_006_471_341_847_855,
         );
         assert_eq!(
             (COMPILE_SETTINGS, fingerprint),

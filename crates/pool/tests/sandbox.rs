@@ -202,6 +202,59 @@ fn a_start_function_or_init_that_never_ends_is_refused_within_its_budget() {
     }
 }
 
+/// Bulk work is bounded by the call's time, and each operation by one
+/// allowance: a call of many copies, together far more than the allowance
+/// (here 5,000 ms at 1,000 bytes/ms: 5 MB; the copies move 64 MB in a few
+/// milliseconds), runs to its end; one operation over the allowance is
+/// refused before it runs, and a table may grow only by what the allowance
+/// pays for (its new elements at 32 bytes each).
+#[test]
+fn bulk_work_is_bounded_by_time_and_each_operation_by_the_allowance() {
+    let _serial = serial();
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        bulk_bytes_per_ms: Some(1_000),
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let copies = |count: u32, length: u32| {
+        format!(
+            "(global.set $n (i32.const 0))
+             (loop $again
+               (memory.copy (i32.const 65536) (i32.const 0) (i32.const {length}))
+               (global.set $n (i32.add (global.get $n) (i32.const 1)))
+               (br_if $again (i32.lt_u (global.get $n) (i32.const {count}))))"
+        )
+    };
+    let run = |id: &str, attack: &str, extra: &str| {
+        let spec = ModuleSpec::new(id).with_settings(config(5_000));
+        let module = pool
+            .load(&spec, &module_with_memory(attack, extra, 4))
+            .unwrap();
+        pool.call_blocking(&module, &attack_message())
+    };
+    let counter = "(global $n (mut i32) (i32.const 0))";
+    assert_eq!(
+        run("many-copies", &copies(1_000, 65_536), counter),
+        Ok(Outcome::Unchanged)
+    );
+    let err = run("one-large-copy", &copies(1, 5_000_001), counter).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let grow = |delta: u32| {
+        format!(
+            "(if (i32.eq (table.grow $t (ref.null func) (i32.const {delta})) (i32.const -1)) \
+             (then {REFUSED}))"
+        )
+    };
+    let table = "(table $t 0 1000000 funcref)";
+    assert_eq!(
+        run("grows-within", &grow(5_000_000 / 32), table),
+        Ok(Outcome::Unchanged)
+    );
+    let err = run("grows-past", &grow(5_000_000 / 32 + 1), table).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}
+
 // ---- memory: everything an instance holds counts ----
 
 #[test]
