@@ -4,7 +4,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustmq_etl_abi::{
@@ -170,15 +170,35 @@ fn unpack(packed: i64) -> (u64, u64) {
     (packed >> 32, packed & 0xffff_ffff)
 }
 
+/// `deadline`, or the end of the module's time budget counted from
+/// `started` if that comes first (with its kind, `timeout`): the entries into
+/// guest code that make one call (its allocation and its transform), or one
+/// instance's start (start function, version, allocation, init), share one
+/// budget.
+fn within_budget(
+    module: &CompiledModule,
+    started: Instant,
+    deadline: Option<(Instant, ErrorKind)>,
+) -> Option<(Instant, ErrorKind)> {
+    let own = started.checked_add(Duration::from_millis(module.settings.execution_timeout_ms));
+    match (own, deadline) {
+        (Some(own), Some((at, kind))) if at <= own => Some((at, kind)),
+        (Some(own), _) => Some((own, ErrorKind::Timeout)),
+        (None, deadline) => deadline,
+    }
+}
+
 impl WarmInstance {
     /// Instantiates the module, runs its start function (if any) and its init
-    /// function with `custom_config`, each as a call with the module's time
-    /// budget and within `deadline` (the call it is made for: its stage's or
-    /// pipeline's), which ends them with the deadline's kind.
+    /// function with `custom_config`, together within the module's time
+    /// budget (from the instantiation on) and within `deadline` (the call it
+    /// is made for: its stage's or pipeline's), which ends them with the
+    /// deadline's kind.
     pub(crate) fn new(
         module: &CompiledModule,
         deadline: Option<(Instant, ErrorKind)>,
     ) -> Result<WarmInstance, CallError> {
+        let mut deadline = within_budget(module, Instant::now(), deadline);
         let id = &module.id;
         let init_error = |message: String| CallError::new(ErrorKind::Unavailable, id, message);
         let mut store = Store::new(module.engine.clone());
@@ -264,7 +284,7 @@ impl WarmInstance {
             let init: TypedFunction<(i32, i32), i64> =
                 typed_export(&instance, &warm.store, id, "rmq_init")?;
             let config = module.settings.custom_config.as_bytes();
-            let ptr = warm.write_input(module, deadline, config)?;
+            let ptr = warm.write_input(module, &mut deadline, config)?;
             let packed = warm.guarded(module, deadline, |store| {
                 init.call(store, ptr as i32, config.len() as i32)
             })?;
@@ -394,7 +414,7 @@ impl WarmInstance {
     fn write_input(
         &mut self,
         module: &CompiledModule,
-        deadline: Option<(Instant, ErrorKind)>,
+        deadline: &mut Option<(Instant, ErrorKind)>,
         bytes: &[u8],
     ) -> Result<u32, CallError> {
         self.fill_input(module, deadline, bytes.len(), |buffer| {
@@ -403,11 +423,13 @@ impl WarmInstance {
     }
 
     /// Lets `fill` write exactly `len` bytes into the guest's input buffer, asking
-    /// the guest for a larger buffer when needed; returns its address.
+    /// the guest for a larger buffer when needed; returns its address. When
+    /// the guest is asked, `deadline` becomes what its budget leaves for the
+    /// guest code that follows in the same call (one call, one budget).
     fn fill_input(
         &mut self,
         module: &CompiledModule,
-        deadline: Option<(Instant, ErrorKind)>,
+        deadline: &mut Option<(Instant, ErrorKind)>,
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<u32, CallError> {
@@ -426,8 +448,10 @@ impl WarmInstance {
                     Exports::Legacy { allocate, .. } => allocate,
                 };
                 let alloc = alloc.clone();
+                let started = Instant::now();
                 let ptr =
-                    self.guarded(module, deadline, |store| alloc.call(store, len as i32))? as u32;
+                    self.guarded(module, *deadline, |store| alloc.call(store, len as i32))? as u32;
+                *deadline = within_budget(module, started, *deadline);
                 self.input = Some((ptr, len));
                 ptr
             }
@@ -532,7 +556,8 @@ impl WarmInstance {
             timestamp_ms: message.timestamp_ms,
         };
         let len = encoded_len(&parts);
-        let ptr = self.fill_input(module, deadline, len, |buffer| {
+        let mut deadline = deadline;
+        let ptr = self.fill_input(module, &mut deadline, len, |buffer| {
             encode_message_into(parts, buffer)
         })?;
         let Exports::V1 { transform, .. } = &self.exports else {
@@ -554,7 +579,8 @@ impl WarmInstance {
         message: &Message,
         deadline: Option<(Instant, ErrorKind)>,
     ) -> Result<Outcome, CallError> {
-        let ptr = self.write_input(module, deadline, &message.payload)?;
+        let mut deadline = deadline;
+        let ptr = self.write_input(module, &mut deadline, &message.payload)?;
         let Exports::Legacy { transform, .. } = &self.exports else {
             unreachable!("call_legacy on a v1 instance")
         };

@@ -255,6 +255,101 @@ fn bulk_work_is_bounded_by_time_and_each_operation_by_the_allowance() {
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
 
+/// A v1 module whose exports spin `loops` rounds each where `spins` names
+/// them (`start`, `alloc` — for a buffer over 100 bytes: not init's —,
+/// `init`, `transform`).
+fn spinning(loops: u64, spins: &[&str]) -> Vec<u8> {
+    let spin = |name: &str| {
+        if spins.contains(&name) {
+            format!(
+                "(local.set $i (i64.const 0))
+                 (loop $again
+                   (local.set $i (i64.add (local.get $i) (i64.const 1)))
+                   (br_if $again (i64.lt_u (local.get $i) (i64.const {loops}))))"
+            )
+        } else {
+            String::new()
+        }
+    };
+    let text = format!(
+        r#"(module
+          (memory (export "memory") 2)
+          (func $start (local $i i64) {start})
+          (start $start)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (local $i i64)
+            (if (i32.gt_u (local.get 0) (i32.const 100)) (then {alloc}))
+            (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64) (local $i i64) {init} (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (local $i i64)
+            {transform} (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00"))"#,
+        start = spin("start"),
+        alloc = spin("alloc"),
+        init = spin("init"),
+        transform = spin("transform"),
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The entries into guest code that make one call (the allocation of a
+/// larger input buffer, then the transform) share the call's budget, and so
+/// do those that start an instance (start function, init): each spinning
+/// nine tenths of the budget, together they run past it (each had a whole
+/// budget of its own: a call took up to six).
+#[test]
+fn the_entries_of_one_call_or_one_start_share_its_budget() {
+    let _serial = serial();
+    const BUDGET: u64 = 200;
+    // Rounds in nine tenths of the budget, by the fastest of five timed
+    // calls of a known number of rounds (a later run can hardly be faster).
+    let probe_rounds = 100_000_000;
+    let probe = load(
+        "spin-probe",
+        &spinning(probe_rounds, &["transform"]),
+        config(10_000),
+    )
+    .unwrap();
+    let fastest = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(call(&probe, &attack_message()), Ok(Outcome::Unchanged));
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    let rounds =
+        (probe_rounds as f64 * (BUDGET as f64 * 0.9) / (fastest.as_secs_f64() * 1e3)) as u64;
+    // A call whose message needs a larger buffer than init's: alloc, then
+    // the transform.
+    let module = load(
+        "spins-twice-a-call",
+        &spinning(rounds, &["alloc", "transform"]),
+        config(BUDGET),
+    );
+    let module = match module {
+        Ok(module) => module,
+        // (Init's allocation alone ran past the budget: the machine slowed.)
+        Err(e) => panic!("{e} (rounds {rounds}, probe {fastest:?})"),
+    };
+    let started = Instant::now();
+    let err = call(&module, &Message::new("t", vec![b'a'; 4096])).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2 * BUDGET),
+        "{:?}",
+        started.elapsed()
+    );
+    // A start function and an init: the instance never starts.
+    let err = load(
+        "spins-twice-a-start",
+        &spinning(rounds, &["start", "init"]),
+        config(BUDGET),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("time budget"), "{err}");
+}
+
 // ---- memory: everything an instance holds counts ----
 
 #[test]
