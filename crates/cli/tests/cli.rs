@@ -1150,14 +1150,14 @@ fn test_module_hands_init_the_config_as_a_pipeline_does() {
             "--input",
             "-",
             "--module-config",
-            r#"{ "b": 1e2, "a": [1, 2], "b": 3 }"#,
+            r#"{ "b": 1e2, "a": [1, 2] }"#,
         ],
         Some(""),
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(r#"init rejected its custom_config: {"a":[1,2],"b":3}"#),
+        stderr.contains(r#"init rejected its custom_config: {"a":[1,2],"b":100.0}"#),
         "{stderr}"
     );
     // An init refusing with an empty text still says something.
@@ -1830,7 +1830,14 @@ fn a_full_file_behind_both_outputs_still_gets_the_stop_line() {
         "{written}"
     );
     let expected: Vec<String> = (1..=done).map(|i| format!("m{i}")).collect();
-    assert_eq!(keys(&written[..stop]), expected, "whole results before it");
+    // (Standard error's lines among them too: the artifact cache, cold,
+    // cannot store its artifacts under the size limit, and warns.)
+    let results: String = written[..stop]
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(keys(&results), expected, "whole results before it");
 }
 
 /// Dead letters sent to standard output with the delivered messages come in
