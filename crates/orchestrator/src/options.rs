@@ -90,7 +90,9 @@ impl Backoff {
 /// When a module occurrence's breaker opens and how long it stays open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
-    /// Consecutive failed calls that open it. Default 5.
+    /// Consecutive failed calls that open it. Default 5; 0 counts as 1 (a
+    /// breaker that never lets a call through would be a disabled module:
+    /// switch its pipeline off instead).
     pub failures: u32,
     /// How long it stays open before one probe call is let through.
     /// Default 30 s.

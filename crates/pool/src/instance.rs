@@ -29,6 +29,8 @@ const MAX_LOG_LINE: usize = 4096;
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
+/// The most of a guest's error answer kept as the error's text (bytes).
+const MAX_ERROR_TEXT: usize = 4 << 10;
 use rustmq_etl_abi::MAX_EDITS;
 
 struct LogEnv {
@@ -623,17 +625,20 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Unchanged => return Ok(Outcome::Unchanged),
         OutcomeView::Drop => return Ok(Outcome::Dropped),
         OutcomeView::Error(text) => {
-            // An error with no text still says what it is.
+            // An error with no text still says what it is; a long one is
+            // cut (it becomes a dead letter's header, a metric's log line).
             let text = if text.trim().is_empty() {
-                rustmq_etl_abi::ERROR_WITHOUT_TEXT
+                rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned()
+            } else if text.len() > MAX_ERROR_TEXT {
+                let mut end = MAX_ERROR_TEXT;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}… ({} bytes more)", &text[..end], text.len() - end)
             } else {
-                text
+                text.to_owned()
             };
-            return Err(CallError::new(
-                ErrorKind::GuestError,
-                module,
-                text.to_owned(),
-            ));
+            return Err(CallError::new(ErrorKind::GuestError, module, text));
         }
         OutcomeView::Edits(edits) => edits,
     };
@@ -766,5 +771,18 @@ mod tests {
         assert_eq!((kind, message.as_str()), (ErrorKind::GuestError, "no"));
         let (_, message) = refused(answer(Answer::Error(" ")));
         assert_eq!(message, "the module answered an error without a text");
+        // A long text is cut at a character's boundary, and says so.
+        let long = format!("x{}", "é".repeat(MAX_ERROR_TEXT));
+        let (kind, message) = refused(answer(Answer::Error(&long)));
+        assert_eq!(kind, ErrorKind::GuestError);
+        let kept = MAX_ERROR_TEXT - 1;
+        assert_eq!(
+            message,
+            format!(
+                "x{}… ({} bytes more)",
+                "é".repeat(kept / 2),
+                long.len() - kept
+            )
+        );
     }
 }
