@@ -296,13 +296,17 @@ fn spinning(loops: u64, spins: &[&str]) -> Vec<u8> {
 /// larger input buffer, then the transform) share the call's budget, and so
 /// do those that start an instance (start function, init): each spinning
 /// nine tenths of the budget, together they run past it (each had a whole
-/// budget of its own: a call took up to six).
+/// budget of its own: a call took up to six). What is checked holds whatever
+/// the machine's speed: nothing succeeds after running past its budget (a
+/// tick's margin and a half budget's); and, so that the case was met, a
+/// spin that took nine tenths of the budget is seen stopped — if the
+/// machine sped up after the spin was measured (two spins then fit), the
+/// round is measured again.
 #[test]
 fn the_entries_of_one_call_or_one_start_share_its_budget() {
     let _serial = serial();
     const BUDGET: u64 = 200;
-    // Rounds in nine tenths of the budget, by the fastest of five timed
-    // calls of a known number of rounds (a later run can hardly be faster).
+    let within = Duration::from_millis(BUDGET + BUDGET / 2);
     let probe_rounds = 100_000_000;
     let probe = load(
         "spin-probe",
@@ -310,44 +314,62 @@ fn the_entries_of_one_call_or_one_start_share_its_budget() {
         config(10_000),
     )
     .unwrap();
-    let fastest = (0..5)
-        .map(|_| {
+    let (mut call_stopped, mut start_stopped) = (false, false);
+    for round in 0..5 {
+        // Rounds in nine tenths of the budget, by the fastest of five timed
+        // calls of a known number of rounds.
+        let fastest = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                assert_eq!(call(&probe, &attack_message()), Ok(Outcome::Unchanged));
+                started.elapsed()
+            })
+            .min()
+            .unwrap();
+        let rounds =
+            (probe_rounds as f64 * (BUDGET as f64 * 0.9) / (fastest.as_secs_f64() * 1e3)) as u64;
+        if !call_stopped {
+            // A call whose message needs a larger buffer than init's: alloc,
+            // then the transform.
+            let module = load(
+                &format!("spins-twice-a-call-{round}"),
+                &spinning(rounds, &["alloc", "transform"]),
+                config(BUDGET),
+            )
+            .unwrap_or_else(|e| panic!("{e} (init allocates no more than 100 bytes)"));
             let started = Instant::now();
-            assert_eq!(call(&probe, &attack_message()), Ok(Outcome::Unchanged));
-            started.elapsed()
-        })
-        .min()
-        .unwrap();
-    let rounds =
-        (probe_rounds as f64 * (BUDGET as f64 * 0.9) / (fastest.as_secs_f64() * 1e3)) as u64;
-    // A call whose message needs a larger buffer than init's: alloc, then
-    // the transform.
-    let module = load(
-        "spins-twice-a-call",
-        &spinning(rounds, &["alloc", "transform"]),
-        config(BUDGET),
-    );
-    let module = match module {
-        Ok(module) => module,
-        // (Init's allocation alone ran past the budget: the machine slowed.)
-        Err(e) => panic!("{e} (rounds {rounds}, probe {fastest:?})"),
-    };
-    let started = Instant::now();
-    let err = call(&module, &Message::new("t", vec![b'a'; 4096])).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(2 * BUDGET),
-        "{:?}",
-        started.elapsed()
-    );
-    // A start function and an init: the instance never starts.
-    let err = load(
-        "spins-twice-a-start",
-        &spinning(rounds, &["start", "init"]),
-        config(BUDGET),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("time budget"), "{err}");
+            let result = call(&module, &Message::new("t", vec![b'a'; 4096]));
+            let took = started.elapsed();
+            match result {
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+                    assert!(took < 2 * within, "stopped after {took:?}");
+                    call_stopped = true;
+                }
+                Ok(_) => assert!(took < within, "the call succeeded after {took:?}"),
+            }
+        }
+        if !start_stopped {
+            let started = Instant::now();
+            let loaded = load(
+                &format!("spins-twice-a-start-{round}"),
+                &spinning(rounds, &["start", "init"]),
+                config(BUDGET),
+            );
+            let took = started.elapsed();
+            match loaded {
+                Err(e) => {
+                    assert!(e.to_string().contains("time budget"), "{e}");
+                    start_stopped = true;
+                }
+                Ok(_) => assert!(took < within, "the start succeeded after {took:?}"),
+            }
+        }
+        if call_stopped && start_stopped {
+            return;
+        }
+    }
+    panic!("in five rounds, two spins of nine tenths of the budget always fit in it");
 }
 
 // ---- memory: everything an instance holds counts ----
