@@ -134,6 +134,13 @@ impl ModuleMiddleware for Budget {
     }
 }
 
+/// A `table.grow` to charge: its table, and the most it can ever add.
+#[derive(Debug, Clone, Copy)]
+struct Growth {
+    table: u32,
+    at_most: u32,
+}
+
 /// The function half: instruments one function body.
 ///
 /// A check loads the budget from its global. Cranelift may reuse a value it
@@ -179,12 +186,14 @@ impl FunctionBudget {
     /// copies in warm memory at a fiftieth of the time budget. A refusal
     /// leaves the budget negative, so that the host tells it from a trap.
     ///
-    /// With `at_most`, the length is counted as at most that (a table's
-    /// growth: what it cannot add fails at once, the guest seeing -1).
+    /// With `growth`, a `table.grow` of that table: the length is counted as
+    /// at most the most it can ever add (what it cannot add fails at once,
+    /// the guest seeing -1), plus the table's size now (growing copies the
+    /// table into a larger vector).
     fn charge_length<'a>(
         &self,
         shift: i64,
-        at_most: Option<u32>,
+        growth: Option<Growth>,
         state: &mut MiddlewareReaderState<'a>,
     ) {
         let Globals { budget, scratch } = self.globals;
@@ -196,14 +205,21 @@ impl FunctionBudget {
                 Operator::I64ExtendI32U,
             ];
             state.extend(length.clone());
-            if let Some(at_most) = at_most {
-                // select(length, at_most, length < at_most)
+            if let Some(Growth { table, at_most }) = growth {
+                // select(length, at_most, length < at_most) + table.size
                 let at_most = Operator::I64Const {
                     value: i64::from(at_most),
                 };
                 state.push_operator(at_most.clone());
                 state.extend(length);
-                state.extend([at_most, Operator::I64LtU, Operator::Select]);
+                state.extend([
+                    at_most,
+                    Operator::I64LtU,
+                    Operator::Select,
+                    Operator::TableSize { table },
+                    Operator::I64ExtendI32U,
+                    Operator::I64Add,
+                ]);
             }
             if shift != 0 {
                 state.extend([Operator::I64Const { value: shift }, Operator::I64Shl]);
@@ -287,7 +303,8 @@ impl<'a> FunctionMiddleware<'a> for FunctionBudget {
             // vectors): charged as a fill of the new elements it can have.
             Operator::TableGrow { table } => {
                 let at_most = self.table_growth.get(table as usize).copied().unwrap_or(0);
-                self.charge_length(TABLE_ELEMENT_COST_SHIFT, Some(at_most), state);
+                let growth = Growth { table, at_most };
+                self.charge_length(TABLE_ELEMENT_COST_SHIFT, Some(growth), state);
                 state.push_operator(operator);
             }
             // Memory growth is not charged: its pages are reserved already
@@ -381,12 +398,12 @@ mod tests {
     /// before it runs, and the budget is left negative for every later check;
     /// one that fits costs nothing afterwards (the call's time bounds the
     /// rest). A table element costs 32 bytes, and so does each new one of a
-    /// `table.grow`.
+    /// `table.grow` and each the table has when it grows.
     #[test]
     fn bulk_operations_beyond_the_budget_are_refused_before_they_run() {
         let wat = r#"(module
             (memory 1)
-            (table $t 100 1000 funcref)
+            (table $t 31 1000 funcref)
             (table $fixed 5 funcref)
             (func (export "fill") (param i32)
               (memory.fill (i32.const 0) (i32.const 7) (local.get 0)))
@@ -417,7 +434,9 @@ mod tests {
             assert_eq!(budget_left(&mut store, &budget), 1000);
         }
         assert_eq!(peek.call(&mut store).unwrap(), 7);
-        assert_eq!(tgrow.call(&mut store, 31).unwrap(), 100, "grown");
+        // A growth costs its new elements and the table's own (a growth
+        // copies the table): 31 + 0 elements fit, 31 + 1 do not.
+        assert_eq!(tgrow.call(&mut store, 0).unwrap(), 31, "grown by nothing");
         // A growth past what the table can have is counted as what it can
         // have: here nothing (no maximum: it keeps its size), so the guest
         // sees the growth fail, as in any engine.
@@ -427,7 +446,7 @@ mod tests {
             .unwrap();
         assert_eq!(tgrow_fixed.call(&mut store, -1).unwrap(), -1);
         assert_eq!(budget_left(&mut store, &budget), 1000);
-        let err = tgrow.call(&mut store, 32).unwrap_err();
+        let err = tgrow.call(&mut store, 1).unwrap_err();
         assert!(err.message().contains("unreachable"), "{err}");
         assert_eq!(budget_left(&mut store, &budget), 1000 - (32 << 5));
         // 600 bytes against a budget of 80: refused before anything is written.

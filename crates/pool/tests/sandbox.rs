@@ -207,7 +207,7 @@ fn a_start_function_or_init_that_never_ends_is_refused_within_its_budget() {
 /// (here 5,000 ms at 1,000 bytes/ms: 5 MB; the copies move 64 MB in a few
 /// milliseconds), runs to its end; one operation over the allowance is
 /// refused before it runs, and a table may grow only by what the allowance
-/// pays for (its new elements at 32 bytes each).
+/// pays for (its new elements and its own, copied, at 32 bytes each).
 #[test]
 fn bulk_work_is_bounded_by_time_and_each_operation_by_the_allowance() {
     let _serial = serial();
@@ -252,6 +252,14 @@ fn bulk_work_is_bounded_by_time_and_each_operation_by_the_allowance() {
         Ok(Outcome::Unchanged)
     );
     let err = run("grows-past", &grow(5_000_000 / 32 + 1), table).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // Growing a large table by one copies all of it: charged too.
+    let err = run(
+        "grows-a-large-table",
+        &grow(1),
+        "(table $t 4000000 4000001 funcref)",
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
 
