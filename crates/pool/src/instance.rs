@@ -17,7 +17,7 @@ use wasmer::{
     RuntimeError, Store, TypedFunction, Value, WasmTypeList,
 };
 
-use crate::budget::{BUDGET_GLOBAL, START_EXPORT};
+use crate::budget::{BUDGET_GLOBAL, EXPIRED, START_EXPORT};
 use crate::deadline::Armed;
 use crate::error::CallError;
 use crate::module::{Abi, CompiledModule, LOG_IMPORT};
@@ -172,6 +172,34 @@ fn unpack(packed: i64) -> (u64, u64) {
     (packed >> 32, packed & 0xffff_ffff)
 }
 
+/// What a call stopped by `kind`'s deadline (the module's own: `timeout`)
+/// fails with.
+fn out_of_time(module: &CompiledModule, kind: ErrorKind) -> CallError {
+    let message = match kind {
+        ErrorKind::StageTimeout => "the stage's time ran out while it ran".to_owned(),
+        ErrorKind::PipelineTimeout => "the pipeline's time ran out while it ran".to_owned(),
+        _ => format!(
+            "ran past its time budget of {} ms",
+            module.settings.execution_timeout_ms
+        ),
+    };
+    CallError::new(kind, &module.id, message)
+}
+
+/// Fails with `deadline`'s kind once it has passed. Guest code entered after
+/// another entry of the same call (or start) ran up to the deadline would
+/// otherwise start, with a fresh bulk allowance, before the watchdog's next
+/// tick marks it: one bulk operation past the bound for each entry.
+fn in_time(
+    module: &CompiledModule,
+    deadline: Option<(Instant, ErrorKind)>,
+) -> Result<(), CallError> {
+    match deadline {
+        Some((at, kind)) if at <= Instant::now() => Err(out_of_time(module, kind)),
+        _ => Ok(()),
+    }
+}
+
 /// `deadline`, or the end of the module's time budget counted from
 /// `started` if that comes first (with its kind, `timeout`): the entries into
 /// guest code that make one call (its allocation and its transform), or one
@@ -271,12 +299,12 @@ impl WarmInstance {
         if instance.exports.get_function(START_EXPORT).is_ok() {
             let start: TypedFunction<(), ()> =
                 typed_export(&instance, &warm.store, id, START_EXPORT)?;
-            warm.guarded(module, deadline, |store| start.call(store))?;
+            warm.guarded_in_time(module, deadline, |store| start.call(store))?;
         }
         if module.abi == Abi::V1 {
             let version: TypedFunction<(), i32> =
                 typed_export(&instance, &warm.store, id, "rmq_abi_version")?;
-            let found = warm.guarded(module, deadline, |store| version.call(store))?;
+            let found = warm.guarded_in_time(module, deadline, |store| version.call(store))?;
             if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
                 return Err(init_error(format!(
                     "speaks ABI version {found}; this host speaks version {}",
@@ -287,7 +315,7 @@ impl WarmInstance {
                 typed_export(&instance, &warm.store, id, "rmq_init")?;
             let config = module.settings.custom_config.as_bytes();
             let ptr = warm.write_input(module, &mut deadline, config)?;
-            let packed = warm.guarded(module, deadline, |store| {
+            let packed = warm.guarded_in_time(module, deadline, |store| {
                 init.call(store, ptr as i32, config.len() as i32)
             })?;
             if packed != 0 {
@@ -349,6 +377,19 @@ impl WarmInstance {
         })
     }
 
+    /// [`guarded`](Self::guarded), after checking the deadline has not
+    /// passed ([`in_time`]): for entries that follow others of the same call
+    /// or start (a clock reading each, off the common path).
+    fn guarded_in_time<R>(
+        &mut self,
+        module: &CompiledModule,
+        deadline: Option<(Instant, ErrorKind)>,
+        call: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
+    ) -> Result<R, CallError> {
+        in_time(module, deadline)?;
+        self.guarded(module, deadline, call)
+    }
+
     fn budget_left(&self) -> i64 {
         // SAFETY: as in `guarded`; the watchdog is not armed now.
         unsafe { AtomicI64::from_ptr(self.budget.as_ptr()) }.load(Ordering::Relaxed)
@@ -365,16 +406,22 @@ impl WarmInstance {
         let id = &module.id;
         // A budget below zero: the watchdog found the call out of time, or a
         // bulk operation cost more than the allowance, and a check stopped it.
-        if self.budget_left() < 0 {
-            let message = match stopped_by {
-                ErrorKind::StageTimeout => "the stage's time ran out while it ran".to_owned(),
-                ErrorKind::PipelineTimeout => "the pipeline's time ran out while it ran".to_owned(),
-                _ => format!(
-                    "ran past its time budget of {} ms",
-                    module.settings.execution_timeout_ms
-                ),
-            };
-            return CallError::new(stopped_by, id, message);
+        let left = self.budget_left();
+        if left < 0 {
+            // Above the watchdog's mark: an operation refused for its size,
+            // whatever deadline was armed (it is not the deadline's doing).
+            if left > EXPIRED {
+                return CallError::new(
+                    ErrorKind::Timeout,
+                    id,
+                    format!(
+                        "tried a bulk operation larger than its time budget of {} ms allows \
+                         ({} bytes at once)",
+                        module.settings.execution_timeout_ms, module.bulk_allowance
+                    ),
+                );
+            }
+            return out_of_time(module, stopped_by);
         }
         if limits::limit_hit() {
             return CallError::new(
@@ -451,9 +498,12 @@ impl WarmInstance {
                 };
                 let alloc = alloc.clone();
                 let started = Instant::now();
-                let ptr =
-                    self.guarded(module, *deadline, |store| alloc.call(store, len as i32))? as u32;
+                let ptr = self
+                    .guarded_in_time(module, *deadline, |store| alloc.call(store, len as i32))?
+                    as u32;
                 *deadline = within_budget(module, started, *deadline);
+                // (The guest code that follows is entered on what is left.)
+                in_time(module, *deadline)?;
                 self.input = Some((ptr, len));
                 ptr
             }

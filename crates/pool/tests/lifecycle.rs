@@ -521,6 +521,47 @@ fn a_passed_deadline_fails_the_call_with_its_kind() {
     assert_eq!(module.stats().calls, 1, "the module did not run");
 }
 
+/// A bulk operation refused for its size fails `timeout` and says so, even
+/// when a stage's deadline is the one armed (it is not the stage's time
+/// that ran out).
+#[test]
+fn a_bulk_operation_too_large_fails_timeout_whatever_deadline_is_armed() {
+    // A second of budget: 1,000,000,000 bytes at once at most; this fills
+    // 2,000,000,000 (refused before its bounds are checked).
+    let wasm = attacks::module(
+        "(memory.fill (i32.const 0) (i32.const 1) (i32.const 2000000000))",
+        "",
+    );
+    let module = LoadedModule::compile(
+        &spec(
+            "fills",
+            ModuleSettings {
+                execution_timeout_ms: 1000,
+                ..ModuleSettings::default()
+            },
+        ),
+        &wasm,
+        &settings(),
+    )
+    .unwrap();
+    let mut local = LocalPool::new();
+    let message = Message::new("t", vec![b'a'; 200]);
+    let soon = Instant::now() + Duration::from_millis(500);
+    let report = local
+        .call(
+            &module,
+            CallRequest::new(&message).deadline(soon, ErrorKind::StageTimeout),
+        )
+        .unwrap();
+    let err = report.result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.message()
+            .contains("tried a bulk operation larger than its time budget of 1000 ms allows (1000000000 bytes at once)"),
+        "{err}"
+    );
+}
+
 /// A request carrying the caller's clock is timed from it (the runner reads
 /// the clock once, as the call ends); the report's end is a real reading,
 /// which the next request of a chain can carry.

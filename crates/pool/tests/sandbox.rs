@@ -380,6 +380,24 @@ fn the_entries_of_one_call_or_one_start_share_its_budget() {
     panic!("in five rounds, two spins of nine tenths of the budget always fit in it");
 }
 
+/// An instance whose instantiation alone (a table of 4,000,000 elements to
+/// fill) takes longer than its 1 ms budget does not start: its guest code is
+/// not entered once the start's budget has passed (it was, with a fresh
+/// allowance, until the watchdog's next tick: it started or not by chance).
+#[test]
+fn guest_code_is_not_entered_once_the_starts_budget_has_passed() {
+    let _serial = serial();
+    for round in 0..3 {
+        let err = load(
+            &format!("slow-to-instantiate-{round}"),
+            &module("", "(table 4000000 funcref)"),
+            config(1),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("time budget of 1 ms"), "{err}");
+    }
+}
+
 // ---- memory: everything an instance holds counts ----
 
 #[test]
