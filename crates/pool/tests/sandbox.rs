@@ -303,18 +303,18 @@ fn spinning(loops: u64, spins: &[&str]) -> Vec<u8> {
 /// The entries into guest code that make one call (the allocation of a
 /// larger input buffer, then the transform) share the call's budget, and so
 /// do those that start an instance (start function, init): each spinning
-/// nine tenths of the budget, together they run past it (each had a whole
+/// three quarters of the budget, together they run past it (each had a whole
 /// budget of its own: a call took up to six). What is checked holds whatever
 /// the machine's speed: nothing succeeds after running past its budget (a
-/// tick's margin and a half budget's); and, so that the case was met, a
-/// spin that took nine tenths of the budget is seen stopped — if the
+/// quarter budget's margin); and, so that the case was met, a call and a
+/// start of two such spins are seen stopped — if the
 /// machine sped up after the spin was measured (two spins then fit), the
 /// round is measured again.
 #[test]
 fn the_entries_of_one_call_or_one_start_share_its_budget() {
     let _serial = serial();
     const BUDGET: u64 = 200;
-    let within = Duration::from_millis(BUDGET + BUDGET / 2);
+    let within = Duration::from_millis(BUDGET + BUDGET / 4);
     let probe_rounds = 100_000_000;
     let probe = load(
         "spin-probe",
@@ -324,8 +324,9 @@ fn the_entries_of_one_call_or_one_start_share_its_budget() {
     .unwrap();
     let (mut call_stopped, mut start_stopped) = (false, false);
     for round in 0..5 {
-        // Rounds in nine tenths of the budget, by the fastest of five timed
-        // calls of a known number of rounds.
+        // Rounds in three quarters of the budget, by the fastest of five
+        // timed calls of a known number of rounds (one spin alone stays
+        // within the budget unless the machine slows by a third).
         let fastest = (0..5)
             .map(|_| {
                 let started = Instant::now();
@@ -335,7 +336,7 @@ fn the_entries_of_one_call_or_one_start_share_its_budget() {
             .min()
             .unwrap();
         let rounds =
-            (probe_rounds as f64 * (BUDGET as f64 * 0.9) / (fastest.as_secs_f64() * 1e3)) as u64;
+            (probe_rounds as f64 * (BUDGET as f64 * 0.75) / (fastest.as_secs_f64() * 1e3)) as u64;
         if !call_stopped {
             // A call whose message needs a larger buffer than init's: alloc,
             // then the transform.
@@ -377,7 +378,7 @@ fn the_entries_of_one_call_or_one_start_share_its_budget() {
             return;
         }
     }
-    panic!("in five rounds, two spins of nine tenths of the budget always fit in it");
+    panic!("in five rounds, two spins of three quarters of the budget always fit in it");
 }
 
 /// An instance whose instantiation alone (a table of 4,000,000 elements to
