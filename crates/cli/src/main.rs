@@ -31,6 +31,15 @@ macro_rules! say {
     }};
 }
 
+/// `println!` that does not panic when standard output cannot be written (a
+/// reader that closed its pipe): the exit code still tells.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod diff;
 mod explain;

@@ -95,17 +95,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wasm = target
         .join("wasm32-unknown-unknown/release")
         .join(format!("{}.wasm", args.name.replace('-', "_")));
-    println!("created {shown}: Cargo.toml, src/lib.rs (the module and its tests), messages.jsonl");
-    println!();
-    println!("build it (needs `rustup target add wasm32-unknown-unknown` once):");
+    out!("created {shown}: Cargo.toml, src/lib.rs (the module and its tests), messages.jsonl");
+    out!();
+    out!("build it (needs `rustup target add wasm32-unknown-unknown` once):");
     let manifest = shell_word(&root.join("Cargo.toml").display().to_string());
-    println!(
-        "    cargo build --release --target wasm32-unknown-unknown --manifest-path {manifest}"
-    );
-    println!("test it natively:");
-    println!("    cargo test --manifest-path {manifest}");
-    println!("run it on its sample messages:");
-    println!(
+    out!("    cargo build --release --target wasm32-unknown-unknown --manifest-path {manifest}");
+    out!("test it natively:");
+    out!("    cargo test --manifest-path {manifest}");
+    out!("run it on its sample messages:");
+    out!(
         "    {} test-module {} --input {}",
         this_tool(),
         shell_word(&wasm.display().to_string()),
@@ -117,13 +115,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // default (./modules, else ./fixtures/modules: a checkout's samples).
     let modules = root.join("modules");
     let modules_shown = shell_word(&modules.display().to_string());
-    println!(
+    out!(
         "use it in a pipeline as `module_id: {0}`: the engine loads <modules dir>/{0}.wasm \
          from the directory `--modules` names, so copy it into one, e.g.:",
         args.name
     );
-    println!("    mkdir -p {modules_shown}");
-    println!(
+    out!("    mkdir -p {modules_shown}");
+    out!(
         "    cp {} {}",
         shell_word(&wasm.display().to_string()),
         shell_word(
@@ -133,7 +131,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .to_string()
         )
     );
-    println!(
+    out!(
         "    {} run --config YOUR_PIPELINES --modules {modules_shown} --input YOUR_MESSAGES.jsonl",
         this_tool()
     );

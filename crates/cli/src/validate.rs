@@ -37,7 +37,7 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
         Some(dir) => format!(", every module loaded from {}", dir.display()),
         None => String::new(),
     };
-    println!(
+    out!(
         "{}: valid: {} pipeline{} ({enabled} enabled), {stages} stage{}, {modules} module{} in {} file{}; {} warning{}{loaded}",
         path.display(),
         pipelines.len(),

@@ -57,6 +57,32 @@ fn validate_accepts_both_design_examples_in_both_formats() {
         .contains("valid: 1 pipeline (1 enabled), 2 stages, 3 modules in 1 file; 0 warnings"));
 }
 
+/// A reader that closed its end of the pipe before `validate` wrote its
+/// verdict: no panic (it exited 101), the exit code says the configuration
+/// is valid.
+#[test]
+fn validate_to_a_closed_pipe_exits_by_its_verdict() {
+    let path = fixtures().join("pipelines");
+    let mut child = server::tool()
+        .args([
+            "validate",
+            "--config",
+            path.to_str().unwrap(),
+            "--modules",
+            &modules(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (Loading the modules takes the child far longer than this.)
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn validate_lists_every_error_and_exits_1() {
     let path = fixtures().join("config-invalid/many-problems.yaml");
