@@ -62,3 +62,25 @@ pub const MAX_EDITS: usize = 65_536;
 
 /// What the host makes of an error answer without a text.
 pub const ERROR_WITHOUT_TEXT: &str = "the module answered an error without a text";
+
+/// The most of an error answer's text the host keeps (bytes): it becomes a
+/// dead letter's header and a log line.
+pub const MAX_ERROR_TEXT: usize = 4 << 10;
+
+/// The error the host makes of an error answer's `text`: [`ERROR_WITHOUT_TEXT`]
+/// for one that is empty or blank; cut after [`MAX_ERROR_TEXT`] bytes, at a
+/// character, saying how many bytes more there were; else the text.
+pub fn error_text(text: &str) -> alloc::string::String {
+    use alloc::borrow::ToOwned;
+    if text.trim().is_empty() {
+        return ERROR_WITHOUT_TEXT.to_owned();
+    }
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    alloc::format!("{}… ({} bytes more)", &text[..end], text.len() - end)
+}

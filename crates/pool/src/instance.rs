@@ -29,8 +29,6 @@ const MAX_LOG_LINE: usize = 4096;
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
-/// The most of a guest's error answer kept as the error's text (bytes).
-const MAX_ERROR_TEXT: usize = 4 << 10;
 use rustmq_etl_abi::MAX_EDITS;
 
 struct LogEnv {
@@ -676,19 +674,12 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Drop => return Ok(Outcome::Dropped),
         OutcomeView::Error(text) => {
             // An error with no text still says what it is; a long one is
-            // cut (it becomes a dead letter's header, a metric's log line).
-            let text = if text.trim().is_empty() {
-                rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned()
-            } else if text.len() > MAX_ERROR_TEXT {
-                let mut end = MAX_ERROR_TEXT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("{}… ({} bytes more)", &text[..end], text.len() - end)
-            } else {
-                text.to_owned()
-            };
-            return Err(CallError::new(ErrorKind::GuestError, module, text));
+            // cut (it becomes a dead letter's header, a log line).
+            return Err(CallError::new(
+                ErrorKind::GuestError,
+                module,
+                rustmq_etl_abi::error_text(text),
+            ));
         }
         OutcomeView::Edits(edits) => edits,
     };
@@ -822,6 +813,7 @@ mod tests {
         let (_, message) = refused(answer(Answer::Error(" ")));
         assert_eq!(message, "the module answered an error without a text");
         // A long text is cut at a character's boundary, and says so.
+        const MAX_ERROR_TEXT: usize = rustmq_etl_abi::MAX_ERROR_TEXT;
         let long = format!("x{}", "é".repeat(MAX_ERROR_TEXT));
         let (kind, message) = refused(answer(Answer::Error(&long)));
         assert_eq!(kind, ErrorKind::GuestError);

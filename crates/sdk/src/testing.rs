@@ -45,7 +45,7 @@ pub type Result = std::result::Result<Option<TestMessage>, String>;
 /// outcome as a module does, and decodes and applies it as the engine does:
 /// an answer of more than [`MAX_EDITS`](rustmq_etl_abi::MAX_EDITS) edits, an
 /// empty topic or header name are refused, an error without a text gets the
-/// engine's. Not checked here (natively, nothing is limited): a module's
+/// engine's, and a long one is cut as the engine cuts it. Not checked here (natively, nothing is limited): a module's
 /// output cap (`max_output_bytes`, 16 MiB by default), its memory limit and
 /// time budget, and imports the engine refuses (a clock, randomness: see
 /// `test-module` for the real engine).
@@ -70,10 +70,7 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
     let edits = match decode_outcome(&answer) {
         Ok(OutcomeView::Unchanged) => return Ok(Some(message.clone())),
         Ok(OutcomeView::Drop) => return Ok(None),
-        Ok(OutcomeView::Error(e)) if e.trim().is_empty() => {
-            return Err(rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned())
-        }
-        Ok(OutcomeView::Error(e)) => return Err(e.to_owned()),
+        Ok(OutcomeView::Error(e)) => return Err(rustmq_etl_abi::error_text(e)),
         Err(rustmq_etl_abi::DecodeError::TooManyEdits { .. }) => {
             return Err(format!(
                 "the engine refuses an answer of more than {} edits",
@@ -165,6 +162,14 @@ mod tests {
         assert_eq!(
             apply(|_| Outcome::error(""), &message),
             Err(rustmq_etl_abi::ERROR_WITHOUT_TEXT.to_owned())
+        );
+        let long = "x".repeat(rustmq_etl_abi::MAX_ERROR_TEXT + 5);
+        assert_eq!(
+            apply(|_| Outcome::error(&long), &message),
+            Err(format!(
+                "{}… (5 bytes more)",
+                &long[..rustmq_etl_abi::MAX_ERROR_TEXT]
+            ))
         );
         let many = |count: usize| {
             move |_: &Message<'_>| {
