@@ -1761,19 +1761,13 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     let redirected = dir.path().join("stdout.jsonl");
     std::fs::write(&redirected, "{\"topic\":\"t\",\"key\":\"m0\"}\n").unwrap();
     let appending = |start: usize, limit: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("{limit}exec \"$@\" >> \"$OUT\""))
-            .arg("sh")
-            .arg(server::tool().get_program())
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&messages)
-            .args(["--start-line", &start.to_string()])
-            .env("OUT", &redirected)
-            .output()
-            .unwrap()
+        run_in_shell(
+            &format!("{limit}exec \"$@\" >> \"$OUT\""),
+            &config,
+            &messages,
+            start,
+            &redirected,
+        )
     };
     let out = appending(1, "ulimit -f 40; trap '' XFSZ; ");
     let stderr = text(&out.stderr);
@@ -1821,6 +1815,31 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     );
 }
 
+/// `run` of `config` on `messages` from `start_line`, by `sh -c SCRIPT`
+/// (which runs it as `"$@"`, with `$OUT` the path `out`): a size limit, a
+/// redirection.
+fn run_in_shell(
+    script: &str,
+    config: &Path,
+    messages: &Path,
+    start_line: usize,
+    out: &Path,
+) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(server::tool().get_program())
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(messages)
+        .args(["--start-line", &start_line.to_string()])
+        .env("OUT", out)
+        .output()
+        .unwrap()
+}
+
 /// Standard output and standard error both the file that fills (`> f 2>&1`):
 /// the run does not panic writing to standard error; the stop line comes
 /// first, into the room the cut made, after the whole results it counts.
@@ -1833,18 +1852,13 @@ fn a_full_file_behind_both_outputs_still_gets_the_stop_line() {
     );
     let (messages, _) = keyed_messages(dir.path(), 3000, |_| "t");
     let both = dir.path().join("both.txt");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 40; trap '' XFSZ; exec \"$@\" > \"$OUT\" 2>&1")
-        .arg("sh")
-        .arg(server::tool().get_program())
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
-        .env("OUT", &both)
-        .output()
-        .unwrap();
+    let out = run_in_shell(
+        "ulimit -f 40; trap '' XFSZ; exec \"$@\" > \"$OUT\" 2>&1",
+        &config,
+        &messages,
+        1,
+        &both,
+    );
     let written = std::fs::read_to_string(&both).unwrap();
     assert_eq!(out.status.code(), Some(1), "{written}");
     let stop = written
