@@ -9,9 +9,9 @@
 //! - at the entry of every function (so recursion and call chains are checked),
 //! - at the header of every loop (so every loop iteration is checked),
 //! - before every bulk operation (`memory.fill`, `memory.copy`, `memory.init`,
-//!   `table.fill`, `table.copy`, `table.init`, and `table.grow`, which fills
-//!   its new elements at once), against the operation's length: one that
-//!   costs more than the budget holds is refused,
+//!   `table.fill`, `table.copy`, `table.init`, and `table.grow`, which copies
+//!   the table and fills its new elements at once), against the operation's
+//!   length: one that costs more than the budget holds is refused,
 //! - and before `memory.grow`,
 //!
 //! and traps (`unreachable`) when it is. Between two checks a function runs
@@ -300,11 +300,18 @@ impl<'a> FunctionMiddleware<'a> for FunctionBudget {
                 state.push_operator(operator);
             }
             // A table grows at once, element by element (wasmer's tables are
-            // vectors): charged as a fill of the new elements it can have.
+            // vectors, copied into a larger one): charged as a fill of the
+            // new elements it can have and of those it has.
             Operator::TableGrow { table } => {
-                let at_most = self.table_growth.get(table as usize).copied().unwrap_or(0);
-                let growth = Growth { table, at_most };
-                self.charge_length(TABLE_ELEMENT_COST_SHIFT, Some(growth), state);
+                match self.table_growth.get(table as usize).copied().unwrap_or(0) {
+                    // It cannot grow (no maximum: it keeps its size): the
+                    // guest sees -1 and nothing is copied.
+                    0 => self.check(state),
+                    at_most => {
+                        let growth = Growth { table, at_most };
+                        self.charge_length(TABLE_ELEMENT_COST_SHIFT, Some(growth), state);
+                    }
+                }
                 state.push_operator(operator);
             }
             // Memory growth is not charged: its pages are reserved already
@@ -437,9 +444,8 @@ mod tests {
         // A growth costs its new elements and the table's own (a growth
         // copies the table): 31 + 0 elements fit, 31 + 1 do not.
         assert_eq!(tgrow.call(&mut store, 0).unwrap(), 31, "grown by nothing");
-        // A growth past what the table can have is counted as what it can
-        // have: here nothing (no maximum: it keeps its size), so the guest
-        // sees the growth fail, as in any engine.
+        // A table that cannot grow (no maximum: it keeps its size) is not
+        // charged: the guest sees the growth fail, as in any engine.
         let tgrow_fixed: TypedFunction<i32, i32> = instance
             .exports
             .get_typed_function(&store, "tgrow_fixed")

@@ -487,8 +487,8 @@ impl WarmInstance {
                 "the message is larger than 4 GiB",
             )
         })?;
-        let ptr = match self.input {
-            Some((ptr, capacity)) if capacity >= len && module.abi == Abi::V1 => ptr,
+        let (ptr, allocated) = match self.input {
+            Some((ptr, capacity)) if capacity >= len && module.abi == Abi::V1 => (ptr, false),
             _ => {
                 let alloc = match &self.exports {
                     Exports::V1 { alloc, .. } => alloc,
@@ -500,10 +500,8 @@ impl WarmInstance {
                     .guarded_in_time(module, *deadline, |store| alloc.call(store, len as i32))?
                     as u32;
                 *deadline = within_budget(module, started, *deadline);
-                // (The guest code that follows is entered on what is left.)
-                in_time(module, *deadline)?;
                 self.input = Some((ptr, len));
-                ptr
+                (ptr, true)
             }
         };
         let (base, size) = self.guest_memory();
@@ -527,6 +525,11 @@ impl WarmInstance {
         let memory =
             unsafe { std::slice::from_raw_parts_mut(base.add(ptr as usize), len as usize) };
         fill(memory);
+        if allocated {
+            // The guest code that follows (entered without a check of its
+            // own) has what is left, after the allocation and the copy.
+            in_time(module, *deadline)?;
+        }
         Ok(ptr)
     }
 

@@ -78,7 +78,7 @@ pub(crate) fn engine(admitted: &Admitted) -> Engine {
 
 /// Bumped whenever the way modules are compiled changes (instrumentation,
 /// features, engine settings), so that old artifacts are never loaded.
-const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v6";
+const COMPILE_SETTINGS: &str = "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v7";
 
 /// Compiled artifacts on disk, keyed by the module bytes' hash and the compile
 /// settings, each authenticated with a key only this cache's owner can read.
@@ -862,8 +862,8 @@ mod tests {
         );
         // The settings and the fingerprint of the code they were bumped for.
         const RECORDED: (&str, u64) = (
-            "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v6",
-            12_297_219_271_820_777_383,
+            "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v7",
+            4_042_721_424_151_870_164,
         );
         assert_eq!(
             (COMPILE_SETTINGS, fingerprint),
