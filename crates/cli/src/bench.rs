@@ -35,18 +35,6 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
-        anyhow::bail!(
-            "--seconds must be a positive number of seconds up to a day, not {}",
-            args.seconds
-        );
-    }
-    if !(1..=65_536).contains(&args.batch) {
-        anyhow::bail!("--batch must be from 1 to 65536, not {}", args.batch);
-    }
-    if args.callers.is_some_and(|c| !(1..=1024).contains(&c)) {
-        anyhow::bail!("--callers must be from 1 to 1024");
-    }
     let Some((config, _, _)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };

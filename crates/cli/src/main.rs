@@ -210,11 +210,15 @@ enum Command {
         module_config: Option<String>,
         /// The time budget of each call, in milliseconds (default: a
         /// pipeline's default execution_timeout_ms).
-        #[arg(long, value_name = "MS")]
+        #[arg(long, value_name = "MS", value_parser = within(1u64, 3_600_000, "from 1 to 3600000 (an hour)"))]
         timeout_ms: Option<u64>,
         /// The instance's memory limit in bytes (default: a pipeline's default
         /// memory_limit_bytes).
-        #[arg(long, value_name = "BYTES")]
+        #[arg(long, value_name = "BYTES", value_parser = within(
+            65_536usize,
+            4 << 30,
+            "from 65536 (one WebAssembly page) to 4294967296 (4 GiB)",
+        ))]
         memory_limit_bytes: Option<usize>,
         /// One JSON line per message instead of text.
         #[arg(long)]
@@ -250,13 +254,17 @@ enum Command {
         /// How long the throughput phase runs (the traced passes before it,
         /// for the breakdown, run 2,000 messages however long they take:
         /// long with modules that time out).
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = within(
+            f64::MIN_POSITIVE,
+            86_400.0,
+            "a positive number of seconds up to a day",
+        ))]
         seconds: f64,
         /// Messages per batch in the throughput phase.
-        #[arg(long, value_name = "COUNT", default_value_t = 64)]
+        #[arg(long, value_name = "COUNT", default_value_t = 64, value_parser = within(1usize, 65_536, "from 1 to 65536"))]
         batch: usize,
         /// Threads sending batches (default: twice the engine's threads).
-        #[arg(long, value_name = "COUNT")]
+        #[arg(long, value_name = "COUNT", value_parser = within(1usize, 1024, "from 1 to 1024"))]
         callers: Option<usize>,
         #[command(flatten)]
         engine: Engine,
@@ -404,6 +412,25 @@ fn not_empty(text: &str) -> Result<String, String> {
         Err("must not be empty".to_owned())
     } else {
         Ok(text.to_owned())
+    }
+}
+
+/// A number from `low` to `high`, both included (`range` says so in the
+/// error): refused by the parser, exit 2, as a malformed one is.
+fn within<T>(
+    low: T,
+    high: T,
+    range: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + Copy + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    move |text| match text.parse::<T>() {
+        // (A NaN is in no range.)
+        Ok(n) if low <= n && n <= high => Ok(n),
+        Ok(_) => Err(format!("must be {range}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1318,7 +1318,7 @@ fn test_module_bad_input_says_what_and_where() {
                 "--timeout-ms",
                 "18446744073709551615",
             ],
-            "--timeout-ms must be from 1 to 3600000",
+            "invalid value '18446744073709551615' for '--timeout-ms <MS>': must be from 1 to 3600000",
         ),
         (
             &[
@@ -1329,12 +1329,19 @@ fn test_module_bad_input_says_what_and_where() {
                 "--memory-limit-bytes",
                 "10",
             ],
-            "--memory-limit-bytes must be from 65536",
+            "invalid value '10' for '--memory-limit-bytes <BYTES>': must be from 65536",
         ),
     ];
     for (args, expected) in cases {
         let out = run(args, Some(""));
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        // A value out of range is the parser's to refuse (exit 2), as a
+        // malformed one; the rest fail the command (exit 1).
+        let code = if expected.starts_with("invalid value") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         assert!(
             text(&out.stderr).contains(expected),
             "{args:?}: {}",
@@ -1602,12 +1609,31 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--seconds must be a positive number"));
+    // Out of range: refused by the parser, as a malformed value is (exit 2).
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr)
+        .contains("invalid value '0' for '--seconds <SECONDS>': must be a positive number"));
     for (flag, value, says) in [
-        ("--seconds", "1e300", "--seconds must be a positive number"),
-        ("--batch", "100000000000", "--batch must be from 1 to 65536"),
-        ("--callers", "0", "--callers must be from 1 to 1024"),
+        (
+            "--seconds",
+            "1e300",
+            "'--seconds <SECONDS>': must be a positive number",
+        ),
+        (
+            "--seconds",
+            "NaN",
+            "'--seconds <SECONDS>': must be a positive number",
+        ),
+        (
+            "--batch",
+            "100000000000",
+            "'--batch <COUNT>': must be from 1 to 65536",
+        ),
+        (
+            "--callers",
+            "0",
+            "'--callers <COUNT>': must be from 1 to 1024",
+        ),
     ] {
         let out = run(
             &[
@@ -1621,7 +1647,7 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
             ],
             None,
         );
-        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }
 }
