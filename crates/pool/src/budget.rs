@@ -27,7 +27,7 @@
 //! [`START_EXPORT`], so the host runs it as an ordinary, bounded call. Both
 //! export names are reserved: a module that exports one of them is refused.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use wasmer::sys::wasmparser::{BlockType, Operator};
 use wasmer::sys::{FunctionMiddleware, MiddlewareError, MiddlewareReaderState, ModuleMiddleware};
@@ -54,11 +54,17 @@ pub(crate) const TABLE_ELEMENT_COST_SHIFT: i64 = 5;
 /// indices of the globals it added.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
-    globals: Mutex<Option<Globals>>,
+    module: Mutex<Option<Instrumented>>,
+}
+
+/// What the module half learnt of the module, for every function's half.
+#[derive(Debug, Clone)]
+struct Instrumented {
+    globals: Globals,
     /// The most each table (by index) can ever grow: its maximum, as the
     /// host caps it (`limits.rs`: its initial size if it declares none),
     /// less its initial size.
-    table_growth: Mutex<Vec<u32>>,
+    table_growth: Arc<[u32]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,16 +79,15 @@ impl ModuleMiddleware for Budget {
         &self,
         _: LocalFunctionIndex,
     ) -> Box<dyn FunctionMiddleware<'a> + 'a> {
-        let globals = self
-            .globals
+        let Instrumented {
+            globals,
+            table_growth,
+        } = self
+            .module
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .clone()
             .expect("wasmer transforms the module info before it compiles functions");
-        let table_growth = self
-            .table_growth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         Box::new(FunctionBudget {
             globals,
             table_growth,
@@ -91,8 +96,8 @@ impl ModuleMiddleware for Budget {
     }
 
     fn transform_module_info(&self, info: &mut ModuleInfo) -> Result<(), MiddlewareError> {
-        let mut globals = self.globals.lock().unwrap_or_else(|p| p.into_inner());
-        if globals.is_some() {
+        let mut module = self.module.lock().unwrap_or_else(|p| p.into_inner());
+        if module.is_some() {
             return Err(MiddlewareError::new(
                 "budget",
                 "one budget middleware was used for two modules",
@@ -121,14 +126,16 @@ impl ModuleMiddleware for Budget {
             info.exports
                 .insert(START_EXPORT.to_owned(), ExportIndex::Function(start));
         }
-        *self.table_growth.lock().unwrap_or_else(|p| p.into_inner()) = info
-            .tables
-            .values()
-            .map(|t| t.maximum.unwrap_or(t.minimum).saturating_sub(t.minimum))
-            .collect();
-        *globals = Some(Globals {
-            budget: budget.as_u32(),
-            scratch: scratch.as_u32(),
+        *module = Some(Instrumented {
+            globals: Globals {
+                budget: budget.as_u32(),
+                scratch: scratch.as_u32(),
+            },
+            table_growth: info
+                .tables
+                .values()
+                .map(|t| t.maximum.unwrap_or(t.minimum).saturating_sub(t.minimum))
+                .collect(),
         });
         Ok(())
     }
@@ -151,8 +158,8 @@ struct Growth {
 #[derive(Debug)]
 struct FunctionBudget {
     globals: Globals,
-    /// See [`Budget::table_growth`].
-    table_growth: Vec<u32>,
+    /// See [`Instrumented::table_growth`].
+    table_growth: Arc<[u32]>,
     /// Nothing of the body has been seen yet.
     at_entry: bool,
 }

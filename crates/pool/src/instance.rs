@@ -191,9 +191,10 @@ fn out_of_time(module: &CompiledModule, kind: ErrorKind) -> CallError {
 fn in_time(
     module: &CompiledModule,
     deadline: Option<(Instant, ErrorKind)>,
+    now: Instant,
 ) -> Result<(), CallError> {
     match deadline {
-        Some((at, kind)) if at <= Instant::now() => Err(out_of_time(module, kind)),
+        Some((at, kind)) if at <= now => Err(out_of_time(module, kind)),
         _ => Ok(()),
     }
 }
@@ -384,7 +385,7 @@ impl WarmInstance {
         deadline: Option<(Instant, ErrorKind)>,
         call: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
     ) -> Result<R, CallError> {
-        in_time(module, deadline)?;
+        in_time(module, deadline, Instant::now())?;
         self.guarded(module, deadline, call)
     }
 
@@ -496,9 +497,9 @@ impl WarmInstance {
                 };
                 let alloc = alloc.clone();
                 let started = Instant::now();
-                let ptr = self
-                    .guarded_in_time(module, *deadline, |store| alloc.call(store, len as i32))?
-                    as u32;
+                in_time(module, *deadline, started)?;
+                let ptr =
+                    self.guarded(module, *deadline, |store| alloc.call(store, len as i32))? as u32;
                 *deadline = within_budget(module, started, *deadline);
                 self.input = Some((ptr, len));
                 (ptr, true)
@@ -528,7 +529,7 @@ impl WarmInstance {
         if allocated {
             // The guest code that follows (entered without a check of its
             // own) has what is left, after the allocation and the copy.
-            in_time(module, *deadline)?;
+            in_time(module, *deadline, Instant::now())?;
         }
         Ok(ptr)
     }

@@ -863,7 +863,7 @@ mod tests {
         // The settings and the fingerprint of the code they were bumped for.
         const RECORDED: (&str, u64) = (
             "wasmer-7.4.2/cranelift/budget-checks/wasm2+extended-const/v7",
-            14_525_160_758_022_152_419,
+            16_562_442_431_153_604_360,
         );
         assert_eq!(
             (COMPILE_SETTINGS, fingerprint),
