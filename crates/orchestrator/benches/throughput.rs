@@ -18,8 +18,9 @@
 //!   which tells work from waiting;
 //! - `latency`: single messages sent at half the single-message rate to an
 //!   async caller, paced by a plain thread (open loop); p50 and p99 of each
-//!   message's time from being handed over to its answer; then the same at a
-//!   quarter of that rate, for comparison.
+//!   message's time from being handed over to its answer, beside the same
+//!   messages answered at once by a plain thread fed as the pool's workers are
+//!   (the hops alone, no engine); then both at a quarter of that rate.
 //!
 //! ```sh
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput
@@ -519,27 +520,66 @@ fn latency(pool: &Arc<Pool>) {
         }
         total as f64 / started.elapsed().as_secs_f64()
     });
-    let (p50, p99) = open_loop(&runtime, &single, &message, max_rate / 2.0);
-    println!(
-        "throughput: latency of single messages (temperature-converter) at {:.0} messages/s, half the most single messages measured ({max_rate:.0}/s): p50 {p50:?}, p99 {p99:?} (design.md: < 1 ms; goal < 100 µs)",
-        max_rate / 2.0
-    );
-    let (p50, p99) = open_loop(&runtime, &single, &message, max_rate / 4.0);
-    println!(
-        "  for comparison, at {:.0} messages/s, a quarter of the most measured: p50 {p50:?}, p99 {p99:?}",
-        max_rate / 4.0
-    );
+    let engine = {
+        let single = single.clone();
+        move |message: Message| {
+            let single = single.clone();
+            async move {
+                single.process(message).await.unwrap();
+            }
+        }
+    };
+    // The baseline: the same hops without the engine. A plain thread, fed as
+    // the pool's workers are (a channel of jobs, each with a oneshot for its
+    // answer), answers each message at once.
+    let (jobs, echo) = echo_thread();
+    let hops = move |message: Message| {
+        let jobs = jobs.clone();
+        async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            jobs.send((message, reply)).unwrap();
+            drop(answer.await.unwrap());
+        }
+    };
+    for (share, name) in [(2.0, "half"), (4.0, "a quarter")] {
+        let rate = max_rate / share;
+        let (p50, p99) = open_loop(&runtime, engine.clone(), &message, rate);
+        let (base50, base99) = open_loop(&runtime, hops.clone(), &message, rate);
+        println!(
+            "throughput: latency of single messages (temperature-converter) at {rate:.0} messages/s, {name} the most single messages measured ({max_rate:.0}/s): p50 {p50:?}, p99 {p99:?}; baseline, the same messages answered at once by a plain thread: p50 {base50:?}, p99 {base99:?} (design.md: < 1 ms; goal < 100 µs)"
+        );
+    }
+    drop(hops);
+    echo.join().unwrap();
+}
+
+type Echo = (Message, tokio::sync::oneshot::Sender<Message>);
+
+/// A thread that answers each message it is sent with the message itself,
+/// until every sender is dropped.
+fn echo_thread() -> (std::sync::mpsc::Sender<Echo>, std::thread::JoinHandle<()>) {
+    let (jobs, received) = std::sync::mpsc::channel::<Echo>();
+    let thread = std::thread::spawn(move || {
+        for (message, reply) in received {
+            let _ = reply.send(message);
+        }
+    });
+    (jobs, thread)
 }
 
 /// Sends `rate` single messages a second for three seconds in an open loop
 /// and answers each one's p50 and p99 time from being handed over to its
 /// answer.
-fn open_loop(
+fn open_loop<F, Answered>(
     runtime: &tokio::runtime::Runtime,
-    single: &Orchestrator<Pool>,
+    send: F,
     message: &Message,
     rate: f64,
-) -> (Duration, Duration) {
+) -> (Duration, Duration)
+where
+    F: Fn(Message) -> Answered + Clone + Send + Sync,
+    Answered: std::future::Future<Output = ()> + Send + 'static,
+{
     let interval = Duration::from_secs_f64(1.0 / rate);
     let count = ((rate * 3.0) as usize).max(1000);
     // Each message's time in nanoseconds, written by its task as it ends: a
@@ -548,9 +588,13 @@ fn open_loop(
     let times: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
     let answered = Arc::new(AtomicUsize::new(0));
     // Paced by a plain thread rather than tokio's timer (whose millisecond
-    // resolution would send the messages in bursts of dozens): each message
-    // is handed to the runtime at its own time, answered or not, and timed
-    // from that moment to its answer.
+    // resolution would send the messages in bursts of dozens); each message is
+    // handed to the runtime when it is due or, if the thread slept past that,
+    // at once, answered or not, and timed from that moment to its answer. The
+    // kernel lengthens a short sleep by the thread's timer slack (50 µs by
+    // default), so at these rates messages leave in small bursts at the right
+    // average rate; a pacing to the microsecond would wake this thread several
+    // times as often and take much of a core of two (docs/performance.md).
     let handle = runtime.handle().clone();
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -561,11 +605,11 @@ fn open_loop(
                 if due > now {
                     std::thread::sleep(due - now);
                 }
-                let (single, message) = (single.clone(), message.clone());
                 let (times, answered) = (times.clone(), answered.clone());
                 let sent = Instant::now();
+                let answer = send(message.clone());
                 handle.spawn(async move {
-                    single.process(message).await.unwrap();
+                    answer.await;
                     times[i].store(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     answered.fetch_add(1, Ordering::Release);
                 });
