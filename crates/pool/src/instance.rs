@@ -2,7 +2,7 @@
 //! that trusts nothing the guest returns.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,14 @@ use crate::{deadline, limits};
 
 /// Most bytes of one guest log line; longer lines are cut.
 const MAX_LOG_LINE: usize = 4096;
-/// Most log lines one instance may write per call; the rest are counted, not written.
+/// Most log lines one instance may write per call; the rest are counted, not
+/// written. Lines the logger does not take (a level it filters out) are not
+/// written and do not count.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// In [`LogEnv::lines_this_call`]: one log call (the low half counts them).
+const LOG_CALL: u64 = 1;
+/// In [`LogEnv::lines_this_call`]: one line the logger takes (the high half).
+const LOG_LINE: u64 = 1 << 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
 use rustmq_etl_abi::MAX_EDITS;
@@ -37,9 +43,10 @@ struct LogEnv {
     lines_dropped: Arc<AtomicU64>,
     memory: Option<Memory>,
     budget: Option<Global>,
-    /// Lines written in the current call: shared with the instance, which resets
-    /// it per call without going through the store.
-    lines_this_call: Arc<AtomicU32>,
+    /// The current call's log calls (low half) and of them the lines the
+    /// logger takes (high half): shared with the instance, which resets it
+    /// per call without going through the store.
+    lines_this_call: Arc<AtomicU64>,
     /// The last error-level line of the current call (emptied by its first
     /// line): a trap's error quotes it, as the SDK logs a panic's message
     /// there before the guest aborts.
@@ -60,17 +67,30 @@ fn host_log(
             return Err(RuntimeError::new("the call's time is up"));
         }
     }
-    let before = data.lines_this_call.fetch_add(1, Ordering::Relaxed);
+    let level = match level {
+        i32::MIN..=0 => log::Level::Debug,
+        1 => log::Level::Info,
+        2 => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    // A line the logger filters out is not written and takes nothing of the
+    // call's allowance: lines of a hidden level do not crowd out the errors.
+    let taken = log::log_enabled!(target: "rustmq_etl::guest", level);
+    let before = data
+        .lines_this_call
+        .fetch_add(LOG_CALL + u64::from(taken) * LOG_LINE, Ordering::Relaxed);
     if before == 0 {
-        // A new call's first line: an error line of an earlier call is not
-        // this call's.
+        // A new call's first log call: an error line of an earlier call is
+        // not this call's.
         lock(&data.last_error).take();
     }
-    let written = before < MAX_LOG_LINES_PER_CALL;
-    // Past the limit an error line is still kept for a trap to quote.
-    let error = level >= 3;
+    let written = taken && before / LOG_LINE < u64::from(MAX_LOG_LINES_PER_CALL);
+    // Past the limit (or hidden) an error line is still kept for a trap to quote.
+    let error = level == log::Level::Error;
     if !written {
-        data.lines_dropped.fetch_add(1, Ordering::Relaxed);
+        if taken {
+            data.lines_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         if !error {
             return Ok(());
         }
@@ -99,12 +119,6 @@ fn host_log(
     if !written {
         return Ok(());
     }
-    let level = match level {
-        0 => log::Level::Debug,
-        1 => log::Level::Info,
-        2 => log::Level::Warn,
-        _ => log::Level::Error,
-    };
     log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
     Ok(())
 }
@@ -131,7 +145,7 @@ enum Exports {
 /// An instance ready to take calls on the thread that made it.
 pub(crate) struct WarmInstance {
     store: Store,
-    lines_this_call: Arc<AtomicU32>,
+    lines_this_call: Arc<AtomicU64>,
     /// Shared with the log import (`LogEnv::last_error`).
     last_error: Arc<Mutex<Option<String>>>,
     memory: Memory,
@@ -231,7 +245,7 @@ impl WarmInstance {
         let id = &module.id;
         let init_error = |message: String| CallError::new(ErrorKind::Unavailable, id, message);
         let mut store = Store::new(module.engine.clone());
-        let lines_this_call = Arc::new(AtomicU32::new(0));
+        let lines_this_call = Arc::new(AtomicU64::new(0));
         let last_error = Arc::new(Mutex::new(None));
         let env = FunctionEnv::new(
             &mut store,

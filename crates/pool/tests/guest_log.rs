@@ -1,47 +1,69 @@
 //! A guest's log lines reach the host's logger at most
 //! `MAX_LOG_LINES_PER_CALL` (32) a call, whatever the guest asks: lines past
 //! the limit, and the host's own warnings about bad log calls, are not
-//! written (the logger is process-wide, so this test has its binary to
-//! itself).
+//! written; lines of a level the logger filters out do not count (the logger
+//! is process-wide, so these tests have their binary to themselves, and tell
+//! their lines apart by module).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
 
 use rustmq_etl_core::{Message, ModuleSpec, Outcome};
 use rustmq_etl_pool::{Pool, PoolConfig};
 
 mod attacks;
 
-/// Counts the records of the guest's target.
-struct CountingLogger(AtomicUsize);
+/// Takes warnings and errors only (as `RUST_LOG=warn` would), and counts the
+/// records of the guest's target, by module.
+struct CountingLogger {
+    bad_logs: AtomicUsize,
+    chatty: AtomicUsize,
+}
 
 impl log::Log for CountingLogger {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
     }
 
     fn log(&self, record: &log::Record) {
-        if record.target() == "rustmq_etl::guest" {
-            self.0.fetch_add(1, Ordering::Relaxed);
+        if !self.enabled(record.metadata()) || record.target() != "rustmq_etl::guest" {
+            return;
+        }
+        let text = record.args().to_string();
+        if text.starts_with("bad-logs: ") {
+            self.bad_logs.fetch_add(1, Ordering::Relaxed);
+        } else if text.starts_with("chatty: ") {
+            self.chatty.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn flush(&self) {}
 }
 
-static LINES: CountingLogger = CountingLogger(AtomicUsize::new(0));
+static LINES: CountingLogger = CountingLogger {
+    bad_logs: AtomicUsize::new(0),
+    chatty: AtomicUsize::new(0),
+};
+
+fn pool() -> Pool {
+    static LOGGER: Once = Once::new();
+    LOGGER.call_once(|| {
+        log::set_logger(&LINES).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    Pool::new(PoolConfig {
+        workers: 1,
+        ..PoolConfig::default()
+    })
+    .unwrap()
+}
 
 /// 1,000 error-level log calls a message, each with a buffer outside the
 /// guest's memory: one host warning for each of the first 32, none after
 /// (each was written, without end, while the call had time).
 #[test]
 fn log_calls_with_buffers_outside_memory_write_no_more_than_the_limit() {
-    log::set_logger(&LINES).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
-    let pool = Pool::new(PoolConfig {
-        workers: 1,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool();
     let wasm = attacks::module(
         "(global.set $n (i32.const 0))
          (loop $again
@@ -55,5 +77,30 @@ fn log_calls_with_buffers_outside_memory_write_no_more_than_the_limit() {
         let outcome = pool.call_blocking(&module, &Message::new("t", vec![b'a'; 200]));
         assert_eq!(outcome, Ok(Outcome::Unchanged));
     }
-    assert_eq!(LINES.0.load(Ordering::Relaxed), 3 * 32);
+    assert_eq!(LINES.bad_logs.load(Ordering::Relaxed), 3 * 32);
+    assert_eq!(module.stats().log_lines_dropped, 3 * (1000 - 32));
+}
+
+/// 40 debug lines, which the logger filters out, then an error: the error is
+/// written (the hidden lines used up the call's 32 lines, and the error was
+/// lost without a word), and nothing counts as dropped.
+#[test]
+fn lines_the_logger_filters_out_leave_the_allowance_to_the_lines_it_takes() {
+    let pool = pool();
+    let wasm = attacks::module(
+        "(global.set $n (i32.const 0))
+         (loop $again
+           (call $log (i32.const 0) (i32.const 32) (i32.const 12))
+           (global.set $n (i32.add (global.get $n) (i32.const 1)))
+           (br_if $again (i32.lt_u (global.get $n) (i32.const 40))))
+         (call $log (i32.const 3) (i32.const 32) (i32.const 12))",
+        "(global $n (mut i32) (i32.const 0))",
+    );
+    let module = pool.load(&ModuleSpec::new("chatty"), &wasm).unwrap();
+    for _ in 0..3 {
+        let outcome = pool.call_blocking(&module, &Message::new("t", vec![b'a'; 200]));
+        assert_eq!(outcome, Ok(Outcome::Unchanged));
+    }
+    assert_eq!(LINES.chatty.load(Ordering::Relaxed), 3);
+    assert_eq!(module.stats().log_lines_dropped, 0);
 }

@@ -2,9 +2,10 @@
 //!
 //! In WebAssembly these call the host's `rmq_etl.log` import; the engine tags each
 //! line with the module's id and writes it to its own log (target
-//! `rustmq_etl::guest`), at most 32 lines a call (the rest are counted in the
-//! metric `rustmq_etl_guest_log_lines_dropped_total`; an error line past the
-//! limit is still kept for a trap's message to quote). `rustmq-etl
+//! `rustmq_etl::guest`), at most 32 lines a call (lines of a level the logger
+//! filters out do not count; the rest are counted in the metric
+//! `rustmq_etl_guest_log_lines_dropped_total`; an error line past the limit,
+//! or hidden, is still kept for a trap's message to quote). `rustmq-etl
 //! test-module` shows every level; `run` shows warnings and errors and `serve`
 //! info and up, unless `RUST_LOG` says otherwise
 //! (`RUST_LOG=warn,rustmq_etl::guest=debug`). Natively (in tests) they print
