@@ -561,8 +561,6 @@ impl<E: Engine> Orchestrator<E> {
             let batch = Batch {
                 snapshot: snapshot.clone(),
                 runs,
-                submitted,
-                started: None,
                 reply: Some(reply),
                 permits,
                 in_order: options.in_order,

@@ -46,7 +46,9 @@ pub struct Processed {
 /// (pipelines in order, stages by priority, modules as listed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trace {
-    /// How long the message waited for an engine thread.
+    /// How long the message waited before its journey began: from being
+    /// handed to the engine until an engine thread started it (its batch's
+    /// wait for the thread, then the messages before it in the batch).
     pub queued: Duration,
     /// One entry per module of every pipeline (a module retried is one entry).
     pub entries: Vec<TraceEntry>,

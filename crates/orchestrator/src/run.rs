@@ -645,6 +645,15 @@ impl Run {
         tally: &mut Tally,
         clock: &mut Instant,
     ) -> Option<Instant> {
+        if self.trace.is_some() && !self.is_started() {
+            // Its journey begins: it waited from being handed over (the run's
+            // clock until now) for its batch's engine thread and the messages
+            // before it in the batch.
+            let queued = clock.saturating_duration_since(self.clock);
+            if let Some(trace) = &mut self.trace {
+                trace.queued = queued;
+            }
+        }
         self.clock_to(*clock);
         let wait = self.advance(snapshot, runner, scratch, tally);
         *clock = (*clock).max(self.clock);
@@ -1563,8 +1572,6 @@ fn budget_spent(kind: ErrorKind) -> &'static str {
 pub(crate) struct Batch<E: Engine> {
     pub(crate) snapshot: Arc<Snapshot<E>>,
     pub(crate) runs: Vec<Run>,
-    pub(crate) submitted: Instant,
-    pub(crate) started: Option<Instant>,
     pub(crate) reply: Option<oneshot::Sender<Vec<Processed>>>,
     /// Its messages' places among those in flight, given back as it answers
     /// (or when the engine drops it unrun).
@@ -1590,7 +1597,6 @@ thread_local! {
 impl<E: Engine> Task<E::Runner> for Batch<E> {
     fn run(&mut self, runner: &mut E::Runner) -> Step {
         let mut clock = Instant::now();
-        let queued = *self.started.get_or_insert(clock) - self.submitted;
         let snapshot = self.snapshot.clone();
         let mut next: Option<Instant> = None;
         let mut processed = Vec::new();
@@ -1643,11 +1649,8 @@ impl<E: Engine> Task<E::Runner> for Batch<E> {
                     .runs
                     .iter_mut()
                     .map(|run| {
-                        let (disposition, mut trace) = run.finish();
+                        let (disposition, trace) = run.finish();
                         tally.message(&disposition);
-                        if let Some(trace) = &mut trace {
-                            trace.queued = queued;
-                        }
                         Processed {
                             disposition,
                             config_version: snapshot.version,

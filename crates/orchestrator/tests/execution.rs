@@ -3068,3 +3068,30 @@ fn a_module_found_by_reloading_the_same_configuration_starts_closed() {
     assert_eq!(o.occurrences()[0].circuit, CircuitState::Closed);
     delivered(&one(&o, Message::new("t", "x")));
 }
+
+/// A trace's `queued` is each message's own wait: its batch's for an engine
+/// thread, then the messages before it in the batch (it was the batch's, the
+/// same for all of them).
+#[test]
+fn a_trace_says_how_long_each_message_waited_before_it_began() {
+    let engine = Arc::new(StandIn::new(1));
+    let slow = Duration::from_millis(20);
+    engine.module("m", move |_| Behaviour::ok(Outcome::Unchanged).after(slow));
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+    );
+    let out = o
+        .process_batch_blocking(
+            vec![Message::new("t", "x"); 3],
+            ProcessOptions::default().in_order(true).trace(true),
+        )
+        .unwrap();
+    let queued: Vec<Duration> = out
+        .iter()
+        .map(|p| p.trace.as_ref().expect("traced").queued)
+        .collect();
+    // The second began after the first's call, the third after two.
+    assert!(queued[1] >= queued[0] + slow, "{queued:?}");
+    assert!(queued[2] >= queued[1] + slow, "{queued:?}");
+}
