@@ -79,6 +79,8 @@ enum Job {
 
 struct Worker {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Jobs sent and not yet done (the one running included): a worker busy
+    /// with a long batch and an empty queue is not taken for an idle one.
     queued: AtomicUsize,
 }
 
@@ -468,8 +470,8 @@ fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval
         if open {
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
-                    shared.workers[index].queued.fetch_sub(1, Ordering::Relaxed);
                     state.run(job);
+                    shared.workers[index].queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,

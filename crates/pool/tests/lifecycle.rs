@@ -58,6 +58,49 @@ fn pool(workers: usize) -> Pool {
     .unwrap()
 }
 
+/// A task that holds its worker until released (or 30 s have passed), and
+/// says which it was.
+struct Hold {
+    running: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    released: std::sync::mpsc::Sender<bool>,
+}
+
+impl rustmq_etl_core::Task<LocalPool> for Hold {
+    fn run(&mut self, _: &mut LocalPool) -> rustmq_etl_core::Step {
+        self.running.send(()).unwrap();
+        let by_release = self.release.recv_timeout(Duration::from_secs(30)).is_ok();
+        self.released.send(by_release).unwrap();
+        rustmq_etl_core::Step::Done
+    }
+}
+
+/// A load's start check goes to an idle worker, not to one busy with a long
+/// job and nothing queued (it waited for the whole job: a reload during a
+/// batch of slow messages took as long as the batch).
+#[test]
+fn a_load_does_not_wait_behind_a_running_job_while_a_worker_is_idle() {
+    use rustmq_etl_core::Engine;
+    let pool = pool(2);
+    let (running, is_running) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (released, was_released) = std::sync::mpsc::channel();
+    let task = Hold {
+        running,
+        release: release_rx,
+        released,
+    };
+    assert!(pool.submit(Box::new(task)).is_ok());
+    is_running.recv().unwrap();
+    pool.load(&ModuleSpec::new("identity"), &wasm("identity"))
+        .unwrap();
+    let _ = release.send(());
+    assert!(
+        was_released.recv().unwrap(),
+        "the load waited for the running job"
+    );
+}
+
 /// Loading a new version does not disturb calls running on the old one; a
 /// version that does not compile, or whose init refuses its configuration,
 /// is refused and the one in use keeps serving.
