@@ -133,8 +133,8 @@ pub use rustmq_etl_config::{
     Config, ConfigError, Diagnostic, Format, Loaded, PipelineSource, Severity,
 };
 pub use rustmq_etl_core::{
-    Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, ModuleSettings,
-    ModuleSpec, Outcome,
+    Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, MessageParseError,
+    ModuleSettings, ModuleSpec, Outcome,
 };
 
 /// The configuration model whole (`rustmq-etl-config`): what a plan's

@@ -235,9 +235,15 @@ impl<E: Engine> Orchestrator<E> {
         source: impl ModuleSource + 'static,
         options: Options,
     ) -> Result<Self, ReloadError> {
+        // Kept as they act, so that `options()` says what is in force.
         let max = options
             .max_in_flight
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let options = Options {
+            max_in_flight: max,
+            chunk: options.chunk.max(1),
+            ..options
+        };
         let keep = Keep {
             engine,
             source: Box::new(source),
@@ -404,7 +410,8 @@ impl<E: Engine> Orchestrator<E> {
         &self.inner.keep.engine
     }
 
-    /// The options.
+    /// The options in force: as given, but `max_in_flight` and `chunk` as they
+    /// act (0 counted as 1, a limit past what the semaphore holds as its most).
     pub fn options(&self) -> &Options {
         &self.inner.keep.options
     }

@@ -3095,3 +3095,33 @@ fn a_trace_says_how_long_each_message_waited_before_it_began() {
     assert!(queued[1] >= queued[0] + slow, "{queued:?}");
     assert!(queued[2] >= queued[1] + slow, "{queued:?}");
 }
+
+/// `options()` says the limits in force: a `max_in_flight` of 0 acts as 1
+/// and "no limit" as the semaphore's most, as `Busy` reports them, and a
+/// `chunk` of 0 as 1.
+#[test]
+fn the_options_in_force_are_the_limits_as_they_act() {
+    let o = one_passing_module(Options {
+        max_in_flight: 0,
+        chunk: 0,
+        ..options()
+    });
+    assert_eq!((o.options().max_in_flight, o.options().chunk), (1, 1));
+    let busy = o
+        .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+        .err()
+        .expect("two never fit in one");
+    assert_eq!(busy.limit, o.options().max_in_flight);
+    let o = one_passing_module(Options {
+        max_in_flight: usize::MAX,
+        ..options()
+    });
+    let most = o.options().max_in_flight;
+    assert!(
+        most < usize::MAX && most >= u32::MAX as usize >> 3,
+        "{most}"
+    );
+    assert!(o
+        .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+        .is_ok());
+}
