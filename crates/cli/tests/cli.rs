@@ -1212,6 +1212,34 @@ fn test_module_hands_init_the_config_as_a_pipeline_does() {
     );
 }
 
+/// A module built without an init function (`export!(transform = …)`) says
+/// that the custom_config it was given is ignored (it ran as if none had been
+/// given, without a word); given none, it says nothing.
+#[test]
+fn test_module_warns_of_a_custom_config_a_module_without_init_ignores() {
+    let identity = fixtures().join("modules/identity.wasm");
+    let identity = identity.to_str().unwrap();
+    let warning = "identity: its custom_config is ignored: the module has no init function";
+    let out = run(
+        &[
+            "test-module",
+            identity,
+            "--input",
+            "-",
+            "--module-config",
+            r#"{"threshold": 5}"#,
+        ],
+        Some(""),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(warning), "{stderr}");
+    let out = run(&["test-module", identity, "--input", "-"], Some(""));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("custom_config is ignored"), "{stderr}");
+}
+
 /// --json: one line per message with the changes and the message as left.
 #[test]
 fn test_module_json_gives_changes_and_the_result() {

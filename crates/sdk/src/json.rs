@@ -92,13 +92,15 @@ impl<'a> Object<'a> {
 
     /// Field `key` as a number, if it is one. A number set back from an `f64`
     /// is written as a float (`7` becomes `7.0`): read an integer field with
-    /// [`Object::i64`] to keep it an integer.
+    /// [`Object::i64`] to keep it an integer. A number past `f64`'s range
+    /// (`1e400`) is not one (it read as infinity; the engine's rules do not
+    /// take such a payload for JSON).
     pub fn f64(&self, key: &str) -> Option<f64> {
         let raw = self.raw(key)?;
         if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
             return None;
         }
-        raw.parse().ok()
+        raw.parse().ok().filter(|n: &f64| n.is_finite())
     }
 
     /// Field `key` as an integer, if it is one written as such (`7`, `-3`;
@@ -367,6 +369,11 @@ mod tests {
         assert_eq!(o.raw("d"), Some(r#"{"e":[1]}"#));
         assert_eq!(o.get::<Vec<u8>>("d"), None);
         assert_eq!(o.f64("a"), None);
+        // Past f64's range: not a number (serde_json refuses such a text).
+        let huge = Object::parse(br#"{"h":1e400,"n":-1e400,"t":1e-400}"#).unwrap();
+        assert_eq!((huge.f64("h"), huge.f64("n")), (None, None));
+        assert_eq!(huge.f64("t"), Some(0.0));
+        assert!(serde_json::from_str::<serde_json::Value>(r#"{"h":1e400}"#).is_err());
         assert_eq!(o.str("missing"), None);
         assert_eq!(o.keys().collect::<Vec<_>>(), ["a", "b", "c", "d", "a"]);
         let escaped = Object::parse(br#"{"k":"a\nb"}"#).unwrap();

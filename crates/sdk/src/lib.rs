@@ -105,7 +105,26 @@
 //! ## 4. Test natively, build for WebAssembly
 //!
 //! [`testing::run`] calls a transform function through the same encoding the
-//! engine uses, so ordinary `cargo test` covers a module. Then:
+//! engine uses, so ordinary `cargo test` covers a module. A module with an
+//! init is tested the way the engine runs it: init first, then the transform
+//! with its state:
+//!
+//! ```
+//! # use rustmq_etl_sdk::{Message, Outcome};
+//! # struct Config { header: String }
+//! # fn init(c: &str) -> Result<Config, String> { Ok(Config { header: c.trim_matches('"').into() }) }
+//! # fn tag(config: &Config, message: &Message) -> Outcome {
+//! #     Outcome::edit().set_header(&config.header, message.topic()).into()
+//! # }
+//! use rustmq_etl_sdk::testing::{run, TestMessage};
+//!
+//! let config = init(r#""x-topic""#).unwrap();
+//! let out = run(|m| tag(&config, m), &TestMessage::new("orders.eu", "{}"));
+//! assert_eq!(out.headers, [("x-topic".to_owned(), "orders.eu".to_owned())]);
+//! ```
+//!
+//! Natively a module has what the sandbox takes away (a clock, randomness,
+//! `println!`): see [`testing::apply`]. Then:
 //!
 //! ```text
 //! cargo build --release --target wasm32-unknown-unknown

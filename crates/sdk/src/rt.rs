@@ -78,10 +78,20 @@ pub fn init<S: 'static>(
 }
 
 /// `rmq_init` of a module without state: checks only that `custom_config` is
-/// UTF-8, as `init` does.
+/// UTF-8, as `init` does, and warns (in the engine's log) that one given is
+/// ignored.
 pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
     report_panics();
-    match with_config(len, |_| Ok(())) {
+    let ignored = |config: &str| {
+        if config.trim() != "null" {
+            crate::log::warn(
+                "its custom_config is ignored: the module has no init function to read it \
+                 (export!(init = …, transform = …))",
+            );
+        }
+        Ok(())
+    };
+    match with_config(len, ignored) {
         Ok(()) => 0,
         Err(message) => answer(|out| out.extend_from_slice(message.as_bytes())),
     }

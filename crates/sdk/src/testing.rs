@@ -6,8 +6,9 @@ use rustmq_etl_abi::{
 
 use crate::{Message, Outcome};
 
-/// A message to test with.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A message to test with. Its `Debug` shows the key and the payload as text
+/// where they are UTF-8 (a failed `assert_eq!` reads as the JSON it holds).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct TestMessage {
     /// The topic.
     pub topic: String,
@@ -36,10 +37,45 @@ impl TestMessage {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
+
+    /// The same message with a key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The same message with a timestamp (milliseconds since the Unix epoch).
+    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+}
+
+impl std::fmt::Debug for TestMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Bytes as a string if they are UTF-8, else as bytes.
+        struct Text<'a>(&'a [u8]);
+        impl std::fmt::Debug for Text<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match std::str::from_utf8(self.0) {
+                    Ok(text) => text.fmt(f),
+                    Err(_) => self.0.fmt(f),
+                }
+            }
+        }
+        f.debug_struct("TestMessage")
+            .field("topic", &self.topic)
+            .field("key", &self.key.as_deref().map(Text))
+            .field("headers", &self.headers)
+            .field("payload", &Text(&self.payload))
+            .field("timestamp_ms", &self.timestamp_ms)
+            .finish()
+    }
 }
 
 /// What became of a message: `None` if dropped, `Err` if the module failed.
-pub type Result = std::result::Result<Option<TestMessage>, String>;
+/// (Not called `Result`, which a `use testing::*` would shadow.)
+pub type Applied = std::result::Result<Option<TestMessage>, String>;
 
 /// Encodes `message` as the engine does, calls `transform`, encodes its
 /// outcome as a module does, and decodes and applies it as the engine does:
@@ -47,9 +83,13 @@ pub type Result = std::result::Result<Option<TestMessage>, String>;
 /// empty topic or header name are refused, an error without a text gets the
 /// engine's, and a long one is cut as the engine cuts it. Not checked here (natively, nothing is limited): a module's
 /// output cap (`max_output_bytes`, 16 MiB by default), its memory limit and
-/// time budget, and imports the engine refuses (a clock, randomness: see
-/// `test-module` for the real engine).
-pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Result {
+/// time budget, and what the WebAssembly build lacks: `std`'s clock
+/// (`SystemTime::now`, `Instant::now`) and randomness work here and panic in
+/// the module built for `wasm32-unknown-unknown` (a `trap` on every call; the
+/// message's timestamp is the time to use), and `println!` prints here and
+/// goes nowhere there (log with [`crate::log`]). `test-module` runs the built
+/// module on the real engine.
+pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Applied {
     let mut bytes = Vec::new();
     encode_message(
         MessageParts {
@@ -123,6 +163,23 @@ pub fn run(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test message reads as text where it is text, as bytes where not.
+    #[test]
+    fn a_test_message_shows_its_text() {
+        let m = TestMessage::new("t", r#"{"a":1}"#)
+            .key("k-1")
+            .timestamp_ms(7);
+        assert_eq!(
+            format!("{m:?}"),
+            r#"TestMessage { topic: "t", key: Some("k-1"), headers: [], payload: "{\"a\":1}", timestamp_ms: Some(7) }"#
+        );
+        let binary = TestMessage::new("t", vec![0xff, 0]);
+        assert!(
+            format!("{binary:?}").contains("payload: [255, 0]"),
+            "{binary:?}"
+        );
+    }
 
     /// Every edit arrives through the encoding and applies as the engine
     /// applies it; what the engine refuses, `apply` refuses.
