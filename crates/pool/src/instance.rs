@@ -265,7 +265,7 @@ impl WarmInstance {
         // No guest code runs here: the budget middleware took the start
         // function out of the module (run below, armed).
         let instance = Instance::new(&mut store, &module.module, &imports).map_err(|e| {
-            let kind = if limits::limit_hit() {
+            let kind = if limits::limit_hit().is_some() {
                 ErrorKind::MemoryLimit
             } else {
                 ErrorKind::Unavailable
@@ -436,13 +436,24 @@ impl WarmInstance {
             }
             return out_of_time(module, stopped_by);
         }
-        if limits::limit_hit() {
+        if let Some(refused) = limits::limit_hit() {
+            let limit = module.settings.memory_limit_bytes;
+            let most = if refused.most == limit as u64 {
+                String::new()
+            } else {
+                format!(
+                    " (of which its memory may have {} bytes: whole 64 KiB pages, besides its \
+                     tables)",
+                    refused.most
+                )
+            };
             return CallError::new(
                 ErrorKind::MemoryLimit,
                 id,
                 format!(
-                    "tried to grow its memory past its limit of {} bytes",
-                    module.settings.memory_limit_bytes
+                    "tried to grow its memory from {} to {} bytes, past its limit of {limit} \
+                     bytes{most}",
+                    refused.from, refused.to
                 ),
             );
         }

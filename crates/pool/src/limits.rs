@@ -22,26 +22,44 @@ use crate::admission::Admitted;
 #[cfg(target_os = "linux")]
 use crate::memory::{ReusedMemory, Spares};
 
+/// A growth refused for the limit: the memory's size, the size asked for
+/// and the most it may have, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) most: u64,
+}
+
 thread_local! {
-    static LIMIT_HIT: Cell<bool> = const { Cell::new(false) };
+    static LIMIT_HIT: Cell<Option<Refused>> = const { Cell::new(None) };
 }
 
-/// Clears the flag before a call.
+/// Clears the note before a call.
 pub(crate) fn reset_limit_hit() {
-    LIMIT_HIT.with(|hit| hit.set(false));
+    LIMIT_HIT.with(|hit| hit.set(None));
 }
 
-/// Whether a guest on this thread tried to grow past its limit since the reset.
-pub(crate) fn limit_hit() -> bool {
+/// The last growth past its limit a guest on this thread tried since the
+/// reset, if any.
+pub(crate) fn limit_hit() -> Option<Refused> {
     LIMIT_HIT.with(Cell::get)
 }
 
 /// Whether growing a memory of `current` pages by `delta` would pass
 /// `limit`: if so, it is noted for [`limit_hit`].
 pub(crate) fn refuses_growth(current: Pages, delta: Pages, limit: Pages) -> bool {
-    let past = current.0 as u64 + delta.0 as u64 > limit.0 as u64;
+    let to = current.0 as u64 + delta.0 as u64;
+    let past = to > limit.0 as u64;
     if past {
-        LIMIT_HIT.with(|hit| hit.set(true));
+        let page = wasmer::WASM_PAGE_SIZE as u64;
+        LIMIT_HIT.with(|hit| {
+            hit.set(Some(Refused {
+                from: current.0 as u64 * page,
+                to: to * page,
+                most: limit.0 as u64 * page,
+            }))
+        });
     }
     past
 }

@@ -503,7 +503,14 @@ mod tests {
         let (mut memory, definition) = memory(2, &spares);
         crate::limits::reset_limit_hit();
         assert!(memory.grow(Pages(15)).is_err(), "past the limit of 16");
-        assert!(crate::limits::limit_hit());
+        assert_eq!(
+            crate::limits::limit_hit(),
+            Some(crate::limits::Refused {
+                from: 2 * PAGE as u64,
+                to: 17 * PAGE as u64,
+                most: 16 * PAGE as u64,
+            })
+        );
         assert_eq!(memory.grow(Pages(0)).unwrap(), Pages(2));
         assert_eq!(memory.grow(Pages(14)).unwrap(), Pages(2));
         assert_eq!(definition.current_length, 16 * PAGE);
