@@ -647,6 +647,29 @@ impl<E: Engine> Orchestrator<E> {
         self.inner.keep.engine.publish_metrics();
     }
 
+    /// Waits until no message is in flight: every message admitted before the
+    /// call has been run to its end (or, its caller gone before it started,
+    /// dropped unrun). Room is given in turn, so messages sent while it waits
+    /// wait behind it and are admitted once it returns: call it when the
+    /// program has stopped sending, before dropping the engine (which then
+    /// has nothing left to finish). Dropping the future gives up the wait.
+    pub async fn drain(&self) {
+        let all = self.inner.max_in_flight as u32;
+        let room = self
+            .inner
+            .in_flight
+            .acquire_many(all)
+            .await
+            .expect("the in-flight semaphore is never closed");
+        drop(room);
+    }
+
+    /// [`Orchestrator::drain`] for callers without an async runtime: blocks
+    /// this thread.
+    pub fn drain_blocking(&self) {
+        pollster::block_on(self.drain());
+    }
+
     /// Messages in flight now: admitted, and their engine batch not done
     /// (`Options::max_in_flight` at most).
     pub fn in_flight(&self) -> usize {

@@ -3125,3 +3125,48 @@ fn the_options_in_force_are_the_limits_as_they_act() {
         .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
         .is_ok());
 }
+
+/// `drain` returns once every message admitted before it has run to its end,
+/// not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_messages_in_flight() {
+    let engine = Arc::new(StandIn::new(1));
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    engine.module("slow", move |_| {
+        let started = Instant::now();
+        while !held.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Behaviour::ok(Outcome::Unchanged)
+    });
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+    );
+    let sender = o.clone();
+    let batch = tokio::spawn(async move {
+        sender
+            .process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+            .await
+    });
+    while o.in_flight() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let drainer = o.clone();
+    let drain = tokio::spawn(async move { drainer.drain().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !drain.is_finished(),
+        "drain returned with 2 messages in flight"
+    );
+    release.store(true, Ordering::Relaxed);
+    drain.await.unwrap();
+    assert_eq!(o.in_flight(), 0);
+    assert_eq!(batch.await.unwrap().unwrap().len(), 2);
+    // With nothing in flight it returns at once, and room is whole again.
+    o.drain().await;
+    assert!(o
+        .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
+        .is_ok());
+}
