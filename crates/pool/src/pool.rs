@@ -79,8 +79,9 @@ enum Job {
 
 struct Worker {
     jobs: Mutex<mpsc::Sender<Job>>,
-    /// Jobs sent and not yet done (the one running included): a worker busy
-    /// with a long batch and an empty queue is not taken for an idle one.
+    /// Jobs sent and not yet done (the one running and those put off to run
+    /// again included): a worker busy with a long batch and an empty queue, or
+    /// with a batch waiting for a retry's delay, is not taken for an idle one.
     queued: AtomicUsize,
 }
 
@@ -369,7 +370,8 @@ impl WorkerState {
         })
     }
 
-    fn run(&mut self, job: Job) {
+    /// Runs `job`; says whether it is done (not put off to run again).
+    fn run(&mut self, job: Job) -> bool {
         match job {
             Job::Call {
                 module,
@@ -378,7 +380,7 @@ impl WorkerState {
                 reply,
             } => {
                 if reply.is_closed() {
-                    return;
+                    return true;
                 }
                 let called = self
                     .contain("running a call", |local| {
@@ -400,20 +402,24 @@ impl WorkerState {
                 match called {
                     // Run it when the module may start another call, serving
                     // other calls meanwhile.
-                    Err(busy) => self.waiting.push(
-                        busy.until,
-                        Job::Call {
-                            module,
-                            message,
-                            submitted,
-                            reply,
-                        },
-                    ),
+                    Err(busy) => {
+                        self.waiting.push(
+                            busy.until,
+                            Job::Call {
+                                module,
+                                message,
+                                submitted,
+                                reply,
+                            },
+                        );
+                        false
+                    }
                     Ok(report) => {
                         let result = report
                             .result
                             .map_err(|e| CallError::new(e.kind(), module.id(), e.message()));
                         let _ = reply.send(result);
+                        true
                     }
                 }
             }
@@ -421,6 +427,7 @@ impl WorkerState {
                 if let Ok(Err(e)) = self.contain("warming up", |local| local.warm(&module, 1)) {
                     log::warn!("module {:?}: warm-up failed: {e}", module.id());
                 }
+                true
             }
             Job::Check { module, reply } => {
                 let started = self
@@ -429,25 +436,32 @@ impl WorkerState {
                     })
                     .unwrap_or_else(|text| Err(unavailable(module.id(), &text)));
                 let _ = reply.send(started);
+                true
             }
             Job::Task(mut task) => {
                 if task.is_cancelled() {
-                    return;
+                    return true;
                 }
                 match self.contain("running a task", |local| task.run(local)) {
-                    Ok(Step::WaitUntil(at)) => self.waiting.push(at, Job::Task(task)),
+                    Ok(Step::WaitUntil(at)) => {
+                        self.waiting.push(at, Job::Task(task));
+                        false
+                    }
                     // A task that panicked is dropped: whoever waits for it
                     // sees it gone.
-                    Ok(Step::Done) | Err(_) => {}
+                    Ok(Step::Done) | Err(_) => true,
                 }
             }
         }
     }
 
-    /// Runs the jobs that are due; returns when the next one is.
-    fn run_due(&mut self) -> Option<Instant> {
+    /// Runs the jobs that are due, taking each one done off `queued`;
+    /// returns when the next one is.
+    fn run_due(&mut self, queued: &AtomicUsize) -> Option<Instant> {
         while let Some(job) = self.waiting.pop_due(Instant::now()) {
-            self.run(job);
+            if self.run(job) {
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         self.waiting.next_due()
     }
@@ -462,16 +476,18 @@ fn worker(index: usize, jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, interval
     let interval_coarse = coarsetime::Duration::from(interval);
     let mut last_clean = coarsetime::Instant::now_without_cache_update();
     let mut open = true;
+    let queued = &shared.workers[index].queued;
     while open || !state.waiting.is_empty() {
-        let wait = match state.run_due() {
+        let wait = match state.run_due(queued) {
             Some(at) => at.saturating_duration_since(Instant::now()).min(interval),
             None => interval,
         };
         if open {
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
-                    state.run(job);
-                    shared.workers[index].queued.fetch_sub(1, Ordering::Relaxed);
+                    if state.run(job) {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,

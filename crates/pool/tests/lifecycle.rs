@@ -75,6 +75,51 @@ impl rustmq_etl_core::Task<LocalPool> for Hold {
     }
 }
 
+/// A task that first waits a millisecond (as a batch waits for a retry's
+/// delay), then holds its worker as [`Hold`] does.
+struct Resumed {
+    waited: bool,
+    hold: Hold,
+}
+
+impl rustmq_etl_core::Task<LocalPool> for Resumed {
+    fn run(&mut self, pool: &mut LocalPool) -> rustmq_etl_core::Step {
+        if !self.waited {
+            self.waited = true;
+            return rustmq_etl_core::Step::WaitUntil(Instant::now() + Duration::from_millis(1));
+        }
+        self.hold.run(pool)
+    }
+}
+
+/// The same when the long job is one that was put off and resumed (it was
+/// no longer counted once put off).
+#[test]
+fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
+    use rustmq_etl_core::Engine;
+    let pool = pool(2);
+    let (running, is_running) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (released, was_released) = std::sync::mpsc::channel();
+    let task = Resumed {
+        waited: false,
+        hold: Hold {
+            running,
+            release: release_rx,
+            released,
+        },
+    };
+    assert!(pool.submit(Box::new(task)).is_ok());
+    is_running.recv().unwrap();
+    pool.load(&ModuleSpec::new("identity"), &wasm("identity"))
+        .unwrap();
+    let _ = release.send(());
+    assert!(
+        was_released.recv().unwrap(),
+        "the load waited for the resumed job"
+    );
+}
+
 /// A load's start check goes to an idle worker, not to one busy with a long
 /// job and nothing queued (it waited for the whole job: a reload during a
 /// batch of slow messages took as long as the batch).
