@@ -29,10 +29,6 @@ const MAX_LOG_LINE: usize = 4096;
 /// written. Lines the logger does not take (a level it filters out) are not
 /// written and do not count.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
-/// In [`LogEnv::lines_this_call`]: one log call (the low half counts them).
-const LOG_CALL: u64 = 1;
-/// In [`LogEnv::lines_this_call`]: one line the logger takes (the high half).
-const LOG_LINE: u64 = 1 << 32;
 /// Longest init error message read from a guest.
 const MAX_INIT_ERROR: usize = 64 << 10;
 use rustmq_etl_abi::MAX_EDITS;
@@ -76,15 +72,20 @@ fn host_log(
     // A line the logger filters out is not written and takes nothing of the
     // call's allowance: lines of a hidden level do not crowd out the errors.
     let taken = log::log_enabled!(target: "rustmq_etl::guest", level);
-    let before = data
-        .lines_this_call
-        .fetch_add(LOG_CALL + u64::from(taken) * LOG_LINE, Ordering::Relaxed);
+    // Both counts stop at their most rather than wrap (a guest with an hour's
+    // budget could make 2^32 calls). Only this thread touches them during a
+    // call: a load and a store do.
+    let before = data.lines_this_call.load(Ordering::Relaxed);
+    let (calls, lines) = (before as u32, (before >> 32) as u32);
+    let after = u64::from(lines.saturating_add(u32::from(taken))) << 32
+        | u64::from(calls.saturating_add(1));
+    data.lines_this_call.store(after, Ordering::Relaxed);
     if before == 0 {
         // A new call's first log call: an error line of an earlier call is
         // not this call's.
         lock(&data.last_error).take();
     }
-    let written = taken && before / LOG_LINE < u64::from(MAX_LOG_LINES_PER_CALL);
+    let written = taken && lines < MAX_LOG_LINES_PER_CALL;
     // Past the limit (or hidden) an error line is still kept for a trap to quote.
     let error = level == log::Level::Error;
     if !written {
@@ -437,7 +438,20 @@ impl WarmInstance {
             }
             return out_of_time(module, stopped_by);
         }
+        // What the guest said last before it failed, if it said it in this
+        // call at error level (a Rust guest's panic message, by the SDK).
+        let said = if self.lines_this_call.load(Ordering::Relaxed) > 0 {
+            lock(&self.last_error).take()
+        } else {
+            None
+        };
+        let quoting = |cause: String| match &said {
+            Some(line) => format!("{cause}; its last error log line: {line}"),
+            None => cause,
+        };
         if let Some(refused) = limits::limit_hit() {
+            // (A guest that handled the refusal and failed otherwise later is
+            // still told of it: the error line quoted says what followed.)
             let limit = module.settings.memory_limit_bytes;
             let most = if refused.most == limit as u64 {
                 String::new()
@@ -451,11 +465,11 @@ impl WarmInstance {
             return CallError::new(
                 ErrorKind::MemoryLimit,
                 id,
-                format!(
+                quoting(format!(
                     "tried to grow its memory from {} to {} bytes, past its limit of {limit} \
                      bytes{most}",
                     refused.from, refused.to
-                ),
+                )),
             );
         }
         let cause = match error.clone().to_trap() {
@@ -470,18 +484,7 @@ impl WarmInstance {
             Some(code) => format!("trapped: {}", code.message()),
             None => error.message(),
         };
-        // What the guest said last before it trapped, if it said it in this
-        // call at error level (a Rust guest's panic message, by the SDK).
-        let said = if self.lines_this_call.load(Ordering::Relaxed) > 0 {
-            lock(&self.last_error).take()
-        } else {
-            None
-        };
-        let cause = match said {
-            Some(line) => format!("{cause}; its last error log line: {line}"),
-            None => cause,
-        };
-        CallError::new(ErrorKind::Trap, id, cause)
+        CallError::new(ErrorKind::Trap, id, quoting(cause))
     }
 
     /// Writes `bytes` into the guest's input buffer; returns its address.

@@ -58,6 +58,39 @@ fn pool(workers: usize) -> Pool {
     .unwrap()
 }
 
+/// A guest refused memory that logs an error and then aborts fails
+/// `memory_limit` with the sizes, and quotes its error line as a trap does.
+#[test]
+fn a_memory_limit_error_says_the_sizes_and_quotes_the_last_error_line() {
+    let wasm = attacks::module(
+        "(drop (memory.grow (i32.const 100)))
+         (call $log (i32.const 3) (i32.const 32) (i32.const 12))
+         unreachable",
+        "",
+    );
+    let module = LoadedModule::compile(
+        &spec(
+            "greedy",
+            ModuleSettings {
+                memory_limit_bytes: 4 << 16,
+                ..ModuleSettings::default()
+            },
+        ),
+        &wasm,
+        &settings(),
+    )
+    .unwrap();
+    let mut local = LocalPool::new();
+    let report = call(&mut local, &module, &Message::new("t", vec![b'a'; 200]));
+    let error = report.result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::MemoryLimit, "{error}");
+    assert_eq!(
+        error.message(),
+        "tried to grow its memory from 131072 to 6684672 bytes, past its limit of 262144 \
+         bytes; its last error log line: \u{3}\u{7}\0\0\0refused"
+    );
+}
+
 /// A task that holds its worker until released (or 30 s have passed), and
 /// says which it was.
 struct Hold {
