@@ -123,7 +123,7 @@
 //! assert_eq!(out.headers, [("x-topic".to_owned(), "orders.eu".to_owned())]);
 //! ```
 //!
-//! Natively a module has what the sandbox takes away (a clock, randomness,
+//! Natively a module has what the sandbox takes away (std's clock,
 //! `println!`): see [`testing::apply`]. Then:
 //!
 //! ```text

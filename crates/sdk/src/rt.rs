@@ -78,13 +78,15 @@ pub fn init<S: 'static>(
 }
 
 /// `rmq_init` of a module without state: checks only that `custom_config` is
-/// UTF-8, as `init` does, and warns (in the engine's log) that one given is
-/// ignored.
+/// UTF-8, as `init` does, and says (in the engine's log, at debug level) that
+/// one given is ignored.
 pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
     report_panics();
+    // At debug level: each instance's start says it (with caching off, one
+    // for every message), which `test-module` shows and `run` hides.
     let ignored = |config: &str| {
         if config.trim() != "null" {
-            crate::log::warn(
+            crate::log::debug(
                 "its custom_config is ignored: the module has no init function to read it \
                  (export!(init = …, transform = …))",
             );

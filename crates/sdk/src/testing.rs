@@ -84,11 +84,11 @@ pub type Applied = std::result::Result<Option<TestMessage>, String>;
 /// engine's, and a long one is cut as the engine cuts it. Not checked here (natively, nothing is limited): a module's
 /// output cap (`max_output_bytes`, 16 MiB by default), its memory limit and
 /// time budget, and what the WebAssembly build lacks: `std`'s clock
-/// (`SystemTime::now`, `Instant::now`) and randomness work here and panic in
-/// the module built for `wasm32-unknown-unknown` (a `trap` on every call; the
-/// message's timestamp is the time to use), and `println!` prints here and
-/// goes nowhere there (log with [`crate::log`]). `test-module` runs the built
-/// module on the real engine.
+/// (`SystemTime::now`, `Instant::now`) works here and panics in the module
+/// built for `wasm32-unknown-unknown` (a `trap` on every call; the message's
+/// timestamp is the time to use), and `println!` prints here and goes nowhere
+/// there (log with [`crate::log`]). `test-module` runs the built module on the
+/// real engine.
 pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Applied {
     let mut bytes = Vec::new();
     encode_message(
