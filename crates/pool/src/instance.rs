@@ -321,7 +321,7 @@ impl WarmInstance {
             let found = warm.guarded_in_time(module, deadline, |store| version.call(store))?;
             if found != i32::from(rustmq_etl_abi::ABI_VERSION) {
                 return Err(init_error(format!(
-                    "speaks ABI version {found} (its `rmq_abi_version` answered {found}); this host \
+                    "speaks ABI version {found} (what its `rmq_abi_version` answered); this host \
                      speaks version {}",
                     rustmq_etl_abi::ABI_VERSION
                 )));
