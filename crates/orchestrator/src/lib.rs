@@ -6,7 +6,8 @@
 //! [`Orchestrator::try_process_batch`] and [`Orchestrator::process_batch_blocking`]
 //! for callers without a runtime; every message ends in one [`Processed`]
 //! (delivered, dropped or dead-lettered, with an optional [`Trace`]).
-//! [`Orchestrator::reload`] swaps configuration and modules together. The
+//! [`Orchestrator::reload`] swaps configuration and modules together;
+//! [`Orchestrator::drain`] waits for the messages in flight before a stop. The
 //! user guide is `docs/execution.md`.
 //!
 //! A broker's whole use of it, on the shipped `legacy-uppercase` module:
@@ -70,6 +71,12 @@
 //! let results = etl.process_batch_blocking(vec![audit], ProcessOptions::default())?;
 //! assert_eq!(results[0].config_version, report.version);
 //! assert!(matches!(&results[0].disposition, Disposition::Delivered(m) if m.payload == "NOW LOUD"));
+//!
+//! // To stop: send nothing more, wait for the messages in flight, then drop
+//! // the handles (the engine's threads end with the last one).
+//! etl.drain_blocking();
+//! assert_eq!(etl.in_flight(), 0);
+//! drop(etl);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
