@@ -153,7 +153,7 @@ enum Command {
         config: PathBuf,
         /// The address to listen on (port 0 picks a free port; the log says
         /// which).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = listen_address)]
         listen: String,
         /// Where modules are: `<dir>/<module_id>.wasm` (default: `modules`,
         /// else `fixtures/modules`); watched for changes.
@@ -406,6 +406,18 @@ impl Engine {
     }
 }
 
+/// An address to listen on, `HOST:PORT`: refused by the parser (exit 2)
+/// before the configuration is loaded and the modules compiled, if it is not
+/// one (a host name is looked up).
+fn listen_address(text: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    match text.to_socket_addrs().map(|mut addresses| addresses.next()) {
+        Ok(Some(_)) => Ok(text.to_owned()),
+        Ok(None) => Err("names no address".to_owned()),
+        Err(e) => Err(format!("{e}: give HOST:PORT, such as 127.0.0.1:8080")),
+    }
+}
+
 /// A text that may not be empty (a topic).
 fn not_empty(text: &str) -> Result<String, String> {
     if text.is_empty() {
@@ -493,6 +505,14 @@ fn line_number(text: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (`ulimit -f`) then fails the write that passes it
+    // (EFBIG), which `run` handles as any failed write (whole lines kept, a
+    // line to resume from), instead of killing the process mid-line.
+    #[cfg(unix)]
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let cli = Cli::parse();
     let level = match cli.command {
         // The file watcher's own notes are not the operator's (its one
@@ -678,6 +698,9 @@ fn load_modules(
             modules.display(),
             if modules.exists() {
                 "not a directory"
+            } else if modules == crate::run::default_modules() {
+                // Given or not, the default's second place is not there either.
+                "no such directory of modules, nor is fixtures/modules one"
             } else {
                 "no such directory of modules"
             }

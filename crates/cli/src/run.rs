@@ -511,10 +511,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 consumed + 1
             )
         };
-        say!(
-            "{why}: every line up to line {consumed} of {input} was processed and its result \
-             written; {again}"
-        );
+        if consumed == 0 {
+            say!("{why}: no line of {input} was processed and its result written; {again}");
+        } else {
+            say!(
+                "{why}: every line up to line {consumed} of {input} was processed and its result \
+                 written; {again}"
+            );
+        }
     };
     // Standard error may be the file that is full (`> f 2>&1`): the stop
     // line goes first, into the room the cut made, and the table after it.

@@ -1168,6 +1168,18 @@ fn a_server_that_cannot_start_says_why() {
         stderr.contains("/nonexistent: no such directory of modules"),
         "{stderr}"
     );
+    // An address that is none is refused by the parser, before anything loads.
+    let out = server::tool()
+        .args(["serve", "--config", "/nonexistent", "--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'nonsense' for '--listen <ADDR>'")
+            && stderr.contains("give HOST:PORT"),
+        "{stderr}"
+    );
 }
 
 /// `POST /v1/batch?in_order=true` runs the batch's messages one after another,
