@@ -241,6 +241,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
     });
+    room_for_connections(args.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -361,6 +362,9 @@ async fn serve_connections(
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     let room = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    // Accepting fails again and again while the process is out of file
+    // descriptors: said once, then at most every ten seconds with a count.
+    let mut accept_failures: (Option<std::time::Instant>, u64) = (None, 0);
     loop {
         let permit = tokio::select! {
             permit = room.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -370,8 +374,18 @@ async fn serve_connections(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    let (said, since) = &mut accept_failures;
+                    *since += 1;
+                    if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        let more = if *since > 1 {
+                            format!(" ({} failures since the last warning, this one included)", *since)
+                        } else {
+                            String::new()
+                        };
+                        log::warn!("cannot accept a connection: {e}{more}");
+                        (*said, *since) = (Some(std::time::Instant::now()), 0);
+                    }
                     // Out of file descriptors, say: wait instead of spinning.
-                    log::warn!("cannot accept a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -392,8 +406,17 @@ async fn serve_connections(
         let connection = connections.watch(connection);
         tokio::spawn(async move {
             // A client that goes away, or sends no request in time, ends its
-            // connection: nothing to report.
-            let _ = connection.await;
+            // connection: nothing to report. A request the HTTP layer could
+            // not read is answered there, before any route: counted here.
+            if let Err(e) = connection.await {
+                if let Some(reason) = unparsed(&e) {
+                    metrics::counter!(
+                        "rustmq_etl_http_unparsed_requests_total",
+                        "reason" => reason
+                    )
+                    .increment(1);
+                }
+            }
             drop(permit);
         });
     }
@@ -402,6 +425,45 @@ async fn serve_connections(
         Ok(()) => 0,
         // Each connection still open holds its permit.
         Err(_) => max_connections - room.available_permits(),
+    }
+}
+
+/// Files the process may have open besides its connections (the listener,
+/// the runtime, the watch, module and artifact files while they load): 15 at
+/// rest on the shipped fixtures, and room to spare.
+const OTHER_FILES: u64 = 64;
+
+/// Raises the process's limit of open files (`ulimit -n`) as far as its hard
+/// limit allows towards `max_connections` and the files besides; says so if
+/// that is not enough (accepting then fails past the limit, and connections
+/// wait in the listen queue).
+fn room_for_connections(max_connections: usize) {
+    let wanted = max_connections as u64 + OTHER_FILES;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => log::warn!(
+            "the process may open at most {limit} files (its hard limit, `ulimit -Hn`): with \
+             --max-connections {max_connections}, about {} connections can be open at once; \
+             raise the limit or lower --max-connections",
+            limit.saturating_sub(OTHER_FILES)
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read or raise the limit of open files: {e}"),
+    }
+}
+
+/// Why the HTTP layer refused a request before the service saw it, if it
+/// did: `too_large` (it answered 431, a head past its buffer, or 414, a URI
+/// too long), `http2` (an HTTP/2 preface: closed unanswered), `malformed`
+/// (it answered 400).
+fn unparsed(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_parse_too_large() {
+        Some("too_large")
+    } else if error.is_parse_version_h2() {
+        Some("http2")
+    } else if error.is_parse() {
+        Some("malformed")
+    } else {
+        None
     }
 }
 
@@ -823,8 +885,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Counts every answer by route and status
-/// (`rustmq_etl_http_requests_total`).
 /// Adds the service's `Keep-Alive` hint to an answer.
 async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Response) -> Response {
     if let Some(hint) = &service.keep_alive {
@@ -836,6 +896,8 @@ async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Resp
     response
 }
 
+/// Counts every answer of the service's routes by route and status
+/// (`rustmq_etl_http_requests_total`).
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()

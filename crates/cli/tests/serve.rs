@@ -807,6 +807,86 @@ fn raw_head(address: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A limit of open files too low for `--max-connections` is raised as far as
+/// the hard limit allows, and said when that is not enough (connections past
+/// it failed to be accepted, a warning each, 20 a second).
+#[test]
+fn a_limit_of_open_files_too_low_for_the_connections_is_said() {
+    use std::io::BufRead;
+    let tool = server::tool();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 200 && exec \"$@\"")
+        .arg("sh")
+        .arg(tool.get_program())
+        .args(["serve", "--config"])
+        .arg(fixtures().join("pipelines"))
+        .arg("--modules")
+        .arg(fixtures().join("modules"))
+        .args(["--listen", "127.0.0.1:0", "--no-watch"])
+        .envs(tool.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let serving = line.contains("serving configuration");
+        said.push(line);
+        if serving {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let said = said.join("\n");
+    assert!(
+        said.contains(
+            "the process may open at most 200 files (its hard limit, `ulimit -Hn`): with \
+             --max-connections 1024, about 136 connections can be open at once"
+        ),
+        "{said}"
+    );
+}
+
+/// A request the HTTP layer cannot read is answered there (400, 414, 431),
+/// before any route, and counted by why (docs/serve.md, "Metrics").
+#[test]
+fn requests_the_http_layer_refuses_are_counted() {
+    let server = Server::start(&[
+        "--config",
+        fixtures().join("pipelines").to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--no-watch",
+    ]);
+    let address = server.address();
+    assert_eq!(raw(address, b"GARBAGE\r\n\r\n"), Some(400));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    assert_eq!(raw(address, long.as_bytes()), Some(414));
+    let mut many = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-{i}: y\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw(address, many.as_bytes()), Some(431));
+    // Counted as each connection ends, which may come just after its answer.
+    let counts = || {
+        let (_, metrics) = server.send("GET", "/metrics", "");
+        let unparsed = |reason: &str| {
+            let series = format!("rustmq_etl_http_unparsed_requests_total{{reason=\"{reason}\"}}");
+            metrics.contains(&series).then(|| metric(&metrics, &series))
+        };
+        (unparsed("malformed"), unparsed("too_large"))
+    };
+    let waiting = std::time::Instant::now();
+    while counts() != (Some(1.0), Some(2.0)) && waiting.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(counts(), (Some(1.0), Some(2.0)));
+}
+
 /// Slow and stalled clients hold nothing for long (docs/serve.md, the flags
 /// and "Errors"): a connection whose request head does not come within
 /// `--head-timeout-ms` is closed; a body announced larger than
