@@ -7,8 +7,8 @@
 //! several callers send batches as fast as the engine answers; and the latency
 //! phase, one caller sending one message at a time.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -303,14 +303,8 @@ fn breakdown(summary: &mut Summary, out: &mut dyn Write) -> io::Result<()> {
 
 /// The messages of a JSON Lines file; bad lines are reported by number and
 /// counted.
-fn read_messages(path: &PathBuf) -> anyhow::Result<(Vec<Message>, usize)> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        ))
-    };
+fn read_messages(path: &Path) -> anyhow::Result<(Vec<Message>, usize)> {
+    let reader = crate::input::open(path)?;
     let (mut messages, mut bad) = (Vec::new(), 0);
     for line in crate::input::numbered_lines(reader) {
         let (number, _, line) = line.with_context(|| format!("reading {}", path.display()))?;

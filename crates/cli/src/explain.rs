@@ -1,7 +1,6 @@
 //! `rustmq-etl explain`: selection for every message of a JSON Lines file.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,16 +50,12 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
             .try_into()
             .context("the system clock is out of range")?,
     };
-    let reader: Box<dyn Read> = if input == Path::new("-") {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(File::open(input).with_context(|| format!("cannot open {}", input.display()))?)
-    };
+    let reader = crate::input::open(input)?;
     let stdout = io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut scratch = plan.create_scratch();
     let mut bad_lines = 0usize;
-    for line in crate::input::numbered_lines(BufReader::new(reader)) {
+    for line in crate::input::numbered_lines(reader) {
         let (number, _, line) = line.with_context(|| format!("cannot read {}", input.display()))?;
         // (A blank line is none.)
         let Some(parsed) = line

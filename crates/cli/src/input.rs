@@ -5,6 +5,24 @@ use std::io::{BufRead, Read};
 
 use rustmq_etl_core::Message;
 
+/// The messages' file `path` to read lines from (`-`: standard input); a
+/// directory is refused as `run` refuses it.
+pub(crate) fn open(path: &std::path::Path) -> anyhow::Result<Box<dyn BufRead>> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "--input {} is a directory: give a file of JSON Lines (or - for standard input)",
+            path.display()
+        );
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::new(file)))
+}
+
 /// One input line as a message: `None` if blank, or why it is not one.
 pub(crate) fn parse_line(bytes: &[u8]) -> Result<Option<Message>, String> {
     let text = std::str::from_utf8(bytes)

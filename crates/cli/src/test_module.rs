@@ -5,7 +5,7 @@
 //! `LocalPool`, on this thread), with the settings a pipeline's
 //! `instance_config` would give it: `--module-config` is its `custom_config`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -140,14 +140,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input)
-                .with_context(|| format!("cannot open {}", args.input.display()))?,
-        ))
-    };
+    let reader = crate::input::open(&args.input)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut counts = Counts::default();

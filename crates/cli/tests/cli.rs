@@ -2097,3 +2097,50 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     assert!(stderr.contains("every line up to line 5 "), "{stderr}");
     assert_eq!(keys(&text(&out.stdout)), ["m1", "m2", "m3", "m4", "m5"]);
 }
+
+/// Every command that reads messages refuses a directory as `run` does (explain
+/// said "Is a directory (os error 21)", test-module and bench the same).
+#[test]
+fn every_command_refuses_a_directory_of_messages_alike() {
+    let pipelines = fixtures().join("pipelines");
+    let modules = fixtures().join("modules");
+    let dir = fixtures().join("messages");
+    let (pipelines, modules, dir) = (
+        pipelines.to_str().unwrap(),
+        modules.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    let identity = format!("{modules}/identity.wasm");
+    for args in [
+        vec!["explain", "--config", pipelines, "--input", dir],
+        vec!["test-module", &identity, "--input", dir],
+        vec![
+            "bench",
+            "--config",
+            pipelines,
+            "--modules",
+            modules,
+            "--input",
+            dir,
+        ],
+        vec![
+            "run",
+            "--config",
+            pipelines,
+            "--modules",
+            modules,
+            "--input",
+            dir,
+        ],
+    ] {
+        let out = run(&args, None);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "--input {dir} is a directory: give a file of JSON Lines (or - for standard input)"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -165,13 +165,19 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
                     "the module appears twice in this stage with the same instance_config; a stage runs each module occurrence once",
                 );
             }
-            module(report, module_config, p.global_timeout_ms);
+            // The tightest bound on a call in this stage, and whose it is.
+            let bound = match stage.stage_timeout_ms {
+                Some(t) if t < p.global_timeout_ms => (t, "the stage timeout"),
+                _ => (p.global_timeout_ms, "the pipeline's global timeout"),
+            };
+            module(report, module_config, bound);
         }
     }
     report.place = outer;
 }
 
-fn module(report: &mut Report<'_>, m: &EtlModuleInstance, global_timeout_ms: u64) {
+/// `bound`: the tightest timeout over the module's calls, and whose it is.
+fn module(report: &mut Report<'_>, m: &EtlModuleInstance, bound: (u64, &str)) {
     let id = &m.module_id;
     if id.is_empty() {
         report.error(
@@ -188,7 +194,7 @@ fn module(report: &mut Report<'_>, m: &EtlModuleInstance, global_timeout_ms: u64
             format!("{id:?} is not a valid module id: use letters, digits, `-`, `_` and `.`, not starting with `.`"),
         );
     }
-    instance_config(report, &m.instance_config, global_timeout_ms);
+    instance_config(report, &m.instance_config, bound);
     for (i, f) in m.topic_filters.iter().enumerate() {
         let field = format!("topic_filters[{i}].pattern");
         if let Err(e) = f.to_filter() {
@@ -240,7 +246,8 @@ fn module(report: &mut Report<'_>, m: &EtlModuleInstance, global_timeout_ms: u64
     }
 }
 
-fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, global_timeout_ms: u64) {
+fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, bound: (u64, &str)) {
+    let (bound_ms, whose) = bound;
     let field = |name: &str| Some(format!("instance_config.{name}"));
     if c.memory_limit_bytes < MIN_MEMORY_BYTES {
         report.error(
@@ -265,7 +272,7 @@ fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, global_tim
             field("execution_timeout_ms"),
             c.execution_timeout_ms,
         );
-    } else if c.execution_timeout_ms > global_timeout_ms
+    } else if c.execution_timeout_ms > bound_ms
         // Left at its default, it is no one's choice to warn of: a pipeline
         // whose global timeout is below a second would warn of every module.
         && c.execution_timeout_ms != crate::model::defaults::EXECUTION_TIMEOUT_MS
@@ -273,7 +280,7 @@ fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, global_tim
         report.warning(
             field("execution_timeout_ms"),
             format!(
-                "the call timeout ({} ms) exceeds the pipeline's global timeout ({global_timeout_ms} ms), which ends the call first",
+                "the call timeout ({} ms) exceeds {whose} ({bound_ms} ms), which ends the call first",
                 c.execution_timeout_ms
             ),
         );

@@ -420,6 +420,23 @@ fn a_call_timeout_past_the_pipelines_is_a_warning_unless_it_is_the_default() {
     );
 }
 
+/// The same against a stage timeout tighter than the pipeline's.
+#[test]
+fn a_call_timeout_past_its_stages_is_a_warning_too() {
+    let yaml =
+        "pipeline_id: p\nstages:\n  - priority: 0\n    stage_timeout_ms: 10\n    modules:\n      \
+                - module_id: slow\n        instance_config: {execution_timeout_ms: 2000}\n";
+    let loaded = Config::from_text(yaml, Format::Yaml, None).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(r#"module "slow""#)
+            && warnings[0]
+                .contains("the call timeout (2000 ms) exceeds the stage timeout (10 ms), which ends the call first"),
+        "{warnings:#?}"
+    );
+}
+
 /// A UTF-8 byte-order mark at a file's start (some Windows editors write
 /// one) is not read as text, in either format.
 #[test]

@@ -138,7 +138,7 @@ impl Message {
                     MessageParseError::new(format!("not valid JSON: {e}"))
                 }
                 (_, Some(holds)) => MessageParseError::new(format!(
-                    "a message is a JSON object ({{\"topic\": …, \"payload\": …}}); this line holds {holds}"
+                    "a message is a JSON object ({{\"topic\": …, \"payload\": …}}); this is {holds}"
                 )),
                 _ => MessageParseError::new(e.to_string()),
             }
