@@ -242,6 +242,14 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         reloading: Mutex::new(()),
     });
     room_for_connections(args.max_connections);
+    metrics::describe_counter!(
+        "rustmq_etl_http_requests_total",
+        "Answers of the service's routes, by route and status."
+    );
+    metrics::describe_counter!(
+        "rustmq_etl_http_unparsed_requests_total",
+        "Requests the HTTP layer refused before any route: malformed (400), too_large (431 or 414), http2."
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -885,6 +885,26 @@ fn requests_the_http_layer_refuses_are_counted() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(counts(), (Some(1.0), Some(2.0)));
+    // Every series of this service has its help text, the engine's too.
+    let (status, _) = server.send(
+        "POST",
+        "/v1/process",
+        r#"{"topic": "iot.sensors.temperature", "payload": {"sensor_type": "temperature", "unit": "celsius", "reading": 21.5}}"#,
+    );
+    assert_eq!(status, 200);
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    let typed: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE rustmq_etl_"))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(typed.len() > 20, "{metrics}");
+    for series in typed {
+        assert!(
+            metrics.contains(&format!("# HELP rustmq_etl_{series} ")),
+            "no help for rustmq_etl_{series}"
+        );
+    }
 }
 
 /// Slow and stalled clients hold nothing for long (docs/serve.md, the flags

@@ -600,6 +600,7 @@ impl<E: Engine> Orchestrator<E> {
     /// own every 100 ms while messages flow; the histograms' samples (times of
     /// modules, stages and selection) only here, each sample once.
     pub fn publish_metrics(&self) {
+        Stats::describe();
         let snapshot = self.inner.current.load();
         snapshot.stats.publish(true);
         {

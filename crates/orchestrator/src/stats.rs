@@ -380,6 +380,78 @@ impl Stats {
         }
     }
 
+    /// Gives the recorder installed now each series' help text (the
+    /// `# HELP` lines of Prometheus text): on every full publish, so that a
+    /// recorder installed late has them too.
+    pub(crate) fn describe() {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        describe_counter!(
+            "rustmq_etl_messages_total",
+            "Messages by what became of them: delivered, dropped or dead_lettered."
+        );
+        describe_counter!(
+            "rustmq_etl_pipeline_messages_total",
+            "Messages by pipeline: processed (entered), delivered, stopped, dropped, dead_lettered."
+        );
+        describe_counter!(
+            "rustmq_etl_module_calls_total",
+            "Module calls by outcome: unchanged, edited, dropped, failed."
+        );
+        describe_counter!(
+            "rustmq_etl_module_errors_total",
+            "Failed module calls (and circuit or budget refusals) by error kind."
+        );
+        describe_counter!("rustmq_etl_module_retries_total", "Module calls retried.");
+        describe_counter!(
+            "rustmq_etl_dead_letters_total",
+            "Dead letters by the module and the error kind that made them."
+        );
+        describe_histogram!(
+            "rustmq_etl_module_duration_seconds",
+            Unit::Seconds,
+            "Time per module call."
+        );
+        describe_histogram!(
+            "rustmq_etl_pipeline_duration_seconds",
+            Unit::Seconds,
+            "Time per pipeline and message, for pipelines that selected a module."
+        );
+        describe_histogram!(
+            "rustmq_etl_stage_duration_seconds",
+            Unit::Seconds,
+            "Time per stage and message, by stage priority."
+        );
+        describe_histogram!(
+            "rustmq_etl_selection_duration_seconds",
+            Unit::Seconds,
+            "Time evaluating topic filters and conditional rules."
+        );
+        describe_gauge!(
+            "rustmq_etl_circuit_state",
+            "A module occurrence's circuit breaker: 0 closed, 1 open, 2 half-open."
+        );
+        describe_gauge!(
+            "rustmq_etl_messages_in_flight",
+            "Messages admitted and not yet done (back-pressure)."
+        );
+        describe_gauge!(
+            "rustmq_etl_modules_unavailable",
+            "Module occurrences in service that could not be loaded."
+        );
+        describe_gauge!(
+            "rustmq_etl_module_unavailable",
+            "1 while this module occurrence could not be loaded (its calls fail unavailable)."
+        );
+        describe_gauge!(
+            "rustmq_etl_config_version",
+            "The configuration version in service."
+        );
+        describe_counter!(
+            "rustmq_etl_reloads_total",
+            "Reloads: applied, unchanged, rejected."
+        );
+    }
+
     /// Sets the `metrics` counters to the totals, and with `histograms`
     /// records the histogram samples since the last such publish, under the
     /// recorder installed now. (Counters can be published as often as one

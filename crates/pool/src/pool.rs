@@ -295,6 +295,7 @@ impl Pool {
     /// Publishes every loaded module's statistics to the `metrics` facade now
     /// (workers also do on their cleaner's beat).
     pub fn publish_metrics(&self) {
+        crate::stats::describe();
         let loaded = self.shared.loaded.lock().unwrap_or_else(|p| p.into_inner());
         for counters in loaded.iter().filter_map(Weak::upgrade) {
             counters.publish();

@@ -330,6 +330,71 @@ impl Counters {
     }
 }
 
+/// Gives the recorder installed now each of the pool's series' help text
+/// (the `# HELP` lines of Prometheus text).
+pub(crate) fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        "rustmq_etl_pool_calls_total",
+        "Calls of a module occurrence."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_hits_total",
+        "Calls served by a warm instance."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_misses_total",
+        "Calls that needed a new instance."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_instances_created_total",
+        "Instances created."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_instances_evicted_total",
+        "Idle instances dropped by the cleaner."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_instances_discarded_total",
+        "Instances thrown away after a failed call or past their call budget."
+    );
+    describe_counter!(
+        "rustmq_etl_pool_failures_total",
+        "Failed calls by error kind."
+    );
+    describe_counter!(
+        "rustmq_etl_guest_log_lines_dropped_total",
+        "Guest log lines past the 32 a call may write."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_instances_in_use",
+        "Instances running a call."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_instances_idle",
+        "Warm instances waiting for a call."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_instances_limit",
+        "The occurrence's max_concurrent_instances."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_memory_bytes",
+        Unit::Bytes,
+        "Linear memory of the occurrence's instances, as of the last look."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_instance_memory_max_bytes",
+        Unit::Bytes,
+        "Linear memory of the occurrence's largest instance."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_instance_memory_limit_bytes",
+        Unit::Bytes,
+        "The occurrence's memory_limit_bytes per instance."
+    );
+}
+
 impl Drop for Counters {
     fn drop(&mut self) {
         let mut last = self.snapshot();
