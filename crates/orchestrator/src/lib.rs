@@ -72,8 +72,8 @@
 //! assert_eq!(results[0].config_version, report.version);
 //! assert!(matches!(&results[0].disposition, Disposition::Delivered(m) if m.payload == "NOW LOUD"));
 //!
-//! // To stop: send nothing more, wait for the messages in flight, then drop
-//! // the handles (the engine's threads end with the last one).
+//! // To stop: send nothing more (every call returned), wait for the messages
+//! // in flight, then drop the handles (the engine's threads end with the last).
 //! etl.drain_blocking();
 //! assert_eq!(etl.in_flight(), 0);
 //! drop(etl);

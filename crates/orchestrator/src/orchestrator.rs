@@ -55,6 +55,8 @@ struct Inner<E: Engine> {
     /// until the engine is done with it (or drops it unrun), whatever
     /// became of the caller's future.
     in_flight: Arc<Semaphore>,
+    /// Told whenever a [`Room`] is given back: what a drain waits on.
+    given_back: Arc<tokio::sync::Notify>,
     /// The most messages in flight ([`Options::max_in_flight`], within the
     /// semaphore's range).
     max_in_flight: usize,
@@ -71,6 +73,44 @@ struct Inner<E: Engine> {
 
 /// The `result` label of `rustmq_etl_reloads_total`.
 const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "rejected"];
+
+/// Places among the messages in flight: given back when dropped, and a
+/// drain waiting told so.
+pub(crate) struct Room {
+    /// `None` only while it is dropped.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    given_back: Arc<tokio::sync::Notify>,
+}
+
+impl Room {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        given_back: &Arc<tokio::sync::Notify>,
+    ) -> Room {
+        Room {
+            permit: Some(permit),
+            given_back: given_back.clone(),
+        }
+    }
+
+    /// `n` of its places, as a room of their own.
+    fn split(&mut self, n: usize) -> Option<Room> {
+        let permit = self.permit.as_mut()?.split(n)?;
+        Some(Room::new(permit, &self.given_back))
+    }
+
+    fn places(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        // Given back first, then told: a drain woken looks at the count.
+        drop(self.permit.take());
+        self.given_back.notify_waiters();
+    }
+}
 
 /// A configuration that could not be put in service. The one in service
 /// keeps serving.
@@ -262,6 +302,7 @@ impl<E: Engine> Orchestrator<E> {
                 reloading: Mutex::new(()),
                 versions: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max)),
+                given_back: Arc::default(),
                 max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 reloads: Default::default(),
@@ -453,13 +494,15 @@ impl<E: Engine> Orchestrator<E> {
 
     /// Waits for room for `count` more messages in flight (at most
     /// `max_in_flight`).
-    async fn admit(&self, count: usize) -> tokio::sync::OwnedSemaphorePermit {
-        self.inner
+    async fn admit(&self, count: usize) -> Room {
+        let permit = self
+            .inner
             .in_flight
             .clone()
             .acquire_many_owned(count as u32)
             .await
-            .expect("the in-flight semaphore is never closed")
+            .expect("the in-flight semaphore is never closed");
+        Room::new(permit, &self.inner.given_back)
     }
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
@@ -490,7 +533,7 @@ impl<E: Engine> Orchestrator<E> {
             .clone()
             .try_acquire_many_owned(messages.len() as u32)
         {
-            Ok(permits) => permits,
+            Ok(permits) => Room::new(permits, &self.inner.given_back),
             Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => return Err(busy()),
         };
         let this = self.clone();
@@ -513,7 +556,7 @@ impl<E: Engine> Orchestrator<E> {
         &self,
         messages: Vec<Message>,
         options: ProcessOptions,
-        mut permits: tokio::sync::OwnedSemaphorePermit,
+        mut permits: Room,
     ) -> Result<Vec<Processed>, EngineStopped> {
         let snapshot = self.inner.current.load_full();
         let engine = &self.inner.keep.engine;
@@ -578,7 +621,7 @@ impl<E: Engine> Orchestrator<E> {
             }
             answers.push(answer);
         }
-        debug_assert_eq!(permits.num_permits(), 0, "every permit went with a batch");
+        debug_assert_eq!(permits.places(), 0, "every place went with a batch");
         let stopped = |_| EngineStopped { count };
         let results = if answers.len() == 1 {
             // One batch (a single message, a wave on one engine thread): its
@@ -648,21 +691,29 @@ impl<E: Engine> Orchestrator<E> {
         self.inner.keep.engine.publish_metrics();
     }
 
-    /// Waits until no message is in flight: every message admitted before the
-    /// call has been run to its end (or, its caller gone before it started,
-    /// dropped unrun). Room is given in turn, so messages sent while it waits
-    /// wait behind it and are admitted once it returns: call it when the
-    /// program has stopped sending, before dropping the engine (which then
-    /// has nothing left to finish). Dropping the future gives up the wait.
+    /// Waits until no message is in flight ([`Orchestrator::in_flight`]
+    /// reads 0): every message admitted has been run to its end (or, its
+    /// caller gone before it started, dropped unrun). It takes no room:
+    /// messages sent while it waits are admitted as usual and waited for too,
+    /// so call it once the program has stopped sending — every
+    /// `process_batch` returned or dropped (a batch larger than
+    /// `max_in_flight` is admitted wave by wave: a drain may end between its
+    /// waves), and every `try_process_batch` future polled to its end or
+    /// dropped (one not polled holds its room: the drain waits for it) — then
+    /// drop the engine, which has nothing left to finish. Dropping the future
+    /// gives up the wait.
     pub async fn drain(&self) {
-        let all = self.inner.max_in_flight as u32;
-        let room = self
-            .inner
-            .in_flight
-            .acquire_many(all)
-            .await
-            .expect("the in-flight semaphore is never closed");
-        drop(room);
+        loop {
+            // Registered before looking, so that room given back between the
+            // look and the wait is not missed.
+            let given_back = self.inner.given_back.notified();
+            let mut given_back = std::pin::pin!(given_back);
+            given_back.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            given_back.await;
+        }
     }
 
     /// [`Orchestrator::drain`] for callers without an async runtime: blocks

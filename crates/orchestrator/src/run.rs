@@ -1575,7 +1575,7 @@ pub(crate) struct Batch<E: Engine> {
     pub(crate) reply: Option<oneshot::Sender<Vec<Processed>>>,
     /// Its messages' places among those in flight, given back as it answers
     /// (or when the engine drops it unrun).
-    pub(crate) permits: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) permits: Option<crate::orchestrator::Room>,
     /// Each message to its end before the next starts
     /// ([`crate::ProcessOptions::in_order`]).
     pub(crate) in_order: bool,

@@ -3126,8 +3126,9 @@ fn the_options_in_force_are_the_limits_as_they_act() {
         .is_ok());
 }
 
-/// `drain` returns once every message admitted before it has run to its end,
-/// not before.
+/// `drain` returns once no message is in flight, not before, and takes no
+/// room meanwhile (it took it all, so that `in_flight` read the limit and
+/// others were refused `Busy` while it waited).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_waits_for_the_messages_in_flight() {
     let engine = Arc::new(StandIn::new(1));
@@ -3160,13 +3161,28 @@ async fn drain_waits_for_the_messages_in_flight() {
         !drain.is_finished(),
         "drain returned with 2 messages in flight"
     );
+    // It takes no room: the count stays true, and others are admitted.
+    assert_eq!(o.in_flight(), 2);
+    let admitted = o
+        .try_process_batch(vec![Message::new("t", ""); 1], ProcessOptions::default())
+        .expect("room for one more");
+    drop(admitted);
     release.store(true, Ordering::Relaxed);
     drain.await.unwrap();
     assert_eq!(o.in_flight(), 0);
     assert_eq!(batch.await.unwrap().unwrap().len(), 2);
-    // With nothing in flight it returns at once, and room is whole again.
+    // With nothing in flight it returns at once.
     o.drain().await;
-    assert!(o
+    // A non-blocking call's future not polled holds its room: waited for
+    // until it is dropped (or polled to its end).
+    let held = o
         .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
-        .is_ok());
+        .expect("room for two");
+    let drainer = o.clone();
+    let drain = tokio::spawn(async move { drainer.drain().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!drain.is_finished(), "drain returned with room held");
+    drop(held);
+    drain.await.unwrap();
+    assert_eq!(o.in_flight(), 0);
 }
