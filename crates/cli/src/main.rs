@@ -414,6 +414,14 @@ fn listen_address(text: &str) -> Result<String, String> {
     match text.to_socket_addrs().map(|mut addresses| addresses.next()) {
         Ok(Some(_)) => Ok(text.to_owned()),
         Ok(None) => Err("names no address".to_owned()),
+        // Shaped HOST:PORT, but no host of that name: the lookup's error.
+        Err(e)
+            if text
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+        {
+            Err(e.to_string())
+        }
         Err(e) => Err(format!("{e}: give HOST:PORT, such as 127.0.0.1:8080")),
     }
 }

@@ -355,11 +355,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut last_line = 0;
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
-    // A line on stderr, above the progress bar if there is one.
-    let above_the_bar = |text: &str| match &progress {
-        Some(bar) => bar.suspend(|| say!("{text}")),
-        None => say!("{text}"),
+    // A line on stderr, above the progress bar if there is one; says whether
+    // it was written.
+    let above_the_bar = |text: &str| {
+        let write = || {
+            use std::io::Write as _;
+            writeln!(io::stderr(), "{text}").is_ok()
+        };
+        match &progress {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
     };
+    // Traces that could not be written (standard error full): the run then
+    // fails at its end, as the user asked for them.
+    let traces_lost = std::cell::Cell::new(0u64);
     // Runs the batch and writes its results (not yet committed).
     let flush = |batch: &mut Vec<Message>,
                  lines: &mut Vec<usize>,
@@ -381,8 +391,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .context("the engine stopped")?;
         for (processed, &at) in results.iter().zip(lines.iter()) {
-            if args.trace {
-                above_the_bar(&trace_line(at, processed));
+            if args.trace && !above_the_bar(&trace_line(at, processed)) {
+                traces_lost.set(traces_lost.get() + 1);
             }
             match &processed.disposition {
                 Disposition::Delivered(m) => output.line(&m.to_json_line()),
@@ -557,8 +567,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.start_line
         );
     }
-    // Dead letters are a result; only bad input fails the run.
-    Ok(if bad == 0 {
+    let lost = traces_lost.get();
+    if lost > 0 {
+        say!(
+            "error: {lost} trace{} could not be written to standard error (the results were)",
+            crate::plural(lost as usize)
+        );
+    }
+    // Dead letters are a result; only bad input, or traces asked for and
+    // lost, fail the run.
+    Ok(if bad == 0 && lost == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -450,8 +450,9 @@ fn room_for_connections(max_connections: usize) {
     match rlimit::increase_nofile_limit(wanted) {
         Ok(limit) if limit < wanted => log::warn!(
             "the process may open at most {limit} files (its hard limit, `ulimit -Hn`): with \
-             --max-connections {max_connections}, about {} connections can be open at once; \
-             raise the limit or lower --max-connections",
+             --max-connections {max_connections}, and {OTHER_FILES} kept for its own files, \
+             about {} connections can be open at once; raise the limit or lower \
+             --max-connections",
             limit.saturating_sub(OTHER_FILES)
         ),
         Ok(_) => {}
@@ -460,9 +461,9 @@ fn room_for_connections(max_connections: usize) {
 }
 
 /// Why the HTTP layer refused a request before the service saw it, if it
-/// did: `too_large` (it answered 431, a head past its buffer, or 414, a URI
-/// too long), `http2` (an HTTP/2 preface: closed unanswered), `malformed`
-/// (it answered 400).
+/// did: `too_large` (it answered 431, a head past its buffer or of more than
+/// 100 headers, or 414, a URI too long), `http2` (an HTTP/2 preface: closed
+/// unanswered), `malformed` (it answered 400).
 fn unparsed(error: &hyper::Error) -> Option<&'static str> {
     if error.is_parse_too_large() {
         Some("too_large")

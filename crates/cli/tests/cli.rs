@@ -1753,8 +1753,8 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     let output = dir.path().join("out.jsonl");
     let run = |start: usize, limit: Option<&str>| {
         // The limit in 512- or 1024-byte blocks (as the shell counts), far
-        // below the whole output; the signal it raises ignored, so that the
-        // write fails instead.
+        // below the whole output; the tool catches the signal it raises, so
+        // that the write fails instead.
         let limit = limit.map_or(String::new(), |l| format!("ulimit -f {l}; "));
         Command::new("sh")
             .arg("-c")
@@ -1867,6 +1867,39 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
             && stderr.contains("run again with --start-line 1"),
         "{stderr}"
     );
+}
+
+/// Traces asked for and lost (standard error past its file's size limit)
+/// fail the run, whose results were all written (it exited 0, the traces
+/// cut short without a word).
+#[test]
+fn run_fails_when_its_traces_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+    );
+    // About 40 KB of traces, 10 KB of results.
+    let (messages, _) = keyed_messages(dir.path(), 200, |_| "t");
+    let results = dir.path().join("results.jsonl");
+    let traces = dir.path().join("traces.jsonl");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 20; exec \"$@\" --trace --output \"$RESULTS\" 2> \"$TRACES\"")
+        .arg("sh")
+        .arg(server::tool().get_program())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .env("RESULTS", &results)
+        .env("TRACES", &traces)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(std::fs::metadata(&traces).unwrap().len() <= 20 * 1024);
+    // The results are smaller than the traces and fit: all written.
+    assert_eq!(keys(&std::fs::read_to_string(&results).unwrap()).len(), 200);
 }
 
 /// `run` of `config` on `messages` from `start_line`, by `sh -c SCRIPT`

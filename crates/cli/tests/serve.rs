@@ -844,7 +844,8 @@ fn a_limit_of_open_files_too_low_for_the_connections_is_said() {
     assert!(
         said.contains(
             "the process may open at most 200 files (its hard limit, `ulimit -Hn`): with \
-             --max-connections 1024, about 136 connections can be open at once"
+             --max-connections 1024, and 64 kept for its own files, about 136 connections can be \
+             open at once"
         ),
         "{said}"
     );

@@ -167,7 +167,8 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
             }
             // The tightest bound on a call in this stage, and whose it is.
             let bound = match stage.stage_timeout_ms {
-                Some(t) if t < p.global_timeout_ms => (t, "the stage timeout"),
+                // (A stage timeout of 0 is an error of its own.)
+                Some(t) if t > 0 && t < p.global_timeout_ms => (t, "the stage timeout"),
                 _ => (p.global_timeout_ms, "the pipeline's global timeout"),
             };
             module(report, module_config, bound);
