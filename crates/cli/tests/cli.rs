@@ -1883,19 +1883,16 @@ fn run_fails_when_its_traces_cannot_be_written() {
     let (messages, _) = keyed_messages(dir.path(), 200, |_| "t");
     let results = dir.path().join("results.jsonl");
     let traces = dir.path().join("traces.jsonl");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 20; exec \"$@\" --trace --output \"$RESULTS\" 2> \"$TRACES\"")
-        .arg("sh")
-        .arg(server::tool().get_program())
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
-        .env("RESULTS", &results)
-        .env("TRACES", &traces)
-        .output()
-        .unwrap();
+    let out = run_in_shell(
+        &format!(
+            "ulimit -f 20; exec \"$@\" --trace --output \"$OUT\" 2> '{}'",
+            traces.display()
+        ),
+        &config,
+        &messages,
+        1,
+        &results,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(std::fs::metadata(&traces).unwrap().len() <= 20 * 1024);
     // The results are smaller than the traces and fit: all written.

@@ -125,32 +125,26 @@ impl rustmq_etl_core::Task<LocalPool> for Resumed {
     }
 }
 
-/// The same when the long job is one that was put off and resumed (it was
-/// no longer counted once put off).
-#[test]
-fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
+/// Loads a module on a pool of two workers while one of them runs `task`
+/// (made from a [`Hold`]); says whether the load returned before the task
+/// was released, that is without waiting behind it.
+fn load_beside(task: impl FnOnce(Hold) -> Box<dyn rustmq_etl_core::Task<LocalPool>>) -> bool {
     use rustmq_etl_core::Engine;
     let pool = pool(2);
     let (running, is_running) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
     let (released, was_released) = std::sync::mpsc::channel();
-    let task = Resumed {
-        waited: false,
-        hold: Hold {
-            running,
-            release: release_rx,
-            released,
-        },
+    let hold = Hold {
+        running,
+        release: release_rx,
+        released,
     };
-    assert!(pool.submit(Box::new(task)).is_ok());
+    assert!(pool.submit(task(hold)).is_ok());
     is_running.recv().unwrap();
     pool.load(&ModuleSpec::new("identity"), &wasm("identity"))
         .unwrap();
     let _ = release.send(());
-    assert!(
-        was_released.recv().unwrap(),
-        "the load waited for the resumed job"
-    );
+    was_released.recv().unwrap()
 }
 
 /// A load's start check goes to an idle worker, not to one busy with a long
@@ -158,24 +152,22 @@ fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
 /// batch of slow messages took as long as the batch).
 #[test]
 fn a_load_does_not_wait_behind_a_running_job_while_a_worker_is_idle() {
-    use rustmq_etl_core::Engine;
-    let pool = pool(2);
-    let (running, is_running) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let (released, was_released) = std::sync::mpsc::channel();
-    let task = Hold {
-        running,
-        release: release_rx,
-        released,
-    };
-    assert!(pool.submit(Box::new(task)).is_ok());
-    is_running.recv().unwrap();
-    pool.load(&ModuleSpec::new("identity"), &wasm("identity"))
-        .unwrap();
-    let _ = release.send(());
     assert!(
-        was_released.recv().unwrap(),
+        load_beside(|hold| Box::new(hold)),
         "the load waited for the running job"
+    );
+}
+
+/// The same when the long job is one that was put off and resumed (it was
+/// no longer counted once put off).
+#[test]
+fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
+    assert!(
+        load_beside(|hold| Box::new(Resumed {
+            waited: false,
+            hold
+        })),
+        "the load waited for the resumed job"
     );
 }
 
