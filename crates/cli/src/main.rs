@@ -104,9 +104,10 @@ enum Command {
     /// Run messages through the pipelines with the real modules: delivered
     /// messages and dead letters out as JSON Lines, in input order, and a
     /// summary on standard error. Exit 0 when every message was accounted
-    /// for, 1 on bad input lines (each reported, the rest processed) or when
-    /// it cannot start, 143 or 130 when stopped by SIGTERM or Ctrl-C (after
-    /// writing what it read and saying where to resume).
+    /// for, 1 on bad input lines (each reported, the rest processed), when it
+    /// cannot start, or when a result (or, with --trace, a trace) could not be
+    /// written, 143 or 130 when stopped by SIGTERM or Ctrl-C (after writing
+    /// what it read and saying where to resume).
     Run {
         /// A configuration file (.yaml, .yml, .json) or a directory of them.
         #[arg(long, value_name = "PATH")]
@@ -414,11 +415,14 @@ fn listen_address(text: &str) -> Result<String, String> {
     match text.to_socket_addrs().map(|mut addresses| addresses.next()) {
         Ok(Some(_)) => Ok(text.to_owned()),
         Ok(None) => Err("names no address".to_owned()),
-        // Shaped HOST:PORT, but no host of that name: the lookup's error.
+        // Shaped HOST:PORT (a name, or a bracketed IPv6 address), but no host
+        // of that name: the lookup's error.
         Err(e)
-            if text
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+            if text.rsplit_once(':').is_some_and(|(host, port)| {
+                port.parse::<u16>().is_ok()
+                    && !host.is_empty()
+                    && (!host.contains(':') || host.starts_with('['))
+            }) =>
         {
             Err(e.to_string())
         }

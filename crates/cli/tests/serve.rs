@@ -1281,6 +1281,16 @@ fn a_server_that_cannot_start_says_why() {
             && stderr.contains("give HOST:PORT"),
         "{stderr}"
     );
+    // No host, or an IPv6 address without brackets: not HOST:PORT either.
+    for listen in [":8080", "::1"] {
+        let out = server::tool()
+            .args(["serve", "--config", "/nonexistent", "--listen", listen])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("give HOST:PORT"), "{listen}: {stderr}");
+    }
 }
 
 /// `POST /v1/batch?in_order=true` runs the batch's messages one after another,

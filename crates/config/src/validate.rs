@@ -274,6 +274,8 @@ fn instance_config(report: &mut Report<'_>, c: &ModuleInstanceConfig, bound: (u6
             c.execution_timeout_ms,
         );
     } else if c.execution_timeout_ms > bound_ms
+        // (A bound of 0 is an error of its own.)
+        && bound_ms > 0
         // Left at its default, it is no one's choice to warn of: a pipeline
         // whose global timeout is below a second would warn of every module.
         && c.execution_timeout_ms != crate::model::defaults::EXECUTION_TIMEOUT_MS

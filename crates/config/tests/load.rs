@@ -435,6 +435,30 @@ fn a_call_timeout_past_its_stages_is_a_warning_too() {
                 .contains("the call timeout (2000 ms) exceeds the stage timeout (10 ms), which ends the call first"),
         "{warnings:#?}"
     );
+    // A bound of 0 (stage or pipeline) is an error of its own, not warned of
+    // again.
+    for timeouts in ["stage_timeout_ms: 0", "global_timeout_ms: 0"] {
+        let (stage, global) = if timeouts.starts_with("stage") {
+            (timeouts, "")
+        } else {
+            ("", timeouts)
+        };
+        let yaml = format!(
+            "pipeline_id: p\n{global}\nstages:\n  - priority: 0\n    {stage}\n    modules:\n      \
+             - module_id: slow\n        instance_config: {{execution_timeout_ms: 2000}}\n"
+        );
+        let error = Config::from_text(&yaml, Format::Yaml, None).unwrap_err();
+        let said: Vec<String> = error
+            .diagnostics()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(said.len(), 1, "{said:#?}");
+        assert!(
+            said[0].contains("a timeout of 0 ms lets nothing run"),
+            "{said:#?}"
+        );
+    }
 }
 
 /// A UTF-8 byte-order mark at a file's start (some Windows editors write

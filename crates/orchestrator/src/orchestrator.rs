@@ -495,6 +495,17 @@ impl<E: Engine> Orchestrator<E> {
     /// Waits for room for `count` more messages in flight (at most
     /// `max_in_flight`).
     async fn admit(&self, count: usize) -> Room {
+        // Room handed to this call while it waited, and given back unused as
+        // the call is dropped (cancelled), passes no `Room`: a drain hears of
+        // it from this guard, dropped after the wait (and, harmlessly, at the
+        // end of every admission).
+        struct Told<'a>(&'a tokio::sync::Notify);
+        impl Drop for Told<'_> {
+            fn drop(&mut self) {
+                self.0.notify_waiters();
+            }
+        }
+        let _told = Told(&self.inner.given_back);
         let permit = self
             .inner
             .in_flight

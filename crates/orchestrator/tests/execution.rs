@@ -3186,3 +3186,57 @@ async fn drain_waits_for_the_messages_in_flight() {
     drain.await.unwrap();
     assert_eq!(o.in_flight(), 0);
 }
+
+/// A caller waiting for room, handed it as another batch ends, then dropped
+/// before it ran (cancelled): the room goes back without a batch, and a
+/// drain still hears of it (it waited for ever with nothing in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_hears_of_room_a_cancelled_caller_gives_back() {
+    use std::future::Future;
+    let engine = Arc::new(StandIn::new(1));
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    engine.module("slow", move |_| {
+        let started = Instant::now();
+        while !held.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Behaviour::ok(Outcome::Unchanged)
+    });
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+        Options {
+            max_in_flight: 1,
+            ..options()
+        },
+    );
+    let first = tokio::spawn({
+        let o = o.clone();
+        async move {
+            o.process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+                .await
+        }
+    });
+    while o.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The second waits for room: polled once, then never again.
+    let mut second =
+        Box::pin(o.process_batch(vec![Message::new("t", "")], ProcessOptions::default()));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(second.as_mut().poll(&mut context).is_pending());
+    release.store(true, Ordering::Relaxed);
+    first.await.unwrap().unwrap();
+    // The first's room went to the second, which has not run.
+    assert_eq!(o.in_flight(), 1);
+    let drainer = o.clone();
+    let drain = tokio::spawn(async move { drainer.drain().await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(second);
+    assert_eq!(o.in_flight(), 0);
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .expect("the drain heard of the room given back")
+        .unwrap();
+}
