@@ -3126,21 +3126,28 @@ fn the_options_in_force_are_the_limits_as_they_act() {
         .is_ok());
 }
 
-/// `drain` returns once no message is in flight, not before, and takes no
-/// room meanwhile (it took it all, so that `in_flight` read the limit and
-/// others were refused `Busy` while it waited).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_waits_for_the_messages_in_flight() {
-    let engine = Arc::new(StandIn::new(1));
+/// Registers module `id` on `engine`: each call holds its engine thread
+/// until the flag answered is set (or 10 s have passed).
+fn held_until_released(engine: &StandIn, id: &str) -> Arc<AtomicBool> {
     let release = Arc::new(AtomicBool::new(false));
     let held = release.clone();
-    engine.module("slow", move |_| {
+    engine.module(id, move |_| {
         let started = Instant::now();
         while !held.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(1));
         }
         Behaviour::ok(Outcome::Unchanged)
     });
+    release
+}
+
+/// `drain` returns once no message is in flight, not before, and takes no
+/// room meanwhile (it took it all, so that `in_flight` read the limit and
+/// others were refused `Busy` while it waited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_messages_in_flight() {
+    let engine = Arc::new(StandIn::new(1));
+    let release = held_until_released(&engine, "slow");
     let o = start(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
@@ -3194,15 +3201,7 @@ async fn drain_waits_for_the_messages_in_flight() {
 async fn drain_hears_of_room_a_cancelled_caller_gives_back() {
     use std::future::Future;
     let engine = Arc::new(StandIn::new(1));
-    let release = Arc::new(AtomicBool::new(false));
-    let held = release.clone();
-    engine.module("slow", move |_| {
-        let started = Instant::now();
-        while !held.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Behaviour::ok(Outcome::Unchanged)
-    });
+    let release = held_until_released(&engine, "slow");
     let o = start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
