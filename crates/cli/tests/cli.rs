@@ -600,6 +600,10 @@ fn run_samples(extra: &[&str]) -> Output {
 }
 
 /// `yaml` written to a configuration file in `dir`.
+/// One pipeline of one identity stage, which delivers every message as it is.
+const IDENTITY_PIPELINE: &str =
+    "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+
 fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let config = dir.join("pipeline.yaml");
     std::fs::write(&config, yaml).unwrap();
@@ -996,10 +1000,7 @@ fn a_failed_write_names_its_output() {
 #[test]
 fn run_says_when_start_line_skips_the_whole_input() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    );
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
     let lines = "{\"topic\":\"t\",\"payload\":\"p\"}\n{\"topic\":\"t\",\"payload\":\"q\"}\n";
     // Line 3 of two: all was done before; nothing to say.
     for (start, note) in [
@@ -1744,10 +1745,7 @@ fn keys(output: &str) -> Vec<String> {
 #[test]
 fn run_stopped_by_a_failed_write_says_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    );
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
     let total = 3000;
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
@@ -1875,10 +1873,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
 #[test]
 fn run_fails_when_its_traces_cannot_be_written() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    );
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
     // About 40 KB of traces, 10 KB of results.
     let (messages, _) = keyed_messages(dir.path(), 200, |_| "t");
     let results = dir.path().join("results.jsonl");
@@ -1930,10 +1925,7 @@ fn run_in_shell(
 #[test]
 fn a_full_file_behind_both_outputs_still_gets_the_stop_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    );
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
     let (messages, _) = keyed_messages(dir.path(), 3000, |_| "t");
     let both = dir.path().join("both.txt");
     let out = run_in_shell(
