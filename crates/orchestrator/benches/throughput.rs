@@ -25,6 +25,7 @@
 //! ```sh
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput -- async   # one section
+//! cargo bench -p rustmq-etl-orchestrator --bench throughput -- --pin-workers   # PoolConfig::pin_workers
 //! ```
 
 /// The allocator the `rustmq-etl` binary uses.
@@ -299,10 +300,11 @@ fn local_calls(
     started.elapsed().as_nanos() as f64 / messages as f64
 }
 
-fn overhead() {
+fn overhead(pin_workers: bool) {
     let one_thread = Arc::new(
         Pool::new(PoolConfig {
             workers: 1,
+            pin_workers,
             ..PoolConfig::default()
         })
         .unwrap(),
@@ -650,12 +652,20 @@ fn main() {
         .collect();
     let runs =
         |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f.as_str()));
-    let pool = Arc::new(Pool::new(PoolConfig::default()).unwrap());
+    // `--pin-workers`: the pools keep their workers on CPUs.
+    let pin_workers = std::env::args().any(|a| a == "--pin-workers");
+    let pool = Arc::new(
+        Pool::new(PoolConfig {
+            pin_workers,
+            ..PoolConfig::default()
+        })
+        .unwrap(),
+    );
     if runs("throughput") {
         throughput(&pool);
     }
     if runs("overhead") {
-        overhead();
+        overhead(pin_workers);
     }
     if runs("async") {
         async_batches(&pool);

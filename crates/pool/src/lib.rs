@@ -43,6 +43,7 @@
 mod admission;
 mod budget;
 mod calibrate;
+mod cpu;
 mod deadline;
 mod error;
 mod instance;
