@@ -1340,8 +1340,11 @@ impl Run {
         );
         let position = self.place.module.unwrap_or(0);
         // Skipped, the stage goes on; so does a parallel stage whatever the
-        // failure: its other modules run all the same, and the first failure
-        // that ends the pipeline is acted on as the stage ends.
+        // failure (its other modules run all the same, and the first failure
+        // that ends the pipeline is acted on as the stage ends) unless its
+        // time is spent: then its modules not yet called are skipped, as only
+        // the module running when the time ran out fails (execution.md,
+        // rule 3).
         if action == FailureAction::Skipped || self.stage.parallel {
             let ends = matches!(
                 action,
@@ -1358,7 +1361,12 @@ impl Run {
                 }));
             }
             self.module = InModule::default();
-            self.next_module();
+            if matches!(kind, ErrorKind::StageTimeout | ErrorKind::PipelineTimeout) {
+                self.skip_stage_rest(pipeline, stage, position + 1, SkipReason::EarlierFailure);
+                self.place.module = Some(stage.modules.len());
+            } else {
+                self.next_module();
+            }
             return;
         }
         match action {
