@@ -303,6 +303,13 @@ struct Engine {
     /// Compile every module afresh and keep nothing.
     #[arg(long)]
     no_artifact_cache: bool,
+    /// Keep each engine thread on one CPU, and hand messages to the one on
+    /// the sender's CPU unless another is less busy (Linux): a few per cent
+    /// more messages a second on a machine this program has to itself, but
+    /// a pinned thread cannot leave a CPU that another program keeps busy
+    /// (docs/performance.md, "Pinned workers").
+    #[arg(long)]
+    pin_workers: bool,
 }
 
 /// Where compiled modules are kept between runs (docs/abi.md, "The artifact
@@ -335,7 +342,7 @@ impl Cache {
 
     /// The engine, with this cache. A default cache that cannot be used is
     /// a warning, and none is kept; a named one stops the start.
-    fn pool(&self) -> anyhow::Result<Pool> {
+    fn pool(&self, pin_workers: bool) -> anyhow::Result<Pool> {
         let (dir, artifact_cache_max_bytes) = match self {
             Cache::Off => (None, 0),
             Cache::At(dir, max_bytes) => (Some(dir.clone()), *max_bytes),
@@ -345,6 +352,7 @@ impl Cache {
             Pool::new(PoolConfig {
                 artifact_cache,
                 artifact_cache_max_bytes,
+                pin_workers,
                 ..PoolConfig::default()
             })
         };
@@ -373,6 +381,8 @@ pub(crate) struct Settings {
     pub options: Options,
     /// Where compiled modules are kept between runs.
     pub cache: Cache,
+    /// `PoolConfig::pin_workers`.
+    pub pin_workers: bool,
 }
 
 impl Engine {
@@ -384,6 +394,7 @@ impl Engine {
             (None, false) => Cache::Default(self.artifact_cache_max_bytes()),
         };
         Settings {
+            pin_workers: self.pin_workers,
             options: self.options(),
             cache,
         }
@@ -687,6 +698,7 @@ fn start(
         false,
         settings.options.clone(),
         &settings.cache,
+        settings.pin_workers,
     )
 }
 
@@ -701,6 +713,7 @@ fn load_modules(
     validating: bool,
     options: Options,
     cache: &Cache,
+    pin_workers: bool,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     // A directory that is not there is a mistake in the command, not a
     // module that is missing: nothing would run.
@@ -722,7 +735,7 @@ fn load_modules(
         }
         return Ok(None);
     }
-    let engine = Arc::new(cache.pool()?);
+    let engine = Arc::new(cache.pool(pin_workers)?);
     let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
         Ok(etl) => {
             let unavailable = etl.unavailable();

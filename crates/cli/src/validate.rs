@@ -19,6 +19,7 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
             rustmq_etl_orchestrator::Options::default(),
             // A check leaves nothing behind.
             &crate::Cache::Off,
+            false,
         )?
         .is_none()
         {

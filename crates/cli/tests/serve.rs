@@ -676,6 +676,64 @@ fn slow_server(args: &[&str]) -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
+/// The CPUs each engine thread of a running server may run on
+/// (`/proc/PID/task/*/status`), and the process's own (its main thread's).
+#[cfg(target_os = "linux")]
+fn engine_threads_cpus(server: &Server) -> (Vec<String>, String) {
+    let allowed = |task: &Path| {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let process = PathBuf::from(format!("/proc/{}", server.pid()));
+    let mut engine = Vec::new();
+    for task in std::fs::read_dir(process.join("task")).unwrap() {
+        let task = task.unwrap().path();
+        // The name is cut to 15 bytes: "rustmq-etl-wasm-N" reads "rustmq-etl-wasm".
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        if name.trim() == "rustmq-etl-wasm" {
+            engine.push(allowed(&task));
+        }
+    }
+    (engine, allowed(&process))
+}
+
+/// `--pin-workers` keeps each engine thread on one CPU of those the process
+/// may use, and messages still run; without it the engine threads may run
+/// wherever the process may.
+#[cfg(target_os = "linux")]
+#[test]
+fn pin_workers_keeps_each_engine_thread_on_one_cpu() {
+    for pinned in [false, true] {
+        let (_dir, server) = slow_server(if pinned { &["--pin-workers"] } else { &[] });
+        let (code, body) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+        assert_eq!(code, 200, "{body}");
+        let (engine, process) = engine_threads_cpus(&server);
+        assert!(!engine.is_empty(), "no engine thread found");
+        for cpus in &engine {
+            if pinned {
+                let cpu: usize = cpus
+                    .parse()
+                    .unwrap_or_else(|_| panic!("not one CPU: {cpus}"));
+                let listed = process.split(',').any(|range| match range.split_once('-') {
+                    Some((from, to)) => {
+                        (from.parse().unwrap()..=to.parse().unwrap()).contains(&cpu)
+                    }
+                    None => range.parse() == Ok(cpu),
+                });
+                assert!(listed, "CPU {cpu} is not among the process's {process}");
+            } else {
+                assert_eq!(cpus, &process);
+            }
+        }
+        assert!(server.stop().success());
+    }
+}
+
 /// SIGTERM while requests run: each is answered in full, new connections
 /// are refused, the process exits 0.
 #[test]

@@ -93,6 +93,12 @@ impl Server {
         self.base.trim_start_matches("http://")
     }
 
+    /// The process's id.
+    #[allow(dead_code)] // (not every test binary using this module needs it)
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
