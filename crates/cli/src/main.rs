@@ -304,9 +304,11 @@ struct Engine {
     #[arg(long)]
     no_artifact_cache: bool,
     /// Keep each engine thread on one CPU, and hand messages to the one on
-    /// the sender's CPU unless another is less busy (Linux): a few per cent
-    /// more messages a second on a machine this program has to itself, but
-    /// a pinned thread cannot leave a CPU that another program keeps busy
+    /// the sender's CPU unless another is less busy (Linux; only with an
+    /// engine thread for every CPU the process may use, as by default): less
+    /// CPU a message and a lower latency for a sender waiting on each
+    /// message, on a machine this program has to itself, but a pinned thread
+    /// cannot leave a CPU that another program keeps busy
     /// (docs/performance.md, "Pinned workers").
     #[arg(long)]
     pin_workers: bool,

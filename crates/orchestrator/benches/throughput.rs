@@ -18,14 +18,15 @@
 //!   which tells work from waiting;
 //! - `latency`: single messages sent at half the single-message rate to an
 //!   async caller, paced by a plain thread (open loop); p50 and p99 of each
-//!   message's time from being handed over to its answer, beside the same
+//!   message's time from being handed over to its answer, and from its
+//!   task's call to its answer (what a broker's task waits), beside the same
 //!   messages answered at once by a plain thread fed as the pool's workers are
 //!   (the hops alone, no engine); then both at a quarter of that rate.
 //!
 //! ```sh
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput
 //! cargo bench -p rustmq-etl-orchestrator --bench throughput -- async   # one section
-//! cargo bench -p rustmq-etl-orchestrator --bench throughput -- --pin-workers   # PoolConfig::pin_workers
+//! cargo bench -p rustmq-etl-orchestrator --bench throughput -- --pin-workers   # PoolConfig::pin_workers (not the overhead row's one worker)
 //! ```
 
 /// The allocator the `rustmq-etl` binary uses.
@@ -300,11 +301,11 @@ fn local_calls(
     started.elapsed().as_nanos() as f64 / messages as f64
 }
 
-fn overhead(pin_workers: bool) {
+fn overhead() {
+    // (One worker is never pinned on two CPUs: `PoolConfig::pin_workers`.)
     let one_thread = Arc::new(
         Pool::new(PoolConfig {
             workers: 1,
-            pin_workers,
             ..PoolConfig::default()
         })
         .unwrap(),
@@ -690,7 +691,7 @@ fn main() {
         throughput(&pool);
     }
     if runs("overhead") {
-        overhead(pin_workers);
+        overhead();
     }
     if runs("async") {
         async_batches(&pool);

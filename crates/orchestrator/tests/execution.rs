@@ -414,6 +414,60 @@ stages:
     }
 }
 
+/// A stage timeout in a parallel stage under SendToDeadLetter: the module
+/// running when the time ran out makes the dead letter (called once); the
+/// one after it is skipped, never called, and counts no error.
+#[test]
+fn a_stage_timeout_in_a_parallel_stage_dead_letters_the_module_running() {
+    let engine = Arc::new(StandIn::new(2));
+    let late_calls = Arc::new(AtomicUsize::new(0));
+    engine.module("edit", append("!"));
+    engine.module("stuck", |_| {
+        set_header("never", "1").after(Duration::from_secs(5))
+    });
+    engine.module("late", counted(&late_calls, append("late")));
+    let yaml = r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+stages:
+  - priority: 0
+    parallel_execution: true
+    stage_timeout_ms: 100
+    modules: [{module_id: edit}, {module_id: stuck}, {module_id: late}]
+"#;
+    let o = start(&engine, yaml);
+    let out = one(&o, Message::new("in", "x"));
+    let letter = dead_letter(&out);
+    assert_eq!(&letter.payload[..], b"x", "the message as it entered");
+    for (name, value) in [
+        (dlq::MODULE, "stuck"),
+        (dlq::ERROR_KIND, "stage_timeout"),
+        (dlq::ATTEMPTS, "1"),
+    ] {
+        assert_eq!(letter.headers.get(name), Some(value), "{name}");
+    }
+    assert_eq!(late_calls.load(Ordering::SeqCst), 0, "late was not called");
+    let events = events(&out);
+    assert_eq!(
+        events[2],
+        (
+            "late".to_owned(),
+            TraceEvent::Skipped(SkipReason::EarlierFailure)
+        ),
+        "{events:?}"
+    );
+    let text = scraped(&o);
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rustmq_etl_module_errors_total"))
+        .collect();
+    assert_eq!(
+        errors,
+        [r#"rustmq_etl_module_errors_total{pipeline="p",module="stuck",kind="stage_timeout"} 1"#],
+        "{text}"
+    );
+}
+
 #[test]
 fn pipelines_chain_and_a_new_topic_changes_what_later_filters_see() {
     let engine = Arc::new(StandIn::new(2));

@@ -5,17 +5,25 @@
 //! CPU (which, on a virtual machine, may cost tens of microseconds). Linux
 //! only; elsewhere nothing is pinned.
 
-/// The CPUs this process may run on, in ascending order (empty if unknown).
+/// The most CPUs a `cpu_set_t` holds (1,024 with glibc and musl alike).
+#[cfg(target_os = "linux")]
+const SET_BITS: usize = 8 * std::mem::size_of::<libc::cpu_set_t>();
+
+/// The CPUs this process may run on (its main thread's affinity, as
+/// `taskset` and cgroups set it), in ascending order; empty if unknown (a
+/// machine with more CPUs than a `cpu_set_t` holds).
 #[cfg(target_os = "linux")]
 pub(crate) fn allowed() -> Vec<usize> {
     // SAFETY: an all-zero `cpu_set_t` is a valid empty set, which
-    // `sched_getaffinity` fills, given its size.
+    // `sched_getaffinity` fills, given its size; the process's id names its
+    // main thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+        let process = libc::getpid();
+        if libc::sched_getaffinity(process, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize)
+        (0..SET_BITS)
             .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
             .collect()
     }
@@ -24,7 +32,10 @@ pub(crate) fn allowed() -> Vec<usize> {
 /// Keeps the calling thread on `cpu` from now on.
 #[cfg(target_os = "linux")]
 pub(crate) fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: as in `allowed`; `CPU_SET` ignores a CPU past the set's size.
+    if cpu >= SET_BITS {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: as in `allowed`; `cpu` is within the set (checked above).
     let pinned = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
