@@ -350,14 +350,33 @@ stages:
         ),
         "{events:?}"
     );
+    skipped_for_earlier_failure(&events, 3, "c");
+}
+
+/// Asserts that the `i`-th module traced is `name`, skipped for an earlier
+/// failure.
+fn skipped_for_earlier_failure(events: &[(String, TraceEvent)], i: usize, name: &str) {
     assert_eq!(
-        events[3],
+        events[i],
         (
-            "c".to_owned(),
+            name.to_owned(),
             TraceEvent::Skipped(SkipReason::EarlierFailure)
         ),
         "{events:?}"
     );
+}
+
+/// A stand-in engine with `edit` (appends "!"), `stuck` (answers after
+/// five seconds) and `late` (appends "late"), and `late`'s calls.
+fn edit_stuck_late() -> (Arc<StandIn>, Arc<AtomicUsize>) {
+    let engine = Arc::new(StandIn::new(2));
+    let late_calls = Arc::new(AtomicUsize::new(0));
+    engine.module("edit", append("!"));
+    engine.module("stuck", |_| {
+        set_header("never", "1").after(Duration::from_secs(5))
+    });
+    engine.module("late", counted(&late_calls, append("late")));
+    (engine, late_calls)
 }
 
 /// A pipeline timeout in a parallel stage under SkipModule ends the pipeline
@@ -366,14 +385,8 @@ stages:
 /// stage's modules not yet called when the time ran out are skipped.
 #[test]
 fn a_pipeline_timeout_in_a_parallel_stage_delivers_the_stage_s_input() {
-    let engine = Arc::new(StandIn::new(2));
-    let late_calls = Arc::new(AtomicUsize::new(0));
-    engine.module("edit", append("!"));
+    let (engine, late_calls) = edit_stuck_late();
     engine.module("drop", |_| Behaviour::ok(Outcome::Dropped));
-    engine.module("stuck", |_| {
-        set_header("never", "1").after(Duration::from_secs(5))
-    });
-    engine.module("late", counted(&late_calls, append("late")));
     engine.module("after", append("?"));
     let yaml = r#"
 pipeline_id: p
@@ -402,16 +415,8 @@ stages:
         ),
         "{events:?}"
     );
-    for (i, name) in [(3, "late"), (4, "after")] {
-        assert_eq!(
-            events[i],
-            (
-                name.to_owned(),
-                TraceEvent::Skipped(SkipReason::EarlierFailure)
-            ),
-            "{events:?}"
-        );
-    }
+    skipped_for_earlier_failure(&events, 3, "late");
+    skipped_for_earlier_failure(&events, 4, "after");
 }
 
 /// A stage timeout in a parallel stage under SendToDeadLetter: the module
@@ -419,13 +424,7 @@ stages:
 /// one after it is skipped, never called, and counts no error.
 #[test]
 fn a_stage_timeout_in_a_parallel_stage_dead_letters_the_module_running() {
-    let engine = Arc::new(StandIn::new(2));
-    let late_calls = Arc::new(AtomicUsize::new(0));
-    engine.module("edit", append("!"));
-    engine.module("stuck", |_| {
-        set_header("never", "1").after(Duration::from_secs(5))
-    });
-    engine.module("late", counted(&late_calls, append("late")));
+    let (engine, late_calls) = edit_stuck_late();
     let yaml = r#"
 pipeline_id: p
 error_handling: SendToDeadLetter
@@ -447,15 +446,7 @@ stages:
         assert_eq!(letter.headers.get(name), Some(value), "{name}");
     }
     assert_eq!(late_calls.load(Ordering::SeqCst), 0, "late was not called");
-    let events = events(&out);
-    assert_eq!(
-        events[2],
-        (
-            "late".to_owned(),
-            TraceEvent::Skipped(SkipReason::EarlierFailure)
-        ),
-        "{events:?}"
-    );
+    skipped_for_earlier_failure(&events(&out), 2, "late");
     let text = scraped(&o);
     let errors: Vec<&str> = text
         .lines()
