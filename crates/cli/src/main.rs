@@ -252,8 +252,9 @@ enum Command {
         /// else `fixtures/modules`).
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
-        /// How long the throughput phase runs (the traced passes before it,
-        /// for the breakdown, run 2,000 messages however long they take:
+        /// How long the throughput phase runs, and the one-message phase
+        /// half that, at most 2 s (the traced passes before them, for the
+        /// breakdown, run at least 2,000 messages however long they take:
         /// long with modules that time out).
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = within(
             f64::MIN_POSITIVE,

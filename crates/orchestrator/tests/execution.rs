@@ -355,6 +355,7 @@ stages:
 
 /// Asserts that the `i`-th module traced is `name`, skipped for an earlier
 /// failure.
+#[track_caller]
 fn skipped_for_earlier_failure(events: &[(String, TraceEvent)], i: usize, name: &str) {
     assert_eq!(
         events[i],
