@@ -6,7 +6,9 @@
 //!   thread of its own with a deadline (or loads the compiled artifact from an
 //!   [`ArtifactCache`], private and authenticated), checks that it speaks the
 //!   rustmq-etl ABI (or the earlier single-function one), and starts one
-//!   instance to prove it initialises before swapping it in.
+//!   instance to prove it initialises before swapping it in (kept as its
+//!   first warm instance when it caches instances and is warmed up as it
+//!   loads: its init runs once for both).
 //! - **Instances**: each has its own `Store` on one worker thread (wasmer's
 //!   `Store` is not `Send`); a [`LocalPool`] per thread keeps warm instances,
 //!   reuses them, recycles them after a number of calls, drops them when idle past

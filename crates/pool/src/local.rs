@@ -183,14 +183,7 @@ impl Slot {
         compiled: &CompiledModule,
         deadline: Option<(Instant, ErrorKind)>,
     ) -> Result<Box<WarmInstance>, CallError> {
-        // Paid for at the throttle's rate (a module without caching is not
-        // throttled: see `creation_allowed_at`).
-        if compiled.settings.enable_caching {
-            let now = Instant::now();
-            let (interval, _) = creation_spacing(compiled);
-            self.creations_paid_until =
-                Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
-        }
+        self.pay_for_creation(compiled);
         let instance = WarmInstance::new(compiled, deadline)
             .map(Box::new)
             .map_err(|e| match e.kind() {
@@ -209,6 +202,17 @@ impl Slot {
             Err(e) => self.stats.failed(e.kind()),
         }
         instance
+    }
+
+    /// A creation, paid for at the throttle's rate (a module without caching
+    /// is not throttled: see `creation_allowed_at`).
+    fn pay_for_creation(&mut self, compiled: &CompiledModule) {
+        if compiled.settings.enable_caching {
+            let now = Instant::now();
+            let (interval, _) = creation_spacing(compiled);
+            self.creations_paid_until =
+                Some(self.creations_paid_until.map_or(now, |paid| paid.max(now)) + interval);
+        }
     }
 }
 
@@ -249,6 +253,23 @@ impl LocalPool {
         slots
             .entry(module.compiled.version)
             .or_insert_with(|| Slot::new(module))
+    }
+
+    /// Keeps `instance`, started for `module` outside any call (its load's
+    /// check that it starts), as its first warm instance on this thread,
+    /// counted as created — if the module caches instances and is warmed up
+    /// as it loads (`warmup_instances`); else drops it. Its init then runs
+    /// once for the check and the warm-up together.
+    pub(crate) fn adopt(&mut self, module: &LoadedModule, instance: WarmInstance) {
+        let settings = &module.compiled.settings;
+        if !settings.enable_caching || settings.warmup_instances == 0 {
+            return;
+        }
+        let slot = Self::slot(&mut self.slots, module);
+        slot.pay_for_creation(&module.compiled);
+        slot.stats.created();
+        slot.idle.push_back(Box::new(instance));
+        slot.stats.idle(1);
     }
 
     /// Creates instances until `count` are idle (warm-up); stops early, without

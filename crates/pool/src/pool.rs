@@ -92,7 +92,8 @@ enum Job {
         module: LoadedModule,
     },
     /// Start an instance of a module not yet handed out, to prove that it
-    /// initialises, and drop it.
+    /// initialises, and keep it as the first warm one or drop it
+    /// (`LocalPool::adopt`).
     Check {
         module: LoadedModule,
         reply: oneshot::Sender<Result<(), CallError>>,
@@ -254,6 +255,7 @@ impl Pool {
             Err(_) => return Err(init("the worker stopped".into())),
         }
         let workers = self.shared.workers.len();
+        // The checker's warm-up finds the checked instance there (if kept).
         for w in 0..(spec.settings.warmup_instances as usize).min(workers) {
             self.send(
                 (checker + w) % workers,
@@ -472,8 +474,9 @@ impl WorkerState {
             }
             Job::Check { module, reply } => {
                 let started = self
-                    .contain("starting an instance", |_| {
-                        crate::instance::WarmInstance::new(&module.compiled, None).map(drop)
+                    .contain("starting an instance", |local| {
+                        crate::instance::WarmInstance::new(&module.compiled, None)
+                            .map(|instance| local.adopt(&module, instance))
                     })
                     .unwrap_or_else(|text| Err(unavailable(module.id(), &text)));
                 let _ = reply.send(started);

@@ -18,6 +18,7 @@ mod attacks;
 struct CountingLogger {
     bad_logs: AtomicUsize,
     chatty: AtomicUsize,
+    starts: AtomicUsize,
 }
 
 impl log::Log for CountingLogger {
@@ -34,6 +35,8 @@ impl log::Log for CountingLogger {
             self.bad_logs.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with("chatty: ") {
             self.chatty.fetch_add(1, Ordering::Relaxed);
+        } else if text.starts_with("starts: ") {
+            self.starts.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -43,6 +46,7 @@ impl log::Log for CountingLogger {
 static LINES: CountingLogger = CountingLogger {
     bad_logs: AtomicUsize::new(0),
     chatty: AtomicUsize::new(0),
+    starts: AtomicUsize::new(0),
 };
 
 fn pool() -> Pool {
@@ -103,4 +107,36 @@ fn lines_the_logger_filters_out_leave_the_allowance_to_the_lines_it_takes() {
     }
     assert_eq!(LINES.chatty.load(Ordering::Relaxed), 3);
     assert_eq!(module.stats().log_lines_dropped, 0);
+}
+
+/// A load starts the module once to check that it starts; with caching and
+/// a warm-up instance (the defaults) that instance is the one kept warm and
+/// serving: the module's init runs once, not once for the check and once
+/// for the warm-up (each start logs a line here).
+#[test]
+fn the_instance_a_load_checks_is_the_one_kept_warm() {
+    let pool = pool();
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
+          (memory (export "memory") 1)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "rmq_init") (param i32 i32) (result i64)
+            (call $log (i32.const 3) (i32.const 64) (i32.const 7))
+            (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64)
+            (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00")
+          (data (i32.const 64) "started"))"#,
+    )
+    .unwrap();
+    let module = pool.load(&ModuleSpec::new("starts"), &wasm).unwrap();
+    assert_eq!(
+        pool.call_blocking(&module, &Message::new("t", "")),
+        Ok(Outcome::Unchanged)
+    );
+    let stats = module.stats();
+    assert_eq!((stats.creations, stats.hits), (1, 1), "{stats:?}");
+    assert_eq!(LINES.starts.load(Ordering::Relaxed), 1, "the init ran once");
 }
