@@ -116,21 +116,12 @@ fn lines_the_logger_filters_out_leave_the_allowance_to_the_lines_it_takes() {
 #[test]
 fn the_instance_a_load_checks_is_the_one_kept_warm() {
     let pool = pool();
-    let wasm = wat::parse_str(
-        r#"(module
-          (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
-          (memory (export "memory") 1)
-          (func (export "rmq_abi_version") (result i32) (i32.const 1))
-          (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64)
-            (call $log (i32.const 3) (i32.const 64) (i32.const 7))
-            (i64.const 0))
-          (func (export "rmq_transform") (param i32 i32) (result i64)
-            (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00")
-          (data (i32.const 64) "started"))"#,
-    )
-    .unwrap();
+    let wasm = attacks::module_with_init(
+        "",
+        r#"(data (i32.const 64) "started")"#,
+        1,
+        "(call $log (i32.const 3) (i32.const 64) (i32.const 7))",
+    );
     let module = pool.load(&ModuleSpec::new("starts"), &wasm).unwrap();
     assert_eq!(
         pool.call_blocking(&module, &Message::new("t", "")),

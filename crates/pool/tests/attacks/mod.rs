@@ -13,13 +13,18 @@ pub fn module(attack: &str, extra: &str) -> Vec<u8> {
 }
 
 pub fn module_with_memory(attack: &str, extra: &str, pages: u32) -> Vec<u8> {
+    module_with_init(attack, extra, pages, "")
+}
+
+/// [`module_with_memory`] whose init runs `init` first.
+pub fn module_with_init(attack: &str, extra: &str, pages: u32, init: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
           (import "rmq_etl" "log" (func $log (param i32 i32 i32)))
           (memory (export "memory") {pages})
           (func (export "rmq_abi_version") (result i32) (i32.const 1))
           (func (export "rmq_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_init") (param i32 i32) (result i64) {init} (i64.const 0))
           (func (export "rmq_transform") (param $ptr i32) (param $len i32) (result i64)
             (if (i32.gt_u (local.get $len) (i32.const 100))
               (then {attack}))
