@@ -259,17 +259,18 @@ impl LocalPool {
     /// check that it starts), as its first warm instance on this thread,
     /// counted as created — if the module caches instances and is warmed up
     /// as it loads (`warmup_instances`); else drops it. Its init then runs
-    /// once for the check and the warm-up together.
-    pub(crate) fn adopt(&mut self, module: &LoadedModule, instance: WarmInstance) {
+    /// once for the check and the warm-up together. Whether it was kept.
+    pub(crate) fn adopt(&mut self, module: &LoadedModule, instance: WarmInstance) -> bool {
         let settings = &module.compiled.settings;
         if !settings.enable_caching || settings.warmup_instances == 0 {
-            return;
+            return false;
         }
         let slot = Self::slot(&mut self.slots, module);
         slot.pay_for_creation(&module.compiled);
         slot.stats.created();
         slot.idle.push_back(Box::new(instance));
         slot.stats.idle(1);
+        true
     }
 
     /// Creates instances until `count` are idle (warm-up); stops early, without

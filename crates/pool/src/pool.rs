@@ -93,10 +93,10 @@ enum Job {
     },
     /// Start an instance of a module not yet handed out, to prove that it
     /// initialises, and keep it as the first warm one or drop it
-    /// (`LocalPool::adopt`).
+    /// (`LocalPool::adopt`); answers whether it was kept.
     Check {
         module: LoadedModule,
-        reply: oneshot::Sender<Result<(), CallError>>,
+        reply: oneshot::Sender<Result<bool, CallError>>,
     },
     Task(BoxedTask),
 }
@@ -249,14 +249,14 @@ impl Pool {
         if !self.send(checker, check) {
             return Err(init("the pool is shutting down".into()));
         }
-        match pollster::block_on(answer) {
-            Ok(Ok(())) => {}
+        let kept = match pollster::block_on(answer) {
+            Ok(Ok(kept)) => kept,
             Ok(Err(e)) => return Err(init(e.message().to_owned())),
             Err(_) => return Err(init("the worker stopped".into())),
-        }
+        };
         let workers = self.shared.workers.len();
-        // The checker's warm-up finds the checked instance there (if kept).
-        for w in 0..(spec.settings.warmup_instances as usize).min(workers) {
+        // The checked instance, if kept, is the checker's warm-up.
+        for w in usize::from(kept)..(spec.settings.warmup_instances as usize).min(workers) {
             self.send(
                 (checker + w) % workers,
                 Job::Warm {
