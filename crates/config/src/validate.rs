@@ -61,9 +61,19 @@ pub(crate) fn validate(pipelines: &[PipelineSource]) -> Vec<Diagnostic> {
         diagnostics: Vec::new(),
         place: Place::default(),
     };
-    let mut seen: HashMap<&str, &PipelineSource> = HashMap::new();
+    // Each pipeline id seen, with where: its source and its place in its file.
+    let mut seen: HashMap<&str, (&PipelineSource, usize)> = HashMap::new();
+    let mut in_file = 0;
     for (position, source) in pipelines.iter().enumerate() {
         let p = &source.pipeline;
+        // Pipelines come file by file: the count starts again with each file.
+        in_file = match position
+            .checked_sub(1)
+            .map(|before| &pipelines[before].file)
+        {
+            Some(file) if *file == source.file => in_file + 1,
+            _ => 1,
+        };
         report.place = Place {
             source: Some(source),
             pipeline: Some(if p.pipeline_id.is_empty() {
@@ -78,15 +88,21 @@ pub(crate) fn validate(pipelines: &[PipelineSource]) -> Vec<Diagnostic> {
                 "pipeline_id".to_owned(),
                 "a pipeline needs a non-empty `pipeline_id`",
             );
-        } else if let Some(first) = seen.insert(&p.pipeline_id, source) {
-            let where_first = match &first.file {
-                Some(f) => format!(" (first defined in {})", f.display()),
-                None => String::new(),
+        } else if let Some((first, first_in_file)) = seen.insert(&p.pipeline_id, (source, in_file))
+        {
+            // Both pipelines carry the same id: name them by their places.
+            let this = ordinal(in_file);
+            let first_place = ordinal(first_in_file);
+            let message = match &first.file {
+                Some(f) if first.file != source.file => format!(
+                    "duplicate pipeline id: the {this} pipeline of this file has the id of the {first_place} pipeline of {}",
+                    f.display()
+                ),
+                _ => format!(
+                    "duplicate pipeline id: the {this} pipeline has the id of the {first_place} one"
+                ),
             };
-            report.error(
-                "pipeline_id".to_owned(),
-                format!("duplicate pipeline id{where_first}"),
-            );
+            report.error("pipeline_id".to_owned(), message);
         }
         pipeline(&mut report, p);
     }

@@ -74,7 +74,7 @@ fn every_problem_is_reported_at_once() {
     has("module \"a\", field `module_id`: the module appears twice in this stage");
     has("stage 0, field `priority`: the pipeline's 1st and 2nd stages (in the file's order) share priority 0");
     has("stage 0, field `modules`: the stage has no modules");
-    has("field `pipeline_id`: duplicate pipeline id");
+    has("pipeline \"dup\", field `pipeline_id`: duplicate pipeline id: the 2nd pipeline has the id of the 1st one");
     has("field `global_timeout_ms`: a timeout of 0 ms lets nothing run");
     has("field `stages`: the pipeline has no stages");
     has("module \"../escape\", field `module_id`: \"../escape\" is not a valid module id");
@@ -397,6 +397,38 @@ fn a_directory_applies_files_in_name_order_and_ignores_other_files() {
         .unwrap_err()
         .to_string()
         .contains("no .yaml, .yml or .json"));
+}
+
+/// Two pipelines with one id are named by their places, in one file or in two.
+#[test]
+fn a_duplicate_pipeline_id_names_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = |id: &str| {
+        format!("{{pipeline_id: {id}, stages: [{{priority: 0, modules: [{{module_id: m}}]}}]}}")
+    };
+    let list = |ids: &[&str]| {
+        let items: Vec<String> = ids.iter().map(|id| format!("  - {}\n", one(id))).collect();
+        format!("pipelines:\n{}", items.concat())
+    };
+    std::fs::write(dir.path().join("a.yaml"), list(&["x", "y", "z"])).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), list(&["w", "y", "w"])).unwrap();
+    let err = Config::load(dir.path()).unwrap_err();
+    let text: Vec<String> = err.errors().map(ToString::to_string).collect();
+    let a = dir.path().join("a.yaml");
+    assert_eq!(
+        text,
+        [
+            format!(
+                "error: {}: pipeline \"y\", field `pipeline_id`: duplicate pipeline id: the 2nd pipeline of this file has the id of the 2nd pipeline of {}",
+                dir.path().join("b.yaml").display(),
+                a.display()
+            ),
+            format!(
+                "error: {}: pipeline \"w\", field `pipeline_id`: duplicate pipeline id: the 3rd pipeline has the id of the 1st one",
+                dir.path().join("b.yaml").display()
+            ),
+        ]
+    );
 }
 
 /// A call timeout longer than its pipeline's global timeout never fires: a
