@@ -134,7 +134,9 @@ impl Headers {
     }
 
     /// The headers in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&str, &str)> + ExactSizeIterator + Clone {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 

@@ -39,7 +39,7 @@ pub use excerpt::Excerpt;
 pub use headers::{HeaderEdit, Headers};
 pub use jsonl::{BatchError, MessageParseError};
 pub use module::{defaults, ModuleSettings, ModuleSpec};
-pub use outcome::{CallError, Edit, ErrorKind, Outcome};
+pub use outcome::{CallError, Edit, ErrorKind, Outcome, UnknownErrorKind};
 pub use runner::{
     Busy, CallReport, CallRequest, Engine, LoadError, LoadStep, ModuleRunner, Step, Task,
 };

@@ -147,6 +147,24 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// A name that is no [`ErrorKind`]'s (see [`ErrorKind::as_str`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an error kind (one of {kinds})", kinds = ErrorKind::ALL.map(ErrorKind::as_str).join(", "))]
+pub struct UnknownErrorKind(pub String);
+
+impl std::str::FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+
+    /// The kind of a stable name, as [`ErrorKind::as_str`] gives it (a
+    /// metrics label, a trace, a dead letter's `etl-dlq-error-kind`).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownErrorKind(name.to_owned()))
+    }
+}
+
 /// A failed call: its kind, and what happened, for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
@@ -198,6 +216,19 @@ mod tests {
             }
         }
         m
+    }
+
+    #[test]
+    fn an_error_kind_reads_back_from_its_name_and_nothing_else_does() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+        }
+        let unknown = "Timeout".parse::<ErrorKind>().unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "\"Timeout\" is not an error kind (one of timeout, stage_timeout, pipeline_timeout, \
+             trap, memory_limit, invalid_output, guest_error, circuit_open, unavailable)"
+        );
     }
 
     fn edit() -> impl Strategy<Value = Edit> {

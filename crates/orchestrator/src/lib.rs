@@ -15,7 +15,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use rustmq_etl_orchestrator::{
-//!     Config, DirectorySource, Disposition, Format, Message, Options, Orchestrator,
+//!     Config, DeadLetterCause, DirectorySource, Disposition, Format, Message, Options, Orchestrator,
 //!     ProcessOptions,
 //! };
 //! use rustmq_etl_pool::{Pool, PoolConfig};
@@ -55,7 +55,8 @@
 //!     match result.disposition {
 //!         Disposition::Delivered(message) => delivered.push(message), // produce it
 //!         Disposition::Dropped => {}                                   // a module dropped it
-//!         Disposition::DeadLettered(letter) => panic!("{:?}", letter.headers), // produce to letter.topic
+//!         // Produce it to `letter.topic`; its cause is in its `etl-dlq-*` headers.
+//!         Disposition::DeadLettered(letter) => panic!("{}", DeadLetterCause::of(&letter)?),
 //!     }
 //! }
 //! assert_eq!(delivered[0].payload, "TWO PEARS");
@@ -110,6 +111,7 @@
 #![warn(missing_docs)]
 
 mod breaker;
+mod dead_letter;
 mod options;
 mod orchestrator;
 mod plan;
@@ -119,6 +121,7 @@ mod snapshot;
 mod stats;
 
 pub use breaker::CircuitState;
+pub use dead_letter::{headers as dead_letter_headers, DeadLetterCause, NotADeadLetter};
 pub use options::{Backoff, BreakerSettings, Options};
 pub use orchestrator::{
     Busy, EngineStopped, InService, Occurrence, Orchestrator, ProcessOptions, ReloadError,
@@ -131,7 +134,6 @@ pub use plan::{
 pub use result::{
     Disposition, FailureAction, Processed, RanOutcome, SkipReason, Trace, TraceEntry, TraceEvent,
 };
-pub use run::headers as dead_letter_headers;
 pub use snapshot::{DirectorySource, ModuleSource};
 
 /// The types an embedding program handles with the orchestrator's, so that
@@ -141,7 +143,7 @@ pub use rustmq_etl_config::{
 };
 pub use rustmq_etl_core::{
     Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, MessageParseError,
-    ModuleSettings, ModuleSpec, Outcome,
+    ModuleSettings, ModuleSpec, Outcome, UnknownErrorKind,
 };
 
 /// The configuration model whole (`rustmq-etl-config`): what a plan's

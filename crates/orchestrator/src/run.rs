@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::breaker::{CircuitState, Permit};
+use crate::dead_letter::headers;
 use crate::orchestrator::contain;
 use crate::plan::{Plan, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
 use crate::result::{
@@ -27,24 +28,6 @@ use crate::result::{
 };
 use crate::snapshot::Snapshot;
 use crate::stats::{CallResult, PipelineResult, Tally};
-
-/// The dead-letter headers (execution.md, "Dead letters").
-pub mod headers {
-    /// The topic the message had as it entered the failed pipeline.
-    pub const ORIGINAL_TOPIC: &str = "etl-dlq-original-topic";
-    /// The failed pipeline's `pipeline_id`.
-    pub const PIPELINE: &str = "etl-dlq-pipeline";
-    /// The failed stage's `priority`.
-    pub const STAGE: &str = "etl-dlq-stage";
-    /// The failed module's `module_id`.
-    pub const MODULE: &str = "etl-dlq-module";
-    /// The error's kind.
-    pub const ERROR_KIND: &str = "etl-dlq-error-kind";
-    /// The error's text, for people.
-    pub const ERROR: &str = "etl-dlq-error";
-    /// How many times the module was called for the message.
-    pub const ATTEMPTS: &str = "etl-dlq-attempts";
-}
 
 /// A set of small numbers (module positions), kept inline up to 128.
 #[derive(Debug, Clone, PartialEq, Eq)]

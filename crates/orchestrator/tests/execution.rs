@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use rustmq_etl_config::{Config, Format};
 use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, Backoff, BreakerSettings, Disposition, FailureAction, Options,
-    Orchestrator, ProcessOptions, Processed, RanOutcome, SkipReason, TraceEvent,
+    dead_letter_headers as dlq, Backoff, BreakerSettings, DeadLetterCause, Disposition,
+    FailureAction, Options, Orchestrator, ProcessOptions, Processed, RanOutcome, SkipReason,
+    TraceEvent,
 };
 use rustmq_etl_testkit::{Behaviour, StandIn};
 
@@ -1262,6 +1263,40 @@ fn retries_spent_make_a_dead_letter_with_every_header() {
         (dlq::ATTEMPTS, "3"),
     ];
     assert_eq!(letter.headers.iter().collect::<Vec<_>>(), expected);
+    let cause = DeadLetterCause {
+        original_topic: "in.topic".into(),
+        pipeline: Some("p".into()),
+        stage: Some(3),
+        module: Some("m".into()),
+        kind: ErrorKind::GuestError,
+        error: "no good".into(),
+        attempts: Some(3),
+    };
+    assert_eq!(DeadLetterCause::of(letter), Ok(cause.clone()));
+
+    // The dead letter sent through again fails again, now at the breaker the
+    // first three failures opened (after two more calls): a second set of
+    // headers is appended, and the cause read back is the second's.
+    let again = one(&o, letter.clone());
+    let second = dead_letter(&again);
+    assert_eq!(second.headers.len(), expected.len() + 7);
+    let second = DeadLetterCause::of(second).unwrap();
+    assert!(
+        second
+            .error
+            .starts_with("the module's circuit breaker is open"),
+        "{second}"
+    );
+    assert_eq!(
+        second,
+        DeadLetterCause {
+            original_topic: "etl.dead-letter".into(),
+            kind: ErrorKind::CircuitOpen,
+            attempts: Some(2),
+            error: second.error.clone(),
+            ..cause
+        }
+    );
 }
 
 #[test]
@@ -2075,6 +2110,16 @@ stages:
                 .get(dlq::ERROR)
                 .unwrap()
                 .contains("the host broke"));
+            let cause = DeadLetterCause::of(letter).unwrap();
+            assert_eq!(
+                (
+                    cause.pipeline.as_deref(),
+                    cause.stage,
+                    cause.module.as_deref()
+                ),
+                (Some("p"), Some(0), Some("fragile"))
+            );
+            assert_eq!((cause.kind, cause.attempts), (ErrorKind::Trap, Some(1)));
             continue;
         }
         let m = delivered(p);

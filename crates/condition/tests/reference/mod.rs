@@ -17,8 +17,7 @@ fn subject(rule: &Rule, message: &Message, now_ms: i64) -> Option<S> {
         Subject::HeaderValue(name) => message
             .headers
             .iter()
-            .filter(|(n, _)| n == name)
-            .last()
+            .rfind(|(n, _)| n == name)
             .map(|(_, v)| S::Header(v.to_owned())),
         Subject::MessageSize => {
             let headers: usize = message.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
