@@ -457,7 +457,8 @@ impl<E: Engine> Orchestrator<E> {
         &self.inner.keep.options
     }
 
-    /// Processes one message.
+    /// Processes one message with the default [`ProcessOptions`] (no trace);
+    /// for others, `process_batch(vec![message], options)`.
     pub async fn process(&self, message: Message) -> Result<Processed, EngineStopped> {
         let mut processed = self
             .process_batch(vec![message], ProcessOptions::default())
