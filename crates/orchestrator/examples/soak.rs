@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rustmq_etl_config::{Config, Format};
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, Backoff, BreakerSettings, DirectorySource, Disposition, Options,
+    Backoff, BreakerSettings, DeadLetterCause, DirectorySource, Disposition, ErrorKind, Options,
     Orchestrator, ProcessOptions,
 };
 use rustmq_etl_pool::{Pool, PoolConfig};
@@ -361,30 +361,37 @@ fn main() {
                                     m.key, m.topic
                                 ));
                             }
-                            for header in [
-                                dlq::ORIGINAL_TOPIC,
-                                dlq::PIPELINE,
-                                dlq::STAGE,
-                                dlq::MODULE,
-                                dlq::ERROR_KIND,
-                            ] {
-                                if m.headers.get(header).is_none() {
-                                    fail(format!("message {i}: dead letter without {header}"));
+                            // Its cause, whole: a module of a pipeline's
+                            // stage, and how many calls.
+                            match DeadLetterCause::of(m) {
+                                Err(e) => fail(format!(
+                                    "message {i}: dead letter without its cause: {e}"
+                                )),
+                                Ok(cause) => {
+                                    if cause.pipeline.is_none()
+                                        || cause.stage.is_none()
+                                        || cause.module.is_none()
+                                        || cause.attempts.is_none()
+                                    {
+                                        fail(format!(
+                                            "message {i}: dead letter's cause lacks its place: {cause:?}"
+                                        ));
+                                    }
+                                    // A benign message fails only where the
+                                    // module's breaker is open (opened by the
+                                    // hostile ones).
+                                    if *benign && cause.kind != ErrorKind::CircuitOpen {
+                                        fail(format!(
+                                            "message {i} ({}) dead-lettered: {cause}",
+                                            input.topic
+                                        ));
+                                    }
+                                    let module = cause.module.as_deref().unwrap_or("?");
+                                    *kinds
+                                        .entry(format!("{module} {}", cause.kind))
+                                        .or_default() += 1;
                                 }
                             }
-                            // A benign message fails only where the module's
-                            // breaker is open (opened by the hostile ones).
-                            let kind = m.headers.get(dlq::ERROR_KIND);
-                            if *benign && kind != Some("circuit_open") {
-                                fail(format!(
-                                    "message {i} ({}) dead-lettered: {kind:?}",
-                                    input.topic
-                                ));
-                            }
-                            let module = m.headers.get(dlq::MODULE).unwrap_or("?");
-                            *kinds
-                                .entry(format!("{module} {}", kind.unwrap_or("?")))
-                                .or_default() += 1;
                             3
                         }
                     };
