@@ -17,7 +17,7 @@ use crate::options::Options;
 use crate::plan::Plan;
 use crate::result::Processed;
 use crate::run::{Batch, Run};
-use crate::snapshot::{build, Keep, ModuleSource, Snapshot};
+use crate::snapshot::{build, Keep, ModuleSource, Modules, Snapshot};
 use crate::stats::Stats;
 
 /// Runs messages through pipelines on an [`Engine`]. Cheap to clone (all
@@ -292,8 +292,8 @@ impl<E: Engine> Orchestrator<E> {
             breakers: Mutex::default(),
             circuit_gauges: Mutex::default(),
         };
-        let (snapshot, _) =
-            build(&keep, config, 1, None).map_err(|errors| ReloadError { errors })?;
+        let (snapshot, _) = build(&keep, config, 1, None, Modules::Read)
+            .map_err(|errors| ReloadError { errors })?;
         metrics::gauge!("rustmq_etl_config_version").set(1.0);
         Ok(Orchestrator {
             inner: Arc::new(Inner {
@@ -321,7 +321,7 @@ impl<E: Engine> Orchestrator<E> {
     /// compile.
     pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
         let one_at_a_time = lock(&self.inner.reloading);
-        self.put_in_service(config, &one_at_a_time)
+        self.put_in_service(config, Modules::Read, &one_at_a_time)
     }
 
     /// [`Orchestrator::reload`]'s work, for a caller holding the reload lock
@@ -331,11 +331,12 @@ impl<E: Engine> Orchestrator<E> {
     fn put_in_service(
         &self,
         config: &Config,
+        modules: Modules,
         _one_at_a_time: &std::sync::MutexGuard<'_, ()>,
     ) -> Result<ReloadReport, ReloadError> {
         let previous = self.inner.current.load_full();
         let version = self.inner.versions.load(Ordering::Relaxed) + 1;
-        let built = build(&self.inner.keep, config, version, Some(&previous));
+        let built = build(&self.inner.keep, config, version, Some(&previous), modules);
         let result = match built {
             // (The same occurrences are unavailable then: one loaded would
             // have been compiled, one lost refuses the reload. Why one does
@@ -391,9 +392,13 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
-    /// configuration in service with that one change. The configuration is
-    /// read under the reload lock: a reload running meanwhile is kept, not
-    /// undone, and two switches made at once both hold.
+    /// configuration in service with that one change, and only that: it
+    /// reads no module file (the modules in service stay, loaded or
+    /// unavailable, whatever is on the disk now: `reload_modules` puts
+    /// changed files in service), so a switch needs nothing from the disk.
+    /// The configuration is read under the reload lock: a reload running
+    /// meanwhile is kept, not undone, and two switches made at once both
+    /// hold.
     pub fn set_pipeline_enabled(
         &self,
         pipeline_id: &str,
@@ -408,7 +413,7 @@ impl<E: Engine> Orchestrator<E> {
                     "no pipeline {pipeline_id:?}"
                 ))],
             })?;
-        self.put_in_service(&changed, &one_at_a_time)
+        self.put_in_service(&changed, Modules::Kept, &one_at_a_time)
     }
 
     /// Reads every module of the configuration in service again and puts
@@ -417,7 +422,7 @@ impl<E: Engine> Orchestrator<E> {
     /// [`Orchestrator::set_pipeline_enabled`].
     pub fn reload_modules(&self) -> Result<ReloadReport, ReloadError> {
         let one_at_a_time = lock(&self.inner.reloading);
-        self.put_in_service(&self.config(), &one_at_a_time)
+        self.put_in_service(&self.config(), Modules::Read, &one_at_a_time)
     }
 
     /// The modules of the configuration in service that could not be loaded

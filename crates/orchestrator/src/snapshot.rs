@@ -110,6 +110,18 @@ impl<E: Engine> Snapshot<E> {
             .map(|(occurrence, _)| &self.plan.occurrences()[*occurrence])
     }
 
+    /// What stands for `spec` if it is an unavailable occurrence here, and
+    /// why it is.
+    fn unavailable_entry(&self, spec: &ModuleSpec) -> Option<(Arc<str>, LoadError)> {
+        self.unavailable
+            .iter()
+            .find(|(occurrence, _)| self.plan.occurrences()[*occurrence] == *spec)
+            .and_then(|(occurrence, error)| {
+                let reason = self.modules[*occurrence].as_ref().err()?;
+                Some((reason.clone(), error.clone()))
+            })
+    }
+
     /// The breaker of `spec` if it is an unavailable occurrence here.
     fn unavailable_breaker(&self, spec: &ModuleSpec) -> Option<Arc<Breaker>> {
         self.unavailable
@@ -136,6 +148,19 @@ pub(crate) struct Keep<E: Engine> {
     pub(crate) circuit_gauges: Mutex<HashSet<ModuleSpec>>,
 }
 
+/// Whether a new snapshot reads its modules' files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Modules {
+    /// Every occurrence's file is read; those whose bytes did not change
+    /// keep their loaded module (a reload).
+    Read,
+    /// An occurrence the previous snapshot has, loaded or unavailable, stays
+    /// as it is there, its file not read (a pipeline switched on or off: the
+    /// switch changes nothing else, and needs nothing from the disk); only
+    /// an occurrence it lacks is read.
+    Kept,
+}
+
 /// Builds the snapshot of `config`: plans it, reads and loads every module
 /// occurrence (keeping those of `previous` whose bytes did not change), and
 /// collects every failure to read, compile or start one. Such a failure
@@ -151,6 +176,7 @@ pub(crate) fn build<E: Engine>(
     config: &Config,
     version: u64,
     previous: Option<&Snapshot<E>>,
+    read: Modules,
 ) -> Result<(Snapshot<E>, usize), Vec<LoadError>> {
     let plan = Plan::build(config).map_err(|e| vec![LoadError::configuration(e.to_string())])?;
     let mut reused_by_spec: HashMap<&ModuleSpec, &Loaded<E::Module>> = HashMap::new();
@@ -166,6 +192,20 @@ pub(crate) fn build<E: Engine>(
     let mut unavailable = Vec::new();
     let mut compiled = 0;
     for (occurrence, spec) in plan.occurrences().iter().enumerate() {
+        if read == Modules::Kept {
+            if let Some(old) = reused_by_spec.get(spec) {
+                modules.push(Ok(Loaded {
+                    module: old.module.clone(),
+                    wasm: old.wasm.clone(),
+                }));
+                continue;
+            }
+            if let Some((reason, error)) = previous.and_then(|p| p.unavailable_entry(spec)) {
+                modules.push(Err(reason));
+                unavailable.push((occurrence, error));
+                continue;
+            }
+        }
         // An occurrence that does not load: unavailable at start or if it
         // already is, else the reload's failure.
         let mut not_loaded = |error: LoadError| {

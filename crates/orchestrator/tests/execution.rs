@@ -2977,6 +2977,62 @@ fn a_module_that_does_not_start_is_unavailable_until_a_reload_loads_it() {
     );
 }
 
+/// A pipeline switched on or off is that change alone: it reads no module
+/// file, so a file gone or changed on the disk meanwhile makes no
+/// difference to it (a loaded module stays in service, an unavailable one
+/// stays so), and the switch needs nothing from the disk. `reload_modules`
+/// reads them.
+#[test]
+fn a_pipeline_switch_reads_no_module_file() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", append("a"));
+    // The bytes of `a` on the disk (none: the file is gone); `missing`'s
+    // file is never there.
+    let bytes = Arc::new(std::sync::Mutex::new(Some(b"1".to_vec())));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let (bytes, reads) = (bytes.clone(), reads.clone());
+        move |id: &str| {
+            reads.fetch_add(1, Ordering::SeqCst);
+            match id {
+                "a" => bytes
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .ok_or_else(|| "a is gone".to_owned()),
+                _ => Err(format!("{id} was never there")),
+            }
+        }
+    };
+    let yaml = "pipelines:\n\
+                - {pipeline_id: p, stages: [{priority: 0, modules: [{module_id: a}]}]}\n\
+                - {pipeline_id: q, stages: [{priority: 0, modules: [{module_id: missing}]}]}\n";
+    let o = Orchestrator::new(engine.clone(), &config(yaml), source, options()).unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    let unavailable = o.unavailable();
+    assert_eq!(unavailable.len(), 1);
+
+    *bytes.lock().unwrap() = None;
+    let off = o.set_pipeline_enabled("q", false).unwrap();
+    assert_eq!((off.version, off.changed, off.compiled), (2, true, 0));
+    assert_eq!(off.unavailable, unavailable, "unavailable as it was");
+    assert_eq!(
+        &delivered(&one(&o, Message::new("t", ">"))).payload[..],
+        b">a"
+    );
+
+    *bytes.lock().unwrap() = Some(b"2".to_vec());
+    let on = o.set_pipeline_enabled("q", true).unwrap();
+    assert_eq!((on.version, on.compiled), (3, 0));
+    assert_eq!(reads.load(Ordering::SeqCst), 2, "no file read by a switch");
+
+    // A module reload reads them: `a`'s new bytes go in service.
+    let report = o.reload_modules().unwrap();
+    assert_eq!((report.version, report.compiled), (4, 1));
+    assert_eq!(reads.load(Ordering::SeqCst), 4);
+    assert_eq!(report.unavailable.len(), 1);
+}
+
 /// execution.md: `unavailable` is the kind of a call of a module "not
 /// loaded, not found". A module whose file cannot be read does not stop the
 /// orchestrator: each call of it fails `unavailable`, handled by the
