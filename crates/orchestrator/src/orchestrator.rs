@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -55,8 +55,8 @@ struct Inner<E: Engine> {
     /// until the engine is done with it (or drops it unrun), whatever
     /// became of the caller's future.
     in_flight: Arc<Semaphore>,
-    /// Told whenever a [`Room`] is given back: what a drain waits on.
-    given_back: Arc<tokio::sync::Notify>,
+    /// The messages admitted, and a drain's wake-up.
+    admission: Arc<Admission>,
     /// The most messages in flight ([`Options::max_in_flight`], within the
     /// semaphore's range).
     max_in_flight: usize,
@@ -79,24 +79,39 @@ const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "rejected"];
 pub(crate) struct Room {
     /// `None` only while it is dropped.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    given_back: Arc<tokio::sync::Notify>,
+    admission: Arc<Admission>,
+}
+
+/// What the rooms handed out are counted and told on.
+#[derive(Default)]
+struct Admission {
+    /// Told whenever a [`Room`] is given back: what a drain waits on.
+    given_back: tokio::sync::Notify,
+    /// The places in rooms handed out: the messages admitted. (The
+    /// semaphore's free permits do not tell: a caller waiting for room takes
+    /// permits as they are given back, before it has all it asked for.)
+    admitted: AtomicUsize,
 }
 
 impl Room {
-    fn new(
-        permit: tokio::sync::OwnedSemaphorePermit,
-        given_back: &Arc<tokio::sync::Notify>,
-    ) -> Room {
+    /// Room just admitted.
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, admission: &Arc<Admission>) -> Room {
+        admission
+            .admitted
+            .fetch_add(permit.num_permits(), Ordering::Relaxed);
         Room {
             permit: Some(permit),
-            given_back: given_back.clone(),
+            admission: admission.clone(),
         }
     }
 
-    /// `n` of its places, as a room of their own.
+    /// `n` of its places, as a room of their own (already counted).
     fn split(&mut self, n: usize) -> Option<Room> {
         let permit = self.permit.as_mut()?.split(n)?;
-        Some(Room::new(permit, &self.given_back))
+        Some(Room {
+            permit: Some(permit),
+            admission: self.admission.clone(),
+        })
     }
 
     fn places(&self) -> usize {
@@ -107,8 +122,12 @@ impl Room {
 impl Drop for Room {
     fn drop(&mut self) {
         // Given back first, then told: a drain woken looks at the count.
-        drop(self.permit.take());
-        self.given_back.notify_waiters();
+        if let Some(permit) = self.permit.take() {
+            self.admission
+                .admitted
+                .fetch_sub(permit.num_permits(), Ordering::Relaxed);
+        }
+        self.admission.given_back.notify_waiters();
     }
 }
 
@@ -218,6 +237,10 @@ pub struct Busy {
     pub batch: usize,
     /// The messages in flight as it was refused.
     pub in_flight: usize,
+    /// Places given back that callers waiting for room held as it was
+    /// refused: they come first (room goes to the callers in the order they
+    /// asked), so a batch may be refused with fewer than `limit` in flight.
+    pub held_for_waiting: usize,
     /// The most that may be in flight.
     pub limit: usize,
 }
@@ -237,8 +260,13 @@ impl Busy {
                 self.batch, self.limit, self.limit
             )
         } else {
+            let waiting = match self.held_for_waiting {
+                0 => String::new(),
+                1 => " and callers waiting for room hold 1 place".to_owned(),
+                held => format!(" and callers waiting for room hold {held} places"),
+            };
             format!(
-                "busy: {} of at most {} messages are in flight, no room for {} more",
+                "busy: {} of at most {} messages are in flight{waiting}, no room for {} more",
                 self.in_flight, self.limit, self.batch
             )
         }
@@ -302,7 +330,7 @@ impl<E: Engine> Orchestrator<E> {
                 reloading: Mutex::new(()),
                 versions: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max)),
-                given_back: Arc::default(),
+                admission: Arc::default(),
                 max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 reloads: Default::default(),
@@ -501,17 +529,6 @@ impl<E: Engine> Orchestrator<E> {
     /// Waits for room for `count` more messages in flight (at most
     /// `max_in_flight`).
     async fn admit(&self, count: usize) -> Room {
-        // Room handed to this call while it waited, and given back unused as
-        // the call is dropped (cancelled), passes no `Room`: a drain hears of
-        // it from this guard, dropped after the wait (and, harmlessly, at the
-        // end of every admission).
-        struct Told<'a>(&'a tokio::sync::Notify);
-        impl Drop for Told<'_> {
-            fn drop(&mut self) {
-                self.0.notify_waiters();
-            }
-        }
-        let _told = Told(&self.inner.given_back);
         let permit = self
             .inner
             .in_flight
@@ -519,7 +536,7 @@ impl<E: Engine> Orchestrator<E> {
             .acquire_many_owned(count as u32)
             .await
             .expect("the in-flight semaphore is never closed");
-        Room::new(permit, &self.inner.given_back)
+        Room::new(permit, &self.inner.admission)
     }
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
@@ -536,10 +553,15 @@ impl<E: Engine> Orchestrator<E> {
         Busy,
     > {
         let max = self.inner.max_in_flight;
-        let busy = || Busy {
-            batch: messages.len(),
-            in_flight: self.in_flight(),
-            limit: max,
+        let busy = || {
+            let in_flight = self.in_flight();
+            let free = self.inner.in_flight.available_permits();
+            Busy {
+                batch: messages.len(),
+                in_flight,
+                held_for_waiting: max.saturating_sub(in_flight + free),
+                limit: max,
+            }
         };
         if messages.len() > max {
             return Err(busy());
@@ -550,7 +572,7 @@ impl<E: Engine> Orchestrator<E> {
             .clone()
             .try_acquire_many_owned(messages.len() as u32)
         {
-            Ok(permits) => Room::new(permits, &self.inner.given_back),
+            Ok(permits) => Room::new(permits, &self.inner.admission),
             Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => return Err(busy()),
         };
         let this = self.clone();
@@ -723,7 +745,7 @@ impl<E: Engine> Orchestrator<E> {
         loop {
             // Registered before looking, so that room given back between the
             // look and the wait is not missed.
-            let given_back = self.inner.given_back.notified();
+            let given_back = self.inner.admission.given_back.notified();
             let mut given_back = std::pin::pin!(given_back);
             given_back.as_mut().enable();
             if self.in_flight() == 0 {
@@ -740,10 +762,11 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Messages in flight now: admitted, and their engine batch not done
-    /// (`Options::max_in_flight` at most).
+    /// (`Options::max_in_flight` at most). Callers waiting for room are not
+    /// counted, although room given back goes to them first (see
+    /// [`Orchestrator::process_batch`]).
     pub fn in_flight(&self) -> usize {
-        let max = self.inner.max_in_flight;
-        max - self.inner.in_flight.available_permits().min(max)
+        self.inner.admission.admitted.load(Ordering::Relaxed)
     }
 
     /// Every module occurrence in service, in the plan's order of

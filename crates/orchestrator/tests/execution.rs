@@ -3355,10 +3355,11 @@ async fn drain_waits_for_the_messages_in_flight() {
 }
 
 /// A caller waiting for room, handed it as another batch ends, then dropped
-/// before it ran (cancelled): the room goes back without a batch, and a
-/// drain still hears of it (it waited for ever with nothing in flight).
+/// before it ran (cancelled): the room goes back without a batch. Room handed
+/// to a caller not yet admitted is not in flight: `in_flight` and a drain
+/// count only the messages admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_hears_of_room_a_cancelled_caller_gives_back() {
+async fn room_a_cancelled_caller_held_goes_back() {
     use std::future::Future;
     let engine = Arc::new(StandIn::new(1));
     let release = held_until_released(&engine, "slow");
@@ -3387,15 +3388,78 @@ async fn drain_hears_of_room_a_cancelled_caller_gives_back() {
     assert!(second.as_mut().poll(&mut context).is_pending());
     release.store(true, Ordering::Relaxed);
     first.await.unwrap().unwrap();
-    // The first's room went to the second, which has not run.
-    assert_eq!(o.in_flight(), 1);
-    let drainer = o.clone();
-    let drain = tokio::spawn(async move { drainer.drain().await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The first's room went to the second, which has not taken it up: not
+    // in flight, and nothing for a drain to wait for; but no room for others.
+    assert_eq!(o.in_flight(), 0);
+    tokio::time::timeout(Duration::from_secs(10), o.drain())
+        .await
+        .expect("nothing admitted to wait for");
+    let busy = o
+        .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+        .err()
+        .expect("the room is the second caller's");
+    assert_eq!((busy.in_flight, busy.held_for_waiting), (0, 1));
+    assert_eq!(
+        busy.to_string(),
+        "busy: 0 of at most 1 messages are in flight and callers waiting for room hold 1 place, no room for 1 more"
+    );
     drop(second);
     assert_eq!(o.in_flight(), 0);
-    tokio::time::timeout(Duration::from_secs(10), drain)
+    let answered = o
+        .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+        .expect("the room came back")
         .await
-        .expect("the drain heard of the room given back")
         .unwrap();
+    assert_eq!(answered.len(), 1);
+}
+
+/// Room given back goes to the callers waiting, in the order they asked:
+/// a large batch waiting holds what comes back until it has all it needs,
+/// and a small one behind it waits too, though the messages in flight are
+/// fewer than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_room_comes_first() {
+    let engine = Arc::new(StandIn::new(1));
+    let release = held_until_released(&engine, "slow");
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+        Options {
+            max_in_flight: 4,
+            ..options()
+        },
+    );
+    let batch = |n: usize| {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.process_batch(vec![Message::new("t", ""); n], ProcessOptions::default())
+                .await
+        })
+    };
+    let first = batch(3);
+    while o.in_flight() < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Three more wait; the one place free goes to them.
+    let second = batch(3);
+    let waited = Instant::now();
+    loop {
+        match o.try_process_batch(vec![Message::new("t", "")], ProcessOptions::default()) {
+            Err(busy) if busy.held_for_waiting == 1 => {
+                assert_eq!(busy.in_flight, 3);
+                break;
+            }
+            Err(_) => {}
+            Ok(_) => assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the second batch never asked"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(o.in_flight(), 3, "the waiting batch is not in flight");
+    release.store(true, Ordering::Relaxed);
+    assert_eq!(first.await.unwrap().unwrap().len(), 3);
+    assert_eq!(second.await.unwrap().unwrap().len(), 3);
+    assert_eq!(o.in_flight(), 0);
 }
