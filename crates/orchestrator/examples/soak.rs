@@ -34,6 +34,9 @@ use rustmq_etl_pool::{Pool, PoolConfig};
 
 /// Messages per caller request.
 const BATCH: usize = 256;
+/// At most one benign message in this many may be dead-lettered because its
+/// instance's start ran past the module's few-ms budget on the busy machine.
+const SLOW_STARTS_PER: usize = 100_000;
 /// Resident memory may grow by this much after warm-up: the median of the
 /// last third of the readings against the median of the first third.
 const RSS_BOUND_MIB: f64 = 64.0;
@@ -281,6 +284,11 @@ fn main() {
     let counts: Mutex<BTreeMap<&'static str, u64>> = Mutex::default();
     let reloads: Mutex<BTreeMap<&'static str, u64>> = Mutex::default();
     let dead_by: Mutex<BTreeMap<String, u64>> = Mutex::default();
+    // Benign messages dead-lettered because their instance's start ran past
+    // the module's budget: the machine's doing (a start is timed by the wall
+    // clock, and the soak's budgets are a few ms), tolerated up to
+    // `SLOW_STARTS_PER` (docs/reliability.md).
+    let slow_starts: Mutex<Vec<String>> = Mutex::default();
     let mut memory: Vec<(usize, f64)> = Vec::new();
     let started = Instant::now();
     let threads_before = threads();
@@ -379,8 +387,16 @@ fn main() {
                                     }
                                     // A benign message fails only where the
                                     // module's breaker is open (opened by the
-                                    // hostile ones).
-                                    if *benign && cause.kind != ErrorKind::CircuitOpen {
+                                    // hostile ones), or, now and then, where
+                                    // its instance was slow to start.
+                                    let slow_start = cause.kind == ErrorKind::Timeout
+                                        && cause.error.starts_with("starting its instance:");
+                                    if *benign && slow_start {
+                                        slow_starts.lock().unwrap().push(format!(
+                                            "message {i} ({}): {cause}",
+                                            input.topic
+                                        ));
+                                    } else if *benign && cause.kind != ErrorKind::CircuitOpen {
                                         fail(format!(
                                             "message {i} ({}) dead-lettered: {cause}",
                                             input.topic
@@ -447,6 +463,21 @@ fn main() {
         "dead letters by module and kind: {:?}",
         dead_by.lock().unwrap()
     );
+    let slow_starts = slow_starts.into_inner().unwrap();
+    println!(
+        "benign messages dead-lettered by a slow instance start: {}{}",
+        slow_starts.len(),
+        slow_starts
+            .iter()
+            .map(|s| format!("\n  {s}"))
+            .collect::<String>()
+    );
+    if slow_starts.len() > total / SLOW_STARTS_PER {
+        fail(format!(
+            "{} benign messages dead-lettered by a slow instance start: more than one in {SLOW_STARTS_PER}",
+            slow_starts.len()
+        ));
+    }
     let unanswered = seen
         .iter()
         .filter(|s| s.load(Ordering::Relaxed) == 0)

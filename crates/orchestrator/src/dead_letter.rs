@@ -29,11 +29,21 @@ pub mod headers {
 /// one that consumes the dead-letter topic later.
 ///
 /// The engine appends its headers after those the message already had, the
-/// original topic first; the cause is read from the last
-/// `etl-dlq-original-topic` on, so headers of the same names the message
-/// carried before (a dead letter sent through the engine again, or a module's
-/// own) are not taken for its cause.
+/// original topic first ([`DeadLetterCause::append_to`]); the cause is read
+/// from the last `etl-dlq-original-topic` on, so headers of the same names
+/// the message carried before (a dead letter sent through the engine again,
+/// or a module's own) are not taken for its cause.
+///
+/// Reading checks the headers' form, not who wrote them: nothing reserves
+/// the `etl-dlq-*` names or the dead-letter topic, so a module may deliver a
+/// message that looks like a dead letter (its topic set to the dead-letter
+/// topic, the headers set), and a dead letter sent through the engine again
+/// that now succeeds is delivered with its old headers. A consumer of the
+/// topic can trust a cause as far as it trusts what the topic's producers
+/// send there; [`Disposition::DeadLettered`](crate::Disposition::DeadLettered)
+/// is the engine's own word.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterCause {
     /// The topic the message had as it entered the failed pipeline.
     pub original_topic: String,
@@ -73,21 +83,83 @@ pub enum NotADeadLetter {
 }
 
 impl DeadLetterCause {
+    /// A failure of `module` (called `attempts` times for the message) in
+    /// stage `stage` of `pipeline`, of a message that entered it on
+    /// `original_topic`.
+    pub(crate) fn module_failed(
+        original_topic: String,
+        pipeline: &str,
+        stage: u32,
+        module: &str,
+        kind: ErrorKind,
+        error: &str,
+        attempts: u32,
+    ) -> Self {
+        DeadLetterCause {
+            original_topic,
+            pipeline: Some(pipeline.to_owned()),
+            stage: Some(stage),
+            module: Some(module.to_owned()),
+            kind,
+            error: error.to_owned(),
+            attempts: Some(attempts),
+        }
+    }
+
+    /// A failure of the host itself, at the places it was (none between
+    /// pipelines, no module between modules).
+    pub(crate) fn host_failed(
+        original_topic: String,
+        pipeline: Option<&str>,
+        stage: Option<u32>,
+        error: &str,
+    ) -> Self {
+        DeadLetterCause {
+            original_topic,
+            pipeline: pipeline.map(str::to_owned),
+            stage,
+            module: None,
+            kind: ErrorKind::Trap,
+            error: error.to_owned(),
+            attempts: None,
+        }
+    }
+
+    /// Appends the cause to a dead letter's `headers`, as execution.md
+    /// lists them, the original topic first; the parts it lacks are left
+    /// out. [`DeadLetterCause::from_headers`] reads them back.
+    pub fn append_to(&self, headers: &mut Headers) {
+        headers.push(headers::ORIGINAL_TOPIC, self.original_topic.as_str());
+        if let Some(pipeline) = &self.pipeline {
+            headers.push(headers::PIPELINE, pipeline.as_str());
+        }
+        if let Some(stage) = self.stage {
+            headers.push(headers::STAGE, stage.to_string());
+        }
+        if let Some(module) = &self.module {
+            headers.push(headers::MODULE, module.as_str());
+        }
+        headers.push(headers::ERROR_KIND, self.kind.as_str());
+        headers.push(headers::ERROR, self.error.as_str());
+        if let Some(attempts) = self.attempts {
+            headers.push(headers::ATTEMPTS, attempts.to_string());
+        }
+    }
+
     /// The cause of `message`, a dead letter the engine made.
     pub fn of(message: &Message) -> Result<Self, NotADeadLetter> {
         Self::from_headers(&message.headers)
     }
 
-    /// The cause in a dead letter's `headers`.
-    pub fn from_headers(headers: &Headers) -> Result<Self, NotADeadLetter> {
-        let start = headers
+    /// The cause in a dead letter's headers, `all`.
+    pub fn from_headers(all: &Headers) -> Result<Self, NotADeadLetter> {
+        let start = all
             .iter()
             .rposition(|(name, _)| name == headers::ORIGINAL_TOPIC)
             .ok_or(NotADeadLetter::Missing(headers::ORIGINAL_TOPIC))?;
         // The engine's own, in the order it wrote them: the last of a name wins.
         let get = |wanted: &str| {
-            headers
-                .iter()
+            all.iter()
                 .skip(start)
                 .rfind(|(name, _)| *name == wanted)
                 .map(|(_, value)| value)
@@ -136,7 +208,8 @@ impl fmt::Display for DeadLetterCause {
             place.push(format!("module {module:?}"));
         }
         if place.is_empty() {
-            place.push("the host".to_owned());
+            // (A host failure's text says so.)
+            return write!(f, "{}: {}", self.kind, self.error);
         }
         write!(f, "{} failed ({}", place.join(", "), self.kind)?;
         match self.attempts {
@@ -173,17 +246,22 @@ mod tests {
     #[test]
     fn a_cause_reads_back_whole() {
         let cause = DeadLetterCause::from_headers(&letter(&FULL)).unwrap();
+        let written = DeadLetterCause::module_failed(
+            "orders".into(),
+            "p",
+            10,
+            "m",
+            ErrorKind::GuestError,
+            "no price",
+            3,
+        );
+        assert_eq!(cause, written);
+        let mut appended = letter(&[]);
+        written.append_to(&mut appended);
         assert_eq!(
-            cause,
-            DeadLetterCause {
-                original_topic: "orders".into(),
-                pipeline: Some("p".into()),
-                stage: Some(10),
-                module: Some("m".into()),
-                kind: ErrorKind::GuestError,
-                error: "no price".into(),
-                attempts: Some(3),
-            }
+            appended,
+            letter(&FULL),
+            "written as execution.md lists them"
         );
         assert_eq!(
             cause.to_string(),
@@ -204,16 +282,17 @@ mod tests {
             headers.push(name, value);
         }
         let cause = DeadLetterCause::from_headers(&headers).unwrap();
-        assert_eq!(cause.original_topic, "etl.dead-letter");
+        let written =
+            DeadLetterCause::host_failed("etl.dead-letter".into(), None, None, "the host failed");
+        assert_eq!(cause, written);
+        let mut appended = letter(&FULL);
+        written.append_to(&mut appended);
+        assert_eq!(appended, headers);
         assert_eq!(
-            (cause.pipeline, cause.stage, cause.module),
-            (None, None, None)
+            (&cause.pipeline, cause.stage, &cause.module, cause.attempts),
+            (&None, None, &None, None)
         );
-        assert_eq!((cause.kind, cause.attempts), (ErrorKind::Trap, None));
-        assert_eq!(
-            DeadLetterCause::from_headers(&headers).unwrap().to_string(),
-            "the host failed (trap): the host failed"
-        );
+        assert_eq!(cause.to_string(), "trap: the host failed");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::breaker::{CircuitState, Permit};
-use crate::dead_letter::headers;
+use crate::dead_letter::DeadLetterCause;
 use crate::orchestrator::contain;
 use crate::plan::{Plan, PlanScratch, PlannedModule, PlannedPipeline, PlannedStage, Reads};
 use crate::result::{
@@ -1428,20 +1428,16 @@ impl Run {
             &mut letter.topic,
             snapshot.options.dead_letter_topic.clone(),
         );
-        for (name, value) in [
-            (headers::ORIGINAL_TOPIC, original),
-            (headers::PIPELINE, pipeline.config.pipeline_id.clone()),
-            (headers::STAGE, stage.priority.to_string()),
-            (headers::MODULE, module.module_id.clone()),
-            (headers::ERROR_KIND, error.kind().as_str().to_owned()),
-            (headers::ERROR, error.message().to_owned()),
-            (
-                headers::ATTEMPTS,
-                self.calls_for_message(module).to_string(),
-            ),
-        ] {
-            letter.headers.push(name, value);
-        }
+        DeadLetterCause::module_failed(
+            original,
+            &pipeline.config.pipeline_id,
+            stage.priority,
+            &module.module_id,
+            error.kind(),
+            error.message(),
+            self.calls_for_message(module),
+        )
+        .append_to(&mut letter.headers);
         self.module = InModule::default();
         tally.dead_letter(module.index, error.kind());
         self.pipeline_ended(PipelineResult::DeadLettered, tally);
@@ -1493,23 +1489,16 @@ impl Run {
             &mut letter.topic,
             snapshot.options.dead_letter_topic.clone(),
         );
-        letter.headers.push(headers::ORIGINAL_TOPIC, original);
         // (Only a pipeline it entered: between pipelines, the next one's
         // index is no place it was at.)
-        if let Some(pipeline) = pipeline.filter(|_| self.place.stage.is_some()) {
-            letter
-                .headers
-                .push(headers::PIPELINE, pipeline.config.pipeline_id.as_str());
-            if let Some(stage) = stage {
-                letter
-                    .headers
-                    .push(headers::STAGE, stage.priority.to_string());
-            }
-        }
-        letter
-            .headers
-            .push(headers::ERROR_KIND, ErrorKind::Trap.as_str());
-        letter.headers.push(headers::ERROR, error.message());
+        let pipeline = pipeline.filter(|_| self.place.stage.is_some());
+        DeadLetterCause::host_failed(
+            original,
+            pipeline.map(|p| p.config.pipeline_id.as_str()),
+            pipeline.and(stage).map(|s| s.priority),
+            error.message(),
+        )
+        .append_to(&mut letter.headers);
         self.message = letter;
         self.done = Some(End::DeadLettered);
     }

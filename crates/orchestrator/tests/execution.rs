@@ -1263,20 +1263,31 @@ fn retries_spent_make_a_dead_letter_with_every_header() {
         (dlq::ATTEMPTS, "3"),
     ];
     assert_eq!(letter.headers.iter().collect::<Vec<_>>(), expected);
-    let cause = DeadLetterCause {
-        original_topic: "in.topic".into(),
-        pipeline: Some("p".into()),
-        stage: Some(3),
-        module: Some("m".into()),
-        kind: ErrorKind::GuestError,
-        error: "no good".into(),
-        attempts: Some(3),
+    let cause = DeadLetterCause::of(letter).unwrap();
+    let place = |c: &DeadLetterCause| {
+        (
+            c.original_topic.clone(),
+            c.pipeline.clone(),
+            c.stage,
+            c.module.clone(),
+        )
     };
-    assert_eq!(DeadLetterCause::of(letter), Ok(cause.clone()));
+    let first_place = (
+        "in.topic".to_owned(),
+        Some("p".to_owned()),
+        Some(3),
+        Some("m".to_owned()),
+    );
+    assert_eq!(place(&cause), first_place);
+    assert_eq!(
+        (cause.kind, cause.error.as_str(), cause.attempts),
+        (ErrorKind::GuestError, "no good", Some(3))
+    );
 
-    // The dead letter sent through again fails again, now at the breaker the
-    // first three failures opened (after two more calls): a second set of
-    // headers is appended, and the cause read back is the second's.
+    // The dead letter sent through again fails again, now at the breaker
+    // (open after five failures in a row: its second call was the fifth): a
+    // second set of headers is appended, and the cause read back is the
+    // second's.
     let again = one(&o, letter.clone());
     let second = dead_letter(&again);
     assert_eq!(second.headers.len(), expected.len() + 7);
@@ -1287,15 +1298,14 @@ fn retries_spent_make_a_dead_letter_with_every_header() {
             .starts_with("the module's circuit breaker is open"),
         "{second}"
     );
+    let (_, pipeline, stage, module) = first_place;
     assert_eq!(
-        second,
-        DeadLetterCause {
-            original_topic: "etl.dead-letter".into(),
-            kind: ErrorKind::CircuitOpen,
-            attempts: Some(2),
-            error: second.error.clone(),
-            ..cause
-        }
+        place(&second),
+        ("etl.dead-letter".to_owned(), pipeline, stage, module)
+    );
+    assert_eq!(
+        (second.kind, second.attempts),
+        (ErrorKind::CircuitOpen, Some(2))
     );
 }
 

@@ -47,8 +47,9 @@ use rustmq_etl_config::{
 };
 use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, Outcome};
 use rustmq_etl_orchestrator::{
-    dead_letter_headers as dlq, Backoff, BreakerSettings, CircuitState, Disposition, FailureAction,
-    Options, Orchestrator, ProcessOptions, RanOutcome, SkipReason, TraceEvent,
+    dead_letter_headers as dlq, Backoff, BreakerSettings, CircuitState, DeadLetterCause,
+    Disposition, FailureAction, Options, Orchestrator, ProcessOptions, RanOutcome, SkipReason,
+    TraceEvent,
 };
 use rustmq_etl_testkit::{Behaviour, StandIn};
 use serde_json::json;
@@ -748,6 +749,11 @@ proptest! {
                     Disposition::Delivered(m) => End::Delivered(m),
                     Disposition::Dropped => End::Dropped,
                     Disposition::DeadLettered(mut letter) => {
+                        // Its cause reads back (the headers themselves are
+                        // compared with the reference's below).
+                        if let Err(e) = DeadLetterCause::of(&letter) {
+                            panic!("a dead letter whose cause does not read back: {e}: {letter:?}");
+                        }
                         // The text for people is the engine's own.
                         letter.headers.set(dlq::ERROR, "");
                         End::DeadLettered(letter)
