@@ -76,8 +76,10 @@ pub(crate) fn validate(pipelines: &[PipelineSource]) -> Vec<Diagnostic> {
         };
         report.place = Place {
             source: Some(source),
+            // (Without an id, by its place in its file, which the
+            // diagnostic names.)
             pipeline: Some(if p.pipeline_id.is_empty() {
-                format!("#{}", position + 1)
+                format!("#{in_file}")
             } else {
                 p.pipeline_id.clone()
             }),
@@ -88,9 +90,9 @@ pub(crate) fn validate(pipelines: &[PipelineSource]) -> Vec<Diagnostic> {
                 "pipeline_id".to_owned(),
                 "a pipeline needs a non-empty `pipeline_id`",
             );
-        } else if let Some((first, first_in_file)) = seen.insert(&p.pipeline_id, (source, in_file))
-        {
-            // Both pipelines carry the same id: name them by their places.
+        } else if let Some(&(first, first_in_file)) = seen.get(p.pipeline_id.as_str()) {
+            // Both pipelines carry the same id: name them by their places
+            // (the first with the id, however many more have it).
             let this = ordinal(in_file);
             let first_place = ordinal(first_in_file);
             let message = match &first.file {
@@ -103,6 +105,8 @@ pub(crate) fn validate(pipelines: &[PipelineSource]) -> Vec<Diagnostic> {
                 ),
             };
             report.error("pipeline_id".to_owned(), message);
+        } else {
+            seen.insert(&p.pipeline_id, (source, in_file));
         }
         pipeline(&mut report, p);
     }

@@ -411,7 +411,8 @@ fn a_duplicate_pipeline_id_names_both_places() {
         format!("pipelines:\n{}", items.concat())
     };
     std::fs::write(dir.path().join("a.yaml"), list(&["x", "y", "z"])).unwrap();
-    std::fs::write(dir.path().join("b.yaml"), list(&["w", "y", "w"])).unwrap();
+    // `w` three times: each after the first is named against the first.
+    std::fs::write(dir.path().join("b.yaml"), list(&["w", "w", "y", "w"])).unwrap();
     let err = Config::load(dir.path()).unwrap_err();
     let text: Vec<String> = err.errors().map(ToString::to_string).collect();
     let a = dir.path().join("a.yaml");
@@ -419,12 +420,16 @@ fn a_duplicate_pipeline_id_names_both_places() {
         text,
         [
             format!(
-                "error: {}: pipeline \"y\", field `pipeline_id`: duplicate pipeline id: the 2nd pipeline of this file has the id of the 2nd pipeline of {}",
+                "error: {}: pipeline \"w\", field `pipeline_id`: duplicate pipeline id: the 2nd pipeline has the id of the 1st one",
+                dir.path().join("b.yaml").display()
+            ),
+            format!(
+                "error: {}: pipeline \"y\", field `pipeline_id`: duplicate pipeline id: the 3rd pipeline of this file has the id of the 2nd pipeline of {}",
                 dir.path().join("b.yaml").display(),
                 a.display()
             ),
             format!(
-                "error: {}: pipeline \"w\", field `pipeline_id`: duplicate pipeline id: the 3rd pipeline has the id of the 1st one",
+                "error: {}: pipeline \"w\", field `pipeline_id`: duplicate pipeline id: the 4th pipeline has the id of the 1st one",
                 dir.path().join("b.yaml").display()
             ),
         ]
