@@ -62,9 +62,11 @@
 //! assert_eq!(delivered[0].payload, "TWO PEARS");
 //! assert_eq!(delivered[1].payload, "left alone"); // no module selected it
 //!
-//! // A new configuration takes effect atomically: messages in flight finish
-//! // on the version they started on. One that does not plan, or a module that
-//! // does not compile or start, is an error and the version in service stays.
+//! // A new configuration takes effect atomically: each message runs wholly on
+//! // the version in service as it was admitted (a batch larger than
+//! // `max_in_flight`, admitted wave by wave, may meet two). One that does not
+//! // plan, or a module that cannot be read, compiled or started, is an error
+//! // and the version in service stays.
 //! let yaml = yaml.replace("orders.", "audit");
 //! let report = etl.reload(&Config::from_text(&yaml, Format::Yaml, None)?.config)?;
 //! assert!(report.changed);
@@ -73,8 +75,9 @@
 //! assert_eq!(results[0].config_version, report.version);
 //! assert!(matches!(&results[0].disposition, Disposition::Delivered(m) if m.payload == "NOW LOUD"));
 //!
-//! // To stop: send nothing more (every call returned), wait for the messages
-//! // in flight, then drop the handles (the engine's threads end with the last).
+//! // To stop: send nothing more, wait for the messages in flight (those of
+//! // callers that gave up run on: a call that returned left none), then drop
+//! // the handles (the engine's threads end with the last).
 //! etl.drain_blocking();
 //! assert_eq!(etl.in_flight(), 0);
 //! drop(etl);
