@@ -151,12 +151,22 @@ impl DeadLetterCause {
         Self::from_headers(&message.headers)
     }
 
+    /// The message as it entered the failed pipeline (execution.md's
+    /// *entry*), out of `letter`: its topic set back to the original, the
+    /// headers the engine appended taken off. Sent through the engine again,
+    /// it runs every pipeline from the first (docs/execution.md, "Dead
+    /// letters").
+    pub fn entry(letter: &Message) -> Result<Message, NotADeadLetter> {
+        let cause = Self::of(letter)?;
+        let mut entry = letter.clone();
+        entry.topic = cause.original_topic;
+        entry.headers.truncate(engine_s_own(&letter.headers)?);
+        Ok(entry)
+    }
+
     /// The cause in a dead letter's headers, `all`.
     pub fn from_headers(all: &Headers) -> Result<Self, NotADeadLetter> {
-        let start = all
-            .iter()
-            .rposition(|(name, _)| name == headers::ORIGINAL_TOPIC)
-            .ok_or(NotADeadLetter::Missing(headers::ORIGINAL_TOPIC))?;
+        let start = engine_s_own(all)?;
         // The engine's own, in the order it wrote them: the last of a name wins.
         let get = |wanted: &str| {
             all.iter()
@@ -191,6 +201,14 @@ impl DeadLetterCause {
             attempts: number(headers::ATTEMPTS)?,
         })
     }
+}
+
+/// Where the headers the engine appended begin: at the last
+/// `etl-dlq-original-topic`.
+fn engine_s_own(all: &Headers) -> Result<usize, NotADeadLetter> {
+    all.iter()
+        .rposition(|(name, _)| name == headers::ORIGINAL_TOPIC)
+        .ok_or(NotADeadLetter::Missing(headers::ORIGINAL_TOPIC))
 }
 
 impl fmt::Display for DeadLetterCause {

@@ -1279,6 +1279,8 @@ fn retries_spent_make_a_dead_letter_with_every_header() {
         Some("m".to_owned()),
     );
     assert_eq!(place(&cause), first_place);
+    // The message as it entered the pipeline, for a replay: the input here.
+    assert_eq!(DeadLetterCause::entry(letter), Ok(input.clone()));
     assert_eq!(
         (cause.kind, cause.error.as_str(), cause.attempts),
         (ErrorKind::GuestError, "no good", Some(3))
@@ -1289,15 +1291,17 @@ fn retries_spent_make_a_dead_letter_with_every_header() {
     // second set of headers is appended, and the cause read back is the
     // second's.
     let again = one(&o, letter.clone());
-    let second = dead_letter(&again);
-    assert_eq!(second.headers.len(), expected.len() + 7);
-    let second = DeadLetterCause::of(second).unwrap();
+    let again_letter = dead_letter(&again).clone();
+    assert_eq!(again_letter.headers.len(), expected.len() + 7);
+    let second = DeadLetterCause::of(&again_letter).unwrap();
     assert!(
         second
             .error
             .starts_with("the module's circuit breaker is open"),
         "{second}"
     );
+    // Out of the second letter: the first, as it entered the second time.
+    assert_eq!(DeadLetterCause::entry(&again_letter), Ok(letter.clone()));
     let (_, pipeline, stage, module) = first_place;
     assert_eq!(
         place(&second),
