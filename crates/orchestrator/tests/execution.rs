@@ -3368,6 +3368,34 @@ async fn drain_waits_for_the_messages_in_flight() {
     assert_eq!(o.in_flight(), 0);
 }
 
+/// An orchestrator of one module that holds every call until released,
+/// with room for `max_in_flight` messages; and the release.
+fn held(max_in_flight: usize) -> (Orchestrator<StandIn>, Arc<AtomicBool>) {
+    let engine = Arc::new(StandIn::new(1));
+    let release = held_until_released(&engine, "slow");
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
+        Options {
+            max_in_flight,
+            ..options()
+        },
+    );
+    (o, release)
+}
+
+/// `n` messages sent to `o` by a task of their own.
+fn sent(
+    o: &Orchestrator<StandIn>,
+    n: usize,
+) -> tokio::task::JoinHandle<Result<Vec<Processed>, rustmq_etl_orchestrator::EngineStopped>> {
+    let o = o.clone();
+    tokio::spawn(async move {
+        o.process_batch(vec![Message::new("t", ""); n], ProcessOptions::default())
+            .await
+    })
+}
+
 /// A caller waiting for room, handed it as another batch ends, then dropped
 /// before it ran (cancelled): the room goes back without a batch. Room handed
 /// to a caller not yet admitted is not in flight: `in_flight` and a drain
@@ -3375,23 +3403,8 @@ async fn drain_waits_for_the_messages_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_a_cancelled_caller_held_goes_back() {
     use std::future::Future;
-    let engine = Arc::new(StandIn::new(1));
-    let release = held_until_released(&engine, "slow");
-    let o = start_with(
-        &engine,
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
-        Options {
-            max_in_flight: 1,
-            ..options()
-        },
-    );
-    let first = tokio::spawn({
-        let o = o.clone();
-        async move {
-            o.process_batch(vec![Message::new("t", "")], ProcessOptions::default())
-                .await
-        }
-    });
+    let (o, release) = held(1);
+    let first = sent(&o, 1);
     while o.in_flight() < 1 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -3433,29 +3446,13 @@ async fn room_a_cancelled_caller_held_goes_back() {
 /// fewer than the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_for_room_comes_first() {
-    let engine = Arc::new(StandIn::new(1));
-    let release = held_until_released(&engine, "slow");
-    let o = start_with(
-        &engine,
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
-        Options {
-            max_in_flight: 4,
-            ..options()
-        },
-    );
-    let batch = |n: usize| {
-        let o = o.clone();
-        tokio::spawn(async move {
-            o.process_batch(vec![Message::new("t", ""); n], ProcessOptions::default())
-                .await
-        })
-    };
-    let first = batch(3);
+    let (o, release) = held(4);
+    let first = sent(&o, 3);
     while o.in_flight() < 3 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Three more wait; the one place free goes to them.
-    let second = batch(3);
+    let second = sent(&o, 3);
     let waited = Instant::now();
     loop {
         match o.try_process_batch(vec![Message::new("t", "")], ProcessOptions::default()) {
