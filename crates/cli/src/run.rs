@@ -81,6 +81,10 @@ struct Sink {
 }
 
 impl Sink {
+    /// Opens `path` (standard output for none or `-`), for appending to
+    /// what it holds if `append`; a file is emptied only by
+    /// [`Sink::start_empty`], once every sink of the run is open (a sink that
+    /// fails to open then costs no earlier run's results).
     fn open(path: Option<&Path>, append: bool, what: &str) -> anyhow::Result<Sink> {
         let (out, named, stdout) = match path.filter(|p| *p != Path::new("-")) {
             Some(p) => {
@@ -88,9 +92,15 @@ impl Sink {
                     .write(true)
                     .create(true)
                     .append(append)
-                    .truncate(!append)
+                    .truncate(false)
                     .open(p)
                     .with_context(|| format!("cannot create {}", p.display()))?;
+                if append && !ends_a_line(&file, p).unwrap_or(true) {
+                    anyhow::bail!(
+                        "{} does not end with a whole line: the run that wrote it was stopped                          while writing (killed, say), and its last line is a result cut short.                          Remove that last partial line (and, to be sure of where to resume,                          start again from a line whose result is whole)",
+                        p.display()
+                    );
+                }
                 (file, p.display().to_string(), false)
             }
             None => {
@@ -112,6 +122,19 @@ impl Sink {
             committed,
             writing: false,
         })
+    }
+
+    /// Empties a file the run does not append to (standard output is left
+    /// as it is).
+    fn start_empty(&mut self) -> anyhow::Result<()> {
+        if self.stdout {
+            return Ok(());
+        }
+        self.out
+            .set_len(0)
+            .with_context(|| format!("{}: emptying it", self.what))?;
+        self.committed = Some(0);
+        Ok(())
     }
 
     fn line(&mut self, text: &str) {
@@ -154,6 +177,20 @@ impl Sink {
                 )
             })
     }
+}
+
+/// Whether `file`, opened at `path` for writing, is empty or ends with a
+/// newline (not a regular file: true). Read through a descriptor of its own:
+/// the sink's is write-only.
+fn ends_a_line(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() || metadata.len() == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8];
+    File::open(path)?.read_exact_at(&mut last, metadata.len() - 1)?;
+    Ok(last[0] == b'\n')
 }
 
 /// The most room a sink keeps for the next batch's output between batches.
@@ -344,6 +381,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if !resuming {
+        output.start_empty()?;
+        if let Some(dead_letters) = &mut dead_letters {
+            dead_letters.start_empty()?;
+        }
+    }
     let mut summary = Summary::default();
     let (mut input, mut bad) = (0u64, 0u64);
     // The last line read; once the batch is committed, every line up to it

@@ -827,6 +827,56 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     assert_eq!(std::fs::read_to_string(&input).unwrap(), lines);
 }
 
+/// The outputs are emptied only once both are open: a dead-letter file
+/// that cannot be opened costs the earlier run's results nothing. A resumed
+/// run does not append to a file that ends mid-line (a run killed while
+/// writing): it says so, and touches nothing.
+#[test]
+fn run_empties_its_outputs_only_once_both_are_open_and_appends_only_to_whole_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
+    let out = dir.path().join("out.jsonl");
+    let earlier = "{\"topic\":\"t\",\"payload\":\"earlier\"}\n";
+    std::fs::write(&out, earlier).unwrap();
+    let line = "{\"topic\":\"t\",\"payload\":\"p\"}\n";
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--output", out.to_str().unwrap()];
+        args.extend(extra);
+        let result = run_on_stdin(&config, &args, line);
+        (result.status.code(), text(&result.stderr))
+    };
+    // A directory cannot be opened as the dead-letter file.
+    let (code, stderr) = with(&["--dead-letter", dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot create"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), earlier);
+
+    // Cut short mid-line, as by a kill: a resumed run refuses to append.
+    let cut = format!("{earlier}{{\"topic\":\"t\",\"pay");
+    std::fs::write(&out, &cut).unwrap();
+    let (code, stderr) = with(&["--start-line", "2"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not end with a whole line")
+            && stderr.contains("Remove that last partial line"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), cut);
+    // Whole lines: appended to (the input's second line, from line 2).
+    std::fs::write(&out, earlier).unwrap();
+    let second = "{\"topic\":\"t\",\"payload\":\"second\"}\n";
+    let result = run_on_stdin(
+        &config,
+        &["--output", out.to_str().unwrap(), "--start-line", "2"],
+        &format!("{line}{second}"),
+    );
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("{earlier}{second}")
+    );
+}
+
 /// The circuit breaker and the dead-letter topic are the operator's to set
 /// (`--breaker-failures`, `--breaker-cool-down-ms`, `--dead-letter-topic`);
 /// messages meet the breaker in input order unless `--concurrent`; counts
