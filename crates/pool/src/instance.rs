@@ -538,10 +538,15 @@ impl WarmInstance {
         let end = u64::from(ptr) + u64::from(len);
         if ptr == 0 || end > size {
             self.input = None;
+            let message = if ptr == 0 {
+                format!("its allocator failed: asked for {len} bytes, it answered 0")
+            } else {
+                format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory")
+            };
             return Err(CallError::new(
                 ErrorKind::InvalidOutput,
                 &module.id,
-                format!("its allocator returned {len} bytes at {ptr:#x}, outside its {size}-byte memory"),
+                message,
             ));
         }
         // SAFETY: the `len` bytes at `ptr` lie within the memory (checked

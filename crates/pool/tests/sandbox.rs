@@ -585,6 +585,37 @@ fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
     next_calls_succeed(&wrapping);
 }
 
+/// An allocator that answers 0 (the ABI's "failure") is refused as such,
+/// not as a buffer outside the memory.
+#[test]
+fn an_allocator_that_fails_is_said_to() {
+    let _serial = serial();
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 2)
+          (func (export "rmq_abi_version") (result i32) (i32.const 1))
+          (func (export "rmq_alloc") (param $n i32) (result i32)
+            (if (result i32) (i32.gt_u (local.get $n) (i32.const 100))
+              (then (i32.const 0))
+              (else (i32.const 1024))))
+          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
+          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0x0000001000000001))
+          (data (i32.const 16) "\00"))"#,
+    )
+    .unwrap();
+    let failing = load("failing-alloc", &wasm, config(BUDGET_MS)).unwrap();
+    let message = attack_message();
+    let err = call(&failing, &message).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
+    assert!(
+        err.message()
+            .starts_with("its allocator failed: asked for ")
+            && err.message().ends_with(" bytes, it answered 0"),
+        "{err}"
+    );
+    next_calls_succeed(&failing);
+}
+
 /// An encoded answer of `count` header edits, each setting a distinct name.
 fn header_edits(count: u32) -> Vec<u8> {
     let mut answer = vec![2u8];

@@ -81,8 +81,8 @@ pub type Applied = std::result::Result<Option<TestMessage>, String>;
 /// outcome as a module does, and decodes and applies it as the engine does:
 /// an answer of more than [`MAX_EDITS`](rustmq_etl_abi::MAX_EDITS) edits, an
 /// empty topic or header name are refused, an error without a text gets the
-/// engine's, and a long one is cut as the engine cuts it. Not checked here (natively, nothing is limited): a module's
-/// output cap (`max_output_bytes`, 16 MiB by default), its memory limit and
+/// engine's, and a long one is cut as the engine cuts it. Not checked here (natively, nothing is limited): the engine's
+/// cap on an answer (`max_output_bytes`, 16 MiB by default), a module's memory limit and
 /// time budget, and what the WebAssembly build lacks: `std`'s clock
 /// (`SystemTime::now`, `Instant::now`) works here and panics in the module
 /// built for `wasm32-unknown-unknown` (a `trap` on every call; the message's
