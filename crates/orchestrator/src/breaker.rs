@@ -92,6 +92,25 @@ impl Breaker {
         }
     }
 
+    /// Its state as a reader sees it at `now`: an open breaker whose
+    /// cool-down is over reads half-open, since its next call is the probe
+    /// (it becomes so in fact as that call asks).
+    pub(crate) fn state_at(&self, now: Instant) -> CircuitState {
+        match self.state() {
+            CircuitState::Open => {
+                let open_for = self
+                    .now_ms(now)
+                    .saturating_sub(self.opened_at.load(Ordering::Acquire));
+                if open_for >= millis(self.settings.cool_down) {
+                    CircuitState::HalfOpen
+                } else {
+                    CircuitState::Open
+                }
+            }
+            state => state,
+        }
+    }
+
     /// May a call go ahead now?
     #[inline]
     pub(crate) fn permit(&self, now: Instant) -> Permit {
@@ -205,11 +224,13 @@ mod tests {
         // A failed probe opens it again for a whole cool-down.
         breaker.record(false, true, later);
         assert_eq!(breaker.state(), CircuitState::Open);
-        assert!(matches!(
-            breaker.permit(later + Duration::from_millis(99)),
-            Permit::Refuse { .. }
-        ));
+        let cooling = later + Duration::from_millis(99);
+        assert_eq!(breaker.state_at(cooling), CircuitState::Open);
+        assert!(matches!(breaker.permit(cooling), Permit::Refuse { .. }));
         let again = later + Duration::from_millis(100);
+        // Its cool-down over, it reads half-open before any call asks: the
+        // next one is the probe.
+        assert_eq!(breaker.state_at(again), CircuitState::HalfOpen);
         assert_eq!(breaker.permit(again), Permit::Probe);
         breaker.record(true, true, again);
         assert_eq!(breaker.state(), CircuitState::Closed);

@@ -697,6 +697,7 @@ impl<E: Engine> Orchestrator<E> {
                 .absolute(count.load(Ordering::Relaxed));
         }
         let occurrences = snapshot.plan.occurrences();
+        let now = Instant::now();
         for ((spec, breaker), module) in occurrences
             .iter()
             .zip(&snapshot.breakers)
@@ -704,7 +705,7 @@ impl<E: Engine> Orchestrator<E> {
         {
             let labels = spec.labels();
             metrics::gauge!("rustmq_etl_circuit_state", &labels)
-                .set(f64::from(breaker.state().as_number()));
+                .set(f64::from(breaker.state_at(now).as_number()));
             metrics::gauge!("rustmq_etl_module_unavailable", &labels).set(if module.is_err() {
                 1.0
             } else {
@@ -794,6 +795,7 @@ impl<E: Engine> Orchestrator<E> {
 /// The occurrences of `snapshot`'s plan ([`Orchestrator::occurrences`]).
 fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
     let plan = &snapshot.plan;
+    let now = Instant::now();
     let mut occurrences: Vec<Occurrence> = plan
         .occurrences()
         .iter()
@@ -801,7 +803,7 @@ fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
         .zip(&snapshot.modules)
         .map(|((spec, breaker), module)| Occurrence {
             spec: spec.clone(),
-            circuit: breaker.state(),
+            circuit: breaker.state_at(now),
             used_in: Vec::new(),
             unavailable: module.as_ref().err().map(|why| why.to_string()),
         })
@@ -835,7 +837,8 @@ pub struct InService {
 pub struct Occurrence {
     /// Its `module_id` and settings.
     pub spec: ModuleSpec,
-    /// Its circuit breaker's state.
+    /// Its circuit breaker's state (half-open once an open one's cool-down
+    /// is over: its next call is the probe).
     pub circuit: CircuitState,
     /// The stages that use it: pipeline id and priority, in the plan's order
     /// (a stage that lists it twice, twice).
