@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -57,6 +57,12 @@ struct Inner<E: Engine> {
     in_flight: Arc<Semaphore>,
     /// The messages admitted, and a drain's wake-up.
     admission: Arc<Admission>,
+    /// The messages of calls waiting for room ([`Orchestrator::waiting`]).
+    waiting: AtomicUsize,
+    /// Whether the last reload (or the start) was applied or found nothing
+    /// to change, and when the last that was ended, in milliseconds since
+    /// the Unix epoch: `rustmq_etl_config_last_reload_*`.
+    last_reload: (AtomicBool, AtomicU64),
     /// The most messages in flight ([`Options::max_in_flight`], within the
     /// semaphore's range).
     max_in_flight: usize,
@@ -323,7 +329,7 @@ impl<E: Engine> Orchestrator<E> {
         let (snapshot, _) = build(&keep, config, 1, None, Modules::Read)
             .map_err(|errors| ReloadError { errors })?;
         metrics::gauge!("rustmq_etl_config_version").set(1.0);
-        Ok(Orchestrator {
+        let orchestrator = Orchestrator {
             inner: Arc::new(Inner {
                 keep,
                 current: ArcSwap::from_pointee(snapshot),
@@ -331,12 +337,16 @@ impl<E: Engine> Orchestrator<E> {
                 versions: AtomicU64::new(1),
                 in_flight: Arc::new(Semaphore::new(max)),
                 admission: Arc::default(),
+                waiting: AtomicUsize::new(0),
+                last_reload: (AtomicBool::new(true), AtomicU64::new(unix_ms())),
                 max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 reloads: Default::default(),
                 version_gauge: Mutex::new(()),
             }),
-        })
+        };
+        orchestrator.publish_last_reload();
+        Ok(orchestrator)
     }
 
     /// Puts `config` in service: every message from now on runs on it, whole
@@ -417,6 +427,28 @@ impl<E: Engine> Orchestrator<E> {
         let total = self.inner.reloads[outcome].fetch_add(1, Ordering::Relaxed) + 1;
         metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
             .absolute(total);
+        let (successful, at) = &self.inner.last_reload;
+        let ok = outcome != 2;
+        successful.store(ok, Ordering::Relaxed);
+        if ok {
+            at.store(unix_ms(), Ordering::Relaxed);
+        }
+        self.publish_last_reload();
+    }
+
+    /// `rustmq_etl_config_last_reload_successful` and
+    /// `rustmq_etl_config_last_reload_success_timestamp_seconds`.
+    fn publish_last_reload(&self) {
+        let (successful, at) = &self.inner.last_reload;
+        metrics::gauge!("rustmq_etl_config_last_reload_successful").set(
+            if successful.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        metrics::gauge!("rustmq_etl_config_last_reload_success_timestamp_seconds")
+            .set(at.load(Ordering::Relaxed) as f64 / 1000.0);
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
@@ -527,16 +559,35 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Waits for room for `count` more messages in flight (at most
-    /// `max_in_flight`).
+    /// `max_in_flight`), counted as waiting meanwhile.
     async fn admit(&self, count: usize) -> Room {
-        let permit = self
-            .inner
-            .in_flight
+        let semaphore = &self.inner.in_flight;
+        // (Room free now is taken as it would be after a wait: none is free
+        // while others wait for it.)
+        if let Ok(permit) = semaphore.clone().try_acquire_many_owned(count as u32) {
+            return Room::new(permit, &self.inner.admission);
+        }
+        struct Waiting<'a>(&'a AtomicUsize, usize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(self.1, Ordering::Relaxed);
+            }
+        }
+        self.inner.waiting.fetch_add(count, Ordering::Relaxed);
+        let _waiting = Waiting(&self.inner.waiting, count);
+        let permit = semaphore
             .clone()
             .acquire_many_owned(count as u32)
             .await
             .expect("the in-flight semaphore is never closed");
         Room::new(permit, &self.inner.admission)
+    }
+
+    /// Messages waiting for room now: those of `process_batch` calls not
+    /// yet admitted (of a batch larger than `max_in_flight`, the wave that
+    /// asks; the waves after it are not counted until they ask).
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
@@ -696,6 +747,8 @@ impl<E: Engine> Orchestrator<E> {
             metrics::counter!("rustmq_etl_reloads_total", "result" => *result)
                 .absolute(count.load(Ordering::Relaxed));
         }
+        self.publish_last_reload();
+        metrics::gauge!("rustmq_etl_messages_waiting").set(self.waiting() as f64);
         let occurrences = snapshot.plan.occurrences();
         let now = Instant::now();
         for ((spec, breaker), module) in occurrences
@@ -863,4 +916,11 @@ pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 /// guards stays consistent: each holder writes whole values).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

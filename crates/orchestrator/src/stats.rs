@@ -450,6 +450,19 @@ impl Stats {
             "rustmq_etl_reloads_total",
             "Reloads: applied, unchanged, rejected."
         );
+        describe_gauge!(
+            "rustmq_etl_config_last_reload_successful",
+            "1 if the last reload (or the start) was applied or found nothing to change, 0 if it was rejected."
+        );
+        describe_gauge!(
+            "rustmq_etl_config_last_reload_success_timestamp_seconds",
+            Unit::Seconds,
+            "When the last reload that was not rejected (or the start) ended, in seconds since the Unix epoch."
+        );
+        describe_gauge!(
+            "rustmq_etl_messages_waiting",
+            "Messages of calls waiting for room among those in flight (back-pressure)."
+        );
     }
 
     /// Sets the `metrics` counters to the totals, and with `histograms`

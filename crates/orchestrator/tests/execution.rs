@@ -2514,12 +2514,37 @@ fn reloads_before_the_recorder_is_installed_are_published_after() {
         r#"rustmq_etl_reloads_total{result="applied"} 1"#,
         r#"rustmq_etl_reloads_total{result="unchanged"} 1"#,
         r#"rustmq_etl_reloads_total{result="rejected"} 1"#,
+        // The last reload counted was rejected: the configuration in
+        // service is not the one asked for.
+        "rustmq_etl_config_last_reload_successful 0",
     ] {
         assert!(
             text.lines().any(|l| l == series),
             "{series} missing from:\n{text}"
         );
     }
+    let success_at = |text: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("rustmq_etl_config_last_reload_success_timestamp_seconds "))
+            .unwrap_or_else(|| panic!("no success timestamp in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = success_at(&text);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(before > now - 60.0 && before <= now, "{before} vs {now}");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!o.reload(&o.config()).unwrap().changed);
+    let text = scraped(&o);
+    assert!(
+        text.lines()
+            .any(|l| l == "rustmq_etl_config_last_reload_successful 1"),
+        "{text}"
+    );
+    assert!(success_at(&text) > before, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3426,12 +3451,17 @@ async fn room_a_cancelled_caller_held_goes_back() {
         .err()
         .expect("the room is the second caller's");
     assert_eq!((busy.in_flight, busy.held_for_waiting), (0, 1));
+    assert_eq!(o.waiting(), 1);
     assert_eq!(
         busy.to_string(),
         "busy: 0 of at most 1 messages are in flight and callers waiting for room hold 1 place, no room for 1 more"
     );
     drop(second);
-    assert_eq!(o.in_flight(), 0);
+    assert_eq!(
+        (o.in_flight(), o.waiting()),
+        (0, 0),
+        "the cancelled caller waits no more"
+    );
     let answered = o
         .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
         .expect("the room came back")
@@ -3469,8 +3499,9 @@ async fn a_batch_waiting_for_room_comes_first() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(o.in_flight(), 3, "the waiting batch is not in flight");
+    assert_eq!(o.waiting(), 3, "but waiting");
     release.store(true, Ordering::Relaxed);
     assert_eq!(first.await.unwrap().unwrap().len(), 3);
     assert_eq!(second.await.unwrap().unwrap().len(), 3);
-    assert_eq!(o.in_flight(), 0);
+    assert_eq!((o.in_flight(), o.waiting()), (0, 0));
 }
