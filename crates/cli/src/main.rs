@@ -156,6 +156,12 @@ enum Command {
         /// which).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = listen_address)]
         listen: String,
+        /// Also serve /health, /ready and /metrics on this address, on
+        /// connections of their own (not counted in --max-connections) and
+        /// through a shutdown's grace (where /ready answers 503): for probes
+        /// and the scraper.
+        #[arg(long, value_name = "ADDR", value_parser = listen_address)]
+        admin_listen: Option<String>,
         /// Where modules are: `<dir>/<module_id>.wasm` (default: `modules`,
         /// else `fixtures/modules`); watched for changes.
         #[arg(long, value_name = "DIR")]
@@ -578,6 +584,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            admin_listen,
             modules,
             max_request_bytes,
             max_batch,
@@ -591,6 +598,7 @@ fn main() -> ExitCode {
         } => serve::serve(serve::Args {
             config,
             listen,
+            admin_listen,
             modules,
             max_request_bytes,
             max_batch,

@@ -37,6 +37,8 @@ use crate::{load_plan, start};
 pub(crate) struct Args {
     pub config: PathBuf,
     pub listen: String,
+    /// Where /health, /ready and /metrics are also served, apart.
+    pub admin_listen: Option<String>,
     pub modules: Option<PathBuf>,
     pub max_request_bytes: usize,
     pub max_batch: usize,
@@ -271,6 +273,14 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
+        let admin = match &args.admin_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         let shutdown = shutdown_signal(service.clone())?;
         log::info!(
             "serving configuration version {} ({} pipeline{}, modules from {}) on http://{address}",
@@ -279,6 +289,31 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             crate::plural(service.etl.config().pipelines().len()),
             service.modules.display()
         );
+        // The admin endpoints answer until the main listener's connections
+        // are done: through a shutdown's grace, `/ready` says 503 there.
+        let (admin_done, admin_stop) = tokio::sync::oneshot::channel::<()>();
+        let admin = match admin {
+            Some(listener) => {
+                log::info!(
+                    "admin endpoints (/health, /ready, /metrics) on http://{}",
+                    listener.local_addr()?
+                );
+                Some(tokio::spawn(serve_connections(
+                    listener,
+                    admin_router(service.clone()),
+                    Limits {
+                        max_connections: ADMIN_CONNECTIONS,
+                        head_timeout: args.head_timeout,
+                        write_timeout: args.write_timeout,
+                        grace: Duration::ZERO,
+                    },
+                    async move {
+                        let _ = admin_stop.await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let open = serve_connections(
             listener,
             router(service.clone()),
@@ -291,6 +326,10 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             shutdown,
         )
         .await;
+        let _ = admin_done.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         if open == 0 {
             log::info!("stopped: every request in flight was answered");
         } else {
@@ -495,6 +534,29 @@ fn router(service: Arc<Service>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(service.max_request_bytes))
         .with_state(service)
+}
+
+/// Connections the admin listener serves at once (probes and a scraper).
+const ADMIN_CONNECTIONS: usize = 16;
+
+/// The admin listener's routes (`--admin-listen`): the probes and the
+/// metrics, nothing that takes messages or changes the service.
+fn admin_router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .fallback(admin_not_found)
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(0))
+        .with_state(service)
+}
+
+async fn admin_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "the admin listener serves GET /health, GET /ready and GET /metrics only",
+    )
 }
 
 /// Listens for SIGTERM and Ctrl-C from now on (before the server says it

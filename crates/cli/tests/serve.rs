@@ -853,6 +853,87 @@ fn a_second_signal_ends_a_shutdown_at_once() {
     assert_eq!(answer.0, None, "answered: {answer:?}");
 }
 
+/// `GET path` on a new connection to `address`: the status and the body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer.split(' ').nth(1).and_then(|c| c.parse().ok());
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code.unwrap_or(0), body.to_owned())
+}
+
+/// `--admin-listen`: the probes and the metrics on connections of their own.
+/// They answer while every connection of the main listener is taken, and
+/// through a shutdown's grace, where `/ready` says 503 while the requests in
+/// flight finish; nothing else is served there.
+#[test]
+fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shutdown() {
+    let (_dir, server) = slow_server(&["--max-connections", "1", "--admin-listen", "127.0.0.1:0"]);
+    let log = server.log_once(|log| log.contains("admin endpoints"));
+    let admin = log
+        .lines()
+        .find_map(|l| {
+            l.split("admin endpoints (/health, /ready, /metrics) on http://")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no admin address in\n{log}"))
+        .trim()
+        .to_owned();
+    std::thread::scope(|scope| {
+        // The one connection taken by a slow request.
+        let request = scope
+            .spawn(|| server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "2000"}"#));
+        let waited = Instant::now();
+        while !get(&admin, "/metrics")
+            .1
+            .contains("rustmq_etl_messages_in_flight 1")
+        {
+            assert!(
+                waited.elapsed() < Duration::from_secs(20),
+                "never in flight"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get(&admin, "/health").0, 200);
+        assert_eq!(get(&admin, "/ready").0, 200);
+        let (code, text) = get(&admin, "/v1/config");
+        assert_eq!(code, 404, "{text}");
+        assert!(
+            text.contains("serves GET /health, GET /ready and GET /metrics only"),
+            "{text}"
+        );
+        // A shutdown: the main listener is closed; the admin one says so.
+        server.signal("TERM");
+        let waited = Instant::now();
+        loop {
+            let (code, text) = get(&admin, "/ready");
+            if code == 503 {
+                assert!(text.contains("shutting_down"), "{text}");
+                break;
+            }
+            assert!(waited.elapsed() < Duration::from_secs(20), "{code} {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get(&admin, "/health").0, 200);
+        let (code, text) = request.join().unwrap();
+        assert_eq!(code, 200, "{text}");
+    });
+    let status = server.wait();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    // Gone with the server.
+    assert!(std::net::TcpStream::connect(&admin).is_err());
+}
+
 /// Sends `request` on a new connection and reads until the server closes it
 /// or the head of its answer is in: the status, or `None` when the server
 /// closed the connection without answering. Waits 20 s at most (then
