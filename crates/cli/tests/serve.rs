@@ -891,8 +891,13 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
         .to_owned();
     std::thread::scope(|scope| {
         // The one connection taken by a slow request.
-        let request = scope
-            .spawn(|| server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "2000"}"#));
+        let request = scope.spawn(|| {
+            server.send(
+                "POST",
+                "/v1/process",
+                r#"{"topic": "t", "payload": "2000"}"#,
+            )
+        });
         let waited = Instant::now();
         while !get(&admin, "/metrics")
             .1

@@ -510,13 +510,16 @@ impl Stats {
                 metrics::counter!("rustmq_etl_module_calls_total", &labels)
                     .absolute(counter.load(Ordering::Relaxed));
             }
+            // Every kind, at 0 too, when an exporter asks (so that `rate()`
+            // sees a module's first error); on the batches' beat only those
+            // counted, which is all that can have changed.
             for (i, kind) in ErrorKind::ALL.iter().enumerate() {
                 for (name, counter) in [
                     ("rustmq_etl_module_errors_total", &totals.errors[i]),
                     ("rustmq_etl_dead_letters_total", &totals.dead_letters[i]),
                 ] {
                     let n = counter.load(Ordering::Relaxed);
-                    if n > 0 {
+                    if n > 0 || histograms {
                         let mut labels = labels.to_vec();
                         labels.push(("kind", kind.as_str().to_owned()));
                         metrics::counter!(name, &labels).absolute(n);

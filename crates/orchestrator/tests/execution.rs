@@ -450,15 +450,21 @@ stages:
     assert_eq!(late_calls.load(Ordering::SeqCst), 0, "late was not called");
     skipped_for_earlier_failure(&events(&out), 2, "late");
     let text = scraped(&o);
+    // Every module's series is there, each kind at 0 but the one error.
     let errors: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("rustmq_etl_module_errors_total"))
+        .filter(|l| l.starts_with("rustmq_etl_module_errors_total") && !l.ends_with(" 0"))
         .collect();
     assert_eq!(
         errors,
         [r#"rustmq_etl_module_errors_total{pipeline="p",module="stuck",kind="stage_timeout"} 1"#],
         "{text}"
     );
+    let zeros = text
+        .lines()
+        .filter(|l| l.starts_with("rustmq_etl_module_errors_total{") && l.ends_with(" 0"))
+        .count();
+    assert_eq!(zeros, 3 * 9 - 1, "{text}");
 }
 
 #[test]

@@ -349,6 +349,22 @@ fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
         )),
         10
     );
+    // Every kind a call can fail with is there from the first scrape, at 0
+    // when it never happened (a breaker's refusal is not the pool's).
+    assert_eq!(
+        value(&format!(
+            r#"rustmq_etl_pool_failures_total{{module="hostile-infinite-loop",settings="{looping}",kind="trap"}}"#
+        )),
+        0
+    );
+    assert!(!text
+        .contains(r#"rustmq_etl_pool_failures_total{module="hostile-trap",kind="circuit_open"}"#));
+    assert_eq!(
+        value(&format!(
+            r#"rustmq_etl_module_errors_total{{pipeline="looping",module="hostile-infinite-loop",settings="{looping}",kind="memory_limit"}}"#
+        )),
+        0
+    );
     assert!(
         text.contains(&format!(
             r#"rustmq_etl_circuit_state{{module="hostile-infinite-loop",settings="{looping}"}}"#

@@ -159,10 +159,17 @@ impl Family {
             "rustmq_etl_guest_log_lines_dropped_total",
             stats.log_lines_dropped,
         );
-        for (kind, n) in &stats.failures {
+        // Every kind a call can fail with here, at 0 too, so that `rate()`
+        // sees the first (a breaker's refusal is the orchestrator's, never
+        // a call's here).
+        for kind in ErrorKind::ALL
+            .into_iter()
+            .filter(|kind| *kind != ErrorKind::CircuitOpen)
+        {
+            let n = stats.failures_of(kind);
             let mut labels = labels.clone();
             labels.push(("kind", kind.as_str().to_owned()));
-            metrics::counter!("rustmq_etl_pool_failures_total", &labels).absolute(*n);
+            metrics::counter!("rustmq_etl_pool_failures_total", &labels).absolute(n);
         }
         metrics::gauge!("rustmq_etl_pool_instances_in_use", labels).set(stats.in_use as f64);
         metrics::gauge!("rustmq_etl_pool_instances_idle", labels).set(stats.idle as f64);
