@@ -124,10 +124,10 @@ impl Sink {
         })
     }
 
-    /// Empties a file the run does not append to (standard output is left
-    /// as it is).
+    /// Empties a file the run does not append to (standard output, and
+    /// what is not a regular file — a device, a pipe — are left as they are).
     fn start_empty(&mut self) -> anyhow::Result<()> {
-        if self.stdout {
+        if self.stdout || self.committed.is_none() {
             return Ok(());
         }
         self.out
