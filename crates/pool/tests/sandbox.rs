@@ -557,24 +557,31 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
 
 // ---- the host trusts nothing ----
 
-/// With a 4 GiB memory limit, an allocator answering `0 - len` once made the
-/// host's `ptr + len` wrap and killed the worker.
-#[test]
-fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
-    let _serial = serial();
-    let wasm = wat::parse_str(
+/// A module whose allocator answers `answer` (a WAT expression of `$n`,
+/// the length asked for) for more than 100 bytes, and a buffer of its memory
+/// for less (its `custom_config`); every message is answered unchanged.
+fn allocating_above_100(answer: &str) -> Vec<u8> {
+    wat::parse_str(format!(
         r#"(module
           (memory (export "memory") 2)
           (func (export "rmq_abi_version") (result i32) (i32.const 1))
           (func (export "rmq_alloc") (param $n i32) (result i32)
             (if (result i32) (i32.gt_u (local.get $n) (i32.const 100))
-              (then (i32.sub (i32.const 0) (local.get $n)))
+              (then {answer})
               (else (i32.const 1024))))
           (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
           (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00"))"#,
-    )
-    .unwrap();
+          (data (i32.const 16) "\00"))"#
+    ))
+    .unwrap()
+}
+
+/// With a 4 GiB memory limit, an allocator answering `0 - len` once made the
+/// host's `ptr + len` wrap and killed the worker.
+#[test]
+fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
+    let _serial = serial();
+    let wasm = allocating_above_100("(i32.sub (i32.const 0) (local.get $n))");
     let config = ModuleSettings {
         memory_limit_bytes: 4 << 30,
         ..config(BUDGET_MS)
@@ -590,19 +597,7 @@ fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
 #[test]
 fn an_allocator_that_fails_is_said_to() {
     let _serial = serial();
-    let wasm = wat::parse_str(
-        r#"(module
-          (memory (export "memory") 2)
-          (func (export "rmq_abi_version") (result i32) (i32.const 1))
-          (func (export "rmq_alloc") (param $n i32) (result i32)
-            (if (result i32) (i32.gt_u (local.get $n) (i32.const 100))
-              (then (i32.const 0))
-              (else (i32.const 1024))))
-          (func (export "rmq_init") (param i32 i32) (result i64) (i64.const 0))
-          (func (export "rmq_transform") (param i32 i32) (result i64) (i64.const 0x0000001000000001))
-          (data (i32.const 16) "\00"))"#,
-    )
-    .unwrap();
+    let wasm = allocating_above_100("(i32.const 0)");
     let failing = load("failing-alloc", &wasm, config(BUDGET_MS)).unwrap();
     let message = attack_message();
     let err = call(&failing, &message).unwrap_err();
