@@ -655,6 +655,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether warnings go through the logger (`serve`: timestamped, with a
+/// level, as the rest of its log) rather than plainly to standard error.
+static WARNINGS_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A warning (`text` without its `warning: ` prefix): logged while serving,
+/// else said.
+fn warn(text: &str) {
+    if WARNINGS_LOGGED.load(std::sync::atomic::Ordering::Relaxed) {
+        log::warn!("{text}");
+    } else {
+        say!("warning: {text}");
+    }
+}
+
 /// Loads and compiles a configuration, printing warnings (and returning
 /// them), or prints every error.
 fn load_plan(
@@ -681,7 +695,10 @@ fn load_plan(
     };
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     for w in &warnings {
-        say!("{w}");
+        match w.strip_prefix("warning: ") {
+            Some(text) => warn(text),
+            None => say!("{w}"),
+        }
     }
     match rustmq_etl_orchestrator::Plan::build(&loaded.config) {
         Ok(plan) => Some((loaded.config, plan, warnings)),
@@ -755,14 +772,14 @@ fn load_modules(
             }
             if !validating {
                 for error in &unavailable {
-                    say!("warning: {error}");
+                    warn(&error.to_string());
                 }
                 // By file: one module listed with two settings is one file.
                 let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
                 files.sort_unstable();
                 files.dedup();
-                say!(
-                    "warning: {} module{} could not be loaded from {}: \
+                warn(&format!(
+                    "{} module{} could not be loaded from {}: \
                      each call of {} fails `unavailable`, handled by its pipeline's error strategy",
                     files.len(),
                     plural(files.len()),
@@ -772,7 +789,7 @@ fn load_modules(
                         .map(|id| format!("{id:?}"))
                         .collect::<Vec<_>>()
                         .join(", ")
-                );
+                ));
                 return Ok(Some(etl));
             }
             unavailable

@@ -203,6 +203,8 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    // The start's warnings in the log, as the reloads' are.
+    crate::WARNINGS_LOGGED.store(true, Ordering::Relaxed);
     let Some((config, _, warnings)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };

@@ -624,6 +624,13 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
         1,
         "{log}"
     );
+    // The start's warning is a log line as the reloads' are: timestamped,
+    // with its level.
+    let line = log
+        .lines()
+        .find(|l| l.contains("matches only a topic literally named"))
+        .unwrap();
+    assert!(line.starts_with('[') && line.contains(" WARN "), "{line}");
     // Another warning (the same filter in another stage): logged.
     replace(&config, pipeline.replace("priority: 0", "priority: 1"));
     let waiting = Instant::now();
