@@ -97,7 +97,10 @@ impl Sink {
                     .with_context(|| format!("cannot create {}", p.display()))?;
                 if append && !ends_a_line(&file, p).unwrap_or(true) {
                     anyhow::bail!(
-                        "{} does not end with a whole line: the run that wrote it was stopped                          while writing (killed, say), and its last line is a result cut short.                          Remove that last partial line (and, to be sure of where to resume,                          start again from a line whose result is whole)",
+                        "{} does not end with a whole line: the run that wrote it was stopped \
+                         while writing (killed, say), and its last line is a result cut short. \
+                         Remove that last partial line (and, to be sure of where to resume, \
+                         start again from a line whose result is whole)",
                         p.display()
                     );
                 }

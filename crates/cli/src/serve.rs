@@ -245,7 +245,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
     });
-    room_for_connections(args.max_connections);
+    room_for_connections(
+        args.max_connections + args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS),
+    );
     metrics::describe_counter!(
         "rustmq_etl_http_requests_total",
         "Answers of the service's routes, by route and status."
@@ -297,7 +299,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         let admin = match admin {
             Some(listener) => {
                 log::info!(
-                    "admin endpoints (/health, /ready, /metrics) on http://{}",
+                    "admin endpoints (/health, /ready, /metrics) at http://{}",
                     listener.local_addr()?
                 );
                 Some(tokio::spawn(serve_connections(
@@ -549,7 +551,12 @@ fn admin_router(service: Arc<Service>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(prometheus))
         .fallback(admin_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
+        .layer(middleware::map_response_with_state(
+            service.clone(),
+            keep_alive_hint,
+        ))
         .layer(DefaultBodyLimit::max(0))
         .with_state(service)
 }

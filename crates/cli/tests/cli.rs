@@ -857,8 +857,9 @@ fn run_empties_its_outputs_only_once_both_are_open_and_appends_only_to_whole_lin
     let (code, stderr) = with(&["--start-line", "2"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("does not end with a whole line")
-            && stderr.contains("Remove that last partial line"),
+        stderr.contains(
+            "does not end with a whole line: the run that wrote it was stopped while writing"
+        ) && stderr.contains("cut short. Remove that last partial line"),
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), cut);

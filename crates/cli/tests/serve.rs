@@ -890,7 +890,7 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
     let admin = log
         .lines()
         .find_map(|l| {
-            l.split("admin endpoints (/health, /ready, /metrics) on http://")
+            l.split("admin endpoints (/health, /ready, /metrics) at http://")
                 .nth(1)
         })
         .unwrap_or_else(|| panic!("no admin address in\n{log}"))
@@ -902,7 +902,7 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
             server.send(
                 "POST",
                 "/v1/process",
-                r#"{"topic": "t", "payload": "2000"}"#,
+                r#"{"topic": "t", "payload": "4000"}"#,
             )
         });
         let waited = Instant::now();
@@ -920,6 +920,11 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
         assert_eq!(get(&admin, "/ready").0, 200);
         let (code, text) = get(&admin, "/v1/config");
         assert_eq!(code, 404, "{text}");
+        let head = raw_head(
+            &admin,
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
         assert!(
             text.contains("serves GET /health, GET /ready and GET /metrics only"),
             "{text}"

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -59,10 +59,13 @@ struct Inner<E: Engine> {
     admission: Arc<Admission>,
     /// The messages of calls waiting for room ([`Orchestrator::waiting`]).
     waiting: AtomicUsize,
-    /// Whether the last reload (or the start) was applied or found nothing
-    /// to change, and when the last that was ended, in milliseconds since
-    /// the Unix epoch: `rustmq_etl_config_last_reload_*`.
-    last_reload: (AtomicBool, AtomicU64),
+    /// Whether the last reload of a configuration or of the modules (or the
+    /// start) was applied or found nothing to change, and when the last that
+    /// was ended, in milliseconds since the Unix epoch:
+    /// `rustmq_etl_config_last_reload_*`. A pipeline switch is no such
+    /// reload: it says nothing of the configuration asked for. Set and
+    /// published under the lock, so that the gauges end as the last says.
+    last_reload: Mutex<(bool, u64)>,
     /// The most messages in flight ([`Options::max_in_flight`], within the
     /// semaphore's range).
     max_in_flight: usize,
@@ -129,9 +132,11 @@ impl Drop for Room {
     fn drop(&mut self) {
         // Given back first, then told: a drain woken looks at the count.
         if let Some(permit) = self.permit.take() {
-            self.admission
-                .admitted
-                .fetch_sub(permit.num_permits(), Ordering::Relaxed);
+            let places = permit.num_permits();
+            // Released before it is uncounted: meanwhile the places count
+            // as in flight, never as held by callers waiting.
+            drop(permit);
+            self.admission.admitted.fetch_sub(places, Ordering::Relaxed);
         }
         self.admission.given_back.notify_waiters();
     }
@@ -338,7 +343,7 @@ impl<E: Engine> Orchestrator<E> {
                 in_flight: Arc::new(Semaphore::new(max)),
                 admission: Arc::default(),
                 waiting: AtomicUsize::new(0),
-                last_reload: (AtomicBool::new(true), AtomicU64::new(unix_ms())),
+                last_reload: Mutex::new((true, unix_ms())),
                 max_in_flight: max,
                 seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 reloads: Default::default(),
@@ -406,11 +411,12 @@ impl<E: Engine> Orchestrator<E> {
             }
             Err(errors) => Err(ReloadError { errors }),
         };
-        self.count_reload(match &result {
+        let outcome = match &result {
             Ok(report) if report.changed => 0,
             Ok(_) => 1,
             Err(_) => 2,
-        });
+        };
+        self.count_reload(outcome, modules == Modules::Read);
         result
     }
 
@@ -420,35 +426,30 @@ impl<E: Engine> Orchestrator<E> {
     /// that one count holds every rejection (the series is published from
     /// this count, not added to).
     pub fn reload_rejected(&self) {
-        self.count_reload(2);
+        self.count_reload(2, true);
     }
 
-    fn count_reload(&self, outcome: usize) {
+    /// Counts a reload's `outcome` (in [`RELOAD_RESULTS`]' order); `asked`:
+    /// it was of a configuration or of the modules (not a switch), so it is
+    /// the last reload asked for.
+    fn count_reload(&self, outcome: usize, asked: bool) {
         let total = self.inner.reloads[outcome].fetch_add(1, Ordering::Relaxed) + 1;
         metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
             .absolute(total);
-        let (successful, at) = &self.inner.last_reload;
-        let ok = outcome != 2;
-        successful.store(ok, Ordering::Relaxed);
-        if ok {
-            at.store(unix_ms(), Ordering::Relaxed);
+        if asked {
+            let mut last = lock(&self.inner.last_reload);
+            last.0 = outcome != 2;
+            if last.0 {
+                last.1 = unix_ms();
+            }
+            publish_last_reload(*last);
         }
-        self.publish_last_reload();
     }
 
-    /// `rustmq_etl_config_last_reload_successful` and
-    /// `rustmq_etl_config_last_reload_success_timestamp_seconds`.
+    /// [`publish_last_reload`] of what is noted now.
     fn publish_last_reload(&self) {
-        let (successful, at) = &self.inner.last_reload;
-        metrics::gauge!("rustmq_etl_config_last_reload_successful").set(
-            if successful.load(Ordering::Relaxed) {
-                1.0
-            } else {
-                0.0
-            },
-        );
-        metrics::gauge!("rustmq_etl_config_last_reload_success_timestamp_seconds")
-            .set(at.load(Ordering::Relaxed) as f64 / 1000.0);
+        let last = lock(&self.inner.last_reload);
+        publish_last_reload(*last);
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
@@ -610,7 +611,9 @@ impl<E: Engine> Orchestrator<E> {
             Busy {
                 batch: messages.len(),
                 in_flight,
-                held_for_waiting: max.saturating_sub(in_flight + free),
+                // (Places just taken and not yet counted look held too:
+                // never more than the callers waiting ask for.)
+                held_for_waiting: max.saturating_sub(in_flight + free).min(self.waiting()),
                 limit: max,
             }
         };
@@ -787,7 +790,8 @@ impl<E: Engine> Orchestrator<E> {
     /// Waits until no message is in flight ([`Orchestrator::in_flight`]
     /// reads 0): every message admitted has been run to its end (or, its
     /// caller gone before it started, dropped unrun). It takes no room:
-    /// messages sent while it waits are admitted as usual and waited for too,
+    /// messages sent while it waits are admitted as usual and waited for too
+    /// once admitted (a caller still waiting for room is not waited for),
     /// so call it once the program has stopped sending — every
     /// `process_batch` returned or dropped (a batch larger than
     /// `max_in_flight` is admitted wave by wave: a drain may end between its
@@ -923,4 +927,18 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `rustmq_etl_config_last_reload_successful` and
+/// `rustmq_etl_config_last_reload_success_timestamp_seconds` of `(successful,
+/// when in Unix milliseconds)`: set by the holder of the lock they are kept
+/// under.
+fn publish_last_reload((successful, at_ms): (bool, u64)) {
+    metrics::gauge!("rustmq_etl_config_last_reload_successful").set(if successful {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("rustmq_etl_config_last_reload_success_timestamp_seconds")
+        .set(at_ms as f64 / 1000.0);
 }

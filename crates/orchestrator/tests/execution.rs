@@ -2514,10 +2514,13 @@ fn reloads_before_the_recorder_is_installed_are_published_after() {
         unknown.to_string(),
         r#"the configuration was not applied: no pipeline "q""#
     );
+    // A switch applied says nothing of the configuration asked for: the
+    // rejected one still stands as the last reload.
+    assert!(o.set_pipeline_enabled("p", true).unwrap().changed);
     let text = scraped(&o);
     for series in [
-        "rustmq_etl_config_version 2",
-        r#"rustmq_etl_reloads_total{result="applied"} 1"#,
+        "rustmq_etl_config_version 3",
+        r#"rustmq_etl_reloads_total{result="applied"} 2"#,
         r#"rustmq_etl_reloads_total{result="unchanged"} 1"#,
         r#"rustmq_etl_reloads_total{result="rejected"} 1"#,
         // The last reload counted was rejected: the configuration in

@@ -536,7 +536,9 @@ impl WarmInstance {
         };
         let (base, size) = self.guest_memory();
         let end = u64::from(ptr) + u64::from(len);
-        if ptr == 0 || end > size {
+        // (Nothing is written for an empty input: a null buffer, as C's
+        // `malloc(0)` may give, does for it.)
+        if (ptr == 0 && len > 0) || end > size {
             self.input = None;
             let message = if ptr == 0 {
                 format!("its allocator failed: asked for {len} bytes, it answered 0")
