@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use attacks::{module, module_with_memory};
-use rustmq_etl_core::{ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome};
+use rustmq_etl_core::{Bytes, Edit, ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome};
 use rustmq_etl_pool::{CallError, LoadError, LoadedModule, Pool, PoolConfig};
 
 mod attacks;
@@ -609,6 +609,34 @@ fn an_allocator_that_fails_is_said_to() {
         "{err}"
     );
     next_calls_succeed(&failing);
+}
+
+/// An allocator may answer 0 for an empty input (as C's `malloc(0)` may):
+/// nothing is written there, and the call goes on. Here a module of the
+/// earlier ABI, whose input is the bare payload, on an empty one.
+#[test]
+fn an_empty_input_may_get_a_null_buffer() {
+    let _serial = serial();
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "allocate") (param $n i32) (result i32)
+            (if (result i32) (i32.eqz (local.get $n))
+              (then (i32.const 0))
+              (else (i32.const 1024))))
+          ;; The new payload: "e", its length at 16, its byte at 20.
+          (func (export "transform") (param i32 i32) (result i32) (i32.const 16))
+          (data (i32.const 16) "\01\00\00\00e"))"#,
+    )
+    .unwrap();
+    let module = load("null-for-empty", &wasm, config(BUDGET_MS)).unwrap();
+    let answered = call(&module, &Message::new("t", "")).unwrap();
+    let Outcome::Edited(edits) = answered else {
+        panic!("{answered:?}")
+    };
+    assert_eq!(edits, [Edit::SetPayload(Bytes::from_static(b"e"))]);
+    // A message with a payload gets the buffer at 1024.
+    assert!(call(&module, &Message::new("t", "x")).is_ok());
 }
 
 /// An encoded answer of `count` header edits, each setting a distinct name.
