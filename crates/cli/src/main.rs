@@ -194,6 +194,11 @@ enum Command {
         /// closes their connections, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 25)]
         shutdown_grace_seconds: u64,
+        /// How long after SIGTERM or Ctrl-C the server goes on taking
+        /// connections and serving them, /ready answering 503 (for a load
+        /// balancer to stop sending), before the shutdown proper, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        shutdown_delay_seconds: u64,
         /// Do not watch the configuration and modules (reload with POST
         /// /v1/reload only).
         #[arg(long)]
@@ -593,6 +598,7 @@ fn main() -> ExitCode {
             body_timeout_ms,
             write_timeout_ms,
             shutdown_grace_seconds,
+            shutdown_delay_seconds,
             no_watch,
             engine,
         } => serve::serve(serve::Args {
@@ -607,6 +613,7 @@ fn main() -> ExitCode {
             body_timeout: Duration::from_millis(body_timeout_ms),
             write_timeout: Duration::from_millis(write_timeout_ms),
             shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
+            shutdown_delay: Duration::from_secs(shutdown_delay_seconds),
             watch: !no_watch,
             settings: engine.settings(),
         }),

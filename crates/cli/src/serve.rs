@@ -47,6 +47,9 @@ pub(crate) struct Args {
     pub body_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long after a signal it goes on taking connections, `/ready`
+    /// answering 503, before the shutdown proper.
+    pub shutdown_delay: Duration,
     pub watch: bool,
     /// The engine's settings from the command line.
     pub settings: crate::Settings,
@@ -252,6 +255,11 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         "rustmq_etl_http_requests_total",
         "Answers of the service's routes, by route and status."
     );
+    metrics::describe_histogram!(
+        "rustmq_etl_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a request's head to its answer (the body's reading, a wait for room among the messages in flight and the run included), by route."
+    );
     metrics::describe_counter!(
         "rustmq_etl_http_unparsed_requests_total",
         "Requests the HTTP layer refused before any route: malformed (400), too_large (431 or 414), http2."
@@ -285,7 +293,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
-        let shutdown = shutdown_signal(service.clone())?;
+        let shutdown = shutdown_signal(service.clone(), args.shutdown_delay)?;
         log::info!(
             "serving configuration version {} ({} pipeline{}, modules from {}) on http://{address}",
             service.etl.config_version(),
@@ -571,7 +579,10 @@ async fn admin_not_found() -> ApiError {
 /// Listens for SIGTERM and Ctrl-C from now on (before the server says it
 /// serves: a signal then is honoured, not lost); the future resolves on the
 /// first, and from then on `/ready` answers 503.
-fn shutdown_signal(service: Arc<Service>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal(
+    service: Arc<Service>,
+    delay: Duration,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
@@ -581,14 +592,23 @@ fn shutdown_signal(service: Arc<Service>) -> anyhow::Result<impl std::future::Fu
             _ = terminate.recv() => "SIGTERM",
         };
         service.shutting_down.store(true, Ordering::SeqCst);
-        let _ = service.shutdown_began.set(std::time::Instant::now());
-        log::info!("{which}: shutting down; no new connections, answering the requests in flight");
         // A second signal ends the process at once. (Armed only now: armed
         // from the start, a signal before tokio listened would have been
         // taken for the first and not honoured.)
         if let Err(e) = crate::exit_on_the_next_signal() {
             log::warn!("{e:#}: a second signal will not end the process at once");
         }
+        if !delay.is_zero() {
+            // For the load balancer to see `/ready` answer 503 and stop
+            // sending here, while what it still sends is served.
+            log::info!(
+                "{which}: shutting down in {} s: /ready answers 503, requests are served meanwhile",
+                delay.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+        }
+        let _ = service.shutdown_began.set(std::time::Instant::now());
+        log::info!("{which}: shutting down; no new connections, answering the requests in flight");
     })
 }
 
@@ -983,7 +1003,10 @@ async fn count_requests(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    metrics::histogram!("rustmq_etl_http_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!(
         "rustmq_etl_http_requests_total",
         "route" => route,

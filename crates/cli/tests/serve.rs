@@ -817,6 +817,53 @@ fn shutdown_answers_the_requests_in_flight_and_exits_0() {
         .contains("every request in flight was answered"));
 }
 
+/// `--shutdown-delay-seconds`: after the signal the server goes on taking
+/// connections and serving them, `/ready` answering 503, for the delay; then
+/// it shuts down as without one. Every answer is timed by route.
+#[test]
+fn a_shutdown_delay_serves_on_with_ready_503() {
+    let (_dir, server) = slow_server(&["--shutdown-delay-seconds", "3"]);
+    let (code, _) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200);
+    server.signal("TERM");
+    let signalled = Instant::now();
+    // The shutdown has begun: /ready says so, on new connections.
+    let waited = Instant::now();
+    loop {
+        let (code, text) = server.send("GET", "/ready", "");
+        if code == 503 {
+            assert!(text.contains("shutting_down"), "{text}");
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(10), "{code} {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Messages are still served, on new connections.
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200, "{text}");
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    assert!(
+        metric(
+            &metrics,
+            r#"rustmq_etl_http_request_duration_seconds_count{route="/v1/process"}"#
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the test was too slow to tell"
+    );
+    let status = server.wait();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(signalled.elapsed() >= Duration::from_secs(3));
+    let log = server.log();
+    assert!(
+        log.contains("SIGTERM: shutting down in 3 s: /ready answers 503")
+            && log.contains("every request in flight was answered"),
+        "{log}"
+    );
+}
+
 /// A SIGTERM as soon as the server says where it serves is a graceful
 /// shutdown: it listens for signals before it says so.
 #[test]
