@@ -169,6 +169,12 @@ enum Command {
         /// The largest request body accepted, in bytes (larger: 413).
         #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one::<usize>)]
         max_request_bytes: usize,
+        /// The most bytes the bodies of the requests being read and run may
+        /// hold together; a request that would pass it waits for room within
+        /// its body timeout (then 503). A body without a length announced
+        /// counts as --max-request-bytes. At least --max-request-bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, value_parser = at_least_one::<usize>)]
+        max_body_bytes_in_flight: usize,
         /// The most messages in one batch request (more: 413).
         #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one::<usize>)]
         max_batch: usize,
@@ -592,6 +598,7 @@ fn main() -> ExitCode {
             admin_listen,
             modules,
             max_request_bytes,
+            max_body_bytes_in_flight,
             max_batch,
             max_connections,
             head_timeout_ms,
@@ -607,6 +614,7 @@ fn main() -> ExitCode {
             admin_listen,
             modules,
             max_request_bytes,
+            max_body_bytes_in_flight,
             max_batch,
             max_connections,
             head_timeout: Duration::from_millis(head_timeout_ms),

@@ -41,6 +41,8 @@ pub(crate) struct Args {
     pub admin_listen: Option<String>,
     pub modules: Option<PathBuf>,
     pub max_request_bytes: usize,
+    /// The most bytes of request bodies held at once.
+    pub max_body_bytes_in_flight: usize,
     pub max_batch: usize,
     pub max_connections: usize,
     pub head_timeout: Duration,
@@ -64,6 +66,11 @@ struct Service {
     /// The process's CPU time, memory, threads and files (`process_*`).
     process: metrics_process::Collector,
     max_request_bytes: usize,
+    /// Room for request bodies, in KiB: each request read and run holds its
+    /// body's (`--max-body-bytes-in-flight`).
+    body_room: Arc<tokio::sync::Semaphore>,
+    /// What `body_room` holds, in bytes (for the busy answer).
+    max_body_bytes_in_flight: usize,
     max_batch: usize,
     body_timeout: Duration,
     /// `Keep-Alive: timeout=…` for every answer: a second less than the
@@ -206,6 +213,15 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    if args.max_body_bytes_in_flight < args.max_request_bytes {
+        say!(
+            "error: --max-body-bytes-in-flight {} is less than --max-request-bytes {}: a request \
+             of the largest size would never be read",
+            args.max_body_bytes_in_flight,
+            args.max_request_bytes
+        );
+        return Ok(ExitCode::from(2));
+    }
     // The start's warnings in the log, as the reloads' are.
     crate::WARNINGS_LOGGED.store(true, Ordering::Relaxed);
     let Some((config, _, warnings)) = load_plan(&args.config) else {
@@ -237,6 +253,10 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
             process
         },
         max_request_bytes: args.max_request_bytes,
+        body_room: Arc::new(tokio::sync::Semaphore::new(
+            kib(args.max_body_bytes_in_flight) as usize,
+        )),
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_batch: args.max_batch,
         body_timeout: args.body_timeout,
         keep_alive: (args.head_timeout.as_secs() >= 2)
@@ -718,8 +738,37 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         return too_large(&service).into_response();
     }
     let (parts, body) = request.into_parts();
+    // Room for the body while it is read and its messages run: its size
+    // when it is known, else the most it may be.
+    let size = announced
+        .or_else(|| axum::body::HttpBody::size_hint(&body).exact())
+        .map_or(service.max_request_bytes, |n| n as usize);
+    let started = tokio::time::Instant::now();
+    let _room = if size == 0 {
+        None
+    } else {
+        let wanted = kib(size);
+        let room = service.body_room.clone().acquire_many_owned(wanted);
+        match tokio::time::timeout(service.body_timeout, room).await {
+            Ok(room) => Some(room.expect("the body room is never closed")),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "busy: the request bodies in hand fill --max-body-bytes-in-flight \
+                         ({} bytes) and none made room for this one's {size} within {} ms \
+                         (--body-timeout-ms): try again later",
+                        service.max_body_bytes_in_flight,
+                        service.body_timeout.as_millis()
+                    ),
+                )
+                .into_response();
+            }
+        }
+    };
     let read = axum::body::to_bytes(body, service.max_request_bytes);
-    match tokio::time::timeout(service.body_timeout, read).await {
+    let left = service.body_timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, read).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
@@ -745,6 +794,12 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
             }
         }
     }
+}
+
+/// `bytes` in whole KiB, rounded up (the body room's unit), within a
+/// semaphore's range.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// 413: a body past `--max-request-bytes`.

@@ -864,6 +864,80 @@ fn a_shutdown_delay_serves_on_with_ready_503() {
     );
 }
 
+/// `--max-body-bytes-in-flight`: the bodies held at once are bounded; a
+/// request that would pass the bound waits for room within its body timeout,
+/// then is answered 503, and is served once room is made. A bound below
+/// `--max-request-bytes` is refused at start.
+#[test]
+fn request_bodies_in_hand_are_bounded() {
+    let (_dir, server) = slow_server(&[
+        "--max-request-bytes",
+        "1024",
+        "--max-body-bytes-in-flight",
+        "1024",
+        "--body-timeout-ms",
+        "500",
+    ]);
+    std::thread::scope(|scope| {
+        // Holds the room (its body's KiB) while it runs.
+        let slow = scope.spawn(|| {
+            server.send(
+                "POST",
+                "/v1/process",
+                r#"{"topic": "t", "payload": "4000"}"#,
+            )
+        });
+        let waited = Instant::now();
+        loop {
+            let (_, metrics) = server.send("GET", "/metrics", "");
+            if metrics.contains("rustmq_etl_messages_in_flight 1") {
+                break;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(20),
+                "never in flight"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+        assert_eq!(code, 503, "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert!(
+            text.contains(
+                "busy: the request bodies in hand fill --max-body-bytes-in-flight (1024 bytes)"
+            ),
+            "{text}"
+        );
+        let (code, text) = slow.join().unwrap();
+        assert_eq!(code, 200, "{text}");
+    });
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200, "{text}");
+    assert!(server.stop().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = server::tool()
+        .args(["serve", "--config"])
+        .arg(fixtures().join("pipelines"))
+        .args([
+            "--max-request-bytes",
+            "2048",
+            "--max-body-bytes-in-flight",
+            "1024",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--max-body-bytes-in-flight 1024 is less than --max-request-bytes 2048"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A SIGTERM as soon as the server says where it serves is a graceful
 /// shutdown: it listens for signals before it says so.
 #[test]
