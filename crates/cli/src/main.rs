@@ -169,10 +169,10 @@ enum Command {
         /// The largest request body accepted, in bytes (larger: 413).
         #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one::<usize>)]
         max_request_bytes: usize,
-        /// The most bytes the bodies of the requests being read and run may
-        /// hold together; a request that would pass it waits for room within
-        /// its body timeout (then 503). A body without a length announced
-        /// counts as --max-request-bytes. At least --max-request-bytes.
+        /// The most bytes the bodies of the requests being read, run and
+        /// answered may hold together, each taking room a KiB at a time as
+        /// its bytes arrive; one that finds no more waits for it within its
+        /// body timeout (then 503). At least --max-request-bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, value_parser = at_least_one::<usize>)]
         max_body_bytes_in_flight: usize,
         /// The most messages in one batch request (more: 413).
@@ -380,12 +380,12 @@ impl Cache {
             Err(rustmq_etl_pool::StartError::ArtifactCache { dir, message })
                 if matches!(self, Cache::Default(_)) =>
             {
-                say!(
-                    "warning: the artifact cache {} cannot be used ({message}): every module is \
+                warn(&format!(
+                    "the artifact cache {} cannot be used ({message}): every module is \
                      compiled afresh (--artifact-cache DIR names another, --no-artifact-cache \
                      keeps none)",
                     dir.display()
-                );
+                ));
                 start(None)
             }
             started => started,

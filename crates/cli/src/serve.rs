@@ -130,7 +130,9 @@ impl Service {
                 let mut logged = crate::lock(&self.warnings);
                 if *logged != warnings {
                     for warning in &warnings {
-                        log::warn!("{warning}");
+                        // (The level says it: as the start's warnings.)
+                        let text = warning.strip_prefix("warning: ").unwrap_or(warning);
+                        log::warn!("{text}");
                     }
                     *logged = warnings;
                 }
@@ -738,41 +740,33 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         return too_large(&service).into_response();
     }
     let (parts, body) = request.into_parts();
-    // Room for the body while it is read and its messages run: its size
-    // when it is known, else the most it may be.
-    let size = announced
-        .or_else(|| axum::body::HttpBody::size_hint(&body).exact())
-        .map_or(service.max_request_bytes, |n| n as usize);
-    let started = tokio::time::Instant::now();
-    let _room = if size == 0 {
-        None
-    } else {
-        let wanted = kib(size);
-        let room = service.body_room.clone().acquire_many_owned(wanted);
-        match tokio::time::timeout(service.body_timeout, room).await {
-            Ok(room) => Some(room.expect("the body room is never closed")),
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "busy: the request bodies in hand fill --max-body-bytes-in-flight \
-                         ({} bytes) and none made room for this one's {size} within {} ms \
-                         (--body-timeout-ms): try again later",
-                        service.max_body_bytes_in_flight,
-                        service.body_timeout.as_millis()
-                    ),
-                )
-                .into_response();
-            }
-        }
-    };
-    let read = axum::body::to_bytes(body, service.max_request_bytes);
-    let left = service.body_timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, read).await {
+    // The body, read within its time, taking room among the bodies in hand
+    // as its bytes arrive (a client that announces much and sends little
+    // holds little).
+    let mut room: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut waiting_for_room = false;
+    let read = read_in_room(body, &service, &mut room, &mut waiting_for_room);
+    let read = tokio::time::timeout(service.body_timeout, read).await;
+    if !matches!(read, Ok(Ok(_))) {
+        // Nothing of a refused body is kept: its room goes back at once.
+        room = None;
+    }
+    let response = match read {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
+        Err(_) if waiting_for_room => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "busy: the request bodies in hand fill --max-body-bytes-in-flight ({} bytes) \
+                 and none made room for the rest of this one within {} ms \
+                 (--body-timeout-ms): try again later",
+                service.max_body_bytes_in_flight,
+                service.body_timeout.as_millis()
+            ),
+        )
+        .into_response(),
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -781,19 +775,72 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
             ),
         )
         .into_response(),
-        Ok(Err(e)) => {
-            // Over the limit without a length announced (chunked), or the
-            // client went away.
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
-                too_large(&service).into_response()
-            } else {
-                ApiError::bad_request(format!("the request body could not be read: {e}"))
-                    .into_response()
+        Ok(Err(BodyError::TooLarge)) => too_large(&service).into_response(),
+        Ok(Err(BodyError::Read(e))) => {
+            // The client went away, or broke the body's framing.
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+                .into_response()
+        }
+    };
+    // The room is held until the answer is sent (or its connection is gone).
+    match room {
+        Some(room) => response.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                let _held = &room;
+                frame
+            }))
+        }),
+        None => response,
+    }
+}
+
+/// Why a body was not read.
+enum BodyError {
+    /// Past `--max-request-bytes`.
+    TooLarge,
+    /// The client went away, or the body was not well formed.
+    Read(axum::Error),
+}
+
+/// Reads `body` whole (at most `--max-request-bytes`), taking room among the
+/// bodies in hand for each KiB begun before it is kept, into `room`;
+/// `waiting` says whether it is waiting for room now.
+async fn read_in_room(
+    body: axum::body::Body,
+    service: &Service,
+    room: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    waiting: &mut bool,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue; // trailers
+        };
+        let total = read.len() + data.len();
+        if total > service.max_request_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        let held = room.as_ref().map_or(0, |r| r.num_permits());
+        let wanted = kib(total) as usize;
+        if wanted > held {
+            *waiting = true;
+            let more = service
+                .body_room
+                .clone()
+                .acquire_many_owned((wanted - held) as u32)
+                .await
+                .expect("the body room is never closed");
+            *waiting = false;
+            match room {
+                Some(room) => room.merge(more),
+                None => *room = Some(more),
             }
         }
+        read.extend_from_slice(&data);
     }
+    Ok(Bytes::from(read))
 }
 
 /// `bytes` in whole KiB, rounded up (the body room's unit), within a

@@ -878,6 +878,20 @@ fn request_bodies_in_hand_are_bounded() {
         "--body-timeout-ms",
         "500",
     ]);
+    // A client that announces a body and sends none of it holds no room:
+    // another request is served meanwhile.
+    let announcer = {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+        stream
+            .write_all(b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .unwrap();
+        stream
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
+    assert_eq!(code, 200, "{text}");
+    drop(announcer);
     std::thread::scope(|scope| {
         // Holds the room (its body's KiB) while it runs.
         let slow = scope.spawn(|| {
@@ -905,7 +919,7 @@ fn request_bodies_in_hand_are_bounded() {
         assert!(started.elapsed() >= Duration::from_millis(500));
         assert!(
             text.contains(
-                "busy: the request bodies in hand fill --max-body-bytes-in-flight (1024 bytes)"
+                "busy: the request bodies in hand fill --max-body-bytes-in-flight (1024 bytes) and none made room for the rest of this one within 500 ms"
             ),
             "{text}"
         );
