@@ -280,7 +280,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
     metrics::describe_histogram!(
         "rustmq_etl_http_request_duration_seconds",
         metrics::Unit::Seconds,
-        "Time from a request's head to its answer (the body's reading, a wait for room among the messages in flight and the run included), by route."
+        "Time from a request's head to its answer built (the body's reading, the waits for room among the bodies in hand and the messages in flight, and the run included), by route."
     );
     metrics::describe_counter!(
         "rustmq_etl_http_unparsed_requests_total",
@@ -813,7 +813,10 @@ async fn read_in_room(
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
     let mut body = body;
-    let mut read = Vec::new();
+    // As long as announced (a `Content-Length`), within the limit: pages the
+    // body does not reach are never touched.
+    let announced = body.size_hint().exact().unwrap_or(0) as usize;
+    let mut read = Vec::with_capacity(announced.min(service.max_request_bytes));
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
             continue; // trailers
