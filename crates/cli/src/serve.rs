@@ -815,7 +815,7 @@ async fn read_in_room(
     let mut body = body;
     // As long as announced (a `Content-Length`), within the limit: pages the
     // body does not reach are never touched.
-    let announced = body.size_hint().exact().unwrap_or(0) as usize;
+    let announced = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0) as usize;
     let mut read = Vec::with_capacity(announced.min(service.max_request_bytes));
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
