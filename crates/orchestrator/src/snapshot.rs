@@ -70,6 +70,7 @@ impl<F: Fn(&str) -> Result<Vec<u8>, String> + Send + Sync> ModuleSource for F {
 
 /// A loaded module and the bytes it was loaded from (a reload with the same
 /// occurrence and the same bytes keeps it instead of compiling again).
+#[derive(Clone)]
 pub(crate) struct Loaded<M> {
     pub(crate) module: M,
     pub(crate) wasm: Arc<[u8]>,
@@ -194,10 +195,7 @@ pub(crate) fn build<E: Engine>(
     for (occurrence, spec) in plan.occurrences().iter().enumerate() {
         if read == Modules::Kept {
             if let Some(old) = reused_by_spec.get(spec) {
-                modules.push(Ok(Loaded {
-                    module: old.module.clone(),
-                    wasm: old.wasm.clone(),
-                }));
+                modules.push(Ok((*old).clone()));
                 continue;
             }
             if let Some((reason, error)) = previous.and_then(|p| p.unavailable_entry(spec)) {
@@ -235,10 +233,7 @@ pub(crate) fn build<E: Engine>(
             }
         };
         if let Some(old) = reused_by_spec.get(spec).filter(|old| *old.wasm == *wasm) {
-            modules.push(Ok(Loaded {
-                module: old.module.clone(),
-                wasm: old.wasm.clone(),
-            }));
+            modules.push(Ok((*old).clone()));
             continue;
         }
         match keep.engine.load(spec, &wasm) {
