@@ -1092,7 +1092,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// Adds the service's `Keep-Alive` hint to an answer.
 async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Response) -> Response {
-    if let Some(hint) = &service.keep_alive {
+    if service.shutting_down.load(Ordering::SeqCst) {
+        // Shutting down (a delay's time, or the grace): the client is told
+        // to open its next connection elsewhere, and this one closes after
+        // the answer.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    } else if let Some(hint) = &service.keep_alive {
         response.headers_mut().insert(
             axum::http::HeaderName::from_static("keep-alive"),
             hint.clone(),

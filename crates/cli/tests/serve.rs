@@ -838,9 +838,14 @@ fn a_shutdown_delay_serves_on_with_ready_503() {
         assert!(waited.elapsed() < Duration::from_secs(10), "{code} {text}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Messages are still served, on new connections.
+    // Messages are still served, on new connections; each answer tells the
+    // client to close it (its next goes elsewhere).
     let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
     assert_eq!(code, 200, "{text}");
+    let head =
+        raw_head(server.address(), b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(!head.contains("keep-alive:"), "{head}");
     let (_, metrics) = server.send("GET", "/metrics", "");
     assert!(
         metric(
