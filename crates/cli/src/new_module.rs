@@ -269,7 +269,8 @@ crate-type = ["cdylib", "rlib"]
 # The SDK of the rustmq-etl checkout this crate was made from, by its full
 # path on this machine: elsewhere, point it at that checkout's crates/sdk, or
 # at the repository with `git = "…"`. Add `features = ["json"]` to edit one
-# field of a JSON payload (`rustmq_etl_sdk::json`).
+# field of a JSON payload, or to read custom_config into a struct
+# (`rustmq_etl_sdk::json`).
 rustmq-etl-sdk = {{ path = {sdk} }}
 
 # A workspace of its own, wherever it was created.

@@ -33,6 +33,34 @@ use scan::Field;
 mod reference;
 mod scan;
 
+/// A module's `custom_config` read into `T` with serde, as the sample modules
+/// read theirs: none given (`""` or `null`) is `T::default()`; anything else
+/// is JSON that `T` must accept, or an error that says why — what `init`
+/// returns, so that the module is refused at load with it.
+///
+/// ```
+/// #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Config {
+///     min_reading: f64,
+///     max_reading: f64,
+/// }
+///
+/// fn init(custom_config: &str) -> Result<Config, String> {
+///     rustmq_etl_sdk::json::config(custom_config)
+/// }
+///
+/// assert_eq!(init("null"), Ok(Config::default()));
+/// assert_eq!(init(r#"{"max_reading": 40}"#).unwrap().max_reading, 40.0);
+/// assert!(init(r#"{"max": 40}"#).unwrap_err().starts_with("invalid custom_config: unknown field `max`"));
+/// ```
+pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> Result<T, String> {
+    match custom_config.trim() {
+        "" | "null" => Ok(T::default()),
+        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
+    }
+}
+
 /// A JSON object payload, checked, with where each top-level value lies.
 #[derive(Debug, Clone)]
 pub struct Object<'a> {
