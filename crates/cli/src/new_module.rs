@@ -270,7 +270,8 @@ crate-type = ["cdylib", "rlib"]
 # path on this machine: elsewhere, point it at that checkout's crates/sdk, or
 # at the repository with `git = "…"`. Add `features = ["json"]` to edit one
 # field of a JSON payload, or to read custom_config into a struct
-# (`rustmq_etl_sdk::json`).
+# (`rustmq_etl_sdk::json`; the struct's `Deserialize` needs `serde` with its
+# `derive` feature among these dependencies too).
 rustmq-etl-sdk = {{ path = {sdk} }}
 
 # A workspace of its own, wherever it was created.

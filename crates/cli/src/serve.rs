@@ -813,10 +813,11 @@ async fn read_in_room(
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
     let mut body = body;
-    // As long as announced (a `Content-Length`), within the limit: pages the
-    // body does not reach are never touched.
+    // Grown as the bytes come (a client that announces much and sends
+    // little is given little), doubling, but never past what was announced
+    // (a `Content-Length` body ends with no spare room).
     let announced = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0) as usize;
-    let mut read = Vec::with_capacity(announced.min(service.max_request_bytes));
+    let mut read: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
             continue; // trailers
@@ -840,6 +841,10 @@ async fn read_in_room(
                 Some(room) => room.merge(more),
                 None => *room = Some(more),
             }
+        }
+        if total > read.capacity() {
+            let grown = (2 * read.capacity()).max(total).min(announced.max(total));
+            read.reserve_exact(grown - read.len());
         }
         read.extend_from_slice(&data);
     }
@@ -1090,7 +1095,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Adds the service's `Keep-Alive` hint to an answer.
+/// Adds the service's `Keep-Alive` hint to an answer; once a shutdown has
+/// begun, `Connection: close` instead.
 async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Response) -> Response {
     if service.shutting_down.load(Ordering::SeqCst) {
         // Shutting down (a delay's time, or the grace): the client is told

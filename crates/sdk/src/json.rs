@@ -34,9 +34,12 @@ mod reference;
 mod scan;
 
 /// A module's `custom_config` read into `T` with serde, as the sample modules
-/// read theirs: none given (`""` or `null`) is `T::default()`; anything else
-/// is JSON that `T` must accept, or an error that says why — what `init`
-/// returns, so that the module is refused at load with it.
+/// read theirs: none given (the engine hands `init` the text `null`) is
+/// `T::default()`; anything else is JSON that `T` must accept, or serde's
+/// error saying why — what `init` returns, so that the module is refused at
+/// load with it (the engine says "init rejected its custom_config: …"; a
+/// line and column in it count in the compact text the engine hands over,
+/// not in the configuration file).
 ///
 /// ```
 /// #[derive(serde::Deserialize, Default, Debug, PartialEq)]
@@ -52,12 +55,12 @@ mod scan;
 ///
 /// assert_eq!(init("null"), Ok(Config::default()));
 /// assert_eq!(init(r#"{"max_reading": 40}"#).unwrap().max_reading, 40.0);
-/// assert!(init(r#"{"max": 40}"#).unwrap_err().starts_with("invalid custom_config: unknown field `max`"));
+/// assert!(init(r#"{"max": 40}"#).unwrap_err().starts_with("unknown field `max`"));
 /// ```
 pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> Result<T, String> {
     match custom_config.trim() {
         "" | "null" => Ok(T::default()),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
+        text => serde_json::from_str(text).map_err(|e| e.to_string()),
     }
 }
 
