@@ -906,18 +906,7 @@ fn request_bodies_in_hand_are_bounded() {
                 r#"{"topic": "t", "payload": "4000"}"#,
             )
         });
-        let waited = Instant::now();
-        loop {
-            let (_, metrics) = server.send("GET", "/metrics", "");
-            if metrics.contains("rustmq_etl_messages_in_flight 1") {
-                break;
-            }
-            assert!(
-                waited.elapsed() < Duration::from_secs(20),
-                "never in flight"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_one_in_flight(|| server.send("GET", "/metrics", "").1);
         let started = Instant::now();
         let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "1"}"#);
         assert_eq!(code, 503, "{text}");
@@ -1000,6 +989,19 @@ fn a_second_signal_ends_a_shutdown_at_once() {
     assert_eq!(answer.0, None, "answered: {answer:?}");
 }
 
+/// Waits (20 s at most) until the Prometheus text `metrics` gives shows one
+/// message in flight.
+fn until_one_in_flight(metrics: impl Fn() -> String) {
+    let waited = Instant::now();
+    while !metrics().contains("rustmq_etl_messages_in_flight 1") {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "never in flight"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `GET path` on a new connection to `address`: the status and the body.
 fn get(address: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -1045,17 +1047,7 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
                 r#"{"topic": "t", "payload": "4000"}"#,
             )
         });
-        let waited = Instant::now();
-        while !get(&admin, "/metrics")
-            .1
-            .contains("rustmq_etl_messages_in_flight 1")
-        {
-            assert!(
-                waited.elapsed() < Duration::from_secs(20),
-                "never in flight"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_one_in_flight(|| get(&admin, "/metrics").1);
         assert_eq!(get(&admin, "/health").0, 200);
         assert_eq!(get(&admin, "/ready").0, 200);
         let (code, text) = get(&admin, "/v1/config");
