@@ -576,6 +576,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     };
+    // Traces asked for and not written: said on every way out.
+    let lost = traces_lost.get();
+    let say_lost = || {
+        if lost > 0 {
+            say!(
+                "error: {lost} trace{} could not be written to standard error (the results were)",
+                crate::plural(lost as usize)
+            );
+        }
+    };
     // Standard error may be the file that is full (`> f 2>&1`): the stop
     // line goes first, into the room the cut made, and the table after it.
     if let Some(e) = write_failed {
@@ -586,6 +596,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             say!("warning: {problem}");
         }
         print_summary(&mut summary, input, bad);
+        say_lost();
         return Ok(ExitCode::FAILURE);
     }
     print_summary(&mut summary, input, bad);
@@ -594,6 +605,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             "stopped: reading {}: {problem}",
             args.input.display()
         ));
+        say_lost();
         return Ok(ExitCode::FAILURE);
     }
     if let Some(signal) = stopped_by {
@@ -603,6 +615,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             "SIGTERM"
         };
         resume(&format!("stopped by {name}"));
+        say_lost();
         return Ok(ExitCode::from(128 + signal as u8));
     }
     if args.start_line > last_line + 1 {
@@ -613,13 +626,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.start_line
         );
     }
-    let lost = traces_lost.get();
-    if lost > 0 {
-        say!(
-            "error: {lost} trace{} could not be written to standard error (the results were)",
-            crate::plural(lost as usize)
-        );
-    }
+    say_lost();
     // Dead letters are a result; only bad input, or traces asked for and
     // lost, fail the run.
     Ok(if bad == 0 && lost == 0 {
