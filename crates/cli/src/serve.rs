@@ -732,10 +732,8 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         )
         .into_response();
     }
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // (The length as the HTTP layer read it: `Content-Length: 5, 5` too.)
+    let announced = axum::body::HttpBody::size_hint(request.body()).exact();
     if announced.is_some_and(|n| n > service.max_request_bytes as u64) {
         return too_large(&service).into_response();
     }
@@ -816,7 +814,7 @@ async fn read_in_room(
     // Grown as the bytes come (a client that announces much and sends
     // little is given little), doubling, but never past what was announced
     // (a `Content-Length` body ends with no spare room).
-    let announced = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0) as usize;
+    let announced = axum::body::HttpBody::size_hint(&body).exact();
     let mut read: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
@@ -843,7 +841,11 @@ async fn read_in_room(
             }
         }
         if total > read.capacity() {
-            let grown = (2 * read.capacity()).max(total).min(announced.max(total));
+            let doubled = (2 * read.capacity()).max(total);
+            let grown = match announced {
+                Some(announced) => doubled.min((announced as usize).max(total)),
+                None => doubled,
+            };
             read.reserve_exact(grown - read.len());
         }
         read.extend_from_slice(&data);
