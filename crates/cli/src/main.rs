@@ -169,8 +169,8 @@ enum Command {
         /// The largest request body accepted, in bytes (larger: 413).
         #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = at_least_one::<usize>)]
         max_request_bytes: usize,
-        /// The most bytes the bodies of the requests being read, run and
-        /// answered may hold together, each taking room a KiB at a time as
+        /// The most bytes the bodies of the requests being read and run
+        /// may hold together, each taking room a KiB at a time as
         /// its bytes arrive; one that finds no more waits for it within its
         /// body timeout (then 503). At least --max-request-bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, value_parser = at_least_one::<usize>)]

@@ -780,7 +780,9 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
                 .into_response()
         }
     };
-    // The room is held until the answer is sent (or its connection is gone).
+    // The room is held until the HTTP layer takes the answer to write it
+    // (its one frame: written from its own buffer afterwards, however slowly
+    // the client reads), or the connection is gone.
     match room {
         Some(room) => response.map(|body| {
             axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {

@@ -946,6 +946,69 @@ fn request_bodies_in_hand_are_bounded() {
     );
 }
 
+/// A client that takes a large answer slowly (here: not at all) holds no
+/// room among the bodies in hand once its answer is handed over to be
+/// written: it cannot keep every other request waiting for room.
+#[test]
+fn a_slow_reader_of_a_large_answer_holds_no_room_for_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etl.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+    )
+    .unwrap();
+    let modules = fixtures().join("modules");
+    let limit = (32usize << 20).to_string();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        modules.to_str().unwrap(),
+        "--max-request-bytes",
+        &limit,
+        "--max-body-bytes-in-flight",
+        &limit,
+        "--body-timeout-ms",
+        "1500",
+        "--no-watch",
+    ]);
+    // Nearly 32 MiB of messages, echoed back: more than the sockets' buffers
+    // take, so the answer stays unsent while nobody reads it.
+    let message = format!(r#"{{"topic": "t", "payload": "{}"}}"#, "x".repeat(8000));
+    // (Fewer than --max-batch's 4,096.)
+    let count = 4000;
+    let batch = format!("[{}]", vec![message; count].join(","));
+    assert!(batch.len() <= 32 << 20);
+    let unread = {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+        write!(
+            stream,
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            batch.len()
+        )
+        .unwrap();
+        stream.write_all(batch.as_bytes()).unwrap();
+        stream
+    };
+    // Its messages ran: the answer is ready, and waits to be read.
+    let waited = Instant::now();
+    loop {
+        let (_, metrics) = server.send("GET", "/metrics", "");
+        if metric(&metrics, r#"rustmq_etl_messages_total{result="delivered"}"#) >= count as f64 {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(60), "never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another request finds room.
+    let (code, text) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "p"}"#);
+    assert_eq!(code, 200, "{text}");
+    drop(unread);
+    assert!(server.stop().success());
+}
+
 /// A SIGTERM as soon as the server says where it serves is a graceful
 /// shutdown: it listens for signals before it says so.
 #[test]
