@@ -664,13 +664,18 @@ fn metric(text: &str, series: &str) -> f64 {
 /// call and two for the pipeline; the payload says how many million rounds
 /// it spins), started with `args` too.
 fn slow_server(args: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("slow.yaml");
-    std::fs::write(
-        &config,
+    server_of(
         "pipeline_id: slow\nglobal_timeout_ms: 120000\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000, max_concurrent_instances: 4}\n",
+        args,
     )
-    .unwrap();
+}
+
+/// A server of the configuration `yaml` (in a directory of its own, with the
+/// sample modules), started with `args` too.
+fn server_of(yaml: &str, args: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etl.yaml");
+    std::fs::write(&config, yaml).unwrap();
     let modules = fixtures().join("modules");
     let mut all = vec![
         "--config",
@@ -951,28 +956,19 @@ fn request_bodies_in_hand_are_bounded() {
 /// written: it cannot keep every other request waiting for room.
 #[test]
 fn a_slow_reader_of_a_large_answer_holds_no_room_for_long() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("etl.yaml");
-    std::fs::write(
-        &config,
-        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
-    )
-    .unwrap();
-    let modules = fixtures().join("modules");
     let limit = (32usize << 20).to_string();
-    let server = Server::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--modules",
-        modules.to_str().unwrap(),
-        "--max-request-bytes",
-        &limit,
-        "--max-body-bytes-in-flight",
-        &limit,
-        "--body-timeout-ms",
-        "1500",
-        "--no-watch",
-    ]);
+    let (_dir, server) = server_of(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+        &[
+            "--max-request-bytes",
+            &limit,
+            "--max-body-bytes-in-flight",
+            &limit,
+            "--body-timeout-ms",
+            "1500",
+            "--no-watch",
+        ],
+    );
     // Nearly 32 MiB of messages, echoed back: more than the sockets' buffers
     // take, so the answer stays unsent while nobody reads it.
     let message = format!(r#"{{"topic": "t", "payload": "{}"}}"#, "x".repeat(8000));
