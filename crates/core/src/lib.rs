@@ -41,7 +41,7 @@ pub use jsonl::{BatchError, MessageParseError};
 pub use module::{defaults, ModuleSettings, ModuleSpec};
 pub use outcome::{CallError, Edit, ErrorKind, Outcome, UnknownErrorKind};
 pub use runner::{
-    Busy, CallReport, CallRequest, Engine, LoadError, LoadStep, ModuleRunner, Step, Task,
+    Busy, CallReport, CallRequest, Engine, LoadError, LoadStep, ModuleRunner, NoRunner, Step, Task,
 };
 pub use waiting::Waiting;
 

@@ -12,6 +12,10 @@
 //! Like tower's `Service`, the request is taken by value and a dropped task
 //! must not leave work behind: an engine asks [`Task::is_cancelled`] before it
 //! runs a task, and a cancelled task is dropped unrun, releasing what it holds.
+//!
+//! A caller that owns a thread may also ask the engine for a runner of its
+//! own ([`Engine::caller_runner`]) and run tasks on that thread: nothing is
+//! handed over, and the caller's thread waits out a task's waits itself.
 
 use std::time::{Duration, Instant};
 
@@ -244,6 +248,28 @@ impl LoadError {
     }
 }
 
+/// Why an engine gave no runner for a caller's thread
+/// ([`Engine::caller_runner`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no runner for this thread: {message}")]
+pub struct NoRunner {
+    message: String,
+}
+
+impl NoRunner {
+    /// An engine's reason.
+    pub fn new(message: impl Into<String>) -> Self {
+        NoRunner {
+            message: message.into(),
+        }
+    }
+
+    /// The engine's reason, for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 /// Loads modules and runs tasks on threads that each own a runner. The
 /// wasmer pool implements it; so does a plain Rust stand-in for tests.
 pub trait Engine: Send + Sync + 'static {
@@ -266,6 +292,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// How many threads run tasks.
     fn threads(&self) -> usize;
+
+    /// A runner for a thread of the caller's own, which then runs tasks
+    /// itself (`Task::run` with it) instead of handing them to the engine's
+    /// threads. It calls the modules this engine loads, within their limits
+    /// (instances at once among them), and holds its own warm instances
+    /// until it is dropped. `Err` if the engine gives no more (it may bound
+    /// how many exist at once) or none at all.
+    fn caller_runner(&self) -> Result<Self::Runner, NoRunner>;
 
     /// Publishes the engine's own statistics (instances, calls) to the
     /// `metrics` facade now, for an exporter about to render them.

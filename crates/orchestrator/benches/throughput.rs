@@ -306,6 +306,8 @@ fn overhead() {
     let one_thread = Arc::new(
         Pool::new(PoolConfig {
             workers: 1,
+            // For the rows on the caller's thread.
+            caller_threads: 1,
             ..PoolConfig::default()
         })
         .unwrap(),
@@ -373,6 +375,63 @@ fn overhead() {
         "  for comparison, the same alternating rounds by CPU time: the engine thread's vs the baseline's calls on handed-over messages",
         cpu.0,
         cpu.2,
+    );
+
+    // The same three stages on the caller's own thread (`OnThisThread`):
+    // nothing handed over, no thread woken. The thread makes each batch's 64
+    // copies and drops the answers; so does the first baseline, and the
+    // second calls on one reused message, as above.
+    let mut here = three.on_this_thread().unwrap();
+    let (mut on_this_thread, mut owned, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on_this_thread_cpu, mut owned_cpu, mut reused_cpu) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let messages = BATCHES * CHUNK;
+    for _ in 0..101 {
+        let (started, cpu) = (Instant::now(), cpu_ns(Threads::This));
+        for _ in 0..BATCHES {
+            let batch = vec![message.clone(); CHUNK];
+            std::hint::black_box(here.process_batch(batch, ProcessOptions::default()));
+        }
+        on_this_thread.push(started.elapsed().as_nanos() as f64 / messages as f64);
+        on_this_thread_cpu.push((cpu_ns(Threads::This) - cpu) as f64 / messages as f64);
+        let cpu = cpu_ns(Threads::This);
+        owned.push(local_calls(
+            &mut local,
+            &modules,
+            &message,
+            messages,
+            Messages::Owned,
+        ));
+        let between = cpu_ns(Threads::This);
+        owned_cpu.push((between - cpu) as f64 / messages as f64);
+        reused.push(local_calls(
+            &mut local,
+            &modules,
+            &message,
+            messages,
+            Messages::Reused,
+        ));
+        reused_cpu.push((cpu_ns(Threads::This) - between) as f64 / messages as f64);
+    }
+    print_medians(
+        "orchestration overhead on the caller's thread: 3 identity stages through OnThisThread, on batches of 64 copies the thread makes and drops, vs the same 3 occurrences called in turn on a thread's own LocalPool on copies made and dropped alike, per message, 101 alternating rounds, wall clock",
+        on_this_thread.clone(),
+        owned,
+    );
+    print_medians(
+        "  the same rounds by the thread's CPU time",
+        on_this_thread_cpu.clone(),
+        owned_cpu,
+    );
+    print_medians(
+        "  the same rounds, against the baseline on one reused message (as the engine thread's row above), wall clock",
+        on_this_thread,
+        reused,
+    );
+    print_medians(
+        "  … by the thread's CPU time",
+        on_this_thread_cpu,
+        reused_cpu,
     );
 }
 

@@ -24,6 +24,10 @@
 //! ```sh
 //! valgrind --tool=callgrind target/release/examples/run_loop 1 2000 temperature-converter 1 29
 //! ```
+//!
+//! With `RUN_LOOP_ON_THIS_THREAD=1` in the environment, the batches run on
+//! the main thread (`Orchestrator::on_this_thread`), not on the pool's
+//! worker: the main thread's count is then the caller's and the engine's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,10 +61,12 @@ fn main() {
                 compile_timeout: Duration::from_secs(600),
                 ..CompileLimits::default()
             },
+            caller_threads: 1,
             ..PoolConfig::default()
         })
         .unwrap(),
     );
+    let on_this_thread = std::env::var_os("RUN_LOOP_ON_THIS_THREAD").is_some_and(|v| v == "1");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let config = if [".json", ".yaml", ".yml"]
         .iter()
@@ -89,11 +95,16 @@ fn main() {
     } else {
         reading("temperature", "celsius")
     };
+    let mut here = on_this_thread.then(|| o.on_this_thread().unwrap());
     let started = std::time::Instant::now();
     for _ in 0..batches {
-        let processed = o
-            .process_batch_blocking(vec![m.clone(); size], ProcessOptions::default())
-            .unwrap();
+        let batch = vec![m.clone(); size];
+        let processed = match &mut here {
+            Some(here) => here.process_batch(batch, ProcessOptions::default()),
+            None => o
+                .process_batch_blocking(batch, ProcessOptions::default())
+                .unwrap(),
+        };
         // Counting a module that fails every message would count the wrong work.
         if let Some(p) = processed
             .iter()

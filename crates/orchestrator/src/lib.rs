@@ -4,7 +4,9 @@
 //! engine (the wasmer pool, or any `rustmq_etl_core::Engine`): async
 //! [`Orchestrator::process`] and [`Orchestrator::process_batch`], a non-blocking
 //! [`Orchestrator::try_process_batch`] and [`Orchestrator::process_batch_blocking`]
-//! for callers without a runtime; every message ends in one [`Processed`]
+//! for callers without a runtime, and [`Orchestrator::on_this_thread`] for a
+//! caller that would rather run the modules on its own thread than wait on
+//! it; every message ends in one [`Processed`]
 //! (delivered, dropped or dead-lettered, with an optional [`Trace`]).
 //! [`Orchestrator::reload`] swaps configuration and modules together;
 //! [`Orchestrator::drain`] waits for the messages in flight before a stop. The
@@ -127,8 +129,8 @@ pub use breaker::CircuitState;
 pub use dead_letter::{headers as dead_letter_headers, DeadLetterCause, NotADeadLetter};
 pub use options::{Backoff, BreakerSettings, Options};
 pub use orchestrator::{
-    Busy, EngineStopped, InService, Occurrence, Orchestrator, ProcessOptions, ReloadError,
-    ReloadReport,
+    Busy, EngineStopped, InService, Occurrence, OnThisThread, Orchestrator, ProcessOptions,
+    ReloadError, ReloadReport,
 };
 pub use plan::{
     Explanation, ModuleRef, Plan, PlanError, PlanScratch, PlannedModule, PlannedPipeline,
@@ -146,7 +148,7 @@ pub use rustmq_etl_config::{
 };
 pub use rustmq_etl_core::{
     Bytes, Edit, Engine, ErrorKind, Headers, LoadError, LoadStep, Message, MessageParseError,
-    ModuleSettings, ModuleSpec, Outcome, UnknownErrorKind,
+    ModuleSettings, ModuleSpec, NoRunner, Outcome, UnknownErrorKind,
 };
 
 /// The configuration model whole (`rustmq-etl-config`): what a plan's

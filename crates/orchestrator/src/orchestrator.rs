@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rustmq_etl_config::Config;
-use rustmq_etl_core::{Engine, LoadError, Message, ModuleSpec, Task};
+use rustmq_etl_core::{Engine, LoadError, Message, ModuleSpec, NoRunner, Step, Task};
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::breaker::CircuitState;
@@ -665,32 +665,10 @@ impl<E: Engine> Orchestrator<E> {
                 .max(1)
                 .min(count.div_ceil(threads).max(1))
         };
-        let submitted = Instant::now();
-        // The wave's jitter seeds, one apart each: one shared atomic step
-        // per wave, not per message, for callers on several threads.
-        const SEED_STEP: u64 = 0x9e37_79b9;
-        let mut seed = self
-            .inner
-            .seeds
-            .fetch_add(SEED_STEP.wrapping_mul(count as u64), Ordering::Relaxed);
+        let mut runs = self.runs(&snapshot, messages, options);
         let mut answers = Vec::new();
-        let mut messages = messages.into_iter().peekable();
-        while messages.peek().is_some() {
-            let runs: Vec<Run> = messages
-                .by_ref()
-                .take(chunk)
-                .map(|m| {
-                    seed = seed.wrapping_add(SEED_STEP);
-                    Run::new(
-                        m,
-                        snapshot.plan.module_count(),
-                        options.trace,
-                        options.skip_reasons,
-                        seed,
-                        submitted,
-                    )
-                })
-                .collect();
+        while runs.peek().is_some() {
+            let runs: Vec<Run> = runs.by_ref().take(chunk).collect();
             let (reply, answer) = oneshot::channel();
             // The batch's messages' permits go with it, given back when the
             // engine is done with it (or drops it unrun), not when this
@@ -728,6 +706,86 @@ impl<E: Engine> Orchestrator<E> {
             results
         };
         Ok(results)
+    }
+
+    /// The runs of a wave's messages, submitted now, each with its jitter
+    /// seed.
+    fn runs(
+        &self,
+        snapshot: &Snapshot<E>,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+    ) -> std::iter::Peekable<impl Iterator<Item = Run> + use<'_, E>> {
+        let submitted = Instant::now();
+        // The wave's seeds, one apart each: one shared atomic step per wave,
+        // not per message, for callers on several threads.
+        const SEED_STEP: u64 = 0x9e37_79b9;
+        let mut seed = self.inner.seeds.fetch_add(
+            SEED_STEP.wrapping_mul(messages.len() as u64),
+            Ordering::Relaxed,
+        );
+        let modules = snapshot.plan.module_count();
+        messages
+            .into_iter()
+            .map(move |m| {
+                seed = seed.wrapping_add(SEED_STEP);
+                Run::new(
+                    m,
+                    modules,
+                    options.trace,
+                    options.skip_reasons,
+                    seed,
+                    submitted,
+                )
+            })
+            .peekable()
+    }
+
+    /// A runner of the calling thread's own, on which
+    /// [`OnThisThread::process_batch`] runs messages without handing them to
+    /// the engine's threads: for a caller that owns a thread (a consumer's
+    /// poll loop, say) and would rather spend it than wait on it. `Err` if
+    /// the engine gives none ([`Engine::caller_runner`]; the wasmer pool
+    /// gives `PoolConfig::caller_threads` at most, none by default).
+    ///
+    /// A consumer's loop, one `OnThisThread` for the thread's life:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use rustmq_etl_orchestrator::{
+    ///     Config, DirectorySource, Disposition, Format, Message, Options, Orchestrator,
+    ///     ProcessOptions,
+    /// };
+    /// use rustmq_etl_pool::{Pool, PoolConfig};
+    ///
+    /// # let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/modules");
+    /// let yaml = "pipeline_id: shout\nstages: [{priority: 0, modules: [{module_id: legacy-uppercase}]}]";
+    /// let config = Config::from_text(yaml, Format::Yaml, None)?.config;
+    /// // Room for one consumer thread's runner beside the pool's workers.
+    /// let engine = Arc::new(Pool::new(PoolConfig { caller_threads: 1, ..PoolConfig::default() })?);
+    /// let etl = Orchestrator::new(engine, &config, DirectorySource::new(modules), Options::default())?;
+    /// let consumer = std::thread::spawn(move || -> Result<Vec<Message>, String> {
+    ///     let mut here = etl.on_this_thread().map_err(|e| e.to_string())?;
+    ///     let mut produced = Vec::new();
+    ///     for polled in [vec![Message::new("orders", "two pears")], vec![Message::new("orders", "a fig")]] {
+    ///         for result in here.process_batch(polled, ProcessOptions::default()) {
+    ///             if let Disposition::Delivered(message) = result.disposition {
+    ///                 produced.push(message); // produce, then commit the offsets
+    ///             }
+    ///         }
+    ///     }
+    ///     Ok(produced)
+    /// });
+    /// let produced = consumer.join().unwrap()?;
+    /// assert_eq!(produced[0].payload, "TWO PEARS");
+    /// assert_eq!(produced[1].payload, "A FIG");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_this_thread(&self) -> Result<OnThisThread<E>, NoRunner> {
+        Ok(OnThisThread {
+            runner: self.inner.keep.engine.caller_runner()?,
+            orchestrator: self.clone(),
+        })
     }
 
     /// Publishes every metric now (the orchestrator's and the engine's) to the
@@ -875,6 +933,87 @@ fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
         }
     }
     occurrences
+}
+
+/// An [`Orchestrator`] that runs messages on the thread that holds it, with
+/// a runner of the thread's own ([`Orchestrator::on_this_thread`]): a batch
+/// is not handed over, so neither side waits for the other to wake, and the
+/// messages the thread made are read from its own caches.
+///
+/// Everything else is the orchestrator's: the configuration in service
+/// (each batch runs on the one in service as it starts), the room for
+/// messages in flight, which its batches take and wait for as
+/// [`Orchestrator::process_batch`]'s do, the breakers, the metrics and
+/// [`Orchestrator::drain`]. Its runner holds warm instances of the modules
+/// it ran until it is dropped (the wasmer pool's also drop those idle past
+/// their time-to-live, as its workers do). The thread runs the modules, so
+/// it must be one that may block: not an async runtime's.
+pub struct OnThisThread<E: Engine> {
+    orchestrator: Orchestrator<E>,
+    runner: E::Runner,
+}
+
+impl<E: Engine> std::fmt::Debug for OnThisThread<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnThisThread").finish_non_exhaustive()
+    }
+}
+
+impl<E: Engine> OnThisThread<E> {
+    /// Processes `messages` on this thread, as
+    /// [`Orchestrator::process_batch`] does on the engine's, and returns
+    /// when they are done: the results are in input order, one per message.
+    /// This thread waits first for room, while too many messages are in
+    /// flight, and then, whenever every message of the batch not done waits
+    /// (a retry's delay, a module that may not start another instance yet),
+    /// until the first may go on.
+    pub fn process_batch(
+        &mut self,
+        messages: Vec<Message>,
+        options: ProcessOptions,
+    ) -> Vec<Processed> {
+        let max = self.orchestrator.inner.max_in_flight;
+        if messages.len() <= max {
+            return self.run(messages, options);
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let wave: Vec<Message> = messages.by_ref().take(max).collect();
+            results.extend(self.run(wave, options));
+        }
+        results
+    }
+
+    /// The orchestrator it runs for.
+    pub fn orchestrator(&self) -> &Orchestrator<E> {
+        &self.orchestrator
+    }
+
+    /// Runs one wave, admitted here, as one batch.
+    fn run(&mut self, messages: Vec<Message>, options: ProcessOptions) -> Vec<Processed> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        let orchestrator = &self.orchestrator;
+        let permits = pollster::block_on(orchestrator.admit(messages.len()));
+        let snapshot = orchestrator.inner.current.load_full();
+        let runs = orchestrator.runs(&snapshot, messages, options).collect();
+        let (reply, mut answer) = oneshot::channel();
+        let mut batch = Batch {
+            snapshot,
+            runs,
+            reply: Some(reply),
+            permits: Some(permits),
+            in_order: options.in_order,
+        };
+        while let Step::WaitUntil(at) = batch.run(&mut self.runner) {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
+        answer
+            .try_recv()
+            .expect("a batch run to its end has answered")
+    }
 }
 
 /// What is in service, of one version ([`Orchestrator::in_service`]).

@@ -3514,3 +3514,102 @@ async fn a_batch_waiting_for_room_comes_first() {
     assert_eq!(second.await.unwrap().unwrap().len(), 3);
     assert_eq!((o.in_flight(), o.waiting()), (0, 0));
 }
+
+/// A batch on the caller's own thread runs there, not on an engine thread,
+/// and takes room as any other: it waits while the messages in flight fill
+/// it, counted as waiting, and is counted in flight while it runs.
+#[test]
+fn on_this_thread_runs_here_and_waits_for_room() {
+    let (o, release) = held(2);
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    o.engine().module("here", {
+        let ran_on = ran_on.clone();
+        move |_| {
+            ran_on.lock().unwrap().push(std::thread::current().id());
+            Behaviour::ok(Outcome::Unchanged)
+        }
+    });
+    o.reload(&config(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow, topic_filters: [{filter_type: Exact, pattern: slow}]}, {module_id: here, topic_filters: [{filter_type: Exact, pattern: here}]}]}]",
+    ))
+    .unwrap();
+    // One place of two is taken by a message held in the slow module.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let first = runtime.spawn({
+        let o = o.clone();
+        async move {
+            o.process_batch(vec![Message::new("slow", "")], ProcessOptions::default())
+                .await
+        }
+    });
+    while o.in_flight() < 1 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let here = std::thread::spawn({
+        let o = o.clone();
+        move || {
+            let mut here = o.on_this_thread().unwrap();
+            let out = here.process_batch(
+                vec![Message::new("here", "1"), Message::new("here", "2")],
+                ProcessOptions::default(),
+            );
+            (out, std::thread::current().id())
+        }
+    });
+    while o.waiting() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ran_on.lock().unwrap().is_empty(), "it waits for room");
+    release.store(true, Ordering::Relaxed);
+    let (out, thread) = here.join().unwrap();
+    let payloads: Vec<_> = out.iter().map(|p| delivered(p).payload.clone()).collect();
+    assert_eq!(payloads, [Bytes::from("1"), Bytes::from("2")]);
+    assert_eq!(*ran_on.lock().unwrap(), [thread, thread]);
+    runtime.block_on(first).unwrap().unwrap();
+    assert_eq!((o.in_flight(), o.waiting()), (0, 0));
+}
+
+/// On the caller's thread, a message waiting for a retry's delay does not
+/// hold up the batch's others, and the thread waits out the delay itself.
+#[test]
+fn on_this_thread_a_retry_waits_and_the_others_go_on() {
+    let engine = Arc::new(StandIn::new(1));
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    engine.module("flaky", {
+        let calls = calls.clone();
+        move |m| {
+            let mut calls = calls.lock().unwrap();
+            calls.push(m.payload.clone());
+            if m.payload == "flaky" && calls.len() == 1 {
+                Behaviour::fail(ErrorKind::GuestError, "once")
+            } else {
+                Behaviour::ok(Outcome::Unchanged)
+            }
+        }
+    });
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: flaky}]}]",
+        Options {
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                factor: 1,
+                cap: Duration::from_millis(50),
+            },
+            ..options()
+        },
+    );
+    let mut here = o.on_this_thread().unwrap();
+    let out = here.process_batch(
+        vec![Message::new("t", "flaky"), Message::new("t", "steady")],
+        ProcessOptions::default().trace(true),
+    );
+    let attempts = |p: &Processed| match &events(p)[0].1 {
+        TraceEvent::Ran { attempts, .. } => *attempts,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(delivered(&out[0]).payload, "flaky");
+    assert_eq!((attempts(&out[0]), attempts(&out[1])), (2, 1));
+    // The steady message ran while the other waited for its retry.
+    assert_eq!(*calls.lock().unwrap(), ["flaky", "steady", "flaky"]);
+}

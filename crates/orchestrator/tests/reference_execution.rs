@@ -711,64 +711,68 @@ proptest! {
             breaker: BreakerSettings { failures: breaker_failures, cool_down: Duration::from_secs(3600) },
             ..Options::default()
         };
-        let calls = Calls::default();
-        let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options)
-            .unwrap();
-        let got: Vec<Journey> = o
-            .process_batch_blocking(
-                messages.clone(),
-                ProcessOptions::default().in_order(true).trace(true),
-            )
-            .unwrap()
-            .into_iter()
-            .map(|p| {
-                let trace = p
-                    .trace
-                    .expect("traced")
-                    .entries
-                    .into_iter()
-                    .map(|e| {
-                        let noted = match e.event {
-                            TraceEvent::Ran { outcome, attempts, .. } => {
-                                Noted::Ran(outcome, attempts)
+        // Through the engine's threads, then on this thread: the same rules.
+        for on_this_thread in [false, true] {
+            let calls = Calls::default();
+            let o = Orchestrator::new(engine(&does, &calls), &config, |_: &str| Ok(Vec::new()), options.clone())
+                .unwrap();
+            let process = ProcessOptions::default().in_order(true).trace(true);
+            let processed = if on_this_thread {
+                o.on_this_thread().unwrap().process_batch(messages.clone(), process)
+            } else {
+                o.process_batch_blocking(messages.clone(), process).unwrap()
+            };
+            let got: Vec<Journey> = processed
+                .into_iter()
+                .map(|p| {
+                    let trace = p
+                        .trace
+                        .expect("traced")
+                        .entries
+                        .into_iter()
+                        .map(|e| {
+                            let noted = match e.event {
+                                TraceEvent::Ran { outcome, attempts, .. } => {
+                                    Noted::Ran(outcome, attempts)
+                                }
+                                TraceEvent::Skipped(why) => Noted::Skipped(match why {
+                                    SkipReason::PipelineDisabled => Why::Disabled,
+                                    SkipReason::NotSelected(_) => Why::NotSelected,
+                                    SkipReason::EarlierFailure => Why::EarlierFailure,
+                                    SkipReason::Dropped => Why::Dropped,
+                                }),
+                                TraceEvent::Failed { kind, attempts, action, .. } => {
+                                    Noted::Failed(kind, attempts, action)
+                                }
+                            };
+                            (noted, e.circuit)
+                        })
+                        .collect();
+                    let end = match p.disposition {
+                        Disposition::Delivered(m) => End::Delivered(m),
+                        Disposition::Dropped => End::Dropped,
+                        Disposition::DeadLettered(mut letter) => {
+                            // Its cause reads back (the headers themselves are
+                            // compared with the reference's below).
+                            if let Err(e) = DeadLetterCause::of(&letter) {
+                                panic!("a dead letter whose cause does not read back: {e}: {letter:?}");
                             }
-                            TraceEvent::Skipped(why) => Noted::Skipped(match why {
-                                SkipReason::PipelineDisabled => Why::Disabled,
-                                SkipReason::NotSelected(_) => Why::NotSelected,
-                                SkipReason::EarlierFailure => Why::EarlierFailure,
-                                SkipReason::Dropped => Why::Dropped,
-                            }),
-                            TraceEvent::Failed { kind, attempts, action, .. } => {
-                                Noted::Failed(kind, attempts, action)
-                            }
-                        };
-                        (noted, e.circuit)
-                    })
-                    .collect();
-                let end = match p.disposition {
-                    Disposition::Delivered(m) => End::Delivered(m),
-                    Disposition::Dropped => End::Dropped,
-                    Disposition::DeadLettered(mut letter) => {
-                        // Its cause reads back (the headers themselves are
-                        // compared with the reference's below).
-                        if let Err(e) = DeadLetterCause::of(&letter) {
-                            panic!("a dead letter whose cause does not read back: {e}: {letter:?}");
+                            // The text for people is the engine's own.
+                            letter.headers.set(dlq::ERROR, "");
+                            End::DeadLettered(letter)
                         }
-                        // The text for people is the engine's own.
-                        letter.headers.set(dlq::ERROR, "");
-                        End::DeadLettered(letter)
-                    }
-                };
-                (end, trace)
-            })
-            .collect();
-        prop_assert_eq!(got.len(), expected.len());
-        for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
-            prop_assert_eq!(
-                got, expected,
-                "message {} of {:?}\nconfiguration: {}\nmodules: {:?}",
-                i, messages, text, does
-            );
+                    };
+                    (end, trace)
+                })
+                .collect();
+            prop_assert_eq!(got.len(), expected.len());
+            for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
+                prop_assert_eq!(
+                    got, expected,
+                    "message {} of {:?}{}\nconfiguration: {}\nmodules: {:?}",
+                    i, messages, if on_this_thread { " on this thread" } else { "" }, text, does
+                );
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! more, discarded after a failure.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -235,18 +235,66 @@ impl Drop for Running<'_> {
 }
 
 /// The warm instances owned by one thread (a wasmer `Store` cannot leave the
-/// thread that made it). [`Pool`](crate::Pool) runs one per worker thread; a
-/// caller that owns a thread may use one directly.
+/// thread that made it). [`Pool`](crate::Pool) runs one per worker thread,
+/// and gives one to each caller's thread that asks
+/// ([`Pool::caller_runner`](crate::Pool::caller_runner)); a caller that owns
+/// a thread may also make one directly.
 #[derive(Default)]
 pub struct LocalPool {
     /// By module version: hashing a number is cheaper than hashing a name.
     slots: HashMap<u64, Slot>,
+    /// Given to a caller's thread by a pool (dropped after `slots`, so that
+    /// the place is given back once the instances are gone).
+    attachment: Option<Attachment>,
+}
+
+/// A [`LocalPool`] that a [`Pool`](crate::Pool) gave to a caller's thread:
+/// one of the pool's callers while it lives, and tidied as a worker's is.
+struct Attachment {
+    /// The pool's count of caller runners.
+    callers: Arc<AtomicUsize>,
+    /// How often idle instances are dropped (the pool's cleaner interval).
+    interval: coarsetime::Duration,
+    last_clean: coarsetime::Instant,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.callers.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl LocalPool {
     /// An empty pool.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty pool for a caller's thread, counted in `callers` (already
+    /// incremented for it) until it is dropped; its idle instances are
+    /// dropped every `interval` as it calls, as a worker's are.
+    pub(crate) fn attached(callers: Arc<AtomicUsize>, interval: Duration) -> Self {
+        LocalPool {
+            slots: HashMap::default(),
+            attachment: Some(Attachment {
+                callers,
+                interval: coarsetime::Duration::from(interval),
+                last_clean: coarsetime::Instant::now(),
+            }),
+        }
+    }
+
+    /// For a caller's pool: drops the idle instances past their time (and
+    /// publishes the statistics) once an interval has gone by since the last
+    /// time. A worker does this between jobs; a caller's thread as it calls.
+    fn tidy(&mut self) {
+        if let Some(attachment) = &mut self.attachment {
+            let now = coarsetime::Instant::now();
+            if now.duration_since(attachment.last_clean) >= attachment.interval {
+                attachment.last_clean = now;
+                self.evict_idle();
+            }
+        }
     }
 
     fn slot<'s>(slots: &'s mut HashMap<u64, Slot>, module: &LoadedModule) -> &'s mut Slot {
@@ -304,6 +352,7 @@ impl LocalPool {
         module: &LoadedModule,
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
+        self.tidy();
         let started = request.get_clock().unwrap_or_else(Instant::now);
         let compiled = &module.compiled;
         let report = |result: Result<_, CallError>, ended: Instant| {

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{
-    CallRequest, Engine, ErrorKind, Message, ModuleSpec, Outcome, Step, Task, Waiting,
+    CallRequest, Engine, ErrorKind, Message, ModuleSpec, NoRunner, Outcome, Step, Task, Waiting,
 };
 use tokio::sync::oneshot;
 
@@ -24,8 +24,19 @@ use crate::stats::Counters;
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Worker threads that run guest code (default: one per core). Guest code
-    /// never runs on the caller's (async runtime's) threads.
+    /// runs on them, and on the threads of callers that asked for a runner
+    /// of their own ([`PoolConfig::caller_threads`]); never on an async
+    /// runtime's threads unless a caller runs it there.
     pub workers: usize,
+    /// How many callers' threads may hold a runner of their own at once
+    /// ([`Pool::caller_runner`]: the caller's thread then runs modules itself,
+    /// with warm instances of its own, and no message is handed over).
+    /// Default 0: none. Every module is run within its
+    /// `max_concurrent_instances` by the workers and these threads together,
+    /// so when workers and caller threads together outnumber a module's
+    /// limit, its calls are counted across threads (two shared atomic
+    /// operations a call) — a cost the pool skips while they do not.
+    pub caller_threads: usize,
     /// Where compiled artifacts are cached (default: none, compile every time).
     /// The directory must be private to this user (see [`ArtifactCache`]).
     pub artifact_cache: Option<PathBuf>,
@@ -75,6 +86,7 @@ impl Default for PoolConfig {
             compile_limits: CompileLimits::default(),
             cleaner_interval: Duration::from_secs(1),
             pin_workers: false,
+            caller_threads: 0,
         }
     }
 }
@@ -116,6 +128,12 @@ struct Shared {
     settings: CompileSettings,
     /// Every module loaded, for publishing statistics.
     loaded: Mutex<Vec<Weak<Counters>>>,
+    /// [`PoolConfig::caller_threads`].
+    caller_threads: usize,
+    /// Caller runners given out and not yet dropped.
+    callers: Arc<AtomicUsize>,
+    /// [`PoolConfig::cleaner_interval`], which caller runners follow too.
+    cleaner_interval: Duration,
 }
 
 /// Runs modules on worker threads that own warm instances.
@@ -181,6 +199,9 @@ impl Pool {
                 cache,
             },
             loaded: Mutex::new(Vec::new()),
+            caller_threads: config.caller_threads,
+            callers: Arc::default(),
+            cleaner_interval: config.cleaner_interval,
         });
         let threads = receivers
             .into_iter()
@@ -195,6 +216,36 @@ impl Pool {
             })
             .collect::<Result<_, _>>()?;
         Ok(Pool { shared, threads })
+    }
+
+    /// A runner for the calling thread: a [`LocalPool`] that runs the modules
+    /// this pool loads on the thread that holds it, with warm instances of
+    /// its own (dropped when it is, and once idle past their time-to-live as
+    /// it calls). Nothing is handed to a worker: what the caller's thread
+    /// wrote it reads from its own caches, and no thread is woken. The
+    /// thread runs guest code, so it must be one that may block for as long
+    /// as a module's budget — not an async runtime's.
+    ///
+    /// At most [`PoolConfig::caller_threads`] exist at once; past that (or
+    /// with none allowed), `Err` says so.
+    pub fn caller_runner(&self) -> Result<LocalPool, NoRunner> {
+        let most = self.shared.caller_threads;
+        let callers = &self.shared.callers;
+        callers
+            .fetch_update(Ordering::Acquire, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .map_err(|_| {
+                NoRunner::new(if most == 0 {
+                    "the pool gives callers' threads none (`PoolConfig::caller_threads` is 0): its modules run on its workers only".to_owned()
+                } else {
+                    format!("the pool's {most} (`PoolConfig::caller_threads`) are all held by other threads")
+                })
+            })?;
+        Ok(LocalPool::attached(
+            callers.clone(),
+            self.shared.cleaner_interval,
+        ))
     }
 
     /// The bytes of bulk memory work per millisecond of budget this pool allows.
@@ -233,7 +284,7 @@ impl Pool {
     /// `spawn_blocking`).
     pub fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<LoadedModule, LoadError> {
         let module = LoadedModule::compile(spec, wasm, &self.shared.settings)?
-            .run_by_threads(self.shared.workers.len());
+            .run_by_threads(self.shared.workers.len() + self.shared.caller_threads);
         // Instantiate and init once, on a worker (guest code runs only there),
         // so that a module that cannot start is refused before it is used.
         let init = |message: String| LoadError::Init {
@@ -384,6 +435,10 @@ impl Engine for Pool {
 
     fn threads(&self) -> usize {
         self.shared.workers.len()
+    }
+
+    fn caller_runner(&self) -> Result<LocalPool, NoRunner> {
+        Pool::caller_runner(self)
     }
 
     fn publish_metrics(&self) {

@@ -1084,3 +1084,104 @@ fn log_lines_past_the_limit_are_counted_per_occurrence() {
         );
     }
 }
+
+/// A pool gives callers' threads runners of their own only as configured
+/// (`caller_threads`), says why when it gives none, and takes a place back
+/// when its runner is dropped. Guest code runs on the caller's thread within
+/// its module's budget: the watchdog stops it there too.
+#[test]
+fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
+    let none = pool(1);
+    let refused = none.caller_runner().err().expect("none by default");
+    assert!(refused.to_string().contains("caller_threads"), "{refused}");
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        caller_threads: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let mut runner = pool.caller_runner().unwrap();
+    let taken = pool.caller_runner().err().expect("one at most");
+    assert!(taken.to_string().contains("all held"), "{taken}");
+    let looping = ModuleSettings {
+        execution_timeout_ms: 50,
+        ..ModuleSettings::default()
+    };
+    let module = pool
+        .load(&spec("loop", looping), &wasm("hostile-infinite-loop"))
+        .unwrap();
+    let report = call(&mut runner, &module, &Message::new("t", ""));
+    assert_eq!(report.result.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    drop(runner);
+    assert!(pool.caller_runner().is_ok(), "its place was given back");
+}
+
+/// A module loaded by a pool with caller threads is counted across its
+/// workers and those threads: a caller's call while a worker runs the
+/// module's one instance allowed is put off (`Busy`), not run beside it.
+#[test]
+fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        caller_threads: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let limited = ModuleSettings {
+        max_concurrent_instances: 1,
+        execution_timeout_ms: 300,
+        ..ModuleSettings::default()
+    };
+    let module = pool
+        .load(&spec("limited", limited), &wasm("hostile-infinite-loop"))
+        .unwrap();
+    let message = Message::new("t", "");
+    std::thread::scope(|scope| {
+        let on_worker = scope.spawn(|| pool.call_blocking(&module, &message));
+        let started = Instant::now();
+        while module.stats().in_use == 0 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut runner = pool.caller_runner().unwrap();
+        let here = runner.call(&module, CallRequest::new(&message));
+        assert!(here.is_err(), "{here:?}");
+        assert_eq!(
+            on_worker.join().unwrap().map_err(|e| e.kind()),
+            Err(ErrorKind::Timeout)
+        );
+    });
+}
+
+/// A caller's runner drops its idle instances past their time-to-live as
+/// it calls (it has no cleaner thread), as a worker does between jobs.
+#[test]
+fn a_caller_runner_drops_idle_instances_as_it_calls() {
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        caller_threads: 1,
+        cleaner_interval: Duration::from_millis(10),
+        bulk_bytes_per_ms: Some(RATE),
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let short = ModuleSettings {
+        idle_ttl: Duration::from_millis(30),
+        warmup_instances: 0,
+        ..ModuleSettings::default()
+    };
+    let module = pool.load(&spec("e", short), &wasm("identity")).unwrap();
+    let mut runner = pool.caller_runner().unwrap();
+    let message = Message::new("t", "");
+    call(&mut runner, &module, &message);
+    assert_eq!(runner.idle_len(&module), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    call(&mut runner, &module, &message);
+    let stats = module.stats();
+    assert_eq!(
+        (stats.evictions, stats.creations, runner.idle_len(&module)),
+        (1, 2, 1),
+        "{stats:?}"
+    );
+}

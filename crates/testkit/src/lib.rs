@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{
     Busy, CallError, CallReport, CallRequest, Engine, ErrorKind, LoadError, LoadStep, Message,
-    ModuleRunner, ModuleSpec, Outcome, Step, Task, Waiting,
+    ModuleRunner, ModuleSpec, NoRunner, Outcome, Step, Task, Waiting,
 };
 
 /// What a stand-in module does on one call.
@@ -295,6 +295,11 @@ impl Engine for StandIn {
 
     fn threads(&self) -> usize {
         self.queues.len()
+    }
+
+    /// Any number: stand-in modules have no instances to bound.
+    fn caller_runner(&self) -> Result<StandInRunner, NoRunner> {
+        Ok(StandInRunner::default())
     }
 }
 
