@@ -625,6 +625,91 @@ fn latency(pool: &Arc<Pool>) {
     }
     drop(hops);
     echo.join().unwrap();
+    on_this_thread_latency(&single, &message);
+}
+
+/// The latency of single messages processed on a consumer's own thread
+/// (`OnThisThread`): a pacing thread sends each message over a channel when
+/// it is due, as a network would hand it to a consumer blocked on its
+/// socket; the consumer takes every message that has arrived as one batch,
+/// processes it where it is, and times each message from its sending to
+/// its answer. The baseline is the same consumer answering at once: the
+/// channel's hop and the consumer's wake-up, the floor of any consumer.
+fn on_this_thread_latency(single: &Orchestrator<Pool>, message: &Message) {
+    let mut here = single.on_this_thread().unwrap();
+    // The most single messages a second on one thread, one at a time.
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        here.process_batch(vec![message.clone()], ProcessOptions::default());
+        sent += 1;
+    }
+    let max_rate = sent as f64 / started.elapsed().as_secs_f64();
+    drop(here);
+    for (share, name) in [(2.0, "half"), (4.0, "a quarter")] {
+        let rate = max_rate / share;
+        let engine = consumer_loop(message, rate, || {
+            let mut here = single.on_this_thread().unwrap();
+            move |batch: Vec<Message>| {
+                std::hint::black_box(here.process_batch(batch, ProcessOptions::default()));
+            }
+        });
+        let floor = consumer_loop(message, rate, || {
+            |batch: Vec<Message>| drop(std::hint::black_box(batch))
+        });
+        println!(
+            "throughput: latency of single messages (temperature-converter) on a consumer's own thread (OnThisThread, every message arrived taken as one batch) at {rate:.0} messages/s, {name} the most one thread runs one at a time ({max_rate:.0}/s), from the sending: p50 {:?}, p99 {:?}, the most batched {}; baseline, the same consumer answering at once: p50 {:?}, p99 {:?} (design.md: < 1 ms; goal < 100 µs)",
+            engine.0, engine.1, engine.2, floor.0, floor.1
+        );
+    }
+}
+
+/// Sends `rate` copies of `message` a second for three seconds (at least
+/// 1,000) to a consumer thread, which hands every message arrived, as one
+/// batch, to the `process` it made; answers the p50 and p99 of each
+/// message's time from its sending to the end of its batch, and the largest
+/// batch. Paced as `open_loop` paces.
+fn consumer_loop<P: FnMut(Vec<Message>)>(
+    message: &Message,
+    rate: f64,
+    make: impl FnOnce() -> P + Send,
+) -> (Duration, Duration, usize) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let count = ((rate * 3.0) as usize).max(1000);
+    let (to_consumer, arrived) = std::sync::mpsc::channel::<(Instant, Message)>();
+    std::thread::scope(|scope| {
+        let consumer = scope.spawn(move || {
+            let mut process = make();
+            let (mut times, mut most) = (Vec::with_capacity(count), 0);
+            while let Ok((at, first)) = arrived.recv() {
+                let mut sent = vec![at];
+                let mut batch = vec![first];
+                for (at, message) in arrived.try_iter() {
+                    sent.push(at);
+                    batch.push(message);
+                }
+                most = most.max(batch.len());
+                process(batch);
+                let ended = Instant::now();
+                times.extend(sent.iter().map(|at| ended - *at));
+            }
+            (times, most)
+        });
+        let started = Instant::now();
+        for i in 0..count {
+            let due = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            to_consumer.send((Instant::now(), message.clone())).unwrap();
+        }
+        drop(to_consumer);
+        let (mut times, most) = consumer.join().unwrap();
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        (at(0.5), at(0.99), most)
+    })
 }
 
 type Echo = (Message, tokio::sync::oneshot::Sender<Message>);
@@ -742,6 +827,8 @@ fn main() {
     let pool = Arc::new(
         Pool::new(PoolConfig {
             pin_workers,
+            // For the latency section's consumer on its own thread.
+            caller_threads: 1,
             ..PoolConfig::default()
         })
         .unwrap(),
