@@ -373,6 +373,8 @@ impl Cache {
                 artifact_cache,
                 artifact_cache_max_bytes,
                 pin_workers,
+                // `run` in order runs its batches on its main thread.
+                caller_threads: 1,
                 ..PoolConfig::default()
             })
         };

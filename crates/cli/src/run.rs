@@ -417,25 +417,35 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // fails at its end, as the user asked for them.
     let traces_lost = std::cell::Cell::new(0u64);
     // Runs the batch and writes its results (not yet committed).
-    let flush = |batch: &mut Vec<Message>,
-                 lines: &mut Vec<usize>,
-                 output: &mut Sink,
-                 dead_letters: &mut Option<Sink>|
+    // In order, each batch runs on this thread, which would only wait for
+    // it: nothing is handed to an engine thread and back.
+    let mut here = match args.in_order {
+        true => Some(
+            etl.on_this_thread()
+                .context("cannot run the modules on the main thread")?,
+        ),
+        false => None,
+    };
+    let mut flush = |batch: &mut Vec<Message>,
+                     lines: &mut Vec<usize>,
+                     output: &mut Sink,
+                     dead_letters: &mut Option<Sink>|
      -> anyhow::Result<Vec<Processed>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let results = etl
-            .process_batch_blocking(
-                std::mem::take(batch),
-                ProcessOptions::default()
-                    .trace(true)
-                    // The summary counts skipped modules; only --trace
-                    // shows why.
-                    .skip_reasons(args.trace)
-                    .in_order(args.in_order),
-            )
-            .context("the engine stopped")?;
+        let options = ProcessOptions::default()
+            .trace(true)
+            // The summary counts skipped modules; only --trace shows why.
+            .skip_reasons(args.trace)
+            .in_order(args.in_order);
+        let batch = std::mem::take(batch);
+        let results = match &mut here {
+            Some(here) => here.process_batch(batch, options),
+            None => etl
+                .process_batch_blocking(batch, options)
+                .context("the engine stopped")?,
+        };
         for (processed, &at) in results.iter().zip(lines.iter()) {
             if args.trace && !above_the_bar(&trace_line(at, processed)) {
                 traces_lost.set(traces_lost.get() + 1);
