@@ -168,20 +168,45 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.batch
     )?;
 
-    // Latency: one message at a time from one caller.
-    let mut times = Vec::new();
-    let until = Instant::now() + Duration::from_secs_f64((args.seconds / 2.0).min(2.0));
-    for message in messages.iter().cycle() {
-        if Instant::now() >= until {
-            break;
+    // Latency: one message at a time from one caller, through the engine's
+    // threads, then on the caller's own.
+    let one_at_a_time = |run: &mut dyn FnMut(Message) -> anyhow::Result<()>| {
+        let mut times = Vec::new();
+        let until = Instant::now() + Duration::from_secs_f64((args.seconds / 2.0).min(2.0));
+        for message in messages.iter().cycle() {
+            if Instant::now() >= until {
+                break;
+            }
+            let sent = Instant::now();
+            run(message.clone())?;
+            times.push(sent.elapsed());
         }
-        let sent = Instant::now();
-        run(vec![message.clone()], untraced)?;
-        times.push(sent.elapsed());
-    }
+        anyhow::Ok(times)
+    };
+    let mut times = one_at_a_time(&mut |message| run(vec![message], untraced).map(drop))?;
     writeln!(
         out,
         "one message  p50 {:>10}   p99 {:>10}   max {:>10}   (one caller, one message at a time: {} messages)",
+        show(quantile(&mut times, 0.5)),
+        show(quantile(&mut times, 0.99)),
+        show(quantile(&mut times, 1.0)),
+        times.len()
+    )?;
+    let mut here = etl
+        .on_this_thread()
+        .context("cannot run the modules on the main thread")?;
+    // Its own instances start on its first messages.
+    for message in &messages {
+        here.process_batch(vec![message.clone()], untraced);
+    }
+    let mut times = one_at_a_time(&mut |message| {
+        here.process_batch(vec![message], untraced);
+        Ok(())
+    })?;
+    drop(here);
+    writeln!(
+        out,
+        "  its thread p50 {:>10}   p99 {:>10}   max {:>10}   (the same, the caller's thread running the modules: on_this_thread, {} messages)",
         show(quantile(&mut times, 0.5)),
         show(quantile(&mut times, 0.99)),
         show(quantile(&mut times, 1.0)),

@@ -269,8 +269,9 @@ enum Command {
         /// else `fixtures/modules`).
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
-        /// How long the throughput phase runs, and the one-message phase
-        /// half that, at most 2 s (the traced passes before them, for the
+        /// How long the throughput phase runs, and each one-message phase
+        /// (through the engine's threads, then on the caller's) half that,
+        /// at most 2 s (the traced passes before them, for the
         /// breakdown, run at least 2,000 messages however long they take:
         /// long with modules that time out).
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = within(
