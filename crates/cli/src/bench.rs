@@ -46,7 +46,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .modules
         .clone()
         .unwrap_or_else(crate::run::default_modules);
-    let Some(etl) = start(&config, &modules, &args.settings)? else {
+    let settings = crate::Settings {
+        // For the one-message phase on this thread.
+        caller_threads: 1,
+        ..args.settings.clone()
+    };
+    let Some(etl) = start(&config, &modules, &settings)? else {
         return Ok(ExitCode::FAILURE);
     };
     let threads = etl.engine().threads();
@@ -195,8 +200,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut here = etl
         .on_this_thread()
         .context("cannot run the modules on the main thread")?;
-    // Its own instances start on its first messages.
+    // Its own instances start on its first messages (within a quarter of
+    // the phase's time, for modules that time out).
+    let warming = Instant::now();
     for message in &messages {
+        if warming.elapsed().as_secs_f64() >= (args.seconds / 2.0).min(2.0) / 4.0 {
+            break;
+        }
         here.process_batch(vec![message.clone()], untraced);
     }
     let mut times = one_at_a_time(&mut |message| {

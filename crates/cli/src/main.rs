@@ -363,7 +363,7 @@ impl Cache {
 
     /// The engine, with this cache. A default cache that cannot be used is
     /// a warning, and none is kept; a named one stops the start.
-    fn pool(&self, pin_workers: bool) -> anyhow::Result<Pool> {
+    fn pool(&self, pin_workers: bool, caller_threads: usize) -> anyhow::Result<Pool> {
         let (dir, artifact_cache_max_bytes) = match self {
             Cache::Off => (None, 0),
             Cache::At(dir, max_bytes) => (Some(dir.clone()), *max_bytes),
@@ -374,8 +374,7 @@ impl Cache {
                 artifact_cache,
                 artifact_cache_max_bytes,
                 pin_workers,
-                // `run` in order runs its batches on its main thread.
-                caller_threads: 1,
+                caller_threads,
                 ..PoolConfig::default()
             })
         };
@@ -406,6 +405,9 @@ pub(crate) struct Settings {
     pub cache: Cache,
     /// `PoolConfig::pin_workers`.
     pub pin_workers: bool,
+    /// `PoolConfig::caller_threads`: 1 for a command that runs modules on
+    /// its own thread (`run` in order, `bench`), else 0.
+    pub caller_threads: usize,
 }
 
 impl Engine {
@@ -418,6 +420,7 @@ impl Engine {
         };
         Settings {
             pin_workers: self.pin_workers,
+            caller_threads: 0,
             options: self.options(),
             cache,
         }
@@ -745,6 +748,7 @@ fn start(
         settings.options.clone(),
         &settings.cache,
         settings.pin_workers,
+        settings.caller_threads,
     )
 }
 
@@ -760,6 +764,7 @@ fn load_modules(
     options: Options,
     cache: &Cache,
     pin_workers: bool,
+    caller_threads: usize,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     // A directory that is not there is a mistake in the command, not a
     // module that is missing: nothing would run.
@@ -781,7 +786,7 @@ fn load_modules(
         }
         return Ok(None);
     }
-    let engine = Arc::new(cache.pool(pin_workers)?);
+    let engine = Arc::new(cache.pool(pin_workers, caller_threads)?);
     let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
         Ok(etl) => {
             let unavailable = etl.unavailable();

@@ -349,7 +349,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
-    let Some(etl) = start(&config, &modules, &args.settings)? else {
+    let settings = crate::Settings {
+        // In order, the batches run on this thread.
+        caller_threads: usize::from(args.in_order),
+        ..args.settings.clone()
+    };
+    let Some(etl) = start(&config, &modules, &settings)? else {
         return Ok(ExitCode::FAILURE);
     };
     let size = if args.input == Path::new("-") {
@@ -432,6 +437,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                      dead_letters: &mut Option<Sink>|
      -> anyhow::Result<Vec<Processed>> {
         if batch.is_empty() {
+            // The input went quiet: instances idle past their time go.
+            if let Some(here) = &mut here {
+                here.tidy();
+            }
             return Ok(Vec::new());
         }
         let options = ProcessOptions::default()

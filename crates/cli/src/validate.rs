@@ -20,6 +20,7 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
             // A check leaves nothing behind.
             &crate::Cache::Off,
             false,
+            0,
         )?
         .is_none()
         {

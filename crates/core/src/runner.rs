@@ -154,6 +154,13 @@ pub trait ModuleRunner {
     /// and the module's own budget; `Err(Busy)` if it cannot start now.
     fn call(&mut self, module: &Self::Module, request: CallRequest<'_>)
         -> Result<CallReport, Busy>;
+
+    /// Lets go of what the runner keeps past its time (instances idle past
+    /// their time-to-live, those of versions no longer used), if that is
+    /// due. An engine tidies its own threads' runners; the holder of a
+    /// caller's runner ([`Engine::caller_runner`]) calls this between tasks
+    /// and while it has none. It runs no module.
+    fn tidy(&mut self) {}
 }
 
 /// What a task asks of its thread after a run.
@@ -298,8 +305,12 @@ pub trait Engine: Send + Sync + 'static {
     /// threads. It calls the modules this engine loads, within their limits
     /// (instances at once among them), and holds its own warm instances
     /// until it is dropped. `Err` if the engine gives no more (it may bound
-    /// how many exist at once) or none at all.
-    fn caller_runner(&self) -> Result<Self::Runner, NoRunner>;
+    /// how many exist at once) or none at all, as by default.
+    fn caller_runner(&self) -> Result<Self::Runner, NoRunner> {
+        Err(NoRunner::new(
+            "this engine runs tasks on its own threads only",
+        ))
+    }
 
     /// Publishes the engine's own statistics (instances, calls) to the
     /// `metrics` facade now, for an exporter about to render them.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rustmq_etl_config::Config;
-use rustmq_etl_core::{Engine, LoadError, Message, ModuleSpec, NoRunner, Step, Task};
+use rustmq_etl_core::{Engine, LoadError, Message, ModuleRunner, ModuleSpec, NoRunner, Step, Task};
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::breaker::CircuitState;
@@ -945,9 +945,12 @@ fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
 /// messages in flight, which its batches take and wait for as
 /// [`Orchestrator::process_batch`]'s do, the breakers, the metrics and
 /// [`Orchestrator::drain`]. Its runner holds warm instances of the modules
-/// it ran until it is dropped (the wasmer pool's also drop those idle past
-/// their time-to-live, as its workers do). The thread runs the modules, so
-/// it must be one that may block: not an async runtime's.
+/// it ran until it is dropped, and lets go of those past their time when
+/// tidied ([`OnThisThread::tidy`]: before each batch, or when its holder
+/// calls it). The thread runs the modules, so it must be one that may block:
+/// not an async task's (tokio's `spawn_blocking` and `block_in_place` are
+/// fine). A batch begun runs to its end: unlike a `process_batch` future, it
+/// cannot be given up.
 pub struct OnThisThread<E: Engine> {
     orchestrator: Orchestrator<E>,
     runner: E::Runner,
@@ -990,13 +993,36 @@ impl<E: Engine> OnThisThread<E> {
         &self.orchestrator
     }
 
+    /// Lets the runner drop what it keeps past its time — instances idle
+    /// past their module's `cache_ttl_seconds`, those of module versions a
+    /// reload replaced — if its engine's cleaning interval has gone by (the
+    /// wasmer pool's `PoolConfig::cleaner_interval`, 1 s by default).
+    /// `process_batch` does this before each batch; a thread that may go
+    /// without batches for a while (a consumer whose poll came back empty)
+    /// calls it then, or its instances stay until it is dropped.
+    pub fn tidy(&mut self) {
+        // Contained: the wasmer pool publishes its statistics as it tidies,
+        // and the embedding program's metrics recorder may panic.
+        if let Err(text) = contain(|| self.runner.tidy()) {
+            log::error!(
+                "rustmq-etl: tidying the runner of a caller's thread panicked (in the metrics \
+                 recorder?): {text}; it goes on"
+            );
+        }
+    }
+
     /// Runs one wave, admitted here, as one batch.
     fn run(&mut self, messages: Vec<Message>, options: ProcessOptions) -> Vec<Processed> {
         if messages.is_empty() {
             return Vec::new();
         }
+        self.tidy();
         let orchestrator = &self.orchestrator;
-        let permits = pollster::block_on(orchestrator.admit(messages.len()));
+        // Unconstrained: called (against its documentation) from a tokio
+        // task whose budget is spent, the wait would never end.
+        let permits = pollster::block_on(tokio::task::unconstrained(
+            orchestrator.admit(messages.len()),
+        ));
         let snapshot = orchestrator.inner.current.load_full();
         let runs = orchestrator.runs(&snapshot, messages, options).collect();
         let (reply, mut answer) = oneshot::channel();
@@ -1008,6 +1034,7 @@ impl<E: Engine> OnThisThread<E> {
             in_order: options.in_order,
         };
         while let Step::WaitUntil(at) = batch.run(&mut self.runner) {
+            self.tidy();
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         answer

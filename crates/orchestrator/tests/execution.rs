@@ -3520,12 +3520,17 @@ async fn a_batch_waiting_for_room_comes_first() {
 /// it, counted as waiting, and is counted in flight while it runs.
 #[test]
 fn on_this_thread_runs_here_and_waits_for_room() {
-    let (o, release) = held(2);
+    let (o, release_slow) = held(2);
     let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let release_here = Arc::new(AtomicBool::new(false));
     o.engine().module("here", {
-        let ran_on = ran_on.clone();
+        let (ran_on, release) = (ran_on.clone(), release_here.clone());
         move |_| {
             ran_on.lock().unwrap().push(std::thread::current().id());
+            let started = Instant::now();
+            while !release.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             Behaviour::ok(Outcome::Unchanged)
         }
     });
@@ -3542,9 +3547,14 @@ fn on_this_thread_runs_here_and_waits_for_room() {
                 .await
         }
     });
-    while o.in_flight() < 1 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let until = |done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    until(&|| o.in_flight() == 1);
     let here = std::thread::spawn({
         let o = o.clone();
         move || {
@@ -3556,11 +3566,13 @@ fn on_this_thread_runs_here_and_waits_for_room() {
             (out, std::thread::current().id())
         }
     });
-    while o.waiting() < 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    until(&|| o.waiting() == 2);
     assert!(ran_on.lock().unwrap().is_empty(), "it waits for room");
-    release.store(true, Ordering::Relaxed);
+    release_slow.store(true, Ordering::Relaxed);
+    // Admitted whole, and in flight while its first message runs.
+    until(&|| !ran_on.lock().unwrap().is_empty());
+    assert_eq!((o.in_flight(), o.waiting()), (2, 0));
+    release_here.store(true, Ordering::Relaxed);
     let (out, thread) = here.join().unwrap();
     let payloads: Vec<_> = out.iter().map(|p| delivered(p).payload.clone()).collect();
     assert_eq!(payloads, [Bytes::from("1"), Bytes::from("2")]);
@@ -3579,7 +3591,7 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
         let calls = calls.clone();
         move |m| {
             let mut calls = calls.lock().unwrap();
-            calls.push(m.payload.clone());
+            calls.push((m.payload.clone(), std::thread::current().id()));
             if m.payload == "flaky" && calls.len() == 1 {
                 Behaviour::fail(ErrorKind::GuestError, "once")
             } else {
@@ -3600,16 +3612,24 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
         },
     );
     let mut here = o.on_this_thread().unwrap();
+    let started = Instant::now();
     let out = here.process_batch(
         vec![Message::new("t", "flaky"), Message::new("t", "steady")],
         ProcessOptions::default().trace(true),
     );
+    // The delay (50 ms, up to half taken off by jitter) was waited out.
+    assert!(started.elapsed() >= Duration::from_millis(25));
     let attempts = |p: &Processed| match &events(p)[0].1 {
         TraceEvent::Ran { attempts, .. } => *attempts,
         other => panic!("{other:?}"),
     };
     assert_eq!(delivered(&out[0]).payload, "flaky");
     assert_eq!((attempts(&out[0]), attempts(&out[1])), (2, 1));
-    // The steady message ran while the other waited for its retry.
-    assert_eq!(*calls.lock().unwrap(), ["flaky", "steady", "flaky"]);
+    // The steady message ran while the other waited for its retry, all on
+    // this thread.
+    let here = std::thread::current().id();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [("flaky", here), ("steady", here), ("flaky", here)].map(|(p, t)| (Bytes::from(p), t))
+    );
 }

@@ -279,17 +279,18 @@ impl LocalPool {
             attachment: Some(Attachment {
                 callers,
                 interval: coarsetime::Duration::from(interval),
-                last_clean: coarsetime::Instant::now(),
+                last_clean: coarsetime::Instant::now_without_cache_update(),
             }),
         }
     }
 
     /// For a caller's pool: drops the idle instances past their time (and
     /// publishes the statistics) once an interval has gone by since the last
-    /// time. A worker does this between jobs; a caller's thread as it calls.
+    /// time. A worker does this between jobs; a caller's thread when its
+    /// holder asks ([`ModuleRunner::tidy`]), between batches.
     fn tidy(&mut self) {
         if let Some(attachment) = &mut self.attachment {
-            let now = coarsetime::Instant::now();
+            let now = coarsetime::Instant::now_without_cache_update();
             if now.duration_since(attachment.last_clean) >= attachment.interval {
                 attachment.last_clean = now;
                 self.evict_idle();
@@ -352,7 +353,6 @@ impl LocalPool {
         module: &LoadedModule,
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
-        self.tidy();
         let started = request.get_clock().unwrap_or_else(Instant::now);
         let compiled = &module.compiled;
         let report = |result: Result<_, CallError>, ended: Instant| {
@@ -528,5 +528,9 @@ impl ModuleRunner for LocalPool {
         request: CallRequest<'_>,
     ) -> Result<CallReport, Busy> {
         LocalPool::call(self, module, request)
+    }
+
+    fn tidy(&mut self) {
+        LocalPool::tidy(self);
     }
 }

@@ -283,8 +283,12 @@ impl Pool {
     /// code, call it where blocking is allowed (for example tokio's
     /// `spawn_blocking`).
     pub fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<LoadedModule, LoadError> {
-        let module = LoadedModule::compile(spec, wasm, &self.shared.settings)?
-            .run_by_threads(self.shared.workers.len() + self.shared.caller_threads);
+        let module = LoadedModule::compile(spec, wasm, &self.shared.settings)?.run_by_threads(
+            self.shared
+                .workers
+                .len()
+                .saturating_add(self.shared.caller_threads),
+        );
         // Instantiate and init once, on a worker (guest code runs only there),
         // so that a module that cannot start is refused before it is used.
         let init = |message: String| LoadError::Init {

@@ -36,6 +36,10 @@ pub(crate) struct Counters {
     /// The occurrence's limits, published beside its levels.
     limits: Limits,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// The counts of the shards of threads' pools gone (a caller's runner
+    /// dropped), added as each goes (under the shards' lock), so that a
+    /// thread's pool made again and again adds no shard for good.
+    retired: Shard,
     /// Guest log lines past the per-call limit (counted by the instances).
     log_lines_dropped: Arc<AtomicU64>,
     /// Everything else in this process published under the same label.
@@ -259,6 +263,7 @@ impl Counters {
             labels,
             limits,
             shards: Mutex::new(Vec::new()),
+            retired: Shard::default(),
             log_lines_dropped,
             family: family.clone(),
         });
@@ -284,7 +289,14 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> ModuleStats {
-        let shards = self.lock();
+        let live = self.lock();
+        // The shards of the threads' pools gone count too (their levels are
+        // 0: a pool gone holds no instance).
+        let shards: Vec<&Shard> = live
+            .iter()
+            .map(|s| &**s)
+            .chain(std::iter::once(&self.retired))
+            .collect();
         let sum = |field: fn(&Shard) -> &AtomicU64| -> u64 {
             shards
                 .iter()
@@ -432,6 +444,38 @@ pub(crate) struct Recorder {
     shard: Arc<Shard>,
 }
 
+impl Drop for Recorder {
+    /// The thread's pool lets go of the module: its counts go to the
+    /// retired ones and its shard out of the list, in one step under the
+    /// lock, so that a reading never counts them twice or not at all.
+    fn drop(&mut self) {
+        let counters = &self.counters;
+        let mut shards = counters.lock();
+        shards.retain(|s| !Arc::ptr_eq(s, &self.shard));
+        let (gone, retired) = (&*self.shard, &counters.retired);
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        add(&retired.calls, &gone.calls);
+        add(&retired.hits, &gone.hits);
+        add(&retired.misses, &gone.misses);
+        add(&retired.creations, &gone.creations);
+        add(&retired.evictions, &gone.evictions);
+        add(&retired.discards, &gone.discards);
+        for (to, from) in retired.failures.iter().zip(&gone.failures) {
+            add(to, from);
+        }
+        // Levels: 0 once the pool's instances are gone, as they are by now
+        // (`Slot`'s drop); kept whole all the same.
+        retired
+            .in_use
+            .fetch_add(gone.in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+        retired
+            .idle
+            .fetch_add(gone.idle.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 impl Recorder {
     fn bump(counter: &AtomicU64, by: u64) {
         // Single writer: a load and a store, not a locked read-modify-write.
@@ -484,5 +528,36 @@ impl Recorder {
         self.shard
             .largest_memory_bytes
             .store(largest, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread's shard, once its recorder is dropped, leaves the list and
+    /// its counts stay in the totals: pools made and dropped again and again
+    /// (callers' runners) neither lose counts nor grow the list.
+    #[test]
+    fn a_dropped_recorders_counts_are_kept_and_its_shard_let_go() {
+        let labels = vec![("module", "a_dropped_recorders_counts".to_owned())];
+        let counters = Counters::new(labels, Limits::default(), Arc::default());
+        for _ in 0..100 {
+            let recorder = counters.shard();
+            recorder.call(true);
+            recorder.failed(ErrorKind::Trap);
+            recorder.idle(1);
+            recorder.idle(-1);
+        }
+        let kept = counters.shard();
+        kept.call(false);
+        kept.idle(1);
+        assert_eq!(counters.lock().len(), 1, "only the live shard is listed");
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.calls, stats.hits, stats.misses, stats.idle),
+            (101, 100, 1, 1)
+        );
+        assert_eq!(stats.failures_of(ErrorKind::Trap), 100);
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustmq_etl_core::{
-    Busy, CallReport, CallRequest, ErrorKind, Message, ModuleSettings, ModuleSpec, Outcome,
+    Busy, CallReport, CallRequest, ErrorKind, Message, ModuleRunner, ModuleSettings, ModuleSpec,
+    Outcome,
 };
 use rustmq_etl_pool::{
     CompileLimits, CompileSettings, LoadError, LoadedModule, LocalPool, Pool, PoolConfig,
@@ -1154,10 +1155,11 @@ fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
     });
 }
 
-/// A caller's runner drops its idle instances past their time-to-live as
-/// it calls (it has no cleaner thread), as a worker does between jobs.
+/// A caller's runner drops its idle instances past their time-to-live when
+/// its holder tidies it (it has no cleaner thread), as a worker does between
+/// jobs; a call does not.
 #[test]
-fn a_caller_runner_drops_idle_instances_as_it_calls() {
+fn a_caller_runner_drops_idle_instances_when_tidied() {
     let pool = Pool::new(PoolConfig {
         workers: 1,
         caller_threads: 1,
@@ -1177,11 +1179,15 @@ fn a_caller_runner_drops_idle_instances_as_it_calls() {
     call(&mut runner, &module, &message);
     assert_eq!(runner.idle_len(&module), 1);
     std::thread::sleep(Duration::from_millis(100));
+    // A call does not tidy: its time is the message's.
     call(&mut runner, &module, &message);
+    assert_eq!(module.stats().evictions, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    ModuleRunner::tidy(&mut runner);
     let stats = module.stats();
     assert_eq!(
         (stats.evictions, stats.creations, runner.idle_len(&module)),
-        (1, 2, 1),
+        (1, 1, 0),
         "{stats:?}"
     );
 }
