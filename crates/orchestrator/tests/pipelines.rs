@@ -26,6 +26,8 @@ fn pool() -> Arc<Pool> {
         Arc::new(
             Pool::new(PoolConfig {
                 workers: 2,
+                // Tests that run on their own thread, at the same time.
+                caller_threads: 4,
                 ..PoolConfig::default()
             })
             .unwrap(),
@@ -194,6 +196,29 @@ pipelines:
           - module_id: hostile-slow
             topic_filters: [{filter_type: Exact, pattern: slow}]
 "#;
+
+/// design.md's examples give the same results on the caller's own thread
+/// (`OnThisThread`, the modules' instances of that thread) as through the
+/// engine's threads.
+#[test]
+fn design_md_examples_give_the_same_results_on_the_callers_thread() {
+    let o = design_examples();
+    let messages = sample_messages();
+    let through_the_engine: Vec<Disposition> = run(&o, messages.clone())
+        .into_iter()
+        .map(|p| p.disposition)
+        .collect();
+    let mut here = o.on_this_thread().unwrap();
+    for _ in 0..2 {
+        // Twice: the thread's instances are made, then reused.
+        let on_this_thread: Vec<Disposition> = here
+            .process_batch(messages.clone(), ProcessOptions::default())
+            .into_iter()
+            .map(|p| p.disposition)
+            .collect();
+        assert_eq!(on_this_thread, through_the_engine);
+    }
+}
 
 #[test]
 fn hostile_modules_meet_every_strategy_and_timeout() {
