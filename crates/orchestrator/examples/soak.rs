@@ -1,6 +1,7 @@
 //! The soak: a million messages (or as many as asked) through pipelines that
 //! mix the sample modules with every hostile one under every error strategy,
-//! four callers keeping both cores busy, while another thread reloads the
+//! four callers keeping both cores busy (two through the engine's threads,
+//! two running their batches on their own), while another thread reloads the
 //! configuration several times a second: valid and invalid configurations,
 //! pipelines disabled and enabled, a module's version swapped.
 //!
@@ -246,7 +247,13 @@ fn main() {
     .unwrap();
     let identity = std::fs::read(modules.join("identity.wasm")).unwrap();
 
-    let pool = Arc::new(Pool::new(PoolConfig::default()).unwrap());
+    let pool = Arc::new(
+        Pool::new(PoolConfig {
+            caller_threads: 2,
+            ..PoolConfig::default()
+        })
+        .unwrap(),
+    );
     let parse = |text: &str| Config::from_text(text, Format::Yaml, None).unwrap().config;
     let options = Options {
         backoff: Backoff {
@@ -269,7 +276,9 @@ fn main() {
     .expect("the soak's configuration loads");
     let dead_letter_topic = etl.options().dead_letter_topic.clone();
 
-    println!("soak: {total} messages, 4 callers, batches of {BATCH}, reloads every 100 ms");
+    println!(
+        "soak: {total} messages, 4 callers (2 of them running their batches on their own threads), batches of {BATCH}, reloads every 100 ms"
+    );
     let seen: Vec<AtomicU8> = (0..total).map(|_| AtomicU8::new(0)).collect();
     let failures: Mutex<Vec<String>> = Mutex::default();
     let fail = |text: String| {
@@ -326,9 +335,15 @@ fn main() {
                 step += 1;
             }
         });
-        // The callers.
-        for _ in 0..4 {
-            scope.spawn(|| loop {
+        // The callers: two through the engine's threads, two running their
+        // batches on their own threads.
+        for caller in 0..4 {
+            let (etl, next, fail, done) = (&etl, &next, &fail, &done);
+            let (seen, counts, dead_by) = (&seen, &counts, &dead_by);
+            let (slow_starts, dead_letter_topic) = (&slow_starts, dead_letter_topic.as_str());
+            scope.spawn(move || {
+                let mut here = (caller >= 2).then(|| etl.on_this_thread().unwrap());
+                loop {
                 let from = next.fetch_add(BATCH, Ordering::Relaxed);
                 if from >= total {
                     break;
@@ -336,7 +351,11 @@ fn main() {
                 let to = (from + BATCH).min(total);
                 let inputs: Vec<(Message, bool)> = (from..to).map(message).collect();
                 let batch: Vec<Message> = inputs.iter().map(|(m, _)| m.clone()).collect();
-                let answers = match etl.process_batch_blocking(batch, ProcessOptions::default()) {
+                let answers = match &mut here {
+                    Some(here) => Ok(here.process_batch(batch, ProcessOptions::default())),
+                    None => etl.process_batch_blocking(batch, ProcessOptions::default()),
+                };
+                let answers = match answers {
                     Ok(answers) => answers,
                     Err(e) => {
                         fail(format!("batch at {from}: {e:?}"));
@@ -426,6 +445,7 @@ fn main() {
                     *dead_by.entry(k).or_default() += n;
                 }
                 done.fetch_add(to - from, Ordering::Relaxed);
+                }
             });
         }
         // The memory curve: a reading every fortieth of the run (looked for
