@@ -41,6 +41,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod checkpoint;
 mod diff;
 mod explain;
 mod input;
@@ -134,6 +135,12 @@ enum Command {
         /// was stopped (it says from where).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = line_number)]
         start_line: usize,
+        /// After each batch it writes, record in FILE how far the run got
+        /// and how long its output files were; run the same command again
+        /// after any stop — SIGKILL, a crash — to resume exactly there
+        /// (needs --output FILE, and --dead-letter FILE if any).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
         /// Run messages on all engine threads at once, and others while one
         /// waits for a retry's delay: faster, but which messages meet a
         /// circuit breaker that earlier ones opened then depends on timing.
@@ -585,6 +592,7 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
+            checkpoint,
             concurrent,
             engine,
         } => run::run(run::Args {
@@ -595,6 +603,7 @@ fn main() -> ExitCode {
             modules,
             trace,
             start_line,
+            checkpoint,
             in_order: !concurrent,
             settings: engine.settings(),
         }),

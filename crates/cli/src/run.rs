@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::{Disposition, ProcessOptions, Processed};
 
+use crate::checkpoint::Checkpoint;
 use crate::summary::Summary;
 use crate::{load_plan, report, start};
 
@@ -30,6 +31,9 @@ pub(crate) struct Args {
     pub modules: Option<PathBuf>,
     pub trace: bool,
     pub start_line: usize,
+    /// Where the run records how far it got, and resumes from
+    /// ([`Checkpoint`]).
+    pub checkpoint: Option<PathBuf>,
     /// Each message to its end before the next starts
     /// ([`ProcessOptions::in_order`]).
     pub in_order: bool,
@@ -330,6 +334,23 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(checkpoint) = &args.checkpoint {
+        let is_a_file = |p: &Option<PathBuf>| p.as_deref().is_some_and(|p| p != Path::new("-"));
+        if !is_a_file(&args.output) || (args.dead_letter.is_some() && !is_a_file(&args.dead_letter))
+        {
+            anyhow::bail!(
+                "--checkpoint needs --output FILE, and --dead-letter FILE if dead letters go                  apart: files a resumed run can cut back to the checkpoint's lengths, which                  standard output is not"
+            );
+        }
+        let at = destination(checkpoint, "/dev/stdout");
+        let taken = [Some(&input), Some(&output), dead_letter.as_ref()];
+        if taken.into_iter().flatten().any(|p| same_file(p, &at)) {
+            anyhow::bail!(
+                "--checkpoint {} is the input or an output file: give it a file of its own",
+                checkpoint.display()
+            );
+        }
+    }
     if let Some(dead_letter) = &dead_letter {
         if !args.both_to_stdout() && same_file(&output, dead_letter) {
             anyhow::bail!(
@@ -343,8 +364,37 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     check_paths(&args)?;
+    // A checkpoint left by an earlier run of this command: resumed after its
+    // line, the outputs cut back to their lengths then.
+    if let Some(path) = &args.checkpoint {
+        if let Some(checkpoint) = Checkpoint::read(path)? {
+            if args.start_line != 1 {
+                anyhow::bail!(
+                    "--start-line and --checkpoint {} both say where to start: leave out                      --start-line (the checkpoint resumes after line {})",
+                    path.display(),
+                    checkpoint.line
+                );
+            }
+            if checkpoint.finished && checkpoint.input == args.input.display().to_string() {
+                say!(
+                    "note: --checkpoint {} says this run finished: every line of {} (up to line                      {}) was processed and its result written; nothing to do (remove it to run                      again)",
+                    path.display(),
+                    args.input.display(),
+                    checkpoint.line
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let output = args.output.as_deref().expect("checked: a file");
+            for cut in
+                checkpoint.cut_back(path, &args.input, output, args.dead_letter.as_deref())?
+            {
+                say!("note: {cut}");
+            }
+            args.start_line = checkpoint.line + 1;
+        }
+    }
     let Some((config, _, _)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -477,6 +527,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut write_failed: Option<anyhow::Error> = None;
     // When the oldest message of the batch arrived.
     let mut batch_since: Option<Instant> = None;
+    // The checkpoint written last (`--checkpoint`).
+    let mut last_checkpoint: Option<Checkpoint> = None;
     loop {
         let signal = stop.load(Ordering::Relaxed);
         if signal != 0 {
@@ -540,6 +592,22 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(results) => {
                     results.iter().for_each(|processed| summary.add(processed));
                     committed = (consumed, input, bad);
+                    // Recorded once the batch is out: a run killed before
+                    // this resumes from the checkpoint before, and cuts
+                    // the batch off.
+                    if let Some(path) = &args.checkpoint {
+                        let now = checkpoint_of(&args, consumed, &output, &dead_letters, false);
+                        // (A quiet input's empty batches change nothing.)
+                        if last_checkpoint.as_ref() != Some(&now) {
+                            match now.write(path) {
+                                Ok(()) => last_checkpoint = Some(now),
+                                Err(e) => {
+                                    write_failed = Some(e);
+                                    end = true;
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     write_failed = Some(e);
@@ -556,6 +624,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let (consumed, input, bad) = committed;
+    let finished = write_failed.is_none() && failed.is_none() && stopped_by.is_none();
+    if let (Some(path), true) = (&args.checkpoint, finished) {
+        if let Err(e) = checkpoint_of(&args, consumed, &output, &dead_letters, true).write(path) {
+            // Every result is out: a rerun would find nothing left to do
+            // all the same, and say less.
+            say!("warning: {e:#}");
+        }
+    }
     // `>` again would empty what this run wrote.
     let append_stdout =
         if output.stdout_to_a_file() || dead_letters.as_ref().is_some_and(Sink::stdout_to_a_file) {
@@ -578,6 +654,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "lines read ahead after it were not processed: to go on, send the input again from \
                  its start with --start-line {0} (or from line {0} without it){append_stdout}",
                 consumed + 1
+            )
+        } else if let Some(path) = &args.checkpoint {
+            format!(
+                "to go on, run the same command again (--checkpoint {} says where)",
+                path.display()
             )
         } else {
             format!(
@@ -653,6 +734,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The checkpoint of a run whose every line up to `line` was processed and
+/// written, its outputs as long as they were at that commit.
+fn checkpoint_of(
+    args: &Args,
+    line: usize,
+    output: &Sink,
+    dead_letters: &Option<Sink>,
+    finished: bool,
+) -> Checkpoint {
+    Checkpoint {
+        input: args.input.display().to_string(),
+        line,
+        // (Both are files: `check_paths` refused a checkpoint otherwise.)
+        output_bytes: output.committed.unwrap_or(0),
+        dead_letter_bytes: dead_letters.as_ref().map(|d| d.committed.unwrap_or(0)),
+        finished,
+    }
 }
 
 /// The summary on standard error; if it cannot be written there, it is lost

@@ -2170,6 +2170,119 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     assert_eq!(keys(&text(&out.stdout)), ["m1", "m2", "m3", "m4", "m5"]);
 }
 
+/// `run --checkpoint` killed with SIGKILL mid-run — no chance to say where
+/// it stopped, a result perhaps cut short — resumes exactly with the same
+/// command: every message once, in order. Once finished, the same command
+/// says there is nothing left to do and touches nothing.
+#[test]
+fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
+    );
+    let total = 3000;
+    let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
+    let output = dir.path().join("out.jsonl");
+    let checkpoint = dir.path().join("run.checkpoint");
+    let command = || {
+        let mut command = server::tool();
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(&output)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .stderr(Stdio::piped());
+        command
+    };
+    let line = || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["line"].as_u64())
+            .unwrap_or(0) as usize
+    };
+    let mut child = command().spawn().unwrap();
+    // Killed once it has committed a few batches.
+    let started = std::time::Instant::now();
+    while line() < 512 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = line();
+    assert!(
+        killed_at < total,
+        "it finished before the kill: make the run slower"
+    );
+    // A result cut short past the last commit, as a kill mid-write leaves.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&output)
+        .unwrap();
+    file.write_all(b"{\"topic\":\"t\",\"key\":\"m").unwrap();
+    drop(file);
+
+    let rest = command().output().unwrap();
+    let stderr = text(&rest.stderr);
+    assert_eq!(rest.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("bytes past the checkpoint cut off"),
+        "{stderr}"
+    );
+    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(keys(&written), expected, "every message once, in order");
+
+    let again = command().output().unwrap();
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("says this run finished"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), written);
+    // With --start-line too, it says to give one.
+    let both = command().args(["--start-line", "2"]).output().unwrap();
+    assert_eq!(both.status.code(), Some(1));
+    assert!(text(&both.stderr).contains("both say where to start"));
+}
+
+/// `--checkpoint` needs output files it can cut back; not standard output.
+#[test]
+fn run_refuses_a_checkpoint_without_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures().join("pipelines");
+    let input = fixtures().join("messages/sample.jsonl");
+    let checkpoint = dir.path().join("cp");
+    for outputs in [
+        vec![],
+        vec!["--output", "-"],
+        vec!["--output", "out.jsonl", "--dead-letter", "-"],
+    ] {
+        let out = server::tool()
+            .current_dir(dir.path())
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&input)
+            .args(&outputs)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{outputs:?}");
+        assert!(
+            text(&out.stderr).contains("--checkpoint needs --output FILE"),
+            "{outputs:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!checkpoint.exists());
+    }
+}
+
 /// Every command that reads messages refuses a directory as `run` does (explain
 /// said "Is a directory (os error 21)", test-module and bench the same).
 #[test]
