@@ -3,121 +3,326 @@
 //! command resumes exactly where it left off however the run ended —
 //! SIGKILL, the OOM killer, a crash — cutting off what it wrote past the
 //! last checkpoint.
+//!
+//! The file holds two slots of one page each, written in turn in place (one
+//! `pwrite` a batch, no file made or renamed): each holds a record — its
+//! sequence number, the checkpoint, and a checksum of both — padded with
+//! spaces. A write cut short by the process's end can only damage the slot
+//! being written, which its checksum then gives away; the other slot holds
+//! the checkpoint before. A reader takes the valid record with the highest
+//! number.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use sha2::Digest as _;
 
-/// What a checkpoint file holds (one JSON object).
+/// The bytes of one slot: a page, written in one call.
+const SLOT: usize = 4096;
+
+/// What a checkpoint records (one JSON object in a slot's record).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Checkpoint {
-    /// The input, as the command named it.
+    /// The input, as the command named it (for messages).
     pub input: String,
+    /// The input file itself: another file under its name is not resumed.
+    pub input_file: FileId,
+    /// The bytes of the input's lines up to `line`.
+    pub input_bytes: u64,
+    /// The line the run began at (`--start-line`, 1 without it).
+    pub start_line: usize,
     /// Every line up to this one was processed and its result written.
     pub line: usize,
-    /// `--output`'s length as that line's batch was committed.
-    pub output_bytes: u64,
-    /// `--dead-letter`'s, if the run has one.
-    pub dead_letter_bytes: Option<u64>,
+    /// `--output` as that line's batch was committed.
+    pub output: Output,
+    /// `--dead-letter`, if the run has one.
+    pub dead_letter: Option<Output>,
     /// The run read its whole input and wrote every result.
     pub finished: bool,
 }
 
-impl Checkpoint {
-    /// The checkpoint at `path`; none if there is no such file.
-    pub fn read(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read --checkpoint {}", path.display()))
-            }
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
+/// A file's identity: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt as _;
+        FileId {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+}
+
+/// An output file at a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Output {
+    /// Its length as the checkpoint's batch was committed.
+    pub bytes: u64,
+    pub file: FileId,
+}
+
+/// What a run does with the checkpoint it found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Nothing: the run finished, and its input has not grown since.
+    Finished(String),
+    /// Go on after `line` (the input's first `input_bytes` bytes), the
+    /// outputs cut back to their lengths at the checkpoint; the notes say
+    /// what was cut, or that the input grew.
+    After {
+        line: usize,
+        input_bytes: u64,
+        notes: Vec<String>,
+    },
+}
+
+/// One slot's record.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    seq: u64,
+    checkpoint: Checkpoint,
+    /// [`sum`] of the two above.
+    sum: String,
+}
+
+/// The checksum of a record's number and checkpoint: the first 16 hex digits
+/// of the SHA-256 of both, as written.
+fn sum(seq: u64, checkpoint: &Checkpoint) -> String {
+    let text = serde_json::to_string(checkpoint).expect("a checkpoint serialises");
+    let digest = sha2::Sha256::digest(format!("{seq}:{text}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A run's checkpoint file, open for its records.
+pub(crate) struct CheckpointFile {
+    file: File,
+    path: PathBuf,
+    /// The last record's number.
+    seq: u64,
+}
+
+impl CheckpointFile {
+    /// The checkpoint at `path` (none if there is no such file, or it is
+    /// empty: a run killed before its first record), and the file, opened
+    /// for the records to come (made if it is not there).
+    pub fn open(path: &Path) -> anyhow::Result<(CheckpointFile, Option<Checkpoint>)> {
+        let shown = path.display();
+        let not_one = |why: String| {
             anyhow::anyhow!(
-                "--checkpoint {} is not a checkpoint of `rustmq-etl run` ({e}): name another \
-                 file, or remove it to start the run afresh",
-                path.display()
+                "--checkpoint {shown} is not a checkpoint of `rustmq-etl run` ({why}): name \
+                 another file, or remove it to start the run afresh"
             )
-        })
+        };
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open --checkpoint {shown}"))?;
+        // One run at a time: two would cut back and append to each other's
+        // outputs.
+        if let Err(e) = file.try_lock() {
+            anyhow::bail!("--checkpoint {shown}: another run holds it ({e}); wait for it to end");
+        }
+        let length = file
+            .metadata()
+            .with_context(|| format!("--checkpoint {shown}: reading its length"))?
+            .len();
+        if length > 2 * SLOT as u64 {
+            return Err(not_one(format!("{length} bytes, more than a checkpoint's")));
+        }
+        let mut bytes = vec![0u8; length as usize];
+        file.read_exact_at(&mut bytes, 0)
+            .with_context(|| format!("cannot read --checkpoint {shown}"))?;
+        // Each slot: a record, or nothing yet (zeros, or past the file's end).
+        let mut found: Option<Record> = None;
+        let mut damaged = 0;
+        for slot in bytes.chunks(SLOT) {
+            if slot.iter().all(|b| *b == 0) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(slot.trim_ascii_end())
+                .ok()
+                .filter(|r| r.sum == sum(r.seq, &r.checkpoint))
+                // (A line past any count of lines would resume nowhere.)
+                .filter(|r| r.checkpoint.line < usize::MAX)
+            {
+                Some(record) if found.as_ref().is_none_or(|f| record.seq > f.seq) => {
+                    found = Some(record)
+                }
+                Some(_) => {}
+                None => damaged += 1,
+            }
+        }
+        if found.is_none() && damaged > 0 {
+            return Err(not_one("no whole record in it".to_owned()));
+        }
+        let seq = found.as_ref().map_or(0, |r| r.seq);
+        let checkpoint_file = CheckpointFile {
+            file,
+            path: path.to_owned(),
+            seq,
+        };
+        Ok((checkpoint_file, found.map(|r| r.checkpoint)))
     }
 
-    /// Writes it to `path` whole or not at all: to a file beside it, then
-    /// renamed over it (a run killed meanwhile leaves the last checkpoint).
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let mut name = path.file_name().unwrap_or_default().to_owned();
-        name.push(".tmp");
-        let tmp = path.with_file_name(name);
-        let mut text = serde_json::to_string(self).expect("a checkpoint serialises");
+    /// Records `checkpoint` in the slot after the last one's.
+    pub fn write(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        let seq = self.seq + 1;
+        let record = Record {
+            seq,
+            sum: sum(seq, checkpoint),
+            checkpoint: checkpoint.clone(),
+        };
+        let mut text = serde_json::to_string(&record).expect("a record serialises");
+        if text.len() >= SLOT {
+            anyhow::bail!(
+                "writing the checkpoint to {}: its record is {} bytes, more than the {} a \
+                 record may take (the input's name is too long)",
+                self.path.display(),
+                text.len(),
+                SLOT - 1
+            );
+        }
+        text.extend(std::iter::repeat_n(' ', SLOT - 1 - text.len()));
         text.push('\n');
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .with_context(|| format!("writing the checkpoint to {}", path.display()))
+        self.file
+            .write_all_at(text.as_bytes(), (seq % 2) * SLOT as u64)
+            .with_context(|| format!("writing the checkpoint to {}", self.path.display()))?;
+        self.seq = seq;
+        Ok(())
     }
+}
 
-    /// Checks that this is the checkpoint of a run on `input` with these
-    /// outputs, and cuts each output file back to its length at the
-    /// checkpoint (what is past it is the results of a batch whose commit
-    /// the run did not finish). Says what it cut.
-    pub fn cut_back(
+impl Checkpoint {
+    /// What a run with these arguments does with this checkpoint, found at
+    /// `path`: the same input file (not shorter than it had read), the same
+    /// output files, begun at the same `--start-line` (or given none). Cuts
+    /// each output back to its length at the checkpoint: what is past it was
+    /// written after (a batch whose commit the run did not finish), and is
+    /// written again.
+    pub fn resume(
         &self,
         path: &Path,
         input: &Path,
+        start_line: usize,
         output: &Path,
         dead_letter: Option<&Path>,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<Resume> {
         let here = path.display();
-        let given = input.display().to_string();
-        if self.input != given {
+        if start_line != 1 && start_line != self.start_line {
             anyhow::bail!(
-                "--checkpoint {here} is of a run on {}, not on {given}: run that input, or name \
-                 another checkpoint file",
+                "--start-line {start_line} is not where the run of --checkpoint {here} began \
+                 (line {}): leave it out, and the checkpoint resumes after line {}",
+                self.start_line,
+                self.line
+            );
+        }
+        let shown = input.display();
+        let metadata = std::fs::metadata(input)
+            .with_context(|| format!("--input {shown}: cannot read what it is"))?;
+        if FileId::of(&metadata) != self.input_file {
+            anyhow::bail!(
+                "--input {shown} is not the file the run of --checkpoint {here} read ({}): it \
+                 was replaced since, or another file is named; run on that file, or remove the \
+                 checkpoint to start afresh",
                 self.input
             );
         }
-        let files = match (dead_letter, self.dead_letter_bytes) {
-            (None, None) => vec![(output, self.output_bytes)],
-            (Some(dead_letter), Some(bytes)) => {
-                vec![(output, self.output_bytes), (dead_letter, bytes)]
+        let length = metadata.len();
+        if length < self.input_bytes {
+            anyhow::bail!(
+                "--input {shown} is {length} bytes, fewer than the {} the run of --checkpoint \
+                 {here} had read: it was changed since, and the run cannot resume exactly",
+                self.input_bytes
+            );
+        }
+        let mut notes = Vec::new();
+        if self.finished {
+            if length == self.input_bytes {
+                return Ok(Resume::Finished(format!(
+                    "--checkpoint {here} says this run finished: every line of {shown} (up to \
+                     line {}) was processed and its result written; nothing to do (remove the \
+                     checkpoint to run again)",
+                    self.line
+                )));
             }
+            notes.push(format!(
+                "{shown} grew since the run of --checkpoint {here} finished: going on after \
+                 line {}",
+                self.line
+            ));
+        }
+        let files = match (dead_letter, self.dead_letter) {
+            (None, None) => vec![("--output", output, self.output)],
+            (Some(dead_letter), Some(recorded)) => vec![
+                ("--output", output, self.output),
+                ("--dead-letter", dead_letter, recorded),
+            ],
             (Some(_), None) => anyhow::bail!(
-                "--checkpoint {here} is of a run without --dead-letter: run the same command"
+                "the run of --checkpoint {here} had no --dead-letter file: run the same command"
             ),
             (None, Some(_)) => anyhow::bail!(
-                "--checkpoint {here} is of a run with a --dead-letter file: run the same command"
+                "the run of --checkpoint {here} had a --dead-letter file: run the same command"
             ),
         };
-        let mut cut = Vec::new();
-        for (file, bytes) in files {
+        // Every file checked before any is cut.
+        let mut opened = Vec::new();
+        for (flag, file, recorded) in files {
             let shown = file.display();
+            let not_it = || {
+                format!(
+                    "{flag} {shown} is not the file the run of --checkpoint {here} wrote: give \
+                     that file, or remove the checkpoint to start afresh"
+                )
+            };
             let open = std::fs::File::options()
                 .write(true)
                 .open(file)
-                .with_context(|| format!("cannot open {shown} to resume the run of {here}"))?;
-            let length = open
-                .metadata()
-                .with_context(|| format!("{shown}: reading its length"))?
-                .len();
-            if length < bytes {
+                .with_context(not_it)?;
+            let metadata = open.metadata().with_context(not_it)?;
+            if FileId::of(&metadata) != recorded.file {
+                anyhow::bail!(not_it());
+            }
+            if metadata.len() < recorded.bytes {
                 anyhow::bail!(
-                    "{shown} is {length} bytes, shorter than the {bytes} that --checkpoint {here} \
+                    "{flag} {shown} is {} bytes, fewer than the {} that --checkpoint {here} \
                      recorded: it was changed since, and the run cannot resume exactly (remove \
-                     the checkpoint to start afresh)"
+                     the checkpoint to start afresh)",
+                    metadata.len(),
+                    recorded.bytes
                 );
             }
+            opened.push((shown, open, metadata.len(), recorded.bytes));
+        }
+        for (shown, open, length, bytes) in opened {
             if length > bytes {
                 open.set_len(bytes)
                     .with_context(|| format!("{shown}: cutting it back to {bytes} bytes"))?;
-                cut.push(format!(
-                    "{shown}: {} bytes past the checkpoint cut off (results of a batch whose \
-                     commit the run before did not finish; they are written again)",
+                notes.push(format!(
+                    "{shown}: the {} bytes written after the last checkpoint were cut off (they \
+                     are written again)",
                     length - bytes
                 ));
             }
         }
-        Ok(cut)
+        Ok(Resume::After {
+            line: self.line,
+            input_bytes: self.input_bytes,
+            notes,
+        })
     }
 }
 
@@ -125,45 +330,136 @@ impl Checkpoint {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_checkpoint_round_trips_and_cuts_back_to_its_lengths() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, output) = (dir.path().join("cp"), dir.path().join("out"));
-        let checkpoint = Checkpoint {
-            input: "in.jsonl".to_owned(),
-            line: 7,
-            output_bytes: 4,
-            dead_letter_bytes: None,
+    fn id(path: &Path) -> FileId {
+        FileId::of(&std::fs::metadata(path).unwrap())
+    }
+
+    /// A checkpoint at `line` of `input`, `output` recorded at 4 bytes.
+    fn at(line: usize, input: &Path, output: &Path) -> Checkpoint {
+        Checkpoint {
+            input: input.display().to_string(),
+            input_file: id(input),
+            input_bytes: 10,
+            start_line: 1,
+            line,
+            output: Output {
+                bytes: 4,
+                file: id(output),
+            },
+            dead_letter: None,
             finished: false,
-        };
-        assert_eq!(Checkpoint::read(&path).unwrap(), None);
-        checkpoint.write(&path).unwrap();
-        assert_eq!(Checkpoint::read(&path).unwrap(), Some(checkpoint.clone()));
-        assert!(!dir.path().join("cp.tmp").exists());
+        }
+    }
 
-        std::fs::write(&output, "one\ntwo, cut sh").unwrap();
-        let cut = checkpoint
-            .cut_back(&path, Path::new("in.jsonl"), &output, None)
+    #[test]
+    fn the_last_whole_record_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, other) = (dir.path().join("cp"), dir.path().join("other"));
+        std::fs::write(&other, "").unwrap();
+        let at = |line| at(line, &other, &other);
+        let (mut file, none) = CheckpointFile::open(&path).unwrap();
+        assert_eq!(none, None);
+        // One run at a time.
+        let error = CheckpointFile::open(&path).err().unwrap().to_string();
+        assert!(error.contains("another run holds it"), "{error}");
+        for line in 1..=5 {
+            file.write(&at(line)).unwrap();
+        }
+        drop(file);
+        let (mut file, read) = CheckpointFile::open(&path).unwrap();
+        assert_eq!(read, Some(at(5)));
+        // Records go on from the last one's number.
+        file.write(&at(6)).unwrap();
+        drop(file);
+        assert_eq!(CheckpointFile::open(&path).unwrap().1, Some(at(6)));
+
+        // A record damaged in its slot (a write cut short, here one digit
+        // of its line) gives away the one before; both damaged, nothing.
+        let bytes = std::fs::read(&path).unwrap();
+        let newest = bytes
+            .chunks(SLOT)
+            .position(|s| s.starts_with(b"{\"seq\":6,"))
             .unwrap();
-        assert_eq!(std::fs::read_to_string(&output).unwrap(), "one\n");
-        assert!(cut[0].contains("11 bytes past the checkpoint"), "{cut:?}");
+        let mut torn = bytes.clone();
+        let text = std::str::from_utf8(&torn[newest * SLOT..]).unwrap();
+        let digit = newest * SLOT + text.find("\"line\":6").unwrap() + 7;
+        torn[digit] = b'9';
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(CheckpointFile::open(&path).unwrap().1, Some(at(5)));
+        torn[(1 - newest) * SLOT] = b'x';
+        std::fs::write(&path, &torn).unwrap();
+        let error = CheckpointFile::open(&path).err().unwrap().to_string();
+        assert!(error.contains("no whole record"), "{error}");
 
-        // Another input, a file shorter than recorded, a dead-letter file
-        // the run had not: refused, nothing cut.
-        let refused = |input: &str, dead: Option<&Path>| {
-            checkpoint
-                .cut_back(&path, Path::new(input), &output, dead)
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(refused("other.jsonl", None).contains("is of a run on in.jsonl"));
-        assert!(refused("in.jsonl", Some(&output)).contains("without --dead-letter"));
-        std::fs::write(&output, "on").unwrap();
-        assert!(refused("in.jsonl", None).contains("shorter than the 4"));
-        assert_eq!(std::fs::read_to_string(&output).unwrap(), "on");
-
-        std::fs::write(&path, "{\"line\": 3}").unwrap();
-        let error = Checkpoint::read(&path).unwrap_err().to_string();
+        // Another file altogether is refused, and left as it was.
+        std::fs::write(&path, "precious notes\n").unwrap();
+        let error = CheckpointFile::open(&path).err().unwrap().to_string();
         assert!(error.contains("is not a checkpoint"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious notes\n");
+    }
+
+    #[test]
+    fn a_checkpoint_resumes_its_own_files_only_and_cuts_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let path = dir.path().join("cp");
+        let input = file("in", "0123456789\nmore\n");
+        let output = file("out", "one\ntwo, cut sh");
+        let checkpoint = at(7, &input, &output);
+        let resume = |input: &Path, start: usize, output: &Path, dead: Option<&Path>| {
+            checkpoint.resume(&path, input, start, output, dead)
+        };
+        let refused = |input: &Path, start: usize, output: &Path, dead: Option<&Path>| {
+            resume(input, start, output, dead).unwrap_err().to_string()
+        };
+        // Refused, nothing cut: another input or output file (even under
+        // the same contents), another --start-line, a dead-letter file the
+        // run had not, an output shorter than recorded.
+        let copy = file("copy", "0123456789\nmore\n");
+        assert!(refused(&copy, 1, &output, None).contains("is not the file the run"));
+        let other = file("other", "one\ntwo, cut sh");
+        assert!(refused(&input, 1, &other, None).contains("--output"));
+        assert!(refused(&input, 3, &output, None).contains("--start-line 3 is not where"));
+        assert!(refused(&input, 1, &output, Some(&other)).contains("had no --dead-letter"));
+        let short = file("short", "on");
+        let short_checkpoint = at(7, &input, &short);
+        let error = short_checkpoint
+            .resume(&path, &input, 1, &short, None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("fewer than the 4"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "one\ntwo, cut sh"
+        );
+
+        // Its own files: the output cut back to its length then.
+        match resume(&input, 1, &output, None).unwrap() {
+            Resume::After {
+                line: 7,
+                input_bytes: 10,
+                notes,
+            } => assert!(notes[0].contains("the 11 bytes written after"), "{notes:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "one\n");
+
+        // Finished: nothing to do, unless the input grew since.
+        let finished = Checkpoint {
+            finished: true,
+            input_bytes: 16,
+            ..checkpoint.clone()
+        };
+        let resumed = finished.resume(&path, &input, 1, &output, None).unwrap();
+        assert!(matches!(resumed, Resume::Finished(_)), "{resumed:?}");
+        std::fs::write(&input, "0123456789\nmore\nyet more\n").unwrap();
+        match finished.resume(&path, &input, 1, &output, None).unwrap() {
+            Resume::After { notes, .. } => assert!(notes[0].contains("grew"), "{notes:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -137,8 +137,9 @@ enum Command {
         start_line: usize,
         /// After each batch it writes, record in FILE how far the run got
         /// and how long its output files were; run the same command again
-        /// after any stop — SIGKILL, a crash — to resume exactly there
-        /// (needs --output FILE, and --dead-letter FILE if any).
+        /// after any stop — SIGKILL included — to resume exactly there, or
+        /// to run lines added to the input since it finished (needs
+        /// --input FILE, --output FILE, and --dead-letter FILE if any).
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// Run messages on all engine threads at once, and others while one

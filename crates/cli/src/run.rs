@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::{Disposition, ProcessOptions, Processed};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointFile, FileId, Resume};
 use crate::summary::Summary;
 use crate::{load_plan, report, start};
 
@@ -82,6 +82,8 @@ struct Sink {
     committed: Option<u64>,
     /// Whether the last commit's write began (bytes may be out past it).
     writing: bool,
+    /// A regular file's identity, for a checkpoint.
+    id: Option<FileId>,
 }
 
 impl Sink {
@@ -120,14 +122,15 @@ impl Sink {
                 (out, "standard output".to_owned(), true)
             }
         };
-        let committed = out.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        let file = out.metadata().ok().filter(|m| m.is_file());
         Ok(Sink {
             what: format!("writing {what} to {named}"),
             out,
             pending: Vec::new(),
             stdout,
-            committed,
+            committed: file.as_ref().map(|m| m.len()),
             writing: false,
+            id: file.as_ref().map(FileId::of),
         })
     }
 
@@ -339,8 +342,19 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
         if !is_a_file(&args.output) || (args.dead_letter.is_some() && !is_a_file(&args.dead_letter))
         {
             anyhow::bail!(
-                "--checkpoint needs --output FILE, and --dead-letter FILE if dead letters go                  apart: files a resumed run can cut back to the checkpoint's lengths, which                  standard output is not"
+                "--checkpoint needs --output FILE, and --dead-letter FILE if dead letters go \
+                 apart: files a resumed run can cut back to the checkpoint's lengths, which \
+                 standard output is not"
             );
+        }
+        if args.input == Path::new("-") {
+            anyhow::bail!(
+                "--checkpoint needs --input FILE: a resumed run skips the lines done, and \
+                 standard input cannot tell whether it is sent the same stream again"
+            );
+        }
+        if checkpoint == Path::new("-") {
+            anyhow::bail!("--checkpoint - names no file: give it a file of its own");
         }
         let at = destination(checkpoint, "/dev/stdout");
         let taken = [Some(&input), Some(&output), dead_letter.as_ref()];
@@ -368,31 +382,42 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     check_paths(&args)?;
     // A checkpoint left by an earlier run of this command: resumed after its
     // line, the outputs cut back to their lengths then.
+    let mut checkpoint_file = None;
+    // The line the run began at (a resumed one's first run's), and the
+    // bytes of the input's lines up to the last one done.
+    let mut began_at = args.start_line;
+    let mut consumed_bytes = 0u64;
     if let Some(path) = &args.checkpoint {
-        if let Some(checkpoint) = Checkpoint::read(path)? {
-            if args.start_line != 1 {
-                anyhow::bail!(
-                    "--start-line and --checkpoint {} both say where to start: leave out                      --start-line (the checkpoint resumes after line {})",
-                    path.display(),
-                    checkpoint.line
-                );
-            }
-            if checkpoint.finished && checkpoint.input == args.input.display().to_string() {
-                say!(
-                    "note: --checkpoint {} says this run finished: every line of {} (up to line                      {}) was processed and its result written; nothing to do (remove it to run                      again)",
-                    path.display(),
-                    args.input.display(),
-                    checkpoint.line
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
+        let (file, found) = CheckpointFile::open(path)?;
+        checkpoint_file = Some(file);
+        if let Some(checkpoint) = found {
             let output = args.output.as_deref().expect("checked: a file");
-            for cut in
-                checkpoint.cut_back(path, &args.input, output, args.dead_letter.as_deref())?
-            {
-                say!("note: {cut}");
+            match checkpoint.resume(
+                path,
+                &args.input,
+                args.start_line,
+                output,
+                args.dead_letter.as_deref(),
+            )? {
+                Resume::Finished(note) => {
+                    say!("note: {note}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Resume::After {
+                    line,
+                    input_bytes,
+                    notes,
+                } => {
+                    for note in notes {
+                        say!("note: {note}");
+                    }
+                    // (`line` is below `usize::MAX`: a record past it is no
+                    // checkpoint.)
+                    args.start_line = line + 1;
+                    consumed_bytes = input_bytes;
+                    began_at = checkpoint.start_line;
+                }
             }
-            args.start_line = checkpoint.line + 1;
         }
     }
     let Some((config, _, _)) = load_plan(&args.config) else {
@@ -439,11 +464,46 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // A checkpoint's outputs are cut back on a resume: regular files only
+    // (not a device, a pipe, a terminal).
+    if let Some(path) = &args.checkpoint {
+        let sinks = [Some(&output), dead_letters.as_ref()];
+        if let Some(sink) = sinks.into_iter().flatten().find(|s| s.id.is_none()) {
+            anyhow::bail!(
+                "--checkpoint {}: {} is not to a regular file, which a resumed run could cut \
+                 back to the checkpoint's length",
+                path.display(),
+                sink.what
+            );
+        }
+    }
     if !resuming {
         output.start_empty()?;
         if let Some(dead_letters) = &mut dead_letters {
             dead_letters.start_empty()?;
         }
+    }
+    // What the checkpoint records, from the first: a run killed before its
+    // first batch is out resumes from here (the file is written to before
+    // anything is processed).
+    let mut reached = match &args.checkpoint {
+        Some(_) => Some(Progress {
+            input_file: FileId::of(
+                &std::fs::metadata(&args.input)
+                    .with_context(|| format!("cannot open {}", args.input.display()))?,
+            ),
+            began_at,
+            line: args.start_line - 1,
+            input_bytes: consumed_bytes,
+        }),
+        None => None,
+    };
+    // The checkpoint written last.
+    let mut last_checkpoint: Option<Checkpoint> = None;
+    if let (Some(file), Some(reached)) = (&mut checkpoint_file, &reached) {
+        let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
+        file.write(&now)?;
+        last_checkpoint = Some(now);
     }
     let mut summary = Summary::default();
     let (mut input, mut bad) = (0u64, 0u64);
@@ -452,8 +512,10 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let mut consumed = args.start_line.saturating_sub(1);
     // As of the last commit: the last line, the messages and the bad lines.
     let mut committed = (consumed, 0u64, 0u64);
-    // The input's last line seen (skipped ones included).
+    // The input's last line seen (skipped ones included), and the bytes of
+    // the lines up to it.
     let mut last_line = 0;
+    let mut read_bytes = 0u64;
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut lines: Vec<usize> = Vec::with_capacity(BATCH);
     // A line on stderr, above the progress bar if there is one; says whether
@@ -527,8 +589,6 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let mut write_failed: Option<anyhow::Error> = None;
     // When the oldest message of the batch arrived.
     let mut batch_since: Option<Instant> = None;
-    // The checkpoint written last (`--checkpoint`).
-    let mut last_checkpoint: Option<Checkpoint> = None;
     loop {
         let signal = stop.load(Ordering::Relaxed);
         if signal != 0 {
@@ -562,9 +622,11 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             if let Some(bar) = &progress {
                 bar.inc(read as u64);
             }
+            read_bytes += read as u64;
             last_line = line_number;
             if line_number >= args.start_line {
                 consumed = line_number;
+                consumed_bytes = read_bytes;
                 match line.and_then(|line| crate::input::parse_line(&line)) {
                     Ok(Some(message)) => {
                         input += 1;
@@ -595,11 +657,12 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                     // Recorded once the batch is out: a run killed before
                     // this resumes from the checkpoint before, and cuts
                     // the batch off.
-                    if let Some(path) = &args.checkpoint {
-                        let now = checkpoint_of(&args, consumed, &output, &dead_letters, false);
+                    if let (Some(file), Some(reached)) = (&mut checkpoint_file, &mut reached) {
+                        (reached.line, reached.input_bytes) = (consumed, consumed_bytes);
+                        let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
                         // (A quiet input's empty batches change nothing.)
                         if last_checkpoint.as_ref() != Some(&now) {
-                            match now.write(path) {
+                            match file.write(&now) {
                                 Ok(()) => last_checkpoint = Some(now),
                                 Err(e) => {
                                     write_failed = Some(e);
@@ -625,8 +688,9 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     }
     let (consumed, input, bad) = committed;
     let finished = write_failed.is_none() && failed.is_none() && stopped_by.is_none();
-    if let (Some(path), true) = (&args.checkpoint, finished) {
-        if let Err(e) = checkpoint_of(&args, consumed, &output, &dead_letters, true).write(path) {
+    if let (Some(file), Some(reached), true) = (&mut checkpoint_file, &reached, finished) {
+        // (`reached` is as of the last commit, which is the input's end.)
+        if let Err(e) = file.write(&checkpoint_of(&args, reached, &output, &dead_letters, true)) {
             // Every result is out: a rerun would find nothing left to do
             // all the same, and say less.
             say!("warning: {e:#}");
@@ -736,21 +800,41 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The checkpoint of a run whose every line up to `line` was processed and
-/// written, its outputs as long as they were at that commit.
+/// How far a run with `--checkpoint` got: what [`checkpoint_of`] records
+/// beside its outputs' lengths.
+struct Progress {
+    input_file: FileId,
+    /// The line the run began at (its first run's, resumed).
+    began_at: usize,
+    /// Every line up to this one processed and written, at the last commit.
+    line: usize,
+    /// The bytes of the input's lines up to `line`.
+    input_bytes: u64,
+}
+
+/// The checkpoint of a run at `progress`, its outputs as long as they were
+/// at its last commit.
 fn checkpoint_of(
     args: &Args,
-    line: usize,
+    progress: &Progress,
     output: &Sink,
     dead_letters: &Option<Sink>,
     finished: bool,
 ) -> Checkpoint {
+    // (Both are regular files, with an identity and a length: the run
+    // refuses a checkpoint otherwise.)
+    let recorded = |sink: &Sink| crate::checkpoint::Output {
+        bytes: sink.committed.unwrap_or(0),
+        file: sink.id.expect("a checkpoint's outputs are regular files"),
+    };
     Checkpoint {
         input: args.input.display().to_string(),
-        line,
-        // (Both are files: `check_paths` refused a checkpoint otherwise.)
-        output_bytes: output.committed.unwrap_or(0),
-        dead_letter_bytes: dead_letters.as_ref().map(|d| d.committed.unwrap_or(0)),
+        input_file: progress.input_file,
+        input_bytes: progress.input_bytes,
+        start_line: progress.began_at,
+        line: progress.line,
+        output: recorded(output),
+        dead_letter: dead_letters.as_ref().map(recorded),
         finished,
     }
 }

@@ -2199,11 +2199,14 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
             .stderr(Stdio::piped());
         command
     };
+    // The line of the newest record of the checkpoint's two slots.
     let line = || {
-        std::fs::read_to_string(&checkpoint)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["line"].as_u64())
+        let bytes = std::fs::read(&checkpoint).unwrap_or_default();
+        bytes
+            .chunks(4096)
+            .filter_map(|slot| serde_json::from_slice::<serde_json::Value>(slot.trim_ascii()).ok())
+            .max_by_key(|record| record["seq"].as_u64())
+            .and_then(|record| record["checkpoint"]["line"].as_u64())
             .unwrap_or(0) as usize
     };
     let mut child = command().spawn().unwrap();
@@ -2232,10 +2235,16 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     let stderr = text(&rest.stderr);
     assert_eq!(rest.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("bytes past the checkpoint cut off"),
+        stderr.contains("written after the last checkpoint were cut off"),
         "{stderr}"
     );
-    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    // Only the lines after the checkpoint's were run.
+    let left = total - killed_at;
+    assert!(
+        stderr.contains(&format!("{left} in = {left} delivered")),
+        "{stderr}"
+    );
+    let mut expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
     let written = std::fs::read_to_string(&output).unwrap();
     assert_eq!(keys(&written), expected, "every message once, in order");
 
@@ -2244,10 +2253,24 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     assert_eq!(again.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("says this run finished"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), written);
-    // With --start-line too, it says to give one.
+    // With another --start-line than the run began at: refused.
     let both = command().args(["--start-line", "2"]).output().unwrap();
     assert_eq!(both.status.code(), Some(1));
-    assert!(text(&both.stderr).contains("both say where to start"));
+    assert!(text(&both.stderr).contains("--start-line 2 is not where the run"));
+    // Lines added to the input since: the same command runs them.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&messages)
+        .unwrap();
+    file.write_all(b"{\"topic\":\"t\",\"key\":\"m3001\",\"payload\":\"1\"}\n")
+        .unwrap();
+    drop(file);
+    let grown = command().output().unwrap();
+    let stderr = text(&grown.stderr);
+    assert_eq!(grown.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("grew since the run"), "{stderr}");
+    expected.push("m3001".to_owned());
+    assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
 
 /// `--checkpoint` needs output files it can cut back; not standard output.
@@ -2261,6 +2284,8 @@ fn run_refuses_a_checkpoint_without_output_files() {
         vec![],
         vec!["--output", "-"],
         vec!["--output", "out.jsonl", "--dead-letter", "-"],
+        vec!["--output", "/dev/stdout"],
+        vec!["--output", "/dev/null"],
     ] {
         let out = server::tool()
             .current_dir(dir.path())
@@ -2274,13 +2299,33 @@ fn run_refuses_a_checkpoint_without_output_files() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{outputs:?}");
+        let stderr = text(&out.stderr);
         assert!(
-            text(&out.stderr).contains("--checkpoint needs --output FILE"),
-            "{outputs:?}: {}",
-            text(&out.stderr)
+            stderr.contains("--checkpoint needs --output FILE")
+                || stderr.contains("is not to a regular file"),
+            "{outputs:?}: {stderr}"
         );
-        assert!(!checkpoint.exists());
     }
+    // Nor standard input: it cannot be told whether it is sent again.
+    let out = server::tool()
+        .current_dir(dir.path())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args([
+            "--modules",
+            &modules(),
+            "--input",
+            "-",
+            "--output",
+            "out.jsonl",
+        ])
+        .arg("--checkpoint")
+        .arg(&checkpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--checkpoint needs --input FILE"));
 }
 
 /// Every command that reads messages refuses a directory as `run` does (explain
