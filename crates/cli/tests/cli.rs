@@ -1757,6 +1757,16 @@ fn bad_topic_dead_letters(dir: &Path) -> PathBuf {
 
 /// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
 /// gives each number; its path and its text.
+/// A configuration of one pipeline of `hostile-slow`, which takes about a
+/// millisecond for each of [`keyed_messages`]' messages: a run of a few
+/// thousand lasts long enough to be stopped midway.
+fn slow_pipeline(dir: &Path) -> PathBuf {
+    write_config(
+        dir,
+        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
+    )
+}
+
 fn keyed_messages(
     dir: &Path,
     total: usize,
@@ -2085,10 +2095,7 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
 #[test]
 fn run_stopped_by_sigterm_says_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
-    );
+    let config = slow_pipeline(dir.path());
     let total = 3000;
     let (messages, input) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
@@ -2177,10 +2184,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
 #[test]
 fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "pipeline_id: slow\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n",
-    );
+    let config = slow_pipeline(dir.path());
     let total = 3000;
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");

@@ -695,20 +695,13 @@ fn consumer_loop<P: FnMut(Vec<Message>)>(
             }
             (times, most)
         });
-        let started = Instant::now();
-        for i in 0..count {
-            let due = started + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            to_consumer.send((Instant::now(), message.clone())).unwrap();
-        }
+        paced(count, interval, |_| {
+            to_consumer.send((Instant::now(), message.clone())).unwrap()
+        });
         drop(to_consumer);
-        let (mut times, most) = consumer.join().unwrap();
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        (at(0.5), at(0.99), most)
+        let (times, most) = consumer.join().unwrap();
+        let (p50, p99) = p50_p99(times);
+        (p50, p99, most)
     })
 }
 
@@ -759,13 +752,7 @@ where
     let handle = runtime.handle().clone();
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let started = Instant::now();
-            for i in 0..count {
-                let due = started + interval.mul_f64(i as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
+            paced(count, interval, |i| {
                 let (times, calls, answered) = (times.clone(), calls.clone(), answered.clone());
                 let sent = Instant::now();
                 let answer = send(message.clone());
@@ -777,7 +764,7 @@ where
                     calls[i].store((ended - called).as_nanos() as u64, Ordering::Relaxed);
                     answered.fetch_add(1, Ordering::Release);
                 });
-            }
+            });
         });
     });
     let waiting = Instant::now();
@@ -790,18 +777,38 @@ where
         std::thread::sleep(Duration::from_millis(1));
     }
     let percentiles = |times: &[AtomicU64]| {
-        let mut times: Vec<Duration> = times
-            .iter()
-            .map(|t| Duration::from_nanos(t.load(Ordering::Relaxed)))
-            .collect();
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        (at(0.5), at(0.99))
+        p50_p99(
+            times
+                .iter()
+                .map(|t| Duration::from_nanos(t.load(Ordering::Relaxed)))
+                .collect(),
+        )
     };
     Latencies {
         handed_over: percentiles(&times),
         called: percentiles(&calls),
     }
+}
+
+/// Calls `send(i)` for each `i` below `count` when it is due, `interval`
+/// after the one before, or at once if this thread slept past that.
+fn paced(count: usize, interval: Duration, mut send: impl FnMut(usize)) {
+    let started = Instant::now();
+    for i in 0..count {
+        let due = started + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        send(i);
+    }
+}
+
+/// The median and the 99th percentile of `times` (not empty).
+fn p50_p99(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    (at(0.5), at(0.99))
 }
 
 /// An open loop's p50 and p99.

@@ -50,6 +50,19 @@ fn call(local: &mut LocalPool, module: &LoadedModule, message: &Message) -> Call
         .expect("the call starts at once")
 }
 
+/// A pool of one worker that gives one caller's thread a runner, its idle
+/// instances dropped every `cleaner_interval`.
+fn one_worker_one_caller(cleaner_interval: Duration) -> Pool {
+    Pool::new(PoolConfig {
+        workers: 1,
+        caller_threads: 1,
+        cleaner_interval,
+        bulk_bytes_per_ms: Some(RATE),
+        ..PoolConfig::default()
+    })
+    .unwrap()
+}
+
 fn pool(workers: usize) -> Pool {
     Pool::new(PoolConfig {
         workers,
@@ -1095,13 +1108,7 @@ fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
     let none = pool(1);
     let refused = none.caller_runner().err().expect("none by default");
     assert!(refused.to_string().contains("caller_threads"), "{refused}");
-    let pool = Pool::new(PoolConfig {
-        workers: 1,
-        caller_threads: 1,
-        bulk_bytes_per_ms: Some(RATE),
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = one_worker_one_caller(PoolConfig::default().cleaner_interval);
     let mut runner = pool.caller_runner().unwrap();
     let taken = pool.caller_runner().err().expect("one at most");
     assert!(taken.to_string().contains("all held"), "{taken}");
@@ -1123,13 +1130,7 @@ fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
 /// module's one instance allowed is put off (`Busy`), not run beside it.
 #[test]
 fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
-    let pool = Pool::new(PoolConfig {
-        workers: 1,
-        caller_threads: 1,
-        bulk_bytes_per_ms: Some(RATE),
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = one_worker_one_caller(PoolConfig::default().cleaner_interval);
     let limited = ModuleSettings {
         max_concurrent_instances: 1,
         execution_timeout_ms: 300,
@@ -1160,14 +1161,7 @@ fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
 /// jobs; a call does not.
 #[test]
 fn a_caller_runner_drops_idle_instances_when_tidied() {
-    let pool = Pool::new(PoolConfig {
-        workers: 1,
-        caller_threads: 1,
-        cleaner_interval: Duration::from_millis(10),
-        bulk_bytes_per_ms: Some(RATE),
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = one_worker_one_caller(Duration::from_millis(10));
     let short = ModuleSettings {
         idle_ttl: Duration::from_millis(30),
         warmup_instances: 0,
