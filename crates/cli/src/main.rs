@@ -217,6 +217,11 @@ enum Command {
         /// /v1/reload only).
         #[arg(long)]
         no_watch: bool,
+        /// Log a line for each answer (target `rustmq_etl::access`, level
+        /// info): the client's address, the request line, the status, the
+        /// body's bytes and the time taken.
+        #[arg(long)]
+        access_log: bool,
         #[command(flatten)]
         engine: Engine,
     },
@@ -623,6 +628,7 @@ fn main() -> ExitCode {
             shutdown_grace_seconds,
             shutdown_delay_seconds,
             no_watch,
+            access_log,
             engine,
         } => serve::serve(serve::Args {
             config,
@@ -639,6 +645,7 @@ fn main() -> ExitCode {
             shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
             shutdown_delay: Duration::from_secs(shutdown_delay_seconds),
             watch: !no_watch,
+            access_log,
             settings: engine.settings(),
         }),
         Command::TestModule {

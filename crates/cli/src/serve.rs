@@ -53,6 +53,8 @@ pub(crate) struct Args {
     /// answering 503, before the shutdown proper.
     pub shutdown_delay: Duration,
     pub watch: bool,
+    /// Log a line for each answer (`--access-log`).
+    pub access_log: bool,
     /// The engine's settings from the command line.
     pub settings: crate::Settings,
 }
@@ -215,6 +217,7 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    ACCESS_LOG.store(args.access_log, Ordering::Relaxed);
     if args.max_body_bytes_in_flight < args.max_request_bytes {
         say!(
             "error: --max-body-bytes-in-flight {} is less than --max-request-bytes {}: a request \
@@ -451,9 +454,9 @@ async fn serve_connections(
             permit = room.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     let (said, since) = &mut accept_failures;
                     *since += 1;
@@ -482,7 +485,13 @@ async fn serve_connections(
                     stream.set_write_timeout(Some(write_timeout));
                     Box::pin(stream)
                 }),
-                hyper_util::service::TowerToHyperService::new(router.clone()),
+                hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                    router.clone(),
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(Peer(peer));
+                        request
+                    },
+                )),
             );
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -784,13 +793,36 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
     // (its one frame: written from its own buffer afterwards, however slowly
     // the client reads), or the connection is gone.
     match room {
-        Some(room) => response.map(|body| {
-            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-                let _held = &room;
-                frame
-            }))
-        }),
+        Some(room) => response.map(|body| axum::body::Body::new(Holding { body, _held: room })),
         None => response,
+    }
+}
+
+/// An answer's body that holds `_held` until the HTTP layer drops it, having
+/// taken its frames; its length is told as the body's own (the answer keeps
+/// its `Content-Length`).
+struct Holding<T> {
+    body: axum::body::Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -1119,17 +1151,49 @@ async fn keep_alive_hint(State(service): State<Arc<Service>>, mut response: Resp
     response
 }
 
+/// The address a request's connection came from.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// `--access-log`: a line for each answer.
+static ACCESS_LOG: AtomicBool = AtomicBool::new(false);
+
 /// Counts every answer of the service's routes by route and status
-/// (`rustmq_etl_http_requests_total`).
+/// (`rustmq_etl_http_requests_total`), and with `--access-log` logs it.
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // What the access log line says of the request, taken only if wanted.
+    let asked = ACCESS_LOG.load(Ordering::Relaxed).then(|| {
+        let peer = request.extensions().get::<Peer>().map(|p| p.0);
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        (peer, request.method().clone(), target, request.version())
+    });
     let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let took = started.elapsed();
     metrics::histogram!("rustmq_etl_http_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
+    if let Some((peer, method, target, version)) = asked {
+        // The body's length as the HTTP layer will send it (none known for
+        // a streamed one).
+        let bytes = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .map_or_else(|| "-".to_owned(), |n| n.to_string());
+        log::info!(
+            target: "rustmq_etl::access",
+            "{} \"{method} {target} {version:?}\" {} {bytes} {:.3} ms",
+            peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            response.status().as_u16(),
+            took.as_secs_f64() * 1000.0
+        );
+    }
     metrics::counter!(
         "rustmq_etl_http_requests_total",
         "route" => route,

@@ -1714,3 +1714,45 @@ fn a_batch_in_order_meets_the_breaker_in_input_order() {
     assert_eq!(status, 400);
     assert!(body.contains("in_order=true|false"), "{body}");
 }
+
+/// `--access-log` logs a line for each answer — the client's address, the
+/// request line, the status, the body's bytes, the time — and without it
+/// no such line is logged.
+#[test]
+fn the_access_log_has_a_line_for_each_answer_when_asked_for() {
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let (_dir, server) = server_of(identity, &["--access-log", "--no-watch"]);
+    let (status, body) = server.send(
+        "POST",
+        "/v1/process?trace=false",
+        r#"{"topic": "t", "payload": "hi"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.send("GET", "/nowhere", "").0, 404);
+    let log = server.log_once(|log| log.matches("rustmq_etl::access").count() >= 2);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rustmq_etl::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    // `127.0.0.1:PORT "POST /v1/process?trace=false HTTP/1.1" 200 BYTES T ms`
+    let (_, peer) = lines[0].split_once("] 127.0.0.1:").unwrap();
+    let (port, rest) = peer.split_once(' ').unwrap();
+    assert!(port.parse::<u16>().is_ok(), "{log}");
+    let request = format!(
+        "\"POST /v1/process?trace=false HTTP/1.1\" 200 {} ",
+        body.len()
+    );
+    assert!(rest.starts_with(&request) && rest.ends_with(" ms"), "{log}");
+    assert!(lines[1].contains("\"GET /nowhere HTTP/1.1\" 404 "), "{log}");
+    server.stop();
+
+    let (_dir, quiet) = server_of(identity, &["--no-watch"]);
+    assert_eq!(quiet.send("GET", "/health", "").0, 200);
+    quiet.stop();
+    assert!(
+        !quiet.log().contains("rustmq_etl::access"),
+        "{}",
+        quiet.log()
+    );
+}
