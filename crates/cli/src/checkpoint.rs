@@ -398,6 +398,34 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious notes\n");
     }
 
+    proptest::proptest! {
+        /// Whatever a file named as a checkpoint holds, reading it answers
+        /// (a checkpoint, none, or an error) without panicking, and leaves
+        /// it as it was; a record read back is one whose checksum holds.
+        #[test]
+        fn any_file_is_read_without_harm(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000),
+            seq in 0u64..3,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cp");
+            // Sometimes a real record amid the noise, in a slot of its own.
+            let mut bytes = bytes;
+            if seq > 0 && bytes.len() > SLOT {
+                let checkpoint = at(9, dir.path(), dir.path());
+                let record = Record { seq, sum: sum(seq, &checkpoint), checkpoint };
+                let text = serde_json::to_vec(&record).unwrap();
+                bytes[..SLOT].fill(b' ');
+                bytes[..text.len()].copy_from_slice(&text);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok((_, Some(found))) = CheckpointFile::open(&path) {
+                proptest::prop_assert_eq!(found.line, 9);
+            }
+            proptest::prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+    }
+
     #[test]
     fn a_checkpoint_resumes_its_own_files_only_and_cuts_them_back() {
         let dir = tempfile::tempdir().unwrap();
