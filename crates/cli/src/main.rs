@@ -138,13 +138,15 @@ enum Command {
         /// After each batch it writes, record in FILE how far the run got
         /// and how long its output files were; run the same command again
         /// after any stop — SIGKILL included — to resume exactly there, or
-        /// to run lines added to the input since it finished (needs
-        /// --input FILE, --output FILE, and --dead-letter FILE if any).
+        /// to run lines added to the input since it finished. Needs --input
+        /// and --output to be regular files, and --dead-letter too if dead
+        /// letters go to a file of their own; remove FILE to start afresh.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// Run messages on all engine threads at once, and others while one
-        /// waits for a retry's delay: faster, but which messages meet a
-        /// circuit breaker that earlier ones opened then depends on timing.
+        /// waits for a retry's delay (faster with retries or modules that
+        /// wait; docs/run.md), but which messages meet a circuit breaker
+        /// that earlier ones opened then depends on timing.
         /// Without it each message runs to its end before the next starts,
         /// in input order, and the same input gives the same output.
         #[arg(long)]

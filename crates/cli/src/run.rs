@@ -356,6 +356,13 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
         if checkpoint == Path::new("-") {
             anyhow::bail!("--checkpoint - names no file: give it a file of its own");
         }
+        if !std::fs::metadata(&args.input).is_ok_and(|m| m.is_file()) {
+            anyhow::bail!(
+                "--checkpoint needs --input to be a regular file ({} is not, or cannot be read): \
+                 a resumed run checks that it reads the same file, at least as long",
+                args.input.display()
+            );
+        }
         let at = destination(checkpoint, "/dev/stdout");
         let taken = [Some(&input), Some(&output), dead_letter.as_ref()];
         if taken.into_iter().flatten().any(|p| same_file(p, &at)) {
@@ -562,7 +569,20 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             .in_order(args.in_order);
         let batch = std::mem::take(batch);
         let results = match &mut here {
-            Some(here) => here.process_batch(batch, options),
+            // A failure of the host itself (a bug, which the engine's
+            // threads would answer with no answer) stops the run as a
+            // stopped engine does: with the stop line, the files cut back.
+            Some(here) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                here.process_batch(batch, options)
+            }))
+            .map_err(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                anyhow::anyhow!("the engine failed (a rustmq-etl bug; please report it): {text}")
+            })?,
             None => etl
                 .process_batch_blocking(batch, options)
                 .context("the engine stopped")?,

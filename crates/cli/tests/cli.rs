@@ -2330,6 +2330,25 @@ fn run_refuses_a_checkpoint_without_output_files() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--checkpoint needs --input FILE"));
+    // Nor an input that is not a regular file (a device, a pipe).
+    let out = server::tool()
+        .current_dir(dir.path())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args([
+            "--modules",
+            &modules(),
+            "--input",
+            "/dev/null",
+            "--output",
+            "out.jsonl",
+        ])
+        .arg("--checkpoint")
+        .arg(&checkpoint)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("needs --input to be a regular file"));
 }
 
 /// Every command that reads messages refuses a directory as `run` does (explain
