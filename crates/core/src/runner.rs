@@ -161,6 +161,13 @@ pub trait ModuleRunner {
     /// caller's runner ([`Engine::caller_runner`]) calls this between tasks
     /// and while it has none. It runs no module.
     fn tidy(&mut self) {}
+
+    /// Readies the runner for `module` ahead of its first call, as the
+    /// engine readies its own threads as it loads a module (the wasmer pool:
+    /// one warm instance, if the module asks for warm-up instances). The
+    /// holder of a caller's runner calls it for the modules in service. It
+    /// calls nothing but the module's own start.
+    fn prepare(&mut self, _module: &Self::Module) {}
 }
 
 /// What a task asks of its thread after a run.

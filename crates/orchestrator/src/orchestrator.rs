@@ -785,6 +785,7 @@ impl<E: Engine> Orchestrator<E> {
         Ok(OnThisThread {
             runner: self.inner.keep.engine.caller_runner()?,
             orchestrator: self.clone(),
+            prepared: 0,
         })
     }
 
@@ -954,6 +955,8 @@ fn occurrences<E: Engine>(snapshot: &Snapshot<E>) -> Vec<Occurrence> {
 pub struct OnThisThread<E: Engine> {
     orchestrator: Orchestrator<E>,
     runner: E::Runner,
+    /// The snapshot whose modules the runner was readied for (0: none).
+    prepared: u64,
 }
 
 impl<E: Engine> std::fmt::Debug for OnThisThread<E> {
@@ -1024,6 +1027,19 @@ impl<E: Engine> OnThisThread<E> {
             orchestrator.admit(messages.len()),
         ));
         let snapshot = orchestrator.inner.current.load_full();
+        if self.prepared != snapshot.id {
+            // The modules in service, readied as the engine readied its own
+            // threads when it loaded them (warm-up instances).
+            for loaded in snapshot.modules.iter().flatten() {
+                if let Err(text) = contain(|| self.runner.prepare(&loaded.module)) {
+                    log::error!(
+                        "rustmq-etl: readying a caller's thread for a module panicked: {text}"
+                    );
+                }
+            }
+            self.prepared = snapshot.id;
+        }
+        let orchestrator = &self.orchestrator;
         let runs = orchestrator.runs(&snapshot, messages, options).collect();
         let (reply, mut answer) = oneshot::channel();
         let mut batch = Batch {

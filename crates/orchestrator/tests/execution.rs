@@ -3633,3 +3633,27 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
         [("flaky", here), ("steady", here), ("flaky", here)].map(|(p, t)| (Bytes::from(p), t))
     );
 }
+
+/// A caller's runner is readied for the modules in service before its first
+/// batch, and again for each configuration put in service after, not for
+/// every batch.
+#[test]
+fn on_this_thread_readies_its_runner_for_the_modules_in_service() {
+    let engine = Arc::new(StandIn::new(1));
+    for id in ["a", "b"] {
+        engine.module(id, |_| Behaviour::ok(Outcome::Unchanged));
+    }
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}, {module_id: b}]}]",
+    );
+    let mut here = o.on_this_thread().unwrap();
+    assert!(engine.prepared().is_empty(), "readied as it first runs");
+    for _ in 0..2 {
+        here.process_batch(vec![Message::new("t", "")], ProcessOptions::default());
+    }
+    assert_eq!(engine.prepared(), ["a", "b"]);
+    o.set_pipeline_enabled("p", false).unwrap();
+    here.process_batch(vec![Message::new("t", "")], ProcessOptions::default());
+    assert_eq!(engine.prepared(), ["a", "b", "a", "b"]);
+}

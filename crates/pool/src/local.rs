@@ -533,4 +533,15 @@ impl ModuleRunner for LocalPool {
     fn tidy(&mut self) {
         LocalPool::tidy(self);
     }
+
+    /// One warm instance of a module that caches instances and asks for
+    /// warm-up ones (`warmup_instances`), as each worker the pool warms has.
+    fn prepare(&mut self, module: &LoadedModule) {
+        let settings = &module.compiled.settings;
+        if settings.enable_caching && settings.warmup_instances > 0 {
+            if let Err(e) = self.warm(module, 1) {
+                log::warn!("module {:?}: warm-up failed: {e}", module.id());
+            }
+        }
+    }
 }

@@ -1185,3 +1185,29 @@ fn a_caller_runner_drops_idle_instances_when_tidied() {
         "{stats:?}"
     );
 }
+
+/// A caller's runner readied for a module (`ModuleRunner::prepare`) has a
+/// warm instance of it if the module asks for warm-up instances, as each
+/// worker the pool warms has; none for a module that does not.
+#[test]
+fn a_caller_runner_readied_for_a_module_has_its_warm_instance() {
+    let pool = one_worker_one_caller(PoolConfig::default().cleaner_interval);
+    let warm = ModuleSettings {
+        warmup_instances: 1,
+        ..ModuleSettings::default()
+    };
+    let cold = ModuleSettings {
+        warmup_instances: 0,
+        ..ModuleSettings::default()
+    };
+    let warm = pool.load(&spec("warm", warm), &wasm("identity")).unwrap();
+    let cold = pool.load(&spec("cold", cold), &wasm("identity")).unwrap();
+    let mut runner = pool.caller_runner().unwrap();
+    ModuleRunner::prepare(&mut runner, &warm);
+    ModuleRunner::prepare(&mut runner, &cold);
+    assert_eq!((runner.idle_len(&warm), runner.idle_len(&cold)), (1, 0));
+    // Its first call is a hit.
+    let hits = warm.stats().hits;
+    call(&mut runner, &warm, &Message::new("t", ""));
+    assert_eq!(warm.stats().hits, hits + 1);
+}

@@ -107,10 +107,11 @@ impl StandInModule {
     }
 }
 
-/// An engine thread's runner.
+/// An engine thread's runner, or a caller's (which notes the modules it is
+/// readied for: [`StandIn::prepared`]).
 #[derive(Debug, Default)]
 pub struct StandInRunner {
-    _private: (),
+    prepared: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl ModuleRunner for StandInRunner {
@@ -157,6 +158,15 @@ impl ModuleRunner for StandInRunner {
         };
         Ok(report(result))
     }
+
+    fn prepare(&mut self, module: &StandInModule) {
+        if let Some(prepared) = &self.prepared {
+            prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(module.spec.id.clone());
+        }
+    }
 }
 
 type BoxedTask = Box<dyn Task<StandInRunner>>;
@@ -169,6 +179,8 @@ pub struct StandIn {
     queues: Vec<Mutex<mpsc::Sender<BoxedTask>>>,
     next: AtomicU64,
     threads: Vec<JoinHandle<()>>,
+    /// The modules callers' runners were readied for, in turn.
+    prepared: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for StandIn {
@@ -200,7 +212,17 @@ impl StandIn {
             queues,
             next: AtomicU64::new(0),
             threads: handles,
+            prepared: Arc::default(),
         }
+    }
+
+    /// The ids of the modules callers' runners were readied for
+    /// (`ModuleRunner::prepare`), in turn.
+    pub fn prepared(&self) -> Vec<String> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Registers (or replaces) the function behind module `id`; loads made
@@ -299,7 +321,9 @@ impl Engine for StandIn {
 
     /// Any number: stand-in modules have no instances to bound.
     fn caller_runner(&self) -> Result<StandInRunner, NoRunner> {
-        Ok(StandInRunner::default())
+        Ok(StandInRunner {
+            prepared: Some(self.prepared.clone()),
+        })
     }
 }
 
