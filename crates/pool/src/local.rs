@@ -272,7 +272,8 @@ impl LocalPool {
 
     /// An empty pool for a caller's thread, counted in `callers` (already
     /// incremented for it) until it is dropped; its idle instances are
-    /// dropped every `interval` as it calls, as a worker's are.
+    /// dropped when it is tidied, at most every `interval`, as a worker's
+    /// are on its cleaner's beat.
     pub(crate) fn attached(callers: Arc<AtomicUsize>, interval: Duration) -> Self {
         LocalPool {
             slots: HashMap::default(),

@@ -220,8 +220,9 @@ impl Pool {
 
     /// A runner for the calling thread: a [`LocalPool`] that runs the modules
     /// this pool loads on the thread that holds it, with warm instances of
-    /// its own (dropped when it is, and once idle past their time-to-live as
-    /// it calls). Nothing is handed to a worker: what the caller's thread
+    /// its own (dropped when it is, and once idle past their time-to-live
+    /// when its holder tidies it: `ModuleRunner::tidy`, which has it publish
+    /// its statistics too). Nothing is handed to a worker: what the caller's thread
     /// wrote it reads from its own caches, and no thread is woken. The
     /// thread runs guest code, so it must be one that may block for as long
     /// as a module's budget — not an async runtime's.
