@@ -398,6 +398,15 @@ impl Pool {
         for counters in loaded.iter().filter_map(Weak::upgrade) {
             counters.publish();
         }
+        metrics::gauge!("rustmq_etl_pool_caller_runners").set(self.caller_runners() as f64);
+        metrics::gauge!("rustmq_etl_pool_caller_runners_limit")
+            .set(self.shared.caller_threads as f64);
+    }
+
+    /// Callers' runners given out and not yet dropped
+    /// ([`Pool::caller_runner`]; at most [`PoolConfig::caller_threads`]).
+    pub fn caller_runners(&self) -> usize {
+        self.shared.callers.load(Ordering::Acquire)
     }
 }
 

@@ -412,6 +412,14 @@ pub(crate) fn describe() {
         Unit::Bytes,
         "The occurrence's memory_limit_bytes per instance."
     );
+    describe_gauge!(
+        "rustmq_etl_pool_caller_runners",
+        "Callers' threads holding a runner of their own (OnThisThread)."
+    );
+    describe_gauge!(
+        "rustmq_etl_pool_caller_runners_limit",
+        "The most callers' threads that may hold one at once (caller_threads)."
+    );
 }
 
 impl Drop for Counters {

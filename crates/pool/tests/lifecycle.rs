@@ -1121,7 +1121,24 @@ fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
         .unwrap();
     let report = call(&mut runner, &module, &Message::new("t", ""));
     assert_eq!(report.result.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    assert_eq!(pool.caller_runners(), 1);
+    // And in the metrics, beside the limit.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics());
+    let text = prometheus.render();
+    for line in [
+        "rustmq_etl_pool_caller_runners 1",
+        "rustmq_etl_pool_caller_runners_limit 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:
+{text}"
+        );
+    }
     drop(runner);
+    assert_eq!(pool.caller_runners(), 0);
     assert!(pool.caller_runner().is_ok(), "its place was given back");
 }
 
