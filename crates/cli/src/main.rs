@@ -144,9 +144,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// Run messages on all engine threads at once, and others while one
-        /// waits for a retry's delay (faster with retries or modules that
-        /// wait; docs/run.md), but which messages meet a circuit breaker
-        /// that earlier ones opened then depends on timing.
+        /// waits for a retry's delay; but which messages meet a circuit
+        /// breaker that earlier ones opened then depends on timing.
         /// Without it each message runs to its end before the next starts,
         /// in input order, and the same input gives the same output.
         #[arg(long)]

@@ -488,7 +488,9 @@ async fn serve_connections(
                 hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
                     router.clone(),
                     move |mut request: hyper::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(Peer(peer));
+                        if ACCESS_LOG.load(Ordering::Relaxed) {
+                            request.extensions_mut().insert(Peer(peer));
+                        }
                         request
                     },
                 )),
@@ -1188,8 +1190,10 @@ async fn count_requests(request: Request, next: Next) -> Response {
             .map_or_else(|| "-".to_owned(), |n| n.to_string());
         log::info!(
             target: "rustmq_etl::access",
-            "{} \"{method} {target} {version:?}\" {} {bytes} {:.3} ms",
+            "{} \"{method} {} {version:?}\" {} {bytes} {:.3} ms",
             peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            // (A `"` the HTTP layer lets through in a path is escaped.)
+            target.escape_debug(),
             response.status().as_u16(),
             took.as_secs_f64() * 1000.0
         );

@@ -162,9 +162,9 @@ pub trait ModuleRunner {
     /// and while it has none. It runs no module.
     fn tidy(&mut self) {}
 
-    /// Readies the runner for `module` ahead of its first call, as the
-    /// engine readies its own threads as it loads a module (the wasmer pool:
-    /// one warm instance, if the module asks for warm-up instances). The
+    /// Readies the runner for `module` ahead of its first call (the wasmer
+    /// pool: one warm instance, if the module caches instances and asks for
+    /// warm-up ones, as its workers are warmed when it loads). The
     /// holder of a caller's runner calls it for the modules in service. It
     /// calls nothing but the module's own start.
     fn prepare(&mut self, _module: &Self::Module) {}

@@ -1014,12 +1014,30 @@ impl<E: Engine> OnThisThread<E> {
         }
     }
 
+    /// Readies the runner for `snapshot`'s modules (disabled pipelines'
+    /// too), as the engine readied its own threads when it loaded them
+    /// (warm-up instances), unless it was already.
+    fn prepare(&mut self, snapshot: &Snapshot<E>) {
+        if self.prepared == snapshot.id {
+            return;
+        }
+        for loaded in snapshot.modules.iter().flatten() {
+            if let Err(text) = contain(|| self.runner.prepare(&loaded.module)) {
+                log::error!("rustmq-etl: readying a caller's thread for a module panicked: {text}");
+            }
+        }
+        self.prepared = snapshot.id;
+    }
+
     /// Runs one wave, admitted here, as one batch.
     fn run(&mut self, messages: Vec<Message>, options: ProcessOptions) -> Vec<Processed> {
         if messages.is_empty() {
             return Vec::new();
         }
         self.tidy();
+        // Readied before the batch takes room (instances started meanwhile
+        // hold up no other caller), and again after if a reload came between.
+        self.prepare(&self.orchestrator.inner.current.load_full());
         let orchestrator = &self.orchestrator;
         // Unconstrained: called (against its documentation) from a tokio
         // task whose budget is spent, the wait would never end.
@@ -1027,18 +1045,7 @@ impl<E: Engine> OnThisThread<E> {
             orchestrator.admit(messages.len()),
         ));
         let snapshot = orchestrator.inner.current.load_full();
-        if self.prepared != snapshot.id {
-            // The modules in service, readied as the engine readied its own
-            // threads when it loaded them (warm-up instances).
-            for loaded in snapshot.modules.iter().flatten() {
-                if let Err(text) = contain(|| self.runner.prepare(&loaded.module)) {
-                    log::error!(
-                        "rustmq-etl: readying a caller's thread for a module panicked: {text}"
-                    );
-                }
-            }
-            self.prepared = snapshot.id;
-        }
+        self.prepare(&snapshot);
         let orchestrator = &self.orchestrator;
         let runs = orchestrator.runs(&snapshot, messages, options).collect();
         let (reply, mut answer) = oneshot::channel();

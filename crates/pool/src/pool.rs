@@ -398,6 +398,7 @@ impl Pool {
         for counters in loaded.iter().filter_map(Weak::upgrade) {
             counters.publish();
         }
+        drop(loaded);
         metrics::gauge!("rustmq_etl_pool_caller_runners").set(self.caller_runners() as f64);
         metrics::gauge!("rustmq_etl_pool_caller_runners_limit")
             .set(self.shared.caller_threads as f64);

@@ -414,7 +414,7 @@ pub(crate) fn describe() {
     );
     describe_gauge!(
         "rustmq_etl_pool_caller_runners",
-        "Callers' threads holding a runner of their own (OnThisThread)."
+        "Callers' threads holding a runner of their own (Pool::caller_runner, OnThisThread)."
     );
     describe_gauge!(
         "rustmq_etl_pool_caller_runners_limit",

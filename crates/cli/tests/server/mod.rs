@@ -55,6 +55,8 @@ impl Server {
         let mut child = tool()
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
+            // The log as the server's own defaults make it.
+            .env_remove("RUST_LOG")
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
