@@ -447,14 +447,12 @@ impl Engine {
 
     /// The orchestrator's options with these settings.
     fn options(self) -> Options {
-        Options {
-            dead_letter_topic: self.dead_letter_topic,
-            breaker: BreakerSettings {
+        Options::default()
+            .dead_letter_topic(self.dead_letter_topic)
+            .breaker(BreakerSettings {
                 failures: self.failures,
                 cool_down: std::time::Duration::from_millis(self.cool_down_ms),
-            },
-            ..Options::default()
-        }
+            })
     }
 }
 

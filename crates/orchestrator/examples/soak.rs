@@ -255,18 +255,16 @@ fn main() {
         .unwrap(),
     );
     let parse = |text: &str| Config::from_text(text, Format::Yaml, None).unwrap().config;
-    let options = Options {
-        backoff: Backoff {
+    let options = Options::default()
+        .backoff(Backoff {
             base: Duration::from_millis(1),
             factor: 2,
             cap: Duration::from_millis(4),
-        },
-        breaker: BreakerSettings {
+        })
+        .breaker(BreakerSettings {
             failures: 5,
             cool_down: Duration::from_millis(50),
-        },
-        ..Options::default()
-    };
+        });
     let etl = Orchestrator::new(
         pool.clone(),
         &parse(&config(0)),

@@ -3,8 +3,17 @@
 
 use std::time::Duration;
 
-/// How the orchestrator runs. Every field has a documented default.
+/// How the orchestrator runs. Every field has a documented default; start
+/// from `Options::default()` and set what differs with the methods of the
+/// same names (`non_exhaustive`: an option added later breaks no program):
+///
+/// ```
+/// use rustmq_etl_orchestrator::Options;
+/// let options = Options::default().max_in_flight(1024).dead_letter_topic("orders.dlq");
+/// assert_eq!((options.max_in_flight, options.chunk), (1024, 64));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     /// The topic dead letters go to. Default `etl.dead-letter`.
     pub dead_letter_topic: String,
@@ -22,6 +31,38 @@ pub struct Options {
     /// A batch is split into pieces of at most this many messages, each run
     /// by one engine thread. Default 64; 0 counts as 1.
     pub chunk: usize,
+}
+
+impl Options {
+    /// [`Options::dead_letter_topic`](#structfield.dead_letter_topic).
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = topic.into();
+        self
+    }
+
+    /// [`Options::backoff`](#structfield.backoff).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// [`Options::breaker`](#structfield.breaker).
+    pub fn breaker(mut self, breaker: BreakerSettings) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// [`Options::max_in_flight`](#structfield.max_in_flight).
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// [`Options::chunk`](#structfield.chunk).
+    pub fn chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk;
+        self
+    }
 }
 
 impl Default for Options {

@@ -26,14 +26,11 @@ fn no_bytes(_: &str) -> Result<Vec<u8>, String> {
 
 /// Fast retries, so that the tests do not wait long.
 fn options() -> Options {
-    Options {
-        backoff: Backoff {
-            base: Duration::from_millis(1),
-            factor: 2,
-            cap: Duration::from_millis(4),
-        },
-        ..Options::default()
-    }
+    Options::default().backoff(Backoff {
+        base: Duration::from_millis(1),
+        factor: 2,
+        cap: Duration::from_millis(4),
+    })
 }
 
 fn start(engine: &Arc<StandIn>, yaml: &str) -> Orchestrator<StandIn> {
@@ -1337,14 +1334,7 @@ pipelines:
   - pipeline_id: third
     stages: [{priority: 0, modules: [{module_id: never}]}]
 "#;
-    let o = start_with(
-        &engine,
-        yaml,
-        Options {
-            dead_letter_topic: "errors".into(),
-            ..options()
-        },
-    );
+    let o = start_with(&engine, yaml, options().dead_letter_topic("errors"));
     let out = one(&o, Message::new("t", ">"));
     let letter = dead_letter(&out);
     assert_eq!(letter.topic, "errors");
@@ -1700,14 +1690,11 @@ stages:
   - priority: 0
     modules: [{module_id: m}]
 "#;
-    let slow_retries = Options {
-        backoff: Backoff {
-            base: Duration::from_millis(40),
-            factor: 1,
-            cap: Duration::from_millis(40),
-        },
-        ..Options::default()
-    };
+    let slow_retries = Options::default().backoff(Backoff {
+        base: Duration::from_millis(40),
+        factor: 1,
+        cap: Duration::from_millis(40),
+    });
     let o = start_with(&engine, yaml, slow_retries);
     let started = Instant::now();
     let out = one(&o, Message::new("t", ""));
@@ -1748,13 +1735,10 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
     let o = start_with(
         &engine,
         yaml,
-        Options {
-            breaker: BreakerSettings {
-                failures: 3,
-                cool_down: Duration::from_millis(100),
-            },
-            ..options()
-        },
+        options().breaker(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_millis(100),
+        }),
     );
     use rustmq_etl_orchestrator::CircuitState::{Closed, HalfOpen, Open};
     // Each message's failure kind, and the breaker as its trace says it met it.
@@ -1818,13 +1802,10 @@ fn in_order_a_batch_meets_the_breaker_as_its_input_order_has_it() {
         let o = start_with(
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 2\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-            Options {
-                breaker: BreakerSettings {
+            options().breaker(BreakerSettings {
                     failures: 3,
                     cool_down: Duration::from_secs(60),
-                },
-                ..options()
-            },
+                }),
         );
         let mut messages = vec![Message::new("t", "bad")];
         messages.extend((0..9).map(|_| Message::new("t", "good")));
@@ -1879,13 +1860,10 @@ fn a_retry_refused_by_the_breaker_says_what_failed_before() {
         let o = start_with(
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 3\nstages: [{priority: 0, modules: [{module_id: bad}]}]",
-            Options {
-                breaker: BreakerSettings {
+            options().breaker(BreakerSettings {
                     failures,
                     cool_down: Duration::from_secs(60),
-                },
-                ..options()
-            },
+                }),
         );
         let out = o
             .process_batch_blocking(vec![Message::new("t", "")], ProcessOptions::default())
@@ -1941,13 +1919,10 @@ stages:
     let o = start_with(
         &engine,
         yaml,
-        Options {
-            breaker: BreakerSettings {
-                failures: 2,
-                cool_down: Duration::from_secs(60),
-            },
-            ..options()
-        },
+        options().breaker(BreakerSettings {
+            failures: 2,
+            cool_down: Duration::from_secs(60),
+        }),
     );
     let plan = o.plan();
     let labels: Vec<Option<String>> = plan
@@ -2053,13 +2028,10 @@ fn a_host_failure_during_the_probe_gives_the_probe_back() {
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-        Options {
-            breaker: BreakerSettings {
+        options().breaker(BreakerSettings {
                 failures: 1,
                 cool_down: Duration::from_millis(20),
-            },
-            ..options()
-        },
+            }),
     );
     assert!(delivered(&one(&o, Message::new("t", "bad")))
         .headers
@@ -2225,11 +2197,7 @@ fn every_cut_of_a_batch_answers_in_input_order() {
         let o = start_with(
             &engine,
             "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
-            Options {
-                max_in_flight,
-                chunk,
-                ..options()
-            },
+            options().max_in_flight(max_in_flight).chunk(chunk),
         );
         let messages = (0..count)
             .map(|i| Message::new(format!("t{i}"), format!("{i}:")))
@@ -2263,10 +2231,7 @@ async fn back_pressure_makes_callers_wait_or_answers_busy() {
     let o = start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
-        Options {
-            max_in_flight: 2,
-            ..options()
-        },
+        options().max_in_flight(2),
     );
     let first = {
         let o = o.clone();
@@ -2298,14 +2263,11 @@ async fn a_message_waiting_for_a_retry_runs_to_its_end_after_its_caller_gave_up(
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-        Options {
-            backoff: Backoff {
+        options().backoff(Backoff {
                 base: Duration::from_millis(100),
                 factor: 1,
                 cap: Duration::from_millis(100),
-            },
-            ..options()
-        },
+            }),
     );
     let given_up = tokio::time::timeout(
         Duration::from_millis(20),
@@ -2374,11 +2336,7 @@ async fn gives_up(threads: usize) {
     let o = start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
-        Options {
-            max_in_flight: limit,
-            chunk: 2,
-            ..options()
-        },
+        options().max_in_flight(limit).chunk(2),
     );
     let given_up = tokio::time::timeout(
         Duration::from_millis(30),
@@ -2452,10 +2410,7 @@ async fn gives_up(threads: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_the_limit_never_fits_the_non_blocking_call() {
-    let o = one_passing_module(Options {
-        max_in_flight: 2,
-        ..options()
-    });
+    let o = one_passing_module(options().max_in_flight(2));
     let busy = o
         .try_process_batch(vec![Message::new("t", ""); 3], ProcessOptions::default())
         .err()
@@ -2491,10 +2446,7 @@ fn one_passing_module(options: Options) -> Orchestrator<StandIn> {
 
 #[test]
 fn no_limit_is_the_semaphores_most() {
-    let o = one_passing_module(Options {
-        max_in_flight: usize::MAX,
-        ..options()
-    });
+    let o = one_passing_module(options().max_in_flight(usize::MAX));
     let out = o
         .process_batch_blocking(vec![Message::new("t", ""); 3], ProcessOptions::default())
         .unwrap();
@@ -3309,21 +3261,14 @@ fn a_trace_says_how_long_each_message_waited_before_it_began() {
 /// `chunk` of 0 as 1.
 #[test]
 fn the_options_in_force_are_the_limits_as_they_act() {
-    let o = one_passing_module(Options {
-        max_in_flight: 0,
-        chunk: 0,
-        ..options()
-    });
+    let o = one_passing_module(options().max_in_flight(0).chunk(0));
     assert_eq!((o.options().max_in_flight, o.options().chunk), (1, 1));
     let busy = o
         .try_process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
         .err()
         .expect("two never fit in one");
     assert_eq!(busy.limit, o.options().max_in_flight);
-    let o = one_passing_module(Options {
-        max_in_flight: usize::MAX,
-        ..options()
-    });
+    let o = one_passing_module(options().max_in_flight(usize::MAX));
     let most = o.options().max_in_flight;
     assert!(
         most < usize::MAX && most >= u32::MAX as usize >> 3,
@@ -3410,10 +3355,7 @@ fn held(max_in_flight: usize) -> (Orchestrator<StandIn>, Arc<AtomicBool>) {
     let o = start_with(
         &engine,
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow}]}]",
-        Options {
-            max_in_flight,
-            ..options()
-        },
+        options().max_in_flight(max_in_flight),
     );
     (o, release)
 }
@@ -3602,14 +3544,11 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: flaky}]}]",
-        Options {
-            backoff: Backoff {
+        options().backoff(Backoff {
                 base: Duration::from_millis(50),
                 factor: 1,
                 cap: Duration::from_millis(50),
-            },
-            ..options()
-        },
+            }),
     );
     let mut here = o.on_this_thread().unwrap();
     let started = Instant::now();

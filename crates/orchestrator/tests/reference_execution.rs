@@ -704,13 +704,11 @@ proptest! {
             })
             .collect();
 
-        let options = Options {
-            dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
+        let options = Options::default()
+            .dead_letter_topic(DEAD_LETTER_TOPIC)
             // Retries at once: the waits are real time, and out of scope.
-            backoff: Backoff { base: Duration::ZERO, factor: 2, cap: Duration::ZERO },
-            breaker: BreakerSettings { failures: breaker_failures, cool_down: Duration::from_secs(3600) },
-            ..Options::default()
-        };
+            .backoff(Backoff { base: Duration::ZERO, factor: 2, cap: Duration::ZERO })
+            .breaker(BreakerSettings { failures: breaker_failures, cool_down: Duration::from_secs(3600) });
         // Through the engine's threads, then on this thread: the same rules.
         for on_this_thread in [false, true] {
             let calls = Calls::default();
