@@ -10,6 +10,10 @@
 //! info and up, unless `RUST_LOG` says otherwise
 //! (`RUST_LOG=warn,rustmq_etl::guest=debug`). Natively (in tests) they print
 //! to standard error.
+//!
+//! The functions take a text; the macros `debug!`, `info!`, `warn!` and
+//! `error!` (at the crate's root: `rustmq_etl_sdk::info!`) take `format!`'s
+//! arguments.
 
 /// Severity of a log line, as the host import receives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,4 +66,42 @@ pub fn warn(message: &str) {
 /// Logs at [`Level::Error`].
 pub fn error(message: &str) {
     log(Level::Error, message)
+}
+
+/// Logs a formatted line at [`Level::Debug`]: `debug!("read {} fields", n)`.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => {
+        $crate::log::debug(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a formatted line at [`Level::Info`]: `info!("converted {value} {unit}")`.
+///
+/// ```
+/// let (value, unit) = (71.6, "fahrenheit");
+/// rustmq_etl_sdk::info!("converted to {value} {unit}");
+/// ```
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => {
+        $crate::log::info(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a formatted line at [`Level::Warn`].
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        $crate::log::warn(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a formatted line at [`Level::Error`] (the line a trap's error quotes
+/// if the call then traps).
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => {
+        $crate::log::error(&::std::format!($($arg)*))
+    };
 }
