@@ -2277,78 +2277,50 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
 
-/// `--checkpoint` needs output files it can cut back; not standard output.
+/// `--checkpoint` needs an input and outputs that are regular files: not
+/// standard input or output, not a device.
 #[test]
-fn run_refuses_a_checkpoint_without_output_files() {
+fn run_refuses_a_checkpoint_without_regular_files() {
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures().join("pipelines");
-    let input = fixtures().join("messages/sample.jsonl");
+    let sample = fixtures().join("messages/sample.jsonl");
+    let sample = sample.to_str().unwrap();
     let checkpoint = dir.path().join("cp");
-    for outputs in [
-        vec![],
-        vec!["--output", "-"],
-        vec!["--output", "out.jsonl", "--dead-letter", "-"],
-        vec!["--output", "/dev/stdout"],
-        vec!["--output", "/dev/null"],
-    ] {
+    // The refusal's text, the run having exited 1.
+    let refused = |input: &str, outputs: &[&str]| {
         let out = server::tool()
             .current_dir(dir.path())
             .args(["run", "--config"])
             .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&input)
-            .args(&outputs)
+            .args(["--modules", &modules(), "--input", input])
+            .args(outputs)
             .arg("--checkpoint")
             .arg(&checkpoint)
+            .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{outputs:?}");
-        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{input} {outputs:?}");
+        text(&out.stderr)
+    };
+    for outputs in [
+        &[][..],
+        &["--output", "-"],
+        &["--output", "out.jsonl", "--dead-letter", "-"],
+        &["--output", "/dev/stdout"],
+        &["--output", "/dev/null"],
+    ] {
+        let stderr = refused(sample, outputs);
         assert!(
             stderr.contains("--checkpoint needs --output FILE")
                 || stderr.contains("is not to a regular file"),
             "{outputs:?}: {stderr}"
         );
     }
-    // Nor standard input: it cannot be told whether it is sent again.
-    let out = server::tool()
-        .current_dir(dir.path())
-        .args(["run", "--config"])
-        .arg(&config)
-        .args([
-            "--modules",
-            &modules(),
-            "--input",
-            "-",
-            "--output",
-            "out.jsonl",
-        ])
-        .arg("--checkpoint")
-        .arg(&checkpoint)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--checkpoint needs --input FILE"));
-    // Nor an input that is not a regular file (a device, a pipe).
-    let out = server::tool()
-        .current_dir(dir.path())
-        .args(["run", "--config"])
-        .arg(&config)
-        .args([
-            "--modules",
-            &modules(),
-            "--input",
-            "/dev/null",
-            "--output",
-            "out.jsonl",
-        ])
-        .arg("--checkpoint")
-        .arg(&checkpoint)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("needs --input to be a regular file"));
+    // Standard input cannot be told whether it is sent again; nor can a
+    // device or a pipe.
+    let file = ["--output", "out.jsonl"];
+    assert!(refused("-", &file).contains("--checkpoint needs --input FILE"));
+    assert!(refused("/dev/null", &file).contains("needs --input to be a regular file"));
 }
 
 /// Every command that reads messages refuses a directory as `run` does (explain

@@ -1803,9 +1803,9 @@ fn in_order_a_batch_meets_the_breaker_as_its_input_order_has_it() {
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 2\nstages: [{priority: 0, modules: [{module_id: m}]}]",
             options().breaker(BreakerSettings {
-                    failures: 3,
-                    cool_down: Duration::from_secs(60),
-                }),
+                failures: 3,
+                cool_down: Duration::from_secs(60),
+            }),
         );
         let mut messages = vec![Message::new("t", "bad")];
         messages.extend((0..9).map(|_| Message::new("t", "good")));
@@ -1861,9 +1861,9 @@ fn a_retry_refused_by_the_breaker_says_what_failed_before() {
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 3\nstages: [{priority: 0, modules: [{module_id: bad}]}]",
             options().breaker(BreakerSettings {
-                    failures,
-                    cool_down: Duration::from_secs(60),
-                }),
+                failures,
+                cool_down: Duration::from_secs(60),
+            }),
         );
         let out = o
             .process_batch_blocking(vec![Message::new("t", "")], ProcessOptions::default())
@@ -2029,9 +2029,9 @@ fn a_host_failure_during_the_probe_gives_the_probe_back() {
         &engine,
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: m}]}]",
         options().breaker(BreakerSettings {
-                failures: 1,
-                cool_down: Duration::from_millis(20),
-            }),
+            failures: 1,
+            cool_down: Duration::from_millis(20),
+        }),
     );
     assert!(delivered(&one(&o, Message::new("t", "bad")))
         .headers
@@ -2264,10 +2264,10 @@ async fn a_message_waiting_for_a_retry_runs_to_its_end_after_its_caller_gave_up(
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: m}]}]",
         options().backoff(Backoff {
-                base: Duration::from_millis(100),
-                factor: 1,
-                cap: Duration::from_millis(100),
-            }),
+            base: Duration::from_millis(100),
+            factor: 1,
+            cap: Duration::from_millis(100),
+        }),
     );
     let given_up = tokio::time::timeout(
         Duration::from_millis(20),
@@ -3545,10 +3545,10 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: flaky}]}]",
         options().backoff(Backoff {
-                base: Duration::from_millis(50),
-                factor: 1,
-                cap: Duration::from_millis(50),
-            }),
+            base: Duration::from_millis(50),
+            factor: 1,
+            cap: Duration::from_millis(50),
+        }),
     );
     let mut here = o.on_this_thread().unwrap();
     let started = Instant::now();
