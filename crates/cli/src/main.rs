@@ -223,6 +223,11 @@ enum Command {
         /// body's bytes and the time taken.
         #[arg(long)]
         access_log: bool,
+        /// Answer POST /v1/reload with 403: nobody who reaches --listen can
+        /// make the server reload (it still reloads when its files change,
+        /// unless --no-watch).
+        #[arg(long)]
+        no_reload_endpoint: bool,
         #[command(flatten)]
         engine: Engine,
     },
@@ -628,6 +633,7 @@ fn main() -> ExitCode {
             shutdown_delay_seconds,
             no_watch,
             access_log,
+            no_reload_endpoint,
             engine,
         } => serve::serve(serve::Args {
             config,
@@ -645,6 +651,7 @@ fn main() -> ExitCode {
             shutdown_delay: Duration::from_secs(shutdown_delay_seconds),
             watch: !no_watch,
             access_log,
+            reload_endpoint: !no_reload_endpoint,
             settings: engine.settings(),
         }),
         Command::TestModule {

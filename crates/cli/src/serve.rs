@@ -55,6 +55,8 @@ pub(crate) struct Args {
     pub watch: bool,
     /// Log a line for each answer (`--access-log`).
     pub access_log: bool,
+    /// Whether `POST /v1/reload` is served (not `--no-reload-endpoint`).
+    pub reload_endpoint: bool,
     /// The engine's settings from the command line.
     pub settings: crate::Settings,
 }
@@ -89,6 +91,8 @@ struct Service {
     warnings: Mutex<Vec<String>>,
     /// Held by a reload from its reading of the files to its swap.
     reloading: Mutex<()>,
+    /// Whether `POST /v1/reload` is served (`--no-reload-endpoint`).
+    reload_endpoint: bool,
 }
 
 /// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
@@ -272,6 +276,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         last_reload: Mutex::new(None),
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
+        reload_endpoint: args.reload_endpoint,
     });
     room_for_connections(
         args.max_connections + args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS),
@@ -1063,8 +1068,19 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
     }))
 }
 
-/// `POST /v1/reload`: read the configuration and modules again now.
+/// `POST /v1/reload`: read the configuration and modules again now (403
+/// with `--no-reload-endpoint`).
 async fn reload(State(service): State<Arc<Service>>) -> Response {
+    if !service.reload_endpoint {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "POST /v1/reload is off: the server was started with --no-reload-endpoint; it \
+             reloads when its configuration or modules change (unless --no-watch), or on a \
+             restart"
+                .to_owned(),
+        )
+        .into_response();
+    }
     let status = match tokio::task::spawn_blocking(move || service.reload("request")).await {
         Ok(status) => status,
         Err(e) => {

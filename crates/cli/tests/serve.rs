@@ -1756,3 +1756,26 @@ fn the_access_log_has_a_line_for_each_answer_when_asked_for() {
         quiet.log()
     );
 }
+
+/// `--no-reload-endpoint`: `POST /v1/reload` answers 403 and reloads
+/// nothing; the rest is served as ever.
+#[test]
+fn the_reload_endpoint_can_be_turned_off() {
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let (_dir, server) = server_of(identity, &["--no-reload-endpoint", "--no-watch"]);
+    let (status, body) = server.send("POST", "/v1/reload", "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--no-reload-endpoint"), "{body}");
+    let (status, config) = server.send("GET", "/v1/config", "");
+    assert_eq!(status, 200, "{config}");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["config_version"], 1, "{config}");
+    assert!(config["last_reload"].is_null(), "{config}");
+    assert_eq!(
+        server
+            .send("POST", "/v1/process", r#"{"topic": "t", "payload": "x"}"#)
+            .0,
+        200
+    );
+    server.stop();
+}
