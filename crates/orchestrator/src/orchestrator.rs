@@ -1014,39 +1014,28 @@ impl<E: Engine> OnThisThread<E> {
         }
     }
 
-    /// Readies the runner for `snapshot`'s modules (disabled pipelines'
-    /// too), as the engine readied its own threads when it loaded them
-    /// (warm-up instances), unless it was already.
-    fn prepare(&mut self, snapshot: &Snapshot<E>) {
-        if self.prepared == snapshot.id {
-            return;
-        }
-        for loaded in snapshot.modules.iter().flatten() {
-            if let Err(text) = contain(|| self.runner.prepare(&loaded.module)) {
-                log::error!("rustmq-etl: readying a caller's thread for a module panicked: {text}");
-            }
-        }
-        self.prepared = snapshot.id;
-    }
-
     /// Runs one wave, admitted here, as one batch.
     fn run(&mut self, messages: Vec<Message>, options: ProcessOptions) -> Vec<Processed> {
         if messages.is_empty() {
             return Vec::new();
         }
         self.tidy();
+        let orchestrator = &self.orchestrator;
         // Readied before the batch takes room (instances started meanwhile
         // hold up no other caller), and again after if a reload came between.
-        self.prepare(&self.orchestrator.inner.current.load_full());
-        let orchestrator = &self.orchestrator;
+        // (The snapshot is only borrowed here: no reference count taken.)
+        prepare(
+            &mut self.runner,
+            &mut self.prepared,
+            &orchestrator.inner.current.load(),
+        );
         // Unconstrained: called (against its documentation) from a tokio
         // task whose budget is spent, the wait would never end.
         let permits = pollster::block_on(tokio::task::unconstrained(
             orchestrator.admit(messages.len()),
         ));
         let snapshot = orchestrator.inner.current.load_full();
-        self.prepare(&snapshot);
-        let orchestrator = &self.orchestrator;
+        prepare(&mut self.runner, &mut self.prepared, &snapshot);
         let runs = orchestrator.runs(&snapshot, messages, options).collect();
         let (reply, mut answer) = oneshot::channel();
         let mut batch = Batch {
@@ -1064,6 +1053,21 @@ impl<E: Engine> OnThisThread<E> {
             .try_recv()
             .expect("a batch run to its end has answered")
     }
+}
+
+/// Readies `runner` for `snapshot`'s modules (disabled pipelines' too), as
+/// the engine readied its own threads when it loaded them (warm-up
+/// instances), unless `prepared` says it was already.
+fn prepare<E: Engine>(runner: &mut E::Runner, prepared: &mut u64, snapshot: &Snapshot<E>) {
+    if *prepared == snapshot.id {
+        return;
+    }
+    for loaded in snapshot.modules.iter().flatten() {
+        if let Err(text) = contain(|| runner.prepare(&loaded.module)) {
+            log::error!("rustmq-etl: readying a caller's thread for a module panicked: {text}");
+        }
+    }
+    *prepared = snapshot.id;
 }
 
 /// What is in service, of one version ([`Orchestrator::in_service`]).

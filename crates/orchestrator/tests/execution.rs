@@ -3282,9 +3282,19 @@ fn the_options_in_force_are_the_limits_as_they_act() {
 /// Registers module `id` on `engine`: each call holds its engine thread
 /// until the flag answered is set (or 10 s have passed).
 fn held_until_released(engine: &StandIn, id: &str) -> Arc<AtomicBool> {
+    held_until_released_noting(engine, id, || {})
+}
+
+/// [`held_until_released`], each call first calling `noting`.
+fn held_until_released_noting(
+    engine: &StandIn,
+    id: &str,
+    noting: impl Fn() + Send + Sync + 'static,
+) -> Arc<AtomicBool> {
     let release = Arc::new(AtomicBool::new(false));
     let held = release.clone();
     engine.module(id, move |_| {
+        noting();
         let started = Instant::now();
         while !held.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(1));
@@ -3311,9 +3321,7 @@ async fn drain_waits_for_the_messages_in_flight() {
             .process_batch(vec![Message::new("t", ""); 2], ProcessOptions::default())
             .await
     });
-    while o.in_flight() < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    in_flight_reaches(&o, 2).await;
     let drainer = o.clone();
     let drain = tokio::spawn(async move { drainer.drain().await });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -3360,6 +3368,13 @@ fn held(max_in_flight: usize) -> (Orchestrator<StandIn>, Arc<AtomicBool>) {
     (o, release)
 }
 
+/// Returns once `o` has `n` messages in flight.
+async fn in_flight_reaches(o: &Orchestrator<StandIn>, n: usize) {
+    while o.in_flight() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// `n` messages sent to `o` by a task of their own.
 fn sent(
     o: &Orchestrator<StandIn>,
@@ -3381,9 +3396,7 @@ async fn room_a_cancelled_caller_held_goes_back() {
     use std::future::Future;
     let (o, release) = held(1);
     let first = sent(&o, 1);
-    while o.in_flight() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    in_flight_reaches(&o, 1).await;
     // The second waits for room: polled once, then never again.
     let mut second =
         Box::pin(o.process_batch(vec![Message::new("t", "")], ProcessOptions::default()));
@@ -3429,9 +3442,7 @@ async fn room_a_cancelled_caller_held_goes_back() {
 async fn a_batch_waiting_for_room_comes_first() {
     let (o, release) = held(4);
     let first = sent(&o, 3);
-    while o.in_flight() < 3 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    in_flight_reaches(&o, 3).await;
     // Three more wait; the one place free goes to them.
     let second = sent(&o, 3);
     let waited = Instant::now();
@@ -3464,17 +3475,9 @@ async fn a_batch_waiting_for_room_comes_first() {
 fn on_this_thread_runs_here_and_waits_for_room() {
     let (o, release_slow) = held(2);
     let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let release_here = Arc::new(AtomicBool::new(false));
-    o.engine().module("here", {
-        let (ran_on, release) = (ran_on.clone(), release_here.clone());
-        move |_| {
-            ran_on.lock().unwrap().push(std::thread::current().id());
-            let started = Instant::now();
-            while !release.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Behaviour::ok(Outcome::Unchanged)
-        }
+    let release_here = held_until_released_noting(o.engine(), "here", {
+        let ran_on = ran_on.clone();
+        move || ran_on.lock().unwrap().push(std::thread::current().id())
     });
     o.reload(&config(
         "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: slow, topic_filters: [{filter_type: Exact, pattern: slow}]}, {module_id: here, topic_filters: [{filter_type: Exact, pattern: here}]}]}]",
