@@ -17,6 +17,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use rustmq_etl_config::Config;
+use rustmq_etl_orchestrator::{DirectorySource, ModuleSource as _, Options};
 use sha2::Digest as _;
 
 /// The bytes of one slot: a page, written in one call.
@@ -42,6 +44,87 @@ pub(crate) struct Checkpoint {
     pub dead_letter: Option<Output>,
     /// The run read its whole input and wrote every result.
     pub finished: bool,
+    /// What it ran with (none in a checkpoint of a version before it was
+    /// recorded).
+    #[serde(default)]
+    pub setup: Option<Setup>,
+}
+
+/// What a run's results depend on besides its input, as digests: the
+/// configuration's pipelines ([`Config::canonical_json`]), the module files
+/// they name, and the options that change results. A checkpoint resumes
+/// only with the same, unless told to go on with changes: the lines done
+/// keep the results of what they ran with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Setup {
+    config: String,
+    modules: String,
+    options: String,
+}
+
+impl Setup {
+    /// The setup of a run of `config` with the modules in `modules` and
+    /// `options`. A module file that cannot be read counts as such (its
+    /// messages fail `unavailable`): one there later is a change.
+    pub fn of(config: &Config, modules: &Path, options: &Options) -> Setup {
+        let ids: std::collections::BTreeSet<&str> = config
+            .pipelines()
+            .iter()
+            .flat_map(|p| &p.pipeline.stages)
+            .flat_map(|stage| &stage.modules)
+            .map(|module| module.module_id.as_str())
+            .collect();
+        let source = DirectorySource::new(modules);
+        let mut module_parts: Vec<Vec<u8>> = Vec::new();
+        for id in ids {
+            module_parts.push(id.as_bytes().to_vec());
+            module_parts.push(source.read(id).unwrap_or_else(|_| b"(unreadable)".to_vec()));
+        }
+        let options = format!(
+            "dead_letter_topic={:?} breaker_failures={} breaker_cool_down_ms={}",
+            options.dead_letter_topic,
+            options.breaker.failures,
+            options.breaker.cool_down.as_millis()
+        );
+        Setup {
+            config: digest([config.canonical_json().as_bytes()]),
+            modules: digest(module_parts.iter().map(Vec::as_slice)),
+            options: digest([options.as_bytes()]),
+        }
+    }
+
+    /// What differs from `other`, named as the command line gives it: empty
+    /// if nothing.
+    fn changes(&self, other: &Setup) -> Vec<&'static str> {
+        [
+            (self.config != other.config, "the pipelines (--config)"),
+            (
+                self.modules != other.modules,
+                "the module files (--modules)",
+            ),
+            (
+                self.options != other.options,
+                "--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(changed, what)| changed.then_some(what))
+        .collect()
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of `parts`, each after its length.
+fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A file's identity: its device and inode.
@@ -207,6 +290,43 @@ impl CheckpointFile {
 }
 
 impl Checkpoint {
+    /// Whether a run with `setup` may resume this checkpoint, found at
+    /// `path`: with the same setup, or with another if `with_changes` (then
+    /// a note says so). Checked before [`Checkpoint::resume`] cuts anything.
+    pub fn check_setup(
+        &self,
+        path: &Path,
+        setup: &Setup,
+        with_changes: bool,
+    ) -> anyhow::Result<Option<String>> {
+        let here = path.display();
+        let Some(recorded) = &self.setup else {
+            return Ok(Some(format!(
+                "--checkpoint {here} does not record what its run ran with (an earlier \
+                 version wrote it): the pipelines, modules and options are not compared"
+            )));
+        };
+        let changes = recorded.changes(setup);
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let changes = changes.join(", ");
+        if !with_changes {
+            anyhow::bail!(
+                "changed since the run of --checkpoint {here}: {changes}. Its lines up to {} \
+                 have the results of what it ran with; run with that again to resume, remove \
+                 the checkpoint to run every line afresh, or pass --resume-with-changes to go \
+                 on with the new",
+                self.line
+            );
+        }
+        Ok(Some(format!(
+            "changed since the run of --checkpoint {here}: {changes}; going on with the new \
+             (--resume-with-changes): the lines up to {} keep the results of the old",
+            self.line
+        )))
+    }
+
     /// What a run with these arguments does with this checkpoint, found at
     /// `path`: the same input file (not shorter than it had read), the same
     /// output files, begun at the same `--start-line` (or given none). Cuts
@@ -348,6 +468,7 @@ mod tests {
             },
             dead_letter: None,
             finished: false,
+            setup: None,
         }
     }
 
@@ -489,5 +610,69 @@ mod tests {
             Resume::After { notes, .. } => assert!(notes[0].contains("grew"), "{notes:?}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The setup's digests: each changes with what it covers, and only
+    /// with that; `check_setup` refuses a change unless told to go on, and
+    /// takes a checkpoint that recorded none with a note.
+    #[test]
+    fn a_setup_tells_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path();
+        std::fs::write(modules.join("m.wasm"), "one").unwrap();
+        let config = |yaml: &str| {
+            Config::from_text(yaml, rustmq_etl_config::Format::Yaml, None)
+                .unwrap()
+                .config
+        };
+        let yaml = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]";
+        let options = Options::default();
+        let setup = Setup::of(&config(yaml), modules, &options);
+        assert_eq!(setup, Setup::of(&config(yaml), modules, &options));
+        let changed = |other: &Setup| setup.changes(other);
+        let other_config = config(&yaml.replace("priority: 0", "priority: 1"));
+        assert_eq!(
+            changed(&Setup::of(&other_config, modules, &options)),
+            ["the pipelines (--config)"]
+        );
+        let other_options = Options::default().dead_letter_topic("elsewhere");
+        assert_eq!(
+            changed(&Setup::of(&config(yaml), modules, &other_options)).len(),
+            1
+        );
+        std::fs::write(modules.join("m.wasm"), "two").unwrap();
+        let other_module = Setup::of(&config(yaml), modules, &options);
+        assert_eq!(changed(&other_module), ["the module files (--modules)"]);
+        // A module file gone is a change too (and so is one there again).
+        std::fs::remove_file(modules.join("m.wasm")).unwrap();
+        let gone = Setup::of(&config(yaml), modules, &options);
+        assert_eq!(changed(&gone), ["the module files (--modules)"]);
+
+        let (path, input) = (dir.path().join("cp"), dir.path().join("in"));
+        std::fs::write(&input, "").unwrap();
+        let checkpoint = Checkpoint {
+            setup: Some(setup.clone()),
+            ..at(3, &input, &input)
+        };
+        assert_eq!(checkpoint.check_setup(&path, &setup, false).unwrap(), None);
+        let error = checkpoint
+            .check_setup(&path, &gone, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the module files (--modules). Its lines up to 3"),
+            "{error}"
+        );
+        let note = checkpoint.check_setup(&path, &gone, true).unwrap().unwrap();
+        assert!(note.contains("going on with the new"), "{note}");
+        let unrecorded = Checkpoint {
+            setup: None,
+            ..checkpoint
+        };
+        let note = unrecorded
+            .check_setup(&path, &gone, false)
+            .unwrap()
+            .unwrap();
+        assert!(note.contains("not compared"), "{note}");
     }
 }

@@ -143,6 +143,13 @@ enum Command {
         /// letters go to a file of their own; remove FILE to start afresh.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// Resume --checkpoint's run although the pipelines, the module
+        /// files, --dead-letter-topic or the breaker's settings changed
+        /// since it was written (without it, such a resume is refused): the
+        /// lines done keep the results of what they ran with, the rest get
+        /// the new.
+        #[arg(long, requires = "checkpoint")]
+        resume_with_changes: bool,
         /// Run messages on all engine threads at once, and others while one
         /// waits for a retry's delay; but which messages meet a circuit
         /// breaker that earlier ones opened then depends on timing.
@@ -603,6 +610,7 @@ fn main() -> ExitCode {
             trace,
             start_line,
             checkpoint,
+            resume_with_changes,
             concurrent,
             engine,
         } => run::run(run::Args {
@@ -614,6 +622,7 @@ fn main() -> ExitCode {
             trace,
             start_line,
             checkpoint,
+            resume_with_changes,
             in_order: !concurrent,
             settings: engine.settings(),
         }),

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use rustmq_etl_core::Message;
 use rustmq_etl_orchestrator::{Disposition, ProcessOptions, Processed};
 
-use crate::checkpoint::{Checkpoint, CheckpointFile, FileId, Resume};
+use crate::checkpoint::{Checkpoint, CheckpointFile, FileId, Resume, Setup};
 use crate::summary::Summary;
 use crate::{load_plan, report, start};
 
@@ -34,6 +34,9 @@ pub(crate) struct Args {
     /// Where the run records how far it got, and resumes from
     /// ([`Checkpoint`]).
     pub checkpoint: Option<PathBuf>,
+    /// Resume a checkpoint whose run ran with other pipelines, modules or
+    /// options ([`Checkpoint::check_setup`]).
+    pub resume_with_changes: bool,
     /// Each message to its end before the next starts
     /// ([`ProcessOptions::in_order`]).
     pub in_order: bool,
@@ -394,10 +397,22 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     // bytes of the input's lines up to the last one done.
     let mut began_at = args.start_line;
     let mut consumed_bytes = 0u64;
-    if let Some(path) = &args.checkpoint {
+    let Some((config, _, _)) = load_plan(&args.config) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let modules = args.modules.clone().unwrap_or_else(default_modules);
+    // What the run runs with, recorded with its checkpoints.
+    let setup = args
+        .checkpoint
+        .as_ref()
+        .map(|_| Setup::of(&config, &modules, &args.settings.options));
+    if let (Some(path), Some(setup)) = (&args.checkpoint, &setup) {
         let (file, found) = CheckpointFile::open(path)?;
         checkpoint_file = Some(file);
         if let Some(checkpoint) = found {
+            if let Some(note) = checkpoint.check_setup(path, setup, args.resume_with_changes)? {
+                say!("note: {note}");
+            }
             let output = args.output.as_deref().expect("checked: a file");
             match checkpoint.resume(
                 path,
@@ -427,10 +442,6 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let Some((config, _, _)) = load_plan(&args.config) else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let modules = args.modules.clone().unwrap_or_else(default_modules);
     let settings = crate::Settings {
         // In order, the batches run on this thread.
         caller_threads: usize::from(args.in_order),
@@ -493,8 +504,9 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     // What the checkpoint records, from the first: a run killed before its
     // first batch is out resumes from here (the file is written to before
     // anything is processed).
-    let mut reached = match &args.checkpoint {
-        Some(_) => Some(Progress {
+    let mut reached = match setup {
+        Some(setup) => Some(Progress {
+            setup,
             input_file: FileId::of(
                 &std::fs::metadata(&args.input)
                     .with_context(|| format!("cannot open {}", args.input.display()))?,
@@ -823,6 +835,8 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
 /// How far a run with `--checkpoint` got: what [`checkpoint_of`] records
 /// beside its outputs' lengths.
 struct Progress {
+    /// What the run runs with.
+    setup: Setup,
     input_file: FileId,
     /// The line the run began at (its first run's, resumed).
     began_at: usize,
@@ -856,6 +870,7 @@ fn checkpoint_of(
         output: recorded(output),
         dead_letter: dead_letters.as_ref().map(recorded),
         finished,
+        setup: Some(progress.setup.clone()),
     }
 }
 

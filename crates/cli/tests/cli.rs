@@ -2277,6 +2277,113 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
 
+/// A checkpoint resumes only with what its run ran with: other pipelines,
+/// other module files or other options that change results are refused,
+/// changing nothing, and named; `--resume-with-changes` goes on with the new
+/// ones, the lines done keeping their results.
+#[test]
+fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    let module = modules.join("legacy-uppercase.wasm");
+    let shipped = fixtures().join("modules/legacy-uppercase.wasm");
+    std::fs::copy(&shipped, &module).unwrap();
+    let pipeline = |timeout: u32| {
+        format!(
+            "pipeline_id: shout\nglobal_timeout_ms: {timeout}\nstages: [{{priority: 0, \
+             modules: [{{module_id: legacy-uppercase}}]}}]\n"
+        )
+    };
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(&config, pipeline(5000)).unwrap();
+    let input = dir.path().join("in.jsonl");
+    let line = |key: &str| format!("{{\"topic\":\"t\",\"key\":\"{key}\",\"payload\":\"quiet\"}}\n");
+    std::fs::write(&input, line("a") + &line("b")).unwrap();
+    let (output, checkpoint) = (dir.path().join("out.jsonl"), dir.path().join("cp"));
+    let command = |extra: &[&str]| {
+        server::tool()
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--modules")
+            .arg(&modules)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = command(&[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    // A line added since: a resume would run it.
+    std::fs::write(&input, line("a") + &line("b") + &line("c")).unwrap();
+    let (written, recorded) = (
+        std::fs::read(&output).unwrap(),
+        std::fs::read(&checkpoint).unwrap(),
+    );
+    let refused = |extra: &[&str], named: &str| {
+        let out = command(extra);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("changed since the run of --checkpoint"),
+            "{stderr}"
+        );
+        // What changed, and only that.
+        let changed = format!("{}: {named}. Its lines up to 2", checkpoint.display());
+        assert!(stderr.contains(&changed), "{changed}: {stderr}");
+        assert!(stderr.contains("--resume-with-changes"), "{stderr}");
+        assert_eq!(std::fs::read(&output).unwrap(), written, "nothing written");
+        assert_eq!(
+            std::fs::read(&checkpoint).unwrap(),
+            recorded,
+            "nor recorded"
+        );
+    };
+    // Another pipeline.
+    std::fs::write(&config, pipeline(4000)).unwrap();
+    refused(&[], "the pipelines (--config)");
+    // The same pipeline, its keys in another order: not a change.
+    std::fs::write(
+        &config,
+        "stages: [{modules: [{module_id: legacy-uppercase}], priority: 0}]\nglobal_timeout_ms: 5000\npipeline_id: shout\n",
+    )
+    .unwrap();
+    let options = "--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms";
+    refused(&["--breaker-failures", "9"], options);
+    refused(&["--dead-letter-topic", "other"], options);
+    // Another module under the same name.
+    std::fs::copy(fixtures().join("modules/identity.wasm"), &module).unwrap();
+    refused(&[], "the module files (--modules)");
+    // Told to go on: the new line runs on the new module, the others keep
+    // their results.
+    let resumed = command(&["--resume-with-changes"]);
+    let stderr = text(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("going on with the new"), "{stderr}");
+    assert!(stderr.contains("1 in = 1 delivered"), "{stderr}");
+    let payloads: Vec<String> = text(&std::fs::read(&output).unwrap())
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["QUIET", "QUIET", "quiet"]);
+    // The checkpoint now records the new: the same command finds nothing
+    // changed, and nothing to do.
+    let again = command(&[]);
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("says this run finished"), "{stderr}");
+}
+
 /// `--checkpoint` needs an input and outputs that are regular files: not
 /// standard input or output, not a device.
 #[test]

@@ -119,6 +119,19 @@ impl Config {
         &self.pipelines
     }
 
+    /// The pipelines in order as one line of JSON: defaults filled in, the
+    /// keys of every object sorted (however a file ordered them), the files
+    /// they came from left out. Two loads of the same pipelines read the
+    /// same, from one file or many, in YAML or JSON; any change that can
+    /// change a result reads otherwise. For a digest of what a run ran with
+    /// (`rustmq-etl run --checkpoint`).
+    pub fn canonical_json(&self) -> String {
+        let pipelines: Vec<_> = self.pipelines.iter().map(|p| &p.pipeline).collect();
+        // (The model's maps have text keys: it serialises.)
+        let value = serde_json::to_value(pipelines).expect("a configuration serialises");
+        crate::model::sorted_keys(&value).to_string()
+    }
+
     /// How many files the configuration was read from.
     pub fn file_count(&self) -> usize {
         self.files

@@ -273,7 +273,7 @@ impl ModuleInstanceConfig {
 
 /// `value` with every object's keys in sorted order (objects keep the order
 /// of their keys when `serde_json`'s `preserve_order` feature is on).
-fn sorted_keys(value: &Value) -> Value {
+pub(crate) fn sorted_keys(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();

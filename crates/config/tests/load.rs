@@ -519,3 +519,50 @@ fn a_byte_order_mark_is_not_text() {
         assert_eq!(loaded.config.pipelines().len(), 1, "{name}");
     }
 }
+
+#[test]
+fn the_canonical_json_is_the_same_for_the_same_pipelines_and_differs_for_any_change() {
+    let json = Config::load(&fixtures().join("pipelines")).unwrap().config;
+    let yaml = Config::load(&fixtures().join("pipelines-yaml"))
+        .unwrap()
+        .config;
+    // Two directories, two formats: the same pipelines.
+    assert_eq!(json.canonical_json(), yaml.canonical_json());
+    let text = |custom: &str, timeout: u64| {
+        format!(
+            "pipeline_id: p\nglobal_timeout_ms: {timeout}\nstages: [{{priority: 0, modules: \
+             [{{module_id: m, instance_config: {{custom_config: {custom}}}}}]}}]"
+        )
+    };
+    let load = |text: &str| {
+        Config::from_text(text, Format::Yaml, None)
+            .unwrap()
+            .config
+            .canonical_json()
+    };
+    let one = load(&text("{a: 1, b: {c: 2, d: 3}}", 100));
+    // The keys of a value in another order, at any depth: the same.
+    assert_eq!(one, load(&text("{b: {d: 3, c: 2}, a: 1}", 100)));
+    // A default left out or written out: the same.
+    let defaults = Config::from_text(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+        Format::Yaml,
+        None,
+    )
+    .unwrap()
+    .config;
+    let written = Config::from_text("pipeline_id: p\nenabled: true\nstages: [{priority: 0, parallel_execution: false, modules: [{module_id: m}]}]", Format::Yaml, None).unwrap().config;
+    assert_eq!(defaults.canonical_json(), written.canonical_json());
+    // A value, a limit, a pipeline switched off: each reads otherwise.
+    assert_ne!(one, load(&text("{a: 2, b: {c: 2, d: 3}}", 100)));
+    assert_ne!(one, load(&text("{a: 1, b: {c: 2, d: 3}}", 101)));
+    let off = Config::from_text(&text("{a: 1, b: {c: 2, d: 3}}", 100), Format::Yaml, None)
+        .unwrap()
+        .config
+        .with_pipeline_enabled("p", false)
+        .unwrap();
+    assert_ne!(one, off.canonical_json());
+    // One line of JSON.
+    assert!(!one.contains('\n'));
+    serde_json::from_str::<serde_json::Value>(&one).unwrap();
+}
