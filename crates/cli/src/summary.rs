@@ -10,25 +10,55 @@ use rustmq_etl_orchestrator::{Disposition, FailureAction, Processed, TraceEntry,
 use crate::plural;
 
 /// What one module occurrence did over the run.
-#[derive(Default)]
 pub(crate) struct ModuleSummary {
     pub ran: u64,
     pub skipped: u64,
     pub failed: BTreeMap<&'static str, u64>,
     pub retried: u64,
     pub dead_lettered: u64,
-    pub times: Vec<Duration>,
+    /// Its calls' times in nanoseconds, to two significant digits: memory
+    /// bounded by the range of the times, not their number (a run reading
+    /// a stream for days keeps the same few KiB).
+    times: hdrhistogram::Histogram<u64>,
+    /// All its calls' time together.
+    total: Duration,
+}
+
+impl Default for ModuleSummary {
+    fn default() -> Self {
+        ModuleSummary {
+            ran: 0,
+            skipped: 0,
+            failed: BTreeMap::new(),
+            retried: 0,
+            dead_lettered: 0,
+            // Growing as larger times come (two significant digits are
+            // within 1%): no bound to guess.
+            times: hdrhistogram::Histogram::new(2).expect("2 significant digits are allowed"),
+            total: Duration::ZERO,
+        }
+    }
 }
 
 impl ModuleSummary {
-    /// The `q` quantile of the call times, if any ran.
-    pub(crate) fn quantile(&mut self, q: f64) -> Option<Duration> {
-        quantile(&mut self.times, q)
+    /// Counts a call of `time`.
+    pub(crate) fn record(&mut self, time: Duration) {
+        let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        if self.times.record(ns).is_err() {
+            // Past what the histogram can grow to: counted at its top.
+            self.times.saturating_record(ns);
+        }
+        self.total = self.total.saturating_add(time);
+    }
+
+    /// The `q` quantile of the call times (within 1%), if any ran.
+    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
+        (!self.times.is_empty()).then(|| Duration::from_nanos(self.times.value_at_quantile(q)))
     }
 
     /// All its calls' time together.
     pub(crate) fn total(&self) -> Duration {
-        self.times.iter().sum()
+        self.total
     }
 }
 
@@ -133,7 +163,7 @@ impl Summary {
                 TraceEvent::Ran { time, attempts, .. } => {
                     s.ran += 1;
                     s.retried += u64::from(attempts.saturating_sub(1));
-                    s.times.push(*time);
+                    s.record(*time);
                 }
                 TraceEvent::Skipped(_) => s.skipped += 1,
                 TraceEvent::Failed {
@@ -240,9 +270,47 @@ pub(crate) fn show(t: Option<Duration>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use rustmq_etl_orchestrator::{SkipReason, Trace};
 
     use super::*;
+
+    proptest! {
+        /// A module's quantiles, kept in bounded memory, are within 1% above
+        /// the nearest-rank quantile of every time kept and sorted (the
+        /// reference); its total is the exact sum.
+        #[test]
+        fn quantiles_are_within_a_percent_of_the_exact_ones(
+            times in prop::collection::vec(0u64..20_000_000_000, 1..300),
+            q in 0.01f64..=1.0,
+        ) {
+            let mut summary = ModuleSummary::default();
+            for &t in &times {
+                summary.record(Duration::from_nanos(t));
+            }
+            let mut sorted = times.clone();
+            sorted.sort_unstable();
+            let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+            let exact = sorted[rank - 1];
+            let kept = summary.quantile(q).unwrap().as_nanos() as u64;
+            prop_assert!(exact <= kept && kept <= exact + exact / 100 + 1, "{} vs {}", kept, exact);
+            prop_assert_eq!(summary.total(), Duration::from_nanos(times.iter().sum()));
+        }
+    }
+
+    /// The times' memory does not grow with their number.
+    #[test]
+    fn a_million_calls_take_no_more_room_than_one() {
+        let mut summary = ModuleSummary::default();
+        summary.record(Duration::from_micros(6));
+        let room = summary.times.distinct_values();
+        for i in 0..1_000_000u64 {
+            summary.record(Duration::from_nanos(1_000 + i % 5_000));
+        }
+        assert_eq!(summary.times.distinct_values(), room);
+        assert_eq!(summary.ran, 0, "recording is not counting a call as ran");
+        assert_eq!(summary.times.len(), 1_000_001);
+    }
 
     /// A message that skipped every module of `listings` (pipeline, stage,
     /// module, plan index), in that order.
