@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use rustmq_etl_config::Config;
-use rustmq_etl_orchestrator::{DirectorySource, ModuleSource as _, Options};
+use rustmq_etl_orchestrator::Options;
 use sha2::Digest as _;
 
 /// The bytes of one slot: a page, written in one call.
@@ -52,34 +52,43 @@ pub(crate) struct Checkpoint {
 
 /// What a run's results depend on besides its input, as digests: the
 /// configuration's pipelines ([`Config::canonical_json`]), the module files
-/// they name, and the options that change results. A checkpoint resumes
-/// only with the same, unless told to go on with changes: the lines done
-/// keep the results of what they ran with.
+/// the engine read for them, and the options that change results. A
+/// checkpoint resumes only with the same, unless told to go on with changes:
+/// the lines done keep the results of what they ran with.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Setup {
     config: String,
     modules: String,
     options: String,
+    /// The version of rustmq-etl that ran (a note if another resumes).
+    #[serde(default)]
+    version: String,
 }
 
 impl Setup {
-    /// The setup of a run of `config` with the modules in `modules` and
-    /// `options`. A module file that cannot be read counts as such (its
-    /// messages fail `unavailable`): one there later is a change.
-    pub fn of(config: &Config, modules: &Path, options: &Options) -> Setup {
-        let ids: std::collections::BTreeSet<&str> = config
-            .pipelines()
-            .iter()
-            .flat_map(|p| &p.pipeline.stages)
-            .flat_map(|stage| &stage.modules)
-            .map(|module| module.module_id.as_str())
-            .collect();
-        let source = DirectorySource::new(modules);
+    /// The setup of a run of `config`, its engine having read `modules`
+    /// ([`crate::ModulesRead`]: the bytes that run, not a second reading
+    /// of the files), with `options`. A module file that could not be read
+    /// counts as such (its calls fail `unavailable`): one there later is a
+    /// change.
+    pub fn of(
+        config: &Config,
+        modules: &std::collections::BTreeMap<String, Vec<Option<[u8; 32]>>>,
+        options: &Options,
+    ) -> Setup {
         let mut module_parts: Vec<Vec<u8>> = Vec::new();
-        for id in ids {
+        for (id, reads) in modules {
+            // (Read in whatever order the engine loaded the occurrences.)
+            let mut reads = reads.clone();
+            reads.sort_unstable();
             module_parts.push(id.as_bytes().to_vec());
-            module_parts.push(source.read(id).unwrap_or_else(|_| b"(unreadable)".to_vec()));
+            for read in reads {
+                module_parts.push(match read {
+                    Some(sha256) => [&[1u8][..], &sha256].concat(),
+                    None => vec![0],
+                });
+            }
         }
         let options = format!(
             "dead_letter_topic={:?} breaker_failures={} breaker_cool_down_ms={}",
@@ -91,6 +100,7 @@ impl Setup {
             config: digest([config.canonical_json().as_bytes()]),
             modules: digest(module_parts.iter().map(Vec::as_slice)),
             options: digest([options.as_bytes()]),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 
@@ -155,18 +165,52 @@ pub(crate) struct Output {
 }
 
 /// What a run does with the checkpoint it found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Resume {
     /// Nothing: the run finished, and its input has not grown since.
     Finished(String),
-    /// Go on after `line` (the input's first `input_bytes` bytes), the
-    /// outputs cut back to their lengths at the checkpoint; the notes say
-    /// what was cut, or that the input grew.
+    /// Go on after `line` (the input's first `input_bytes` bytes), once
+    /// `cuts` are made ([`cut`]); the notes say that the input grew.
     After {
         line: usize,
         input_bytes: u64,
         notes: Vec<String>,
+        cuts: Vec<Cut>,
     },
+}
+
+/// An output to cut back to its length at the checkpoint: what is past it
+/// was written after (a batch whose commit the run did not finish), and is
+/// written again.
+#[derive(Debug)]
+pub(crate) struct Cut {
+    shown: String,
+    file: File,
+    length: u64,
+    to: u64,
+}
+
+/// Makes `cuts`; the notes say how much each took off.
+pub(crate) fn cut(cuts: Vec<Cut>) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for Cut {
+        shown,
+        file,
+        length,
+        to,
+    } in cuts
+    {
+        if length > to {
+            file.set_len(to)
+                .with_context(|| format!("{shown}: cutting it back to {to} bytes"))?;
+            notes.push(format!(
+                "{shown}: the {} bytes written after the last checkpoint were cut off (they \
+                 are written again)",
+                length - to
+            ));
+        }
+    }
+    Ok(notes)
 }
 
 /// One slot's record.
@@ -308,7 +352,21 @@ impl Checkpoint {
         };
         let changes = recorded.changes(setup);
         if changes.is_empty() {
-            return Ok(None);
+            // The same setup on another version: said, not refused (a
+            // version is there to change how things run).
+            return Ok((recorded.version != setup.version).then(|| {
+                format!(
+                    "--checkpoint {here} was written by rustmq-etl {}; this is {}: the lines \
+                     after line {} run on this one",
+                    if recorded.version.is_empty() {
+                        "before 0.1"
+                    } else {
+                        &recorded.version
+                    },
+                    setup.version,
+                    self.line
+                )
+            }));
         }
         let changes = changes.join(", ");
         if !with_changes {
@@ -330,9 +388,8 @@ impl Checkpoint {
     /// What a run with these arguments does with this checkpoint, found at
     /// `path`: the same input file (not shorter than it had read), the same
     /// output files, begun at the same `--start-line` (or given none). Cuts
-    /// each output back to its length at the checkpoint: what is past it was
-    /// written after (a batch whose commit the run did not finish), and is
-    /// written again.
+    /// nothing: a resume cuts each output back to its length at the
+    /// checkpoint ([`cut`]) once every check has passed.
     pub fn resume(
         &self,
         path: &Path,
@@ -398,8 +455,7 @@ impl Checkpoint {
                 "the run of --checkpoint {here} had a --dead-letter file: run the same command"
             ),
         };
-        // Every file checked before any is cut.
-        let mut opened = Vec::new();
+        let mut cuts = Vec::new();
         for (flag, file, recorded) in files {
             let shown = file.display();
             let not_it = || {
@@ -425,29 +481,26 @@ impl Checkpoint {
                     recorded.bytes
                 );
             }
-            opened.push((shown, open, metadata.len(), recorded.bytes));
-        }
-        for (shown, open, length, bytes) in opened {
-            if length > bytes {
-                open.set_len(bytes)
-                    .with_context(|| format!("{shown}: cutting it back to {bytes} bytes"))?;
-                notes.push(format!(
-                    "{shown}: the {} bytes written after the last checkpoint were cut off (they \
-                     are written again)",
-                    length - bytes
-                ));
-            }
+            cuts.push(Cut {
+                shown: shown.to_string(),
+                file: open,
+                length: metadata.len(),
+                to: recorded.bytes,
+            });
         }
         Ok(Resume::After {
             line: self.line,
             input_bytes: self.input_bytes,
             notes,
+            cuts,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rustmq_etl_orchestrator::BreakerSettings;
+
     use super::*;
 
     fn id(path: &Path) -> FileId {
@@ -592,7 +645,17 @@ mod tests {
                 line: 7,
                 input_bytes: 10,
                 notes,
-            } => assert!(notes[0].contains("the 11 bytes written after"), "{notes:?}"),
+                cuts,
+            } => {
+                assert!(notes.is_empty(), "{notes:?}");
+                // Nothing cut until told.
+                assert_eq!(
+                    std::fs::read_to_string(&output).unwrap(),
+                    "one\ntwo, cut sh"
+                );
+                let notes = cut(cuts).unwrap();
+                assert!(notes[0].contains("the 11 bytes written after"), "{notes:?}");
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "one\n");
@@ -613,41 +676,63 @@ mod tests {
     }
 
     /// The setup's digests: each changes with what it covers, and only
-    /// with that; `check_setup` refuses a change unless told to go on, and
-    /// takes a checkpoint that recorded none with a note.
+    /// with that; `check_setup` refuses a change unless told to go on, notes
+    /// another version, and takes a checkpoint that recorded none with a
+    /// note.
     #[test]
     fn a_setup_tells_what_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let modules = dir.path();
-        std::fs::write(modules.join("m.wasm"), "one").unwrap();
         let config = |yaml: &str| {
             Config::from_text(yaml, rustmq_etl_config::Format::Yaml, None)
                 .unwrap()
                 .config
         };
         let yaml = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]";
-        let options = Options::default();
-        let setup = Setup::of(&config(yaml), modules, &options);
-        assert_eq!(setup, Setup::of(&config(yaml), modules, &options));
-        let changed = |other: &Setup| setup.changes(other);
+        // The engine's reads of module `m`, one per occurrence.
+        let read = |reads: &[Option<u8>]| {
+            let reads = reads.iter().map(|r| r.map(|b| [b; 32])).collect();
+            std::collections::BTreeMap::from([("m".to_owned(), reads)])
+        };
+        let (one, options) = (read(&[Some(1)]), Options::default());
+        let setup = Setup::of(&config(yaml), &one, &options);
+        assert_eq!(setup, Setup::of(&config(yaml), &one, &options));
+        let changed = |other: Setup| setup.changes(&other);
         let other_config = config(&yaml.replace("priority: 0", "priority: 1"));
         assert_eq!(
-            changed(&Setup::of(&other_config, modules, &options)),
+            changed(Setup::of(&other_config, &one, &options)),
             ["the pipelines (--config)"]
         );
-        let other_options = Options::default().dead_letter_topic("elsewhere");
+        let options_named = ["--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms"];
+        for other in [
+            Options::default().dead_letter_topic("elsewhere"),
+            Options::default().breaker(BreakerSettings {
+                failures: 9,
+                ..BreakerSettings::default()
+            }),
+            Options::default().breaker(BreakerSettings {
+                cool_down: std::time::Duration::from_millis(7),
+                ..BreakerSettings::default()
+            }),
+        ] {
+            assert_eq!(
+                changed(Setup::of(&config(yaml), &one, &other)),
+                options_named
+            );
+        }
+        // Other bytes; a file that could not be read; one read twice (two
+        // occurrences) in either order.
+        let modules_named = ["the module files (--modules)"];
+        for other in [read(&[Some(2)]), read(&[None]), read(&[Some(1), Some(2)])] {
+            assert_eq!(
+                changed(Setup::of(&config(yaml), &other, &options)),
+                modules_named
+            );
+        }
         assert_eq!(
-            changed(&Setup::of(&config(yaml), modules, &other_options)).len(),
-            1
+            Setup::of(&config(yaml), &read(&[Some(1), Some(2)]), &options),
+            Setup::of(&config(yaml), &read(&[Some(2), Some(1)]), &options)
         );
-        std::fs::write(modules.join("m.wasm"), "two").unwrap();
-        let other_module = Setup::of(&config(yaml), modules, &options);
-        assert_eq!(changed(&other_module), ["the module files (--modules)"]);
-        // A module file gone is a change too (and so is one there again).
-        std::fs::remove_file(modules.join("m.wasm")).unwrap();
-        let gone = Setup::of(&config(yaml), modules, &options);
-        assert_eq!(changed(&gone), ["the module files (--modules)"]);
 
+        let dir = tempfile::tempdir().unwrap();
         let (path, input) = (dir.path().join("cp"), dir.path().join("in"));
         std::fs::write(&input, "").unwrap();
         let checkpoint = Checkpoint {
@@ -655,6 +740,7 @@ mod tests {
             ..at(3, &input, &input)
         };
         assert_eq!(checkpoint.check_setup(&path, &setup, false).unwrap(), None);
+        let gone = Setup::of(&config(yaml), &read(&[None]), &options);
         let error = checkpoint
             .check_setup(&path, &gone, false)
             .unwrap_err()
@@ -665,6 +751,16 @@ mod tests {
         );
         let note = checkpoint.check_setup(&path, &gone, true).unwrap().unwrap();
         assert!(note.contains("going on with the new"), "{note}");
+        // Another version: a note, not a refusal.
+        let later = Setup {
+            version: "99.0.0".to_owned(),
+            ..setup.clone()
+        };
+        let note = checkpoint
+            .check_setup(&path, &later, false)
+            .unwrap()
+            .unwrap();
+        assert!(note.contains("this is 99.0.0"), "{note}");
         let unrecorded = Checkpoint {
             setup: None,
             ..checkpoint

@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rustmq_etl_orchestrator::{
-    BreakerSettings, DirectorySource, LoadError, LoadStep, Options, Orchestrator,
+    BreakerSettings, DirectorySource, LoadError, LoadStep, ModuleSource as _, Options, Orchestrator,
 };
 use rustmq_etl_pool::{ArtifactCache, Pool, PoolConfig};
 
@@ -434,7 +434,16 @@ pub(crate) struct Settings {
     /// `PoolConfig::caller_threads`: 1 for a command that runs modules on
     /// its own thread (`run` in order, `bench`), else 0.
     pub caller_threads: usize,
+    /// Where [`start`] notes each module file it reads, if anywhere.
+    pub modules_read: Option<ModulesRead>,
 }
+
+/// The module files an engine read as it started, by module id: the
+/// SHA-256 of the bytes of each read (a module listed with two settings is
+/// read twice), or none for a file that could not be read. What `run
+/// --checkpoint` records as the modules a run ran with.
+pub(crate) type ModulesRead =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<Option<[u8; 32]>>>>>;
 
 impl Engine {
     /// The settings of these flags.
@@ -447,6 +456,7 @@ impl Engine {
         Settings {
             pin_workers: self.pin_workers,
             caller_threads: 0,
+            modules_read: None,
             options: self.options(),
             cache,
         }
@@ -773,15 +783,7 @@ fn start(
     modules: &std::path::Path,
     settings: &Settings,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
-    load_modules(
-        config,
-        modules,
-        false,
-        settings.options.clone(),
-        &settings.cache,
-        settings.pin_workers,
-        settings.caller_threads,
-    )
+    load_modules(config, modules, false, settings)
 }
 
 /// Where modules are looked for, said when one was not read.
@@ -793,10 +795,7 @@ fn load_modules(
     config: &rustmq_etl_config::Config,
     modules: &std::path::Path,
     validating: bool,
-    options: Options,
-    cache: &Cache,
-    pin_workers: bool,
-    caller_threads: usize,
+    settings: &Settings,
 ) -> anyhow::Result<Option<Orchestrator<Pool>>> {
     // A directory that is not there is a mistake in the command, not a
     // module that is missing: nothing would run.
@@ -818,8 +817,28 @@ fn load_modules(
         }
         return Ok(None);
     }
-    let engine = Arc::new(cache.pool(pin_workers, caller_threads)?);
-    let errors = match Orchestrator::new(engine, config, DirectorySource::new(modules), options) {
+    let engine = Arc::new(
+        settings
+            .cache
+            .pool(settings.pin_workers, settings.caller_threads)?,
+    );
+    let directory = DirectorySource::new(modules);
+    let read = settings.modules_read.clone();
+    let source = move |module_id: &str| {
+        let bytes = directory.read(module_id);
+        if let Some(read) = &read {
+            use sha2::Digest as _;
+            let digest = bytes.as_ref().ok().map(|b| sha2::Sha256::digest(b).into());
+            read.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(module_id.to_owned())
+                .or_default()
+                .push(digest);
+        }
+        bytes
+    };
+    let options = settings.options.clone();
+    let errors = match Orchestrator::new(engine, config, source, options) {
         Ok(etl) => {
             let unavailable = etl.unavailable();
             if unavailable.is_empty() {

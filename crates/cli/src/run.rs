@@ -397,22 +397,13 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     // bytes of the input's lines up to the last one done.
     let mut began_at = args.start_line;
     let mut consumed_bytes = 0u64;
-    let Some((config, _, _)) = load_plan(&args.config) else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let modules = args.modules.clone().unwrap_or_else(default_modules);
-    // What the run runs with, recorded with its checkpoints.
-    let setup = args
-        .checkpoint
-        .as_ref()
-        .map(|_| Setup::of(&config, &modules, &args.settings.options));
-    if let (Some(path), Some(setup)) = (&args.checkpoint, &setup) {
+    // The checkpoint found, to resume once the engine has started (its
+    // modules are part of what the run ran with).
+    let mut resuming_from = None;
+    if let Some(path) = &args.checkpoint {
         let (file, found) = CheckpointFile::open(path)?;
         checkpoint_file = Some(file);
         if let Some(checkpoint) = found {
-            if let Some(note) = checkpoint.check_setup(path, setup, args.resume_with_changes)? {
-                say!("note: {note}");
-            }
             let output = args.output.as_deref().expect("checked: a file");
             match checkpoint.resume(
                 path,
@@ -425,31 +416,55 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                     say!("note: {note}");
                     return Ok(ExitCode::SUCCESS);
                 }
-                Resume::After {
-                    line,
-                    input_bytes,
-                    notes,
-                } => {
-                    for note in notes {
-                        say!("note: {note}");
-                    }
-                    // (`line` is below `usize::MAX`: a record past it is no
-                    // checkpoint.)
-                    args.start_line = line + 1;
-                    consumed_bytes = input_bytes;
-                    began_at = checkpoint.start_line;
-                }
+                after => resuming_from = Some((checkpoint, after)),
             }
         }
     }
+    let Some((config, _, _)) = load_plan(&args.config) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let modules = args.modules.clone().unwrap_or_else(default_modules);
     let settings = crate::Settings {
         // In order, the batches run on this thread.
         caller_threads: usize::from(args.in_order),
+        // The module files as the engine reads them, for the checkpoint.
+        modules_read: args.checkpoint.as_ref().map(|_| Default::default()),
         ..args.settings.clone()
     };
     let Some(etl) = start(&config, &modules, &settings)? else {
         return Ok(ExitCode::FAILURE);
     };
+    // What the run runs with, recorded with its checkpoints.
+    let setup = settings.modules_read.as_ref().map(|read| {
+        let read = read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Setup::of(&config, &read, &args.settings.options)
+    });
+    if let (Some((checkpoint, after)), Some(setup), Some(path)) =
+        (resuming_from, &setup, &args.checkpoint)
+    {
+        // Refused before anything is cut.
+        if let Some(note) = checkpoint.check_setup(path, setup, args.resume_with_changes)? {
+            say!("note: {note}");
+        }
+        if let Resume::After {
+            line,
+            input_bytes,
+            notes,
+            cuts,
+        } = after
+        {
+            for note in notes.into_iter().chain(crate::checkpoint::cut(cuts)?) {
+                say!("note: {note}");
+            }
+            // (`line` is below `usize::MAX`: a record past it is no
+            // checkpoint.)
+            args.start_line = line + 1;
+            consumed_bytes = input_bytes;
+            began_at = checkpoint.start_line;
+        }
+    }
     let size = if args.input == Path::new("-") {
         None
     } else {

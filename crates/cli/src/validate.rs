@@ -12,18 +12,15 @@ pub(crate) fn run(path: &Path, modules_dir: Option<&Path>) -> anyhow::Result<Exi
     // The modules too, if asked: loaded as `run` loads them (each failure
     // listed), then let go.
     if let Some(dir) = modules_dir {
-        if load_modules(
-            &config,
-            dir,
-            true,
-            rustmq_etl_orchestrator::Options::default(),
+        let settings = crate::Settings {
+            options: rustmq_etl_orchestrator::Options::default(),
             // A check leaves nothing behind.
-            &crate::Cache::Off,
-            false,
-            0,
-        )?
-        .is_none()
-        {
+            cache: crate::Cache::Off,
+            pin_workers: false,
+            caller_threads: 0,
+            modules_read: None,
+        };
+        if load_modules(&config, dir, true, &settings)?.is_none() {
             return Ok(ExitCode::FAILURE);
         }
     }

@@ -2319,8 +2319,22 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     };
     let first = command(&[]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    // A line added since: a resume would run it.
+    // Finished, its input as it was: nothing to do, whatever changed.
+    std::fs::write(&config, pipeline(4000)).unwrap();
+    let finished = command(&[]);
+    let stderr = text(&finished.stderr);
+    assert_eq!(finished.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("says this run finished"), "{stderr}");
+    std::fs::write(&config, pipeline(5000)).unwrap();
+    // A line added since: a resume would run it. And bytes past the
+    // checkpoint, as a kill mid-write leaves them: a resume would cut them.
     std::fs::write(&input, line("a") + &line("b") + &line("c")).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&output)
+        .unwrap();
+    file.write_all(b"{\"topic\":\"t\",\"ke").unwrap();
+    drop(file);
     let (written, recorded) = (
         std::fs::read(&output).unwrap(),
         std::fs::read(&checkpoint).unwrap(),
@@ -2337,7 +2351,11 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
         let changed = format!("{}: {named}. Its lines up to 2", checkpoint.display());
         assert!(stderr.contains(&changed), "{changed}: {stderr}");
         assert!(stderr.contains("--resume-with-changes"), "{stderr}");
-        assert_eq!(std::fs::read(&output).unwrap(), written, "nothing written");
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            written,
+            "nothing written or cut"
+        );
         assert_eq!(
             std::fs::read(&checkpoint).unwrap(),
             recorded,
@@ -2356,6 +2374,7 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     let options = "--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms";
     refused(&["--breaker-failures", "9"], options);
     refused(&["--dead-letter-topic", "other"], options);
+    refused(&["--breaker-cool-down-ms", "7"], options);
     // Another module under the same name.
     std::fs::copy(fixtures().join("modules/identity.wasm"), &module).unwrap();
     refused(&[], "the module files (--modules)");
@@ -2365,6 +2384,10 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     let stderr = text(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("going on with the new"), "{stderr}");
+    assert!(
+        stderr.contains("bytes written after the last checkpoint were cut off"),
+        "{stderr}"
+    );
     assert!(stderr.contains("1 in = 1 delivered"), "{stderr}");
     let payloads: Vec<String> = text(&std::fs::read(&output).unwrap())
         .lines()
