@@ -281,6 +281,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
     room_for_connections(
         args.max_connections + args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS),
     );
+    metrics_beat(service.clone())?;
     metrics::describe_counter!(
         "rustmq_etl_http_requests_total",
         "Answers of the service's routes, by route and status."
@@ -1116,6 +1117,30 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
         Json(json!({ "status": "ready", "config_version": service.etl.config_version() }))
             .into_response()
     }
+}
+
+/// How often [`metrics_beat`] hands the metrics to the exporter.
+const METRICS_BEAT: Duration = Duration::from_secs(1);
+
+/// Every [`METRICS_BEAT`], whether or not anything scrapes `/metrics`,
+/// publishes the metrics and lets the exporter fold the samples recorded
+/// since into its histograms (its upkeep), on a thread of its own (for the
+/// life of the process). The histograms' samples since the last publish are
+/// handed to the exporter one by one, and it keeps each (about 24 bytes)
+/// until it renders or runs its upkeep: without the beat, a server nobody
+/// scraped held every sample since its start — about 5 MB a second at 20,000
+/// messages a second through design.md's pipelines — and the first scrape
+/// after a gap handed the exporter all of them at once.
+fn metrics_beat(service: Arc<Service>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("rustmq-etl-metrics".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_BEAT);
+            service.etl.publish_metrics();
+            service.metrics.run_upkeep();
+        })
+        .context("cannot start the metrics thread")?;
+    Ok(())
 }
 
 /// `GET /metrics`: Prometheus text.
