@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
@@ -619,34 +619,92 @@ fn compile_with_deadline(
         module: id.to_owned(),
         message,
     };
-    let overdue = OVERDUE_COMPILATIONS.load(Ordering::SeqCst);
-    if overdue >= MAX_OVERDUE_COMPILATIONS {
-        return Err(compile_error(format!(
+    let (engine, wasm) = (engine.clone(), wasm.to_vec());
+    let work = move || Module::new(&engine, wasm);
+    match on_a_thread_within(&OVERDUE_COMPILATIONS, MAX_OVERDUE_COMPILATIONS, timeout, work) {
+        Ok(compiled) => compiled.map_err(|e| compile_error(e.to_string())),
+        Err(Late::Overdue(overdue)) => Err(compile_error(format!(
             "{overdue} earlier compilations ran past their deadline and still run; try again when they end"
-        )));
+        ))),
+        Err(Late::NoThread(e)) => Err(compile_error(format!("cannot start a compiler thread: {e}"))),
+        Err(Late::TimedOut) => Err(compile_error(format!(
+            "compiling took longer than {timeout:?} (CompileLimits::compile_timeout)"
+        ))),
+        Err(Late::Panicked) => Err(compile_error(
+            "the compiler failed without an answer (it panicked: a bug of the compiler's)".to_owned(),
+        )),
     }
-    let (done, result) = mpsc::channel();
-    let engine = engine.clone();
-    let wasm = wasm.to_vec();
+}
+
+/// Why [`on_a_thread_within`] has no answer.
+#[derive(Debug)]
+enum Late {
+    /// This many earlier works ran past their deadline and still run.
+    Overdue(usize),
+    NoThread(std::io::Error),
+    /// Past the deadline: the work runs on, counted as overdue until it ends.
+    TimedOut,
+    /// The work panicked.
+    Panicked,
+}
+
+/// Where the work of [`on_a_thread_within`] stands.
+const RUNNING: u8 = 0;
+const ENDED: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// Runs `work` on a thread of its own and waits at most `timeout` for it,
+/// unless `overdue` counts `max_overdue` works that ran past their deadline
+/// and still run. A work given up is counted in `overdue` until its thread
+/// ends, however it ends (a panic included); one that ends as it is given
+/// up is not given up after all (its answer is taken).
+fn on_a_thread_within<T: Send + 'static>(
+    overdue: &'static AtomicUsize,
+    max_overdue: usize,
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Late> {
+    let running = overdue.load(Ordering::SeqCst);
+    if running >= max_overdue {
+        return Err(Late::Overdue(running));
+    }
+    /// Marks the work ended as its thread ends (unwinding too), and takes it
+    /// off the overdue count if it had been given up.
+    struct Ends(Arc<AtomicU8>, &'static AtomicUsize);
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            if self.0.swap(ENDED, Ordering::SeqCst) == GIVEN_UP {
+                self.1.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let ends = Ends(state.clone(), overdue);
+    let (done, answer) = mpsc::channel();
     std::thread::Builder::new()
         .name("rustmq-etl-compile".to_owned())
         .spawn(move || {
-            let compiled = Module::new(&engine, wasm);
-            if let Err(mpsc::SendError(_)) = done.send(compiled) {
-                // The load gave up waiting: this compilation is over now.
-                OVERDUE_COMPILATIONS.fetch_sub(1, Ordering::SeqCst);
-            }
+            // Dropped last: the answer is sent before the work counts as ended.
+            let _ends = ends;
+            let _ = done.send(work());
         })
-        .map_err(|e| compile_error(format!("cannot start a compiler thread: {e}")))?;
-    match result.recv_timeout(timeout) {
-        Ok(compiled) => compiled.map_err(|e| compile_error(e.to_string())),
-        Err(_) => {
-            OVERDUE_COMPILATIONS.fetch_add(1, Ordering::SeqCst);
-            // Dropping the receiver tells the thread, when it ends, that nobody waits.
-            drop(result);
-            Err(compile_error(format!(
-                "compiling took longer than {timeout:?} (CompileLimits::compile_timeout)"
-            )))
+        .map_err(Late::NoThread)?;
+    match answer.recv_timeout(timeout) {
+        Ok(value) => Ok(value),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Late::Panicked),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            // Counted before it is marked given up, so that its end, which
+            // takes it off the count, comes after.
+            overdue.fetch_add(1, Ordering::SeqCst);
+            if state
+                .compare_exchange(RUNNING, GIVEN_UP, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Err(Late::TimedOut);
+            }
+            // It ended meanwhile: its answer, if any, was sent first.
+            overdue.fetch_sub(1, Ordering::SeqCst);
+            answer.try_recv().map_err(|_| Late::Panicked)
         }
     }
 }
@@ -794,6 +852,45 @@ fn check_abi(module: &Module) -> Result<Abi, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until `overdue` reads `n` (the thread of a work given up ends
+    /// on its own time).
+    fn overdue_reaches(overdue: &AtomicUsize, n: usize) {
+        let started = std::time::Instant::now();
+        while overdue.load(Ordering::SeqCst) != n {
+            assert!(started.elapsed() < Duration::from_secs(60), "overdue stuck");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A work that panics is an answer of its own and never counts as
+    /// overdue; one given up counts until its thread ends, however it ends;
+    /// with the most overdue, nothing starts.
+    #[test]
+    fn works_given_up_count_as_overdue_until_they_end_even_by_a_panic() {
+        static OVERDUE: AtomicUsize = AtomicUsize::new(0);
+        let long = Duration::from_secs(60);
+        let answer = on_a_thread_within(&OVERDUE, 1, long, || 7);
+        assert_eq!(answer.unwrap(), 7);
+        let panicked = on_a_thread_within(&OVERDUE, 1, long, || -> u8 { panic!("a compiler bug") });
+        assert!(matches!(panicked, Err(Late::Panicked)), "{panicked:?}");
+        assert_eq!(OVERDUE.load(Ordering::SeqCst), 0);
+
+        for panics in [false, true] {
+            let (release, wait) = mpsc::channel::<()>();
+            let late = on_a_thread_within(&OVERDUE, 1, Duration::from_millis(10), move || {
+                let _ = wait.recv();
+                assert!(!panics, "a compiler bug after the deadline");
+            });
+            assert!(matches!(late, Err(Late::TimedOut)), "{late:?}");
+            assert_eq!(OVERDUE.load(Ordering::SeqCst), 1);
+            let refused = on_a_thread_within(&OVERDUE, 1, long, || 7);
+            assert!(matches!(refused, Err(Late::Overdue(1))), "{refused:?}");
+            drop(release);
+            overdue_reaches(&OVERDUE, 0);
+            assert_eq!(on_a_thread_within(&OVERDUE, 1, long, || 8).unwrap(), 8);
+        }
+    }
 
     /// The text of the item starting at `start` in `source`, to its closing
     /// brace at the start of a line.
