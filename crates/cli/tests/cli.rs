@@ -610,6 +610,34 @@ fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     config
 }
 
+/// A message the shipped filter drops is counted as dropped, written
+/// nowhere, and the module's row says it ran for it.
+#[test]
+fn run_counts_the_messages_a_filter_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: quiet\nstages: [{priority: 0, modules: [{module_id: field-filter, \
+         instance_config: {custom_config: {field: type, drop: [heartbeat]}}}]}]\n",
+    );
+    let input = "{\"topic\":\"t\",\"key\":\"a\",\"payload\":{\"type\":\"heartbeat\"}}\n\
+                 {\"topic\":\"t\",\"key\":\"b\",\"payload\":{\"type\":\"reading\"}}\n";
+    let out = run_on_stdin(&config, &[], input);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("2 in = 1 delivered + 1 dropped + 0 dead-lettered"),
+        "{stderr}"
+    );
+    assert_eq!(keys(&text(&out.stdout)), ["b"]);
+    let row = stderr.lines().find(|l| l.contains("field-filter")).unwrap();
+    assert_eq!(
+        row.split_whitespace().nth(3),
+        Some("2"),
+        "ran for both: {row}"
+    );
+}
+
 /// `run` on design.md's examples: the delivered messages, field by field, in
 /// input order, and the accounting line.
 #[test]

@@ -229,6 +229,66 @@ fn message_validator_checks_required_fields() {
     assert!(err.message().starts_with("payload is not JSON"), "{err}");
 }
 
+/// The shipped filter drops what its `custom_config` says, by a field of
+/// the JSON payload, and passes on everything else unchanged; a config
+/// without exactly one rule is refused as it starts.
+#[test]
+fn field_filter_drops_by_a_field_of_the_payload() {
+    let with = |config: &str| ModuleSettings {
+        custom_config: config.into(),
+        ..ModuleSettings::default()
+    };
+    let call = |module: &LoadedModule, payload: &str| {
+        pool()
+            .call_blocking(module, &json_message("t", payload))
+            .unwrap()
+    };
+    let drop = load(
+        "field-filter",
+        "field-filter",
+        with(r#"{"field": "type", "drop": ["heartbeat", 1]}"#),
+    );
+    assert_eq!(call(&drop, r#"{"type": "heartbeat"}"#), Outcome::Dropped);
+    // Numbers by value.
+    assert_eq!(call(&drop, r#"{"type": 1.0}"#), Outcome::Dropped);
+    for kept in [
+        r#"{"type": "reading"}"#,
+        r#"{"type": "1"}"#,
+        r#"{"other": 1}"#,
+        "not json",
+        "[1]",
+    ] {
+        assert_eq!(call(&drop, kept), Outcome::Unchanged, "{kept}");
+    }
+    let keep = load(
+        "field-filter-keep",
+        "field-filter",
+        with(r#"{"field": "level", "keep": ["error", null]}"#),
+    );
+    assert_eq!(call(&keep, r#"{"level": "error"}"#), Outcome::Unchanged);
+    assert_eq!(call(&keep, r#"{"level": null}"#), Outcome::Unchanged);
+    for dropped in [r#"{"level": "info"}"#, r#"{"other": 1}"#, "not json"] {
+        assert_eq!(call(&keep, dropped), Outcome::Dropped, "{dropped}");
+    }
+    for config in [
+        "",
+        r#"{"field": "type"}"#,
+        r#"{"field": "type", "drop": [], "keep": []}"#,
+        r#"{"field": "type", "drop": [], "extra": 1}"#,
+    ] {
+        let refused = pool()
+            .load_file(
+                &spec("field-filter-bad", with(config)),
+                &fixture("field-filter"),
+            )
+            .unwrap_err();
+        match refused {
+            LoadError::Init { message, .. } => assert!(message.contains("give {"), "{message}"),
+            other => panic!("{config}: expected an init error, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_bad_custom_config_is_refused_at_load() {
     let config = ModuleSettings {
