@@ -77,6 +77,51 @@ impl std::fmt::Debug for TestMessage {
 /// (Not called `Result`, which a `use testing::*` would shadow.)
 pub type Applied = std::result::Result<Option<TestMessage>, String>;
 
+/// What became of a message, with why it failed told apart
+/// ([`check`]): `None` if dropped.
+pub type Checked = std::result::Result<Option<TestMessage>, Failure>;
+
+/// Why a message failed at the module, as the engine would count it (its
+/// error kind, execution.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The module answered an error ([`Outcome::error`]): `guest_error`,
+    /// with the text the engine would keep (an empty one replaced, a long
+    /// one cut).
+    GuestError(String),
+    /// The engine refuses the answer (too many edits, an empty topic or
+    /// header name, an answer that does not decode): `invalid_output`.
+    InvalidOutput(String),
+    /// The test message itself cannot be handed to a module (it does not
+    /// encode as the engine encodes messages): a mistake in the test.
+    BadMessage(String),
+}
+
+impl Failure {
+    /// Its text: what [`apply`] answers.
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::GuestError(text)
+            | Failure::InvalidOutput(text)
+            | Failure::BadMessage(text) => text,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Failure::GuestError(_) => "guest_error",
+            Failure::InvalidOutput(_) => "invalid_output",
+            Failure::BadMessage(_) => "bad test message",
+        };
+        write!(f, "{kind}: {}", self.text())
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// Encodes `message` as the engine does, calls `transform`, encodes its
 /// outcome as a module does, and decodes and applies it as the engine does:
 /// an answer of more than [`MAX_EDITS`](rustmq_etl_abi::MAX_EDITS) edits, an
@@ -90,6 +135,25 @@ pub type Applied = std::result::Result<Option<TestMessage>, String>;
 /// there (log with [`crate::log`]). `test-module` runs the built module on the
 /// real engine.
 pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Applied {
+    check(transform, message).map_err(|failure| failure.text().to_owned())
+}
+
+/// [`apply`], with why a message failed told apart: the module's own error
+/// answer ([`Failure::GuestError`]) or an answer the engine refuses
+/// ([`Failure::InvalidOutput`]), as a test that a module rejects bad input
+/// (and does not break the ABI doing it) wants to say.
+///
+/// ```
+/// use rustmq_etl_sdk::testing::{check, Failure, TestMessage};
+/// use rustmq_etl_sdk::Outcome;
+///
+/// let message = TestMessage::new("orders", "not json");
+/// let rejected = check(|_| Outcome::error("payload is not JSON"), &message);
+/// assert_eq!(rejected, Err(Failure::GuestError("payload is not JSON".to_owned())));
+/// let broken = check(|_| Outcome::edit().set_topic("").into(), &message);
+/// assert!(matches!(broken, Err(Failure::InvalidOutput(_))));
+/// ```
+pub fn check(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> Checked {
     let mut bytes = Vec::new();
     encode_message(
         MessageParts {
@@ -104,21 +168,27 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
         },
         &mut bytes,
     );
-    let view = decode_message(&bytes).map_err(|e| e.to_string())?;
+    let view = decode_message(&bytes).map_err(|e| Failure::BadMessage(e.to_string()))?;
     let mut answer = Vec::new();
     transform(&view).encode(&mut answer);
     let edits = match decode_outcome(&answer) {
         Ok(OutcomeView::Unchanged) => return Ok(Some(message.clone())),
         Ok(OutcomeView::Drop) => return Ok(None),
-        Ok(OutcomeView::Error(e)) => return Err(rustmq_etl_abi::error_text(e)),
+        Ok(OutcomeView::Error(e)) => {
+            return Err(Failure::GuestError(rustmq_etl_abi::error_text(e)))
+        }
         Err(rustmq_etl_abi::DecodeError::TooManyEdits { .. }) => {
-            return Err(format!(
+            return Err(Failure::InvalidOutput(format!(
                 "the engine refuses an answer of more than {} edits",
                 rustmq_etl_abi::MAX_EDITS
-            ))
+            )))
         }
         Ok(OutcomeView::Edits(edits)) => edits,
-        Err(e) => return Err(format!("the answer does not decode: {e}")),
+        Err(e) => {
+            return Err(Failure::InvalidOutput(format!(
+                "the answer does not decode: {e}"
+            )))
+        }
     };
     let mut out = message.clone();
     for edit in edits {
@@ -126,10 +196,16 @@ pub fn apply(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
             Edit::SetPayload(p) => out.payload = p.to_vec(),
             Edit::SetKey(k) => out.key = Some(k.to_vec()),
             Edit::ClearKey => out.key = None,
-            Edit::SetTopic("") => return Err("the engine refuses an empty topic".to_owned()),
+            Edit::SetTopic("") => {
+                return Err(Failure::InvalidOutput(
+                    "the engine refuses an empty topic".to_owned(),
+                ))
+            }
             Edit::SetTopic(t) => out.topic = t.to_owned(),
             Edit::SetHeader("", _) | Edit::RemoveHeader("") => {
-                return Err("the engine refuses a header named with the empty string".to_owned())
+                return Err(Failure::InvalidOutput(
+                    "the engine refuses a header named with the empty string".to_owned(),
+                ))
             }
             Edit::SetHeader(n, v) => match out.headers.iter().position(|(h, _)| h == n) {
                 Some(first) => {
@@ -212,6 +288,17 @@ mod tests {
         let refused = apply(|_| Outcome::edit().remove_header("").into(), &message);
         assert!(refused.unwrap_err().contains("empty string"));
         assert_eq!(apply(|_| Outcome::Drop, &message), Ok(None));
+        // Told apart by `check`.
+        assert_eq!(
+            check(|_| Outcome::edit().set_topic("").into(), &message),
+            Err(Failure::InvalidOutput(
+                "the engine refuses an empty topic".to_owned()
+            ))
+        );
+        assert_eq!(
+            check(|_| Outcome::error("no"), &message),
+            Err(Failure::GuestError("no".to_owned()))
+        );
         assert_eq!(
             apply(|_| Outcome::error("no"), &message),
             Err("no".to_owned())
@@ -241,5 +328,9 @@ mod tests {
         assert!(apply(many(rustmq_etl_abi::MAX_EDITS + 1), &message)
             .unwrap_err()
             .contains("more than 65536 edits"));
+        assert!(matches!(
+            check(many(rustmq_etl_abi::MAX_EDITS + 1), &message),
+            Err(Failure::InvalidOutput(_))
+        ));
     }
 }
