@@ -786,6 +786,15 @@ fn start(
     load_modules(config, modules, false, settings)
 }
 
+/// What a caught panic said ("a panic" if it said nothing in text).
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
 /// Where modules are looked for, said when one was not read.
 const MODULES_HINT: &str = "--modules sets the directory; a module is <dir>/<module_id>.wasm";
 

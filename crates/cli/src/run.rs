@@ -603,11 +603,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                 here.process_batch(batch, options)
             }))
             .map_err(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".to_owned());
+                let text = crate::panic_text(&*panic);
                 anyhow::anyhow!("the engine failed (a rustmq-etl bug; please report it): {text}")
             })?,
             None => etl

@@ -281,7 +281,7 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
     room_for_connections(
         args.max_connections + args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS),
     );
-    metrics_beat(service.clone())?;
+    let beat = metrics_beat(service.clone())?;
     metrics::describe_counter!(
         "rustmq_etl_http_requests_total",
         "Answers of the service's routes, by route and status."
@@ -400,6 +400,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         runtime.shutdown_timeout(left);
+        // Its handle on the service let go of first: dropping the last one
+        // is what waits for the engine's calls.
+        beat.stop();
         drop(service);
         let _ = done.send(());
     });
@@ -1122,25 +1125,51 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
 /// How often [`metrics_beat`] hands the metrics to the exporter.
 const METRICS_BEAT: Duration = Duration::from_secs(1);
 
+/// The thread of [`metrics_beat`], until [`Beat::stop`].
+struct Beat {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Beat {
+    /// Stops the beat and waits for its thread, which lets go of the
+    /// service.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
 /// Every [`METRICS_BEAT`], whether or not anything scrapes `/metrics`,
 /// publishes the metrics and lets the exporter fold the samples recorded
-/// since into its histograms (its upkeep), on a thread of its own (for the
-/// life of the process). The histograms' samples since the last publish are
-/// handed to the exporter one by one, and it keeps each (about 24 bytes)
-/// until it renders or runs its upkeep: without the beat, a server nobody
-/// scraped held every sample since its start — about 5 MB a second at 20,000
-/// messages a second through design.md's pipelines — and the first scrape
-/// after a gap handed the exporter all of them at once.
-fn metrics_beat(service: Arc<Service>) -> anyhow::Result<()> {
-    std::thread::Builder::new()
+/// since into its histograms (its upkeep), on a thread of its own, until
+/// stopped. The histograms' samples since the last publish are handed to the
+/// exporter one by one, and it keeps each (about 24 bytes) until it renders
+/// or runs its upkeep: without the beat, a server nobody scraped held every
+/// sample since its start — about 5 MB a second at 20,000 messages a second
+/// through design.md's pipelines — and the first scrape after a gap handed
+/// the exporter all of them at once.
+fn metrics_beat(service: Arc<Service>) -> anyhow::Result<Beat> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("rustmq-etl-metrics".to_owned())
-        .spawn(move || loop {
-            std::thread::sleep(METRICS_BEAT);
-            service.etl.publish_metrics();
-            service.metrics.run_upkeep();
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(METRICS_BEAT)
+            {
+                // A panic in the recorder costs a beat, not the beat.
+                let tick = std::panic::AssertUnwindSafe(|| {
+                    service.etl.publish_metrics();
+                    service.metrics.run_upkeep();
+                });
+                if let Err(panic) = std::panic::catch_unwind(tick) {
+                    let text = crate::panic_text(&*panic);
+                    log::error!("publishing the metrics panicked: {text}; trying again in 1 s");
+                }
+            }
         })
         .context("cannot start the metrics thread")?;
-    Ok(())
+    Ok(Beat { stop, thread })
 }
 
 /// `GET /metrics`: Prometheus text.

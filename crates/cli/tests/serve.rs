@@ -1417,6 +1417,70 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     );
 }
 
+/// A shutdown with grace left waits for the engine's calls of requests
+/// whose clients gave up (the metrics thread let go of the server first:
+/// while it held on, the process exited with the call still running).
+#[test]
+fn a_shutdown_waits_within_its_grace_for_the_calls_of_clients_that_left() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        "pipeline_id: slow\nstages: [{priority: 0, modules: [{module_id: hostile-slow, \
+         instance_config: {execution_timeout_ms: 60000}}]}]\n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        fixtures().join("modules").to_str().unwrap(),
+        "--no-watch",
+        "--shutdown-grace-seconds",
+        "60",
+    ]);
+    // How long the call takes here, answered.
+    let body = r#"{"topic": "t", "payload": "1500"}"#;
+    let started = Instant::now();
+    assert_eq!(server.send("POST", "/v1/process", body).0, 200);
+    let call = started.elapsed();
+    // The same call, its client gone once it is in the engine.
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    let sent = Instant::now();
+    write!(
+        stream,
+        "POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .send("GET", "/metrics", "")
+        .1
+        .contains("rustmq_etl_messages_in_flight 1")
+    {
+        assert!(Instant::now() < deadline, "the call never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stream);
+    server.signal("TERM");
+    assert!(server.wait().success(), "{}", server.log());
+    // The process ended once the call had: not at once (a bound of
+    // behaviour: the call is seconds long, an exit without it milliseconds).
+    assert!(
+        sent.elapsed() >= call / 2,
+        "exited {:?} after the call began, which takes {call:?}\n{}",
+        sent.elapsed(),
+        server.log()
+    );
+    assert!(
+        !server.log().contains("still running in the engine"),
+        "{}",
+        server.log()
+    );
+}
+
 /// A configuration that does not load and one whose module does not are
 /// both rejected reloads, counted in one series (the one was counted apart
 /// and the larger of the two counts published).
