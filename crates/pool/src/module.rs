@@ -700,7 +700,9 @@ fn on_a_thread_within<T: Send + 'static>(
                 .compare_exchange(RUNNING, GIVEN_UP, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                return Err(Late::TimedOut);
+                // An answer sent as the deadline passed is taken; the thread,
+                // ending, still takes the work off the count.
+                return answer.try_recv().map_err(|_| Late::TimedOut);
             }
             // It ended meanwhile: its answer, if any, was sent first.
             overdue.fetch_sub(1, Ordering::SeqCst);
