@@ -135,6 +135,12 @@ pub(crate) struct Stats {
 /// for settings other than the defaults, `settings` (`ModuleSettings::label`).
 type ModuleKey = (String, String, Option<String>);
 
+/// The entries of `map`, taken out under its lock.
+fn entries<K: Clone, V>(map: &Mutex<HashMap<K, Arc<V>>>) -> Vec<(K, Arc<V>)> {
+    let map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 /// A configuration's view of the totals, by its own indices.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -479,12 +485,10 @@ impl Stats {
             metrics::counter!("rustmq_etl_messages_total", "result" => disposition)
                 .absolute(counter.load(Ordering::Relaxed));
         }
-        for (pipeline, totals) in self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        // Each map's entries taken out first: handing the histograms'
+        // samples to the recorder takes a while (one by one), and the maps'
+        // locks are the engine threads' (their own publish) and a reload's.
+        for (pipeline, totals) in &entries(&self.pipelines) {
             for (counter, result) in totals.results.iter().zip(PIPELINE_RESULTS) {
                 metrics::counter!("rustmq_etl_pipeline_messages_total", "pipeline" => pipeline.clone(), "result" => result)
                     .absolute(counter.load(Ordering::Relaxed));
@@ -496,12 +500,7 @@ impl Stats {
                 ));
             }
         }
-        for ((pipeline, module, settings), totals) in self
-            .modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for ((pipeline, module, settings), totals) in &entries(&self.modules) {
             let mut labels = vec![("pipeline", pipeline.clone()), ("module", module.clone())];
             labels.extend(settings.clone().map(|label| ("settings", label)));
             for (counter, outcome) in totals.outcomes.iter().zip(MODULE_OUTCOMES) {
@@ -538,9 +537,7 @@ impl Stats {
         if !histograms {
             return;
         }
-        for ((pipeline, priority), histogram) in
-            self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
+        for ((pipeline, priority), histogram) in &entries(&self.stages) {
             histogram.publish(metrics::histogram!(
                 "rustmq_etl_stage_duration_seconds",
                 "pipeline" => pipeline.clone(),
