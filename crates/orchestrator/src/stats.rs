@@ -16,7 +16,7 @@
 //! never sets a counter back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,8 @@ impl Histogram {
 struct PipelineTotals {
     /// processed, delivered, stopped, dropped, dead_lettered
     results: [AtomicU64; 5],
+    /// Counted since its counters were last published.
+    changed: AtomicBool,
     /// Time per message that ran in it.
     time: Histogram,
 }
@@ -115,6 +117,8 @@ struct ModuleTotals {
     dead_letters: [AtomicU64; KINDS],
     retries: AtomicU64,
     time: Histogram,
+    /// Counted since its counters were last published.
+    changed: AtomicBool,
 }
 
 const MODULE_OUTCOMES: [&str; 4] = ["unchanged", "edited", "dropped", "failed"];
@@ -291,6 +295,7 @@ impl Stats {
                         Arc::new(PipelineTotals {
                             results: Default::default(),
                             time: Histogram::new(),
+                            changed: AtomicBool::new(false),
                         })
                     })
                     .clone(),
@@ -314,6 +319,7 @@ impl Stats {
                                     dead_letters: Default::default(),
                                     retries: AtomicU64::new(0),
                                     time: Histogram::new(),
+                                    changed: AtomicBool::new(false),
                                 })
                             })
                             .clone(),
@@ -343,6 +349,8 @@ impl Stats {
             for (counter, n) in table.pipelines[p].results.iter().zip(counts) {
                 add(counter, n);
             }
+            // After the counts: a publish that sees it sees them.
+            table.pipelines[p].changed.store(true, Ordering::Release);
         }
         for m in tally.touched_modules.drain() {
             let counts = std::mem::replace(&mut tally.modules[m], [0; MODULE_COUNTS]);
@@ -360,6 +368,7 @@ impl Stats {
                 add(counter, *n);
             }
             add(&totals.retries, retries[0]);
+            totals.changed.store(true, Ordering::Release);
         }
         for series in tally.touched_samples.drain(..) {
             // Series 0 is selection, then one per module, then one per
@@ -488,7 +497,17 @@ impl Stats {
         // Each map's entries taken out first: handing the histograms'
         // samples to the recorder takes a while (one by one), and the maps'
         // locks are the engine threads' (their own publish) and a reload's.
+        //
+        // On the batches' beat only the series counted since the beat before
+        // are set (the others have not changed): its cost follows the labels
+        // in use, not every label since the start (module occurrences a
+        // reload removed stay in the maps).
+        let unchanged =
+            |changed: &AtomicBool| !changed.swap(false, Ordering::AcqRel) && !histograms;
         for (pipeline, totals) in &entries(&self.pipelines) {
+            if unchanged(&totals.changed) {
+                continue;
+            }
             for (counter, result) in totals.results.iter().zip(PIPELINE_RESULTS) {
                 metrics::counter!("rustmq_etl_pipeline_messages_total", "pipeline" => pipeline.clone(), "result" => result)
                     .absolute(counter.load(Ordering::Relaxed));
@@ -501,6 +520,9 @@ impl Stats {
             }
         }
         for ((pipeline, module, settings), totals) in &entries(&self.modules) {
+            if unchanged(&totals.changed) {
+                continue;
+            }
             let mut labels = vec![("pipeline", pipeline.clone()), ("module", module.clone())];
             labels.extend(settings.clone().map(|label| ("settings", label)));
             for (counter, outcome) in totals.outcomes.iter().zip(MODULE_OUTCOMES) {
@@ -659,6 +681,49 @@ mod tests {
             - pipeline_id: p\n  stages:\n  - {priority: 0, modules: [{module_id: a}, {module_id: b}]}\n  - {priority: 1, modules: [{module_id: c}]}\n\
             - pipeline_id: q\n  stages:\n  - {priority: 5, modules: [{module_id: e}]}\n  - {priority: 2, modules: [{module_id: d}]}\n";
         Plan::build(&Config::from_text(yaml, Format::Yaml, None).unwrap().config).unwrap()
+    }
+
+    /// On the batches' beat only the series counted since the beat before
+    /// are set; an exporter's ask sets them all.
+    #[test]
+    fn the_beat_publishes_only_what_was_counted_since() {
+        let plan = plan();
+        let stats = Stats::new();
+        let table = stats.table(&plan);
+        let mut tally = Tally::new(&plan);
+        tally.call(0, CallResult::Unchanged, Duration::from_micros(3));
+        stats.add(&table, &mut tally);
+        let render = |publish: &dyn Fn()| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::with_local_recorder(&recorder, publish);
+            handle.render()
+        };
+        // The line of module `module`'s `unchanged` calls, if set.
+        let calls = |text: &str, module: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("rustmq_etl_module_calls_total{")
+                        && l.contains(&format!("module=\"{module}\""))
+                        && l.contains("outcome=\"unchanged\"")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        let first = render(&|| stats.publish(false));
+        assert_eq!(calls(&first, "a").as_deref(), Some("1"), "{first}");
+        assert_eq!(calls(&first, "b"), None, "b was not counted: {first}");
+        // Nothing counted since: the beat sets nothing of module a.
+        let quiet = render(&|| stats.publish(false));
+        assert_eq!(calls(&quiet, "a"), None, "{quiet}");
+        // Counted again: set again, whole.
+        tally.call(0, CallResult::Unchanged, Duration::from_micros(3));
+        stats.add(&table, &mut tally);
+        let again = render(&|| stats.publish(false));
+        assert_eq!(calls(&again, "a").as_deref(), Some("2"), "{again}");
+        // An exporter's ask: everything, module b's zeros included.
+        let asked = render(&|| stats.publish(true));
+        assert_eq!(calls(&asked, "a").as_deref(), Some("2"), "{asked}");
+        assert_eq!(calls(&asked, "b").as_deref(), Some("0"), "{asked}");
     }
 
     proptest! {
