@@ -1385,15 +1385,7 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
             )
         });
         // Until the message is in the engine.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !server
-            .send("GET", "/metrics", "")
-            .1
-            .contains("rustmq_etl_messages_in_flight 1")
-        {
-            assert!(Instant::now() < deadline, "the slow request never ran");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_one_in_flight(|| server.send("GET", "/metrics", "").1);
         let signalled = Instant::now();
         server.signal("TERM");
         let status = server.wait();
@@ -1454,15 +1446,7 @@ fn a_shutdown_waits_within_its_grace_for_the_calls_of_clients_that_left() {
         body.len()
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server
-        .send("GET", "/metrics", "")
-        .1
-        .contains("rustmq_etl_messages_in_flight 1")
-    {
-        assert!(Instant::now() < deadline, "the call never ran");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until_one_in_flight(|| server.send("GET", "/metrics", "").1);
     drop(stream);
     server.signal("TERM");
     assert!(server.wait().success(), "{}", server.log());
