@@ -251,15 +251,31 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     assert_eq!(call(&drop, r#"{"type": "heartbeat"}"#), Outcome::Dropped);
     // Numbers by value.
     assert_eq!(call(&drop, r#"{"type": 1.0}"#), Outcome::Dropped);
+    assert_eq!(call(&drop, r#"{"type": 1e0}"#), Outcome::Dropped);
     for kept in [
         r#"{"type": "reading"}"#,
         r#"{"type": "1"}"#,
+        r#"{"type": 1.5}"#,
         r#"{"other": 1}"#,
         "not json",
         "[1]",
     ] {
         assert_eq!(call(&drop, kept), Outcome::Unchanged, "{kept}");
     }
+    // Integers exactly (two ids past what an f64 tells apart), and values
+    // at any depth by the same rules.
+    let ids = load(
+        "field-filter-ids",
+        "field-filter",
+        with(r#"{"field": "id", "drop": [9007199254740992, {"a": [1, 2]}]}"#),
+    );
+    assert_eq!(call(&ids, r#"{"id": 9007199254740992}"#), Outcome::Dropped);
+    assert_eq!(
+        call(&ids, r#"{"id": 9007199254740993}"#),
+        Outcome::Unchanged
+    );
+    assert_eq!(call(&ids, r#"{"id": {"a": [1.0, 2e0]}}"#), Outcome::Dropped);
+    assert_eq!(call(&ids, r#"{"id": {"a": [2, 1]}}"#), Outcome::Unchanged);
     let keep = load(
         "field-filter-keep",
         "field-filter",
@@ -273,8 +289,13 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     for config in [
         "",
         r#"{"field": "type"}"#,
-        r#"{"field": "type", "drop": [], "keep": []}"#,
-        r#"{"field": "type", "drop": [], "extra": 1}"#,
+        r#"{"field": "type", "drop": ["a"], "keep": ["b"]}"#,
+        r#"{"field": "type", "drop": ["a"], "keep": null}"#,
+        r#"{"field": "type", "drop": ["a"], "extra": 1}"#,
+        r#"{"field": "type", "keep": []}"#,
+        r#"{"field": "", "drop": ["a"]}"#,
+        r#"["type", ["a"], null]"#,
+        r#"{"field": 3, "drop": ["a"]}"#,
     ] {
         let refused = pool()
             .load_file(
@@ -283,7 +304,11 @@ fn field_filter_drops_by_a_field_of_the_payload() {
             )
             .unwrap_err();
         match refused {
-            LoadError::Init { message, .. } => assert!(message.contains("give {"), "{message}"),
+            LoadError::Init { message, .. } => {
+                assert!(message.contains("give {"), "{message}");
+                // No place in a text the user did not write.
+                assert!(!message.contains("column"), "{message}");
+            }
             other => panic!("{config}: expected an init error, got {other:?}"),
         }
     }

@@ -6,18 +6,22 @@
 //! - `{"field": "type", "drop": ["heartbeat", "ping"]}` drops a message whose
 //!   payload is a JSON object whose `type` is one of the `drop` values; any
 //!   other message passes on unchanged (one without the field, or whose
-//!   payload is not a JSON object, included);
+//!   payload is not a JSON object, included: the filter fails open);
 //! - `{"field": "level", "keep": ["error", "warn"]}` drops every message whose
 //!   `level` is not one of the `keep` values (one without the field, or whose
-//!   payload is not a JSON object, included).
+//!   payload is not a JSON object, included: the filter fails closed).
 //!
-//! Values are compared as JSON: `"1"` is a string, and `1` and `1.0` are the
-//! same number. A `field` is a top-level key. Exactly one of `drop` and
-//! `keep`; anything else in `custom_config` is refused as the module starts.
+//! Values are compared as JSON, at any depth: `"1"` is a string; `1`, `1.0`
+//! and `1e0` are the same number, and integers are compared exactly (two
+//! 19-digit ids that differ in their last digit differ); objects match
+//! whatever the order of their keys. A `field` is a top-level key; a payload
+//! that repeats it is read by its last. `field` must not be empty, and
+//! exactly one of `drop` and `keep` must be a list of at least one value;
+//! anything else in `custom_config` is refused as the module starts.
 use rustmq_etl_sdk::json::Object;
 use rustmq_etl_sdk::{export, Message, Outcome};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,29 +45,71 @@ const SHAPE: &str =
     r#"{"field": "type", "drop": ["heartbeat"]} or {"field": "level", "keep": ["error"]}"#;
 
 fn init(custom_config: &str) -> Result<Filter, String> {
-    let config: Config = serde_json::from_str(custom_config)
-        .map_err(|e| format!("invalid custom_config: {e} (give {SHAPE})"))?;
-    let rule = match (config.drop, config.keep) {
-        (Some(values), None) => Rule::Drop(values),
-        (None, Some(values)) => Rule::Keep(values),
-        _ => {
-            return Err(format!(
-                "custom_config needs exactly one of `drop` and `keep` (give {SHAPE})"
-            ))
-        }
+    let refused = |why: &str| format!("custom_config {why} (give {SHAPE})");
+    // Read as a value first: serde's errors then name no line or column of
+    // a text the user did not write (the engine hands the module its own
+    // rendering of the configuration's value).
+    let value: Value = match custom_config.trim() {
+        "" | "null" => return Err(refused("is missing")),
+        text => serde_json::from_str(text).map_err(|e| refused(&format!("is not JSON: {e}")))?,
     };
+    if !value.is_object() {
+        return Err(refused("must be an object"));
+    }
+    let has = |key: &str| value.get(key).is_some();
+    let config = Config::deserialize(&value).map_err(|e| refused(&e.to_string()))?;
+    let rule = match (config.drop, config.keep) {
+        (Some(values), None) if !has("keep") => Rule::Drop(values),
+        (None, Some(values)) if !has("drop") => Rule::Keep(values),
+        _ => return Err(refused("needs exactly one of `drop` and `keep`")),
+    };
+    let (Rule::Drop(values) | Rule::Keep(values)) = &rule;
+    if values.is_empty() {
+        return Err(refused(
+            "lists no value: an empty `drop` drops nothing and an empty `keep` drops everything",
+        ));
+    }
+    if config.field.is_empty() {
+        return Err(refused("names no field"));
+    }
     Ok(Filter {
         field: config.field,
         rule,
     })
 }
 
-/// JSON equality, numbers by value.
+/// JSON equality at any depth: numbers by value (integers exactly), objects
+/// whatever the order of their keys.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
+}
+
+fn same_number(x: &Number, y: &Number) -> bool {
+    let integer = |n: &Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (integer(x), integer(y)) {
+        (Some(i), Some(j)) => i == j,
+        (Some(i), None) => whole(y.as_f64(), i),
+        (None, Some(j)) => whole(x.as_f64(), j),
+        (None, None) => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// Whether the float `f` is the integer `i` exactly.
+fn whole(f: Option<f64>, i: i128) -> bool {
+    f.is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e38 && f as i128 == i)
 }
 
 fn filter(filter: &Filter, message: &Message) -> Outcome {
