@@ -123,6 +123,11 @@
 //! assert_eq!(out.headers, [("x-topic".to_owned(), "orders.eu".to_owned())]);
 //! ```
 //!
+//! A message the module should refuse: [`testing::reject`] gives the text
+//! of its error answer (and fails the test if it kept, dropped or broke the
+//! message instead); [`testing::check`] tells every outcome apart, failures
+//! by the engine's kind (`guest_error`, `invalid_output`).
+//!
 //! Natively a module has what the sandbox takes away (std's clock,
 //! `println!`): see [`testing::apply`]. Then:
 //!

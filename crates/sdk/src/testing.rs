@@ -81,8 +81,11 @@ pub type Applied = std::result::Result<Option<TestMessage>, String>;
 /// ([`check`]): `None` if dropped.
 pub type Checked = std::result::Result<Option<TestMessage>, Failure>;
 
-/// Why a message failed at the module, as the engine would count it (its
-/// error kind, execution.md).
+/// Why a message failed at the module, by the engine's error kind
+/// (execution.md). The kind is the engine's; the text of an
+/// `InvalidOutput` is the SDK's own (the engine words it otherwise). A panic
+/// in the transform (the engine's `trap`) is no `Failure`: it unwinds out of
+/// [`check`] (`#[should_panic]` tests it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Failure {
@@ -93,30 +96,28 @@ pub enum Failure {
     /// The engine refuses the answer (too many edits, an empty topic or
     /// header name, an answer that does not decode): `invalid_output`.
     InvalidOutput(String),
-    /// The test message itself cannot be handed to a module (it does not
-    /// encode as the engine encodes messages): a mistake in the test.
-    BadMessage(String),
 }
 
 impl Failure {
     /// Its text: what [`apply`] answers.
     pub fn text(&self) -> &str {
         match self {
-            Failure::GuestError(text)
-            | Failure::InvalidOutput(text)
-            | Failure::BadMessage(text) => text,
+            Failure::GuestError(text) | Failure::InvalidOutput(text) => text,
+        }
+    }
+
+    /// The engine's name for its kind: `guest_error` or `invalid_output`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::GuestError(_) => "guest_error",
+            Failure::InvalidOutput(_) => "invalid_output",
         }
     }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self {
-            Failure::GuestError(_) => "guest_error",
-            Failure::InvalidOutput(_) => "invalid_output",
-            Failure::BadMessage(_) => "bad test message",
-        };
-        write!(f, "{kind}: {}", self.text())
+        write!(f, "{}: {}", self.kind(), self.text())
     }
 }
 
@@ -168,7 +169,9 @@ pub fn check(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
         },
         &mut bytes,
     );
-    let view = decode_message(&bytes).map_err(|e| Failure::BadMessage(e.to_string()))?;
+    // (What `encode_message` wrote decodes: a test message of owned fields
+    // is always one the engine can hand a module.)
+    let view = decode_message(&bytes).expect("an encoded message decodes");
     let mut answer = Vec::new();
     transform(&view).encode(&mut answer);
     let edits = match decode_outcome(&answer) {
@@ -229,10 +232,32 @@ pub fn check(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMess
 /// Like [`apply`], for a transform expected to keep the message: panics (this is
 /// for tests) if it drops it or fails.
 pub fn run(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> TestMessage {
-    match apply(transform, message) {
+    match check(transform, message) {
         Ok(Some(m)) => m,
         Ok(None) => panic!("the transform dropped the message"),
-        Err(e) => panic!("the transform failed: {e}"),
+        Err(failure) => panic!("the transform failed: {failure}"),
+    }
+}
+
+/// Like [`check`], for a transform expected to answer an error: its text;
+/// panics (this is for tests) if it keeps or drops the message, or breaks
+/// the ABI instead.
+///
+/// ```
+/// use rustmq_etl_sdk::testing::{reject, TestMessage};
+/// use rustmq_etl_sdk::Outcome;
+///
+/// let why = reject(|_| Outcome::error("payload is not JSON"), &TestMessage::new("t", "x"));
+/// assert!(why.starts_with("payload is not JSON"));
+/// ```
+pub fn reject(transform: impl FnOnce(&Message<'_>) -> Outcome, message: &TestMessage) -> String {
+    match check(transform, message) {
+        Err(Failure::GuestError(text)) => text,
+        Err(failure) => {
+            panic!("the transform broke the ABI instead of answering an error: {failure}")
+        }
+        Ok(Some(_)) => panic!("the transform kept the message instead of answering an error"),
+        Ok(None) => panic!("the transform dropped the message instead of answering an error"),
     }
 }
 
