@@ -35,8 +35,10 @@ use rustmq_etl_pool::{Pool, PoolConfig};
 
 /// Messages per caller request.
 const BATCH: usize = 256;
-/// At most one benign message in this many may be dead-lettered because its
-/// instance's start ran past the module's few-ms budget on the busy machine.
+/// At most one benign message in this many may be dead-lettered because the
+/// busy machine stalled past a module's few-ms budget: its instance's start,
+/// or the call itself (`hostile-infinite-loop` has 3 ms; budgets are wall
+/// clock, so a stall of the machine is charged to the call).
 const SLOW_STARTS_PER: usize = 100_000;
 /// Resident memory may grow by this much after warm-up: the median of the
 /// last third of the readings against the median of the first third.
@@ -405,9 +407,10 @@ fn main() {
                                     // A benign message fails only where the
                                     // module's breaker is open (opened by the
                                     // hostile ones), or, now and then, where
-                                    // its instance was slow to start.
-                                    let slow_start = cause.kind == ErrorKind::Timeout
-                                        && cause.error.starts_with("starting its instance:");
+                                    // the machine stalled past a few-ms
+                                    // budget (its instance's start, or the
+                                    // call: see SLOW_STARTS_PER).
+                                    let slow_start = cause.kind == ErrorKind::Timeout;
                                     if *benign && slow_start {
                                         slow_starts.lock().unwrap().push(format!(
                                             "message {i} ({}): {cause}",
@@ -483,7 +486,7 @@ fn main() {
     );
     let slow_starts = slow_starts.into_inner().unwrap();
     println!(
-        "benign messages dead-lettered by a slow instance start: {}{}",
+        "benign messages dead-lettered by a stall past a few-ms budget: {}{}",
         slow_starts.len(),
         slow_starts
             .iter()
@@ -492,7 +495,7 @@ fn main() {
     );
     if slow_starts.len() > total / SLOW_STARTS_PER {
         fail(format!(
-            "{} benign messages dead-lettered by a slow instance start: more than one in {SLOW_STARTS_PER}",
+            "{} benign messages dead-lettered by a stall past a few-ms budget: more than one in {SLOW_STARTS_PER}",
             slow_starts.len()
         ));
     }
