@@ -64,7 +64,15 @@ pub(crate) struct Setup {
     /// The version of rustmq-etl that ran (a note if another resumes).
     #[serde(default)]
     version: String,
+    /// Each module's own digest (its reads'), to name the modules that
+    /// changed; left out when they would not fit a record's page beside the
+    /// rest (`modules` decides either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    each_module: Option<std::collections::BTreeMap<String, String>>,
 }
+
+/// The most a setup's per-module digests may take in a record (of a page).
+const EACH_MODULE_BYTES: usize = 2048;
 
 impl Setup {
     /// The setup of a run of `config`, its engine having read `modules`
@@ -78,18 +86,25 @@ impl Setup {
         options: &Options,
     ) -> Setup {
         let mut module_parts: Vec<Vec<u8>> = Vec::new();
+        let mut each_module = std::collections::BTreeMap::new();
         for (id, reads) in modules {
             // (Read in whatever order the engine loaded the occurrences.)
             let mut reads = reads.clone();
             reads.sort_unstable();
-            module_parts.push(id.as_bytes().to_vec());
-            for read in reads {
-                module_parts.push(match read {
+            let reads: Vec<Vec<u8>> = reads
+                .into_iter()
+                .map(|read| match read {
                     Some(sha256) => [&[1u8][..], &sha256].concat(),
                     None => vec![0],
-                });
-            }
+                })
+                .collect();
+            each_module.insert(id.clone(), digest(reads.iter().map(Vec::as_slice)));
+            module_parts.push(id.as_bytes().to_vec());
+            module_parts.extend(reads);
         }
+        let each_module = (serde_json::to_string(&each_module).map_or(usize::MAX, |j| j.len())
+            <= EACH_MODULE_BYTES)
+            .then_some(each_module);
         let options = format!(
             "dead_letter_topic={:?} breaker_failures={} breaker_cool_down_ms={}",
             options.dead_letter_topic,
@@ -101,21 +116,48 @@ impl Setup {
             modules: digest(module_parts.iter().map(Vec::as_slice)),
             options: digest([options.as_bytes()]),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            each_module,
         }
     }
 
-    /// What differs from `other`, named as the command line gives it: empty
-    /// if nothing.
-    fn changes(&self, other: &Setup) -> Vec<&'static str> {
-        [
-            (self.config != other.config, "the pipelines (--config)"),
-            (
-                self.modules != other.modules,
-                "the module files (--modules)",
+    /// The modules whose files differ between `self` and `other`, if both
+    /// name them.
+    fn changed_modules<'a>(&'a self, other: &'a Setup) -> Option<Vec<&'a str>> {
+        let (mine, theirs) = (self.each_module.as_ref()?, other.each_module.as_ref()?);
+        let ids: std::collections::BTreeSet<&str> = mine
+            .keys()
+            .chain(theirs.keys())
+            .map(String::as_str)
+            .collect();
+        Some(
+            ids.into_iter()
+                .filter(|id| mine.get(*id) != theirs.get(*id))
+                .collect(),
+        )
+    }
+
+    /// What differs from `other`, named as the command line gives it (and
+    /// the modules by id where both name them): empty if nothing.
+    fn changes(&self, other: &Setup) -> Vec<String> {
+        let modules = match self.changed_modules(other) {
+            Some(ids) if !ids.is_empty() => format!(
+                "the module files (--modules: {})",
+                ids.iter()
+                    .map(|id| format!("{id}.wasm"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
+            _ => "the module files (--modules)".to_owned(),
+        };
+        [
+            (
+                self.config != other.config,
+                "the pipelines (--config)".to_owned(),
+            ),
+            (self.modules != other.modules, modules),
             (
                 self.options != other.options,
-                "--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms",
+                "--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms".to_owned(),
             ),
         ]
         .into_iter()
@@ -308,12 +350,19 @@ impl CheckpointFile {
     /// Records `checkpoint` in the slot after the last one's.
     pub fn write(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         let seq = self.seq + 1;
-        let record = Record {
+        let mut record = Record {
             seq,
             sum: sum(seq, checkpoint),
             checkpoint: checkpoint.clone(),
         };
         let mut text = serde_json::to_string(&record).expect("a record serialises");
+        if let (true, Some(setup)) = (text.len() >= SLOT, &mut record.checkpoint.setup) {
+            // Too long a name of the input beside the modules' digests: the
+            // modules go unnamed in a refusal, as for many modules.
+            setup.each_module = None;
+            record.sum = sum(seq, &record.checkpoint);
+            text = serde_json::to_string(&record).expect("a record serialises");
+        }
         if text.len() >= SLOT {
             anyhow::bail!(
                 "writing the checkpoint to {}: its record is {} bytes, more than the {} a \
@@ -675,6 +724,39 @@ mod tests {
         }
     }
 
+    /// A record that would not fit its page with the modules' own digests
+    /// is written without them (its refusals then name no module).
+    #[test]
+    fn a_long_input_name_costs_the_modules_names_not_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, input) = (dir.path().join("cp"), dir.path().join("in"));
+        std::fs::write(&input, "").unwrap();
+        let modules: std::collections::BTreeMap<_, _> = (0..50)
+            .map(|i| (format!("module-{i:02}"), vec![Some([7; 32])]))
+            .collect();
+        let config = Config::from_text(
+            "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+            rustmq_etl_config::Format::Yaml,
+            None,
+        )
+        .unwrap()
+        .config;
+        let setup = Setup::of(&config, &modules, &Options::default());
+        assert!(setup.each_module.is_some());
+        let checkpoint = Checkpoint {
+            input: "i".repeat(2500),
+            setup: Some(setup),
+            ..at(3, &input, &input)
+        };
+        let (mut file, _) = CheckpointFile::open(&path).unwrap();
+        file.write(&checkpoint).unwrap();
+        drop(file);
+        let (_, read) = CheckpointFile::open(&path).unwrap();
+        let setup = read.unwrap().setup.unwrap();
+        assert_eq!(setup.each_module, None);
+        assert_eq!(setup.modules, checkpoint.setup.unwrap().modules);
+    }
+
     /// The setup's digests: each changes with what it covers, and only
     /// with that; `check_setup` refuses a change unless told to go on, notes
     /// another version, and takes a checkpoint that recorded none with a
@@ -720,7 +802,7 @@ mod tests {
         }
         // Other bytes; a file that could not be read; one read twice (two
         // occurrences) in either order.
-        let modules_named = ["the module files (--modules)"];
+        let modules_named = ["the module files (--modules: m.wasm)"];
         for other in [read(&[Some(2)]), read(&[None]), read(&[Some(1), Some(2)])] {
             assert_eq!(
                 changed(Setup::of(&config(yaml), &other, &options)),
@@ -731,6 +813,39 @@ mod tests {
             Setup::of(&config(yaml), &read(&[Some(1), Some(2)]), &options),
             Setup::of(&config(yaml), &read(&[Some(2), Some(1)]), &options)
         );
+        // Of several modules, those that changed are named; a module gone
+        // or new is named too.
+        let several = |reads: &[(&str, u8)]| {
+            reads
+                .iter()
+                .map(|(id, b)| (id.to_string(), vec![Some([*b; 32])]))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let before = Setup::of(
+            &config(yaml),
+            &several(&[("a", 1), ("b", 1), ("c", 1)]),
+            &options,
+        );
+        let after = Setup::of(
+            &config(yaml),
+            &several(&[("a", 1), ("b", 2), ("d", 1)]),
+            &options,
+        );
+        assert_eq!(
+            before.changes(&after),
+            ["the module files (--modules: b.wasm, c.wasm, d.wasm)"]
+        );
+        // A setup without them (too many modules for a page, or written
+        // before they were kept): the modules are not named.
+        let unnamed = Setup {
+            each_module: None,
+            ..after.clone()
+        };
+        assert_eq!(before.changes(&unnamed), ["the module files (--modules)"]);
+        let many: std::collections::BTreeMap<_, _> = (0..200)
+            .map(|i| (format!("module-number-{i}"), vec![Some([1; 32])]))
+            .collect();
+        assert_eq!(Setup::of(&config(yaml), &many, &options).each_module, None);
 
         let dir = tempfile::tempdir().unwrap();
         let (path, input) = (dir.path().join("cp"), dir.path().join("in"));
@@ -746,7 +861,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("the module files (--modules). Its lines up to 3"),
+            error.contains("the module files (--modules: m.wasm). Its lines up to 3"),
             "{error}"
         );
         let note = checkpoint.check_setup(&path, &gone, true).unwrap().unwrap();

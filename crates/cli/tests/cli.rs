@@ -2405,7 +2405,7 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     refused(&["--breaker-cool-down-ms", "7"], options);
     // Another module under the same name.
     std::fs::copy(fixtures().join("modules/identity.wasm"), &module).unwrap();
-    refused(&[], "the module files (--modules)");
+    refused(&[], "the module files (--modules: legacy-uppercase.wasm)");
     // Told to go on: the new line runs on the new module, the others keep
     // their results.
     let resumed = command(&["--resume-with-changes"]);
