@@ -173,10 +173,12 @@ fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    hasher.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex8(&hasher.finalize())
+}
+
+/// The first 8 bytes of `digest` as 16 hex digits.
+fn hex8(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file's identity: its device and inode.
@@ -269,8 +271,7 @@ struct Record {
 /// of the SHA-256 of both, as written.
 fn sum(seq: u64, checkpoint: &Checkpoint) -> String {
     let text = serde_json::to_string(checkpoint).expect("a checkpoint serialises");
-    let digest = sha2::Sha256::digest(format!("{seq}:{text}").as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex8(&sha2::Sha256::digest(format!("{seq}:{text}").as_bytes()))
 }
 
 /// A run's checkpoint file, open for its records.
