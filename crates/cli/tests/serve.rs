@@ -1415,23 +1415,11 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
 #[test]
 fn a_shutdown_waits_within_its_grace_for_the_calls_of_clients_that_left() {
     use std::io::Write as _;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("slow.yaml");
-    std::fs::write(
-        &config,
+    let (_dir, server) = server_of(
         "pipeline_id: slow\nstages: [{priority: 0, modules: [{module_id: hostile-slow, \
          instance_config: {execution_timeout_ms: 60000}}]}]\n",
-    )
-    .unwrap();
-    let server = Server::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--modules",
-        fixtures().join("modules").to_str().unwrap(),
-        "--no-watch",
-        "--shutdown-grace-seconds",
-        "60",
-    ]);
+        &["--no-watch", "--shutdown-grace-seconds", "60"],
+    );
     // How long the call takes here, answered.
     let body = r#"{"topic": "t", "payload": "1500"}"#;
     let started = Instant::now();

@@ -24,6 +24,16 @@ fn no_bytes(_: &str) -> Result<Vec<u8>, String> {
     Ok(Vec::new())
 }
 
+/// Every retry waits `ms` (before jitter).
+fn waits(ms: u64) -> Options {
+    let delay = Duration::from_millis(ms);
+    Options::default().backoff(Backoff {
+        base: delay,
+        factor: 1,
+        cap: delay,
+    })
+}
+
 /// Fast retries, so that the tests do not wait long.
 fn options() -> Options {
     Options::default().backoff(Backoff {
@@ -1690,11 +1700,7 @@ stages:
   - priority: 0
     modules: [{module_id: m}]
 "#;
-    let slow_retries = Options::default().backoff(Backoff {
-        base: Duration::from_millis(40),
-        factor: 1,
-        cap: Duration::from_millis(40),
-    });
+    let slow_retries = waits(40);
     let o = start_with(&engine, yaml, slow_retries);
     let started = Instant::now();
     let out = one(&o, Message::new("t", ""));
@@ -2263,11 +2269,7 @@ async fn a_message_waiting_for_a_retry_runs_to_its_end_after_its_caller_gave_up(
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-        options().backoff(Backoff {
-            base: Duration::from_millis(100),
-            factor: 1,
-            cap: Duration::from_millis(100),
-        }),
+        waits(100),
     );
     let given_up = tokio::time::timeout(
         Duration::from_millis(20),
@@ -3547,11 +3549,7 @@ fn on_this_thread_a_retry_waits_and_the_others_go_on() {
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: flaky}]}]",
-        options().backoff(Backoff {
-            base: Duration::from_millis(50),
-            factor: 1,
-            cap: Duration::from_millis(50),
-        }),
+        waits(50),
     );
     let mut here = o.on_this_thread().unwrap();
     let started = Instant::now();
