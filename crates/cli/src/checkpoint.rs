@@ -274,12 +274,26 @@ fn sum(seq: u64, checkpoint: &Checkpoint) -> String {
     hex8(&sha2::Sha256::digest(format!("{seq}:{text}").as_bytes()))
 }
 
+/// Flushes to the disk the directory that holds `path`, so that the name of
+/// a file made in it outlives a crash of the machine.
+pub(crate) fn sync_directory_of(path: &Path) -> anyhow::Result<()> {
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("flushing the directory {} to the disk", directory.display()))
+}
+
 /// A run's checkpoint file, open for its records.
 pub(crate) struct CheckpointFile {
     file: File,
     path: PathBuf,
     /// The last record's number.
     seq: u64,
+    /// Each record is flushed to the disk before the run goes on (`--sync`).
+    sync: bool,
 }
 
 impl CheckpointFile {
@@ -344,8 +358,19 @@ impl CheckpointFile {
             file,
             path: path.to_owned(),
             seq,
+            sync: false,
         };
         Ok((checkpoint_file, found.map(|r| r.checkpoint)))
+    }
+
+    /// From now on, flushes each record to the disk (`fdatasync`) before
+    /// [`CheckpointFile::write`] returns (`--sync`); flushes now the
+    /// directory that holds the file, so that its name outlives a crash of
+    /// the machine if the run made it.
+    pub fn sync_each_record(&mut self) -> anyhow::Result<()> {
+        sync_directory_of(&self.path)?;
+        self.sync = true;
+        Ok(())
     }
 
     /// Records `checkpoint` in the slot after the last one's.
@@ -378,6 +403,14 @@ impl CheckpointFile {
         self.file
             .write_all_at(text.as_bytes(), (seq % 2) * SLOT as u64)
             .with_context(|| format!("writing the checkpoint to {}", self.path.display()))?;
+        if self.sync {
+            self.file.sync_data().with_context(|| {
+                format!(
+                    "flushing the checkpoint to the disk ({})",
+                    self.path.display()
+                )
+            })?;
+        }
         self.seq = seq;
         Ok(())
     }

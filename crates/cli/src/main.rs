@@ -150,6 +150,13 @@ enum Command {
         /// the new.
         #[arg(long, requires = "checkpoint")]
         resume_with_changes: bool,
+        /// With --checkpoint, flush the outputs to the disk before each
+        /// checkpoint record, and the record before going on (`fdatasync`):
+        /// the run then resumes exactly after a crash of the machine or a
+        /// power loss too, not only after the end of its process. Costs a
+        /// flush of each file per batch.
+        #[arg(long, requires = "checkpoint")]
+        sync: bool,
         /// Run messages on all engine threads at once, and others while one
         /// waits for a retry's delay; but which messages meet a circuit
         /// breaker that earlier ones opened then depends on timing.
@@ -621,6 +628,7 @@ fn main() -> ExitCode {
             start_line,
             checkpoint,
             resume_with_changes,
+            sync,
             concurrent,
             engine,
         } => run::run(run::Args {
@@ -633,6 +641,7 @@ fn main() -> ExitCode {
             start_line,
             checkpoint,
             resume_with_changes,
+            sync,
             in_order: !concurrent,
             settings: engine.settings(),
         }),

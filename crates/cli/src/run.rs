@@ -37,6 +37,9 @@ pub(crate) struct Args {
     /// Resume a checkpoint whose run ran with other pipelines, modules or
     /// options ([`Checkpoint::check_setup`]).
     pub resume_with_changes: bool,
+    /// Each checkpoint record only once the outputs are on the disk, and on
+    /// the disk itself before the run goes on (`--sync`).
+    pub sync: bool,
     /// Each message to its end before the next starts
     /// ([`ProcessOptions::in_order`]).
     pub in_order: bool,
@@ -401,7 +404,10 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     // modules are part of what the run ran with).
     let mut resuming_from = None;
     if let Some(path) = &args.checkpoint {
-        let (file, found) = CheckpointFile::open(path)?;
+        let (mut file, found) = CheckpointFile::open(path)?;
+        if args.sync {
+            file.sync_each_record()?;
+        }
         checkpoint_file = Some(file);
         if let Some(checkpoint) = found {
             let output = args.output.as_deref().expect("checked: a file");
@@ -516,6 +522,16 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             dead_letters.start_empty()?;
         }
     }
+    if args.sync {
+        // The outputs' names, if the run made the files, outlive a crash of
+        // the machine as the checkpoint's do.
+        for path in [args.output.as_deref(), args.dead_letter.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            crate::checkpoint::sync_directory_of(path)?;
+        }
+    }
     // What the checkpoint records, from the first: a run killed before its
     // first batch is out resumes from here (the file is written to before
     // anything is processed).
@@ -536,7 +552,12 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let mut last_checkpoint: Option<Checkpoint> = None;
     if let (Some(file), Some(reached)) = (&mut checkpoint_file, &reached) {
         let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
-        file.write(&now)?;
+        record(
+            file,
+            &now,
+            [Some(&output), dead_letters.as_ref()],
+            args.sync,
+        )?;
         last_checkpoint = Some(now);
     }
     let mut summary = Summary::default();
@@ -705,7 +726,8 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                         let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
                         // (A quiet input's empty batches change nothing.)
                         if last_checkpoint.as_ref() != Some(&now) {
-                            match file.write(&now) {
+                            let sinks = [Some(&output), dead_letters.as_ref()];
+                            match record(file, &now, sinks, args.sync) {
                                 Ok(()) => last_checkpoint = Some(now),
                                 Err(e) => {
                                     write_failed = Some(e);
@@ -733,7 +755,13 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let finished = write_failed.is_none() && failed.is_none() && stopped_by.is_none();
     if let (Some(file), Some(reached), true) = (&mut checkpoint_file, &reached, finished) {
         // (`reached` is as of the last commit, which is the input's end.)
-        if let Err(e) = file.write(&checkpoint_of(&args, reached, &output, &dead_letters, true)) {
+        let now = checkpoint_of(&args, reached, &output, &dead_letters, true);
+        if let Err(e) = record(
+            file,
+            &now,
+            [Some(&output), dead_letters.as_ref()],
+            args.sync,
+        ) {
             // Every result is out: a rerun would find nothing left to do
             // all the same, and say less.
             say!("warning: {e:#}");
@@ -859,6 +887,26 @@ struct Progress {
 
 /// The checkpoint of a run at `progress`, its outputs as long as they were
 /// at its last commit.
+/// Writes `checkpoint` to `file`; with `sync` (`--sync`), only once the
+/// bytes and lengths of the outputs it records are on the disk: after a crash
+/// of the machine, the record read back never counts more than the files
+/// hold.
+fn record(
+    file: &mut CheckpointFile,
+    checkpoint: &Checkpoint,
+    sinks: [Option<&Sink>; 2],
+    sync: bool,
+) -> anyhow::Result<()> {
+    if sync {
+        for sink in sinks.into_iter().flatten() {
+            sink.out
+                .sync_data()
+                .with_context(|| format!("{}: flushing it to the disk", sink.what))?;
+        }
+    }
+    file.write(checkpoint)
+}
+
 fn checkpoint_of(
     args: &Args,
     progress: &Progress,

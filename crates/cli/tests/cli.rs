@@ -982,6 +982,10 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     for [flag, value] in [["--breaker-failures", "0"], ["--dead-letter-topic", ""]] {
         refused(&["run", "--config", config, "--input", "-", flag, value]);
     }
+    // What only a checkpoint's run does, asked of a run without one.
+    for flag in ["--sync", "--resume-with-changes"] {
+        refused(&["run", "--config", config, "--input", "-", flag]);
+    }
     refused(&["serve", "--config", config, "--max-batch", "0"]);
     refused(&["serve", "--config", config, "--max-request-bytes", "0"]);
     // A directory as the input: refused, the output left as it was.
@@ -2241,7 +2245,9 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
             .and_then(|record| record["checkpoint"]["line"].as_u64())
             .unwrap_or(0) as usize
     };
-    let mut child = command().spawn().unwrap();
+    // The run killed flushes each record and the output to the disk first
+    // (`--sync`); the runs after it do not: one checkpoint serves both.
+    let mut child = command().arg("--sync").spawn().unwrap();
     // Killed once it has committed a few batches.
     let started = std::time::Instant::now();
     while line() < 512 {
