@@ -174,15 +174,24 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
             };
             // The same module with other settings is another occurrence
             // (execution.md); the same module with the same settings twice
-            // in one stage is a mistake.
+            // in one stage runs twice, as one occurrence: a surprise.
             let occurrence = (
                 module_config.module_id.as_str(),
                 module_config.instance_config.to_settings(),
             );
-            if ids.insert(occurrence, m).is_some() && !module_config.module_id.is_empty() {
-                report.error(
+            if let (Some(first), false) = (
+                ids.insert(occurrence, m),
+                module_config.module_id.is_empty(),
+            ) {
+                report.warning(
                     "module_id".to_owned(),
-                    "the module appears twice in this stage with the same instance_config; a stage runs each module occurrence once",
+                    format!(
+                        "the module is listed in this stage already (module #{}) with the same \
+                         instance_config: it runs once for each listing, as one occurrence (one \
+                         breaker, one set of instances and statistics); give it another \
+                         custom_config to make it another occurrence",
+                        first + 1
+                    ),
                 );
             }
             // The tightest bound on a call in this stage, and whose it is.

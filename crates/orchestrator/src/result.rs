@@ -65,8 +65,8 @@ pub struct TraceEntry {
     pub module: String,
     /// The module's position among all modules of the plan that ran the
     /// message ([`PlannedModule::index`](crate::PlannedModule::index)): tells
-    /// apart two listings of one module in one stage (each with its own
-    /// settings), which the other fields do not. It holds within one
+    /// apart two listings of one module in one stage (with the same settings
+    /// or not), which the other fields do not. It holds within one
     /// configuration version (`Processed::config_version`); a reload may
     /// number the modules anew.
     pub index: usize,

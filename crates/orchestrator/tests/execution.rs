@@ -173,6 +173,50 @@ fn a_drop_ends_the_journey_at_once() {
     );
 }
 
+/// A module listed twice in a stage with the same settings is one
+/// occurrence run once for each listing (execution.md, "Modules and their
+/// settings"): in a sequential stage the second listing sees the first's
+/// result; in a parallel stage both see the stage's input and their edits
+/// apply in turn. Each listing has its own trace entry.
+#[test]
+fn a_module_listed_twice_in_a_stage_runs_once_for_each_listing() {
+    let engine = Arc::new(StandIn::new(2));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = seen.clone();
+    engine.module("a", move |m: &Message| {
+        calls.lock().unwrap().push(m.payload.to_vec());
+        append("a")(m)
+    });
+    let o = start(
+        &engine,
+        r#"
+pipeline_id: p
+stages:
+  - priority: 0
+    modules: [{module_id: a}, {module_id: a}]
+  - priority: 1
+    parallel_execution: true
+    modules: [{module_id: a}, {module_id: a}]
+"#,
+    );
+    let out = one(&o, Message::new("t", ">"));
+    // ">" → ">a" → ">aa"; then both parallel listings see ">aa" and each
+    // sets ">aaa": the later one's write is the last.
+    assert_eq!(&delivered(&out).payload[..], b">aaa");
+    let entries = &out.trace.as_ref().unwrap().entries;
+    assert_eq!(entries.len(), 4);
+    let indices: std::collections::BTreeSet<usize> = entries.iter().map(|e| e.index).collect();
+    assert_eq!(indices.len(), 4, "each listing is an entry of its own");
+    assert!(entries
+        .iter()
+        .all(|e| matches!(e.event, TraceEvent::Ran { attempts: 1, .. })));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [&b">"[..], b">a", b">aa", b">aa"],
+        "one occurrence, called once per listing"
+    );
+}
+
 const PARALLEL: &str = r#"
 pipeline_id: p
 error_handling: StopPipeline

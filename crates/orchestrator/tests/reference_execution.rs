@@ -193,9 +193,9 @@ fn pipeline(index: usize) -> impl Strategy<Value = EtlPipelineConfig> {
             .into_iter()
             .rev() // declared out of order
             .map(|priority| {
-                // A module at most once in a stage (a configuration rule).
-                let modules = prop::sample::subsequence((0..MODULES).collect::<Vec<_>>(), 1..4)
-                    .prop_shuffle()
+                // A module may be listed more than once in a stage: with the
+                // same settings, one occurrence run for each listing.
+                let modules = prop::collection::vec(0..MODULES, 1..4)
                     .prop_flat_map(|ids| ids.into_iter().map(module).collect::<Vec<_>>());
                 (modules, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
                     move |(modules, parallel, continue_on_error)| EtlStage {
