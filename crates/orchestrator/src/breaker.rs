@@ -63,7 +63,8 @@ pub(crate) struct Breaker {
     epoch: Instant,
     state: AtomicU8,
     consecutive: AtomicU32,
-    /// When it opened, in milliseconds since `epoch`.
+    /// When it opened, in nanoseconds since `epoch` (not whole
+    /// milliseconds: a cool-down never ends early by a rounding).
     opened_at: AtomicU64,
     probing: AtomicBool,
 }
@@ -80,8 +81,16 @@ impl Breaker {
         }
     }
 
-    fn now_ms(&self, now: Instant) -> u64 {
-        millis(now.saturating_duration_since(self.epoch))
+    fn now_ns(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// How long it has been open at `now`.
+    fn open_for(&self, now: Instant) -> Duration {
+        Duration::from_nanos(
+            self.now_ns(now)
+                .saturating_sub(self.opened_at.load(Ordering::Acquire)),
+        )
     }
 
     pub(crate) fn state(&self) -> CircuitState {
@@ -98,10 +107,7 @@ impl Breaker {
     pub(crate) fn state_at(&self, now: Instant) -> CircuitState {
         match self.state() {
             CircuitState::Open => {
-                let open_for = self
-                    .now_ms(now)
-                    .saturating_sub(self.opened_at.load(Ordering::Acquire));
-                if open_for >= millis(self.settings.cool_down) {
+                if self.open_for(now) >= self.settings.cool_down {
                     CircuitState::HalfOpen
                 } else {
                     CircuitState::Open
@@ -117,11 +123,8 @@ impl Breaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Permit::Call,
             _ => {
-                let cool_down = millis(self.settings.cool_down);
-                let open_for = self
-                    .now_ms(now)
-                    .saturating_sub(self.opened_at.load(Ordering::Acquire));
-                if open_for >= cool_down
+                let open_for = self.open_for(now);
+                if open_for >= self.settings.cool_down
                     && self
                         .probing
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -131,7 +134,9 @@ impl Breaker {
                     Permit::Probe
                 } else {
                     Permit::Refuse {
-                        reopens_in_ms: cool_down.saturating_sub(open_for),
+                        reopens_in_ms: ceil_millis(
+                            self.settings.cool_down.saturating_sub(open_for),
+                        ),
                     }
                 }
             }
@@ -157,7 +162,7 @@ impl Breaker {
                 self.consecutive.store(0, Ordering::Release);
                 self.state.store(CLOSED, Ordering::Release);
             } else {
-                self.opened_at.store(self.now_ms(now), Ordering::Release);
+                self.opened_at.store(self.now_ns(now), Ordering::Release);
                 self.state.store(OPEN, Ordering::Release);
             }
             self.probing.store(false, Ordering::Release);
@@ -176,16 +181,17 @@ impl Breaker {
         }
         let failures = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.settings.failures.max(1) {
-            self.opened_at.store(self.now_ms(now), Ordering::Release);
+            self.opened_at.store(self.now_ns(now), Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
         }
     }
 }
 
-/// `duration` in whole milliseconds, `u64::MAX` past it (a cool-down of
-/// [`Duration::MAX`] is for ever, not cut to what fits).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+/// `duration` in milliseconds, a part of one counted as one (a breaker open
+/// for 0.2 ms more is not "open for 0 ms more"), `u64::MAX` past what fits.
+fn ceil_millis(duration: Duration) -> u64 {
+    let part = u128::from(duration.subsec_nanos() % 1_000_000 != 0);
+    u64::try_from(duration.as_millis() + part).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -276,6 +282,25 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Closed);
         breaker.record(false, false, t100);
         assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    /// A cool-down ends neither before its time nor after: the breaker's
+    /// clock is not rounded to milliseconds (it was, and a breaker opened
+    /// 0.9 ms into a millisecond probed 9.1 ms later with a 10 ms cool-down).
+    #[test]
+    fn a_cool_down_lasts_its_whole_time() {
+        let breaker = Breaker::new(BreakerSettings {
+            failures: 1,
+            cool_down: Duration::from_millis(10),
+        });
+        let opened = Instant::now() + Duration::from_micros(900);
+        breaker.record(false, false, opened);
+        let almost = opened + Duration::from_micros(9_999);
+        assert_eq!(breaker.state_at(almost), CircuitState::Open);
+        assert_eq!(breaker.permit(almost), Permit::Refuse { reopens_in_ms: 1 });
+        let over = opened + Duration::from_millis(10);
+        assert_eq!(breaker.state_at(over), CircuitState::HalfOpen);
+        assert_eq!(breaker.permit(over), Permit::Probe);
     }
 
     /// A cool-down longer than `u64::MAX` milliseconds keeps the breaker
