@@ -190,7 +190,7 @@ impl Breaker {
 /// `duration` in milliseconds, a part of one counted as one (a breaker open
 /// for 0.2 ms more is not "open for 0 ms more"), `u64::MAX` past what fits.
 fn ceil_millis(duration: Duration) -> u64 {
-    let part = u128::from(duration.subsec_nanos() % 1_000_000 != 0);
+    let part = u128::from(!duration.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(duration.as_millis() + part).unwrap_or(u64::MAX)
 }
 
