@@ -294,11 +294,8 @@ fn lib_rs(name: &str) -> String {
 
 const LIB_RS: &str = r##"//! {{NAME}}: a rustmq-etl module.
 //!
-//! It tags every message with the header `x-processed-by: {{NAME}}`, drops
-//! messages whose payload is empty, and fails on a payload that is not UTF-8
-//! text (an error, which the pipeline's `error_handling` acts on: retried,
-//! skipped, the pipeline stopped, or a dead letter). Replace `transform` with
-//! your own; the
+//! It tags every message with the header `x-processed-by: {{NAME}}` and drops
+//! messages whose payload is empty. Replace `transform` with your own; the
 //! SDK's documentation (`cargo doc -p rustmq-etl-sdk --features json --open` in a rustmq-etl
 //! checkout) shows edits, configuration (`custom_config`) and the
 //! `json` feature for editing one field of a JSON payload.
@@ -309,9 +306,6 @@ fn transform(message: &Message) -> Outcome {
     if message.payload().is_empty() {
         return Outcome::Drop;
     }
-    if std::str::from_utf8(message.payload()).is_err() {
-        return Outcome::error("the payload is not UTF-8 text");
-    }
     Outcome::edit().set_header("x-processed-by", "{{NAME}}").into()
 }
 
@@ -320,7 +314,7 @@ export!(transform = transform);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustmq_etl_sdk::testing::{apply, reject, run, TestMessage};
+    use rustmq_etl_sdk::testing::{apply, run, TestMessage};
 
     #[test]
     fn tags_every_message() {
@@ -335,12 +329,6 @@ mod tests {
     #[test]
     fn drops_a_message_without_payload() {
         assert_eq!(apply(transform, &TestMessage::new("orders.created", "")), Ok(None));
-    }
-
-    #[test]
-    fn fails_on_a_payload_that_is_not_text() {
-        let binary = TestMessage::new("orders.created", vec![0xff, 0xfe]);
-        assert_eq!(reject(transform, &binary), "the payload is not UTF-8 text");
     }
 }
 "##;

@@ -1548,7 +1548,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     let tests = run_printed(commands[1], dir.path());
     assert!(tests.status.success(), "{}", text(&tests.stderr));
     assert!(
-        text(&tests.stdout).contains("3 passed"),
+        text(&tests.stdout).contains("2 passed"),
         "{}",
         text(&tests.stdout)
     );
