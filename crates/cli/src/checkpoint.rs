@@ -48,6 +48,11 @@ pub(crate) struct Checkpoint {
     /// recorded).
     #[serde(default)]
     pub setup: Option<Setup>,
+    /// The run flushes its outputs and records to the disk (`--sync`); a
+    /// resume goes on doing so. (Left out when not, so that a checkpoint
+    /// without it reads as before.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync: bool,
 }
 
 /// What a run's results depend on besides its input, as digests: the
@@ -197,6 +202,22 @@ impl FileId {
             ino: metadata.ino(),
         }
     }
+
+    /// Whether this is the file `recorded` identified: `Err` if not; a note
+    /// if only its device number changed, as a reboot may number a disk anew
+    /// (device-mapper volumes, btrfs): the same inode is taken as the same
+    /// file, so that a run resumes after a crash of the machine.
+    fn is(&self, recorded: &FileId, shown: &str) -> Result<Option<String>, ()> {
+        match (self.ino == recorded.ino, self.dev == recorded.dev) {
+            (true, true) => Ok(None),
+            (true, false) => Ok(Some(format!(
+                "{shown} is on device {:#x}, not {:#x} as recorded (a reboot may number a disk \
+                 anew): taken as the same file, by its inode",
+                self.dev, recorded.dev
+            ))),
+            (false, _) => Err(()),
+        }
+    }
 }
 
 /// An output file at a checkpoint.
@@ -274,9 +295,11 @@ fn sum(seq: u64, checkpoint: &Checkpoint) -> String {
     hex8(&sha2::Sha256::digest(format!("{seq}:{text}").as_bytes()))
 }
 
-/// Flushes to the disk the directory that holds `path`, so that the name of
-/// a file made in it outlives a crash of the machine.
+/// Flushes to the disk the directory that holds the file at `path` (a
+/// symbolic link's target's), so that the name of a file made in it outlives
+/// a crash of the machine.
 pub(crate) fn sync_directory_of(path: &Path) -> anyhow::Result<()> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let directory = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -350,7 +373,13 @@ impl CheckpointFile {
                 None => damaged += 1,
             }
         }
-        if found.is_none() && damaged > 0 {
+        // The first record (in the second slot) cut short, the first slot
+        // never written: the machine stopped as a run began, before it read
+        // a line. There is nothing to resume, as with an empty file.
+        let first_cut_short = bytes.len() > SLOT
+            && bytes[..SLOT].iter().all(|b| *b == 0)
+            && (bytes[SLOT] == 0 || bytes[SLOT..].starts_with(br#"{"seq":1,"#));
+        if found.is_none() && damaged > 0 && !first_cut_short {
             return Err(not_one("no whole record in it".to_owned()));
         }
         let seq = found.as_ref().map_or(0, |r| r.seq);
@@ -493,13 +522,15 @@ impl Checkpoint {
         let shown = input.display();
         let metadata = std::fs::metadata(input)
             .with_context(|| format!("--input {shown}: cannot read what it is"))?;
-        if FileId::of(&metadata) != self.input_file {
-            anyhow::bail!(
+        let mut notes = Vec::new();
+        match FileId::of(&metadata).is(&self.input_file, &format!("--input {shown}")) {
+            Ok(note) => notes.extend(note),
+            Err(()) => anyhow::bail!(
                 "--input {shown} is not the file the run of --checkpoint {here} read ({}): it \
                  was replaced since, or another file is named; run on that file, or remove the \
                  checkpoint to start afresh",
                 self.input
-            );
+            ),
         }
         let length = metadata.len();
         if length < self.input_bytes {
@@ -509,7 +540,6 @@ impl Checkpoint {
                 self.input_bytes
             );
         }
-        let mut notes = Vec::new();
         if self.finished {
             if length == self.input_bytes {
                 return Ok(Resume::Finished(format!(
@@ -552,8 +582,9 @@ impl Checkpoint {
                 .open(file)
                 .with_context(not_it)?;
             let metadata = open.metadata().with_context(not_it)?;
-            if FileId::of(&metadata) != recorded.file {
-                anyhow::bail!(not_it());
+            match FileId::of(&metadata).is(&recorded.file, &format!("{flag} {shown}")) {
+                Ok(note) => notes.extend(note),
+                Err(()) => anyhow::bail!(not_it()),
             }
             if metadata.len() < recorded.bytes {
                 anyhow::bail!(
@@ -605,6 +636,7 @@ mod tests {
             dead_letter: None,
             finished: false,
             setup: None,
+            sync: false,
         }
     }
 
@@ -647,6 +679,26 @@ mod tests {
         std::fs::write(&path, &torn).unwrap();
         let error = CheckpointFile::open(&path).err().unwrap().to_string();
         assert!(error.contains("no whole record"), "{error}");
+
+        // The first record cut short, the first slot never written (the
+        // machine stopped as the run began): no checkpoint yet, as for an
+        // empty file; cut at its first sector, whose zeros are all that
+        // reached the disk, likewise.
+        std::fs::remove_file(&path).unwrap();
+        let (mut file, _) = CheckpointFile::open(&path).unwrap();
+        file.write(&at(1)).unwrap();
+        drop(file);
+        let first = std::fs::read(&path).unwrap();
+        assert!(first[..SLOT].iter().all(|b| *b == 0));
+        assert_eq!(CheckpointFile::open(&path).unwrap().1, Some(at(1)));
+        for cut in [SLOT + 100, SLOT + 600] {
+            let mut torn = first[..cut].to_vec();
+            if cut > SLOT + 512 {
+                torn[SLOT..SLOT + 512].fill(0);
+            }
+            std::fs::write(&path, &torn).unwrap();
+            assert_eq!(CheckpointFile::open(&path).unwrap().1, None, "{cut}");
+        }
 
         // Another file altogether is refused, and left as it was.
         std::fs::write(&path, "precious notes\n").unwrap();
@@ -756,6 +808,29 @@ mod tests {
             Resume::After { notes, .. } => assert!(notes[0].contains("grew"), "{notes:?}"),
             other => panic!("{other:?}"),
         }
+
+        // The same files on a device numbered anew (as after a reboot):
+        // resumed, with a note for each; another inode is still refused.
+        let mut renumbered = checkpoint.clone();
+        renumbered.input_file.dev ^= 1;
+        renumbered.output.file.dev ^= 1;
+        match renumbered.resume(&path, &input, 1, &output, None).unwrap() {
+            Resume::After { notes, .. } => {
+                assert_eq!(notes.len(), 2, "{notes:?}");
+                assert!(
+                    notes[0].contains("a reboot may number a disk anew"),
+                    "{notes:?}"
+                );
+                assert!(notes[1].starts_with("--output"), "{notes:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        renumbered.input_file.ino ^= 1;
+        assert!(renumbered
+            .resume(&path, &input, 1, &output, None)
+            .unwrap_err()
+            .to_string()
+            .contains("is not the file the run"));
     }
 
     /// A record that would not fit its page with the modules' own digests

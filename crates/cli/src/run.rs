@@ -405,10 +405,6 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let mut resuming_from = None;
     if let Some(path) = &args.checkpoint {
         let (mut file, found) = CheckpointFile::open(path)?;
-        if args.sync {
-            file.sync_each_record()?;
-        }
-        checkpoint_file = Some(file);
         if let Some(checkpoint) = found {
             let output = args.output.as_deref().expect("checked: a file");
             match checkpoint.resume(
@@ -422,9 +418,24 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                     say!("note: {note}");
                     return Ok(ExitCode::SUCCESS);
                 }
-                after => resuming_from = Some((checkpoint, after)),
+                after => {
+                    // A run begun with --sync goes on with it: its promise
+                    // is not dropped by a resume that left it out.
+                    if checkpoint.sync && !args.sync {
+                        say!(
+                            "note: the run began with --sync: it goes on flushing its outputs \
+                             and checkpoint to the disk"
+                        );
+                        args.sync = true;
+                    }
+                    resuming_from = Some((checkpoint, after));
+                }
             }
         }
+        if args.sync {
+            file.sync_each_record()?;
+        }
+        checkpoint_file = Some(file);
     }
     let Some((config, _, _)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
@@ -716,24 +727,44 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                 });
             match written {
                 Ok(results) => {
-                    results.iter().for_each(|processed| summary.add(processed));
-                    committed = (consumed, input, bad);
                     // Recorded once the batch is out: a run killed before
                     // this resumes from the checkpoint before, and cuts
                     // the batch off.
-                    if let (Some(file), Some(reached)) = (&mut checkpoint_file, &mut reached) {
-                        (reached.line, reached.input_bytes) = (consumed, consumed_bytes);
-                        let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
-                        // (A quiet input's empty batches change nothing.)
-                        if last_checkpoint.as_ref() != Some(&now) {
-                            let sinks = [Some(&output), dead_letters.as_ref()];
-                            match record(file, &now, sinks, args.sync) {
-                                Ok(()) => last_checkpoint = Some(now),
-                                Err(e) => {
-                                    write_failed = Some(e);
-                                    end = true;
+                    let recorded = match (&mut checkpoint_file, &mut reached) {
+                        (Some(file), Some(reached)) => {
+                            (reached.line, reached.input_bytes) = (consumed, consumed_bytes);
+                            let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
+                            // (A quiet input's empty batches change nothing.)
+                            if last_checkpoint.as_ref() == Some(&now) {
+                                Ok(())
+                            } else {
+                                let sinks = [Some(&output), dead_letters.as_ref()];
+                                record(file, &now, sinks, args.sync)
+                                    .map(|()| last_checkpoint = Some(now))
+                            }
+                        }
+                        _ => Ok(()),
+                    };
+                    match recorded {
+                        Ok(()) => {
+                            results.iter().for_each(|processed| summary.add(processed));
+                            committed = (consumed, input, bad);
+                        }
+                        Err(e) => {
+                            // The batch is out but not recorded (a flush
+                            // or the record's write failed): it is cut off
+                            // as a batch whose write failed is, and neither
+                            // counted nor said done.
+                            if let Some(last) = &last_checkpoint {
+                                output.committed = Some(last.output.bytes);
+                                if let (Some(sink), Some(recorded)) =
+                                    (&mut dead_letters, &last.dead_letter)
+                                {
+                                    sink.committed = Some(recorded.bytes);
                                 }
                             }
+                            write_failed = Some(e);
+                            end = true;
                         }
                     }
                 }
@@ -885,8 +916,6 @@ struct Progress {
     input_bytes: u64,
 }
 
-/// The checkpoint of a run at `progress`, its outputs as long as they were
-/// at its last commit.
 /// Writes `checkpoint` to `file`; with `sync` (`--sync`), only once the
 /// bytes and lengths of the outputs it records are on the disk: after a crash
 /// of the machine, the record read back never counts more than the files
@@ -907,6 +936,8 @@ fn record(
     file.write(checkpoint)
 }
 
+/// The checkpoint of a run at `progress`, its outputs as long as they were
+/// at its last commit.
 fn checkpoint_of(
     args: &Args,
     progress: &Progress,
@@ -930,6 +961,7 @@ fn checkpoint_of(
         dead_letter: dead_letters.as_ref().map(recorded),
         finished,
         setup: Some(progress.setup.clone()),
+        sync: args.sync,
     }
 }
 

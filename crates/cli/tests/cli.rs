@@ -2246,7 +2246,7 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
             .unwrap_or(0) as usize
     };
     // The run killed flushes each record and the output to the disk first
-    // (`--sync`); the runs after it do not: one checkpoint serves both.
+    // (`--sync`); the runs after it, not told to, go on doing so.
     let mut child = command().arg("--sync").spawn().unwrap();
     // Killed once it has committed a few batches.
     let started = std::time::Instant::now();
@@ -2274,6 +2274,10 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     assert_eq!(rest.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("written after the last checkpoint were cut off"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: the run began with --sync: it goes on flushing"),
         "{stderr}"
     );
     // Only the lines after the checkpoint's were run.

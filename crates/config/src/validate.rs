@@ -179,10 +179,8 @@ fn pipeline(report: &mut Report<'_>, p: &EtlPipelineConfig) {
                 module_config.module_id.as_str(),
                 module_config.instance_config.to_settings(),
             );
-            if let (Some(first), false) = (
-                ids.insert(occurrence, m),
-                module_config.module_id.is_empty(),
-            ) {
+            let first = *ids.entry(occurrence).or_insert(m);
+            if first != m && !module_config.module_id.is_empty() {
                 report.warning(
                     "module_id".to_owned(),
                     format!(

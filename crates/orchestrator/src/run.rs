@@ -1101,7 +1101,12 @@ impl Run {
                 self.module.circuit = Some(CircuitState::Open);
                 let error = CallError::new(
                     ErrorKind::CircuitOpen,
-                    format!("the module's circuit breaker is open for {reopens_in_ms} ms more"),
+                    match reopens_in_ms {
+                        // Its cool-down is over and another call is its probe.
+                        0 => "the module's circuit breaker is open: its probe call is under way"
+                            .to_owned(),
+                        ms => format!("the module's circuit breaker is open for {ms} ms more"),
+                    },
                 );
                 self.failed(snapshot, pipeline, stage, module, error, tally);
                 return None;
