@@ -563,12 +563,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let mut last_checkpoint: Option<Checkpoint> = None;
     if let (Some(file), Some(reached)) = (&mut checkpoint_file, &reached) {
         let now = checkpoint_of(&args, reached, &output, &dead_letters, false);
-        record(
-            file,
-            &now,
-            [Some(&output), dead_letters.as_ref()],
-            args.sync,
-        )?;
+        record(file, &now, &output, &dead_letters, args.sync)?;
         last_checkpoint = Some(now);
     }
     let mut summary = Summary::default();
@@ -738,8 +733,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
                             if last_checkpoint.as_ref() == Some(&now) {
                                 Ok(())
                             } else {
-                                let sinks = [Some(&output), dead_letters.as_ref()];
-                                record(file, &now, sinks, args.sync)
+                                record(file, &now, &output, &dead_letters, args.sync)
                                     .map(|()| last_checkpoint = Some(now))
                             }
                         }
@@ -787,12 +781,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     if let (Some(file), Some(reached), true) = (&mut checkpoint_file, &reached, finished) {
         // (`reached` is as of the last commit, which is the input's end.)
         let now = checkpoint_of(&args, reached, &output, &dead_letters, true);
-        if let Err(e) = record(
-            file,
-            &now,
-            [Some(&output), dead_letters.as_ref()],
-            args.sync,
-        ) {
+        if let Err(e) = record(file, &now, &output, &dead_letters, args.sync) {
             // Every result is out: a rerun would find nothing left to do
             // all the same, and say less.
             say!("warning: {e:#}");
@@ -923,11 +912,12 @@ struct Progress {
 fn record(
     file: &mut CheckpointFile,
     checkpoint: &Checkpoint,
-    sinks: [Option<&Sink>; 2],
+    output: &Sink,
+    dead_letters: &Option<Sink>,
     sync: bool,
 ) -> anyhow::Result<()> {
     if sync {
-        for sink in sinks.into_iter().flatten() {
+        for sink in std::iter::once(output).chain(dead_letters) {
             sink.out
                 .sync_data()
                 .with_context(|| format!("{}: flushing it to the disk", sink.what))?;
