@@ -121,6 +121,11 @@ fn configurations(dir: &Path, rows: &mut Vec<Row>) {
             "prio.yaml",
             "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: a}]}\n  - {priority: 0, modules: [{module_id: b}]}\n",
         ),
+        (
+            "YAML aliases that expand without end (a billion laughs)",
+            "laughs.yaml",
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\npipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, instance_config: {custom_config: *h}}]}]\n",
+        ),
     ];
     for (what, file, text) in cases {
         write(dir, file, text.as_bytes());

@@ -332,6 +332,24 @@ fn unknown_top_level_fields_and_empty_files() {
     assert!(loaded.warnings[0].message.contains("defines no pipelines"));
 }
 
+/// Aliases that expand without end (a "billion laughs") are refused at
+/// once, in words that say what to change.
+#[test]
+fn yaml_aliases_that_expand_too_far_are_refused() {
+    let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..9 {
+        let below = format!("*a{}", level - 1);
+        yaml += &format!("a{level}: &a{level} [{}]\n", vec![below; 10].join(", "));
+    }
+    yaml += "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, instance_config: {custom_config: *a8}}]}]\n";
+    let err = Config::from_text(&yaml, Format::Yaml, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("its aliases (`*name`) expand to too many values"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_path_that_is_not_there_is_said_to_be_missing() {
     let dir = tempfile::tempdir().unwrap();
