@@ -121,21 +121,14 @@ impl Config {
 
     /// The pipelines in order as one line of JSON: defaults filled in, the
     /// keys of every object sorted (however a file ordered them), the files
-    /// they came from and the pipelines' `name` and `description` left out
-    /// (they change no result). Two loads of the same pipelines read the
+    /// they came from left out. Two loads of the same pipelines read the
     /// same, from one file or many, in YAML or JSON; any change that can
     /// change a result reads otherwise. For a digest of what a run ran with
     /// (`rustmq-etl run --checkpoint`).
     pub fn canonical_json(&self) -> String {
         let pipelines: Vec<_> = self.pipelines.iter().map(|p| &p.pipeline).collect();
         // (The model's maps have text keys: it serialises.)
-        let mut value = serde_json::to_value(pipelines).expect("a configuration serialises");
-        if let serde_json::Value::Array(pipelines) = &mut value {
-            for pipeline in pipelines.iter_mut().filter_map(|p| p.as_object_mut()) {
-                pipeline.remove("name");
-                pipeline.remove("description");
-            }
-        }
+        let value = serde_json::to_value(pipelines).expect("a configuration serialises");
         crate::model::sorted_keys(&value).to_string()
     }
 
