@@ -122,7 +122,7 @@ fn configurations(dir: &Path, rows: &mut Vec<Row>) {
             "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: a}]}\n  - {priority: 0, modules: [{module_id: b}]}\n",
         ),
         (
-            "YAML aliases that expand without end (a billion laughs)",
+            "YAML aliases that expand too far (a billion laughs)",
             "laughs.yaml",
             "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\npipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, instance_config: {custom_config: *h}}]}]\n",
         ),

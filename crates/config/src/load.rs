@@ -379,8 +379,8 @@ fn yaml_error(e: &serde_yaml::Error) -> ParseError {
         Some(i) if e.location().is_some() => message[..i].to_owned(),
         _ => message,
     };
-    // serde_yaml's guard against aliases that expand without end (a
-    // "billion laughs"), in words a user can act on.
+    // serde_yaml's guard against aliases that expand too far (a "billion
+    // laughs"), in words a user can act on.
     let message = match message.as_str() {
         "repetition limit exceeded" => "its aliases (`*name`) expand to too many values \
              (repetition limit exceeded): write the values out, or refer to fewer"

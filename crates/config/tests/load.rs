@@ -332,8 +332,10 @@ fn unknown_top_level_fields_and_empty_files() {
     assert!(loaded.warnings[0].message.contains("defines no pipelines"));
 }
 
-/// Aliases that expand without end (a "billion laughs") are refused at
-/// once, in words that say what to change.
+/// Aliases that expand too far (a "billion laughs": here serde_yaml's
+/// limit stops it while skipping the unknown top-level keys, before the
+/// `custom_config` that refers to them) are refused at once, in words that
+/// say what to change.
 #[test]
 fn yaml_aliases_that_expand_too_far_are_refused() {
     let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");

@@ -173,8 +173,8 @@ pub struct Skipped {
 pub struct Explanation {
     /// The modules that run, in execution order.
     pub modules: Vec<ModuleRef>,
-    /// The modules that do not, in the same order (pipelines in order,
-    /// stages by priority, modules as listed).
+    /// The modules that do not, in the same order (pipelines in the order
+    /// they apply, stages by priority, modules as listed).
     pub skipped: Vec<Skipped>,
 }
 
