@@ -64,6 +64,50 @@ pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> 
     }
 }
 
+/// A module's `custom_config` that must be given, read into `T` with serde:
+/// none given (the engine hands `init` the text `null`), text that is not
+/// JSON, a value that is not an object, or one that `T` does not accept is
+/// refused with a text that says why and shows `example` — what `init`
+/// returns, so that the module is refused at load with it. serde's text
+/// names no line or column: they would count in the compact text the engine
+/// hands over, not in the user's configuration file. (`T` may be
+/// `serde_json::Value`, for checks of its own on the object.)
+///
+/// ```
+/// #[derive(serde::Deserialize, Debug)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config {
+///     field: String,
+/// }
+///
+/// fn init(custom_config: &str) -> Result<Config, String> {
+///     rustmq_etl_sdk::json::required_config(custom_config, r#"{"field": "type"}"#)
+/// }
+///
+/// assert_eq!(init(r#"{"field": "id"}"#).unwrap().field, "id");
+/// assert_eq!(
+///     init("null").unwrap_err(),
+///     r#"custom_config is missing (give {"field": "type"})"#
+/// );
+/// assert!(init("[1]").unwrap_err().starts_with("custom_config must be an object"));
+/// assert!(init(r#"{"field": 1}"#).unwrap_err().contains("invalid type"));
+/// ```
+pub fn required_config<T: serde::de::DeserializeOwned>(
+    custom_config: &str,
+    example: &str,
+) -> Result<T, String> {
+    let refused = |why: &str| format!("custom_config {why} (give {example})");
+    // Read as a value first: serde's errors then name no line or column.
+    let value: serde_json::Value = match custom_config.trim() {
+        "" | "null" => return Err(refused("is missing")),
+        text => serde_json::from_str(text).map_err(|e| refused(&format!("is not JSON: {e}")))?,
+    };
+    if !value.is_object() {
+        return Err(refused("must be an object"));
+    }
+    T::deserialize(value).map_err(|e| refused(&e.to_string()))
+}
+
 /// A JSON object payload, checked, with where each top-level value lies.
 #[derive(Debug, Clone)]
 pub struct Object<'a> {

@@ -46,16 +46,9 @@ const SHAPE: &str =
 
 fn init(custom_config: &str) -> Result<Filter, String> {
     let refused = |why: &str| format!("custom_config {why} (give {SHAPE})");
-    // Read as a value first: serde's errors then name no line or column of
-    // a text the user did not write (the engine hands the module its own
-    // rendering of the configuration's value).
-    let value: Value = match custom_config.trim() {
-        "" | "null" => return Err(refused("is missing")),
-        text => serde_json::from_str(text).map_err(|e| refused(&format!("is not JSON: {e}")))?,
-    };
-    if !value.is_object() {
-        return Err(refused("must be an object"));
-    }
+    // An object, kept as a value: whether `drop` or `keep` is there at all
+    // (null included) is a rule of its own.
+    let value: Value = rustmq_etl_sdk::json::required_config(custom_config, SHAPE)?;
     let has = |key: &str| value.get(key).is_some();
     let config = Config::deserialize(&value).map_err(|e| refused(&e.to_string()))?;
     let rule = match (config.drop, config.keep) {
