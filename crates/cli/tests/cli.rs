@@ -638,6 +638,62 @@ fn run_counts_the_messages_a_filter_drops() {
     );
 }
 
+/// The shipped router moves a message to another topic, and the pipeline
+/// after it selects by the new topic (execution.md: "A module that changes
+/// the topic changes what later filters see"), with the real modules.
+#[test]
+fn run_routes_messages_and_later_pipelines_select_by_the_new_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipelines:\n\
+         - pipeline_id: route\n\
+         \x20 stages: [{priority: 0, modules: [{module_id: topic-router, instance_config: \
+         {custom_config: {field: region, topics: {eu: events.eu}}}}]}]\n\
+         - pipeline_id: eu-only\n\
+         \x20 stages: [{priority: 0, modules: [{module_id: field-filter, topic_filters: \
+         [{filter_type: Exact, pattern: events.eu}], instance_config: {custom_config: \
+         {field: type, drop: [heartbeat]}}}]}]\n",
+    );
+    let line = |key: &str, region: &str, kind: &str| {
+        format!(
+            "{{\"topic\":\"in\",\"key\":\"{key}\",\"payload\":{{\"region\":\"{region}\",\"type\":\"{kind}\"}}}}\n"
+        )
+    };
+    let input = [
+        line("a", "eu", "heartbeat"),
+        line("b", "us", "heartbeat"),
+        line("c", "eu", "reading"),
+    ]
+    .concat();
+    let out = run_on_stdin(&config, &[], &input);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // a: routed, then dropped by the filter its new topic selects; b: not
+    // routed, so not filtered; c: routed and kept.
+    assert!(
+        stderr.contains("3 in = 2 delivered + 1 dropped + 0 dead-lettered"),
+        "{stderr}"
+    );
+    let delivered: Vec<(String, String)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["key"].as_str().unwrap().to_owned(),
+                v["topic"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            ("b".to_owned(), "in".to_owned()),
+            ("c".to_owned(), "events.eu".to_owned())
+        ]
+    );
+}
+
 /// `run` on design.md's examples: the delivered messages, field by field, in
 /// input order, and the accounting line.
 #[test]

@@ -314,6 +314,93 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     }
 }
 
+/// The shipped router moves a message to the topic its `custom_config`
+/// gives for a string field of the JSON payload, every other message to its
+/// default (or nowhere without one); a config it cannot route by is refused
+/// as it starts.
+#[test]
+fn topic_router_routes_by_a_field_of_the_payload() {
+    let with = |config: &str| ModuleSettings {
+        custom_config: config.into(),
+        ..ModuleSettings::default()
+    };
+    let topic = |module: &LoadedModule, topic: &str, payload: &str| match pool()
+        .call_blocking(module, &json_message(topic, payload))
+        .unwrap()
+    {
+        Outcome::Unchanged => None,
+        Outcome::Edited(edits) => {
+            let mut m = json_message(topic, payload);
+            m.apply(edits);
+            Some(m.topic)
+        }
+        other => panic!("{payload}: {other:?}"),
+    };
+    let router = load(
+        "topic-router",
+        "topic-router",
+        with(
+            r#"{"field": "region", "topics": {"eu": "events.eu", "us": "events.us"}, "default": "events.other"}"#,
+        ),
+    );
+    let to = |t: &str| Some(t.to_owned());
+    assert_eq!(topic(&router, "in", r#"{"region": "eu"}"#), to("events.eu"));
+    assert_eq!(
+        topic(&router, "in", r#"{"id": 1, "region": "us"}"#),
+        to("events.us")
+    );
+    // Exactly, as strings: anything else goes to the default.
+    for other in [
+        r#"{"region": "EU"}"#,
+        r#"{"region": 1}"#,
+        r#"{"region": null}"#,
+        r#"{"other": "eu"}"#,
+        "not json",
+        r#"["eu"]"#,
+    ] {
+        assert_eq!(topic(&router, "in", other), to("events.other"), "{other}");
+    }
+    // Already there: unchanged.
+    assert_eq!(topic(&router, "events.eu", r#"{"region": "eu"}"#), None);
+    // Without a default, what is not listed stays where it is.
+    let listed_only = load(
+        "topic-router-listed",
+        "topic-router",
+        with(r#"{"field": "region", "topics": {"eu": "events.eu"}}"#),
+    );
+    assert_eq!(
+        topic(&listed_only, "in", r#"{"region": "eu"}"#),
+        to("events.eu")
+    );
+    assert_eq!(topic(&listed_only, "in", r#"{"region": "us"}"#), None);
+    for config in [
+        "",
+        "null",
+        r#"["region"]"#,
+        r#"{"field": "region"}"#,
+        r#"{"field": "region", "topics": {}}"#,
+        r#"{"field": "", "topics": {"eu": "events.eu"}}"#,
+        r#"{"field": "region", "topics": {"eu": ""}}"#,
+        r#"{"field": "region", "topics": {"eu": "events.eu"}, "default": ""}"#,
+        r#"{"field": "region", "topics": {"eu": 1}}"#,
+        r#"{"field": "region", "topics": {"eu": "events.eu"}, "extra": 1}"#,
+    ] {
+        let refused = pool()
+            .load_file(
+                &spec("topic-router-bad", with(config)),
+                &fixture("topic-router"),
+            )
+            .unwrap_err();
+        match refused {
+            LoadError::Init { message, .. } => {
+                assert!(message.contains("give {"), "{message}");
+                assert!(!message.contains("column"), "{message}");
+            }
+            other => panic!("{config}: expected an init error, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_bad_custom_config_is_refused_at_load() {
     let config = ModuleSettings {
