@@ -349,6 +349,19 @@ fn topic_router_routes_by_a_field_of_the_payload() {
         topic(&router, "in", r#"{"id": 1, "region": "us"}"#),
         to("events.us")
     );
+    // Escapes decoded, in the value and the key; a repeated field by its last.
+    assert_eq!(
+        topic(&router, "in", r#"{"regi\u006fn": "e\u0075"}"#),
+        to("events.eu")
+    );
+    assert_eq!(
+        topic(&router, "in", r#"{"region": "us", "region": "eu"}"#),
+        to("events.eu")
+    );
+    // A large field that is not a string goes to the default without being
+    // read into the module's memory (it failed `memory_limit` when it was).
+    let nested = format!(r#"{{"region": [{}[]]}}"#, "[],".repeat(700_000));
+    assert_eq!(topic(&router, "in", &nested), to("events.other"));
     // Exactly, as strings: anything else goes to the default.
     for other in [
         r#"{"region": "EU"}"#,
@@ -373,17 +386,32 @@ fn topic_router_routes_by_a_field_of_the_payload() {
         to("events.eu")
     );
     assert_eq!(topic(&listed_only, "in", r#"{"region": "us"}"#), None);
-    for config in [
-        "",
-        "null",
-        r#"["region"]"#,
-        r#"{"field": "region"}"#,
-        r#"{"field": "region", "topics": {}}"#,
-        r#"{"field": "", "topics": {"eu": "events.eu"}}"#,
-        r#"{"field": "region", "topics": {"eu": ""}}"#,
-        r#"{"field": "region", "topics": {"eu": "events.eu"}, "default": ""}"#,
-        r#"{"field": "region", "topics": {"eu": 1}}"#,
-        r#"{"field": "region", "topics": {"eu": "events.eu"}, "extra": 1}"#,
+    for (config, why) in [
+        ("", "is missing"),
+        ("null", "is missing"),
+        (r#"["region"]"#, "must be an object"),
+        (r#"{"field": "region"}"#, "missing field `topics`"),
+        (r#"{"field": "region", "topics": {}}"#, "lists no topic"),
+        (
+            r#"{"field": "", "topics": {"eu": "events.eu"}}"#,
+            "names no field",
+        ),
+        (
+            r#"{"field": "region", "topics": {"eu": "events.eu", "b": "", "a": ""}}"#,
+            r#"routes "a" to an empty topic"#,
+        ),
+        (
+            r#"{"field": "region", "topics": {"eu": "events.eu"}, "default": ""}"#,
+            "has an empty `default` topic",
+        ),
+        (
+            r#"{"field": "region", "topics": {"eu": 1}}"#,
+            "invalid type",
+        ),
+        (
+            r#"{"field": "region", "topics": {"eu": "events.eu"}, "extra": 1}"#,
+            "unknown field `extra`",
+        ),
     ] {
         let refused = pool()
             .load_file(
@@ -393,6 +421,7 @@ fn topic_router_routes_by_a_field_of_the_payload() {
             .unwrap_err();
         match refused {
             LoadError::Init { message, .. } => {
+                assert!(message.contains(why), "{config}: {message}");
                 assert!(message.contains("give {"), "{message}");
                 assert!(!message.contains("column"), "{message}");
             }

@@ -68,10 +68,12 @@ pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> 
 /// none given (the engine hands `init` the text `null`), text that is not
 /// JSON, a value that is not an object, or one that `T` does not accept is
 /// refused with a text that says why and shows `example` — what `init`
-/// returns, so that the module is refused at load with it. serde's text
-/// names no line or column: they would count in the compact text the engine
-/// hands over, not in the user's configuration file. (`T` may be
-/// `serde_json::Value`, for checks of its own on the object.)
+/// returns, so that the module is refused at load with it. What `T` does
+/// not accept is said without a line or column, which would count in the
+/// compact text the engine hands over, not in the user's configuration file
+/// (only text that is not JSON, which the engine never hands over, is quoted
+/// with serde's place in it). (`T` may be `serde_json::Value`, for checks of
+/// its own on the object.)
 ///
 /// ```
 /// #[derive(serde::Deserialize, Debug)]
@@ -97,7 +99,7 @@ pub fn required_config<T: serde::de::DeserializeOwned>(
     example: &str,
 ) -> Result<T, String> {
     let refused = |why: &str| format!("custom_config {why} (give {example})");
-    // Read as a value first: serde's errors then name no line or column.
+    // Read as a value first: `T`'s errors then name no line or column.
     let value: serde_json::Value = match custom_config.trim() {
         "" | "null" => return Err(refused("is missing")),
         text => serde_json::from_str(text).map_err(|e| refused(&format!("is not JSON: {e}")))?,

@@ -16,9 +16,12 @@
 //! router, and the stages after it in its own pipeline, select modules by
 //! the new topic (execution.md). Values are compared as strings, exactly
 //! (case included); a `field` is a top-level key, and a payload that repeats
-//! it is read by its last. `field` and every topic must not be empty, and
-//! `topics` must list at least one value; anything else in `custom_config`
-//! is refused as the module starts.
+//! it is read by its last. Topics are taken as written: a later `Wildcard`
+//! or `Regex` filter reads a `*` or `.` in one as it reads any topic's. The
+//! modules after the router in its own stage were selected as the stage
+//! began, by the old topic. `field` and every topic must not be empty, and
+//! `topics` must list at least one value (`"default": null` is no default);
+//! anything else in `custom_config` is refused as the module starts.
 use std::collections::HashMap;
 
 use rustmq_etl_sdk::json::{required_config, Object};
@@ -64,15 +67,12 @@ fn init(custom_config: &str) -> Result<Router, String> {
 }
 
 fn route(router: &Router, message: &Message) -> Outcome {
-    let value: Option<String> = Object::parse(message.payload())
-        .ok()
-        .and_then(|object| object.get::<serde_json::Value>(&router.field))
-        .and_then(|value| match value {
-            serde_json::Value::String(text) => Some(text),
-            _ => None,
-        });
+    // A string borrowed from the payload (escapes decoded): a field of
+    // another kind is not read into memory to find out that it is not one.
+    let object = Object::parse(message.payload()).ok();
+    let value = object.as_ref().and_then(|object| object.str(&router.field));
     let topic = value
-        .and_then(|value| router.topics.get(&value))
+        .and_then(|value| router.topics.get(value.as_ref()))
         .or(router.default.as_ref());
     match topic {
         Some(topic) if topic != message.topic() => Outcome::edit().set_topic(topic.as_str()).into(),
