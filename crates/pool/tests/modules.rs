@@ -286,6 +286,15 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     for dropped in [r#"{"level": "info"}"#, r#"{"other": 1}"#, "not json"] {
         assert_eq!(call(&keep, dropped), Outcome::Dropped, "{dropped}");
     }
+    // A large field that is an array, against lists of no array or object:
+    // equal to none, without being read into the module's memory (it failed
+    // `memory_limit` when it was).
+    let nested = format!(
+        r#"{{"type": [{}[]], "level": [{0}[]]}}"#,
+        "[],".repeat(700_000)
+    );
+    assert_eq!(call(&drop, &nested), Outcome::Unchanged);
+    assert_eq!(call(&keep, &nested), Outcome::Dropped);
     for config in [
         "",
         r#"{"field": "type"}"#,

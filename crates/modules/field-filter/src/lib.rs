@@ -15,7 +15,9 @@
 //! and `1e0` are the same number, and integers are compared exactly (two
 //! 19-digit ids that differ in their last digit differ); objects match
 //! whatever the order of their keys. A `field` is a top-level key; a payload
-//! that repeats it is read by its last. `field` must not be empty, and
+//! that repeats it is read by its last. A field that is an array or an
+//! object is read only if a listed value is one (a large one then takes the
+//! module's memory in proportion). `field` must not be empty, and
 //! exactly one of `drop` and `keep` must be a list of at least one value;
 //! anything else in `custom_config` is refused as the module starts.
 use rustmq_etl_sdk::json::Object;
@@ -39,6 +41,9 @@ enum Rule {
 struct Filter {
     field: String,
     rule: Rule,
+    /// Whether a value listed is an array or an object: if none is, a field
+    /// that is one equals none of them.
+    composite: bool,
 }
 
 const SHAPE: &str =
@@ -65,9 +70,11 @@ fn init(custom_config: &str) -> Result<Filter, String> {
     if config.field.is_empty() {
         return Err(refused("names no field"));
     }
+    let composite = values.iter().any(|v| v.is_array() || v.is_object());
     Ok(Filter {
         field: config.field,
         rule,
+        composite,
     })
 }
 
@@ -106,9 +113,15 @@ fn whole(f: Option<f64>, i: i128) -> bool {
 }
 
 fn filter(filter: &Filter, message: &Message) -> Outcome {
-    let value: Option<Value> = Object::parse(message.payload())
-        .ok()
-        .and_then(|object| object.get(&filter.field));
+    let object = Object::parse(message.payload()).ok();
+    // A field that is an array or an object, when no value listed is one, is
+    // not read into memory to find that it equals none (a large one would
+    // fail `memory_limit`).
+    let value: Option<Value> = object
+        .as_ref()
+        .and_then(|object| object.raw(&filter.field))
+        .filter(|raw| filter.composite || !raw.starts_with(['[', '{']))
+        .and_then(|raw| serde_json::from_str(raw).ok());
     let listed = |values: &[Value]| {
         value
             .as_ref()
