@@ -229,6 +229,27 @@ fn message_validator_checks_required_fields() {
     assert!(err.message().starts_with("payload is not JSON"), "{err}");
 }
 
+/// The text with which the shipped module `file` refuses `custom_config`
+/// as it starts: one that shows what to give, and names no place in a text
+/// the user did not write.
+fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
+    let settings = ModuleSettings {
+        custom_config: custom_config.into(),
+        ..ModuleSettings::default()
+    };
+    let refused = pool()
+        .load_file(&spec(&format!("{file}-bad"), settings), &fixture(file))
+        .unwrap_err();
+    match refused {
+        LoadError::Init { message, .. } => {
+            assert!(message.contains("give {"), "{message}");
+            assert!(!message.contains("column"), "{message}");
+            message
+        }
+        other => panic!("{custom_config}: expected an init error, got {other:?}"),
+    }
+}
+
 /// The shipped filter drops what its `custom_config` says, by a field of
 /// the JSON payload, and passes on everything else unchanged; a config
 /// without exactly one rule is refused as it starts.
@@ -306,20 +327,7 @@ fn field_filter_drops_by_a_field_of_the_payload() {
         r#"["type", ["a"], null]"#,
         r#"{"field": 3, "drop": ["a"]}"#,
     ] {
-        let refused = pool()
-            .load_file(
-                &spec("field-filter-bad", with(config)),
-                &fixture("field-filter"),
-            )
-            .unwrap_err();
-        match refused {
-            LoadError::Init { message, .. } => {
-                assert!(message.contains("give {"), "{message}");
-                // No place in a text the user did not write.
-                assert!(!message.contains("column"), "{message}");
-            }
-            other => panic!("{config}: expected an init error, got {other:?}"),
-        }
+        refused_as_it_starts("field-filter", config);
     }
 }
 
@@ -422,20 +430,8 @@ fn topic_router_routes_by_a_field_of_the_payload() {
             "unknown field `extra`",
         ),
     ] {
-        let refused = pool()
-            .load_file(
-                &spec("topic-router-bad", with(config)),
-                &fixture("topic-router"),
-            )
-            .unwrap_err();
-        match refused {
-            LoadError::Init { message, .. } => {
-                assert!(message.contains(why), "{config}: {message}");
-                assert!(message.contains("give {"), "{message}");
-                assert!(!message.contains("column"), "{message}");
-            }
-            other => panic!("{config}: expected an init error, got {other:?}"),
-        }
+        let message = refused_as_it_starts("topic-router", config);
+        assert!(message.contains(why), "{config}: {message}");
     }
 }
 
