@@ -271,19 +271,6 @@ enum Why {
     Dropped,
 }
 
-impl Noted {
-    /// The breaker as the message's last call of the module met it: closed
-    /// for a call let through, open for a refusal, none if never called.
-    fn circuit(&self) -> Option<CircuitState> {
-        match self {
-            Noted::Ran(..) => Some(CircuitState::Closed),
-            Noted::Failed(ErrorKind::CircuitOpen, ..) => Some(CircuitState::Open),
-            Noted::Failed(..) => Some(CircuitState::Closed),
-            Noted::Skipped(_) => None,
-        }
-    }
-}
-
 /// A message's end and its trace, each entry with the breaker it met.
 type Journey = (End, Vec<(Noted, Option<CircuitState>)>);
 
@@ -296,8 +283,18 @@ struct Reference<'a> {
     does: &'a [Does],
     calls: Calls,
     breaker_failures: u32,
+    /// A cool-down of zero: an open breaker lets the next call through as
+    /// its probe, whose success closes it and whose failure keeps it open
+    /// (without, the cool-down never ends in a test's time).
+    probes: bool,
     /// Per occurrence (module and settings): consecutive failed calls, open.
     breakers: HashMap<String, (u32, bool)>,
+    /// The breaker as the last call met it: closed for a call let through,
+    /// half-open for a probe, open for a refusal.
+    last_met: Option<CircuitState>,
+    /// Per listing reached: the breaker as the message's last call of it met
+    /// it (none if never called).
+    met: HashMap<Listing, CircuitState>,
     /// Per occurrence: the calls made for the current message.
     called: HashMap<String, u32>,
     /// The current message's trace: what happened at each listing reached.
@@ -356,16 +353,26 @@ impl Reference<'_> {
             .breakers
             .entry(occurrence.clone())
             .or_insert((0, false));
-        if breaker.1 {
+        let probe = breaker.1;
+        if probe && !self.probes {
+            self.last_met = Some(CircuitState::Open);
             return Err(ErrorKind::CircuitOpen);
         }
+        self.last_met = Some(if probe {
+            CircuitState::HalfOpen
+        } else {
+            CircuitState::Closed
+        });
         *self.called.entry(occurrence.clone()).or_default() += 1;
         let index: usize = module.module_id[1..].parse().unwrap();
         let result = self.does[index].answer(index, message, &self.calls);
         let breaker = self.breakers.get_mut(&occurrence).unwrap();
-        match result {
-            Ok(_) => breaker.0 = 0,
-            Err(_) => {
+        match (result.is_ok(), probe) {
+            // Only the probe's success closes it; its failure keeps it open.
+            (true, true) => *breaker = (0, false),
+            (false, true) => {}
+            (true, false) => breaker.0 = 0,
+            (false, false) => {
                 breaker.0 += 1;
                 if breaker.0 >= limit {
                     breaker.1 = true;
@@ -407,6 +414,13 @@ impl Reference<'_> {
                     return Turn::Failed(kind, called);
                 }
             }
+        }
+    }
+
+    /// Notes the breaker as the last call of the turn at `at` met it.
+    fn note_met(&mut self, at: Listing) {
+        if let Some(met) = self.last_met.take() {
+            self.met.insert(at, met);
         }
     }
 
@@ -465,7 +479,7 @@ impl Reference<'_> {
     /// The trace of the message just run: every listing in the
     /// configuration's order; one not reached was skipped because its
     /// pipeline is disabled, or for what ended the journey.
-    fn trace(&mut self) -> Vec<Noted> {
+    fn trace(&mut self) -> Vec<(Noted, Option<CircuitState>)> {
         let mut trace = Vec::new();
         let ended_by = self.ended_by.take();
         for (p, source) in self.config.pipelines().iter().enumerate() {
@@ -473,11 +487,17 @@ impl Reference<'_> {
             stages.sort_by_key(|s| s.priority);
             for stage in stages {
                 for position in 0..stage.modules.len() {
-                    let noted = self.noted.remove(&(p, stage.priority, position));
+                    let at = (p, stage.priority, position);
+                    let noted = self.noted.remove(&at);
+                    let met = self.met.remove(&at);
                     trace.push(match noted {
-                        Some(noted) => noted,
-                        None if !source.pipeline.enabled => Noted::Skipped(Why::Disabled),
-                        None => Noted::Skipped(ended_by.expect("reached, or after an end")),
+                        Some(noted @ Noted::Skipped(_)) => (noted, None),
+                        Some(noted) => (noted, met),
+                        None if !source.pipeline.enabled => (Noted::Skipped(Why::Disabled), None),
+                        None => (
+                            Noted::Skipped(ended_by.expect("reached, or after an end")),
+                            None,
+                        ),
                     });
                 }
             }
@@ -511,7 +531,7 @@ impl Reference<'_> {
     }
 
     /// A message's whole journey, and its trace.
-    fn run(&mut self, message: Message) -> (End, Vec<Noted>) {
+    fn run(&mut self, message: Message) -> Journey {
         self.called.clear();
         let end = self.journey(message);
         (end, self.trace())
@@ -550,6 +570,7 @@ impl Reference<'_> {
                         .iter()
                         .map(|(position, m)| {
                             let turn = self.turn(pipeline, m, &input);
+                            self.note_met((p, stage.priority, *position));
                             (*position, *m, turn)
                         })
                         .collect();
@@ -606,7 +627,9 @@ impl Reference<'_> {
                 } else {
                     for (position, m) in selected {
                         let at = (p, stage.priority, position);
-                        match self.turn(pipeline, m, &message) {
+                        let turn = self.turn(pipeline, m, &message);
+                        self.note_met(at);
+                        match turn {
                             Turn::Answered(outcome, attempts) => {
                                 self.ran(at, &outcome, attempts);
                                 match outcome {
@@ -673,6 +696,7 @@ proptest! {
         does in prop::collection::vec(does(), MODULES),
         messages in prop::collection::vec(message(), 1..6),
         breaker_failures in 1u32..6,
+        probes in prop::bool::weighted(0.3),
     ) {
         let text = serde_json::to_string(&json!({ "pipelines": pipelines })).unwrap();
         let config = Config::from_text(&text, Format::Json, None).unwrap().config;
@@ -690,7 +714,10 @@ proptest! {
             does: &does,
             calls: Calls::default(),
             breaker_failures,
+            probes,
             breakers: HashMap::new(),
+            last_met: None,
+            met: HashMap::new(),
             called: HashMap::new(),
             noted: HashMap::new(),
             ended_by: None,
@@ -699,8 +726,7 @@ proptest! {
             .iter()
             .cloned()
             .map(|m| {
-                let (end, trace) = reference.run(m);
-                (end, trace.into_iter().map(|n| { let c = n.circuit(); (n, c) }).collect())
+                reference.run(m)
             })
             .collect();
 
@@ -708,7 +734,10 @@ proptest! {
             .dead_letter_topic(DEAD_LETTER_TOPIC)
             // Retries at once: the waits are real time, and out of scope.
             .backoff(Backoff { base: Duration::ZERO, factor: 2, cap: Duration::ZERO })
-            .breaker(BreakerSettings { failures: breaker_failures, cool_down: Duration::from_secs(3600) });
+            .breaker(BreakerSettings {
+                failures: breaker_failures,
+                cool_down: if probes { Duration::ZERO } else { Duration::from_secs(3600) },
+            });
         // Through the engine's threads, then on this thread: the same rules.
         for on_this_thread in [false, true] {
             let calls = Calls::default();
