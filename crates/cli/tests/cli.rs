@@ -1874,6 +1874,12 @@ fn keyed_messages(
 }
 
 /// The keys of the messages in a JSON Lines output, in order.
+/// Appends `bytes` to the file at `path`.
+fn append_to(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
 fn keys(output: &str) -> Vec<String> {
     output
         .lines()
@@ -2318,12 +2324,7 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
         "it finished before the kill: make the run slower"
     );
     // A result cut short past the last commit, as a kill mid-write leaves.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&output)
-        .unwrap();
-    file.write_all(b"{\"topic\":\"t\",\"key\":\"m").unwrap();
-    drop(file);
+    append_to(&output, b"{\"topic\":\"t\",\"key\":\"m");
 
     let rest = command().output().unwrap();
     let stderr = text(&rest.stderr);
@@ -2356,13 +2357,10 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     assert_eq!(both.status.code(), Some(1));
     assert!(text(&both.stderr).contains("--start-line 2 is not where the run"));
     // Lines added to the input since: the same command runs them.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&messages)
-        .unwrap();
-    file.write_all(b"{\"topic\":\"t\",\"key\":\"m3001\",\"payload\":\"1\"}\n")
-        .unwrap();
-    drop(file);
+    append_to(
+        &messages,
+        b"{\"topic\":\"t\",\"key\":\"m3001\",\"payload\":\"1\"}\n",
+    );
     let grown = command().output().unwrap();
     let stderr = text(&grown.stderr);
     assert_eq!(grown.status.code(), Some(0), "{stderr}");
@@ -2423,12 +2421,7 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     // A line added since: a resume would run it. And bytes past the
     // checkpoint, as a kill mid-write leaves them: a resume would cut them.
     std::fs::write(&input, line("a") + &line("b") + &line("c")).unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&output)
-        .unwrap();
-    file.write_all(b"{\"topic\":\"t\",\"ke").unwrap();
-    drop(file);
+    append_to(&output, b"{\"topic\":\"t\",\"ke");
     let (written, recorded) = (
         std::fs::read(&output).unwrap(),
         std::fs::read(&checkpoint).unwrap(),

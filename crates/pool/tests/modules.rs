@@ -36,6 +36,19 @@ fn load(id: &str, file: &str, settings: ModuleSettings) -> LoadedModule {
         .unwrap()
 }
 
+/// Default settings but for `custom_config`.
+fn with_config(custom_config: &str) -> ModuleSettings {
+    ModuleSettings {
+        custom_config: custom_config.into(),
+        ..ModuleSettings::default()
+    }
+}
+
+/// The shipped module `file` loaded as `id` with `custom_config`.
+fn configured(id: &str, file: &str, custom_config: &str) -> LoadedModule {
+    load(id, file, with_config(custom_config))
+}
+
 fn json_message(topic: &str, payload: &str) -> Message {
     let mut m = Message::new(topic, payload.to_owned());
     m.headers.push("content-type", "application/json");
@@ -182,11 +195,11 @@ fn converter() -> &'static LoadedModule {
 
 #[test]
 fn pressure_normalizer_converts_to_the_configured_unit() {
-    let config = ModuleSettings {
-        custom_config: r#"{"unit": "kPa"}"#.into(),
-        ..ModuleSettings::default()
-    };
-    let normalizer = load("pressure-normalizer", "pressure-normalizer", config);
+    let normalizer = configured(
+        "pressure-normalizer",
+        "pressure-normalizer",
+        r#"{"unit": "kPa"}"#,
+    );
     let m = json_message(
         "iot.sensors.pressure",
         r#"{"unit":"hPa","reading":1013.25}"#,
@@ -201,11 +214,11 @@ fn pressure_normalizer_converts_to_the_configured_unit() {
 
 #[test]
 fn message_validator_checks_required_fields() {
-    let lenient = ModuleSettings {
-        custom_config: r#"{"required_fields": ["user", "action"]}"#.into(),
-        ..ModuleSettings::default()
-    };
-    let validator = load("message-validator", "message-validator", lenient);
+    let validator = configured(
+        "message-validator",
+        "message-validator",
+        r#"{"required_fields": ["user", "action"]}"#,
+    );
     let ok = replaced(
         &validator,
         &json_message("events.web", r#"{"user":"u","action":"a"}"#),
@@ -217,11 +230,11 @@ fn message_validator_checks_required_fields() {
         missing.headers.get("x-validation-error"),
         Some("missing required fields: action")
     );
-    let strict = ModuleSettings {
-        custom_config: r#"{"strict_mode": true, "required_fields": ["user"]}"#.into(),
-        ..ModuleSettings::default()
-    };
-    let strict = load("message-validator-strict", "message-validator", strict);
+    let strict = configured(
+        "message-validator-strict",
+        "message-validator",
+        r#"{"strict_mode": true, "required_fields": ["user"]}"#,
+    );
     let err = pool()
         .call_blocking(&strict, &json_message("e", "not json"))
         .unwrap_err();
@@ -233,12 +246,11 @@ fn message_validator_checks_required_fields() {
 /// as it starts: one that shows what to give, and names no place in a text
 /// the user did not write.
 fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
-    let settings = ModuleSettings {
-        custom_config: custom_config.into(),
-        ..ModuleSettings::default()
-    };
     let refused = pool()
-        .load_file(&spec(&format!("{file}-bad"), settings), &fixture(file))
+        .load_file(
+            &spec(&format!("{file}-bad"), with_config(custom_config)),
+            &fixture(file),
+        )
         .unwrap_err();
     match refused {
         LoadError::Init { message, .. } => {
@@ -255,19 +267,15 @@ fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
 /// without exactly one rule is refused as it starts.
 #[test]
 fn field_filter_drops_by_a_field_of_the_payload() {
-    let with = |config: &str| ModuleSettings {
-        custom_config: config.into(),
-        ..ModuleSettings::default()
-    };
     let call = |module: &LoadedModule, payload: &str| {
         pool()
             .call_blocking(module, &json_message("t", payload))
             .unwrap()
     };
-    let drop = load(
+    let drop = configured(
         "field-filter",
         "field-filter",
-        with(r#"{"field": "type", "drop": ["heartbeat", 1]}"#),
+        r#"{"field": "type", "drop": ["heartbeat", 1]}"#,
     );
     assert_eq!(call(&drop, r#"{"type": "heartbeat"}"#), Outcome::Dropped);
     // Numbers by value.
@@ -285,10 +293,10 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     }
     // Integers exactly (two ids past what an f64 tells apart), and values
     // at any depth by the same rules.
-    let ids = load(
+    let ids = configured(
         "field-filter-ids",
         "field-filter",
-        with(r#"{"field": "id", "drop": [9007199254740992, {"a": [1, 2]}]}"#),
+        r#"{"field": "id", "drop": [9007199254740992, {"a": [1, 2]}]}"#,
     );
     assert_eq!(call(&ids, r#"{"id": 9007199254740992}"#), Outcome::Dropped);
     assert_eq!(
@@ -297,10 +305,10 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     );
     assert_eq!(call(&ids, r#"{"id": {"a": [1.0, 2e0]}}"#), Outcome::Dropped);
     assert_eq!(call(&ids, r#"{"id": {"a": [2, 1]}}"#), Outcome::Unchanged);
-    let keep = load(
+    let keep = configured(
         "field-filter-keep",
         "field-filter",
-        with(r#"{"field": "level", "keep": ["error", null]}"#),
+        r#"{"field": "level", "keep": ["error", null]}"#,
     );
     assert_eq!(call(&keep, r#"{"level": "error"}"#), Outcome::Unchanged);
     assert_eq!(call(&keep, r#"{"level": null}"#), Outcome::Unchanged);
@@ -337,10 +345,6 @@ fn field_filter_drops_by_a_field_of_the_payload() {
 /// as it starts.
 #[test]
 fn topic_router_routes_by_a_field_of_the_payload() {
-    let with = |config: &str| ModuleSettings {
-        custom_config: config.into(),
-        ..ModuleSettings::default()
-    };
     let topic = |module: &LoadedModule, topic: &str, payload: &str| match pool()
         .call_blocking(module, &json_message(topic, payload))
         .unwrap()
@@ -353,12 +357,10 @@ fn topic_router_routes_by_a_field_of_the_payload() {
         }
         other => panic!("{payload}: {other:?}"),
     };
-    let router = load(
+    let router = configured(
         "topic-router",
         "topic-router",
-        with(
-            r#"{"field": "region", "topics": {"eu": "events.eu", "us": "events.us"}, "default": "events.other"}"#,
-        ),
+        r#"{"field": "region", "topics": {"eu": "events.eu", "us": "events.us"}, "default": "events.other"}"#,
     );
     let to = |t: &str| Some(t.to_owned());
     assert_eq!(topic(&router, "in", r#"{"region": "eu"}"#), to("events.eu"));
@@ -393,10 +395,10 @@ fn topic_router_routes_by_a_field_of_the_payload() {
     // Already there: unchanged.
     assert_eq!(topic(&router, "events.eu", r#"{"region": "eu"}"#), None);
     // Without a default, what is not listed stays where it is.
-    let listed_only = load(
+    let listed_only = configured(
         "topic-router-listed",
         "topic-router",
-        with(r#"{"field": "region", "topics": {"eu": "events.eu"}}"#),
+        r#"{"field": "region", "topics": {"eu": "events.eu"}}"#,
     );
     assert_eq!(
         topic(&listed_only, "in", r#"{"region": "eu"}"#),
@@ -437,10 +439,7 @@ fn topic_router_routes_by_a_field_of_the_payload() {
 
 #[test]
 fn a_bad_custom_config_is_refused_at_load() {
-    let config = ModuleSettings {
-        custom_config: r#"{"strict": true}"#.into(),
-        ..ModuleSettings::default()
-    };
+    let config = with_config(r#"{"strict": true}"#);
     let err = pool()
         .load_file(
             &spec("validator-typo", config),
