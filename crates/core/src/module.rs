@@ -83,13 +83,15 @@ impl ModuleSettings {
     /// tells apart the metric series of occurrences of one `module_id`:
     /// none for the default settings (so a module configured without
     /// `instance_config` keeps the plain `module` label), otherwise a
-    /// fingerprint of every setting, 16 hex digits (FNV-1a, 64 bits, over
-    /// the settings written out field by field). The same settings give the
-    /// same fingerprint in every process and every run; other settings give
-    /// another (barring a 64-bit hash collision, about one chance in 10^19
-    /// for two given settings). Every setting counts, the engine's own knobs
-    /// too: a release that changes one of their defaults changes the labels
-    /// of the occurrences that set none of them explicitly but others.
+    /// fingerprint of the settings that are not their defaults, 16 hex
+    /// digits (FNV-1a, 64 bits, over those settings written out field by
+    /// field). The same settings give the same fingerprint in every process
+    /// and every run; other settings give another (barring a 64-bit hash
+    /// collision, about one chance in 10^19 for two given settings). A
+    /// setting added in a later release, left at its default, changes no
+    /// label, so dashboards keep their series; a release that changes a
+    /// setting's default changes the labels of the occurrences that set it
+    /// to the old default or the new one.
     pub fn label(&self) -> Option<String> {
         if *self == ModuleSettings::default() {
             return None;
@@ -110,16 +112,30 @@ impl ModuleSettings {
             recycle_after_calls,
             max_creations_per_second,
         } = self;
-        // Each field as `name=value` and a zero byte: no two settings write
-        // the same text (`custom_config` is JSON text, which holds no raw
-        // zero byte).
-        let text = format!(
-            "memory_limit_bytes={memory_limit_bytes}\0execution_timeout_ms={execution_timeout_ms}\0\
-             max_concurrent_instances={max_concurrent_instances}\0enable_caching={enable_caching}\0\
-             idle_ttl_ns={}\0custom_config={custom_config}\0warmup_instances={warmup_instances}\0\
-             max_output_bytes={max_output_bytes}\0recycle_after_calls={recycle_after_calls}\0\
-             max_creations_per_second={max_creations_per_second}\0",
-            idle_ttl.as_nanos()
+        let default = ModuleSettings::default();
+        // Each setting that is not its default as `name=value` and a zero
+        // byte: no two settings write the same text (`custom_config` is JSON
+        // text, which holds no raw zero byte), and a setting added later,
+        // left at its default, changes no label.
+        let mut text = String::new();
+        macro_rules! write_unless_default {
+            ($($field:ident as $name:literal: $value:expr),* $(,)?) => {$(
+                if *$field != default.$field {
+                    text.push_str(&format!(concat!($name, "={}\0"), $value));
+                }
+            )*};
+        }
+        write_unless_default!(
+            memory_limit_bytes as "memory_limit_bytes": memory_limit_bytes,
+            execution_timeout_ms as "execution_timeout_ms": execution_timeout_ms,
+            max_concurrent_instances as "max_concurrent_instances": max_concurrent_instances,
+            enable_caching as "enable_caching": enable_caching,
+            idle_ttl as "idle_ttl_ns": idle_ttl.as_nanos(),
+            custom_config as "custom_config": custom_config,
+            warmup_instances as "warmup_instances": warmup_instances,
+            max_output_bytes as "max_output_bytes": max_output_bytes,
+            recycle_after_calls as "recycle_after_calls": recycle_after_calls,
+            max_creations_per_second as "max_creations_per_second": max_creations_per_second,
         );
         text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -198,14 +214,25 @@ mod tests {
     #[test]
     fn the_label_is_the_same_in_every_run() {
         // Pinned: dashboards keep their series across restarts and releases,
-        // so changing how the fingerprint is made must be deliberate.
+        // so changing how the fingerprint is made must be deliberate. Only
+        // the settings that are not their defaults are written, in the
+        // fields' order, so that a setting added later, left at its default,
+        // changes no label.
         let settings = ModuleSettings {
             execution_timeout_ms: 50,
             ..ModuleSettings::default()
         };
         assert_eq!(settings.label().as_deref(), Some(PINNED));
+        let settings = ModuleSettings {
+            custom_config: r#"{"a":1}"#.to_owned(),
+            ..settings
+        };
+        assert_eq!(settings.label().as_deref(), Some(PINNED_TWO));
     }
 
-    // Computed apart from this code (FNV-1a of the text in Python).
-    const PINNED: &str = "7fea3f44de6b0a7f";
+    // Computed apart from this code: FNV-1a, in Python, of
+    // "execution_timeout_ms=50\0" and of
+    // "execution_timeout_ms=50\0custom_config={\"a\":1}\0".
+    const PINNED: &str = "7591c7a4aaa23cd0";
+    const PINNED_TWO: &str = "ef24eb3897905173";
 }

@@ -214,9 +214,10 @@ pub enum LoadStep {
     Configuration,
     /// Reading the module's bytes.
     Read,
-    /// The bytes are not a module this engine runs as configured: not
-    /// WebAssembly, refused by the sandbox's rules (which include starting
-    /// within its memory limit), not of the ABI, or with unusable limits.
+    /// The bytes are not a module this engine runs as configured (for the
+    /// wasmer pool: not WebAssembly, refused by the sandbox's rules, which
+    /// include starting within its memory limit, not of the ABI, or with
+    /// unusable limits).
     Compile,
     /// A first instance could not be started or initialised (its init may
     /// have rejected its `custom_config`).
@@ -292,10 +293,12 @@ pub trait Engine: Send + Sync + 'static {
     /// What calls modules on an engine thread.
     type Runner: ModuleRunner<Module = Self::Module>;
 
-    /// Compiles `wasm` as `spec` and proves that it starts (blocks the calling
-    /// thread, never runs guest code on it). The module is not yet used by
-    /// anything: the caller decides when to swap it in.
-    fn load(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Self::Module, LoadError>;
+    /// Compiles `bytes` (the module's file as read: WebAssembly for the
+    /// wasmer pool, whatever another engine runs for another) as `spec` and
+    /// proves that it starts (blocks the calling thread, never runs guest
+    /// code on it). The module is not yet used by anything: the caller
+    /// decides when to swap it in.
+    fn load(&self, spec: &ModuleSpec, bytes: &[u8]) -> Result<Self::Module, LoadError>;
 
     /// The version of a loaded module (every load is a new one).
     fn version(module: &Self::Module) -> u64;

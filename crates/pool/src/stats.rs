@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustmq_etl_core::ErrorKind;
 
-const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
+const KINDS: &[ErrorKind] = ErrorKind::ALL;
 
 /// The statistics of one module version: one [`Shard`] per thread that runs
 /// it, summed when read.
@@ -166,9 +166,9 @@ impl Family {
         // Every kind a call can fail with here, at 0 too, so that `rate()`
         // sees the first (a breaker's refusal is the orchestrator's, never
         // a call's here).
-        for kind in ErrorKind::ALL
-            .into_iter()
-            .filter(|kind| *kind != ErrorKind::CircuitOpen)
+        for &kind in ErrorKind::ALL
+            .iter()
+            .filter(|kind| **kind != ErrorKind::CircuitOpen)
         {
             let n = stats.failures_of(kind);
             let mut labels = labels.clone();

@@ -284,7 +284,7 @@ impl Engine for StandIn {
     type Module = StandInModule;
     type Runner = StandInRunner;
 
-    fn load(&self, spec: &ModuleSpec, _wasm: &[u8]) -> Result<StandInModule, LoadError> {
+    fn load(&self, spec: &ModuleSpec, _bytes: &[u8]) -> Result<StandInModule, LoadError> {
         let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         match functions.get(&spec.id) {
             Some(Ok(function)) => Ok(StandInModule {
