@@ -895,14 +895,9 @@ mod tests {
         let options_named = ["--dead-letter-topic, --breaker-failures or --breaker-cool-down-ms"];
         for other in [
             Options::default().dead_letter_topic("elsewhere"),
-            Options::default().breaker(BreakerSettings {
-                failures: 9,
-                ..BreakerSettings::default()
-            }),
-            Options::default().breaker(BreakerSettings {
-                cool_down: std::time::Duration::from_millis(7),
-                ..BreakerSettings::default()
-            }),
+            Options::default().breaker(BreakerSettings::default().failures(9)),
+            Options::default()
+                .breaker(BreakerSettings::default().cool_down(std::time::Duration::from_millis(7))),
         ] {
             assert_eq!(
                 changed(Setup::of(&config(yaml), &one, &other)),

@@ -478,10 +478,11 @@ impl Engine {
     fn options(self) -> Options {
         Options::default()
             .dead_letter_topic(self.dead_letter_topic)
-            .breaker(BreakerSettings {
-                failures: self.failures,
-                cool_down: std::time::Duration::from_millis(self.cool_down_ms),
-            })
+            .breaker(
+                BreakerSettings::default()
+                    .failures(self.failures)
+                    .cool_down(std::time::Duration::from_millis(self.cool_down_ms)),
+            )
     }
 }
 

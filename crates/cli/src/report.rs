@@ -2,7 +2,7 @@
 //! `test-module` write.
 
 use rustmq_etl_core::Message;
-use rustmq_etl_orchestrator::{Disposition, Processed, RanOutcome, SkipReason, TraceEvent};
+use rustmq_etl_orchestrator::{Disposition, Processed, RanOutcome, TraceEvent};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -121,12 +121,7 @@ pub(crate) fn trace_json(processed: &Processed) -> Vec<TraceEntryJson<'_>> {
                     }
                 }
                 TraceEvent::Skipped(reason) => EventJson::Skipped {
-                    skipped: match reason {
-                        SkipReason::PipelineDisabled => "pipeline_disabled",
-                        SkipReason::NotSelected(_) => "not_selected",
-                        SkipReason::EarlierFailure => "earlier_failure",
-                        SkipReason::Dropped => "dropped",
-                    },
+                    skipped: reason.as_str(),
                     reason: reason.to_string(),
                 },
                 TraceEvent::Failed {

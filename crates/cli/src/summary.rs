@@ -340,14 +340,9 @@ mod tests {
                 circuit: None,
             })
             .collect();
-        Processed {
-            disposition: Disposition::Dropped,
-            config_version: 1,
-            trace: Some(Trace {
-                queued: Duration::ZERO,
-                entries,
-            }),
-        }
+        let mut trace = Trace::default();
+        trace.entries = entries;
+        Processed::new(Disposition::Dropped, 1).with_trace(trace)
     }
 
     #[test]

@@ -258,15 +258,17 @@ fn main() {
     );
     let parse = |text: &str| Config::from_text(text, Format::Yaml, None).unwrap().config;
     let options = Options::default()
-        .backoff(Backoff {
-            base: Duration::from_millis(1),
-            factor: 2,
-            cap: Duration::from_millis(4),
-        })
-        .breaker(BreakerSettings {
-            failures: 5,
-            cool_down: Duration::from_millis(50),
-        });
+        .backoff(
+            Backoff::default()
+                .base(Duration::from_millis(1))
+                .factor(2)
+                .cap(Duration::from_millis(4)),
+        )
+        .breaker(
+            BreakerSettings::default()
+                .failures(5)
+                .cool_down(Duration::from_millis(50)),
+        );
     let etl = Orchestrator::new(
         pool.clone(),
         &parse(&config(0)),

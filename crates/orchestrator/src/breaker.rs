@@ -17,6 +17,7 @@ const HALF_OPEN: u8 = 2;
 
 /// A breaker's state, as metrics show it (`rustmq_etl_circuit_state`: 0, 1, 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CircuitState {
     /// Calls go through.
     Closed,

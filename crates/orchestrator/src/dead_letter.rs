@@ -65,6 +65,7 @@ pub struct DeadLetterCause {
 /// Headers that do not make a dead letter's cause: the header named is
 /// missing or its value is not what the engine writes there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NotADeadLetter {
     /// No `etl-dlq-original-topic`, or after the last one no header the
     /// engine always writes (the kind, the error).

@@ -6,8 +6,9 @@
 //! [`Orchestrator::try_process_batch`] and [`Orchestrator::process_batch_blocking`]
 //! for callers without a runtime, and [`Orchestrator::on_this_thread`] for a
 //! caller that would rather run the modules on its own thread than wait on
-//! it; every message ends in one [`Processed`]
-//! (delivered, dropped or dead-lettered, with an optional [`Trace`]).
+//! it; every message of a call that answers ends in one [`Processed`]
+//! (delivered, dropped or dead-lettered, with an optional [`Trace`]); a call
+//! that fails with [`EngineStopped`] answers for none of its messages.
 //! [`Orchestrator::reload`] swaps configuration and modules together;
 //! [`Orchestrator::drain`] waits for the messages in flight before a stop. The
 //! user guide is `docs/execution.md`.

@@ -80,8 +80,18 @@ impl Default for Options {
 /// Retry delays: attempt `n` (1 for the first retry) waits
 /// `min(cap, base × factor^(n−1))`, of which a random part up to half is
 /// taken off (jitter), so that retries of many messages spread out. The wait
-/// holds no thread and counts against the stage and pipeline budgets.
+/// holds no thread and counts against the stage and pipeline budgets. Start
+/// from `Backoff::default()` and set what differs with the methods of the
+/// same names (`non_exhaustive`, as [`Options`]):
+///
+/// ```
+/// use std::time::Duration;
+/// use rustmq_etl_orchestrator::Backoff;
+/// let backoff = Backoff::default().base(Duration::from_millis(5)).cap(Duration::from_millis(200));
+/// assert_eq!(backoff.delay(3, 0.0), Duration::from_millis(20));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Default 10 ms.
     pub base: Duration,
@@ -102,6 +112,24 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// [`Backoff::base`](#structfield.base).
+    pub fn base(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// [`Backoff::factor`](#structfield.factor).
+    pub fn factor(mut self, factor: u32) -> Self {
+        self.factor = factor;
+        self
+    }
+
+    /// [`Backoff::cap`](#structfield.cap).
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.cap = cap;
+        self
+    }
+
     /// The wait before retry `retry` (1-based), `jitter` in `[0, 1)` taking off
     /// up to half of it.
     /// A jitter outside `[0, 1]` counts as the nearest end, NaN as 0.
@@ -129,7 +157,10 @@ impl Backoff {
 }
 
 /// When a module occurrence's breaker opens and how long it stays open.
+/// Start from `BreakerSettings::default()` and set what differs with the
+/// methods of the same names (`non_exhaustive`, as [`Options`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerSettings {
     /// Consecutive failed calls that open it. Default 5; 0 counts as 1 (a
     /// breaker that never lets a call through would be a disabled module:
@@ -138,6 +169,20 @@ pub struct BreakerSettings {
     /// How long it stays open before one probe call is let through.
     /// Default 30 s.
     pub cool_down: Duration,
+}
+
+impl BreakerSettings {
+    /// [`BreakerSettings::failures`](#structfield.failures).
+    pub fn failures(mut self, failures: u32) -> Self {
+        self.failures = failures;
+        self
+    }
+
+    /// [`BreakerSettings::cool_down`](#structfield.cool_down).
+    pub fn cool_down(mut self, cool_down: Duration) -> Self {
+        self.cool_down = cool_down;
+        self
+    }
 }
 
 impl Default for BreakerSettings {

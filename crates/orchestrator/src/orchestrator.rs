@@ -146,6 +146,7 @@ impl Drop for Room {
 /// keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the configuration was not applied: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+#[non_exhaustive]
 pub struct ReloadError {
     /// Every module that could not be read, compiled or started (or the
     /// configuration's own error).
@@ -296,6 +297,7 @@ impl Busy {
     "the engine gave no answer for {count} messages: it stopped, or failed while running them \
      (see its log); some may have run"
 )]
+#[non_exhaustive]
 pub struct EngineStopped {
     /// How many messages of the call (of its wave, for a batch run in
     /// waves: the results of the waves before are not returned either).
@@ -1072,6 +1074,7 @@ fn prepare<E: Engine>(runner: &mut E::Runner, prepared: &mut u64, snapshot: &Sna
 
 /// What is in service, of one version ([`Orchestrator::in_service`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InService {
     /// The configuration's version.
     pub version: u64,

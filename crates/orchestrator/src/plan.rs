@@ -22,6 +22,7 @@ pub struct PlanError {
 
 /// One module of a stage.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PlannedModule {
     /// The module's id.
     pub module_id: String,
@@ -44,6 +45,7 @@ pub struct PlannedModule {
 
 /// One stage: modules of one priority.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PlannedStage {
     /// Lower runs first.
     pub priority: u32,
@@ -84,6 +86,7 @@ impl Reads {
 
 /// One pipeline, stages in ascending priority.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PlannedPipeline {
     /// The pipeline as configured.
     pub config: EtlPipelineConfig,
@@ -146,6 +149,7 @@ pub struct PlanScratch {
 
 /// A module that runs for a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModuleRef {
     /// The pipeline's id.
     pub pipeline: String,
@@ -157,6 +161,7 @@ pub struct ModuleRef {
 
 /// A module that does not run for a message, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Skipped {
     /// The pipeline's id.
     pub pipeline: String,
@@ -170,6 +175,7 @@ pub struct Skipped {
 
 /// The outcome of [`Plan::explain`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Explanation {
     /// The modules that run, in execution order.
     pub modules: Vec<ModuleRef>,

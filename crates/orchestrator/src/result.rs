@@ -33,6 +33,7 @@ impl Disposition {
 
 /// One processed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Processed {
     /// What became of it.
     pub disposition: Disposition,
@@ -42,9 +43,28 @@ pub struct Processed {
     pub trace: Option<Trace>,
 }
 
+impl Processed {
+    /// A message's end, without a trace (the engine makes these; a program
+    /// makes its own to test what it does with them).
+    pub fn new(disposition: Disposition, config_version: u64) -> Self {
+        Processed {
+            disposition,
+            config_version,
+            trace: None,
+        }
+    }
+
+    /// The same, with `trace`.
+    pub fn with_trace(mut self, trace: Trace) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+}
+
 /// A message's trace: every module of every pipeline, in the plan's order
 /// (pipelines in order, stages by priority, modules as listed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Trace {
     /// How long the message waited before its journey began: from being
     /// handed to the engine until an engine thread started it (its batch's
@@ -123,6 +143,7 @@ pub enum RanOutcome {
 
 /// Why a module did not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SkipReason {
     /// Its pipeline is disabled.
     PipelineDisabled,
@@ -139,6 +160,7 @@ pub enum SkipReason {
 
 /// What the error strategy did with a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailureAction {
     /// The module was skipped; the stage went on.
     Skipped,
@@ -164,6 +186,20 @@ impl fmt::Display for SkipReason {
             SkipReason::NotSelected(why) => f.write_str(why),
             SkipReason::EarlierFailure => f.write_str("an earlier failure ended its run"),
             SkipReason::Dropped => f.write_str("an earlier module dropped the message"),
+        }
+    }
+}
+
+impl SkipReason {
+    /// A stable `snake_case` name: `pipeline_disabled`, `not_selected`,
+    /// `earlier_failure` or `dropped` (the text for people is its
+    /// `Display`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SkipReason::PipelineDisabled => "pipeline_disabled",
+            SkipReason::NotSelected(_) => "not_selected",
+            SkipReason::EarlierFailure => "earlier_failure",
+            SkipReason::Dropped => "dropped",
         }
     }
 }

@@ -27,20 +27,17 @@ fn no_bytes(_: &str) -> Result<Vec<u8>, String> {
 /// Every retry waits `ms` (before jitter).
 fn waits(ms: u64) -> Options {
     let delay = Duration::from_millis(ms);
-    Options::default().backoff(Backoff {
-        base: delay,
-        factor: 1,
-        cap: delay,
-    })
+    Options::default().backoff(Backoff::default().base(delay).factor(1).cap(delay))
 }
 
 /// Fast retries, so that the tests do not wait long.
 fn options() -> Options {
-    Options::default().backoff(Backoff {
-        base: Duration::from_millis(1),
-        factor: 2,
-        cap: Duration::from_millis(4),
-    })
+    Options::default().backoff(
+        Backoff::default()
+            .base(Duration::from_millis(1))
+            .factor(2)
+            .cap(Duration::from_millis(4)),
+    )
 }
 
 fn start(engine: &Arc<StandIn>, yaml: &str) -> Orchestrator<StandIn> {
@@ -1785,10 +1782,11 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
     let o = start_with(
         &engine,
         yaml,
-        options().breaker(BreakerSettings {
-            failures: 3,
-            cool_down: Duration::from_millis(100),
-        }),
+        options().breaker(
+            BreakerSettings::default()
+                .failures(3)
+                .cool_down(Duration::from_millis(100)),
+        ),
     );
     use rustmq_etl_orchestrator::CircuitState::{Closed, HalfOpen, Open};
     // Each message's failure kind, and the breaker as its trace says it met it.
@@ -1852,10 +1850,7 @@ fn in_order_a_batch_meets_the_breaker_as_its_input_order_has_it() {
         let o = start_with(
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 2\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-            options().breaker(BreakerSettings {
-                failures: 3,
-                cool_down: Duration::from_secs(60),
-            }),
+            options().breaker(BreakerSettings::default().failures(3).cool_down(Duration::from_secs(60))),
         );
         let mut messages = vec![Message::new("t", "bad")];
         messages.extend((0..9).map(|_| Message::new("t", "good")));
@@ -1910,10 +1905,7 @@ fn a_retry_refused_by_the_breaker_says_what_failed_before() {
         let o = start_with(
             &engine,
             "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 3\nstages: [{priority: 0, modules: [{module_id: bad}]}]",
-            options().breaker(BreakerSettings {
-                failures,
-                cool_down: Duration::from_secs(60),
-            }),
+            options().breaker(BreakerSettings::default().failures(failures).cool_down(Duration::from_secs(60))),
         );
         let out = o
             .process_batch_blocking(vec![Message::new("t", "")], ProcessOptions::default())
@@ -1969,10 +1961,11 @@ stages:
     let o = start_with(
         &engine,
         yaml,
-        options().breaker(BreakerSettings {
-            failures: 2,
-            cool_down: Duration::from_secs(60),
-        }),
+        options().breaker(
+            BreakerSettings::default()
+                .failures(2)
+                .cool_down(Duration::from_secs(60)),
+        ),
     );
     let plan = o.plan();
     let labels: Vec<Option<String>> = plan
@@ -2078,10 +2071,7 @@ fn a_host_failure_during_the_probe_gives_the_probe_back() {
     let o = start_with(
         &engine,
         "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: m}]}]",
-        options().breaker(BreakerSettings {
-            failures: 1,
-            cool_down: Duration::from_millis(20),
-        }),
+        options().breaker(BreakerSettings::default().failures(1).cool_down(Duration::from_millis(20))),
     );
     assert!(delivered(&one(&o, Message::new("t", "bad")))
         .headers

@@ -292,10 +292,8 @@ stages:
 #[test]
 fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
     // Breakers that do not open, so that every failure is the module's own.
-    let options = Options::default().breaker(rustmq_etl_orchestrator::BreakerSettings {
-        failures: 1000,
-        ..Default::default()
-    });
+    let options = Options::default()
+        .breaker(rustmq_etl_orchestrator::BreakerSettings::default().failures(1000));
     let config = Config::from_text(HOSTILE, Format::Yaml, None)
         .unwrap()
         .config;

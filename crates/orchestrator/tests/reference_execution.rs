@@ -733,11 +733,8 @@ proptest! {
         let options = Options::default()
             .dead_letter_topic(DEAD_LETTER_TOPIC)
             // Retries at once: the waits are real time, and out of scope.
-            .backoff(Backoff { base: Duration::ZERO, factor: 2, cap: Duration::ZERO })
-            .breaker(BreakerSettings {
-                failures: breaker_failures,
-                cool_down: if probes { Duration::ZERO } else { Duration::from_secs(3600) },
-            });
+            .backoff(Backoff::default().base(Duration::ZERO).factor(2).cap(Duration::ZERO))
+            .breaker(BreakerSettings::default().failures(breaker_failures).cool_down(if probes { Duration::ZERO } else { Duration::from_secs(3600) }));
         // Through the engine's threads, then on this thread: the same rules.
         for on_this_thread in [false, true] {
             let calls = Calls::default();
@@ -767,6 +764,7 @@ proptest! {
                                     SkipReason::NotSelected(_) => Why::NotSelected,
                                     SkipReason::EarlierFailure => Why::EarlierFailure,
                                     SkipReason::Dropped => Why::Dropped,
+                                    other => panic!("a skip the reference has no reason for: {other:?}"),
                                 }),
                                 TraceEvent::Failed { kind, attempts, action, .. } => {
                                     Noted::Failed(kind, attempts, action)
