@@ -3631,3 +3631,119 @@ fn on_this_thread_readies_its_runner_for_the_modules_in_service() {
     here.process_batch(vec![Message::new("t", "")], ProcessOptions::default());
     assert_eq!(engine.prepared(), ["a", "b", "a", "b"]);
 }
+
+/// A stand-in engine that stops taking tasks once told to: it gives each
+/// task after that back (`submit`'s `Err`, as an engine shutting down does)
+/// or, with `lose`, takes it and drops it unrun (as a failure of the host
+/// outside what an engine contains loses it).
+struct Stopping {
+    inner: StandIn,
+    /// Tasks it still takes (counted down once stopping).
+    takes: AtomicUsize,
+    lose: bool,
+}
+
+impl rustmq_etl_core::Engine for Stopping {
+    type Module = <StandIn as rustmq_etl_core::Engine>::Module;
+    type Runner = <StandIn as rustmq_etl_core::Engine>::Runner;
+
+    fn load(
+        &self,
+        spec: &rustmq_etl_core::ModuleSpec,
+        bytes: &[u8],
+    ) -> Result<Self::Module, rustmq_etl_core::LoadError> {
+        self.inner.load(spec, bytes)
+    }
+
+    fn version(module: &Self::Module) -> u64 {
+        StandIn::version(module)
+    }
+
+    fn submit(
+        &self,
+        task: Box<dyn rustmq_etl_core::Task<Self::Runner>>,
+    ) -> Result<(), Box<dyn rustmq_etl_core::Task<Self::Runner>>> {
+        let taken = self
+            .takes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        match (taken, self.lose) {
+            (Ok(_), _) => self.inner.submit(task),
+            (Err(_), true) => {
+                drop(task);
+                Ok(())
+            }
+            (Err(_), false) => Err(task),
+        }
+    }
+
+    fn threads(&self) -> usize {
+        self.inner.threads()
+    }
+}
+
+/// `EngineStopped`: an engine that refuses a batch's task, or takes it and
+/// loses it, fails the call — with the call's count, and never a result for
+/// part of the batch — and the room the call took comes back (a task's own
+/// room when the engine drops it, that of a task taken as it ends), so that
+/// `drain` returns and a later call is admitted. A batch of four runs as two
+/// tasks of two: the engine takes the first, not the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_engine_fails_the_call_and_gives_its_room_back() {
+    for lose in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = StandIn::new(2);
+        let counted = calls.clone();
+        inner.module("a", move |m| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            append("a")(m)
+        });
+        let engine = Arc::new(Stopping {
+            inner,
+            takes: AtomicUsize::new(usize::MAX),
+            lose,
+        });
+        let o = Orchestrator::new(
+            engine.clone(),
+            &config("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]"),
+            no_bytes,
+            options().chunk(2).max_in_flight(4),
+        )
+        .unwrap();
+        let four = vec![Message::new("t", "x"); 4];
+        let answered = o
+            .process_batch(four.clone(), ProcessOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(answered.len(), 4, "lose: {lose}");
+        let before = calls.load(Ordering::Relaxed);
+        engine.takes.store(1, Ordering::Relaxed);
+        let stopped = o
+            .process_batch(four.clone(), ProcessOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(stopped.count, 4, "lose: {lose}");
+        assert_eq!(
+            stopped.to_string(),
+            "the engine gave no answer for 4 messages: it stopped, or failed while running \
+             them (see its log); some may have run"
+        );
+        // All the room comes back once the task that was taken has run.
+        tokio::time::timeout(Duration::from_secs(10), o.drain())
+            .await
+            .unwrap_or_else(|_| panic!("the room did not come back (lose: {lose})"));
+        assert_eq!(o.in_flight(), 0);
+        // Of the task taken, none or some messages ran: the call that gave
+        // up on its answer stops it starting more ("some may have run").
+        let ran = calls.load(Ordering::Relaxed) - before;
+        assert!(ran <= 2, "{ran} calls: more than the task taken (lose: {lose})");
+        // A stopped engine fails every later call at once, and admits it:
+        // four messages fit the limit of four again.
+        let stopped = o
+            .try_process_batch(four, ProcessOptions::default())
+            .expect("room for four")
+            .await
+            .unwrap_err();
+        assert_eq!(stopped.count, 4);
+        assert_eq!(o.in_flight(), 0, "lose: {lose}");
+    }
+}
