@@ -3735,7 +3735,10 @@ async fn a_stopped_engine_fails_the_call_and_gives_its_room_back() {
         // Of the task taken, none or some messages ran: the call that gave
         // up on its answer stops it starting more ("some may have run").
         let ran = calls.load(Ordering::Relaxed) - before;
-        assert!(ran <= 2, "{ran} calls: more than the task taken (lose: {lose})");
+        assert!(
+            ran <= 2,
+            "{ran} calls: more than the task taken (lose: {lose})"
+        );
         // A stopped engine fails every later call at once, and admits it:
         // four messages fit the limit of four again.
         let stopped = o
