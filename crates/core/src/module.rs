@@ -5,7 +5,7 @@ use std::time::Duration;
 /// The settings' documented defaults, shared with the configuration model
 /// (which fills the fields a pipeline leaves out with these).
 pub mod defaults {
-    /// Linear memory cap per instance: 64 MiB.
+    /// Memory cap per instance: 64 MiB.
     pub const MEMORY_LIMIT_BYTES: usize = 64 << 20;
     /// Time budget of one call: 1000 ms.
     pub const EXECUTION_TIMEOUT_MS: u64 = 1_000;
@@ -114,9 +114,10 @@ impl ModuleSettings {
         } = self;
         let default = ModuleSettings::default();
         // Each setting that is not its default as `name=value` and a zero
-        // byte: no two settings write the same text (`custom_config` is JSON
-        // text, which holds no raw zero byte), and a setting added later,
-        // left at its default, changes no label.
+        // byte, `custom_config` (text that may hold anything, a zero byte
+        // too) with its length in bytes before it: no two settings write the
+        // same text, and a setting added later, left at its default, changes
+        // no label.
         let mut text = String::new();
         macro_rules! write_unless_default {
             ($($field:ident as $name:literal: $value:expr),* $(,)?) => {$(
@@ -131,7 +132,7 @@ impl ModuleSettings {
             max_concurrent_instances as "max_concurrent_instances": max_concurrent_instances,
             enable_caching as "enable_caching": enable_caching,
             idle_ttl as "idle_ttl_ns": idle_ttl.as_nanos(),
-            custom_config as "custom_config": custom_config,
+            custom_config as "custom_config": format_args!("{}:{custom_config}", custom_config.len()),
             warmup_instances as "warmup_instances": warmup_instances,
             max_output_bytes as "max_output_bytes": max_output_bytes,
             recycle_after_calls as "recycle_after_calls": recycle_after_calls,
@@ -194,6 +195,12 @@ mod tests {
             |s| s.enable_caching = false,
             |s| s.idle_ttl = Duration::from_millis(300_001),
             |s| s.custom_config = r#"{"a":1}"#.to_owned(),
+            // Not JSON, and what its text would read as without its length.
+            |s| s.custom_config = "x\0warmup_instances=5".to_owned(),
+            |s| {
+                s.custom_config = "x".to_owned();
+                s.warmup_instances = 5;
+            },
             |s| s.warmup_instances = 0,
             |s| s.max_output_bytes = 1 << 20,
             |s| s.recycle_after_calls = 1,
@@ -232,7 +239,7 @@ mod tests {
 
     // Computed apart from this code: FNV-1a, in Python, of
     // "execution_timeout_ms=50\0" and of
-    // "execution_timeout_ms=50\0custom_config={\"a\":1}\0".
+    // "execution_timeout_ms=50\0custom_config=7:{\"a\":1}\0".
     const PINNED: &str = "7591c7a4aaa23cd0";
-    const PINNED_TWO: &str = "ef24eb3897905173";
+    const PINNED_TWO: &str = "fa28dcd66050b146";
 }
