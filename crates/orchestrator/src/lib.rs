@@ -8,7 +8,7 @@
 //! caller that would rather run the modules on its own thread than wait on
 //! it; every message of a call that answers ends in one [`Processed`]
 //! (delivered, dropped or dead-lettered, with an optional [`Trace`]); a call
-//! that fails with [`EngineStopped`] answers for none of its messages.
+//! that fails with [`EngineStopped`] answers only for its first messages.
 //! [`Orchestrator::reload`] swaps configuration and modules together;
 //! [`Orchestrator::drain`] waits for the messages in flight before a stop. The
 //! user guide is `docs/execution.md`.

@@ -153,6 +153,14 @@ pub struct ReloadError {
     pub errors: Vec<LoadError>,
 }
 
+impl ReloadError {
+    /// A reload refused for `errors` (for a program that tests what it does
+    /// when one is).
+    pub fn new(errors: Vec<LoadError>) -> Self {
+        ReloadError { errors }
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -285,13 +293,14 @@ impl Busy {
     }
 }
 
-/// The engine gave no answer for a call's messages: it stopped (its threads
-/// ended), or it failed while running them — a panic outside what the
-/// engine contains, which its log then reports (the pool's: `the host
-/// panicked while running a task`). Some of them may have run, and been
-/// counted in the metrics; none of their results is known. With the pool
-/// (`rustmq_etl_pool::Pool`), which cannot stop while the orchestrator holds
-/// it, only such a failure brings it.
+/// The engine gave no answer for some of a call's messages: it stopped (its
+/// threads ended), or it failed while running them — a panic outside what
+/// the engine contains, which its log then reports (the pool's: `the host
+/// panicked while running a task`). The call's first messages that the
+/// engine did answer come back in `answered`; of the other `count`, some may
+/// have run, and been counted in the metrics, but none of their results is
+/// known. With the pool (`rustmq_etl_pool::Pool`), which cannot stop while
+/// the orchestrator holds it, only such a failure brings it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "the engine gave no answer for {count} messages: it stopped, or failed while running them \
@@ -299,9 +308,30 @@ impl Busy {
 )]
 #[non_exhaustive]
 pub struct EngineStopped {
-    /// How many messages of the call (of its wave, for a batch run in
-    /// waves: the results of the waves before are not returned either).
+    /// How many messages of the call have no answer: its last `count`, after
+    /// those of `answered`.
     pub count: usize,
+    /// The results of the call's first messages, in input order, as the
+    /// call would have returned them: those of the engine batches (and, for
+    /// a batch larger than `max_in_flight`, the waves) that ended before the
+    /// first that gave no answer. A consumer may commit up to them, and send
+    /// the other `count` messages again.
+    pub answered: Vec<Processed>,
+}
+
+impl EngineStopped {
+    /// A call answered for `answered`, its first messages, and not for the
+    /// `count` after them (for a program that tests what it does when the
+    /// engine stops).
+    pub fn new(answered: Vec<Processed>, count: usize) -> Self {
+        EngineStopped { count, answered }
+    }
+
+    /// The call of `total` messages stopped after `answered`.
+    fn after(answered: Vec<Processed>, total: usize) -> Self {
+        let count = total - answered.len();
+        EngineStopped::new(answered, count)
+    }
 }
 
 impl<E: Engine> Orchestrator<E> {
@@ -551,12 +581,20 @@ impl<E: Engine> Orchestrator<E> {
             let permits = self.admit(messages.len()).await;
             return self.run(messages, options, permits).await;
         }
-        let mut results = Vec::with_capacity(messages.len());
+        let total = messages.len();
+        let mut results = Vec::with_capacity(total);
         let mut messages = messages.into_iter().peekable();
         while messages.peek().is_some() {
             let wave: Vec<Message> = messages.by_ref().take(max).collect();
             let permits = self.admit(wave.len()).await;
-            results.extend(self.run(wave, options, permits).await?);
+            match self.run(wave, options, permits).await {
+                Ok(answered) => results.extend(answered),
+                Err(stopped) => {
+                    // The waves before, and what this one answered.
+                    results.extend(stopped.answered);
+                    return Err(EngineStopped::after(results, total));
+                }
+            }
         }
         Ok(results)
     }
@@ -669,6 +707,7 @@ impl<E: Engine> Orchestrator<E> {
         };
         let mut runs = self.runs(&snapshot, messages, options);
         let mut answers = Vec::new();
+        let mut refused = false;
         while runs.peek().is_some() {
             let runs: Vec<Run> = runs.by_ref().take(chunk).collect();
             let (reply, answer) = oneshot::channel();
@@ -690,23 +729,36 @@ impl<E: Engine> Orchestrator<E> {
             };
             let task: Box<dyn Task<E::Runner>> = Box::new(batch);
             if engine.submit(task).is_err() {
-                return Err(EngineStopped { count });
+                // Refused (and dropped, its room given back): the batches
+                // taken before it are waited for, so that their answers
+                // come back; the messages after it, and their room, go.
+                refused = true;
+                break;
             }
             answers.push(answer);
         }
-        debug_assert_eq!(permits.places(), 0, "every place went with a batch");
-        let stopped = |_| EngineStopped { count };
-        let results = if answers.len() == 1 {
+        debug_assert!(
+            refused || permits.places() == 0,
+            "every place went with a batch"
+        );
+        if answers.len() == 1 && !refused {
             // One batch (a single message, a wave on one engine thread): its
             // answers are the results, not copied into another vector.
-            answers.swap_remove(0).await.map_err(stopped)?
-        } else {
-            let mut results = Vec::with_capacity(count);
-            for answer in answers {
-                results.extend(answer.await.map_err(stopped)?);
+            return answers
+                .swap_remove(0)
+                .await
+                .map_err(|_| EngineStopped::after(Vec::new(), count));
+        }
+        let mut results = Vec::with_capacity(count);
+        for answer in answers {
+            match answer.await {
+                Ok(answered) => results.extend(answered),
+                Err(_) => return Err(EngineStopped::after(results, count)),
             }
-            results
-        };
+        }
+        if refused {
+            return Err(EngineStopped::after(results, count));
+        }
         Ok(results)
     }
 

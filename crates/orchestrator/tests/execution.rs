@@ -3681,14 +3681,16 @@ impl rustmq_etl_core::Engine for Stopping {
     }
 }
 
-/// `EngineStopped`: an engine that refuses a batch's task, or takes it and
-/// loses it, fails the call — with the call's count, and never a result for
-/// part of the batch — and the room the call took comes back (a task's own
-/// room when the engine drops it, that of a task taken as it ends), so that
-/// `drain` returns and a later call is admitted. A batch of four runs as two
-/// tasks of two: the engine takes the first, not the second.
+/// `EngineStopped`: an engine that refuses an engine batch's task, or takes
+/// it and loses it, fails the call with the results of the messages before
+/// that batch (`answered`, in input order, as the call would have returned
+/// them) and the count of the rest; the room the call took comes back (a
+/// task's own room when the engine drops it, that of a task taken as it
+/// ends), so that `drain` returns and a later call is admitted. Engine
+/// batches of one message, waves of two: a batch of two is one wave of two
+/// tasks, a batch of six three such waves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_engine_fails_the_call_and_gives_its_room_back() {
+async fn a_stopped_engine_answers_for_the_messages_before_and_gives_the_room_back() {
     for lose in [false, true] {
         let calls = Arc::new(AtomicUsize::new(0));
         let inner = StandIn::new(2);
@@ -3706,47 +3708,51 @@ async fn a_stopped_engine_fails_the_call_and_gives_its_room_back() {
             engine.clone(),
             &config("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]"),
             no_bytes,
-            options().chunk(2).max_in_flight(4),
+            options().chunk(1).max_in_flight(2),
         )
         .unwrap();
-        let four = vec![Message::new("t", "x"); 4];
-        let answered = o
-            .process_batch(four.clone(), ProcessOptions::default())
+        let messages = |n: usize| -> Vec<Message> {
+            (0..n).map(|i| Message::new("t", i.to_string())).collect()
+        };
+        let all = o
+            .process_batch(messages(6), ProcessOptions::default())
             .await
             .unwrap();
-        assert_eq!(answered.len(), 4, "lose: {lose}");
-        let before = calls.load(Ordering::Relaxed);
-        engine.takes.store(1, Ordering::Relaxed);
+        assert_eq!(all.len(), 6, "lose: {lose}");
+        // (takes, messages) → how many answered.
+        for (takes, n, answered) in [(1, 2, 1), (3, 6, 3), (4, 6, 4), (0, 6, 0)] {
+            let before = calls.load(Ordering::Relaxed);
+            engine.takes.store(takes, Ordering::Relaxed);
+            let stopped = o
+                .process_batch(messages(n), ProcessOptions::default())
+                .await
+                .unwrap_err();
+            let case = format!("lose: {lose}, takes {takes} of {n}");
+            assert_eq!(stopped.answered, all[..answered], "{case}");
+            assert_eq!(stopped.count, n - answered, "{case}");
+            assert_eq!(
+                stopped.to_string(),
+                format!(
+                    "the engine gave no answer for {} messages: it stopped, or failed while \
+                     running them (see its log); some may have run",
+                    n - answered
+                )
+            );
+            tokio::time::timeout(Duration::from_secs(10), o.drain())
+                .await
+                .unwrap_or_else(|_| panic!("the room did not come back ({case})"));
+            assert_eq!(o.in_flight(), 0, "{case}");
+            // The tasks taken ran, each to its end: nothing else did.
+            assert_eq!(calls.load(Ordering::Relaxed) - before, takes, "{case}");
+        }
+        // The non-blocking call alike.
+        engine.takes.store(0, Ordering::Relaxed);
         let stopped = o
-            .process_batch(four.clone(), ProcessOptions::default())
+            .try_process_batch(messages(2), ProcessOptions::default())
+            .expect("room for two")
             .await
             .unwrap_err();
-        assert_eq!(stopped.count, 4, "lose: {lose}");
-        assert_eq!(
-            stopped.to_string(),
-            "the engine gave no answer for 4 messages: it stopped, or failed while running \
-             them (see its log); some may have run"
-        );
-        // All the room comes back once the task that was taken has run.
-        tokio::time::timeout(Duration::from_secs(10), o.drain())
-            .await
-            .unwrap_or_else(|_| panic!("the room did not come back (lose: {lose})"));
-        assert_eq!(o.in_flight(), 0);
-        // Of the task taken, none or some messages ran: the call that gave
-        // up on its answer stops it starting more ("some may have run").
-        let ran = calls.load(Ordering::Relaxed) - before;
-        assert!(
-            ran <= 2,
-            "{ran} calls: more than the task taken (lose: {lose})"
-        );
-        // A stopped engine fails every later call at once, and admits it:
-        // four messages fit the limit of four again.
-        let stopped = o
-            .try_process_batch(four, ProcessOptions::default())
-            .expect("room for four")
-            .await
-            .unwrap_err();
-        assert_eq!(stopped.count, 4);
+        assert_eq!((stopped.answered.len(), stopped.count), (0, 2));
         assert_eq!(o.in_flight(), 0, "lose: {lose}");
     }
 }
