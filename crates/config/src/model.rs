@@ -259,15 +259,13 @@ impl ModuleInstanceConfig {
     /// written in part of the occurrence, its metrics label and what the
     /// module's init receives.
     pub fn to_settings(&self) -> rustmq_etl_core::ModuleSettings {
-        rustmq_etl_core::ModuleSettings {
-            memory_limit_bytes: self.memory_limit_bytes,
-            execution_timeout_ms: self.execution_timeout_ms,
-            max_concurrent_instances: self.max_concurrent_instances,
-            enable_caching: self.enable_caching,
-            idle_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds),
-            custom_config: sorted_keys(&self.custom_config).to_string(),
-            ..rustmq_etl_core::ModuleSettings::default()
-        }
+        rustmq_etl_core::ModuleSettings::default()
+            .memory_limit_bytes(self.memory_limit_bytes)
+            .execution_timeout_ms(self.execution_timeout_ms)
+            .max_concurrent_instances(self.max_concurrent_instances)
+            .enable_caching(self.enable_caching)
+            .idle_ttl(std::time::Duration::from_secs(self.cache_ttl_seconds))
+            .custom_config(sorted_keys(&self.custom_config).to_string())
     }
 }
 

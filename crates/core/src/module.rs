@@ -31,8 +31,18 @@ pub mod defaults {
 /// How one module occurrence runs: its limits, its pool sizing and its own
 /// configuration. The first six fields are `instance_config` of design.md
 /// (the configuration crate converts it, `ModuleInstanceConfig::to_settings`);
-/// the others are the engine's, with the defaults of [`defaults`].
+/// the others are the engine's, with the defaults of [`defaults`]. Start
+/// from `ModuleSettings::default()` and set what differs with the methods of
+/// the fields' names (`non_exhaustive`: a setting added later breaks no
+/// program):
+///
+/// ```
+/// use rustmq_etl_core::ModuleSettings;
+/// let settings = ModuleSettings::default().execution_timeout_ms(50).custom_config(r#"{"unit":"C"}"#);
+/// assert_eq!(settings.memory_limit_bytes, 64 << 20);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ModuleSettings {
     /// Memory cap per instance (memory and tables together).
     pub memory_limit_bytes: usize,
@@ -79,6 +89,66 @@ impl Default for ModuleSettings {
 }
 
 impl ModuleSettings {
+    /// [`ModuleSettings::memory_limit_bytes`](#structfield.memory_limit_bytes).
+    pub fn memory_limit_bytes(mut self, memory_limit_bytes: usize) -> Self {
+        self.memory_limit_bytes = memory_limit_bytes;
+        self
+    }
+
+    /// [`ModuleSettings::execution_timeout_ms`](#structfield.execution_timeout_ms).
+    pub fn execution_timeout_ms(mut self, execution_timeout_ms: u64) -> Self {
+        self.execution_timeout_ms = execution_timeout_ms;
+        self
+    }
+
+    /// [`ModuleSettings::max_concurrent_instances`](#structfield.max_concurrent_instances).
+    pub fn max_concurrent_instances(mut self, max_concurrent_instances: u32) -> Self {
+        self.max_concurrent_instances = max_concurrent_instances;
+        self
+    }
+
+    /// [`ModuleSettings::enable_caching`](#structfield.enable_caching).
+    pub fn enable_caching(mut self, enable_caching: bool) -> Self {
+        self.enable_caching = enable_caching;
+        self
+    }
+
+    /// [`ModuleSettings::idle_ttl`](#structfield.idle_ttl).
+    pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
+        self.idle_ttl = idle_ttl;
+        self
+    }
+
+    /// [`ModuleSettings::custom_config`](#structfield.custom_config).
+    pub fn custom_config(mut self, custom_config: impl Into<String>) -> Self {
+        self.custom_config = custom_config.into();
+        self
+    }
+
+    /// [`ModuleSettings::warmup_instances`](#structfield.warmup_instances).
+    pub fn warmup_instances(mut self, warmup_instances: u32) -> Self {
+        self.warmup_instances = warmup_instances;
+        self
+    }
+
+    /// [`ModuleSettings::max_output_bytes`](#structfield.max_output_bytes).
+    pub fn max_output_bytes(mut self, max_output_bytes: usize) -> Self {
+        self.max_output_bytes = max_output_bytes;
+        self
+    }
+
+    /// [`ModuleSettings::recycle_after_calls`](#structfield.recycle_after_calls).
+    pub fn recycle_after_calls(mut self, recycle_after_calls: u64) -> Self {
+        self.recycle_after_calls = recycle_after_calls;
+        self
+    }
+
+    /// [`ModuleSettings::max_creations_per_second`](#structfield.max_creations_per_second).
+    pub fn max_creations_per_second(mut self, max_creations_per_second: u32) -> Self {
+        self.max_creations_per_second = max_creations_per_second;
+        self
+    }
+
     /// The `settings` label of an occurrence with these settings, which
     /// tells apart the metric series of occurrences of one `module_id`:
     /// none for the default settings (so a module configured without

@@ -68,12 +68,10 @@ fn canary() -> &'static LoadedModule {
     CANARY.get_or_init(|| {
         let wasm =
             wat::parse_str(include_str!("../../pool/tests/attacks/fresh_instance.wat")).unwrap();
-        let fresh = ModuleSettings {
-            enable_caching: false,
-            max_creations_per_second: u32::MAX,
-            execution_timeout_ms: 1000,
-            ..ModuleSettings::default()
-        };
+        let fresh = ModuleSettings::default()
+            .enable_caching(false)
+            .max_creations_per_second(u32::MAX)
+            .execution_timeout_ms(1000);
         let spec = ModuleSpec::new("canary").with_settings(fresh);
         LoadedModule::compile(&spec, &wasm, compile_settings()).unwrap()
     })
@@ -93,12 +91,10 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         config.available_imports = Some(log_import());
     }
     let wasm = wasm_smith::Module::new(config, &mut u)?.to_bytes();
-    let settings = ModuleSettings {
-        memory_limit_bytes: 1 << 20,
-        execution_timeout_ms: BUDGET_MS,
-        max_output_bytes: 64 << 10,
-        ..ModuleSettings::default()
-    };
+    let settings = ModuleSettings::default()
+        .memory_limit_bytes(1 << 20)
+        .execution_timeout_ms(BUDGET_MS)
+        .max_output_bytes(64 << 10);
     let spec = ModuleSpec::new("fuzzed").with_settings(settings);
     let Ok(module) = LoadedModule::compile(&spec, &wasm, compile_settings()) else {
         return Ok(());

@@ -350,12 +350,10 @@ fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
         20
     );
     // `hostile-infinite-loop` has settings of its own: a `settings` label.
-    let looping = rustmq_etl_core::ModuleSettings {
-        execution_timeout_ms: 50,
-        ..Default::default()
-    }
-    .label()
-    .unwrap();
+    let looping = rustmq_etl_core::ModuleSettings::default()
+        .execution_timeout_ms(50)
+        .label()
+        .unwrap();
     assert_eq!(
         value(&format!(
             r#"rustmq_etl_module_errors_total{{pipeline="looping",module="hostile-infinite-loop",settings="{looping}",kind="timeout"}}"#

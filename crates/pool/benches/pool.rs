@@ -109,10 +109,7 @@ fn interleaved(name: &str, mut optimised: impl FnMut(), mut baseline: impl FnMut
 /// Prints how long an infinite loop runs past (or short of) a 200 ms budget.
 fn timeout_precision(rate: u64) {
     let wasm = std::fs::read(fixtures().join("hostile-infinite-loop.wasm")).unwrap();
-    let budget = ModuleSettings {
-        execution_timeout_ms: 200,
-        ..ModuleSettings::default()
-    };
+    let budget = ModuleSettings::default().execution_timeout_ms(200);
     let spec = ModuleSpec::new("loop").with_settings(budget);
     let module = LoadedModule::compile(&spec, &wasm, &settings(rate)).unwrap();
     let mut local = LocalPool::new();

@@ -30,10 +30,7 @@ fn main() {
         let bound = Duration::from_millis(2 * budget_ms + 10);
         println!("budget {budget_ms} ms (bound {bound:?}):");
         for case in attacks::time_attacks() {
-            let settings = ModuleSettings {
-                execution_timeout_ms: budget_ms,
-                ..ModuleSettings::default()
-            };
+            let settings = ModuleSettings::default().execution_timeout_ms(budget_ms);
             let spec = ModuleSpec::new(case.id).with_settings(settings);
             let module = pool.load(&spec, &case.wasm).unwrap();
             let slowest = (0..5)

@@ -85,10 +85,7 @@ fn a_memory_limit_error_says_the_sizes_and_quotes_the_last_error_line() {
     let module = LoadedModule::compile(
         &spec(
             "greedy",
-            ModuleSettings {
-                memory_limit_bytes: 4 << 16,
-                ..ModuleSettings::default()
-            },
+            ModuleSettings::default().memory_limit_bytes(4 << 16),
         ),
         &wasm,
         &settings(),
@@ -222,10 +219,7 @@ fn a_new_version_loads_beside_the_old_and_a_broken_one_is_refused() {
 
     let err = pool.load(&ModuleSpec::new("m"), b"not wasm").unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
-    let bad_config = ModuleSettings {
-        custom_config: "{\"unit\": \"parsecs\"}".into(),
-        ..ModuleSettings::default()
-    };
+    let bad_config = ModuleSettings::default().custom_config("{\"unit\": \"parsecs\"}");
     let err = pool
         .load(&spec("m", bad_config), &wasm("pressure-normalizer"))
         .unwrap_err();
@@ -409,10 +403,7 @@ fn the_artifact_cache_removes_only_its_own_artifacts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_beyond_max_concurrent_instances_wait_instead_of_failing() {
     let pool = Arc::new(pool(4));
-    let one_at_a_time = ModuleSettings {
-        max_concurrent_instances: 1,
-        ..ModuleSettings::default()
-    };
+    let one_at_a_time = ModuleSettings::default().max_concurrent_instances(1);
     let slow = pool
         .load(&spec("slow", one_at_a_time), &wasm("hostile-slow"))
         .unwrap();
@@ -435,10 +426,7 @@ async fn callers_beyond_max_concurrent_instances_wait_instead_of_failing() {
 /// next call needs a new one.)
 #[test]
 fn a_local_pool_answers_busy_instead_of_waiting() {
-    let throttled = ModuleSettings {
-        max_creations_per_second: 1,
-        ..ModuleSettings::default()
-    };
+    let throttled = ModuleSettings::default().max_creations_per_second(1);
     let module = compile("busy", "hostile-trap", throttled);
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
@@ -465,10 +453,7 @@ fn a_local_pool_answers_busy_instead_of_waiting() {
 /// every message queued behind it).
 #[test]
 fn throttled_creations_are_spaced_not_stalled() {
-    let throttled = ModuleSettings {
-        max_creations_per_second: 100,
-        ..ModuleSettings::default()
-    };
+    let throttled = ModuleSettings::default().max_creations_per_second(100);
     let module = compile("spaced", "hostile-trap", throttled);
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
@@ -501,11 +486,9 @@ fn throttled_creations_are_spaced_not_stalled() {
 /// what it asked for: the creation throttle does not put its calls off.
 #[test]
 fn a_module_without_caching_is_not_throttled() {
-    let uncached = ModuleSettings {
-        max_creations_per_second: 1,
-        enable_caching: false,
-        ..ModuleSettings::default()
-    };
+    let uncached = ModuleSettings::default()
+        .max_creations_per_second(1)
+        .enable_caching(false);
     let module = compile("uncached", "identity", uncached);
     let mut local = LocalPool::new();
     let message = Message::new("t", "");
@@ -549,11 +532,9 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
           (data (i32.const 16) "\00"))"#,
     )
     .unwrap();
-    let uncached = ModuleSettings {
-        enable_caching: false,
-        execution_timeout_ms: 60_000,
-        ..ModuleSettings::default()
-    };
+    let uncached = ModuleSettings::default()
+        .enable_caching(false)
+        .execution_timeout_ms(60_000);
     let module = LoadedModule::compile(
         &spec("slow-init", uncached.clone()),
         &slow_init,
@@ -585,10 +566,7 @@ fn an_instance_made_for_a_call_starts_within_the_calls_deadline() {
         "counted once"
     );
 
-    let cached = ModuleSettings {
-        enable_caching: true,
-        ..uncached
-    };
+    let cached = uncached.enable_caching(true);
     let module =
         LoadedModule::compile(&spec("slow-init-cached", cached), &slow_init, &settings()).unwrap();
     let report = local
@@ -662,10 +640,7 @@ fn a_bulk_operation_too_large_fails_timeout_whatever_deadline_is_armed() {
     let module = LoadedModule::compile(
         &spec(
             "fills",
-            ModuleSettings {
-                execution_timeout_ms: 1000,
-                ..ModuleSettings::default()
-            },
+            ModuleSettings::default().execution_timeout_ms(1000),
         ),
         &wasm,
         &settings(),
@@ -723,11 +698,9 @@ fn a_call_is_timed_from_the_requests_clock() {
 /// not counted, and the second call runs.
 #[test]
 fn a_module_run_by_more_threads_than_its_limit_is_counted() {
-    let limited = ModuleSettings {
-        max_concurrent_instances: 1,
-        execution_timeout_ms: 300,
-        ..ModuleSettings::default()
-    };
+    let limited = ModuleSettings::default()
+        .max_concurrent_instances(1)
+        .execution_timeout_ms(300);
     for (threads, counted) in [(2, true), (1, false)] {
         let module =
             compile("limited", "hostile-infinite-loop", limited.clone()).run_by_threads(threads);
@@ -750,10 +723,7 @@ fn a_module_run_by_more_threads_than_its_limit_is_counted() {
 #[test]
 fn warm_up_creates_instances_before_the_first_call() {
     let pool = pool(2);
-    let warm = ModuleSettings {
-        warmup_instances: 2,
-        ..ModuleSettings::default()
-    };
+    let warm = ModuleSettings::default().warmup_instances(2);
     let module = pool.load(&spec("w", warm), &wasm("identity")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while module.stats().idle < 2 && Instant::now() < deadline {
@@ -774,11 +744,9 @@ fn idle_instances_and_unused_versions_are_evicted_by_the_background_cleaner() {
         ..PoolConfig::default()
     })
     .unwrap();
-    let short = ModuleSettings {
-        idle_ttl: Duration::from_millis(50),
-        warmup_instances: 0,
-        ..ModuleSettings::default()
-    };
+    let short = ModuleSettings::default()
+        .idle_ttl(Duration::from_millis(50))
+        .warmup_instances(0);
     let module = pool.load(&spec("e", short), &wasm("identity")).unwrap();
     pool.call_blocking(&module, &Message::new("t", "")).unwrap();
     assert_eq!(module.stats().idle, 1);
@@ -809,10 +777,7 @@ fn idle_instances_and_unused_versions_are_evicted_by_the_background_cleaner() {
 
 #[test]
 fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
-    let recycled = ModuleSettings {
-        recycle_after_calls: 3,
-        ..ModuleSettings::default()
-    };
+    let recycled = ModuleSettings::default().recycle_after_calls(3);
     let module = compile("r", "identity", recycled);
     let mut local = LocalPool::new();
     for _ in 0..7 {
@@ -826,10 +791,7 @@ fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
         "{stats:?}"
     );
 
-    let uncached = ModuleSettings {
-        enable_caching: false,
-        ..ModuleSettings::default()
-    };
+    let uncached = ModuleSettings::default().enable_caching(false);
     let module = compile("u", "identity", uncached);
     for _ in 0..3 {
         call(&mut local, &module, &Message::new("t", ""));
@@ -845,10 +807,7 @@ fn instances_are_recycled_after_their_call_budget_and_reused_until_then() {
 #[test]
 fn a_memory_limit_below_what_the_module_needs_to_start_is_refused() {
     let pool = pool(1);
-    let tiny = ModuleSettings {
-        memory_limit_bytes: 64 << 10,
-        ..ModuleSettings::default()
-    };
+    let tiny = ModuleSettings::default().memory_limit_bytes(64 << 10);
     let err = pool
         .load(&spec("tiny", tiny), &wasm("message-validator"))
         .unwrap_err();
@@ -978,10 +937,7 @@ fn a_swapped_module_keeps_counting_under_its_label() {
 
     // A new version, and another occurrence with other settings, beside it.
     let second = compile("swapped", "identity", ModuleSettings::default());
-    let other_settings = ModuleSettings {
-        execution_timeout_ms: 7,
-        ..ModuleSettings::default()
-    };
+    let other_settings = ModuleSettings::default().execution_timeout_ms(7);
     let label = other_settings.label().expect("not the defaults");
     let other = compile("swapped", "identity", other_settings);
     call(&mut local, &second, &Message::new("t", ""));
@@ -1054,10 +1010,7 @@ fn log_lines_past_the_limit_are_counted_per_occurrence() {
            (br_if $again (i32.lt_u (global.get $n) (i32.const 40))))",
         "(global $n (mut i32) (i32.const 0))",
     );
-    let other = ModuleSettings {
-        custom_config: r#"{"verbose":true}"#.to_owned(),
-        ..ModuleSettings::default()
-    };
+    let other = ModuleSettings::default().custom_config(r#"{"verbose":true}"#);
     let label = other.label().expect("not the defaults");
     let plain = LoadedModule::compile(
         &spec("chatty", ModuleSettings::default()),
@@ -1112,10 +1065,7 @@ fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
     let mut runner = pool.caller_runner().unwrap();
     let taken = pool.caller_runner().err().expect("one at most");
     assert!(taken.to_string().contains("all held"), "{taken}");
-    let looping = ModuleSettings {
-        execution_timeout_ms: 50,
-        ..ModuleSettings::default()
-    };
+    let looping = ModuleSettings::default().execution_timeout_ms(50);
     let module = pool
         .load(&spec("loop", looping), &wasm("hostile-infinite-loop"))
         .unwrap();
@@ -1148,11 +1098,9 @@ fn caller_runners_are_bounded_and_their_calls_kept_to_their_budget() {
 #[test]
 fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
     let pool = one_worker_one_caller(PoolConfig::default().cleaner_interval);
-    let limited = ModuleSettings {
-        max_concurrent_instances: 1,
-        execution_timeout_ms: 300,
-        ..ModuleSettings::default()
-    };
+    let limited = ModuleSettings::default()
+        .max_concurrent_instances(1)
+        .execution_timeout_ms(300);
     let module = pool
         .load(&spec("limited", limited), &wasm("hostile-infinite-loop"))
         .unwrap();
@@ -1179,11 +1127,9 @@ fn a_caller_thread_shares_its_modules_instance_limit_with_the_workers() {
 #[test]
 fn a_caller_runner_drops_idle_instances_when_tidied() {
     let pool = one_worker_one_caller(Duration::from_millis(10));
-    let short = ModuleSettings {
-        idle_ttl: Duration::from_millis(30),
-        warmup_instances: 0,
-        ..ModuleSettings::default()
-    };
+    let short = ModuleSettings::default()
+        .idle_ttl(Duration::from_millis(30))
+        .warmup_instances(0);
     let module = pool.load(&spec("e", short), &wasm("identity")).unwrap();
     let mut runner = pool.caller_runner().unwrap();
     let message = Message::new("t", "");
@@ -1209,14 +1155,8 @@ fn a_caller_runner_drops_idle_instances_when_tidied() {
 #[test]
 fn a_caller_runner_readied_for_a_module_has_its_warm_instance() {
     let pool = one_worker_one_caller(PoolConfig::default().cleaner_interval);
-    let warm = ModuleSettings {
-        warmup_instances: 1,
-        ..ModuleSettings::default()
-    };
-    let cold = ModuleSettings {
-        warmup_instances: 0,
-        ..ModuleSettings::default()
-    };
+    let warm = ModuleSettings::default().warmup_instances(1);
+    let cold = ModuleSettings::default().warmup_instances(0);
     let warm = pool.load(&spec("warm", warm), &wasm("identity")).unwrap();
     let cold = pool.load(&spec("cold", cold), &wasm("identity")).unwrap();
     let mut runner = pool.caller_runner().unwrap();

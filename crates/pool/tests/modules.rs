@@ -38,10 +38,7 @@ fn load(id: &str, file: &str, settings: ModuleSettings) -> LoadedModule {
 
 /// Default settings but for `custom_config`.
 fn with_config(custom_config: &str) -> ModuleSettings {
-    ModuleSettings {
-        custom_config: custom_config.into(),
-        ..ModuleSettings::default()
-    }
+    ModuleSettings::default().custom_config(custom_config)
 }
 
 /// The shipped module `file` loaded as `id` with `custom_config`.
@@ -456,14 +453,12 @@ fn a_bad_custom_config_is_refused_at_load() {
 
 #[test]
 fn geolocation_enricher_uses_the_longest_matching_network() {
-    let config = ModuleSettings {
-        custom_config: r#"{"networks": [
+    let config = ModuleSettings::default().custom_config(
+        r#"{"networks": [
             {"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"},
             {"cidr": "203.0.0.0/8", "country": "AU"},
-            {"cidr": "2001:db8::/32", "country": "NL", "region": "NH"}]}"#
-            .into(),
-        ..ModuleSettings::default()
-    };
+            {"cidr": "2001:db8::/32", "country": "NL", "region": "NH"}]}"#,
+    );
     let enricher = load("geolocation-enricher", "geolocation-enricher", config);
     let message = |ip: &str| {
         let mut m = json_message("events.web.click", "{}");
@@ -596,10 +591,7 @@ fn contained(
 
 #[test]
 fn an_infinite_loop_is_stopped_at_its_time_budget() {
-    let config = ModuleSettings {
-        execution_timeout_ms: 200,
-        ..ModuleSettings::default()
-    };
+    let config = ModuleSettings::default().execution_timeout_ms(200);
     let (err, took) = contained("hostile-infinite-loop", config, ErrorKind::Timeout);
     assert!(err.message().contains("200 ms"), "{err}");
     // The sandbox's bound (docs/abi.md): twice the budget plus 10 ms.
@@ -608,10 +600,7 @@ fn an_infinite_loop_is_stopped_at_its_time_budget() {
 
 #[test]
 fn a_memory_bomb_hits_its_limit() {
-    let config = ModuleSettings {
-        memory_limit_bytes: 16 << 20,
-        ..ModuleSettings::default()
-    };
+    let config = ModuleSettings::default().memory_limit_bytes(16 << 20);
     let (err, _) = contained("hostile-memory-bomb", config, ErrorKind::MemoryLimit);
     // It says how much it had, asked for and may have (its tables take
     // some of the limit).
@@ -667,10 +656,7 @@ fn an_answer_outside_memory_is_refused() {
 
 #[test]
 fn an_oversized_answer_is_refused_by_the_output_cap() {
-    let config = ModuleSettings {
-        max_output_bytes: 1 << 20,
-        ..ModuleSettings::default()
-    };
+    let config = ModuleSettings::default().max_output_bytes(1 << 20);
     let (err, _) = contained("hostile-oversized-output", config, ErrorKind::InvalidOutput);
     assert!(err.message().contains("output limit"), "{err}");
 }
@@ -680,20 +666,14 @@ fn a_slow_call_finishes_within_its_budget_and_not_beyond_it() {
     let slow = load(
         "hostile-slow",
         "hostile-slow",
-        ModuleSettings {
-            execution_timeout_ms: 5_000,
-            ..ModuleSettings::default()
-        },
+        ModuleSettings::default().execution_timeout_ms(5_000),
     );
     let out = replaced(&slow, &Message::new("t", "5"));
     assert!(out.headers.get("x-slow-result").is_some());
     let tight = load(
         "hostile-slow-tight",
         "hostile-slow",
-        ModuleSettings {
-            execution_timeout_ms: 5,
-            ..ModuleSettings::default()
-        },
+        ModuleSettings::default().execution_timeout_ms(5),
     );
     let err = pool()
         .call_blocking(&tight, &Message::new("t", "2000"))

@@ -72,10 +72,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn config(budget_ms: u64) -> ModuleSettings {
-    ModuleSettings {
-        execution_timeout_ms: budget_ms,
-        ..ModuleSettings::default()
-    }
+    ModuleSettings::default().execution_timeout_ms(budget_ms)
 }
 
 /// The packed answer "error: refused" (see `module`).
@@ -466,10 +463,7 @@ fn declared_tables_count_against_the_memory_limit() {
 #[test]
 fn memory_growth_stops_at_the_limit_and_says_so() {
     let _serial = serial();
-    let config = ModuleSettings {
-        memory_limit_bytes: 1 << 20,
-        ..config(BUDGET_MS)
-    };
+    let config = config(BUDGET_MS).memory_limit_bytes(1 << 20);
     let attack = "(if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))";
     let grow = load("grow-past", &module(attack, ""), config).unwrap();
     let err = call(&grow, &attack_message()).unwrap_err();
@@ -494,11 +488,9 @@ fn an_instance_never_sees_what_the_instance_before_it_left_in_memory() {
     // it must trap, the memory being two pages again. (That the address space
     // is reused at all, `memory.rs`'s unit tests show.)
     let wasm = wat::parse_str(include_str!("attacks/fresh_instance.wat")).unwrap();
-    let fresh = ModuleSettings {
-        enable_caching: false,
-        max_creations_per_second: u32::MAX,
-        ..config(BUDGET_MS)
-    };
+    let fresh = config(BUDGET_MS)
+        .enable_caching(false)
+        .max_creations_per_second(u32::MAX);
     let module = load("fresh-each-call", &wasm, fresh).unwrap();
     for round in 0..4 {
         for call_number in 0..3 {
@@ -585,10 +577,7 @@ fn allocating_above_100(answer: &str) -> Vec<u8> {
 fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
     let _serial = serial();
     let wasm = allocating_above_100("(i32.sub (i32.const 0) (local.get $n))");
-    let config = ModuleSettings {
-        memory_limit_bytes: 4 << 30,
-        ..config(BUDGET_MS)
-    };
+    let config = config(BUDGET_MS).memory_limit_bytes(4 << 30);
     let wrapping = load("wrapping-alloc", &wasm, config).unwrap();
     let err = call(&wrapping, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
@@ -972,10 +961,7 @@ fn nothing_in_the_caches_place_can_hang_or_swap_it() {
 fn a_throttled_module_does_not_hold_up_the_worker() {
     let _serial = serial();
     warm_good();
-    let config = ModuleSettings {
-        max_creations_per_second: 20,
-        ..config(BUDGET_MS)
-    };
+    let config = config(BUDGET_MS).max_creations_per_second(20);
     let trapping = load("trap-always", &module("unreachable", ""), config).unwrap();
     // 40 failing calls: each discards its instance, so each needs a new one.
     let callers: Vec<_> = (0..40)

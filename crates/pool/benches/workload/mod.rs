@@ -65,11 +65,9 @@ impl IdentityCall {
     /// false`), creation not rate-limited: what a call of an uncached module
     /// costs.
     pub fn fresh(bulk_bytes_per_ms: u64) -> IdentityCall {
-        let fresh = rustmq_etl_core::ModuleSettings {
-            enable_caching: false,
-            max_creations_per_second: u32::MAX,
-            ..Default::default()
-        };
+        let fresh = rustmq_etl_core::ModuleSettings::default()
+            .enable_caching(false)
+            .max_creations_per_second(u32::MAX);
         Self::with_spec(
             ModuleSpec::new("identity-fresh").with_settings(fresh),
             bulk_bytes_per_ms,
