@@ -3756,3 +3756,305 @@ async fn a_stopped_engine_answers_for_the_messages_before_and_gives_the_room_bac
         assert_eq!(o.in_flight(), 0, "lose: {lose}");
     }
 }
+
+/// A pipeline timeout under `continue_on_error` ends the pipeline and
+/// delivers the message as it stands — with the edits made before it, as
+/// under `SkipModule` — whatever the pipeline's strategy (not as it entered,
+/// as `StopPipeline` alone would give it back), and the next pipeline
+/// receives it; a stage timeout under it ends the stage, and the next stage
+/// runs.
+#[test]
+fn a_timeout_under_continue_on_error_goes_on_with_the_message_as_it_stands() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("quick", |_| set_header("quick", "1"));
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    engine.module("later", |_| set_header("later", "1"));
+    engine.module("next", |_| set_header("next", "1"));
+    for strategy in ["StopPipeline", "SendToDeadLetter", "RetryWithBackoff"] {
+        for (budget, kind, action, later) in [
+            (
+                "global_timeout_ms: 60",
+                ErrorKind::PipelineTimeout,
+                FailureAction::EndedPipeline,
+                None,
+            ),
+            (
+                "stage_timeout_ms: 60",
+                ErrorKind::StageTimeout,
+                FailureAction::EndedStage,
+                Some("1"),
+            ),
+        ] {
+            let (pipeline_budget, stage_budget) = if kind == ErrorKind::PipelineTimeout {
+                (budget, "")
+            } else {
+                ("", budget)
+            };
+            let yaml = format!(
+                r#"
+pipelines:
+  - pipeline_id: p
+    error_handling: {strategy}
+    {pipeline_budget}
+    stages:
+      - priority: 0
+        continue_on_error: true
+        {stage_budget}
+        modules: [{{module_id: quick}}, {{module_id: slow}}]
+      - priority: 1
+        modules: [{{module_id: later}}]
+  - pipeline_id: q
+    stages: [{{priority: 0, modules: [{{module_id: next}}]}}]
+"#
+            );
+            let o = start(&engine, &yaml);
+            let out = one(&o, Message::new("t", ""));
+            let case = format!("{strategy}, {budget}");
+            let m = delivered(&out);
+            assert_eq!(m.headers.get("quick"), Some("1"), "{case}");
+            assert_eq!(m.headers.get("late"), None, "{case}");
+            assert_eq!(m.headers.get("later"), later, "{case}");
+            assert_eq!(m.headers.get("next"), Some("1"), "{case}");
+            let events = events(&out);
+            match &events[1] {
+                (
+                    module,
+                    TraceEvent::Failed {
+                        kind: k,
+                        action: a,
+                        attempts: 1,
+                        ..
+                    },
+                ) if module == "slow" && *k == kind && *a == action => {}
+                other => panic!("{case}: {other:?}"),
+            }
+            if later.is_none() {
+                assert_eq!(
+                    events[2].1,
+                    TraceEvent::Skipped(SkipReason::EarlierFailure),
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+/// A call gets the tightest of what the stage's and the pipeline's budgets
+/// leave it: here the pipeline's, spent in part by an earlier stage, is
+/// tighter than the stage's own, and the module fails `pipeline_timeout`;
+/// with a looser pipeline budget, the stage's fires.
+#[test]
+fn a_call_gets_the_tightest_of_the_stage_and_pipeline_budgets() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("first", |_| {
+        set_header("first", "1").after(Duration::from_millis(50))
+    });
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    for (global, kind) in [(100, "pipeline_timeout"), (1_000, "stage_timeout")] {
+        let yaml = format!(
+            r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+global_timeout_ms: {global}
+stages:
+  - priority: 0
+    modules: [{{module_id: first}}]
+  - priority: 1
+    stage_timeout_ms: 90
+    modules: [{{module_id: slow}}]
+"#
+        );
+        let o = start(&engine, &yaml);
+        let out = one(&o, Message::new("t", ""));
+        let letter = dead_letter(&out);
+        assert_eq!(
+            letter.headers.get(dlq::ERROR_KIND),
+            Some(kind),
+            "global {global}"
+        );
+    }
+}
+
+/// A retry's wait never outlasts the budget left: with waits of 4 s
+/// against a budget of 100 ms, the pipeline's (or the stage's) time runs out
+/// during the first wait, and the message is dead-lettered then, not
+/// seconds later, after one call.
+#[test]
+fn a_retry_s_wait_ends_when_the_budget_does() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("m", |_| Behaviour::fail(ErrorKind::Trap, "always"));
+    for (budget, kind, stage_budget, pipeline_budget) in [
+        ("pipeline", "pipeline_timeout", "", "global_timeout_ms: 100"),
+        ("stage", "stage_timeout", "stage_timeout_ms: 100", ""),
+    ] {
+        let yaml = format!(
+            r#"
+pipeline_id: p
+error_handling: RetryWithBackoff
+max_retries: 3
+{pipeline_budget}
+stages:
+  - priority: 0
+    {stage_budget}
+    modules: [{{module_id: m}}]
+"#
+        );
+        let o = start_with(&engine, &yaml, waits(4_000));
+        let started = Instant::now();
+        let out = one(&o, Message::new("t", ""));
+        // Jitter takes off half a wait at most: 2 s at the least.
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{budget}: {:?}",
+            started.elapsed()
+        );
+        let letter = dead_letter(&out);
+        assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some(kind), "{budget}");
+        assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("1"), "{budget}");
+    }
+}
+
+/// Retry n waits `base × factor^(n−1)` less up to half (jitter), through the
+/// engine: with a base of 20 ms and a factor of 4, the second wait is 40 ms
+/// at the least, where waits that did not grow would be 20 ms at the most.
+/// A module that ran records, in its trace, the time of all its calls.
+#[test]
+fn retry_waits_grow_by_the_backoff_factor() {
+    let engine = Arc::new(StandIn::new(1));
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = calls.clone();
+    engine.module("m", move |_| {
+        let mut calls = noted.lock().unwrap();
+        calls.push(Instant::now());
+        if calls.len() < 3 {
+            Behaviour::fail(ErrorKind::Trap, "not yet").after(Duration::from_millis(10))
+        } else {
+            set_header("ok", "1").after(Duration::from_millis(10))
+        }
+    });
+    let backoff = Backoff::default()
+        .base(Duration::from_millis(20))
+        .factor(4)
+        .cap(Duration::from_secs(1));
+    let o = start_with(&engine, RETRIED, Options::default().backoff(backoff));
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ok"), Some("1"));
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 3);
+    // Each gap is a 10 ms call and then the wait.
+    let (first, second) = (calls[1] - calls[0], calls[2] - calls[1]);
+    assert!(first >= Duration::from_millis(20), "{first:?}");
+    assert!(second >= Duration::from_millis(50), "{second:?}");
+    match events(&out)[0].1 {
+        TraceEvent::Ran {
+            attempts: 3, time, ..
+        } => {
+            assert!(
+                time >= Duration::from_millis(30),
+                "3 calls of 10 ms: {time:?}"
+            )
+        }
+        ref other => panic!("{other:?}"),
+    }
+}
+
+/// A timeout of the stage or the pipeline is never retried, even under
+/// `RetryWithBackoff` with retries left: the module was called once, the
+/// dead letter quotes that call's failure, and no retry is counted.
+#[test]
+fn a_stage_or_pipeline_timeout_in_a_call_is_not_retried() {
+    let engine = Arc::new(StandIn::new(2));
+    engine.module("slow", |_| {
+        set_header("late", "1").after(Duration::from_secs(5))
+    });
+    for (budget, kind) in [
+        ("global_timeout_ms: 50", "pipeline_timeout"),
+        ("stage_timeout_ms: 50", "stage_timeout"),
+    ] {
+        let (pipeline_budget, stage_budget) = if kind == "pipeline_timeout" {
+            (budget, "")
+        } else {
+            ("", budget)
+        };
+        let yaml = format!(
+            r#"
+pipeline_id: p
+error_handling: RetryWithBackoff
+max_retries: 3
+{pipeline_budget}
+stages:
+  - priority: 0
+    {stage_budget}
+    modules: [{{module_id: slow}}]
+"#
+        );
+        let o = start(&engine, &yaml);
+        let out = one(&o, Message::new("t", ""));
+        let letter = dead_letter(&out);
+        assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some(kind), "{budget}");
+        assert_eq!(letter.headers.get(dlq::ATTEMPTS), Some("1"), "{budget}");
+        assert_eq!(
+            letter.headers.get(dlq::ERROR),
+            Some("ran past its deadline"),
+            "{budget}"
+        );
+        let scrape = scraped(&o);
+        let retries: Vec<&str> = scrape
+            .lines()
+            .filter(|l| l.starts_with("rustmq_etl_module_retries_total{"))
+            .collect();
+        assert!(
+            retries.iter().all(|l| l.ends_with(" 0")),
+            "{budget}: {retries:?}"
+        );
+    }
+}
+
+/// A probe call that could not start (the module had no instance free:
+/// `Busy`) is given back, not spent: the message waits, its probe then runs
+/// and succeeds, and the breaker closes (kept, the breaker would stay
+/// half-open and refuse every call for ever).
+#[test]
+fn a_probe_that_could_not_start_is_given_back() {
+    let engine = Arc::new(StandIn::new(1));
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    engine.module("m", move |_| match counted.fetch_add(1, Ordering::SeqCst) {
+        0 => Behaviour::fail(ErrorKind::Trap, "down"),
+        1 => Behaviour::busy(Instant::now() + Duration::from_millis(20)),
+        _ => set_header("ok", "1"),
+    });
+    let o = start_with(
+        &engine,
+        "pipeline_id: p\nerror_handling: SkipModule\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+        options().breaker(
+            BreakerSettings::default()
+                .failures(1)
+                .cool_down(Duration::from_millis(20)),
+        ),
+    );
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ok"), None);
+    assert_eq!(
+        o.occurrences()[0].circuit,
+        rustmq_etl_orchestrator::CircuitState::Open
+    );
+    std::thread::sleep(Duration::from_millis(30));
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(
+        delivered(&out).headers.get("ok"),
+        Some("1"),
+        "{:?}",
+        out.trace
+    );
+    assert_eq!(
+        o.occurrences()[0].circuit,
+        rustmq_etl_orchestrator::CircuitState::Closed
+    );
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("ok"), Some("1"));
+}
