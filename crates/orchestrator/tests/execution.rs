@@ -248,6 +248,19 @@ fn a_parallel_stage_combines_results_in_declaration_order() {
     let m = delivered(&out);
     assert_eq!(m.topic, "from-b");
     assert_eq!(m.headers.get("a"), Some("from-c"));
+    // Declared first, the slow module's edit comes first whenever it ends:
+    // a's, declared after it, wins.
+    let o = start(
+        &engine,
+        &PARALLEL.replace(
+            "[{module_id: a}, {module_id: b}, {module_id: c}]",
+            "[{module_id: c}, {module_id: a}, {module_id: b}]",
+        ),
+    );
+    let out = one(&o, Message::new("in", ""));
+    let m = delivered(&out);
+    assert_eq!(m.topic, "from-b");
+    assert_eq!(m.headers.get("a"), Some("1"));
 }
 
 #[test]
@@ -1890,6 +1903,22 @@ stages:
     let plan = o.plan();
     assert_eq!(plan.occurrences().len(), 2);
     assert_eq!(plan.occurrences()[1].settings.custom_config, r#"{"a":2}"#);
+    // The third listing is the first's occurrence; each listing runs.
+    let listings: Vec<usize> = plan
+        .pipelines()
+        .iter()
+        .flat_map(|p| &p.stages)
+        .flat_map(|s| &s.modules)
+        .map(|m| m.occurrence)
+        .collect();
+    assert_eq!(listings, [0, 1, 0]);
+    let out = one(&o, Message::new("t", ""));
+    assert_eq!(delivered(&out).headers.get("m"), Some("1"));
+    let ran = events(&out)
+        .iter()
+        .filter(|(_, e)| matches!(e, TraceEvent::Ran { attempts: 1, .. }))
+        .count();
+    assert_eq!(ran, 3);
 }
 
 /// A retry the breaker refuses fails with `circuit_open`, and its text says
