@@ -1029,7 +1029,9 @@ fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
 
 /// A stage's time, and its pipeline's, are recorded however the stage ends
 /// for a message: in turn, by a drop, by a stopped pipeline or by a dead
-/// letter (after its retries' waits), each once.
+/// letter (after its retries' waits), each once; and the counters of the
+/// messages' ends, the module's calls, errors, retries and dead letters
+/// agree with what happened, under each strategy.
 #[test]
 fn a_stage_s_time_is_recorded_however_it_ends() {
     let engine = Arc::new(StandIn::new(1));
@@ -1054,10 +1056,71 @@ fn a_stage_s_time_is_recorded_however_it_ends() {
         o.process_batch_blocking(messages, ProcessOptions::default())
             .unwrap();
         let text = scraped(&o);
-        for line in [
-            r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="0"} 3"#,
-            r#"rustmq_etl_pipeline_duration_seconds_count{pipeline="p"} 3"#,
-        ] {
+        // What became of each message, and the module's calls: one drop,
+        // one failure (tried twice when retried), as the strategy has it.
+        let retried = strategy == "RetryWithBackoff";
+        let stopped = strategy == "StopPipeline";
+        let (failed, delivered) = (if retried { 2 } else { 1 }, if stopped { 2 } else { 1 });
+        let dead = u32::from(!stopped);
+        let counts = [
+            (
+                r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="0"}"#,
+                3,
+            ),
+            (
+                r#"rustmq_etl_pipeline_duration_seconds_count{pipeline="p"}"#,
+                3,
+            ),
+            (r#"rustmq_etl_messages_total{result="dropped"}"#, 1),
+            (
+                r#"rustmq_etl_messages_total{result="delivered"}"#,
+                delivered,
+            ),
+            (r#"rustmq_etl_messages_total{result="dead_lettered"}"#, dead),
+            (
+                r#"rustmq_etl_pipeline_messages_total{pipeline="p",result="processed"}"#,
+                3,
+            ),
+            (
+                r#"rustmq_etl_pipeline_messages_total{pipeline="p",result="dropped"}"#,
+                1,
+            ),
+            (
+                r#"rustmq_etl_pipeline_messages_total{pipeline="p",result="stopped"}"#,
+                u32::from(stopped),
+            ),
+            (
+                r#"rustmq_etl_pipeline_messages_total{pipeline="p",result="dead_lettered"}"#,
+                dead,
+            ),
+            (
+                r#"rustmq_etl_module_calls_total{pipeline="p",module="m",outcome="unchanged"}"#,
+                1,
+            ),
+            (
+                r#"rustmq_etl_module_calls_total{pipeline="p",module="m",outcome="dropped"}"#,
+                1,
+            ),
+            (
+                r#"rustmq_etl_module_calls_total{pipeline="p",module="m",outcome="failed"}"#,
+                failed,
+            ),
+            // Every failed call is an error, a retried one too.
+            (
+                r#"rustmq_etl_module_errors_total{pipeline="p",module="m",kind="trap"}"#,
+                failed,
+            ),
+            (
+                r#"rustmq_etl_module_retries_total{pipeline="p",module="m"}"#,
+                u32::from(retried),
+            ),
+            (
+                r#"rustmq_etl_dead_letters_total{pipeline="p",module="m",kind="trap"}"#,
+                dead,
+            ),
+        ]
+        .map(|(series, n): (&str, u32)| format!("{series} {n}"));
+        for line in &counts {
             assert!(
                 text.lines().any(|l| l == line),
                 "{strategy}, parallel {parallel}: {line} not in\n{text}"
@@ -1825,6 +1888,16 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
             (ErrorKind::CircuitOpen, Some(Open))
         ]
     );
+    // The breaker's gauge: 1 open, 2 once the cool-down is over (the next
+    // call is the probe), 0 once the probe has closed it.
+    let gauge = |o: &Orchestrator<StandIn>| -> String {
+        let text = scraped(o);
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"rustmq_etl_circuit_state{module="m"} "#))
+            .unwrap_or_else(|| panic!("no circuit_state in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(gauge(&o), "1");
     healthy.store(1, Ordering::SeqCst);
     assert_eq!(
         kinds(&o)[0],
@@ -1832,6 +1905,7 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
         "still cooling down"
     );
     std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(gauge(&o), "2");
     let out = one(&o, Message::new("t", ""));
     assert_eq!(delivered(&out).headers.get("ok"), Some("1"), "the probe");
     assert_eq!(
@@ -1844,6 +1918,7 @@ stages: [{priority: 0, modules: [{module_id: m}]}]
         o.occurrences()[0].circuit,
         rustmq_etl_orchestrator::CircuitState::Closed
     );
+    assert_eq!(gauge(&o), "0");
 }
 
 /// In order, a batch's messages meet the breaker as input order has it:
@@ -4086,4 +4161,47 @@ fn a_probe_that_could_not_start_is_given_back() {
     );
     let out = one(&o, Message::new("t", ""));
     assert_eq!(delivered(&out).headers.get("ok"), Some("1"));
+}
+
+/// Times are published in seconds, each sample once: a module that takes
+/// 50 ms reads about 0.05 in the `_sum` of its module's, its stage's and its
+/// pipeline's histograms (a sample is published as its bucket's middle, an
+/// eighth off at most; 50 would be milliseconds), and publishing again to the
+/// same recorder adds no sample.
+#[test]
+fn times_are_published_in_seconds_and_each_sample_once() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |_| {
+        set_header("m", "1").after(Duration::from_millis(50))
+    });
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+    );
+    assert_eq!(
+        delivered(&one(&o, Message::new("t", ""))).headers.get("m"),
+        Some("1")
+    );
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let first = handle.render();
+    metrics::with_local_recorder(&recorder, || o.publish_metrics());
+    let second = handle.render();
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    };
+    for histogram in [
+        r#"rustmq_etl_module_duration_seconds_{}{pipeline="p",module="m"}"#,
+        r#"rustmq_etl_stage_duration_seconds_{}{pipeline="p",priority="0"}"#,
+        r#"rustmq_etl_pipeline_duration_seconds_{}{pipeline="p"}"#,
+    ] {
+        let sum = value(&first, &histogram.replace("{}", "sum"));
+        assert!((0.043..5.0).contains(&sum), "{histogram}: {sum}");
+        let count = histogram.replace("{}", "count");
+        assert_eq!(value(&first, &count), 1.0, "{count}");
+        assert_eq!(value(&second, &count), 1.0, "{count}, published again");
+    }
 }

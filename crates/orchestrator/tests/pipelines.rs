@@ -294,7 +294,11 @@ fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
     // Breakers that do not open, so that every failure is the module's own.
     let options = Options::default()
         .breaker(rustmq_etl_orchestrator::BreakerSettings::default().failures(1000));
-    let config = Config::from_text(HOSTILE, Format::Yaml, None)
+    // The pool's series are the process's, summed over every pool with the
+    // same labels: the loop's own budget gives its series a label no other
+    // test uses, so that its counts are this run's alone.
+    let hostile = HOSTILE.replace("execution_timeout_ms: 50", "execution_timeout_ms: 51");
+    let config = Config::from_text(&hostile, Format::Yaml, None)
         .unwrap()
         .config;
     let o = Orchestrator::new(pool(), &config, modules(), options).unwrap();
@@ -349,9 +353,16 @@ fn a_mixed_run_accounts_for_every_message_and_the_metrics_agree() {
         value(r#"rustmq_etl_module_retries_total{pipeline="trapping",module="hostile-trap"}"#),
         20
     );
+    // Each of the 30 calls failed: every one an error, retried or not.
+    for series in [
+        r#"rustmq_etl_module_errors_total{pipeline="trapping",module="hostile-trap",kind="trap"}"#,
+        r#"rustmq_etl_module_calls_total{pipeline="trapping",module="hostile-trap",outcome="failed"}"#,
+    ] {
+        assert_eq!(value(series), 30, "{series}");
+    }
     // `hostile-infinite-loop` has settings of its own: a `settings` label.
     let looping = rustmq_etl_core::ModuleSettings::default()
-        .execution_timeout_ms(50)
+        .execution_timeout_ms(51)
         .label()
         .unwrap();
     assert_eq!(

@@ -371,11 +371,11 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         "rustmq_etl_pool_instances_evicted_total",
-        "Idle instances dropped by the cleaner."
+        "Instances dropped whole: idle past their time, recycled after recycle_after_calls, an uncached module's after its call, or of a version replaced."
     );
     describe_counter!(
         "rustmq_etl_pool_instances_discarded_total",
-        "Instances thrown away after a failed call or past their call budget."
+        "Instances thrown away after a call that failed otherwise than with the module's own error (guest_error): their state is not trusted."
     );
     describe_counter!(
         "rustmq_etl_pool_failures_total",
