@@ -1010,14 +1010,19 @@ fn scraped(o: &Orchestrator<StandIn>) -> String {
     handle.render()
 }
 
-/// Every line of the orchestrator's metrics that counts pipelines' messages,
-/// module calls, stage times and selections.
+/// Every line of the orchestrator's metrics that counts messages (in all
+/// and by pipeline), module calls, errors, retries and dead letters, stage
+/// times and selections.
 fn pipeline_and_call_counts(o: &Orchestrator<StandIn>) -> Vec<String> {
     let mut lines: Vec<String> = scraped(o)
         .lines()
         .filter(|l| {
             l.starts_with("rustmq_etl_pipeline_messages_total{")
+                || l.starts_with("rustmq_etl_messages_total{")
                 || l.starts_with("rustmq_etl_module_calls_total{")
+                || l.starts_with("rustmq_etl_module_errors_total{")
+                || l.starts_with("rustmq_etl_module_retries_total{")
+                || l.starts_with("rustmq_etl_dead_letters_total{")
                 || l.starts_with("rustmq_etl_stage_duration_seconds_count{")
                 || l.starts_with("rustmq_etl_selection_duration_seconds_count")
         })
@@ -3602,6 +3607,14 @@ async fn a_batch_waiting_for_room_comes_first() {
     }
     assert_eq!(o.in_flight(), 3, "the waiting batch is not in flight");
     assert_eq!(o.waiting(), 3, "but waiting");
+    // The gauges say the same.
+    let text = scraped(&o);
+    for line in [
+        "rustmq_etl_messages_in_flight 3",
+        "rustmq_etl_messages_waiting 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
     release.store(true, Ordering::Relaxed);
     assert_eq!(first.await.unwrap().unwrap().len(), 3);
     assert_eq!(second.await.unwrap().unwrap().len(), 3);
@@ -4203,5 +4216,42 @@ fn times_are_published_in_seconds_and_each_sample_once() {
         let count = histogram.replace("{}", "count");
         assert_eq!(value(&first, &count), 1.0, "{count}");
         assert_eq!(value(&second, &count), 1.0, "{count}, published again");
+    }
+}
+
+/// A stage's time is recorded under its own priority, whatever the order
+/// the stages are declared in: the stage of priority 1 (declared second)
+/// runs first, for every message, and drops half of them; the stage of
+/// priority 5 runs for the other half.
+#[test]
+fn a_stage_s_time_is_recorded_under_its_own_priority() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("dropper", |m: &Message| match &m.payload[..] {
+        b"drop" => Behaviour::ok(Outcome::Dropped),
+        _ => Behaviour::ok(Outcome::Unchanged),
+    });
+    engine.module("m", |_| set_header("m", "1"));
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 5, modules: [{module_id: m}]}, {priority: 1, modules: [{module_id: dropper}]}]",
+    );
+    let messages = ["drop", "keep", "drop", "keep"]
+        .map(|p| Message::new("t", p))
+        .to_vec();
+    let out = o
+        .process_batch_blocking(messages, ProcessOptions::default())
+        .unwrap();
+    assert_eq!(
+        out.iter()
+            .filter(|p| matches!(p.disposition, Disposition::Dropped))
+            .count(),
+        2
+    );
+    let text = scraped(&o);
+    for line in [
+        r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="1"} 4"#,
+        r#"rustmq_etl_stage_duration_seconds_count{pipeline="p",priority="5"} 2"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
     }
 }
