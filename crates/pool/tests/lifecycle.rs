@@ -978,6 +978,63 @@ fn a_swapped_module_keeps_counting_under_its_label() {
         &text,
         &format!(r#"rustmq_etl_pool_calls_total{{module="swapped",settings="{label}"}} 2"#),
     );
+    // The retired version's instance was evicted (dropped whole), none
+    // discarded (no call failed).
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_evicted_total{module="swapped"} 1"#,
+    );
+    has(
+        &text,
+        r#"rustmq_etl_pool_instances_discarded_total{module="swapped"} 0"#,
+    );
+}
+
+/// An instance whose call trapped is discarded, not evicted: its state is
+/// not trusted; one whose module answered with its own error is kept.
+#[test]
+fn a_trapped_instance_is_discarded_and_one_that_answered_an_error_kept() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let mut local = LocalPool::new();
+    let trap = compile(
+        "discarded-after-traps",
+        "hostile-trap",
+        ModuleSettings::default(),
+    );
+    for _ in 0..3 {
+        let report = call(&mut local, &trap, &Message::new("t", "attack"));
+        assert_eq!(report.result.unwrap_err().kind(), ErrorKind::Trap);
+    }
+    let kpa = ModuleSettings::default().custom_config(r#"{"unit": "kPa"}"#);
+    let kept = format!(
+        r#"module="kept-after-errors",settings="{}""#,
+        kpa.label().expect("not the defaults")
+    );
+    let normalizer = compile("kept-after-errors", "pressure-normalizer", kpa);
+    for _ in 0..3 {
+        let furlongs = Message::new("t", r#"{"unit":"furlongs","reading":1}"#);
+        let report = call(&mut local, &normalizer, &furlongs);
+        assert_eq!(report.result.unwrap_err().kind(), ErrorKind::GuestError);
+    }
+    metrics::with_local_recorder(&recorder, || local.evict_idle());
+    let text = prometheus.render();
+    for line in [
+        format!("rustmq_etl_pool_instances_created_total{{{kept}}} 1"),
+        format!("rustmq_etl_pool_instances_discarded_total{{{kept}}} 0"),
+        format!("rustmq_etl_pool_instances_idle{{{kept}}} 1"),
+        format!(r#"rustmq_etl_pool_failures_total{{{kept},kind="guest_error"}} 3"#),
+        r#"rustmq_etl_pool_instances_created_total{module="discarded-after-traps"} 3"#.to_owned(),
+        r#"rustmq_etl_pool_instances_discarded_total{module="discarded-after-traps"} 3"#.to_owned(),
+        r#"rustmq_etl_pool_instances_evicted_total{module="discarded-after-traps"} 0"#.to_owned(),
+        r#"rustmq_etl_pool_failures_total{module="discarded-after-traps",kind="trap"} 3"#
+            .to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
 }
 
 /// Log lines past the 32 a call may write (of those the logger takes) are
