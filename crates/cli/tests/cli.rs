@@ -821,6 +821,23 @@ fn run_writes_dead_letters_apart_and_reports_bad_lines() {
     assert_eq!(trace["result"], "dead_lettered");
     assert_eq!(trace["trace"][0]["failed"], "trap");
     assert_eq!(trace["trace"][0]["action"], "dead_lettered");
+    // One trace for each message, in input order, by its input line (the bad
+    // lines have none); a module not selected says why.
+    let traces: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|t| t.get("line").is_some())
+        .collect();
+    let lines: Vec<&serde_json::Value> = traces.iter().map(|t| &t["line"]).collect();
+    assert_eq!(lines, [1, 3], "{stderr}");
+    assert_eq!(traces[1]["trace"][0]["skipped"], "not_selected");
+    assert!(
+        traces[1]["trace"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("trap")),
+        "{}",
+        traces[1]
+    );
 }
 
 /// An output file that is the input, or the other output, is refused before
@@ -1843,8 +1860,6 @@ fn bad_topic_dead_letters(dir: &Path) -> PathBuf {
     )
 }
 
-/// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
-/// gives each number; its path and its text.
 /// A configuration of one pipeline of `hostile-slow`, which takes about a
 /// millisecond for each of [`keyed_messages`]' messages: a run of a few
 /// thousand lasts long enough to be stopped midway.
@@ -1855,6 +1870,8 @@ fn slow_pipeline(dir: &Path) -> PathBuf {
     )
 }
 
+/// `DIR/in.jsonl`: messages keyed `m1` to `m{total}`, on the topics `topic`
+/// gives each number; its path and its text.
 fn keyed_messages(
     dir: &Path,
     total: usize,
@@ -1873,13 +1890,13 @@ fn keyed_messages(
     (messages, input)
 }
 
-/// The keys of the messages in a JSON Lines output, in order.
 /// Appends `bytes` to the file at `path`.
 fn append_to(path: &Path, bytes: &[u8]) {
     let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(bytes).unwrap();
 }
 
+/// The keys of the messages in a JSON Lines output, in order.
 fn keys(output: &str) -> Vec<String> {
     output
         .lines()
@@ -2585,4 +2602,165 @@ fn every_command_refuses_a_directory_of_messages_alike() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The output files are replaced as a run starts: a longer file left by an
+/// earlier run keeps none of its tail. A configuration with errors stops the
+/// run (exit 1) before anything is opened for writing: the outputs are as
+/// they were.
+#[test]
+fn run_replaces_its_outputs_and_a_bad_configuration_touches_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    let (output, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
+    let old =
+        "{\"topic\":\"old\",\"key\":\"a-long-key-left-by-an-earlier-run\",\"payload\":\"x\"}\n"
+            .repeat(3);
+    std::fs::write(&output, &old).unwrap();
+    std::fs::write(&dead, &old).unwrap();
+    let input = "{\"topic\":\"bad\",\"key\":\"m1\",\"payload\":\"1\"}\n\
+                 {\"topic\":\"t\",\"key\":\"m2\",\"payload\":\"1\"}\n";
+    let out = run_on_stdin(
+        &config,
+        &[
+            "--output",
+            output.to_str().unwrap(),
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), ["m2"]);
+    assert_eq!(keys(&std::fs::read_to_string(&dead).unwrap()), ["m1"]);
+
+    std::fs::write(&output, "kept\n").unwrap();
+    let bad = write_config(dir.path(), "pipeline_id: p\nstages: []\n");
+    let out = run_on_stdin(&bad, &["--output", output.to_str().unwrap()], input);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
+}
+
+/// Blank lines (and lines of spaces) are no messages and no bad lines.
+#[test]
+fn run_skips_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    let out = run_on_stdin(
+        &config,
+        &[],
+        "{\"topic\":\"t\",\"key\":\"m1\",\"payload\":\"1\"}\n\n   \n\
+         {\"topic\":\"t\",\"key\":\"m2\",\"payload\":\"1\"}\n",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("2 in = 2 delivered + 0 dropped + 0 dead-lettered"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("bad"), "{stderr}");
+    assert_eq!(keys(&text(&out.stdout)), ["m1", "m2"]);
+}
+
+/// The summary's `retried` and `dead` columns count what happened: two
+/// messages dead-lettered; one message retried twice.
+#[test]
+fn the_summary_counts_retries_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |yaml: &str, input: &str| -> Vec<String> {
+        let out = run_on_stdin(&write_config(dir.path(), yaml), &[], input);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+            .lines()
+            .find(|l| l.starts_with("p "))
+            .unwrap_or_else(|| panic!("no row for p in\n{stderr}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let trap = "{\"topic\":\"t\",\"payload\":\"attack\"}\n";
+    // pipeline stage module ran skipped failed retried dead …
+    let dead = row(
+        "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+        &trap.repeat(2),
+    );
+    assert_eq!(
+        dead[2..8],
+        ["hostile-trap", "0", "0", "2", "0", "2"],
+        "{dead:?}"
+    );
+    let retried = row(
+        "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 2\nstages: [{priority: 0, modules: [{module_id: hostile-trap}]}]\n",
+        trap,
+    );
+    assert_eq!(
+        retried[2..8],
+        ["hostile-trap", "0", "0", "1", "2", "1"],
+        "{retried:?}"
+    );
+}
+
+/// `--concurrent` runs batches on the engine's threads, and the results
+/// still come out in input order.
+#[test]
+fn run_concurrent_keeps_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    let (messages, _) = keyed_messages(dir.path(), 600, |i| if i % 3 == 0 { "bad" } else { "t" });
+    let out = run(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules(),
+            "--input",
+            messages.to_str().unwrap(),
+            "--dead-letter",
+            "-",
+            "--concurrent",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: Vec<String> = (1..=600).map(|i| format!("m{i}")).collect();
+    assert_eq!(keys(&text(&out.stdout)), expected);
+}
+
+/// Ctrl-C (SIGINT) stops `run` as SIGTERM does, with exit 130: what it read
+/// is finished and written, and the stop line names the last line written.
+#[test]
+fn run_stopped_by_sigint_exits_130_and_says_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = slow_pipeline(dir.path());
+    let total = 3000;
+    let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
+    let output = dir.path().join("out.jsonl");
+    let child = server::tool()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let done = resumes_after(&stderr);
+    assert!(done > 0 && done < total, "stopped at {done} of {total}");
+    assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()).len(), done);
 }
