@@ -155,12 +155,27 @@ fn hostile_lengths_are_rejected_without_allocating() {
         decode_outcome(&bytes).unwrap_err(),
         DecodeError::Truncated { at: 1 }
     );
-    // A topic that is not UTF-8.
-    let bytes = [2, 1, 0, 0, 0, 4, 1, 0, 0, 0, 0xff];
-    assert_eq!(
-        decode_outcome(&bytes).unwrap_err(),
-        DecodeError::NotUtf8 { at: 6 }
-    );
+    // A topic that is not UTF-8; nor a header's name or value, the name of
+    // a header to remove, or an error's text.
+    for (bytes, at) in [
+        (&[2, 1, 0, 0, 0, 4, 1, 0, 0, 0, 0xff][..], 6),
+        (
+            &[2, 1, 0, 0, 0, 5, 1, 0, 0, 0, 0xff, 1, 0, 0, 0, b'v'][..],
+            6,
+        ),
+        (
+            &[2, 1, 0, 0, 0, 5, 1, 0, 0, 0, b'h', 1, 0, 0, 0, 0xff][..],
+            11,
+        ),
+        (&[2, 1, 0, 0, 0, 6, 1, 0, 0, 0, 0xff][..], 6),
+        (&[3, 1, 0, 0, 0, 0xff][..], 1),
+    ] {
+        assert_eq!(
+            decode_outcome(bytes).unwrap_err(),
+            DecodeError::NotUtf8 { at },
+            "{bytes:?}"
+        );
+    }
     assert_eq!(
         decode_outcome(&[9]).unwrap_err(),
         DecodeError::UnknownTag { at: 0, tag: 9 }

@@ -476,6 +476,56 @@ mod tests {
         assert!(tgrow.call(&mut store, 0).is_err());
     }
 
+    /// Every bulk operation is weighed before it runs, not only `fill` and
+    /// `table.grow`: a copy or an init of memory past the budget (a byte
+    /// each), and a fill, copy or init of a table past it (32 bytes an
+    /// element), is refused (`unreachable`) before it runs — not by the
+    /// bounds check the operation itself would fail.
+    #[test]
+    fn every_bulk_operation_is_weighed() {
+        let wat = r#"(module
+            (memory 1)
+            (table $t 31 funcref)
+            (data $d "0123456789abcdef")
+            (elem $e funcref (ref.null func))
+            (func (export "copy") (param i32)
+              (memory.copy (i32.const 0) (i32.const 100) (local.get 0)))
+            (func (export "init") (param i32)
+              (memory.init $d (i32.const 0) (i32.const 0) (local.get 0)))
+            (func (export "tfill") (param i32)
+              (table.fill $t (i32.const 0) (ref.null func) (local.get 0)))
+            (func (export "tcopy") (param i32)
+              (table.copy $t $t (i32.const 0) (i32.const 0) (local.get 0)))
+            (func (export "tinit") (param i32)
+              (table.init $t $e (i32.const 0) (i32.const 0) (local.get 0))))"#;
+        let (mut store, instance, budget) = instantiate(wat);
+        for (name, fits, past) in [
+            ("copy", 1000, 1001),
+            ("init", 16, 1001),
+            ("tfill", 31, 32),
+            ("tcopy", 31, 32),
+            ("tinit", 1, 32),
+        ] {
+            let op: TypedFunction<i32, ()> =
+                instance.exports.get_typed_function(&store, name).unwrap();
+            budget.set(&mut store, Value::I64(1000)).unwrap();
+            op.call(&mut store, fits).unwrap();
+            assert_eq!(budget_left(&mut store, &budget), 1000, "{name}");
+            let err = op.call(&mut store, past).unwrap_err();
+            assert_eq!(err.message(), "unreachable", "{name}");
+            let cost = if name.starts_with('t') {
+                past << 5
+            } else {
+                past
+            };
+            assert_eq!(
+                budget_left(&mut store, &budget),
+                1000 - i64::from(cost),
+                "{name}"
+            );
+        }
+    }
+
     /// A start function does not run at instantiation: it is exported for the
     /// host to run as a bounded call.
     #[test]

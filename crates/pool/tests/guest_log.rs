@@ -19,6 +19,8 @@ struct CountingLogger {
     bad_logs: AtomicUsize,
     chatty: AtomicUsize,
     starts: AtomicUsize,
+    /// The length of the last line of module `long-lines`.
+    long_line: AtomicUsize,
 }
 
 impl log::Log for CountingLogger {
@@ -37,6 +39,8 @@ impl log::Log for CountingLogger {
             self.chatty.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with("starts: ") {
             self.starts.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(line) = text.strip_prefix("long-lines: ") {
+            self.long_line.store(line.len(), Ordering::Relaxed);
         }
     }
 
@@ -47,6 +51,7 @@ static LINES: CountingLogger = CountingLogger {
     bad_logs: AtomicUsize::new(0),
     chatty: AtomicUsize::new(0),
     starts: AtomicUsize::new(0),
+    long_line: AtomicUsize::new(0),
 };
 
 fn pool() -> Pool {
@@ -130,4 +135,20 @@ fn the_instance_a_load_checks_is_the_one_kept_warm() {
     let stats = module.stats();
     assert_eq!((stats.creations, stats.hits), (1, 1), "{stats:?}");
     assert_eq!(LINES.starts.load(Ordering::Relaxed), 1, "the init ran once");
+}
+
+/// A line longer than 4,096 bytes is cut there: the host reads (and
+/// allocates) no more of it than that, whatever length the guest gives.
+#[test]
+fn a_long_line_is_cut_at_4096_bytes() {
+    let pool = pool();
+    // 5,000 bytes of the guest's memory, past the message: zeros.
+    let wasm = attacks::module(
+        "(call $log (i32.const 3) (i32.const 8192) (i32.const 5000))",
+        "",
+    );
+    let module = pool.load(&ModuleSpec::new("long-lines"), &wasm).unwrap();
+    let outcome = pool.call_blocking(&module, &Message::new("t", vec![b'a'; 200]));
+    assert_eq!(outcome, Ok(Outcome::Unchanged));
+    assert_eq!(LINES.long_line.load(Ordering::Relaxed), 4096);
 }

@@ -431,6 +431,18 @@ fn declared_tables_count_against_the_memory_limit() {
         matches!(&err, LoadError::Refused { message, .. } if message.contains("tables take")),
         "{err}"
     );
+    // A table that starts empty but may grow past the limit: counted at
+    // its maximum.
+    let err = load(
+        "growable-table",
+        &module("", "(table 0 10000000 funcref)"),
+        config(BUDGET_MS),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Refused { message, .. } if message.contains("tables take")),
+        "{err}"
+    );
     // A table whose initial size alone is over the limit.
     let err = load(
         "huge-initial-table",
@@ -518,6 +530,15 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
             "imports-wasi",
             r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
         ),
+        // The right name from another module, another name from the right one.
+        (
+            "imports-env-log",
+            r#"(import "env" "log" (func (param i32 i32 i32)))"#,
+        ),
+        (
+            "imports-rmq-etl-clock",
+            r#"(import "rmq_etl" "clock" (func (result i64)))"#,
+        ),
     ] {
         let wasm =
             wat::parse_str(format!(r#"(module {import} (memory (export "memory") 1))"#)).unwrap();
@@ -527,6 +548,20 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
             "{id}: {err}"
         );
     }
+    // The log function with another signature: refused once compiled,
+    // naming the signature it must have.
+    let wasm = wat::parse_str(
+        r#"(module (import "rmq_etl" "log" (func (param i64))) (memory (export "memory") 1))"#,
+    )
+    .unwrap();
+    let err = load("imports-log-of-another-type", &wasm, config(BUDGET_MS)).unwrap_err();
+    assert!(
+        err.to_string().contains("imports `rmq_etl.log` as")
+            && err
+                .to_string()
+                .contains("it must be a function (i32, i32, i32) -> ()"),
+        "{err}"
+    );
     let cases = [
         ("multi-memory", "(memory $m2 1)", "multiple memories"),
         ("shared-memory", "", "threads"),
@@ -582,6 +617,34 @@ fn an_allocator_answer_that_wraps_is_refused_and_the_worker_lives() {
     let err = call(&wrapping, &attack_message()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
     next_calls_succeed(&wrapping);
+}
+
+/// The host checks where a guest's buffers end, not only where they begin
+/// (past the memory, the host would write or read outside it): an input
+/// buffer that begins inside the memory and ends past it is refused, and so
+/// is an answer that ends one byte past it; an answer on the memory's last
+/// byte is read.
+#[test]
+fn a_buffer_that_ends_past_the_memory_is_refused() {
+    let _serial = serial();
+    // Two pages: 131,072 bytes.
+    let wasm = allocating_above_100("(i32.const 131000)");
+    let straddling = load("straddling-alloc", &wasm, config(BUDGET_MS)).unwrap();
+    let err = call(&straddling, &attack_message()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
+    next_calls_succeed(&straddling);
+    let answering_at = |id: &str, packed: u64| {
+        let wasm = module(&format!("(return (i64.const {packed}))"), "");
+        let module = load(id, &wasm, config(BUDGET_MS)).unwrap();
+        (call(&module, &attack_message()), module)
+    };
+    let (answered, past) = answering_at("answer-past-the-end", (131_071 << 32) | 2);
+    let err = answered.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOutput, "{err}");
+    next_calls_succeed(&past);
+    // The last byte, a zero: "unchanged".
+    let (answered, _) = answering_at("answer-on-the-last-byte", (131_071 << 32) | 1);
+    assert_eq!(answered, Ok(Outcome::Unchanged));
 }
 
 /// An allocator that answers 0 (the ABI's "failure") is refused as such,

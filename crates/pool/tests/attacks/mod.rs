@@ -108,6 +108,15 @@ pub fn time_attacks() -> Vec<Attack> {
             String::new(),
             2,
         ),
+        // No loop: straight-line calls of the log function, each of an error
+        // line of 4,096 bytes (past the call's 32 lines, still read for a
+        // trap to quote). The log function itself checks the time.
+        (
+            "straight-line-logs",
+            "(call $log (i32.const 3) (i32.const 0) (i32.const 4096))\n".repeat(60_000),
+            String::new(),
+            2,
+        ),
         (
             "failing-grow-loop",
             "(loop $l (drop (memory.grow (i32.const 100000))) (br $l))".into(),
