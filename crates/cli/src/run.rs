@@ -393,6 +393,11 @@ fn check_paths(args: &Args) -> anyhow::Result<()> {
 
 pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     check_paths(&args)?;
+    // The configuration first: one with errors stops the run before anything
+    // is opened, a finished checkpoint's "nothing to do" included.
+    let Some((config, _, _)) = load_plan(&args.config) else {
+        return Ok(ExitCode::FAILURE);
+    };
     // A checkpoint left by an earlier run of this command: resumed after its
     // line, the outputs cut back to their lengths then.
     let mut checkpoint_file = None;
@@ -437,9 +442,6 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         }
         checkpoint_file = Some(file);
     }
-    let Some((config, _, _)) = load_plan(&args.config) else {
-        return Ok(ExitCode::FAILURE);
-    };
     let modules = args.modules.clone().unwrap_or_else(default_modules);
     let settings = crate::Settings {
         // In order, the batches run on this thread.

@@ -2275,17 +2275,35 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
         )
         .unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // The five results come out while the input stays open (a quiet input
+    // has what it sent run within 100 ms): read before any signal.
+    let stdout = child.stdout.take().unwrap();
+    let (lines, results) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let mut written = Vec::new();
+    while written.len() < 5 {
+        let line = results
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the lines read are run and written while the input stays open");
+        written.push(line);
+    }
     Command::new("kill")
         .args(["-s", "TERM", &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
     drop(stdin);
+    reader.join().unwrap();
+    written.extend(results.try_iter());
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("every line up to line 5 "), "{stderr}");
-    assert_eq!(keys(&text(&out.stdout)), ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(keys(&written.join("\n")), ["m1", "m2", "m3", "m4", "m5"]);
 }
 
 /// `run --checkpoint` killed with SIGKILL mid-run — no chance to say where
@@ -2314,13 +2332,16 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
             .stderr(Stdio::piped());
         command
     };
-    // The line of the newest record of the checkpoint's two slots.
-    let line = || {
+    // The newest record of the checkpoint's two slots, and its line.
+    let newest = || {
         let bytes = std::fs::read(&checkpoint).unwrap_or_default();
         bytes
             .chunks(4096)
             .filter_map(|slot| serde_json::from_slice::<serde_json::Value>(slot.trim_ascii()).ok())
             .max_by_key(|record| record["seq"].as_u64())
+    };
+    let line = || {
+        newest()
             .and_then(|record| record["checkpoint"]["line"].as_u64())
             .unwrap_or(0) as usize
     };
@@ -2363,12 +2384,22 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     let mut expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
     let written = std::fs::read_to_string(&output).unwrap();
     assert_eq!(keys(&written), expected, "every message once, in order");
+    // The resume's records say --sync too: a later resume goes on syncing.
+    assert_eq!(newest().unwrap()["checkpoint"]["sync"], true);
 
     let again = command().output().unwrap();
     let stderr = text(&again.stderr);
     assert_eq!(again.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("says this run finished"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), written);
+    // A configuration with errors stops even a finished run's command.
+    std::fs::write(&config, "pipeline_id: slow\nstages: []\n").unwrap();
+    let broken = command().output().unwrap();
+    let stderr = text(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), written);
+    slow_pipeline(dir.path());
     // With another --start-line than the run began at: refused.
     let both = command().args(["--start-line", "2"]).output().unwrap();
     assert_eq!(both.status.code(), Some(1));
@@ -2763,4 +2794,48 @@ fn run_stopped_by_sigint_exits_130_and_says_where_to_resume() {
     let done = resumes_after(&stderr);
     assert!(done > 0 && done < total, "stopped at {done} of {total}");
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()).len(), done);
+}
+
+/// A checkpointed run stopped by SIGTERM says to run the same command again
+/// (its checkpoint says where), not to give a start line, and the same
+/// command then writes the rest: every message once, in order.
+#[test]
+fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = slow_pipeline(dir.path());
+    let total = 3000;
+    let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
+    let output = dir.path().join("out.jsonl");
+    let checkpoint = dir.path().join("run.checkpoint");
+    let command = || {
+        let mut command = server::tool();
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(&output)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .stderr(Stdio::piped());
+        command
+    };
+    let child = command().spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let done = resumes_after(&stderr);
+    assert!(done > 0 && done < total, "stopped at {done} of {total}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
+    assert!(!stderr.contains("--start-line"), "{stderr}");
+    let rest = command().output().unwrap();
+    assert_eq!(rest.status.code(), Some(0), "{}", text(&rest.stderr));
+    let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
