@@ -274,6 +274,48 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
     assert!(pool.load(&formatter, &bytes).unwrap().from_cache());
 }
 
+/// An artifact is bound to the module it was compiled from: one module's
+/// artifact copied over another's file name (by a user tidying the cache,
+/// or by someone who may write it) is refused, and the module is compiled
+/// from its own bytes, behaving as itself.
+#[test]
+fn an_artifact_copied_over_another_modules_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PoolConfig {
+        workers: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        artifact_cache: Some(dir.path().to_owned()),
+        ..PoolConfig::default()
+    };
+    let artifacts = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "artifact"))
+            .collect()
+    };
+    let (formatter, upper) = (wasm("message-formatter"), wasm("legacy-uppercase"));
+    let pool = Pool::new(config.clone()).unwrap();
+    pool.load(&ModuleSpec::new("f"), &formatter).unwrap();
+    let formatter_artifact = artifacts().into_iter().next().expect("stored");
+    pool.load(&ModuleSpec::new("u"), &upper).unwrap();
+    let upper_artifact = artifacts()
+        .into_iter()
+        .find(|p| *p != formatter_artifact)
+        .expect("stored");
+    drop(pool);
+    std::fs::copy(&formatter_artifact, &upper_artifact).unwrap();
+    let pool = Pool::new(config).unwrap();
+    let module = pool.load(&ModuleSpec::new("u"), &upper).unwrap();
+    assert!(!module.from_cache(), "another module's artifact was used");
+    assert_eq!(
+        pool.call_blocking(&module, &Message::new("t", "shout")),
+        Ok(Outcome::Edited(vec![rustmq_etl_core::Edit::SetPayload(
+            "SHOUT".into()
+        )]))
+    );
+}
+
 /// A new module version is a new artifact: the cache keeps within its size
 /// by removing, as it stores one, the artifacts used the longest ago (a load
 /// counts as a use), never the one it just stored.
