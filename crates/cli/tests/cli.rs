@@ -2839,3 +2839,64 @@ fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
     let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
+
+/// `--start-line` past the input's last line but one says that nothing was
+/// processed; right after the last line (where a finished run resumes) it
+/// says nothing of the kind.
+#[test]
+fn a_start_line_past_the_input_is_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    let (messages, _) = keyed_messages(dir.path(), 2, |_| "t");
+    let with_start = |start: &str| {
+        let out = run(
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--modules",
+                &modules(),
+                "--input",
+                messages.to_str().unwrap(),
+                "--start-line",
+                start,
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "");
+        text(&out.stderr)
+    };
+    assert!(!with_start("3").contains("note:"), "{}", with_start("3"));
+    let past = with_start("4");
+    assert!(
+        past.contains("has 2 lines, all before --start-line 4: nothing was processed"),
+        "{past}"
+    );
+}
+
+/// Results written to a pipe whose reader went away cannot be taken back:
+/// the run stops (exit 1) and says so, rather than claiming a clean stop.
+#[test]
+fn a_closed_output_pipe_stops_the_run_and_says_results_cannot_be_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    let (messages, _) = keyed_messages(dir.path(), 3000, |_| "t");
+    let mut child = server::tool()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be taken back"), "{stderr}");
+}
