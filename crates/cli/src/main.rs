@@ -776,7 +776,7 @@ fn load_plan(
     match rustmq_etl_orchestrator::Plan::build(&loaded.config) {
         Ok(plan) => Some((loaded.config, plan, warnings)),
         Err(e) => {
-            say!("error: {}: {e}", path.display());
+            say!("error: {}: {e}", e.file().unwrap_or(path).display());
             say!("{}: invalid configuration: 1 error", path.display());
             None
         }

@@ -102,6 +102,11 @@ fn configurations(dir: &Path, rows: &mut Vec<Row>) {
             "pipeline_id: p\nstages:\n  - priority: 0\n    modules:\n      - module_id: m\n        topic_filters: [{filter_type: Regex, pattern: \"a(b\"}]\n",
         ),
         (
+            "a regex filter too large to compile",
+            "huge-regex.yaml",
+            "pipeline_id: p\nstages:\n  - priority: 3\n    modules:\n      - module_id: m\n        topic_filters: [{filter_type: Exact, pattern: a}, {filter_type: Regex, pattern: '\\w{1000}{1000}'}]\n",
+        ),
+        (
             "an invalid field path",
             "path.yaml",
             "pipeline_id: p\nstages:\n  - priority: 0\n    modules:\n      - module_id: m\n        conditional_rules: [{condition_type: PayloadField, field_path: \"$..[\", operator: Equals, value: 1}]\n",

@@ -1059,8 +1059,17 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     for flag in ["--sync", "--resume-with-changes"] {
         refused(&["run", "--config", config, "--input", "-", flag]);
     }
-    refused(&["serve", "--config", config, "--max-batch", "0"]);
-    refused(&["serve", "--config", config, "--max-request-bytes", "0"]);
+    for flag in [
+        "--max-batch",
+        "--max-request-bytes",
+        "--max-body-bytes-in-flight",
+        "--max-connections",
+        "--head-timeout-ms",
+        "--body-timeout-ms",
+        "--write-timeout-ms",
+    ] {
+        refused(&["serve", "--config", config, flag, "0"]);
+    }
     // A directory as the input: refused, the output left as it was.
     let output = dir.path().join("out.jsonl");
     std::fs::write(&output, "kept\n").unwrap();

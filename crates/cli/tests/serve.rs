@@ -1815,3 +1815,45 @@ fn the_reload_endpoint_can_be_turned_off() {
     );
     server.stop();
 }
+
+/// `--max-request-bytes` is the most a body may have: a body of exactly
+/// that many bytes is read, one byte more is answered 413, on `/v1/process`
+/// and `/v1/batch` alike; and an answer made while the body was read (the
+/// 413) is counted in `rustmq_etl_http_requests_total` and logged by
+/// `--access-log`, as a handler's answer is.
+#[test]
+fn the_body_limit_is_the_most_accepted_and_a_refused_body_is_counted_and_logged() {
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let limit = 200;
+    let (_dir, server) = server_of(
+        identity,
+        &[
+            "--max-request-bytes",
+            &limit.to_string(),
+            "--access-log",
+            "--no-watch",
+        ],
+    );
+    // A message padded with spaces to `len` bytes (JSON ignores them).
+    let sized = |message: &str, len: usize| format!("{message:<len$}");
+    for (path, message) in [
+        ("/v1/process", r#"{"topic": "t", "payload": "hi"}"#),
+        ("/v1/batch", r#"[{"topic": "t", "payload": "hi"}]"#),
+    ] {
+        let (status, body) = server.send("POST", path, &sized(message, limit));
+        assert_eq!(status, 200, "{path}, {limit} bytes: {body}");
+        let (status, body) = server.send("POST", path, &sized(message, limit + 1));
+        assert_eq!(status, 413, "{path}, {} bytes: {body}", limit + 1);
+    }
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    for route in ["/v1/process", "/v1/batch"] {
+        let line = format!(r#"rustmq_etl_http_requests_total{{route="{route}",status="413"}} 1"#);
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    let log = server.log_once(|log| log.matches("\" 413 ").count() >= 2);
+    assert_eq!(log.matches("\" 413 ").count(), 2, "{log}");
+    server.stop();
+}

@@ -586,3 +586,157 @@ fn the_canonical_json_is_the_same_for_the_same_pipelines_and_differs_for_any_cha
     assert!(!one.contains('\n'));
     serde_json::from_str::<serde_json::Value>(&one).unwrap();
 }
+
+/// Every default of configuration.md's tables, as the numbers it states (not
+/// the constants the code takes them from): a pipeline that leaves every
+/// optional field out reads as one that writes each out.
+#[test]
+fn every_documented_default_is_the_one_filled_in() {
+    let bare = Config::from_text(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, \
+         topic_filters: [{filter_type: Exact, pattern: t}], \
+         conditional_rules: [{condition_type: MessageSize, operator: LessThan, value: 10}]}]}]",
+        Format::Yaml,
+        None,
+    )
+    .unwrap()
+    .config;
+    let p = &bare.pipelines()[0].pipeline;
+    assert_eq!(p.name, "p", "name: the pipeline_id");
+    assert_eq!(p.description, None);
+    assert!(p.enabled);
+    assert_eq!(p.global_timeout_ms, 5000);
+    assert_eq!(p.max_retries, 3);
+    assert_eq!(
+        p.error_handling,
+        rustmq_etl_config::ErrorHandlingStrategy::StopPipeline
+    );
+    let stage = &p.stages[0];
+    assert!(!stage.parallel_execution);
+    assert_eq!(stage.stage_timeout_ms, None);
+    assert!(!stage.continue_on_error);
+    let module = &stage.modules[0];
+    let instance = &module.instance_config;
+    assert_eq!(instance.memory_limit_bytes, 67_108_864);
+    assert_eq!(instance.execution_timeout_ms, 1000);
+    assert_eq!(instance.max_concurrent_instances, 10);
+    assert!(instance.enable_caching);
+    assert_eq!(instance.cache_ttl_seconds, 300);
+    assert_eq!(instance.custom_config, serde_json::Value::Null);
+    let filter = &module.topic_filters[0];
+    assert!(filter.case_sensitive);
+    assert!(!filter.negate);
+    let rule = &module.conditional_rules[0];
+    assert_eq!(rule.field_path, "");
+    assert!(!rule.negate);
+    // Written out, the same configuration.
+    let written = Config::from_text(
+        "pipeline_id: p\nname: p\nenabled: true\nglobal_timeout_ms: 5000\nmax_retries: 3\n\
+         error_handling: StopPipeline\nstages: [{priority: 0, parallel_execution: false, \
+         continue_on_error: false, modules: [{module_id: m, instance_config: \
+         {memory_limit_bytes: 67108864, execution_timeout_ms: 1000, max_concurrent_instances: 10, \
+         enable_caching: true, cache_ttl_seconds: 300, custom_config: null}, \
+         topic_filters: [{filter_type: Exact, pattern: t, case_sensitive: true, negate: false}], \
+         conditional_rules: [{condition_type: MessageSize, field_path: '', operator: LessThan, \
+         value: 10, negate: false}]}]}]",
+        Format::Yaml,
+        None,
+    )
+    .unwrap()
+    .config;
+    assert_eq!(bare.canonical_json(), written.canonical_json());
+}
+
+/// The warnings configuration.md lists, each raised where it is meant: the
+/// configuration loads, with exactly these.
+#[test]
+fn each_documented_warning_is_raised_and_only_a_warning() {
+    let yaml = r#"
+pipeline_id: p
+global_timeout_ms: 100
+stages:
+  - priority: 0
+    stage_timeout_ms: 200
+    modules:
+      - module_id: m
+        instance_config: {cache_ttl_seconds: 0}
+        topic_filters:
+          - {filter_type: Exact, pattern: "orders.*"}
+          - {filter_type: Prefix, pattern: ""}
+        conditional_rules:
+          - {condition_type: MessageSize, field_path: x, operator: LessThan, value: 10}
+          - {condition_type: HeaderValue, field_path: h, operator: NotEquals, value: a, negate: true}
+"#;
+    let loaded = Config::from_text(yaml, Format::Yaml, None).unwrap();
+    let messages: Vec<(String, String)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.field.clone().unwrap_or_default(), w.message.clone()))
+        .collect();
+    for (field, says) in [
+        ("stage_timeout_ms", "exceeds the pipeline's global timeout"),
+        ("instance_config.cache_ttl_seconds", "time-to-live of 0"),
+        ("topic_filters[0]", "is not a wildcard"),
+        ("topic_filters[1]", "an empty pattern matches every topic"),
+        ("conditional_rules[0].field_path", "ignore `field_path`"),
+        ("conditional_rules[1]", "negated NotEquals"),
+    ] {
+        assert!(
+            messages
+                .iter()
+                .any(|(f, m)| f.contains(field) && m.contains(says)),
+            "no warning at {field} saying {says:?} in {messages:#?}"
+        );
+    }
+    assert_eq!(messages.len(), 6, "{messages:#?}");
+}
+
+/// Limits hold at their ends: each at its most loads; one past it, and an
+/// empty pipeline or module id or a module id that would name a hidden file,
+/// is an error, every one reported at once.
+#[test]
+fn limits_hold_at_their_ends_and_ids_must_name_something() {
+    let pipeline = |global: u64, retries: u32, memory: u64, instances: u32, id: &str| {
+        format!(
+            "pipeline_id: \"{id}\"\nglobal_timeout_ms: {global}\nmax_retries: {retries}\n\
+             stages: [{{priority: 0, modules: [{{module_id: m, instance_config: \
+             {{memory_limit_bytes: {memory}, max_concurrent_instances: {instances}, \
+             execution_timeout_ms: {global}}}}}]}}]\n"
+        )
+    };
+    let most = pipeline(3_600_000, 100, 4 << 30, 10_000, "p");
+    Config::from_text(&most, Format::Yaml, None).unwrap_or_else(|e| panic!("{e}"));
+    let least = pipeline(1, 0, 64 << 10, 1, "p");
+    Config::from_text(&least, Format::Yaml, None).unwrap_or_else(|e| panic!("{e}"));
+    let past = pipeline(3_600_001, 101, (4 << 30) + 1, 10_001, "p");
+    let err = Config::from_text(&past, Format::Yaml, None).unwrap_err();
+    let fields: Vec<String> = err
+        .errors()
+        .map(|d| d.field.clone().unwrap_or_default())
+        .collect();
+    for field in [
+        "global_timeout_ms",
+        "max_retries",
+        "instance_config.memory_limit_bytes",
+        "instance_config.max_concurrent_instances",
+        "instance_config.execution_timeout_ms",
+    ] {
+        assert!(fields.iter().any(|f| f.ends_with(field)), "{field}: {err}");
+    }
+    assert_eq!(fields.len(), 5, "{err}");
+    let below = pipeline(1, 0, (64 << 10) - 1, 1, "p");
+    let err = Config::from_text(&below, Format::Yaml, None).unwrap_err();
+    assert_eq!(err.errors().count(), 1, "{err}");
+    // Ids: an empty pipeline id (named by its place), an empty module id, one
+    // starting with a dot.
+    let ids = "pipelines:\n  - pipeline_id: \"\"\n    stages: [{priority: 0, modules: [{module_id: \"\"}]}]\n  \
+               - pipeline_id: q\n    stages: [{priority: 0, modules: [{module_id: .hidden}]}]\n";
+    let err = Config::from_text(ids, Format::Yaml, None).unwrap_err();
+    let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors.iter().any(|e| e.contains("pipeline \"#1\"")),
+        "{errors:#?}"
+    );
+    assert!(errors.iter().any(|e| e.contains(".hidden")), "{errors:#?}");
+}

@@ -26,11 +26,36 @@ impl SlotId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FilterId(u32);
 
+impl FilterId {
+    /// The filter's position among all the filters added, in the order
+    /// they were added.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Why a filter set could not be compiled.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot compile the topic filters: {message}")]
 pub struct BuildError {
     message: String,
+    /// The filter too large on its own, when one is.
+    filter: Option<FilterId>,
+}
+
+impl BuildError {
+    fn of_all(message: String) -> Self {
+        BuildError {
+            message,
+            filter: None,
+        }
+    }
+
+    /// The filter whose pattern alone is too large to compile, when one is
+    /// (else the patterns are too large together).
+    pub fn filter(&self) -> Option<FilterId> {
+        self.filter
+    }
 }
 
 /// Collects filters slot by slot, then compiles them all at once.
@@ -318,9 +343,7 @@ impl Literals {
         let dfa = aho_corasick::dfa::DFA::builder()
             .match_kind(aho_corasick::MatchKind::Standard)
             .build(&patterns.patterns)
-            .map_err(|e| BuildError {
-                message: format!("literal patterns: {e}"),
-            })?;
+            .map_err(|e| BuildError::of_all(format!("literal patterns: {e}")))?;
         Ok(Some(Literals {
             dfa,
             filters: patterns.filters,
@@ -394,20 +417,26 @@ impl Regexes {
             );
             compiler
         };
-        let nfa = compiler()
-            .build_many(&patterns.patterns)
-            .map_err(|e| BuildError {
-                // Every pattern parsed when its filter was made, so this is a size
-                // limit: name the pattern that is too big on its own, if one is.
-                message: match patterns
-                    .patterns
-                    .iter()
-                    .position(|p| compiler().build(p).is_err())
-                {
-                    Some(p) => format!("{}: {e}", filters[patterns.filters[p][0] as usize]),
-                    None => format!("the regex and wildcard patterns together: {e}"),
-                },
-            })?;
+        let nfa = compiler().build_many(&patterns.patterns).map_err(|e| {
+            // Every pattern parsed when its filter was made, so this is a size
+            // limit: name the pattern that is too big on its own, if one is.
+            match patterns
+                .patterns
+                .iter()
+                .position(|p| compiler().build(p).is_err())
+            {
+                Some(p) => {
+                    let id = patterns.filters[p][0];
+                    BuildError {
+                        message: format!("{}: {e}", filters[id as usize]),
+                        filter: Some(FilterId(id)),
+                    }
+                }
+                None => {
+                    BuildError::of_all(format!("the regex and wildcard patterns together: {e}"))
+                }
+            }
+        })?;
         let dfa = hybrid::dfa::DFA::builder()
             .configure(
                 hybrid::dfa::Config::new()
@@ -416,15 +445,11 @@ impl Regexes {
                     .cache_capacity(16 << 20),
             )
             .build_from_nfa(nfa.clone())
-            .map_err(|e| BuildError {
-                message: format!("regex and wildcard patterns: {e}"),
-            })?;
+            .map_err(|e| BuildError::of_all(format!("regex and wildcard patterns: {e}")))?;
         let fallback = PikeVM::builder()
             .configure(PikeVM::config().match_kind(MatchKind::All))
             .build_from_nfa(nfa)
-            .map_err(|e| BuildError {
-                message: format!("regex and wildcard patterns: {e}"),
-            })?;
+            .map_err(|e| BuildError::of_all(format!("regex and wildcard patterns: {e}")))?;
         Ok(Regexes {
             dfa,
             fallback,

@@ -11,14 +11,50 @@ use rustmq_etl_config::{Config, EtlPipelineConfig, ModuleInstanceConfig};
 use rustmq_etl_core::{Edit, Message, ModuleSpec};
 use rustmq_etl_filter::{FilterSet, FilterSetBuilder, SlotId};
 
-/// Why a configuration cannot become a plan.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("pipeline {pipeline:?}, module {module:?}: {message}")]
+/// Why a configuration cannot become a plan: where (the file, pipeline,
+/// stage, module and field, as far as one is to blame) and why.
+#[derive(Debug, Clone)]
 pub struct PlanError {
-    pipeline: String,
-    module: String,
+    file: Option<std::path::PathBuf>,
+    pipeline: Option<String>,
+    stage: Option<u32>,
+    module: Option<String>,
+    field: Option<String>,
     message: String,
 }
+
+impl PlanError {
+    /// The file of the pipeline to blame, if the configuration came from
+    /// files and one pipeline is to blame.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut place = Vec::new();
+        if let Some(pipeline) = &self.pipeline {
+            place.push(format!("pipeline {pipeline:?}"));
+        }
+        if let Some(stage) = self.stage {
+            place.push(format!("stage {stage}"));
+        }
+        if let Some(module) = &self.module {
+            place.push(format!("module {module:?}"));
+        }
+        if let Some(field) = &self.field {
+            place.push(format!("field '{field}'"));
+        }
+        if place.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", place.join(", "), self.message)
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
 
 /// One module of a stage.
 #[derive(Debug, Clone)]
@@ -194,17 +230,29 @@ impl Plan {
         let mut occurrence_of: HashMap<ModuleSpec, usize> = HashMap::new();
         let mut reads = Reads::default();
         let (mut any_filters, mut any_rules) = (false, false);
+        // Where each filter added is configured, by its index: to name the
+        // one a compile error blames.
+        let mut filter_places: Vec<PlanError> = Vec::new();
         for source in config.pipelines() {
             let p = &source.pipeline;
             let mut stages = Vec::with_capacity(p.stages.len());
             for stage in &p.stages {
                 let mut modules = Vec::with_capacity(stage.modules.len());
                 for m in &stage.modules {
-                    let error = |message: String| PlanError {
-                        pipeline: p.pipeline_id.clone(),
-                        module: m.module_id.clone(),
+                    let at = |field: Option<String>, message: String| PlanError {
+                        file: source.file.clone(),
+                        pipeline: Some(p.pipeline_id.clone()),
+                        stage: Some(stage.priority),
+                        module: Some(m.module_id.clone()),
+                        field,
                         message,
                     };
+                    let error = |message: String| at(None, message);
+                    filter_places.extend(
+                        (0..m.topic_filters.len()).map(|i| {
+                            at(Some(format!("topic_filters[{i}].pattern")), String::new())
+                        }),
+                    );
                     let topic_filters = m
                         .topic_filters
                         .iter()
@@ -256,10 +304,22 @@ impl Plan {
                 indices: 0..0,
             });
         }
-        let filters = filters.build().map_err(|e| PlanError {
-            pipeline: String::new(),
-            module: String::new(),
-            message: e.to_string(),
+        let filters = filters.build().map_err(|e| {
+            let blamed = e.filter().and_then(|id| filter_places.get(id.index()));
+            match blamed {
+                Some(place) => PlanError {
+                    message: e.to_string(),
+                    ..place.clone()
+                },
+                None => PlanError {
+                    file: None,
+                    pipeline: None,
+                    stage: None,
+                    module: None,
+                    field: None,
+                    message: e.to_string(),
+                },
+            }
         })?;
         let mut listings = vec![0_usize; occurrences.len()];
         for module in pipelines
