@@ -14,7 +14,11 @@ use rustmq_etl_filter::{FilterSet, FilterSetBuilder, SlotId};
 /// Why a configuration cannot become a plan: where (the file, pipeline,
 /// stage, module and field, as far as one is to blame) and why.
 #[derive(Debug, Clone)]
-pub struct PlanError {
+pub struct PlanError(Box<Blame>);
+
+/// Where a plan failed, and why.
+#[derive(Debug, Clone, Default)]
+struct Blame {
     file: Option<std::path::PathBuf>,
     pipeline: Option<String>,
     stage: Option<u32>,
@@ -27,29 +31,30 @@ impl PlanError {
     /// The file of the pipeline to blame, if the configuration came from
     /// files and one pipeline is to blame.
     pub fn file(&self) -> Option<&std::path::Path> {
-        self.file.as_deref()
+        self.0.file.as_deref()
     }
 }
 
 impl std::fmt::Display for PlanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let this = &self.0;
         let mut place = Vec::new();
-        if let Some(pipeline) = &self.pipeline {
+        if let Some(pipeline) = &this.pipeline {
             place.push(format!("pipeline {pipeline:?}"));
         }
-        if let Some(stage) = self.stage {
+        if let Some(stage) = this.stage {
             place.push(format!("stage {stage}"));
         }
-        if let Some(module) = &self.module {
+        if let Some(module) = &this.module {
             place.push(format!("module {module:?}"));
         }
-        if let Some(field) = &self.field {
+        if let Some(field) = &this.field {
             place.push(format!("field '{field}'"));
         }
         if place.is_empty() {
-            f.write_str(&self.message)
+            f.write_str(&this.message)
         } else {
-            write!(f, "{}: {}", place.join(", "), self.message)
+            write!(f, "{}: {}", place.join(", "), this.message)
         }
     }
 }
@@ -232,14 +237,14 @@ impl Plan {
         let (mut any_filters, mut any_rules) = (false, false);
         // Where each filter added is configured, by its index: to name the
         // one a compile error blames.
-        let mut filter_places: Vec<PlanError> = Vec::new();
+        let mut filter_places: Vec<Blame> = Vec::new();
         for source in config.pipelines() {
             let p = &source.pipeline;
             let mut stages = Vec::with_capacity(p.stages.len());
             for stage in &p.stages {
                 let mut modules = Vec::with_capacity(stage.modules.len());
                 for m in &stage.modules {
-                    let at = |field: Option<String>, message: String| PlanError {
+                    let at = |field: Option<String>, message: String| Blame {
                         file: source.file.clone(),
                         pipeline: Some(p.pipeline_id.clone()),
                         stage: Some(stage.priority),
@@ -247,7 +252,7 @@ impl Plan {
                         field,
                         message,
                     };
-                    let error = |message: String| at(None, message);
+                    let error = |message: String| PlanError(Box::new(at(None, message)));
                     filter_places.extend(
                         (0..m.topic_filters.len()).map(|i| {
                             at(Some(format!("topic_filters[{i}].pattern")), String::new())
@@ -306,20 +311,10 @@ impl Plan {
         }
         let filters = filters.build().map_err(|e| {
             let blamed = e.filter().and_then(|id| filter_places.get(id.index()));
-            match blamed {
-                Some(place) => PlanError {
-                    message: e.to_string(),
-                    ..place.clone()
-                },
-                None => PlanError {
-                    file: None,
-                    pipeline: None,
-                    stage: None,
-                    module: None,
-                    field: None,
-                    message: e.to_string(),
-                },
-            }
+            PlanError(Box::new(Blame {
+                message: e.to_string(),
+                ..blamed.cloned().unwrap_or_default()
+            }))
         })?;
         let mut listings = vec![0_usize; occurrences.len()];
         for module in pipelines
