@@ -1857,3 +1857,94 @@ fn the_body_limit_is_the_most_accepted_and_a_refused_body_is_counted_and_logged(
     assert_eq!(log.matches("\" 413 ").count(), 2, "{log}");
     server.stop();
 }
+
+/// A module whose file is not there: the server starts and is ready; the
+/// occurrence says `unavailable` in `GET /v1/config`; a message that needs it
+/// fails `unavailable` (dead-lettered here, by its pipeline's strategy); a
+/// reload of the same configuration answers `unchanged`, listing it under
+/// `unavailable`; and once the file is there, a reload loads it.
+#[test]
+fn a_module_not_there_is_unavailable_and_the_service_ready() {
+    let yaml = "pipeline_id: p\nerror_handling: SendToDeadLetter\nstages: [{priority: 0, modules: [{module_id: not-yet}]}]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etl.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        modules.to_str().unwrap(),
+        "--no-watch",
+    ]);
+    assert_eq!(server.send("GET", "/ready", "").0, 200);
+    let (status, body) = server.send("GET", "/v1/config", "");
+    assert_eq!(status, 200, "{body}");
+    let config_answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let occurrence = &config_answer["occurrences"][0];
+    assert_eq!(occurrence["module_id"], "not-yet", "{body}");
+    assert!(occurrence["unavailable"].is_string(), "{body}");
+    let (status, body) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "x"}"#);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], "dead_lettered", "{body}");
+    assert_eq!(
+        answer["message"]["headers"]["etl-dlq-error-kind"], "unavailable",
+        "{body}"
+    );
+    let (status, body) = server.send("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    let reload: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reload["result"], "unchanged", "{body}");
+    assert!(
+        reload["unavailable"].to_string().contains("not-yet"),
+        "{body}"
+    );
+    std::fs::copy(
+        fixtures().join("modules/identity.wasm"),
+        modules.join("not-yet.wasm"),
+    )
+    .unwrap();
+    let (status, body) = server.send("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server.send("POST", "/v1/process", r#"{"topic": "t", "payload": "x"}"#);
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], "delivered", "{body}");
+    server.stop();
+}
+
+/// `--no-watch`: a configuration file changed is not read until asked
+/// (`POST /v1/reload`); without it, the same change is put in service by
+/// itself, `--no-reload-endpoint` or not.
+#[test]
+fn no_watch_leaves_a_changed_file_unread_until_asked() {
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let changed = "pipeline_id: q\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let version = |server: &Server| -> u64 {
+        let (_, body) = server.send("GET", "/v1/config", "");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["config_version"]
+            .as_u64()
+            .unwrap()
+    };
+    let (dir, server) = server_of(identity, &["--no-watch"]);
+    std::fs::write(dir.path().join("etl.yaml"), changed).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(version(&server), 1, "{}", server.log());
+    assert_eq!(server.send("POST", "/v1/reload", "").0, 200);
+    assert_eq!(version(&server), 2);
+    server.stop();
+
+    let (dir, server) = server_of(identity, &["--no-reload-endpoint"]);
+    std::fs::write(dir.path().join("etl.yaml"), changed).unwrap();
+    let started = Instant::now();
+    while version(&server) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the change was never read:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+}
