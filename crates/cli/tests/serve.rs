@@ -1358,6 +1358,9 @@ fn slow_clients_hold_nothing_and_a_shutdown_waits_only_its_grace() {
     // what to send instead.
     let gzip = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b";
     assert_eq!(raw(address, gzip), Some(415));
+    // `identity` is no compression: read as any body.
+    let identity = b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Encoding: identity\r\nContent-Length: 30\r\n\r\n{\"topic\": \"t\", \"payload\": \"1\"}";
+    assert_eq!(raw(address, identity), Some(200));
     let (code, text) = server.send("POST", "/v1/process", r#"[{"topic": "t"}]"#);
     assert_eq!(code, 400, "{text}");
     assert!(
@@ -1946,5 +1949,63 @@ fn no_watch_leaves_a_changed_file_unread_until_asked() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    server.stop();
+}
+
+/// A second signal during `--shutdown-delay-seconds` ends the process at
+/// once (exit 143), without waiting out the delay.
+#[test]
+fn a_second_signal_during_the_shutdown_delay_ends_the_process_at_once() {
+    let (_dir, server) = slow_server(&["--shutdown-delay-seconds", "30"]);
+    assert_eq!(server.send("GET", "/health", "").0, 200);
+    server.signal("TERM");
+    let waited = Instant::now();
+    while server.send("GET", "/ready", "").0 != 503 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let status = server.wait();
+    assert_eq!(status.code(), Some(143), "{status:?}\n{}", server.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "it waited out the delay: {:?}",
+        signalled.elapsed()
+    );
+}
+
+/// `--max-connections`: past the limit a new connection waits in the listen
+/// queue, unanswered, until one of those open closes; then it is served.
+#[test]
+fn connections_past_the_limit_wait_until_one_closes() {
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let (_dir, server) = server_of(identity, &["--max-connections", "1", "--no-watch"]);
+    // One connection, open and idle after its request.
+    let held = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        stream
+    };
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| server.send("GET", "/health", ""));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(
+            !second.is_finished(),
+            "a second connection was served while the first was open"
+        );
+        drop(held);
+        assert_eq!(second.join().unwrap().0, 200);
+    });
     server.stop();
 }
