@@ -740,3 +740,120 @@ fn limits_hold_at_their_ends_and_ids_must_name_something() {
     );
     assert!(errors.iter().any(|e| e.contains(".hidden")), "{errors:#?}");
 }
+
+/// Many files, written in an order that is not their names' (the order a
+/// directory lists them in is the file system's): applied in name order.
+#[test]
+fn many_files_apply_in_name_order_whatever_order_they_were_written_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 names, written in a shuffled order (a fixed one: 7 is prime to 20).
+    for n in (0..20).map(|i| (i * 7) % 20) {
+        std::fs::write(
+            dir.path().join(format!("{n:02}.yaml")),
+            format!(
+                "{{pipeline_id: p{n:02}, stages: [{{priority: 0, modules: [{{module_id: m}}]}}]}}"
+            ),
+        )
+        .unwrap();
+    }
+    let loaded = Config::load(dir.path()).unwrap();
+    let ids: Vec<&str> = loaded
+        .config
+        .pipelines()
+        .iter()
+        .map(|p| p.pipeline.pipeline_id.as_str())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("p{n:02}")).collect();
+    assert_eq!(ids, expected);
+}
+
+/// The problems of every file of a directory are reported together, each
+/// naming its file: a type error in one does not hide another's duplicate
+/// priority.
+#[test]
+fn every_file_s_problems_are_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "pipeline_id: a\nmax_retries: many\nstages: [{priority: 0, modules: [{module_id: m}]}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "pipeline_id: b\nstages: [{priority: 1, modules: [{module_id: m}]}, {priority: 1, modules: [{module_id: n}]}]\n",
+    )
+    .unwrap();
+    let err = Config::load(dir.path()).unwrap_err();
+    let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("a.yaml") && e.contains("max_retries")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("b.yaml") && e.contains("priority")),
+        "{errors:#?}"
+    );
+}
+
+/// A misspelt field is placed and a known name suggested at every level:
+/// the pipeline's, a stage's, a filter's and a rule's.
+#[test]
+fn a_misspelt_field_is_placed_and_the_right_one_suggested_at_every_level() {
+    let yaml = r#"
+pipeline_id: p
+globl_timeout_ms: 100
+stages:
+  - priority: 2
+    paralel_execution: true
+    modules:
+      - module_id: m
+        topic_filters: [{filter_type: Exact, pattern: t, case_sensitve: false}]
+        conditional_rules: [{condition_type: MessageSize, operator: LessThan, value: 9, negat: true}]
+"#;
+    let err = Config::from_text(yaml, Format::Yaml, None).unwrap_err();
+    let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+    for (place, suggestion) in [
+        (
+            "pipeline \"p\", field `globl_timeout_ms`",
+            "did you mean `global_timeout_ms`?",
+        ),
+        (
+            "pipeline \"p\", stage 2, field `paralel_execution`",
+            "did you mean `parallel_execution`?",
+        ),
+        (
+            "pipeline \"p\", stage 2, module \"m\", field `topic_filters[0].case_sensitve`",
+            "did you mean `case_sensitive`?",
+        ),
+        (
+            "pipeline \"p\", stage 2, module \"m\", field `conditional_rules[0].negat`",
+            "did you mean `negate`?",
+        ),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(place) && e.contains(suggestion)),
+            "no {place} … {suggestion} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+}
+
+/// A key twice in one object of a rule's `value` is an error, as in
+/// `custom_config`: which of the two was meant cannot be told.
+#[test]
+fn a_key_twice_in_a_rule_s_value_is_an_error() {
+    let yaml = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, conditional_rules: \
+                [{condition_type: PayloadField, field_path: x, operator: Equals, value: {a: 1, a: 2}}]}]}]\n";
+    let err = Config::from_text(yaml, Format::Yaml, None).unwrap_err();
+    assert_eq!(err.errors().count(), 1, "{err}");
+    let json = r#"{"pipeline_id": "p", "stages": [{"priority": 0, "modules": [{"module_id": "m", "conditional_rules": [{"condition_type": "PayloadField", "field_path": "x", "operator": "Equals", "value": {"a": 1, "a": 2}}]}]}]}"#;
+    let err = Config::from_text(json, Format::Json, None).unwrap_err();
+    assert_eq!(err.errors().count(), 1, "{err}");
+}
