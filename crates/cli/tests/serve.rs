@@ -33,7 +33,9 @@ fn the_documented_examples_answer_as_documented() {
         "3",
         "--no-watch",
     ]);
-    let mut request: Option<(String, String, String)> = None;
+    // A request: its method, path, headers and body.
+    type Request = (String, String, Vec<(String, String)>, String);
+    let mut request: Option<Request> = None;
     let mut checked = 0;
     let mut lines = doc.lines().enumerate();
     while let Some((at, line)) = lines.next() {
@@ -57,6 +59,16 @@ fn the_documented_examples_answer_as_documented() {
             .iter()
             .position(|l| l.is_empty())
             .unwrap_or(block.len());
+        // The headers between the first line and the blank one.
+        let headers: Vec<(String, String)> = block[1..blank]
+            .iter()
+            .map(|l| {
+                let (name, value) = l
+                    .split_once(": ")
+                    .unwrap_or_else(|| panic!("docs/serve.md:{}: not a header: {l:?}", at + 1));
+                (name.to_ascii_lowercase(), value.to_owned())
+            })
+            .collect();
         let body = block
             .get(blank + 1..)
             .unwrap_or(&[])
@@ -64,10 +76,10 @@ fn the_documented_examples_answer_as_documented() {
             .replace("<the --config path>", config.to_str().unwrap())
             .replace("<the --modules path>", modules.to_str().unwrap());
         if let Some(status) = first.strip_prefix("HTTP/1.1 ") {
-            let (method, path, sent) = request.take().unwrap_or_else(|| {
+            let (method, path, sent_headers, sent) = request.take().unwrap_or_else(|| {
                 panic!("docs/serve.md:{}: a response without a request", at + 1)
             });
-            let (code, text) = server.send(&method, &path, &sent);
+            let (code, answered, text) = server.exchange(&method, &path, &sent_headers, &sent);
             let expected: u16 = status[..3].parse().unwrap();
             assert_eq!(
                 code,
@@ -75,6 +87,14 @@ fn the_documented_examples_answer_as_documented() {
                 "docs/serve.md:{}: {method} {path} answered {code}: {text}",
                 at + 1
             );
+            // Each header documented is in the answer, with that value.
+            for (name, value) in &headers {
+                assert!(
+                    answered.iter().any(|(n, v)| n == name && v == value),
+                    "docs/serve.md:{}: {method} {path}: no header {name}: {value} in {answered:?}",
+                    at + 1
+                );
+            }
             match serde_json::from_str::<Value>(&body) {
                 Ok(documented) => {
                     let actual: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
@@ -101,7 +121,7 @@ fn the_documented_examples_answer_as_documented() {
             checked += 1;
         } else {
             let (method, path) = first.split_once(' ').unwrap();
-            request = Some((method.to_owned(), path.to_owned(), body));
+            request = Some((method.to_owned(), path.to_owned(), headers, body));
         }
     }
     assert!(

@@ -139,6 +139,62 @@ impl Server {
         }
     }
 
+    /// Sends a request with `headers` (a JSON `Content-Type` unless they
+    /// give one): the status, the answer's headers (names in lower case)
+    /// and its body.
+    #[allow(dead_code)] // (not every test binary using this module needs it)
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.base);
+        let has_type = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        let sent = match method {
+            "GET" => {
+                let mut request = agent.get(&url);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                request.call()
+            }
+            "POST" => {
+                let mut request = agent.post(&url);
+                if !has_type {
+                    request = request.header("content-type", "application/json");
+                }
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                request.send(body)
+            }
+            other => panic!("no method {other} in the test client's exchange"),
+        };
+        let mut response = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()));
+        let code = response.status().as_u16();
+        let answered: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    value.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let text = response.body_mut().read_to_string().unwrap();
+        (code, answered, text)
+    }
+
     fn try_send_bytes(
         &self,
         method: &str,
