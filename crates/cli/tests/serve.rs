@@ -1103,10 +1103,17 @@ fn get(address: &str, path: &str) -> (u16, String) {
 /// `--admin-listen`: the probes and the metrics on connections of their own.
 /// They answer while every connection of the main listener is taken, and
 /// through a shutdown's grace, where `/ready` says 503 while the requests in
-/// flight finish; nothing else is served there.
+/// flight finish; nothing else is served there. Its answers are logged by
+/// `--access-log` and counted, as the main listener's are.
 #[test]
 fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shutdown() {
-    let (_dir, server) = slow_server(&["--max-connections", "1", "--admin-listen", "127.0.0.1:0"]);
+    let (_dir, server) = slow_server(&[
+        "--max-connections",
+        "1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--access-log",
+    ]);
     let log = server.log_once(|log| log.contains("admin endpoints"));
     let admin = log
         .lines()
@@ -1129,6 +1136,16 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
         until_one_in_flight(|| get(&admin, "/metrics").1);
         assert_eq!(get(&admin, "/health").0, 200);
         assert_eq!(get(&admin, "/ready").0, 200);
+        let log = server.log_once(|log| log.contains("\"GET /ready HTTP/1.1\" 200 "));
+        assert!(log.contains("\"GET /ready HTTP/1.1\" 200 "), "{log}");
+        let (_, metrics) = get(&admin, "/metrics");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l
+                    .starts_with(r#"rustmq_etl_http_requests_total{route="/ready",status="200"}"#)),
+            "{metrics}"
+        );
         let (code, text) = get(&admin, "/v1/config");
         assert_eq!(code, 404, "{text}");
         let head = raw_head(
