@@ -2137,29 +2137,36 @@ fn a_full_file_behind_both_outputs_still_gets_the_stop_line() {
 }
 
 /// Dead letters sent to standard output with the delivered messages come in
-/// input order among them, each on a line of its own.
+/// input order among them, each on a line of its own; with `--concurrent`
+/// too, whose batches run on the engine's threads.
 #[test]
 fn dead_letters_to_standard_output_keep_input_order() {
     let dir = tempfile::tempdir().unwrap();
     let config = bad_topic_dead_letters(dir.path());
     let (messages, _) = keyed_messages(dir.path(), 600, |i| if i % 3 == 0 { "bad" } else { "t" });
-    let out = run(
-        &[
+    for extra in [None, Some("--concurrent")] {
+        let mut args = vec![
             "run",
             "--config",
             config.to_str().unwrap(),
-            "--modules",
-            &modules(),
             "--input",
             messages.to_str().unwrap(),
             "--dead-letter",
             "-",
-        ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let expected: Vec<String> = (1..=600).map(|i| format!("m{i}")).collect();
-    assert_eq!(keys(&text(&out.stdout)), expected);
+        ];
+        let modules = modules();
+        args.extend(["--modules", &modules]);
+        args.extend(extra);
+        let out = run(&args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}",
+            text(&out.stderr)
+        );
+        let expected: Vec<String> = (1..=600).map(|i| format!("m{i}")).collect();
+        assert_eq!(keys(&text(&out.stdout)), expected, "{extra:?}");
+    }
 }
 
 /// With dead letters written apart, a batch is committed to both outputs or
@@ -2742,33 +2749,6 @@ fn the_summary_counts_retries_and_dead_letters() {
         ["hostile-trap", "0", "0", "1", "2", "1"],
         "{retried:?}"
     );
-}
-
-/// `--concurrent` runs batches on the engine's threads, and the results
-/// still come out in input order.
-#[test]
-fn run_concurrent_keeps_input_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = bad_topic_dead_letters(dir.path());
-    let (messages, _) = keyed_messages(dir.path(), 600, |i| if i % 3 == 0 { "bad" } else { "t" });
-    let out = run(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--modules",
-            &modules(),
-            "--input",
-            messages.to_str().unwrap(),
-            "--dead-letter",
-            "-",
-            "--concurrent",
-        ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let expected: Vec<String> = (1..=600).map(|i| format!("m{i}")).collect();
-    assert_eq!(keys(&text(&out.stdout)), expected);
 }
 
 /// Ctrl-C (SIGINT) stops `run` as SIGTERM does, with exit 130: what it read

@@ -233,15 +233,20 @@ fn a_new_version_loads_beside_the_old_and_a_broken_one_is_refused() {
     );
 }
 
+/// A pool of one worker keeping its compiled modules in `dir`.
+fn cached_in(dir: &std::path::Path) -> PoolConfig {
+    PoolConfig {
+        workers: 1,
+        bulk_bytes_per_ms: Some(RATE),
+        artifact_cache: Some(dir.to_owned()),
+        ..PoolConfig::default()
+    }
+}
+
 #[test]
 fn the_artifact_cache_skips_compilation_and_survives_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let config = PoolConfig {
-        workers: 1,
-        bulk_bytes_per_ms: Some(RATE),
-        artifact_cache: Some(dir.path().to_owned()),
-        ..PoolConfig::default()
-    };
+    let config = cached_in(dir.path());
     let bytes = wasm("message-formatter");
     let formatter = ModuleSpec::new("f");
     {
@@ -281,12 +286,7 @@ fn the_artifact_cache_skips_compilation_and_survives_damage() {
 #[test]
 fn an_artifact_copied_over_another_modules_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = PoolConfig {
-        workers: 1,
-        bulk_bytes_per_ms: Some(RATE),
-        artifact_cache: Some(dir.path().to_owned()),
-        ..PoolConfig::default()
-    };
+    let config = cached_in(dir.path());
     let artifacts = || -> std::collections::BTreeSet<std::path::PathBuf> {
         std::fs::read_dir(dir.path())
             .unwrap()

@@ -150,11 +150,7 @@ impl Server {
         headers: &[(String, String)],
         body: &str,
     ) -> (u16, Vec<(String, String)>, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent();
         let url = format!("{}{path}", self.base);
         let has_type = headers
             .iter()
@@ -201,11 +197,7 @@ impl Server {
         path: &str,
         body: &[u8],
     ) -> Result<(u16, String), ureq::Error> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent();
         let url = format!("{}{path}", self.base);
         let mut response = match method {
             "GET" => agent.get(&url).call()?,
@@ -259,4 +251,14 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// An HTTP client that takes every status as an answer, and gives up after
+/// a minute.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
 }
