@@ -1845,6 +1845,25 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     }
 }
 
+/// `child`, a `run` of `total` messages through the slow pipeline, sent
+/// `signal` midway (after 1.5 s): its output, and the last line its stop
+/// message says it wrote.
+fn stopped_midway(child: std::process::Child, signal: &str, total: usize) -> (Output, usize) {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let done = resumes_after(&text(&out.stderr));
+    assert!(
+        done > 0 && done < total,
+        "stopped at {done} of {total}: make the run slower"
+    );
+    (out, done)
+}
+
 /// The line `run`'s stop message says every line up to was processed and
 /// written.
 fn resumes_after(stderr: &str) -> usize {
@@ -2239,21 +2258,9 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
             .spawn()
             .unwrap()
     };
-    let child = run(1, &output);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let (out, done) = stopped_midway(run(1, &output), "TERM", total);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
-    let done = resumes_after(&stderr);
-    assert!(
-        done > 0 && done < total,
-        "stopped at {done} of {total}: make the run slower"
-    );
     assert!(
         stderr.contains(&format!("run again with --start-line {}", done + 1)),
         "{stderr}"
@@ -2322,6 +2329,23 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     assert_eq!(keys(&written.join("\n")), ["m1", "m2", "m3", "m4", "m5"]);
 }
 
+/// `run --config CONFIG --input MESSAGES --output OUTPUT --checkpoint
+/// CHECKPOINT` with the shipped modules, its standard error piped.
+fn checkpointed_run(config: &Path, messages: &Path, output: &Path, checkpoint: &Path) -> Command {
+    let mut command = server::tool();
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(messages)
+        .arg("--output")
+        .arg(output)
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .stderr(Stdio::piped());
+    command
+}
+
 /// `run --checkpoint` killed with SIGKILL mid-run — no chance to say where
 /// it stopped, a result perhaps cut short — resumes exactly with the same
 /// command: every message once, in order. Once finished, the same command
@@ -2334,20 +2358,7 @@ fn run_with_a_checkpoint_resumes_exactly_after_sigkill() {
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
     let checkpoint = dir.path().join("run.checkpoint");
-    let command = || {
-        let mut command = server::tool();
-        command
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&messages)
-            .arg("--output")
-            .arg(&output)
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .stderr(Stdio::piped());
-        command
-    };
+    let command = || checkpointed_run(&config, &messages, &output, &checkpoint);
     // The newest record of the checkpoint's two slots, and its line.
     let newest = || {
         let bytes = std::fs::read(&checkpoint).unwrap_or_default();
@@ -2770,18 +2781,10 @@ fn run_stopped_by_sigint_exits_130_and_says_where_to_resume() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-s", "INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let (out, done) = stopped_midway(child, "INT", total);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
-    let done = resumes_after(&stderr);
-    assert!(done > 0 && done < total, "stopped at {done} of {total}");
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()).len(), done);
 }
 
@@ -2796,31 +2799,10 @@ fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
     let checkpoint = dir.path().join("run.checkpoint");
-    let command = || {
-        let mut command = server::tool();
-        command
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&messages)
-            .arg("--output")
-            .arg(&output)
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .stderr(Stdio::piped());
-        command
-    };
-    let child = command().spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let command = || checkpointed_run(&config, &messages, &output, &checkpoint);
+    let (out, _) = stopped_midway(command().spawn().unwrap(), "TERM", total);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
-    let done = resumes_after(&stderr);
-    assert!(done > 0 && done < total, "stopped at {done} of {total}");
     assert!(stderr.contains("run the same command again"), "{stderr}");
     assert!(!stderr.contains("--start-line"), "{stderr}");
     let rest = command().output().unwrap();
