@@ -210,3 +210,126 @@ fn the_api_names_nothing_an_embedder_cannot_reach_through_it() {
     fn is_a_step(_: rustmq_etl_orchestrator::engine::Step) {}
     is_a_step(rustmq_etl_orchestrator::engine::Step::Done);
 }
+
+/// The modules `yaml` (one stage of modules, each with its filters or rules)
+/// selects for `line` at `now_ms`, by id.
+fn selected(yaml_modules: &str, line: &str, now_ms: i64) -> Vec<String> {
+    let yaml = format!("pipeline_id: p\nstages:\n  - priority: 0\n    modules:\n{yaml_modules}");
+    let plan = Plan::build(
+        &Config::from_text(&yaml, rustmq_etl_config::Format::Yaml, None)
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+            .config,
+    )
+    .unwrap();
+    let message = Message::from_json_line(line).unwrap();
+    plan.explain(&message, now_ms, &mut plan.create_scratch())
+        .modules
+        .iter()
+        .map(|m| m.module.clone())
+        .collect()
+}
+
+/// selection.md's operators and filter types, each from the configuration's
+/// own names (the reference proptests build their rules through the same
+/// conversion, so a name mapped to the wrong operator would pass them):
+/// hand examples with the answers the spec's words give.
+#[test]
+fn every_operator_and_filter_type_named_in_a_configuration_does_what_the_spec_says() {
+    let line = r#"{"topic": "a^bc.d", "headers": {"n": "7"}, "payload": {"n": 5, "s": "az", "r": 21.5, "t": "42", "x": "1", "tags": ["abc"]}}"#;
+    let rule = |id: &str, path: &str, operator: &str, value: &str| {
+        format!(
+            "      - {{module_id: {id}, conditional_rules: [{{condition_type: PayloadField, field_path: '{path}', operator: {operator}, value: {value}}}]}}\n"
+        )
+    };
+    let cases = [
+        // Ordering: numbers against numbers only.
+        rule("ge", "$.n", "GreaterThanOrEqual", "5"),
+        rule("le", "$.n", "LessThanOrEqual", "5"),
+        rule("gt-not", "$.n", "GreaterThan", "5"),
+        rule("lt-not", "$.n", "LessThan", "5"),
+        rule("r-gt", "$.r", "GreaterThan", "3"),
+        rule("r-gt-string-not", "$.r", "GreaterThan", "'1'"),
+        rule("t-gt-not", "$.t", "GreaterThan", "1"),
+        // Strings: the end, the start.
+        rule("ends", "$.s", "EndsWith", "z"),
+        rule("starts-not", "$.s", "StartsWith", "z"),
+        rule("n-ends-not", "$.n", "EndsWith", "'5'"),
+        // Equality across types: a string is not a number.
+        rule("x-ne", "$.x", "NotEquals", "1"),
+        rule("x-eq-not", "$.x", "Equals", "1"),
+        // Contains on an array: an element equal to the value.
+        rule("tags-elem", "$.tags", "Contains", "abc"),
+        rule("tags-substring-not", "$.tags", "Contains", "b"),
+        rule("n-matches-not", "$.n", "Matches", "'5'"),
+        // Filters.
+        "      - {module_id: contains, topic_filters: [{filter_type: Contains, pattern: '^b'}]}\n"
+            .to_owned(),
+        "      - {module_id: suffix, topic_filters: [{filter_type: Suffix, pattern: '.d'}]}\n"
+            .to_owned(),
+        "      - {module_id: prefix-not, topic_filters: [{filter_type: Prefix, pattern: 'b'}]}\n"
+            .to_owned(),
+        "      - {module_id: any-negated, topic_filters: [{filter_type: Exact, pattern: 'a^bc.d'}, {filter_type: Exact, pattern: 'zz', negate: true}]}\n"
+            .to_owned(),
+        // A header read as a number.
+        "      - {module_id: header-ge, conditional_rules: [{condition_type: HeaderValue, field_path: n, operator: GreaterThanOrEqual, value: 7}]}\n"
+            .to_owned(),
+    ];
+    let got = selected(&cases.concat(), line, 0);
+    assert_eq!(
+        got,
+        [
+            "ge",
+            "le",
+            "r-gt",
+            "ends",
+            "x-ne",
+            "tags-elem",
+            "contains",
+            "suffix",
+            "any-negated",
+            "header-ge"
+        ]
+    );
+}
+
+/// A wildcard matches the whole topic, `?` exactly one character (any one,
+/// a dot or a letter beyond ASCII too).
+#[test]
+fn a_wildcard_matches_the_whole_topic_and_a_question_mark_one_character() {
+    let wildcard = |pattern: &str| {
+        format!("      - {{module_id: w, topic_filters: [{{filter_type: Wildcard, pattern: '{pattern}'}}]}}\n")
+    };
+    for (pattern, topic, selects) in [
+        ("a?c", "a.c", true),
+        ("a?c", "aéc", true),
+        ("a?c", "xabc", false),
+        ("a?c", "ac", false),
+        ("events.*", "events.web", true),
+        ("events.*", "my.events.web", false),
+    ] {
+        let line = format!(r#"{{"topic": "{topic}", "payload": ""}}"#);
+        assert_eq!(
+            selected(&wildcard(pattern), &line, 0) == ["w"],
+            selects,
+            "{pattern} on {topic}"
+        );
+    }
+}
+
+/// MessageAge is `now − timestamp_ms`, in milliseconds, at the time given
+/// (explain's `--now`); a message without a timestamp has no age.
+#[test]
+fn message_age_is_now_less_the_timestamp_in_milliseconds() {
+    let age = |operator: &str, value: i64| {
+        format!("      - {{module_id: a, conditional_rules: [{{condition_type: MessageAge, operator: {operator}, value: {value}}}]}}\n")
+    };
+    let line = r#"{"topic": "t", "payload": "", "timestamp_ms": 400000}"#;
+    assert_eq!(selected(&age("Equals", 600_000), line, 1_000_000), ["a"]);
+    assert!(selected(&age("Equals", 600), line, 1_000_000).is_empty());
+    assert_eq!(
+        selected(&age("GreaterThan", 599_999), line, 1_000_000),
+        ["a"]
+    );
+    let untimed = r#"{"topic": "t", "payload": ""}"#;
+    assert!(selected(&age("GreaterThanOrEqual", 0), untimed, 1_000_000).is_empty());
+}
