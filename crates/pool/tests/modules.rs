@@ -107,6 +107,26 @@ fn temperature_converter_turns_celsius_into_fahrenheit() {
     );
     for module in ["temperature-converter", "temperature-converter-value"] {
         let converter = load(module, module, ModuleSettings::default());
+        // × 9/5 + 32, rounded to nine decimals (binary noise away), negative
+        // readings too, however large.
+        for (celsius, fahrenheit) in [
+            ("36.6", "97.88"),
+            ("-40", "-40.0"),
+            ("0.1", "32.18"),
+            ("-273.15", "-459.67"),
+            ("-1e300", "-1.8e+300"),
+        ] {
+            let m = json_message("t", &format!(r#"{{"unit":"celsius","reading":{celsius}}}"#));
+            assert_eq!(
+                String::from_utf8_lossy(&replaced(&converter, &m).payload),
+                format!(r#"{{"unit":"fahrenheit","reading":{fahrenheit}}}"#),
+                "{module}: {celsius} °C"
+            );
+        }
+        // A reading in Celsius that is no number is the module's error.
+        let text = json_message("t", r#"{"unit":"celsius","reading":"warm"}"#);
+        let err = pool().call_blocking(&converter, &text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::GuestError, "{module}: {err}");
         // Its product with 9 would overflow; the result does not.
         let near = json_message("t", r#"{"unit":"celsius","reading":5e307}"#);
         assert_eq!(
@@ -453,13 +473,19 @@ fn a_bad_custom_config_is_refused_at_load() {
 
 #[test]
 fn geolocation_enricher_uses_the_longest_matching_network() {
-    let config = ModuleSettings::default().custom_config(
-        r#"{"networks": [
-            {"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"},
-            {"cidr": "203.0.0.0/8", "country": "AU"},
-            {"cidr": "2001:db8::/32", "country": "NL", "region": "NH"}]}"#,
-    );
-    let enricher = load("geolocation-enricher", "geolocation-enricher", config);
+    // The longest match, whatever order the networks are listed in.
+    let narrow = r#"{"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"}"#;
+    let wide = r#"{"cidr": "203.0.0.0/8", "country": "AU"}"#;
+    let v6 = r#"{"cidr": "2001:db8::/32", "country": "NL", "region": "NH"}"#;
+    for networks in [[narrow, wide, v6], [wide, v6, narrow]] {
+        let config = ModuleSettings::default()
+            .custom_config(format!(r#"{{"networks": [{}]}}"#, networks.join(", ")));
+        geolocation_enricher_answers(load("geolocation-enricher", "geolocation-enricher", config));
+    }
+}
+
+/// The answers of a `geolocation-enricher` of the networks above.
+fn geolocation_enricher_answers(enricher: LoadedModule) {
     let message = |ip: &str| {
         let mut m = json_message("events.web.click", "{}");
         m.headers.push("client_ip", ip);

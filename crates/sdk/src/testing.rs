@@ -282,6 +282,49 @@ mod tests {
         );
     }
 
+    /// Edits apply in the order the module lists them, each edit of a field
+    /// over the one before; a header set keeps the place of its first
+    /// occurrence (as the engine keeps it), and every kind of edit reaches
+    /// its own field.
+    #[test]
+    fn edits_apply_in_their_order_and_a_set_header_keeps_its_place() {
+        let message = TestMessage::new("t", "p")
+            .header("a", "1")
+            .header("b", "2")
+            .key("k")
+            .timestamp_ms(5);
+        let out = run(
+            |_| {
+                Outcome::edit()
+                    .set_key("x")
+                    .clear_key()
+                    .set_header("h", "1")
+                    .remove_header("h")
+                    .set_header("a", "x")
+                    .clear_timestamp()
+                    .set_payload("q")
+                    .set_payload("r")
+                    .into()
+            },
+            &message,
+        );
+        assert_eq!(out.key, None);
+        assert_eq!(
+            out.headers,
+            [
+                ("a".to_owned(), "x".to_owned()),
+                ("b".to_owned(), "2".to_owned())
+            ]
+        );
+        assert_eq!(out.timestamp_ms, None);
+        assert_eq!(out.payload, b"r");
+        let out = run(
+            |_| Outcome::edit().clear_key().set_key("y").into(),
+            &message,
+        );
+        assert_eq!(out.key.as_deref(), Some(&b"y"[..]));
+    }
+
     /// Every edit arrives through the encoding and applies as the engine
     /// applies it; what the engine refuses, `apply` refuses.
     #[test]

@@ -1,6 +1,6 @@
 //! Converts temperature readings from Celsius to Fahrenheit: a JSON payload with
 //! `"unit": "celsius"` gets `reading` × 9/5 + 32 and `"unit": "fahrenheit"`; every
-//! other byte of the payload is kept as it was. Other payloads pass on unchanged.
+//! other byte kept as it was; a celsius `reading` not a number fails. Others pass as they are.
 //!
 //! Reads and edits the two fields with the SDK's `json::Object`: the payload
 //! is checked and scanned once, and the new one is the old one with two values
