@@ -1440,6 +1440,60 @@ fn test_module_json_gives_changes_and_the_result() {
     );
 }
 
+/// --json as modules.md describes it: a failure has `error` with its kind
+/// and no `message`; a change has `from` and `to`; a message kept as it was
+/// has its `message` and no `error`.
+#[test]
+fn test_module_json_leaves_out_what_does_not_apply() {
+    let json_lines = |name: &str, config: &str, input: &str| -> Vec<serde_json::Value> {
+        let out = run(
+            &[
+                "test-module",
+                &module(name),
+                "--input",
+                "-",
+                "--json",
+                "--module-config",
+                config,
+            ],
+            Some(input),
+        );
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let failed = &json_lines(
+        "hostile-trap",
+        "null",
+        r#"{"topic":"t","payload":"attack"}"#,
+    )[0];
+    assert_eq!(failed["result"], "failed", "{failed}");
+    assert_eq!(failed["error"]["kind"], "trap", "{failed}");
+    assert!(failed["error"]["message"].is_string(), "{failed}");
+    assert!(failed.get("message").is_none(), "{failed}");
+    let changed = &json_lines(
+        "temperature-converter",
+        "null",
+        r#"{"topic":"t","payload":{"unit":"celsius","reading":1}}
+{"topic":"t","payload":{"unit":"kelvin"}}"#,
+    );
+    let reading = changed[0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == ".reading")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", changed[0]));
+    assert_eq!(
+        (reading["from"].clone(), reading["to"].clone()),
+        (1.into(), 33.8.into())
+    );
+    assert_eq!(changed[1]["result"], "unchanged", "{}", changed[1]);
+    assert!(changed[1].get("error").is_none(), "{}", changed[1]);
+    assert!(changed[1]["message"].is_object(), "{}", changed[1]);
+}
+
 /// A failing module: each failure with its kind, and exit 1.
 #[test]
 fn test_module_reports_failures_and_exits_1() {
