@@ -457,6 +457,35 @@ mod tests {
         assert_eq!(escaped.str("k").as_deref(), Some("a\nb"));
     }
 
+    /// `i64` is an integer written as one: not a number with a fraction or
+    /// an exponent, however whole its value; exact past 2^53.
+    #[test]
+    fn an_integer_is_one_written_as_one() {
+        let o = Object::parse(br#"{"a":7,"b":7.0,"c":7e0,"d":9007199254740993,"e":-3,"f":"7"}"#)
+            .unwrap();
+        assert_eq!(o.i64("a"), Some(7));
+        assert_eq!((o.i64("b"), o.i64("c")), (None, None));
+        assert_eq!(o.i64("d"), Some(9_007_199_254_740_993));
+        assert_eq!(o.i64("e"), Some(-3));
+        assert_eq!(o.i64("f"), None);
+    }
+
+    /// `set_raw` writes the JSON text it is given as it is (not as a string),
+    /// as modules.md's rename example has it.
+    #[test]
+    fn set_raw_writes_its_text_as_it_is() {
+        assert_eq!(
+            edited(r#"{"temp":21.5,"id":"a"}"#, |e| e
+                .remove("temp")
+                .set_raw("temperature_c", "21.5")),
+            r#"{"id":"a","temperature_c":21.5}"#
+        );
+        assert_eq!(
+            edited(r#"{"a":1}"#, |e| e.set_raw("a", r#"{"b":[true]}"#)),
+            r#"{"a":{"b":[true]}}"#
+        );
+    }
+
     #[test]
     fn refuses_what_is_not_one_json_object() {
         for text in ["[1]", "1", "{", r#"{"a":1} x"#, r#"{"a":}"#, ""] {
