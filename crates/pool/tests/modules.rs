@@ -257,6 +257,34 @@ fn message_validator_checks_required_fields() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::GuestError);
     assert!(err.message().starts_with("payload is not JSON"), "{err}");
+    // Without a configuration: a JSON object passes; anything else fails
+    // validation (not strict: it passes on, marked so, with the reason).
+    let plain = load(
+        "message-validator-default",
+        "message-validator",
+        ModuleSettings::default(),
+    );
+    let object = replaced(&plain, &json_message("e", r#"{"a":1}"#));
+    assert_eq!(object.headers.get("x-validation"), Some("passed"));
+    for (payload, why) in [
+        ("not json", "payload is not JSON"),
+        ("[1]", "payload is not a JSON object"),
+    ] {
+        let marked = replaced(&plain, &json_message("e", payload));
+        assert_eq!(
+            marked.headers.get("x-validation"),
+            Some("failed"),
+            "{payload}"
+        );
+        assert!(
+            marked
+                .headers
+                .get("x-validation-error")
+                .is_some_and(|e| e.starts_with(why)),
+            "{payload}: {:?}",
+            marked.headers
+        );
+    }
 }
 
 /// The text with which the shipped module `file` refuses `custom_config`
@@ -322,6 +350,21 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     );
     assert_eq!(call(&ids, r#"{"id": {"a": [1.0, 2e0]}}"#), Outcome::Dropped);
     assert_eq!(call(&ids, r#"{"id": {"a": [2, 1]}}"#), Outcome::Unchanged);
+    // Objects whatever the order of their keys; a float is not the integer
+    // it rounds to.
+    let objects = configured(
+        "field-filter-objects",
+        "field-filter",
+        r#"{"field": "id", "drop": [{"a": 1, "b": 2}, 9007199254740993]}"#,
+    );
+    assert_eq!(
+        call(&objects, r#"{"id": {"b": 2, "a": 1}}"#),
+        Outcome::Dropped
+    );
+    assert_eq!(
+        call(&objects, r#"{"id": 9007199254740993.0}"#),
+        Outcome::Unchanged
+    );
     let keep = configured(
         "field-filter-keep",
         "field-filter",
