@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustmq_etl_condition::{ConditionSet, ConditionSetBuilder, GroupId, Subject};
-use rustmq_etl_config::{Config, EtlPipelineConfig, ModuleInstanceConfig};
+use rustmq_etl_config::{Config, EtlPipelineConfig, ModuleInstanceConfig, PipelineSource};
 use rustmq_etl_core::{Edit, Message, ModuleSpec};
 use rustmq_etl_filter::{FilterSet, FilterSetBuilder, SlotId};
 
@@ -25,6 +25,43 @@ struct Blame {
     module: Option<String>,
     field: Option<String>,
     message: String,
+}
+
+impl Blame {
+    /// A module of `source`'s pipeline, in its stage of `priority`, and
+    /// `field` of it; no message yet.
+    fn at(source: &PipelineSource, priority: u32, module: &str, field: Option<String>) -> Blame {
+        Blame {
+            file: source.file.clone(),
+            pipeline: Some(source.pipeline.pipeline_id.clone()),
+            stage: Some(priority),
+            module: Some(module.to_owned()),
+            field,
+            message: String::new(),
+        }
+    }
+
+    /// Where the topic filter `index` is configured, counting the filters
+    /// in the order [`Plan::build`] adds them (pipelines, stages and modules
+    /// as configured, each module's filters in turn); found only when an
+    /// error blames one.
+    fn of_filter(config: &Config, index: usize) -> Option<Blame> {
+        config
+            .pipelines()
+            .iter()
+            .flat_map(|source| {
+                source.pipeline.stages.iter().flat_map(move |stage| {
+                    stage.modules.iter().flat_map(move |m| {
+                        (0..m.topic_filters.len()).map(move |i| (source, stage.priority, m, i))
+                    })
+                })
+            })
+            .nth(index)
+            .map(|(source, priority, m, i)| {
+                let field = format!("topic_filters[{i}].pattern");
+                Blame::at(source, priority, &m.module_id, Some(field))
+            })
+    }
 }
 
 impl PlanError {
@@ -235,29 +272,18 @@ impl Plan {
         let mut occurrence_of: HashMap<ModuleSpec, usize> = HashMap::new();
         let mut reads = Reads::default();
         let (mut any_filters, mut any_rules) = (false, false);
-        // Where each filter added is configured, by its index: to name the
-        // one a compile error blames.
-        let mut filter_places: Vec<Blame> = Vec::new();
         for source in config.pipelines() {
             let p = &source.pipeline;
             let mut stages = Vec::with_capacity(p.stages.len());
             for stage in &p.stages {
                 let mut modules = Vec::with_capacity(stage.modules.len());
                 for m in &stage.modules {
-                    let at = |field: Option<String>, message: String| Blame {
-                        file: source.file.clone(),
-                        pipeline: Some(p.pipeline_id.clone()),
-                        stage: Some(stage.priority),
-                        module: Some(m.module_id.clone()),
-                        field,
-                        message,
+                    let error = |message: String| {
+                        PlanError(Box::new(Blame {
+                            message,
+                            ..Blame::at(source, stage.priority, &m.module_id, None)
+                        }))
                     };
-                    let error = |message: String| PlanError(Box::new(at(None, message)));
-                    filter_places.extend(
-                        (0..m.topic_filters.len()).map(|i| {
-                            at(Some(format!("topic_filters[{i}].pattern")), String::new())
-                        }),
-                    );
                     let topic_filters = m
                         .topic_filters
                         .iter()
@@ -310,10 +336,12 @@ impl Plan {
             });
         }
         let filters = filters.build().map_err(|e| {
-            let blamed = e.filter().and_then(|id| filter_places.get(id.index()));
+            let blamed = e
+                .filter()
+                .and_then(|id| Blame::of_filter(config, id.index()));
             PlanError(Box::new(Blame {
                 message: e.to_string(),
-                ..blamed.cloned().unwrap_or_default()
+                ..blamed.unwrap_or_default()
             }))
         })?;
         let mut listings = vec![0_usize; occurrences.len()];

@@ -3996,6 +3996,20 @@ stages:
     }
 }
 
+/// A pipeline of `module` retried three times under `budget`: the
+/// pipeline's `global_timeout_ms: N` or its one stage's `stage_timeout_ms: N`.
+fn retried_within(budget: &str, module: &str) -> String {
+    let (pipeline_budget, stage_budget) = if budget.starts_with("global") {
+        (budget, "")
+    } else {
+        ("", budget)
+    };
+    format!(
+        "pipeline_id: p\nerror_handling: RetryWithBackoff\nmax_retries: 3\n{pipeline_budget}\n\
+         stages:\n  - priority: 0\n    {stage_budget}\n    modules: [{{module_id: {module}}}]\n"
+    )
+}
+
 /// A retry's wait never outlasts the budget left: with waits of 4 s
 /// against a budget of 100 ms, the pipeline's (or the stage's) time runs out
 /// during the first wait, and the message is dead-lettered then, not
@@ -4004,23 +4018,11 @@ stages:
 fn a_retry_s_wait_ends_when_the_budget_does() {
     let engine = Arc::new(StandIn::new(2));
     engine.module("m", |_| Behaviour::fail(ErrorKind::Trap, "always"));
-    for (budget, kind, stage_budget, pipeline_budget) in [
-        ("pipeline", "pipeline_timeout", "", "global_timeout_ms: 100"),
-        ("stage", "stage_timeout", "stage_timeout_ms: 100", ""),
+    for (budget, kind) in [
+        ("global_timeout_ms: 100", "pipeline_timeout"),
+        ("stage_timeout_ms: 100", "stage_timeout"),
     ] {
-        let yaml = format!(
-            r#"
-pipeline_id: p
-error_handling: RetryWithBackoff
-max_retries: 3
-{pipeline_budget}
-stages:
-  - priority: 0
-    {stage_budget}
-    modules: [{{module_id: m}}]
-"#
-        );
-        let o = start_with(&engine, &yaml, waits(4_000));
+        let o = start_with(&engine, &retried_within(budget, "m"), waits(4_000));
         let started = Instant::now();
         let out = one(&o, Message::new("t", ""));
         // Jitter takes off half a wait at most: 2 s at the least.
@@ -4092,24 +4094,7 @@ fn a_stage_or_pipeline_timeout_in_a_call_is_not_retried() {
         ("global_timeout_ms: 50", "pipeline_timeout"),
         ("stage_timeout_ms: 50", "stage_timeout"),
     ] {
-        let (pipeline_budget, stage_budget) = if kind == "pipeline_timeout" {
-            (budget, "")
-        } else {
-            ("", budget)
-        };
-        let yaml = format!(
-            r#"
-pipeline_id: p
-error_handling: RetryWithBackoff
-max_retries: 3
-{pipeline_budget}
-stages:
-  - priority: 0
-    {stage_budget}
-    modules: [{{module_id: slow}}]
-"#
-        );
-        let o = start(&engine, &yaml);
+        let o = start(&engine, &retried_within(budget, "slow"));
         let out = one(&o, Message::new("t", ""));
         let letter = dead_letter(&out);
         assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some(kind), "{budget}");
