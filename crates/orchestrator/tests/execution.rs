@@ -2270,6 +2270,33 @@ stages:
     }
 }
 
+/// A host failure after an earlier stage's edit: a `SkipModule` pipeline
+/// keeps no copy of the message as it entered, so its dead letter is the
+/// message as it stood (the edit in it); under every other strategy it is
+/// the message as it entered the pipeline (execution.md, "A host failure").
+#[test]
+fn a_host_failure_dead_letters_the_entry_unless_the_pipeline_skips_modules() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("edit", append("+"));
+    engine.module("fragile", |_| panic!("the host broke"));
+    for (strategy, letter_payload) in [
+        ("SkipModule", "in+"),
+        ("StopPipeline", "in"),
+        ("SendToDeadLetter", "in"),
+        ("RetryWithBackoff", "in"),
+    ] {
+        let yaml = format!(
+            "pipeline_id: p\nerror_handling: {strategy}\nstages:\n  - {{priority: 0, modules: [{{module_id: edit}}]}}\n  - {{priority: 1, modules: [{{module_id: fragile}}]}}\n"
+        );
+        let o = start(&engine, &yaml);
+        let out = one(&o, Message::new("t", "in"));
+        let letter = dead_letter(&out);
+        assert_eq!(&letter.payload[..], letter_payload.as_bytes(), "{strategy}");
+        assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("trap"), "{strategy}");
+        assert_eq!(letter.headers.get(dlq::MODULE), Some("fragile"), "{strategy}");
+    }
+}
+
 #[test]
 fn results_come_in_input_order_and_every_input_is_accounted_for() {
     let engine = Arc::new(StandIn::new(2));
