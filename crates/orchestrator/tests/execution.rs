@@ -2292,8 +2292,16 @@ fn a_host_failure_dead_letters_the_entry_unless_the_pipeline_skips_modules() {
         let out = one(&o, Message::new("t", "in"));
         let letter = dead_letter(&out);
         assert_eq!(&letter.payload[..], letter_payload.as_bytes(), "{strategy}");
-        assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("trap"), "{strategy}");
-        assert_eq!(letter.headers.get(dlq::MODULE), Some("fragile"), "{strategy}");
+        assert_eq!(
+            letter.headers.get(dlq::ERROR_KIND),
+            Some("trap"),
+            "{strategy}"
+        );
+        assert_eq!(
+            letter.headers.get(dlq::MODULE),
+            Some("fragile"),
+            "{strategy}"
+        );
     }
 }
 

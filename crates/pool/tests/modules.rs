@@ -300,6 +300,15 @@ fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
     match refused {
         LoadError::Init { message, .. } => {
             assert!(message.contains("give {"), "{message}");
+            // The module's one sentence: the name, then why.
+            assert!(
+                ["custom_config ", "custom_config: "]
+                    .iter()
+                    .any(|start| message
+                        .strip_prefix("init rejected its custom_config: ")
+                        .is_some_and(|text| text.starts_with(start))),
+                "{message}"
+            );
             assert!(!message.contains("column"), "{message}");
             message
         }
@@ -497,20 +506,45 @@ fn topic_router_routes_by_a_field_of_the_payload() {
     }
 }
 
+/// Each shipped module whose `custom_config` is optional refuses a bad one
+/// as it starts, saying why and showing what to give.
 #[test]
 fn a_bad_custom_config_is_refused_at_load() {
-    let config = with_config(r#"{"strict": true}"#);
-    let err = pool()
-        .load_file(
-            &spec("validator-typo", config),
-            &fixture("message-validator"),
-        )
-        .unwrap_err();
-    match err {
-        LoadError::Init { message, .. } => {
-            assert!(message.contains("unknown field `strict`"), "{message}")
-        }
-        other => panic!("expected an init error, got {other:?}"),
+    for (file, config, why) in [
+        (
+            "message-validator",
+            r#"{"strict": true}"#,
+            "unknown field `strict`",
+        ),
+        ("message-validator", "[1]", "must be an object"),
+        (
+            "sensor-data-validator",
+            r#"{"max": 1}"#,
+            "unknown field `max`",
+        ),
+        (
+            "sensor-data-validator",
+            r#"{"min_reading": "0"}"#,
+            "invalid type: string",
+        ),
+        (
+            "pressure-normalizer",
+            r#"{"unit": 1}"#,
+            "invalid type: integer `1`",
+        ),
+        (
+            "geolocation-enricher",
+            r#"{"networks": {}}"#,
+            "invalid type: map",
+        ),
+        (
+            "message-formatter",
+            r#"{"pretty": "yes"}"#,
+            "invalid type: string",
+        ),
+    ] {
+        let message = refused_as_it_starts(file, config);
+        assert!(message.contains(why), "{file} {config}: {message}");
     }
 }
 
@@ -613,6 +647,72 @@ fn sensor_data_validator_reports_bad_readings() {
     assert_eq!(
         (err.kind(), err.message()),
         (ErrorKind::GuestError, "`reading` must be a number")
+    );
+    // Each field's reason, and no bounds without a configuration.
+    let reason = |validator: &LoadedModule, payload: &str| match pool()
+        .call_blocking(validator, &json_message("t", payload))
+    {
+        Ok(Outcome::Edited(edits)) => {
+            let mut out = json_message("t", payload);
+            out.apply(edits);
+            assert_eq!(out.headers.get("x-sensor-valid"), Some("true"), "{payload}");
+            None
+        }
+        Ok(other) => panic!("{payload}: {other:?}"),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::GuestError, "{payload}");
+            Some(e.message().to_owned())
+        }
+    };
+    for (payload, why) in [
+        (
+            r#"{"unit":"c","reading":1}"#,
+            Some("`sensor_type` is missing"),
+        ),
+        (
+            r#"{"sensor_type":"","unit":"c","reading":1}"#,
+            Some("`sensor_type` must be a non-empty string"),
+        ),
+        (
+            r#"{"sensor_type":"t","unit":7,"reading":1}"#,
+            Some("`unit` must be a non-empty string"),
+        ),
+        (
+            r#"{"sensor_type":"t","unit":"c"}"#,
+            Some("`reading` is missing"),
+        ),
+        ("[1]", Some("payload is not a JSON object")),
+        (r#"{"sensor_type":"t","unit":"c","reading":-1e300}"#, None),
+    ] {
+        assert_eq!(reason(&validator, payload).as_deref(), why, "{payload}");
+    }
+    assert!(reason(&validator, "{").is_some_and(|why| why.starts_with("payload is not JSON: ")));
+    // Bounds from `custom_config`: each end is within them.
+    let bounded = configured(
+        "sensor-data-validator-bounded",
+        "sensor-data-validator",
+        r#"{"min_reading": -100, "max_reading": 1000}"#,
+    );
+    let reading = |r: &str| format!(r#"{{"sensor_type":"t","unit":"c","reading":{r}}}"#);
+    for (r, why) in [
+        ("-100", None),
+        ("1000", None),
+        ("21.5", None),
+        ("-100.5", Some("`reading` -100.5 is below -100")),
+        ("1000.25", Some("`reading` 1000.25 is above 1000")),
+    ] {
+        assert_eq!(reason(&bounded, &reading(r)).as_deref(), why, "{r}");
+    }
+    // One bound alone.
+    let floor = configured(
+        "sensor-data-validator-floor",
+        "sensor-data-validator",
+        r#"{"min_reading": 0}"#,
+    );
+    assert_eq!(reason(&floor, &reading("1e300")), None);
+    assert_eq!(
+        reason(&floor, &reading("-1")).as_deref(),
+        Some("`reading` -1 is below 0")
     );
 }
 

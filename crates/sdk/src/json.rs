@@ -33,13 +33,14 @@ use scan::Field;
 mod reference;
 mod scan;
 
-/// A module's `custom_config` read into `T` with serde, as the sample modules
-/// read theirs: none given (the engine hands `init` the text `null`) is
+/// A module's `custom_config` read into `T` with serde, serde's error as it
+/// is: none given (the engine hands `init` the text `null`) is
 /// `T::default()`; anything else is JSON that `T` must accept, or serde's
 /// error saying why — what `init` returns, so that the module is refused at
 /// load with it (the engine says "init rejected its custom_config: …"; a
 /// line and column in it count in the compact text the engine hands over,
-/// not in the configuration file).
+/// not in the configuration file). [`optional_config`] reads the same and
+/// says more when it refuses: prefer it.
 ///
 /// ```
 /// #[derive(serde::Deserialize, Default, Debug, PartialEq)]
@@ -62,6 +63,42 @@ pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> 
         "" | "null" => Ok(T::default()),
         text => serde_json::from_str(text).map_err(|e| e.to_string()),
     }
+}
+
+/// A module's `custom_config` read into `T` with serde, as the sample modules
+/// read theirs: none given (the engine hands `init` the text `null`) is
+/// `T::default()`; text that is not JSON, a value that is not an object, or
+/// one that `T` does not accept is refused as [`required_config`] refuses
+/// it, with a text that says why and shows `example`.
+///
+/// ```
+/// #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Config {
+///     min_reading: f64,
+///     max_reading: f64,
+/// }
+///
+/// const EXAMPLE: &str = r#"{"min_reading": -100, "max_reading": 1000}"#;
+///
+/// fn init(custom_config: &str) -> Result<Config, String> {
+///     rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)
+/// }
+///
+/// assert_eq!(init("null"), Ok(Config::default()));
+/// assert_eq!(init(r#"{"max_reading": 40}"#).unwrap().max_reading, 40.0);
+/// assert_eq!(
+///     init(r#"{"max": 40}"#).unwrap_err(),
+///     "custom_config: unknown field `max`, expected `min_reading` or `max_reading` \
+///      (give {\"min_reading\": -100, \"max_reading\": 1000})"
+/// );
+/// assert!(init("[1]").unwrap_err().starts_with("custom_config must be an object"));
+/// ```
+pub fn optional_config<T: serde::de::DeserializeOwned + Default>(
+    custom_config: &str,
+    example: &str,
+) -> Result<T, String> {
+    Ok(given_config(custom_config, example)?.unwrap_or_default())
 }
 
 /// A module's `custom_config` that must be given, read into `T` with serde:
@@ -98,16 +135,32 @@ pub fn required_config<T: serde::de::DeserializeOwned>(
     custom_config: &str,
     example: &str,
 ) -> Result<T, String> {
-    let refused = |why: &str| format!("custom_config {why} (give {example})");
+    given_config(custom_config, example)?.ok_or_else(|| refused_config(" is missing", example))
+}
+
+/// `custom_config` read into `T` (none: none given), or why not, showing
+/// `example` ([`required_config`]).
+fn given_config<T: serde::de::DeserializeOwned>(
+    custom_config: &str,
+    example: &str,
+) -> Result<Option<T>, String> {
     // Read as a value first: `T`'s errors then name no line or column.
     let value: serde_json::Value = match custom_config.trim() {
-        "" | "null" => return Err(refused("is missing")),
-        text => serde_json::from_str(text).map_err(|e| refused(&format!("is not JSON: {e}")))?,
+        "" | "null" => return Ok(None),
+        text => serde_json::from_str(text)
+            .map_err(|e| refused_config(&format!(" is not JSON: {e}"), example))?,
     };
     if !value.is_object() {
-        return Err(refused("must be an object"));
+        return Err(refused_config(" must be an object", example));
     }
-    T::deserialize(value).map_err(|e| refused(&e.to_string()))
+    T::deserialize(value)
+        .map(Some)
+        .map_err(|e| refused_config(&format!(": {e}"), example))
+}
+
+/// A refusal of `custom_config`: `why` goes on from its name.
+fn refused_config(why: &str, example: &str) -> String {
+    format!("custom_config{why} (give {example})")
 }
 
 /// A JSON object payload, checked, with where each top-level value lies.

@@ -48,11 +48,11 @@ fn mask(prefix: u32) -> u128 {
     }
 }
 
+/// What a refused `custom_config` is shown.
+const EXAMPLE: &str = r#"{"networks": [{"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"}]}"#;
+
 fn init(custom_config: &str) -> Result<Vec<Network>, String> {
-    let config: Config = match custom_config.trim() {
-        "" | "null" => Config::default(),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}"))?,
-    };
+    let config: Config = rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)?;
     config
         .networks
         .into_iter()

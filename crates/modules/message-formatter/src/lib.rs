@@ -10,11 +10,11 @@ struct Config {
     pretty: bool,
 }
 
+/// What a refused `custom_config` is shown.
+const EXAMPLE: &str = r#"{"pretty": true}"#;
+
 fn init(custom_config: &str) -> Result<Config, String> {
-    match custom_config.trim() {
-        "" | "null" => Ok(Config::default()),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
-    }
+    rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)
 }
 
 fn format(config: &Config, message: &Message) -> Outcome {

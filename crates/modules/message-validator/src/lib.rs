@@ -28,11 +28,11 @@ impl Default for Config {
     }
 }
 
+/// What a refused `custom_config` is shown.
+const EXAMPLE: &str = r#"{"schema_validation": true, "strict_mode": false, "required_fields": ["user", "action"]}"#;
+
 fn init(custom_config: &str) -> Result<Config, String> {
-    match custom_config.trim() {
-        "" | "null" => Ok(Config::default()),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
-    }
+    rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)
 }
 
 fn problem(config: &Config, payload: &[u8]) -> Option<String> {

@@ -40,11 +40,11 @@ struct Target {
     name: &'static str,
 }
 
+/// What a refused `custom_config` is shown.
+const EXAMPLE: &str = r#"{"unit": "hPa"}"#;
+
 fn init(custom_config: &str) -> Result<Target, String> {
-    let config: Config = match custom_config.trim() {
-        "" | "null" => Config::default(),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}"))?,
-    };
+    let config: Config = rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)?;
     let (per_unit, name) =
         pascals(&config.unit).ok_or_else(|| format!("unknown target unit {:?}", config.unit))?;
     Ok(Target { per_unit, name })

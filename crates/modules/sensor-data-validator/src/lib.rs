@@ -14,11 +14,11 @@ struct Config {
     max_reading: Option<f64>,
 }
 
+/// What a refused `custom_config` is shown.
+const EXAMPLE: &str = r#"{"min_reading": -100, "max_reading": 1000}"#;
+
 fn init(custom_config: &str) -> Result<Config, String> {
-    match custom_config.trim() {
-        "" | "null" => Ok(Config::default()),
-        text => serde_json::from_str(text).map_err(|e| format!("invalid custom_config: {e}")),
-    }
+    rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)
 }
 
 fn check(config: &Config, payload: &[u8]) -> Result<(), String> {
