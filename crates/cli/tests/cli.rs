@@ -2865,6 +2865,61 @@ fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
 
+/// A second signal while `run` honours a first (here waiting for a call of
+/// a minute to end) ends the process at once, with 128 + the signal: nothing
+/// more is written.
+#[test]
+fn a_second_signal_ends_a_run_s_stop_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: slow\nglobal_timeout_ms: 120000\nstages:\n  - priority: 0\n    modules:\n      - module_id: hostile-slow\n        instance_config: {execution_timeout_ms: 60000}\n",
+    );
+    // Thousands of million rounds: far longer than the test.
+    let messages = dir.path().join("in.jsonl");
+    std::fs::write(&messages, "{\"topic\":\"t\",\"payload\":\"50000\"}\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let mut child = server::tool()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |name: &str, child: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-s", name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal("TERM", &child);
+    // The first waits for the call under way.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal ended the run"
+    );
+    signal("INT", &child);
+    let waited = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if waited.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("the second signal did not end the run");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("every line up to"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
+}
+
 /// `--start-line` past the input's last line but one says that nothing was
 /// processed; right after the last line (where a finished run resumes) it
 /// says nothing of the kind.

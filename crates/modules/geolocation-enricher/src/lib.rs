@@ -49,7 +49,8 @@ fn mask(prefix: u32) -> u128 {
 }
 
 /// What a refused `custom_config` is shown.
-const EXAMPLE: &str = r#"{"networks": [{"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"}]}"#;
+const EXAMPLE: &str =
+    r#"{"networks": [{"cidr": "203.0.113.0/24", "country": "AU", "region": "NSW"}]}"#;
 
 fn init(custom_config: &str) -> Result<Vec<Network>, String> {
     let config: Config = rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)?;

@@ -29,7 +29,8 @@ impl Default for Config {
 }
 
 /// What a refused `custom_config` is shown.
-const EXAMPLE: &str = r#"{"schema_validation": true, "strict_mode": false, "required_fields": ["user", "action"]}"#;
+const EXAMPLE: &str =
+    r#"{"schema_validation": true, "strict_mode": false, "required_fields": ["user", "action"]}"#;
 
 fn init(custom_config: &str) -> Result<Config, String> {
     rustmq_etl_sdk::json::optional_config(custom_config, EXAMPLE)
