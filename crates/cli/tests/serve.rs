@@ -1081,6 +1081,19 @@ fn until_one_in_flight(metrics: impl Fn() -> String) {
     }
 }
 
+/// Waits (20 s at most) until the Prometheus text `metrics` gives shows a
+/// module's instance in use: a call running.
+fn until_a_call_runs(metrics: impl Fn() -> String) {
+    let waited = Instant::now();
+    while !metrics()
+        .lines()
+        .any(|line| line.starts_with("rustmq_etl_pool_instances_in_use{") && line.ends_with(" 1"))
+    {
+        assert!(waited.elapsed() < Duration::from_secs(20), "no call ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `GET path` on a new connection to `address`: the status and the body.
 fn get(address: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -1474,7 +1487,9 @@ fn a_shutdown_waits_within_its_grace_for_the_calls_of_clients_that_left() {
         body.len()
     )
     .unwrap();
-    until_one_in_flight(|| server.send("GET", "/metrics", "").1);
+    // Running, not only admitted: a message its engine thread has not
+    // started yet is not started once its client has gone.
+    until_a_call_runs(|| server.send("GET", "/metrics", "").1);
     drop(stream);
     server.signal("TERM");
     assert!(server.wait().success(), "{}", server.log());
