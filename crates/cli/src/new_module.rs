@@ -32,15 +32,17 @@ fn find_sdk(built: &Path, cwd: Option<&Path>) -> PathBuf {
     if built.join("Cargo.toml").is_file() {
         return built.to_owned();
     }
-    let is_sdk = |dir: &Path| {
-        std::fs::read_to_string(dir.join("Cargo.toml"))
-            .is_ok_and(|text| text.contains("name = \"rustmq-etl-sdk\""))
-    };
     cwd.into_iter()
         .flat_map(Path::ancestors)
         .map(|dir| dir.join("crates/sdk"))
         .find(|dir| is_sdk(dir))
         .unwrap_or_else(|| built.to_owned())
+}
+
+/// Whether `dir` holds the SDK's crate.
+fn is_sdk(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|text| text.contains("name = \"rustmq-etl-sdk\""))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -71,9 +73,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
             }
         })?;
+    if sdk_given && !is_sdk(&sdk) {
+        anyhow::bail!(
+            "--sdk {}: the crate there is not rustmq-etl-sdk; give the crates/sdk directory of \
+             a rustmq-etl checkout (nothing was written)",
+            sdk.display()
+        );
+    }
+    // (Cargo.toml names it as text.)
+    let Some(sdk_path) = sdk.to_str() else {
+        anyhow::bail!(
+            "the SDK's path {} is not UTF-8, which Cargo.toml cannot name; move the checkout \
+             or pass --sdk another path to it (nothing was written)",
+            sdk.display()
+        );
+    };
 
     let files = [
-        ("Cargo.toml", cargo_toml(&args.name, &sdk)),
+        ("Cargo.toml", cargo_toml(&args.name, sdk_path)),
         ("src/lib.rs", lib_rs(&args.name)),
         ("messages.jsonl", MESSAGES.to_owned()),
         (".gitignore", "/target\n".to_owned()),
@@ -251,9 +268,9 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+fn cargo_toml(name: &str, sdk: &str) -> String {
     // A JSON string is a TOML basic string.
-    let sdk = serde_json::Value::from(sdk.to_string_lossy()).to_string();
+    let sdk = serde_json::Value::from(sdk).to_string();
     format!(
         r#"[package]
 name = "{name}"
@@ -340,7 +357,29 @@ const MESSAGES: &str = r#"{"topic":"orders.created","key":"order-1","payload":{"
 
 #[cfg(test)]
 mod tests {
-    use super::find_sdk;
+    use super::{cargo_toml, find_sdk};
+
+    /// The SDK's path is written into Cargo.toml as TOML reads it back,
+    /// whatever it holds: quotes, backslashes, spaces, control characters,
+    /// text beyond ASCII.
+    #[test]
+    fn the_sdk_s_path_reads_back_from_cargo_toml() {
+        for path in [
+            "/plain/crates/sdk",
+            "/with space/and \"quotes\"/sdk",
+            "/back\\slash\\/tab\t/newline\n/sdk",
+            "/émigré/日本/sdk",
+            "/#not a comment/{x = 1}/sdk",
+        ] {
+            let text = cargo_toml("order-tagger", path);
+            let toml: toml_edit::DocumentMut = text
+                .parse()
+                .unwrap_or_else(|e| panic!("{path:?}: {e}\n{text}"));
+            let read = toml["dependencies"]["rustmq-etl-sdk"]["path"].as_str();
+            assert_eq!(read, Some(path), "{text}");
+            assert_eq!(toml["package"]["name"].as_str(), Some("order-tagger"));
+        }
+    }
 
     /// A binary whose build checkout is gone finds the SDK of the checkout
     /// it is run in, from any directory inside it, and only a crate that is

@@ -1750,6 +1750,29 @@ fn new_module_builds_and_passes_test_module_as_generated() {
     }
 }
 
+/// new-module's `--sdk` must name the SDK's crate: another crate, or no
+/// crate, is refused with what to give, and nothing is written.
+#[test]
+fn new_module_refuses_an_sdk_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (sdk, says) in [
+        (cli.to_owned(), "the crate there is not rustmq-etl-sdk"),
+        (dir.path().join("nowhere"), "no crate there"),
+    ] {
+        let out = server::tool()
+            .args(["new-module", "order-tagger", "--dir"])
+            .arg(dir.path())
+            .arg("--sdk")
+            .arg(&sdk)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+        assert!(!dir.path().join("order-tagger").exists());
+    }
+}
+
 /// bench measures the fixtures' configuration and breaks the time down by
 /// pipeline, stage and module.
 #[test]
