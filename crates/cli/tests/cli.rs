@@ -2888,6 +2888,56 @@ fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), expected);
 }
 
+/// With standard error a terminal, `run` draws its progress bar there, and
+/// standard output, redirected to a file, holds the results alone: the same
+/// bytes as a run without a terminal. (`script` gives the run a terminal.)
+#[test]
+fn the_progress_bar_stays_off_standard_output() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("`script` (util-linux) is not installed: the progress bar was not tried");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = slow_pipeline(dir.path());
+    let (messages, _) = keyed_messages(dir.path(), 400, |_| "t");
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        &modules(),
+        "--input",
+        messages.to_str().unwrap(),
+    ];
+    let out = server::tool().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plain = text(&out.stdout);
+    // Through a terminal, standard output redirected to a file.
+    let redirected = dir.path().join("results.jsonl");
+    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let line = std::iter::once(env!("CARGO_BIN_EXE_rustmq-etl"))
+        .chain(args)
+        .map(quote)
+        .chain([">".to_owned(), quote(redirected.to_str().unwrap())])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("XDG_CACHE_HOME", server::cache_home())
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{terminal}");
+    // The bar was drawn on the terminal, and the summary written there.
+    assert!(terminal.contains("KiB/"), "{terminal}");
+    assert!(terminal.contains("400 in = 400 delivered"), "{terminal}");
+    let results = std::fs::read_to_string(&redirected).unwrap();
+    assert_eq!(keys(&results).len(), 400);
+    assert_eq!(results, plain);
+}
+
 /// A second signal while `run` honours a first (here waiting for a call of
 /// a minute to end) ends the process at once, with 128 + the signal: nothing
 /// more is written.

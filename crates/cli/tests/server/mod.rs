@@ -14,11 +14,13 @@ use std::time::Duration;
 /// tests neither fill nor depend on the cache of whoever runs them.
 pub fn tool() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rustmq-etl"));
-    command.env(
-        "XDG_CACHE_HOME",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests-cache"),
-    );
+    command.env("XDG_CACHE_HOME", cache_home());
     command
+}
+
+/// Where the tests' runs of the tool keep their artifact cache.
+pub fn cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests-cache")
 }
 
 pub fn fixtures() -> PathBuf {
