@@ -2311,6 +2311,39 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
     assert_eq!(all, expected, "every message exactly once");
 }
 
+/// A batch whose dead letters fail after its delivered messages went down a
+/// pipe cannot be taken back from the pipe: `run` says so, and says from
+/// which line to go on.
+#[test]
+fn a_failed_write_warns_that_a_pipe_cannot_be_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bad_topic_dead_letters(dir.path());
+    // One dead letter, in the fourth batch of 256.
+    let (messages, _) = keyed_messages(dir.path(), 3000, |i| if i == 1000 { "bad" } else { "t" });
+    let out = server::tool()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(&messages)
+        .args(["--dead-letter", "/dev/full"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("every line up to line 768 of")
+            && stderr.contains(
+                "warning: writing delivered messages to standard output: results after the line \
+                 named above may be out already (at most a batch of 256, the last perhaps in \
+                 part): they cannot be taken back"
+            ),
+        "{stderr}"
+    );
+    // The fourth batch's delivered messages are out: they were written
+    // before its dead letter failed.
+    assert_eq!(keys(&text(&out.stdout)).len(), 1023, "{stderr}");
+}
+
 /// `run` stopped by SIGTERM mid-stream finishes what it read, writes it, says
 /// up to which line, and exits 143; a rerun from the next line does the rest:
 /// together, every message exactly once. With standard input left open and
