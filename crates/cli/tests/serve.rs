@@ -1270,7 +1270,8 @@ fn a_limit_of_open_files_too_low_for_the_connections_is_said() {
 }
 
 /// A request the HTTP layer cannot read is answered there (400, 414, 431),
-/// before any route, and counted by why (docs/serve.md, "Metrics").
+/// or closed unanswered (an HTTP/2 preface), before any route, and counted
+/// by why (docs/serve.md, "Metrics").
 #[test]
 fn requests_the_http_layer_refuses_are_counted() {
     let server = Server::start(&[
@@ -1290,6 +1291,8 @@ fn requests_the_http_layer_refuses_are_counted() {
     }
     many.push_str("\r\n");
     assert_eq!(raw(address, many.as_bytes()), Some(431));
+    // An HTTP/2 client's preface: closed unanswered.
+    assert_eq!(raw(address, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None);
     // Counted as each connection ends, which may come just after its answer.
     let counts = || {
         let (_, metrics) = server.send("GET", "/metrics", "");
@@ -1297,13 +1300,18 @@ fn requests_the_http_layer_refuses_are_counted() {
             let series = format!("rustmq_etl_http_unparsed_requests_total{{reason=\"{reason}\"}}");
             metrics.contains(&series).then(|| metric(&metrics, &series))
         };
-        (unparsed("malformed"), unparsed("too_large"))
+        (
+            unparsed("malformed"),
+            unparsed("too_large"),
+            unparsed("http2"),
+        )
     };
+    let expected = (Some(1.0), Some(2.0), Some(1.0));
     let waiting = std::time::Instant::now();
-    while counts() != (Some(1.0), Some(2.0)) && waiting.elapsed() < Duration::from_secs(10) {
+    while counts() != expected && waiting.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(counts(), (Some(1.0), Some(2.0)));
+    assert_eq!(counts(), expected);
     // Every series of this service has its help text, the engine's too.
     let (status, _) = server.send(
         "POST",
