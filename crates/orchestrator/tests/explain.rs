@@ -316,6 +316,38 @@ fn a_wildcard_matches_the_whole_topic_and_a_question_mark_one_character() {
     }
 }
 
+/// selection.md's examples of `case_sensitive: false` (Unicode simple case
+/// folding: `LOGS.app` and `Prefix "logs."`, `ΟΔΟΣ` and `Contains "σ"`, the
+/// Kelvin sign and `k`), each case-sensitive too, and folding's limits: `ß`
+/// folds to no `ss`, a regex's `(?i)`.
+#[test]
+fn case_insensitive_filters_fold_as_the_spec_s_examples_say() {
+    let filter = |filter_type: &str, pattern: &str, case_sensitive: bool| {
+        format!("      - {{module_id: f, topic_filters: [{{filter_type: {filter_type}, pattern: '{pattern}', case_sensitive: {case_sensitive}}}]}}\n")
+    };
+    for (filter_type, pattern, topic, folded, exact) in [
+        ("Prefix", "logs.", "LOGS.app", true, false),
+        ("Contains", "σ", "ΟΔΟΣ", true, false),
+        ("Contains", "σ", "οδος", true, false),
+        ("Exact", "k", "\u{212A}", true, false),
+        ("Exact", "\u{212A}", "K", true, false),
+        ("Suffix", "ss", "STRAßE", false, false),
+        ("Exact", "straße", "STRAẞE", true, false),
+        ("Regex", "^ΟΔΟΣ$", "οδος", true, false),
+        ("Wildcard", "logs.*", "Logs.App", true, false),
+        ("Prefix", "logs.", "logs.app", true, true),
+    ] {
+        let line = format!(r#"{{"topic": "{topic}", "payload": ""}}"#);
+        for (case_sensitive, selects) in [(false, folded), (true, exact)] {
+            assert_eq!(
+                selected(&filter(filter_type, pattern, case_sensitive), &line, 0) == ["f"],
+                selects,
+                "{filter_type} {pattern:?} on {topic:?}, case_sensitive: {case_sensitive}"
+            );
+        }
+    }
+}
+
 /// MessageAge is `now − timestamp_ms`, in milliseconds, at the time given
 /// (explain's `--now`); a message without a timestamp has no age.
 #[test]
