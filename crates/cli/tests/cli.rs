@@ -2456,6 +2456,63 @@ fn checkpointed_run(config: &Path, messages: &Path, output: &Path, checkpoint: &
     command
 }
 
+/// A checkpoint that cannot be written (here: past the file-size limit,
+/// `ulimit -f`, which the run's first record in the file's second page
+/// crosses) stops the run before it processes a line: exit 1, the
+/// checkpoint and why named, no result written. The same command, once the
+/// file can be written, runs every message once.
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run_before_any_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
+    let (messages, _) = keyed_messages(dir.path(), 3, |_| "t");
+    let (output, checkpoint) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("run.checkpoint"),
+    );
+    let args = |command: &mut Command| {
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--modules", &modules(), "--input"])
+            .arg(&messages)
+            .arg("--output")
+            .arg(&output)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            // An artifact cache of its own: the limit fails its stores too.
+            .env("XDG_CACHE_HOME", dir.path().join("cache"));
+    };
+    // SIGXFSZ ignored (inherited through exec): a write past the limit
+    // fails with EFBIG rather than killing the process.
+    let mut limited = Command::new("bash");
+    limited.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 4; exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_rustmq-etl"),
+    ]);
+    args(&mut limited);
+    let out = limited.output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: writing the checkpoint to {}: File too large",
+            checkpoint.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
+    let mut again = server::tool();
+    args(&mut again);
+    let out = again.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        keys(&std::fs::read_to_string(&output).unwrap()),
+        ["m1", "m2", "m3"]
+    );
+}
+
 /// `run --checkpoint` killed with SIGKILL mid-run — no chance to say where
 /// it stopped, a result perhaps cut short — resumes exactly with the same
 /// command: every message once, in order. Once finished, the same command
