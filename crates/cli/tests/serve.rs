@@ -670,6 +670,36 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
         "{log}"
     );
     assert!(log.contains("stage 1, module \"identity\""), "{log}");
+    // Written in place in three steps 20 ms apart (emptied, half, the rest),
+    // as an editor without a rename saves: read once, whole, after the
+    // files have been quiet for 250 ms, not half written.
+    let before = reloads();
+    let text = pipeline.replace("priority: 0", "priority: 2");
+    let (first, second) = text.split_at(text.len() / 2);
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&config).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        file.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        file.write_all(second.as_bytes()).unwrap();
+    }
+    let waiting = Instant::now();
+    while reloads() == before {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "no reload: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        reloads(),
+        [before[0] + 1.0, before[1], before[2]],
+        "{}",
+        server.log()
+    );
     assert!(server.stop().success());
 }
 
