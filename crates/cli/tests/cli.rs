@@ -599,6 +599,17 @@ fn run_samples(extra: &[&str]) -> Output {
     run(&args, None)
 }
 
+/// `run --config CONFIG --input INPUT` with the shipped modules.
+fn run_of(config: &Path, input: &Path) -> Command {
+    let mut command = server::tool();
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--modules", &modules(), "--input"])
+        .arg(input);
+    command
+}
+
 /// `yaml` written to a configuration file in `dir`.
 /// One pipeline of one identity stage, which delivers every message as it is.
 const IDENTITY_PIPELINE: &str =
@@ -2124,11 +2135,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
     );
 
     // A device that takes nothing.
-    let out = server::tool()
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
+    let out = run_of(&config, &messages)
         .args(["--output", "/dev/full"])
         .output()
         .unwrap();
@@ -2278,11 +2285,7 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
     let (messages, _) = keyed_messages(dir.path(), total, |i| if i == 1000 { "bad" } else { "t" });
     let (output, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
     let run = |start: usize, dead: &Path| {
-        server::tool()
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&messages)
+        run_of(&config, &messages)
             .arg("--output")
             .arg(&output)
             .arg("--dead-letter")
@@ -2320,11 +2323,7 @@ fn a_failed_write_warns_that_a_pipe_cannot_be_taken_back() {
     let config = bad_topic_dead_letters(dir.path());
     // One dead letter, in the fourth batch of 256.
     let (messages, _) = keyed_messages(dir.path(), 3000, |i| if i == 1000 { "bad" } else { "t" });
-    let out = server::tool()
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
+    let out = run_of(&config, &messages)
         .args(["--dead-letter", "/dev/full"])
         .output()
         .unwrap();
@@ -2356,11 +2355,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     let (messages, input) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
     let run = |start: usize, out: &Path| {
-        server::tool()
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--modules", &modules(), "--input"])
-            .arg(&messages)
+        run_of(&config, &messages)
             .arg("--output")
             .arg(out)
             .args(["--start-line", &start.to_string()])
@@ -2442,12 +2437,8 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
 /// `run --config CONFIG --input MESSAGES --output OUTPUT --checkpoint
 /// CHECKPOINT` with the shipped modules, its standard error piped.
 fn checkpointed_run(config: &Path, messages: &Path, output: &Path, checkpoint: &Path) -> Command {
-    let mut command = server::tool();
+    let mut command = run_of(config, messages);
     command
-        .args(["run", "--config"])
-        .arg(config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(messages)
         .arg("--output")
         .arg(output)
         .arg("--checkpoint")
@@ -2938,11 +2929,7 @@ fn run_stopped_by_sigint_exits_130_and_says_where_to_resume() {
     let total = 3000;
     let (messages, _) = keyed_messages(dir.path(), total, |_| "t");
     let output = dir.path().join("out.jsonl");
-    let child = server::tool()
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
+    let child = run_of(&config, &messages)
         .arg("--output")
         .arg(&output)
         .stderr(Stdio::piped())
@@ -3042,11 +3029,7 @@ fn a_second_signal_ends_a_run_s_stop_at_once() {
     let messages = dir.path().join("in.jsonl");
     std::fs::write(&messages, "{\"topic\":\"t\",\"payload\":\"50000\"}\n").unwrap();
     let output = dir.path().join("out.jsonl");
-    let mut child = server::tool()
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
+    let mut child = run_of(&config, &messages)
         .arg("--output")
         .arg(&output)
         .stderr(Stdio::piped())
@@ -3125,11 +3108,7 @@ fn a_closed_output_pipe_stops_the_run_and_says_results_cannot_be_taken_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = bad_topic_dead_letters(dir.path());
     let (messages, _) = keyed_messages(dir.path(), 3000, |_| "t");
-    let mut child = server::tool()
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--modules", &modules(), "--input"])
-        .arg(&messages)
+    let mut child = run_of(&config, &messages)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

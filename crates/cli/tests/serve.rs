@@ -609,6 +609,18 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
                 .unwrap_or(0.0)
         })
     };
+    // Waits (10 s at most) until the counts are no longer `from`.
+    let until_changed_from = |from: [f64; 3]| {
+        let waiting = Instant::now();
+        while reloads() == from {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "no reload: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     for _ in 0..5 {
         std::fs::read(&config).unwrap();
         std::fs::read(&module).unwrap();
@@ -617,15 +629,7 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
     assert_eq!(reloads(), [0.0; 3], "{}", server.log());
     // The same text written anew: a reload that finds nothing changed.
     replace(&config, pipeline);
-    let waiting = Instant::now();
-    while reloads() == [0.0; 3] {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(10),
-            "no reload: {}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_changed_from([0.0; 3]);
     // Its own reads of the files start no other.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(reloads(), [0.0, 1.0, 0.0], "{}", server.log());
@@ -684,15 +688,7 @@ fn reading_the_watched_files_reloads_nothing_and_a_write_reloads_once() {
         std::thread::sleep(Duration::from_millis(20));
         file.write_all(second.as_bytes()).unwrap();
     }
-    let waiting = Instant::now();
-    while reloads() == before {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(10),
-            "no reload: {}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_changed_from(before);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         reloads(),
