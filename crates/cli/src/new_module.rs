@@ -39,10 +39,15 @@ fn find_sdk(built: &Path, cwd: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| built.to_owned())
 }
 
-/// Whether `dir` holds the SDK's crate.
+/// Whether `dir` holds the SDK's crate: its manifest has a line `name =
+/// "rustmq-etl-sdk"`, however spaced or quoted.
 fn is_sdk(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("Cargo.toml"))
-        .is_ok_and(|text| text.contains("name = \"rustmq-etl-sdk\""))
+    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|text| {
+        text.lines().any(|line| {
+            let line: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            line == "name=\"rustmq-etl-sdk\"" || line == "name='rustmq-etl-sdk'"
+        })
+    })
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -55,36 +60,47 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             root.display()
         );
     }
-    let sdk_given = args.sdk.is_some();
-    let sdk = args.sdk.unwrap_or_else(default_sdk);
-    let sdk = sdk
-        .canonicalize()
-        .ok()
-        .filter(|p| p.join("Cargo.toml").is_file())
-        .with_context(|| {
-            if sdk_given {
-                format!("--sdk {}: no crate there", sdk.display())
-            } else {
+    // A given path as the user spelt it (made absolute; a symlink kept, so
+    // that the crate follows it to wherever it points later); the default,
+    // which holds `..`, resolved.
+    let sdk = match &args.sdk {
+        Some(given) => std::path::absolute(given)
+            .ok()
+            .filter(|p| p.join("Cargo.toml").is_file())
+            .with_context(|| {
                 format!(
-                    "the rustmq-etl SDK is neither at {} (where this binary was built) nor in \
-                     a checkout holding the current directory: pass --sdk PATH, the crates/sdk \
-                     directory of a rustmq-etl checkout",
-                    sdk.display()
+                    "--sdk {}: no crate there (nothing was written)",
+                    given.display()
                 )
-            }
-        })?;
-    if sdk_given && !is_sdk(&sdk) {
+            })?,
+        None => {
+            let default = default_sdk();
+            default
+                .canonicalize()
+                .ok()
+                .filter(|p| p.join("Cargo.toml").is_file())
+                .with_context(|| {
+                    format!(
+                        "the rustmq-etl SDK is neither at {} (where this binary was built) nor \
+                         in a checkout holding the current directory: pass --sdk PATH, the \
+                         crates/sdk directory of a rustmq-etl checkout (nothing was written)",
+                        default.display()
+                    )
+                })?
+        }
+    };
+    if let (Some(given), false) = (&args.sdk, is_sdk(&sdk)) {
         anyhow::bail!(
             "--sdk {}: the crate there is not rustmq-etl-sdk; give the crates/sdk directory of \
              a rustmq-etl checkout (nothing was written)",
-            sdk.display()
+            given.display()
         );
     }
     // (Cargo.toml names it as text.)
     let Some(sdk_path) = sdk.to_str() else {
         anyhow::bail!(
-            "the SDK's path {} is not UTF-8, which Cargo.toml cannot name; move the checkout \
-             or pass --sdk another path to it (nothing was written)",
+            "the SDK's path {} is not UTF-8, which Cargo.toml cannot name; pass --sdk a path to \
+             it that is (a symlink, say), or move the checkout (nothing was written)",
             sdk.display()
         );
     };
@@ -269,8 +285,11 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn cargo_toml(name: &str, sdk: &str) -> String {
-    // A JSON string is a TOML basic string.
-    let sdk = serde_json::Value::from(sdk).to_string();
+    // A JSON string is a TOML basic string, but for DEL, which TOML wants
+    // escaped and JSON does not.
+    let sdk = serde_json::Value::from(sdk)
+        .to_string()
+        .replace('\u{7f}', "\\u007F");
     format!(
         r#"[package]
 name = "{name}"
@@ -360,8 +379,8 @@ mod tests {
     use super::{cargo_toml, find_sdk};
 
     /// The SDK's path is written into Cargo.toml as TOML reads it back,
-    /// whatever it holds: quotes, backslashes, spaces, control characters,
-    /// text beyond ASCII.
+    /// whatever it holds: quotes, backslashes, spaces, control characters
+    /// (DEL too), text beyond ASCII.
     #[test]
     fn the_sdk_s_path_reads_back_from_cargo_toml() {
         for path in [
@@ -370,6 +389,7 @@ mod tests {
             "/back\\slash\\/tab\t/newline\n/sdk",
             "/émigré/日本/sdk",
             "/#not a comment/{x = 1}/sdk",
+            "/del\u{7f}/nul\u{0}/sdk",
         ] {
             let text = cargo_toml("order-tagger", path);
             let toml: toml_edit::DocumentMut = text

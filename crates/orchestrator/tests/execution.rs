@@ -2270,20 +2270,28 @@ stages:
     }
 }
 
-/// A host failure after an earlier stage's edit: a `SkipModule` pipeline
+/// A host failure after an earlier stage's edits: a `SkipModule` pipeline
 /// keeps no copy of the message as it entered, so its dead letter is the
-/// message as it stood (the edit in it); under every other strategy it is
-/// the message as it entered the pipeline (execution.md, "A host failure").
+/// message as it stood (the edits in it, its topic the one moved to); under
+/// every other strategy it is the message as it entered the pipeline. Never
+/// retried (docs/execution.md, "A host failure").
 #[test]
 fn a_host_failure_dead_letters_the_entry_unless_the_pipeline_skips_modules() {
     let engine = Arc::new(StandIn::new(1));
-    engine.module("edit", append("+"));
+    engine.module("edit", |m| {
+        let mut payload = m.payload.to_vec();
+        payload.push(b'+');
+        Behaviour::ok(Outcome::Edited(vec![
+            Edit::SetPayload(Bytes::from(payload)),
+            Edit::SetTopic("moved".into()),
+        ]))
+    });
     engine.module("fragile", |_| panic!("the host broke"));
-    for (strategy, letter_payload) in [
-        ("SkipModule", "in+"),
-        ("StopPipeline", "in"),
-        ("SendToDeadLetter", "in"),
-        ("RetryWithBackoff", "in"),
+    for (strategy, letter_payload, original_topic) in [
+        ("SkipModule", "in+", "moved"),
+        ("StopPipeline", "in", "t"),
+        ("SendToDeadLetter", "in", "t"),
+        ("RetryWithBackoff", "in", "t"),
     ] {
         let yaml = format!(
             "pipeline_id: p\nerror_handling: {strategy}\nstages:\n  - {{priority: 0, modules: [{{module_id: edit}}]}}\n  - {{priority: 1, modules: [{{module_id: fragile}}]}}\n"
@@ -2292,15 +2300,21 @@ fn a_host_failure_dead_letters_the_entry_unless_the_pipeline_skips_modules() {
         let out = one(&o, Message::new("t", "in"));
         let letter = dead_letter(&out);
         assert_eq!(&letter.payload[..], letter_payload.as_bytes(), "{strategy}");
+        let header = |name| letter.headers.get(name);
         assert_eq!(
-            letter.headers.get(dlq::ERROR_KIND),
-            Some("trap"),
+            header(dlq::ORIGINAL_TOPIC),
+            Some(original_topic),
             "{strategy}"
         );
-        assert_eq!(
-            letter.headers.get(dlq::MODULE),
-            Some("fragile"),
-            "{strategy}"
+        assert_eq!(header(dlq::ERROR_KIND), Some("trap"), "{strategy}");
+        assert_eq!(header(dlq::MODULE), Some("fragile"), "{strategy}");
+        assert_eq!(header(dlq::STAGE), Some("1"), "{strategy}");
+        // Not retried, whatever the strategy.
+        assert_eq!(header(dlq::ATTEMPTS), Some("1"), "{strategy}");
+        assert!(
+            header(dlq::ERROR).is_some_and(|e| e.contains("a rustmq-etl bug")),
+            "{strategy}: {:?}",
+            header(dlq::ERROR)
         );
     }
 }

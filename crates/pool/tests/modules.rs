@@ -300,15 +300,23 @@ fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
     match refused {
         LoadError::Init { message, .. } => {
             assert!(message.contains("give {"), "{message}");
-            // The module's one sentence: the name, then why.
+            // The module's one sentence: the name, then why (a word of
+            // the SDK's or the module's, or serde's text after a colon).
+            let text = message
+                .strip_prefix("init rejected its custom_config: custom_config")
+                .unwrap_or_else(|| panic!("{message}"));
+            let words = [
+                "is ", "must ", "needs ", "lists ", "names ", "routes ", "has ",
+            ];
             assert!(
-                ["custom_config ", "custom_config: "]
-                    .iter()
-                    .any(|start| message
-                        .strip_prefix("init rejected its custom_config: ")
-                        .is_some_and(|text| text.starts_with(start))),
+                text.strip_prefix(": ")
+                    .is_some_and(|why| !why.starts_with(' '))
+                    || text
+                        .strip_prefix(' ')
+                        .is_some_and(|why| words.iter().any(|w| why.starts_with(w))),
                 "{message}"
             );
+            assert!(!message.contains("  "), "{message}");
             assert!(!message.contains("column"), "{message}");
             message
         }
@@ -406,6 +414,15 @@ fn field_filter_drops_by_a_field_of_the_payload() {
     ] {
         refused_as_it_starts("field-filter", config);
     }
+    assert_eq!(
+        refused_as_it_starts(
+            "field-filter",
+            r#"{"field": "type", "drop": ["a"], "extra": 1}"#
+        ),
+        "init rejected its custom_config: custom_config: unknown field `extra`, expected one of \
+         `field`, `drop`, `keep` (give {\"field\": \"type\", \"drop\": [\"heartbeat\"]} or \
+         {\"field\": \"level\", \"keep\": [\"error\"]})"
+    );
 }
 
 /// The shipped router moves a message to the topic its `custom_config`

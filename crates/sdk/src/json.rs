@@ -39,8 +39,8 @@ mod scan;
 /// error saying why — what `init` returns, so that the module is refused at
 /// load with it (the engine says "init rejected its custom_config: …"; a
 /// line and column in it count in the compact text the engine hands over,
-/// not in the configuration file). [`optional_config`] reads the same and
-/// says more when it refuses: prefer it.
+/// not in the configuration file). For a struct, [`optional_config`] reads
+/// the same and says more when it refuses: prefer it.
 ///
 /// ```
 /// #[derive(serde::Deserialize, Default, Debug, PartialEq)]

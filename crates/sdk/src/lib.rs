@@ -86,7 +86,8 @@
 //! }
 //!
 //! fn init(custom_config: &str) -> Result<Config, String> {
-//!     // Modules usually parse this with serde_json; this one wants a bare string.
+//!     // Modules usually read a JSON object into a struct of their own
+//!     // (`json::optional_config`, feature `json`); this one wants a bare string.
 //!     let header = custom_config.trim().trim_matches('"').to_owned();
 //!     if header.is_empty() || header == "null" {
 //!         return Err("custom_config must name a header".into());
