@@ -1562,7 +1562,7 @@ fn test_module_bad_input_says_what_and_where() {
                 "--module-config",
                 r#"{"pretty": 7}"#,
             ],
-            "the module does not start: unavailable: init rejected its custom_config: custom_config: invalid type: integer `7`, expected a boolean (give {\"pretty\": true}) (its init function gets --module-config as its custom_config)",
+            "the module does not start: unavailable: init rejected its custom_config: invalid type: integer `7`, expected a boolean (give {\"pretty\": true}) (its init function gets --module-config as its custom_config)",
         ),
         (
             &["test-module", &formatter, "--input", "missing.jsonl"],

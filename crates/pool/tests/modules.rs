@@ -300,20 +300,13 @@ fn refused_as_it_starts(file: &str, custom_config: &str) -> String {
     match refused {
         LoadError::Init { message, .. } => {
             assert!(message.contains("give {"), "{message}");
-            // The module's one sentence: the name, then why (a word of
-            // the SDK's or the module's, or serde's text after a colon).
+            // The module's text goes on from the engine's words: it does
+            // not name custom_config again.
             let text = message
-                .strip_prefix("init rejected its custom_config: custom_config")
+                .strip_prefix("init rejected its custom_config: ")
                 .unwrap_or_else(|| panic!("{message}"));
-            let words = [
-                "is ", "must ", "needs ", "lists ", "names ", "routes ", "has ",
-            ];
             assert!(
-                text.strip_prefix(": ")
-                    .is_some_and(|why| !why.starts_with(' '))
-                    || text
-                        .strip_prefix(' ')
-                        .is_some_and(|why| words.iter().any(|w| why.starts_with(w))),
+                !text.starts_with("custom_config") && !text.starts_with(' '),
                 "{message}"
             );
             assert!(!message.contains("  "), "{message}");
@@ -419,7 +412,7 @@ fn field_filter_drops_by_a_field_of_the_payload() {
             "field-filter",
             r#"{"field": "type", "drop": ["a"], "extra": 1}"#
         ),
-        "init rejected its custom_config: custom_config: unknown field `extra`, expected one of \
+        "init rejected its custom_config: unknown field `extra`, expected one of \
          `field`, `drop`, `keep` (give {\"field\": \"type\", \"drop\": [\"heartbeat\"]} or \
          {\"field\": \"level\", \"keep\": [\"error\"]})"
     );
@@ -492,9 +485,9 @@ fn topic_router_routes_by_a_field_of_the_payload() {
     );
     assert_eq!(topic(&listed_only, "in", r#"{"region": "us"}"#), None);
     for (config, why) in [
-        ("", "is missing"),
-        ("null", "is missing"),
-        (r#"["region"]"#, "must be an object"),
+        ("", "none given"),
+        ("null", "none given"),
+        (r#"["region"]"#, "not a JSON object"),
         (r#"{"field": "region"}"#, "missing field `topics`"),
         (r#"{"field": "region", "topics": {}}"#, "lists no topic"),
         (
@@ -533,7 +526,7 @@ fn a_bad_custom_config_is_refused_at_load() {
             r#"{"strict": true}"#,
             "unknown field `strict`",
         ),
-        ("message-validator", "[1]", "must be an object"),
+        ("message-validator", "[1]", "not a JSON object"),
         (
             "sensor-data-validator",
             r#"{"max": 1}"#,

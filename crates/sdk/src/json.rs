@@ -89,10 +89,10 @@ pub fn config<T: serde::de::DeserializeOwned + Default>(custom_config: &str) -> 
 /// assert_eq!(init(r#"{"max_reading": 40}"#).unwrap().max_reading, 40.0);
 /// assert_eq!(
 ///     init(r#"{"max": 40}"#).unwrap_err(),
-///     "custom_config: unknown field `max`, expected `min_reading` or `max_reading` \
+///     "unknown field `max`, expected `min_reading` or `max_reading` \
 ///      (give {\"min_reading\": -100, \"max_reading\": 1000})"
 /// );
-/// assert!(init("[1]").unwrap_err().starts_with("custom_config must be an object"));
+/// assert!(init("[1]").unwrap_err().starts_with("not a JSON object"));
 /// ```
 pub fn optional_config<T: serde::de::DeserializeOwned + Default>(
     custom_config: &str,
@@ -109,8 +109,9 @@ pub fn optional_config<T: serde::de::DeserializeOwned + Default>(
 /// not accept is said without a line or column, which would count in the
 /// compact text the engine hands over, not in the user's configuration file
 /// (only text that is not JSON, which the engine never hands over, is quoted
-/// with serde's place in it). (`T` may be `serde_json::Value`, for checks of
-/// its own on the object.)
+/// with serde's place in it). The text goes on from the engine's "init
+/// rejected its custom_config: ", so it does not name `custom_config` again.
+/// (`T` may be `serde_json::Value`, for checks of its own on the object.)
 ///
 /// ```
 /// #[derive(serde::Deserialize, Debug)]
@@ -126,16 +127,16 @@ pub fn optional_config<T: serde::de::DeserializeOwned + Default>(
 /// assert_eq!(init(r#"{"field": "id"}"#).unwrap().field, "id");
 /// assert_eq!(
 ///     init("null").unwrap_err(),
-///     r#"custom_config is missing (give {"field": "type"})"#
+///     r#"none given (give {"field": "type"})"#
 /// );
-/// assert!(init("[1]").unwrap_err().starts_with("custom_config must be an object"));
+/// assert!(init("[1]").unwrap_err().starts_with("not a JSON object"));
 /// assert!(init(r#"{"field": 1}"#).unwrap_err().contains("invalid type"));
 /// ```
 pub fn required_config<T: serde::de::DeserializeOwned>(
     custom_config: &str,
     example: &str,
 ) -> Result<T, String> {
-    given_config(custom_config, example)?.ok_or_else(|| refused_config(" is missing", example))
+    given_config(custom_config, example)?.ok_or_else(|| refused_config("none given", example))
 }
 
 /// `custom_config` read into `T` (none: none given), or why not, showing
@@ -148,19 +149,20 @@ fn given_config<T: serde::de::DeserializeOwned>(
     let value: serde_json::Value = match custom_config.trim() {
         "" | "null" => return Ok(None),
         text => serde_json::from_str(text)
-            .map_err(|e| refused_config(&format!(" is not JSON: {e}"), example))?,
+            .map_err(|e| refused_config(&format!("not JSON: {e}"), example))?,
     };
     if !value.is_object() {
-        return Err(refused_config(" must be an object", example));
+        return Err(refused_config("not a JSON object", example));
     }
     T::deserialize(value)
         .map(Some)
-        .map_err(|e| refused_config(&format!(": {e}"), example))
+        .map_err(|e| refused_config(&e.to_string(), example))
 }
 
-/// A refusal of `custom_config`: `why` goes on from its name.
+/// A refusal of `custom_config`, as it follows the engine's "init rejected
+/// its custom_config: ".
 fn refused_config(why: &str, example: &str) -> String {
-    format!("custom_config{why} (give {example})")
+    format!("{why} (give {example})")
 }
 
 /// A JSON object payload, checked, with where each top-level value lies.

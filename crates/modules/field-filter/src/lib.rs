@@ -50,25 +50,25 @@ const SHAPE: &str =
     r#"{"field": "type", "drop": ["heartbeat"]} or {"field": "level", "keep": ["error"]}"#;
 
 fn init(custom_config: &str) -> Result<Filter, String> {
-    let refused = |why: &str| format!("custom_config{why} (give {SHAPE})");
+    let refused = |why: &str| format!("{why} (give {SHAPE})");
     // An object, kept as a value: whether `drop` or `keep` is there at all
     // (null included) is a rule of its own.
     let value: Value = rustmq_etl_sdk::json::required_config(custom_config, SHAPE)?;
     let has = |key: &str| value.get(key).is_some();
-    let config = Config::deserialize(&value).map_err(|e| refused(&format!(": {e}")))?;
+    let config = Config::deserialize(&value).map_err(|e| refused(&e.to_string()))?;
     let rule = match (config.drop, config.keep) {
         (Some(values), None) if !has("keep") => Rule::Drop(values),
         (None, Some(values)) if !has("drop") => Rule::Keep(values),
-        _ => return Err(refused(" needs exactly one of `drop` and `keep`")),
+        _ => return Err(refused("needs exactly one of `drop` and `keep`")),
     };
     let (Rule::Drop(values) | Rule::Keep(values)) = &rule;
     if values.is_empty() {
         return Err(refused(
-            " lists no value: an empty `drop` drops nothing and an empty `keep` drops everything",
+            "lists no value: an empty `drop` drops nothing and an empty `keep` drops everything",
         ));
     }
     if config.field.is_empty() {
-        return Err(refused(" names no field"));
+        return Err(refused("names no field"));
     }
     let composite = values.iter().any(|v| v.is_array() || v.is_object());
     Ok(Filter {

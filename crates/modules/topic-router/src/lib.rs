@@ -42,7 +42,7 @@ const SHAPE: &str =
 
 fn init(custom_config: &str) -> Result<Router, String> {
     let router: Router = required_config(custom_config, SHAPE)?;
-    let refused = |why: String| Err(format!("custom_config {why} (give {SHAPE})"));
+    let refused = |why: String| Err(format!("{why} (give {SHAPE})"));
     if router.field.is_empty() {
         return refused("names no field".to_owned());
     }
