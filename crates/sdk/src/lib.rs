@@ -90,7 +90,7 @@
 //!     // (`json::optional_config`, feature `json`); this one wants a bare string.
 //!     let header = custom_config.trim().trim_matches('"').to_owned();
 //!     if header.is_empty() || header == "null" {
-//!         return Err("custom_config must name a header".into());
+//!         return Err("none given: name a header".into());
 //!     }
 //!     Ok(Config { header })
 //! }

@@ -121,7 +121,7 @@ fn report_panics() {
 fn with_config<S>(len: i32, f: impl FnOnce(&str) -> Result<S, String>) -> Result<S, String> {
     with_input(len, |bytes| match std::str::from_utf8(bytes) {
         Ok(config) => f(config),
-        Err(_) => Err("custom_config is not UTF-8".to_owned()),
+        Err(_) => Err("not UTF-8".to_owned()),
     })
     .unwrap_or_else(|| Err("rmq_init called without input".to_owned()))
 }
