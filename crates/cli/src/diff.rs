@@ -376,5 +376,39 @@ mod tests {
         pairs.reverse();
         after.headers = pairs.into_iter().collect();
         assert_eq!(diff(&before, &after), vec![Change::HeadersReordered]);
+        // A repeat added, then taken away: counted, not a new order.
+        let mut repeated = before.clone();
+        repeated.headers.push("x", "1");
+        let x = || ("x".to_owned(), "1".to_owned());
+        assert_eq!(
+            diff(&before, &repeated),
+            vec![Change::HeaderAdded {
+                name: x().0,
+                value: x().1
+            }]
+        );
+        assert_eq!(
+            diff(&repeated, &before),
+            vec![Change::HeaderRemoved {
+                name: x().0,
+                value: x().1
+            }]
+        );
+    }
+
+    /// An array that grows or shrinks is one change of the whole array (its
+    /// elements are compared one by one only at equal lengths).
+    #[test]
+    fn an_array_of_another_length_is_a_change() {
+        let before = message(r#"{"topic":"a","payload":{"l":[1,2]}}"#);
+        for (after, line) in [
+            (r#"{"l":[1,2,3]}"#, "payload    .l: [1,2] → [1,2,3]"),
+            (r#"{"l":[1]}"#, "payload    .l: [1,2] → [1]"),
+        ] {
+            let mut changed = before.clone();
+            changed.payload = after.into();
+            let lines: Vec<String> = diff(&before, &changed).iter().map(describe).collect();
+            assert_eq!(lines, [line], "{after}");
+        }
     }
 }

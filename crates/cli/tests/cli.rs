@@ -54,7 +54,26 @@ fn validate_accepts_both_design_examples_in_both_formats() {
     let out = run(&["validate", "--config", single.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout)
-        .contains("valid: 1 pipeline (1 enabled), 2 stages, 3 modules in 1 file; 0 warnings"));
+        .contains("valid: 1 pipeline (1 enabled), 2 stages, 3 modules in 1 file; 0 warnings")); // A disabled pipeline is valid, and not counted as enabled.
+    let dir = tempfile::tempdir().unwrap();
+    for (file, id, enabled) in [("a.yaml", "a", "true"), ("b.yaml", "b", "false")] {
+        std::fs::write(
+            dir.path().join(file),
+            format!("pipeline_id: {id}\nenabled: {enabled}\nstages: [{{priority: 0, modules: [{{module_id: identity}}]}}]\n"),
+        )
+        .unwrap();
+    }
+    let out = run(
+        &["validate", "--config", dir.path().to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("valid: 2 pipelines (1 enabled), 2 stages, 2 modules in 2 files; 0 warnings"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// A reader that closed its end of the pipe before `validate` wrote its
@@ -416,6 +435,78 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
     assert!(!stderr.contains("--modules sets the directory"), "{stderr}");
 }
 
+/// explain names, for a message, the modules that would run (pipeline,
+/// priority, module) and every other module with why not; a message's age
+/// is read at `--now` (negative too).
+#[test]
+fn explain_gives_every_skipped_module_and_ages_messages_at_now() {
+    let sample = std::fs::read_to_string(sample()).unwrap();
+    let first = sample.lines().next().unwrap();
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            fixtures().join("pipelines").to_str().unwrap(),
+            "--input",
+            "-",
+        ],
+        Some(first),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        line["modules"][0],
+        serde_json::json!({"pipeline": "iot-sensor-processing", "priority": 0, "module": "sensor-data-validator"})
+    );
+    let skipped = line["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 5, "{line}");
+    assert_eq!(
+        skipped[0],
+        serde_json::json!({
+            "pipeline": "iot-sensor-processing",
+            "module": "pressure-normalizer",
+            "reason": "no topic filter accepts topic \"iot.sensors.temperature\": Exact \"iot.sensors.pressure\" does not match"
+        })
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m, conditional_rules: [{condition_type: MessageAge, operator: LessThan, value: 1000}]}]}]\n",
+    );
+    let at = |now: &str| {
+        let out = run(
+            &[
+                "explain",
+                "--config",
+                config.to_str().unwrap(),
+                "--input",
+                "-",
+                "--now",
+                now,
+            ],
+            Some(r#"{"topic":"t","payload":"","timestamp_ms":5000}"#),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(text(&out.stdout).trim()).unwrap()
+    };
+    for (now, runs) in [("5500", true), ("10000", false), ("-1", true)] {
+        let line = at(now);
+        assert_eq!(
+            line["modules"].as_array().unwrap().len(),
+            usize::from(runs),
+            "{now}: {line}"
+        );
+        if !runs {
+            assert_eq!(
+                line["skipped"][0]["reason"],
+                "conditional rule 1 (`message age LessThan 1000`) does not hold: message age is 5000",
+                "{line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn explain_reports_bad_lines_and_goes_on() {
     let config = fixtures().join("pipelines");
@@ -528,6 +619,9 @@ fn run_explain_bench_and_test_module_read_lines_alike() {
             args[0]
         );
         assert!(!stderr.contains(":3:"), "{}: {stderr}", args[0]);
+        // Each goes on past the bad lines, and says by its exit code that
+        // there were some.
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", args[0]);
     }
 }
 
@@ -1156,6 +1250,36 @@ fn test_module_shows_every_log_level() {
     ] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
     }
+    // With RUST_LOG=warn, the info and debug lines are hidden, and hidden
+    // lines count against no limit.
+    let out = server::tool()
+        .args(["test-module", module.to_str().unwrap(), "--input", "-"])
+        .env("RUST_LOG", "warn")
+        .stdin(
+            std::fs::File::open(write_input(
+                dir.path(),
+                "{\"topic\":\"t\",\"payload\":\"p\"}\n",
+            ))
+            .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for hidden in ["a debug li", "an info l", "more log lines not shown"] {
+        assert!(!stderr.contains(hidden), "{hidden:?} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("1 message: 0 changed, 1 unchanged"),
+        "{stderr}"
+    );
+}
+
+/// `text` written to `DIR/input.jsonl`: its path.
+fn write_input(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// A write that fails names the output it was for.
@@ -1505,6 +1629,109 @@ fn test_module_json_leaves_out_what_does_not_apply() {
     assert!(changed[1]["message"].is_object(), "{}", changed[1]);
 }
 
+/// test-module runs the module within the limits it is given, as the
+/// engine would: `--timeout-ms` stops a slow call, `--memory-limit-bytes`
+/// below what the module needs to start refuses it, saying how much.
+#[test]
+fn test_module_applies_its_time_and_memory_limits() {
+    // 50 million rounds: far more than 1 ms.
+    let out = run(
+        &[
+            "test-module",
+            &module("hostile-slow"),
+            "--input",
+            "-",
+            "--timeout-ms",
+            "1",
+        ],
+        Some(r#"{"topic":"t","payload":"50"}"#),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("-:1: failed (")
+            && stdout.contains("timeout: ran past its time budget of 1 ms"),
+        "{stdout}"
+    );
+    let out = run(
+        &[
+            "test-module",
+            &module("identity"),
+            "--input",
+            "-",
+            "--memory-limit-bytes",
+            "65536",
+        ],
+        Some(r#"{"topic":"t","payload":"1"}"#),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot start within its memory limit: it needs 1114112 bytes")
+            && stderr.contains("more than its memory limit of 65536 bytes"),
+        "{stderr}"
+    );
+}
+
+/// A dropped message: `dropped` in the text and the JSON (no `message`,
+/// `error` or `changes`), counted as such, exit 0.
+#[test]
+fn test_module_reports_a_dropped_message() {
+    let filter = module("field-filter");
+    let args = |json: bool| {
+        let mut args = vec![
+            "test-module",
+            filter.as_str(),
+            "--input",
+            "-",
+            "--module-config",
+            r#"{"field":"type","drop":["heartbeat"]}"#,
+        ];
+        args.extend(json.then_some("--json"));
+        args
+    };
+    let input = r#"{"topic":"t","payload":{"type":"heartbeat"}}"#;
+    for json in [false, true] {
+        let out = run(&args(json), Some(input));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("1 message: 0 changed, 0 unchanged, 1 dropped, 0 failed"),
+            "{}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        if json {
+            let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(line["result"], "dropped", "{line}");
+            for absent in ["message", "error", "changes"] {
+                assert!(line.get(absent).is_none(), "{line}");
+            }
+        } else {
+            assert!(stdout.starts_with("-:1: dropped ("), "{stdout}");
+        }
+    }
+}
+
+/// A module whose init refuses no configuration is told it got `null`, and
+/// how to give it one.
+#[test]
+fn test_module_says_how_to_give_a_custom_config() {
+    let out = run(
+        &["test-module", &module("field-filter"), "--input", "-"],
+        Some(r#"{"topic":"t","payload":1}"#),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "init rejected its custom_config: none given (give {\"field\": \"type\", \
+             \"drop\": [\"heartbeat\"]} or {\"field\": \"level\", \"keep\": [\"error\"]}) (its \
+             init function got null: give its custom_config with --module-config)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// A failing module: each failure with its kind, and exit 1.
 #[test]
 fn test_module_reports_failures_and_exits_1() {
@@ -1626,7 +1853,14 @@ fn test_module_bad_input_says_what_and_where() {
         Some("{\"topic\":\"t\",\"payload\":{}}\nnot json\n{\"topic\":\"t\",\"payload\":{}}\n"),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("-:2: "), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("-:2: "), "{stderr}");
+    // The bad line counted apart from the messages.
+    assert!(
+        stderr
+            .contains("2 messages: 2 changed, 0 unchanged, 0 dropped, 0 failed; 1 bad input line"),
+        "{stderr}"
+    );
     assert_eq!(
         text(&out.stdout)
             .lines()
@@ -1873,6 +2107,22 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     }
     assert!(stdout.contains("iot-sensor-processing"), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("(stage)")), "{stdout}");
+    // A pipeline's calls are its stages', and a stage's its modules'.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("iot-sensor-processing") && l.ends_with('%'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let calls = |pick: &dyn Fn(&[&str]) -> bool| -> u64 {
+        rows.iter()
+            .filter(|r| pick(r))
+            .map(|r| r[3].replace(',', "").parse::<u64>().unwrap())
+            .sum()
+    };
+    let pipeline = calls(&|r| r[2] == "(pipeline)");
+    assert!(pipeline > 0, "{stdout}");
+    assert_eq!(pipeline, calls(&|r| r[2] == "(stage)"), "{stdout}");
+    assert_eq!(pipeline, calls(&|r| !r[2].starts_with('(')), "{stdout}");
     assert!(
         stdout.contains("2000 in = 2000 delivered + 0 dropped + 0 dead-lettered"),
         "{stdout}"
@@ -1881,6 +2131,48 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
         !stdout.contains("module failure"),
         "nothing failed:\n{stdout}"
     );
+    // The callers and batch size asked for.
+    let out = bench(&config, &["--callers", "3", "--batch", "7"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let throughput = stdout
+        .lines()
+        .find(|l| l.starts_with("throughput"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        throughput.contains("; 3 callers, batches of 7)"),
+        "{throughput}"
+    );
+    let sent: u64 = throughput
+        .split('(')
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{throughput}"));
+    assert_eq!(sent % 7, 0, "{throughput}");
+    // No message to run: refused, not measured for ever.
+    for input in ["", "not a message\n"] {
+        let out = run(
+            &[
+                "bench",
+                "--config",
+                config.to_str().unwrap(),
+                "--modules",
+                &modules(),
+                "--input",
+                "-",
+                "--seconds",
+                "0.1",
+            ],
+            Some(input),
+        );
+        assert_eq!(out.status.code(), Some(1), "{input:?}");
+        assert!(
+            text(&out.stderr).contains("error: -: no messages to run"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     // A module that fails every call: the figure says what it measured.
     let dir = tempfile::tempdir().unwrap();
     let failing = write_config(
