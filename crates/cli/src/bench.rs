@@ -56,7 +56,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let threads = etl.engine().threads();
     let callers = args.callers.unwrap_or(threads * 2).max(1);
-    let mut out = io::stdout().lock();
+    let mut out = crate::Stdout::lock();
     writeln!(
         out,
         "rustmq-etl bench: {} on {} message{} of {}; {threads} engine thread{}",

@@ -1,6 +1,6 @@
 //! `rustmq-etl explain`: selection for every message of a JSON Lines file.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,8 +51,7 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
             .context("the system clock is out of range")?,
     };
     let reader = crate::input::open(input)?;
-    let stdout = io::stdout().lock();
-    let mut out = BufWriter::new(stdout);
+    let mut out = BufWriter::new(crate::Stdout::lock());
     let mut scratch = plan.create_scratch();
     let mut bad_lines = 0usize;
     for line in crate::input::numbered_lines(reader) {

@@ -40,6 +40,31 @@ macro_rules! out {
     }};
 }
 
+/// Standard output, locked, whose write errors name it: a reader that closed
+/// its pipe (`explain … | head`) ends the command with "writing to standard
+/// output: Broken pipe", not a bare "Broken pipe".
+pub(crate) struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    pub(crate) fn lock() -> Stdout {
+        Stdout(std::io::stdout().lock())
+    }
+
+    fn named(e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(Stdout::named)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(Stdout::named)
+    }
+}
+
 mod bench;
 mod checkpoint;
 mod diff;

@@ -141,8 +141,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let reader = crate::input::open(&args.input)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(crate::Stdout::lock());
     let mut counts = Counts::default();
     for line in crate::input::numbered_lines(reader) {
         let (number, _, line) =

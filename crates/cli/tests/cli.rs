@@ -507,6 +507,53 @@ fn explain_gives_every_skipped_module_and_ages_messages_at_now() {
     }
 }
 
+/// A reader that closes its pipe early (`explain … | head -1`) ends
+/// explain, test-module and bench with an error that says it was standard
+/// output, not a bare "Broken pipe".
+#[test]
+fn a_closed_standard_output_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = keyed_messages(dir.path(), 20_000, |_| "t");
+    let config = fixtures().join("pipelines");
+    let (config, messages, module) = (
+        config.to_str().unwrap(),
+        messages.to_str().unwrap(),
+        module("identity"),
+    );
+    let modules = modules();
+    for args in [
+        &["explain", "--config", config, "--input", messages][..],
+        &["test-module", &module, "--input", messages],
+        &[
+            "bench",
+            "--config",
+            config,
+            "--modules",
+            &modules,
+            "--input",
+            messages,
+            "--seconds",
+            "0.1",
+        ],
+    ] {
+        let mut child = server::tool()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", args[0]);
+        assert!(
+            stderr.contains("error: writing to standard output: Broken pipe"),
+            "{}: {stderr}",
+            args[0]
+        );
+    }
+}
+
 #[test]
 fn explain_reports_bad_lines_and_goes_on() {
     let config = fixtures().join("pipelines");
