@@ -892,10 +892,7 @@ fn load_modules(
                 for error in &unavailable {
                     warn(&error.to_string());
                 }
-                // By file: one module listed with two settings is one file.
-                let mut files: Vec<&str> = unavailable.iter().map(|e| e.module()).collect();
-                files.sort_unstable();
-                files.dedup();
+                let files = by_file(&unavailable);
                 warn(&format!(
                     "{} module{} could not be loaded from {}: \
                      each call of {} fails `unavailable`, handled by its pipeline's error strategy",
@@ -917,14 +914,23 @@ fn load_modules(
     for error in &errors {
         say!("error: {error}");
     }
+    let files = by_file(&errors).len();
     say!(
-        "{}{} module{} could not be loaded from {}",
+        "{}{files} module{} could not be loaded from {}",
         if validating { "" } else { "cannot start: " },
-        errors.len(),
-        plural(errors.len()),
+        plural(files),
         modules_named(modules, &errors),
     );
     Ok(None)
+}
+
+/// The modules of `errors`, each once: one module listed with two settings
+/// is one file (its errors are each said apart).
+fn by_file(errors: &[LoadError]) -> Vec<&str> {
+    let mut files: Vec<&str> = errors.iter().map(|e| e.module()).collect();
+    files.sort_unstable();
+    files.dedup();
+    files
 }
 
 /// The modules directory, with where the files are looked for when one of

@@ -416,6 +416,33 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
     // Missing files: where they are looked for is said.
     assert!(stderr.contains("--modules sets the directory"), "{stderr}");
     assert!(!stderr.contains("cannot start"), "{stderr}");
+    // One file listed with two settings: each listing's error said, the
+    // file counted once, as `run` counts it.
+    let twice = write_config(
+        dir.path(),
+        "pipeline_id: a\nstages: [{priority: 0, modules: [{module_id: ghost}, {module_id: ghost, instance_config: {custom_config: 1}}]}]\n",
+    );
+    let out = run(
+        &[
+            "validate",
+            "--config",
+            twice.to_str().unwrap(),
+            "--modules",
+            &modules(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("module \"ghost\": cannot read").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 module could not be loaded from"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
     // Every file there but one that does not compile: nothing about where
     // the files are looked for, which would mislead.
