@@ -367,3 +367,22 @@ fn thousands(n: f64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_are_grouped_by_commas_and_rounded() {
+        for (n, shown) in [
+            (0.0, "0"),
+            (999.4, "999"),
+            (999.5, "1,000"),
+            (1234567.8, "1,234,568"),
+            (100000.0, "100,000"),
+            (-1.0, "0"),
+        ] {
+            assert_eq!(thousands(n), shown, "{n}");
+        }
+    }
+}
