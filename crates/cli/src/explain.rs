@@ -91,7 +91,7 @@ pub(crate) fn run(config: &Path, input: &Path, now: Option<i64>) -> anyhow::Resu
             }
             Err(error) => {
                 bad_lines += 1;
-                say!("error: {}:{number}: {error}", input.display());
+                say!("{}:{number}: {error}", input.display());
                 serde_json::to_writer(
                     &mut out,
                     &LineError {

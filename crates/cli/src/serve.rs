@@ -1023,6 +1023,11 @@ async fn batch(
 
 /// `GET /v1/config`: the configuration in service and the last reload.
 async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+    // The last reload's status first: a reload is recorded after it applies,
+    // so the version in service read next is at least the one it names (read
+    // the other way round, a reload between the two reads answered
+    // `config_version` 1 beside a `last_reload` of version 2).
+    let last_reload = crate::lock(&service.last_reload).clone();
     // One version's configuration and occurrences, whatever reloads meanwhile.
     let in_service = service.etl.in_service();
     let pipelines: Vec<_> = in_service
@@ -1061,7 +1066,6 @@ async fn config(State(service): State<Arc<Service>>) -> Json<serde_json::Value> 
             occurrence
         })
         .collect();
-    let last_reload = crate::lock(&service.last_reload).clone();
     Json(json!({
         "config_version": in_service.version,
         "config_path": service.config_path.display().to_string(),
