@@ -416,6 +416,35 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
     // Missing files: where they are looked for is said.
     assert!(stderr.contains("--modules sets the directory"), "{stderr}");
     assert!(!stderr.contains("cannot start"), "{stderr}");
+    // No such directory: said, and only `run` adds that it cannot start.
+    let nowhere = dir.path().join("nowhere");
+    let nowhere = nowhere.to_str().unwrap();
+    for (command, starts) in [("validate", false), ("run", true)] {
+        let mut args = vec![
+            command,
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            nowhere,
+        ];
+        if command == "run" {
+            args.extend(["--input", "-"]);
+        }
+        let out = run(&args, Some(""));
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "error: {nowhere}: no such directory of modules (--modules sets the directory"
+            )),
+            "{command}: {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("cannot start: no directory of modules"),
+            starts,
+            "{command}: {stderr}"
+        );
+    }
     // One file listed with two settings: each listing's error said, the
     // file counted once, as `run` counts it.
     let twice = write_config(
