@@ -2700,6 +2700,70 @@ fn reloads_before_the_recorder_is_installed_are_published_after() {
         "{text}"
     );
     assert!(success_at(&text) > before, "{text}");
+    // A rejection moves no success time, and one the caller counts itself
+    // (`reload_rejected`: a file that did not load) reads 0 as well.
+    let succeeded = success_at(&text);
+    std::thread::sleep(Duration::from_millis(20));
+    o.reload_rejected();
+    let text = scraped(&o);
+    for series in [
+        "rustmq_etl_config_last_reload_successful 0",
+        r#"rustmq_etl_reloads_total{result="rejected"} 2"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
+    assert_eq!(success_at(&text), succeeded, "{text}");
+}
+
+/// A reload keeps every total: the counters of the pipelines and module
+/// occurrences it keeps go on from where they were, and an occurrence taken
+/// out and brought back finds its own again (execution.md, "Metrics").
+#[test]
+fn counters_keep_their_totals_across_reloads() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", |_| set_header("m", "1"));
+    engine.module("n", |_| set_header("n", "1"));
+    let with = |second: &str| {
+        config(&format!(
+            "pipelines:\n  - pipeline_id: p\n    stages: [{{priority: 0, modules: [{{module_id: m}}]}}]\n{second}"
+        ))
+    };
+    let q = "  - pipeline_id: q\n    stages: [{priority: 0, modules: [{module_id: n}]}]\n";
+    let o = Orchestrator::new(engine.clone(), &with(q), no_bytes, options()).unwrap();
+    let send = |n: usize| {
+        o.process_batch_blocking(vec![Message::new("t", ""); n], ProcessOptions::default())
+            .unwrap();
+    };
+    let count = |series: &str| -> u64 {
+        let text = scraped(&o);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let calls = |pipeline: &str, module: &str| {
+        count(&format!(
+            r#"rustmq_etl_module_calls_total{{pipeline="{pipeline}",module="{module}",outcome="edited"}}"#
+        ))
+    };
+    send(3);
+    // A change elsewhere (q switched off): p's series go on.
+    o.set_pipeline_enabled("q", false).unwrap();
+    send(1);
+    assert_eq!(calls("p", "m"), 4);
+    assert_eq!(
+        count(r#"rustmq_etl_pipeline_messages_total{pipeline="p",result="processed"}"#),
+        4
+    );
+    assert_eq!(calls("q", "n"), 3);
+    // q taken out, then brought back: its totals are there again.
+    o.reload(&with("")).unwrap();
+    o.reload(&with(q)).unwrap();
+    send(2);
+    assert_eq!(calls("q", "n"), 5);
+    assert_eq!(calls("p", "m"), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3159,6 +3223,16 @@ fn a_module_that_does_not_start_is_unavailable_until_a_reload_loads_it() {
         }
         other => panic!("{other:?}"),
     }
+    // The same again, failing as before: nothing changed, nothing counted
+    // as compiled, the version stays (a watcher's every event would make a
+    // new one otherwise).
+    let version = o.config_version();
+    let report = o.reload(&config(&yaml(1))).unwrap();
+    assert_eq!(
+        (report.changed, report.compiled, report.version),
+        (false, 0, version)
+    );
+    assert_eq!(o.reload_modules().unwrap().version, version);
 
     // Loading: in service.
     engine.module("bad", append("b"));
