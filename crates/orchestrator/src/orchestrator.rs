@@ -386,9 +386,10 @@ impl<E: Engine> Orchestrator<E> {
         Ok(orchestrator)
     }
 
-    /// Puts `config` in service: every message from now on runs on it, whole
-    /// (messages already running finish on the configuration they started
-    /// with). Modules whose occurrence and bytes did not change are kept;
+    /// Puts `config` in service: every message admitted from now on runs on
+    /// it, whole (messages already admitted, running or waiting for an
+    /// engine thread, run to their end on the configuration in service when
+    /// they were admitted). Modules whose occurrence and bytes did not change are kept;
     /// others are read, compiled and started first, and if any cannot be, or
     /// the configuration cannot be planned, nothing changes. When neither the
     /// configuration nor any module's bytes changed, the version in service

@@ -2718,6 +2718,82 @@ fn reloads_before_the_recorder_is_installed_are_published_after() {
     assert_eq!(success_at(&text), succeeded, "{text}");
 }
 
+/// A reload loads only what it did not have: a module kept (same bytes,
+/// same settings) is not compiled again, whatever else changed; a module
+/// swapped for new bytes is, and keeps its breaker as it was (an open one
+/// stays open until a probe succeeds on the new version).
+#[test]
+fn a_reload_loads_only_new_bytes_and_a_new_version_keeps_its_breaker() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", |m| {
+        if &m.payload[..] == b"bad" {
+            Behaviour::fail(ErrorKind::Trap, "bad")
+        } else {
+            set_header("a", "1")
+        }
+    });
+    engine.module("b", |_| set_header("b", "1"));
+    let bytes = Arc::new(std::sync::Mutex::new(b"1".to_vec()));
+    let source = {
+        let bytes = bytes.clone();
+        move |id: &str| match id {
+            "a" => Ok(bytes.lock().unwrap().clone()),
+            _ => Ok(b"b".to_vec()),
+        }
+    };
+    let yaml = |modules: &str| {
+        config(&format!(
+            "pipeline_id: p\nerror_handling: SkipModule\nstages: [{{priority: 0, modules: [{modules}]}}]"
+        ))
+    };
+    let o = Orchestrator::new(
+        engine.clone(),
+        &yaml("{module_id: a}"),
+        source,
+        options().breaker(
+            BreakerSettings::default()
+                .failures(1)
+                .cool_down(Duration::from_secs(60)),
+        ),
+    )
+    .unwrap();
+    let version_of_a = |o: &Orchestrator<StandIn>| {
+        events(&one(o, Message::new("t", "ok")))
+            .into_iter()
+            .find_map(|(m, e)| match e {
+                TraceEvent::Ran { version, .. } if m == "a" => Some(version),
+                _ => None,
+            })
+            .expect("a ran")
+    };
+    let first = version_of_a(&o);
+    // Another module added: `a` is kept as it was.
+    let report = o.reload(&yaml("{module_id: a}, {module_id: b}")).unwrap();
+    assert_eq!((report.changed, report.compiled), (true, 1));
+    assert_eq!(version_of_a(&o), first);
+    // `a` fails once: its breaker opens.
+    one(&o, Message::new("t", "bad"));
+    let circuit = |o: &Orchestrator<StandIn>| {
+        o.occurrences()
+            .into_iter()
+            .find(|occurrence| occurrence.spec.id == "a")
+            .unwrap()
+            .circuit
+    };
+    assert_eq!(circuit(&o), rustmq_etl_orchestrator::CircuitState::Open);
+    // New bytes: compiled anew, and its breaker still open.
+    *bytes.lock().unwrap() = b"2".to_vec();
+    let report = o.reload_modules().unwrap();
+    assert_eq!((report.changed, report.compiled), (true, 1));
+    assert_eq!(circuit(&o), rustmq_etl_orchestrator::CircuitState::Open);
+    match &events(&one(&o, Message::new("t", "ok")))[0] {
+        (m, TraceEvent::Failed { kind, .. }) if m == "a" => {
+            assert_eq!(*kind, ErrorKind::CircuitOpen)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A reload keeps every total: the counters of the pipelines and module
 /// occurrences it keeps go on from where they were, and an occurrence taken
 /// out and brought back finds its own again (execution.md, "Metrics").
