@@ -2164,6 +2164,47 @@ stages:
     ];
     expected.sort();
     assert_eq!(gauges(&handle.render()), expected);
+    // Back to the settings before: that occurrence finds its breaker as it
+    // was, open.
+    o.reload(&config(yaml)).unwrap();
+    assert_eq!(o.occurrences()[2].spec.settings.label(), Some(a2.clone()));
+    assert_eq!(o.occurrences()[2].circuit, Open);
+}
+
+/// An unavailable occurrence's gauges read 0 once a reload takes it out of
+/// service (the series stays, as the breaker's does).
+#[test]
+fn an_unavailable_module_taken_out_of_service_reads_0() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", append("a"));
+    let two = "pipelines:\n\
+               - {pipeline_id: p, stages: [{priority: 0, modules: [{module_id: a}]}]}\n\
+               - {pipeline_id: q, stages: [{priority: 0, modules: [{module_id: missing}]}]}\n";
+    let source = |id: &str| match id {
+        "a" => Ok(Vec::new()),
+        _ => Err(format!("{id} is not there")),
+    };
+    let o = Orchestrator::new(engine.clone(), &config(two), source, options()).unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let published = || {
+        metrics::with_local_recorder(&recorder, || o.publish_metrics());
+        let text = handle.render();
+        let value = |series: &str| -> Option<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+        };
+        (
+            value(r#"rustmq_etl_module_unavailable{module="missing"}"#),
+            value("rustmq_etl_modules_unavailable"),
+        )
+    };
+    assert_eq!(published(), (Some("1".into()), Some("1".into())));
+    o.reload(&config(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: a}]}]",
+    ))
+    .unwrap();
+    assert_eq!(published(), (Some("0".into()), Some("0".into())));
 }
 
 /// A host failure during the probe call gives the probe back: the next
