@@ -365,7 +365,7 @@ impl<E: Engine> Orchestrator<E> {
         };
         let (snapshot, _) = build(&keep, config, 1, None, Modules::Read)
             .map_err(|errors| ReloadError { errors })?;
-        metrics::gauge!("rustmq_etl_config_version").set(1.0);
+        to_recorder(|| metrics::gauge!("rustmq_etl_config_version").set(1.0));
         let orchestrator = Orchestrator {
             inner: Arc::new(Inner {
                 keep,
@@ -434,7 +434,7 @@ impl<E: Engine> Orchestrator<E> {
                 self.inner.versions.store(version, Ordering::Relaxed);
                 let _gauge = lock(&self.inner.version_gauge);
                 self.inner.current.store(Arc::new(snapshot));
-                metrics::gauge!("rustmq_etl_config_version").set(version as f64);
+                to_recorder(|| metrics::gauge!("rustmq_etl_config_version").set(version as f64));
                 Ok(ReloadReport {
                     version,
                     compiled,
@@ -467,22 +467,25 @@ impl<E: Engine> Orchestrator<E> {
     /// the last reload asked for.
     fn count_reload(&self, outcome: usize, asked: bool) {
         let total = self.inner.reloads[outcome].fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
-            .absolute(total);
+        to_recorder(|| {
+            metrics::counter!("rustmq_etl_reloads_total", "result" => RELOAD_RESULTS[outcome])
+                .absolute(total)
+        });
         if asked {
             let mut last = lock(&self.inner.last_reload);
             last.0 = outcome != 2;
             if last.0 {
                 last.1 = unix_ms();
             }
-            publish_last_reload(*last);
+            let last = *last;
+            to_recorder(|| publish_last_reload(last));
         }
     }
 
     /// [`publish_last_reload`] of what is noted now.
     fn publish_last_reload(&self) {
-        let last = lock(&self.inner.last_reload);
-        publish_last_reload(*last);
+        let last = *lock(&self.inner.last_reload);
+        to_recorder(|| publish_last_reload(last));
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
@@ -1182,6 +1185,18 @@ fn unix_ms() -> u64 {
 /// `rustmq_etl_config_last_reload_success_timestamp_seconds` of `(successful,
 /// when in Unix milliseconds)`: set by the holder of the lock they are kept
 /// under.
+/// Runs `publish`, which hands values to the embedding program's metrics
+/// recorder, outside any call's answer: a panic there is contained and
+/// logged, so that a reload applied is answered as applied.
+fn to_recorder(publish: impl FnOnce()) {
+    if let Err(panic) = contain(publish) {
+        log::error!(
+            "rustmq-etl: publishing the metrics panicked (in the metrics recorder?): {panic}; \
+             the metrics may be behind"
+        );
+    }
+}
+
 fn publish_last_reload((successful, at_ms): (bool, u64)) {
     metrics::gauge!("rustmq_etl_config_last_reload_successful").set(if successful {
         1.0

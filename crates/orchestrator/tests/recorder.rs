@@ -72,4 +72,22 @@ fn a_failing_metrics_recorder_loses_no_answer() {
         std::thread::sleep(Duration::from_millis(60));
     }
     assert!(PANICKED.load(Ordering::SeqCst) > 0, "the recorder was met");
+    // Reloads meet it too (they count themselves): applied and answered.
+    let met = PANICKED.load(Ordering::SeqCst);
+    let other = Config::from_text(
+        "pipeline_id: p\nmax_retries: 1\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+        Format::Yaml,
+        None,
+    )
+    .unwrap()
+    .config;
+    let report = o.reload(&other).expect("applied");
+    assert_eq!((report.changed, report.version), (true, 2));
+    assert_eq!(o.set_pipeline_enabled("p", false).unwrap().version, 3);
+    o.reload_rejected();
+    assert_eq!(o.config_version(), 3);
+    assert!(
+        PANICKED.load(Ordering::SeqCst) > met,
+        "the reloads met the recorder"
+    );
 }
