@@ -75,8 +75,9 @@ struct Inner<E: Engine> {
     /// installed after them still gets them.
     reloads: [AtomicU64; 3],
     /// Held while the snapshot in service is swapped and the version gauge
-    /// set, and while `publish_metrics` sets it: a publish never sets the
-    /// gauge back to a version a reload just replaced.
+    /// set, and while `publish_metrics` publishes what it says of the
+    /// configuration in service: a publish never sets a gauge back to a
+    /// version a reload just replaced.
     version_gauge: Mutex<()>,
 }
 
@@ -854,13 +855,14 @@ impl<E: Engine> Orchestrator<E> {
     /// modules, stages and selection) only here, each sample once.
     pub fn publish_metrics(&self) {
         Stats::describe();
+        // What is said of the configuration in service is said of one
+        // version, under the lock a reload swaps it under: two publishes at
+        // once (a scrape and a timer) cannot interleave with a swap and leave
+        // the older version's gauges last (an occurrence just removed read
+        // open or unavailable again until the next publish).
+        let gauge = lock(&self.inner.version_gauge);
         let snapshot = self.inner.current.load();
-        snapshot.stats.publish(true);
-        {
-            let _gauge = lock(&self.inner.version_gauge);
-            let version = self.inner.current.load().version;
-            metrics::gauge!("rustmq_etl_config_version").set(version as f64);
-        }
+        metrics::gauge!("rustmq_etl_config_version").set(snapshot.version as f64);
         // Module occurrences in service whose calls fail `unavailable`.
         metrics::gauge!("rustmq_etl_modules_unavailable").set(snapshot.unavailable.len() as f64);
         for (result, count) in RELOAD_RESULTS.iter().zip(&self.inner.reloads) {
@@ -900,6 +902,9 @@ impl<E: Engine> Orchestrator<E> {
             keep
         });
         gauged.extend(occurrences.iter().cloned());
+        drop(gauged);
+        drop(gauge);
+        snapshot.stats.publish(true);
         metrics::gauge!("rustmq_etl_messages_in_flight").set(self.in_flight() as f64);
         self.inner.keep.engine.publish_metrics();
     }
