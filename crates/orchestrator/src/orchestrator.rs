@@ -390,8 +390,8 @@ impl<E: Engine> Orchestrator<E> {
     /// Puts `config` in service: every message admitted from now on runs on
     /// it, whole (messages already admitted, running or waiting for an
     /// engine thread, run to their end on the configuration in service when
-    /// they were admitted). Modules whose occurrence and bytes did not change are kept;
-    /// others are read, compiled and started first, and if any cannot be, or
+    /// they were admitted). Modules whose occurrence and bytes did not change
+    /// are kept; others are read, compiled and started first, and if any cannot be, or
     /// the configuration cannot be planned, nothing changes. When neither the
     /// configuration nor any module's bytes changed, the version in service
     /// stays (`ReloadReport::changed` is false). Blocks while modules
@@ -485,8 +485,12 @@ impl<E: Engine> Orchestrator<E> {
 
     /// [`publish_last_reload`] of what is noted now.
     fn publish_last_reload(&self) {
-        let last = *lock(&self.inner.last_reload);
-        to_recorder(|| publish_last_reload(last));
+        // Under the lock, as `count_reload` publishes: never an older value
+        // after a newer one.
+        let last = lock(&self.inner.last_reload);
+        let now = *last;
+        to_recorder(|| publish_last_reload(now));
+        drop(last);
     }
 
     /// Switches pipeline `pipeline_id` on or off: a reload of the
@@ -1186,10 +1190,6 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `rustmq_etl_config_last_reload_successful` and
-/// `rustmq_etl_config_last_reload_success_timestamp_seconds` of `(successful,
-/// when in Unix milliseconds)`: set by the holder of the lock they are kept
-/// under.
 /// Runs `publish`, which hands values to the embedding program's metrics
 /// recorder, outside any call's answer: a panic there is contained and
 /// logged, so that a reload applied is answered as applied.
@@ -1202,6 +1202,10 @@ fn to_recorder(publish: impl FnOnce()) {
     }
 }
 
+/// `rustmq_etl_config_last_reload_successful` and
+/// `rustmq_etl_config_last_reload_success_timestamp_seconds` of `(successful,
+/// when in Unix milliseconds)`: set by the holder of the lock they are kept
+/// under.
 fn publish_last_reload((successful, at_ms): (bool, u64)) {
     metrics::gauge!("rustmq_etl_config_last_reload_successful").set(if successful {
         1.0
