@@ -1514,6 +1514,15 @@ fn module(name: &str) -> String {
     format!("{}/{name}.wasm", modules())
 }
 
+/// `test-module` of the shipped module `name` on `input` from standard
+/// input, with `extra` arguments.
+fn test_module(name: &str, extra: &[&str], input: &str) -> Output {
+    let module = module(name);
+    let mut args = vec!["test-module", module.as_str(), "--input", "-"];
+    args.extend(extra);
+    run(&args, Some(input))
+}
+
 fn sample() -> String {
     fixtures()
         .join("messages/sample.jsonl")
@@ -1742,16 +1751,10 @@ fn test_module_json_leaves_out_what_does_not_apply() {
 #[test]
 fn test_module_applies_its_time_and_memory_limits() {
     // 50 million rounds: far more than 1 ms.
-    let out = run(
-        &[
-            "test-module",
-            &module("hostile-slow"),
-            "--input",
-            "-",
-            "--timeout-ms",
-            "1",
-        ],
-        Some(r#"{"topic":"t","payload":"50"}"#),
+    let out = test_module(
+        "hostile-slow",
+        &["--timeout-ms", "1"],
+        r#"{"topic":"t","payload":"50"}"#,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -1760,16 +1763,10 @@ fn test_module_applies_its_time_and_memory_limits() {
             && stdout.contains("timeout: ran past its time budget of 1 ms"),
         "{stdout}"
     );
-    let out = run(
-        &[
-            "test-module",
-            &module("identity"),
-            "--input",
-            "-",
-            "--memory-limit-bytes",
-            "65536",
-        ],
-        Some(r#"{"topic":"t","payload":"1"}"#),
+    let out = test_module(
+        "identity",
+        &["--memory-limit-bytes", "65536"],
+        r#"{"topic":"t","payload":"1"}"#,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
@@ -1784,22 +1781,14 @@ fn test_module_applies_its_time_and_memory_limits() {
 /// `error` or `changes`), counted as such, exit 0.
 #[test]
 fn test_module_reports_a_dropped_message() {
-    let filter = module("field-filter");
-    let args = |json: bool| {
-        let mut args = vec![
-            "test-module",
-            filter.as_str(),
-            "--input",
-            "-",
+    let input = r#"{"topic":"t","payload":{"type":"heartbeat"}}"#;
+    for json in [false, true] {
+        let config = [
             "--module-config",
             r#"{"field":"type","drop":["heartbeat"]}"#,
         ];
-        args.extend(json.then_some("--json"));
-        args
-    };
-    let input = r#"{"topic":"t","payload":{"type":"heartbeat"}}"#;
-    for json in [false, true] {
-        let out = run(&args(json), Some(input));
+        let extra = if json { &["--json"][..] } else { &[] };
+        let out = test_module("field-filter", &[&config[..], extra].concat(), input);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("1 message: 0 changed, 0 unchanged, 1 dropped, 0 failed"),
@@ -1823,10 +1812,7 @@ fn test_module_reports_a_dropped_message() {
 /// how to give it one.
 #[test]
 fn test_module_says_how_to_give_a_custom_config() {
-    let out = run(
-        &["test-module", &module("field-filter"), "--input", "-"],
-        Some(r#"{"topic":"t","payload":1}"#),
-    );
+    let out = test_module("field-filter", &[], r#"{"topic":"t","payload":1}"#);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains(
