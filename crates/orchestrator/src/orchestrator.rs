@@ -458,8 +458,12 @@ impl<E: Engine> Orchestrator<E> {
     /// orchestrator — a configuration file that did not load, say — among
     /// the rejected ones (`rustmq_etl_reloads_total{result="rejected"}`), so
     /// that one count holds every rejection (the series is published from
-    /// this count, not added to).
+    /// this count, not added to). It takes its turn with reloads: asked while
+    /// one runs, it is counted once that one has ended, and stands as the
+    /// last reload (`rustmq_etl_config_last_reload_successful` 0), as it was
+    /// asked last.
     pub fn reload_rejected(&self) {
+        let _one_at_a_time = lock(&self.inner.reloading);
         self.count_reload(2, true);
     }
 

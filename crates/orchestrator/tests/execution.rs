@@ -2835,6 +2835,53 @@ fn a_reload_loads_only_new_bytes_and_a_new_version_keeps_its_breaker() {
     }
 }
 
+/// A rejection the embedding program counts (`reload_rejected`) takes its
+/// turn with reloads: asked while one runs, it is counted after it, and so
+/// stands as the last reload (it was counted first, and the reload running
+/// then read as the last).
+#[test]
+fn a_rejection_counted_during_a_reload_stands_as_the_last() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", append("a"));
+    engine.module("b", append("b"));
+    let (started, reading) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let source = move |id: &str| {
+        if id == "b" {
+            // The reload's read of `b`: held until the test says go.
+            started.send(()).unwrap();
+            wait.lock().unwrap().recv().unwrap();
+        }
+        Ok(Vec::new())
+    };
+    let yaml = |modules: &str| {
+        config(&format!(
+            "pipeline_id: p\nstages: [{{priority: 0, modules: [{modules}]}}]"
+        ))
+    };
+    let o = Orchestrator::new(engine.clone(), &yaml("{module_id: a}"), source, options()).unwrap();
+    std::thread::scope(|scope| {
+        let reload = scope.spawn(|| o.reload(&yaml("{module_id: a}, {module_id: b}")));
+        reading.recv().unwrap();
+        let rejected = scope.spawn(|| o.reload_rejected());
+        std::thread::sleep(Duration::from_millis(100));
+        go.send(()).unwrap();
+        assert!(reload.join().unwrap().unwrap().changed);
+        rejected.join().unwrap();
+    });
+    let text = scraped(&o);
+    for series in [
+        "rustmq_etl_config_last_reload_successful 0",
+        "rustmq_etl_config_version 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
+}
+
 /// A reload keeps every total: the counters of the pipelines and module
 /// occurrences it keeps go on from where they were, and an occurrence taken
 /// out and brought back finds its own again (execution.md, "Metrics").
