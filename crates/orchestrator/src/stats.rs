@@ -52,14 +52,15 @@ fn bucket(time: Duration) -> usize {
 }
 
 /// A bucket's middle, in seconds: what a sample in it is published as (at
-/// most 12.5% off).
+/// most half the bucket's width off, 12.5% of the sample at most).
 fn bucket_seconds(index: usize) -> f64 {
     if index < 4 {
         return index as f64 * 1e-9;
     }
     let (power, quarter) = (index / 4, index % 4);
-    let low = (1u64 << power) as f64 * (1.0 + quarter as f64 / 4.0);
-    (low * (1.0 + 1.0 / 8.0)) * 1e-9
+    let width = (1u64 << power) as f64 / 4.0;
+    let low = (1u64 << power) as f64 + quarter as f64 * width;
+    (low + width / 2.0) * 1e-9
 }
 
 #[derive(Debug)]
@@ -881,13 +882,21 @@ mod tests {
         assert_eq!(bucket(Duration::from_nanos(1024)), 40);
         assert_eq!(bucket(Duration::from_nanos(1024 + 256)), 41);
         assert_eq!(bucket(Duration::from_secs(100_000)), BUCKETS - 1);
-        // A sample is published within an eighth of its bucket's range.
-        for ns in [5u64, 100, 1_000, 123_456, 9_876_543_210] {
+    }
+
+    proptest! {
+        /// A sample is published as its bucket's middle: within half the
+        /// bucket's width (a quarter of its power of two) of the sample, and
+        /// so within 12.5% of it.
+        #[test]
+        fn a_sample_is_published_as_its_buckets_middle(ns in 4u64..1 << 40) {
             let published = bucket_seconds(bucket(Duration::from_nanos(ns))) * 1e9;
-            assert!(
-                (published - ns as f64).abs() <= ns as f64 * 0.25,
-                "{ns} ns published as {published}"
-            );
+            let power = 63 - ns.leading_zeros();
+            let width = (1u64 << power) as f64 / 4.0;
+            let low = ns - ns % (1u64 << (power - 2));
+            // (Within a rounding of the seconds' `f64` and back.)
+            prop_assert!((published - (low as f64 + width / 2.0)).abs() < 1e-6 * published);
+            prop_assert!((published - ns as f64).abs() <= ns as f64 * 0.125 * (1.0 + 1e-9));
         }
     }
 }
