@@ -215,8 +215,8 @@ impl ModuleSettings {
 }
 
 /// One module occurrence: a `module_id` with its settings. The same id with
-/// other settings is another occurrence (execution.md, "Modules and their
-/// settings"): its own instances, limits, breaker and statistics.
+/// other settings is another occurrence (docs/execution.md, "Occurrences"):
+/// its own instances, limits, breaker and statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModuleSpec {
     /// The module's id, as configured.

@@ -41,11 +41,11 @@ pub enum Outcome {
 }
 
 impl Message {
-    /// Applies `edits` in order. Each field is set once however many edits
-    /// name it; header edits are applied in one pass linear in the headers
-    /// and the edits ([`Headers::apply`](crate::Headers::apply)), or, when
-    /// `edits` are known to be a handful, one by one, the headers keeping the
-    /// strings the edits own.
+    /// Applies `edits` in order: a field that several edits name ends with
+    /// the last one's value. Header edits are applied in one pass linear in
+    /// the headers and the edits ([`Headers::apply`](crate::Headers::apply)),
+    /// or, when `edits` are known to be a handful, one by one, the headers
+    /// keeping the strings the edits own.
     pub fn apply(&mut self, edits: impl IntoIterator<Item = Edit>) {
         let edits = edits.into_iter();
         let few = edits.size_hint().1.is_some_and(|n| n <= FEW_EDITS);

@@ -23,13 +23,17 @@ pub struct Options {
     pub breaker: BreakerSettings,
     /// Most messages in flight at once; callers beyond it wait (or get
     /// `Busy` from the `try_` calls). Messages are in flight until the
-    /// engine is done with the engine batch they are in (at most `chunk`),
+    /// engine is done with the engine batch they are in (`chunk`, below),
     /// even if their caller gave up. Default 4096; 0 counts as 1, and more
-    /// than tokio's semaphore holds (`usize::MAX` for "no limit") as its most
-    /// (2^32 − 1 on 64-bit targets, 2^29 − 1 on 32-bit ones).
+    /// than tokio's semaphore grants at once (`usize::MAX` for "no limit")
+    /// as its most (2^32 − 1 on 64-bit targets, 2^29 − 1 on 32-bit ones,
+    /// where the semaphore holds no more).
     pub max_in_flight: usize,
-    /// A batch is split into pieces of at most this many messages, each run
-    /// by one engine thread. Default 64; 0 counts as 1.
+    /// A batch is split into engine batches of at most this many messages,
+    /// each run by one engine thread. Default 64; 0 counts as 1. Two
+    /// exceptions: an `in_order` call's engine batch is its whole wave, and
+    /// [`OnThisThread`](crate::OnThisThread) runs a wave as one batch on
+    /// its caller's thread.
     pub chunk: usize,
 }
 

@@ -563,7 +563,8 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// The options in force: as given, but `max_in_flight` and `chunk` as they
-    /// act (0 counted as 1, a limit past what the semaphore holds as its most).
+    /// act (0 counted as 1, a limit past what the semaphore grants at once as
+    /// its most).
     pub fn options(&self) -> &Options {
         &self.inner.keep.options
     }
