@@ -6,7 +6,9 @@
 //!   else (threads, several memories, 64-bit memories, exceptions, tail calls,
 //!   relaxed SIMD, garbage collection, …) is refused with the validator's
 //!   explanation. The engine is built with the same set ([`features`]).
-//! - **Imports**: only `rmq_etl.log(i32, i32, i32)`.
+//! - **Imports**: only a function `rmq_etl.log` (its signature, `(i32,
+//!   i32, i32)`, is checked once the module is compiled, with the ABI's
+//!   exports: `LoadError::Abi`).
 //! - **Size**: the module's bytes, and per function its locals, operators,
 //!   block nesting and `br_table` targets ([`CompileLimits`]): what makes
 //!   Cranelift's time and memory grow faster than the module's size.

@@ -91,7 +91,9 @@ pub enum LoadError {
         /// The compiler's explanation.
         message: String,
     },
-    /// The module does not speak the rustmq-etl ABI, or imports what guests may not have.
+    /// The module does not speak the rustmq-etl ABI: an export missing or of
+    /// the wrong type, or `rmq_etl.log` imported with another signature (an
+    /// import guests may not have at all is [`LoadError::Refused`]).
     #[error("module {module:?}: {message}")]
     Abi {
         /// The module's id.

@@ -20,8 +20,9 @@ use crate::stats::{Counters, Recorder};
 const RETRY_WHEN_FULL: Duration = Duration::from_millis(1);
 
 /// A compiled module version, ready to be run by a [`LocalPool`] or a
-/// [`Pool`](crate::Pool). Cheap to clone; its instances live as long as a
-/// clone does.
+/// [`Pool`](crate::Pool). Cheap to clone. A thread's instances of it outlive
+/// the last clone until that thread's next [`LocalPool::evict_idle`] (a
+/// `Pool`'s workers run it every cleaning interval).
 #[derive(Clone, Debug)]
 pub struct LoadedModule {
     pub(crate) compiled: Arc<CompiledModule>,
@@ -65,10 +66,13 @@ impl LoadedModule {
     /// [`LocalPool`]) run this module. A thread runs one call at a time, so
     /// when `threads` is within the module's `max_concurrent_instances`, its
     /// calls need not be counted across threads, which saves two shared
-    /// atomic operations per call. [`Pool`](crate::Pool) declares its workers;
-    /// a module compiled without a declaration is counted. The declaration
-    /// holds for every clone: a module a `Pool` loaded must not also be run on
-    /// a caller's own `LocalPool`, or its limit may be exceeded.
+    /// atomic operations per call. [`Pool`](crate::Pool) declares its workers
+    /// and its callers' threads together (`workers + caller_threads`), so
+    /// the runners [`Pool::caller_runner`](crate::Pool::caller_runner) hands
+    /// out are counted in; a module compiled without a declaration is
+    /// counted. The declaration holds for every clone: a module a `Pool`
+    /// loaded must not also be run on a `LocalPool` of the caller's own
+    /// making, or its limit may be exceeded.
     pub fn run_by_threads(mut self, threads: usize) -> Self {
         self.limit_running =
             (self.compiled.settings.max_concurrent_instances.max(1) as usize) < threads;

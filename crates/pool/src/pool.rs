@@ -275,7 +275,9 @@ impl Pool {
 
     /// Checks `wasm` against the sandbox's rules and compiles it as `spec` (or
     /// takes it from the artifact cache), starts a first instance on a worker
-    /// thread to prove that it initialises, and starts its warm-up instances.
+    /// thread to prove that it initialises, and starts its warm-up instances:
+    /// one on each of up to `warmup_instances` workers (a worker runs one
+    /// call at a time; the first instance counts as its worker's).
     /// The module runs wherever its handle is passed: nothing is replaced
     /// here (a hot swap is the owner's to make, by passing the new handle).
     ///

@@ -221,7 +221,9 @@ pub struct ModuleStats {
     /// Instances created (warm-up included).
     pub creations: u64,
     /// Healthy instances dropped: idle past their time-to-live, recycled after
-    /// their call budget, or replaced by a new module version.
+    /// their call budget, a module's without caching after each call, those
+    /// of a version nothing holds any more, and a thread's when its pool is
+    /// dropped.
     pub evictions: u64,
     /// Instances thrown away after a trap, timeout, memory-limit hit or invalid answer.
     pub discards: u64,
@@ -229,7 +231,8 @@ pub struct ModuleStats {
     pub in_use: u64,
     /// Instances waiting for a call now.
     pub idle: u64,
-    /// Failed calls by kind.
+    /// Failed calls by kind, and failed instance starts of a warm-up (which
+    /// are not calls) by theirs.
     pub failures: Vec<(ErrorKind, u64)>,
     /// Guest log lines dropped past the per-call limit.
     pub log_lines_dropped: u64,

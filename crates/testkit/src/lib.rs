@@ -192,7 +192,7 @@ impl std::fmt::Debug for StandIn {
 }
 
 impl StandIn {
-    /// An engine with `threads` threads and no modules.
+    /// An engine with `threads` threads (0 counts as 1) and no modules.
     pub fn new(threads: usize) -> Self {
         let mut queues = Vec::new();
         let mut handles = Vec::new();
