@@ -457,16 +457,27 @@ fn unknown_field(
     let pipeline = if list_form {
         if let ["pipelines", index, tail @ ..] = rest {
             rest = tail;
-            index.parse::<usize>().ok().and_then(|i| pipelines.get(i))
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| Some((i, pipelines.get(i)?)))
         } else {
             d.message
                 .push_str("; a file with a `pipelines` list has no other top-level field");
             return d;
         }
     } else {
-        pipelines.first()
+        pipelines.first().map(|p| (0, p))
     };
-    d.pipeline = pipeline.map(|p| p.pipeline_id.clone());
+    // (Without an id, by its place in its file, as validation names it.)
+    d.pipeline = pipeline.map(|(i, p)| {
+        if p.pipeline_id.is_empty() {
+            format!("#{}", i + 1)
+        } else {
+            p.pipeline_id.clone()
+        }
+    });
+    let pipeline = pipeline.map(|(_, p)| p);
     let index = |s: &str| s.parse::<usize>().ok();
     let mut candidates = PIPELINE_FIELDS;
     let mut field = Vec::new();

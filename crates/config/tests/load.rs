@@ -739,6 +739,27 @@ fn limits_hold_at_their_ends_and_ids_must_name_something() {
         "{errors:#?}"
     );
     assert!(errors.iter().any(|e| e.contains(".hidden")), "{errors:#?}");
+    // An unknown field in a pipeline without an id: named by its place too,
+    // in a list and alone.
+    let unknown = "pipelines:\n  - pipeline_id: q\n    stages: [{priority: 0, modules: [{module_id: m}]}]\n  \
+                   - pipeline_id: \"\"\n    stages: [{priority: 0, modules: [{module_id: m, colour: red}]}]\n";
+    let err = Config::from_text(unknown, Format::Yaml, None).unwrap_err();
+    let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("pipeline \"#2\"") && e.contains("colour")),
+        "{errors:#?}"
+    );
+    let alone = "pipeline_id: \"\"\nstages: [{priority: 0, modules: [{module_id: m}]}]\nextra: 1\n";
+    let err = Config::from_text(alone, Format::Yaml, None).unwrap_err();
+    let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("pipeline \"#1\"") && e.contains("extra")),
+        "{errors:#?}"
+    );
 }
 
 /// Many files, written in an order that is not their names' (the order a
