@@ -2,8 +2,9 @@
 
 use core::fmt;
 
-/// Why bytes are not a valid encoded message or outcome. Carries the byte offset
-/// where decoding stopped.
+/// Why bytes are not a valid encoded message or outcome. Most variants carry
+/// the byte offset where decoding stopped (`Version` and `TooManyEdits` say
+/// what was found instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {

@@ -4,9 +4,11 @@
 //! configuration, one *group* per module, into an immutable [`ConditionSet`].
 //! Regexes are compiled and values converted once, at build time. For each
 //! message a [`Context`] answers whether a group's rules all hold; the payload is
-//! read as JSON at most once per message however many rules read it, only the
-//! fields some rule names are kept, and it is not read at all when no rule of the
-//! groups asked about needs it. The semantics are those of `selection.md`.
+//! read as JSON once per message however many rules read it (twice when the
+//! fast pass leaves it to serde_json, such as a payload that is not JSON, and
+//! once more to explain a rule that failed on it), only the fields some rule
+//! names are kept, and it is not read at all when no rule of the groups asked
+//! about needs it. The semantics are those of `selection.md`.
 //!
 //! ```
 //! use rustmq_etl_condition::{ConditionSetBuilder, Operator, Rule, Subject};

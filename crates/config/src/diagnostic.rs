@@ -29,7 +29,8 @@ pub struct Diagnostic {
     pub module: Option<String>,
     /// The field, as a path from the module (or stage, or pipeline) down.
     pub field: Option<String>,
-    /// What is wrong, lowercase, no final period.
+    /// What is wrong, no final period; it starts lowercase but for a name
+    /// (`Exact filters …`) or a parser's own text.
     pub message: String,
 }
 

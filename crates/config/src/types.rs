@@ -3,9 +3,11 @@
 //! and each field of theirs, is read on its own from the document's values,
 //! so that one wrong field does not hide the next.
 //!
-//! Paths and messages are serde's, as serde_yaml words them
-//! (`stages[0].priority: invalid type: string "high", expected u32`), so the
-//! error the typed reading stopped at is found among them by its text.
+//! Paths and messages are serde's, as serde_json words them, read from the
+//! document's values (`stages[0].priority: invalid type: string "high",
+//! expected u32`); serde_yaml words a few differently ("unit value" for
+//! `null`), so the error the typed reading stopped at is found among them by
+//! its path (`load.rs`).
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;

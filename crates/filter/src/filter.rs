@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::glob::{Glob, GlobError};
 
-/// How a filter's pattern is matched against a topic (selection.md, "Filter types").
+/// How a filter's pattern is matched against a topic (selection.md, "Topic filters").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FilterKind {
     /// The topic equals the pattern.
@@ -146,8 +146,9 @@ fn glob_error(pattern: String, e: GlobError) -> FilterError {
     }
 }
 
-/// regex-syntax errors draw the pattern with a caret over several lines; keep the
-/// caret drawing but put the explanation first so one-line reports stay readable.
+/// regex-syntax errors draw the pattern with a caret over several lines; keep
+/// only the explanation (the error names the pattern), so that a report stays
+/// one line. A message without an `error:` line is joined into one.
 fn first_line_of_regex_error(message: &str) -> String {
     let explanation = message
         .lines()

@@ -7,7 +7,7 @@
 //! original bytes: everything it does not touch — other fields, their order,
 //! their formatting — is copied as it was. Compared with parsing the payload
 //! into a `serde_json::Value` and writing it back, nothing is allocated per
-//! field and nothing is formatted again.
+//! field (but a key with escapes) and nothing is formatted again.
 //!
 //! ```
 //! use rustmq_etl_sdk::json::Object;

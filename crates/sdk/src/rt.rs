@@ -99,11 +99,11 @@ pub fn init_stateless(_ptr: i32, len: i32) -> i64 {
     }
 }
 
-/// Runs the module's init over `custom_config`, the first `len` input bytes.
-/// In WebAssembly, a panic's message and place are logged at error level
-/// before the module aborts, and the engine's `trap` error quotes that line
-/// (the standard hook writes to a standard error that goes nowhere there).
-/// Natively, tests keep the standard hook.
+/// Installs the panic hook, at init. In WebAssembly, a panic's message and
+/// place are logged at error level before the module aborts, and the
+/// engine's `trap` error quotes that line (the standard hook writes to a
+/// standard error that goes nowhere there). Natively, tests keep the
+/// standard hook.
 fn report_panics() {
     #[cfg(target_arch = "wasm32")]
     std::panic::set_hook(Box::new(|info| {

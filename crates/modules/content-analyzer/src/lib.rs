@@ -1,5 +1,5 @@
 //! Describes the payload in headers: `content-kind` (`json`, `text` or
-//! `binary`), `content-bytes`, and for text `content-words` and `content-lines`.
+//! `binary`), `content-bytes`, and for UTF-8 `content-words` and `content-lines`.
 use rustmq_etl_sdk::{export, Message, Outcome};
 
 fn analyze(message: &Message) -> Outcome {

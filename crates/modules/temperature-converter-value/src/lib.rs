@@ -1,6 +1,6 @@
 //! temperature-converter as it was first written: the payload parsed into a
 //! `serde_json::Value`, two fields changed, the whole document written again.
-//! The same answers as temperature-converter (on compact JSON); kept as the
+//! temperature-converter's answers on compact JSON serde_json reads; kept as the
 //! baseline the orchestrator's throughput bench measures the SDK's
 //! `json::Object` against.
 use rustmq_etl_sdk::{export, Message, Outcome};
