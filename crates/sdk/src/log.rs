@@ -44,6 +44,8 @@ pub fn log(level: Level, message: &str) {
     unsafe {
         host_log(level as i32, message.as_ptr() as i32, message.len() as i32)
     };
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    tests::LOGGED.with(|logged| logged.borrow_mut().push((level, message.to_owned())));
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("[{level:?}] {message}");
 }
@@ -104,4 +106,44 @@ macro_rules! error {
     ($($arg:tt)*) => {
         $crate::log::error(&::std::format!($($arg)*))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Level;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// What this test thread logged natively, in order.
+        pub(super) static LOGGED: RefCell<Vec<(Level, String)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Each macro and function logs at its own level, with `format!`'s text.
+    #[test]
+    fn each_macro_logs_at_its_level() {
+        let n = 3;
+        crate::debug!("d{n}");
+        crate::info!("i{}", n + 1);
+        crate::warn!("w");
+        crate::error!("e {n:>2}");
+        super::info("plain");
+        super::log(Level::Warn, "direct");
+        let logged = LOGGED.with(|logged| logged.take());
+        assert_eq!(
+            logged,
+            [
+                (Level::Debug, "d3".to_owned()),
+                (Level::Info, "i4".to_owned()),
+                (Level::Warn, "w".to_owned()),
+                (Level::Error, "e  3".to_owned()),
+                (Level::Info, "plain".to_owned()),
+                (Level::Warn, "direct".to_owned()),
+            ]
+        );
+        // The levels the host import receives (docs/abi.md: 0 to 3).
+        assert_eq!(
+            [Level::Debug, Level::Info, Level::Warn, Level::Error].map(|l| l as i32),
+            [0, 1, 2, 3]
+        );
+    }
 }
