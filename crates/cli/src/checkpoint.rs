@@ -499,8 +499,9 @@ impl Checkpoint {
 
     /// What a run with these arguments does with this checkpoint, found at
     /// `path`: the same input file (not shorter than it had read), the same
-    /// output files, begun at the same `--start-line` (or given none). Cuts
-    /// nothing: a resume cuts each output back to its length at the
+    /// output files, begun at the same `--start-line` (or given none) — a
+    /// finished run's too, before it answers that there is nothing to do.
+    /// Cuts nothing: a resume cuts each output back to its length at the
     /// checkpoint ([`cut`]) once every check has passed.
     pub fn resume(
         &self,
@@ -539,21 +540,6 @@ impl Checkpoint {
                  {here} had read: it was changed since, and the run cannot resume exactly",
                 self.input_bytes
             );
-        }
-        if self.finished {
-            if length == self.input_bytes {
-                return Ok(Resume::Finished(format!(
-                    "--checkpoint {here} says this run finished: every line of {shown} (up to \
-                     line {}) was processed and its result written; nothing to do (remove the \
-                     checkpoint to run again)",
-                    self.line
-                )));
-            }
-            notes.push(format!(
-                "{shown} grew since the run of --checkpoint {here} finished: going on after \
-                 line {}",
-                self.line
-            ));
         }
         let files = match (dead_letter, self.dead_letter) {
             (None, None) => vec![("--output", output, self.output)],
@@ -601,6 +587,25 @@ impl Checkpoint {
                 length: metadata.len(),
                 to: recorded.bytes,
             });
+        }
+        // (After the outputs' checks: a finished run given other files, or
+        // another --dead-letter, is refused rather than answered "nothing to
+        // do" while nothing is written where it was asked to be.)
+        if self.finished {
+            if length == self.input_bytes {
+                return Ok(Resume::Finished(format!(
+                    "--checkpoint {here} says this run finished: every line of {shown} (up to \
+                     line {}) was processed and its result written; nothing to do, whatever \
+                     the configuration, modules and options now (remove the checkpoint to run \
+                     again)",
+                    self.line
+                )));
+            }
+            notes.push(format!(
+                "{shown} grew since the run of --checkpoint {here} finished: going on after \
+                 line {}",
+                self.line
+            ));
         }
         Ok(Resume::After {
             line: self.line,

@@ -3150,6 +3150,67 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     assert!(stderr.contains("says this run finished"), "{stderr}");
 }
 
+/// A finished run's checkpoint answers "nothing to do" only to the command
+/// that ran: given another output file, or a dead-letter file the run did
+/// not have, it is refused, and nothing is written where it was asked to be.
+#[test]
+fn a_finished_checkpoint_refuses_other_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixtures().join("messages/sample.jsonl");
+    let (output, checkpoint) = (dir.path().join("out.jsonl"), dir.path().join("cp"));
+    let command = |output: &Path, extra: &[&std::ffi::OsStr]| {
+        server::tool()
+            .args(["run", "--config"])
+            .arg(fixtures().join("pipelines"))
+            .arg("--modules")
+            .arg(fixtures().join("modules"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(output)
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = command(&output, &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let (written, recorded) = (
+        std::fs::read(&output).unwrap(),
+        std::fs::read(&checkpoint).unwrap(),
+    );
+    let other = dir.path().join("other.jsonl");
+    let refused = command(&other, &[]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--output {} is not the file the run of --checkpoint",
+            other.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!other.exists(), "{stderr}");
+    let dead_letters = dir.path().join("dlq.jsonl");
+    let refused = command(
+        &output,
+        &["--dead-letter".as_ref(), dead_letters.as_os_str()],
+    );
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("had no --dead-letter file"), "{stderr}");
+    assert!(!dead_letters.exists(), "{stderr}");
+    assert_eq!(std::fs::read(&output).unwrap(), written);
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), recorded);
+    // The command that ran: nothing to do.
+    let again = command(&output, &[]);
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("says this run finished"), "{stderr}");
+    assert_eq!(std::fs::read(&output).unwrap(), written);
+}
+
 /// `--checkpoint` needs an input and outputs that are regular files: not
 /// standard input or output, not a device.
 #[test]
