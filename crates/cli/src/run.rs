@@ -484,15 +484,29 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             began_at = checkpoint.start_line;
         }
     }
+    // Opened once, before the signals are taken: a named pipe opened twice
+    // loses what a writer sent between the two opens, and the second may
+    // wait for a writer that never comes. (A signal while the open waits for
+    // a writer ends the process, nothing read.)
+    let reader: Box<dyn Read + Send> = if args.input == Path::new("-") {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            File::open(&args.input)
+                .with_context(|| format!("cannot open {}", args.input.display()))?,
+        )
+    };
+    // The size, for the progress bar: a regular file's only.
     let size = if args.input == Path::new("-") {
         None
     } else {
-        let file = File::open(&args.input)
-            .with_context(|| format!("cannot open {}", args.input.display()))?;
-        file.metadata().ok().map(|m| m.len())
+        std::fs::metadata(&args.input)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
     };
     let stop = stop_on_signals()?;
-    let lines_in = read_lines(&args.input)?;
+    let lines_in = read_lines(reader)?;
     let progress = io::stderr().is_terminal().then(|| {
         let bar = match size {
             Some(size) => indicatif::ProgressBar::new(size),
@@ -988,12 +1002,7 @@ type Input = io::Result<(usize, usize, Result<Vec<u8>, String>)>;
 /// The input's lines, read on a thread of their own (so that a signal is
 /// noticed while standing input is silent). A line longer than
 /// [`crate::input::MAX_LINE_BYTES`] is passed on as bad, and reading goes on.
-fn read_lines(path: &Path) -> anyhow::Result<mpsc::Receiver<Input>> {
-    let reader: Box<dyn Read + Send> = if path == Path::new("-") {
-        Box::new(io::stdin())
-    } else {
-        Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
-    };
+fn read_lines(reader: Box<dyn Read + Send>) -> anyhow::Result<mpsc::Receiver<Input>> {
     let (lines, receiver) = mpsc::sync_channel(4 * BATCH);
     std::thread::Builder::new()
         .name("rustmq-etl-input".into())

@@ -5,6 +5,7 @@ mod server;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
@@ -820,6 +821,56 @@ fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let config = dir.join("pipeline.yaml");
     std::fs::write(&config, yaml).unwrap();
     config
+}
+
+/// `--input` a named pipe: opened once, so that what a writer sends and
+/// closes is all read. The run opened it twice, and a writer that closed
+/// between the two opens lost what it sent, the second open then waiting
+/// for a writer that never came: a race the writer wins now and then, so
+/// the test runs a hundred rounds (the double open hung at about the 70th
+/// when tried; a round takes about 0.2 s).
+#[test]
+fn run_reads_a_named_pipe_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("in.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let sample = fixtures().join("messages/sample.jsonl");
+    for round in 0..100 {
+        // The writer opens the pipe (waiting for the run), writes the
+        // whole sample, and closes.
+        let writer = Command::new("sh")
+            .arg("-c")
+            .arg(r#"cat "$1" > "$2""#)
+            .arg("sh")
+            .arg(&sample)
+            .arg(&fifo)
+            .spawn()
+            .unwrap();
+        let mut child = run_of(&fixtures().join("pipelines"), &fifo)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("round {round}: the run still waits on the pipe after a minute");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {stderr}");
+        assert!(
+            stderr.contains("5 in = 5 delivered"),
+            "round {round}: {stderr}"
+        );
+        assert_eq!(text(&out.stdout).lines().count(), 5, "round {round}");
+        let mut writer = writer;
+        assert!(writer.wait().unwrap().success(), "round {round}");
+    }
 }
 
 /// A message the shipped filter drops is counted as dropped, written
@@ -2351,7 +2402,7 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
 /// `signal` midway (after 1.5 s): its output, and the last line its stop
 /// message says it wrote.
 fn stopped_midway(child: std::process::Child, signal: &str, total: usize) -> (Output, usize) {
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     let status = Command::new("kill")
         .args(["-s", signal, &child.id().to_string()])
         .status()
