@@ -227,8 +227,9 @@ enum Command {
         #[arg(long, value_name = "COUNT", default_value_t = 4096, value_parser = at_least_one::<usize>)]
         max_batch: usize,
         /// The most client connections open at once; more wait to be
-        /// accepted.
-        #[arg(long, value_name = "COUNT", default_value_t = 1024, value_parser = at_least_one::<usize>)]
+        /// accepted. At most 1048576 (2^20: a process's most open files on
+        /// Linux by default, `fs.nr_open`).
+        #[arg(long, value_name = "COUNT", default_value_t = 1024, value_parser = within(1usize, 1 << 20, "from 1 to 1048576"))]
         max_connections: usize,
         /// How long a client has to send a request's head (from connecting,
         /// or from the answer before), in milliseconds; then its connection

@@ -279,7 +279,8 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         reload_endpoint: args.reload_endpoint,
     });
     room_for_connections(
-        args.max_connections + args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS),
+        args.max_connections
+            .saturating_add(args.admin_listen.as_ref().map_or(0, |_| ADMIN_CONNECTIONS)),
     );
     let beat = metrics_beat(service.clone())?;
     metrics::describe_counter!(

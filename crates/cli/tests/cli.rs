@@ -1333,6 +1333,16 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     ] {
         refused(&["serve", "--config", config, flag, "0"]);
     }
+    // More connections than a process may open files (it panicked past
+    // what tokio's semaphore holds, after it said it was serving).
+    refused(&["serve", "--config", config, "--max-connections", "1048577"]);
+    refused(&[
+        "serve",
+        "--config",
+        config,
+        "--max-connections",
+        "18446744073709551615",
+    ]);
     // A directory as the input: refused, the output left as it was.
     let output = dir.path().join("out.jsonl");
     std::fs::write(&output, "kept\n").unwrap();
