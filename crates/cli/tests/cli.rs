@@ -1162,6 +1162,52 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
         let (code, stderr) = run_with(&["--output", both, "--dead-letter", both]);
         assert_eq!(code, Some(0), "{both}: {stderr}");
     }
+    // Standard output and standard error one pipe (`2>&1 | …`): a pipe is
+    // never one file, though its entries in /proc name no path (they were
+    // taken for one file of a name that is nowhere).
+    let tool = server::tool();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$@" 2>&1"#)
+        .arg("sh")
+        .arg(tool.get_program())
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules,
+        ])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", "/dev/stdout", "--dead-letter", "/dev/stderr"])
+        .output()
+        .unwrap();
+    let both = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{both}");
+    assert!(both.contains("1 in = 1 delivered"), "{both}");
+    // Standard output redirected to a file, and that file as --dead-letter:
+    // one file, read through its open entry.
+    let redirected = dir.path().join("redirected.jsonl");
+    let out = server::tool()
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--modules",
+            &modules,
+        ])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", "-", "--dead-letter"])
+        .arg(&redirected)
+        .stdout(std::fs::File::create(&redirected).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("are one file"),
+        "{}",
+        text(&out.stderr)
+    );
     // A dangling link to the other output's file (writing through it would
     // create that file).
     std::os::unix::fs::symlink("out.jsonl", dir.path().join("link.jsonl")).unwrap();
