@@ -541,6 +541,33 @@ impl Checkpoint {
                 self.input_bytes
             );
         }
+        // Where the resume goes on: after the line recorded, unless that
+        // line had no line end then and has grown since.
+        let (mut line, mut input_bytes) = (self.line, self.input_bytes);
+        if length > self.input_bytes {
+            let grown = grown_last_line(input, self.input_bytes)
+                .with_context(|| format!("--input {shown}: cannot read it"))?;
+            if let Some(grown) = grown {
+                let processed =
+                    !grown.too_long && matches!(crate::input::parse_line(&grown.then), Ok(Some(_)));
+                if processed {
+                    anyhow::bail!(
+                        "line {} of --input {shown} had no line end when the run of \
+                         --checkpoint {here} read it, and it has grown since: the result of the \
+                         line as it was then is in the outputs, and the run cannot resume \
+                         exactly; remove the checkpoint to run every line afresh",
+                        self.line
+                    );
+                }
+                notes.push(format!(
+                    "line {} of {shown} had no line end when the run of --checkpoint {here} \
+                     read it, and has grown since: it was no message then (nothing was written \
+                     for it), and runs now as it is",
+                    self.line
+                ));
+                (line, input_bytes) = (self.line - 1, grown.start);
+            }
+        }
         let files = match (dead_letter, self.dead_letter) {
             (None, None) => vec![("--output", output, self.output)],
             (Some(dead_letter), Some(recorded)) => vec![
@@ -603,17 +630,68 @@ impl Checkpoint {
             }
             notes.push(format!(
                 "{shown} grew since the run of --checkpoint {here} finished: going on after \
-                 line {}",
-                self.line
+                 line {line}"
             ));
         }
         Ok(Resume::After {
-            line: self.line,
-            input_bytes: self.input_bytes,
+            line,
+            input_bytes,
             notes,
             cuts,
         })
     }
+}
+
+/// The input's last line as a run read it, when it had no line end then
+/// and the input has since grown it.
+struct GrownLine {
+    /// Where the line starts in the input.
+    start: u64,
+    /// The line as the run read it (up to the end it had then).
+    then: Vec<u8>,
+    /// It was longer than a line may be (and refused as such then).
+    too_long: bool,
+}
+
+/// The line of `input` that ended at byte `at` without a line end when a
+/// run read it, if the input now goes on past `at` with more of that line
+/// than white space (which a line is read without: a `\r\n` or spaces
+/// added before the line end leave it as it was); `None` when the run read
+/// whole lines, or `at` is 0.
+fn grown_last_line(input: &Path, at: u64) -> std::io::Result<Option<GrownLine>> {
+    if at == 0 {
+        return Ok(None);
+    }
+    let file = File::open(input)?;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, at - 1)?;
+    if last[0] == b'\n' {
+        return Ok(None);
+    }
+    let mut after = [0u8; 4096];
+    let read = file.read_at(&mut after, at)?;
+    let continued = after[..read]
+        .iter()
+        .take_while(|&&b| b != b'\n')
+        .any(|b| !b.is_ascii_whitespace());
+    if !continued {
+        return Ok(None);
+    }
+    // Back to the line's start, within the longest line read (one longer
+    // was refused then: `too_long`).
+    let from = at.saturating_sub(crate::input::MAX_LINE_BYTES + 1);
+    let mut before = vec![0u8; (at - from) as usize];
+    file.read_exact_at(&mut before, from)?;
+    let (start, too_long) = match before.iter().rposition(|&b| b == b'\n') {
+        Some(end) => (from + end as u64 + 1, false),
+        None => (from, from > 0),
+    };
+    let then = before.split_off((start - from) as usize);
+    Ok(Some(GrownLine {
+        start,
+        then,
+        too_long,
+    }))
 }
 
 #[cfg(test)]

@@ -3318,6 +3318,86 @@ fn a_finished_checkpoint_refuses_other_output_files() {
     assert_eq!(std::fs::read(&output).unwrap(), written);
 }
 
+/// A checkpointed run that read a last line without its line end (a writer
+/// mid-line, or a file without a final line end), resumed once the input
+/// has grown: a line that was no message then runs whole now; one given
+/// only its line end goes on after it; one that was a message and has grown
+/// since is refused (its result, of the line as it was, is written).
+#[test]
+fn a_checkpoint_resumes_a_last_line_that_grew_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), IDENTITY_PIPELINE);
+    let line = |key: &str| format!("{{\"topic\":\"t\",\"key\":\"{key}\",\"payload\":\"p\"}}");
+    let keys = |path: &Path| -> Vec<String> {
+        text(&std::fs::read(path).unwrap())
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let scenario = |name: &str, first: String, added: String| {
+        let input = dir.path().join(format!("{name}.jsonl"));
+        let output = dir.path().join(format!("{name}.out.jsonl"));
+        let checkpoint = dir.path().join(format!("{name}.cp"));
+        std::fs::write(&input, first).unwrap();
+        let command = || {
+            run_of(&config, &input)
+                .arg("--output")
+                .arg(&output)
+                .arg("--checkpoint")
+                .arg(&checkpoint)
+                .output()
+                .unwrap()
+        };
+        let before = command();
+        append_to(&input, added.as_bytes());
+        let after = command();
+        (before, after, keys(&output))
+    };
+    // Cut mid-line: bad then (exit 1), whole now.
+    let whole = line("c");
+    let (before, after, written) = scenario(
+        "cut",
+        line("a") + "\n" + &line("b") + "\n" + &whole[..10],
+        whole[10..].to_owned() + "\n" + &line("d") + "\n",
+    );
+    assert_eq!(before.status.code(), Some(1), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("line 3 of") && stderr.contains("runs now as it is"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 in = 2 delivered"), "{stderr}");
+    assert_eq!(written, ["a", "b", "c", "d"]);
+    // A whole last line without its line end, given it (CRLF) and a line.
+    let (before, after, written) = scenario(
+        "whole",
+        line("a") + "\n" + &line("b"),
+        "\r\n".to_owned() + &line("c") + "\n",
+    );
+    assert_eq!(before.status.code(), Some(0), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("going on after line 2"), "{stderr}");
+    assert_eq!(written, ["a", "b", "c"]);
+    // A message then, more of its line now: refused, nothing written.
+    let (before, after, written) =
+        scenario("grown", line("a") + "\n" + &line("b"), "x\n".to_owned());
+    assert_eq!(before.status.code(), Some(0), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 2 of --input") && stderr.contains("cannot resume exactly"),
+        "{stderr}"
+    );
+    assert_eq!(written, ["a", "b"]);
+}
+
 /// `--checkpoint` needs an input and outputs that are regular files: not
 /// standard input or output, not a device.
 #[test]
