@@ -133,7 +133,8 @@ enum Command {
     /// for, 1 on bad input lines (each reported, the rest processed), when it
     /// cannot start, or when a result (or, with --trace, a trace) could not be
     /// written, 143 or 130 when stopped by SIGTERM or Ctrl-C (after writing
-    /// what it read and saying where to resume).
+    /// the results of the batch under way and saying which line to resume
+    /// at; lines read ahead and not yet begun are left to that resume).
     Run {
         /// A configuration file (.yaml, .yml, .json) or a directory of them.
         #[arg(long, value_name = "PATH")]

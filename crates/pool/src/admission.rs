@@ -133,8 +133,7 @@ pub(crate) fn admit(
     }
     if wasm.is_empty() {
         return Err(Refusal::Invalid(
-            "the file is empty (a module being written? a reload once it is complete picks it up)"
-                .to_owned(),
+            "the file is empty (a module still being written?)".to_owned(),
         ));
     }
     if !wasm.starts_with(b"\0asm") {

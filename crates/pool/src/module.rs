@@ -128,7 +128,16 @@ impl ArtifactCache {
     /// the directory or its key may be written (or the key read) by other users.
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        private::create_dir(&dir)?;
+        if let Err(e) = private::create_dir(&dir) {
+            // (`create_dir` says only "File exists" of a file in the way.)
+            if fs::metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "it is there and not a directory",
+                ));
+            }
+            return Err(e);
+        }
         private::check(&dir, private::Kind::Dir)?;
         // Files are found by name again at every load and store, on the
         // path checked here (links resolved): no one else may be able to

@@ -924,6 +924,32 @@ fn a_cache_others_may_write_is_refused() {
     assert!(err.to_string().contains("must be private"), "{err}");
 }
 
+/// A file where the cache's directory should be is refused saying so (it
+/// read "File exists").
+#[test]
+fn a_file_in_the_caches_place_is_not_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::write(&cache, "not a directory").unwrap();
+    let err = rustmq_etl_pool::ArtifactCache::new(&cache).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotADirectory);
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    let err = Pool::new(PoolConfig {
+        artifact_cache: Some(cache.clone()),
+        bulk_bytes_per_ms: Some(1),
+        ..PoolConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "artifact cache {}: it is there and not a directory",
+            cache.display()
+        )
+    );
+    assert_eq!(std::fs::read(&cache).unwrap(), b"not a directory");
+}
+
 /// What may lie in the cache's place cannot make the engine hang, read
 /// without end or take another's directory: a key cut short (a run killed
 /// while writing it, by an older version) is an error that says what to do,
