@@ -263,9 +263,9 @@ fn trace_line(line: usize, processed: &Processed) -> String {
 /// Where a file argument of `run` leads: `-` is standard input or output
 /// (`/dev/stdin`, `/dev/stdout`: a file when the shell redirected it), and
 /// symbolic links are followed, dangling ones too (writing through one
-/// creates its target), up to an open file's entry in `/proc/…/fd`: its
-/// link names a pipe or a socket by no path (`pipe:[123]`), and the entry
-/// itself is what `stat` reads the open file through.
+/// creates its target), up to an open file's entry in `/proc/…/fd` (or
+/// `/dev/fd`): its link names a pipe or a socket by no path (`pipe:[123]`),
+/// and the entry itself is what `stat` reads the open file through.
 fn destination(path: &Path, dash: &str) -> PathBuf {
     let mut path = if path == Path::new("-") {
         PathBuf::from(dash)
@@ -273,9 +273,9 @@ fn destination(path: &Path, dash: &str) -> PathBuf {
         path.to_owned()
     };
     for _ in 0..40 {
-        let open_file = path
-            .parent()
-            .is_some_and(|dir| dir.starts_with("/proc") && dir.ends_with("fd"));
+        let open_file = path.parent().is_some_and(|dir| {
+            dir == Path::new("/dev/fd") || (dir.starts_with("/proc") && dir.ends_with("fd"))
+        });
         if open_file {
             break;
         }

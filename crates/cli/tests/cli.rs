@@ -1179,7 +1179,7 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
             &modules,
         ])
         .args(["--input", input.to_str().unwrap()])
-        .args(["--output", "/dev/stdout", "--dead-letter", "/dev/stderr"])
+        .args(["--output", "/dev/stdout", "--dead-letter", "/dev/fd/2"])
         .output()
         .unwrap();
     let both = text(&out.stdout);
