@@ -393,6 +393,11 @@ impl Literals {
     }
 }
 
+/// The most an NFA of the regex and wildcard patterns may take.
+const NFA_LIMIT: usize = 256 << 20;
+/// The lazy DFA's cache: each engine thread's, for the patterns together.
+const DFA_CACHE: usize = 16 << 20;
+
 /// Every regex (and every wildcard that is not a plain literal) of a side in one
 /// automaton, searched once for all of them.
 ///
@@ -408,44 +413,25 @@ struct Regexes {
 
 impl Regexes {
     fn build(patterns: Dedup<String>, filters: &[Filter]) -> Result<Regexes, BuildError> {
-        let compiler = || {
-            let mut compiler = thompson::Compiler::new();
-            compiler.configure(
-                thompson::Config::new()
-                    .which_captures(WhichCaptures::None)
-                    .nfa_size_limit(Some(256 << 20)),
-            );
-            compiler
-        };
-        let nfa = compiler().build_many(&patterns.patterns).map_err(|e| {
-            // Every pattern parsed when its filter was made, so this is a size
-            // limit: name the pattern that is too big on its own, if one is.
-            match patterns
-                .patterns
-                .iter()
-                .position(|p| compiler().build(p).is_err())
-            {
-                Some(p) => {
-                    let id = patterns.filters[p][0];
-                    BuildError {
-                        message: format!("{}: {e}", filters[id as usize]),
-                        filter: Some(FilterId(id)),
-                    }
-                }
-                None => {
-                    BuildError::of_all(format!("the regex and wildcard patterns together: {e}"))
+        // Every pattern parsed when its filter was made, so a failure here is
+        // a size limit: the NFA's, or the lazy DFA's cache, which must hold
+        // a few states of it. Named by the pattern too large on its own, if
+        // one is.
+        let too_large = |e: String| match patterns
+            .patterns
+            .iter()
+            .position(|p| Self::compile(std::slice::from_ref(p)).is_err())
+        {
+            Some(p) => {
+                let id = patterns.filters[p][0];
+                BuildError {
+                    message: format!("{}: {e}", filters[id as usize]),
+                    filter: Some(FilterId(id)),
                 }
             }
-        })?;
-        let dfa = hybrid::dfa::DFA::builder()
-            .configure(
-                hybrid::dfa::Config::new()
-                    .match_kind(MatchKind::All)
-                    .unicode_word_boundary(true)
-                    .cache_capacity(16 << 20),
-            )
-            .build_from_nfa(nfa.clone())
-            .map_err(|e| BuildError::of_all(format!("regex and wildcard patterns: {e}")))?;
+            None => BuildError::of_all(format!("the regex and wildcard patterns together: {e}")),
+        };
+        let (nfa, dfa) = Self::compile(&patterns.patterns).map_err(too_large)?;
         let fallback = PikeVM::builder()
             .configure(PikeVM::config().match_kind(MatchKind::All))
             .build_from_nfa(nfa)
@@ -455,6 +441,39 @@ impl Regexes {
             fallback,
             filters: patterns.filters,
         })
+    }
+
+    /// The NFA of `patterns` and its lazy DFA, or why they are too large.
+    fn compile(patterns: &[String]) -> Result<(thompson::NFA, hybrid::dfa::DFA), String> {
+        let mut compiler = thompson::Compiler::new();
+        compiler.configure(
+            thompson::Config::new()
+                .which_captures(WhichCaptures::None)
+                .nfa_size_limit(Some(NFA_LIMIT)),
+        );
+        let nfa = compiler.build_many(patterns).map_err(|e| {
+            format!(
+                "too large to match: its automaton would take more than {} MiB; write fewer or \
+                 smaller repetitions ({e})",
+                NFA_LIMIT >> 20
+            )
+        })?;
+        let dfa = hybrid::dfa::DFA::builder()
+            .configure(
+                hybrid::dfa::Config::new()
+                    .match_kind(MatchKind::All)
+                    .unicode_word_boundary(true)
+                    .cache_capacity(DFA_CACHE),
+            )
+            .build_from_nfa(nfa.clone())
+            .map_err(|e| {
+                format!(
+                    "too large to match: a topic's matching would take more than the {} MiB it \
+                     may use; write fewer or smaller repetitions ({e})",
+                    DFA_CACHE >> 20
+                )
+            })?;
+        Ok((nfa, dfa))
     }
 
     #[inline]
@@ -886,6 +905,30 @@ mod tests {
     use proptest::prelude::*;
 
     use super::has_ascii_capital;
+    use crate::{Filter, FilterKind, FilterSetBuilder};
+
+    /// A regex too large to match within its limits is refused at build,
+    /// named, and said to be too large, whichever limit it passes: the
+    /// lazy DFA's cache, or the NFA's size.
+    #[test]
+    fn a_pattern_too_large_to_match_is_named() {
+        for (pattern, limit) in [
+            (r"(\w{100}){100}", "16 MiB it may use"),
+            (r"(\w{1000}){1000}", "more than 256 MiB"),
+        ] {
+            let mut builder = FilterSetBuilder::new();
+            let small = Filter::new(FilterKind::Regex, "^a+$", true, false).unwrap();
+            let large = Filter::new(FilterKind::Regex, pattern, true, false).unwrap();
+            builder.add_slot(vec![small]);
+            builder.add_slot(vec![large.clone()]);
+            let err = builder.build().err().expect("refused");
+            assert_eq!(err.filter().map(|f| f.index()), Some(1), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&large.to_string()), "{text}");
+            assert!(text.contains("too large to match"), "{text}");
+            assert!(text.contains(limit), "{text}");
+        }
+    }
 
     #[test]
     fn every_ascii_byte_at_every_position() {
