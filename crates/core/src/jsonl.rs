@@ -122,7 +122,15 @@ impl Message {
     /// editors write at the start of a file) is skipped.
     pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
         let line = line.strip_prefix('\u{feff}').unwrap_or(line);
-        let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| {
+        let mut reader = serde_json::Deserializer::from_str(line);
+        let parsed: Result<Line<'_>, _> = serde_path_to_error::deserialize(&mut reader)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            // Nothing but white space after the object.
+            .and_then(|parsed| match reader.end() {
+                Ok(()) => Ok(parsed),
+                Err(e) => Err((String::new(), e)),
+            });
+        let parsed = parsed.map_err(|(field, e)| {
             use serde_json::error::Category;
             let holds = match line.trim_start().as_bytes().first() {
                 Some(b'{') | None => None,
@@ -140,6 +148,14 @@ impl Message {
                 (_, Some(holds)) => MessageParseError::new(format!(
                     "a message is a JSON object ({{\"topic\": …, \"payload\": …}}); this is {holds}"
                 )),
+                // A value of the wrong type: the field it is in (unless the
+                // text names it: an unknown or repeated field).
+                _ if !field.is_empty()
+                    && field != "."
+                    && !e.to_string().contains(&format!("`{field}`")) =>
+                {
+                    MessageParseError::new(format!("field `{field}`: {e}"))
+                }
                 _ => MessageParseError::new(e.to_string()),
             }
         })?;
@@ -324,13 +340,19 @@ impl Message {
         let too_many = |count| BatchError::TooMany { count, max };
         // A byte-order mark before the batch is skipped, as before a line.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // What is held before the count is known is at most `max` entries:
+        // the rest are counted, not kept (a body of millions of tiny lines
+        // refused for their number took ten times its size otherwise).
         if text.trim_start().starts_with('[') {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-                BatchError::Invalid(format!("the batch is not a JSON array of messages: {e}"))
-            })?;
-            if items.len() > max {
-                return Err(too_many(items.len()));
-            }
+            let mut reader = serde_json::Deserializer::from_str(text);
+            let items = (&mut reader)
+                .deserialize_seq(AtMost(max))
+                // Nothing but white space after the array.
+                .and_then(|items| reader.end().map(|()| items))
+                .map_err(|e| {
+                    BatchError::Invalid(format!("the batch is not a JSON array of messages: {e}"))
+                })?
+                .map_err(too_many)?;
             items
                 .iter()
                 .enumerate()
@@ -340,22 +362,53 @@ impl Message {
                 })
                 .collect()
         } else {
-            let lines: Vec<(usize, &str)> = text
+            let mut lines = text
                 .lines()
                 .enumerate()
-                .filter(|(_, line)| !line.trim().is_empty())
-                .collect();
-            if lines.len() > max {
-                return Err(too_many(lines.len()));
+                .filter(|(_, line)| !line.trim().is_empty());
+            let kept: Vec<(usize, &str)> = lines.by_ref().take(max).collect();
+            let more = lines.count();
+            if more > 0 {
+                return Err(too_many(max + more));
             }
-            lines
-                .into_iter()
+            kept.into_iter()
                 .map(|(i, line)| {
                     Message::from_json_line(line.trim())
                         .map_err(|e| BatchError::Invalid(format!("line {}: {e}", i + 1)))
                 })
                 .collect()
         }
+    }
+}
+
+/// A JSON array's first `max` elements, as raw text; past them, how many it
+/// has in all (`Err`), counted without keeping them.
+struct AtMost(usize);
+
+impl<'de> Visitor<'de> for AtMost {
+    type Value = Result<Vec<&'de RawValue>, usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of messages")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while items.len() < self.0 {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(item) => items.push(item),
+                None => return Ok(Ok(items)),
+            }
+        }
+        let mut more = 0;
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            more += 1;
+        }
+        Ok(if more == 0 {
+            Ok(items)
+        } else {
+            Err(self.0 + more)
+        })
     }
 }
 
@@ -429,6 +482,29 @@ mod tests {
             bad("{\"topic\":\"a\",\"payload\":1}\n\nnope").starts_with("line 3: not valid JSON")
         );
         assert!(bad("[1,").starts_with("the batch is not a JSON array of messages"));
+        assert!(bad("[] x").starts_with("the batch is not a JSON array of messages"));
+        // Past the limit, every message is counted, none kept; a batch of
+        // exactly the limit is taken. (An element past the limit is read
+        // only as JSON: the count of a batch that is also malformed there
+        // is its error.)
+        let message = r#"{"topic":"t","payload":"p"}"#;
+        for count in [3, 4, 1000] {
+            let array = format!("[{}]", vec![message; count].join(","));
+            let lines = vec![message; count].join("\n \n");
+            for text in [array, lines] {
+                let taken = Message::batch_from_json(&text, count).unwrap();
+                assert_eq!(taken.len(), count);
+                assert_eq!(
+                    Message::batch_from_json(&text, 2),
+                    Err(BatchError::TooMany { count, max: 2 })
+                );
+            }
+        }
+        assert!(bad("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ]").starts_with("the batch is not"));
+        assert_eq!(
+            Message::batch_from_json("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, {}]", 9),
+            Err(BatchError::TooMany { count: 11, max: 9 })
+        );
     }
 
     fn parse(line: &str) -> Message {
@@ -437,6 +513,44 @@ mod tests {
 
     fn error(line: &str) -> String {
         Message::from_json_line(line).unwrap_err().to_string()
+    }
+
+    /// A value of the wrong type is said with the field it is in.
+    #[test]
+    fn a_type_error_names_its_field() {
+        for (line, starts) in [
+            (
+                r#"{"topic": 5, "payload": 1}"#,
+                "field `topic`: invalid type: integer `5`, expected a string",
+            ),
+            (
+                r#"{"topic": "t", "payload": 1, "timestamp_ms": 1.5}"#,
+                "field `timestamp_ms`: invalid type: floating point `1.5`, expected i64",
+            ),
+            (
+                r#"{"topic": "t", "payload_base64": 5}"#,
+                "field `payload_base64`: invalid type: integer `5`, expected a string",
+            ),
+            (
+                r#"{"topic": "t", "payload": 1, "headers": {"h": 1}}"#,
+                "field `headers`: header \"h\" must have a string value, not 1",
+            ),
+            (
+                r#"{"topic": "t", "payload": 1, "headers": []}"#,
+                "field `headers`: invalid type: sequence",
+            ),
+        ] {
+            let said = error(line);
+            assert!(said.starts_with(starts), "{line}: {said}");
+        }
+        // Not a field's: the line's own.
+        assert!(error(r#"{"topic": "t"}"#).starts_with("missing field `payload`"));
+        let unknown = error(r#"{"topic": "t", "payload": 1, "x": 2}"#);
+        assert!(unknown.starts_with("unknown field `x`"), "{unknown}");
+        let twice = error(r#"{"topic": "t", "payload": 1, "topic": "u"}"#);
+        assert!(twice.starts_with("duplicate field `topic`"), "{twice}");
+        assert!(error(r#"{"topic": "t", "payload": 1} x"#)
+            .starts_with("not valid JSON: trailing characters"));
     }
 
     #[test]
