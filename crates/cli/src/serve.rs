@@ -93,6 +93,11 @@ struct Service {
     reloading: Mutex<()>,
     /// Whether `POST /v1/reload` is served (`--no-reload-endpoint`).
     reload_endpoint: bool,
+    /// Turns at reading a large body or writing a large answer off the
+    /// runtime: one per core, as the runtime's threads did it before (more
+    /// at once held more bodies' messages at once, and finished none
+    /// sooner).
+    blocking_turns: tokio::sync::Semaphore,
 }
 
 /// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
@@ -277,6 +282,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
         reload_endpoint: args.reload_endpoint,
+        blocking_turns: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        ),
     });
     room_for_connections(
         args.max_connections
@@ -796,9 +804,16 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         .into_response(),
         Ok(Err(BodyError::TooLarge)) => too_large(&service).into_response(),
         Ok(Err(BodyError::Read(e))) => {
-            // The client went away, or broke the body's framing.
-            ApiError::bad_request(format!("the request body could not be read: {e}"))
-                .into_response()
+            // The client broke the body's framing, or went away: then no
+            // one reads the answer, and it has no line nor count.
+            let gone = client_went_away(&e);
+            let mut response =
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+                    .into_response();
+            if gone {
+                response.extensions_mut().insert(ClientGone);
+            }
+            response
         }
     };
     // The room is held until the HTTP layer takes the answer to write it
@@ -808,6 +823,38 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         Some(room) => response.map(|body| axum::body::Body::new(Holding { body, _held: room })),
         None => response,
     }
+}
+
+/// Marks the answer to a client that closed its connection before its body
+/// was in: it is not logged nor counted (nobody reads it).
+#[derive(Clone, Copy)]
+struct ClientGone;
+
+/// Whether reading a body failed because the connection closed before the
+/// body was complete (the HTTP layer's "error reading a body from
+/// connection" over an end of file or a reset), not because its framing was
+/// wrong (over invalid data).
+fn client_went_away(e: &axum::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(http) = error.downcast_ref::<hyper::Error>() {
+            if http.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// An answer's body that holds `_held` until the HTTP layer drops it, having
@@ -916,29 +963,89 @@ fn too_large(service: &Service) -> ApiError {
     )
 }
 
-/// The request body as text.
-fn body_text(
+/// Bodies past this are read (checked as UTF-8, parsed) and their answers
+/// written on a blocking thread, not on the runtime's: the runtime has one
+/// thread per core, and a large body read inline held up every other
+/// connection on its thread, the probes' included, for seconds.
+const INLINE_BYTES: usize = 64 << 10;
+
+/// Runs `work` on the request body as text, which must be UTF-8 and not
+/// blank: inline for a small body, on a blocking thread for a large one.
+async fn with_body_text<T: Send + 'static>(
     service: &Service,
-    body: &Result<Bytes, BytesRejection>,
-    expected: &str,
-) -> Result<String, ApiError> {
+    body: Result<Bytes, BytesRejection>,
+    expected: &'static str,
+    work: impl FnOnce(&str) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let bytes = match body {
         Ok(bytes) => bytes,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(service)),
         Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
     };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not UTF-8 (at byte {}); send JSON",
-            e.valid_up_to()
-        ))
-    })?;
-    if text.trim().is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "the request body is empty; send {expected} (docs/serve.md)"
-        )));
+    let large = bytes.len() > INLINE_BYTES;
+    let read = move || {
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not UTF-8 (at byte {}); send JSON",
+                e.valid_up_to()
+            ))
+        })?;
+        if text.trim().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "the request body is empty; send {expected} (docs/serve.md)"
+            )));
+        }
+        work(text)
+    };
+    if large {
+        off_the_runtime(service, read).await?
+    } else {
+        read()
     }
-    Ok(text.to_owned())
+}
+
+/// Runs `work` on a blocking thread, in its turn; a panic there is a 500.
+async fn off_the_runtime<T: Send + 'static>(
+    service: &Service,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    // (The semaphore is never closed.)
+    let _turn = service.blocking_turns.acquire().await.ok();
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        log::error!("reading a request or writing its answer failed: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be read or answered (a rustmq-etl bug; see the log)",
+        )
+    })
+}
+
+/// A JSON answer, the text `write` makes (with the content type axum's
+/// `Json` gives): made on a blocking thread when `large`.
+async fn json_answer(
+    service: &Service,
+    large: bool,
+    write: impl FnOnce() -> serde_json::Result<Vec<u8>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let written = if large {
+        off_the_runtime(service, write).await?
+    } else {
+        write()
+    };
+    let bytes = written.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the answer could not be written as JSON: {e}"),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
 }
 
 /// The messages of a batch body: a JSON array of messages, or JSON Lines.
@@ -979,18 +1086,30 @@ async fn process(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let options = params(query, false)?;
-    let text = body_text(&service, &body, "a message as a JSON object")?;
-    let text = text.trim();
-    if text.starts_with('[') {
-        return Err(ApiError::bad_request(
-            "POST /v1/process takes one message, a JSON object; send an array of messages to \
-             POST /v1/batch",
+    let large = body.as_ref().is_ok_and(|b| b.len() > INLINE_BYTES);
+    let message = with_body_text(&service, body, "a message as a JSON object", |text| {
+        let text = text.trim();
+        if text.starts_with('[') {
+            return Err(ApiError::bad_request(
+                "POST /v1/process takes one message, a JSON object; send an array of messages \
+                 to POST /v1/batch",
+            ));
+        }
+        Message::from_json_line(text)
+            .map_err(|e| ApiError::bad_request(format!("the message: {e}")))
+    })
+    .await?;
+    let results = run_messages(&service, vec![message], options).await?;
+    if results.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the engine answered no result for the message (a rustmq-etl bug)",
         ));
     }
-    let message = Message::from_json_line(text)
-        .map_err(|e| ApiError::bad_request(format!("the message: {e}")))?;
-    let results = run_messages(&service, vec![message], options).await?;
-    Ok(Json(ProcessedJson::new(&results[0], options.trace)).into_response())
+    json_answer(&service, large, move || {
+        serde_json::to_vec(&ProcessedJson::new(&results[0], options.trace))
+    })
+    .await
 }
 
 #[derive(Serialize)]
@@ -1006,20 +1125,27 @@ async fn batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let options = params(query, true)?;
-    let text = body_text(
+    let large = body.as_ref().is_ok_and(|b| b.len() > INLINE_BYTES);
+    let max = service.max_batch;
+    let messages = with_body_text(
         &service,
-        &body,
+        body,
         "messages as a JSON array of objects or as JSON Lines",
-    )?;
-    let messages = batch_messages(&text, service.max_batch)?;
+        move |text| batch_messages(text, max),
+    )
+    .await?;
+    // Many small messages answer large too.
+    let large = large || messages.len() > 256;
     let results = run_messages(&service, messages, options).await?;
-    Ok(Json(BatchJson {
-        results: results
-            .iter()
-            .map(|p| ProcessedJson::new(p, options.trace))
-            .collect(),
+    json_answer(&service, large, move || {
+        serde_json::to_vec(&BatchJson {
+            results: results
+                .iter()
+                .map(|p| ProcessedJson::new(p, options.trace))
+                .collect(),
+        })
     })
-    .into_response())
+    .await
 }
 
 /// `GET /v1/config`: the configuration in service and the last reload.
@@ -1254,6 +1380,9 @@ async fn count_requests(request: Request, next: Next) -> Response {
     });
     let started = std::time::Instant::now();
     let response = next.run(request).await;
+    if response.extensions().get::<ClientGone>().is_some() {
+        return response;
+    }
     let took = started.elapsed();
     metrics::histogram!("rustmq_etl_http_request_duration_seconds", "route" => route.clone())
         .record(took.as_secs_f64());

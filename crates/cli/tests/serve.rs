@@ -1225,6 +1225,72 @@ fn the_admin_listener_answers_while_the_connections_are_taken_and_through_a_shut
     assert!(std::net::TcpStream::connect(&admin).is_err());
 }
 
+/// Bodies past 64 KiB are read and answered on a blocking thread (so that
+/// they hold up no other connection): the same answers as small ones, the
+/// same content type, and a bad large body refused as a small one is.
+#[test]
+fn large_bodies_are_read_and_answered_as_small_ones() {
+    let (_dir, server) = server_of(
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n",
+        &["--no-watch"],
+    );
+    let payload = |i: usize| format!("{i:0>300}");
+    let line = |i: usize| format!(r#"{{"topic":"t","key":"k{i}","payload":"{}"}}"#, payload(i));
+    let body: String = (0..400).map(|i| line(i) + "\n").collect();
+    assert!(body.len() > 64 << 10);
+    let (code, text) = server.send("POST", "/v1/batch", &body);
+    assert_eq!(code, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 400);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result["result"], "delivered", "{result}");
+        assert_eq!(result["message"]["payload"], payload(i), "{result}");
+        // As a small body answers the same message.
+        let (_, alone) = server.send("POST", "/v1/batch", &line(i));
+        let alone: Value = serde_json::from_str(&alone).unwrap();
+        assert_eq!(result, &alone["results"][0]);
+        if i > 3 {
+            break;
+        }
+    }
+    // One large message.
+    let large = format!(r#"{{"topic":"t","payload":"{}"}}"#, "y".repeat(100 << 10));
+    let (code, text) = server.send("POST", "/v1/process", &large);
+    assert_eq!(code, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["message"]["payload"].as_str().map(str::len),
+        Some(100 << 10)
+    );
+    let head = raw_head(
+        server.address(),
+        format!(
+            "POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{large}",
+            large.len()
+        )
+        .as_bytes(),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    // Refused alike: not UTF-8 past the limit, and a bad line among many.
+    let mut bytes = body.clone().into_bytes();
+    bytes[70_000] = 0xff;
+    let (code, text) = server.send_bytes("POST", "/v1/batch", &bytes);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("the request body is not UTF-8 (at byte 70000)"),
+        "{text}"
+    );
+    let (code, text) = server.send("POST", "/v1/batch", &(body.clone() + "nope\n"));
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("line 401: not valid JSON"), "{text}");
+}
+
 /// Sends `request` on a new connection and reads until the server closes it
 /// or the head of its answer is in: the status, or `None` when the server
 /// closed the connection without answering. Waits 20 s at most (then
@@ -1845,6 +1911,49 @@ fn a_batch_in_order_meets_the_breaker_in_input_order() {
     let (status, body) = server.send("POST", "/v1/batch?in_order=maybe", &batch);
     assert_eq!(status, 400);
     assert!(body.contains("in_order=true|false"), "{body}");
+}
+
+/// A client that closes its connection before its body is in has no access
+/// line and no count (nobody reads the answer); a body whose framing is
+/// broken is answered 400 and has both.
+#[test]
+fn a_client_that_leaves_mid_body_is_not_an_answer() {
+    use std::io::Write;
+    let identity = "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: identity}]}]\n";
+    let (_dir, server) = server_of(identity, &["--access-log", "--no-watch"]);
+    let mut left = std::net::TcpStream::connect(server.address()).unwrap();
+    left.write_all(
+        b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"topic\"",
+    )
+    .unwrap();
+    drop(left);
+    let broken = raw(
+        server.address(),
+        b"POST /v1/process HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    );
+    assert_eq!(broken, Some(400));
+    // The broken body's line; the other would have come first, and is
+    // given a second more.
+    server.log_once(|log| log.contains("\"POST /v1/process HTTP/1.1\" 400"));
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(1) {
+        let log = server.log();
+        assert_eq!(
+            log.matches("\"POST /v1/process HTTP/1.1\" 400").count(),
+            1,
+            "{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, metrics) = server.send("GET", "/metrics", "");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"rustmq_etl_http_requests_total{route="/v1/process",status="400"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 /// `--access-log` logs a line for each answer — the client's address, the
