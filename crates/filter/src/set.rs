@@ -921,7 +921,9 @@ mod tests {
             let large = Filter::new(FilterKind::Regex, pattern, true, false).unwrap();
             builder.add_slot(vec![small]);
             builder.add_slot(vec![large.clone()]);
-            let err = builder.build().err().expect("refused");
+            let Err(err) = builder.build() else {
+                panic!("{pattern} was not refused")
+            };
             assert_eq!(err.filter().map(|f| f.index()), Some(1), "{err}");
             let text = err.to_string();
             assert!(text.contains(&large.to_string()), "{text}");
