@@ -548,8 +548,7 @@ impl Checkpoint {
             let grown = grown_last_line(input, self.input_bytes)
                 .with_context(|| format!("--input {shown}: cannot read it"))?;
             if let Some(grown) = grown {
-                let processed =
-                    !grown.too_long && matches!(crate::input::parse_line(&grown.then), Ok(Some(_)));
+                let processed = matches!(crate::input::parse_line(&grown.then), Ok(Some(_)));
                 if processed {
                     anyhow::bail!(
                         "line {} of --input {shown} had no line end when the run of \
@@ -565,7 +564,7 @@ impl Checkpoint {
                      for it), and runs now as it is",
                     self.line
                 ));
-                (line, input_bytes) = (self.line - 1, grown.start);
+                (line, input_bytes) = (self.line.saturating_sub(1), grown.start);
             }
         }
         let files = match (dead_letter, self.dead_letter) {
@@ -649,49 +648,54 @@ struct GrownLine {
     start: u64,
     /// The line as the run read it (up to the end it had then).
     then: Vec<u8>,
-    /// It was longer than a line may be (and refused as such then).
-    too_long: bool,
 }
 
 /// The line of `input` that ended at byte `at` without a line end when a
 /// run read it, if the input now goes on past `at` with more of that line
 /// than white space (which a line is read without: a `\r\n` or spaces
-/// added before the line end leave it as it was); `None` when the run read
-/// whole lines, or `at` is 0.
+/// added before the line end leave it as it was). `None` when the run read
+/// whole lines, `at` is 0, or the line was longer than a line may be (it
+/// was refused then, and is refused again whatever was added: the resume
+/// goes on after it).
 fn grown_last_line(input: &Path, at: u64) -> std::io::Result<Option<GrownLine>> {
+    use std::io::{BufRead as _, Read as _, Seek as _};
+    let limit = crate::input::MAX_LINE_BYTES;
     if at == 0 {
         return Ok(None);
     }
-    let file = File::open(input)?;
+    let mut file = File::open(input)?;
     let mut last = [0u8; 1];
     file.read_exact_at(&mut last, at - 1)?;
     if last[0] == b'\n' {
         return Ok(None);
     }
-    let mut after = [0u8; 4096];
-    let read = file.read_at(&mut after, at)?;
-    let continued = after[..read]
-        .iter()
-        .take_while(|&&b| b != b'\n')
-        .any(|b| !b.is_ascii_whitespace());
-    if !continued {
+    // What was added to the line: up to its line end, or the input's end.
+    file.seek(std::io::SeekFrom::Start(at))?;
+    let mut added = Vec::new();
+    std::io::BufReader::new(&file)
+        .take(limit + 1)
+        .read_until(b'\n', &mut added)?;
+    if added.last() == Some(&b'\n') {
+        added.pop();
+    }
+    if String::from_utf8_lossy(&added).trim().is_empty() {
         return Ok(None);
     }
-    // Back to the line's start, within the longest line read (one longer
-    // was refused then: `too_long`).
-    let from = at.saturating_sub(crate::input::MAX_LINE_BYTES + 1);
+    // Back to the line's start.
+    let from = at.saturating_sub(limit + 1);
     let mut before = vec![0u8; (at - from) as usize];
     file.read_exact_at(&mut before, from)?;
-    let (start, too_long) = match before.iter().rposition(|&b| b == b'\n') {
-        Some(end) => (from + end as u64 + 1, false),
-        None => (from, from > 0),
+    let start = match before.iter().rposition(|&b| b == b'\n') {
+        Some(end) => from + end as u64 + 1,
+        None if from == 0 => 0,
+        // Longer than a line may be.
+        None => return Ok(None),
     };
+    if at - start > limit {
+        return Ok(None);
+    }
     let then = before.split_off((start - from) as usize);
-    Ok(Some(GrownLine {
-        start,
-        then,
-        too_long,
-    }))
+    Ok(Some(GrownLine { start, then }))
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub(crate) fn numbered_lines(
     mut reader: impl BufRead,
 ) -> impl Iterator<Item = std::io::Result<(usize, usize, Result<Vec<u8>, String>)>> {
     let mut number = 0;
+    // A read failed, or a line ended without a line end: the input's end
+    // as it stood. (A file a writer is appending to may go on; read on, its
+    // line would come back split in two, and every number after it one
+    // ahead of the file's: what was added is for a later run to read.)
     let mut failed = false;
     std::iter::from_fn(move || {
         if failed {
@@ -81,7 +85,51 @@ pub(crate) fn numbered_lines(
         }
         if bytes.ends_with(b"\n") {
             bytes.pop();
+        } else {
+            failed = true;
         }
         Some(Ok((number, read, Ok(bytes))))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::{BufReader, Read};
+
+    /// Reads its chunks in turn; an empty one is an end of file that a
+    /// writer appending to the file then moves on.
+    struct Growing(VecDeque<&'static [u8]>);
+
+    impl Read for Growing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(chunk) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(&chunk[n..]);
+            }
+            Ok(n)
+        }
+    }
+
+    /// A line without its line end is the input's last: what a writer adds
+    /// after it is not read as lines of their own (the rest of that line
+    /// would be one, and every line after it numbered one ahead).
+    #[test]
+    fn a_line_without_its_end_is_the_last_read() {
+        let reader = Growing(VecDeque::from([&b"a\nb"[..], b"", b"c\nd\n"]));
+        let lines: Vec<_> = super::numbered_lines(BufReader::new(reader))
+            .map(|line| line.unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [(1, 2, Ok(b"a".to_vec())), (2, 1, Ok(b"b".to_vec()))]
+        );
+        // As an end of file after a whole line always ended the input.
+        let reader = Growing(VecDeque::from([&b"a\n"[..], b"", b"b\n"]));
+        assert_eq!(super::numbered_lines(BufReader::new(reader)).count(), 1);
+    }
 }

@@ -3385,6 +3385,28 @@ fn a_checkpoint_resumes_a_last_line_that_grew_exactly() {
     assert_eq!(after.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("going on after line 2"), "{stderr}");
     assert_eq!(written, ["a", "b", "c"]);
+    // Cut inside its payload, which goes on with more than 4,096 spaces:
+    // still the same line, whole now.
+    let (before, after, written) = scenario(
+        "long",
+        line("a") + "\n" + r#"{"topic":"t","key":"c","payload":"a"#,
+        " ".repeat(5000) + "\"}\n",
+    );
+    assert_eq!(before.status.code(), Some(1), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("runs now as it is"), "{stderr}");
+    assert_eq!(written, ["a", "c"]);
+    // A whole last line given white space beyond ASCII's (a no-break
+    // space), then its line end: the line read as it was.
+    let (_, after, written) = scenario(
+        "nbsp",
+        line("a") + "\n" + &line("b"),
+        "\u{a0}\n".to_owned() + &line("c") + "\n",
+    );
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert_eq!(written, ["a", "b", "c"]);
     // A message then, more of its line now: refused, nothing written.
     let (before, after, written) =
         scenario("grown", line("a") + "\n" + &line("b"), "x\n".to_owned());
