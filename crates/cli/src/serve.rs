@@ -96,8 +96,9 @@ struct Service {
     /// Turns at reading a large body or writing a large answer off the
     /// runtime: one per core, as the runtime's threads did it before (more
     /// at once held more bodies' messages at once, and finished none
-    /// sooner).
-    blocking_turns: tokio::sync::Semaphore,
+    /// sooner). A turn is held by the work, which runs on if its request
+    /// is dropped.
+    blocking_turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the last reload did (`GET /v1/config`, `POST /v1/reload`).
@@ -282,9 +283,9 @@ pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
         warnings: Mutex::new(warnings),
         reloading: Mutex::new(()),
         reload_endpoint: args.reload_endpoint,
-        blocking_turns: tokio::sync::Semaphore::new(
+        blocking_turns: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        ),
+        )),
     });
     room_for_connections(
         args.max_connections
@@ -778,8 +779,16 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         // Nothing of a refused body is kept: its room goes back at once.
         room = None;
     }
+    // Shared with the handler, which hands it to work it does off the
+    // runtime: the room goes back when both are done (the work runs on if
+    // the client leaves and this future is dropped).
+    let room = room.map(Arc::new);
     let response = match read {
         Ok(Ok(bytes)) => {
+            let mut parts = parts;
+            parts.extensions.insert(BodyRoom {
+                _held: room.clone(),
+            });
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
@@ -823,6 +832,13 @@ async fn read_body(State(service): State<Arc<Service>>, request: Request, next: 
         Some(room) => response.map(|body| axum::body::Body::new(Holding { body, _held: room })),
         None => response,
     }
+}
+
+/// A request's room among the bodies in hand (none for an empty body), for
+/// the work done with its body off the runtime to hold as long as it runs.
+#[derive(Clone)]
+struct BodyRoom {
+    _held: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Marks the answer to a client that closed its connection before its body
@@ -973,6 +989,7 @@ const INLINE_BYTES: usize = 64 << 10;
 /// blank: inline for a small body, on a blocking thread for a large one.
 async fn with_body_text<T: Send + 'static>(
     service: &Service,
+    room: &BodyRoom,
     body: Result<Bytes, BytesRejection>,
     expected: &'static str,
     work: impl FnOnce(&str) -> Result<T, ApiError> + Send + 'static,
@@ -998,20 +1015,28 @@ async fn with_body_text<T: Send + 'static>(
         work(text)
     };
     if large {
-        off_the_runtime(service, read).await?
+        off_the_runtime(service, room, read).await?
     } else {
         read()
     }
 }
 
 /// Runs `work` on a blocking thread, in its turn; a panic there is a 500.
+/// The work holds its turn and the request's body room while it runs.
 async fn off_the_runtime<T: Send + 'static>(
     service: &Service,
+    room: &BodyRoom,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     // (The semaphore is never closed.)
-    let _turn = service.blocking_turns.acquire().await.ok();
-    tokio::task::spawn_blocking(work).await.map_err(|e| {
+    let turn = service.blocking_turns.clone().acquire_owned().await.ok();
+    let room = room.clone();
+    tokio::task::spawn_blocking(move || {
+        let _held = (turn, room);
+        work()
+    })
+    .await
+    .map_err(|e| {
         log::error!("reading a request or writing its answer failed: {e}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1024,11 +1049,12 @@ async fn off_the_runtime<T: Send + 'static>(
 /// `Json` gives): made on a blocking thread when `large`.
 async fn json_answer(
     service: &Service,
+    room: &BodyRoom,
     large: bool,
     write: impl FnOnce() -> serde_json::Result<Vec<u8>> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let written = if large {
-        off_the_runtime(service, write).await?
+        off_the_runtime(service, room, write).await?
     } else {
         write()
     };
@@ -1083,21 +1109,29 @@ async fn run_messages(
 async fn process(
     State(service): State<Arc<Service>>,
     query: Result<Query<Params>, QueryRejection>,
+    room: Option<axum::Extension<BodyRoom>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let room = room.map_or(BodyRoom { _held: None }, |axum::Extension(room)| room);
     let options = params(query, false)?;
     let large = body.as_ref().is_ok_and(|b| b.len() > INLINE_BYTES);
-    let message = with_body_text(&service, body, "a message as a JSON object", |text| {
-        let text = text.trim();
-        if text.starts_with('[') {
-            return Err(ApiError::bad_request(
-                "POST /v1/process takes one message, a JSON object; send an array of messages \
+    let message = with_body_text(
+        &service,
+        &room,
+        body,
+        "a message as a JSON object",
+        |text| {
+            let text = text.trim();
+            if text.starts_with('[') {
+                return Err(ApiError::bad_request(
+                    "POST /v1/process takes one message, a JSON object; send an array of messages \
                  to POST /v1/batch",
-            ));
-        }
-        Message::from_json_line(text)
-            .map_err(|e| ApiError::bad_request(format!("the message: {e}")))
-    })
+                ));
+            }
+            Message::from_json_line(text)
+                .map_err(|e| ApiError::bad_request(format!("the message: {e}")))
+        },
+    )
     .await?;
     let results = run_messages(&service, vec![message], options).await?;
     if results.is_empty() {
@@ -1106,7 +1140,7 @@ async fn process(
             "the engine answered no result for the message (a rustmq-etl bug)",
         ));
     }
-    json_answer(&service, large, move || {
+    json_answer(&service, &room, large, move || {
         serde_json::to_vec(&ProcessedJson::new(&results[0], options.trace))
     })
     .await
@@ -1122,13 +1156,16 @@ struct BatchJson<'a> {
 async fn batch(
     State(service): State<Arc<Service>>,
     query: Result<Query<Params>, QueryRejection>,
+    room: Option<axum::Extension<BodyRoom>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let room = room.map_or(BodyRoom { _held: None }, |axum::Extension(room)| room);
     let options = params(query, true)?;
     let large = body.as_ref().is_ok_and(|b| b.len() > INLINE_BYTES);
     let max = service.max_batch;
     let messages = with_body_text(
         &service,
+        &room,
         body,
         "messages as a JSON array of objects or as JSON Lines",
         move |text| batch_messages(text, max),
@@ -1137,7 +1174,7 @@ async fn batch(
     // Many small messages answer large too.
     let large = large || messages.len() > 256;
     let results = run_messages(&service, messages, options).await?;
-    json_answer(&service, large, move || {
+    json_answer(&service, &room, large, move || {
         serde_json::to_vec(&BatchJson {
             results: results
                 .iter()
