@@ -36,8 +36,9 @@ fn every_rust_file_starts_with_a_module_doc_comment() {
 }
 
 /// The workspace crates (`rustmq-etl…`) a manifest's `section` names
-/// (`dependencies` or `dev-dependencies`, target-specific ones included),
-/// and whether any of them is wasmer.
+/// (`dependencies`, `build-dependencies` or `dev-dependencies`,
+/// target-specific ones included; a renamed one by its package), and
+/// whether any of them is wasmer.
 fn workspace_dependencies(manifest: &Path, section: &str) -> (Vec<String>, bool) {
     let text = fs::read_to_string(manifest).unwrap();
     let document: toml_edit::DocumentMut = text
@@ -54,9 +55,18 @@ fn workspace_dependencies(manifest: &Path, section: &str) -> (Vec<String>, bool)
             }
         }
     }
+    // A dependency renamed (`core = { package = "rustmq-etl-core" }`) is
+    // the package it names.
     let names: Vec<String> = tables
         .iter()
-        .flat_map(|table| table.iter().map(|(name, _)| name.to_owned()))
+        .flat_map(|table| table.iter())
+        .map(|(key, item)| {
+            item.as_table_like()
+                .and_then(|t| t.get("package"))
+                .and_then(|p| p.as_str())
+                .unwrap_or(key)
+                .to_owned()
+        })
         .collect();
     let wasmer = names.iter().any(|name| name.starts_with("wasmer"));
     let mut ours: Vec<String> = names
@@ -118,7 +128,13 @@ fn crates_depend_exactly_as_the_code_map_says() {
             .iter()
             .find(|(crate_dir, _, _)| *crate_dir == name)
             .unwrap_or_else(|| panic!("crates/{name} is not in the code map's rules: add it here and to docs/architecture.md"));
-        let (dependencies, wasmer) = workspace_dependencies(&manifest, "dependencies");
+        let (mut dependencies, wasmer) = workspace_dependencies(&manifest, "dependencies");
+        // What builds the crate counts as what it depends on.
+        let (build, build_wasmer) = workspace_dependencies(&manifest, "build-dependencies");
+        dependencies.extend(build);
+        dependencies.sort();
+        dependencies.dedup();
+        let wasmer = wasmer || build_wasmer;
         assert_eq!(
             &dependencies, normal,
             "crates/{name}'s dependencies on the workspace's crates are not the code map's"
