@@ -92,18 +92,22 @@ fn pattern_matches(filter: &Filter, regex: Option<&regex::Regex>, topic: &str) -
 fn glob_matches(tokens: &[GlobToken], text: &[char]) -> bool {
     // `matched[j]`: the tokens so far match `text[..j]`.
     let mut matched = vec![false; text.len() + 1];
+    let mut next = vec![false; text.len() + 1];
     matched[0] = true;
     for token in tokens {
-        let mut next = vec![false; text.len() + 1];
+        // The star takes `text[k..j]` for some k: any prefix up to j matched.
+        let mut any_before = false;
         for j in 0..=text.len() {
             next[j] = match token {
-                // The star takes `text[k..j]` for some k.
-                GlobToken::Star => matched[..=j].iter().any(|&m| m),
+                GlobToken::Star => {
+                    any_before |= matched[j];
+                    any_before
+                }
                 GlobToken::Question => j > 0 && matched[j - 1],
                 GlobToken::Literal(c) => j > 0 && matched[j - 1] && text[j - 1] == *c,
             };
         }
-        matched = next;
+        std::mem::swap(&mut matched, &mut next);
     }
     matched[text.len()]
 }
