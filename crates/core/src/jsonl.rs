@@ -122,16 +122,16 @@ impl Message {
     /// editors write at the start of a file) is skipped.
     pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
         let line = line.strip_prefix('\u{feff}').unwrap_or(line);
-        let mut reader = serde_json::Deserializer::from_str(line);
-        let parsed: Result<Line<'_>, _> = serde_path_to_error::deserialize(&mut reader)
-            .map_err(|e| (e.path().to_string(), e.into_inner()))
-            // Nothing but white space after the object.
-            .and_then(|parsed| match reader.end() {
-                Ok(()) => Ok(parsed),
-                Err(e) => Err((String::new(), e)),
-            });
-        let parsed = parsed.map_err(|(field, e)| {
+        let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| {
             use serde_json::error::Category;
+            // Read again, for the field the error is in (only when there is
+            // an error: tracking the path costs every line).
+            let field = serde_path_to_error::deserialize::<_, Line<'_>>(
+                &mut serde_json::Deserializer::from_str(line),
+            )
+            .err()
+            .map(|e| e.path().to_string())
+            .unwrap_or_default();
             let holds = match line.trim_start().as_bytes().first() {
                 Some(b'{') | None => None,
                 Some(b'[') => Some("an array"),
