@@ -1165,20 +1165,22 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     // Standard output and standard error one pipe (`2>&1 | …`): a pipe is
     // never one file, though its entries in /proc name no path (they were
     // taken for one file of a name that is nowhere).
+    let run_input = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--modules",
+        &modules,
+        "--input",
+        input.to_str().unwrap(),
+    ];
     let tool = server::tool();
     let out = Command::new("sh")
         .arg("-c")
         .arg(r#"exec "$@" 2>&1"#)
         .arg("sh")
         .arg(tool.get_program())
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--modules",
-            &modules,
-        ])
-        .args(["--input", input.to_str().unwrap()])
+        .args(run_input)
         .args(["--output", "/dev/stdout", "--dead-letter", "/dev/fd/2"])
         .output()
         .unwrap();
@@ -1189,14 +1191,7 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
     // one file, read through its open entry.
     let redirected = dir.path().join("redirected.jsonl");
     let out = server::tool()
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--modules",
-            &modules,
-        ])
-        .args(["--input", input.to_str().unwrap()])
+        .args(run_input)
         .args(["--output", "-", "--dead-letter"])
         .arg(&redirected)
         .stdout(std::fs::File::create(&redirected).unwrap())
