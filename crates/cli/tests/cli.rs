@@ -3413,6 +3413,19 @@ fn a_checkpoint_resumes_a_last_line_that_grew_exactly() {
         "{stderr}"
     );
     assert_eq!(written, ["a", "b"]);
+    // A line too long to read (past 16 MiB) without its line end, grown:
+    // too long still, so the resume goes on after it (a start inside it
+    // would run the line before it again).
+    let (before, after, written) = scenario(
+        "too-long",
+        line("a") + "\n" + &"z".repeat((16 << 20) + 10),
+        "z\n".to_owned() + &line("d") + "\n",
+    );
+    assert_eq!(before.status.code(), Some(1), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("going on after line 2"), "{stderr}");
+    assert_eq!(written, ["a", "d"]);
 }
 
 /// `--checkpoint` needs an input and outputs that are regular files: not
