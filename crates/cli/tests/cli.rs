@@ -41,8 +41,7 @@ fn validate_accepts_both_design_examples_in_both_formats() {
     for dir in ["pipelines", "pipelines-yaml"] {
         let path = fixtures().join(dir);
         let out = run(&["validate", "--config", path.to_str().unwrap()], None);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        let stdout = text(&out.stdout);
+        let (stdout, _) = exited(&out, 0);
         assert!(
             stdout.ends_with(
                 "valid: 2 pipelines (2 enabled), 5 stages, 7 modules in 2 files; 1 warning\n"
@@ -68,7 +67,7 @@ fn validate_accepts_both_design_examples_in_both_formats() {
         &["validate", "--config", dir.path().to_str().unwrap()],
         None,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     assert!(
         text(&out.stdout)
             .contains("valid: 2 pipelines (1 enabled), 2 stages, 2 modules in 2 files; 0 warnings"),
@@ -98,8 +97,7 @@ fn validate_to_a_closed_pipe_exits_by_its_verdict() {
     // (Loading the modules takes the child far longer than this.)
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -161,8 +159,7 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
         &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         Some(input),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(
         stderr.contains(r#"warning: module "gone": cannot read "#)
             && stderr.contains(r#"(as listed in pipeline "p", stage 1)"#),
@@ -192,8 +189,7 @@ fn run_warns_of_a_module_not_found_and_fails_its_calls_unavailable() {
         &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         Some(input),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(stderr.contains("no such directory of modules"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
@@ -228,8 +224,7 @@ fn run_warns_of_a_module_that_does_not_compile_and_fails_its_calls_unavailable()
         ],
         Some("{\"topic\":\"t\",\"payload\":\"1\"}\n"),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(
         stderr.contains(r#"warning: module "broken": "#)
             && stderr.contains(r#"(as listed in pipeline "p", stage 0)"#)
@@ -382,7 +377,7 @@ fn validate_with_modules_loads_each_and_names_those_that_fail() {
         )
     };
     let out = validate(&modules());
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     assert!(
         text(&out.stdout).contains("every module loaded from"),
         "{}",
@@ -509,7 +504,7 @@ fn explain_gives_every_skipped_module_and_ages_messages_at_now() {
         ],
         Some(first),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(
         line["modules"][0],
@@ -544,7 +539,7 @@ fn explain_gives_every_skipped_module_and_ages_messages_at_now() {
             ],
             Some(r#"{"topic":"t","payload":"","timestamp_ms":5000}"#),
         );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        exited(&out, 0);
         serde_json::from_str::<serde_json::Value>(text(&out.stdout).trim()).unwrap()
     };
     for (now, runs) in [("5500", true), ("10000", false), ("-1", true)] {
@@ -886,8 +881,7 @@ fn run_counts_the_messages_a_filter_drops() {
     let input = "{\"topic\":\"t\",\"key\":\"a\",\"payload\":{\"type\":\"heartbeat\"}}\n\
                  {\"topic\":\"t\",\"key\":\"b\",\"payload\":{\"type\":\"reading\"}}\n";
     let out = run_on_stdin(&config, &[], input);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(
         stderr.contains("2 in = 1 delivered + 1 dropped + 0 dead-lettered"),
         "{stderr}"
@@ -930,8 +924,7 @@ fn run_routes_messages_and_later_pipelines_select_by_the_new_topic() {
     ]
     .concat();
     let out = run_on_stdin(&config, &[], &input);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     // a: routed, then dropped by the filter its new topic selects; b: not
     // routed, so not filtered; c: routed and kept.
     assert!(
@@ -962,8 +955,7 @@ fn run_routes_messages_and_later_pipelines_select_by_the_new_topic() {
 #[test]
 fn run_transforms_the_sample_messages_with_the_real_modules() {
     let out = run_samples(&[]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(
         lines,
@@ -1020,8 +1012,7 @@ stages:
 ";
     let input = "{\"topic\":\"a.b\",\"payload\":\"x\"}\n{\"topic\":\"a.b\",\"payload\":\"y\"}\n";
     let out = run_on_stdin(&write_config(dir.path(), yaml), &[], input);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     // Module, then ran, skipped, failed: one row per listing.
     let rows: Vec<Vec<&str>> = stderr
         .lines()
@@ -1052,8 +1043,7 @@ fn run_writes_dead_letters_apart_and_reports_bad_lines() {
         &["--dead-letter", dead.to_str().unwrap(), "--trace"],
         input,
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains("-:2: not valid JSON: expected ident"),
         "{stderr}"
@@ -1197,7 +1187,7 @@ fn run_refuses_to_write_over_its_input_or_its_other_output() {
         .stdout(std::fs::File::create(&redirected).unwrap())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    exited(&out, 1);
     assert!(
         text(&out.stderr).contains("are one file"),
         "{}",
@@ -1300,8 +1290,7 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
     // seven meet it open, in input order; a breaker of 100 never opens.
     for (failures, kinds) in [("3", "circuit_open 7, trap 3"), ("100", "trap 10")] {
         let out = run_on_stdin(&config, &["--breaker-failures", failures], &input);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let (_, stderr) = exited(&out, 0);
         assert!(
             stderr.contains(kinds),
             "--breaker-failures {failures}: {stderr}"
@@ -1319,7 +1308,7 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         &["--breaker-failures", "3", "--dead-letter-topic", "ops.dlq"],
         &input,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     let letters: Vec<(String, String)> = text(&out.stdout)
         .lines()
         .map(|line| {
@@ -1342,8 +1331,7 @@ fn the_breaker_is_settable_and_impossible_settings_are_refused() {
         &["--breaker-failures", "3", "--concurrent"],
         &input,
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(stderr.contains("10 in = 10 delivered"), "{stderr}");
     assert!(stderr.contains("circuit_open"), "{stderr}");
     let refused = |args: &[&str]| {
@@ -1449,8 +1437,7 @@ fn test_module_shows_every_log_level() {
         &["test-module", module.to_str().unwrap(), "--input", "-"],
         Some("{\"topic\":\"t\",\"payload\":\"p\"}\n"),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
+    let (_, stderr) = exited(&out, 0);
     for line in [
         "chatty: a debug li",
         "chatty: an info l",
@@ -1473,8 +1460,7 @@ fn test_module_shows_every_log_level() {
         )
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
+    let (_, stderr) = exited(&out, 0);
     for hidden in ["a debug li", "an info l", "more log lines not shown"] {
         assert!(!stderr.contains(hidden), "{hidden:?} in:\n{stderr}");
     }
@@ -1517,8 +1503,7 @@ fn run_says_when_start_line_skips_the_whole_input() {
         ("5", Some("has 2 lines, all before --start-line 5")),
     ] {
         let out = run_on_stdin(&config, &["--start-line", start], lines);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let (_, stderr) = exited(&out, 0);
         assert!(stderr.contains("0 in = 0 delivered"), "{stderr}");
         assert_eq!(stderr.contains("note:"), note.is_some(), "{stderr}");
         if let Some(note) = note {
@@ -1548,8 +1533,7 @@ fn run_without_its_modules_says_which_and_where() {
         ],
         Some(""),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(stderr.contains("sensor-data-validator.wasm"), "{stderr}");
     assert!(
         stderr.contains("7 modules could not be loaded from")
@@ -1625,6 +1609,15 @@ fn test_module(name: &str, extra: &[&str], input: &str) -> Output {
     run(&args, Some(input))
 }
 
+/// Asserts that `out` exited with `code` (saying its standard error if
+/// not), and gives its standard output and standard error as text.
+#[track_caller]
+fn exited(out: &Output, code: i32) -> (String, String) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    (stdout, stderr)
+}
+
 fn sample() -> String {
     fixtures()
         .join("messages/sample.jsonl")
@@ -1649,8 +1642,7 @@ fn test_module_shows_each_change() {
             "\n",
         )),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let (stdout, _) = exited(&out, 0);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("-:1: changed ("), "{stdout}");
     assert_eq!(lines[1], "    payload    .reading: 21.5 → 70.7");
@@ -1699,8 +1691,7 @@ fn test_module_hands_init_the_config_as_a_pipeline_does() {
         ],
         Some(""),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains(r#"init rejected its custom_config: {"a":[1,2],"b":100.0}"#),
         "{stderr}"
@@ -1750,12 +1741,10 @@ fn test_module_warns_of_a_custom_config_a_module_without_init_ignores() {
         ],
         Some(""),
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(stderr.contains(warning), "{stderr}");
     let out = run(&["test-module", identity, "--input", "-"], Some(""));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(!stderr.contains("custom_config is ignored"), "{stderr}");
 }
 
@@ -1774,7 +1763,7 @@ fn test_module_json_gives_changes_and_the_result() {
         ],
         Some(r#"{"topic":"t","payload":{"b":1}}"#),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["line"], 1);
     assert_eq!(line["result"], "changed");
@@ -1858,8 +1847,7 @@ fn test_module_applies_its_time_and_memory_limits() {
         &["--timeout-ms", "1"],
         r#"{"topic":"t","payload":"50"}"#,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let (stdout, _) = exited(&out, 1);
     assert!(
         stdout.starts_with("-:1: failed (")
             && stdout.contains("timeout: ran past its time budget of 1 ms"),
@@ -1870,8 +1858,7 @@ fn test_module_applies_its_time_and_memory_limits() {
         &["--memory-limit-bytes", "65536"],
         r#"{"topic":"t","payload":"1"}"#,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains("cannot start within its memory limit: it needs 1114112 bytes")
             && stderr.contains("more than its memory limit of 65536 bytes"),
@@ -1891,7 +1878,7 @@ fn test_module_reports_a_dropped_message() {
         ];
         let extra = if json { &["--json"][..] } else { &[] };
         let out = test_module("field-filter", &[&config[..], extra].concat(), input);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        exited(&out, 0);
         assert!(
             text(&out.stderr).contains("1 message: 0 changed, 0 unchanged, 1 dropped, 0 failed"),
             "{}",
@@ -1915,7 +1902,7 @@ fn test_module_reports_a_dropped_message() {
 #[test]
 fn test_module_says_how_to_give_a_custom_config() {
     let out = test_module("field-filter", &[], r#"{"topic":"t","payload":1}"#);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    exited(&out, 1);
     assert!(
         text(&out.stderr).contains(
             "init rejected its custom_config: none given (give {\"field\": \"type\", \
@@ -2107,8 +2094,7 @@ fn new_module_builds_and_passes_test_module_as_generated() {
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let (stdout, _) = exited(&out, 0);
     let commands: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("    "))
@@ -2224,14 +2210,14 @@ fn new_module_names_the_sdk_as_given_and_refuses_what_is_not_one() {
         (not_utf8, "is not UTF-8, which Cargo.toml cannot name"),
     ] {
         let out = new_module(&sdk);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        exited(&out, 1);
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
         assert!(!dir.path().join("order-tagger").exists());
     }
     let current = dir.path().join("current");
     std::os::unix::fs::symlink(cli.join("../sdk"), &current).unwrap();
     let out = new_module(&current);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     let manifest = std::fs::read_to_string(dir.path().join("order-tagger/Cargo.toml")).unwrap();
     assert!(
         manifest.contains(&format!(
@@ -2265,8 +2251,7 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     };
     let config = fixtures().join("pipelines");
     let out = bench(&config, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let (stdout, _) = exited(&out, 0);
     let throughput = stdout
         .lines()
         .find(|l| l.starts_with("throughput"))
@@ -2328,8 +2313,7 @@ fn bench_reports_throughput_latency_and_the_breakdown() {
     );
     // The callers and batch size asked for.
     let out = bench(&config, &["--callers", "3", "--batch", "7"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let (stdout, _) = exited(&out, 0);
     let throughput = stdout
         .lines()
         .find(|l| l.starts_with("throughput"))
@@ -2573,8 +2557,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
             .unwrap()
     };
     let out = run(1, Some("40"));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains(&format!(
             "stopped: writing delivered messages to {}: ",
@@ -2625,8 +2608,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
         )
     };
     let out = appending(1, "ulimit -f 40; ");
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains("stopped: writing delivered messages to standard output: ")
             && stderr.contains("append to it with >>"),
@@ -2655,8 +2637,7 @@ fn run_stopped_by_a_failed_write_says_where_to_resume() {
         .args(["--output", "/dev/full"])
         .output()
         .unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains("stopped: writing delivered messages to /dev/full: ")
             && stderr.contains("0 in = 0 delivered + 0 dropped + 0 dead-lettered")
@@ -2811,8 +2792,7 @@ fn a_failed_write_to_one_output_takes_the_batch_back_from_the_other() {
             .unwrap()
     };
     let out = run(1, Path::new("/dev/full"));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains("stopped: writing dead letters to /dev/full")
             && stderr.contains("every line up to line 768 of")
@@ -2843,8 +2823,7 @@ fn a_failed_write_warns_that_a_pipe_cannot_be_taken_back() {
         .args(["--dead-letter", "/dev/full"])
         .output()
         .unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains(
             "warning: writing delivered messages to standard output: results after the line \
@@ -2890,8 +2869,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
             .unwrap()
     };
     let (out, done) = stopped_midway(run(1, &output), "TERM", total);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let (_, stderr) = exited(&out, 143);
     assert!(
         stderr.contains(&format!("run again with --start-line {}", done + 1)),
         "{stderr}"
@@ -2954,8 +2932,7 @@ fn run_stopped_by_sigterm_says_where_to_resume() {
     drop(stdin);
     reader.join().unwrap();
     written.extend(results.try_iter());
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let (_, stderr) = exited(&out, 143);
     assert!(stderr.contains("every line up to line 5 "), "{stderr}");
     assert_eq!(keys(&written.join("\n")), ["m1", "m2", "m3", "m4", "m5"]);
 }
@@ -3009,8 +2986,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_before_any_line() {
         .arg(server::tool().get_program());
     args(&mut limited);
     let out = limited.output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(
         stderr.contains(&format!(
             "error: writing the checkpoint to {}: File too large",
@@ -3022,7 +2998,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_before_any_line() {
     let mut again = server::tool();
     args(&mut again);
     let out = again.output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     assert_eq!(
         keys(&std::fs::read_to_string(&output).unwrap()),
         ["m1", "m2", "m3"]
@@ -3186,8 +3162,7 @@ fn run_refuses_to_resume_a_checkpoint_with_other_pipelines_modules_or_options() 
     );
     let refused = |extra: &[&str], named: &str| {
         let out = command(extra);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (_, stderr) = exited(&out, 1);
         assert!(
             stderr.contains("changed since the run of --checkpoint"),
             "{stderr}"
@@ -3547,15 +3522,14 @@ fn run_replaces_its_outputs_and_a_bad_configuration_touches_none() {
         ],
         input,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()), ["m2"]);
     assert_eq!(keys(&std::fs::read_to_string(&dead).unwrap()), ["m1"]);
 
     std::fs::write(&output, "kept\n").unwrap();
     let bad = write_config(dir.path(), "pipeline_id: p\nstages: []\n");
     let out = run_on_stdin(&bad, &["--output", output.to_str().unwrap()], input);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(stderr.contains("invalid configuration"), "{stderr}");
     assert_eq!(text(&out.stdout), "");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
@@ -3572,8 +3546,7 @@ fn run_skips_blank_lines() {
         "{\"topic\":\"t\",\"key\":\"m1\",\"payload\":\"1\"}\n\n   \n\
          {\"topic\":\"t\",\"key\":\"m2\",\"payload\":\"1\"}\n",
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, stderr) = exited(&out, 0);
     assert!(
         stderr.contains("2 in = 2 delivered + 0 dropped + 0 dead-lettered"),
         "{stderr}"
@@ -3589,8 +3562,7 @@ fn the_summary_counts_retries_and_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let row = |yaml: &str, input: &str| -> Vec<String> {
         let out = run_on_stdin(&write_config(dir.path(), yaml), &[], input);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let (_, stderr) = exited(&out, 0);
         stderr
             .lines()
             .find(|l| l.starts_with("p "))
@@ -3637,8 +3609,7 @@ fn run_stopped_by_sigint_exits_130_and_says_where_to_resume() {
         .spawn()
         .unwrap();
     let (out, done) = stopped_midway(child, "INT", total);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, stderr) = exited(&out, 130);
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
     assert_eq!(keys(&std::fs::read_to_string(&output).unwrap()).len(), done);
 }
@@ -3656,8 +3627,7 @@ fn a_checkpointed_run_stopped_says_to_run_the_same_command_again() {
     let checkpoint = dir.path().join("run.checkpoint");
     let command = || checkpointed_run(&config, &messages, &output, &checkpoint);
     let (out, _) = stopped_midway(command().spawn().unwrap(), "TERM", total);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let (_, stderr) = exited(&out, 143);
     assert!(stderr.contains("run the same command again"), "{stderr}");
     assert!(!stderr.contains("--start-line"), "{stderr}");
     let rest = command().output().unwrap();
@@ -3695,7 +3665,7 @@ fn the_progress_bar_stays_off_standard_output() {
         messages.to_str().unwrap(),
     ];
     let out = server::tool().args(args).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    exited(&out, 0);
     let plain = text(&out.stdout);
     // Through a terminal, standard output redirected to a file.
     let redirected = dir.path().join("results.jsonl");
@@ -3782,8 +3752,7 @@ fn a_second_signal_ends_a_run_s_stop_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, stderr) = exited(&out, 130);
     assert!(!stderr.contains("every line up to"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
 }
@@ -3811,7 +3780,7 @@ fn a_start_line_past_the_input_is_noted() {
             ],
             None,
         );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        exited(&out, 0);
         assert_eq!(text(&out.stdout), "");
         text(&out.stderr)
     };
@@ -3840,7 +3809,6 @@ fn a_closed_output_pipe_stops_the_run_and_says_results_cannot_be_taken_back() {
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     drop(stdout);
     let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = exited(&out, 1);
     assert!(stderr.contains("cannot be taken back"), "{stderr}");
 }
