@@ -27,10 +27,10 @@ pub(crate) fn open(path: &std::path::Path) -> anyhow::Result<Box<dyn BufRead>> {
 pub(crate) fn parse_line(bytes: &[u8]) -> Result<Option<Message>, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("the line is not UTF-8 (at byte {})", e.valid_up_to()))?;
-    let text = text.trim();
-    if text.is_empty() {
+    if text.trim().is_empty() {
         return Ok(None);
     }
+    // Untrimmed: an error's column counts in the line as read.
     Message::from_json_line(text)
         .map(Some)
         .map_err(|e| e.to_string())

@@ -1121,8 +1121,7 @@ async fn process(
         body,
         "a message as a JSON object",
         |text| {
-            let text = text.trim();
-            if text.starts_with('[') {
+            if text.trim_start().starts_with('[') {
                 return Err(ApiError::bad_request(
                     "POST /v1/process takes one message, a JSON object; send an array of messages \
                  to POST /v1/batch",

@@ -26,20 +26,81 @@ use serde_json::value::RawValue;
 
 use crate::{Headers, Message};
 
-/// Why a JSON line is not a message. The text names the field at fault and, for
-/// JSON syntax errors, the column.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// Why a JSON line is not a message. The text names the field at fault and,
+/// where the JSON reader found the fault, its place in the text given ("at
+/// line 1 column 34": lines from 1, columns counting bytes, as `serde_json`
+/// counts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageParseError {
     message: String,
+    /// Line and column in the text given.
+    at: Option<(usize, usize)>,
 }
+
+impl fmt::Display for MessageParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        match self.at {
+            Some((line, column)) => write!(f, " at line {line} column {column}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for MessageParseError {}
 
 impl MessageParseError {
     fn new(message: impl Into<String>) -> Self {
         MessageParseError {
             message: message.into(),
+            at: None,
         }
     }
+
+    /// `context` followed by `serde_json`'s error `e`, found reading `read`
+    /// (a part of `text`), placed in `text`.
+    fn json(context: &str, e: &serde_json::Error, read: &str, text: &str) -> Self {
+        let said = e.to_string();
+        let place = format!(" at line {} column {}", e.line(), e.column());
+        match said.strip_suffix(&place) {
+            Some(said) if e.line() > 0 => MessageParseError {
+                message: format!("{context}{said}"),
+                at: Some((e.line(), e.column())),
+            }
+            .within(read, text),
+            _ => MessageParseError::new(format!("{context}{said}")),
+        }
+    }
+
+    /// The error found reading `read`, a part of `text`, placed in `text`.
+    fn within(self, read: &str, text: &str) -> Self {
+        MessageParseError {
+            at: self.at.map(|at| place_in(text, read, at)),
+            ..self
+        }
+    }
+}
+
+/// Where a place in `part` (`serde_json`'s: line from 1, column counting bytes
+/// since the line's start) is in `text`, of which `part` is a slice (a place in
+/// a text that is not its slice stays as it is).
+fn place_in(text: &str, part: &str, (line, column): (usize, usize)) -> (usize, usize) {
+    let offset = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if offset.checked_add(part.len()).is_none_or(|end| end > text.len()) {
+        return (line, column);
+    }
+    let line_start = match line {
+        0 | 1 => 0,
+        line => part
+            .match_indices('\n')
+            .nth(line - 2)
+            .map_or(part.len(), |(i, _)| i + 1),
+    };
+    let index = (offset + line_start + column).min(text.len());
+    let before = &text.as_bytes()[..index];
+    let start_of_line = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines_before = before[..start_of_line].iter().filter(|&&b| b == b'\n').count();
+    (1 + lines_before, index - start_of_line)
 }
 
 /// Why a batch of messages was refused.
@@ -118,10 +179,18 @@ fn from_base64(text: &str) -> Result<Bytes, String> {
 }
 
 impl Message {
-    /// Parses one JSON Lines message. A byte-order mark before it (as some
-    /// editors write at the start of a file) is skipped.
-    pub fn from_json_line(line: &str) -> Result<Message, MessageParseError> {
-        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+    /// Parses one JSON Lines message. White space around it, and a byte-order
+    /// mark before it (as some editors write at the start of a file), are
+    /// skipped; an error's place counts in `text` as given.
+    pub fn from_json_line(text: &str) -> Result<Message, MessageParseError> {
+        let trimmed = text.trim();
+        let line = trimmed.strip_prefix('\u{feff}').unwrap_or(trimmed);
+        Message::from_trimmed_line(line).map_err(|e| e.within(line, text))
+    }
+
+    /// [`Message::from_json_line`] of a line trimmed; an error's place counts
+    /// in `line`.
+    fn from_trimmed_line(line: &str) -> Result<Message, MessageParseError> {
         let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| {
             use serde_json::error::Category;
             // Read again, for the field the error is in (only when there is
@@ -143,7 +212,7 @@ impl Message {
             };
             match (e.classify(), holds) {
                 (Category::Syntax | Category::Eof, _) => {
-                    MessageParseError::new(format!("not valid JSON: {e}"))
+                    MessageParseError::json("not valid JSON: ", &e, line, line)
                 }
                 (_, Some(holds)) => MessageParseError::new(format!(
                     "a message is a JSON object ({{\"topic\": …, \"payload\": …}}); this is {holds}"
@@ -154,9 +223,9 @@ impl Message {
                     && field != "."
                     && !e.to_string().contains(&format!("`{field}`")) =>
                 {
-                    MessageParseError::new(format!("field `{field}`: {e}"))
+                    MessageParseError::json(&format!("field `{field}`: "), &e, line, line)
                 }
-                _ => MessageParseError::new(e.to_string()),
+                _ => MessageParseError::json("", &e, line, line),
             }
         })?;
         let payload = match (parsed.payload, parsed.payload_base64) {
@@ -171,7 +240,7 @@ impl Message {
                 ))
             }
             (Some(raw), None) => value_bytes(raw)
-                .map_err(|e| MessageParseError::new(format!("field `payload`: {e}")))?,
+                .map_err(|e| MessageParseError::json("field `payload`: ", &e, raw.get(), line))?,
             (None, Some(text)) => from_base64(&text)
                 .map_err(|e| MessageParseError::new(format!("field `payload_base64`: {e}")))?,
         };
@@ -183,7 +252,7 @@ impl Message {
             }
             (Some(raw), None) if raw.get() != "null" => Some(
                 value_bytes(raw)
-                    .map_err(|e| MessageParseError::new(format!("field `key`: {e}")))?,
+                    .map_err(|e| MessageParseError::json("field `key`: ", &e, raw.get(), line))?,
             ),
             (None, Some(text)) => Some(
                 from_base64(&text)
@@ -335,11 +404,12 @@ impl Message {
     /// A batch of messages: a JSON array of message objects, or JSON Lines
     /// (blank lines skipped). A batch of more than `max` messages is refused
     /// before any is parsed; the first message that does not parse is named
-    /// (`message i` counting from 0 in an array, `line n` counting from 1).
-    pub fn batch_from_json(text: &str, max: usize) -> Result<Vec<Message>, BatchError> {
+    /// (`message i` counting from 0 in an array, `line n` counting from 1),
+    /// and a place the JSON reader gives counts in `body`, not in the message.
+    pub fn batch_from_json(body: &str, max: usize) -> Result<Vec<Message>, BatchError> {
         let too_many = |count| BatchError::TooMany { count, max };
         // A byte-order mark before the batch is skipped, as before a line.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = body.strip_prefix('\u{feff}').unwrap_or(body);
         // What is held before the count is known is at most `max` entries:
         // the rest are counted, not kept (a body of millions of tiny lines
         // refused for their number took ten times its size otherwise).
@@ -350,15 +420,17 @@ impl Message {
                 // Nothing but white space after the array.
                 .and_then(|items| reader.end().map(|()| items))
                 .map_err(|e| {
-                    BatchError::Invalid(format!("the batch is not a JSON array of messages: {e}"))
+                    let context = "the batch is not a JSON array of messages: ";
+                    BatchError::Invalid(MessageParseError::json(context, &e, text, body).to_string())
                 })?
                 .map_err(too_many)?;
             items
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    Message::from_json_line(raw.get())
-                        .map_err(|e| BatchError::Invalid(format!("message {i}: {e}")))
+                    Message::from_json_line(raw.get()).map_err(|e| {
+                        BatchError::Invalid(format!("message {i}: {}", e.within(raw.get(), body)))
+                    })
                 })
                 .collect()
         } else {
@@ -373,8 +445,9 @@ impl Message {
             }
             kept.into_iter()
                 .map(|(i, line)| {
-                    Message::from_json_line(line.trim())
-                        .map_err(|e| BatchError::Invalid(format!("line {}: {e}", i + 1)))
+                    Message::from_json_line(line).map_err(|e| {
+                        BatchError::Invalid(format!("line {}: {}", i + 1, e.within(line, body)))
+                    })
                 })
                 .collect()
         }
@@ -551,6 +624,64 @@ mod tests {
         assert!(twice.starts_with("duplicate field `topic`"), "{twice}");
         assert!(error(r#"{"topic": "t", "payload": 1} x"#)
             .starts_with("not valid JSON: trailing characters"));
+    }
+
+    /// The place the JSON reader gives, " at line L column C" (or none).
+    fn place(said: &str) -> Option<(usize, usize)> {
+        let (_, place) = said.rsplit_once(" at line ")?;
+        let (line, column) = place.split_once(" column ")?;
+        Some((line.parse().ok()?, column.parse().ok()?))
+    }
+
+    /// An error's place counts in the text given: the line, white space and
+    /// byte-order mark included, or a batch's whole body — not the field's
+    /// value or the message read on its own. Where `serde_json` finds the
+    /// fault reading the whole text as a value, the place is its place.
+    #[test]
+    fn an_error_is_placed_in_the_text_given() {
+        let said_by_serde = |text: &str| {
+            let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+            Some((e.line(), e.column()))
+        };
+        for line in [
+            r#"{"topic":"t","payload":"ab\ud800"}"#,
+            r#"{"topic":"t","payload":"x","key":"\udc00"}"#,
+            r#"  {"topic":"t","payload":"ab\ud800"}  "#,
+            "\u{feff}{\"topic\":\"t\",\"payload\":\"\\udc00\"}",
+            r#" {"topic":"t","payload":[1, 2"#,
+        ] {
+            let text = line.trim_start_matches('\u{feff}');
+            let expected = said_by_serde(text).map(|(l, c)| (l, c + line.len() - text.len()));
+            assert_eq!(place(&error(line)), expected, "{line}: {}", error(line));
+        }
+        // A fault serde_json would not find in a value: the message read on
+        // its own, shifted to where the message is.
+        let message = r#"{"topic": 7, "payload": 1}"#;
+        let (_, column) = place(&error(message)).unwrap();
+        let array = format!("[\n  {{\"topic\": \"a\", \"payload\": 1}},\n  {message}\n]");
+        let said = Message::batch_from_json(&array, 10).unwrap_err().to_string();
+        assert!(said.starts_with("message 1: field `topic`: invalid type"), "{said}");
+        assert_eq!(place(&said), Some((3, 2 + column)), "{said}");
+        let lines = format!("{{\"topic\": \"a\", \"payload\": 1}}\n\n {message}\n");
+        let said = Message::batch_from_json(&lines, 10).unwrap_err().to_string();
+        assert!(said.starts_with("line 3: field `topic`"), "{said}");
+        assert_eq!(place(&said), Some((3, 1 + column)), "{said}");
+        // Before a batch, the byte-order mark's three bytes count too.
+        let said = Message::batch_from_json(&format!("\u{feff}[{message}]"), 10)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(place(&said), Some((1, 4 + column)), "{said}");
+        // A message's escape error in an array, and the array's own error,
+        // where serde_json places them reading the body.
+        for body in [
+            "[\n {\"topic\": \"a\", \"payload\": 1},\n {\"topic\": \"b\", \"payload\": \"\\ud800\"}]",
+            "[\n {\"topic\": \"a\", \"payload\": 1},\n {\"topic\": \"b\", \"payload\": 1]",
+        ] {
+            let said = Message::batch_from_json(body, 10).unwrap_err().to_string();
+            assert_eq!(place(&said), said_by_serde(body), "{body}: {said}");
+        }
+        // No place where the reader gives none.
+        assert_eq!(place(&error(r#"{"topic": "t"}"#)), None);
     }
 
     #[test]
