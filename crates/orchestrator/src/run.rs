@@ -1143,6 +1143,23 @@ impl Run {
                 self.clock,
             ),
         };
+        // An answer after the stage's or pipeline's deadline came from a
+        // module still running when that budget ran out: it fails with the
+        // budget's kind (execution.md), whatever it answered. (A runner
+        // stops a call at a deadline only as closely as its watchdog ticks.)
+        let mut report = report;
+        if let Some((at, kind)) = deadline {
+            // A time limit the runner stopped it at is its own finding.
+            let stopped = report.result.as_ref().is_err_and(|e| {
+                matches!(
+                    e.kind(),
+                    ErrorKind::Timeout | ErrorKind::StageTimeout | ErrorKind::PipelineTimeout
+                )
+            });
+            if report.ended > at && !stopped {
+                report.result = Err(CallError::new(kind, answered_late(kind)));
+            }
+        }
         // A runner's reading, never taken back: a stale one would let a
         // deadline pass unseen. The call ran from the run's clock (its
         // request's) to there: `ran` is how far the clock moves.
@@ -1543,6 +1560,16 @@ impl Run {
     fn abandon(&mut self) {
         debug_assert!(!self.is_started());
         self.done = Some(End::Abandoned);
+    }
+}
+
+/// Why a call that answered after its stage's or pipeline's deadline failed.
+fn answered_late(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::StageTimeout => {
+            "the stage's time ran out while the module ran (its answer came after, and is not used)"
+        }
+        _ => "the pipeline's time ran out while the module ran (its answer came after, and is not used)",
     }
 }
 

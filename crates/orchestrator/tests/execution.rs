@@ -1739,6 +1739,51 @@ stages:
     assert_eq!(events[1].1, TraceEvent::Skipped(SkipReason::EarlierFailure));
 }
 
+/// A module that answers after its stage's or pipeline's time ran out was
+/// still running when it ran out: it fails with that budget's kind and its
+/// answer is not used. (The runner here, like a watchdog between its ticks,
+/// does not stop it: the module's own code sleeps past the deadline.) The
+/// blame is not the next module's, found with no time left and never called.
+#[test]
+fn an_answer_after_the_deadline_fails_the_module_that_gave_it() {
+    for (pipeline_budget, stage_budget, kind) in [
+        ("", "stage_timeout_ms: 20", "stage_timeout"),
+        ("global_timeout_ms: 20", "", "pipeline_timeout"),
+    ] {
+        let engine = Arc::new(StandIn::new(1));
+        engine.module("late", |_| {
+            std::thread::sleep(Duration::from_millis(60));
+            set_header("late", "1")
+        });
+        let next_calls = Arc::new(AtomicUsize::new(0));
+        let calls = next_calls.clone();
+        engine.module("next", move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            set_header("next", "1")
+        });
+        let yaml = format!(
+            "pipeline_id: p\nerror_handling: SendToDeadLetter\n{pipeline_budget}\nstages:\n  \
+             - {{priority: 0, {stage_budget}{}modules: [{{module_id: late}}, {{module_id: next}}]}}\n",
+            if stage_budget.is_empty() { "" } else { ", " }
+        );
+        let o = start(&engine, &yaml);
+        let out = one(&o, Message::new("in", "x"));
+        let letter = dead_letter(&out);
+        for (name, value) in [
+            (dlq::MODULE, "late"),
+            (dlq::ERROR_KIND, kind),
+            (dlq::ATTEMPTS, "1"),
+        ] {
+            assert_eq!(letter.headers.get(name), Some(value), "{kind}: {name}");
+        }
+        assert_eq!(letter.headers.get("late"), None, "{kind}: its answer is not used");
+        let error = letter.headers.get(dlq::ERROR).unwrap();
+        assert!(error.contains("its answer came after"), "{kind}: {error}");
+        assert_eq!(next_calls.load(Ordering::SeqCst), 0, "{kind}");
+        skipped_for_earlier_failure(&events(&out), 1, "next");
+    }
+}
+
 #[test]
 fn a_pipeline_timeout_fires_and_under_skip_delivers_the_message_as_it_stands() {
     let engine = Arc::new(StandIn::new(2));
