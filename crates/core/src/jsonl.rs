@@ -86,7 +86,10 @@ impl MessageParseError {
 /// a text that is not its slice stays as it is).
 fn place_in(text: &str, part: &str, (line, column): (usize, usize)) -> (usize, usize) {
     let offset = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    if offset.checked_add(part.len()).is_none_or(|end| end > text.len()) {
+    if offset
+        .checked_add(part.len())
+        .is_none_or(|end| end > text.len())
+    {
         return (line, column);
     }
     let line_start = match line {
@@ -98,8 +101,14 @@ fn place_in(text: &str, part: &str, (line, column): (usize, usize)) -> (usize, u
     };
     let index = (offset + line_start + column).min(text.len());
     let before = &text.as_bytes()[..index];
-    let start_of_line = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let lines_before = before[..start_of_line].iter().filter(|&&b| b == b'\n').count();
+    let start_of_line = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let lines_before = before[..start_of_line]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
     (1 + lines_before, index - start_of_line)
 }
 
@@ -421,7 +430,9 @@ impl Message {
                 .and_then(|items| reader.end().map(|()| items))
                 .map_err(|e| {
                     let context = "the batch is not a JSON array of messages: ";
-                    BatchError::Invalid(MessageParseError::json(context, &e, text, body).to_string())
+                    BatchError::Invalid(
+                        MessageParseError::json(context, &e, text, body).to_string(),
+                    )
                 })?
                 .map_err(too_many)?;
             items
@@ -659,11 +670,18 @@ mod tests {
         let message = r#"{"topic": 7, "payload": 1}"#;
         let (_, column) = place(&error(message)).unwrap();
         let array = format!("[\n  {{\"topic\": \"a\", \"payload\": 1}},\n  {message}\n]");
-        let said = Message::batch_from_json(&array, 10).unwrap_err().to_string();
-        assert!(said.starts_with("message 1: field `topic`: invalid type"), "{said}");
+        let said = Message::batch_from_json(&array, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            said.starts_with("message 1: field `topic`: invalid type"),
+            "{said}"
+        );
         assert_eq!(place(&said), Some((3, 2 + column)), "{said}");
         let lines = format!("{{\"topic\": \"a\", \"payload\": 1}}\n\n {message}\n");
-        let said = Message::batch_from_json(&lines, 10).unwrap_err().to_string();
+        let said = Message::batch_from_json(&lines, 10)
+            .unwrap_err()
+            .to_string();
         assert!(said.starts_with("line 3: field `topic`"), "{said}");
         assert_eq!(place(&said), Some((3, 1 + column)), "{said}");
         // Before a batch, the byte-order mark's three bytes count too.

@@ -1776,7 +1776,11 @@ fn an_answer_after_the_deadline_fails_the_module_that_gave_it() {
         ] {
             assert_eq!(letter.headers.get(name), Some(value), "{kind}: {name}");
         }
-        assert_eq!(letter.headers.get("late"), None, "{kind}: its answer is not used");
+        assert_eq!(
+            letter.headers.get("late"),
+            None,
+            "{kind}: its answer is not used"
+        );
         let error = letter.headers.get(dlq::ERROR).unwrap();
         assert!(error.contains("its answer came after"), "{kind}: {error}");
         assert_eq!(next_calls.load(Ordering::SeqCst), 0, "{kind}");
