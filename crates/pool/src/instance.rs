@@ -113,7 +113,8 @@ fn host_log(
         }
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&buffer);
+    let read = String::from_utf8_lossy(&buffer);
+    let text = printable(&read);
     if error {
         *lock(&data.last_error) = Some(text.clone().into_owned());
     }
@@ -122,6 +123,39 @@ fn host_log(
     }
     log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
     Ok(())
+}
+
+/// A module's text made one line that cannot pass for the host's, for the
+/// host's log and the errors that quote it: control characters (line ends,
+/// a terminal's escape sequences; a tab stays) and the characters that end
+/// or reorder a line as shown (line and paragraph separators, bidirectional
+/// marks and overrides) are written as escapes (`\n`, `\u{1b}`).
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let shown_as_escape = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    };
+    if !text.chars().any(shown_as_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if shown_as_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `mutex`, whether or not a thread panicked holding it (it holds a line of
@@ -345,7 +379,8 @@ impl WarmInstance {
                             "init failed, and its error message lies outside its memory".into(),
                         )
                     })?;
-                let text = String::from_utf8_lossy(&message);
+                let read = String::from_utf8_lossy(&message);
+                let text = printable(&read);
                 let text = if text.trim().is_empty() {
                     "(its init gave no reason)"
                 } else {
@@ -714,11 +749,12 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Drop => return Ok(Outcome::Dropped),
         OutcomeView::Error(text) => {
             // An error with no text still says what it is; a long one is
-            // cut (it becomes a dead letter's header, a log line).
+            // cut (it becomes a dead letter's header, a log line), and one
+            // line.
             return Err(CallError::new(
                 ErrorKind::GuestError,
                 module,
-                rustmq_etl_abi::error_text(text),
+                printable(&rustmq_etl_abi::error_text(text)).into_owned(),
             ));
         }
         OutcomeView::Edits(edits) => edits,
@@ -787,6 +823,25 @@ mod tests {
     fn refused(result: Result<Outcome, CallError>) -> (ErrorKind, String) {
         let error = result.expect_err("refused");
         (error.kind(), error.message().to_owned())
+    }
+
+    /// A module's text is one line: what would end it or change how it is
+    /// shown is written as an escape; anything else, a tab included, as it is.
+    #[test]
+    fn a_module_s_text_is_made_one_printable_line() {
+        assert!(matches!(
+            printable("plain \t text, ünïcode"),
+            std::borrow::Cow::Borrowed("plain \t text, ünïcode")
+        ));
+        assert_eq!(
+            printable("a\r\nb\u{1b}[2J\u{7f}\u{85}\u{2028}\u{202e}\u{2066}\u{200f}\u{61c}c"),
+            r"a\r\nb\u{1b}[2J\u{7f}\u{85}\u{2028}\u{202e}\u{2066}\u{200f}\u{61c}c"
+        );
+        // An error answer's text, which dead letters and logs quote.
+        assert_eq!(
+            refused(answer(Answer::Error("bad\nline"))),
+            (ErrorKind::GuestError, r"bad\nline".to_owned())
+        );
     }
 
     #[test]

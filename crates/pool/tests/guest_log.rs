@@ -6,7 +6,7 @@
 //! their lines apart by module).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use rustmq_etl_core::{Message, ModuleSpec, Outcome};
 use rustmq_etl_pool::{Pool, PoolConfig};
@@ -21,6 +21,8 @@ struct CountingLogger {
     starts: AtomicUsize,
     /// The length of the last line of module `long-lines`.
     long_line: AtomicUsize,
+    /// The last line of module `forger`.
+    forged: Mutex<String>,
 }
 
 impl log::Log for CountingLogger {
@@ -41,6 +43,8 @@ impl log::Log for CountingLogger {
             self.starts.fetch_add(1, Ordering::Relaxed);
         } else if let Some(line) = text.strip_prefix("long-lines: ") {
             self.long_line.store(line.len(), Ordering::Relaxed);
+        } else if let Some(line) = text.strip_prefix("forger: ") {
+            *self.forged.lock().unwrap() = line.to_owned();
         }
     }
 
@@ -52,6 +56,7 @@ static LINES: CountingLogger = CountingLogger {
     chatty: AtomicUsize::new(0),
     starts: AtomicUsize::new(0),
     long_line: AtomicUsize::new(0),
+    forged: Mutex::new(String::new()),
 };
 
 fn pool() -> Pool {
@@ -150,5 +155,38 @@ fn a_long_line_is_cut_at_4096_bytes() {
     let module = pool.load(&ModuleSpec::new("long-lines"), &wasm).unwrap();
     let outcome = pool.call_blocking(&module, &Message::new("t", vec![b'a'; 200]));
     assert_eq!(outcome, Ok(Outcome::Unchanged));
-    assert_eq!(LINES.long_line.load(Ordering::Relaxed), 4096);
+    // Each of the 4,096 zero bytes read is written as an escape.
+    assert_eq!(
+        LINES.long_line.load(Ordering::Relaxed),
+        4096 * r"\u{0}".len()
+    );
+}
+
+/// What a module writes that would end the host's line, or make a terminal
+/// show something else (a line end, an escape sequence, a right-to-left
+/// override), reaches the log as escapes: the module cannot write a line
+/// that looks like the host's. So do its init's error and its error
+/// answer's text, which the host's log and dead letters quote.
+#[test]
+fn a_module_cannot_write_lines_that_pass_for_the_host_s() {
+    let pool = pool();
+    // "ok", a line end, "[ERROR host] fake", ESC "[31m", U+202E.
+    let forged = r#"(data (i32.const 64) "ok\0a[ERROR host] fake\1b[31m\e2\80\ae")"#;
+    let shown = r"ok\n[ERROR host] fake\u{1b}[31m\u{202e}";
+    let wasm = attacks::module(
+        "(call $log (i32.const 3) (i32.const 64) (i32.const 28))",
+        forged,
+    );
+    let module = pool.load(&ModuleSpec::new("forger"), &wasm).unwrap();
+    let outcome = pool.call_blocking(&module, &Message::new("t", vec![b'a'; 200]));
+    assert_eq!(outcome, Ok(Outcome::Unchanged));
+    assert_eq!(*LINES.forged.lock().unwrap(), shown);
+    // Its init failing with the same text (at 64, 28 bytes long).
+    let wasm = attacks::module_with_init("", forged, 2, "(return (i64.const 0x400000001c))");
+    let refused = pool
+        .load(&ModuleSpec::new("forger-init"), &wasm)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains(shown), "{refused}");
+    assert!(!refused.contains(['\n', '\u{1b}', '\u{202e}']), "{refused}");
 }

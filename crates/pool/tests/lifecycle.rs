@@ -73,7 +73,8 @@ fn pool(workers: usize) -> Pool {
 }
 
 /// A guest refused memory that logs an error and then aborts fails
-/// `memory_limit` with the sizes, and quotes its error line as a trap does.
+/// `memory_limit` with the sizes, and quotes its error line as a trap does
+/// (its control bytes as escapes, as the log writes them).
 #[test]
 fn a_memory_limit_error_says_the_sizes_and_quotes_the_last_error_line() {
     let wasm = attacks::module(
@@ -98,7 +99,7 @@ fn a_memory_limit_error_says_the_sizes_and_quotes_the_last_error_line() {
     assert_eq!(
         error.message(),
         "tried to grow its memory from 131072 to 6684672 bytes, past its limit of 262144 \
-         bytes; its last error log line: \u{3}\u{7}\0\0\0refused"
+         bytes; its last error log line: \\u{3}\\u{7}\\u{0}\\u{0}\\u{0}refused"
     );
 }
 
