@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
-use rustmq_etl_orchestrator::{Orchestrator, ProcessOptions};
+use rustmq_etl_orchestrator::{Disposition, Orchestrator, ProcessOptions, Processed};
 use rustmq_etl_pool::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -979,11 +979,25 @@ fn too_large(service: &Service) -> ApiError {
     )
 }
 
-/// Bodies past this are read (checked as UTF-8, parsed) and their answers
-/// written on a blocking thread, not on the runtime's: the runtime has one
-/// thread per core, and a large body read inline held up every other
+/// Bodies past this are read (checked as UTF-8, parsed), and answers past
+/// it written, on a blocking thread, not on the runtime's: the runtime has
+/// one thread per core, and a large body read inline held up every other
 /// connection on its thread, the probes' included, for seconds.
 const INLINE_BYTES: usize = 64 << 10;
+
+/// Whether the answer to `results` is large: its messages' bytes (before
+/// JSON's escapes) past [`INLINE_BYTES`], whatever the request's size — a
+/// module may answer a small message with a large one.
+fn large_answer(results: &[Processed]) -> bool {
+    let bytes: usize = results
+        .iter()
+        .map(|p| match &p.disposition {
+            Disposition::Delivered(m) | Disposition::DeadLettered(m) => m.topic.len() + m.size(),
+            Disposition::Dropped => 0,
+        })
+        .sum();
+    bytes > INLINE_BYTES
+}
 
 /// Runs `work` on the request body as text, which must be UTF-8 and not
 /// blank: inline for a small body, on a blocking thread for a large one.
@@ -1091,7 +1105,7 @@ async fn run_messages(
     service: &Service,
     messages: Vec<Message>,
     options: ProcessOptions,
-) -> Result<Vec<rustmq_etl_orchestrator::Processed>, ApiError> {
+) -> Result<Vec<Processed>, ApiError> {
     service
         .etl
         .process_batch(messages, options)
@@ -1139,6 +1153,7 @@ async fn process(
             "the engine answered no result for the message (a rustmq-etl bug)",
         ));
     }
+    let large = large || large_answer(&results);
     json_answer(&service, &room, large, move || {
         serde_json::to_vec(&ProcessedJson::new(&results[0], options.trace))
     })
@@ -1173,6 +1188,7 @@ async fn batch(
     // Many small messages answer large too.
     let large = large || messages.len() > 256;
     let results = run_messages(&service, messages, options).await?;
+    let large = large || large_answer(&results);
     json_answer(&service, &room, large, move || {
         serde_json::to_vec(&BatchJson {
             results: results
