@@ -226,7 +226,11 @@ const DURATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub(crate) fn serve(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
+    // Modules may leave a message as large as the largest the service reads
+    // (and at least as large as the engine's default allows).
+    let options = &mut args.settings.options;
+    options.max_message_bytes = options.max_message_bytes.max(args.max_request_bytes);
     ACCESS_LOG.store(args.access_log, Ordering::Relaxed);
     if args.max_body_bytes_in_flight < args.max_request_bytes {
         say!(

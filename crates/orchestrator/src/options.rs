@@ -35,6 +35,16 @@ pub struct Options {
     /// [`OnThisThread`](crate::OnThisThread) runs a wave as one batch on
     /// its caller's thread.
     pub chunk: usize,
+    /// The most bytes (topic, key, header names and values, payload) a
+    /// module's edits may leave a message with. An answer whose edits would
+    /// leave it larger, and larger than it was, fails `invalid_output`, blamed
+    /// on the module that grew it (otherwise a message grown stage by stage,
+    /// each answer within its module's `max_output_bytes`, reached the next
+    /// module past its memory, and that module was blamed). A message that
+    /// arrives larger is not refused. In a parallel stage each module's edits
+    /// are judged on the stage's input. Default 16 MiB, as large as the
+    /// messages `rustmq-etl run` and `serve` read; 0 counts as no limit.
+    pub max_message_bytes: usize,
 }
 
 impl Options {
@@ -67,6 +77,12 @@ impl Options {
         self.chunk = chunk;
         self
     }
+
+    /// [`Options::max_message_bytes`](#structfield.max_message_bytes).
+    pub fn max_message_bytes(mut self, max_message_bytes: usize) -> Self {
+        self.max_message_bytes = max_message_bytes;
+        self
+    }
 }
 
 impl Default for Options {
@@ -77,6 +93,7 @@ impl Default for Options {
             breaker: BreakerSettings::default(),
             max_in_flight: 4096,
             chunk: 64,
+            max_message_bytes: 16 << 20,
         }
     }
 }

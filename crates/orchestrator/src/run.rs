@@ -1160,6 +1160,19 @@ impl Run {
                 report.result = Err(CallError::new(kind, answered_late(kind)));
             }
         }
+        if let Ok(Outcome::Edited(edits)) = &report.result {
+            if let Some(size) = grown_past(&self.message, edits, snapshot.options.max_message_bytes)
+            {
+                report.result = Err(CallError::new(
+                    ErrorKind::InvalidOutput,
+                    format!(
+                        "its edits would make the message {size} bytes, past the engine's \
+                         limit of {} (Options::max_message_bytes)",
+                        snapshot.options.max_message_bytes
+                    ),
+                ));
+            }
+        }
         // A runner's reading, never taken back: a stale one would let a
         // deadline pass unseen. The call ran from the run's clock (its
         // request's) to there: `ran` is how far the clock moves.
@@ -1561,6 +1574,30 @@ impl Run {
         debug_assert!(!self.is_started());
         self.done = Some(End::Abandoned);
     }
+}
+
+/// The bytes (topic, key, headers, payload) `edits` would leave `message`
+/// with, if past `max` (0: no limit) and more than it has.
+fn grown_past(message: &Message, edits: &[Edit], max: usize) -> Option<usize> {
+    let bytes = |m: &Message| m.topic.len() + m.size();
+    let before = bytes(message);
+    // At most what the edits bring: the common case reads no further.
+    let brought: usize = edits
+        .iter()
+        .map(|edit| match edit {
+            Edit::SetTopic(topic) => topic.len(),
+            Edit::SetPayload(bytes) | Edit::SetKey(bytes) => bytes.len(),
+            Edit::SetHeader(name, value) => name.len() + value.len(),
+            _ => 0,
+        })
+        .sum();
+    if max == 0 || before.saturating_add(brought) <= max {
+        return None;
+    }
+    let mut after = message.clone();
+    after.apply(edits.iter().cloned());
+    let size = bytes(&after);
+    (size > max && size > before).then_some(size)
 }
 
 /// Why a call that answered after its stage's or pipeline's deadline failed.

@@ -1788,6 +1788,62 @@ fn an_answer_after_the_deadline_fails_the_module_that_gave_it() {
     }
 }
 
+/// Edits that would leave a message past `Options::max_message_bytes`, and
+/// larger than it was, fail `invalid_output`, blamed on the module whose
+/// answer grew it (not on the next, which would have met it past its
+/// memory); the dead letter is the message as it entered. A message that
+/// arrives past the limit is not refused, and may shrink; 0 is no limit.
+#[test]
+fn edits_that_grow_a_message_past_the_limit_fail_the_module_that_made_them() {
+    let engine = Arc::new(StandIn::new(1));
+    // A 600-byte header more each time (named by how many there are).
+    engine.module("grow", |m: &Message| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetHeader(
+            format!("h{}", m.headers.len()),
+            "v".repeat(600),
+        )]))
+    });
+    engine.module("halve", |m: &Message| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetPayload(
+            m.payload.slice(..m.payload.len() / 2),
+        )]))
+    });
+    let yaml = r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+stages:
+  - {priority: 0, modules: [{module_id: halve}]}
+  - {priority: 1, modules: [{module_id: grow}]}
+  - {priority: 2, modules: [{module_id: grow}]}
+"#;
+    let limited = start_with(&engine, yaml, options().max_message_bytes(1_000));
+    // 1 + 100 bytes, halved to 51, grown to 653, then past 1,000: the
+    // second growth fails.
+    let out = one(&limited, Message::new("t", vec![b'x'; 100]));
+    let letter = dead_letter(&out);
+    for (name, value) in [
+        (dlq::MODULE, "grow"),
+        (dlq::STAGE, "2"),
+        (dlq::ERROR_KIND, "invalid_output"),
+    ] {
+        assert_eq!(letter.headers.get(name), Some(value), "{name}");
+    }
+    assert_eq!(letter.payload.len(), 100, "the message as it entered");
+    let error = letter.headers.get(dlq::ERROR).unwrap();
+    assert!(
+        error.contains("would make the message 1255 bytes, past the engine's limit of 1000"),
+        "{error}"
+    );
+    // Arriving at 4,000 bytes: halved (smaller than it was) it goes on to
+    // the first growth, which fails.
+    let out = one(&limited, Message::new("t", vec![b'x'; 4_000]));
+    assert_eq!(dead_letter(&out).headers.get(dlq::STAGE), Some("1"));
+    // No limit: both grow.
+    let unlimited = start_with(&engine, yaml, options().max_message_bytes(0));
+    let out = one(&unlimited, Message::new("t", vec![b'x'; 4_000]));
+    assert_eq!(delivered(&out).headers.len(), 2);
+}
+
 #[test]
 fn a_pipeline_timeout_fires_and_under_skip_delivers_the_message_as_it_stands() {
     let engine = Arc::new(StandIn::new(2));
