@@ -3346,6 +3346,19 @@ fn a_checkpoint_resumes_a_last_line_that_grew_exactly() {
     );
     assert!(stderr.contains("2 in = 2 delivered"), "{stderr}");
     assert_eq!(written, ["a", "b", "c", "d"]);
+    // The same with the cut line the input's first (the resume starts at
+    // line 1, before which there is none).
+    let (before, after, written) = scenario(
+        "first",
+        whole[..10].to_owned(),
+        whole[10..].to_owned() + "\n" + &line("d") + "\n",
+    );
+    assert_eq!(before.status.code(), Some(1), "{}", text(&before.stderr));
+    let stderr = text(&after.stderr);
+    assert_eq!(after.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("line 1 of"), "{stderr}");
+    assert!(stderr.contains("2 in = 2 delivered"), "{stderr}");
+    assert_eq!(written, ["c", "d"]);
     // A whole last line without its line end, given it (CRLF) and a line.
     let (before, after, written) = scenario(
         "whole",
