@@ -69,18 +69,58 @@ pub const MAX_ERROR_TEXT: usize = 4 << 10;
 
 /// The error the host makes of an error answer's `text`: [`ERROR_WITHOUT_TEXT`]
 /// for one that is empty or blank; cut after [`MAX_ERROR_TEXT`] bytes, at a
-/// character, saying how many bytes more there were; else the text.
+/// character, saying how many bytes more there were; then made one line
+/// ([`printable`]: what would end it or change how it shows as escapes,
+/// so that up to six times as long where it was control characters).
 pub fn error_text(text: &str) -> alloc::string::String {
     use alloc::borrow::ToOwned;
     if text.trim().is_empty() {
         return ERROR_WITHOUT_TEXT.to_owned();
     }
     if text.len() <= MAX_ERROR_TEXT {
-        return text.to_owned();
+        return printable(text).into_owned();
     }
     let mut end = MAX_ERROR_TEXT;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    alloc::format!("{}… ({} bytes more)", &text[..end], text.len() - end)
+    alloc::format!(
+        "{}… ({} bytes more)",
+        printable(&text[..end]),
+        text.len() - end
+    )
+}
+
+/// A module's text made one line that cannot pass for the host's, for the
+/// host's log and the errors that quote it: control characters (line ends,
+/// a terminal's escape sequences; a tab stays) and the characters that end
+/// or reorder a line as shown (line and paragraph separators, bidirectional
+/// marks and overrides) are written as escapes (`\n`, `\u{1b}`); the rest,
+/// a backslash included, as it is.
+pub fn printable(text: &str) -> alloc::borrow::Cow<'_, str> {
+    let shown_as_escape = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    };
+    if !text.chars().any(shown_as_escape) {
+        return alloc::borrow::Cow::Borrowed(text);
+    }
+    let mut out = alloc::string::String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if shown_as_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    alloc::borrow::Cow::Owned(out)
 }

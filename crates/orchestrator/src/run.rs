@@ -375,6 +375,11 @@ impl StageEdits {
         }
     }
 
+    /// The edits so far, in the order pushed.
+    fn iter(&self) -> impl Iterator<Item = &[Edit]> + Clone {
+        self.first.iter().chain(&self.rest).map(Vec::as_slice)
+    }
+
     /// The edits, in the order pushed; empties the list.
     fn take(&mut self) -> impl Iterator<Item = Vec<Edit>> {
         let (first, rest) = (self.first.take(), std::mem::take(&mut self.rest));
@@ -1143,26 +1148,28 @@ impl Run {
                 self.clock,
             ),
         };
-        // An answer after the stage's or pipeline's deadline came from a
-        // module still running when that budget ran out: it fails with the
-        // budget's kind (execution.md), whatever it answered. (A runner
-        // stops a call at a deadline only as closely as its watchdog ticks.)
+        // An answer (an outcome, or an error answered) after the stage's or
+        // pipeline's deadline came from a module still running when that
+        // budget ran out: it fails with the budget's kind (execution.md). (A
+        // runner stops a call at a deadline only as closely as its watchdog
+        // ticks.) A failure the runner found (a trap, a limit) keeps its
+        // kind: the reading after it may include the host's cleaning up.
         let mut report = report;
-        if let Some((at, kind)) = deadline {
-            // A time limit the runner stopped it at is its own finding.
-            let stopped = report.result.as_ref().is_err_and(|e| {
-                matches!(
-                    e.kind(),
-                    ErrorKind::Timeout | ErrorKind::StageTimeout | ErrorKind::PipelineTimeout
-                )
-            });
-            if report.ended > at && !stopped {
-                report.result = Err(CallError::new(kind, answered_late(kind)));
+        if let Some((_, kind)) = deadline.filter(|&(at, _)| report.ended > at) {
+            match &report.result {
+                Ok(_) => report.result = Err(CallError::new(kind, answered_late(kind, None))),
+                Err(e) if e.kind() == ErrorKind::GuestError => {
+                    let said = answered_late(kind, Some(e.message()));
+                    report.result = Err(CallError::new(kind, said));
+                }
+                Err(_) => {}
             }
         }
         if let Ok(Outcome::Edited(edits)) = &report.result {
-            if let Some(size) = grown_past(&self.message, edits, snapshot.options.max_message_bytes)
-            {
+            // (In a parallel stage, on top of the edits before it, as the
+            // stage's end combines them.)
+            let max = snapshot.options.max_message_bytes;
+            if let Some(size) = grown_past(&self.message, self.stage.edits.iter(), edits, max) {
                 report.result = Err(CallError::new(
                     ErrorKind::InvalidOutput,
                     format!(
@@ -1577,36 +1584,61 @@ impl Run {
 }
 
 /// The bytes (topic, key, headers, payload) `edits` would leave `message`
-/// with, if past `max` (0: no limit) and more than it has.
-fn grown_past(message: &Message, edits: &[Edit], max: usize) -> Option<usize> {
+/// with, after the `earlier` edits of its parallel stage (none in a
+/// sequential one), if past `max` (0: no limit) and more than it has.
+fn grown_past<'a>(
+    message: &Message,
+    earlier: impl Iterator<Item = &'a [Edit]> + Clone,
+    edits: &[Edit],
+    max: usize,
+) -> Option<usize> {
     let bytes = |m: &Message| m.topic.len() + m.size();
-    let before = bytes(message);
-    // At most what the edits bring: the common case reads no further.
-    let brought: usize = edits
-        .iter()
-        .map(|edit| match edit {
-            Edit::SetTopic(topic) => topic.len(),
-            Edit::SetPayload(bytes) | Edit::SetKey(bytes) => bytes.len(),
-            Edit::SetHeader(name, value) => name.len() + value.len(),
-            _ => 0,
-        })
-        .sum();
-    if max == 0 || before.saturating_add(brought) <= max {
+    // At most what edits bring: the common case reads no further.
+    let brought = |edits: &[Edit]| -> usize {
+        edits
+            .iter()
+            .map(|edit| match edit {
+                Edit::SetTopic(topic) => topic.len(),
+                Edit::SetPayload(bytes) | Edit::SetKey(bytes) => bytes.len(),
+                Edit::SetHeader(name, value) => name.len() + value.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let most = earlier
+        .clone()
+        .map(brought)
+        .fold(bytes(message), usize::saturating_add)
+        .saturating_add(brought(edits));
+    if max == 0 || most <= max {
         return None;
     }
-    let mut after = message.clone();
-    after.apply(edits.iter().cloned());
-    let size = bytes(&after);
+    let mut grown = message.clone();
+    for edits in earlier {
+        grown.apply(edits.iter().cloned());
+    }
+    let before = bytes(&grown);
+    grown.apply(edits.iter().cloned());
+    let size = bytes(&grown);
     (size > max && size > before).then_some(size)
 }
 
-/// Why a call that answered after its stage's or pipeline's deadline failed.
-fn answered_late(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::StageTimeout => {
-            "the stage's time ran out while the module ran (its answer came after, and is not used)"
-        }
-        _ => "the pipeline's time ran out while the module ran (its answer came after, and is not used)",
+/// Why a call that answered after its stage's or pipeline's deadline failed
+/// (an error it answered quoted).
+fn answered_late(kind: ErrorKind, error: Option<&str>) -> String {
+    let budget = match kind {
+        ErrorKind::StageTimeout => "stage",
+        _ => "pipeline",
+    };
+    match error {
+        None => format!(
+            "the {budget}'s time ran out while the module ran (its answer came after, and is \
+             not used)"
+        ),
+        Some(error) => format!(
+            "the {budget}'s time ran out while the module ran (it answered after, with an \
+             error: {error})"
+        ),
     }
 }
 

@@ -1786,6 +1786,22 @@ fn an_answer_after_the_deadline_fails_the_module_that_gave_it() {
         assert_eq!(next_calls.load(Ordering::SeqCst), 0, "{kind}");
         skipped_for_earlier_failure(&events(&out), 1, "next");
     }
+    // An error answered late fails so too, quoting what it answered.
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("late", |_| {
+        std::thread::sleep(Duration::from_millis(60));
+        Behaviour::fail(ErrorKind::GuestError, "oops")
+    });
+    let yaml = "pipeline_id: p\nerror_handling: SendToDeadLetter\n\
+                stages: [{priority: 0, stage_timeout_ms: 20, modules: [{module_id: late}]}]";
+    let out = one(&start(&engine, yaml), Message::new("in", "x"));
+    let letter = dead_letter(&out);
+    assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("stage_timeout"));
+    let error = letter.headers.get(dlq::ERROR).unwrap();
+    assert!(
+        error.ends_with("(it answered after, with an error: oops)"),
+        "{error}"
+    );
 }
 
 /// Edits that would leave a message past `Options::max_message_bytes`, and
@@ -1842,6 +1858,26 @@ stages:
     let unlimited = start_with(&engine, yaml, options().max_message_bytes(0));
     let out = one(&unlimited, Message::new("t", vec![b'x'; 4_000]));
     assert_eq!(delivered(&out).headers.len(), 2);
+    // In a parallel stage, a module's edits are judged on top of those
+    // declared before it, as the stage's end combines them: 51 bytes, 653
+    // with `grow`'s, past 1,000 with `wide`'s.
+    engine.module("wide", |_| {
+        Behaviour::ok(Outcome::Edited(vec![Edit::SetHeader(
+            "w".into(),
+            "w".repeat(600),
+        )]))
+    });
+    let parallel = r#"
+pipeline_id: p
+error_handling: SendToDeadLetter
+stages:
+  - {priority: 0, modules: [{module_id: halve}]}
+  - {priority: 1, parallel_execution: true, modules: [{module_id: grow}, {module_id: wide}]}
+"#;
+    let o = start_with(&engine, parallel, options().max_message_bytes(1_000));
+    let letter = dead_letter(&one(&o, Message::new("t", vec![b'x'; 100]))).clone();
+    assert_eq!(letter.headers.get(dlq::MODULE), Some("wide"));
+    assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("invalid_output"));
 }
 
 #[test]
@@ -3126,7 +3162,10 @@ fn a_reload_is_atomic_and_an_invalid_one_keeps_the_old_configuration_serving() {
 /// A trace's notes (each skipped module's reasons: its filters run again)
 /// take time that is not the stage's: a traced message meets the same
 /// budget an untraced one does. Here the notes on 100 skipped modules, each
-/// quoting a 256 KiB topic, take far longer than the stage's 1 ms.
+/// quoting a 256 KiB topic, take longer than the stage's 20 ms (44 ms in a
+/// release build here, 230 ms in a debug one); the call that follows has the
+/// rest of its 20 ms (it must end within them: an answer after the deadline
+/// fails).
 #[test]
 fn a_traces_notes_do_not_spend_the_stages_budget() {
     let engine = Arc::new(StandIn::new(1));
@@ -3141,7 +3180,7 @@ fn a_traces_notes_do_not_spend_the_stages_budget() {
     let o = start(
         &engine,
         &format!(
-            "pipeline_id: p\nstages: [{{priority: 0, stage_timeout_ms: 1, modules: [{}, {{module_id: runs}}]}}]",
+            "pipeline_id: p\nstages: [{{priority: 0, stage_timeout_ms: 20, modules: [{}, {{module_id: runs}}]}}]",
             skipped.join(", ")
         ),
     );

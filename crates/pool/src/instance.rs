@@ -114,7 +114,7 @@ fn host_log(
         return Ok(());
     }
     let read = String::from_utf8_lossy(&buffer);
-    let text = printable(&read);
+    let text = rustmq_etl_abi::printable(&read);
     if error {
         *lock(&data.last_error) = Some(text.clone().into_owned());
     }
@@ -123,39 +123,6 @@ fn host_log(
     }
     log::log!(target: "rustmq_etl::guest", level, "{}: {}", data.module, text);
     Ok(())
-}
-
-/// A module's text made one line that cannot pass for the host's, for the
-/// host's log and the errors that quote it: control characters (line ends,
-/// a terminal's escape sequences; a tab stays) and the characters that end
-/// or reorder a line as shown (line and paragraph separators, bidirectional
-/// marks and overrides) are written as escapes (`\n`, `\u{1b}`).
-pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let shown_as_escape = |c: char| {
-        (c.is_control() && c != '\t')
-            || matches!(
-                c,
-                '\u{061c}'
-                    | '\u{200e}'
-                    | '\u{200f}'
-                    | '\u{2028}'
-                    | '\u{2029}'
-                    | '\u{202a}'..='\u{202e}'
-                    | '\u{2066}'..='\u{2069}'
-            )
-    };
-    if !text.chars().any(shown_as_escape) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if shown_as_escape(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 /// `mutex`, whether or not a thread panicked holding it (it holds a line of
@@ -380,11 +347,10 @@ impl WarmInstance {
                         )
                     })?;
                 let read = String::from_utf8_lossy(&message);
-                let text = printable(&read);
-                let text = if text.trim().is_empty() {
-                    "(its init gave no reason)"
+                let text = if read.trim().is_empty() {
+                    "(its init gave no reason)".into()
                 } else {
-                    &text
+                    rustmq_etl_abi::printable(&read)
                 };
                 return Err(init_error(format!(
                     "init rejected its custom_config: {text}"
@@ -749,12 +715,12 @@ fn outcome(module: &str, output: &[u8]) -> Result<Outcome, CallError> {
         OutcomeView::Drop => return Ok(Outcome::Dropped),
         OutcomeView::Error(text) => {
             // An error with no text still says what it is; a long one is
-            // cut (it becomes a dead letter's header, a log line), and one
-            // line.
+            // cut and made one line (it becomes a dead letter's header, a log
+            // line).
             return Err(CallError::new(
                 ErrorKind::GuestError,
                 module,
-                printable(&rustmq_etl_abi::error_text(text)).into_owned(),
+                rustmq_etl_abi::error_text(text),
             ));
         }
         OutcomeView::Edits(edits) => edits,
@@ -829,6 +795,7 @@ mod tests {
     /// shown is written as an escape; anything else, a tab included, as it is.
     #[test]
     fn a_module_s_text_is_made_one_printable_line() {
+        use rustmq_etl_abi::{error_text, printable, MAX_ERROR_TEXT};
         assert!(matches!(
             printable("plain \t text, ünïcode"),
             std::borrow::Cow::Borrowed("plain \t text, ünïcode")
@@ -837,11 +804,19 @@ mod tests {
             printable("a\r\nb\u{1b}[2J\u{7f}\u{85}\u{2028}\u{202e}\u{2066}\u{200f}\u{61c}c"),
             r"a\r\nb\u{1b}[2J\u{7f}\u{85}\u{2028}\u{202e}\u{2066}\u{200f}\u{61c}c"
         );
-        // An error answer's text, which dead letters and logs quote.
+        // An error answer's text, which dead letters and logs quote: cut,
+        // then made one line.
         assert_eq!(
             refused(answer(Answer::Error("bad\nline"))),
             (ErrorKind::GuestError, r"bad\nline".to_owned())
         );
+        let long = "\n".repeat(MAX_ERROR_TEXT) + &"x".repeat(10);
+        assert_eq!(
+            error_text(&long),
+            r"\n".repeat(MAX_ERROR_TEXT) + "… (10 bytes more)"
+        );
+        // Blank is blank, whatever its line ends.
+        assert_eq!(error_text("\n\r\n"), rustmq_etl_abi::ERROR_WITHOUT_TEXT);
     }
 
     #[test]

@@ -189,4 +189,12 @@ fn a_module_cannot_write_lines_that_pass_for_the_host_s() {
         .to_string();
     assert!(refused.contains(shown), "{refused}");
     assert!(!refused.contains(['\n', '\u{1b}', '\u{202e}']), "{refused}");
+    // An init error of line ends only is no reason, as a blank one.
+    let blank = r#"(data (i32.const 64) "\0a\0d\0a")"#;
+    let wasm = attacks::module_with_init("", blank, 2, "(return (i64.const 0x4000000003))");
+    let refused = pool
+        .load(&ModuleSpec::new("blank-init"), &wasm)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("(its init gave no reason)"), "{refused}");
 }

@@ -91,7 +91,7 @@ pub type Checked = std::result::Result<Option<TestMessage>, Failure>;
 pub enum Failure {
     /// The module answered an error ([`Outcome::error`]): `guest_error`,
     /// with the text the engine would keep (an empty one replaced, a long
-    /// one cut).
+    /// one cut, each made one line: `rustmq_etl_abi::error_text`).
     GuestError(String),
     /// The engine refuses the answer (too many edits, an empty topic or
     /// header name, an answer that does not decode): `invalid_output`.
