@@ -42,8 +42,9 @@ pub struct Options {
     /// each answer within its module's `max_output_bytes`, reached the next
     /// module past its memory, and that module was blamed). A message that
     /// arrives larger is not refused. In a parallel stage each module's edits
-    /// are judged on the stage's input. Default 16 MiB, as large as the
-    /// messages `rustmq-etl run` and `serve` read; 0 counts as no limit.
+    /// are judged on top of those of the modules declared before it. Default
+    /// 16 MiB, as large as the messages `rustmq-etl run` and `serve` read
+    /// (`serve` raises it to its `--max-request-bytes`); 0 counts as no limit.
     pub max_message_bytes: usize,
 }
 
