@@ -13,8 +13,9 @@
 //!
 //! [`Message::to_json_line`] writes a message so that [`Message::from_json_line`]
 //! reads it back equal: a payload that is compact JSON text as `payload` (JSON
-//! stays JSON), other UTF-8 text as a JSON string, other bytes as
-//! `payload_base64`.
+//! stays JSON, unless a strict reader would refuse it: nested past 100, a
+//! number past a double's range, a lone surrogate escape), other UTF-8 text
+//! as a JSON string, other bytes as `payload_base64`.
 
 use std::fmt;
 
@@ -337,11 +338,80 @@ fn push_bytes_field(out: &mut String, name: &str, bytes: &[u8], json: bool) {
 }
 
 /// Whether `text` is one JSON value other than a string, without whitespace
-/// outside strings: what `payload` reads back as exactly these bytes.
+/// outside strings, that a strict JSON reader takes too: what `payload`
+/// reads back as exactly these bytes, and what every consumer of a result
+/// reads. JSON nested past [`MAX_PAYLOAD_DEPTH`], or with a number past a
+/// double's range or a lone surrogate escape (which strict readers refuse,
+/// `serde_json`'s `Value` among them), is written as a string.
 fn is_compact_json(text: &str) -> bool {
     !text.starts_with('"')
         && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
         && compact_json(text) == text
+        && match strict_reading(text) {
+            Reading::TooDeep => false,
+            Reading::Sure => true,
+            Reading::Maybe => serde_json::from_str::<serde_json::Value>(text).is_ok(),
+        }
+}
+
+/// The deepest a payload written as JSON is nested: a strict reader's limit
+/// (`serde_json`'s 128) less room for what holds it (a line's object;
+/// `serve`'s answer, four deep).
+const MAX_PAYLOAD_DEPTH: usize = 100;
+
+/// How a strict reader takes valid JSON text.
+enum Reading {
+    /// Nested past [`MAX_PAYLOAD_DEPTH`].
+    TooDeep,
+    /// No number with an exponent or of more than 300 digits, no `\u`
+    /// escape of a surrogate: it reads.
+    Sure,
+    /// It may not (a number past a double's range, a lone surrogate).
+    Maybe,
+}
+
+fn strict_reading(text: &str) -> Reading {
+    let bytes = text.as_bytes();
+    let (mut depth, mut digits, mut in_string, mut sure) = (0usize, 0usize, false, true);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => {
+                    if bytes.get(i + 1) == Some(&b'u')
+                        && matches!(bytes.get(i + 2), Some(b'd' | b'D'))
+                    {
+                        sure = false;
+                    }
+                    i += 1;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_PAYLOAD_DEPTH {
+                        return Reading::TooDeep;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b'e' | b'E' => sure = false,
+                _ => {}
+            }
+            digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+            sure &= digits <= 300;
+        }
+        i += 1;
+    }
+    if sure {
+        Reading::Sure
+    } else {
+        Reading::Maybe
+    }
 }
 
 /// The bytes a JSON value stands for: a string's UTF-8 bytes, or any other value's
@@ -702,6 +772,34 @@ mod tests {
         assert_eq!(place(&error(r#"{"topic": "t"}"#)), None);
     }
 
+    /// A payload a strict JSON reader refuses (nested past 100, a number
+    /// past a double's range, a lone surrogate escape) is written as a
+    /// string, which reads back as the same bytes; one it takes stays JSON.
+    /// Either way the line reads in a strict reader.
+    #[test]
+    fn json_a_strict_reader_refuses_is_written_as_a_string() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let (deep, fine) = (nested(MAX_PAYLOAD_DEPTH + 1), nested(MAX_PAYLOAD_DEPTH));
+        let (huge, large) = (format!("1{}", "0".repeat(309)), "9".repeat(301));
+        for (payload, as_json) in [
+            (deep.as_str(), false),
+            (fine.as_str(), true),
+            ("1e400", false),
+            ("[1e300,-2.5E-3,{\"e\":\"E\"}]", true),
+            (huge.as_str(), false),
+            (large.as_str(), true),
+            (r#"{"a":"\ud800"}"#, false),
+            (r#"{"a":"\ud83d\ude00 \u00e9"}"#, true),
+        ] {
+            let message = Message::new("t", payload.to_owned());
+            let line = message.to_json_line();
+            let written_as_json = line.contains(&format!(r#""payload":{payload}"#));
+            assert_eq!(written_as_json, as_json, "{line:.80}");
+            assert_eq!(Message::from_json_line(&line).unwrap(), message);
+            serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
+    }
+
     #[test]
     fn payload_object_is_compact_text_in_written_order() {
         let m = parse(r#"{"topic":"t","payload": { "b" : [1, 2.50 , "x y\" z"], "a":null }}"#);
@@ -784,6 +882,31 @@ mod tests {
             };
             let line = message.to_json_line();
             proptest::prop_assert_eq!(Message::from_json_line(&line).unwrap(), message, "{}", line);
+        }
+
+        /// Whether a payload is written as JSON agrees with `serde_json`'s
+        /// `Value` (the reference strict reader) on arrays of numbers near
+        /// and past a double's range and strings with surrogate escapes.
+        #[test]
+        fn a_payload_is_json_when_a_strict_reader_takes_it(
+            items in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE][+-]?[0-9]{1,3})?",
+                    "[1-9][0-9]{295,315}",
+                    r#""(\\u[dD][89a-fA-F][0-9a-f]{2}|\\u00e9|x){0,3}""#,
+                    "\\[\\]|\\{\\}|null|true",
+                ],
+                0..6,
+            ),
+        ) {
+            let text = format!("[{}]", items.join(","));
+            let valid = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
+                && !text.starts_with('"')
+                && compact_json(&text) == text;
+            if valid {
+                let strict = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                proptest::prop_assert_eq!(is_compact_json(&text), strict, "{}", text);
+            }
         }
 
         #[test]
