@@ -21,7 +21,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -189,9 +189,11 @@ fn from_base64(text: &str) -> Result<Bytes, String> {
 }
 
 impl Message {
-    /// Parses one JSON Lines message. White space around it, and a byte-order
-    /// mark before it (as some editors write at the start of a file), are
-    /// skipped; an error's place counts in `text` as given.
+    /// Parses one JSON Lines message. White space around it (Unicode's, as
+    /// [`str::trim`] has it), and a byte-order mark before it (as some
+    /// editors write at the start of a file), are skipped; an error's place
+    /// counts in `text` as given (the end of a message cut short is where
+    /// its text ends before the white space after it).
     pub fn from_json_line(text: &str) -> Result<Message, MessageParseError> {
         let trimmed = text.trim();
         let line = trimmed.strip_prefix('\u{feff}').unwrap_or(trimmed);
@@ -346,12 +348,65 @@ fn push_bytes_field(out: &mut String, name: &str, bytes: &[u8], json: bool) {
 fn is_compact_json(text: &str) -> bool {
     !text.starts_with('"')
         && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-        && compact_json(text) == text
         && match strict_reading(text) {
-            Reading::TooDeep => false,
+            Reading::Spaced | Reading::TooDeep => false,
             Reading::Sure => true,
-            Reading::Maybe => serde_json::from_str::<serde_json::Value>(text).is_ok(),
+            Reading::Maybe => serde_json::from_str::<StrictlyRead>(text).is_ok(),
         }
+}
+
+/// Reads JSON as `serde_json`'s `Value` does (numbers in a double's range,
+/// string escapes decoded, its nesting limit) and keeps nothing: what
+/// `IgnoredAny` skips unchecked, and a `Value` tree (about 32 bytes a value,
+/// an answer's payload of up to 16 MiB) would hold.
+struct StrictlyRead;
+
+impl<'de> Deserialize<'de> for StrictlyRead {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictlyRead)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictlyRead {
+    type Value = StrictlyRead;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(StrictlyRead)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<StrictlyRead>()?.is_some() {}
+        Ok(StrictlyRead)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<StrictlyRead, StrictlyRead>()?.is_some() {}
+        Ok(StrictlyRead)
+    }
 }
 
 /// The deepest a payload written as JSON is nested: a strict reader's limit
@@ -361,6 +416,8 @@ const MAX_PAYLOAD_DEPTH: usize = 100;
 
 /// How a strict reader takes valid JSON text.
 enum Reading {
+    /// With whitespace outside strings: not as a payload is written.
+    Spaced,
     /// Nested past [`MAX_PAYLOAD_DEPTH`].
     TooDeep,
     /// No number with an exponent or of more than 300 digits, no `\u`
@@ -399,7 +456,10 @@ fn strict_reading(text: &str) -> Reading {
                     }
                 }
                 b']' | b'}' => depth = depth.saturating_sub(1),
-                b'e' | b'E' => sure = false,
+                // A number's exponent (valid JSON has one only after a
+                // digit; `true` and `false` have an `e` too).
+                b'e' | b'E' if i > 0 && bytes[i - 1].is_ascii_digit() => sure = false,
+                b' ' | b'\t' | b'\n' | b'\r' => return Reading::Spaced,
                 _ => {}
             }
             digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
@@ -717,7 +777,8 @@ mod tests {
     /// An error's place counts in the text given: the line, white space and
     /// byte-order mark included, or a batch's whole body — not the field's
     /// value or the message read on its own. Where `serde_json` finds the
-    /// fault reading the whole text as a value, the place is its place.
+    /// fault reading the whole text as a value, the place is its place (but
+    /// for a text cut short: white space after it is not read).
     #[test]
     fn an_error_is_placed_in_the_text_given() {
         let said_by_serde = |text: &str| {
@@ -790,6 +851,8 @@ mod tests {
             (large.as_str(), true),
             (r#"{"a":"\ud800"}"#, false),
             (r#"{"a":"\ud83d\ude00 \u00e9"}"#, true),
+            (r#"[true,false,{"e":null}]"#, true),
+            ("[1, 2]", false),
         ] {
             let message = Message::new("t", payload.to_owned());
             let line = message.to_json_line();
@@ -798,6 +861,12 @@ mod tests {
             assert_eq!(Message::from_json_line(&line).unwrap(), message);
             serde_json::from_str::<serde_json::Value>(&line).unwrap();
         }
+        // Booleans (their `e`s are no exponent) are decided by the scan
+        // alone, with no second reading.
+        assert!(matches!(
+            strict_reading(r#"[true,false,{"e":1,"E":"1e400"}]"#),
+            Reading::Sure
+        ));
     }
 
     #[test]
@@ -885,26 +954,27 @@ mod tests {
         }
 
         /// Whether a payload is written as JSON agrees with `serde_json`'s
-        /// `Value` (the reference strict reader) on arrays of numbers near
-        /// and past a double's range and strings with surrogate escapes.
+        /// `Value` (the reference strict reader) and the compact form on
+        /// arrays of numbers near and past a double's range, strings with
+        /// surrogate escapes, keys and white space.
         #[test]
         fn a_payload_is_json_when_a_strict_reader_takes_it(
             items in proptest::collection::vec(
                 proptest::prop_oneof![
                     "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE][+-]?[0-9]{1,3})?",
                     "[1-9][0-9]{295,315}",
-                    r#""(\\u[dD][89a-fA-F][0-9a-f]{2}|\\u00e9|x){0,3}""#,
-                    "\\[\\]|\\{\\}|null|true",
+                    r#""(\\u[dD][89a-fA-F][0-9a-f]{2}|\\u00e9|x| ){0,3}""#,
+                    "\\[\\]|\\{\\}|null|true|false",
+                    r#"\{"(e|\\ud800| )": ?(true|1e400)\}"#,
                 ],
                 0..6,
             ),
+            spaced in proptest::bool::ANY,
         ) {
-            let text = format!("[{}]", items.join(","));
-            let valid = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
-                && !text.starts_with('"')
-                && compact_json(&text) == text;
-            if valid {
-                let strict = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            let text = format!("[{}]", items.join(if spaced { ", " } else { "," }));
+            if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                let strict = serde_json::from_str::<serde_json::Value>(&text).is_ok()
+                    && compact_json(&text) == text;
                 proptest::prop_assert_eq!(is_compact_json(&text), strict, "{}", text);
             }
         }
