@@ -77,4 +77,10 @@ impl Message {
     pub fn size(&self) -> usize {
         self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + self.headers.byte_len()
     }
+
+    /// The bytes the message holds: its topic's and [`size`](Self::size)'s,
+    /// what limits on a message's growth and an answer's size count.
+    pub fn full_size(&self) -> usize {
+        self.topic.len() + self.size()
+    }
 }

@@ -1155,7 +1155,7 @@ impl Run {
         // ticks.) A failure the runner found (a trap, a limit) keeps its
         // kind: the reading after it may include the host's cleaning up.
         let mut report = report;
-        if let Some((_, kind)) = deadline.filter(|&(at, _)| report.ended > at) {
+        if let Some((_, kind)) = deadline.filter(|&(at, _)| report.ended >= at) {
             match &report.result {
                 Ok(_) => report.result = Err(CallError::new(kind, answered_late(kind, None))),
                 Err(e) if e.kind() == ErrorKind::GuestError => {
@@ -1592,7 +1592,6 @@ fn grown_past<'a>(
     edits: &[Edit],
     max: usize,
 ) -> Option<usize> {
-    let bytes = |m: &Message| m.topic.len() + m.size();
     // At most what edits bring: the common case reads no further.
     let brought = |edits: &[Edit]| -> usize {
         edits
@@ -1601,14 +1600,17 @@ fn grown_past<'a>(
                 Edit::SetTopic(topic) => topic.len(),
                 Edit::SetPayload(bytes) | Edit::SetKey(bytes) => bytes.len(),
                 Edit::SetHeader(name, value) => name.len() + value.len(),
-                _ => 0,
+                Edit::ClearKey
+                | Edit::RemoveHeader(_)
+                | Edit::SetTimestamp(_)
+                | Edit::ClearTimestamp => 0,
             })
             .sum()
     };
     let most = earlier
         .clone()
         .map(brought)
-        .fold(bytes(message), usize::saturating_add)
+        .fold(message.full_size(), usize::saturating_add)
         .saturating_add(brought(edits));
     if max == 0 || most <= max {
         return None;
@@ -1617,9 +1619,9 @@ fn grown_past<'a>(
     for edits in earlier {
         grown.apply(edits.iter().cloned());
     }
-    let before = bytes(&grown);
+    let before = grown.full_size();
     grown.apply(edits.iter().cloned());
-    let size = bytes(&grown);
+    let size = grown.full_size();
     (size > max && size > before).then_some(size)
 }
 
