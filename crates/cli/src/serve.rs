@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
-use rustmq_etl_orchestrator::{Disposition, Orchestrator, ProcessOptions, Processed};
+use rustmq_etl_orchestrator::{Disposition, Orchestrator, ProcessOptions, Processed, TraceEvent};
 use rustmq_etl_pool::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -989,15 +989,26 @@ fn too_large(service: &Service) -> ApiError {
 /// connection on its thread, the probes' included, for seconds.
 const INLINE_BYTES: usize = 64 << 10;
 
-/// Whether the answer to `results` is large: its messages' bytes (before
-/// JSON's escapes) past [`INLINE_BYTES`], whatever the request's size — a
-/// module may answer a small message with a large one.
+/// Whether the answer to `results` is large: its messages' and traces'
+/// text (before JSON's escapes) past [`INLINE_BYTES`], whatever the
+/// request's size — a module may answer a small message with a large one,
+/// or fail it with a long error, which a trace repeats for every message.
 fn large_answer(results: &[Processed]) -> bool {
     let bytes: usize = results
         .iter()
-        .map(|p| match &p.disposition {
-            Disposition::Delivered(m) | Disposition::DeadLettered(m) => m.topic.len() + m.size(),
-            Disposition::Dropped => 0,
+        .map(|p| {
+            let message = match &p.disposition {
+                Disposition::Delivered(m) | Disposition::DeadLettered(m) => m.full_size(),
+                Disposition::Dropped => 0,
+            };
+            let trace = p.trace.iter().flat_map(|t| &t.entries).map(|entry| {
+                let error = match &entry.event {
+                    TraceEvent::Failed { error, .. } => error.len(),
+                    TraceEvent::Ran { .. } | TraceEvent::Skipped(_) => 0,
+                };
+                entry.pipeline.len() + entry.module.len() + error
+            });
+            message + trace.sum::<usize>()
         })
         .sum();
     bytes > INLINE_BYTES
