@@ -220,9 +220,11 @@ pub(crate) fn admit(
                             TypeRef::Global(_) => "a global",
                             TypeRef::Tag(_) => "an exception tag",
                         };
+                        // (The names are the module's text: made one line.)
                         return Err(rule(format!(
                             "imports {kind} `{}.{}`; a guest may import only the function `rmq_etl.log(i32, i32, i32)` — no filesystem, network, clock, randomness or environment",
-                            import.module, import.name
+                            rustmq_etl_abi::printable(import.module),
+                            rustmq_etl_abi::printable(import.name)
                         )));
                     }
                     imported_functions += 1;

@@ -548,6 +548,18 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
             "{id}: {err}"
         );
     }
+    // An import's names are the module's text: the refusal quotes them as
+    // one line, which cannot pass for the host's own in a log.
+    let wasm = wat::parse_str(
+        r#"(module (import "env\n[ERROR host] x" "\1b[2Jy" (func)) (memory (export "memory") 1))"#,
+    )
+    .unwrap();
+    let err = load("imports-a-line-end", &wasm, config(BUDGET_MS)).unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.contains(r"`env\n[ERROR host] x.\u{1b}[2Jy`") && !said.contains(['\n', '\u{1b}']),
+        "{said}"
+    );
     // The log function with another signature: refused once compiled,
     // naming the signature it must have.
     let wasm = wat::parse_str(
