@@ -43,8 +43,11 @@ pub struct Options {
     /// module past its memory, and that module was blamed). A message that
     /// arrives larger is not refused. In a parallel stage each module's edits
     /// are judged on top of those of the modules declared before it. Default
-    /// 16 MiB, as large as the messages `rustmq-etl run` and `serve` read
-    /// (`serve` raises it to its `--max-request-bytes`); 0 counts as no limit.
+    /// 16 MiB, as large as the lines and bodies `rustmq-etl run` and `serve`
+    /// read (`serve` raises it to its `--max-request-bytes`); 0 counts as no
+    /// limit. (A result line is larger than its message — escapes, base64 —
+    /// so one of a message near the limit may be too long for `run` to read
+    /// back as input.)
     pub max_message_bytes: usize,
 }
 

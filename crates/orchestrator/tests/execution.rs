@@ -1888,11 +1888,12 @@ fn a_pipeline_timeout_fires_and_under_skip_delivers_the_message_as_it_stands() {
         set_header("late", "1").after(Duration::from_secs(5))
     });
     engine.module("later", |_| set_header("later", "1"));
+    // (250 ms: `quick` must answer within it, on a loaded machine too.)
     let yaml = r#"
 pipelines:
   - pipeline_id: p
     error_handling: SkipModule
-    global_timeout_ms: 60
+    global_timeout_ms: 250
     stages:
       - priority: 0
         modules: [{module_id: quick}, {module_id: slow}]
@@ -4321,15 +4322,16 @@ fn a_timeout_under_continue_on_error_goes_on_with_the_message_as_it_stands() {
     engine.module("later", |_| set_header("later", "1"));
     engine.module("next", |_| set_header("next", "1"));
     for strategy in ["StopPipeline", "SendToDeadLetter", "RetryWithBackoff"] {
+        // (250 ms: `quick` must answer within it, on a loaded machine too.)
         for (budget, kind, action, later) in [
             (
-                "global_timeout_ms: 60",
+                "global_timeout_ms: 250",
                 ErrorKind::PipelineTimeout,
                 FailureAction::EndedPipeline,
                 None,
             ),
             (
-                "stage_timeout_ms: 60",
+                "stage_timeout_ms: 250",
                 ErrorKind::StageTimeout,
                 FailureAction::EndedStage,
                 Some("1"),
