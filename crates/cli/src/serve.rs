@@ -243,6 +243,14 @@ pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     }
     // The start's warnings in the log, as the reloads' are.
     crate::WARNINGS_LOGGED.store(true, Ordering::Relaxed);
+    let modules = args
+        .modules
+        .clone()
+        .unwrap_or_else(crate::run::default_modules);
+    // (Before reading: what changes while the service starts is reloaded.)
+    let read = args
+        .watch
+        .then(|| crate::watch::Stamp::take(&args.config, &modules));
     let Some((config, _, warnings)) = load_plan(&args.config) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -254,10 +262,6 @@ pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot set the Prometheus buckets")?
         .install_recorder()
         .context("cannot install the Prometheus recorder")?;
-    let modules = args
-        .modules
-        .clone()
-        .unwrap_or_else(crate::run::default_modules);
     let Some(etl) = start(&config, &modules, &args.settings)? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -318,11 +322,12 @@ pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address: SocketAddr = listener.local_addr()?;
-        let _watcher = if args.watch {
+        let _watcher = if let Some(read) = &read {
             let reloader = service.clone();
             Some(crate::watch::watch(
                 &service.config_path,
                 &service.modules,
+                read,
                 move || {
                     reloader.reload("file_change");
                 },

@@ -55,11 +55,13 @@ struct Resolved {
     deciding: Vec<PathBuf>,
 }
 
+/// A name a configuration directory's loading reads: not hidden, with an
+/// extension of a format (`.yaml`, `.YML`, `.json`, …).
 fn is_config_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    let hidden = path
+        .file_name()
+        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."));
+    !hidden && rustmq_etl_config::Format::from_path(path).is_some()
 }
 
 fn is_module_file(path: &Path) -> bool {
@@ -123,7 +125,46 @@ fn targets(dir: &Path, wanted: fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>
     Ok(targets)
 }
 
+/// What the watched files were before the service first read them: where
+/// the paths led, and each file's size, time and inode. The watch, once
+/// set, compares: a change made while the service started (reading,
+/// compiling), before anything watched, is reloaded too.
+#[derive(PartialEq)]
+pub(crate) struct Stamp(Option<(Resolved, Vec<Option<FileStamp>>)>);
+
+/// A file's length, modification time and inode.
+type FileStamp = (u64, std::time::SystemTime, u64);
+
+impl Stamp {
+    pub(crate) fn take(config: &Path, modules: &Path) -> Stamp {
+        Stamp(Given::new(config, modules).ok().and_then(|given| {
+            let resolved = given.resolve().ok()?;
+            let files = std::iter::once(&resolved.config)
+                .filter(|_| !resolved.config_is_dir)
+                .chain(&resolved.config_files)
+                .chain(&resolved.module_files)
+                .map(|file| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    let m = std::fs::metadata(file).ok()?;
+                    Some((m.len(), m.modified().ok()?, m.ino()))
+                })
+                .collect();
+            Some((resolved, files))
+        }))
+    }
+}
+
 impl Given {
+    fn new(config: &Path, modules: &Path) -> anyhow::Result<Given> {
+        let absolute = |path: &Path| {
+            std::path::absolute(path).with_context(|| format!("cannot watch {}", path.display()))
+        };
+        Ok(Given {
+            config: absolute(config)?,
+            modules: absolute(modules)?,
+        })
+    }
+
     /// While a given path leads nowhere: the deepest directory on it that
     /// exists, and those deciding where it leads, for each path.
     fn reachable(&self) -> Vec<(PathBuf, RecursiveMode)> {
@@ -216,7 +257,7 @@ impl Resolved {
                 return true;
             }
             let in_config = self.config_is_dir
-                && ((path.starts_with(&self.config) && is_config_file(path))
+                && ((path.parent() == Some(&self.config) && is_config_file(path))
                     || self.config_files.iter().any(|file| file == path));
             in_config
                 || (path.parent() == Some(&self.modules) && is_module_file(path))
@@ -237,19 +278,16 @@ impl Resolved {
 /// [`QUIET_BEFORE_RELOAD`] after the last of a burst of writes, at most
 /// [`LONGEST_WAIT_BEFORE_RELOAD`] after its first) calls `reload` on a
 /// blocking thread. Reading a file is not a change: inotify reports every
-/// open, and a reload's own reads must not start the next.
+/// open, and a reload's own reads must not start the next. Files that differ
+/// from `read` (taken before the service read them) once the watch is set
+/// are a change. A reload that panics is logged, and the watch goes on.
 pub(crate) fn watch(
     config: &Path,
     modules: &Path,
+    read: &Stamp,
     reload: impl Fn() + Send + Sync + 'static,
 ) -> anyhow::Result<Watch> {
-    let absolute = |path: &Path| {
-        std::path::absolute(path).with_context(|| format!("cannot watch {}", path.display()))
-    };
-    let given = Given {
-        config: absolute(config)?,
-        modules: absolute(modules)?,
-    };
+    let given = Given::new(config, modules)?;
     let first = given.resolve()?;
     let mut places = first.places();
     // Where the paths lead as last seen; none while they lead nowhere (then
@@ -257,7 +295,7 @@ pub(crate) fn watch(
     let resolved = Arc::new(Mutex::new(Some(first)));
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = {
-        let (given, resolved) = (given.clone(), resolved.clone());
+        let (given, resolved, changed) = (given.clone(), resolved.clone(), changed.clone());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
             // Events were lost (the kernel's queue overflowed): anything may
@@ -291,6 +329,9 @@ pub(crate) fn watch(
     // (A place that cannot be watched — a directory on the way that may be
     // passed but not read — is a warning, as later.)
     rewatch(&mut crate::lock(&watcher), &[], &places);
+    if Stamp::take(config, modules) != *read {
+        let _ = changed.send(());
+    }
     let weak = Arc::downgrade(&watcher);
     let reload = Arc::new(reload);
     tokio::spawn(async move {
@@ -332,11 +373,19 @@ pub(crate) fn watch(
                 if let Some(watcher) = weak.upgrade() {
                     rewatch(&mut crate::lock(&watcher), &old, &new);
                 }
-                reload();
+                let reloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reload()));
+                if let Err(panic) = reloaded {
+                    log::error!(
+                        "reload (file_change) panicked: {}; watching goes on (a bug: please \
+                         report it)",
+                        crate::panic_text(panic.as_ref())
+                    );
+                }
                 new
             };
             match tokio::task::spawn_blocking(follow).await {
                 Ok(new) => places = new,
+                // (The runtime is shutting down.)
                 Err(_) => return,
             }
         }
@@ -522,5 +571,84 @@ mod tests {
             .map(|p| p.0)
             .collect();
         assert_eq!(places, [above, root]);
+    }
+
+    /// A configuration directory's files are those its loading reads:
+    /// upper-case extensions too; hidden names (editors' locks and swap
+    /// files, a ConfigMap's own) and files below it not.
+    #[test]
+    fn a_directory_s_files_are_those_its_loading_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let conf = root.join("conf");
+        std::fs::create_dir_all(conf.join("sub")).unwrap();
+        for file in ["X.YAML", ".x.yaml", "sub/y.yaml", "z.txt"] {
+            std::fs::write(conf.join(file), "").unwrap();
+        }
+        std::fs::create_dir(root.join("modules")).unwrap();
+        let given = Given {
+            config: conf.clone(),
+            modules: root.join("modules"),
+        };
+        let resolved = given.resolve().unwrap();
+        assert_eq!(resolved.config_files, [conf.join("X.YAML")]);
+        assert!(resolved.concerns(&conf.join("X.YAML")));
+        assert!(resolved.concerns(&conf.join("new.Json")), "one made anew");
+        for other in [".#x.yaml", ".x.yaml", "sub/y.yaml", "z.txt"] {
+            assert!(!resolved.concerns(&conf.join(other)), "{other}");
+        }
+    }
+
+    /// Waits up to `within` for a reload; whether one came.
+    fn reloaded(reloads: &std::sync::mpsc::Receiver<()>, within: Duration) -> bool {
+        reloads.recv_timeout(within).is_ok()
+    }
+
+    /// A change made while the service started (after the stamp taken
+    /// before its reading, before the watch) is reloaded once the watch is
+    /// set; with none, nothing is. A reload that panics stops nothing: the
+    /// next change is reloaded.
+    #[test]
+    fn a_change_while_starting_is_reloaded_and_a_panicking_reload_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (config, modules) = (root.join("etl.yaml"), root.join("modules"));
+        std::fs::write(&config, "pipelines: []\n").unwrap();
+        std::fs::create_dir(&modules).unwrap();
+        std::fs::write(modules.join("m.wasm"), "old").unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_runtime = runtime.enter();
+        let start = |read: &Stamp, panics: bool| {
+            let (reloaded, reloads) = std::sync::mpsc::channel();
+            let watch = watch(&config, &modules, read, move || {
+                let _ = reloaded.send(());
+                assert!(!panics, "a reload that panics");
+            })
+            .unwrap();
+            (watch, reloads)
+        };
+        // Nothing changed since the reading: no reload.
+        let (watch, reloads) = start(&Stamp::take(&config, &modules), false);
+        assert!(!reloaded(&reloads, Duration::from_secs(2)));
+        drop(watch);
+        // A module changed meanwhile (same size: its time and inode differ).
+        let read = Stamp::take(&config, &modules);
+        std::fs::remove_file(modules.join("m.wasm")).unwrap();
+        std::fs::write(modules.join("m.wasm"), "new").unwrap();
+        assert!(Stamp::take(&config, &modules) != read);
+        let (_watch, reloads) = start(&read, true);
+        assert!(
+            reloaded(&reloads, Duration::from_secs(10)),
+            "the start's change"
+        );
+        std::fs::write(&config, "pipelines: []\n# edited\n").unwrap();
+        assert!(
+            reloaded(&reloads, Duration::from_secs(10)),
+            "a change after a reload that panicked"
+        );
     }
 }
