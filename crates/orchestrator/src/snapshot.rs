@@ -192,6 +192,10 @@ pub(crate) fn build<E: Engine>(
     let mut failed = Vec::new();
     let mut unavailable = Vec::new();
     let mut compiled = 0;
+    // Each module's file read once, for all its occurrences: one snapshot
+    // holds one version of a module, even if its file is replaced while
+    // the snapshot is built.
+    let mut read_once: HashMap<&str, Result<Arc<[u8]>, String>> = HashMap::new();
     for (occurrence, spec) in plan.occurrences().iter().enumerate() {
         if read == Modules::Kept {
             if let Some(old) = reused_by_spec.get(spec) {
@@ -225,7 +229,10 @@ pub(crate) fn build<E: Engine>(
                 failed.push((occurrence, with_listing(&plan, occurrence, error)));
             }
         };
-        let wasm = match keep.source.read(&spec.id) {
+        let read = read_once
+            .entry(spec.id.as_str())
+            .or_insert_with(|| keep.source.read(&spec.id).map(Arc::from));
+        let wasm = match read.clone() {
             Ok(wasm) => wasm,
             Err(e) => {
                 not_loaded(LoadError::new(LoadStep::Read, &spec.id, e));
@@ -239,10 +246,7 @@ pub(crate) fn build<E: Engine>(
         match keep.engine.load(spec, &wasm) {
             Ok(module) => {
                 compiled += 1;
-                modules.push(Ok(Loaded {
-                    module,
-                    wasm: wasm.into(),
-                }));
+                modules.push(Ok(Loaded { module, wasm }));
             }
             Err(e) => not_loaded(e),
         }

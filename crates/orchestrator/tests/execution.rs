@@ -3024,6 +3024,32 @@ fn a_rejection_counted_during_a_reload_stands_as_the_last() {
     }
 }
 
+/// A module's file is read once for all its occurrences (the same
+/// `module_id` under other settings), at the start and at each reload that
+/// reads the files: one snapshot holds one version of it, even if its file
+/// is replaced meanwhile.
+#[test]
+fn a_module_s_file_is_read_once_for_all_its_occurrences() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", append("m"));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = reads.clone();
+    let source = move |_: &str| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(Vec::new())
+    };
+    let yaml = config(
+        "pipeline_id: p\nstages:\n  - {priority: 0, modules: [{module_id: m}]}\n  - \
+         {priority: 1, modules: [{module_id: m, instance_config: {execution_timeout_ms: 500}}]}",
+    );
+    let o = Orchestrator::new(engine.clone(), &yaml, source, options()).unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+    o.reload_modules().unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    let m = delivered(&one(&o, Message::new("t", ""))).clone();
+    assert_eq!(&m.payload[..], b"mm");
+}
+
 /// A reload keeps every total: the counters of the pipelines and module
 /// occurrences it keeps go on from where they were, and an occurrence taken
 /// out and brought back finds its own again (execution.md, "Metrics").
