@@ -324,14 +324,15 @@ pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         let address: SocketAddr = listener.local_addr()?;
         let _watcher = if let Some(read) = &read {
             let reloader = service.clone();
-            Some(crate::watch::watch(
-                &service.config_path,
-                &service.modules,
-                read,
-                move || {
+            Some(
+                crate::watch::watch(&service.config_path, &service.modules, read, move || {
                     reloader.reload("file_change");
-                },
-            )?)
+                })
+                .context(
+                    "cannot watch the configuration and modules (--no-watch serves without; \
+                 POST /v1/reload then reloads)",
+                )?,
+            )
         } else {
             None
         };

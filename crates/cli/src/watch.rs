@@ -323,7 +323,7 @@ pub(crate) fn watch(
             }
             Err(e) => log::warn!("watching the configuration and modules: {e}"),
         })
-        .context("cannot watch files")?
+        .context("cannot start a file watcher")?
     };
     let watcher = Arc::new(Mutex::new(watcher));
     // (A place that cannot be watched — a directory on the way that may be
