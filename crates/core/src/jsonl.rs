@@ -344,7 +344,8 @@ fn push_bytes_field(out: &mut String, name: &str, bytes: &[u8], json: bool) {
 /// reads back as exactly these bytes, and what every consumer of a result
 /// reads. JSON nested past [`MAX_PAYLOAD_DEPTH`], or with a number past a
 /// double's range or a lone surrogate escape (which strict readers refuse,
-/// `serde_json`'s `Value` among them), is written as a string.
+/// `serde_json`'s `Value` among them), or with [`RAW_VALUE_KEY`], is
+/// written as a string.
 fn is_compact_json(text: &str) -> bool {
     !text.starts_with('"')
         && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
@@ -404,8 +405,40 @@ impl<'de> Visitor<'de> for StrictlyRead {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<StrictlyRead, StrictlyRead>()?.is_some() {}
+        while map.next_key::<StrictKey>()?.is_some() {
+            map.next_value::<StrictlyRead>()?;
+        }
         Ok(StrictlyRead)
+    }
+}
+
+/// The key `serde_json`'s `Value` (with its `raw_value` feature, on in this
+/// workspace) takes for raw JSON text: an object whose first key it is is
+/// refused, or read as the JSON its string holds — another value.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// A key [`StrictlyRead`] takes: any but [`RAW_VALUE_KEY`] (anywhere in
+/// an object: stricter than `Value`, which reads only a first one so).
+struct StrictKey;
+
+impl<'de> Deserialize<'de> for StrictKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictKey)
+    }
+}
+
+impl Visitor<'_> for StrictKey {
+    type Value = StrictKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self, E> {
+        if key == RAW_VALUE_KEY {
+            return Err(E::custom("the key serde_json reserves for raw JSON"));
+        }
+        Ok(StrictKey)
     }
 }
 
@@ -421,9 +454,10 @@ enum Reading {
     /// Nested past [`MAX_PAYLOAD_DEPTH`].
     TooDeep,
     /// No number with an exponent or of more than 300 digits, no `\u`
-    /// escape of a surrogate: it reads.
+    /// escape of a surrogate, no `$` (nor its escape): it reads.
     Sure,
-    /// It may not (a number past a double's range, a lone surrogate).
+    /// It may not (a number past a double's range, a lone surrogate,
+    /// [`RAW_VALUE_KEY`]).
     Maybe,
 }
 
@@ -437,13 +471,14 @@ fn strict_reading(text: &str) -> Reading {
             match b {
                 b'\\' => {
                     if bytes.get(i + 1) == Some(&b'u')
-                        && matches!(bytes.get(i + 2), Some(b'd' | b'D'))
+                        && matches!(bytes.get(i + 2..i + 6), Some([b'd' | b'D', ..] | b"0024"))
                     {
                         sure = false;
                     }
                     i += 1;
                 }
                 b'"' => in_string = false,
+                b'$' => sure = false,
                 _ => {}
             }
         } else {
@@ -853,6 +888,9 @@ mod tests {
             (r#"{"a":"\ud83d\ude00 \u00e9"}"#, true),
             (r#"[true,false,{"e":null}]"#, true),
             ("[1, 2]", false),
+            (r#"{"$serde_json::private::RawValue":"{\"x\":2}"}"#, false),
+            (r#"{"\u0024serde_json::private::RawValue":1}"#, false),
+            (r#"{"$":"\u0024"}"#, true),
         ] {
             let message = Message::new("t", payload.to_owned());
             let line = message.to_json_line();
@@ -965,7 +1003,7 @@ mod tests {
                     "[1-9][0-9]{295,315}",
                     r#""(\\u[dD][89a-fA-F][0-9a-f]{2}|\\u00e9|x| ){0,3}""#,
                     "\\[\\]|\\{\\}|null|true|false",
-                    r#"\{"(e|\\ud800| )": ?(true|1e400)\}"#,
+                    r#"\{"(e|\\ud800| |\$serde_json::private::RawValue)": ?(true|1e400)\}"#,
                 ],
                 0..6,
             ),
