@@ -26,7 +26,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rustmq_etl_config::Config;
 use rustmq_etl_core::{BatchError, Message};
-use rustmq_etl_orchestrator::{Disposition, Orchestrator, ProcessOptions, Processed, TraceEvent};
+use rustmq_etl_orchestrator::{
+    Disposition, Orchestrator, ProcessOptions, Processed, SkipReason, TraceEvent,
+};
 use rustmq_etl_pool::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -329,8 +331,8 @@ pub(crate) fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
                     reloader.reload("file_change");
                 })
                 .context(
-                    "cannot watch the configuration and modules (--no-watch serves without; \
-                 POST /v1/reload then reloads)",
+                    "cannot watch the configuration and modules (start with --no-watch to serve \
+                 without watching them)",
                 )?,
             )
         } else {
@@ -1000,6 +1002,9 @@ const INLINE_BYTES: usize = 64 << 10;
 /// request's size — a module may answer a small message with a large one,
 /// or fail it with a long error, which a trace repeats for every message.
 fn large_answer(results: &[Processed]) -> bool {
+    // About what a trace entry's JSON writes beside its texts (its field
+    // names, numbers, what happened).
+    const TRACE_ENTRY_BYTES: usize = 128;
     let bytes: usize = results
         .iter()
         .map(|p| {
@@ -1008,11 +1013,12 @@ fn large_answer(results: &[Processed]) -> bool {
                 Disposition::Dropped => 0,
             };
             let trace = p.trace.iter().flat_map(|t| &t.entries).map(|entry| {
-                let error = match &entry.event {
+                let text = match &entry.event {
                     TraceEvent::Failed { error, .. } => error.len(),
+                    TraceEvent::Skipped(SkipReason::NotSelected(why)) => why.len(),
                     TraceEvent::Ran { .. } | TraceEvent::Skipped(_) => 0,
                 };
-                entry.pipeline.len() + entry.module.len() + error
+                TRACE_ENTRY_BYTES + entry.pipeline.len() + entry.module.len() + text
             });
             message + trace.sum::<usize>()
         })
