@@ -55,17 +55,21 @@ struct Resolved {
     deciding: Vec<PathBuf>,
 }
 
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+}
+
 /// A name a configuration directory's loading reads: not hidden, with an
 /// extension of a format (`.yaml`, `.YML`, `.json`, …).
 fn is_config_file(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."));
-    !hidden && rustmq_etl_config::Format::from_path(path).is_some()
+    !is_hidden(path) && rustmq_etl_config::Format::from_path(path).is_some()
 }
 
+/// A name a module may have (`<module_id>.wasm`; an id does not start with
+/// a dot, so a hidden name is a temporary file on its way).
 fn is_module_file(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()) == Some("wasm")
+    !is_hidden(path) && path.extension().and_then(|e| e.to_str()) == Some("wasm")
 }
 
 /// Adds to `dirs` the directories, resolved, whose entries decide where
@@ -132,8 +136,9 @@ fn targets(dir: &Path, wanted: fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>
 #[derive(PartialEq)]
 pub(crate) struct Stamp(Option<(Resolved, Vec<Option<FileStamp>>)>);
 
-/// A file's length, modification time and inode.
-type FileStamp = (u64, std::time::SystemTime, u64);
+/// A file's length, modification time, inode and change time (which no
+/// program sets: `cp -p` keeps a time, not this one).
+type FileStamp = (u64, std::time::SystemTime, u64, (i64, i64));
 
 impl Stamp {
     pub(crate) fn take(config: &Path, modules: &Path) -> Stamp {
@@ -146,7 +151,12 @@ impl Stamp {
                 .map(|file| {
                     use std::os::unix::fs::MetadataExt as _;
                     let m = std::fs::metadata(file).ok()?;
-                    Some((m.len(), m.modified().ok()?, m.ino()))
+                    Some((
+                        m.len(),
+                        m.modified().ok()?,
+                        m.ino(),
+                        (m.ctime(), m.ctime_nsec()),
+                    ))
                 })
                 .collect();
             Some((resolved, files))
@@ -365,22 +375,21 @@ pub(crate) fn watch(
                 // removed and made again at its path is another). While they
                 // lead nowhere, the deepest directories they reach are
                 // watched, for their coming back.
-                let now = given.resolve().ok();
-                let new = now
-                    .as_ref()
-                    .map_or_else(|| given.reachable(), Resolved::places);
-                *crate::lock(&resolved) = now;
-                if let Some(watcher) = weak.upgrade() {
-                    rewatch(&mut crate::lock(&watcher), &old, &new);
-                }
-                let reloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reload()));
-                if let Err(panic) = reloaded {
-                    log::error!(
-                        "reload (file_change) panicked: {}; watching goes on (a bug: please \
-                         report it)",
-                        crate::panic_text(panic.as_ref())
-                    );
-                }
+                // (What panics, a bug, is logged: watching goes on. Places
+                // not known are watched anew next time.)
+                let new = caught("watching the files anew", || {
+                    let now = given.resolve().ok();
+                    let new = now
+                        .as_ref()
+                        .map_or_else(|| given.reachable(), Resolved::places);
+                    *crate::lock(&resolved) = now;
+                    if let Some(watcher) = weak.upgrade() {
+                        rewatch(&mut crate::lock(&watcher), &old, &new);
+                    }
+                    new
+                })
+                .unwrap_or_default();
+                caught("reload (file_change)", || reload());
                 new
             };
             match tokio::task::spawn_blocking(follow).await {
@@ -391,6 +400,18 @@ pub(crate) fn watch(
         }
     });
     Ok(Watch { _watcher: watcher })
+}
+
+/// `work`'s result, or `None` if it panicked (logged: a bug).
+fn caught<T>(what: &str, work: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .map_err(|panic| {
+            log::error!(
+                "{what} panicked: {}; watching goes on (a bug: please report it)",
+                crate::panic_text(panic.as_ref())
+            );
+        })
+        .ok()
 }
 
 /// Stops watching the places `old` has and `new` has not, and watches every
