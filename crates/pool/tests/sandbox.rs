@@ -560,6 +560,19 @@ fn features_beyond_the_accepted_set_are_refused_at_load() {
         said.contains(r"`env\n[ERROR host] x.\u{1b}[2Jy`") && !said.contains(['\n', '\u{1b}']),
         "{said}"
     );
+    // A long name is quoted in part.
+    let name = "é".repeat(50_000);
+    let wasm = wat::parse_str(format!(
+        r#"(module (import "env" "{name}" (func)) (memory (export "memory") 1))"#
+    ))
+    .unwrap();
+    let said = load("imports-a-long-name", &wasm, config(BUDGET_MS))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        said.contains(&format!("`env.{}… (99800 bytes more)`", "é".repeat(100))),
+        "{said:.400}"
+    );
     // The log function with another signature: refused once compiled,
     // naming the signature it must have.
     let wasm = wat::parse_str(
