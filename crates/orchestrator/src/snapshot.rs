@@ -229,10 +229,10 @@ pub(crate) fn build<E: Engine>(
                 failed.push((occurrence, with_listing(&plan, occurrence, error)));
             }
         };
-        let read = read_once
+        let bytes = read_once
             .entry(spec.id.as_str())
             .or_insert_with(|| keep.source.read(&spec.id).map(Arc::from));
-        let wasm = match read.clone() {
+        let wasm = match bytes.clone() {
             Ok(wasm) => wasm,
             Err(e) => {
                 not_loaded(LoadError::new(LoadStep::Read, &spec.id, e));
