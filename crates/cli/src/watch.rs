@@ -177,7 +177,7 @@ impl Given {
 
     /// While a given path leads nowhere: the deepest directory on it that
     /// exists, and those deciding where it leads, for each path.
-    fn reachable(&self) -> Vec<(PathBuf, RecursiveMode)> {
+    fn reachable(&self) -> Vec<PathBuf> {
         let mut dirs = Vec::new();
         for given in [&self.config, &self.modules] {
             if let Some(there) = given.ancestors().find(|a| a.is_dir()) {
@@ -187,9 +187,7 @@ impl Given {
         }
         dirs.sort();
         dirs.dedup();
-        dirs.into_iter()
-            .map(|dir| (dir, RecursiveMode::NonRecursive))
-            .collect()
+        dirs
     }
 
     fn resolve(&self) -> anyhow::Result<Resolved> {
@@ -222,39 +220,29 @@ impl Given {
 }
 
 impl Resolved {
-    /// What to watch, every place by its resolved path: the targets, the
-    /// directories deciding where the paths lead, and the directories of
-    /// files a configuration or modules directory links to. A directory
-    /// watched recursively covers what is below it.
-    fn places(&self) -> Vec<(PathBuf, RecursiveMode)> {
+    /// The directories to watch, each by its resolved path and on its own
+    /// (not what is below it: the loading reads no subdirectory, and a
+    /// recursive watch of a directory in a git checkout took a watch, and
+    /// a change, for each directory below): a configuration directory or a
+    /// file's, the modules directory, the directories deciding where the
+    /// paths lead, and those of the files a configuration or modules
+    /// directory links to.
+    fn places(&self) -> Vec<PathBuf> {
         let parent = |path: &Path| path.parent().map(Path::to_path_buf);
         let mut places = Vec::new();
         if self.config_is_dir {
-            places.push((self.config.clone(), RecursiveMode::Recursive));
+            places.push(self.config.clone());
         } else {
             // Its directory: editors replace a file by renaming another onto it.
-            places.extend(parent(&self.config).map(|p| (p, RecursiveMode::NonRecursive)));
+            places.extend(parent(&self.config));
         }
-        places.push((self.modules.clone(), RecursiveMode::NonRecursive));
+        places.push(self.modules.clone());
         for file in self.config_files.iter().chain(&self.module_files) {
-            places.extend(parent(file).map(|p| (p, RecursiveMode::NonRecursive)));
+            places.extend(parent(file));
         }
-        for dir in &self.deciding {
-            places.push((dir.clone(), RecursiveMode::NonRecursive));
-        }
-        // One watch a directory, recursive if any wants it; none below a
-        // recursive one.
-        places.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then((b.1 == RecursiveMode::Recursive).cmp(&(a.1 == RecursiveMode::Recursive)))
-        });
-        places.dedup_by(|later, first| later.0 == first.0);
-        let recursive: Vec<PathBuf> = places
-            .iter()
-            .filter(|(_, mode)| *mode == RecursiveMode::Recursive)
-            .map(|(path, _)| path.clone())
-            .collect();
-        places.retain(|(path, _)| !recursive.iter().any(|r| path != r && path.starts_with(r)));
+        places.extend(self.deciding.iter().cloned());
+        places.sort();
+        places.dedup();
         places
     }
 
@@ -273,8 +261,7 @@ impl Resolved {
                 || (path.parent() == Some(&self.modules) && is_module_file(path))
                 || self.module_files.iter().any(|file| file == path)
         };
-        // An event inside a directory reached through a link (a recursive
-        // watch follows them) may name it by the link.
+        // An event may name a file through a link on its way.
         direct(path)
             || path
                 .parent()
@@ -418,20 +405,16 @@ fn caught<T>(what: &str, work: impl FnOnce() -> T) -> Option<T> {
 /// place of `new`, those kept too: a directory made again at the same path
 /// is another, watched anew (a place that cannot be watched is logged: a
 /// reload through `POST /v1/reload` still reads it).
-fn rewatch(
-    watcher: &mut RecommendedWatcher,
-    old: &[(PathBuf, RecursiveMode)],
-    new: &[(PathBuf, RecursiveMode)],
-) {
+fn rewatch(watcher: &mut RecommendedWatcher, old: &[PathBuf], new: &[PathBuf]) {
     for place in old.iter().filter(|place| !new.contains(place)) {
         // A directory removed (a ConfigMap's previous version) is no longer
         // watched: the watcher drops it as it sees it go.
-        if place.0.exists() {
-            let _ = watcher.unwatch(&place.0);
+        if place.exists() {
+            let _ = watcher.unwatch(place);
         }
     }
-    for (path, mode) in new {
-        if let Err(e) = watcher.watch(path, *mode) {
+    for path in new {
+        if let Err(e) = watcher.watch(path, RecursiveMode::NonRecursive) {
             log::warn!(
                 "cannot watch {}: {e}; its changes reload nothing until another change is seen \
                  (POST /v1/reload reloads)",
@@ -473,7 +456,7 @@ mod tests {
         assert!(resolved.concerns(&root.join("sw/r1/m.wasm")));
         assert!(!resolved.concerns(&cm.join("..v1/other.yaml")));
         assert!(!resolved.concerns(&root.join("sw/r1/m.txt")));
-        let places: Vec<PathBuf> = resolved.places().into_iter().map(|p| p.0).collect();
+        let places = resolved.places();
         assert_eq!(
             places,
             [
@@ -493,10 +476,11 @@ mod tests {
         assert_eq!(now.config, cm.join("..v2/etl.yaml"));
     }
 
-    /// A configuration directory is watched recursively; its files' targets
-    /// are known, so that a swap of where they lead is a change.
+    /// A configuration directory is watched, and the directories its files
+    /// lead to; its files' targets are known, so that a swap of where they
+    /// lead is a change.
     #[test]
-    fn a_directory_is_watched_recursively_and_knows_where_its_files_lead() {
+    fn a_directory_is_watched_and_knows_where_its_files_lead() {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let cm = root.join("cm");
@@ -522,9 +506,10 @@ mod tests {
         assert_eq!(
             resolved.places(),
             [
-                (root.clone(), RecursiveMode::NonRecursive),
-                (cm.clone(), RecursiveMode::Recursive),
-                (root.join("modules"), RecursiveMode::NonRecursive),
+                root.clone(),
+                cm.clone(),
+                cm.join("..v1"),
+                root.join("modules")
             ]
         );
     }
@@ -547,7 +532,7 @@ mod tests {
         };
         let resolved = given.resolve().unwrap();
         assert!(resolved.concerns(&root.join("conf/etl.yaml")));
-        let places: Vec<PathBuf> = resolved.places().into_iter().map(|p| p.0).collect();
+        let places = resolved.places();
         assert_eq!(
             places,
             [
@@ -584,14 +569,7 @@ mod tests {
             config: config.join("etl.yaml"),
             modules: config,
         };
-        let places: Vec<PathBuf> = given
-            .resolve()
-            .unwrap()
-            .places()
-            .into_iter()
-            .map(|p| p.0)
-            .collect();
-        assert_eq!(places, [above, root]);
+        assert_eq!(given.resolve().unwrap().places(), [above, root]);
     }
 
     /// A configuration directory's files are those its loading reads:
