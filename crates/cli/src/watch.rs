@@ -130,7 +130,7 @@ fn targets(dir: &Path, wanted: fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>
 }
 
 /// What the watched files were before the service first read them: where
-/// the paths led, and each file's size, time and inode. The watch, once
+/// the paths led, and each file's size, times and inode. The watch, once
 /// set, compares: a change made while the service started (reading,
 /// compiling), before anything watched, is reloaded too.
 #[derive(PartialEq)]
