@@ -593,7 +593,8 @@ impl<E: Engine> Orchestrator<E> {
             // One wave, the usual case: the messages and their results are
             // handed on as they are, not copied into another vector.
             let permits = self.admit(messages.len()).await;
-            return self.run(messages, options, permits).await;
+            let snapshot = self.inner.current.load_full();
+            return self.run(messages, options, permits, snapshot).await;
         }
         let total = messages.len();
         let mut results = Vec::with_capacity(total);
@@ -601,7 +602,8 @@ impl<E: Engine> Orchestrator<E> {
         while messages.peek().is_some() {
             let wave: Vec<Message> = messages.by_ref().take(max).collect();
             let permits = self.admit(wave.len()).await;
-            match self.run(wave, options, permits).await {
+            let snapshot = self.inner.current.load_full();
+            match self.run(wave, options, permits, snapshot).await {
                 Ok(answered) => results.extend(answered),
                 Err(stopped) => {
                     // The waves before, and what this one answered.
@@ -647,9 +649,13 @@ impl<E: Engine> Orchestrator<E> {
 
     /// Like [`Orchestrator::process_batch`], but answers [`Busy`] at once,
     /// running nothing, instead of waiting for room. The room is taken as it
-    /// answers; the batch runs when the future is first polled (the future
-    /// owns what it needs: it may be spawned), and dropping the future unpolled
-    /// gives the room back.
+    /// answers, on the configuration in service then; the batch runs when the
+    /// future is first polled (the future owns what it needs: it may be
+    /// spawned), and dropping the future unpolled gives the room back. Until
+    /// then the room is held: a caller that waits for room itself (any other
+    /// call) before polling or dropping it may wait for ever. On `Busy` the
+    /// messages are dropped: to try again, keep a clone (a message's payload
+    /// and key are shared, not copied).
     pub fn try_process_batch(
         &self,
         messages: Vec<Message>,
@@ -683,8 +689,11 @@ impl<E: Engine> Orchestrator<E> {
             Ok(permits) => Room::new(permits, &self.inner.admission),
             Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => return Err(busy()),
         };
+        // (On the configuration in service as it is admitted, not as it is
+        // first polled.)
+        let snapshot = self.inner.current.load_full();
         let this = self.clone();
-        Ok(async move { this.run(messages, options, permits).await })
+        Ok(async move { this.run(messages, options, permits, snapshot).await })
     }
 
     /// [`Orchestrator::process_batch`] for callers without an async runtime:
@@ -694,18 +703,25 @@ impl<E: Engine> Orchestrator<E> {
         messages: Vec<Message>,
         options: ProcessOptions,
     ) -> Result<Vec<Processed>, EngineStopped> {
-        pollster::block_on(self.process_batch(messages, options))
+        // Unconstrained: called (against its documentation) from a tokio
+        // task, each wait spends the task's budget, and once it is spent
+        // tokio puts off every wake-up until the task yields, which it never
+        // does while blocked here: the call would never end.
+        pollster::block_on(tokio::task::unconstrained(
+            self.process_batch(messages, options),
+        ))
     }
 
-    /// Runs one admitted wave: splits it into batches, one engine thread each
-    /// (one batch if it is to run in order), and gathers the answers in order.
+    /// Runs one admitted wave on `snapshot`, the configuration in service as
+    /// it was admitted: splits it into batches, one engine thread each (one
+    /// batch if it is to run in order), and gathers the answers in order.
     async fn run(
         &self,
         messages: Vec<Message>,
         options: ProcessOptions,
         mut permits: Room,
+        snapshot: Arc<Snapshot<E>>,
     ) -> Result<Vec<Processed>, EngineStopped> {
-        let snapshot = self.inner.current.load_full();
         let engine = &self.inner.keep.engine;
         let count = messages.len();
         let threads = engine.threads().max(1);
@@ -755,6 +771,9 @@ impl<E: Engine> Orchestrator<E> {
             refused || permits.places() == 0,
             "every place went with a batch"
         );
+        // (After a refusal, the room of the messages not sent goes now, not
+        // once the batches sent have answered.)
+        drop(permits);
         if answers.len() == 1 && !refused {
             // One batch (a single message, a wave on one engine thread): its
             // answers are the results, not copied into another vector.
@@ -951,7 +970,9 @@ impl<E: Engine> Orchestrator<E> {
     }
 
     /// Messages in flight now: admitted, and their engine batch not done
-    /// (`Options::max_in_flight` at most). Callers waiting for room are not
+    /// (`Options::max_in_flight` at most, but for an instant: places given
+    /// back are counted until just after a waiting caller may have taken
+    /// them). Callers waiting for room are not
     /// counted, although room given back goes to them first (see
     /// [`Orchestrator::process_batch`]).
     pub fn in_flight(&self) -> usize {

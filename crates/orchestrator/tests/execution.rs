@@ -3024,6 +3024,73 @@ fn a_rejection_counted_during_a_reload_stands_as_the_last() {
     }
 }
 
+/// `process_batch_blocking` called (against its documentation) from a
+/// tokio task: each wait spends the task's cooperative budget, and once it
+/// is spent tokio puts off wake-ups until the task yields, which it never
+/// does while blocked. 300 calls spend it twice over; they all end.
+#[test]
+fn a_blocking_call_from_an_async_task_ends() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("m", append("m"));
+    let o = start(
+        &engine,
+        "pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: m}]}]",
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let calls = runtime.block_on(async move {
+            tokio::spawn(async move {
+                (0..300)
+                    .map(|_| {
+                        o.process_batch_blocking(vec![Message::new("t", "")], Default::default())
+                            .unwrap()
+                            .len()
+                    })
+                    .sum::<usize>()
+            })
+            .await
+            .unwrap()
+        });
+        let _ = done.send(calls);
+    });
+    // (A minute: the calls take milliseconds; on the old code they never
+    // ended.)
+    assert_eq!(finished.recv_timeout(Duration::from_secs(60)), Ok(300));
+}
+
+/// A `try_process_batch` batch runs on the configuration in service as it
+/// was admitted, even if a reload comes before its future is polled.
+#[tokio::test]
+async fn a_batch_tried_runs_on_the_configuration_it_was_admitted_on() {
+    let engine = Arc::new(StandIn::new(1));
+    engine.module("a", append("a"));
+    engine.module("b", append("b"));
+    let yaml = |module: &str| {
+        config(&format!(
+            "pipeline_id: p\nstages: [{{priority: 0, modules: [{{module_id: {module}}}]}}]"
+        ))
+    };
+    let o = Orchestrator::new(engine.clone(), &yaml("a"), no_bytes, options()).unwrap();
+    let tried = o
+        .try_process_batch(vec![Message::new("t", "")], ProcessOptions::default())
+        .ok()
+        .unwrap();
+    assert!(o.reload(&yaml("b")).unwrap().changed);
+    let out = tried.await.unwrap().remove(0);
+    assert_eq!(
+        (&delivered(&out).payload[..], out.config_version),
+        (&b"a"[..], 1)
+    );
+    let after = o.process(Message::new("t", "")).await.unwrap();
+    assert_eq!(
+        (&delivered(&after).payload[..], after.config_version),
+        (&b"b"[..], 2)
+    );
+}
+
 /// A module's file is read once for all its occurrences (the same
 /// `module_id` under other settings), at the start and at each reload that
 /// reads the files: one snapshot holds one version of it, even if its file

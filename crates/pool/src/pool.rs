@@ -307,7 +307,9 @@ impl Pool {
         if !self.send(checker, check) {
             return Err(init("the pool is shutting down".into()));
         }
-        let kept = match pollster::block_on(answer) {
+        // (Unconstrained: called from a tokio task whose budget is spent,
+        // the wait would never end; see `call_blocking`.)
+        let kept = match pollster::block_on(tokio::task::unconstrained(answer)) {
             Ok(Ok(kept)) => kept,
             Ok(Err(e)) => return Err(init(e.message().to_owned())),
             Err(_) => return Err(init("the worker stopped".into())),
@@ -389,7 +391,11 @@ impl Pool {
         module: &LoadedModule,
         message: &Message,
     ) -> Result<Outcome, CallError> {
-        pollster::block_on(self.call(module, message))
+        // Unconstrained: called (against its documentation) from a tokio
+        // task, each wait spends the task's budget, and once it is spent
+        // tokio puts off every wake-up until the task yields, which it never
+        // does while blocked here: the call would never end.
+        pollster::block_on(tokio::task::unconstrained(self.call(module, message)))
     }
 
     /// Publishes every loaded module's statistics to the `metrics` facade now

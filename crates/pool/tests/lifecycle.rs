@@ -186,6 +186,41 @@ fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
 /// Loading a new version does not disturb calls running on the old one; a
 /// version that does not compile, or whose init refuses its configuration,
 /// is refused and the one in use keeps serving.
+/// `load` and `call_blocking` called (against their documentation) from a
+/// tokio task: each wait spends the task's cooperative budget, and once it
+/// is spent tokio puts off wake-ups until the task yields, which it never
+/// does while blocked. 140 loads spend it, 300 calls twice over; they all
+/// end.
+#[test]
+fn blocking_calls_from_an_async_task_end() {
+    let pool = Arc::new(pool(1));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answered = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let identity = wasm("identity");
+                let mut module = pool.load(&ModuleSpec::new("m"), &identity).unwrap();
+                for _ in 1..140 {
+                    module = pool.load(&ModuleSpec::new("m"), &identity).unwrap();
+                }
+                let message = Message::new("t", "hello");
+                (0..300)
+                    .filter(|_| pool.call_blocking(&module, &message).is_ok())
+                    .count()
+            })
+            .await
+            .unwrap()
+        });
+        let _ = done.send(answered);
+    });
+    // (Two minutes: the loads and calls take a few seconds; on the old code
+    // they never ended.)
+    assert_eq!(finished.recv_timeout(Duration::from_secs(120)), Ok(300));
+}
+
 #[test]
 fn a_new_version_loads_beside_the_old_and_a_broken_one_is_refused() {
     let pool = Arc::new(pool(2));
