@@ -409,11 +409,11 @@ impl LocalPool {
                 }
             }
         };
-        slot.stats.in_use(1);
+        let in_use = InUse::new(&slot.stats);
         let result = instance.call(compiled, request.message(), deadline);
         // The call's one reading, usually: its end, and the instance's last use.
         let mut ended = Instant::now();
-        slot.stats.in_use(-1);
+        drop(in_use);
         let thrown_away = match &result {
             Err(e) if discards_instance(e.kind()) => {
                 slot.stats.failed(e.kind());
@@ -548,5 +548,23 @@ impl ModuleRunner for LocalPool {
                 log::warn!("module {:?}: warm-up failed: {e}", module.id());
             }
         }
+    }
+}
+/// An instance counted in use while this lives: uncounted however the call
+/// ends, a panic unwinding through it included (an embedding program that
+/// contains a panic itself, as the orchestrator does, never reaches the
+/// pool's own recovery).
+struct InUse<'s>(&'s Recorder);
+
+impl<'s> InUse<'s> {
+    fn new(stats: &'s Recorder) -> Self {
+        stats.in_use(1);
+        InUse(stats)
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.in_use(-1);
     }
 }

@@ -1,12 +1,13 @@
 //! A panic on a worker thread is contained: the call it was running is
-//! answered with an error, and the worker goes on serving.
+//! answered with an error, and the worker goes on serving; a caller that
+//! contains it itself finds no instance left counted in use.
 //!
 //! The panic comes from the host, not the guest: the process's logger panics
 //! when a guest logs a certain line (the logger is process-wide, so this test
 //! has its binary to itself).
 
-use rustmq_etl_core::{ErrorKind, Message, ModuleSpec, Outcome};
-use rustmq_etl_pool::{Pool, PoolConfig};
+use rustmq_etl_core::{CallRequest, ErrorKind, Message, ModuleSpec, Outcome};
+use rustmq_etl_pool::{CompileLimits, CompileSettings, LoadedModule, LocalPool, Pool, PoolConfig};
 
 struct PanickingLogger;
 
@@ -66,4 +67,20 @@ fn a_panic_on_a_worker_is_answered_and_the_worker_goes_on() {
             Ok(Outcome::Unchanged)
         );
     }
+    // A runner whose caller contains the panic itself, as the orchestrator
+    // does (the pool's recovery never runs): the instance that was in use
+    // is not counted in use after it.
+    let settings = CompileSettings {
+        limits: CompileLimits::default(),
+        bulk_bytes_per_ms: 1_000_000,
+        cache: None,
+    };
+    let module = LoadedModule::compile(&ModuleSpec::new("panics"), &wasm, &settings).unwrap();
+    let mut local = LocalPool::new();
+    let message = Message::new("t", vec![b'a'; 200]);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = local.call(&module, CallRequest::new(&message));
+    }));
+    assert!(caught.is_err());
+    assert_eq!(module.stats().in_use, 0);
 }
