@@ -966,7 +966,8 @@ impl<E: Engine> Orchestrator<E> {
     /// [`Orchestrator::drain`] for callers without an async runtime: blocks
     /// this thread.
     pub fn drain_blocking(&self) {
-        pollster::block_on(self.drain());
+        // (Unconstrained, as the other blocking calls.)
+        pollster::block_on(tokio::task::unconstrained(self.drain()));
     }
 
     /// Messages in flight now: admitted, and their engine batch not done

@@ -550,10 +550,10 @@ impl ModuleRunner for LocalPool {
         }
     }
 }
+
 /// An instance counted in use while this lives: uncounted however the call
-/// ends, a panic unwinding through it included (an embedding program that
-/// contains a panic itself, as the orchestrator does, never reaches the
-/// pool's own recovery).
+/// ends, a panic unwinding through it included (caught by the pool's worker
+/// or by the embedding program, as the orchestrator does).
 struct InUse<'s>(&'s Recorder);
 
 impl<'s> InUse<'s> {

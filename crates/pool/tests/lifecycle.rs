@@ -183,9 +183,6 @@ fn a_load_does_not_wait_behind_a_resumed_job_while_a_worker_is_idle() {
     );
 }
 
-/// Loading a new version does not disturb calls running on the old one; a
-/// version that does not compile, or whose init refuses its configuration,
-/// is refused and the one in use keeps serving.
 /// `load` and `call_blocking` called (against their documentation) from a
 /// tokio task: each wait spends the task's cooperative budget, and once it
 /// is spent tokio puts off wake-ups until the task yields, which it never
@@ -221,6 +218,9 @@ fn blocking_calls_from_an_async_task_end() {
     assert_eq!(finished.recv_timeout(Duration::from_secs(120)), Ok(300));
 }
 
+/// Loading a new version does not disturb calls running on the old one; a
+/// version that does not compile, or whose init refuses its configuration,
+/// is refused and the one in use keeps serving.
 #[test]
 fn a_new_version_loads_beside_the_old_and_a_broken_one_is_refused() {
     let pool = Arc::new(pool(2));

@@ -60,6 +60,7 @@ fn a_panic_on_a_worker_is_answered_and_the_worker_goes_on() {
         err.message().contains("the logger was asked to panic"),
         "{err}"
     );
+    assert_eq!(module.stats().in_use, 0, "the instance that panicked");
     // The worker lives: the same module, on a fresh instance, serves again.
     for _ in 0..3 {
         assert_eq!(
@@ -68,8 +69,8 @@ fn a_panic_on_a_worker_is_answered_and_the_worker_goes_on() {
         );
     }
     // A runner whose caller contains the panic itself, as the orchestrator
-    // does (the pool's recovery never runs): the instance that was in use
-    // is not counted in use after it.
+    // does: the instance that was in use is not counted in use after it
+    // either.
     let settings = CompileSettings {
         limits: CompileLimits::default(),
         bulk_bytes_per_ms: 1_000_000,
