@@ -3091,6 +3091,91 @@ async fn a_batch_tried_runs_on_the_configuration_it_was_admitted_on() {
     );
 }
 
+/// An engine that refuses the second task submitted to it (as one shutting
+/// down does), and otherwise is the stand-in.
+struct RefusesTheSecond {
+    engine: StandIn,
+    submitted: AtomicUsize,
+}
+
+impl rustmq_etl_core::Engine for RefusesTheSecond {
+    type Module = rustmq_etl_testkit::StandInModule;
+    type Runner = rustmq_etl_testkit::StandInRunner;
+
+    fn load(
+        &self,
+        spec: &rustmq_etl_core::ModuleSpec,
+        bytes: &[u8],
+    ) -> Result<Self::Module, rustmq_etl_core::LoadError> {
+        self.engine.load(spec, bytes)
+    }
+
+    fn version(module: &Self::Module) -> u64 {
+        StandIn::version(module)
+    }
+
+    fn submit(
+        &self,
+        task: Box<dyn rustmq_etl_core::Task<Self::Runner>>,
+    ) -> Result<(), Box<dyn rustmq_etl_core::Task<Self::Runner>>> {
+        match self.submitted.fetch_add(1, Ordering::SeqCst) {
+            1 => Err(task),
+            _ => self.engine.submit(task),
+        }
+    }
+
+    fn threads(&self) -> usize {
+        self.engine.threads()
+    }
+}
+
+/// When the engine refuses a batch, the room of the wave's messages not yet
+/// sent is given back at once, not once the batches sent have answered:
+/// here, of four messages in batches of one, the first runs (held), the
+/// second is refused, and only the first stays in flight while it runs.
+#[test]
+fn the_room_of_messages_not_sent_goes_when_the_engine_refuses() {
+    let engine = StandIn::new(2);
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (started, wait) = (std::sync::Mutex::new(started), std::sync::Mutex::new(wait));
+    engine.module("held", move |_| {
+        started.lock().unwrap().send(()).unwrap();
+        wait.lock().unwrap().recv().unwrap();
+        set_header("ran", "1")
+    });
+    let engine = Arc::new(RefusesTheSecond {
+        engine,
+        submitted: AtomicUsize::new(0),
+    });
+    let o = Orchestrator::new(
+        engine,
+        &config("pipeline_id: p\nstages: [{priority: 0, modules: [{module_id: held}]}]"),
+        no_bytes,
+        options().chunk(1),
+    )
+    .unwrap();
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| {
+            o.process_batch_blocking(vec![Message::new("t", ""); 4], ProcessOptions::default())
+        });
+        running.recv().unwrap();
+        // (The refusal, and what follows it, come before the first batch's
+        // answer: the caller waits for that answer only after them.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while o.in_flight() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let in_flight = o.in_flight();
+        // (Let go before asserting: a failure must not leave the call held.)
+        go.send(()).unwrap();
+        assert_eq!(in_flight, 1, "the refused batch's and the later ones' room");
+        let stopped = call.join().unwrap().unwrap_err();
+        assert_eq!((stopped.answered.len(), stopped.count), (1, 3));
+    });
+    assert_eq!(o.in_flight(), 0);
+}
+
 /// A module's file is read once for all its occurrences (the same
 /// `module_id` under other settings), at the start and at each reload that
 /// reads the files: one snapshot holds one version of it, even if its file
