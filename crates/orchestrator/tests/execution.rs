@@ -3091,44 +3091,6 @@ async fn a_batch_tried_runs_on_the_configuration_it_was_admitted_on() {
     );
 }
 
-/// An engine that refuses the second task submitted to it (as one shutting
-/// down does), and otherwise is the stand-in.
-struct RefusesTheSecond {
-    engine: StandIn,
-    submitted: AtomicUsize,
-}
-
-impl rustmq_etl_core::Engine for RefusesTheSecond {
-    type Module = rustmq_etl_testkit::StandInModule;
-    type Runner = rustmq_etl_testkit::StandInRunner;
-
-    fn load(
-        &self,
-        spec: &rustmq_etl_core::ModuleSpec,
-        bytes: &[u8],
-    ) -> Result<Self::Module, rustmq_etl_core::LoadError> {
-        self.engine.load(spec, bytes)
-    }
-
-    fn version(module: &Self::Module) -> u64 {
-        StandIn::version(module)
-    }
-
-    fn submit(
-        &self,
-        task: Box<dyn rustmq_etl_core::Task<Self::Runner>>,
-    ) -> Result<(), Box<dyn rustmq_etl_core::Task<Self::Runner>>> {
-        match self.submitted.fetch_add(1, Ordering::SeqCst) {
-            1 => Err(task),
-            _ => self.engine.submit(task),
-        }
-    }
-
-    fn threads(&self) -> usize {
-        self.engine.threads()
-    }
-}
-
 /// When the engine refuses a batch, the room of the wave's messages not yet
 /// sent is given back at once, not once the batches sent have answered:
 /// here, of four messages in batches of one, the first runs (held), the
@@ -3144,9 +3106,11 @@ fn the_room_of_messages_not_sent_goes_when_the_engine_refuses() {
         wait.lock().unwrap().recv().unwrap();
         set_header("ran", "1")
     });
-    let engine = Arc::new(RefusesTheSecond {
-        engine,
-        submitted: AtomicUsize::new(0),
+    // (It takes the first task and refuses the second.)
+    let engine = Arc::new(Stopping {
+        inner: engine,
+        takes: AtomicUsize::new(1),
+        lose: false,
     });
     let o = Orchestrator::new(
         engine,
