@@ -77,10 +77,17 @@ pub fn error_text(text: &str) -> alloc::string::String {
     if text.trim().is_empty() {
         return ERROR_WITHOUT_TEXT.to_owned();
     }
-    if text.len() <= MAX_ERROR_TEXT {
+    printable_cut(text, MAX_ERROR_TEXT)
+}
+
+/// A module's `text` as the host quotes it: cut after `most` bytes, at a
+/// character, saying how many bytes more there were, and made one line
+/// ([`printable`]).
+pub fn printable_cut(text: &str, most: usize) -> alloc::string::String {
+    if text.len() <= most {
         return printable(text).into_owned();
     }
-    let mut end = MAX_ERROR_TEXT;
+    let mut end = most;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -1174,8 +1174,7 @@ impl Run {
                     ErrorKind::InvalidOutput,
                     format!(
                         "its edits would make the message {size} bytes, past the engine's \
-                         limit of {} (Options::max_message_bytes)",
-                        snapshot.options.max_message_bytes
+                         limit of {max} (Options::max_message_bytes)"
                     ),
                 ));
             }
@@ -1628,10 +1627,7 @@ fn grown_past<'a>(
 /// Why a call that answered after its stage's or pipeline's deadline failed
 /// (an error it answered quoted).
 fn answered_late(kind: ErrorKind, error: Option<&str>) -> String {
-    let budget = match kind {
-        ErrorKind::StageTimeout => "stage",
-        _ => "pipeline",
-    };
+    let budget = budget_of(kind);
     match error {
         None => format!(
             "the {budget}'s time ran out while the module ran (its answer came after, and is \
@@ -1644,10 +1640,18 @@ fn answered_late(kind: ErrorKind, error: Option<&str>) -> String {
     }
 }
 
-fn budget_spent(kind: ErrorKind) -> &'static str {
+fn budget_spent(kind: ErrorKind) -> String {
+    format!(
+        "the {}'s time ran out before the module could run",
+        budget_of(kind)
+    )
+}
+
+/// Whose budget running out `kind` (a stage's or a pipeline's timeout) says.
+fn budget_of(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::StageTimeout => "the stage's time ran out before the module could run",
-        _ => "the pipeline's time ran out before the module could run",
+        ErrorKind::StageTimeout => "stage",
+        _ => "pipeline",
     }
 }
 

@@ -222,8 +222,9 @@ pub(crate) fn admit(
                         };
                         return Err(rule(format!(
                             "imports {kind} `{}.{}`; a guest may import only the function `rmq_etl.log(i32, i32, i32)` — no filesystem, network, clock, randomness or environment",
-                            shown(import.module),
-                            shown(import.name)
+                            // (The module's names: one line, cut.)
+                            rustmq_etl_abi::printable_cut(import.module, 200),
+                            rustmq_etl_abi::printable_cut(import.name, 200)
                         )));
                     }
                     imported_functions += 1;
@@ -380,23 +381,4 @@ fn check_function(
         }
     }
     Ok(())
-}
-
-/// A name the module gave (an import's), as an error quotes it: one line
-/// ([`printable`](rustmq_etl_abi::printable)), its first 200 bytes at most
-/// (a name may be 100,000).
-fn shown(name: &str) -> String {
-    const MOST: usize = 200;
-    if name.len() <= MOST {
-        return rustmq_etl_abi::printable(name).into_owned();
-    }
-    let end = (0..=MOST)
-        .rev()
-        .find(|&i| name.is_char_boundary(i))
-        .unwrap_or(0);
-    format!(
-        "{}… ({} bytes more)",
-        rustmq_etl_abi::printable(&name[..end]),
-        name.len() - end
-    )
 }
